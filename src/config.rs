@@ -1,0 +1,376 @@
+//! The mesh file (`crossmesh serve --mesh FILE`, DESIGN.md §2) and the tunables.
+//! Parsed once at startup into a typed, immutable `MeshConfig` passed down as `Arc`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default xDS listen address.
+pub const DEFAULT_XDS_ADDRESS: &str = "127.0.0.1:15010";
+/// Default debug HTTP listen address.
+pub const DEFAULT_DEBUG_ADDRESS: &str = "127.0.0.1:15014";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("mesh file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("mesh file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_saphyr::Error,
+    },
+    #[error("mesh file {path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+/// The mesh file as written (camelCase YAML). Unknown fields are an error so a typo
+/// never silently changes behaviour.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct MeshFile {
+    trust_domain: Option<String>,
+    domain_suffix: Option<String>,
+    xds_address: Option<String>,
+    debug_address: Option<String>,
+    #[serde(default)]
+    clusters: Vec<ClusterFile>,
+    #[serde(default)]
+    config: Vec<ConfigSourceFile>,
+    #[serde(default)]
+    networks: BTreeMap<String, NetworkFile>,
+    #[serde(default)]
+    tunables: TunablesFile,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ClusterFile {
+    name: String,
+    network: Option<String>,
+    manifests: Option<PathBuf>,
+    kubeconfig: Option<PathBuf>,
+    context: Option<String>,
+    /// Default locality `region/zone/subzone` for endpoints whose Node has no labels.
+    locality: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ConfigSourceFile {
+    manifests: Option<PathBuf>,
+    cluster: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NetworkFile {
+    #[serde(default)]
+    gateways: Vec<NetworkGateway>,
+}
+
+/// An east-west gateway of a network (mesh file `networks.NAME.gateways[]`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkGateway {
+    pub address: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TunablesFile {
+    debounce_ms: Option<u64>,
+    debounce_max_ms: Option<u64>,
+    ready_timeout_ms: Option<u64>,
+}
+
+/// Knobs with their defaults and meaning, in one place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tunables {
+    /// Quiet period after the last change before a push starts (Istio's
+    /// `PILOT_DEBOUNCE_AFTER`, 100 ms).
+    pub debounce: Duration,
+    /// Longest a push may be delayed by a continuous stream of changes (Istio's
+    /// `PILOT_DEBOUNCE_MAX`).
+    pub debounce_max: Duration,
+    /// How long `/ready` waits for a member cluster that cannot sync.
+    pub ready_timeout: Duration,
+}
+
+impl Default for Tunables {
+    fn default() -> Self {
+        Tunables {
+            debounce: Duration::from_millis(100),
+            debounce_max: Duration::from_secs(1),
+            ready_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A member cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub name: String,
+    /// Empty means the one flat network.
+    pub network: String,
+    pub source: ClusterSource,
+    /// Default locality for endpoints whose Node carries no topology labels.
+    pub locality: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterSource {
+    /// A directory of Kubernetes YAML, watched.
+    Manifests(PathBuf),
+    /// A live API server.
+    Kubeconfig {
+        path: PathBuf,
+        context: Option<String>,
+    },
+}
+
+/// Where Istio config comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// A directory of Istio YAML, watched.
+    Manifests(PathBuf),
+    /// Istio CRDs watched in a member cluster.
+    Cluster(String),
+}
+
+/// The typed mesh configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshConfig {
+    pub trust_domain: String,
+    pub domain_suffix: String,
+    pub xds_address: SocketAddr,
+    pub debug_address: SocketAddr,
+    pub clusters: Vec<ClusterConfig>,
+    pub config: Vec<ConfigSource>,
+    pub networks: BTreeMap<String, Vec<NetworkGateway>>,
+    pub tunables: Tunables,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        MeshConfig {
+            trust_domain: "cluster.local".into(),
+            domain_suffix: "cluster.local".into(),
+            xds_address: DEFAULT_XDS_ADDRESS.parse().expect("constant address"),
+            debug_address: DEFAULT_DEBUG_ADDRESS.parse().expect("constant address"),
+            clusters: Vec::new(),
+            config: Vec::new(),
+            networks: BTreeMap::new(),
+            tunables: Tunables::default(),
+        }
+    }
+}
+
+impl MeshConfig {
+    /// Read and validate a mesh file; relative paths resolve against its directory.
+    pub fn load(path: &Path) -> Result<MeshConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        MeshConfig::parse(&text, base).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                source,
+            },
+            ConfigError::Invalid { reason, .. } => ConfigError::Invalid {
+                path: path.to_owned(),
+                reason,
+            },
+            other => other,
+        })
+    }
+
+    /// Parse mesh file text; `base` resolves relative paths.
+    pub fn parse(text: &str, base: &Path) -> Result<MeshConfig, ConfigError> {
+        let invalid = |reason: String| ConfigError::Invalid {
+            path: PathBuf::new(),
+            reason,
+        };
+        let file: MeshFile = if text.trim().is_empty() {
+            MeshFile::default()
+        } else {
+            serde_saphyr::from_str(text).map_err(|source| ConfigError::Parse {
+                path: PathBuf::new(),
+                source,
+            })?
+        };
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_owned()
+            } else {
+                base.join(p)
+            }
+        };
+        let addr = |field: &str, v: Option<String>, default: &str| {
+            let s = v.unwrap_or_else(|| default.to_string());
+            s.parse::<SocketAddr>()
+                .map_err(|e| invalid(format!("{field} {s:?} is not an IP:port address: {e}")))
+        };
+        let mut mesh = MeshConfig {
+            trust_domain: file.trust_domain.unwrap_or_else(|| "cluster.local".into()),
+            domain_suffix: file.domain_suffix.unwrap_or_else(|| "cluster.local".into()),
+            xds_address: addr("xdsAddress", file.xds_address, DEFAULT_XDS_ADDRESS)?,
+            debug_address: addr("debugAddress", file.debug_address, DEFAULT_DEBUG_ADDRESS)?,
+            ..MeshConfig::default()
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for c in file.clusters {
+            if c.name.is_empty() {
+                return Err(invalid("clusters[]: a cluster needs a name".into()));
+            }
+            if !seen.insert(c.name.clone()) {
+                return Err(invalid(format!(
+                    "clusters[]: cluster name {:?} is used twice",
+                    c.name
+                )));
+            }
+            let source = match (c.manifests, c.kubeconfig) {
+                (Some(m), None) => ClusterSource::Manifests(resolve(&m)),
+                (None, Some(k)) => ClusterSource::Kubeconfig {
+                    path: resolve(&k),
+                    context: c.context,
+                },
+                (Some(_), Some(_)) => {
+                    return Err(invalid(format!(
+                        "cluster {:?}: set either manifests or kubeconfig, not both",
+                        c.name
+                    )))
+                }
+                (None, None) => {
+                    return Err(invalid(format!(
+                        "cluster {:?}: needs manifests (a directory) or kubeconfig (a file)",
+                        c.name
+                    )))
+                }
+            };
+            if let Some(l) = &c.locality {
+                if l.split('/').count() > 3 {
+                    return Err(invalid(format!(
+                        "cluster {:?}: locality {l:?} has more than region/zone/subzone",
+                        c.name
+                    )));
+                }
+            }
+            mesh.clusters.push(ClusterConfig {
+                name: c.name,
+                network: c.network.unwrap_or_default(),
+                source,
+                locality: c.locality,
+            });
+        }
+        for (i, s) in file.config.into_iter().enumerate() {
+            let src = match (s.manifests, s.cluster) {
+                (Some(m), None) => ConfigSource::Manifests(resolve(&m)),
+                (None, Some(c)) => {
+                    if !seen.contains(&c) {
+                        return Err(invalid(format!(
+                            "config[{i}]: cluster {c:?} is not in clusters[]"
+                        )));
+                    }
+                    ConfigSource::Cluster(c)
+                }
+                _ => {
+                    return Err(invalid(format!(
+                        "config[{i}]: set exactly one of manifests or cluster"
+                    )))
+                }
+            };
+            mesh.config.push(src);
+        }
+        for (name, n) in file.networks {
+            mesh.networks.insert(name, n.gateways);
+        }
+        let t = file.tunables;
+        let d = Tunables::default();
+        mesh.tunables = Tunables {
+            debounce: t
+                .debounce_ms
+                .map(Duration::from_millis)
+                .unwrap_or(d.debounce),
+            debounce_max: t
+                .debounce_max_ms
+                .map(Duration::from_millis)
+                .unwrap_or(d.debounce_max),
+            ready_timeout: t
+                .ready_timeout_ms
+                .map(Duration::from_millis)
+                .unwrap_or(d.ready_timeout),
+        };
+        Ok(mesh)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_design_example_with_relative_paths() {
+        let text = r#"
+trustDomain: cluster.local
+clusters:
+- name: cluster1
+  network: vpc-a
+  manifests: clusters/cluster1
+- name: cluster3
+  network: account-b
+  kubeconfig: /etc/crossmesh/cluster3.kubeconfig
+  context: cluster3
+config:
+- manifests: istio
+- cluster: cluster1
+"#;
+        let m = MeshConfig::parse(text, Path::new("/base")).unwrap();
+        assert_eq!(m.xds_address.to_string(), DEFAULT_XDS_ADDRESS);
+        assert_eq!(m.clusters.len(), 2);
+        assert_eq!(
+            m.clusters[0].source,
+            ClusterSource::Manifests(PathBuf::from("/base/clusters/cluster1"))
+        );
+        assert_eq!(m.clusters[1].network, "account-b");
+        assert_eq!(
+            m.config[0],
+            ConfigSource::Manifests(PathBuf::from("/base/istio"))
+        );
+        assert_eq!(m.config[1], ConfigSource::Cluster("cluster1".into()));
+        assert_eq!(m.tunables.debounce, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn rejects_bad_files_with_reason() {
+        let base = Path::new("/");
+        let dup = "clusters:\n- {name: a, manifests: x}\n- {name: a, manifests: y}\n";
+        assert!(MeshConfig::parse(dup, base)
+            .unwrap_err()
+            .to_string()
+            .contains("used twice"));
+        let typo = "clustrs: []\n";
+        assert!(MeshConfig::parse(typo, base)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown field"));
+        let addr = "xdsAddress: nope\n";
+        assert!(MeshConfig::parse(addr, base)
+            .unwrap_err()
+            .to_string()
+            .contains("xdsAddress"));
+        let unknown = "config:\n- cluster: zz\n";
+        assert!(MeshConfig::parse(unknown, base)
+            .unwrap_err()
+            .to_string()
+            .contains("not in clusters"));
+    }
+}

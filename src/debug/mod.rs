@@ -1,0 +1,1 @@
+//! Debug HTTP: readiness, sync status, config dumps, registry, config and metrics.

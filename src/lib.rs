@@ -1,0 +1,25 @@
+//! crossmesh: an Envoy-compatible xDS control plane for meshes that span several
+//! Kubernetes clusters, including clusters in other cloud accounts.
+//!
+//! Data flows one way (see `docs/ARCHITECTURE.md`):
+//!
+//! ```text
+//! sources (manifest dirs | kube API servers)      src/sources/
+//!    -> registry: merged endpoint index + config   src/registry/
+//!    -> push: debounce, decide what changed         src/push/
+//!    -> translate: model -> Envoy protos (pure)     src/translate/
+//!    -> cache: encoded resources shared by proxies  src/xds/resource.rs
+//!    -> xds server: ADS SotW + Delta                src/xds/
+//! debug HTTP reads registry, cache, connections     src/debug/
+//! ```
+
+pub mod cli;
+pub mod config;
+pub mod debug;
+pub mod metrics;
+pub mod model;
+pub mod push;
+pub mod registry;
+pub mod sources;
+pub mod translate;
+pub mod xds;

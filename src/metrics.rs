@@ -1,0 +1,183 @@
+//! Prometheus metrics, named like Istio's where the meaning is the same, so that
+//! existing dashboards work (`pilot_xds_pushes`, `pilot_proxy_convergence_time`, ...).
+//!
+//! One process-wide set, reached through `metrics()`: metrics are the one piece of
+//! state every step writes, and prometheus-client's types are lock-free atomics.
+
+use std::sync::OnceLock;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabel {
+    /// `cds`, `eds`, `lds`, `rds`, `sds`.
+    pub r#type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabel {
+    pub cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+pub struct Metrics {
+    /// `pilot_xds_pushes{type}`: responses sent per type.
+    pub xds_pushes: Family<TypeLabel, Counter>,
+    /// `pilot_total_xds_rejects{type}`: NACKs received.
+    pub xds_rejects: Family<TypeLabel, Counter>,
+    /// `pilot_xds`: connected proxies.
+    pub xds_clients: Gauge,
+    /// `pilot_proxy_convergence_time`: seconds from the first change of a push to
+    /// the push being handed to every connection.
+    pub convergence_time: Histogram,
+    /// `pilot_xds_push_time`: seconds spent computing a push after the debounce.
+    pub push_time: Histogram,
+    /// `pilot_push_triggers{reason}`.
+    pub push_triggers: Family<ReasonLabel, Counter>,
+    /// `pilot_xds_send_bytes`: bytes of encoded resources sent.
+    pub send_bytes: Counter,
+    /// `crossmesh_encodes`: resources encoded (each distinct content once).
+    pub encodes: Counter,
+    /// `pilot_total_rejected_configs{kind}`: Istio objects rejected.
+    pub rejected_configs: Family<KindLabel, Gauge>,
+    /// `crossmesh_source_rejected_objects{cluster}`: Kubernetes objects skipped.
+    pub rejected_objects: Family<ClusterLabel, Counter>,
+    /// `istiod_managed_clusters`: member clusters.
+    pub managed_clusters: Gauge,
+    /// `crossmesh_cluster_synced{cluster}`: 1 once a member cluster has synced.
+    pub cluster_synced: Family<ClusterLabel, Gauge>,
+    /// `pilot_services`: services in the merged registry.
+    pub services: Gauge,
+    /// `crossmesh_endpoints`: ready endpoints in the merged registry.
+    pub endpoints: Gauge,
+    registry: Registry,
+}
+
+fn exponential(start: f64, factor: f64, n: u16) -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(start, factor, n)
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let m = Metrics {
+            xds_pushes: Family::default(),
+            xds_rejects: Family::default(),
+            xds_clients: Gauge::default(),
+            convergence_time: Histogram::new(exponential(0.001, 2.0, 16)),
+            push_time: Histogram::new(exponential(0.0001, 2.0, 18)),
+            push_triggers: Family::default(),
+            send_bytes: Counter::default(),
+            encodes: Counter::default(),
+            rejected_configs: Family::default(),
+            rejected_objects: Family::default(),
+            managed_clusters: Gauge::default(),
+            cluster_synced: Family::default(),
+            services: Gauge::default(),
+            endpoints: Gauge::default(),
+            registry: Registry::default(),
+        };
+        let mut r = Registry::default();
+        r.register(
+            "pilot_xds_pushes",
+            "xDS responses sent, by type",
+            m.xds_pushes.clone(),
+        );
+        r.register(
+            "pilot_total_xds_rejects",
+            "NACKs received from proxies, by type",
+            m.xds_rejects.clone(),
+        );
+        r.register("pilot_xds", "Connected xDS clients", m.xds_clients.clone());
+        r.register(
+            "pilot_proxy_convergence_time",
+            "Seconds from the first change of a push until every connection has it",
+            m.convergence_time.clone(),
+        );
+        r.register(
+            "pilot_xds_push_time",
+            "Seconds computing a push after the debounce",
+            m.push_time.clone(),
+        );
+        r.register(
+            "pilot_push_triggers",
+            "Push triggers by reason",
+            m.push_triggers.clone(),
+        );
+        r.register(
+            "pilot_xds_send_bytes",
+            "Bytes of xDS resources sent",
+            m.send_bytes.clone(),
+        );
+        r.register(
+            "crossmesh_encodes",
+            "Resources encoded (once per distinct content)",
+            m.encodes.clone(),
+        );
+        r.register(
+            "pilot_total_rejected_configs",
+            "Istio config objects rejected",
+            m.rejected_configs.clone(),
+        );
+        r.register(
+            "crossmesh_source_rejected_objects",
+            "Kubernetes objects skipped by a source, by cluster",
+            m.rejected_objects.clone(),
+        );
+        r.register(
+            "istiod_managed_clusters",
+            "Member clusters",
+            m.managed_clusters.clone(),
+        );
+        r.register(
+            "crossmesh_cluster_synced",
+            "1 once a member cluster has synced",
+            m.cluster_synced.clone(),
+        );
+        r.register(
+            "pilot_services",
+            "Services in the merged registry",
+            m.services.clone(),
+        );
+        r.register(
+            "crossmesh_endpoints",
+            "Ready endpoints in the merged registry",
+            m.endpoints.clone(),
+        );
+        Metrics { registry: r, ..m }
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(Metrics::new)
+}
+
+/// Label helper: `type_label(TypeUrl::Cluster)`.
+pub fn type_label(t: crate::xds::TypeUrl) -> TypeLabel {
+    TypeLabel {
+        r#type: t.short().to_string(),
+    }
+}

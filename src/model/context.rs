@@ -1,0 +1,27 @@
+//! The immutable snapshot a push translates from (Istio's `PushContext`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::istio::ConfigSnapshot;
+use super::service::ServiceMap;
+use crate::config::NetworkGateway;
+
+/// Mesh-wide settings translation needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MeshSettings {
+    pub trust_domain: String,
+    pub domain_suffix: String,
+    /// East-west gateways per network name (mesh file `networks`).
+    pub networks: BTreeMap<String, Vec<NetworkGateway>>,
+}
+
+/// Everything translation reads, frozen for one push.
+#[derive(Debug, Clone, Default)]
+pub struct PushContext {
+    /// Push sequence number.
+    pub seq: u64,
+    pub mesh: Arc<MeshSettings>,
+    pub services: Arc<ServiceMap>,
+    pub config: Arc<ConfigSnapshot>,
+}

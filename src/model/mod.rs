@@ -1,0 +1,12 @@
+//! Plain data shared by every step of the flow: services and endpoints as the
+//! registry merges them, proxies as they identify themselves, Istio config objects.
+//! No IO and no locks live here.
+
+pub mod context;
+pub mod istio;
+pub mod proxy;
+pub mod service;
+
+pub use context::{MeshSettings, PushContext};
+pub use proxy::{InterceptionMode, Proxy, ProxyRole};
+pub use service::{ClusterId, Endpoint, Locality, Protocol, Service, ServicePort};

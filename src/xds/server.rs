@@ -1,0 +1,2 @@
+//! The ADS gRPC server: `StreamAggregatedResources` (state of the world) and
+//! `DeltaAggregatedResources`.
