@@ -1,3 +1,981 @@
 //! The registry: the merged endpoint index across member clusters, and the store of
 //! validated Istio config. Sources write here; every write that changes what
 //! proxies should see enqueues a `PushRequest`.
+//!
+//! Layout (Istio's `EndpointShards`, one shard per cluster): each member cluster has
+//! a shard of compact records (`endpoints.rs`) with secondary indexes (pods and
+//! services by namespace, pods by node, slices by service). A change to one object
+//! yields the set of `(namespace, name)` service keys it can affect; only those are
+//! recomputed across every shard (namespace sameness: `NAME.NS` in several clusters
+//! is one service) and compared with the previous merged value:
+//! - a service appearing, vanishing, or changing ports/clusters is a full push
+//!   (`PushRequest::full("service")`);
+//! - endpoints only is an EDS push for that hostname (`PushRequest::endpoints`);
+//! - nothing changed, nothing pushed. Unchanged services keep their `Arc<Service>`,
+//!   so the `ServiceMap` handed to a push is a cheap map of shared pointers.
+//!
+//! Locking: the index is one `std::sync::Mutex` because every operation on it is a
+//! short synchronous computation (no IO, never across `.await`), and an update must
+//! see shards and merged view consistently. The Istio config store has its own lock:
+//! config and endpoints never need to change together.
+
+pub mod endpoints;
+pub mod status;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime};
+
+use crate::config::{ClusterConfig, ClusterSource, ConfigSource, MeshConfig};
+use crate::metrics::{metrics, ClusterLabel};
+use crate::model::service::{Labels, ServiceMap};
+use crate::model::{ClusterId, Endpoint, Locality, MeshSettings, Service, ServicePort};
+use crate::push::{PushQueue, PushRequest};
+
+use endpoints::{Interners, NodeRec, ObjKey, PodRec, Record, RecordKey, SliceRec, SvcRec};
+pub use endpoints::{Kind, KubeObject, ObjectError};
+use status::ClusterState;
+pub use status::{ClusterStatus, Counts, ObjectProblem};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RegistryError {
+    #[error("cluster {0:?} is not registered")]
+    UnknownCluster(String),
+    #[error("cluster name {0:?} is already taken")]
+    ClusterExists(String),
+}
+
+/// One change a watcher saw.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Added or modified.
+    Upsert(KubeObject),
+    /// Deleted (the last state of the object; only its kind and name are read).
+    Delete(KubeObject),
+}
+
+/// How a cluster joins the registry.
+#[derive(Debug, Clone)]
+struct ClusterMeta {
+    name: ClusterId,
+    source: String,
+    network: Arc<str>,
+    default_locality: Arc<Locality>,
+    added: Instant,
+    /// Clusters from the mesh file hold `/ready` back until synced (or timed out);
+    /// clusters registered at runtime never do.
+    blocks_ready: bool,
+}
+
+fn parse_locality(s: Option<&str>) -> Locality {
+    let mut parts = s.unwrap_or("").splitn(3, '/').map(str::to_string);
+    Locality {
+        region: parts.next().unwrap_or_default(),
+        zone: parts.next().unwrap_or_default(),
+        subzone: parts.next().unwrap_or_default(),
+    }
+}
+
+fn source_label(src: &ClusterSource) -> String {
+    match src {
+        ClusterSource::Manifests(d) => format!("manifests:{}", d.display()),
+        ClusterSource::Kubeconfig { path, context } => match context {
+            Some(c) => format!("kubeconfig:{} (context {c})", path.display()),
+            None => format!("kubeconfig:{}", path.display()),
+        },
+    }
+}
+
+/// The name a config source reports under (`replace_config_source`'s `source`).
+pub fn config_source_name(src: &ConfigSource) -> String {
+    match src {
+        ConfigSource::Manifests(d) => format!("manifests:{}", d.display()),
+        ConfigSource::Cluster(c) => format!("cluster:{c}"),
+    }
+}
+
+/// One member cluster's records and indexes.
+#[derive(Debug)]
+struct Shard {
+    meta: ClusterMeta,
+    services: HashMap<ObjKey, SvcRec>,
+    pods: HashMap<ObjKey, PodRec>,
+    nodes: HashMap<Arc<str>, NodeRec>,
+    slices: HashMap<ObjKey, SliceRec>,
+    services_by_ns: HashMap<Arc<str>, BTreeSet<Arc<str>>>,
+    pods_by_ns: HashMap<Arc<str>, BTreeSet<Arc<str>>>,
+    pods_by_node: HashMap<Arc<str>, BTreeSet<ObjKey>>,
+    /// `(namespace, service name)` -> slice names.
+    slices_by_service: HashMap<ObjKey, BTreeSet<Arc<str>>>,
+    /// Objects the registry itself rejected (API-server sources), by key.
+    rejected: BTreeMap<RecordKey, ObjectProblem>,
+    state: ClusterState,
+}
+
+fn index_insert<K: std::hash::Hash + Eq, V: Ord>(m: &mut HashMap<K, BTreeSet<V>>, k: K, v: V) {
+    m.entry(k).or_default().insert(v);
+}
+
+fn index_remove<K: std::hash::Hash + Eq, V: Ord>(m: &mut HashMap<K, BTreeSet<V>>, k: &K, v: &V) {
+    if let Some(set) = m.get_mut(k) {
+        set.remove(v);
+        if set.is_empty() {
+            m.remove(k);
+        }
+    }
+}
+
+impl Shard {
+    fn new(meta: ClusterMeta) -> Shard {
+        Shard {
+            meta,
+            services: HashMap::new(),
+            pods: HashMap::new(),
+            nodes: HashMap::new(),
+            slices: HashMap::new(),
+            services_by_ns: HashMap::new(),
+            pods_by_ns: HashMap::new(),
+            pods_by_node: HashMap::new(),
+            slices_by_service: HashMap::new(),
+            rejected: BTreeMap::new(),
+            state: ClusterState::default(),
+        }
+    }
+
+    fn counts(&self) -> Counts {
+        Counts {
+            services: self.services.len(),
+            pods: self.pods.len(),
+            nodes: self.nodes.len(),
+            endpointslices: self.slices.len(),
+        }
+    }
+
+    fn keys(&self) -> BTreeSet<RecordKey> {
+        let mut out = BTreeSet::new();
+        out.extend(self.services.keys().cloned().map(RecordKey::Service));
+        out.extend(self.pods.keys().cloned().map(RecordKey::Pod));
+        out.extend(self.nodes.keys().cloned().map(RecordKey::Node));
+        out.extend(self.slices.keys().cloned().map(RecordKey::EndpointSlice));
+        out
+    }
+
+    /// Every service key this shard contributes to (declared or referenced by a slice).
+    fn service_keys(&self) -> BTreeSet<ObjKey> {
+        let mut out: BTreeSet<ObjKey> = self.services.keys().cloned().collect();
+        out.extend(self.slices_by_service.keys().cloned());
+        out
+    }
+
+    /// Services in `ns` selecting a Pod with these labels, plus the selector-less
+    /// ones with slices (their endpoints borrow Pod labels through `targetRef`).
+    fn services_for_pod(&self, ns: &Arc<str>, labels: &[&Labels], out: &mut BTreeSet<ObjKey>) {
+        for name in self.services_by_ns.get(ns).into_iter().flatten() {
+            let key = (ns.clone(), name.clone());
+            let Some(svc) = self.services.get(&key) else {
+                continue;
+            };
+            let hit = match &svc.selector {
+                Some(sel) => labels.iter().any(|l| endpoints::selects(sel, l)),
+                None => self.slices_by_service.contains_key(&key),
+            };
+            if hit {
+                out.insert(key);
+            }
+        }
+    }
+
+    /// Store one record; returns the service keys whose endpoints may have changed.
+    fn upsert(&mut self, rec: Record, out: &mut BTreeSet<ObjKey>) {
+        match rec {
+            Record::Service(key, svc) => {
+                if self.services.get(&key) == Some(&svc) {
+                    return;
+                }
+                index_insert(&mut self.services_by_ns, key.0.clone(), key.1.clone());
+                self.services.insert(key.clone(), svc);
+                out.insert(key);
+            }
+            Record::Pod(key, pod) => {
+                let old = self.pods.get(&key);
+                if old == Some(&pod) {
+                    return;
+                }
+                let mut labels = vec![&pod.labels];
+                if let Some(o) = old {
+                    labels.push(&o.labels);
+                }
+                self.services_for_pod(&key.0, &labels, out);
+                if let Some(node) = old.and_then(|o| o.node.clone()) {
+                    index_remove(&mut self.pods_by_node, &node, &key);
+                }
+                if let Some(node) = &pod.node {
+                    index_insert(&mut self.pods_by_node, node.clone(), key.clone());
+                }
+                index_insert(&mut self.pods_by_ns, key.0.clone(), key.1.clone());
+                self.pods.insert(key, pod);
+            }
+            Record::Node(name, node) => {
+                if self.nodes.get(&name) == Some(&node) {
+                    return;
+                }
+                self.nodes.insert(name.clone(), node);
+                self.services_on_node(&name, out);
+            }
+            Record::EndpointSlice(key, slice) => {
+                let old = self.slices.get(&key);
+                if old == Some(&slice) {
+                    return;
+                }
+                if let Some(o) = old {
+                    let svc = (key.0.clone(), o.service.clone());
+                    index_remove(&mut self.slices_by_service, &svc, &key.1);
+                    out.insert(svc);
+                }
+                let svc = (key.0.clone(), slice.service.clone());
+                index_insert(&mut self.slices_by_service, svc.clone(), key.1.clone());
+                out.insert(svc);
+                self.slices.insert(key, slice);
+            }
+        }
+    }
+
+    fn services_on_node(&self, node: &Arc<str>, out: &mut BTreeSet<ObjKey>) {
+        for key in self.pods_by_node.get(node).into_iter().flatten() {
+            if let Some(p) = self.pods.get(key) {
+                self.services_for_pod(&key.0, &[&p.labels], out);
+            }
+        }
+        // Slice endpoints name their node too.
+        for (key, slice) in &self.slices {
+            if slice
+                .endpoints
+                .iter()
+                .any(|e| e.node.as_ref() == Some(node))
+            {
+                out.insert((key.0.clone(), slice.service.clone()));
+            }
+        }
+    }
+
+    fn delete(&mut self, key: &RecordKey, out: &mut BTreeSet<ObjKey>) {
+        match key {
+            RecordKey::Service(k) => {
+                if self.services.remove(k).is_some() {
+                    index_remove(&mut self.services_by_ns, &k.0, &k.1);
+                    out.insert(k.clone());
+                }
+            }
+            RecordKey::Pod(k) => {
+                if let Some(old) = self.pods.get(k) {
+                    self.services_for_pod(&k.0, &[&old.labels], out);
+                    if let Some(node) = old.node.clone() {
+                        index_remove(&mut self.pods_by_node, &node, k);
+                    }
+                    index_remove(&mut self.pods_by_ns, &k.0, &k.1);
+                    self.pods.remove(k);
+                }
+            }
+            RecordKey::Node(n) => {
+                if self.nodes.remove(n).is_some() {
+                    self.services_on_node(n, out);
+                }
+            }
+            RecordKey::EndpointSlice(k) => {
+                if let Some(old) = self.slices.remove(k) {
+                    let svc = (k.0.clone(), old.service.clone());
+                    index_remove(&mut self.slices_by_service, &svc, &k.1);
+                    out.insert(svc);
+                }
+            }
+        }
+        self.rejected.remove(key);
+    }
+
+    fn locality_of(&self, node: Option<&Arc<str>>) -> Arc<Locality> {
+        node.and_then(|n| self.nodes.get(n))
+            .and_then(|n| n.locality.clone())
+            .unwrap_or_else(|| self.meta.default_locality.clone())
+    }
+
+    /// This cluster's endpoints of one service, per service port number.
+    fn endpoints_of(&self, key: &ObjKey, svc: &SvcRec, out: &mut BTreeMap<u16, Vec<Endpoint>>) {
+        let stale = self.state.stale;
+        let endpoint =
+            |address, port, labels: Labels, locality, ready, workload: Arc<str>, sa: Arc<str>| {
+                Endpoint {
+                    address,
+                    port,
+                    labels,
+                    cluster: self.meta.name.clone(),
+                    network: self.meta.network.clone(),
+                    locality,
+                    ready,
+                    workload,
+                    service_account: sa,
+                    stale,
+                }
+            };
+        match &svc.selector {
+            Some(sel) => {
+                for name in self.pods_by_ns.get(&key.0).into_iter().flatten() {
+                    let Some(pod) = self.pods.get(&(key.0.clone(), name.clone())) else {
+                        continue;
+                    };
+                    let Some(ip) = pod.ip else { continue };
+                    if !endpoints::selects(sel, &pod.labels) {
+                        continue;
+                    }
+                    let locality = self.locality_of(pod.node.as_ref());
+                    let workload: Arc<str> = Arc::from(format!("{}/{}", key.0, name));
+                    for p in &svc.ports {
+                        let Some(target) = endpoints::resolve_target(&p.target, pod) else {
+                            continue;
+                        };
+                        out.entry(p.port).or_default().push(endpoint(
+                            ip,
+                            target,
+                            pod.labels.clone(),
+                            locality.clone(),
+                            pod.ready,
+                            workload.clone(),
+                            pod.service_account.clone(),
+                        ));
+                    }
+                }
+            }
+            None => {
+                let empty: Labels = Arc::default();
+                for slice_name in self.slices_by_service.get(key).into_iter().flatten() {
+                    let Some(slice) = self.slices.get(&(key.0.clone(), slice_name.clone())) else {
+                        continue;
+                    };
+                    let workload: Arc<str> = Arc::from(format!("{}/{}", key.0, slice_name));
+                    for (port_name, number) in &slice.ports {
+                        // EndpointSlice ports carry the Service port's name.
+                        let Some(sp) = svc.ports.iter().find(|p| &p.name == port_name) else {
+                            continue;
+                        };
+                        for e in &slice.endpoints {
+                            let pod = e
+                                .pod
+                                .as_ref()
+                                .and_then(|p| self.pods.get(&(key.0.clone(), p.clone())));
+                            let locality =
+                                match (e.node.as_ref().and_then(|n| self.nodes.get(n)), &e.zone) {
+                                    (Some(NodeRec { locality: Some(l) }), _) => l.clone(),
+                                    (_, Some(zone)) => Arc::new(Locality {
+                                        zone: zone.to_string(),
+                                        subzone: String::new(),
+                                        ..(*self.meta.default_locality).clone()
+                                    }),
+                                    _ => self.meta.default_locality.clone(),
+                                };
+                            out.entry(sp.port).or_default().push(endpoint(
+                                e.address,
+                                *number,
+                                pod.map(|p| p.labels.clone())
+                                    .unwrap_or_else(|| empty.clone()),
+                                locality,
+                                e.ready,
+                                workload.clone(),
+                                pod.map(|p| p.service_account.clone())
+                                    .unwrap_or_else(|| Arc::from("")),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Everything behind the registry's lock.
+#[derive(Debug, Default)]
+struct Index {
+    shards: BTreeMap<ClusterId, Shard>,
+    merged: ServiceMap,
+    /// The merged view as handed out; `None` after a change until asked for.
+    snapshot: Option<Arc<ServiceMap>>,
+    ready_endpoints: usize,
+    interners: Interners,
+}
+
+fn ready_count(s: &Service) -> usize {
+    s.endpoints.values().flatten().filter(|e| e.ready).count()
+}
+
+impl Index {
+    fn hostname(domain_suffix: &str, key: &ObjKey) -> Arc<str> {
+        Arc::from(format!("{}.{}.svc.{domain_suffix}", key.1, key.0))
+    }
+
+    /// The service `key` merged across every shard, or `None` if no cluster declares it.
+    fn compute(&self, domain_suffix: &str, key: &ObjKey) -> Option<Service> {
+        let mut ports: Vec<ServicePort> = Vec::new();
+        let mut clusters = Vec::new();
+        let mut endpoints: BTreeMap<u16, Vec<Endpoint>> = BTreeMap::new();
+        for shard in self.shards.values() {
+            let Some(svc) = shard.services.get(key) else {
+                continue;
+            };
+            clusters.push(shard.meta.name.clone());
+            for p in &svc.ports {
+                if !ports.iter().any(|x| x.port == p.port) {
+                    ports.push(ServicePort {
+                        name: p.name.to_string(),
+                        port: p.port,
+                        protocol: p.protocol,
+                    });
+                }
+            }
+            shard.endpoints_of(key, svc, &mut endpoints);
+        }
+        if clusters.is_empty() {
+            return None;
+        }
+        for eps in endpoints.values_mut() {
+            eps.sort_by(|a, b| {
+                (&a.cluster, a.address, a.port).cmp(&(&b.cluster, b.address, b.port))
+            });
+            // Overlapping slices may list one address twice; keep one, ready first.
+            eps.dedup_by(|later, earlier| {
+                let same = later.cluster == earlier.cluster
+                    && later.address == earlier.address
+                    && later.port == earlier.port;
+                if same && later.ready {
+                    earlier.ready = true;
+                }
+                same
+            });
+        }
+        ports.sort_by_key(|p| p.port);
+        Some(Service {
+            hostname: Self::hostname(domain_suffix, key),
+            namespace: key.0.to_string(),
+            name: key.1.to_string(),
+            ports,
+            endpoints,
+            clusters,
+        })
+    }
+
+    /// Recompute `keys`, store what changed and say what to push.
+    fn commit(&mut self, domain_suffix: &str, keys: BTreeSet<ObjKey>) -> Option<PushRequest> {
+        let mut full = false;
+        let mut eds: Vec<Arc<str>> = Vec::new();
+        for key in keys {
+            let hostname = Self::hostname(domain_suffix, &key);
+            let new = self.compute(domain_suffix, &key);
+            let old = self.merged.get(&hostname);
+            match (old, new) {
+                (None, None) => continue,
+                (Some(o), Some(n)) if **o == n => continue,
+                (Some(o), Some(n)) => {
+                    if o.ports != n.ports || o.clusters != n.clusters {
+                        full = true;
+                    } else {
+                        eds.push(hostname.clone());
+                    }
+                    self.ready_endpoints = self.ready_endpoints - ready_count(o) + ready_count(&n);
+                    self.merged.insert(hostname, Arc::new(n));
+                }
+                (None, Some(n)) => {
+                    full = true;
+                    self.ready_endpoints += ready_count(&n);
+                    self.merged.insert(hostname, Arc::new(n));
+                }
+                (Some(o), None) => {
+                    full = true;
+                    self.ready_endpoints -= ready_count(o);
+                    self.merged.remove(&hostname);
+                }
+            }
+            self.snapshot = None;
+        }
+        let mut req = if eds.is_empty() {
+            None
+        } else {
+            Some(PushRequest::endpoints(eds))
+        };
+        if full {
+            let f = PushRequest::full("service");
+            match req.as_mut() {
+                Some(r) => r.merge(f),
+                None => req = Some(f),
+            }
+        }
+        req
+    }
+}
+
+/// The merged endpoint index and config store, shared as `Arc<Registry>` between
+/// sources (writers), the push loop and the debug server (readers).
+pub struct Registry {
+    mesh: Arc<MeshConfig>,
+    settings: Arc<MeshSettings>,
+    queue: PushQueue,
+    started: Instant,
+    ready_latched: AtomicBool,
+    index: Mutex<Index>,
+    /// Config sources that hold `/ready` back: name -> delivered once.
+    config_synced: Mutex<BTreeMap<String, bool>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    /// A registry with every cluster of the mesh file registered (empty, not synced).
+    pub fn new(mesh: Arc<MeshConfig>, queue: PushQueue) -> Arc<Registry> {
+        let now = Instant::now();
+        let settings = Arc::new(MeshSettings {
+            trust_domain: mesh.trust_domain.clone(),
+            domain_suffix: mesh.domain_suffix.clone(),
+            networks: mesh.networks.clone(),
+        });
+        let reg = Registry {
+            settings,
+            queue,
+            started: now,
+            ready_latched: AtomicBool::new(false),
+            index: Mutex::new(Index::default()),
+            config_synced: Mutex::new(
+                mesh.config
+                    .iter()
+                    .map(|c| (config_source_name(c), false))
+                    .collect(),
+            ),
+            mesh: mesh.clone(),
+        };
+        {
+            let mut idx = reg.lock();
+            for c in &mesh.clusters {
+                let meta = reg.meta(c, true);
+                metrics()
+                    .cluster_synced
+                    .get_or_create(&ClusterLabel {
+                        cluster: c.name.clone(),
+                    })
+                    .set(0);
+                idx.shards.insert(meta.name.clone(), Shard::new(meta));
+            }
+            metrics().managed_clusters.set(idx.shards.len() as i64);
+        }
+        Arc::new(reg)
+    }
+
+    pub fn mesh_config(&self) -> &Arc<MeshConfig> {
+        &self.mesh
+    }
+
+    fn meta(&self, c: &ClusterConfig, blocks_ready: bool) -> ClusterMeta {
+        ClusterMeta {
+            name: Arc::from(c.name.as_str()),
+            source: source_label(&c.source),
+            network: Arc::from(c.network.as_str()),
+            default_locality: Arc::new(parse_locality(c.locality.as_deref())),
+            added: Instant::now(),
+            blocks_ready,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn publish(&self, req: Option<PushRequest>, idx: &Index) {
+        let m = metrics();
+        m.services.set(idx.merged.len() as i64);
+        m.endpoints.set(idx.ready_endpoints as i64);
+        m.managed_clusters.set(idx.shards.len() as i64);
+        if let Some(r) = req {
+            self.queue.push(r);
+        }
+    }
+
+    /// Run `f` on one shard, then recompute the service keys it returns and push.
+    fn with_shard<T>(
+        &self,
+        cluster: &str,
+        f: impl FnOnce(&mut Shard, &mut Interners, &mut BTreeSet<ObjKey>) -> T,
+    ) -> Result<T, RegistryError> {
+        let mut idx = self.lock();
+        let idx = &mut *idx;
+        let shard = idx
+            .shards
+            .get_mut(cluster)
+            .ok_or_else(|| RegistryError::UnknownCluster(cluster.to_string()))?;
+        let mut keys = BTreeSet::new();
+        let out = f(shard, &mut idx.interners, &mut keys);
+        let req = idx.commit(&self.mesh.domain_suffix, keys);
+        self.publish(req, idx);
+        Ok(out)
+    }
+
+    /// Register a cluster at runtime (e.g. from a remote secret). It does not hold
+    /// `/ready` back.
+    pub fn add_cluster(&self, config: &ClusterConfig) -> Result<(), RegistryError> {
+        let mut idx = self.lock();
+        if idx.shards.contains_key(config.name.as_str()) {
+            return Err(RegistryError::ClusterExists(config.name.clone()));
+        }
+        let meta = self.meta(config, false);
+        idx.shards.insert(meta.name.clone(), Shard::new(meta));
+        metrics()
+            .cluster_synced
+            .get_or_create(&ClusterLabel {
+                cluster: config.name.clone(),
+            })
+            .set(0);
+        self.publish(None, &idx);
+        Ok(())
+    }
+
+    /// Drop a cluster and everything it contributed; its endpoints leave every proxy.
+    pub fn remove_cluster(&self, cluster: &str) -> Result<(), RegistryError> {
+        let mut idx = self.lock();
+        let shard = idx
+            .shards
+            .remove(cluster)
+            .ok_or_else(|| RegistryError::UnknownCluster(cluster.to_string()))?;
+        let keys = shard.service_keys();
+        drop(shard);
+        let req = idx.commit(&self.mesh.domain_suffix, keys);
+        idx.interners.gc();
+        metrics().cluster_synced.remove(&ClusterLabel {
+            cluster: cluster.to_string(),
+        });
+        self.publish(req, &idx);
+        Ok(())
+    }
+
+    /// Replace the cluster's whole state with `objects` (after a relist or a rescan)
+    /// and push only what differs. Objects that cannot be served are left out and
+    /// returned (they also show on `/debug/clusterz`). Marks the cluster synced.
+    pub fn reset_cluster(
+        &self,
+        cluster: &str,
+        objects: Vec<KubeObject>,
+    ) -> Result<Vec<ObjectError>, RegistryError> {
+        self.reset(cluster, None, objects)
+    }
+
+    /// Like `reset_cluster` for one kind only (a watcher of that kind relisted).
+    /// Does not change the synced flag.
+    pub fn reset_kind(
+        &self,
+        cluster: &str,
+        kind: Kind,
+        objects: Vec<KubeObject>,
+    ) -> Result<Vec<ObjectError>, RegistryError> {
+        self.reset(cluster, Some(kind), objects)
+    }
+
+    fn reset(
+        &self,
+        cluster: &str,
+        kind: Option<Kind>,
+        objects: Vec<KubeObject>,
+    ) -> Result<Vec<ObjectError>, RegistryError> {
+        let origin = format!("cluster {cluster}");
+        let res = self.with_shard(cluster, |shard, interners, keys| {
+            let mut errors = Vec::new();
+            let mut records = Vec::new();
+            let mut seen = BTreeSet::new();
+            let mut rejected = BTreeMap::new();
+            for obj in objects
+                .iter()
+                .filter(|o| kind.is_none_or(|k| o.kind() == k))
+            {
+                match Record::from_object(obj, interners) {
+                    Ok(rec) => {
+                        let key = match &rec {
+                            Record::Service(k, _) => RecordKey::Service(k.clone()),
+                            Record::Pod(k, _) => RecordKey::Pod(k.clone()),
+                            Record::Node(k, _) => RecordKey::Node(k.clone()),
+                            Record::EndpointSlice(k, _) => RecordKey::EndpointSlice(k.clone()),
+                        };
+                        seen.insert(key);
+                        records.push(rec);
+                    }
+                    Err(e) => {
+                        if let Ok(k) = RecordKey::of(obj, interners) {
+                            rejected.insert(k, problem(&origin, &e));
+                        }
+                        errors.push(e);
+                    }
+                }
+            }
+            for old in shard.keys() {
+                if kind.is_none_or(|k| old.kind() == k) && !seen.contains(&old) {
+                    shard.delete(&old, keys);
+                }
+            }
+            for rec in records {
+                shard.upsert(rec, keys);
+            }
+            let new_rejections = rejected
+                .keys()
+                .filter(|k| !shard.rejected.contains_key(*k))
+                .count();
+            shard
+                .rejected
+                .retain(|k, _| kind.is_some_and(|kd| k.kind() != kd));
+            shard.rejected.extend(rejected);
+            if new_rejections > 0 {
+                metrics()
+                    .rejected_objects
+                    .get_or_create(&ClusterLabel {
+                        cluster: cluster.to_string(),
+                    })
+                    .inc_by(new_rejections as u64);
+            }
+            shard.state.last_event = Some(SystemTime::now());
+            if kind.is_none() {
+                shard.state.synced = true;
+            }
+            errors
+        })?;
+        if kind.is_none() {
+            metrics()
+                .cluster_synced
+                .get_or_create(&ClusterLabel {
+                    cluster: cluster.to_string(),
+                })
+                .set(1);
+        }
+        self.lock().interners.gc();
+        Ok(res)
+    }
+
+    /// Apply one watch event. An object that cannot be served is removed (its last
+    /// state is no longer the truth) and its rejection returned and recorded.
+    pub fn apply(&self, cluster: &str, event: Event) -> Result<Option<ObjectError>, RegistryError> {
+        let origin = format!("cluster {cluster}");
+        self.with_shard(cluster, |shard, interners, keys| {
+            shard.state.last_event = Some(SystemTime::now());
+            let (obj, delete) = match &event {
+                Event::Upsert(o) => (o, false),
+                Event::Delete(o) => (o, true),
+            };
+            let key = match RecordKey::of(obj, interners) {
+                Ok(k) => k,
+                Err(e) => return Some(e),
+            };
+            if delete {
+                shard.delete(&key, keys);
+                return None;
+            }
+            match Record::from_object(obj, interners) {
+                Ok(rec) => {
+                    shard.rejected.remove(&key);
+                    shard.upsert(rec, keys);
+                    None
+                }
+                Err(e) => {
+                    shard.delete(&key, keys);
+                    metrics()
+                        .rejected_objects
+                        .get_or_create(&ClusterLabel {
+                            cluster: cluster.to_string(),
+                        })
+                        .inc();
+                    shard.rejected.insert(key, problem(&origin, &e));
+                    Some(e)
+                }
+            }
+        })
+    }
+
+    /// The source delivered (or lost) a complete view.
+    pub fn set_synced(&self, cluster: &str, synced: bool) -> Result<(), RegistryError> {
+        self.with_shard(cluster, |s, _, _| s.state.synced = synced)?;
+        metrics()
+            .cluster_synced
+            .get_or_create(&ClusterLabel {
+                cluster: cluster.to_string(),
+            })
+            .set(synced as i64);
+        Ok(())
+    }
+
+    /// Record the source's last error (`None` clears it once healthy again).
+    pub fn set_error(&self, cluster: &str, error: Option<String>) -> Result<(), RegistryError> {
+        self.with_shard(cluster, |s, _, _| s.state.last_error = error)
+    }
+
+    /// Mark the cluster's endpoints as served from last-known state (or fresh again).
+    /// Pushes EDS for its services only.
+    pub fn set_stale(&self, cluster: &str, stale: bool) -> Result<(), RegistryError> {
+        self.with_shard(cluster, |s, _, keys| {
+            if s.state.stale != stale {
+                s.state.stale = stale;
+                keys.extend(s.service_keys());
+            }
+        })
+    }
+
+    /// Rejections a source found before handing objects over (naming files);
+    /// replaces the previous list. Newly seen ones count in
+    /// `crossmesh_source_rejected_objects`.
+    pub fn set_source_problems(
+        &self,
+        cluster: &str,
+        problems: Vec<ObjectProblem>,
+    ) -> Result<(), RegistryError> {
+        self.with_shard(cluster, |s, _, _| {
+            let new = problems
+                .iter()
+                .filter(|p| !s.state.source_rejected.contains(p))
+                .count();
+            if new > 0 {
+                metrics()
+                    .rejected_objects
+                    .get_or_create(&ClusterLabel {
+                        cluster: cluster.to_string(),
+                    })
+                    .inc_by(new as u64);
+            }
+            s.state.source_rejected = problems;
+        })
+    }
+
+    /// The merged view, cheaply: unchanged services share their `Arc`.
+    pub fn services(&self) -> Arc<ServiceMap> {
+        let mut idx = self.lock();
+        if let Some(s) = &idx.snapshot {
+            return s.clone();
+        }
+        let s = Arc::new(idx.merged.clone());
+        idx.snapshot = Some(s.clone());
+        s
+    }
+
+    /// One merged service by hostname.
+    pub fn service(&self, hostname: &str) -> Option<Arc<Service>> {
+        self.lock().merged.get(hostname).cloned()
+    }
+
+    /// Names of the registered clusters.
+    pub fn clusters(&self) -> Vec<ClusterId> {
+        self.lock().shards.keys().cloned().collect()
+    }
+
+    /// `/debug/clusterz`.
+    pub fn cluster_status(&self) -> Vec<ClusterStatus> {
+        let idx = self.lock();
+        idx.shards
+            .values()
+            .map(|s| {
+                let origin = format!("cluster {}", s.meta.name);
+                let mut rejected = s.state.source_rejected.clone();
+                rejected.extend(s.rejected.values().cloned());
+                ClusterStatus {
+                    name: s.meta.name.to_string(),
+                    source: s.meta.source.clone(),
+                    network: s.meta.network.to_string(),
+                    synced: s.state.synced,
+                    stale: s.state.stale,
+                    last_error: s.state.last_error.clone(),
+                    last_event_time: s.state.last_event.and_then(status::rfc3339),
+                    counts: s.counts(),
+                    rejected,
+                    notes: notes(s, &origin),
+                }
+            })
+            .collect()
+    }
+
+    /// `/ready`: every source has synced once, or stopped blocking after
+    /// `Tunables::ready_timeout`. Once ready, stays ready.
+    pub fn ready(&self) -> bool {
+        if self.ready_latched.load(Ordering::Relaxed) {
+            return true;
+        }
+        let r = self.ready_at(Instant::now());
+        if r {
+            self.ready_latched.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn ready_at(&self, now: Instant) -> bool {
+        let timeout = self.mesh.tunables.ready_timeout;
+        let clusters_ok = self.lock().shards.values().all(|s| {
+            !s.meta.blocks_ready
+                || s.state.synced
+                || now.saturating_duration_since(s.meta.added) >= timeout
+        });
+        let config_ok = self
+            .config_synced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .all(|synced| *synced || now.saturating_duration_since(self.started) >= timeout);
+        clusters_ok && config_ok
+    }
+
+    /// Mark a config source (`config_source_name`) as having delivered its first view.
+    pub fn set_config_synced(&self, source: &str) {
+        let mut m = self.config_synced.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = m.get_mut(source) {
+            *v = true;
+        }
+    }
+}
+
+fn problem(origin: &str, e: &ObjectError) -> ObjectProblem {
+    ObjectProblem {
+        origin: origin.to_string(),
+        kind: e.kind.to_string(),
+        object: e.object.clone(),
+        reason: e.reason.clone(),
+    }
+}
+
+/// Served objects worth a note: selector-less Services without slices, Pods without IP.
+fn notes(s: &Shard, origin: &str) -> Vec<ObjectProblem> {
+    let mut out = Vec::new();
+    for (key, svc) in &s.services {
+        if svc.selector.is_none() && !s.slices_by_service.contains_key(key) {
+            out.push(ObjectProblem {
+                origin: origin.to_string(),
+                kind: "Service".into(),
+                object: format!("{}/{}", key.0, key.1),
+                reason: "has no selector and no EndpointSlice labelled kubernetes.io/service-name: it has no endpoints"
+                    .into(),
+            });
+        }
+    }
+    for (key, pod) in &s.pods {
+        if pod.ip.is_none() {
+            out.push(ObjectProblem {
+                origin: origin.to_string(),
+                kind: "Pod".into(),
+                object: format!("{}/{}", key.0, key.1),
+                reason: "has no status.podIP: it is not an endpoint".into(),
+            });
+        }
+    }
+    out.sort();
+    out
+}
+
+impl crate::push::ContextSource for Registry {
+    fn mesh(&self) -> Arc<MeshSettings> {
+        self.settings.clone()
+    }
+
+    fn services(&self) -> Arc<ServiceMap> {
+        Registry::services(self)
+    }
+
+    fn config(&self) -> Arc<crate::model::istio::ConfigSnapshot> {
+        Arc::default()
+    }
+}

@@ -1,0 +1,509 @@
+//! Manifest directories (DESIGN.md §2): a member cluster, or Istio config, as a
+//! directory of multi-doc YAML files shaped like `kubectl get -o yaml` (`kind: List`
+//! included), watched for changes.
+//!
+//! Flow: file events (notify, recursive) -> debounce (`DEBOUNCE`, 50 ms) -> rescan
+//! -> `Registry::reset_cluster` / `Registry::replace_config_source`, which diff and
+//! push only what changed. A slow periodic rescan (`RESCAN`) catches events the
+//! watcher missed (network filesystems, a directory created later).
+//!
+//! Bad input rejects one file or one document, never the directory: a file that does
+//! not parse keeps serving its last good content (an editor half-way through a
+//! save), a document with a wrong field type or an unknown kind is skipped, and each
+//! problem is logged and shown on `/debug/clusterz` naming file, kind,
+//! namespace/name and reason. Deleting a file removes only its objects.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use notify::Watcher;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{info_span, warn, Instrument};
+
+use crate::config::ClusterConfig;
+use crate::registry::endpoints::{self, KubeObject};
+use crate::registry::{ObjectProblem, Registry};
+
+/// Quiet period after the last file event before a rescan.
+pub const DEBOUNCE: Duration = Duration::from_millis(50);
+/// Longest a stream of events may delay a rescan.
+pub const DEBOUNCE_MAX: Duration = Duration::from_millis(500);
+/// Fallback rescan period when no event arrives.
+pub const RESCAN: Duration = Duration::from_secs(30);
+
+const KINDS_HINT: &str =
+    "crossmesh reads Service, Pod, Node and EndpointSlice from cluster manifests";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cluster {0:?} is not read from a manifest directory")]
+    NotManifests(String),
+}
+
+/// One YAML document with where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Doc {
+    pub file: PathBuf,
+    pub value: Value,
+}
+
+/// `kind ns/name` of a raw document, as far as it can be read.
+pub fn describe(value: &Value) -> (String, String) {
+    let kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let meta = value.get("metadata");
+    let name = meta
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("?");
+    let ns = meta
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str);
+    let object = match (kind.as_str(), ns) {
+        ("Node", _) => name.to_string(),
+        (_, Some(ns)) if !ns.is_empty() => format!("{ns}/{name}"),
+        _ => format!("default/{name}"),
+    };
+    (kind, object)
+}
+
+/// Parse one file's text into documents, expanding `kind: List`. A YAML error
+/// rejects the whole file (its documents cannot be told apart reliably).
+pub fn parse_text(text: &str) -> Result<Vec<Value>, String> {
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(text).map_err(|e| format!("YAML error: {e}"))?;
+    let mut out = Vec::new();
+    for d in docs {
+        match d {
+            Value::Null => {}
+            Value::Object(ref m) if m.get("kind").and_then(Value::as_str) == Some("List") => {
+                match m.get("items") {
+                    Some(Value::Array(items)) => {
+                        out.extend(items.iter().filter(|v| !v.is_null()).cloned())
+                    }
+                    None | Some(Value::Null) => {}
+                    Some(_) => return Err("kind List: items is not a list".into()),
+                }
+            }
+            Value::Object(_) => out.push(d),
+            other => return Err(format!("a document is not a mapping: {}", short(&other))),
+        }
+    }
+    Ok(out)
+}
+
+fn short(v: &Value) -> String {
+    let s = v.to_string();
+    if s.len() > 60 {
+        format!(
+            "{}...",
+            &s[..s.char_indices().nth(60).map_or(s.len(), |(i, _)| i)]
+        )
+    } else {
+        s
+    }
+}
+
+/// Turn one document of a cluster directory into a typed, checked object.
+pub fn kube_object(value: &Value) -> Result<KubeObject, String> {
+    let (kind, _) = describe(value);
+    let api = value
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    fn typed<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, String> {
+        T::deserialize(v).map_err(|e| format!("wrong field type: {e}"))
+    }
+    let obj = match (api, kind.as_str()) {
+        ("v1", "Service") => KubeObject::Service(typed::<Service>(value)?),
+        ("v1", "Pod") => KubeObject::Pod(typed::<Pod>(value)?),
+        ("v1", "Node") => KubeObject::Node(typed::<Node>(value)?),
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            KubeObject::EndpointSlice(typed::<EndpointSlice>(value)?)
+        }
+        (_, "Service" | "Pod" | "Node") => {
+            return Err(format!(
+                "apiVersion {api:?} is not supported for {kind} (v1)"
+            ))
+        }
+        (_, "EndpointSlice") => {
+            return Err(format!(
+                "apiVersion {api:?} is not supported for EndpointSlice (discovery.k8s.io/v1)"
+            ))
+        }
+        (_, "") => return Err(format!("the document has no kind; {KINDS_HINT}")),
+        (_, k) => return Err(format!("kind {k} skipped: {KINDS_HINT}")),
+    };
+    endpoints::check(&obj).map_err(|e| e.reason)?;
+    Ok(obj)
+}
+
+/// The files of a directory tree that hold manifests, sorted.
+fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            // A subdirectory deleted mid-scan is simply gone.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && d != dir => continue,
+            Err(e) => return Err(e),
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') {
+                continue; // editor swap files, dot-directories (`..data` of ConfigMap mounts is followed by symlink)
+            }
+            let Ok(ft) = std::fs::metadata(&path).map(|m| m.file_type()) else {
+                continue;
+            };
+            if ft.is_dir() {
+                stack.push(path);
+            } else if name.ends_with(".yaml") || name.ends_with(".yml") {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[derive(Debug)]
+struct FileEntry {
+    hash: u64,
+    /// Documents of the last successful parse.
+    docs: Vec<Value>,
+    /// The current content does not parse (the last good `docs` are served).
+    error: Option<String>,
+}
+
+/// A directory's files and their last good documents. Pure apart from reading files,
+/// so tests drive it without a watcher.
+#[derive(Debug)]
+pub struct DirState {
+    dir: PathBuf,
+    files: BTreeMap<PathBuf, FileEntry>,
+}
+
+/// The outcome of a scan.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub docs: Vec<Doc>,
+    /// File-level problems (unreadable, unparsable).
+    pub problems: Vec<ObjectProblem>,
+    /// The directory itself could not be read; nothing changed.
+    pub dir_error: Option<String>,
+    /// Whether any file was added, removed or changed since the last scan.
+    pub changed: bool,
+}
+
+impl DirState {
+    pub fn new(dir: PathBuf) -> DirState {
+        DirState {
+            dir,
+            files: BTreeMap::new(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn scan(&mut self) -> Scan {
+        let mut scan = Scan::default();
+        let paths = match yaml_files(&self.dir) {
+            Ok(p) => p,
+            Err(e) => {
+                scan.dir_error = Some(format!("directory {}: {e}", self.dir.display()));
+                return scan;
+            }
+        };
+        let present: BTreeSet<&PathBuf> = paths.iter().collect();
+        let before = self.files.len();
+        self.files.retain(|p, _| present.contains(p));
+        scan.changed |= self.files.len() != before;
+        for path in &paths {
+            let text = match std::fs::read(path) {
+                Ok(t) => t,
+                // Deleted between listing and reading: it is gone.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    scan.changed |= self.files.remove(path).is_some();
+                    continue;
+                }
+                Err(e) => {
+                    scan.problems.push(file_problem(
+                        path,
+                        format!("cannot read: {e}"),
+                        self.files.get(path),
+                    ));
+                    continue;
+                }
+            };
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            text.hash(&mut h);
+            let hash = h.finish();
+            if let Some(f) = self.files.get(path) {
+                if f.hash == hash {
+                    if let Some(e) = &f.error {
+                        scan.problems.push(file_problem(path, e.clone(), Some(f)));
+                    }
+                    continue;
+                }
+            }
+            scan.changed = true;
+            let parsed = match std::str::from_utf8(&text) {
+                Ok(t) => parse_text(t),
+                Err(e) => Err(format!("not UTF-8: {e}")),
+            };
+            match parsed {
+                Ok(docs) => {
+                    self.files.insert(
+                        path.clone(),
+                        FileEntry {
+                            hash,
+                            docs,
+                            error: None,
+                        },
+                    );
+                }
+                Err(reason) => {
+                    let entry = self.files.entry(path.clone()).or_insert(FileEntry {
+                        hash,
+                        docs: Vec::new(),
+                        error: None,
+                    });
+                    entry.hash = hash;
+                    entry.error = Some(reason.clone());
+                    scan.problems.push(file_problem(path, reason, Some(entry)));
+                }
+            }
+        }
+        for (path, f) in &self.files {
+            scan.docs.extend(f.docs.iter().map(|v| Doc {
+                file: path.clone(),
+                value: v.clone(),
+            }));
+        }
+        scan
+    }
+}
+
+fn file_problem(path: &Path, reason: String, entry: Option<&FileEntry>) -> ObjectProblem {
+    let reason = match entry {
+        Some(e) if !e.docs.is_empty() => format!("{reason}; serving the file's last good content"),
+        _ => reason,
+    };
+    ObjectProblem {
+        origin: path.display().to_string(),
+        kind: String::new(),
+        object: String::new(),
+        reason,
+    }
+}
+
+/// Split a cluster directory's documents into objects and problems. The same
+/// object in two files: the first file (by path) wins, the other is rejected.
+pub fn cluster_objects(docs: &[Doc]) -> (Vec<KubeObject>, Vec<ObjectProblem>, Vec<ObjectProblem>) {
+    let mut objects = Vec::new();
+    let mut problems = Vec::new();
+    let mut notes = Vec::new();
+    let mut seen: HashMap<(String, String), &Path> = HashMap::new();
+    for d in docs {
+        let (kind, object) = describe(&d.value);
+        let problem = |reason: String| ObjectProblem {
+            origin: d.file.display().to_string(),
+            kind: kind.clone(),
+            object: object.clone(),
+            reason,
+        };
+        match kube_object(&d.value) {
+            Ok(obj) => {
+                if let Some(first) = seen.get(&(kind.clone(), object.clone())) {
+                    problems.push(problem(format!(
+                        "also defined in {}, which wins",
+                        first.display()
+                    )));
+                    continue;
+                }
+                seen.insert((kind.clone(), object.clone()), &d.file);
+                notes.extend(obj.notes().into_iter().map(&problem));
+                objects.push(obj);
+            }
+            Err(reason) => problems.push(problem(reason)),
+        }
+    }
+    (objects, problems, notes)
+}
+
+/// Logs each problem once, while it persists, rather than on every rescan.
+#[derive(Debug, Default)]
+struct Reported(BTreeSet<ObjectProblem>);
+
+impl Reported {
+    fn update(&mut self, problems: &[ObjectProblem], notes: &[ObjectProblem]) {
+        let now: BTreeSet<ObjectProblem> = problems.iter().chain(notes).cloned().collect();
+        for p in problems.iter().filter(|p| !self.0.contains(*p)) {
+            warn!(file = %p.origin, kind = %p.kind, object = %p.object, reason = %p.reason, "manifest rejected");
+        }
+        for p in notes.iter().filter(|p| !self.0.contains(*p)) {
+            warn!(file = %p.origin, kind = %p.kind, object = %p.object, note = %p.reason, "manifest note");
+        }
+        self.0 = now;
+    }
+}
+
+/// A member cluster's directory and what was last reported about it.
+#[derive(Debug)]
+pub struct ClusterDir {
+    cluster: String,
+    state: DirState,
+    reported: Reported,
+}
+
+impl ClusterDir {
+    pub fn new(cluster: &str, dir: PathBuf) -> ClusterDir {
+        ClusterDir {
+            cluster: cluster.to_string(),
+            state: DirState::new(dir),
+            reported: Reported::default(),
+        }
+    }
+
+    /// Rescan and hand the result to the registry (`force`: even if no file
+    /// changed). Returns false when the directory could not be read; the last good
+    /// state then stays in force.
+    pub fn sync(&mut self, registry: &Registry, force: bool) -> bool {
+        let scan = self.state.scan();
+        if let Some(e) = scan.dir_error {
+            warn!(error = %e, "cannot scan manifest directory; keeping the last good state");
+            let _ = registry.set_error(&self.cluster, Some(e));
+            return false;
+        }
+        let _ = registry.set_error(&self.cluster, None);
+        if !scan.changed && !force {
+            return true;
+        }
+        let (objects, mut problems, notes) = cluster_objects(&scan.docs);
+        problems.extend(scan.problems);
+        // Objects were checked above; anything the registry still refuses it
+        // records under the cluster's name.
+        if let Err(e) = registry.reset_cluster(&self.cluster, objects) {
+            warn!(error = %e, "registry refused the cluster");
+            return false;
+        }
+        self.reported.update(&problems, &notes);
+        let _ = registry.set_source_problems(&self.cluster, problems);
+        true
+    }
+}
+
+/// A running directory watch. Dropping it stops the watch.
+#[derive(Debug)]
+pub struct ManifestWatch {
+    task: JoinHandle<()>,
+}
+
+impl ManifestWatch {
+    pub fn abort(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for ManifestWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Watch a member cluster's manifest directory. Must be called within a tokio runtime.
+pub fn spawn_cluster(
+    registry: Arc<Registry>,
+    cluster: &ClusterConfig,
+) -> Result<ManifestWatch, SourceError> {
+    let crate::config::ClusterSource::Manifests(dir) = &cluster.source else {
+        return Err(SourceError::NotManifests(cluster.name.clone()));
+    };
+    let span = info_span!("manifests", cluster = %cluster.name, dir = %dir.display());
+    let mut state = ClusterDir::new(&cluster.name, dir.clone());
+    let task = tokio::spawn(
+        watch_loop(dir.clone(), move |first| state.sync(&registry, first)).instrument(span),
+    );
+    Ok(ManifestWatch { task })
+}
+
+/// Drive `rescan(first)` from file events, debounced, plus the periodic fallback.
+/// `rescan` returns false when the directory could not be read (the watch is then
+/// re-established at the next rescan).
+async fn watch_loop(dir: PathBuf, mut rescan: impl FnMut(bool) -> bool + Send + 'static) {
+    let (tx, mut rx) = mpsc::channel::<()>(1);
+    let mut watcher: Option<notify::RecommendedWatcher> = None;
+    let mut first = true;
+    loop {
+        if watcher.is_none() {
+            watcher = start_watcher(&dir, tx.clone());
+        }
+        let ok = rescan(first);
+        first = first && !ok;
+        if !ok {
+            watcher = None;
+        }
+        // Wait for an event or the periodic rescan.
+        let period = if ok { RESCAN } else { Duration::from_secs(2) };
+        match tokio::time::timeout(period, rx.recv()).await {
+            Ok(None) => return,
+            Ok(Some(())) => debounce(&mut rx).await,
+            Err(_) => {}
+        }
+    }
+}
+
+/// Wait until `DEBOUNCE` passes without an event (at most `DEBOUNCE_MAX`).
+async fn debounce(rx: &mut mpsc::Receiver<()>) {
+    let deadline = tokio::time::Instant::now() + DEBOUNCE_MAX;
+    loop {
+        let quiet = tokio::time::Instant::now() + DEBOUNCE;
+        match tokio::time::timeout_at(quiet.min(deadline), rx.recv()).await {
+            Ok(Some(())) if tokio::time::Instant::now() < deadline => continue,
+            _ => return,
+        }
+    }
+}
+
+fn start_watcher(dir: &Path, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    let handler = move |res: notify::Result<notify::Event>| {
+        let relevant = match &res {
+            Ok(ev) => !matches!(ev.kind, notify::EventKind::Access(_)),
+            Err(_) => true,
+        };
+        if relevant {
+            // Full channel: a rescan is already pending, which will see this change.
+            let _ = tx.try_send(());
+        }
+    };
+    let mut w = match notify::recommended_watcher(handler) {
+        Ok(w) => w,
+        Err(e) => {
+            warn!(error = %e, "cannot create a file watcher; relying on periodic rescans");
+            return None;
+        }
+    };
+    match w.watch(dir, notify::RecursiveMode::Recursive) {
+        Ok(()) => Some(w),
+        Err(e) => {
+            warn!(error = %e, "cannot watch the directory; relying on periodic rescans");
+            None
+        }
+    }
+}
