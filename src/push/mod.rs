@@ -2,6 +2,11 @@
 //! immutable `PushContext`, translate for each class of proxy and hand each
 //! connection its new snapshot.
 
+pub mod debounce;
+pub mod engine;
+
+pub use engine::{PushSummary, Pusher};
+
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 

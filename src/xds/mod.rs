@@ -1,7 +1,13 @@
 //! The transport: ADS over gRPC, state-of-the-world and Delta, plus the encoded
 //! resource types every proxy shares. No translation happens here.
 
+pub mod codec;
+pub mod connection;
 pub mod resource;
 pub mod server;
+pub mod source;
+pub mod status;
 
 pub use resource::{ProxySnapshot, Resource, ResourceMap, TypeUrl};
+pub use source::{Changes, ConnId, FixedSource, SnapshotSource, Update};
+pub use status::Connections;

@@ -1,0 +1,505 @@
+//! The xDS protocol state of one ADS stream, as plain synchronous code: what the
+//! client subscribed to, what it was sent, what it ACKed or NACKed, and which
+//! responses a request or a new snapshot calls for. The gRPC plumbing lives in
+//! `server.rs`; this module does no IO.
+//!
+//! Semantics reproduced (Envoy `api-docs/xds_protocol`):
+//! - Each type is its own sub-stream; responses within one push go out in
+//!   `TypeUrl::ALL` order (CDS before EDS, LDS before RDS).
+//! - Nonces are per stream. A request whose `response_nonce` is not the latest
+//!   nonce sent for its type is stale: SotW ignores it entirely (no reply); Delta
+//!   still applies its subscription changes (they are diffs and would otherwise be
+//!   lost) but does not treat it as an ACK or NACK.
+//! - ACK vs NACK is decided by `error_detail`. A NACK is recorded with Envoy's
+//!   text and the rejected content is not resent: the stream remembers what it
+//!   sent, and only content that differs from it goes out, so a NACK waits for a
+//!   change instead of looping.
+//! - SotW: LDS and CDS responses carry the full set (absence deletes); EDS and RDS
+//!   carry only requested resources that changed or are newly requested. Names
+//!   requested before they exist are remembered and sent when they appear.
+//!   Wildcard: the first request of LDS/CDS with no names, or `*` in the names.
+//! - Delta: per-resource versions, `removed_resources`, subscribe/unsubscribe
+//!   (`*` for wildcard; an empty first subscribe is wildcard for LDS/CDS), and
+//!   `initial_resource_versions` on reconnect so only what differs is sent.
+//! - Warming: after a CDS response that adds or changes clusters, the EDS of
+//!   those clusters is (re)sent in the same push (EDS resource names are the
+//!   cluster names, as crossmesh's translation produces them).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+
+use super::codec::{DeltaResponse, SotwResponse};
+use super::resource::{Resource, TypeUrl};
+use super::source::Update;
+
+/// Which ADS method the stream uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Sotw,
+    Delta,
+}
+
+/// The last NACK of one type.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Nack {
+    pub nonce: String,
+    /// The version that was rejected.
+    pub version: String,
+    /// Envoy's `error_detail.message`.
+    pub error: String,
+}
+
+/// Per-type state of one stream.
+#[derive(Debug, Default)]
+pub struct TypeState {
+    /// The client has sent at least one request for this type on this stream.
+    pub requested: bool,
+    pub wildcard: bool,
+    /// Explicitly subscribed names (without `*`).
+    pub names: BTreeSet<Arc<str>>,
+    /// What the client was last sent and is assumed to hold, by name.
+    pub sent: BTreeMap<Arc<str>, Arc<Resource>>,
+    pub sent_version: String,
+    pub sent_nonce: String,
+    pub acked_version: String,
+    pub acked_nonce: String,
+    pub nack: Option<Nack>,
+}
+
+impl TypeState {
+    fn in_scope(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+}
+
+/// One response about to be sent, before it is given its wire form.
+#[derive(Debug)]
+pub struct Out {
+    pub type_url: TypeUrl,
+    pub version: String,
+    pub nonce: String,
+    pub resources: Vec<Arc<Resource>>,
+    pub removed: Vec<Arc<str>>,
+}
+
+impl Out {
+    pub fn sotw(self) -> SotwResponse {
+        SotwResponse {
+            version_info: self.version,
+            type_url: self.type_url,
+            nonce: self.nonce,
+            resources: self.resources,
+        }
+    }
+
+    pub fn delta(self) -> DeltaResponse {
+        DeltaResponse {
+            system_version_info: self.version,
+            type_url: self.type_url,
+            nonce: self.nonce,
+            resources: self.resources,
+            removed: self.removed,
+        }
+    }
+}
+
+/// What a request did, for logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ack {
+    /// First request for the type, or a request carrying no nonce.
+    Request,
+    Ack,
+    Nack(String),
+    /// The nonce is not the latest one sent for the type.
+    Stale,
+    /// A type crossmesh does not serve.
+    UnknownType(String),
+}
+
+/// The protocol state of one stream.
+#[derive(Debug)]
+pub struct StreamState {
+    pub mode: Mode,
+    pub types: [TypeState; 5],
+    /// The snapshot this stream last processed.
+    pub current: Update,
+    nonce: u64,
+}
+
+fn set_version(resources: &[Arc<Resource>]) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for r in resources {
+        r.name.hash(&mut h);
+        r.version.hash(&mut h);
+    }
+    format!("{:016x}", h.finish())
+}
+
+/// Names to examine for one type.
+enum Candidates<'a> {
+    /// Everything in scope, plus everything sent (to find removals).
+    All,
+    /// Only these (from the push's change set), plus forced names.
+    Some(&'a BTreeSet<Arc<str>>),
+}
+
+impl StreamState {
+    pub fn new(mode: Mode, first: Update) -> StreamState {
+        StreamState {
+            mode,
+            types: Default::default(),
+            current: first,
+            nonce: 0,
+        }
+    }
+
+    pub fn seq(&self) -> u64 {
+        self.current.snapshot.seq
+    }
+
+    fn next_nonce(&mut self) -> String {
+        self.nonce += 1;
+        self.nonce.to_string()
+    }
+
+    /// Record ACK/NACK for `t` given the request's nonce, version and error.
+    fn ack(&mut self, t: TypeUrl, nonce: &str, version: &str, error: Option<String>) -> Ack {
+        let ts = &mut self.types[t.index()];
+        if nonce.is_empty() || ts.sent_nonce.is_empty() {
+            // A first request, a spontaneous Delta request, or a client that
+            // reconnected and still quotes a nonce of its previous stream.
+            return Ack::Request;
+        }
+        if nonce != ts.sent_nonce {
+            return Ack::Stale;
+        }
+        match error {
+            Some(error) => {
+                ts.nack = Some(Nack {
+                    nonce: nonce.to_string(),
+                    version: ts.sent_version.clone(),
+                    error: error.clone(),
+                });
+                Ack::Nack(error)
+            }
+            None => {
+                ts.acked_version = version.to_string();
+                ts.acked_nonce = nonce.to_string();
+                ts.nack = None;
+                Ack::Ack
+            }
+        }
+    }
+
+    /// Handle a state-of-the-world request; returns what it did and the response,
+    /// if one is due.
+    pub fn sotw_request(&mut self, req: &DiscoveryRequest) -> (Ack, Vec<Out>) {
+        let Some(t) = TypeUrl::parse(&req.type_url) else {
+            return (Ack::UnknownType(req.type_url.clone()), Vec::new());
+        };
+        let error = req.error_detail.as_ref().map(|s| s.message.clone());
+        let ack = self.ack(t, &req.response_nonce, &req.version_info, error);
+        if ack == Ack::Stale {
+            return (ack, Vec::new());
+        }
+        let ts = &mut self.types[t.index()];
+        let first = !ts.requested;
+        ts.requested = true;
+        let star = req.resource_names.iter().any(|n| n == "*");
+        let was_wildcard = ts.wildcard;
+        ts.wildcard = star
+            || (req.resource_names.is_empty()
+                && t.sotw_implicit_delete()
+                && (first || (was_wildcard && ts.names.is_empty())));
+        let names: BTreeSet<Arc<str>> = req
+            .resource_names
+            .iter()
+            .filter(|n| *n != "*")
+            .map(|n| Arc::from(n.as_str()))
+            .collect();
+        // "The server must resend any newly requested resources, even if it
+        // previously sent those resources" (xds_protocol, resource hints).
+        let mut forced: BTreeSet<Arc<str>> = names.difference(&ts.names).cloned().collect();
+        if ts.wildcard && !was_wildcard {
+            forced.extend(self.current.snapshot.get(t).keys().cloned());
+        }
+        let ts = &mut self.types[t.index()];
+        ts.names = names;
+        // Unsubscribed names: the client dropped them, forget we sent them.
+        if !ts.wildcard {
+            let names = &ts.names;
+            ts.sent.retain(|n, _| names.contains(n));
+        }
+        let out = if first || !forced.is_empty() {
+            self.respond(t, &forced, first && t.sotw_implicit_delete())
+        } else {
+            Vec::new()
+        };
+        (ack, out)
+    }
+
+    /// Handle an incremental request.
+    pub fn delta_request(&mut self, req: &DeltaDiscoveryRequest) -> (Ack, Vec<Out>) {
+        let Some(t) = TypeUrl::parse(&req.type_url) else {
+            return (Ack::UnknownType(req.type_url.clone()), Vec::new());
+        };
+        let error = req.error_detail.as_ref().map(|s| s.message.clone());
+        let ack = self.ack(t, &req.response_nonce, "", error);
+        let map = self.current.snapshot.get(t).clone();
+        let ts = &mut self.types[t.index()];
+        if matches!(ack, Ack::Ack) {
+            ts.acked_version = ts.sent_version.clone();
+        }
+        let first = !ts.requested;
+        ts.requested = true;
+        let mut forced: BTreeSet<Arc<str>> = BTreeSet::new();
+        if first {
+            // An empty first subscribe is wildcard for LDS/CDS (legacy wildcard).
+            ts.wildcard = req.resource_names_subscribe.is_empty() && t.sotw_implicit_delete();
+            // Reconnect: the client says what it holds; record matching content as
+            // sent and anything we do not have as to-be-removed.
+            for (name, version) in &req.initial_resource_versions {
+                let name: Arc<str> = Arc::from(name.as_str());
+                match map.get(&name) {
+                    Some(r) if *r.version == **version => {
+                        ts.sent.insert(name, r.clone());
+                    }
+                    Some(_) => {}
+                    None => {
+                        ts.sent.insert(
+                            name.clone(),
+                            Arc::new(Resource {
+                                name,
+                                version: Arc::from(version.as_str()),
+                                any: bytes::Bytes::new(),
+                            }),
+                        );
+                    }
+                }
+            }
+        }
+        for n in &req.resource_names_subscribe {
+            if n == "*" {
+                if !ts.wildcard {
+                    ts.wildcard = true;
+                    forced.extend(map.keys().cloned());
+                }
+                continue;
+            }
+            let name: Arc<str> = Arc::from(n.as_str());
+            ts.names.insert(name.clone());
+            // "The server must still provide those resources" even if it believes
+            // the client has them, except what the client just declared it holds.
+            let known = first && req.initial_resource_versions.contains_key(n);
+            if !known {
+                forced.insert(name);
+            }
+        }
+        for n in &req.resource_names_unsubscribe {
+            if n == "*" {
+                ts.wildcard = false;
+            } else {
+                ts.names.remove(n.as_str());
+            }
+        }
+        if !req.resource_names_unsubscribe.is_empty() {
+            let (wildcard, names) = (ts.wildcard, &ts.names);
+            ts.sent.retain(|n, _| wildcard || names.contains(n));
+        }
+        let always = first && ts.wildcard;
+        let out = if first || !forced.is_empty() {
+            self.respond(t, &forced, always)
+        } else {
+            Vec::new()
+        };
+        (ack, out)
+    }
+
+    /// A new snapshot arrived: the responses it calls for, in push order, with
+    /// the EDS of added or changed clusters resent after CDS (warming).
+    pub fn update(&mut self, update: Update) -> Vec<Out> {
+        let last = self.seq();
+        self.current = update;
+        let current = self.current.clone();
+        let mut out = Vec::new();
+        let mut eds_forced = BTreeSet::new();
+        for t in TypeUrl::ALL {
+            if !self.types[t.index()].requested {
+                continue;
+            }
+            let cands = match current.changed_since(last, t) {
+                Some(names) => Candidates::Some(names),
+                None => Candidates::All,
+            };
+            let forced = if t == TypeUrl::Endpoint {
+                std::mem::take(&mut eds_forced)
+            } else {
+                BTreeSet::new()
+            };
+            if let Some((o, changed)) = self.compute(t, cands, &forced, false) {
+                if t == TypeUrl::Cluster {
+                    eds_forced = self.eds_to_rewarm(changed);
+                }
+                out.push(o);
+            }
+        }
+        out
+    }
+
+    /// Respond for one type and, after a CDS response that added or changed
+    /// clusters, with those clusters' EDS.
+    fn respond(&mut self, t: TypeUrl, forced: &BTreeSet<Arc<str>>, always: bool) -> Vec<Out> {
+        let mut out = Vec::new();
+        if let Some((o, changed)) = self.compute(t, Candidates::All, forced, always) {
+            out.push(o);
+            if t == TypeUrl::Cluster {
+                let eds = self.eds_to_rewarm(changed);
+                if !eds.is_empty() {
+                    let none = BTreeSet::new();
+                    if let Some((o, _)) =
+                        self.compute(TypeUrl::Endpoint, Candidates::Some(&none), &eds, false)
+                    {
+                        out.push(o);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The EDS names to resend because their clusters were just added or changed:
+    /// a changed cluster is warmed again and needs its ClusterLoadAssignment.
+    fn eds_to_rewarm(&self, clusters: BTreeSet<Arc<str>>) -> BTreeSet<Arc<str>> {
+        let eds = &self.types[TypeUrl::Endpoint.index()];
+        if !eds.requested {
+            return BTreeSet::new();
+        }
+        clusters.into_iter().filter(|n| eds.in_scope(n)).collect()
+    }
+
+    /// Compute the response for `t`, if one is due, and record it as sent.
+    /// Returns it with the names whose content the client did not have yet.
+    fn compute(
+        &mut self,
+        t: TypeUrl,
+        cands: Candidates<'_>,
+        forced: &BTreeSet<Arc<str>>,
+        always: bool,
+    ) -> Option<(Out, BTreeSet<Arc<str>>)> {
+        let map = self.current.snapshot.get(t).clone();
+        let seq = self.seq();
+        let mode = self.mode;
+        let ts = &mut self.types[t.index()];
+        let mut changed = BTreeSet::new();
+
+        if mode == Mode::Sotw && t.sotw_implicit_delete() {
+            // Full set: LDS/CDS in state of the world.
+            if let Candidates::Some(set) = cands {
+                let relevant = set
+                    .iter()
+                    .any(|n| ts.in_scope(n) || ts.sent.contains_key(n));
+                if !relevant && forced.is_empty() && !always {
+                    return None;
+                }
+            }
+            let desired: Vec<Arc<Resource>> = if ts.wildcard {
+                map.values().cloned().collect()
+            } else {
+                ts.names
+                    .iter()
+                    .filter_map(|n| map.get(n).cloned())
+                    .collect()
+            };
+            let version = set_version(&desired);
+            if version == ts.sent_version && forced.is_empty() && !always {
+                return None;
+            }
+            for r in &desired {
+                if ts.sent.get(&r.name).is_none_or(|s| s.version != r.version) {
+                    changed.insert(r.name.clone());
+                }
+            }
+            ts.sent = desired
+                .iter()
+                .map(|r| (r.name.clone(), r.clone()))
+                .collect();
+            ts.sent_version = version.clone();
+            let nonce = self.next_nonce();
+            self.types[t.index()].sent_nonce = nonce.clone();
+            let out = Out {
+                type_url: t,
+                version,
+                nonce,
+                resources: desired,
+                removed: Vec::new(),
+            };
+            return Some((out, changed));
+        }
+
+        // Per resource: SotW EDS/RDS and every Delta type.
+        let mut names: BTreeSet<Arc<str>> = BTreeSet::new();
+        match cands {
+            Candidates::All => {
+                if ts.wildcard {
+                    names.extend(map.keys().cloned());
+                } else {
+                    names.extend(ts.names.iter().cloned());
+                }
+                names.extend(ts.sent.keys().cloned());
+            }
+            Candidates::Some(set) => {
+                names.extend(
+                    set.iter()
+                        .filter(|n| ts.in_scope(n) || ts.sent.contains_key(*n))
+                        .cloned(),
+                );
+            }
+        }
+        names.extend(forced.iter().cloned());
+        let mut send = Vec::new();
+        let mut removed = Vec::new();
+        for name in names {
+            let in_scope = ts.in_scope(&name);
+            match map.get(&name) {
+                Some(r) if in_scope => {
+                    let differs = ts.sent.get(&name).is_none_or(|s| s.version != r.version);
+                    if differs || forced.contains(&name) {
+                        send.push(r.clone());
+                        ts.sent.insert(name.clone(), r.clone());
+                        if differs {
+                            changed.insert(name);
+                        }
+                    }
+                }
+                Some(_) => {
+                    ts.sent.remove(&name);
+                }
+                None => {
+                    // Gone. Delta says so; SotW EDS/RDS cannot (parents drop them).
+                    if ts.sent.remove(&name).is_some() && in_scope && mode == Mode::Delta {
+                        removed.push(name);
+                    }
+                }
+            }
+        }
+        if send.is_empty() && removed.is_empty() && !always {
+            return None;
+        }
+        let version = seq.to_string();
+        ts.sent_version = version.clone();
+        let nonce = self.next_nonce();
+        self.types[t.index()].sent_nonce = nonce.clone();
+        let out = Out {
+            type_url: t,
+            version,
+            nonce,
+            resources: send,
+            removed,
+        };
+        Some((out, changed))
+    }
+}

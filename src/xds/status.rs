@@ -1,0 +1,190 @@
+//! The registry of live ADS streams, read by the debug endpoints: `/debug/syncz`
+//! (`Connections::list`) and `/debug/config_dump` (`Connections::sent`).
+//!
+//! Each stream's protocol state lives here, behind its own std `Mutex`: the stream's
+//! task locks it for the few microseconds it takes to process one request or one
+//! snapshot (never across `.await`), and debug readers lock it to copy a status.
+//! A `DashMap` holds the streams because many tasks insert and remove them.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use dashmap::DashMap;
+
+use super::connection::{Mode, Nack, StreamState};
+use super::resource::{Resource, TypeUrl};
+use super::source::ConnId;
+use crate::model::Proxy;
+
+/// One live stream.
+#[derive(Debug)]
+pub struct Connection {
+    pub id: ConnId,
+    pub proxy: Arc<Proxy>,
+    pub connected_at: SystemTime,
+    pub mode: Mode,
+    state: Mutex<StreamState>,
+}
+
+impl Connection {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, StreamState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// `/debug/syncz` entry for one type URL.
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+pub struct TypeStatus {
+    pub type_url: &'static str,
+    pub sent_version: String,
+    pub sent_nonce: String,
+    pub acked_version: String,
+    pub acked_nonce: String,
+    /// The last NACK since the last ACK, with Envoy's error text.
+    pub nacked: Option<Nack>,
+    pub wildcard: bool,
+    pub subscribed: usize,
+    pub resources_sent: usize,
+}
+
+/// `/debug/syncz` entry for one stream.
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+pub struct ConnectionStatus {
+    pub proxy_id: String,
+    pub connection: ConnId,
+    pub mode: Mode,
+    /// Seconds since the Unix epoch.
+    pub connected_at: u64,
+    /// Push sequence number of the snapshot the stream last processed.
+    pub push_seq: u64,
+    /// Per type the client requested, in push order.
+    pub types: Vec<TypeStatus>,
+}
+
+/// All live streams.
+#[derive(Debug, Default)]
+pub struct Connections {
+    map: DashMap<ConnId, Arc<Connection>>,
+    next_id: AtomicU64,
+}
+
+impl Connections {
+    pub fn new() -> Connections {
+        Connections::default()
+    }
+
+    pub(crate) fn next_id(&self) -> ConnId {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub(crate) fn insert(
+        &self,
+        id: ConnId,
+        proxy: Arc<Proxy>,
+        mode: Mode,
+        state: StreamState,
+    ) -> Arc<Connection> {
+        let c = Arc::new(Connection {
+            id,
+            proxy,
+            connected_at: SystemTime::now(),
+            mode,
+            state: Mutex::new(state),
+        });
+        self.map.insert(id, c.clone());
+        c
+    }
+
+    pub(crate) fn remove(&self, id: ConnId) {
+        self.map.remove(&id);
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Status of every live stream, sorted by proxy id then stream.
+    pub fn list(&self) -> Vec<ConnectionStatus> {
+        let conns: Vec<Arc<Connection>> = self.map.iter().map(|e| e.value().clone()).collect();
+        let mut out: Vec<ConnectionStatus> = conns.iter().map(|c| status(c)).collect();
+        out.sort_by(|a, b| (&a.proxy_id, a.connection).cmp(&(&b.proxy_id, b.connection)));
+        out
+    }
+
+    /// The newest live stream of `proxy_id`.
+    fn newest(&self, proxy_id: &str) -> Option<Arc<Connection>> {
+        self.map
+            .iter()
+            .filter(|e| e.value().proxy.id == proxy_id)
+            .max_by_key(|e| *e.key())
+            .map(|e| e.value().clone())
+    }
+
+    /// The resources last sent to `proxy_id` (its newest stream), per type, in
+    /// push order; `None` if the proxy is not connected.
+    pub fn sent(&self, proxy_id: &str) -> Option<BTreeMap<TypeUrl, Vec<Arc<Resource>>>> {
+        let c = self.newest(proxy_id)?;
+        let st = c.lock();
+        let mut out = BTreeMap::new();
+        for t in TypeUrl::ALL {
+            let ts = &st.types[t.index()];
+            if ts.requested {
+                // Entries with empty bytes stand for content a reconnecting Delta
+                // client declared and crossmesh does not have: nothing to show.
+                let v = ts
+                    .sent
+                    .values()
+                    .filter(|r| !r.any.is_empty())
+                    .cloned()
+                    .collect();
+                out.insert(t, v);
+            }
+        }
+        Some(out)
+    }
+
+    /// The proxy model of `proxy_id`'s newest stream.
+    pub fn proxy(&self, proxy_id: &str) -> Option<Arc<Proxy>> {
+        self.newest(proxy_id).map(|c| c.proxy.clone())
+    }
+}
+
+fn status(c: &Connection) -> ConnectionStatus {
+    let st = c.lock();
+    let types = TypeUrl::ALL
+        .into_iter()
+        .filter(|t| st.types[t.index()].requested)
+        .map(|t| {
+            let ts = &st.types[t.index()];
+            TypeStatus {
+                type_url: t.as_str(),
+                sent_version: ts.sent_version.clone(),
+                sent_nonce: ts.sent_nonce.clone(),
+                acked_version: ts.acked_version.clone(),
+                acked_nonce: ts.acked_nonce.clone(),
+                nacked: ts.nack.clone(),
+                wildcard: ts.wildcard,
+                subscribed: ts.names.len(),
+                resources_sent: ts.sent.len(),
+            }
+        })
+        .collect();
+    ConnectionStatus {
+        proxy_id: c.proxy.id.clone(),
+        connection: c.id,
+        mode: c.mode,
+        connected_at: c
+            .connected_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        push_seq: st.seq(),
+        types,
+    }
+}
