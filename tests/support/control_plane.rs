@@ -1,0 +1,260 @@
+//! The real `crossmesh` binary as a test fixture: `crossmesh serve` on loopback ports
+//! of our choosing, `/ready` polling, debug HTTP helpers, restart, and
+//! `crossmesh bootstrap` for gateway bootstraps.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::net::free_port;
+use super::{print_log_tail, wait_for};
+
+pub fn crossmesh_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_crossmesh")
+}
+
+/// A running `crossmesh serve`. Dropping it kills the process; if the thread is
+/// panicking the tail of its log is printed first.
+pub struct ControlPlane {
+    child: Option<Child>,
+    pub mesh_file: PathBuf,
+    pub xds: SocketAddr,
+    pub debug: SocketAddr,
+    logdir: tempfile::TempDir,
+    starts: u32,
+    client: reqwest::Client,
+}
+
+impl ControlPlane {
+    /// Start `crossmesh serve --mesh FILE` on free loopback ports and wait for
+    /// `/ready`.
+    pub async fn start(mesh_file: &Path) -> ControlPlane {
+        let mut cp = ControlPlane {
+            child: None,
+            mesh_file: mesh_file.to_owned(),
+            xds: SocketAddr::from((Ipv4Addr::LOCALHOST, free_port())),
+            debug: SocketAddr::from((Ipv4Addr::LOCALHOST, free_port())),
+            logdir: tempfile::Builder::new()
+                .prefix("crossmesh-cp-")
+                .tempdir()
+                .expect("tempdir"),
+            starts: 0,
+            client: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .expect("client"),
+        };
+        cp.spawn();
+        cp.wait_ready().await;
+        cp
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.logdir
+            .path()
+            .join(format!("crossmesh-{}.log", self.starts))
+    }
+
+    fn spawn(&mut self) {
+        self.starts += 1;
+        let log = std::fs::File::create(self.log_path()).expect("create log");
+        let child = Command::new(crossmesh_bin())
+            .arg("serve")
+            .arg("--mesh")
+            .arg(&self.mesh_file)
+            .arg("--xds-address")
+            .arg(self.xds.to_string())
+            .arg("--debug-address")
+            .arg(self.debug.to_string())
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info,crossmesh=debug".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn crossmesh serve");
+        self.child = Some(child);
+    }
+
+    /// Wait until `/ready` answers 200 (fails fast if the process exits).
+    pub async fn wait_ready(&mut self) {
+        let url = format!("http://{}/ready", self.debug);
+        let client = self.client.clone();
+        let this = &mut *self;
+        wait_for("crossmesh /ready", Duration::from_secs(30), || {
+            let exited = this.exited();
+            let client = client.clone();
+            let url = url.clone();
+            async move {
+                if let Some(s) = exited {
+                    return Err(format!("crossmesh serve exited with {s}"));
+                }
+                let r = client.get(&url).send().await.map_err(|e| e.to_string())?;
+                if r.status().as_u16() == 200 {
+                    Ok(())
+                } else {
+                    Err(format!("{}", r.status()))
+                }
+            }
+        })
+        .await;
+    }
+
+    pub fn exited(&mut self) -> Option<String> {
+        match self.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(s))) => Some(s.to_string()),
+            None => Some("not running".into()),
+            _ => None,
+        }
+    }
+
+    /// Kill the process (SIGKILL: the xDS streams drop without a goodbye).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kill and start again on the same ports, then wait for `/ready`.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+        self.wait_ready().await;
+    }
+
+    /// GET a debug path; (status, body).
+    pub async fn get(&self, path: &str) -> Result<(u16, String), String> {
+        let url = format!("http://{}{}", self.debug, path);
+        let r = self
+            .client
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        let status = r.status().as_u16();
+        Ok((status, r.text().await.map_err(|e| e.to_string())?))
+    }
+
+    /// GET a debug path that returns JSON.
+    pub async fn json(&self, path: &str) -> Result<serde_json::Value, String> {
+        let (status, body) = self.get(path).await?;
+        if status != 200 {
+            return Err(format!("GET {path}: {status} {body}"));
+        }
+        serde_json::from_str(&body).map_err(|e| format!("GET {path}: not JSON ({e}): {body}"))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            for i in 1..=self.starts {
+                let p = self.logdir.path().join(format!("crossmesh-{i}.log"));
+                print_log_tail(&format!("crossmesh serve (start {i})"), &p, 200);
+            }
+        }
+    }
+}
+
+/// Identity and options of a gateway proxy for `crossmesh bootstrap`.
+#[derive(Debug, Clone)]
+pub struct GatewayProxy {
+    pub name: String,
+    pub namespace: String,
+    pub ip: Ipv4Addr,
+    pub labels: Vec<(String, String)>,
+    pub cluster_id: String,
+    pub network: Option<String>,
+    pub sotw: bool,
+}
+
+impl GatewayProxy {
+    /// The seed's ingress gateway: `istio-system`, labels
+    /// `app=istio-ingressgateway,istio=ingressgateway`.
+    pub fn ingress(ip: Ipv4Addr, cluster_id: &str, sotw: bool) -> GatewayProxy {
+        GatewayProxy {
+            name: "istio-ingressgateway-0".into(),
+            namespace: "istio-system".into(),
+            ip,
+            labels: vec![
+                ("app".into(), "istio-ingressgateway".into()),
+                ("istio".into(), "ingressgateway".into()),
+            ],
+            cluster_id: cluster_id.into(),
+            network: None,
+            sotw,
+        }
+    }
+
+    /// Istio's node id for this gateway.
+    pub fn node_id(&self) -> String {
+        format!(
+            "router~{}~{}.{}~{}.svc.cluster.local",
+            self.ip, self.name, self.namespace, self.namespace
+        )
+    }
+}
+
+/// Run `crossmesh bootstrap --role gateway ...` (DESIGN.md §1) and return the YAML.
+pub fn bootstrap_gateway(gw: &GatewayProxy, xds: SocketAddr, admin_port: u16) -> String {
+    let labels = gw
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut args: Vec<String> = vec![
+        "bootstrap".into(),
+        "--role".into(),
+        "gateway".into(),
+        "--name".into(),
+        gw.name.clone(),
+        "--namespace".into(),
+        gw.namespace.clone(),
+        "--ip".into(),
+        gw.ip.to_string(),
+        "--labels".into(),
+        labels,
+        "--xds-address".into(),
+        xds.to_string(),
+        "--admin-port".into(),
+        admin_port.to_string(),
+        "--cluster-id".into(),
+        gw.cluster_id.clone(),
+    ];
+    if let Some(n) = &gw.network {
+        args.push("--network".into());
+        args.push(n.clone());
+    }
+    if gw.sotw {
+        args.push("--sotw".into());
+    }
+    bootstrap(&args)
+}
+
+/// Run `crossmesh <args>` (a bootstrap command) and return stdout; panics with
+/// stderr on failure.
+pub fn bootstrap(args: &[String]) -> String {
+    let out = Command::new(crossmesh_bin())
+        .args(args)
+        .output()
+        .expect("run crossmesh bootstrap");
+    assert!(
+        out.status.success(),
+        "crossmesh {} failed ({}): {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("bootstrap is UTF-8")
+}
