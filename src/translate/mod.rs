@@ -1,10 +1,31 @@
 //! Translation: pure functions from the `PushContext` and a `Proxy` to Envoy
 //! resources. No IO, no async, no locks.
+//!
+//! One file per xDS type plus one per proxy role:
+//! - `cluster.rs` (CDS) — `outbound|PORT|SUBSET|HOST` EDS clusters with the
+//!   DestinationRule traffic policy;
+//! - `endpoint.rs` (EDS) — ready endpoints per port and subset, by locality;
+//! - `route.rs` (RDS) — VirtualService HTTP routes and virtual hosts;
+//! - `listener.rs` (LDS) — listeners, HTTP connection manager, TCP proxy;
+//! - `gateway.rs` — puts them together for gateway proxies;
+//! - `sidecar.rs` (later) — the same builders for sidecar proxies.
+//! `proto.rs` holds the small Envoy builders everything shares.
+
+pub mod cluster;
+pub mod endpoint;
+pub mod gateway;
+pub mod listener;
+pub mod proto;
+pub mod route;
+
+use std::collections::BTreeMap;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+
+use crate::model::{Proxy, ProxyRole, PushContext, Service};
 
 /// Everything one proxy (class) gets except endpoints.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -17,27 +38,49 @@ pub struct Generated {
 /// The endpoints of one EDS cluster (`outbound|PORT|SUBSET|HOST`).
 pub type Assignment = ClusterLoadAssignment;
 
-use crate::model::{Proxy, PushContext, Service};
-
 /// The proxy fields translation reads, and nothing else: proxies with equal classes
 /// get identical CDS/LDS/RDS, so a push generates and encodes once per class.
-/// (Being filled in by the translate work: today every proxy is its own class.)
+///
+/// Gateways read their role, namespace (DestinationRule and `exportTo` visibility,
+/// `sourceNamespace`) and labels (Gateway `selector`, `sourceLabels`); never the pod
+/// name, IP or id. Sidecar translation will add the fields it reads (IP,
+/// interception mode...) here, for sidecars only.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ProxyClass(String);
+pub struct ProxyClass {
+    pub role: ProxyRole,
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+}
 
 impl ProxyClass {
     pub fn of(proxy: &Proxy, _ctx: &PushContext) -> ProxyClass {
-        ProxyClass(proxy.id.clone())
+        ProxyClass {
+            role: proxy.role,
+            namespace: proxy.namespace.clone(),
+            labels: proxy.labels.clone(),
+        }
     }
 }
 
-/// CDS, LDS and RDS for one proxy. (Being filled in by the translate work.)
-pub fn generate(_proxy: &Proxy, _ctx: &PushContext) -> Generated {
-    Generated::default()
+/// CDS, LDS and RDS for one proxy.
+///
+/// Sidecars get every service's outbound clusters (no listeners yet: sidecar
+/// listeners come with `translate::sidecar`).
+pub fn generate(proxy: &Proxy, ctx: &PushContext) -> Generated {
+    match proxy.role {
+        ProxyRole::Gateway => gateway::generate(proxy, ctx),
+        ProxyRole::Sidecar => Generated {
+            clusters: ctx
+                .services
+                .values()
+                .flat_map(|svc| cluster::service_clusters(svc, &proxy.namespace, ctx))
+                .collect(),
+            ..Default::default()
+        },
+    }
 }
 
 /// Every ClusterLoadAssignment of one service: one per port and subset.
-/// (Being filled in by the translate work.)
-pub fn endpoints(_svc: &Service, _ctx: &PushContext) -> Vec<Assignment> {
-    Vec::new()
+pub fn endpoints(svc: &Service, ctx: &PushContext) -> Vec<Assignment> {
+    endpoint::service_assignments(svc, ctx)
 }

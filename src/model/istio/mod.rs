@@ -1,6 +1,644 @@
-//! Istio's networking and security APIs as plain serde types, plus the validated
-//! config snapshot translation reads.
+//! Istio's networking API (`networking.istio.io` v1alpha3, v1beta1 and v1 share
+//! one schema) as plain serde types, plus the validated `ConfigSnapshot`
+//! translation reads.
+//!
+//! Spec types use `deny_unknown_fields`, so an unknown or misspelt field rejects
+//! the object with a reason instead of being silently ignored. Fields Istio has but
+//! crossmesh does not implement are typed and then rejected by `validate`, with a
+//! message naming the field.
 
-/// The Istio config in force for one push. (Filled in by the translate work.)
+pub mod common;
+pub mod destination_rule;
+pub mod duration;
+pub mod gateway;
+pub mod sidecar;
+pub mod validate;
+pub mod virtual_service;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub use common::{labels_match, Destination, Percent, PortSelector, StringMatch, StringMatchKind};
+pub use destination_rule::{DestinationRule, Subset, TrafficPolicy};
+pub use duration::IstioDuration;
+pub use gateway::{Gateway, Server, ServerProtocol};
+pub use sidecar::Sidecar;
+pub use virtual_service::VirtualService;
+
+/// The API group crossmesh reads Istio networking config from.
+pub const NETWORKING_GROUP: &str = "networking.istio.io";
+/// Versions of the networking group that share the schema below.
+pub const NETWORKING_VERSIONS: [&str; 3] = ["v1alpha3", "v1beta1", "v1"];
+/// The namespace Istio treats as the config root (mesh-wide DestinationRules).
+pub const ROOT_NAMESPACE: &str = "istio-system";
+
+/// The Istio kinds crossmesh understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Kind {
+    Gateway,
+    VirtualService,
+    DestinationRule,
+    Sidecar,
+}
+
+impl Kind {
+    pub fn parse(kind: &str) -> Option<Kind> {
+        Some(match kind {
+            "Gateway" => Kind::Gateway,
+            "VirtualService" => Kind::VirtualService,
+            "DestinationRule" => Kind::DestinationRule,
+            "Sidecar" => Kind::Sidecar,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Gateway => "Gateway",
+            Kind::VirtualService => "VirtualService",
+            Kind::DestinationRule => "DestinationRule",
+            Kind::Sidecar => "Sidecar",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Object metadata crossmesh keeps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Meta {
+    pub name: String,
+    /// `default` when the document has none (as `kubectl apply` does).
+    pub namespace: String,
+    /// RFC 3339 as written; `None` sorts first (Istio's zero time).
+    pub creation_timestamp: Option<String>,
+    /// The file path or member cluster the object came from.
+    pub origin: String,
+    pub api_version: String,
+}
+
+impl Meta {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Istio's order for merging config (`sortConfigByCreationTime`): oldest
+    /// first, then by name, then by namespace.
+    pub fn istio_order(&self, other: &Meta) -> std::cmp::Ordering {
+        let ts = |m: &Meta| {
+            m.creation_timestamp
+                .as_deref()
+                .map(timestamp_key)
+                .unwrap_or_default()
+        };
+        ts(self)
+            .cmp(&ts(other))
+            .then_with(|| self.name.cmp(&other.name))
+            .then_with(|| self.namespace.cmp(&other.namespace))
+    }
+}
+
+/// A sortable key for an RFC 3339 timestamp: the digits of date and time, with the
+/// fraction padded, so `2024-03-25T10:10:52Z` < `2024-03-25T10:10:52.5Z`.
+/// Validation guarantees the `YYYY-MM-DDTHH:MM:SS[.frac]Z` shape.
+fn timestamp_key(ts: &str) -> String {
+    let (main, frac) = match ts.trim_end_matches('Z').split_once('.') {
+        Some((m, f)) => (m.to_string(), f.to_string()),
+        None => (ts.trim_end_matches('Z').to_string(), String::new()),
+    };
+    format!("{main}.{frac:0<9}")
+}
+
+/// One validated object of kind `T`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config<T> {
+    pub meta: Meta,
+    pub spec: T,
+}
+
+/// Any supported Istio object.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind")]
+pub enum IstioObject {
+    Gateway(Config<Gateway>),
+    VirtualService(Config<VirtualService>),
+    DestinationRule(Config<DestinationRule>),
+    Sidecar(Config<Sidecar>),
+}
+
+impl IstioObject {
+    pub fn meta(&self) -> &Meta {
+        match self {
+            IstioObject::Gateway(c) => &c.meta,
+            IstioObject::VirtualService(c) => &c.meta,
+            IstioObject::DestinationRule(c) => &c.meta,
+            IstioObject::Sidecar(c) => &c.meta,
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        match self {
+            IstioObject::Gateway(_) => Kind::Gateway,
+            IstioObject::VirtualService(_) => Kind::VirtualService,
+            IstioObject::DestinationRule(_) => Kind::DestinationRule,
+            IstioObject::Sidecar(_) => Kind::Sidecar,
+        }
+    }
+}
+
+/// Why one object was rejected: enough for an operator to find and fix it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{origin}: {kind} {namespace}/{name}: {}{reason}", field_prefix(.field))]
+pub struct Rejection {
+    pub origin: String,
+    /// The kind as written (may be one crossmesh does not know).
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    /// Path of the offending field (`spec.http[0].route[1].weight`), empty when
+    /// the whole object is at fault.
+    pub field: String,
+    pub reason: String,
+}
+
+fn field_prefix(field: &str) -> String {
+    if field.is_empty() {
+        String::new()
+    } else {
+        format!("{field}: ")
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawMeta {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    creation_timestamp: Option<String>,
+}
+
+/// Parse and validate one document. `Err` holds every problem found (at least one).
+pub fn parse_object(
+    origin: &str,
+    value: &serde_json::Value,
+) -> Result<IstioObject, Vec<Rejection>> {
+    let str_field = |k: &str| {
+        value
+            .get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    let kind_str = str_field("kind");
+    let api_version = str_field("apiVersion");
+    let raw_meta: Option<RawMeta> = value
+        .get("metadata")
+        .and_then(|m| serde_json::from_value(m.clone()).ok());
+    let name = raw_meta
+        .as_ref()
+        .and_then(|m| m.name.clone())
+        .unwrap_or_default();
+    let namespace = raw_meta
+        .as_ref()
+        .and_then(|m| m.namespace.clone())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "default".to_string());
+    let reject = |field: &str, reason: String| {
+        vec![Rejection {
+            origin: origin.to_string(),
+            kind: if kind_str.is_empty() {
+                "<no kind>".into()
+            } else {
+                kind_str.clone()
+            },
+            namespace: namespace.clone(),
+            name: if name.is_empty() {
+                "<no name>".into()
+            } else {
+                name.clone()
+            },
+            field: field.to_string(),
+            reason,
+        }]
+    };
+    if !value.is_object() {
+        return Err(reject("", "document is not a mapping".into()));
+    }
+    let (group, version) = api_version
+        .split_once('/')
+        .unwrap_or(("", api_version.as_str()));
+    if group != NETWORKING_GROUP || !NETWORKING_VERSIONS.contains(&version) {
+        return Err(reject(
+            "apiVersion",
+            format!(
+                "unsupported apiVersion {api_version:?} (crossmesh reads {NETWORKING_GROUP}/v1alpha3, v1beta1 and v1)"
+            ),
+        ));
+    }
+    let Some(kind) = Kind::parse(&kind_str) else {
+        return Err(reject(
+            "kind",
+            format!("unknown kind {kind_str:?} (supported: Gateway, VirtualService, DestinationRule, Sidecar)"),
+        ));
+    };
+    let Some(raw_meta) = raw_meta else {
+        return Err(reject("metadata", "missing or malformed metadata".into()));
+    };
+    if name.is_empty() {
+        return Err(reject("metadata.name", "missing name".into()));
+    }
+    if let Some(ts) = &raw_meta.creation_timestamp {
+        if !validate::is_rfc3339_utc(ts) {
+            return Err(reject(
+                "metadata.creationTimestamp",
+                format!("{ts:?} is not an RFC 3339 UTC time (YYYY-MM-DDTHH:MM:SSZ)"),
+            ));
+        }
+    }
+    let meta = Meta {
+        name: name.clone(),
+        namespace: namespace.clone(),
+        creation_timestamp: raw_meta.creation_timestamp,
+        origin: origin.to_string(),
+        api_version: api_version.clone(),
+    };
+    let spec = value
+        .get("spec")
+        .cloned()
+        .unwrap_or(serde_json::Value::Object(Default::default()));
+    fn de<T: serde::de::DeserializeOwned>(spec: serde_json::Value) -> Result<T, (String, String)> {
+        serde_path_to_error::deserialize(spec).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." {
+                "spec".to_string()
+            } else {
+                format!("spec.{path}")
+            };
+            (field, e.into_inner().to_string())
+        })
+    }
+    let obj = match kind {
+        Kind::Gateway => de(spec).map(|spec| IstioObject::Gateway(Config { meta, spec })),
+        Kind::VirtualService => {
+            de(spec).map(|spec| IstioObject::VirtualService(Config { meta, spec }))
+        }
+        Kind::DestinationRule => {
+            de(spec).map(|spec| IstioObject::DestinationRule(Config { meta, spec }))
+        }
+        Kind::Sidecar => de(spec).map(|spec| IstioObject::Sidecar(Config { meta, spec })),
+    };
+    let obj = obj.map_err(|(field, reason)| reject(&field, reason))?;
+    let problems = validate::validate(&obj);
+    if problems.is_empty() {
+        Ok(obj)
+    } else {
+        Err(problems
+            .into_iter()
+            .flat_map(|p| reject(&p.field, p.reason))
+            .collect())
+    }
+}
+
+/// Istio's short-name resolution: a host without a dot is a service in `namespace`
+/// (`order` in `base` is `order.base.svc.<suffix>`); anything else is taken as
+/// written, lower-cased.
+pub fn resolve_host(host: &str, namespace: &str, domain_suffix: &str) -> String {
+    if host.contains('.') || host.starts_with('*') {
+        host.to_ascii_lowercase()
+    } else {
+        format!(
+            "{}.{namespace}.svc.{domain_suffix}",
+            host.to_ascii_lowercase()
+        )
+    }
+}
+
+/// The `ns/name` key a VirtualService's `gateways` entry means: `mesh`, `ns/name`,
+/// a bare name in the VirtualService's namespace, or an FQDN `name.ns.svc...`.
+pub fn resolve_gateway_name(gateway: &str, vs_namespace: &str) -> String {
+    if gateway == MESH_GATEWAY || gateway.contains('/') {
+        return gateway.to_string();
+    }
+    match gateway.split_once('.') {
+        Some((name, rest)) => {
+            let ns = rest.split('.').next().unwrap_or(vs_namespace);
+            format!("{ns}/{name}")
+        }
+        None => format!("{vs_namespace}/{gateway}"),
+    }
+}
+
+/// The reserved gateway name meaning "every sidecar".
+pub const MESH_GATEWAY: &str = "mesh";
+
+/// Whether a config with `export_to` in `own_ns` is visible to `to_ns`
+/// (empty list: everywhere, Istio's default).
+pub fn exported_to(export_to: &[String], own_ns: &str, to_ns: &str) -> bool {
+    export_to.is_empty()
+        || export_to
+            .iter()
+            .any(|e| e == "*" || (e == "." && own_ns == to_ns) || e == to_ns)
+}
+
+/// The Istio config in force for one push, indexed for translation. Immutable;
+/// rebuilt by the config store on change.
 #[derive(Debug, Clone, Default)]
-pub struct ConfigSnapshot {}
+pub struct ConfigSnapshot {
+    pub domain_suffix: String,
+    /// In Istio order (creation time, name, namespace).
+    pub gateways: Vec<Arc<Config<Gateway>>>,
+    pub virtual_services: Vec<Arc<Config<VirtualService>>>,
+    pub destination_rules: Vec<Arc<Config<DestinationRule>>>,
+    pub sidecars: Vec<Arc<Config<Sidecar>>>,
+    /// Gateway key (`ns/name` or `mesh`) -> indexes into `virtual_services`.
+    vs_by_gateway: HashMap<String, Vec<usize>>,
+    /// Resolved host -> indexes into `destination_rules`.
+    dr_by_host: HashMap<String, Vec<usize>>,
+}
+
+/// The DestinationRule that applies to one (proxy namespace, host): Istio picks the
+/// rules of the proxy's namespace, else of the service's namespace, else of the
+/// root namespace; several rules for one host in that namespace merge, oldest
+/// first: the first top-level policy wins and subsets are concatenated (a later
+/// duplicate subset name is dropped).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EffectiveRule {
+    pub traffic_policy: Option<TrafficPolicy>,
+    pub subsets: Vec<Subset>,
+    /// `ns/name` of each merged rule, first one first.
+    pub sources: Vec<String>,
+}
+
+impl ConfigSnapshot {
+    /// Build from validated objects; `domain_suffix` resolves short host names.
+    pub fn new(
+        domain_suffix: &str,
+        objects: impl IntoIterator<Item = IstioObject>,
+    ) -> ConfigSnapshot {
+        let mut s = ConfigSnapshot {
+            domain_suffix: domain_suffix.to_string(),
+            ..Default::default()
+        };
+        for o in objects {
+            match o {
+                IstioObject::Gateway(c) => s.gateways.push(Arc::new(c)),
+                IstioObject::VirtualService(c) => s.virtual_services.push(Arc::new(c)),
+                IstioObject::DestinationRule(c) => s.destination_rules.push(Arc::new(c)),
+                IstioObject::Sidecar(c) => s.sidecars.push(Arc::new(c)),
+            }
+        }
+        s.gateways.sort_by(|a, b| a.meta.istio_order(&b.meta));
+        s.virtual_services
+            .sort_by(|a, b| a.meta.istio_order(&b.meta));
+        s.destination_rules
+            .sort_by(|a, b| a.meta.istio_order(&b.meta));
+        s.sidecars.sort_by(|a, b| a.meta.istio_order(&b.meta));
+        for (i, vs) in s.virtual_services.iter().enumerate() {
+            let mut keys: Vec<String> = if vs.spec.gateways.is_empty() {
+                vec![MESH_GATEWAY.to_string()]
+            } else {
+                vs.spec
+                    .gateways
+                    .iter()
+                    .map(|g| resolve_gateway_name(g, &vs.meta.namespace))
+                    .collect()
+            };
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                s.vs_by_gateway.entry(k).or_default().push(i);
+            }
+        }
+        for (i, dr) in s.destination_rules.iter().enumerate() {
+            let host = resolve_host(&dr.spec.host, &dr.meta.namespace, domain_suffix);
+            s.dr_by_host.entry(host).or_default().push(i);
+        }
+        s
+    }
+
+    pub fn resolve_host(&self, host: &str, namespace: &str) -> String {
+        resolve_host(host, namespace, &self.domain_suffix)
+    }
+
+    /// Gateways whose selector matches `labels`, in Istio order. As in Istio, an
+    /// empty selector selects every gateway proxy.
+    pub fn gateways_for<'a>(
+        &'a self,
+        labels: &'a BTreeMap<String, String>,
+    ) -> impl Iterator<Item = &'a Arc<Config<Gateway>>> + 'a {
+        self.gateways
+            .iter()
+            .filter(move |g| labels_match(&g.spec.selector, labels))
+    }
+
+    /// VirtualServices bound to `gateway` (`ns/name` or `mesh`) and visible to
+    /// `proxy_ns`, in Istio order.
+    pub fn virtual_services_for_gateway<'a>(
+        &'a self,
+        gateway: &str,
+        proxy_ns: &str,
+    ) -> impl Iterator<Item = &'a Arc<Config<VirtualService>>> + 'a {
+        let idx = self
+            .vs_by_gateway
+            .get(gateway)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let proxy_ns = proxy_ns.to_string();
+        idx.iter()
+            .map(|i| &self.virtual_services[*i])
+            .filter(move |vs| exported_to(&vs.spec.export_to, &vs.meta.namespace, &proxy_ns))
+    }
+
+    /// Every DestinationRule for exactly `host` (resolved), in Istio order.
+    pub fn destination_rules_for_host<'a>(
+        &'a self,
+        host: &str,
+    ) -> impl Iterator<Item = &'a Arc<Config<DestinationRule>>> + 'a {
+        let idx = self.dr_by_host.get(host).map(Vec::as_slice).unwrap_or(&[]);
+        idx.iter().map(|i| &self.destination_rules[*i])
+    }
+
+    /// The rule in force for traffic from a proxy in `proxy_ns` to `host` (a
+    /// service in `service_ns`). An exact host wins over a wildcard host
+    /// (`*.ns.svc.cluster.local`); among wildcards the longest suffix wins.
+    pub fn destination_rule(
+        &self,
+        proxy_ns: &str,
+        host: &str,
+        service_ns: &str,
+    ) -> Option<EffectiveRule> {
+        let mut candidates: Vec<&str> = Vec::new();
+        if self.dr_by_host.contains_key(host) {
+            candidates.push(host);
+        }
+        let mut wildcards: Vec<&str> = self
+            .dr_by_host
+            .keys()
+            .map(String::as_str)
+            .filter(|h| h.starts_with('*') && host_matches(h, host))
+            .collect();
+        wildcards.sort_by_key(|h| std::cmp::Reverse(h.len()));
+        candidates.extend(wildcards);
+        for h in candidates {
+            let visible: Vec<&Arc<Config<DestinationRule>>> = self
+                .destination_rules_for_host(h)
+                .filter(|dr| exported_to(&dr.spec.export_to, &dr.meta.namespace, proxy_ns))
+                .collect();
+            for ns in [proxy_ns, service_ns, ROOT_NAMESPACE] {
+                let rules: Vec<_> = visible
+                    .iter()
+                    .filter(|dr| dr.meta.namespace == ns)
+                    .collect();
+                if rules.is_empty() {
+                    continue;
+                }
+                let mut out = EffectiveRule {
+                    traffic_policy: None,
+                    subsets: Vec::new(),
+                    sources: Vec::new(),
+                };
+                for dr in rules {
+                    if out.traffic_policy.is_none() {
+                        out.traffic_policy = dr.spec.traffic_policy.clone();
+                    }
+                    for s in &dr.spec.subsets {
+                        if !out.subsets.iter().any(|o| o.name == s.name) {
+                            out.subsets.push(s.clone());
+                        }
+                    }
+                    out.sources.push(dr.meta.key());
+                }
+                return Some(out);
+            }
+        }
+        None
+    }
+
+    /// Every subset any rule defines for `host` (resolved), with its labels: the
+    /// union over namespaces, rules of `service_ns` first, then Istio order. EDS is
+    /// shared by all proxies, so it carries every subset any proxy may route to.
+    pub fn all_subsets(&self, host: &str, service_ns: &str) -> Vec<Subset> {
+        let mut rules: Vec<&Arc<Config<DestinationRule>>> =
+            self.destination_rules_for_host(host).collect();
+        rules.sort_by_key(|dr| dr.meta.namespace != service_ns);
+        let mut out: Vec<Subset> = Vec::new();
+        for dr in rules {
+            for s in &dr.spec.subsets {
+                if !out.iter().any(|o| o.name == s.name) {
+                    out.push(s.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Istio host matching: `*` matches everything, `*.suffix` matches names ending in
+/// `.suffix` (and a narrower wildcard), otherwise equality (case-insensitive).
+pub fn host_matches(pattern: &str, host: &str) -> bool {
+    let pattern = pattern.to_ascii_lowercase();
+    let host = host.to_ascii_lowercase();
+    if pattern == "*" {
+        return true;
+    }
+    if let Some(suffix) = pattern.strip_prefix('*') {
+        return host.ends_with(suffix) && host.len() > suffix.len() || host == pattern;
+    }
+    pattern == host
+}
+
+/// Istio's host intersection (`host.Names.Intersection`): the more specific of two
+/// hosts when one covers the other, else none.
+pub fn host_intersection(a: &str, b: &str) -> Option<String> {
+    if host_matches(a, b) {
+        Some(b.to_ascii_lowercase())
+    } else if host_matches(b, a) {
+        Some(a.to_ascii_lowercase())
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_rules() {
+        assert!(host_matches("*", "a.b"));
+        assert!(host_matches("*.imroc.cc", "cluster1.imroc.cc"));
+        assert!(!host_matches("*.imroc.cc", "imroc.cc"));
+        assert!(host_matches("*.imroc.cc", "*.a.imroc.cc"));
+        assert_eq!(
+            host_intersection("*.imroc.cc", "cluster1.imroc.cc").as_deref(),
+            Some("cluster1.imroc.cc")
+        );
+        assert_eq!(host_intersection("*", "*").as_deref(), Some("*"));
+        assert_eq!(host_intersection("a.com", "b.com"), None);
+        assert_eq!(
+            resolve_host("order", "base", "cluster.local"),
+            "order.base.svc.cluster.local"
+        );
+        assert_eq!(
+            resolve_host("order.base.svc.cluster.local", "x", "cluster.local"),
+            "order.base.svc.cluster.local"
+        );
+    }
+
+    #[test]
+    fn gateway_names() {
+        assert_eq!(
+            resolve_gateway_name("istio-system/cluster", "test"),
+            "istio-system/cluster"
+        );
+        assert_eq!(
+            resolve_gateway_name("frontend-gw", "base"),
+            "base/frontend-gw"
+        );
+        assert_eq!(
+            resolve_gateway_name("gw.ns.svc.cluster.local", "x"),
+            "ns/gw"
+        );
+        assert_eq!(resolve_gateway_name("mesh", "x"), "mesh");
+    }
+
+    #[test]
+    fn export_rules() {
+        assert!(exported_to(&[], "a", "b"));
+        assert!(exported_to(&["*".into()], "a", "b"));
+        assert!(exported_to(&[".".into()], "a", "a"));
+        assert!(!exported_to(&[".".into()], "a", "b"));
+        assert!(exported_to(&["b".into()], "a", "b"));
+    }
+
+    #[test]
+    fn istio_order_by_time_then_name() {
+        let m = |name: &str, ts: Option<&str>| Meta {
+            name: name.into(),
+            namespace: "ns".into(),
+            creation_timestamp: ts.map(Into::into),
+            origin: String::new(),
+            api_version: String::new(),
+        };
+        let old = m("zzz", Some("2024-01-01T00:00:00Z"));
+        let new = m("aaa", Some("2024-01-02T00:00:00Z"));
+        assert_eq!(old.istio_order(&new), std::cmp::Ordering::Less);
+        assert_eq!(
+            m("a", None).istio_order(&m("b", None)),
+            std::cmp::Ordering::Less
+        );
+        assert_eq!(m("b", None).istio_order(&old), std::cmp::Ordering::Less);
+    }
+}

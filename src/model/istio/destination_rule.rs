@@ -1,0 +1,302 @@
+//! `networking.istio.io` `DestinationRule`: what happens to traffic for a host
+//! after routing: subsets, load balancing, connection pools, outlier detection.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::common::{PortSelector, WorkloadSelector};
+use super::duration::IstioDuration;
+
+/// `DestinationRule.spec`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DestinationRule {
+    /// A service host; short names resolve in the rule's namespace.
+    pub host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_policy: Option<TrafficPolicy>,
+    #[serde(default)]
+    pub subsets: Vec<Subset>,
+    #[serde(default)]
+    pub export_to: Vec<String>,
+    /// Rejected by validation (workload-scoped rules are not supported yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_selector: Option<WorkloadSelector>,
+}
+
+/// `TrafficPolicy`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrafficPolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<LoadBalancerSettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_pool: Option<ConnectionPoolSettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Only `mode: DISABLE` is accepted until upstream TLS lands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClientTlsSettings>,
+    #[serde(default)]
+    pub port_level_settings: Vec<PortTrafficPolicy>,
+    /// Rejected by validation (not supported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<serde_json::Value>,
+    /// Rejected by validation (not supported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<serde_json::Value>,
+}
+
+/// `TrafficPolicy.PortTrafficPolicy`: overrides for one port; a field set here
+/// replaces the same field of the enclosing policy (Istio's merge).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortTrafficPolicy {
+    pub port: PortSelector,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<LoadBalancerSettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_pool: Option<ConnectionPoolSettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClientTlsSettings>,
+}
+
+/// `Subset`: endpoints whose labels include `labels`, with an optional policy
+/// that overrides the rule's top-level one field by field.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Subset {
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_policy: Option<TrafficPolicy>,
+}
+
+/// `LoadBalancerSettings`: `simple` or `consistentHash`, not both.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoadBalancerSettings {
+    /// `UNSPECIFIED`, `LEAST_CONN` (deprecated), `RANDOM`, `PASSTHROUGH`,
+    /// `ROUND_ROBIN`, `LEAST_REQUEST`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simple: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistent_hash: Option<ConsistentHashLb>,
+    /// Locality failover/distribution: typed and supported in a later change;
+    /// rejected by validation until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality_lb_setting: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_duration_secs: Option<IstioDuration>,
+}
+
+/// `ConsistentHashLB`: exactly one hash key.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsistentHashLb {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_header_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_cookie: Option<HttpCookie>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_source_ip: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_query_parameter_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_hash: Option<RingHash>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maglev: Option<Maglev>,
+    /// Deprecated: use `ringHash.minimumRingSize`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum_ring_size: Option<u64>,
+}
+
+/// `ConsistentHashLB.HTTPCookie`. With a `ttl`, Envoy generates the cookie when
+/// the request lacks it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpCookie {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<IstioDuration>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RingHash {
+    #[serde(default)]
+    pub minimum_ring_size: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Maglev {
+    #[serde(default)]
+    pub table_size: u64,
+}
+
+/// `ConnectionPoolSettings`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConnectionPoolSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpSettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpSettings>,
+}
+
+/// `ConnectionPoolSettings.TCPSettings`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpSettings {
+    #[serde(default)]
+    pub max_connections: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<IstioDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_keepalive: Option<TcpKeepalive>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connection_duration: Option<IstioDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<IstioDuration>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpKeepalive {
+    #[serde(default)]
+    pub probes: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<IstioDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<IstioDuration>,
+}
+
+/// `ConnectionPoolSettings.HTTPSettings`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpSettings {
+    #[serde(default)]
+    pub http1_max_pending_requests: i32,
+    #[serde(default)]
+    pub http2_max_requests: i32,
+    #[serde(default)]
+    pub max_requests_per_connection: i32,
+    #[serde(default)]
+    pub max_retries: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<IstioDuration>,
+    /// `DEFAULT`, `DO_NOT_UPGRADE`, `UPGRADE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub h2_upgrade_policy: Option<String>,
+    #[serde(default)]
+    pub use_client_protocol: bool,
+    #[serde(default)]
+    pub max_concurrent_streams: i32,
+}
+
+/// `OutlierDetection`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutlierDetection {
+    /// Deprecated. Istio maps it to Envoy's consecutive *gateway* failures
+    /// (502/503/504 and connect errors), not to consecutive 5xx.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_errors: Option<i32>,
+    #[serde(default)]
+    pub split_external_local_origin_errors: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_local_origin_failures: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_gateway_errors: Option<u32>,
+    #[serde(
+        default,
+        rename = "consecutive5xxErrors",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub consecutive_5xx_errors: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<IstioDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_ejection_time: Option<IstioDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejection_percent: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_health_percent: Option<i32>,
+}
+
+/// `ClientTLSSettings`. Only `mode` is read; anything but `DISABLE` is rejected
+/// until upstream TLS (certificates over SDS) lands.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientTlsSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificates: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure_skip_verify: Option<bool>,
+}
+
+impl TrafficPolicy {
+    /// The policy for `port` and, if given, a subset: Istio's
+    /// `MergeTrafficPolicy`: a subset's policy replaces the top-level one field by
+    /// field, and a layer's `portLevelSettings` entry for the port replaces the
+    /// result wholesale.
+    pub fn effective(
+        top: Option<&TrafficPolicy>,
+        subset: Option<&TrafficPolicy>,
+        port: u16,
+    ) -> EffectivePolicy {
+        let mut out = EffectivePolicy::default();
+        for layer in [top, subset].into_iter().flatten() {
+            // A layer's own fields override what came before...
+            if layer.load_balancer.is_some() {
+                out.load_balancer = layer.load_balancer.clone();
+            }
+            if layer.connection_pool.is_some() {
+                out.connection_pool = layer.connection_pool.clone();
+            }
+            if layer.outlier_detection.is_some() {
+                out.outlier_detection = layer.outlier_detection.clone();
+            }
+            // Istio: a matching port-level entry replaces all of connectionPool,
+            // outlierDetection and loadBalancer ("port level policies do not
+            // inherit"), even the ones it leaves unset.
+            if let Some(p) = layer
+                .port_level_settings
+                .iter()
+                .find(|p| p.port.number == port as u32)
+            {
+                out.load_balancer = p.load_balancer.clone();
+                out.connection_pool = p.connection_pool.clone();
+                out.outlier_detection = p.outlier_detection.clone();
+            }
+        }
+        out
+    }
+}
+
+/// The policy in force for one cluster after subset and port merging.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EffectivePolicy {
+    pub load_balancer: Option<LoadBalancerSettings>,
+    pub connection_pool: Option<ConnectionPoolSettings>,
+    pub outlier_detection: Option<OutlierDetection>,
+}

@@ -1,0 +1,997 @@
+//! Istio's validation (`pkg/config/validation`) for the fields crossmesh reads,
+//! plus rejection of fields crossmesh does not implement. An error rejects the
+//! object; a warning keeps it in force and is shown on `/debug/configz`.
+
+use std::collections::BTreeSet;
+
+use super::common::{Percent, StringMatch, StringMatchKind};
+use super::destination_rule::{
+    ClientTlsSettings, ConnectionPoolSettings, DestinationRule, LoadBalancerSettings,
+    OutlierDetection, TrafficPolicy,
+};
+use super::duration::IstioDuration;
+use super::gateway::{Gateway, ServerProtocol};
+use super::sidecar::Sidecar;
+use super::virtual_service::{Headers, HttpRoute, VirtualService};
+use super::{IstioObject, MESH_GATEWAY};
+
+/// One problem with one field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    /// `spec.http[0].route[1].weight`.
+    pub field: String,
+    pub reason: String,
+    /// A warning keeps the object in force.
+    pub warning: bool,
+}
+
+#[derive(Default)]
+struct Issues(Vec<Issue>);
+
+impl Issues {
+    fn err(&mut self, field: impl Into<String>, reason: impl Into<String>) {
+        self.0.push(Issue {
+            field: field.into(),
+            reason: reason.into(),
+            warning: false,
+        });
+    }
+    fn warn(&mut self, field: impl Into<String>, reason: impl Into<String>) {
+        self.0.push(Issue {
+            field: field.into(),
+            reason: reason.into(),
+            warning: true,
+        });
+    }
+    fn unsupported<T>(&mut self, field: impl Into<String>, v: &Option<T>, why: &str) {
+        if v.is_some() {
+            self.err(field, format!("not supported by crossmesh: {why}"));
+        }
+    }
+    fn duration(&mut self, field: impl Into<String>, d: &Option<IstioDuration>) {
+        if let Some(d) = d {
+            if d.is_negative() {
+                self.err(field, format!("duration {d} must not be negative"));
+            }
+        }
+    }
+    fn percent(&mut self, field: impl Into<String>, p: &Option<Percent>) {
+        if let Some(p) = p {
+            if !(0.0..=100.0).contains(&p.value) || p.value.is_nan() {
+                self.err(
+                    field,
+                    format!("percentage {} must be between 0 and 100", p.value),
+                );
+            }
+        }
+    }
+    fn non_negative(&mut self, field: impl Into<String>, v: i64) {
+        if v < 0 {
+            self.err(field, format!("{v} must not be negative"));
+        }
+    }
+}
+
+/// Errors and warnings for one parsed object.
+pub fn validate(obj: &IstioObject) -> Vec<Issue> {
+    let mut out = Issues::default();
+    match obj {
+        IstioObject::Gateway(c) => gateway(&c.spec, &mut out),
+        IstioObject::VirtualService(c) => virtual_service(&c.spec, &mut out),
+        IstioObject::DestinationRule(c) => destination_rule(&c.spec, &mut out),
+        IstioObject::Sidecar(c) => sidecar(&c.spec, &mut out),
+    }
+    out.0
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fraction]Z`, the form Kubernetes writes.
+pub fn is_rfc3339_utc(ts: &str) -> bool {
+    let b = ts.as_bytes();
+    if b.len() < 20 || b[b.len() - 1] != b'Z' {
+        return false;
+    }
+    let shape = b"dddd-dd-ddTdd:dd:dd";
+    let fixed = b[..19].iter().zip(shape).all(|(c, s)| match s {
+        b'd' => c.is_ascii_digit(),
+        s => c == s,
+    });
+    let rest = &b[19..b.len() - 1];
+    fixed
+        && (rest.is_empty()
+            || (rest[0] == b'.' && rest.len() > 1 && rest[1..].iter().all(u8::is_ascii_digit)))
+}
+
+/// Whether `h` is an acceptable host: `*`, `*.suffix` or DNS labels.
+fn valid_host(h: &str, allow_wildcard: bool) -> Result<(), String> {
+    if h.is_empty() {
+        return Err("empty host".into());
+    }
+    if h == "*" {
+        return if allow_wildcard {
+            Ok(())
+        } else {
+            Err("wildcard host * is not allowed here".into())
+        };
+    }
+    let (first, rest) = match h.split_once('.') {
+        Some((f, r)) => (f, Some(r)),
+        None => (h, None),
+    };
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if first == "*" {
+        if !allow_wildcard {
+            return Err(format!("wildcard host {h:?} is not allowed here"));
+        }
+    } else if !label_ok(first) {
+        return Err(format!(
+            "host {h:?}: label {first:?} is not a DNS-1123 label"
+        ));
+    }
+    if let Some(rest) = rest {
+        for l in rest.split('.') {
+            if !label_ok(l) {
+                return Err(format!("host {h:?}: label {l:?} is not a DNS-1123 label"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A gateway server host whose labels are all `*` (`*.*`). Istio's validation would
+/// reject it (only the first label may be a wildcard) but Tencent's mesh quick start
+/// uses it; crossmesh accepts it as `*` and says so.
+pub fn all_wildcard_host(h: &str) -> bool {
+    h.contains('.') && h.split('.').all(|l| l == "*")
+}
+
+fn gateway(g: &Gateway, out: &mut Issues) {
+    if g.servers.is_empty() {
+        out.err("spec.servers", "a Gateway needs at least one server");
+    }
+    let mut port_protocols: Vec<(u32, ServerProtocol, usize)> = Vec::new();
+    for (i, s) in g.servers.iter().enumerate() {
+        let f = format!("spec.servers[{i}]");
+        if s.port.number == 0 || s.port.number > 65535 {
+            out.err(
+                format!("{f}.port.number"),
+                format!("port {} is not in 1..65535", s.port.number),
+            );
+        }
+        let proto = ServerProtocol::parse(&s.port.protocol);
+        match proto {
+            None => out.err(
+                format!("{f}.port.protocol"),
+                format!(
+                    "unknown protocol {:?} (HTTP, HTTPS, GRPC, HTTP2, TCP, TLS, MONGO)",
+                    s.port.protocol
+                ),
+            ),
+            Some(p) => {
+                if let Some((_, other, j)) =
+                    port_protocols.iter().find(|(n, _, _)| *n == s.port.number)
+                {
+                    let both_tls = matches!(p, ServerProtocol::Https | ServerProtocol::Tls)
+                        && matches!(other, ServerProtocol::Https | ServerProtocol::Tls);
+                    if !(both_tls || p == *other && p.is_http()) {
+                        out.err(
+                            format!("{f}.port"),
+                            format!(
+                                "port {} is already used by servers[{j}] with protocol {other:?}",
+                                s.port.number
+                            ),
+                        );
+                    }
+                }
+                port_protocols.push((s.port.number, p, i));
+            }
+        }
+        out.unsupported(
+            format!("{f}.bind"),
+            &s.bind,
+            "gateway listeners bind 0.0.0.0",
+        );
+        out.unsupported(
+            format!("{f}.defaultEndpoint"),
+            &s.default_endpoint,
+            "only sidecars have default endpoints",
+        );
+        out.unsupported(
+            format!("{f}.port.targetPort"),
+            &s.port.target_port,
+            "listeners bind the server port",
+        );
+        if s.hosts.is_empty() {
+            out.err(format!("{f}.hosts"), "a server needs at least one host");
+        }
+        for (j, h) in s.hosts.iter().enumerate() {
+            let (ns, host) = match h.split_once('/') {
+                Some((ns, host)) => (Some(ns), host),
+                None => (None, h.as_str()),
+            };
+            if let Some(ns) = ns {
+                if !(ns == "*" || ns == "." || valid_host(ns, false).is_ok() && !ns.contains('.')) {
+                    out.err(
+                        format!("{f}.hosts[{j}]"),
+                        format!("namespace {ns:?} in {h:?} is not *, . or a namespace name"),
+                    );
+                }
+            }
+            if all_wildcard_host(host) {
+                out.warn(
+                    format!("{f}.hosts[{j}]"),
+                    format!("{host:?} is not a valid Istio wildcard (only the first label may be *); treated as \"*\""),
+                );
+            } else if let Err(e) = valid_host(host, true) {
+                out.err(format!("{f}.hosts[{j}]"), e);
+            }
+        }
+        if let Some(tls) = &s.tls {
+            let tf = format!("{f}.tls");
+            let mode = tls.mode.as_deref().map(str::to_ascii_uppercase);
+            match (proto, mode.as_deref()) {
+                (Some(ServerProtocol::Https | ServerProtocol::Tls), Some("PASSTHROUGH")) => {}
+                (Some(ServerProtocol::Https | ServerProtocol::Tls), m) => out.err(
+                    format!("{tf}.mode"),
+                    format!(
+                        "mode {} is not supported by crossmesh yet: TLS termination needs certificates; use PASSTHROUGH",
+                        m.unwrap_or("<unset>")
+                    ),
+                ),
+                (_, None) => {}
+                (_, Some(m)) => out.err(format!("{tf}.mode"), format!("mode {m} needs protocol HTTPS or TLS")),
+            }
+            let certs = tls.server_certificate.is_some()
+                || tls.private_key.is_some()
+                || tls.ca_certificates.is_some()
+                || tls.ca_crl.is_some()
+                || tls.credential_name.is_some()
+                || !tls.credential_names.is_empty()
+                || !tls.subject_alt_names.is_empty()
+                || !tls.verify_certificate_spki.is_empty()
+                || !tls.verify_certificate_hash.is_empty()
+                || tls.min_protocol_version.is_some()
+                || tls.max_protocol_version.is_some()
+                || !tls.cipher_suites.is_empty();
+            if certs {
+                out.err(
+                    tf.clone(),
+                    "certificate settings are not supported by crossmesh yet (no TLS termination)",
+                );
+            }
+            if tls.https_redirect && !proto.is_some_and(ServerProtocol::is_http) {
+                out.err(
+                    format!("{tf}.httpsRedirect"),
+                    "httpsRedirect applies to HTTP servers only",
+                );
+            }
+        } else if matches!(proto, Some(ServerProtocol::Https | ServerProtocol::Tls)) {
+            out.err(
+                format!("{f}.tls"),
+                "HTTPS and TLS servers need tls settings (crossmesh supports mode PASSTHROUGH)",
+            );
+        }
+    }
+}
+
+fn string_match(field: &str, m: &StringMatch, presence_ok: bool, out: &mut Issues) {
+    if m.set_count() > 1 {
+        out.err(field, "set only one of exact, prefix, regex");
+    }
+    match m.kind() {
+        StringMatchKind::Present if !presence_ok => {
+            out.err(field, "set one of exact, prefix, regex")
+        }
+        StringMatchKind::Regex(r) => {
+            if let Err(e) = regex::Regex::new(r) {
+                out.err(
+                    field,
+                    format!(
+                        "invalid regex {r:?}: {}",
+                        e.to_string().lines().last().unwrap_or("")
+                    ),
+                );
+            }
+        }
+        _ => {}
+    }
+}
+
+fn gateway_list(field: &str, gws: &[String], out: &mut Issues) {
+    for (i, g) in gws.iter().enumerate() {
+        if g.is_empty() || g.split('/').count() > 2 || g.split('/').any(str::is_empty) {
+            out.err(
+                format!("{field}[{i}]"),
+                format!("{g:?} is not mesh, NAME or NAMESPACE/NAME"),
+            );
+        }
+    }
+}
+
+fn headers(field: &str, h: &Option<Headers>, out: &mut Issues) {
+    let Some(h) = h else { return };
+    for (side, ops) in [("request", &h.request), ("response", &h.response)] {
+        let Some(ops) = ops else { continue };
+        for name in ops
+            .set
+            .keys()
+            .chain(ops.add.keys())
+            .chain(ops.remove.iter())
+        {
+            if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                out.err(
+                    format!("{field}.{side}"),
+                    format!("invalid header name {name:?}"),
+                );
+            }
+        }
+    }
+}
+
+const RETRY_POLICIES: [&str; 16] = [
+    "5xx",
+    "gateway-error",
+    "reset",
+    "reset-before-request",
+    "connect-failure",
+    "envoy-ratelimited",
+    "retriable-4xx",
+    "refused-stream",
+    "retriable-status-codes",
+    "retriable-headers",
+    "http3-post-connect-failure",
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+];
+
+fn virtual_service(vs: &VirtualService, out: &mut Issues) {
+    if vs.hosts.is_empty() {
+        out.err("spec.hosts", "a VirtualService needs at least one host");
+    }
+    let mesh_bound = vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == MESH_GATEWAY);
+    for (i, h) in vs.hosts.iter().enumerate() {
+        if h == "*" && mesh_bound {
+            out.err(
+                format!("spec.hosts[{i}]"),
+                "wildcard host * is not allowed for the mesh gateway",
+            );
+        } else if let Err(e) = valid_host(h, true) {
+            out.err(format!("spec.hosts[{i}]"), e);
+        }
+    }
+    gateway_list("spec.gateways", &vs.gateways, out);
+    if vs.http.is_empty() && vs.tcp.is_empty() && vs.tls.is_empty() {
+        out.err("spec", "a VirtualService needs http, tcp or tls routes");
+    }
+    for (i, r) in vs.http.iter().enumerate() {
+        http_route(&format!("spec.http[{i}]"), r, out);
+    }
+    for (i, r) in vs.tcp.iter().enumerate() {
+        let f = format!("spec.tcp[{i}]");
+        for (j, m) in r.matches.iter().enumerate() {
+            let mf = format!("{f}.match[{j}]");
+            gateway_list(&format!("{mf}.gateways"), &m.gateways, out);
+            out.unsupported(
+                format!("{mf}.sourceSubnet"),
+                &m.source_subnet,
+                "deprecated; not implemented",
+            );
+            if !m.destination_subnets.is_empty() {
+                out.err(
+                    format!("{mf}.destinationSubnets"),
+                    "not supported by crossmesh yet",
+                );
+            }
+        }
+        l4_destinations(
+            &f,
+            r.route.iter().map(|d| (&d.destination.host, d.weight)),
+            out,
+        );
+    }
+    for (i, r) in vs.tls.iter().enumerate() {
+        let f = format!("spec.tls[{i}]");
+        if r.matches.is_empty() {
+            out.err(
+                format!("{f}.match"),
+                "a TLS route needs at least one match with sniHosts",
+            );
+        }
+        for (j, m) in r.matches.iter().enumerate() {
+            let mf = format!("{f}.match[{j}]");
+            gateway_list(&format!("{mf}.gateways"), &m.gateways, out);
+            if m.sni_hosts.is_empty() {
+                out.err(
+                    format!("{mf}.sniHosts"),
+                    "a TLS match needs at least one SNI host",
+                );
+            }
+            for (k, h) in m.sni_hosts.iter().enumerate() {
+                if let Err(e) = valid_host(h, true) {
+                    out.err(format!("{mf}.sniHosts[{k}]"), e);
+                }
+            }
+            if !m.destination_subnets.is_empty() {
+                out.err(
+                    format!("{mf}.destinationSubnets"),
+                    "not supported by crossmesh yet",
+                );
+            }
+        }
+        l4_destinations(
+            &f,
+            r.route.iter().map(|d| (&d.destination.host, d.weight)),
+            out,
+        );
+    }
+}
+
+fn l4_destinations<'a>(
+    f: &str,
+    dests: impl Iterator<Item = (&'a String, Option<i32>)>,
+    out: &mut Issues,
+) {
+    let dests: Vec<_> = dests.collect();
+    if dests.is_empty() {
+        out.err(format!("{f}.route"), "at least one destination is required");
+    }
+    weights(
+        f,
+        &dests
+            .iter()
+            .map(|(h, w)| (h.as_str(), *w))
+            .collect::<Vec<_>>(),
+        out,
+    );
+}
+
+/// Istio: every destination needs a host; weights are non-negative; with more than
+/// one destination they must add up to 100.
+fn weights(f: &str, dests: &[(&str, Option<i32>)], out: &mut Issues) {
+    let mut total: i64 = 0;
+    for (j, (host, w)) in dests.iter().enumerate() {
+        if host.is_empty() {
+            out.err(
+                format!("{f}.route[{j}].destination.host"),
+                "a destination needs a host",
+            );
+        } else if let Err(e) = valid_host(host, false) {
+            out.err(format!("{f}.route[{j}].destination.host"), e);
+        }
+        let w = w.unwrap_or(0) as i64;
+        out.non_negative(format!("{f}.route[{j}].weight"), w);
+        total += w;
+    }
+    if dests.len() > 1 && total != 100 {
+        out.err(
+            format!("{f}.route"),
+            format!("destination weights add up to {total}, not 100"),
+        );
+    }
+}
+
+fn http_route(f: &str, r: &HttpRoute, out: &mut Issues) {
+    out.unsupported(
+        format!("{f}.delegate"),
+        &r.delegate,
+        "delegate VirtualServices are not implemented",
+    );
+    let actions = [
+        !r.route.is_empty(),
+        r.redirect.is_some(),
+        r.direct_response.is_some(),
+    ];
+    match actions.iter().filter(|a| **a).count() {
+        0 => out.err(f, "one of route, redirect or directResponse is required"),
+        1 => {}
+        _ => out.err(f, "set only one of route, redirect and directResponse"),
+    }
+    if r.rewrite.is_some() && r.redirect.is_some() {
+        out.err(
+            format!("{f}.rewrite"),
+            "rewrite cannot be combined with redirect",
+        );
+    }
+    for (j, m) in r.matches.iter().enumerate() {
+        let mf = format!("{f}.match[{j}]");
+        for (name, sm) in [
+            ("uri", &m.uri),
+            ("scheme", &m.scheme),
+            ("method", &m.method),
+            ("authority", &m.authority),
+        ] {
+            if let Some(sm) = sm {
+                string_match(&format!("{mf}.{name}"), sm, false, out);
+            }
+        }
+        for (name, map) in [
+            ("headers", &m.headers),
+            ("withoutHeaders", &m.without_headers),
+            ("queryParams", &m.query_params),
+        ] {
+            for (k, sm) in map {
+                if k.is_empty() {
+                    out.err(format!("{mf}.{name}"), "empty name");
+                }
+                string_match(&format!("{mf}.{name}.{k}"), sm, true, out);
+            }
+        }
+        if let Some(p) = m.port {
+            if p == 0 || p > 65535 {
+                out.err(format!("{mf}.port"), format!("port {p} is not in 1..65535"));
+            }
+        }
+        gateway_list(&format!("{mf}.gateways"), &m.gateways, out);
+        out.unsupported(
+            format!("{mf}.statPrefix"),
+            &m.stat_prefix,
+            "per-route stats are not generated",
+        );
+    }
+    let dests: Vec<(&str, Option<i32>)> = r
+        .route
+        .iter()
+        .map(|d| (d.destination.host.as_str(), d.weight))
+        .collect();
+    weights(f, &dests, out);
+    for (j, d) in r.route.iter().enumerate() {
+        headers(&format!("{f}.route[{j}].headers"), &d.headers, out);
+    }
+    if let Some(rd) = &r.redirect {
+        if let Some(code) = rd.redirect_code {
+            if ![301, 302, 303, 307, 308].contains(&code) {
+                out.err(
+                    format!("{f}.redirect.redirectCode"),
+                    format!("{code} is not 301, 302, 303, 307 or 308"),
+                );
+            }
+        }
+        if let Some(dp) = &rd.derive_port {
+            if dp != "FROM_PROTOCOL_DEFAULT" {
+                out.err(
+                    format!("{f}.redirect.derivePort"),
+                    format!("{dp} is not supported by crossmesh"),
+                );
+            }
+        }
+        if let Some(p) = rd.port {
+            if p == 0 || p > 65535 {
+                out.err(
+                    format!("{f}.redirect.port"),
+                    format!("port {p} is not in 1..65535"),
+                );
+            }
+        }
+    }
+    if let Some(dr) = &r.direct_response {
+        if !(200..=599).contains(&dr.status) {
+            out.err(
+                format!("{f}.directResponse.status"),
+                format!("{} is not an HTTP status", dr.status),
+            );
+        }
+        if let Some(b) = &dr.body {
+            if b.string.is_some() && b.bytes.is_some() {
+                out.err(
+                    format!("{f}.directResponse.body"),
+                    "set only one of string and bytes",
+                );
+            }
+        }
+    }
+    if let Some(rw) = &r.rewrite {
+        if let Some(rr) = &rw.uri_regex_rewrite {
+            if rw.uri.is_some() {
+                out.err(
+                    format!("{f}.rewrite"),
+                    "set only one of uri and uriRegexRewrite",
+                );
+            }
+            if let Err(e) = regex::Regex::new(&rr.pattern) {
+                out.err(
+                    format!("{f}.rewrite.uriRegexRewrite.match"),
+                    format!(
+                        "invalid regex: {}",
+                        e.to_string().lines().last().unwrap_or("")
+                    ),
+                );
+            }
+        }
+    }
+    out.duration(format!("{f}.timeout"), &r.timeout);
+    if let Some(rt) = &r.retries {
+        out.non_negative(format!("{f}.retries.attempts"), rt.attempts as i64);
+        out.duration(format!("{f}.retries.perTryTimeout"), &rt.per_try_timeout);
+        out.duration(format!("{f}.retries.backoff"), &rt.backoff);
+        if let Some(on) = &rt.retry_on {
+            for p in on.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                if !(RETRY_POLICIES.contains(&p)
+                    || p.parse::<u32>().is_ok_and(|c| (100..600).contains(&c)))
+                {
+                    out.err(
+                        format!("{f}.retries.retryOn"),
+                        format!("{p:?} is not an Envoy retry policy or HTTP status"),
+                    );
+                }
+            }
+        }
+    }
+    if let Some(fault) = &r.fault {
+        let ff = format!("{f}.fault");
+        if fault.delay.is_none() && fault.abort.is_none() {
+            out.err(ff.clone(), "a fault needs delay or abort");
+        }
+        if let Some(d) = &fault.delay {
+            out.unsupported(
+                format!("{ff}.delay.exponentialDelay"),
+                &d.exponential_delay,
+                "Istio does not implement it either",
+            );
+            match d.fixed_delay {
+                None if d.exponential_delay.is_none() => {
+                    out.err(format!("{ff}.delay.fixedDelay"), "fixedDelay is required")
+                }
+                _ => out.duration(format!("{ff}.delay.fixedDelay"), &d.fixed_delay),
+            }
+            out.percent(format!("{ff}.delay.percentage"), &d.percentage);
+            if let Some(p) = d.percent {
+                if !(0..=100).contains(&p) {
+                    out.err(
+                        format!("{ff}.delay.percent"),
+                        format!("{p} is not in 0..100"),
+                    );
+                }
+            }
+        }
+        if let Some(a) = &fault.abort {
+            out.unsupported(
+                format!("{ff}.abort.http2Error"),
+                &a.http2_error,
+                "not implemented",
+            );
+            match (a.http_status, &a.grpc_status) {
+                (Some(s), None) if !(200..600).contains(&s) => out.err(
+                    format!("{ff}.abort.httpStatus"),
+                    format!("{s} is not in 200..599"),
+                ),
+                (Some(_), None) => {}
+                (None, Some(g)) => {
+                    if grpc_status_code(g).is_none() {
+                        out.err(
+                            format!("{ff}.abort.grpcStatus"),
+                            format!("{g:?} is not a gRPC status"),
+                        );
+                    }
+                }
+                (None, None) if a.http2_error.is_none() => out.err(
+                    format!("{ff}.abort"),
+                    "httpStatus or grpcStatus is required",
+                ),
+                (None, None) => {}
+                (Some(_), Some(_)) => out.err(
+                    format!("{ff}.abort"),
+                    "set only one of httpStatus and grpcStatus",
+                ),
+            }
+            out.percent(format!("{ff}.abort.percentage"), &a.percentage);
+        }
+    }
+    if r.mirror.is_some() && !r.mirrors.is_empty() {
+        out.err(format!("{f}.mirrors"), "set only one of mirror and mirrors");
+    }
+    if let Some(m) = &r.mirror {
+        if let Err(e) = valid_host(&m.host, false) {
+            out.err(format!("{f}.mirror.host"), e);
+        }
+    }
+    out.percent(format!("{f}.mirrorPercentage"), &r.mirror_percentage);
+    if r.mirror_percent.is_some_and(|p| p > 100) {
+        out.err(format!("{f}.mirrorPercent"), "must be at most 100");
+    }
+    for (j, m) in r.mirrors.iter().enumerate() {
+        out.percent(format!("{f}.mirrors[{j}].percentage"), &m.percentage);
+        if let Err(e) = valid_host(&m.destination.host, false) {
+            out.err(format!("{f}.mirrors[{j}].destination.host"), e);
+        }
+    }
+    if let Some(c) = &r.cors_policy {
+        for (j, o) in c.allow_origins.iter().enumerate() {
+            string_match(&format!("{f}.corsPolicy.allowOrigins[{j}]"), o, false, out);
+        }
+        out.duration(format!("{f}.corsPolicy.maxAge"), &c.max_age);
+        if let Some(u) = &c.unmatched_preflights {
+            if !["UNSPECIFIED", "FORWARD", "IGNORE"].contains(&u.as_str()) {
+                out.err(
+                    format!("{f}.corsPolicy.unmatchedPreflights"),
+                    format!("{u:?} is not FORWARD or IGNORE"),
+                );
+            }
+        }
+    }
+    headers(&format!("{f}.headers"), &r.headers, out);
+}
+
+/// gRPC status by canonical name or number.
+pub fn grpc_status_code(s: &str) -> Option<u32> {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    if let Ok(n) = s.parse::<u32>() {
+        return (n < 17).then_some(n);
+    }
+    NAMES
+        .iter()
+        .position(|n| n.eq_ignore_ascii_case(s))
+        .map(|i| i as u32)
+}
+
+fn destination_rule(dr: &DestinationRule, out: &mut Issues) {
+    if let Err(e) = valid_host(&dr.host, true) {
+        out.err("spec.host", e);
+    }
+    out.unsupported(
+        "spec.workloadSelector",
+        &dr.workload_selector,
+        "workload-scoped rules are not implemented",
+    );
+    if let Some(tp) = &dr.traffic_policy {
+        traffic_policy("spec.trafficPolicy", tp, out);
+    }
+    let mut names = BTreeSet::new();
+    for (i, s) in dr.subsets.iter().enumerate() {
+        let f = format!("spec.subsets[{i}]");
+        if s.name.is_empty() {
+            out.err(format!("{f}.name"), "a subset needs a name");
+        } else if !names.insert(s.name.as_str()) {
+            out.err(
+                format!("{f}.name"),
+                format!("duplicate subset name {:?}", s.name),
+            );
+        } else if s.name.contains('|') {
+            out.err(format!("{f}.name"), "subset names cannot contain '|'");
+        }
+        if let Some(tp) = &s.traffic_policy {
+            traffic_policy(&format!("{f}.trafficPolicy"), tp, out);
+        }
+    }
+}
+
+fn traffic_policy(f: &str, tp: &TrafficPolicy, out: &mut Issues) {
+    out.unsupported(format!("{f}.tunnel"), &tp.tunnel, "not implemented");
+    out.unsupported(
+        format!("{f}.proxyProtocol"),
+        &tp.proxy_protocol,
+        "not implemented",
+    );
+    policy_parts(
+        f,
+        &tp.load_balancer,
+        &tp.connection_pool,
+        &tp.outlier_detection,
+        &tp.tls,
+        out,
+    );
+    let mut ports = BTreeSet::new();
+    for (i, p) in tp.port_level_settings.iter().enumerate() {
+        let pf = format!("{f}.portLevelSettings[{i}]");
+        if p.port.number == 0 || p.port.number > 65535 {
+            out.err(
+                format!("{pf}.port.number"),
+                format!("port {} is not in 1..65535", p.port.number),
+            );
+        } else if !ports.insert(p.port.number) {
+            out.err(
+                format!("{pf}.port.number"),
+                format!("port {} appears twice", p.port.number),
+            );
+        }
+        policy_parts(
+            &pf,
+            &p.load_balancer,
+            &p.connection_pool,
+            &p.outlier_detection,
+            &p.tls,
+            out,
+        );
+    }
+}
+
+fn policy_parts(
+    f: &str,
+    lb: &Option<LoadBalancerSettings>,
+    cp: &Option<ConnectionPoolSettings>,
+    od: &Option<OutlierDetection>,
+    tls: &Option<ClientTlsSettings>,
+    out: &mut Issues,
+) {
+    if let Some(lb) = lb {
+        load_balancer(&format!("{f}.loadBalancer"), lb, out);
+    }
+    if let Some(cp) = cp {
+        connection_pool(&format!("{f}.connectionPool"), cp, out);
+    }
+    if let Some(od) = od {
+        outlier(&format!("{f}.outlierDetection"), od, out);
+    }
+    if let Some(tls) = tls {
+        match tls.mode.as_deref() {
+            Some("DISABLE") => {}
+            m => out.err(
+                format!("{f}.tls.mode"),
+                format!("{} is not supported by crossmesh yet (upstream TLS needs certificates); only DISABLE", m.unwrap_or("<unset>")),
+            ),
+        }
+    }
+}
+
+fn load_balancer(f: &str, lb: &LoadBalancerSettings, out: &mut Issues) {
+    if let Some(s) = &lb.simple {
+        if ![
+            "UNSPECIFIED",
+            "LEAST_CONN",
+            "RANDOM",
+            "PASSTHROUGH",
+            "ROUND_ROBIN",
+            "LEAST_REQUEST",
+        ]
+        .contains(&s.as_str())
+        {
+            out.err(
+                format!("{f}.simple"),
+                format!("{s:?} is not ROUND_ROBIN, LEAST_REQUEST, RANDOM or PASSTHROUGH"),
+            );
+        }
+        if lb.consistent_hash.is_some() {
+            out.err(f, "set only one of simple and consistentHash");
+        }
+    }
+    out.unsupported(
+        format!("{f}.localityLbSetting"),
+        &lb.locality_lb_setting,
+        "locality load balancing is not implemented yet",
+    );
+    out.duration(format!("{f}.warmupDurationSecs"), &lb.warmup_duration_secs);
+    if let Some(ch) = &lb.consistent_hash {
+        let keys: Vec<&str> = [
+            ch.http_header_name.as_ref().map(|_| "httpHeaderName"),
+            ch.http_cookie.as_ref().map(|_| "httpCookie"),
+            ch.use_source_ip.filter(|b| *b).map(|_| "useSourceIp"),
+            ch.http_query_parameter_name
+                .as_ref()
+                .map(|_| "httpQueryParameterName"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let cf = format!("{f}.consistentHash");
+        match keys.len() {
+            0 => out.err(
+                cf.clone(),
+                "set one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName",
+            ),
+            1 => {}
+            _ => out.err(
+                cf.clone(),
+                format!("conflicting hash keys {}: set only one", keys.join(", ")),
+            ),
+        }
+        if ch.ring_hash.is_some() && ch.maglev.is_some() {
+            out.err(cf.clone(), "set only one of ringHash and maglev");
+        }
+        if ch.minimum_ring_size.is_some() && (ch.ring_hash.is_some() || ch.maglev.is_some()) {
+            out.err(
+                format!("{cf}.minimumRingSize"),
+                "deprecated field; use ringHash.minimumRingSize alone",
+            );
+        }
+        if let Some(c) = &ch.http_cookie {
+            if c.name.is_empty() {
+                out.err(format!("{cf}.httpCookie.name"), "a cookie name is required");
+            }
+            out.duration(format!("{cf}.httpCookie.ttl"), &c.ttl);
+        }
+        if ch.http_header_name.as_deref() == Some("") {
+            out.err(format!("{cf}.httpHeaderName"), "empty header name");
+        }
+        if ch.http_query_parameter_name.as_deref() == Some("") {
+            out.err(
+                format!("{cf}.httpQueryParameterName"),
+                "empty parameter name",
+            );
+        }
+    }
+}
+
+fn connection_pool(f: &str, cp: &ConnectionPoolSettings, out: &mut Issues) {
+    if cp.tcp.is_none() && cp.http.is_none() {
+        out.err(f, "connection pool must have tcp or http settings");
+    }
+    if let Some(t) = &cp.tcp {
+        out.non_negative(format!("{f}.tcp.maxConnections"), t.max_connections as i64);
+        out.duration(format!("{f}.tcp.connectTimeout"), &t.connect_timeout);
+        if t.connect_timeout
+            .is_some_and(|d| d.as_nanos() < 1_000_000 && !d.is_negative())
+        {
+            out.err(format!("{f}.tcp.connectTimeout"), "must be at least 1ms");
+        }
+        out.duration(
+            format!("{f}.tcp.maxConnectionDuration"),
+            &t.max_connection_duration,
+        );
+        out.duration(format!("{f}.tcp.idleTimeout"), &t.idle_timeout);
+        if let Some(k) = &t.tcp_keepalive {
+            out.duration(format!("{f}.tcp.tcpKeepalive.time"), &k.time);
+            out.duration(format!("{f}.tcp.tcpKeepalive.interval"), &k.interval);
+        }
+    }
+    if let Some(h) = &cp.http {
+        for (name, v) in [
+            ("http1MaxPendingRequests", h.http1_max_pending_requests),
+            ("http2MaxRequests", h.http2_max_requests),
+            ("maxRequestsPerConnection", h.max_requests_per_connection),
+            ("maxRetries", h.max_retries),
+            ("maxConcurrentStreams", h.max_concurrent_streams),
+        ] {
+            out.non_negative(format!("{f}.http.{name}"), v as i64);
+        }
+        out.duration(format!("{f}.http.idleTimeout"), &h.idle_timeout);
+        if let Some(p) = &h.h2_upgrade_policy {
+            if !["DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"].contains(&p.as_str()) {
+                out.err(
+                    format!("{f}.http.h2UpgradePolicy"),
+                    format!("{p:?} is not DEFAULT, DO_NOT_UPGRADE or UPGRADE"),
+                );
+            }
+        }
+    }
+}
+
+fn outlier(f: &str, od: &OutlierDetection, out: &mut Issues) {
+    if let Some(e) = od.consecutive_errors {
+        out.non_negative(format!("{f}.consecutiveErrors"), e as i64);
+        out.warn(
+            format!("{f}.consecutiveErrors"),
+            "deprecated: mapped as Istio maps it, to consecutive gateway errors (502, 503, 504); use consecutive5xxErrors or consecutiveGatewayErrors",
+        );
+    }
+    out.duration(format!("{f}.interval"), &od.interval);
+    out.duration(format!("{f}.baseEjectionTime"), &od.base_ejection_time);
+    for (name, v) in [
+        ("maxEjectionPercent", od.max_ejection_percent),
+        ("minHealthPercent", od.min_health_percent),
+    ] {
+        if let Some(v) = v {
+            if !(0..=100).contains(&v) {
+                out.err(format!("{f}.{name}"), format!("{v} is not in 0..100"));
+            }
+        }
+    }
+}
+
+fn sidecar(_s: &Sidecar, _out: &mut Issues) {
+    // Sidecar translation (and its validation) lives with `translate::sidecar`.
+}

@@ -1,0 +1,478 @@
+//! The Istio config store: validated Gateway, VirtualService, DestinationRule and
+//! Sidecar objects from every config source (manifest directories, member
+//! clusters), and the immutable `ConfigSnapshot` pushes translate from.
+//!
+//! Bad input rejects one object, never the source: each rejected object is kept
+//! with a reason naming its origin, kind, namespace/name and field, shown on
+//! `/debug/configz`, and counted in `pilot_total_rejected_configs{kind}`.
+//! Everything else stays in force.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::metrics::{metrics, KindLabel};
+use crate::model::istio::validate::validate;
+use crate::model::istio::{
+    host_intersection, labels_match, parse_object, resolve_gateway_name, ConfigSnapshot,
+    Destination, IstioObject, Kind, Rejection, MESH_GATEWAY,
+};
+use crate::model::service::ServiceMap;
+
+/// One YAML/JSON document as a source read it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawDoc {
+    /// The file path, or the member cluster name, the document came from.
+    pub origin: String,
+    pub value: serde_json::Value,
+}
+
+/// A problem `crossmesh validate` prints: file, object, field and reason.
+pub type Problem = Rejection;
+
+/// Parse and validate documents offline (`crossmesh validate`). Returns every
+/// problem that would reject an object, including a second definition of the same
+/// kind/namespace/name. Empty documents are skipped. Documents outside
+/// `networking.istio.io` are reported as unsupported; callers that also accept
+/// Kubernetes objects route those elsewhere first.
+pub fn validate_docs(docs: &[RawDoc]) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut seen: BTreeMap<(Kind, String, String), String> = BTreeMap::new();
+    for doc in docs.iter().filter(|d| !d.value.is_null()) {
+        match parse_object(&doc.origin, &doc.value) {
+            Ok(obj) => {
+                if let Some(p) = duplicate(&mut seen, &obj) {
+                    problems.push(p);
+                }
+            }
+            Err(mut errs) => problems.append(&mut errs),
+        }
+    }
+    problems
+}
+
+/// Record `obj`'s key; a rejection if another object already claimed it.
+fn duplicate(
+    seen: &mut BTreeMap<(Kind, String, String), String>,
+    obj: &IstioObject,
+) -> Option<Rejection> {
+    let m = obj.meta();
+    let key = (obj.kind(), m.namespace.clone(), m.name.clone());
+    match seen.get(&key) {
+        Some(first) => Some(Rejection {
+            origin: m.origin.clone(),
+            kind: obj.kind().to_string(),
+            namespace: m.namespace.clone(),
+            name: m.name.clone(),
+            field: "metadata.name".into(),
+            reason: format!(
+                "duplicate: {} {} is already defined in {first}",
+                obj.kind(),
+                m.key()
+            ),
+        }),
+        None => {
+            seen.insert(key, m.origin.clone());
+            None
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct SourceState {
+    accepted: Vec<IstioObject>,
+    rejected: Vec<Rejection>,
+}
+
+/// Validated Istio config from every source. Owned by the registry behind its own
+/// lock; all methods are short and synchronous.
+#[derive(Debug)]
+pub struct ConfigStore {
+    domain_suffix: String,
+    /// By source name, so rebuilding is deterministic (the first source by name
+    /// wins a duplicate).
+    sources: BTreeMap<String, SourceState>,
+    in_force: Vec<IstioObject>,
+    duplicates: Vec<Rejection>,
+    snapshot: Arc<ConfigSnapshot>,
+}
+
+impl Default for ConfigStore {
+    fn default() -> Self {
+        ConfigStore::new("cluster.local")
+    }
+}
+
+impl ConfigStore {
+    /// `domain_suffix` resolves short host names (`order` in namespace `base` is
+    /// `order.base.svc.<domain_suffix>`).
+    pub fn new(domain_suffix: &str) -> ConfigStore {
+        ConfigStore {
+            domain_suffix: domain_suffix.to_string(),
+            sources: BTreeMap::new(),
+            in_force: Vec::new(),
+            duplicates: Vec::new(),
+            snapshot: Arc::new(ConfigSnapshot::new(domain_suffix, [])),
+        }
+    }
+
+    /// Replace everything `source` contributed with `docs`. Returns true if the
+    /// config in force changed (a push is needed). Invalid documents are rejected
+    /// one by one; an empty `docs` removes the source's objects.
+    pub fn replace_source(&mut self, source: &str, docs: Vec<RawDoc>) -> bool {
+        let mut state = SourceState::default();
+        for doc in docs.iter().filter(|d| !d.value.is_null()) {
+            match parse_object(&doc.origin, &doc.value) {
+                Ok(obj) => state.accepted.push(obj),
+                Err(mut errs) => {
+                    for e in &errs {
+                        tracing::warn!(origin = %e.origin, kind = %e.kind, namespace = %e.namespace,
+                            name = %e.name, field = %e.field, reason = %e.reason, "rejected Istio config");
+                    }
+                    state.rejected.append(&mut errs);
+                }
+            }
+        }
+        if docs.is_empty() {
+            self.sources.remove(source);
+        } else {
+            self.sources.insert(source.to_string(), state);
+        }
+        self.rebuild()
+    }
+
+    /// Drop a source entirely. Returns true if the config in force changed.
+    pub fn remove_source(&mut self, source: &str) -> bool {
+        self.sources.remove(source).is_some() && self.rebuild()
+    }
+
+    fn rebuild(&mut self) -> bool {
+        let mut seen = BTreeMap::new();
+        let mut in_force = Vec::new();
+        let mut duplicates = Vec::new();
+        for state in self.sources.values() {
+            for obj in &state.accepted {
+                match duplicate(&mut seen, obj) {
+                    Some(d) => duplicates.push(d),
+                    None => in_force.push(obj.clone()),
+                }
+            }
+        }
+        in_force.sort_by(|a, b| {
+            (a.kind(), &a.meta().namespace, &a.meta().name).cmp(&(
+                b.kind(),
+                &b.meta().namespace,
+                &b.meta().name,
+            ))
+        });
+        self.duplicates = duplicates;
+        self.update_metrics();
+        if in_force == self.in_force {
+            return false;
+        }
+        self.snapshot = Arc::new(ConfigSnapshot::new(
+            &self.domain_suffix,
+            in_force.iter().cloned(),
+        ));
+        self.in_force = in_force;
+        true
+    }
+
+    fn rejections(&self) -> impl Iterator<Item = &Rejection> {
+        self.sources
+            .values()
+            .flat_map(|s| s.rejected.iter())
+            .chain(self.duplicates.iter())
+    }
+
+    /// `pilot_total_rejected_configs{kind}`: objects currently rejected, per kind.
+    fn update_metrics(&self) {
+        let mut counts: BTreeMap<String, i64> =
+            ["Gateway", "VirtualService", "DestinationRule", "Sidecar"]
+                .iter()
+                .map(|k| (k.to_string(), 0))
+                .collect();
+        let mut objects = BTreeSet::new();
+        for r in self.rejections() {
+            // One object may have several problems; count it once.
+            if objects.insert((&r.origin, &r.kind, &r.namespace, &r.name)) {
+                *counts.entry(r.kind.clone()).or_default() += 1;
+            }
+        }
+        for (kind, n) in counts {
+            metrics()
+                .rejected_configs
+                .get_or_create(&KindLabel { kind })
+                .set(n);
+        }
+    }
+
+    /// The config in force, for the next push.
+    pub fn snapshot(&self) -> Arc<ConfigSnapshot> {
+        self.snapshot.clone()
+    }
+
+    /// `/debug/configz`: objects in force, rejected objects with reasons, and
+    /// warnings that need the services to compute.
+    pub fn status(&self, services: &ServiceMap) -> ConfigStatus {
+        let mut warnings = Vec::new();
+        for obj in &self.in_force {
+            for issue in validate(obj).into_iter().filter(|i| i.warning) {
+                warnings.push(Warning::about(obj, issue.field, issue.reason));
+            }
+        }
+        cross_object_warnings(&self.snapshot, &self.in_force, services, &mut warnings);
+        ConfigStatus {
+            in_force: self
+                .in_force
+                .iter()
+                .map(|o| InForce {
+                    kind: o.kind(),
+                    namespace: o.meta().namespace.clone(),
+                    name: o.meta().name.clone(),
+                    origin: o.meta().origin.clone(),
+                    api_version: o.meta().api_version.clone(),
+                    creation_timestamp: o.meta().creation_timestamp.clone(),
+                    object: o.clone(),
+                })
+                .collect(),
+            rejected: self.rejections().cloned().collect(),
+            warnings,
+        }
+    }
+}
+
+/// The `/debug/configz` document.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigStatus {
+    pub in_force: Vec<InForce>,
+    pub rejected: Vec<Rejection>,
+    pub warnings: Vec<Warning>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InForce {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+    pub origin: String,
+    pub api_version: String,
+    pub creation_timestamp: Option<String>,
+    pub object: IstioObject,
+}
+
+/// Something about an object in force that an operator should know.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Warning {
+    pub origin: String,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub field: String,
+    pub message: String,
+}
+
+impl Warning {
+    fn about(obj: &IstioObject, field: impl Into<String>, message: impl Into<String>) -> Warning {
+        let m = obj.meta();
+        Warning {
+            origin: m.origin.clone(),
+            kind: obj.kind().to_string(),
+            namespace: m.namespace.clone(),
+            name: m.name.clone(),
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Unknown destination hosts and subsets, subsets selecting no endpoint, unknown
+/// Gateways, and VirtualServices sharing a host on one Gateway.
+fn cross_object_warnings(
+    snap: &ConfigSnapshot,
+    objects: &[IstioObject],
+    services: &ServiceMap,
+    out: &mut Vec<Warning>,
+) {
+    let gateways: BTreeSet<String> = snap.gateways.iter().map(|g| g.meta.key()).collect();
+    for obj in objects {
+        match obj {
+            IstioObject::VirtualService(vs) => {
+                let ns = &vs.meta.namespace;
+                let mut check = |field: String, d: &Destination| {
+                    let host = snap.resolve_host(&d.host, ns);
+                    let Some(svc) = services.get(host.as_str()) else {
+                        out.push(Warning::about(
+                            obj,
+                            format!("{field}.host"),
+                            format!("host {host:?} is not a known service: requests routed there fail (no cluster)"),
+                        ));
+                        return;
+                    };
+                    if let Some(p) = d.port.map(|p| p.number).filter(|n| *n != 0) {
+                        if svc.port(p as u16).is_none() {
+                            out.push(Warning::about(
+                                obj,
+                                format!("{field}.port"),
+                                format!("service {host} has no port {p}"),
+                            ));
+                        }
+                    }
+                    if !d.subset.is_empty()
+                        && !snap
+                            .all_subsets(&host, &svc.namespace)
+                            .iter()
+                            .any(|s| s.name == d.subset)
+                    {
+                        out.push(Warning::about(
+                            obj,
+                            format!("{field}.subset"),
+                            format!(
+                                "no DestinationRule defines subset {:?} for {host}",
+                                d.subset
+                            ),
+                        ));
+                    }
+                };
+                for (i, h) in vs.spec.http.iter().enumerate() {
+                    for (j, r) in h.route.iter().enumerate() {
+                        check(
+                            format!("spec.http[{i}].route[{j}].destination"),
+                            &r.destination,
+                        );
+                    }
+                    if let Some(m) = &h.mirror {
+                        check(format!("spec.http[{i}].mirror"), m);
+                    }
+                    for (j, m) in h.mirrors.iter().enumerate() {
+                        check(
+                            format!("spec.http[{i}].mirrors[{j}].destination"),
+                            &m.destination,
+                        );
+                    }
+                }
+                for (i, t) in vs.spec.tcp.iter().enumerate() {
+                    for (j, r) in t.route.iter().enumerate() {
+                        check(
+                            format!("spec.tcp[{i}].route[{j}].destination"),
+                            &r.destination,
+                        );
+                    }
+                }
+                for (i, t) in vs.spec.tls.iter().enumerate() {
+                    for (j, r) in t.route.iter().enumerate() {
+                        check(
+                            format!("spec.tls[{i}].route[{j}].destination"),
+                            &r.destination,
+                        );
+                    }
+                }
+                for (i, g) in vs.spec.gateways.iter().enumerate() {
+                    let key = resolve_gateway_name(g, ns);
+                    if key != MESH_GATEWAY && !gateways.contains(&key) {
+                        out.push(Warning::about(
+                            obj,
+                            format!("spec.gateways[{i}]"),
+                            format!("Gateway {key} does not exist"),
+                        ));
+                    }
+                }
+            }
+            IstioObject::DestinationRule(dr) => {
+                let host = snap.resolve_host(&dr.spec.host, &dr.meta.namespace);
+                if host.starts_with('*') {
+                    continue;
+                }
+                let Some(svc) = services.get(host.as_str()) else {
+                    out.push(Warning::about(
+                        obj,
+                        "spec.host",
+                        format!("host {host:?} is not a known service"),
+                    ));
+                    continue;
+                };
+                for (i, s) in dr.spec.subsets.iter().enumerate() {
+                    let any = svc
+                        .endpoints
+                        .values()
+                        .flatten()
+                        .any(|e| e.ready && labels_match(&s.labels, &e.labels));
+                    if !any {
+                        out.push(Warning::about(
+                            obj,
+                            format!("spec.subsets[{i}].labels"),
+                            format!("subset {:?} selects no ready endpoint of {host}", s.name),
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    shared_host_warnings(snap, out);
+}
+
+/// Istio merges VirtualServices that claim the same host on one Gateway server:
+/// oldest first (creationTimestamp, then name, then namespace), routes
+/// concatenated, catch-all routes last. Say who comes first.
+fn shared_host_warnings(snap: &ConfigSnapshot, out: &mut Vec<Warning>) {
+    for gw in &snap.gateways {
+        let key = gw.meta.key();
+        for (si, server) in gw.spec.servers.iter().enumerate() {
+            let mut claims: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            let mut first_vs = BTreeMap::new();
+            for vs in snap.virtual_services_for_gateway(&key, &gw.meta.namespace) {
+                let mut hosts = BTreeSet::new();
+                for sh in &server.hosts {
+                    let (ns, h) = sh.split_once('/').unwrap_or(("*", sh));
+                    if !(ns == "*"
+                        || ns == vs.meta.namespace
+                        || (ns == "." && vs.meta.namespace == gw.meta.namespace))
+                    {
+                        continue;
+                    }
+                    let h = if crate::model::istio::validate::all_wildcard_host(h) {
+                        "*"
+                    } else {
+                        h
+                    };
+                    for vh in &vs.spec.hosts {
+                        if let Some(x) = host_intersection(h, vh) {
+                            hosts.insert(x);
+                        }
+                    }
+                }
+                for h in hosts {
+                    let label = match &vs.meta.creation_timestamp {
+                        Some(ts) => format!("{} (created {ts})", vs.meta.key()),
+                        None => format!("{} (no creationTimestamp)", vs.meta.key()),
+                    };
+                    claims.entry(h.clone()).or_default().push(label);
+                    first_vs.entry(h).or_insert_with(|| vs.clone());
+                }
+            }
+            for (host, who) in claims.into_iter().filter(|(_, w)| w.len() > 1) {
+                let winner = &first_vs[&host];
+                out.push(Warning {
+                    origin: winner.meta.origin.clone(),
+                    kind: "VirtualService".into(),
+                    namespace: winner.meta.namespace.clone(),
+                    name: winner.meta.name.clone(),
+                    field: "spec.hosts".into(),
+                    message: format!(
+                        "host {host:?} on Gateway {key} (servers[{si}], port {}) is claimed by {} VirtualServices: {}. \
+                         As in Istio their routes merge in that order (oldest first, then by name): {} is matched first \
+                         and wins overlapping and catch-all routes",
+                        server.port.number,
+                        who.len(),
+                        who.join(", "),
+                        winner.meta.key()
+                    ),
+                });
+            }
+        }
+    }
+}

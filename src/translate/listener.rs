@@ -1,0 +1,137 @@
+//! LDS building blocks: listeners, the HTTP connection manager over RDS, and TCP
+//! proxy filter chains. Shared by gateways and sidecars.
+
+use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
+use envoy_types::pb::envoy::config::listener::v3::{
+    filter::ConfigType as FilterConfig, listener_filter::ConfigType as ListenerFilterConfig,
+    Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter,
+};
+use envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    http_connection_manager::{CodecType, RouteSpecifier},
+    http_filter::ConfigType as HttpFilterConfig,
+    HttpConnectionManager, HttpFilter, Rds,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
+    tcp_proxy::{weighted_cluster::ClusterWeight, ClusterSpecifier, WeightedCluster},
+    TcpProxy,
+};
+
+use super::proto::{ads, bool_value, pack, socket_address};
+use super::route::{CORS_FILTER, FAULT_FILTER};
+
+pub const HCM_FILTER: &str = "envoy.filters.network.http_connection_manager";
+pub const TCP_PROXY_FILTER: &str = "envoy.filters.network.tcp_proxy";
+pub const ROUTER_FILTER: &str = "envoy.filters.http.router";
+pub const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
+
+/// A listener named Istio's way (`ADDRESS_PORT`) binding `address:port`.
+pub fn listener(
+    address: &str,
+    port: u32,
+    direction: TrafficDirection,
+    filter_chains: Vec<FilterChain>,
+) -> Listener {
+    let needs_tls_inspector = filter_chains.iter().any(|fc| {
+        fc.filter_chain_match
+            .as_ref()
+            .is_some_and(|m| !m.server_names.is_empty())
+    });
+    Listener {
+        name: format!("{address}_{port}"),
+        address: Some(socket_address(address, port)),
+        filter_chains,
+        traffic_direction: direction as i32,
+        listener_filters: if needs_tls_inspector {
+            vec![ListenerFilter {
+                name: TLS_INSPECTOR.into(),
+                config_type: Some(ListenerFilterConfig::TypedConfig(pack(
+                    &TlsInspector::default(),
+                ))),
+                ..Default::default()
+            }]
+        } else {
+            Vec::new()
+        },
+        ..Default::default()
+    }
+}
+
+fn http_filter(name: &str, config: envoy_types::pb::google::protobuf::Any) -> HttpFilter {
+    HttpFilter {
+        name: name.into(),
+        config_type: Some(HttpFilterConfig::TypedConfig(config)),
+        ..Default::default()
+    }
+}
+
+/// The HTTP connection manager fetching route config `route_name` over ADS, with
+/// Istio's HTTP filters that VirtualService features need: CORS and fault
+/// (configured per route), then the router. `use_remote_address` is set for
+/// gateways (the edge), as Istio does.
+pub fn http_connection_manager(
+    stat_prefix: &str,
+    route_name: &str,
+    use_remote_address: bool,
+) -> Filter {
+    let hcm = HttpConnectionManager {
+        codec_type: CodecType::Auto as i32,
+        stat_prefix: stat_prefix.to_string(),
+        route_specifier: Some(RouteSpecifier::Rds(Rds {
+            config_source: Some(ads()),
+            route_config_name: route_name.to_string(),
+        })),
+        http_filters: vec![
+            http_filter(CORS_FILTER, pack(&Cors::default())),
+            http_filter(FAULT_FILTER, pack(&HttpFault::default())),
+            http_filter(ROUTER_FILTER, pack(&Router::default())),
+        ],
+        use_remote_address: use_remote_address.then(|| bool_value(true)),
+        ..Default::default()
+    };
+    Filter {
+        name: HCM_FILTER.into(),
+        config_type: Some(FilterConfig::TypedConfig(pack(&hcm))),
+    }
+}
+
+/// A TCP proxy to one cluster, or weighted clusters.
+pub fn tcp_proxy(stat_prefix: &str, clusters: &[(String, u32)]) -> Filter {
+    let spec = match clusters {
+        [(only, _)] => ClusterSpecifier::Cluster(only.clone()),
+        many => ClusterSpecifier::WeightedClusters(WeightedCluster {
+            clusters: many
+                .iter()
+                .map(|(name, weight)| ClusterWeight {
+                    name: name.clone(),
+                    weight: *weight,
+                    ..Default::default()
+                })
+                .collect(),
+        }),
+    };
+    let tp = TcpProxy {
+        stat_prefix: stat_prefix.to_string(),
+        cluster_specifier: Some(spec),
+        ..Default::default()
+    };
+    Filter {
+        name: TCP_PROXY_FILTER.into(),
+        config_type: Some(FilterConfig::TypedConfig(pack(&tp))),
+    }
+}
+
+/// A filter chain holding `filter`, matched on SNI names when given.
+pub fn filter_chain(server_names: Vec<String>, filter: Filter) -> FilterChain {
+    FilterChain {
+        filter_chain_match: (!server_names.is_empty()).then(|| FilterChainMatch {
+            server_names,
+            ..Default::default()
+        }),
+        filters: vec![filter],
+        ..Default::default()
+    }
+}
