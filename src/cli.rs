@@ -1,1 +1,378 @@
-//! The command line (DESIGN.md §1).
+//! The command line (DESIGN.md §1): parse flags once into typed options and hand
+//! them to the subcommand. Every flag also reads `CROSSMESH_<FLAG>` from the
+//! environment. Any failure exits non-zero with one line on stderr:
+//! `crossmesh: <reason>`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::bootstrap::{self, BootstrapOptions, XdsAddress};
+use crate::config::MeshConfig;
+use crate::model::{InterceptionMode, Locality, ProxyRole};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "crossmesh",
+    version,
+    about = "An Envoy-compatible xDS control plane for meshes that span several Kubernetes clusters"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane: watch the member clusters and Istio config of the
+    /// mesh file and serve xDS and debug HTTP.
+    Serve(ServeArgs),
+    /// Print an Envoy bootstrap (YAML) that connects to crossmesh over ADS.
+    Bootstrap(BootstrapArgs),
+    /// Run the three-cluster ingress scenario end to end on this machine.
+    Demo,
+    /// Check Istio and Kubernetes YAML files offline; exit 1 on any problem.
+    Validate(ValidateArgs),
+    /// Print a Secret that lets crossmesh watch a member cluster's API server.
+    CreateRemoteSecret(RemoteSecretArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The mesh file (YAML): member clusters, config sources, addresses.
+    #[arg(long, env = "CROSSMESH_MESH", value_name = "FILE")]
+    pub mesh: PathBuf,
+    /// xDS gRPC listen address; overrides the mesh file's `xdsAddress`
+    /// [mesh file default: 127.0.0.1:15010].
+    #[arg(long, env = "CROSSMESH_XDS_ADDRESS", value_name = "ADDR")]
+    pub xds_address: Option<SocketAddr>,
+    /// Debug HTTP listen address; overrides the mesh file's `debugAddress`
+    /// [mesh file default: 127.0.0.1:15014].
+    #[arg(long, env = "CROSSMESH_DEBUG_ADDRESS", value_name = "ADDR")]
+    pub debug_address: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    /// An ingress or east-west gateway (Istio's `router`).
+    Gateway,
+    Sidecar,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Interception {
+    /// iptables redirect: virtual listeners on 15001 and 15006.
+    Redirect,
+    /// No iptables: listeners bind real addresses, as the `Sidecar` resource says.
+    None,
+}
+
+#[derive(Debug, Args)]
+pub struct BootstrapArgs {
+    #[arg(long, env = "CROSSMESH_ROLE", value_enum)]
+    pub role: Role,
+    /// Pod name.
+    #[arg(long, env = "CROSSMESH_NAME", value_name = "POD", value_parser = bootstrap::parse_pod_name)]
+    pub name: String,
+    #[arg(long, env = "CROSSMESH_NAMESPACE", value_name = "NS", value_parser = bootstrap::parse_namespace)]
+    pub namespace: String,
+    /// The proxy's IP: part of its node id, and where `NONE`-mode listeners bind.
+    #[arg(long, env = "CROSSMESH_IP")]
+    pub ip: IpAddr,
+    /// Pod labels, `k=v,k=v` (Gateway selectors match these).
+    #[arg(long, env = "CROSSMESH_LABELS", value_name = "K=V,...", default_value = "",
+          value_parser = bootstrap::parse_labels)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Where the proxy dials crossmesh: IP:PORT or HOST:PORT.
+    #[arg(long, env = "CROSSMESH_XDS_ADDRESS", value_name = "ADDR",
+          default_value = crate::config::DEFAULT_XDS_ADDRESS)]
+    pub xds_address: XdsAddress,
+    /// Envoy admin port, bound on 127.0.0.1.
+    #[arg(long, env = "CROSSMESH_ADMIN_PORT", value_name = "N")]
+    pub admin_port: u16,
+    /// REGION/ZONE/SUBZONE.
+    #[arg(long, env = "CROSSMESH_LOCALITY", value_name = "REGION/ZONE/SUBZONE",
+          value_parser = bootstrap::parse_locality)]
+    pub locality: Option<Locality>,
+    /// The member cluster the proxy runs in (Istio's CLUSTER_ID).
+    #[arg(long, env = "CROSSMESH_CLUSTER_ID", value_name = "C", default_value = "Kubernetes",
+          value_parser = bootstrap::parse_token)]
+    pub cluster_id: String,
+    /// The proxy's network (Istio's NETWORK); empty is the one flat network.
+    #[arg(long, env = "CROSSMESH_NETWORK", value_name = "N", default_value = "",
+          value_parser = bootstrap::parse_token)]
+    pub network: String,
+    #[arg(long, env = "CROSSMESH_SERVICE_ACCOUNT", value_name = "SA", default_value = "default",
+          value_parser = bootstrap::parse_token)]
+    pub service_account: String,
+    #[arg(
+        long,
+        env = "CROSSMESH_INTERCEPTION",
+        value_enum,
+        default_value = "redirect"
+    )]
+    pub interception: Interception,
+    /// Use state-of-the-world ADS instead of Delta.
+    #[arg(long, env = "CROSSMESH_SOTW")]
+    pub sotw: bool,
+    /// The mesh's domain suffix, the last part of the node id `NS.svc.<suffix>`.
+    #[arg(long, env = "CROSSMESH_DOMAIN_SUFFIX", value_name = "SUFFIX",
+          default_value = "cluster.local", value_parser = bootstrap::parse_token)]
+    pub domain_suffix: String,
+}
+
+impl From<BootstrapArgs> for BootstrapOptions {
+    fn from(a: BootstrapArgs) -> Self {
+        BootstrapOptions {
+            role: match a.role {
+                Role::Gateway => ProxyRole::Gateway,
+                Role::Sidecar => ProxyRole::Sidecar,
+            },
+            name: a.name,
+            namespace: a.namespace,
+            ip: a.ip,
+            labels: a.labels,
+            xds_address: a.xds_address,
+            admin_port: a.admin_port,
+            locality: a.locality.unwrap_or_default(),
+            cluster_id: a.cluster_id,
+            network: a.network,
+            service_account: a.service_account,
+            interception: match a.interception {
+                Interception::Redirect => InterceptionMode::Redirect,
+                Interception::None => InterceptionMode::None,
+            },
+            sotw: a.sotw,
+            domain_suffix: a.domain_suffix,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// YAML files (multi-document) to check.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RemoteSecretArgs {
+    /// The member cluster's name in the mesh.
+    #[arg(long, env = "CROSSMESH_NAME", value_name = "NAME")]
+    pub name: String,
+    /// Kubeconfig of the member cluster.
+    #[arg(long, env = "CROSSMESH_KUBECONFIG", value_name = "F")]
+    pub kubeconfig: PathBuf,
+    /// Context in the kubeconfig; default its current context.
+    #[arg(long, env = "CROSSMESH_CONTEXT", value_name = "C")]
+    pub context: Option<String>,
+}
+
+/// Process entry point: parse, set up logging, run, map failure to one line.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind::*;
+            if matches!(
+                e.kind(),
+                DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                e.exit();
+            }
+            eprintln!("crossmesh: {}", clap_reason(&e));
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("crossmesh: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Clap's message up to its first blank line (the reason, plus the list of missing
+/// arguments when there is one) on one line, without the `error: ` prefix.
+fn clap_reason(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let reason: Vec<&str> = text
+        .lines()
+        .skip_while(|l| l.trim().is_empty())
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let reason = reason.join(" ");
+    let reason = reason.trim_start_matches("error: ");
+    if reason.is_empty() {
+        "bad arguments; see --help".to_string()
+    } else {
+        reason.to_string()
+    }
+}
+
+/// An error and its causes on one line: each cause's first line (YAML parser
+/// errors go on to quote a multi-line snippet), skipping causes whose text an outer
+/// message already includes (`thiserror` messages often embed their source).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        let first = text
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .unwrap_or("");
+        if first.is_empty() || out.contains(first) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(first);
+    }
+    out
+}
+
+/// Logs go to stderr (stdout carries `bootstrap` YAML), filtered by `RUST_LOG`
+/// directives, default `info`.
+fn init_tracing() {
+    use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+    let filter = EnvFilter::builder()
+        .with_default_directive(LevelFilter::INFO.into())
+        .from_env_lossy();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// The mesh file with the command line's overrides applied.
+pub fn load_mesh(args: &ServeArgs) -> anyhow::Result<MeshConfig> {
+    let mut mesh = MeshConfig::load(&args.mesh)?;
+    if let Some(a) = args.xds_address {
+        mesh.xds_address = a;
+    }
+    if let Some(a) = args.debug_address {
+        mesh.debug_address = a;
+    }
+    Ok(mesh)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Run one parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => {
+            let mesh = load_mesh(&args)?;
+            runtime()?.block_on(crate::serve::serve(mesh))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bootstrap(args) => {
+            let yaml = bootstrap::bootstrap_yaml(&args.into())
+                .context("cannot print the bootstrap as YAML")?;
+            print!("{yaml}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo => runtime()?.block_on(crate::demo::run()),
+        Command::Validate(_) => anyhow::bail!(
+            "`crossmesh validate` is not yet available in this build (src/validate.rs is not written yet)"
+        ),
+        Command::CreateRemoteSecret(_) => anyhow::bail!(
+            "`crossmesh create-remote-secret` is not yet available in this build \
+             (src/sources/remote_secret.rs is not written yet)"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_flag_reads_an_env_var() {
+        fn walk(cmd: &clap::Command) {
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if a.is_positional() || id == "help" || id == "version" {
+                    continue;
+                }
+                let want = format!(
+                    "CROSSMESH_{}",
+                    a.get_long().unwrap_or(id).to_uppercase().replace('-', "_")
+                );
+                assert_eq!(
+                    a.get_env().and_then(|e| e.to_str()),
+                    Some(want.as_str()),
+                    "{} --{id}",
+                    cmd.get_name()
+                );
+            }
+            cmd.get_subcommands().for_each(walk);
+        }
+        walk(&Cli::command());
+    }
+
+    #[test]
+    fn bootstrap_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "crossmesh",
+            "bootstrap",
+            "--role",
+            "sidecar",
+            "--name",
+            "web-1",
+            "--namespace",
+            "ns",
+            "--ip",
+            "127.0.0.5",
+            "--labels",
+            "app=web,version=v1",
+            "--admin-port",
+            "15000",
+            "--locality",
+            "r/z/s",
+            "--interception",
+            "none",
+            "--sotw",
+        ])
+        .unwrap();
+        let Command::Bootstrap(args) = cli.command else {
+            panic!("bootstrap")
+        };
+        let o: BootstrapOptions = args.into();
+        assert_eq!(o.role, ProxyRole::Sidecar);
+        assert_eq!(o.interception, InterceptionMode::None);
+        assert!(o.sotw);
+        assert_eq!(o.labels["version"], "v1");
+        assert_eq!(o.locality.subzone, "s");
+        assert_eq!(o.xds_address.to_string(), "127.0.0.1:15010");
+        assert_eq!(o.cluster_id, "Kubernetes");
+    }
+
+    #[test]
+    fn bad_flag_gives_one_line_reason() {
+        let e = Cli::try_parse_from(["crossmesh", "serve", "--mesh", "m", "--xds-address", "x"])
+            .unwrap_err();
+        let reason = clap_reason(&e);
+        assert!(reason.contains("--xds-address"), "{reason}");
+        assert!(!reason.contains('\n'));
+    }
+}

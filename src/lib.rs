@@ -13,6 +13,7 @@
 //! debug HTTP reads registry, cache, connections     src/debug/
 //! ```
 
+pub mod bootstrap;
 pub mod cli;
 pub mod config;
 pub mod debug;
@@ -20,6 +21,7 @@ pub mod metrics;
 pub mod model;
 pub mod push;
 pub mod registry;
+pub mod serve;
 pub mod sources;
 pub mod translate;
 pub mod xds;

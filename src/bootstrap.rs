@@ -1,0 +1,449 @@
+//! `crossmesh bootstrap`: the Envoy bootstrap that connects a proxy to crossmesh over
+//! ADS, carrying the node identity istio-proxy would send (DESIGN.md §3), so the
+//! xDS server can tell gateways from sidecars and translate for each.
+//!
+//! Pure: options in, a `serde_json::Value` (the `envoy.config.bootstrap.v3.Bootstrap`
+//! in its JSON/YAML mapping) out, printed as YAML by `bootstrap_yaml`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use serde_json::{json, Map, Value};
+
+use crate::model::{InterceptionMode, Locality, ProxyRole};
+
+/// The Istio release whose xDS conventions crossmesh follows; sent as node metadata
+/// `ISTIO_VERSION`, which istiod uses to gate features per proxy.
+pub const ISTIO_VERSION: &str = "1.27.0";
+
+/// Name of the static cluster that reaches the control plane, as in Istio's bootstrap.
+pub const XDS_CLUSTER: &str = "xds-grpc";
+
+/// Where the proxy dials the control plane: an IP (a STATIC cluster) or a DNS name
+/// (a STRICT_DNS cluster, like Istio's `istiod.istio-system.svc:15012`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdsAddress {
+    pub host: String,
+    pub port: u16,
+}
+
+impl XdsAddress {
+    fn is_ip(&self) -> bool {
+        self.host.parse::<IpAddr>().is_ok()
+    }
+}
+
+impl fmt::Display for XdsAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl std::str::FromStr for XdsAddress {
+    type Err = String;
+
+    /// `IP:PORT`, `[IPv6]:PORT` or `HOSTNAME:PORT`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Ok(sa) = s.parse::<SocketAddr>() {
+            return Ok(XdsAddress {
+                host: sa.ip().to_string(),
+                port: sa.port(),
+            });
+        }
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{s:?} is not HOST:PORT"))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("{s:?}: port {port:?} is not a number 1-65535"))?;
+        if port == 0 {
+            return Err(format!("{s:?}: port 0 cannot be dialed"));
+        }
+        let valid_dns = !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            });
+        if !valid_dns {
+            return Err(format!("{s:?}: {host:?} is neither an IP nor a DNS name"));
+        }
+        Ok(XdsAddress {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+/// Everything `crossmesh bootstrap` needs, already validated by the parsers below.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootstrapOptions {
+    pub role: ProxyRole,
+    /// Pod name.
+    pub name: String,
+    pub namespace: String,
+    pub ip: IpAddr,
+    pub labels: BTreeMap<String, String>,
+    pub xds_address: XdsAddress,
+    pub admin_port: u16,
+    pub locality: Locality,
+    /// Istio's `CLUSTER_ID`: the member cluster the proxy runs in.
+    pub cluster_id: String,
+    /// Istio's `NETWORK`; empty means the one flat network.
+    pub network: String,
+    pub service_account: String,
+    pub interception: InterceptionMode,
+    /// State-of-the-world ADS (`GRPC`) instead of Delta (`DELTA_GRPC`).
+    pub sotw: bool,
+    /// `<domainSuffix>` in the node id's last part (`NS.svc.<domainSuffix>`).
+    pub domain_suffix: String,
+}
+
+/// Istio's node id: `TYPE~IP~POD.NS~NS.svc.<domainSuffix>`, `TYPE` being `router`
+/// for gateways and `sidecar` for sidecars.
+pub fn node_id(o: &BootstrapOptions) -> String {
+    let kind = match o.role {
+        ProxyRole::Gateway => "router",
+        ProxyRole::Sidecar => "sidecar",
+    };
+    format!(
+        "{kind}~{}~{}.{}~{}.svc.{}",
+        o.ip, o.name, o.namespace, o.namespace, o.domain_suffix
+    )
+}
+
+/// Istio's service cluster (`node.cluster`): the workload's canonical name, taken
+/// from the `service.istio.io/canonical-name`, `app.kubernetes.io/name` or `app`
+/// label, else the pod name, then `.NAMESPACE`.
+pub fn node_cluster(o: &BootstrapOptions) -> String {
+    let app = [
+        "service.istio.io/canonical-name",
+        "app.kubernetes.io/name",
+        "app",
+    ]
+    .iter()
+    .find_map(|k| o.labels.get(*k))
+    .unwrap_or(&o.name);
+    format!("{app}.{}", o.namespace)
+}
+
+/// The bootstrap as the JSON mapping of `envoy.config.bootstrap.v3.Bootstrap`.
+pub fn bootstrap_json(o: &BootstrapOptions) -> Value {
+    let interception = match o.interception {
+        InterceptionMode::Redirect => "REDIRECT",
+        InterceptionMode::None => "NONE",
+    };
+    let mut locality = Map::new();
+    for (k, v) in [
+        ("region", &o.locality.region),
+        ("zone", &o.locality.zone),
+        ("sub_zone", &o.locality.subzone),
+    ] {
+        if !v.is_empty() {
+            locality.insert(k.into(), Value::String(v.clone()));
+        }
+    }
+    let mut node = json!({
+        "id": node_id(o),
+        "cluster": node_cluster(o),
+        "metadata": {
+            "NAME": o.name,
+            "NAMESPACE": o.namespace,
+            "LABELS": o.labels,
+            "CLUSTER_ID": o.cluster_id,
+            "NETWORK": o.network,
+            "INTERCEPTION_MODE": interception,
+            "SERVICE_ACCOUNT": o.service_account,
+            "ISTIO_VERSION": ISTIO_VERSION,
+        },
+    });
+    if !locality.is_empty() {
+        node["locality"] = Value::Object(locality);
+    }
+    // Each config source waits for its first response without a deadline
+    // (`initial_fetch_timeout: 0s`), as in Istio's bootstrap: a proxy starts serving
+    // only once it has its real config.
+    let ads_source = json!({
+        "ads": {},
+        "initial_fetch_timeout": "0s",
+        "resource_api_version": "V3",
+    });
+    let (cluster_type, dns) = if o.xds_address.is_ip() {
+        ("STATIC", None)
+    } else {
+        ("STRICT_DNS", Some("V4_PREFERRED"))
+    };
+    let mut xds_cluster = json!({
+        "name": XDS_CLUSTER,
+        "type": cluster_type,
+        "connect_timeout": "1s",
+        "lb_policy": "ROUND_ROBIN",
+        "load_assignment": {
+            "cluster_name": XDS_CLUSTER,
+            "endpoints": [{
+                "lb_endpoints": [{
+                    "endpoint": {
+                        "address": {
+                            "socket_address": {
+                                "address": o.xds_address.host,
+                                "port_value": o.xds_address.port,
+                            }
+                        }
+                    }
+                }]
+            }]
+        },
+        // gRPC needs HTTP/2; HTTP/2 PINGs detect a dead control plane that TCP
+        // would only notice much later.
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {
+                    "http2_protocol_options": {
+                        "connection_keepalive": { "interval": "30s", "timeout": "10s" }
+                    }
+                }
+            }
+        },
+        "upstream_connection_options": {
+            "tcp_keepalive": {
+                "keepalive_time": 300,
+                "keepalive_interval": 30,
+                "keepalive_probes": 3,
+            }
+        },
+    });
+    if let Some(family) = dns {
+        xds_cluster["dns_lookup_family"] = json!(family);
+    }
+    json!({
+        "node": node,
+        "admin": {
+            "address": {
+                "socket_address": { "address": "127.0.0.1", "port_value": o.admin_port }
+            }
+        },
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": if o.sotw { "GRPC" } else { "DELTA_GRPC" },
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": true,
+                "grpc_services": [{ "envoy_grpc": { "cluster_name": XDS_CLUSTER } }],
+            },
+            "cds_config": ads_source.clone(),
+            "lds_config": ads_source,
+        },
+        "static_resources": { "clusters": [xds_cluster] },
+    })
+}
+
+/// The bootstrap as YAML, ready for `envoy -c`.
+pub fn bootstrap_yaml(o: &BootstrapOptions) -> Result<String, serde_saphyr::SerializeError> {
+    serde_saphyr::to_string(&bootstrap_json(o))
+}
+
+// ---- flag value parsers (used by the CLI; each error is one line) ----
+
+/// `k=v,k=v` into a map; empty input is no labels. Keys and values follow
+/// Kubernetes label syntax loosely: keys non-empty, no `,` or `=` inside either.
+pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("label {pair:?} is not key=value"))?;
+        let (k, v) = (k.trim(), v.trim());
+        if k.is_empty() {
+            return Err(format!("label {pair:?} has an empty key"));
+        }
+        if v.contains('=') {
+            return Err(format!("label {pair:?} has more than one '='"));
+        }
+        if out.insert(k.to_string(), v.to_string()).is_some() {
+            return Err(format!("label key {k:?} is given twice"));
+        }
+    }
+    Ok(out)
+}
+
+/// `REGION[/ZONE[/SUBZONE]]`, Istio's locality form.
+pub fn parse_locality(s: &str) -> Result<Locality, String> {
+    let parts: Vec<&str> = s.split('/').collect();
+    if parts.len() > 3 {
+        return Err(format!("locality {s:?} has more than REGION/ZONE/SUBZONE"));
+    }
+    let get = |i: usize| parts.get(i).map(|p| p.to_string()).unwrap_or_default();
+    let l = Locality {
+        region: get(0),
+        zone: get(1),
+        subzone: get(2),
+    };
+    if (l.region.is_empty() && !s.is_empty()) || (l.zone.is_empty() && !l.subzone.is_empty()) {
+        return Err(format!("locality {s:?} has an empty part"));
+    }
+    Ok(l)
+}
+
+/// A Kubernetes object name (RFC 1123 subdomain): pod names.
+pub fn parse_pod_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        });
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a Kubernetes name (lowercase letters, digits, '-' and '.')"
+        ))
+    }
+}
+
+/// A Kubernetes namespace (RFC 1123 label).
+pub fn parse_namespace(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a Kubernetes namespace (at most 63 lowercase letters, digits and '-')"
+        ))
+    }
+}
+
+/// A value that ends up inside the `~`-separated node id or in metadata: no `~`,
+/// no whitespace.
+pub fn parse_token(s: &str) -> Result<String, String> {
+    if s.contains('~') || s.chars().any(char::is_whitespace) {
+        Err(format!("{s:?} must not contain '~' or whitespace"))
+    } else {
+        Ok(s.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> BootstrapOptions {
+        BootstrapOptions {
+            role: ProxyRole::Gateway,
+            name: "istio-ingressgateway-1".into(),
+            namespace: "istio-system".into(),
+            ip: "127.0.0.10".parse().unwrap(),
+            labels: parse_labels("istio=ingressgateway,app=istio-ingressgateway,v=true").unwrap(),
+            xds_address: "127.0.0.1:15010".parse().unwrap(),
+            admin_port: 15000,
+            locality: parse_locality("us-east/us-east-1a").unwrap(),
+            cluster_id: "cluster1".into(),
+            network: "vpc-a".into(),
+            service_account: "default".into(),
+            interception: InterceptionMode::Redirect,
+            sotw: false,
+            domain_suffix: "cluster.local".into(),
+        }
+    }
+
+    #[test]
+    fn node_follows_istio_conventions() {
+        let mut o = opts();
+        let b = bootstrap_json(&o);
+        assert_eq!(
+            b["node"]["id"],
+            "router~127.0.0.10~istio-ingressgateway-1.istio-system~istio-system.svc.cluster.local"
+        );
+        assert_eq!(b["node"]["cluster"], "istio-ingressgateway.istio-system");
+        let md = &b["node"]["metadata"];
+        assert_eq!(md["LABELS"]["istio"], "ingressgateway");
+        assert_eq!(md["NAMESPACE"], "istio-system");
+        assert_eq!(md["CLUSTER_ID"], "cluster1");
+        assert_eq!(md["NETWORK"], "vpc-a");
+        assert_eq!(md["INTERCEPTION_MODE"], "REDIRECT");
+        assert_eq!(md["SERVICE_ACCOUNT"], "default");
+        assert_eq!(md["ISTIO_VERSION"], ISTIO_VERSION);
+        assert_eq!(
+            b["node"]["locality"],
+            json!({"region": "us-east", "zone": "us-east-1a"})
+        );
+        assert_eq!(
+            b["dynamic_resources"]["ads_config"]["api_type"],
+            "DELTA_GRPC"
+        );
+        assert_eq!(b["admin"]["address"]["socket_address"]["port_value"], 15000);
+
+        o.role = ProxyRole::Sidecar;
+        o.interception = InterceptionMode::None;
+        o.sotw = true;
+        o.labels.clear();
+        let b = bootstrap_json(&o);
+        assert!(b["node"]["id"]
+            .as_str()
+            .unwrap()
+            .starts_with("sidecar~127.0.0.10~"));
+        assert_eq!(b["node"]["cluster"], "istio-ingressgateway-1.istio-system");
+        assert_eq!(b["node"]["metadata"]["INTERCEPTION_MODE"], "NONE");
+        assert_eq!(b["dynamic_resources"]["ads_config"]["api_type"], "GRPC");
+    }
+
+    #[test]
+    fn yaml_round_trips_with_string_types_kept() {
+        let o = opts();
+        let yaml = bootstrap_yaml(&o).unwrap();
+        let back: Value = serde_saphyr::from_str(&yaml).unwrap();
+        // `v: "true"` must stay a string label, `@type` a key.
+        assert_eq!(back, bootstrap_json(&o), "{yaml}");
+    }
+
+    #[test]
+    fn dns_control_plane_uses_strict_dns() {
+        let mut o = opts();
+        o.xds_address = "crossmesh.istio-system.svc:15010".parse().unwrap();
+        let b = bootstrap_json(&o);
+        let c = &b["static_resources"]["clusters"][0];
+        assert_eq!(c["type"], "STRICT_DNS");
+        assert_eq!(
+            c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+                ["socket_address"]["address"],
+            "crossmesh.istio-system.svc"
+        );
+        let ip = bootstrap_json(&opts());
+        assert_eq!(ip["static_resources"]["clusters"][0]["type"], "STATIC");
+    }
+
+    #[test]
+    fn flag_parsers_reject_with_reason() {
+        assert!(parse_labels("a=b,a=c").unwrap_err().contains("twice"));
+        assert!(parse_labels("novalue").unwrap_err().contains("key=value"));
+        assert!(parse_labels("").unwrap().is_empty());
+        assert!(parse_locality("a/b/c/d").is_err());
+        assert!(parse_locality("a//c").is_err());
+        assert_eq!(parse_locality("r").unwrap().region, "r");
+        assert!(parse_pod_name("Bad_Name").is_err());
+        assert!(parse_namespace("a.b").is_err());
+        assert!(parse_token("a~b").is_err());
+        assert!("nohost".parse::<XdsAddress>().is_err());
+        assert!("host:99999".parse::<XdsAddress>().is_err());
+        assert!("bad host:1".parse::<XdsAddress>().is_err());
+        let v6: XdsAddress = "[::1]:15010".parse().unwrap();
+        assert_eq!(v6.host, "::1");
+        assert_eq!(v6.to_string(), "[::1]:15010");
+    }
+}
