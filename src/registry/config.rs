@@ -476,3 +476,274 @@ fn shared_host_warnings(snap: &ConfigSnapshot, out: &mut Vec<Warning>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::model::service::{Endpoint, Locality, Service, ServicePort};
+    use crate::model::Protocol;
+
+    fn docs(origin: &str, yaml: &str) -> Vec<RawDoc> {
+        let values: Vec<serde_json::Value> = serde_saphyr::from_multiple(yaml).expect("yaml");
+        values
+            .into_iter()
+            .map(|value| RawDoc {
+                origin: origin.into(),
+                value,
+            })
+            .collect()
+    }
+
+    fn seed004() -> Vec<RawDoc> {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/golden/istio/seed004_quickstart.yaml"
+        );
+        docs(path, &std::fs::read_to_string(path).expect("seed 004 file"))
+    }
+
+    #[test]
+    fn every_seed004_document_is_accepted_as_written() {
+        let d = seed004();
+        assert_eq!(d.len(), 18);
+        assert_eq!(validate_docs(&d), Vec::<Problem>::new());
+        let mut store = ConfigStore::default();
+        assert!(store.replace_source("istio", d.clone()));
+        let snap = store.snapshot();
+        assert_eq!(snap.gateways.len(), 2);
+        assert_eq!(snap.virtual_services.len(), 6);
+        assert_eq!(snap.destination_rules.len(), 10);
+        // Same content again: nothing changed.
+        assert!(!store.replace_source("istio", d));
+    }
+
+    const VS_HEAD: &str = "apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\nmetadata:\n  namespace: base\n";
+
+    /// One bad object per case: the reason names the field, and the good object
+    /// next to it stays in force.
+    #[test]
+    fn bad_objects_are_rejected_one_by_one() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "weights",
+                "  name: weights\nspec:\n  hosts: [a]\n  http:\n  - route:\n    - destination: {host: a}\n      weight: 60\n    - destination: {host: b}\n      weight: 30\n",
+                "spec.http[0].route",
+            ),
+            (
+                "regex",
+                "  name: regex\nspec:\n  hosts: [a]\n  http:\n  - match:\n    - uri: {regex: '(unclosed'}\n    route:\n    - destination: {host: a}\n",
+                "spec.http[0].match[0].uri",
+            ),
+            (
+                "negative",
+                "  name: negative\nspec:\n  hosts: [a]\n  http:\n  - route:\n    - destination: {host: a}\n    timeout: -3s\n",
+                "spec.http[0].timeout",
+            ),
+            (
+                "wrongtype",
+                "  name: wrongtype\nspec:\n  hosts: [a]\n  http:\n  - route:\n    - destination: {host: a}\n      weight: lots\n",
+                "spec.http[0].route[0].weight",
+            ),
+            (
+                "unknownfield",
+                "  name: unknownfield\nspec:\n  hosts: [a]\n  htttp: []\n",
+                "spec.htttp",
+            ),
+            (
+                "badduration",
+                "  name: badduration\nspec:\n  hosts: [a]\n  http:\n  - route:\n    - destination: {host: a}\n    timeout: 3 seconds\n",
+                "spec.http[0].timeout",
+            ),
+        ];
+        for (name, body, field) in cases {
+            let yaml = format!("{VS_HEAD}{body}---\n{VS_HEAD}  name: good\nspec:\n  hosts: [a]\n  http:\n  - route:\n    - destination: {{host: a}}\n");
+            let d = docs("istio/bad.yaml", &yaml);
+            let problems = validate_docs(&d);
+            assert_eq!(problems.len(), 1, "{name}: {problems:#?}");
+            let p = &problems[0];
+            assert_eq!(
+                (p.kind.as_str(), p.namespace.as_str(), p.name.as_str()),
+                ("VirtualService", "base", *name)
+            );
+            assert_eq!(p.field, *field, "{name}: {p}");
+            assert_eq!(p.origin, "istio/bad.yaml");
+            let mut store = ConfigStore::default();
+            store.replace_source("istio", d);
+            let snap = store.snapshot();
+            assert_eq!(snap.virtual_services.len(), 1, "{name}");
+            assert_eq!(snap.virtual_services[0].meta.name, "good");
+            let status = store.status(&ServiceMap::new());
+            assert_eq!(status.rejected.len(), 1);
+        }
+    }
+
+    #[test]
+    fn destination_rule_problems_name_the_field() {
+        let yaml = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: cart, namespace: base}\nspec:\n  host: cart\n  trafficPolicy:\n    loadBalancer:\n      consistentHash:\n        httpHeaderName: UserID\n        useSourceIp: true\n    outlierDetection:\n      interval: -1s\n";
+        let problems = validate_docs(&docs("dr.yaml", yaml));
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.trafficPolicy.loadBalancer.consistentHash",
+                "spec.trafficPolicy.outlierDetection.interval"
+            ]
+        );
+        assert!(problems[0]
+            .reason
+            .contains("conflicting hash keys httpHeaderName, useSourceIp"));
+        assert!(problems[0]
+            .to_string()
+            .starts_with("dr.yaml: DestinationRule base/cart: spec.trafficPolicy"));
+    }
+
+    #[test]
+    fn unknown_kinds_versions_and_duplicates() {
+        let yaml = "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: p, namespace: base}\nspec: {}\n---\napiVersion: networking.istio.io/v1alpha3\nkind: ServiceEntry\nmetadata: {name: se}\nspec: {}\n---\napiVersion: networking.istio.io/v1alpha3\nkind: Gateway\nmetadata: {name: gw, namespace: a}\nspec:\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: ['*']\n---\napiVersion: networking.istio.io/v1alpha3\nkind: Gateway\nmetadata: {name: gw, namespace: a}\nspec:\n  servers:\n  - port: {number: 81, name: http, protocol: HTTP}\n    hosts: ['*']\n";
+        let problems = validate_docs(&docs("f.yaml", yaml));
+        let summary: Vec<(String, String)> = problems
+            .iter()
+            .map(|p| (p.kind.clone(), p.field.clone()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("PeerAuthentication".to_string(), "apiVersion".to_string()),
+                ("ServiceEntry".to_string(), "kind".to_string()),
+                ("Gateway".to_string(), "metadata.name".to_string()),
+            ]
+        );
+        assert_eq!(problems[1].namespace, "default");
+    }
+
+    fn service(name: &str, ns: &str, eps: &[(&str, &str)]) -> (Arc<str>, Arc<Service>) {
+        let host: Arc<str> = format!("{name}.{ns}.svc.cluster.local").into();
+        let endpoints = eps
+            .iter()
+            .map(|(ip, version)| Endpoint {
+                address: ip.parse().unwrap(),
+                port: 7000,
+                labels: Arc::new(BTreeMap::from([
+                    ("app".to_string(), name.to_string()),
+                    ("version".to_string(), version.to_string()),
+                ])),
+                cluster: "c1".into(),
+                network: "".into(),
+                locality: Arc::new(Locality::default()),
+                ready: true,
+                workload: "w".into(),
+                service_account: "sa".into(),
+                stale: false,
+            })
+            .collect();
+        let svc = Service {
+            hostname: host.clone(),
+            namespace: ns.into(),
+            name: name.into(),
+            ports: vec![ServicePort {
+                name: "http".into(),
+                port: 7000,
+                protocol: Protocol::Http,
+            }],
+            endpoints: BTreeMap::from([(7000, endpoints)]),
+            clusters: vec!["c1".into()],
+        };
+        (host, Arc::new(svc))
+    }
+
+    #[test]
+    fn status_warns_about_hosts_subsets_and_shared_hosts() {
+        let yaml = r#"
+apiVersion: networking.istio.io/v1alpha3
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*.example.com"]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {name: zz-old, namespace: base, creationTimestamp: "2024-01-01T00:00:00Z"}
+spec:
+  hosts: [shop.example.com]
+  gateways: [istio-system/gw, istio-system/missing]
+  http:
+  - route:
+    - destination: {host: order, subset: v3}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {name: aa-new, namespace: base, creationTimestamp: "2024-02-01T00:00:00Z"}
+spec:
+  hosts: [shop.example.com]
+  gateways: [istio-system/gw]
+  http:
+  - route:
+    - destination: {host: nowhere.base.svc.cluster.local}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: order, namespace: base}
+spec:
+  host: order
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+"#;
+        let mut store = ConfigStore::default();
+        store.replace_source("istio", docs("istio/x.yaml", yaml));
+        let services: ServiceMap = [service("order", "base", &[("10.0.0.1", "v1")])]
+            .into_iter()
+            .collect();
+        let status = store.status(&services);
+        let messages: Vec<String> = status
+            .warnings
+            .iter()
+            .map(|w| format!("{}/{} {}: {}", w.namespace, w.name, w.field, w.message))
+            .collect();
+        let has = |needle: &str| messages.iter().any(|m| m.contains(needle));
+        assert!(has("base/zz-old spec.http[0].route[0].destination.subset: no DestinationRule defines subset \"v3\""), "{messages:#?}");
+        assert!(has("base/aa-new spec.http[0].route[0].destination.host: host \"nowhere.base.svc.cluster.local\" is not a known service"));
+        assert!(has(
+            "base/zz-old spec.gateways[1]: Gateway istio-system/missing does not exist"
+        ));
+        assert!(has(
+            "base/order spec.subsets[1].labels: subset \"v2\" selects no ready endpoint"
+        ));
+        // The older VirtualService wins even though its name sorts last.
+        assert!(
+            has("base/zz-old spec.hosts: host \"shop.example.com\" on Gateway istio-system/gw"),
+            "{messages:#?}"
+        );
+        assert!(has("base/zz-old (created 2024-01-01T00:00:00Z), base/aa-new (created 2024-02-01T00:00:00Z)"));
+        assert!(serde_json::to_value(&status).is_ok());
+    }
+
+    #[test]
+    fn sources_replace_independently_and_metrics_count_rejections() {
+        let good = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: a, namespace: ns}\nspec: {host: a}\n";
+        let bad = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: b, namespace: ns}\nspec: {host: b, subsets: [{name: x}, {name: x}]}\n";
+        let mut store = ConfigStore::default();
+        assert!(store.replace_source("one", docs("one.yaml", good)));
+        assert!(!store.replace_source("two", docs("two.yaml", bad)));
+        assert_eq!(store.snapshot().destination_rules.len(), 1);
+        assert_eq!(
+            store.status(&ServiceMap::new()).rejected[0].field,
+            "spec.subsets[1].name"
+        );
+        let gauge = metrics()
+            .rejected_configs
+            .get_or_create(&KindLabel {
+                kind: "DestinationRule".into(),
+            })
+            .get();
+        assert!(gauge >= 1);
+        assert!(store.replace_source("one", Vec::new()));
+        assert!(store.snapshot().destination_rules.is_empty());
+    }
+}

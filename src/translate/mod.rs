@@ -18,6 +18,9 @@ pub mod listener;
 pub mod proto;
 pub mod route;
 
+#[cfg(test)]
+mod golden;
+
 use std::collections::BTreeMap;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;

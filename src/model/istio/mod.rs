@@ -300,11 +300,15 @@ pub fn parse_object(
         Kind::Sidecar => de(spec).map(|spec| IstioObject::Sidecar(Config { meta, spec })),
     };
     let obj = obj.map_err(|(field, reason)| reject(&field, reason))?;
-    let problems = validate::validate(&obj);
-    if problems.is_empty() {
+    // Warnings keep the object in force; they are reported by the config store.
+    let errors: Vec<_> = validate::validate(&obj)
+        .into_iter()
+        .filter(|i| !i.warning)
+        .collect();
+    if errors.is_empty() {
         Ok(obj)
     } else {
-        Err(problems
+        Err(errors
             .into_iter()
             .flat_map(|p| reject(&p.field, p.reason))
             .collect())

@@ -1,0 +1,254 @@
+//! Golden tests: each `tests/golden/NAME.yaml` holds a fixture document
+//! (`kind: GoldenFixture`: the proxy and the services with endpoints) followed by
+//! Istio objects; the expected Envoy config is `tests/golden/NAME.json`, in
+//! Envoy's proto-JSON (via `debug::json`). `REFRESH_GOLDEN=1` rewrites the JSON.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use prost::Name;
+use serde::Deserialize;
+
+use crate::debug::json::message_to_json;
+use crate::model::istio::ConfigSnapshot;
+use crate::model::{
+    Endpoint, InterceptionMode, Locality, MeshSettings, Protocol, Proxy, ProxyRole, PushContext,
+    Service, ServicePort,
+};
+use crate::registry::config::{ConfigStore, RawDoc};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Fixture {
+    #[allow(dead_code)]
+    kind: String,
+    proxy: FixtureProxy,
+    #[serde(default)]
+    services: Vec<FixtureService>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FixtureProxy {
+    role: String,
+    namespace: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FixtureService {
+    name: String,
+    namespace: String,
+    ports: Vec<FixturePort>,
+    #[serde(default)]
+    endpoints: Vec<FixtureEndpoint>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FixturePort {
+    name: String,
+    port: u16,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FixtureEndpoint {
+    address: IpAddr,
+    /// Target port; the service port's number when absent.
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    cluster: String,
+    /// `region/zone/subzone`.
+    #[serde(default)]
+    locality: String,
+    #[serde(default = "yes")]
+    ready: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Parse a golden input: the fixture, the push context and the proxy; fails if
+/// any Istio object is rejected (goldens hold valid config).
+pub(crate) fn load(path: &Path) -> (PushContext, Proxy) {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let (first, rest) = docs.split_first().expect("a fixture document");
+    let fx: Fixture = serde_json::from_value(first.clone()).expect("GoldenFixture document");
+    let origin = path.display().to_string();
+    let raw: Vec<RawDoc> = rest
+        .iter()
+        .map(|v| RawDoc {
+            origin: origin.clone(),
+            value: v.clone(),
+        })
+        .collect();
+    let problems = crate::registry::config::validate_docs(&raw);
+    assert!(
+        problems.is_empty(),
+        "{}: rejected objects: {problems:#?}",
+        path.display()
+    );
+    let mut store = ConfigStore::new("cluster.local");
+    store.replace_source("golden", raw);
+    let config: Arc<ConfigSnapshot> = store.snapshot();
+    let mut services = BTreeMap::new();
+    for s in fx.services {
+        let hostname: Arc<str> = format!("{}.{}.svc.cluster.local", s.name, s.namespace).into();
+        let ports: Vec<ServicePort> = s
+            .ports
+            .iter()
+            .map(|p| ServicePort {
+                name: p.name.clone(),
+                port: p.port,
+                protocol: Protocol::from_port(&p.name, None),
+            })
+            .collect();
+        let mut endpoints: BTreeMap<u16, Vec<Endpoint>> = BTreeMap::new();
+        for p in &ports {
+            let eps = s
+                .endpoints
+                .iter()
+                .map(|e| {
+                    let mut parts = e.locality.split('/').map(String::from);
+                    Endpoint {
+                        address: e.address,
+                        port: e.port.unwrap_or(p.port),
+                        labels: Arc::new(e.labels.clone()),
+                        cluster: e.cluster.as_str().into(),
+                        network: "".into(),
+                        locality: Arc::new(Locality {
+                            region: parts.next().unwrap_or_default(),
+                            zone: parts.next().unwrap_or_default(),
+                            subzone: parts.next().unwrap_or_default(),
+                        }),
+                        ready: e.ready,
+                        workload: format!("{}/{}", s.namespace, e.address).into(),
+                        service_account: "default".into(),
+                        stale: false,
+                    }
+                })
+                .collect();
+            endpoints.insert(p.port, eps);
+        }
+        let mut clusters: Vec<Arc<str>> = s
+            .endpoints
+            .iter()
+            .map(|e| Arc::from(e.cluster.as_str()))
+            .collect();
+        clusters.sort();
+        clusters.dedup();
+        services.insert(
+            hostname.clone(),
+            Arc::new(Service {
+                hostname,
+                namespace: s.namespace,
+                name: s.name,
+                ports,
+                endpoints,
+                clusters,
+            }),
+        );
+    }
+    let ctx = PushContext {
+        seq: 1,
+        mesh: Arc::new(MeshSettings {
+            trust_domain: "cluster.local".into(),
+            domain_suffix: "cluster.local".into(),
+            networks: BTreeMap::new(),
+        }),
+        services: Arc::new(services),
+        config,
+    };
+    let proxy = Proxy {
+        id: format!(
+            "router~10.0.0.1~gw-0.{0}~{0}.svc.cluster.local",
+            fx.proxy.namespace
+        ),
+        role: if fx.proxy.role == "gateway" {
+            ProxyRole::Gateway
+        } else {
+            ProxyRole::Sidecar
+        },
+        ip: "10.0.0.1".parse().expect("ip"),
+        pod_name: "gw-0".into(),
+        namespace: fx.proxy.namespace,
+        labels: fx.proxy.labels,
+        cluster_id: "cluster1".into(),
+        network: String::new(),
+        interception: InterceptionMode::Redirect,
+        service_account: "default".into(),
+        istio_version: String::new(),
+        locality: Locality::default(),
+    };
+    (ctx, proxy)
+}
+
+fn to_json<M: prost::Message + Name>(msgs: &[M]) -> serde_json::Value {
+    serde_json::Value::Array(
+        msgs.iter()
+            .map(|m| message_to_json(&M::full_name(), m).expect("proto-JSON"))
+            .collect(),
+    )
+}
+
+/// The Envoy config `generate` and `endpoints` give for a golden input.
+pub(crate) fn render(ctx: &PushContext, proxy: &Proxy) -> serde_json::Value {
+    let g = super::generate(proxy, ctx);
+    let mut cla: Vec<_> = ctx
+        .services
+        .values()
+        .flat_map(|s| super::endpoints(s, ctx))
+        .collect();
+    cla.sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
+    serde_json::json!({
+        "listeners": to_json(&g.listeners),
+        "routes": to_json(&g.routes),
+        "clusters": to_json(&g.clusters),
+        "endpoints": to_json(&cla),
+    })
+}
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+#[test]
+fn goldens_match() {
+    let refresh = std::env::var_os("REFRESH_GOLDEN").is_some();
+    let mut inputs: Vec<PathBuf> = std::fs::read_dir(golden_dir())
+        .expect("tests/golden")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    inputs.sort();
+    assert!(!inputs.is_empty(), "no golden inputs");
+    let mut failures = Vec::new();
+    for input in inputs {
+        let (ctx, proxy) = load(&input);
+        let got = serde_json::to_string_pretty(&render(&ctx, &proxy)).expect("json") + "\n";
+        let expected_path = input.with_extension("json");
+        if refresh {
+            std::fs::write(&expected_path, &got).expect("write golden");
+            continue;
+        }
+        let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
+        if expected != got {
+            failures.push(format!(
+                "{} differs from {} (REFRESH_GOLDEN=1 rewrites it)",
+                input.display(),
+                expected_path.display()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
