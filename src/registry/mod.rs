@@ -19,6 +19,7 @@
 //! see shards and merged view consistently. The Istio config store has its own lock:
 //! config and endpoints never need to change together.
 
+pub mod config;
 pub mod endpoints;
 pub mod status;
 
@@ -521,6 +522,10 @@ pub struct Registry {
     index: Mutex<Index>,
     /// Config sources that hold `/ready` back: name -> delivered once.
     config_synced: Mutex<BTreeMap<String, bool>>,
+    /// Istio config; its own lock, never taken while `index` is held.
+    config: Mutex<config::ConfigStore>,
+    /// File-level problems of config sources (unparsable files), by source.
+    config_file_problems: Mutex<BTreeMap<String, Vec<ObjectProblem>>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -550,6 +555,8 @@ impl Registry {
                     .map(|c| (config_source_name(c), false))
                     .collect(),
             ),
+            config: Mutex::new(config::ConfigStore::new(&mesh.domain_suffix)),
+            config_file_problems: Mutex::default(),
             mesh: mesh.clone(),
         };
         {
@@ -920,6 +927,79 @@ impl Registry {
         clusters_ok && config_ok
     }
 
+    fn config_store(&self) -> MutexGuard<'_, config::ConfigStore> {
+        self.config.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replace the Istio config from one source (`config_source_name`, e.g.
+    /// `manifests:DIR`) with `docs`; invalid documents are rejected one by one.
+    /// Pushes a full push when the config in force changed, and marks the source
+    /// synced. Returns whether it changed.
+    pub fn replace_config_source(&self, source: &str, docs: Vec<config::RawDoc>) -> bool {
+        let changed = self.config_store().replace_source(source, docs);
+        self.set_config_synced(source);
+        if changed {
+            self.queue.push(PushRequest::full("config"));
+        }
+        changed
+    }
+
+    /// Drop everything a config source contributed (e.g. its cluster left).
+    pub fn remove_config_source(&self, source: &str) -> bool {
+        let changed = self.config_store().remove_source(source);
+        if changed {
+            self.queue.push(PushRequest::full("config"));
+        }
+        changed
+    }
+
+    /// `/debug/configz`: config in force, rejected objects, warnings against the
+    /// current services.
+    pub fn config_status(&self) -> config::ConfigStatus {
+        let services = self.services();
+        let mut status = self.config_store().status(&services);
+        let files = self
+            .config_file_problems
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        status.rejected.extend(
+            files
+                .values()
+                .flatten()
+                .map(|p| crate::model::istio::Rejection {
+                    origin: p.origin.clone(),
+                    kind: p.kind.clone(),
+                    namespace: String::new(),
+                    name: p.object.clone(),
+                    field: String::new(),
+                    reason: p.reason.clone(),
+                }),
+        );
+        status
+    }
+
+    /// Problems a config source found with whole files (a YAML error, an
+    /// unreadable file); replaces the source's previous list. Shown with the
+    /// rejected objects on `/debug/configz`.
+    pub fn set_config_file_problems(&self, source: &str, problems: Vec<ObjectProblem>) {
+        let mut m = self
+            .config_file_problems
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if problems.is_empty() {
+            m.remove(source);
+        } else {
+            m.insert(source.to_string(), problems);
+        }
+        let n: usize = m.values().map(Vec::len).sum();
+        metrics()
+            .rejected_configs
+            .get_or_create(&crate::metrics::KindLabel {
+                kind: "YAMLFile".into(),
+            })
+            .set(n as i64);
+    }
+
     /// Mark a config source (`config_source_name`) as having delivered its first view.
     pub fn set_config_synced(&self, source: &str) {
         let mut m = self.config_synced.lock().unwrap_or_else(|e| e.into_inner());
@@ -976,6 +1056,9 @@ impl crate::push::ContextSource for Registry {
     }
 
     fn config(&self) -> Arc<crate::model::istio::ConfigSnapshot> {
-        Arc::default()
+        self.config_store().snapshot()
     }
 }
+
+#[cfg(test)]
+mod tests;

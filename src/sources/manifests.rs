@@ -122,7 +122,15 @@ pub fn kube_object(value: &Value) -> Result<KubeObject, String> {
         .and_then(Value::as_str)
         .unwrap_or("");
     fn typed<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, String> {
-        T::deserialize(v).map_err(|e| format!("wrong field type: {e}"))
+        serde_path_to_error::deserialize(v).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "." {
+                format!("wrong field type: {inner}")
+            } else {
+                format!("wrong field type at {path}: {inner}")
+            }
+        })
     }
     let obj = match (api, kind.as_str()) {
         ("v1", "Service") => KubeObject::Service(typed::<Service>(value)?),
@@ -149,7 +157,7 @@ pub fn kube_object(value: &Value) -> Result<KubeObject, String> {
 }
 
 /// The files of a directory tree that hold manifests, sorted.
-fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+pub fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
@@ -443,6 +451,79 @@ pub fn spawn_cluster(
     Ok(ManifestWatch { task })
 }
 
+/// The Istio config directory: every document goes to the config store, which
+/// validates each one.
+#[derive(Debug)]
+pub struct ConfigDir {
+    source: String,
+    state: DirState,
+    reported: Reported,
+    /// The last scan failed: the next good one reports even if no file changed.
+    failed: bool,
+}
+
+impl ConfigDir {
+    pub fn new(dir: PathBuf) -> ConfigDir {
+        ConfigDir {
+            source: crate::registry::config_source_name(&crate::config::ConfigSource::Manifests(
+                dir.clone(),
+            )),
+            state: DirState::new(dir),
+            reported: Reported::default(),
+            failed: false,
+        }
+    }
+
+    /// The source name the registry knows this directory by (`manifests:DIR`).
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Rescan and hand every document to the registry (see `ClusterDir::sync`).
+    pub fn sync(&mut self, registry: &Registry, force: bool) -> bool {
+        let scan = self.state.scan();
+        if let Some(e) = scan.dir_error {
+            warn!(error = %e, "cannot scan config directory; keeping the last good config");
+            registry.set_config_file_problems(
+                &self.source,
+                vec![ObjectProblem {
+                    origin: self.state.dir().display().to_string(),
+                    kind: String::new(),
+                    object: String::new(),
+                    reason: e,
+                }],
+            );
+            self.failed = true;
+            return false;
+        }
+        if !scan.changed && !force && !self.failed {
+            return true;
+        }
+        self.failed = false;
+        let docs = scan
+            .docs
+            .into_iter()
+            .map(|d| crate::registry::config::RawDoc {
+                origin: d.file.display().to_string(),
+                value: d.value,
+            })
+            .collect();
+        registry.replace_config_source(&self.source, docs);
+        self.reported.update(&scan.problems, &[]);
+        registry.set_config_file_problems(&self.source, scan.problems);
+        true
+    }
+}
+
+/// Watch an Istio config directory. Must be called within a tokio runtime.
+pub fn spawn_config(registry: Arc<Registry>, dir: PathBuf) -> ManifestWatch {
+    let span = info_span!("manifests", config = %dir.display());
+    let mut state = ConfigDir::new(dir.clone());
+    let task =
+        tokio::spawn(watch_loop(dir, move |first| state.sync(&registry, first)).instrument(span));
+    ManifestWatch { task }
+}
+
 /// Drive `rescan(first)` from file events, debounced, plus the periodic fallback.
 /// `rescan` returns false when the directory could not be read (the watch is then
 /// re-established at the next rescan).
@@ -505,5 +586,261 @@ fn start_watcher(dir: &Path, tx: mpsc::Sender<()>) -> Option<notify::Recommended
             warn!(error = %e, "cannot watch the directory; relying on periodic rescans");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ClusterSource, MeshConfig};
+    use crate::push::PushQueue;
+
+    const SVC_AND_POD: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, namespace: default, labels: {app: web}}
+spec: {containers: [{name: main}]}
+status:
+  podIP: 10.0.0.1
+  phase: Running
+  conditions: [{type: Ready, status: "True"}]
+"#;
+
+    fn pod_yaml(name: &str, ip: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default, labels: {{app: web}}}}\n\
+             spec: {{containers: [{{name: main}}]}}\n\
+             status: {{podIP: {ip}, phase: Running, conditions: [{{type: Ready, status: \"True\"}}]}}\n"
+        )
+    }
+
+    fn setup(dir: &Path) -> (Arc<Registry>, PushQueue, ClusterConfig) {
+        let c = ClusterConfig {
+            name: "c1".into(),
+            network: String::new(),
+            source: ClusterSource::Manifests(dir.to_owned()),
+            locality: None,
+        };
+        let mesh = MeshConfig {
+            clusters: vec![c.clone()],
+            ..MeshConfig::default()
+        };
+        let q = PushQueue::new();
+        (Registry::new(Arc::new(mesh), q.clone()), q, c)
+    }
+
+    const WEB: &str = "web.default.svc.cluster.local";
+
+    fn endpoints(r: &Registry) -> Vec<String> {
+        r.service(WEB)
+            .map(|s| {
+                s.endpoints
+                    .values()
+                    .flatten()
+                    .map(|e| e.address.to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn rejected(r: &Registry) -> Vec<ObjectProblem> {
+        r.cluster_status()[0].rejected.clone()
+    }
+
+    #[test]
+    fn bad_documents_are_rejected_while_the_rest_is_served() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (r, _, c) = setup(tmp.path());
+        std::fs::write(tmp.path().join("a.yaml"), SVC_AND_POD).unwrap();
+        let bad = format!(
+            "{}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cfg, namespace: default}}\n\
+             ---\napiVersion: v1\nkind: Service\nmetadata: {{name: broken, namespace: default}}\n\
+             spec: {{ports: [{{port: eighty}}]}}\n\
+             ---\napiVersion: v1\nkind: Pod\nmetadata: {{name: noip, namespace: default}}\n\
+             spec: {{containers: [{{name: main}}]}}\n",
+            pod_yaml("web-2", "10.0.0.2")
+        );
+        std::fs::create_dir(tmp.path().join("more")).unwrap();
+        std::fs::write(tmp.path().join("more/b.yml"), bad).unwrap();
+        std::fs::write(tmp.path().join("notes.txt"), "not yaml: [").unwrap();
+        let mut d = ClusterDir::new(&c.name, tmp.path().to_owned());
+        assert!(d.sync(&r, true));
+        assert_eq!(endpoints(&r), ["10.0.0.1", "10.0.0.2"]);
+        let rej = rejected(&r);
+        let b = tmp.path().join("more/b.yml").display().to_string();
+        assert!(
+            rej.iter().any(|p| p.origin == b
+                && p.kind == "ConfigMap"
+                && p.object == "default/cfg"
+                && p.reason
+                    .contains("crossmesh reads Service, Pod, Node and EndpointSlice")),
+            "{rej:?}"
+        );
+        assert!(
+            rej.iter().any(|p| p.origin == b
+                && p.kind == "Service"
+                && p.object == "default/broken"
+                && p.reason.contains("spec.ports[0].port")),
+            "{rej:?}"
+        );
+        assert_eq!(rej.len(), 2);
+        let st = &r.cluster_status()[0];
+        assert!(st.notes.iter().any(|n| n.object == "default/noip"));
+        assert_eq!(st.counts.pods, 3);
+    }
+
+    #[test]
+    fn a_half_written_file_keeps_its_last_good_content_and_deletion_removes_only_its_objects() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (r, q, c) = setup(tmp.path());
+        let a = tmp.path().join("a.yaml");
+        let b = tmp.path().join("b.yaml");
+        std::fs::write(&a, SVC_AND_POD).unwrap();
+        std::fs::write(&b, pod_yaml("web-2", "10.0.0.2")).unwrap();
+        let mut d = ClusterDir::new(&c.name, tmp.path().to_owned());
+        d.sync(&r, true);
+        assert_eq!(endpoints(&r), ["10.0.0.1", "10.0.0.2"]);
+        q.try_take();
+
+        // Half-written: the YAML breaks mid-document.
+        std::fs::write(
+            &b,
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: web-2, namespace: [",
+        )
+        .unwrap();
+        d.sync(&r, false);
+        assert_eq!(endpoints(&r), ["10.0.0.1", "10.0.0.2"]);
+        assert_eq!(q.try_take(), None, "nothing served changed");
+        let rej = rejected(&r);
+        assert_eq!(rej.len(), 1);
+        assert_eq!(rej[0].origin, b.display().to_string());
+        assert!(
+            rej[0].reason.contains("YAML error") && rej[0].reason.contains("last good"),
+            "{rej:?}"
+        );
+
+        // Fixed with new content: served, problem gone, EDS push only.
+        std::fs::write(&b, pod_yaml("web-2", "10.0.0.3")).unwrap();
+        d.sync(&r, false);
+        assert_eq!(endpoints(&r), ["10.0.0.1", "10.0.0.3"]);
+        assert!(rejected(&r).is_empty());
+        let req = q.try_take().unwrap();
+        assert!(!req.full);
+
+        // Deleted: only its pod leaves.
+        std::fs::remove_file(&b).unwrap();
+        d.sync(&r, false);
+        assert_eq!(endpoints(&r), ["10.0.0.1"]);
+
+        // The same object in two files: the first path wins, the second is named.
+        std::fs::write(&b, SVC_AND_POD.replace("10.0.0.1", "10.0.0.9")).unwrap();
+        d.sync(&r, false);
+        assert_eq!(endpoints(&r), ["10.0.0.1"]);
+        let rej = rejected(&r);
+        assert_eq!(rej.len(), 2);
+        assert!(rej
+            .iter()
+            .all(|p| p.reason.contains("a.yaml") && p.origin.ends_with("b.yaml")));
+
+        // The directory vanishing keeps the last good state and reports the error.
+        drop(tmp);
+        assert!(!d.sync(&r, false));
+        assert_eq!(endpoints(&r), ["10.0.0.1"]);
+        assert!(r.cluster_status()[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("directory"));
+    }
+
+    #[test]
+    fn lists_and_empty_documents() {
+        let docs = parse_text("---\n---\napiVersion: v1\nkind: List\nitems:\n- {kind: Pod}\n- {kind: Node}\n---\n{kind: Service}\n")
+            .unwrap();
+        assert_eq!(docs.len(), 3);
+        assert!(parse_text("- a\n- b\n")
+            .unwrap_err()
+            .contains("not a mapping"));
+        assert!(parse_text("a: [").unwrap_err().contains("YAML error"));
+        let v: Value =
+            serde_json::json!({"apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice"});
+        assert!(kube_object(&v).unwrap_err().contains("discovery.k8s.io/v1"));
+    }
+
+    #[test]
+    fn config_directory_feeds_the_config_store() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (r, q, _) = setup(Path::new("/nonexistent"));
+        let gw = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: default}\n\
+                  spec:\n  selector: {istio: ingressgateway}\n  servers:\n  \
+                  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [\"*\"]\n";
+        std::fs::write(tmp.path().join("gw.yaml"), gw).unwrap();
+        std::fs::write(tmp.path().join("bad.yaml"), "kind: [").unwrap();
+        let mut d = ConfigDir::new(tmp.path().to_owned());
+        assert_eq!(d.source(), format!("manifests:{}", tmp.path().display()));
+        assert!(d.sync(&r, true));
+        assert!(q
+            .try_take()
+            .is_some_and(|r| r.full && r.reasons.contains("config")));
+        let st = r.config_status();
+        assert_eq!(st.in_force.len(), 1);
+        assert_eq!(st.rejected.len(), 1);
+        assert!(
+            st.rejected[0].origin.ends_with("bad.yaml")
+                && st.rejected[0].reason.contains("YAML error")
+        );
+        // No change, no push.
+        assert!(d.sync(&r, false));
+        assert_eq!(q.try_take(), None);
+        std::fs::remove_file(tmp.path().join("gw.yaml")).unwrap();
+        std::fs::remove_file(tmp.path().join("bad.yaml")).unwrap();
+        d.sync(&r, false);
+        assert!(q.try_take().is_some_and(|r| r.full));
+        let st = r.config_status();
+        assert!(st.in_force.is_empty() && st.rejected.is_empty());
+    }
+
+    /// The watcher: a written file reaches the registry, a deleted one leaves it.
+    /// Waits on the condition with a deadline, never a fixed sleep.
+    #[tokio::test]
+    async fn watched_directory_follows_file_changes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (r, _, c) = setup(tmp.path());
+        let _watch = spawn_cluster(r.clone(), &c).unwrap();
+        let wait = |want: Vec<&'static str>| {
+            let r = r.clone();
+            async move {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                loop {
+                    if endpoints(&r) == want {
+                        return;
+                    }
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "still {:?}, want {want:?}",
+                        endpoints(&r)
+                    );
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !r.cluster_status()[0].synced {
+            assert!(tokio::time::Instant::now() < deadline, "never synced");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        std::fs::write(tmp.path().join("a.yaml"), SVC_AND_POD).unwrap();
+        wait(vec!["10.0.0.1"]).await;
+        std::fs::write(tmp.path().join("b.yaml"), pod_yaml("web-2", "10.0.0.2")).unwrap();
+        wait(vec!["10.0.0.1", "10.0.0.2"]).await;
+        std::fs::remove_file(tmp.path().join("b.yaml")).unwrap();
+        wait(vec!["10.0.0.1"]).await;
     }
 }

@@ -1,0 +1,136 @@
+//! `crossmesh validate FILE...` (DESIGN.md §1): check Kubernetes and Istio YAML
+//! offline with the same rules `serve` applies, and print one line per problem
+//! naming file, object (kind namespace/name) and reason.
+//!
+//! Documents whose apiVersion group is an Istio one (`*.istio.io`) go to the config
+//! store's validation (`registry::config::validate_docs`); every other document is
+//! checked as a member-cluster object (Service, Pod, Node, EndpointSlice), as a
+//! manifest directory would read it. A directory argument is read recursively
+//! (`.yaml`/`.yml` files), like a watched manifest directory.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::registry::config::{validate_docs, RawDoc};
+use crate::registry::ObjectProblem;
+use crate::sources::manifests::{cluster_objects, parse_text, yaml_files, Doc};
+
+/// Whether a document belongs to Istio's APIs rather than Kubernetes core.
+fn is_istio(v: &Value) -> bool {
+    let api = v.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    api.split_once('/')
+        .is_some_and(|(group, _)| group.ends_with(".istio.io"))
+}
+
+fn expand(paths: &[PathBuf], problems: &mut Vec<String>) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            match yaml_files(p) {
+                Ok(f) => files.extend(f),
+                Err(e) => problems.push(format!("{}: cannot read directory: {e}", p.display())),
+            }
+        } else {
+            files.push(p.clone());
+        }
+    }
+    files
+}
+
+/// Check every file; returns one line per problem (empty when all is well).
+pub fn validate_paths(paths: &[PathBuf]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut istio = Vec::new();
+    for file in expand(paths, &mut problems) {
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) => {
+                problems.push(format!("{}: cannot read: {e}", file.display()));
+                continue;
+            }
+        };
+        problems.extend(validate_text(&file, &text, &mut istio));
+    }
+    problems.extend(validate_docs(&istio).iter().map(ToString::to_string));
+    problems
+}
+
+/// Check one file's text: Kubernetes documents now, Istio ones collected into
+/// `istio` (validated together, so duplicates across files are found).
+fn validate_text(file: &Path, text: &str, istio: &mut Vec<RawDoc>) -> Vec<String> {
+    let docs = match parse_text(text) {
+        Ok(d) => d,
+        Err(reason) => return vec![format!("{}: {reason}", file.display())],
+    };
+    let mut kube = Vec::new();
+    for value in docs {
+        if is_istio(&value) {
+            istio.push(RawDoc {
+                origin: file.display().to_string(),
+                value,
+            });
+        } else {
+            kube.push(Doc {
+                file: file.to_owned(),
+                value,
+            });
+        }
+    }
+    let (_, rejected, _) = cluster_objects(&kube);
+    rejected.iter().map(ObjectProblem::to_string).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_each_problem_with_file_object_and_reason() {
+        let tmp = tempfile::tempdir().unwrap();
+        let good = tmp.path().join("good.yaml");
+        std::fs::write(
+            &good,
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\n\
+             spec: {selector: {app: web}, ports: [{name: http, port: 80}]}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            validate_paths(std::slice::from_ref(&good)),
+            Vec::<String>::new()
+        );
+
+        let bad = tmp.path().join("bad.yaml");
+        std::fs::write(
+            &bad,
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: shop}\n\
+             spec: {containers: [{name: c, ports: [{containerPort: http}]}]}\n\
+             ---\napiVersion: networking.istio.io/v1\nkind: VirtualService\n\
+             metadata: {name: vs, namespace: shop}\nspec: {hosts: 7}\n\
+             ---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d, namespace: shop}\n",
+        )
+        .unwrap();
+        let broken = tmp.path().join("broken.yml");
+        std::fs::write(&broken, "kind: [").unwrap();
+        let out = validate_paths(&[tmp.path().to_owned()]);
+        assert_eq!(out.len(), 4, "{out:#?}");
+        let b = bad.display().to_string();
+        assert!(out
+            .iter()
+            .any(|l| l.starts_with(&b) && l.contains("Pod shop/p") && l.contains("containerPort")));
+        assert!(out.iter().any(|l| l.starts_with(&b)
+            && l.contains("Deployment shop/d")
+            && l.contains("skipped")));
+        assert!(out
+            .iter()
+            .any(|l| l.starts_with(&b) && l.contains("VirtualService shop/vs")));
+        assert!(out
+            .iter()
+            .any(|l| l.starts_with(&broken.display().to_string()) && l.contains("YAML error")));
+
+        let missing = tmp.path().join("missing.yaml");
+        assert!(validate_paths(&[missing])
+            .first()
+            .is_some_and(|l| l.contains("cannot read")));
+    }
+}
