@@ -252,3 +252,98 @@ fn goldens_match() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// `$ENVOY_BIN`, else `.venv/bin/envoy`, else `envoy` on PATH (HELPERS.md).
+fn envoy_bin() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("ENVOY_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/envoy");
+    if venv.exists() {
+        return Some(venv);
+    }
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join("envoy"))
+        .find(|p| p.exists())
+}
+
+/// The golden config as a static Envoy bootstrap: RDS inlined, EDS clusters made
+/// STATIC with their assignment, listener ports moved out of the privileged range.
+fn static_bootstrap(golden: &serde_json::Value) -> serde_json::Value {
+    use serde_json::{json, Value};
+    let by_name = |list: &str, key: &str| -> BTreeMap<String, Value> {
+        golden[list]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|v| (v[key].as_str().unwrap_or_default().to_string(), v.clone()))
+            .collect()
+    };
+    let routes = by_name("routes", "name");
+    let cla = by_name("endpoints", "cluster_name");
+    let mut listeners = golden["listeners"].clone();
+    for l in listeners.as_array_mut().into_iter().flatten() {
+        let port = l["address"]["socket_address"]["port_value"]
+            .as_u64()
+            .unwrap_or(0);
+        l["address"]["socket_address"]["port_value"] = json!(port + 20000);
+        for fc in l["filter_chains"].as_array_mut().into_iter().flatten() {
+            for f in fc["filters"].as_array_mut().into_iter().flatten() {
+                let tc = f["typed_config"].as_object_mut().expect("typed_config");
+                if let Some(rds) = tc.remove("rds") {
+                    let name = rds["route_config_name"].as_str().unwrap_or_default();
+                    tc.insert("route_config".into(), routes[name].clone());
+                }
+            }
+        }
+    }
+    let mut clusters = golden["clusters"].clone();
+    for c in clusters.as_array_mut().into_iter().flatten() {
+        let c = c.as_object_mut().expect("cluster");
+        if c.get("type") == Some(&json!("EDS")) {
+            let eds = c.remove("eds_cluster_config").unwrap_or_default();
+            c.insert("type".into(), json!("STATIC"));
+            let name = eds["service_name"].as_str().unwrap_or_default();
+            c.insert("load_assignment".into(), cla[name].clone());
+        }
+    }
+    json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {"listeners": listeners, "clusters": clusters},
+    })
+}
+
+/// Every golden output is accepted by a real Envoy (`--mode validate`), when one
+/// is installed; without Envoy the test says so and passes.
+#[test]
+fn goldens_are_valid_envoy_config() {
+    let Some(envoy) = envoy_bin() else {
+        eprintln!("no Envoy binary ($ENVOY_BIN, .venv/bin/envoy, PATH): skipping validation");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    for entry in std::fs::read_dir(golden_dir()).expect("tests/golden") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|x| x != "yaml") {
+            continue;
+        }
+        let (ctx, proxy) = load(&path);
+        let boot = static_bootstrap(&render(&ctx, &proxy));
+        let file = dir.path().join("bootstrap.json");
+        std::fs::write(&file, serde_json::to_vec(&boot).expect("json")).expect("write bootstrap");
+        let out = std::process::Command::new(&envoy)
+            .args(["--mode", "validate", "-l", "error", "-c"])
+            .arg(&file)
+            .output()
+            .expect("run envoy");
+        assert!(
+            out.status.success(),
+            "{}: Envoy rejects the config:\n{}{}",
+            path.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
