@@ -17,6 +17,7 @@ pub mod bootstrap;
 pub mod cli;
 pub mod config;
 pub mod debug;
+pub mod demo;
 pub mod metrics;
 pub mod model;
 pub mod push;

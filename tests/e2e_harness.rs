@@ -11,7 +11,11 @@ use support::envoy::Envoy;
 use support::net::{free_port, Subnet};
 use support::{http, wait_for};
 
-fn static_bootstrap(listen: std::net::SocketAddr, a: std::net::SocketAddr, b: std::net::SocketAddr) -> String {
+fn static_bootstrap(
+    listen: std::net::SocketAddr,
+    a: std::net::SocketAddr,
+    b: std::net::SocketAddr,
+) -> String {
     let cluster = |name: &str, addr: std::net::SocketAddr| {
         format!(
             "  - name: {name}
@@ -78,12 +82,18 @@ async fn static_envoy_routes_by_host_to_fake_pods() {
     let envoy = Envoy::start("static", &static_bootstrap(listen, a.addr, b.addr)).await;
     envoy.wait_ready(Duration::from_secs(20)).await;
 
-    let r = wait_for("listener up", Duration::from_secs(10), || http::get(listen, "a.example", "/hello?x=1")).await;
+    let r = wait_for("listener up", Duration::from_secs(10), || {
+        http::get(listen, "a.example", "/hello?x=1")
+    })
+    .await;
     assert_eq!((r.status, r.body.as_str()), (200, "pod-a"));
     assert_eq!(r.header("x-echo-host"), Some("a.example"));
     assert_eq!(r.header("x-echo-path"), Some("/hello?x=1"));
     assert_eq!(r.header("x-backend"), Some("pod-a"));
-    assert_eq!(a.seen(), vec![("a.example".to_string(), "/hello?x=1".to_string())]);
+    assert_eq!(
+        a.seen(),
+        vec![("a.example".to_string(), "/hello?x=1".to_string())]
+    );
 
     let r = http::get(listen, "b.example", "/").await.unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, "pod-b"));
@@ -98,10 +108,25 @@ async fn static_envoy_routes_by_host_to_fake_pods() {
     // Admin helpers see the static config and endpoints.
     let dump = envoy.config_dump().await;
     let text = dump.to_string();
-    assert!(text.contains("backend_a") && text.contains("b.example"), "{text}");
-    assert_eq!(envoy.cluster_hosts("backend_a").await.unwrap(), vec![a.addr]);
-    assert_eq!(envoy.cluster_hosts("backend_b").await.unwrap(), vec![b.addr]);
-    assert!(envoy.stat("cluster.backend_a.upstream_rq_total").await.unwrap_or(0) >= 1);
+    assert!(
+        text.contains("backend_a") && text.contains("b.example"),
+        "{text}"
+    );
+    assert_eq!(
+        envoy.cluster_hosts("backend_a").await.unwrap(),
+        vec![a.addr]
+    );
+    assert_eq!(
+        envoy.cluster_hosts("backend_b").await.unwrap(),
+        vec![b.addr]
+    );
+    assert!(
+        envoy
+            .stat("cluster.backend_a.upstream_rq_total")
+            .await
+            .unwrap_or(0)
+            >= 1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,12 +145,19 @@ async fn backend_fail_and_delay_modes() {
     assert_eq!(direct(&b).await.unwrap().status, 200);
 
     // Through Envoy's retry policy on b.example: the two 503s are retried away.
-    wait_for("listener up", Duration::from_secs(10), || http::get(listen, "a.example", "/")).await;
+    wait_for("listener up", Duration::from_secs(10), || {
+        http::get(listen, "a.example", "/")
+    })
+    .await;
     let before = b.requests();
     b.fail_next(2, 503);
     let r = http::get(listen, "b.example", "/").await.unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, "pod-x"));
-    assert_eq!(b.requests() - before, 3, "two failed attempts and one retry that succeeded");
+    assert_eq!(
+        b.requests() - before,
+        3,
+        "two failed attempts and one retry that succeeded"
+    );
 
     // Delay mode.
     b.set_delay(Duration::from_millis(300));
@@ -154,5 +186,11 @@ outbound|80||a.ns.svc.cluster.local::127.0.0.1:8080::health_flags::healthy\n\
 outbound|80||a.ns.svc.cluster.local::127.0.0.2:8080::cx_active::0\n\
 outbound|80||b.ns.svc.cluster.local::127.0.0.3:8080::cx_active::0\n";
     let hosts = support::envoy::parse_cluster_hosts(text, "outbound|80||a.ns.svc.cluster.local");
-    assert_eq!(hosts, vec!["127.0.0.1:8080".parse().unwrap(), "127.0.0.2:8080".parse().unwrap()]);
+    assert_eq!(
+        hosts,
+        vec![
+            "127.0.0.1:8080".parse().unwrap(),
+            "127.0.0.2:8080".parse().unwrap()
+        ]
+    );
 }
