@@ -1,4 +1,5 @@
 //! Sources move Kubernetes and Istio objects from the outside world into the
 //! registry: manifest directories (watched) and live API servers (kube-rs watchers).
 
+pub mod kube;
 pub mod manifests;

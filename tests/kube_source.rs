@@ -1,0 +1,371 @@
+//! The kube source against fake API servers, checked at the registry: pods scaled up
+//! and down, a cluster lost and regained, 410 recovery, credentials rotated in the
+//! kubeconfig file, bad kubeconfigs and misbehaving servers reported on clusterz.
+
+#[path = "support/kube_api.rs"]
+mod kube_api;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossmesh::config::MeshConfig;
+use crossmesh::push::PushQueue;
+use crossmesh::registry::{ClusterStatus, Registry};
+use crossmesh::sources::kube::{spawn_cluster, KubeCluster, KubeOptions};
+use kube_api::{objects, FakeApiServer, Fault, Options};
+
+const HOST: &str = "web.ns1.svc.cluster.local";
+
+async fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+struct Setup {
+    registry: Arc<Registry>,
+    _dir: tempfile::TempDir,
+    kubeconfig: std::path::PathBuf,
+    _source: Option<KubeCluster>,
+    queue: PushQueue,
+}
+
+fn mesh(path: &std::path::Path) -> Arc<MeshConfig> {
+    let text = format!(
+        "clusters:\n- name: c1\n  network: n1\n  kubeconfig: {}\n",
+        path.display()
+    );
+    Arc::new(MeshConfig::parse(&text, std::path::Path::new("/")).unwrap())
+}
+
+async fn setup(s: &FakeApiServer, opts: KubeOptions) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("c1.kubeconfig");
+    s.write_kubeconfig(&kubeconfig, None, None);
+    let mesh = mesh(&kubeconfig);
+    let queue = PushQueue::new();
+    let registry = Registry::new(mesh.clone(), queue.clone());
+    let source = spawn_cluster(registry.clone(), &mesh.clusters[0], opts).unwrap();
+    Setup {
+        registry,
+        _dir: dir,
+        kubeconfig,
+        _source: Some(source),
+        queue,
+    }
+}
+
+fn seed(s: &FakeApiServer, pods: usize) {
+    s.apply(&objects::node("n1", "us-east1", "us-east1-b"));
+    s.apply(&objects::service(
+        "ns1",
+        "web",
+        &[("app", "web")],
+        &[("http", 80, 8080)],
+    ));
+    for i in 0..pods {
+        s.apply(&web_pod(i));
+    }
+}
+
+fn web_pod(i: usize) -> serde_json::Value {
+    objects::pod(
+        "ns1",
+        &format!("web-{i}"),
+        &format!("10.1.0.{}", i + 1),
+        "n1",
+        &[("app", "web")],
+        true,
+    )
+}
+
+/// Ready endpoint addresses of `HOST` port 80, sorted.
+fn endpoints(r: &Registry) -> Vec<String> {
+    let Some(svc) = r.service(HOST) else {
+        return Vec::new();
+    };
+    let mut v: Vec<String> = svc
+        .endpoints
+        .get(&80)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.ready)
+        .map(|e| format!("{}:{}", e.address, e.port))
+        .collect();
+    v.sort();
+    v
+}
+
+fn status(r: &Registry) -> ClusterStatus {
+    r.cluster_status()
+        .into_iter()
+        .find(|c| c.name == "c1")
+        .unwrap()
+}
+
+fn stale(r: &Registry) -> bool {
+    r.service(HOST)
+        .and_then(|s| s.endpoints.get(&80).cloned())
+        .is_some_and(|e| !e.is_empty() && e.iter().all(|e| e.stale))
+}
+
+#[tokio::test]
+async fn pods_scaled_up_and_down_reach_the_registry() {
+    let s = FakeApiServer::start("c1").await;
+    seed(&s, 2);
+    let t = setup(&s, KubeOptions::default()).await;
+    wait_for("initial sync", 10, || endpoints(&t.registry).len() == 2).await;
+    let st = status(&t.registry);
+    assert!(st.synced && !st.stale && st.last_error.is_none(), "{st:?}");
+    assert_eq!(
+        (st.counts.pods, st.counts.services, st.counts.nodes),
+        (2, 1, 1)
+    );
+    assert!(st.last_event_time.is_some());
+    let ep = t.registry.service(HOST).unwrap().endpoints[&80][0].clone();
+    assert_eq!(ep.locality.region, "us-east1");
+    assert_eq!(&*ep.network, "n1");
+
+    // Scale up: a new ready pod; then one more that is not ready yet.
+    s.apply(&web_pod(2));
+    wait_for("scale up", 10, || endpoints(&t.registry).len() == 3).await;
+    t.queue.try_take();
+    let mut p = web_pod(3);
+    p["status"]["conditions"][0]["status"] = "False".into();
+    s.apply(&p);
+    s.apply(&web_pod(3));
+    wait_for("pod ready", 10, || endpoints(&t.registry).len() == 4).await;
+    // A pod update is an endpoint-only push for this one service.
+    let req = t.queue.try_take().expect("a push");
+    assert!(!req.full, "{req:?}");
+    assert!(req.services.iter().any(|h| &**h == HOST));
+    // Scale down.
+    s.delete("", "pods", "ns1", "web-0").unwrap();
+    s.delete("", "pods", "ns1", "web-3").unwrap();
+    wait_for("scale down", 10, || {
+        endpoints(&t.registry) == ["10.1.0.2:8080", "10.1.0.3:8080"]
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn lost_cluster_keeps_stale_endpoints_and_reconciles_on_recovery() {
+    let s = FakeApiServer::start("c1").await;
+    seed(&s, 3);
+    let t = setup(&s, KubeOptions::default()).await;
+    wait_for("initial sync", 10, || endpoints(&t.registry).len() == 3).await;
+    s.stop().await;
+    wait_for("marked stale", 20, || stale(&t.registry)).await;
+    let st = status(&t.registry);
+    assert!(st.stale, "{st:?}");
+    let err = st.last_error.clone().unwrap_or_default();
+    assert!(err.contains("connect") || err.contains("watch"), "{err}");
+    assert_eq!(
+        endpoints(&t.registry).len(),
+        3,
+        "last-known endpoints are kept"
+    );
+    // Meanwhile a pod goes away and another appears.
+    s.delete("", "pods", "ns1", "web-1").unwrap();
+    s.apply(&web_pod(7));
+    s.restart().await;
+    wait_for("reconciled", 40, || {
+        endpoints(&t.registry) == ["10.1.0.1:8080", "10.1.0.3:8080", "10.1.0.8:8080"]
+            && !stale(&t.registry)
+    })
+    .await;
+    let st = status(&t.registry);
+    assert!(st.last_error.is_none() && !st.stale, "{st:?}");
+    assert_eq!(st.counts.pods, 3);
+}
+
+#[tokio::test]
+async fn quiet_cluster_is_fresh_again_after_restart() {
+    let s = FakeApiServer::start("c1").await;
+    seed(&s, 1);
+    let t = setup(&s, KubeOptions::default()).await;
+    wait_for("initial sync", 10, || endpoints(&t.registry).len() == 1).await;
+    s.stop().await;
+    wait_for("marked stale", 20, || stale(&t.registry)).await;
+    s.restart().await;
+    // Nothing changed in the cluster: the re-established watches alone clear it.
+    wait_for("fresh", 40, || {
+        !stale(&t.registry) && status(&t.registry).last_error.is_none()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn grace_period_drops_endpoints_then_relists() {
+    let s = FakeApiServer::start("c1").await;
+    seed(&s, 2);
+    let t = setup(
+        &s,
+        KubeOptions {
+            stale_grace: Some(Duration::from_millis(300)),
+            ..KubeOptions::default()
+        },
+    )
+    .await;
+    wait_for("initial sync", 10, || endpoints(&t.registry).len() == 2).await;
+    s.stop().await;
+    wait_for("dropped", 20, || endpoints(&t.registry).is_empty()).await;
+    s.delete("", "pods", "ns1", "web-0").unwrap();
+    s.restart().await;
+    wait_for("relisted", 40, || {
+        endpoints(&t.registry) == ["10.1.0.2:8080"]
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn expired_watches_relist_without_loss_or_duplicates() {
+    let s = FakeApiServer::start("c1").await;
+    seed(&s, 3);
+    let t = setup(&s, KubeOptions::default()).await;
+    wait_for("initial sync", 10, || endpoints(&t.registry).len() == 3).await;
+    wait_for("watches open", 10, || s.open_watches() == 4).await;
+    let lists = s.list_count();
+    s.compact();
+    s.delete("", "pods", "ns1", "web-2").unwrap();
+    s.apply(&web_pod(5));
+    wait_for("relisted", 20, || {
+        endpoints(&t.registry) == ["10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.6:8080"]
+    })
+    .await;
+    wait_for("every kind relisted", 20, || s.list_count() >= lists + 4).await;
+    let st = status(&t.registry);
+    assert_eq!(st.counts.pods, 3);
+    assert!(!st.stale && st.last_error.is_none(), "{st:?}");
+}
+
+#[tokio::test]
+async fn watches_closing_at_once_are_paced_not_hot_looped() {
+    let s = FakeApiServer::start("c1").await;
+    seed(&s, 1);
+    let t = setup(&s, KubeOptions::default()).await;
+    wait_for("initial sync", 10, || endpoints(&t.registry).len() == 1).await;
+    s.set_fault(Fault::CloseWatches);
+    let before = s.watch_count();
+    // Close the open watches so that the fault applies.
+    s.stop().await;
+    s.restart().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let n = s.watch_count() - before;
+    eprintln!("watch requests while closing at once: {n}");
+    // 4 kinds; pacing doubles from 200 ms: about 5 attempts each in 4 s at most.
+    assert!(n <= 4 * 8, "{n} watch requests in 4 s: hot loop");
+    s.set_fault(Fault::None);
+    s.apply(&web_pod(1));
+    wait_for("recovered", 60, || endpoints(&t.registry).len() == 2).await;
+}
+
+#[tokio::test]
+async fn garbage_from_the_api_server_is_reported() {
+    let s = FakeApiServer::start("c1").await;
+    seed(&s, 1);
+    s.set_fault(Fault::Garbage);
+    let t = setup(&s, KubeOptions::default()).await;
+    wait_for("error shown", 20, || {
+        status(&t.registry)
+            .last_error
+            .is_some_and(|e| e.contains("not Kubernetes JSON"))
+    })
+    .await;
+    assert!(!status(&t.registry).synced);
+    s.set_fault(Fault::None);
+    wait_for("synced after the fault", 60, || {
+        endpoints(&t.registry).len() == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bad_kubeconfigs_are_reported_with_a_reason() {
+    let s = FakeApiServer::start_with(Options {
+        name: "c1".into(),
+        tls: true,
+        token: Some("good".into()),
+        ..Options::default()
+    })
+    .await;
+    seed(&s, 1);
+    let t = setup(&s, KubeOptions::default()).await;
+    wait_for("initial sync", 10, || endpoints(&t.registry).len() == 1).await;
+
+    // Garbage in the file: the old client keeps serving, the reason is shown.
+    std::fs::write(&t.kubeconfig, "clusters: [ this is not a kubeconfig").unwrap();
+    wait_for("invalid kubeconfig reported", 20, || {
+        status(&t.registry)
+            .last_error
+            .is_some_and(|e| e.contains("not a valid kubeconfig"))
+    })
+    .await;
+    assert_eq!(endpoints(&t.registry).len(), 1);
+
+    // A wrong CA: the new client never syncs, so the old one keeps serving.
+    s.write_kubeconfig(&t.kubeconfig, None, Some(&kube_api::unrelated_ca_pem()));
+    wait_for("wrong CA reported", 30, || {
+        status(&t.registry)
+            .last_error
+            .is_some_and(|e| e.contains("wrong CA"))
+    })
+    .await;
+    s.apply(&web_pod(1));
+    wait_for("old client still works", 10, || {
+        endpoints(&t.registry).len() == 2
+    })
+    .await;
+
+    // The token expires: reported as such.
+    s.set_tokens(&["rotated"]);
+    s.stop().await;
+    s.restart().await;
+    wait_for("expired token reported", 30, || {
+        status(&t.registry)
+            .last_error
+            .is_some_and(|e| e.contains("401"))
+    })
+    .await;
+    // Rotating the token in the file recovers, without dropping endpoints.
+    s.write_kubeconfig(&t.kubeconfig, Some("rotated"), None);
+    s.delete("", "pods", "ns1", "web-0").unwrap();
+    wait_for("new credentials synced", 40, || {
+        endpoints(&t.registry) == ["10.1.0.2:8080"] && status(&t.registry).last_error.is_none()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn rotated_credentials_sync_before_the_old_client_stops() {
+    let s = FakeApiServer::start_with(Options {
+        name: "c1".into(),
+        token: Some("old".into()),
+        ..Options::default()
+    })
+    .await;
+    seed(&s, 2);
+    let t = setup(&s, KubeOptions::default()).await;
+    wait_for("initial sync", 10, || endpoints(&t.registry).len() == 2).await;
+    s.set_tokens(&["old", "new"]);
+    let lists = s.list_count();
+    t.queue.try_take();
+    s.write_kubeconfig(&t.kubeconfig, Some("new"), None);
+    wait_for("new client listed", 20, || s.list_count() >= lists + 4).await;
+    wait_for("old watches closed", 20, || s.open_watches() == 4).await;
+    // Same objects: the swap itself pushes nothing for the service.
+    assert_eq!(endpoints(&t.registry).len(), 2);
+    if let Some(req) = t.queue.try_take() {
+        assert!(!req.services.iter().any(|h| &**h == HOST), "{req:?}");
+    }
+    s.set_tokens(&["new"]);
+    s.apply(&web_pod(4));
+    wait_for("events through the new client", 10, || {
+        endpoints(&t.registry).len() == 3
+    })
+    .await;
+}
