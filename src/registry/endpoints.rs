@@ -62,6 +62,9 @@ impl std::fmt::Display for Kind {
 
 /// One Kubernetes object as a source hands it over (k8s-openapi types at the API
 /// boundary, whether it came from a file or an API server).
+/// Not boxed: each object is moved in once and converted to a compact record, so
+/// the size of the enum never multiplies.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum KubeObject {
     Service(Service),
@@ -123,14 +126,13 @@ impl KubeObject {
                     }
                 }
             }
-            KubeObject::Pod(p) => {
+            KubeObject::Pod(p)
                 if p.status
                     .as_ref()
                     .and_then(|s| s.pod_ip.as_deref())
-                    .is_none_or(str::is_empty)
-                {
-                    notes.push("has no status.podIP: it is not an endpoint".to_string());
-                }
+                    .is_none_or(str::is_empty) =>
+            {
+                notes.push("has no status.podIP: it is not an endpoint".to_string());
             }
             _ => {}
         }

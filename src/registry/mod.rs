@@ -301,6 +301,12 @@ impl Shard {
     }
 
     /// This cluster's endpoints of one service, per service port number.
+    ///
+    /// A Service with a selector takes its endpoints from the Pods it selects in
+    /// its namespace (EndpointSlices the control plane generated for it add
+    /// nothing); a Service without one takes them from the EndpointSlices labelled
+    /// `kubernetes.io/service-name`, matching slice ports to Service ports by name
+    /// as Kubernetes does.
     fn endpoints_of(&self, key: &ObjKey, svc: &SvcRec, out: &mut BTreeMap<u16, Vec<Endpoint>>) {
         let stale = self.state.stale;
         let endpoint =

@@ -172,7 +172,7 @@ pub fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
             let name = e.file_name();
             let name = name.to_string_lossy();
             if name.starts_with('.') {
-                continue; // editor swap files, dot-directories (`..data` of ConfigMap mounts is followed by symlink)
+                continue; // editor swap files; a ConfigMap mount's `..data` is reached through its symlinks
             }
             let Ok(ft) = std::fs::metadata(&path).map(|m| m.file_type()) else {
                 continue;
@@ -251,6 +251,7 @@ impl DirState {
                     continue;
                 }
                 Err(e) => {
+                    scan.changed = true;
                     scan.problems.push(file_problem(
                         path,
                         format!("cannot read: {e}"),
@@ -805,6 +806,42 @@ status:
         assert!(q.try_take().is_some_and(|r| r.full));
         let st = r.config_status();
         assert!(st.in_force.is_empty() && st.rejected.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn debounce_waits_for_quiet_but_not_forever() {
+        let (tx, mut rx) = mpsc::channel::<()>(1);
+        let t0 = tokio::time::Instant::now();
+        debounce(&mut rx).await;
+        assert_eq!(t0.elapsed(), DEBOUNCE);
+
+        // An event every 20 ms never leaves a quiet period: capped at DEBOUNCE_MAX.
+        let writer = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let _ = tx.try_send(());
+            }
+        });
+        let t1 = tokio::time::Instant::now();
+        debounce(&mut rx).await;
+        assert_eq!(t1.elapsed(), DEBOUNCE_MAX);
+        writer.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn periodic_rescan_without_events() {
+        let tmp = tempfile::tempdir().unwrap();
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c = count.clone();
+        let task = tokio::spawn(watch_loop(tmp.path().to_owned(), move |_| {
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            true
+        }));
+        tokio::time::sleep(RESCAN / 2).await;
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
+        tokio::time::sleep(RESCAN).await;
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 2);
+        task.abort();
     }
 
     /// The watcher: a written file reaches the registry, a deleted one leaves it.
