@@ -25,4 +25,5 @@ pub mod registry;
 pub mod serve;
 pub mod sources;
 pub mod translate;
+pub mod validate;
 pub mod xds;
