@@ -3,7 +3,7 @@
 //! printed. Ignored by default; run it with (see docs/TESTING.md):
 //!
 //! ```text
-//! cargo test --release --test e2e_convergence -- --ignored --nocapture
+//! cargo test --test e2e_convergence -- --ignored --nocapture
 //! ```
 
 mod support;
