@@ -3,3 +3,4 @@
 
 pub mod kube;
 pub mod manifests;
+pub mod remote_secret;

@@ -478,6 +478,11 @@ impl FakeApiServer {
         *lock(&self.inner.tokens) = tokens.iter().map(|t| t.to_string()).collect();
     }
 
+    /// Stop accepting one token (revoked or expired); others stay valid.
+    pub fn revoke_token(&self, token: &str) {
+        lock(&self.inner.tokens).retain(|t| t != token);
+    }
+
     pub fn set_bookmark_interval(&self, d: Duration) {
         *lock(&self.inner.bookmark_interval) = d;
     }

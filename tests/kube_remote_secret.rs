@@ -1,0 +1,294 @@
+//! Runtime registration through remote secrets, against fake API servers: a
+//! cluster added through a Secret starts serving, a removed key or Secret stops it,
+//! a taken name is reported and not applied, a changed kubeconfig swaps clients
+//! without dropping endpoints; and `create_remote_secret` output works as is.
+
+#[path = "support/kube_api.rs"]
+mod kube_api;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossmesh::config::MeshConfig;
+use crossmesh::push::PushQueue;
+use crossmesh::registry::Registry;
+use crossmesh::sources::kube::{client_from_kubeconfig, spawn_cluster, KubeOptions};
+use crossmesh::sources::remote_secret::{self, create_remote_secret, DEFAULT_NAMESPACE};
+use kube_api::{objects, FakeApiServer, Options};
+
+const HOST: &str = "web.ns1.svc.cluster.local";
+
+async fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A member cluster with `web` backed by one pod at `ip`.
+async fn member(name: &str, token: &str, ip: &str) -> FakeApiServer {
+    let s = FakeApiServer::start_with(Options {
+        name: name.into(),
+        token: Some(token.into()),
+        ..Options::default()
+    })
+    .await;
+    s.apply(&objects::node("n1", "r", "z"));
+    s.apply(&objects::service(
+        "ns1",
+        "web",
+        &[("app", "web")],
+        &[("http", 80, 8080)],
+    ));
+    s.apply(&objects::pod(
+        "ns1",
+        "web-0",
+        ip,
+        "n1",
+        &[("app", "web")],
+        true,
+    ));
+    s
+}
+
+/// `(cluster, address)` of every endpoint of `HOST` port 80, sorted.
+fn endpoints(r: &Registry) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = r
+        .service(HOST)
+        .map(|s| {
+            s.endpoints
+                .get(&80)
+                .into_iter()
+                .flatten()
+                .map(|e| (e.cluster.to_string(), e.address.to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn pair(c: &str, a: &str) -> (String, String) {
+    (c.to_string(), a.to_string())
+}
+
+#[tokio::test]
+async fn clusters_join_and_leave_through_secrets() {
+    let config = FakeApiServer::start("config").await;
+    let c1 = member("c1", "t1", "10.1.0.1").await;
+    let c2 = member("c2", "t2", "10.2.0.1").await;
+    let c3 = member("c3", "t3", "10.3.0.1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let k1 = dir.path().join("c1");
+    c1.write_kubeconfig(&k1, None, None);
+    let mesh = Arc::new(
+        MeshConfig::parse(
+            &format!("clusters:\n- name: c1\n  kubeconfig: {}\n", k1.display()),
+            std::path::Path::new("/"),
+        )
+        .unwrap(),
+    );
+    let registry = Registry::new(mesh.clone(), PushQueue::new());
+    let _c1 = spawn_cluster(registry.clone(), &mesh.clusters[0], KubeOptions::default()).unwrap();
+    let (client, _) = client_from_kubeconfig(&config.kubeconfig_yaml(None, None), None, "config")
+        .await
+        .unwrap();
+    let ctl = remote_secret::spawn(
+        registry.clone(),
+        client,
+        DEFAULT_NAMESPACE,
+        KubeOptions::default(),
+    );
+    wait_for("c1", 10, || {
+        endpoints(&registry) == [pair("c1", "10.1.0.1")]
+    })
+    .await;
+
+    // A Secret adds c2, and claims c1, which the mesh file owns.
+    let kc2 = c2.kubeconfig_yaml(None, None);
+    let kc3 = c3.kubeconfig_yaml(None, None);
+    config.apply(&objects::remote_secret(
+        DEFAULT_NAMESPACE,
+        "s-a",
+        ("crossmesh.io/multi-cluster", "true"),
+        &[("c2", &kc2), ("c1", &kc3)],
+    ));
+    wait_for("c2 joined", 20, || {
+        endpoints(&registry) == [pair("c1", "10.1.0.1"), pair("c2", "10.2.0.1")]
+    })
+    .await;
+    let conflicts = ctl.conflicts();
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    assert_eq!(conflicts[0].cluster, "c1");
+    assert!(conflicts[0].reason.contains("mesh file"));
+
+    // An Istio-labelled Secret adds c3; a second Secret claiming c2 is reported.
+    config.apply(&objects::remote_secret(
+        DEFAULT_NAMESPACE,
+        "s-b",
+        ("istio/multiCluster", "true"),
+        &[("c3", &kc3), ("c2", &kc3)],
+    ));
+    wait_for("c3 joined", 20, || endpoints(&registry).len() == 3).await;
+    assert!(ctl
+        .conflicts()
+        .iter()
+        .any(|c| c.cluster == "c2" && c.reason.contains("s-a")));
+    assert_eq!(endpoints(&registry)[1], pair("c2", "10.2.0.1"));
+    // Unlabelled Secrets are ignored.
+    config.apply(&objects::remote_secret(
+        DEFAULT_NAMESPACE,
+        "s-c",
+        ("unrelated", "true"),
+        &[("c9", &kc3)],
+    ));
+
+    // Removing the key removes c2: endpoints leave, watchers stop.
+    let c2_watches = || c2.open_watches();
+    wait_for("c2 watching", 10, || c2_watches() == 4).await;
+    config.apply(&objects::remote_secret(
+        DEFAULT_NAMESPACE,
+        "s-a",
+        ("crossmesh.io/multi-cluster", "true"),
+        &[("c1", &kc3)],
+    ));
+    // s-b's claim on c2 is now free and s-b takes it (with c3's kubeconfig).
+    wait_for("c2 re-registered from s-b", 20, || {
+        endpoints(&registry)
+            == [
+                pair("c1", "10.1.0.1"),
+                pair("c2", "10.3.0.1"),
+                pair("c3", "10.3.0.1"),
+            ]
+    })
+    .await;
+    wait_for("old c2 watchers stopped", 10, || c2_watches() == 0).await;
+
+    // Changing a kubeconfig swaps the client without dropping endpoints.
+    c3.set_tokens(&["t3", "t3-new"]);
+    let kc3_new = c3.kubeconfig_yaml(Some("t3-new"), None);
+    let lists = c3.list_count();
+    config.apply(&objects::remote_secret(
+        DEFAULT_NAMESPACE,
+        "s-b",
+        ("istio/multiCluster", "true"),
+        &[("c3", &kc3_new), ("c2", &kc3)],
+    ));
+    wait_for("new client listed", 20, || c3.list_count() >= lists + 4).await;
+    assert_eq!(endpoints(&registry).len(), 3);
+
+    // Deleting the Secret removes its clusters.
+    config
+        .delete("", "secrets", DEFAULT_NAMESPACE, "s-b")
+        .unwrap();
+    wait_for("s-b clusters removed", 20, || {
+        endpoints(&registry) == [pair("c1", "10.1.0.1")]
+            && registry
+                .clusters()
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                == ["c1"]
+    })
+    .await;
+    wait_for("c3 watchers stopped", 10, || c3.open_watches() == 0).await;
+    // Stopping the controller removes what it registered (nothing left) and
+    // leaves the mesh-file cluster alone.
+    ctl.shutdown();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(endpoints(&registry), [pair("c1", "10.1.0.1")]);
+}
+
+#[tokio::test]
+async fn bad_kubeconfig_in_a_secret_is_reported_on_the_cluster() {
+    let config = FakeApiServer::start("config").await;
+    let registry = Registry::new(Arc::new(MeshConfig::default()), PushQueue::new());
+    let (client, _) = client_from_kubeconfig(&config.kubeconfig_yaml(None, None), None, "config")
+        .await
+        .unwrap();
+    let _ctl = remote_secret::spawn(
+        registry.clone(),
+        client,
+        DEFAULT_NAMESPACE,
+        KubeOptions::default(),
+    );
+    config.apply(&objects::remote_secret(
+        DEFAULT_NAMESPACE,
+        "s",
+        ("crossmesh.io/multi-cluster", "true"),
+        &[("broken", "not: [a kubeconfig")],
+    ));
+    wait_for("error shown", 20, || {
+        registry.cluster_status().iter().any(|c| {
+            c.name == "broken"
+                && c.last_error.as_deref().is_some_and(|e| {
+                    e.contains("s key broken") && e.contains("not a valid kubeconfig")
+                })
+        })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn created_remote_secret_registers_the_cluster() {
+    let target = FakeApiServer::start_with(Options {
+        name: "east".into(),
+        tls: true,
+        token: Some("admin".into()),
+        ..Options::default()
+    })
+    .await;
+    target.apply(&objects::service(
+        "ns1",
+        "web",
+        &[("app", "web")],
+        &[("http", 80, 8080)],
+    ));
+    target.apply(&objects::pod(
+        "ns1",
+        "web-0",
+        "10.9.0.1",
+        "n1",
+        &[("app", "web")],
+        true,
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let admin = dir.path().join("admin.kubeconfig");
+    target.write_kubeconfig(&admin, None, None);
+    let yaml = create_remote_secret("east", &admin, None).await.unwrap();
+    assert!(yaml.contains("crossmesh.io/multi-cluster"), "{yaml}");
+    let parsed: k8s_openapi::api::core::v1::Secret = serde_saphyr::from_str(&yaml).unwrap();
+    let kc = String::from_utf8(parsed.data.unwrap()["east"].0.clone()).unwrap();
+    assert!(kc.contains("token: \"sa-token-east-"), "{kc}");
+    assert!(kc.contains("certificate-authority-data:"), "{kc}");
+    assert!(!kc.contains("admin"), "the admin token must not leak: {kc}");
+    // Idempotent: a second run reuses the ServiceAccount and its token.
+    let again = create_remote_secret("east", &admin, None).await.unwrap();
+    assert_eq!(yaml, again);
+    assert!(create_remote_secret("a/b", &admin, None).await.is_err());
+
+    // Apply the printed Secret to a config cluster: "east" joins over TLS with the
+    // ServiceAccount token.
+    // The admin credentials go away: the secret carries its own token.
+    target.revoke_token("admin");
+    let config = FakeApiServer::start("config").await;
+    let secret: serde_json::Value = serde_saphyr::from_str(&yaml).unwrap();
+    config.apply(&secret);
+    let registry = Registry::new(Arc::new(MeshConfig::default()), PushQueue::new());
+    let (client, _) = client_from_kubeconfig(&config.kubeconfig_yaml(None, None), None, "config")
+        .await
+        .unwrap();
+    let _ctl = remote_secret::spawn(
+        registry.clone(),
+        client,
+        DEFAULT_NAMESPACE,
+        KubeOptions::default(),
+    );
+    wait_for("east serving", 20, || {
+        endpoints(&registry) == [pair("east", "10.9.0.1")]
+    })
+    .await;
+}
