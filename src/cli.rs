@@ -246,8 +246,10 @@ fn init_tracing() {
     let filter = EnvFilter::builder()
         .with_default_directive(LevelFilter::INFO.into())
         .from_env_lossy();
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }
@@ -286,9 +288,19 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo => runtime()?.block_on(crate::demo::run()),
-        Command::Validate(_) => anyhow::bail!(
-            "`crossmesh validate` is not yet available in this build (src/validate.rs is not written yet)"
-        ),
+        Command::Validate(args) => {
+            let problems = crate::validate::validate_paths(&args.files);
+            for p in &problems {
+                println!("{p}");
+            }
+            if problems.is_empty() {
+                println!("no problems found in {} path(s)", args.files.len());
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("crossmesh: {} problem(s) found", problems.len());
+                Ok(ExitCode::FAILURE)
+            }
+        }
         Command::CreateRemoteSecret(_) => anyhow::bail!(
             "`crossmesh create-remote-secret` is not yet available in this build \
              (src/sources/remote_secret.rs is not written yet)"

@@ -272,3 +272,145 @@ fn help_lists_every_command() {
         assert!(text.contains(c), "{c} missing from help: {text}");
     }
 }
+
+/// `crossmesh serve` on port 0: the log line naming the bound addresses.
+fn bound_addresses(line: &str) -> Option<(String, String)> {
+    if !line.contains("crossmesh serving") {
+        return None;
+    }
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .map(str::to_string)
+    };
+    Some((field("xds")?, field("debug")?))
+}
+
+#[tokio::test]
+async fn serve_binds_logs_serves_debug_and_stops_on_sigterm() {
+    use std::io::BufRead;
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("c1")).expect("mkdir");
+    std::fs::create_dir(dir.path().join("istio")).expect("mkdir");
+    let mesh = mesh_file(
+        dir.path(),
+        "clusters:\n- name: c1\n  manifests: c1\nconfig:\n- manifests: istio\n",
+    );
+    let mut child = Command::new(crossmesh_bin())
+        .args(["serve", "--mesh", &mesh])
+        .args([
+            "--xds-address",
+            "127.0.0.1:0",
+            "--debug-address",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (xds, debug) = loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("no `crossmesh serving` log line");
+        if let Some(a) = bound_addresses(&line) {
+            break a;
+        }
+    };
+    assert!(
+        !xds.ends_with(":0") && !debug.ends_with(":0"),
+        "{xds} {debug}"
+    );
+
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let base = format!("http://{debug}");
+    support::wait_for("/ready", Duration::from_secs(20), || {
+        let c = client.clone();
+        let url = format!("{base}/ready");
+        async move {
+            let r = c.get(url).send().await.map_err(|e| e.to_string())?;
+            if r.status() == 200 {
+                Ok(())
+            } else {
+                Err(format!("status {}", r.status()))
+            }
+        }
+    })
+    .await;
+    let clusterz: serde_json::Value = client
+        .get(format!("{base}/debug/clusterz"))
+        .send()
+        .await
+        .expect("clusterz")
+        .json()
+        .await
+        .expect("clusterz json");
+    assert_eq!(clusterz[0]["name"], "c1", "{clusterz}");
+    assert_eq!(clusterz[0]["synced"], true, "{clusterz}");
+    let r = client
+        .get(format!("{base}/debug/config_dump?proxyID=nobody"))
+        .send()
+        .await
+        .expect("config_dump");
+    assert_eq!(r.status(), 404);
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(metrics.contains("istiod_managed_clusters 1"), "{metrics}");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "exit after SIGTERM: {exit}");
+}
+
+#[test]
+fn serve_on_a_taken_port_fails_with_one_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mesh = mesh_file(dir.path(), "clusters: []\n");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let out = crossmesh(
+        &[
+            "serve",
+            "--mesh",
+            &mesh,
+            "--xds-address",
+            &addr,
+            "--debug-address",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    assert_one_line_failure(&out, &format!("cannot listen for xDS on {addr}"));
+}
