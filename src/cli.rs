@@ -301,10 +301,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         }
-        Command::CreateRemoteSecret(_) => anyhow::bail!(
-            "`crossmesh create-remote-secret` is not yet available in this build \
-             (src/sources/remote_secret.rs is not written yet)"
-        ),
+        Command::CreateRemoteSecret(args) => {
+            let yaml = runtime()?.block_on(crate::sources::remote_secret::create_remote_secret(
+                &args.name,
+                &args.kubeconfig,
+                args.context.as_deref(),
+            ))?;
+            print!("{yaml}");
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -30,7 +30,7 @@ use crate::debug::{DebugState, SentResources};
 use crate::push::{PushQueue, Pusher};
 use crate::registry::config::RawDoc;
 use crate::registry::{config_source_name, ObjectProblem, Registry};
-use crate::sources::{kube, manifests};
+use crate::sources::{kube, manifests, remote_secret};
 use crate::xds::server::AdsServer;
 use crate::xds::Connections;
 
@@ -192,7 +192,9 @@ fn start_sources(mesh: &MeshConfig, registry: &Arc<Registry>) -> anyhow::Result<
 
 /// Istio CRDs of a kubeconfig cluster (`config: - cluster: NAME`): build a client
 /// (retrying while the kubeconfig is unusable, with the reason on `/debug/configz`)
-/// and feed every change of the full set to the config store.
+/// and feed every change of the full set to the config store. The same cluster's
+/// remote secrets (`remote_secret::DEFAULT_NAMESPACE`) register further member
+/// clusters for as long as this task runs.
 async fn config_cluster(
     registry: Arc<Registry>,
     cluster: String,
@@ -219,6 +221,14 @@ async fn config_cluster(
         }
     };
     registry.set_config_file_problems(&source, Vec::new());
+    // The config cluster also carries the remote secrets that register more member
+    // clusters at runtime (Istio's multi-cluster secrets), in the default namespace.
+    let _remote_secrets = remote_secret::spawn(
+        registry.clone(),
+        client.clone(),
+        remote_secret::DEFAULT_NAMESPACE,
+        kube::KubeOptions::default(),
+    );
     let origin = format!("cluster {cluster}");
     let reg = registry.clone();
     let sink: kube::ConfigSink = Arc::new(move |source: &str, values: Vec<Value>| {
