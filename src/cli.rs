@@ -31,7 +31,7 @@ pub enum Command {
     /// mesh file and serve xDS and debug HTTP.
     Serve(ServeArgs),
     /// Print an Envoy bootstrap (YAML) that connects to crossmesh over ADS.
-    Bootstrap(BootstrapArgs),
+    Bootstrap(Box<BootstrapArgs>),
     /// Run the three-cluster ingress scenario end to end on this machine.
     Demo,
     /// Check Istio and Kubernetes YAML files offline; exit 1 on any problem.
@@ -282,7 +282,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bootstrap(args) => {
-            let yaml = bootstrap::bootstrap_yaml(&args.into())
+            let yaml = bootstrap::bootstrap_yaml(&(*args).into())
                 .context("cannot print the bootstrap as YAML")?;
             print!("{yaml}");
             Ok(ExitCode::SUCCESS)
@@ -374,7 +374,7 @@ mod tests {
         let Command::Bootstrap(args) = cli.command else {
             panic!("bootstrap")
         };
-        let o: BootstrapOptions = args.into();
+        let o: BootstrapOptions = (*args).into();
         assert_eq!(o.role, ProxyRole::Sidecar);
         assert_eq!(o.interception, InterceptionMode::None);
         assert!(o.sotw);
