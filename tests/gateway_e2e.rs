@@ -257,7 +257,7 @@ async fn reconnect_gets_full_config(sotw: bool) {
         },
     )
     .await;
-    // Envoy's xDS stream was re-established (one more connection than at start).
+    // Envoy reports its xDS stream to the new instance as up.
     let ok = s.envoy.stat("control_plane.connected_state").await;
     assert_eq!(
         ok,
