@@ -1,11 +1,16 @@
 //! `crossmesh demo` as a user runs it: exit status 0 and one line per seed host
 //! naming the cluster that answered. Uses the demo's fixed addresses
-//! (127.0.10.1-127.0.30.1:9080, gateway port 8080), which no other test uses.
+//! (127.0.10.1-127.0.30.1:9080, gateway port 8080), which no other test uses; a
+//! machine-wide lock keeps concurrent `cargo test` runs from overlapping.
+
+mod support;
 
 use std::process::Command;
+use std::time::Duration;
 
 #[test]
 fn demo_routes_each_host_to_its_cluster() {
+    let _lock = support::net::MachineLock::acquire("demo", Duration::from_secs(120));
     let out = Command::new(env!("CARGO_BIN_EXE_crossmesh"))
         .arg("demo")
         .current_dir(env!("CARGO_MANIFEST_DIR"))

@@ -95,3 +95,57 @@ pub fn free_port() -> u16 {
         }
     }
 }
+
+/// A machine-wide lock (a lock file holding our pid; a dead owner's lock is
+/// reclaimed) for tests that must use fixed addresses, such as `crossmesh demo`.
+/// Released on drop.
+#[derive(Debug)]
+pub struct MachineLock {
+    path: PathBuf,
+}
+
+impl MachineLock {
+    /// Wait (polling, up to `timeout`) until `name` is free, then take it.
+    pub fn acquire(name: &str, timeout: std::time::Duration) -> MachineLock {
+        let path = std::env::temp_dir().join(format!("crossmesh-test-lock-{name}"));
+        let pid = std::process::id();
+        let start = std::time::Instant::now();
+        loop {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut f) => {
+                    use std::io::Write;
+                    let _ = write!(f, "{pid}");
+                    return MachineLock { path };
+                }
+                Err(_) => {
+                    let owner = std::fs::read_to_string(&path)
+                        .ok()
+                        .and_then(|s| s.trim().parse::<u32>().ok());
+                    match owner {
+                        Some(owner) if !pid_alive(owner) => {
+                            let _ = std::fs::remove_file(&path);
+                            continue;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "lock {} still held after {timeout:?}",
+                path.display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for MachineLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
