@@ -257,11 +257,50 @@ impl<F: Flavor> StreamingService<F::Req> for Method<F> {
     }
 }
 
-/// Read the first request, identify the proxy, register, and start the stream task.
+/// Start the stream task and answer with the response stream at once: response
+/// headers must not wait for the first request (some clients send it only once
+/// the call is established).
 async fn open<F: Flavor>(
     shared: Arc<Shared>,
-    mut requests: Streaming<F::Req>,
+    requests: Streaming<F::Req>,
 ) -> Result<Response<ReceiverStream<Result<F::Resp, Status>>>, Status> {
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        let mut shutdown = shared.shutdown.subscribe();
+        let handshake = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|s| *s) => Err(Status::unavailable("crossmesh is shutting down")),
+            r = handshake::<F>(shared.clone(), requests) => r,
+        };
+        match handshake {
+            Ok((guard, first, requests, updates)) => {
+                let span =
+                    tracing::info_span!("ads", proxy = %guard.conn.proxy.id, conn = guard.conn.id);
+                run::<F>(guard, first, requests, updates, tx)
+                    .instrument(span)
+                    .await
+            }
+            Err(status) => {
+                let _ = tx.send(Err(status)).await;
+            }
+        }
+    });
+    Ok(Response::new(ReceiverStream::new(rx)))
+}
+
+type Handshake<F> = (
+    Registered,
+    <F as Flavor>::Req,
+    Streaming<<F as Flavor>::Req>,
+    watch::Receiver<Update>,
+);
+
+/// Read the first request, identify the proxy from its node and register the
+/// stream with the snapshot source and the connection registry.
+async fn handshake<F: Flavor>(
+    shared: Arc<Shared>,
+    mut requests: Streaming<F::Req>,
+) -> Result<Handshake<F>, Status> {
     let first = requests
         .message()
         .await?
@@ -280,7 +319,15 @@ async fn open<F: Flavor>(
         }
     };
     let id = shared.connections.next_id();
-    let mut updates = shared.source.connect(id, proxy.clone());
+    // The source may generate this proxy's config (CPU work, and it waits for a
+    // push in progress): keep it off the async workers.
+    let source = shared.source.clone();
+    let p = proxy.clone();
+    let mut updates = tokio::task::spawn_blocking(move || source.connect(id, p))
+        .await
+        .map_err(|e| {
+            Status::internal(format!("computing the first snapshot of {}: {e}", proxy.id))
+        })?;
     let current = updates.borrow_and_update().clone();
     let conn = shared.connections.insert(
         id,
@@ -290,14 +337,8 @@ async fn open<F: Flavor>(
     );
     metrics().xds_clients.inc();
     info!(proxy = %proxy.id, conn = id, mode = ?F::MODE, "proxy connected");
-    let (tx, rx) = mpsc::channel(1);
-    let span = tracing::info_span!("ads", proxy = %proxy.id, conn = id);
-    let guard = Registered {
-        shared: shared.clone(),
-        conn: conn.clone(),
-    };
-    tokio::spawn(run::<F>(guard, first, requests, updates, tx).instrument(span));
-    Ok(Response::new(ReceiverStream::new(rx)))
+    let guard = Registered { shared, conn };
+    Ok((guard, first, requests, updates))
 }
 
 /// Unregisters the stream however its task ends.
