@@ -624,3 +624,243 @@ impl SnapshotSource for Pusher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::istio::ConfigSnapshot;
+    use crate::model::service::{Endpoint, Locality, Protocol, Service, ServiceMap, ServicePort};
+    use crate::model::{InterceptionMode, MeshSettings, ProxyRole};
+
+    #[derive(Default)]
+    struct FakeSource {
+        services: Mutex<Arc<ServiceMap>>,
+    }
+
+    impl ContextSource for FakeSource {
+        fn mesh(&self) -> Arc<MeshSettings> {
+            Arc::new(MeshSettings {
+                trust_domain: "cluster.local".into(),
+                domain_suffix: "cluster.local".into(),
+                ..Default::default()
+            })
+        }
+        fn services(&self) -> Arc<ServiceMap> {
+            self.services.lock().unwrap().clone()
+        }
+        fn config(&self) -> Arc<ConfigSnapshot> {
+            Arc::new(ConfigSnapshot::default())
+        }
+    }
+
+    fn service(name: &str, ips: &[&str]) -> Arc<Service> {
+        let hostname: Arc<str> = format!("{name}.default.svc.cluster.local").into();
+        let eps = ips
+            .iter()
+            .map(|ip| Endpoint {
+                address: ip.parse().unwrap(),
+                port: 8080,
+                labels: Arc::default(),
+                cluster: "c1".into(),
+                network: "".into(),
+                locality: Arc::new(Locality::default()),
+                ready: true,
+                workload: format!("default/{name}").into(),
+                service_account: "".into(),
+                stale: false,
+            })
+            .collect();
+        Arc::new(Service {
+            hostname,
+            namespace: "default".into(),
+            name: name.into(),
+            ports: vec![ServicePort {
+                name: "http".into(),
+                port: 80,
+                protocol: Protocol::Http,
+            }],
+            endpoints: [(80, eps)].into(),
+            clusters: vec!["c1".into()],
+        })
+    }
+
+    fn set(src: &FakeSource, svcs: &[Arc<Service>]) {
+        *src.services.lock().unwrap() = Arc::new(
+            svcs.iter()
+                .map(|s| (s.hostname.clone(), s.clone()))
+                .collect(),
+        );
+    }
+
+    fn sidecar(pod: &str) -> Arc<Proxy> {
+        Arc::new(Proxy {
+            id: format!("sidecar~127.0.0.2~{pod}.default~default.svc.cluster.local"),
+            role: ProxyRole::Sidecar,
+            ip: "127.0.0.2".parse().unwrap(),
+            pod_name: pod.into(),
+            namespace: "default".into(),
+            labels: Default::default(),
+            cluster_id: "c1".into(),
+            network: "".into(),
+            interception: InterceptionMode::None,
+            service_account: "".into(),
+            istio_version: "".into(),
+            locality: Locality::default(),
+        })
+    }
+
+    fn setup() -> (Arc<FakeSource>, Pusher) {
+        let src = Arc::new(FakeSource::default());
+        set(
+            &src,
+            &[service("a", &["10.0.0.1"]), service("b", &["10.0.0.2"])],
+        );
+        let pusher = Pusher::new(src.clone(), PushQueue::new(), Tunables::default());
+        (src, pusher)
+    }
+
+    #[test]
+    fn proxies_of_one_class_share_one_snapshot_from_the_latest_context() {
+        let (_src, pusher) = setup();
+        pusher.push_now(PushRequest::full("test"));
+        // Connecting needs no push: the snapshot comes from the latest context.
+        let r1 = pusher.connect(1, sidecar("p1"));
+        let r2 = pusher.connect(2, sidecar("p2"));
+        let s1 = r1.borrow().snapshot.clone();
+        let s2 = r2.borrow().snapshot.clone();
+        assert_eq!(s1.seq, 1);
+        assert!(Arc::ptr_eq(&s1, &s2), "same class, same snapshot");
+        assert_eq!(
+            s1.get(TypeUrl::Cluster).len(),
+            2,
+            "{:?}",
+            s1.get(TypeUrl::Cluster).keys()
+        );
+        assert!(s1
+            .get(TypeUrl::Endpoint)
+            .contains_key("outbound|80||a.default.svc.cluster.local"));
+    }
+
+    #[test]
+    fn endpoint_push_recomputes_only_the_changed_service() {
+        let (src, pusher) = setup();
+        let mut rx = pusher.connect(1, sidecar("p1"));
+        let before = rx.borrow_and_update().snapshot.clone();
+        let a = "outbound|80||a.default.svc.cluster.local";
+        let b = "outbound|80||b.default.svc.cluster.local";
+
+        set(
+            &src,
+            &[
+                service("a", &["10.0.0.1", "10.0.0.9"]),
+                service("b", &["10.0.0.2"]),
+            ],
+        );
+        let sum = pusher.push_now(PushRequest::endpoints([
+            "a.default.svc.cluster.local".into()
+        ]));
+        assert!(!sum.full);
+        assert_eq!((sum.eds_changed, sum.proxies), (1, 1));
+        assert!(rx.has_changed().unwrap());
+        let u = rx.borrow_and_update().clone();
+        let after = &u.snapshot;
+        assert_eq!(after.seq, before.seq + 1);
+        // CDS/LDS/RDS maps are reused as is; b's assignment keeps its Arc.
+        assert!(Arc::ptr_eq(
+            after.get(TypeUrl::Cluster),
+            before.get(TypeUrl::Cluster)
+        ));
+        assert!(Arc::ptr_eq(
+            &after.get(TypeUrl::Endpoint)[b],
+            &before.get(TypeUrl::Endpoint)[b]
+        ));
+        assert_ne!(
+            after.get(TypeUrl::Endpoint)[a].version,
+            before.get(TypeUrl::Endpoint)[a].version
+        );
+        // The connection learns exactly what changed relative to its snapshot.
+        let eds = u.changed_since(before.seq, TypeUrl::Endpoint).unwrap();
+        assert_eq!(eds.iter().map(|n| &**n).collect::<Vec<_>>(), [a]);
+        assert!(u
+            .changed_since(before.seq, TypeUrl::Cluster)
+            .unwrap()
+            .is_empty());
+        assert!(
+            u.changed_since(before.seq - 1, TypeUrl::Endpoint).is_none(),
+            "lagging streams diff"
+        );
+
+        // An endpoint push that changes nothing sends nothing.
+        let sum = pusher.push_now(PushRequest::endpoints([
+            "b.default.svc.cluster.local".into()
+        ]));
+        assert_eq!((sum.eds_changed, sum.proxies), (0, 0));
+        assert!(!rx.has_changed().unwrap());
+    }
+
+    #[test]
+    fn full_push_without_changes_reuses_every_resource() {
+        let (src, pusher) = setup();
+        let mut rx = pusher.connect(1, sidecar("p1"));
+        let before = rx.borrow_and_update().snapshot.clone();
+        pusher.push_now(PushRequest::full("config"));
+        let u = rx.borrow_and_update().clone();
+        for t in [
+            TypeUrl::Cluster,
+            TypeUrl::Endpoint,
+            TypeUrl::Listener,
+            TypeUrl::Route,
+        ] {
+            assert!(
+                Arc::ptr_eq(u.snapshot.get(t), before.get(t)),
+                "{t:?} map rebuilt"
+            );
+            assert!(u.changed_since(before.seq, t).unwrap().is_empty());
+        }
+        // A service removed: its cluster and assignment are reported changed.
+        set(&src, &[service("a", &["10.0.0.1"])]);
+        pusher.push_now(PushRequest::full("service"));
+        let u2 = rx.borrow_and_update().clone();
+        let gone = "outbound|80||b.default.svc.cluster.local";
+        assert!(u2
+            .changed_since(u.snapshot.seq, TypeUrl::Cluster)
+            .unwrap()
+            .contains(gone));
+        assert!(u2
+            .changed_since(u.snapshot.seq, TypeUrl::Endpoint)
+            .unwrap()
+            .contains(gone));
+        assert!(!u2.snapshot.get(TypeUrl::Cluster).contains_key(gone));
+    }
+
+    #[test]
+    fn disconnect_drops_an_unused_class() {
+        let (_src, pusher) = setup();
+        let _rx = pusher.connect(7, sidecar("p1"));
+        assert_eq!(lock(&pusher.inner.state).classes.len(), 1);
+        pusher.disconnect(7);
+        assert!(lock(&pusher.inner.state).classes.is_empty());
+        assert!(lock(&pusher.inner.state).conns.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn run_debounces_then_pushes() {
+        let (_src, pusher) = setup();
+        let mut rx = pusher.connect(1, sidecar("p1"));
+        rx.borrow_and_update();
+        let seq0 = pusher.context().unwrap().seq;
+        let task = tokio::spawn(pusher.clone().run());
+        pusher.queue().push(PushRequest::full("a"));
+        pusher.queue().push(PushRequest::full("b"));
+        tokio::time::timeout(std::time::Duration::from_secs(5), rx.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            pusher.context().unwrap().seq,
+            seq0 + 1,
+            "two requests, one push"
+        );
+        task.abort();
+    }
+}
