@@ -59,7 +59,7 @@ fn snapshot(seq: u64, s: &Spec) -> ProxySnapshot {
         .iter()
         .map(|(n, tag)| {
             let cla = ClusterLoadAssignment {
-                cluster_name: format!("{n}"),
+                cluster_name: n.to_string(),
                 named_endpoints: [(tag.to_string(), Default::default())].into(),
                 ..Default::default()
             };

@@ -101,6 +101,13 @@ impl PushQueue {
     }
 }
 
+/// Where a push reads the mesh from (implemented by `registry::Registry`).
+pub trait ContextSource: Send + Sync + 'static {
+    fn mesh(&self) -> Arc<crate::model::MeshSettings>;
+    fn services(&self) -> Arc<crate::model::service::ServiceMap>;
+    fn config(&self) -> Arc<crate::model::istio::ConfigSnapshot>;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,11 +124,4 @@ mod tests {
         assert!(r.reasons.contains("config") && r.reasons.contains("endpoint"));
         assert!(q.try_take().is_none());
     }
-}
-
-/// Where a push reads the mesh from (implemented by `registry::Registry`).
-pub trait ContextSource: Send + Sync + 'static {
-    fn mesh(&self) -> Arc<crate::model::MeshSettings>;
-    fn services(&self) -> Arc<crate::model::service::ServiceMap>;
-    fn config(&self) -> Arc<crate::model::istio::ConfigSnapshot>;
 }
