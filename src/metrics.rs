@@ -157,6 +157,12 @@ impl Metrics {
             "Ready endpoints in the merged registry",
             m.endpoints.clone(),
         );
+        // Every xDS type shows from the start (at zero), so a dashboard can tell
+        // "no NACKs" from "no data".
+        for t in crate::xds::TypeUrl::ALL {
+            m.xds_pushes.get_or_create(&type_label(t));
+            m.xds_rejects.get_or_create(&type_label(t));
+        }
         Metrics { registry: r, ..m }
     }
 
@@ -165,8 +171,34 @@ impl Metrics {
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        to_prometheus_text(&out)
     }
+}
+
+/// prometheus-client writes OpenMetrics: counter samples get a `_total` suffix and
+/// the text ends with `# EOF`. Istio's dashboards query the bare names
+/// (`pilot_xds_pushes`, `pilot_total_xds_rejects`), and we serve the Prometheus 0.0.4
+/// text format, where neither is required: drop both so the names are Istio's.
+fn to_prometheus_text(open_metrics: &str) -> String {
+    let mut counters: Vec<&str> = Vec::new();
+    let mut out = String::with_capacity(open_metrics.len());
+    for line in open_metrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            if let Some(name) = rest.strip_suffix(" counter") {
+                counters.push(name);
+            }
+        }
+        let renamed = counters.iter().find_map(|name| {
+            let tail = line.strip_prefix(name)?.strip_prefix("_total")?;
+            (tail.starts_with('{') || tail.starts_with(' ')).then(|| format!("{name}{tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
 }
 
 /// The process-wide metrics.
@@ -179,5 +211,41 @@ pub fn metrics() -> &'static Metrics {
 pub fn type_label(t: crate::xds::TypeUrl) -> TypeLabel {
     TypeLabel {
         r#type: t.short().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_keep_istio_names() {
+        let m = Metrics::new();
+        m.xds_pushes
+            .get_or_create(&TypeLabel {
+                r#type: "cds".into(),
+            })
+            .inc();
+        m.send_bytes.inc_by(7);
+        let text = m.encode();
+        assert!(
+            text.contains("pilot_xds_pushes{type=\"cds\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("pilot_xds_send_bytes 7\n"), "{text}");
+        assert!(text.contains("# TYPE pilot_xds_pushes counter"), "{text}");
+        assert!(
+            !text.contains("_total{") && !text.contains("# EOF"),
+            "{text}"
+        );
+        // A name that itself contains "total" is untouched; every type starts at 0.
+        assert!(
+            text.contains("# TYPE pilot_total_xds_rejects counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pilot_total_xds_rejects{type=\"eds\"} 0\n"),
+            "{text}"
+        );
     }
 }
