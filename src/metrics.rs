@@ -160,8 +160,8 @@ impl Metrics {
         // Every xDS type shows from the start (at zero), so a dashboard can tell
         // "no NACKs" from "no data".
         for t in crate::xds::TypeUrl::ALL {
-            m.xds_pushes.get_or_create(&type_label(t));
-            m.xds_rejects.get_or_create(&type_label(t));
+            let _ = m.xds_pushes.get_or_create(&type_label(t));
+            let _ = m.xds_rejects.get_or_create(&type_label(t));
         }
         Metrics { registry: r, ..m }
     }
