@@ -1,20 +1,27 @@
 //! EDS: the `ClusterLoadAssignment`s of one service, one per service port and per
 //! DestinationRule subset, holding only ready endpoints from every member cluster,
-//! grouped by locality.
+//! grouped by locality (`region/zone/subzone`), each locality weighted by its
+//! healthy endpoint count.
 //!
-//! EDS is the same for every proxy (it does not depend on the proxy), so it is
-//! computed once per service change. Locality priorities and failover will extend
-//! `group_by_locality` (they depend on the proxy's locality and are a later step).
+//! Two entry points:
+//! - `service_assignments`: the one global assignment, for services whose EDS
+//!   is the same for every proxy (no locality failover/distribution in force,
+//!   no endpoints on a named network);
+//! - `service_assignments_for`: the assignment for one `EdsView` (the proxy
+//!   fields EDS reads): network filter (`network.rs`), then locality priorities
+//!   and weights (`locality.rs`). The push engine computes it once per distinct
+//!   view and shares equal encodings.
 
 use std::collections::BTreeMap;
 
-use envoy_types::pb::envoy::config::core::v3::{HealthStatus, Locality as EnvoyLocality};
+use envoy_types::pb::envoy::config::core::v3::Locality as EnvoyLocality;
 use envoy_types::pb::envoy::config::endpoint::v3::{
-    lb_endpoint::HostIdentifier, ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint,
-    LocalityLbEndpoints,
+    ClusterLoadAssignment, LbEndpoint, LocalityLbEndpoints,
 };
 
-use super::proto::{cluster_name, socket_address, u32_value};
+use super::locality::{self, EdsView, Group, Mode};
+use super::network;
+use super::proto::{cluster_name, u32_value};
 use crate::model::istio::labels_match;
 use crate::model::{Endpoint, Locality, PushContext, Service};
 
@@ -22,6 +29,19 @@ use crate::model::{Endpoint, Locality, PushContext, Service};
 /// `outbound|PORT|SUBSET|HOST` for each subset any DestinationRule defines for the
 /// host (a subset holds the endpoints whose labels include the subset's labels).
 pub fn service_assignments(svc: &Service, ctx: &PushContext) -> Vec<ClusterLoadAssignment> {
+    build(svc, ctx, None)
+}
+
+/// The assignments of `svc` as a proxy with `view` sees them.
+pub fn service_assignments_for(
+    svc: &Service,
+    ctx: &PushContext,
+    view: &EdsView,
+) -> Vec<ClusterLoadAssignment> {
+    build(svc, ctx, Some(view))
+}
+
+fn build(svc: &Service, ctx: &PushContext, view: Option<&EdsView>) -> Vec<ClusterLoadAssignment> {
     let subsets = ctx.config.all_subsets(&svc.hostname, &svc.namespace);
     let mut out = Vec::with_capacity(svc.ports.len() * (1 + subsets.len()));
     for port in &svc.ports {
@@ -31,7 +51,11 @@ pub fn service_assignments(svc: &Service, ctx: &PushContext) -> Vec<ClusterLoadA
             .map(|v| v.iter().filter(|e| e.ready).collect())
             .unwrap_or_default();
         out.push(assignment(
-            cluster_name(port.port, "", &svc.hostname),
+            svc,
+            ctx,
+            view,
+            port.port,
+            "",
             eps.iter().copied(),
         ));
         for s in &subsets {
@@ -39,50 +63,85 @@ pub fn service_assignments(svc: &Service, ctx: &PushContext) -> Vec<ClusterLoadA
                 .iter()
                 .copied()
                 .filter(|e| labels_match(&s.labels, &e.labels));
-            out.push(assignment(
-                cluster_name(port.port, &s.name, &svc.hostname),
-                selected,
-            ));
+            out.push(assignment(svc, ctx, view, port.port, &s.name, selected));
         }
     }
     out
 }
 
-fn assignment<'a>(name: String, eps: impl Iterator<Item = &'a Endpoint>) -> ClusterLoadAssignment {
+fn assignment<'a>(
+    svc: &Service,
+    ctx: &PushContext,
+    view: Option<&EdsView>,
+    port: u16,
+    subset: &str,
+    eps: impl Iterator<Item = &'a Endpoint>,
+) -> ClusterLoadAssignment {
+    let mut groups = groups_of(eps);
+    if let Some(view) = view {
+        network::apply(&mut groups, &view.network, ctx);
+        let policy = locality::effective_policy(svc, &view.namespace, subset, port, ctx);
+        locality::apply(&mut groups, view, &locality::mode(&policy));
+    }
     ClusterLoadAssignment {
-        cluster_name: name,
-        endpoints: group_by_locality(eps),
+        cluster_name: cluster_name(port, subset, &svc.hostname),
+        endpoints: to_proto(groups),
         ..Default::default()
     }
 }
 
-/// One `LocalityLbEndpoints` per locality, sorted by locality; each endpoint weight
-/// 1 and the locality weight the endpoint count (Istio's default weighting).
-pub fn group_by_locality<'a>(eps: impl Iterator<Item = &'a Endpoint>) -> Vec<LocalityLbEndpoints> {
-    let mut groups: BTreeMap<&Locality, Vec<LbEndpoint>> = BTreeMap::new();
+/// One group per locality, sorted by locality; each endpoint weight 1.
+fn groups_of<'a>(eps: impl Iterator<Item = &'a Endpoint>) -> Vec<Group<'a, LbEndpoint>> {
+    let mut by: BTreeMap<&Locality, Vec<(LbEndpoint, u32, Option<&'a Endpoint>)>> = BTreeMap::new();
     for e in eps {
-        groups.entry(&e.locality).or_default().push(LbEndpoint {
-            host_identifier: Some(HostIdentifier::Endpoint(EnvoyEndpoint {
-                address: Some(socket_address(&e.address.to_string(), e.port as u32)),
-                ..Default::default()
-            })),
-            health_status: HealthStatus::Healthy as i32,
-            load_balancing_weight: Some(u32_value(1)),
-            ..Default::default()
-        });
+        let lb = network::lb_endpoint(&e.address.to_string(), e.port as u32, 1);
+        by.entry(&e.locality).or_default().push((lb, 1, Some(e)));
     }
-    groups
-        .into_iter()
-        .map(|(loc, lb_endpoints)| LocalityLbEndpoints {
-            locality: Some(EnvoyLocality {
-                region: loc.region.clone(),
-                zone: loc.zone.clone(),
-                sub_zone: loc.subzone.clone(),
-                ..Default::default()
-            }),
-            load_balancing_weight: Some(u32_value(lb_endpoints.len() as u32)),
-            lb_endpoints,
-            ..Default::default()
+    by.into_iter()
+        .map(|(l, members)| Group {
+            locality: l.clone(),
+            members,
+            weight: None,
+            priority: 0,
         })
         .collect()
+}
+
+/// Envoy form, ordered by (priority, locality). A group's weight is its
+/// explicit weight (`distribute`) or the sum of its members' weights (the
+/// healthy endpoint count, Istio's default).
+fn to_proto(mut groups: Vec<Group<'_, LbEndpoint>>) -> Vec<LocalityLbEndpoints> {
+    groups.sort_by(|a, b| (a.priority, &a.locality).cmp(&(b.priority, &b.locality)));
+    groups
+        .into_iter()
+        .filter(|g| !g.members.is_empty())
+        .map(|g| {
+            let weight = g.total();
+            LocalityLbEndpoints {
+                locality: Some(EnvoyLocality {
+                    region: g.locality.region.clone(),
+                    zone: g.locality.zone.clone(),
+                    sub_zone: g.locality.subzone.clone(),
+                    ..Default::default()
+                }),
+                load_balancing_weight: Some(u32_value(weight.max(1))),
+                priority: g.priority,
+                lb_endpoints: g.members.into_iter().map(|m| m.0).collect(),
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+/// One `LocalityLbEndpoints` per locality (priority 0, count weights).
+pub fn group_by_locality<'a>(eps: impl Iterator<Item = &'a Endpoint>) -> Vec<LocalityLbEndpoints> {
+    to_proto(groups_of(eps))
+}
+
+/// Whether the cluster should enable Envoy's locality-weighted load balancing
+/// (`common_lb_config.locality_weighted_lb_config`): whenever locality load
+/// balancing is on for it (Istio's mesh default; `enabled: false` turns it off).
+/// Without it Envoy ignores the locality weights.
+pub fn locality_weighted(policy: &crate::model::istio::destination_rule::EffectivePolicy) -> bool {
+    locality::mode(policy) != Mode::Disabled
 }

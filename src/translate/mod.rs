@@ -15,6 +15,8 @@ pub mod cluster;
 pub mod endpoint;
 pub mod gateway;
 pub mod listener;
+pub mod locality;
+pub mod network;
 pub mod proto;
 pub mod route;
 

@@ -86,12 +86,53 @@ pub struct LoadBalancerSettings {
     pub simple: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consistent_hash: Option<ConsistentHashLb>,
-    /// Locality failover/distribution: typed and supported in a later change;
-    /// rejected by validation until then.
+    /// Locality-weighted load balancing and failover (applied per proxy in EDS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub locality_lb_setting: Option<serde_json::Value>,
+    pub locality_lb_setting: Option<LocalityLbSetting>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup_duration_secs: Option<IstioDuration>,
+}
+
+/// `LocalityLoadBalancerSetting`. Localities are `region/zone/subzone` strings;
+/// `*` matches any value of a part. Only one of `distribute` and `failover` may be
+/// set (Istio's validation).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalityLbSetting {
+    /// Per source locality (`from`), the share of traffic (percent, summing to 100)
+    /// each destination locality (`to`) gets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub distribute: Vec<LocalityDistribute>,
+    /// Region failover: a proxy in region `from` fails over to region `to` before
+    /// any other region.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover: Vec<LocalityFailover>,
+    /// Ordered label keys (optionally `key=value`): endpoints matching the proxy on
+    /// more leading labels get a higher priority.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover_priority: Vec<String>,
+    /// `false` turns locality load balancing off for the host. Unset means on
+    /// (Istio's mesh default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalityDistribute {
+    #[serde(default)]
+    pub from: String,
+    #[serde(default)]
+    pub to: BTreeMap<String, u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalityFailover {
+    #[serde(default)]
+    pub from: String,
+    #[serde(default)]
+    pub to: String,
 }
 
 /// `ConsistentHashLB`: exactly one hash key.
