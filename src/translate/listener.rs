@@ -20,6 +20,8 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
     TcpProxy,
 };
 
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+
 use super::proto::{ads, bool_value, pack, socket_address};
 use super::route::{CORS_FILTER, FAULT_FILTER};
 
@@ -84,12 +86,33 @@ pub fn http_connection_manager(
             config_source: Some(ads()),
             route_config_name: route_name.to_string(),
         })),
-        http_filters: vec![
-            http_filter(CORS_FILTER, pack(&Cors::default())),
-            http_filter(FAULT_FILTER, pack(&HttpFault::default())),
-            http_filter(ROUTER_FILTER, pack(&Router::default())),
-        ],
+        http_filters: default_http_filters(),
         use_remote_address: use_remote_address.then(|| bool_value(true)),
+        ..Default::default()
+    };
+    Filter {
+        name: HCM_FILTER.into(),
+        config_type: Some(FilterConfig::TypedConfig(pack(&hcm))),
+    }
+}
+
+/// Istio's HTTP filters: CORS and fault (configured per route), then the router.
+fn default_http_filters() -> Vec<HttpFilter> {
+    vec![
+        http_filter(CORS_FILTER, pack(&Cors::default())),
+        http_filter(FAULT_FILTER, pack(&HttpFault::default())),
+        http_filter(ROUTER_FILTER, pack(&Router::default())),
+    ]
+}
+
+/// An HTTP connection manager with an inline route config (Istio's inbound
+/// listeners: `inbound|PORT||` routes everything to the local workload).
+pub fn http_connection_manager_inline(stat_prefix: &str, route: RouteConfiguration) -> Filter {
+    let hcm = HttpConnectionManager {
+        codec_type: CodecType::Auto as i32,
+        stat_prefix: stat_prefix.to_string(),
+        route_specifier: Some(RouteSpecifier::RouteConfig(route)),
+        http_filters: default_http_filters(),
         ..Default::default()
     };
     Filter {

@@ -8,7 +8,7 @@
 //! - `route.rs` (RDS) — VirtualService HTTP routes and virtual hosts;
 //! - `listener.rs` (LDS) — listeners, HTTP connection manager, TCP proxy;
 //! - `gateway.rs` — puts them together for gateway proxies;
-//! - `sidecar.rs` (later) — the same builders for sidecar proxies.
+//! - `sidecar.rs` — the same builders for sidecar proxies (REDIRECT and NONE).
 //! `proto.rs` holds the small Envoy builders everything shares.
 
 pub mod cluster;
@@ -19,6 +19,7 @@ pub mod locality;
 pub mod network;
 pub mod proto;
 pub mod route;
+pub mod sidecar;
 
 #[cfg(test)]
 mod golden;
@@ -30,7 +31,9 @@ use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 
-use crate::model::{Proxy, ProxyRole, PushContext, Service};
+use std::net::IpAddr;
+
+use crate::model::{InterceptionMode, Proxy, ProxyRole, PushContext, Service};
 
 /// Everything one proxy (class) gets except endpoints.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -48,40 +51,38 @@ pub type Assignment = ClusterLoadAssignment;
 ///
 /// Gateways read their role, namespace (DestinationRule and `exportTo` visibility,
 /// `sourceNamespace`) and labels (Gateway `selector`, `sourceLabels`); never the pod
-/// name, IP or id. Sidecar translation will add the fields it reads (IP,
-/// interception mode...) here, for sidecars only.
+/// name, IP or id. Sidecars also read their interception mode; only `NONE` mode
+/// sidecars read their IP (their listeners bind it), so REDIRECT sidecars of one
+/// namespace and label set share one generation.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ProxyClass {
     pub role: ProxyRole,
     pub namespace: String,
     pub labels: BTreeMap<String, String>,
+    /// Sidecars only.
+    pub interception: Option<InterceptionMode>,
+    /// NONE-mode sidecars only.
+    pub ip: Option<IpAddr>,
 }
 
 impl ProxyClass {
     pub fn of(proxy: &Proxy, _ctx: &PushContext) -> ProxyClass {
+        let sidecar = proxy.role == ProxyRole::Sidecar;
         ProxyClass {
             role: proxy.role,
             namespace: proxy.namespace.clone(),
             labels: proxy.labels.clone(),
+            interception: sidecar.then_some(proxy.interception),
+            ip: (sidecar && proxy.interception == InterceptionMode::None).then_some(proxy.ip),
         }
     }
 }
 
 /// CDS, LDS and RDS for one proxy.
-///
-/// Sidecars get every service's outbound clusters (no listeners yet: sidecar
-/// listeners come with `translate::sidecar`).
 pub fn generate(proxy: &Proxy, ctx: &PushContext) -> Generated {
     match proxy.role {
         ProxyRole::Gateway => gateway::generate(proxy, ctx),
-        ProxyRole::Sidecar => Generated {
-            clusters: ctx
-                .services
-                .values()
-                .flat_map(|svc| cluster::service_clusters(svc, &proxy.namespace, ctx))
-                .collect(),
-            ..Default::default()
-        },
+        ProxyRole::Sidecar => sidecar::generate(proxy, ctx),
     }
 }
 

@@ -677,6 +677,38 @@ fn apply_headers(h: Option<&Headers>, target: &mut HeaderTarget<'_>) {
     }
 }
 
+/// The route a sidecar gives a service no VirtualService claims (Istio's
+/// `BuildDefaultHTTPOutboundRoute`): everything to `outbound|PORT||HOST`, route
+/// timeout disabled, Istio's default retries, and the DestinationRule's
+/// consistent-hash key when it has one.
+pub fn default_route(host: &str, port: u32, scope: RouteScope<'_>) -> Route {
+    let d = Destination {
+        host: host.to_string(),
+        subset: String::new(),
+        port: Some(crate::model::istio::PortSelector { number: port }),
+    };
+    let hash = consistent_hash(&d, "", scope);
+    Route {
+        name: "default".into(),
+        r#match: Some(route_match(None)),
+        action: Some(Action::Route(RouteAction {
+            cluster_specifier: Some(ClusterSpecifier::Cluster(cluster_name(
+                port as u16,
+                "",
+                host,
+            ))),
+            timeout: Some(Duration {
+                seconds: 0,
+                nanos: 0,
+            }),
+            retry_policy: retry_policy(None, hash.is_some()),
+            hash_policy: hash.iter().map(hash_policy).collect(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
 /// Istio's catch-all test: prefix `/` (or regex `*`) with no header or query
 /// conditions.
 fn is_catch_all(r: &Route) -> bool {

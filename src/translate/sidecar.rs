@@ -1,0 +1,707 @@
+//! Sidecar proxies: the `Sidecar` resource in force for the proxy scopes which
+//! services it sees (egress) and which ports it serves (ingress); VirtualServices
+//! bound to `mesh` give the routes; the visible services give the clusters.
+//! Istio's `networking/core/listener.go`, `httproute.go` and `sidecar.go`.
+//!
+//! Two layouts, by the proxy's `INTERCEPTION_MODE` (DESIGN.md §3):
+//! - `REDIRECT` (iptables): virtual outbound `0.0.0.0:15001` and virtual inbound
+//!   `0.0.0.0:15006` with original destination; per-port outbound listeners
+//!   `0.0.0.0_PORT` that do not bind (`bind_to_port: false`) and receive the
+//!   connections 15001 hands over; HTTP routes named by port (`"80"`); TCP proxy
+//!   for non-HTTP ports; unknown destinations go to `PassthroughCluster`
+//!   (`ALLOW_ANY`) or `BlackHoleCluster` (`REGISTRY_ONLY`). Nothing here reads the
+//!   proxy IP, so every REDIRECT sidecar with the same namespace and labels shares
+//!   one generation.
+//! - `NONE` (no iptables): every egress port is a real listener on `bind` (default
+//!   the proxy IP), routing by Host with RDS named `BIND:PORT` (Istio's name for a
+//!   bound listener); ingress listeners bind `<proxy ip>:<port>` and forward to
+//!   their `defaultEndpoint` through a static cluster `inbound|PORT||`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::cluster::v3::{
+    cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy},
+    Cluster,
+};
+use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    lb_endpoint::HostIdentifier, ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint,
+    LocalityLbEndpoints,
+};
+use envoy_types::pb::envoy::config::listener::v3::{
+    listener_filter::ConfigType as ListenerFilterConfig, FilterChain, FilterChainMatch, Listener,
+    ListenerFilter,
+};
+use envoy_types::pb::envoy::config::route::v3::{
+    route::Action, route_action::ClusterSpecifier, DirectResponseAction, Route, RouteAction,
+    RouteConfiguration, RouteMatch, VirtualHost,
+};
+use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
+use envoy_types::pb::google::protobuf::Duration;
+
+use super::cluster::{service_clusters, DEFAULT_CONNECT_TIMEOUT_SECS};
+use super::listener::{
+    filter_chain, http_connection_manager, http_connection_manager_inline, listener, tcp_proxy,
+};
+use super::proto::{bool_value, pack, socket_address, u32_value};
+use super::route::{
+    default_route, destination_cluster, http_routes, referenced_hosts, sort_catch_all_last,
+    RouteScope,
+};
+use super::Generated;
+use crate::model::istio::sidecar::{IstioEgressListener, IstioIngressListener};
+use crate::model::istio::{
+    host_matches, labels_match, Config, Sidecar, VirtualService, MESH_GATEWAY, ROOT_NAMESPACE,
+};
+use crate::model::{InterceptionMode, Protocol, Proxy, PushContext, Service};
+
+/// Istio's virtual outbound listener port (iptables redirects outbound here).
+pub const VIRTUAL_OUTBOUND_PORT: u32 = 15001;
+/// Istio's virtual inbound listener port (iptables redirects inbound here).
+pub const VIRTUAL_INBOUND_PORT: u32 = 15006;
+pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
+pub const BLACKHOLE_CLUSTER: &str = "BlackHoleCluster";
+pub const INBOUND_PASSTHROUGH_CLUSTER: &str = "InboundPassthroughClusterIpv4";
+const WILDCARD: &str = "0.0.0.0";
+const ORIGINAL_DST_FILTER: &str = "envoy.filters.listener.original_dst";
+
+/// The `Sidecar` in force for `proxy` (Istio's `SidecarScope` selection): in the
+/// proxy's namespace, the oldest one whose `workloadSelector` matches the proxy's
+/// labels; else the namespace's one without selector; else the root namespace's
+/// one without selector; else none (everything visible).
+pub fn select<'a>(proxy: &Proxy, ctx: &'a PushContext) -> Option<&'a Arc<Config<Sidecar>>> {
+    let sidecars = &ctx.config.sidecars;
+    let no_selector = |ns: &str| {
+        sidecars
+            .iter()
+            .find(|s| s.meta.namespace == ns && s.spec.workload_selector.is_none())
+    };
+    sidecars
+        .iter()
+        .find(|s| {
+            s.meta.namespace == proxy.namespace
+                && s.spec
+                    .workload_selector
+                    .as_ref()
+                    .is_some_and(|w| labels_match(&w.match_labels, &proxy.labels))
+        })
+        .or_else(|| no_selector(&proxy.namespace))
+        .or_else(|| no_selector(ROOT_NAMESPACE))
+}
+
+/// One egress scope: the port (all ports of the visible services when `None`),
+/// the bind address, and the `ns/host` filters.
+struct Egress {
+    port: Option<u32>,
+    protocol: Option<Protocol>,
+    bind: Option<String>,
+    /// (namespace filter, host filter) pairs; namespace `.` is already replaced by
+    /// the Sidecar's namespace; `~` matches no namespace.
+    hosts: Vec<(String, String)>,
+}
+
+impl Egress {
+    /// Istio's default egress: every namespace, every host.
+    fn everything() -> Egress {
+        Egress {
+            port: None,
+            protocol: None,
+            bind: None,
+            hosts: vec![("*".into(), "*".into())],
+        }
+    }
+
+    fn from_spec(e: &IstioEgressListener, sidecar_ns: &str) -> Egress {
+        Egress {
+            port: e.port.as_ref().map(|p| p.number),
+            protocol: e
+                .port
+                .as_ref()
+                .filter(|p| !p.protocol.is_empty())
+                .map(|p| Protocol::from_port(&p.protocol, None)),
+            bind: e.bind.clone().filter(|b| !b.is_empty()),
+            hosts: e
+                .hosts
+                .iter()
+                .map(|h| {
+                    let (ns, host) = h.split_once('/').unwrap_or(("*", h.as_str()));
+                    let ns = if ns == "." { sidecar_ns } else { ns };
+                    (ns.to_string(), host.to_ascii_lowercase())
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether config or a service in `ns` named `host` is in scope.
+    fn sees(&self, ns: &str, host: &str) -> bool {
+        self.hosts.iter().any(|(fns, fhost)| {
+            (fns == "*" || fns == ns) && fns != "~" && host_matches(fhost, host)
+        })
+    }
+
+    fn sees_any(&self, ns: &str, hosts: &[String], ctx: &PushContext) -> bool {
+        hosts
+            .iter()
+            .any(|h| self.sees(ns, &ctx.config.resolve_host(h, ns)))
+    }
+}
+
+/// What the proxy sees: its egress scopes and their services and VirtualServices.
+struct Scope<'a> {
+    egress: Egress,
+    services: Vec<&'a Arc<Service>>,
+    virtual_services: Vec<&'a Arc<Config<VirtualService>>>,
+}
+
+fn scopes<'a>(
+    proxy: &Proxy,
+    sidecar: Option<&Config<Sidecar>>,
+    ctx: &'a PushContext,
+) -> Vec<Scope<'a>> {
+    let egress: Vec<Egress> = match sidecar {
+        Some(sc) if !sc.spec.egress.is_empty() => sc
+            .spec
+            .egress
+            .iter()
+            .map(|e| Egress::from_spec(e, &sc.meta.namespace))
+            .collect(),
+        _ => vec![Egress::everything()],
+    };
+    egress
+        .into_iter()
+        .map(|egress| {
+            let services = ctx
+                .services
+                .values()
+                .filter(|s| egress.sees(&s.namespace, &s.hostname))
+                .collect();
+            let virtual_services = ctx
+                .config
+                .virtual_services_for_gateway(MESH_GATEWAY, &proxy.namespace)
+                .filter(|vs| egress.sees_any(&vs.meta.namespace, &vs.spec.hosts, ctx))
+                .collect();
+            Scope {
+                egress,
+                services,
+                virtual_services,
+            }
+        })
+        .collect()
+}
+
+/// Istio's outbound traffic policy (`ALLOW_ANY` unless the Sidecar says
+/// `REGISTRY_ONLY`).
+fn registry_only(sidecar: Option<&Config<Sidecar>>) -> bool {
+    sidecar
+        .and_then(|s| s.spec.outbound_traffic_policy.as_ref())
+        .and_then(|p| p.mode.as_deref())
+        == Some("REGISTRY_ONLY")
+}
+
+/// CDS, LDS and RDS for a sidecar proxy.
+pub fn generate(proxy: &Proxy, ctx: &PushContext) -> Generated {
+    let sidecar = select(proxy, ctx).map(Arc::as_ref);
+    let redirect = proxy.interception == InterceptionMode::Redirect;
+    let registry_only = registry_only(sidecar);
+    let scopes = scopes(proxy, sidecar, ctx);
+    let mut out = Generated::default();
+    // (bind address, port) already served: an earlier egress listener wins (the
+    // Sidecar validation rejects explicit conflicts).
+    let mut taken: BTreeSet<(String, u32)> = BTreeSet::new();
+    let mut visible: BTreeSet<Arc<str>> = BTreeSet::new();
+    for scope in &scopes {
+        for s in &scope.services {
+            visible.insert(s.hostname.clone());
+        }
+        for vs in &scope.virtual_services {
+            for h in referenced_hosts(vs, ctx) {
+                if let Some(s) = ctx.services.get(h.as_str()) {
+                    visible.insert(s.hostname.clone());
+                }
+            }
+        }
+        let bind = match (&scope.egress.bind, redirect) {
+            (Some(b), _) => b.clone(),
+            (None, true) => WILDCARD.to_string(),
+            (None, false) => proxy.ip.to_string(),
+        };
+        for (port, protocol) in egress_ports(scope) {
+            if !taken.insert((bind.clone(), port)) {
+                continue;
+            }
+            let stat = format!("outbound_{bind}_{port}");
+            let chain = if protocol.is_http() {
+                let route_name = if redirect && scope.egress.bind.is_none() {
+                    port.to_string()
+                } else {
+                    format!("{bind}:{port}")
+                };
+                out.routes.push(outbound_route_config(
+                    &route_name,
+                    port,
+                    scope,
+                    proxy,
+                    ctx,
+                    redirect,
+                    registry_only,
+                ));
+                filter_chain(
+                    Vec::new(),
+                    http_connection_manager(&stat, &route_name, false),
+                )
+            } else {
+                filter_chain(
+                    Vec::new(),
+                    tcp_proxy(
+                        &stat,
+                        &tcp_destinations(port, scope, ctx, redirect, registry_only),
+                    ),
+                )
+            };
+            let mut l = listener(&bind, port, TrafficDirection::Outbound, vec![chain]);
+            if redirect && scope.egress.bind.is_none() {
+                l.bind_to_port = Some(bool_value(false));
+            }
+            out.listeners.push(l);
+        }
+    }
+    let ingress: &[IstioIngressListener] =
+        sidecar.map(|s| s.spec.ingress.as_slice()).unwrap_or(&[]);
+    let mut inbound_chains = Vec::new();
+    for ing in ingress {
+        let port = ing.port.number;
+        let Some(target) = ing
+            .default_endpoint
+            .as_deref()
+            .and_then(parse_default_endpoint)
+        else {
+            continue;
+        };
+        let cluster = format!("inbound|{port}||");
+        out.clusters
+            .push(static_cluster(&cluster, &target.0, target.1));
+        let protocol = Protocol::from_port(&ing.port.protocol, None);
+        let stat = format!("inbound_{port}");
+        let filter = if protocol.is_http() {
+            http_connection_manager_inline(&stat, inbound_route(&cluster))
+        } else {
+            tcp_proxy(&stat, &[(cluster.clone(), 100)])
+        };
+        if redirect {
+            let mut fc = filter_chain(Vec::new(), filter);
+            fc.filter_chain_match = Some(FilterChainMatch {
+                destination_port: Some(u32_value(port)),
+                ..Default::default()
+            });
+            fc.name = cluster.clone();
+            inbound_chains.push(fc);
+        } else {
+            let bind = ing
+                .bind
+                .clone()
+                .filter(|b| !b.is_empty())
+                .unwrap_or_else(|| proxy.ip.to_string());
+            out.listeners.push(listener(
+                &bind,
+                port,
+                TrafficDirection::Inbound,
+                vec![filter_chain(Vec::new(), filter)],
+            ));
+        }
+    }
+    if redirect {
+        out.listeners.push(virtual_outbound(registry_only));
+        out.listeners.push(virtual_inbound(inbound_chains));
+        out.clusters.push(original_dst_cluster(PASSTHROUGH_CLUSTER));
+        out.clusters
+            .push(original_dst_cluster(INBOUND_PASSTHROUGH_CLUSTER));
+        out.clusters.push(blackhole_cluster());
+    }
+    let mut clusters: Vec<Cluster> = visible
+        .iter()
+        .filter_map(|h| ctx.services.get(h))
+        .flat_map(|svc| service_clusters(svc, &proxy.namespace, ctx))
+        .collect();
+    out.clusters.append(&mut clusters);
+    out.clusters.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// The ports of one egress scope with their protocol: the egress port alone, or
+/// every port of every visible service (the first service by hostname decides a
+/// port's protocol, as Istio's port merging does).
+fn egress_ports(scope: &Scope<'_>) -> Vec<(u32, Protocol)> {
+    let mut ports: BTreeMap<u32, Protocol> = BTreeMap::new();
+    for s in &scope.services {
+        for p in &s.ports {
+            if scope.egress.port.is_none_or(|want| want == p.port as u32) {
+                ports.entry(p.port as u32).or_insert(p.protocol);
+            }
+        }
+    }
+    if let Some(p) = scope.egress.port {
+        let proto = scope
+            .egress
+            .protocol
+            .or_else(|| ports.get(&p).copied())
+            .unwrap_or(Protocol::Http);
+        return vec![(p, proto)];
+    }
+    ports.into_iter().collect()
+}
+
+/// Istio's sidecar domains for a service: `NAME` (same namespace only, where the
+/// short name resolves), `NAME.NS`, `NAME.NS.svc`, the FQDN; each with and
+/// without `:PORT`.
+fn service_domains(svc: &Service, proxy_ns: &str, port: u32) -> Vec<String> {
+    let mut names = Vec::new();
+    if svc.namespace == proxy_ns {
+        names.push(svc.name.clone());
+    }
+    names.push(format!("{}.{}", svc.name, svc.namespace));
+    names.push(format!("{}.{}.svc", svc.name, svc.namespace));
+    names.push(svc.hostname.to_string());
+    names
+        .into_iter()
+        .flat_map(|n| [format!("{n}:{port}"), n])
+        .collect()
+}
+
+/// Istio's outbound HTTP route config for one port: one virtual host per visible
+/// service with that port (VirtualService routes when a `mesh` VirtualService
+/// claims its host, else the default route), one per other VirtualService host,
+/// and the catch-all: `allow_any` to `PassthroughCluster` or `block_all` (502)
+/// under `REGISTRY_ONLY`. A domain claimed twice stays with the first virtual
+/// host (Envoy rejects duplicate domains).
+fn outbound_route_config(
+    name: &str,
+    port: u32,
+    scope: &Scope<'_>,
+    proxy: &Proxy,
+    ctx: &PushContext,
+    redirect: bool,
+    registry_only: bool,
+) -> RouteConfiguration {
+    let rs = RouteScope {
+        port,
+        gateway: MESH_GATEWAY,
+        proxy,
+        ctx,
+    };
+    // Resolved host -> routes from every VirtualService claiming it, oldest first.
+    let mut vs_routes: BTreeMap<String, Vec<Route>> = BTreeMap::new();
+    for vs in &scope.virtual_services {
+        if vs.spec.http.is_empty() {
+            continue;
+        }
+        let routes = http_routes(vs, rs);
+        if routes.is_empty() {
+            continue;
+        }
+        for h in &vs.spec.hosts {
+            let h = ctx.config.resolve_host(h, &vs.meta.namespace);
+            if scope.egress.sees(&vs.meta.namespace, &h) {
+                vs_routes
+                    .entry(h)
+                    .or_default()
+                    .extend(routes.iter().cloned());
+            }
+        }
+    }
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut vhosts = Vec::new();
+    let mut push = |name: String, domains: Vec<String>, routes: Vec<Route>| {
+        let domains: Vec<String> = domains
+            .into_iter()
+            .filter(|d| seen.insert(d.clone()))
+            .collect();
+        if !domains.is_empty() {
+            vhosts.push(VirtualHost {
+                name,
+                domains,
+                routes,
+                ..Default::default()
+            });
+        }
+    };
+    for svc in &scope.services {
+        if svc.port(port as u16).is_none() {
+            continue;
+        }
+        let routes = match vs_routes.remove(svc.hostname.as_ref()) {
+            Some(r) => sort_catch_all_last(r),
+            None => vec![default_route(&svc.hostname, port, rs)],
+        };
+        push(
+            format!("{}:{port}", svc.hostname),
+            service_domains(svc, &proxy.namespace, port),
+            routes,
+        );
+    }
+    for (host, routes) in vs_routes {
+        push(
+            format!("{host}:{port}"),
+            vec![host.clone(), format!("{host}:{port}")],
+            sort_catch_all_last(routes),
+        );
+    }
+    if registry_only {
+        push(
+            "block_all".into(),
+            vec!["*".into()],
+            vec![Route {
+                name: "block_all".into(),
+                r#match: Some(prefix_all()),
+                action: Some(Action::DirectResponse(DirectResponseAction {
+                    status: 502,
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+        );
+    } else if redirect {
+        push(
+            "allow_any".into(),
+            vec!["*".into()],
+            vec![Route {
+                name: "allow_any".into(),
+                r#match: Some(prefix_all()),
+                action: Some(Action::Route(RouteAction {
+                    cluster_specifier: Some(ClusterSpecifier::Cluster(PASSTHROUGH_CLUSTER.into())),
+                    timeout: Some(Duration::default()),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+        );
+    }
+    RouteConfiguration {
+        name: name.to_string(),
+        virtual_hosts: vhosts,
+        validate_clusters: Some(bool_value(false)),
+        ..Default::default()
+    }
+}
+
+fn prefix_all() -> RouteMatch {
+    RouteMatch {
+        path_specifier: Some(
+            envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier::Prefix(
+                "/".into(),
+            ),
+        ),
+        ..Default::default()
+    }
+}
+
+/// A TCP port: the first applicable TCP route of a `mesh` VirtualService for the
+/// one service on the port; else that service's cluster. With several services
+/// on one TCP port and no VIPs to tell them apart, the destination is unknown:
+/// passthrough (REDIRECT, `ALLOW_ANY`) or the black hole.
+fn tcp_destinations(
+    port: u32,
+    scope: &Scope<'_>,
+    ctx: &PushContext,
+    redirect: bool,
+    registry_only: bool,
+) -> Vec<(String, u32)> {
+    let on_port: Vec<&&Arc<Service>> = scope
+        .services
+        .iter()
+        .filter(|s| s.port(port as u16).is_some())
+        .collect();
+    let fallback = || {
+        vec![(
+            if redirect && !registry_only {
+                PASSTHROUGH_CLUSTER
+            } else {
+                BLACKHOLE_CLUSTER
+            }
+            .to_string(),
+            100,
+        )]
+    };
+    let [svc] = on_port.as_slice() else {
+        return fallback();
+    };
+    for vs in &scope.virtual_services {
+        let ns = &vs.meta.namespace;
+        if !vs
+            .spec
+            .hosts
+            .iter()
+            .any(|h| ctx.config.resolve_host(h, ns) == svc.hostname.as_ref())
+        {
+            continue;
+        }
+        let route = vs.spec.tcp.iter().find(|t| {
+            t.matches.is_empty()
+                || t.matches.iter().any(|m| {
+                    (m.gateways.is_empty() || m.gateways.iter().any(|g| g == MESH_GATEWAY))
+                        && m.port.is_none_or(|p| p == port)
+                })
+        });
+        if let Some(t) = route {
+            let n = t.route.len();
+            return t
+                .route
+                .iter()
+                .filter(|r| n == 1 || r.weight.unwrap_or(0) > 0)
+                .map(|r| {
+                    (
+                        destination_cluster(&r.destination, ns, port, ctx),
+                        r.weight.unwrap_or(100).max(0) as u32,
+                    )
+                })
+                .collect();
+        }
+    }
+    vec![(
+        super::proto::cluster_name(port as u16, "", &svc.hostname),
+        100,
+    )]
+}
+
+/// `127.0.0.1:PORT` or `[::1]:PORT` (validation rejects anything else).
+pub fn parse_default_endpoint(s: &str) -> Option<(String, u32)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port: u32 = port.parse().ok().filter(|p| (1..=65535).contains(p))?;
+    let ip: std::net::IpAddr = host.parse().ok()?;
+    ip.is_loopback().then(|| (ip.to_string(), port))
+}
+
+fn inbound_route(cluster: &str) -> RouteConfiguration {
+    RouteConfiguration {
+        name: cluster.to_string(),
+        virtual_hosts: vec![VirtualHost {
+            name: format!("{cluster}:*"),
+            domains: vec!["*".into()],
+            routes: vec![Route {
+                name: "default".into(),
+                r#match: Some(prefix_all()),
+                action: Some(Action::Route(RouteAction {
+                    cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.to_string())),
+                    timeout: Some(Duration::default()),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        validate_clusters: Some(bool_value(false)),
+        ..Default::default()
+    }
+}
+
+fn connect_timeout() -> Option<Duration> {
+    Some(Duration {
+        seconds: DEFAULT_CONNECT_TIMEOUT_SECS,
+        nanos: 0,
+    })
+}
+
+/// `inbound|PORT||`: the local workload at its default endpoint.
+fn static_cluster(name: &str, ip: &str, port: u32) -> Cluster {
+    Cluster {
+        name: name.to_string(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+        connect_timeout: connect_timeout(),
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: name.to_string(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![LbEndpoint {
+                    host_identifier: Some(HostIdentifier::Endpoint(EnvoyEndpoint {
+                        address: Some(socket_address(ip, port)),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Istio's `PassthroughCluster` / `InboundPassthroughClusterIpv4`: connect to the
+/// connection's original destination.
+fn original_dst_cluster(name: &str) -> Cluster {
+    Cluster {
+        name: name.to_string(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(
+            DiscoveryType::OriginalDst as i32,
+        )),
+        lb_policy: LbPolicy::ClusterProvided as i32,
+        connect_timeout: connect_timeout(),
+        ..Default::default()
+    }
+}
+
+/// Istio's `BlackHoleCluster`: a static cluster without endpoints.
+fn blackhole_cluster() -> Cluster {
+    Cluster {
+        name: BLACKHOLE_CLUSTER.to_string(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+        connect_timeout: connect_timeout(),
+        ..Default::default()
+    }
+}
+
+/// `virtualOutbound` on 15001: `use_original_dst` hands each connection to the
+/// listener of its original destination port; what no listener takes is passed
+/// through (`ALLOW_ANY`) or dropped (`REGISTRY_ONLY`).
+fn virtual_outbound(registry_only: bool) -> Listener {
+    let cluster = if registry_only {
+        BLACKHOLE_CLUSTER
+    } else {
+        PASSTHROUGH_CLUSTER
+    };
+    let mut l = listener(
+        WILDCARD,
+        VIRTUAL_OUTBOUND_PORT,
+        TrafficDirection::Outbound,
+        vec![filter_chain(
+            Vec::new(),
+            tcp_proxy(cluster, &[(cluster.to_string(), 100)]),
+        )],
+    );
+    l.name = "virtualOutbound".into();
+    l.use_original_dst = Some(bool_value(true));
+    l
+}
+
+/// `virtualInbound` on 15006: the original destination port picks the Sidecar
+/// ingress chain; other inbound traffic passes through to the original
+/// destination.
+fn virtual_inbound(mut chains: Vec<FilterChain>) -> Listener {
+    let mut passthrough = filter_chain(
+        Vec::new(),
+        tcp_proxy(
+            INBOUND_PASSTHROUGH_CLUSTER,
+            &[(INBOUND_PASSTHROUGH_CLUSTER.to_string(), 100)],
+        ),
+    );
+    passthrough.name = "virtualInbound-catchall".into();
+    chains.push(passthrough);
+    let mut l = listener(
+        WILDCARD,
+        VIRTUAL_INBOUND_PORT,
+        TrafficDirection::Inbound,
+        chains,
+    );
+    l.name = "virtualInbound".into();
+    l.listener_filters.insert(
+        0,
+        ListenerFilter {
+            name: ORIGINAL_DST_FILTER.into(),
+            config_type: Some(ListenerFilterConfig::TypedConfig(pack(
+                &OriginalDst::default(),
+            ))),
+            ..Default::default()
+        },
+    );
+    l
+}
