@@ -46,6 +46,33 @@ struct MeshFile {
     networks: BTreeMap<String, NetworkFile>,
     #[serde(default)]
     tunables: TunablesFile,
+    /// `keep` (default) or `{dropAfter: DURATION}`; see [`MeshConfig::drop_unreachable_after`].
+    unreachable_cluster_endpoints: Option<UnreachableFile>,
+    /// Namespace of the remote secrets in config clusters.
+    remote_secret_namespace: Option<String>,
+}
+
+/// `unreachableClusterEndpoints`: the word `keep`, or a map `{dropAfter: 60s}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum UnreachableFile {
+    Word(String),
+    Drop(DropAfterFile),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct DropAfterFile {
+    drop_after: DurationFile,
+}
+
+/// A duration as written: `60s`; a bare number is read so it can be rejected
+/// with a reason (it has no unit).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum DurationFile {
+    Text(String),
+    Number(i64),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -155,6 +182,53 @@ pub struct MeshConfig {
     pub config: Vec<ConfigSource>,
     pub networks: BTreeMap<String, Vec<NetworkGateway>>,
     pub tunables: Tunables,
+    /// Mesh file `unreachableClusterEndpoints`. `None` (`keep`, the default): a
+    /// member cluster whose API server cannot be reached keeps serving its
+    /// last-known endpoints, marked stale, until it comes back. `Some(d)`
+    /// (`{dropAfter: 60s}`): they are dropped once the cluster has been lost for
+    /// `d`, and re-listed when it is reachable again.
+    pub drop_unreachable_after: Option<Duration>,
+    /// Mesh file `remoteSecretNamespace`: where remote secrets are watched in each
+    /// config cluster (default `crossmesh-system`).
+    pub remote_secret_namespace: String,
+}
+
+/// Default namespace of remote secrets (`remoteSecretNamespace`).
+pub const DEFAULT_REMOTE_SECRET_NAMESPACE: &str = "crossmesh-system";
+
+/// A duration as written in the mesh file: a positive integer with the unit `ms`,
+/// `s`, `m` or `h` (`500ms`, `60s`, `2m`).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{s:?} has no unit (use ms, s, m or h, e.g. 60s)"))?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} does not start with a whole number"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        u => return Err(format!("{s:?}: unknown unit {u:?} (use ms, s, m or h)")),
+    };
+    if d.is_zero() {
+        return Err(format!("{s:?} must be longer than zero"));
+    }
+    Ok(d)
+}
+
+/// A Kubernetes namespace name (RFC 1123 label).
+fn valid_namespace(ns: &str) -> bool {
+    !ns.is_empty()
+        && ns.len() <= 63
+        && ns
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !ns.starts_with('-')
+        && !ns.ends_with('-')
 }
 
 impl Default for MeshConfig {
@@ -168,6 +242,8 @@ impl Default for MeshConfig {
             config: Vec::new(),
             networks: BTreeMap::new(),
             tunables: Tunables::default(),
+            drop_unreachable_after: None,
+            remote_secret_namespace: DEFAULT_REMOTE_SECRET_NAMESPACE.into(),
         }
     }
 }
@@ -293,6 +369,32 @@ impl MeshConfig {
         for (name, n) in file.networks {
             mesh.networks.insert(name, n.gateways);
         }
+        mesh.drop_unreachable_after = match file.unreachable_cluster_endpoints {
+            None => None,
+            Some(UnreachableFile::Word(w)) if w == "keep" => None,
+            Some(UnreachableFile::Word(w)) => {
+                return Err(invalid(format!(
+                    "unreachableClusterEndpoints: {w:?} is neither `keep` nor `{{dropAfter: DURATION}}`"
+                )))
+            }
+            Some(UnreachableFile::Drop(d)) => {
+                let text = match d.drop_after {
+                    DurationFile::Text(t) => t,
+                    DurationFile::Number(n) => n.to_string(),
+                };
+                Some(parse_duration(&text).map_err(|e| {
+                    invalid(format!("unreachableClusterEndpoints.dropAfter: {e}"))
+                })?)
+            }
+        };
+        if let Some(ns) = file.remote_secret_namespace {
+            if !valid_namespace(&ns) {
+                return Err(invalid(format!(
+                    "remoteSecretNamespace {ns:?} is not a Kubernetes namespace name"
+                )));
+            }
+            mesh.remote_secret_namespace = ns;
+        }
         let t = file.tunables;
         let d = Tunables::default();
         mesh.tunables = Tunables {
@@ -347,6 +449,42 @@ config:
         );
         assert_eq!(m.config[1], ConfigSource::Cluster("cluster1".into()));
         assert_eq!(m.tunables.debounce, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn unreachable_cluster_endpoints_and_secret_namespace() {
+        let base = Path::new("/");
+        let m = MeshConfig::parse("", base).unwrap();
+        assert_eq!(m.drop_unreachable_after, None);
+        assert_eq!(m.remote_secret_namespace, "crossmesh-system");
+        let m = MeshConfig::parse("unreachableClusterEndpoints: keep\n", base).unwrap();
+        assert_eq!(m.drop_unreachable_after, None);
+        let m = MeshConfig::parse(
+            "unreachableClusterEndpoints:\n  dropAfter: 90s\nremoteSecretNamespace: istio-system\n",
+            base,
+        )
+        .unwrap();
+        assert_eq!(m.drop_unreachable_after, Some(Duration::from_secs(90)));
+        assert_eq!(m.remote_secret_namespace, "istio-system");
+        let m = MeshConfig::parse("unreachableClusterEndpoints: {dropAfter: 1500ms}\n", base)
+            .unwrap();
+        assert_eq!(m.drop_unreachable_after, Some(Duration::from_millis(1500)));
+        let m = MeshConfig::parse("unreachableClusterEndpoints: {dropAfter: 2m}\n", base).unwrap();
+        assert_eq!(m.drop_unreachable_after, Some(Duration::from_secs(120)));
+        for (bad, why) in [
+            ("unreachableClusterEndpoints: drop\n", "neither `keep`"),
+            ("unreachableClusterEndpoints: {dropAfter: 60}\n", "no unit"),
+            ("unreachableClusterEndpoints: {dropAfter: 0s}\n", "longer than zero"),
+            ("unreachableClusterEndpoints: {dropAfter: 5d}\n", "unknown unit"),
+            ("remoteSecretNamespace: Bad_NS\n", "not a Kubernetes namespace"),
+        ] {
+            let e = MeshConfig::parse(bad, base).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let e = MeshConfig::parse("unreachableClusterEndpoints: {dropAfer: 5s}\n", base)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unreachableClusterEndpoints"), "{e}");
     }
 
     #[test]

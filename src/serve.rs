@@ -157,7 +157,7 @@ fn start_sources(mesh: &MeshConfig, registry: &Arc<Registry>) -> anyhow::Result<
             ClusterSource::Kubeconfig { path, .. } => {
                 info!(cluster = %c.name, kubeconfig = %path.display(), "watching API server");
                 s.kube.push(
-                    kube::spawn_cluster(registry.clone(), c, kube::KubeOptions::default())
+                    kube::spawn_cluster(registry.clone(), c, kube::KubeOptions::from_mesh(mesh))
                         .with_context(|| format!("cluster {}", c.name))?,
                 );
             }
@@ -193,7 +193,7 @@ fn start_sources(mesh: &MeshConfig, registry: &Arc<Registry>) -> anyhow::Result<
 /// Istio CRDs of a kubeconfig cluster (`config: - cluster: NAME`): build a client
 /// (retrying while the kubeconfig is unusable, with the reason on `/debug/configz`)
 /// and feed every change of the full set to the config store. The same cluster's
-/// remote secrets (`remote_secret::DEFAULT_NAMESPACE`) register further member
+/// remote secrets (mesh file `remoteSecretNamespace`) register further member
 /// clusters for as long as this task runs.
 async fn config_cluster(
     registry: Arc<Registry>,
@@ -222,12 +222,14 @@ async fn config_cluster(
     };
     registry.set_config_file_problems(&source, Vec::new());
     // The config cluster also carries the remote secrets that register more member
-    // clusters at runtime (Istio's multi-cluster secrets), in the default namespace.
+    // clusters at runtime (Istio's multi-cluster secrets), in the mesh file's
+    // `remoteSecretNamespace`.
+    let mesh = registry.mesh_config().clone();
     let _remote_secrets = remote_secret::spawn(
         registry.clone(),
         client.clone(),
-        remote_secret::DEFAULT_NAMESPACE,
-        kube::KubeOptions::default(),
+        &mesh.remote_secret_namespace,
+        kube::KubeOptions::from_mesh(&mesh),
     );
     let origin = format!("cluster {cluster}");
     let reg = registry.clone();

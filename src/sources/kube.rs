@@ -51,7 +51,7 @@ use tokio::task::JoinHandle;
 use tonic::codegen::http::{Request, Response};
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::config::{ClusterConfig, ClusterSource};
+use crate::config::{ClusterConfig, ClusterSource, MeshConfig};
 use crate::registry::{Event as RegEvent, Kind, KubeObject, Registry};
 
 /// A watch that ended sooner than this after it opened counts as "closed at once"
@@ -82,6 +82,16 @@ pub struct KubeOptions {
     pub stale_grace: Option<Duration>,
     /// Watcher page size for the initial lists.
     pub page_size: u32,
+}
+
+impl KubeOptions {
+    /// The options the mesh file chooses (`unreachableClusterEndpoints`).
+    pub fn from_mesh(mesh: &MeshConfig) -> KubeOptions {
+        KubeOptions {
+            stale_grace: mesh.drop_unreachable_after,
+            ..KubeOptions::default()
+        }
+    }
 }
 
 impl Default for KubeOptions {

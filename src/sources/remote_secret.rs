@@ -1,7 +1,7 @@
 //! Runtime registration of member clusters, as Istio's remote secrets work.
 //!
-//! crossmesh watches Secrets in one namespace of the config cluster (default
-//! [`DEFAULT_NAMESPACE`]). A Secret labelled `crossmesh.io/multi-cluster=true` or
+//! crossmesh watches Secrets in one namespace of the config cluster (mesh file
+//! `remoteSecretNamespace`, default [`DEFAULT_NAMESPACE`]). A Secret labelled `crossmesh.io/multi-cluster=true` or
 //! `istio/multiCluster=true` carries one data key per member cluster: the key is the
 //! cluster name, the value a kubeconfig. Each change of that set is reconciled:
 //!
@@ -40,7 +40,7 @@ use crate::config::{ClusterConfig, ClusterSource};
 use crate::registry::Registry;
 
 /// Where crossmesh looks for remote secrets unless told otherwise.
-pub const DEFAULT_NAMESPACE: &str = "crossmesh-system";
+pub const DEFAULT_NAMESPACE: &str = crate::config::DEFAULT_REMOTE_SECRET_NAMESPACE;
 /// Labels that mark a remote secret (either one, value `true`).
 pub const SECRET_LABELS: [&str; 2] = ["crossmesh.io/multi-cluster", "istio/multiCluster"];
 /// Optional Secret label naming the network of its clusters (Istio's label).
