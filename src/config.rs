@@ -466,17 +466,26 @@ config:
         .unwrap();
         assert_eq!(m.drop_unreachable_after, Some(Duration::from_secs(90)));
         assert_eq!(m.remote_secret_namespace, "istio-system");
-        let m = MeshConfig::parse("unreachableClusterEndpoints: {dropAfter: 1500ms}\n", base)
-            .unwrap();
+        let m =
+            MeshConfig::parse("unreachableClusterEndpoints: {dropAfter: 1500ms}\n", base).unwrap();
         assert_eq!(m.drop_unreachable_after, Some(Duration::from_millis(1500)));
         let m = MeshConfig::parse("unreachableClusterEndpoints: {dropAfter: 2m}\n", base).unwrap();
         assert_eq!(m.drop_unreachable_after, Some(Duration::from_secs(120)));
         for (bad, why) in [
             ("unreachableClusterEndpoints: drop\n", "neither `keep`"),
             ("unreachableClusterEndpoints: {dropAfter: 60}\n", "no unit"),
-            ("unreachableClusterEndpoints: {dropAfter: 0s}\n", "longer than zero"),
-            ("unreachableClusterEndpoints: {dropAfter: 5d}\n", "unknown unit"),
-            ("remoteSecretNamespace: Bad_NS\n", "not a Kubernetes namespace"),
+            (
+                "unreachableClusterEndpoints: {dropAfter: 0s}\n",
+                "longer than zero",
+            ),
+            (
+                "unreachableClusterEndpoints: {dropAfter: 5d}\n",
+                "unknown unit",
+            ),
+            (
+                "remoteSecretNamespace: Bad_NS\n",
+                "not a Kubernetes namespace",
+            ),
         ] {
             let e = MeshConfig::parse(bad, base).unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");
