@@ -705,3 +705,233 @@ fn virtual_inbound(mut chains: Vec<FilterChain>) -> Listener {
     );
     l
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::istio::{parse_object, IstioObject};
+    use crate::model::{Endpoint, Locality, ServicePort};
+    use prost::Message;
+    use std::path::Path;
+
+    fn golden() -> (PushContext, Proxy) {
+        super::super::golden::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/sidecar_redirect.yaml"),
+        )
+    }
+
+    fn sidecar_obj(yaml: &str) -> Arc<Config<Sidecar>> {
+        let v: serde_json::Value = serde_saphyr::from_str(yaml).unwrap();
+        match parse_object("test", &v) {
+            Ok(IstioObject::Sidecar(c)) => Arc::new(c),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn with_sidecars(ctx: &PushContext, extra: Vec<Arc<Config<Sidecar>>>) -> PushContext {
+        let mut cfg = (*ctx.config).clone();
+        cfg.sidecars.extend(extra);
+        cfg.sidecars.sort_by(|a, b| a.meta.istio_order(&b.meta));
+        PushContext {
+            config: Arc::new(cfg),
+            ..ctx.clone()
+        }
+    }
+
+    fn names<T>(v: &[T], f: impl Fn(&T) -> &str) -> Vec<String> {
+        v.iter().map(|x| f(x).to_string()).collect()
+    }
+
+    #[test]
+    fn none_mode_binds_the_proxy_ip() {
+        let (ctx, mut proxy) = golden();
+        proxy.interception = InterceptionMode::None;
+        proxy.ip = "127.0.0.5".parse().unwrap();
+        let g = generate(&proxy, &ctx);
+        let ls = names(&g.listeners, |l| &l.name);
+        assert_eq!(ls, ["127.0.0.5_7000", "127.0.0.5_9000", "127.0.0.5_8080"]);
+        assert!(g.listeners.iter().all(|l| l.bind_to_port.is_none()));
+        assert_eq!(names(&g.routes, |r| &r.name), ["127.0.0.5:7000"]);
+        // ALLOW_ANY has no original destination to pass through to in NONE mode.
+        let vhosts = names(&g.routes[0].virtual_hosts, |v| &v.name);
+        assert!(!vhosts.iter().any(|v| v == "allow_any"), "{vhosts:?}");
+        assert!(!g.clusters.iter().any(|c| c.name == PASSTHROUGH_CLUSTER));
+        assert!(g.clusters.iter().any(|c| c.name == "inbound|8080||"));
+    }
+
+    #[test]
+    fn selector_beats_namespace_wide_beats_root() {
+        let (ctx, proxy) = golden();
+        let specific = sidecar_obj(
+            "apiVersion: networking.istio.io/v1alpha3\nkind: Sidecar\nmetadata: {name: frontend, namespace: base}\nspec:\n  workloadSelector: {matchLabels: {app: frontend}}\n  egress:\n  - hosts: [\"./user.base.svc.cluster.local\"]\n  outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n",
+        );
+        let ctx2 = with_sidecars(&ctx, vec![specific.clone()]);
+        assert_eq!(select(&proxy, &ctx2).unwrap().meta.name, "frontend");
+        let g = generate(&proxy, &ctx2);
+        let clusters = names(&g.clusters, |c| &c.name);
+        assert!(clusters.contains(&"outbound|7000||user.base.svc.cluster.local".into()));
+        assert!(
+            !clusters.iter().any(|c| c.contains("order")),
+            "{clusters:?}"
+        );
+        let last = g.routes[0].virtual_hosts.last().unwrap();
+        assert_eq!(last.name, "block_all");
+        // Another workload of the namespace gets the namespace-wide one.
+        let mut other = proxy.clone();
+        other.labels = [("app".to_string(), "cart".to_string())].into();
+        assert_eq!(select(&other, &ctx2).unwrap().meta.name, "default");
+        // Another namespace falls back to the root namespace's.
+        let root = sidecar_obj(
+            "apiVersion: networking.istio.io/v1alpha3\nkind: Sidecar\nmetadata: {name: default, namespace: istio-system}\nspec:\n  egress:\n  - hosts: [\"./*\"]\n",
+        );
+        let ctx3 = with_sidecars(&ctx, vec![root]);
+        other.namespace = "finance".into();
+        assert_eq!(
+            select(&other, &ctx3).unwrap().meta.namespace,
+            "istio-system"
+        );
+        let g = generate(&other, &ctx3);
+        // `./*` in the root Sidecar means istio-system: nothing visible here.
+        assert!(!g.clusters.iter().any(|c| c.name.starts_with("outbound")));
+    }
+
+    #[test]
+    fn egress_port_conflict_is_rejected_with_reason() {
+        let v: serde_json::Value = serde_saphyr::from_str(
+            "apiVersion: networking.istio.io/v1alpha3\nkind: Sidecar\nmetadata: {name: dup, namespace: base}\nspec:\n  egress:\n  - port: {number: 7000, protocol: HTTP, name: a}\n    hosts: [\"./*\"]\n  - port: {number: 7000, protocol: HTTP, name: b}\n    hosts: [\"*/*\"]\n  - hosts: [\"istio-system/*\"]\n",
+        )
+        .unwrap();
+        let errs = parse_object("f.yaml", &v).unwrap_err();
+        let text = errs
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            text.contains("Sidecar base/dup")
+                && text.contains("spec.egress[1].port")
+                && text.contains("already in use by egress[0]"),
+            "{text}"
+        );
+        for (bad, want) in [
+            ("  egress:\n  - hosts: [\"user\"]\n", "is not NAMESPACE/HOST"),
+            (
+                "  ingress:\n  - port: {number: 80, protocol: HTTP, name: h}\n    defaultEndpoint: unix:///x.sock\n",
+                "unix sockets",
+            ),
+            ("  egress:\n  - hosts: [\"*/*\"]\n  - port: {number: 80, protocol: HTTP, name: h}\n    hosts: [\"*/*\"]\n", "must be the last"),
+        ] {
+            let yaml = format!("apiVersion: networking.istio.io/v1alpha3\nkind: Sidecar\nmetadata: {{name: bad}}\nspec:\n{bad}");
+            let v: serde_json::Value = serde_saphyr::from_str(&yaml).unwrap();
+            let e = format!("{:?}", parse_object("f.yaml", &v).unwrap_err());
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn redirect_sidecars_share_a_class_none_mode_does_not() {
+        let (ctx, mut a) = golden();
+        let mut b = a.clone();
+        b.ip = "10.9.9.9".parse().unwrap();
+        b.id = "sidecar~10.9.9.9~x.base~base.svc.cluster.local".into();
+        assert_eq!(
+            super::super::ProxyClass::of(&a, &ctx),
+            super::super::ProxyClass::of(&b, &ctx)
+        );
+        a.interception = InterceptionMode::None;
+        b.interception = InterceptionMode::None;
+        assert_ne!(
+            super::super::ProxyClass::of(&a, &ctx),
+            super::super::ProxyClass::of(&b, &ctx)
+        );
+    }
+
+    /// The config-size effect of a namespace-wide Sidecar: 20 namespaces of 10
+    /// services with 2 ports each; the sidecar sees everything without a Sidecar,
+    /// and only its own namespace with `egress: ./*`. Printed for the report
+    /// (`cargo test --lib translate::sidecar -- --nocapture`).
+    #[test]
+    fn namespace_sidecar_keeps_config_small() {
+        let (ctx, proxy) = golden();
+        let mut services = crate::model::service::ServiceMap::new();
+        for n in 0..20 {
+            let ns = if n == 0 {
+                "base".to_string()
+            } else {
+                format!("ns{n}")
+            };
+            for i in 0..10 {
+                let hostname: Arc<str> = format!("svc{i}.{ns}.svc.cluster.local").into();
+                let ep = |port: u16| Endpoint {
+                    address: format!("10.{n}.{i}.1").parse().unwrap(),
+                    port,
+                    labels: Default::default(),
+                    cluster: "c1".into(),
+                    network: "".into(),
+                    locality: Arc::new(Locality::default()),
+                    ready: true,
+                    workload: "w".into(),
+                    service_account: "sa".into(),
+                    stale: false,
+                };
+                services.insert(
+                    hostname.clone(),
+                    Arc::new(Service {
+                        hostname,
+                        namespace: ns.clone(),
+                        name: format!("svc{i}"),
+                        ports: vec![
+                            ServicePort {
+                                name: "http".into(),
+                                port: 8000 + i,
+                                protocol: Protocol::Http,
+                            },
+                            ServicePort {
+                                name: "tcp".into(),
+                                port: 9100 + i,
+                                protocol: Protocol::Tcp,
+                            },
+                        ],
+                        endpoints: [
+                            (8000 + i, vec![ep(8000 + i)]),
+                            (9100 + i, vec![ep(9100 + i)]),
+                        ]
+                        .into(),
+                        clusters: vec!["c1".into()],
+                    }),
+                );
+            }
+        }
+        let mut cfg = (*ctx.config).clone();
+        cfg.sidecars.clear();
+        let open = PushContext {
+            services: Arc::new(services),
+            config: Arc::new(cfg),
+            ..ctx.clone()
+        };
+        let scoped = with_sidecars(
+            &open,
+            vec![sidecar_obj(
+                "apiVersion: networking.istio.io/v1alpha3\nkind: Sidecar\nmetadata: {name: default, namespace: base}\nspec:\n  egress:\n  - hosts: [\"./*\"]\n",
+            )],
+        );
+        let size = |g: &Generated| -> usize {
+            g.clusters.iter().map(|c| c.encoded_len()).sum::<usize>()
+                + g.listeners.iter().map(|l| l.encoded_len()).sum::<usize>()
+                + g.routes.iter().map(|r| r.encoded_len()).sum::<usize>()
+        };
+        let (a, b) = (generate(&proxy, &open), generate(&proxy, &scoped));
+        eprintln!(
+            "sidecar config without Sidecar: {} clusters, {} listeners, {} bytes; with namespace-wide Sidecar (./*): {} clusters, {} listeners, {} bytes",
+            a.clusters.len(),
+            a.listeners.len(),
+            size(&a),
+            b.clusters.len(),
+            b.listeners.len(),
+            size(&b)
+        );
+        assert_eq!(a.clusters.len(), 3 + 200 * 2 + 0);
+        assert_eq!(b.clusters.len(), 3 + 10 * 2);
+        assert!(size(&b) * 5 < size(&a));
+    }
+}
