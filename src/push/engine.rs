@@ -9,6 +9,16 @@
 //!   recomputed; every other assignment and every class's CDS/LDS/RDS map is
 //!   reused as is (same `Arc`).
 //!
+//! **Per-proxy EDS** (locality failover, `distribute`, multi-network): EDS of a
+//! service whose assignment depends on the proxy (`translate::locality::
+//! depends_on_proxy`) is computed once per distinct `EdsView` (the proxy fields
+//! EDS reads) among connected proxies, and every other service keeps its one
+//! global assignment. A view's EDS map is the global map with the dependent
+//! services overlaid; equal encodings across views are interned by (name,
+//! version) so proxies whose priorities come out equal share the bytes. Snapshots
+//! are per (class, view); endpoint pushes recompute only the changed services, per
+//! view only when the service is view-dependent.
+//!
 //! Every resource is encoded once (`Resource::encode`, counted in
 //! `crossmesh_encodes`) and interned by (type, name, version), so identical
 //! content is one allocation shared by every class and every push that has it.
@@ -33,6 +43,7 @@ use super::{ContextSource, PushQueue, PushRequest};
 use crate::config::Tunables;
 use crate::metrics::{metrics, ReasonLabel};
 use crate::model::{Proxy, PushContext};
+use crate::translate::locality::EdsView;
 use crate::translate::{self, ProxyClass};
 use crate::xds::source::{Changes, ConnId, SnapshotSource, Update};
 use crate::xds::{ProxySnapshot, Resource, ResourceMap, TypeUrl};
@@ -55,6 +66,19 @@ struct Inner {
 
 type InternKey = (TypeUrl, Arc<str>, Arc<str>);
 
+/// What a connection's snapshot is shared by: its CDS/LDS/RDS class and its EDS
+/// view.
+type Key = (ProxyClass, EdsView);
+
+/// EDS encodings shared across views within a push, by (name, version).
+type EdsIntern = HashMap<(Arc<str>, Arc<str>), Arc<Resource>>;
+
+struct ViewState {
+    /// Global EDS with the view-dependent services overlaid.
+    eds: ResourceMap,
+    members: usize,
+}
+
 #[derive(Default)]
 struct State {
     ctx: Option<Arc<PushContext>>,
@@ -62,7 +86,10 @@ struct State {
     eds: ResourceMap,
     /// The EDS names each service produced, to replace them on endpoint pushes.
     eds_by_service: HashMap<Arc<str>, Vec<Arc<str>>>,
-    classes: HashMap<ProxyClass, ClassState>,
+    /// Services whose EDS differs per `EdsView`.
+    dependent: BTreeSet<Arc<str>>,
+    views: HashMap<EdsView, ViewState>,
+    classes: HashMap<Key, ClassState>,
     conns: HashMap<ConnId, ConnEntry>,
     /// CDS/LDS/RDS resources of the current push by (type, name, version).
     interned: HashMap<InternKey, Arc<Resource>>,
@@ -84,7 +111,7 @@ struct ClassMaps {
 
 struct ConnEntry {
     proxy: Arc<Proxy>,
-    class: ProxyClass,
+    class: Key,
     tx: watch::Sender<Update>,
 }
 
@@ -266,6 +293,57 @@ impl State {
         names
     }
 
+    /// Encode one service's assignments for `view` into `map`, sharing equal
+    /// encodings with other views (`interned`) and the view's previous map.
+    fn view_service_eds(
+        svc: &crate::model::Service,
+        ctx: &PushContext,
+        view: &EdsView,
+        old: Option<&ResourceMap>,
+        interned: &mut EdsIntern,
+        map: &mut BTreeMap<Arc<str>, Arc<Resource>>,
+    ) {
+        for cla in translate::endpoint::service_assignments_for(svc, ctx, view) {
+            let r = Resource::encode(TypeUrl::Endpoint, cla.cluster_name.as_str(), &cla);
+            metrics().encodes.inc();
+            let key = (r.name.clone(), r.version.clone());
+            let r = match interned.get(&key) {
+                Some(shared) => shared.clone(),
+                None => {
+                    let r = match old.and_then(|o| o.get(&r.name)) {
+                        Some(o) if o.version == r.version => o.clone(),
+                        _ => r,
+                    };
+                    interned.insert(key, r.clone());
+                    r
+                }
+            };
+            map.insert(r.name.clone(), r);
+        }
+    }
+
+    /// The EDS map of one view: `base` itself when no service is view-dependent,
+    /// else `base` with the dependent services overlaid.
+    fn build_view(
+        ctx: &PushContext,
+        view: &EdsView,
+        base: &ResourceMap,
+        dependent: &BTreeSet<Arc<str>>,
+        old: Option<&ResourceMap>,
+        interned: &mut EdsIntern,
+    ) -> ResourceMap {
+        if dependent.is_empty() {
+            return base.clone();
+        }
+        let mut map = (**base).clone();
+        for host in dependent {
+            if let Some(svc) = ctx.services.get(host) {
+                State::view_service_eds(svc, ctx, view, old, interned, &mut map);
+            }
+        }
+        reuse_if_equal(old, map)
+    }
+
     /// Hand each connection of `class` its new snapshot. The class's change set
     /// applies only to connections whose current snapshot is the class's previous
     /// one; others (new to the class, or lagging) get `None` and diff.
@@ -391,53 +469,88 @@ impl Pusher {
         let seq = st.ctx.as_ref().map_or(0, |c| c.seq) + 1;
         let ctx = self.new_context(seq);
 
-        // EDS: every service.
+        // EDS: every service, globally; then one overlay per distinct view.
         let mut eds = BTreeMap::new();
         let mut by_service = HashMap::new();
+        let mut dependent = BTreeSet::new();
         for (host, svc) in ctx.services.iter() {
             let names = State::service_eds(svc, &ctx, &st.eds, &mut eds);
             by_service.insert(host.clone(), names);
+            if translate::locality::depends_on_proxy(svc, &ctx) {
+                dependent.insert(host.clone());
+            }
         }
         let eds = reuse_if_equal(Some(&st.eds), eds);
-        let eds_changed = Arc::new(diff(&st.eds, &eds));
 
-        // Group connections by class under the new context.
-        let mut groups: HashMap<ProxyClass, Vec<ConnId>> = HashMap::new();
+        // Group connections by (class, view) under the new context.
+        let mut groups: HashMap<Key, Vec<ConnId>> = HashMap::new();
         for (id, c) in st.conns.iter() {
-            groups
-                .entry(ProxyClass::of(&c.proxy, &ctx))
-                .or_default()
-                .push(*id);
+            let key = (ProxyClass::of(&c.proxy, &ctx), EdsView::of(&c.proxy, &ctx));
+            groups.entry(key).or_default().push(*id);
+        }
+        let mut views: HashMap<EdsView, ViewState> = HashMap::new();
+        let mut eds_interned = EdsIntern::new();
+        for ((_, view), members) in groups.iter() {
+            if let Some(v) = views.get_mut(view) {
+                v.members += members.len();
+                continue;
+            }
+            let old = st.views.get(view).map(|v| &v.eds);
+            let map = State::build_view(&ctx, view, &eds, &dependent, old, &mut eds_interned);
+            views.insert(
+                view.clone(),
+                ViewState {
+                    eds: map,
+                    members: members.len(),
+                },
+            );
         }
         let old_interned = std::mem::take(&mut st.interned);
         let mut interned = HashMap::new();
+        let mut built: HashMap<ProxyClass, ClassMaps> = HashMap::new();
         let mut classes = HashMap::new();
         let mut proxies = 0;
-        for (class, members) in groups {
+        let mut eds_changed_names = BTreeSet::new();
+        for (key, members) in groups {
             let Some(rep) = members.first().and_then(|id| st.conns.get(id)) else {
                 continue;
             };
-            let previous = st.classes.get(&class);
-            let maps = State::build_class(
-                &rep.proxy,
-                &ctx,
-                &class,
-                previous.map(|p| &p.maps),
-                &mut interned,
-                &old_interned,
-            );
-            let snapshot = State::snapshot(seq, &maps, &eds);
+            let previous = st.classes.get(&key);
+            let maps = match built.get(&key.0) {
+                Some(m) => m.clone(),
+                None => {
+                    let m = State::build_class(
+                        &rep.proxy,
+                        &ctx,
+                        &key.0,
+                        previous.map(|p| &p.maps),
+                        &mut interned,
+                        &old_interned,
+                    );
+                    built.insert(key.0.clone(), m.clone());
+                    m
+                }
+            };
+            let view_eds = views
+                .get(&key.1)
+                .map(|v| v.eds.clone())
+                .unwrap_or_else(|| eds.clone());
+            let snapshot = State::snapshot(seq, &maps, &view_eds);
             let changes = Arc::new(match previous {
-                Some(p) => Changes {
-                    base_seq: p.snapshot.seq,
-                    names: [
-                        Some(Arc::new(diff(&p.maps.clusters, &maps.clusters))),
-                        Some(eds_changed.clone()),
-                        Some(Arc::new(diff(&p.maps.listeners, &maps.listeners))),
-                        Some(Arc::new(diff(&p.maps.routes, &maps.routes))),
-                        Some(Arc::default()),
-                    ],
-                },
+                Some(p) => {
+                    let eds_diff = diff(p.snapshot.get(TypeUrl::Endpoint), &view_eds);
+                    eds_changed_names.extend(eds_diff.iter().cloned());
+                    Changes {
+                        base_seq: p.snapshot.seq,
+                        names: [
+                            Some(Arc::new(diff(&p.maps.clusters, &maps.clusters))),
+                            Some(Arc::new(eds_diff)),
+                            Some(Arc::new(diff(&p.maps.listeners, &maps.listeners))),
+                            Some(Arc::new(diff(&p.maps.routes, &maps.routes))),
+                            Some(Arc::default()),
+                        ],
+                    }
+                }
                 None => Changes::unknown(0),
             });
             proxies += State::publish(
@@ -450,12 +563,12 @@ impl Pusher {
             );
             for id in &members {
                 if let Some(c) = st.conns.get_mut(id) {
-                    c.class = class.clone();
+                    c.class = key.clone();
                 }
             }
             let members = members.len();
             classes.insert(
-                class,
+                key,
                 ClassState {
                     maps,
                     snapshot,
@@ -463,16 +576,19 @@ impl Pusher {
                 },
             );
         }
+        let eds_changed = diff(&st.eds, &eds).len().max(eds_changed_names.len());
         let summary = PushSummary {
             seq,
             full: true,
             classes: classes.len(),
             proxies,
-            eds_changed: eds_changed.len(),
+            eds_changed,
         };
         st.ctx = Some(ctx.clone());
         st.eds = eds;
         st.eds_by_service = by_service;
+        st.dependent = dependent;
+        st.views = views;
         st.classes = classes;
         st.interned = interned;
         (summary, ctx)
@@ -493,24 +609,74 @@ impl Pusher {
             if let Some(old) = st.eds_by_service.remove(host) {
                 dropped.extend(old);
             }
+            st.dependent.remove(host);
             if let Some(svc) = ctx.services.get(host) {
                 let names = State::service_eds(svc, &ctx, &st.eds, &mut fresh);
                 st.eds_by_service.insert(host.clone(), names);
+                if translate::locality::depends_on_proxy(svc, &ctx) {
+                    st.dependent.insert(host.clone());
+                }
             }
         }
-        let mut changed = BTreeSet::new();
+        // One map copy per push (pointer copies), never per proxy.
+        let mut eds = (*st.eds).clone();
         for name in &dropped {
-            if !fresh.contains_key(name) {
-                changed.insert(name.clone());
-            }
+            eds.remove(name);
         }
-        for (name, r) in &fresh {
-            if st.eds.get(name).is_none_or(|o| o.version != r.version) {
-                changed.insert(name.clone());
+        eds.extend(fresh.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let eds: ResourceMap = reuse_if_equal(Some(&st.eds), eds);
+
+        // Each view: the changed services, per view only where view-dependent.
+        let mut view_changes: HashMap<EdsView, Arc<BTreeSet<Arc<str>>>> = HashMap::new();
+        let mut eds_interned = EdsIntern::new();
+        let mut total_changed = BTreeSet::new();
+        let old_base = st.eds.clone();
+        let none_dependent = services.iter().all(|h| !st.dependent.contains(h));
+        for (view, vs) in st.views.iter_mut() {
+            if none_dependent && Arc::ptr_eq(&vs.eds, &old_base) {
+                // The view overlays nothing: it is the global map.
+                let changed = diff(&vs.eds, &eds);
+                total_changed.extend(changed.iter().cloned());
+                vs.eds = eds.clone();
+                view_changes.insert(view.clone(), Arc::new(changed));
+                continue;
             }
+            let mut map = (*vs.eds).clone();
+            for name in &dropped {
+                map.remove(name);
+            }
+            for host in services {
+                let Some(svc) = ctx.services.get(host) else {
+                    continue;
+                };
+                if st.dependent.contains(host) {
+                    State::view_service_eds(
+                        svc,
+                        &ctx,
+                        view,
+                        Some(&vs.eds),
+                        &mut eds_interned,
+                        &mut map,
+                    );
+                } else if let Some(names) = st.eds_by_service.get(host) {
+                    for n in names {
+                        if let Some(r) = eds.get(n) {
+                            map.insert(n.clone(), r.clone());
+                        }
+                    }
+                }
+            }
+            let map = reuse_if_equal(Some(&vs.eds), map);
+            let changed = diff(&vs.eds, &map);
+            total_changed.extend(changed.iter().cloned());
+            vs.eds = map;
+            view_changes.insert(view.clone(), Arc::new(changed));
         }
         st.ctx = Some(ctx);
-        if changed.is_empty() {
+        let base_changed = diff(&st.eds, &eds);
+        st.eds = eds;
+        total_changed.extend(base_changed);
+        if total_changed.is_empty() {
             debug!(seq, "endpoint push changed nothing");
             return PushSummary {
                 seq,
@@ -520,24 +686,26 @@ impl Pusher {
                 eds_changed: 0,
             };
         }
-        // One map copy per push (pointer copies), never per proxy.
-        let mut eds = (*st.eds).clone();
-        for name in &dropped {
-            eds.remove(name);
-        }
-        eds.extend(fresh);
-        let eds: ResourceMap = Arc::new(eds);
-        let changed = Arc::new(changed);
 
-        let mut members: HashMap<ProxyClass, Vec<ConnId>> = HashMap::new();
+        let mut members: HashMap<Key, Vec<ConnId>> = HashMap::new();
         for (id, c) in st.conns.iter() {
             members.entry(c.class.clone()).or_default().push(*id);
         }
         let mut proxies = 0;
         let mut classes = 0;
-        for (class, cs) in st.classes.iter_mut() {
-            let snapshot = State::snapshot(seq, &cs.maps, &eds);
-            let none: Option<Arc<std::collections::BTreeSet<Arc<str>>>> = Some(Arc::default());
+        for (key, cs) in st.classes.iter_mut() {
+            let Some(changed) = view_changes.get(&key.1) else {
+                continue;
+            };
+            if changed.is_empty() {
+                // Nothing this view sees changed: its proxies get nothing.
+                continue;
+            }
+            let Some(vs) = st.views.get(&key.1) else {
+                continue;
+            };
+            let snapshot = State::snapshot(seq, &cs.maps, &vs.eds);
+            let none: Option<Arc<BTreeSet<Arc<str>>>> = Some(Arc::default());
             let changes = Arc::new(Changes {
                 base_seq: cs.snapshot.seq,
                 names: [
@@ -548,7 +716,7 @@ impl Pusher {
                     none,
                 ],
             });
-            let ids = members.get(class).map(Vec::as_slice).unwrap_or(&[]);
+            let ids = members.get(key).map(Vec::as_slice).unwrap_or(&[]);
             proxies += State::publish(
                 &st.conns,
                 ids,
@@ -560,13 +728,12 @@ impl Pusher {
             cs.snapshot = snapshot;
             classes += 1;
         }
-        st.eds = eds;
         PushSummary {
             seq,
             full: false,
             classes,
             proxies,
-            eds_changed: changed.len(),
+            eds_changed: total_changed.len(),
         }
     }
 }
@@ -580,20 +747,52 @@ impl SnapshotSource for Pusher {
             Some(ctx) => ctx,
             None => self.full_push(&mut st, None).1,
         };
-        let class = ProxyClass::of(&proxy, &ctx);
-        let snapshot = match st.classes.get_mut(&class) {
+        let key: Key = (ProxyClass::of(&proxy, &ctx), EdsView::of(&proxy, &ctx));
+        // The view's EDS: shared if another proxy has the view, else built now.
+        let view_eds = match st.views.get_mut(&key.1) {
+            Some(v) => {
+                v.members += 1;
+                v.eds.clone()
+            }
+            None => {
+                let mut interned = EdsIntern::new();
+                let map =
+                    State::build_view(&ctx, &key.1, &st.eds, &st.dependent, None, &mut interned);
+                st.views.insert(
+                    key.1.clone(),
+                    ViewState {
+                        eds: map.clone(),
+                        members: 1,
+                    },
+                );
+                map
+            }
+        };
+        let snapshot = match st.classes.get_mut(&key) {
             Some(cs) => {
                 cs.members += 1;
                 cs.snapshot.clone()
             }
             None => {
-                let mut interned = std::mem::take(&mut st.interned);
-                let old = HashMap::new();
-                let maps = State::build_class(&proxy, &ctx, &class, None, &mut interned, &old);
-                st.interned = interned;
-                let snapshot = State::snapshot(ctx.seq, &maps, &st.eds);
+                // CDS/LDS/RDS of the class may exist under another view.
+                let existing = st
+                    .classes
+                    .iter()
+                    .find(|(k, _)| k.0 == key.0)
+                    .map(|(_, cs)| cs.maps.clone());
+                let maps = match existing {
+                    Some(m) => m,
+                    None => {
+                        let mut interned = std::mem::take(&mut st.interned);
+                        let old = HashMap::new();
+                        let m = State::build_class(&proxy, &ctx, &key.0, None, &mut interned, &old);
+                        st.interned = interned;
+                        m
+                    }
+                };
+                let snapshot = State::snapshot(ctx.seq, &maps, &view_eds);
                 st.classes.insert(
-                    class.clone(),
+                    key.clone(),
                     ClassState {
                         maps,
                         snapshot: snapshot.clone(),
@@ -608,7 +807,14 @@ impl SnapshotSource for Pusher {
             changes: None,
             triggered: None,
         });
-        st.conns.insert(conn, ConnEntry { proxy, class, tx });
+        st.conns.insert(
+            conn,
+            ConnEntry {
+                proxy,
+                class: key,
+                tx,
+            },
+        );
         rx
     }
 
@@ -619,6 +825,12 @@ impl SnapshotSource for Pusher {
                 cs.members = cs.members.saturating_sub(1);
                 if cs.members == 0 {
                     st.classes.remove(&c.class);
+                }
+            }
+            if let Some(v) = st.views.get_mut(&c.class.1) {
+                v.members = v.members.saturating_sub(1);
+                if v.members == 0 {
+                    st.views.remove(&c.class.1);
                 }
             }
         }
@@ -635,6 +847,7 @@ mod tests {
     #[derive(Default)]
     struct FakeSource {
         services: Mutex<Arc<ServiceMap>>,
+        config: Mutex<Arc<ConfigSnapshot>>,
     }
 
     impl ContextSource for FakeSource {
@@ -649,7 +862,7 @@ mod tests {
             self.services.lock().unwrap().clone()
         }
         fn config(&self) -> Arc<ConfigSnapshot> {
-            Arc::new(ConfigSnapshot::default())
+            self.config.lock().unwrap().clone()
         }
     }
 
@@ -862,5 +1075,144 @@ mod tests {
             "two requests, one push"
         );
         task.abort();
+    }
+
+    fn zoned(name: &str, eps: &[(&str, &str)]) -> Arc<Service> {
+        let mut svc = (*service(name, &[])).clone();
+        let list = eps
+            .iter()
+            .map(|(ip, l)| {
+                let mut p = l.split('/');
+                Endpoint {
+                    address: ip.parse().unwrap(),
+                    port: 8080,
+                    labels: Arc::default(),
+                    cluster: "c1".into(),
+                    network: "".into(),
+                    locality: Arc::new(Locality {
+                        region: p.next().unwrap().into(),
+                        zone: p.next().unwrap().into(),
+                        subzone: String::new(),
+                    }),
+                    ready: true,
+                    workload: format!("default/{name}").into(),
+                    service_account: "".into(),
+                    stale: false,
+                }
+            })
+            .collect();
+        svc.endpoints = [(80, list)].into();
+        Arc::new(svc)
+    }
+
+    fn in_zone(pod: &str, l: &str) -> Arc<Proxy> {
+        let mut p = (*sidecar(pod)).clone();
+        let mut it = l.split('/');
+        p.locality = Locality {
+            region: it.next().unwrap().into(),
+            zone: it.next().unwrap().into(),
+            subzone: String::new(),
+        };
+        Arc::new(p)
+    }
+
+    fn priorities(snap: &ProxySnapshot, name: &str) -> Vec<(String, u32)> {
+        use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+        let r = &snap.get(TypeUrl::Endpoint)[name];
+        let any = envoy_types::pb::google::protobuf::Any::decode(r.any.clone()).unwrap();
+        let cla = ClusterLoadAssignment::decode(any.value.as_slice()).unwrap();
+        cla.endpoints
+            .iter()
+            .map(|l| (l.locality.as_ref().unwrap().zone.clone(), l.priority))
+            .collect()
+    }
+
+    #[test]
+    fn locality_failover_eds_is_per_view_and_shared_within_a_view() {
+        use crate::model::istio::{Config, DestinationRule, IstioObject, Meta};
+        let src = Arc::new(FakeSource::default());
+        let eps = [
+            ("10.0.0.1", "r1/z1"),
+            ("10.0.0.2", "r1/z2"),
+            ("10.0.0.3", "r2/z3"),
+        ];
+        set(&src, &[zoned("a", &eps), zoned("b", &eps)]);
+        let dr: DestinationRule = serde_json::from_str(
+            r#"{"host": "a", "trafficPolicy": {"outlierDetection": {"consecutive5xxErrors": 1}}}"#,
+        )
+        .unwrap();
+        *src.config.lock().unwrap() = Arc::new(ConfigSnapshot::new(
+            "cluster.local",
+            [IstioObject::DestinationRule(Config {
+                meta: Meta {
+                    name: "a".into(),
+                    namespace: "default".into(),
+                    creation_timestamp: None,
+                    origin: "test".into(),
+                    api_version: "networking.istio.io/v1".into(),
+                },
+                spec: dr,
+            })],
+        ));
+        let pusher = Pusher::new(src.clone(), PushQueue::new(), Tunables::default());
+        pusher.push_now(PushRequest::full("test"));
+        let mut r1 = pusher.connect(1, in_zone("p1", "r1/z1"));
+        let r2 = pusher.connect(2, in_zone("p2", "r1/z1"));
+        let mut r3 = pusher.connect(3, in_zone("p3", "r1/z2"));
+        let (s1, s2, s3) = (
+            r1.borrow_and_update().snapshot.clone(),
+            r2.borrow().snapshot.clone(),
+            r3.borrow_and_update().snapshot.clone(),
+        );
+        let a = "outbound|80||a.default.svc.cluster.local";
+        let b = "outbound|80||b.default.svc.cluster.local";
+        assert!(Arc::ptr_eq(&s1, &s2), "same zone, same snapshot");
+        assert_eq!(
+            priorities(&s1, a),
+            [("z1".into(), 0), ("z2".into(), 1), ("z3".into(), 2)]
+        );
+        assert_eq!(
+            priorities(&s3, a),
+            [("z2".into(), 0), ("z1".into(), 1), ("z3".into(), 2)]
+        );
+        // b has no DestinationRule: one global assignment, same bytes for all.
+        assert_eq!(priorities(&s1, b).iter().map(|p| p.1).max(), Some(0));
+        assert!(Arc::ptr_eq(
+            &s1.get(TypeUrl::Endpoint)[b],
+            &s3.get(TypeUrl::Endpoint)[b]
+        ));
+        // CDS is per class, not per view.
+        assert!(Arc::ptr_eq(
+            s1.get(TypeUrl::Cluster),
+            s3.get(TypeUrl::Cluster)
+        ));
+
+        // Zone z1 scaled to zero: both views get a new a; b is untouched by the
+        // change of a.
+        set(&src, &[zoned("a", &eps[1..]), zoned("b", &eps)]);
+        let sum = pusher.push_now(PushRequest::endpoints([
+            "a.default.svc.cluster.local".into()
+        ]));
+        assert_eq!(sum.proxies, 3);
+        let u1 = r1.borrow_and_update().clone();
+        assert_eq!(
+            priorities(&u1.snapshot, a),
+            [("z2".into(), 0), ("z3".into(), 1)]
+        );
+        let ch = u1.changed_since(s1.seq, TypeUrl::Endpoint).unwrap();
+        assert_eq!(ch.iter().map(|n| &**n).collect::<Vec<_>>(), [a]);
+        let u3 = r3.borrow_and_update().clone();
+        assert_eq!(
+            priorities(&u3.snapshot, a),
+            [("z2".into(), 0), ("z3".into(), 1)]
+        );
+        // Equal priorities across views: one shared encoding.
+        assert!(Arc::ptr_eq(
+            &u1.snapshot.get(TypeUrl::Endpoint)[a],
+            &u3.snapshot.get(TypeUrl::Endpoint)[a]
+        ));
+        pusher.disconnect(1);
+        pusher.disconnect(2);
+        assert_eq!(lock(&pusher.inner.state).views.len(), 1);
     }
 }
