@@ -45,16 +45,16 @@ fn outage() -> Duration {
 
 /// Envoy's CDS and LDS update counters: unchanged means no full push reached it.
 async fn cds_lds(s: &KubeSeed) -> (u64, u64) {
-    (
+    let stat = |name: &'static str| async move {
         s.envoy
-            .stat("cluster_manager.cds.update_success")
+            .stat(name)
             .await
-            .unwrap_or(0),
-        s.envoy
-            .stat("listener_manager.lds.update_success")
-            .await
-            .unwrap_or(0),
-    )
+            .unwrap_or_else(|| panic!("Envoy has no stat {name}"))
+    };
+    let cds = stat("cluster_manager.cds.update_success").await;
+    let lds = stat("listener_manager.lds.update_success").await;
+    assert!(cds > 0 && lds > 0, "Envoy got no CDS/LDS yet: {cds} {lds}");
+    (cds, lds)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
