@@ -86,6 +86,8 @@ fn build(svc: &Service, port: &ServicePort, subset: &str, policy: EffectivePolic
     apply_connection_pool(&mut c, &mut http, policy.connection_pool.as_ref());
     apply_outlier_detection(&mut c, policy.outlier_detection.as_ref());
     apply_load_balancer(&mut c, policy.load_balancer.as_ref());
+    // Locality LB settings (owned by translate::endpoint).
+    super::endpoint::apply_locality_lb(&mut c, &policy);
     if let Some(opts) = http.finish() {
         c.typed_extension_protocol_options =
             HashMap::from([(HTTP_OPTIONS_KEY.to_string(), pack(&opts))]);

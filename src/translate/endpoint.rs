@@ -138,10 +138,25 @@ pub fn group_by_locality<'a>(eps: impl Iterator<Item = &'a Endpoint>) -> Vec<Loc
     to_proto(groups_of(eps))
 }
 
-/// Whether the cluster should enable Envoy's locality-weighted load balancing
-/// (`common_lb_config.locality_weighted_lb_config`): whenever locality load
-/// balancing is on for it (Istio's mesh default; `enabled: false` turns it off).
-/// Without it Envoy ignores the locality weights.
-pub fn locality_weighted(policy: &crate::model::istio::destination_rule::EffectivePolicy) -> bool {
-    locality::mode(policy) != Mode::Disabled
+/// Enable Envoy's locality-weighted load balancing
+/// (`common_lb_config.locality_weighted_lb_config`) on a cluster whose policy has
+/// a `distribute` rule in force: there the locality weights are the user's
+/// percentages and Envoy ignores them without it. Elsewhere a locality's weight
+/// is its endpoint count, which host-level balancing within a priority already
+/// gives, so the cluster is left as is.
+pub fn apply_locality_lb(
+    c: &mut envoy_types::pb::envoy::config::cluster::v3::Cluster,
+    policy: &crate::model::istio::destination_rule::EffectivePolicy,
+) {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+        common_lb_config::{LocalityConfigSpecifier, LocalityWeightedLbConfig},
+        CommonLbConfig,
+    };
+    if let Mode::Distribute(_) = locality::mode(policy) {
+        c.common_lb_config
+            .get_or_insert_with(CommonLbConfig::default)
+            .locality_config_specifier = Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(
+            LocalityWeightedLbConfig {},
+        ));
+    }
 }
