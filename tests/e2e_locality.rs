@@ -1,0 +1,441 @@
+//! Issue 5, end to end: locality-aware EDS served by the real `crossmesh serve` to a
+//! real Envoy gateway that carries `node.locality`, asserted on where real HTTP
+//! requests land.
+//!
+//! Layout: member clusters `c1` (zones `region-1/zone-a` and `region-1/zone-b`) and
+//! `c2` (`region-2/zone-c`, and `region-3/zone-d` for the region failover test);
+//! service `web.test` in both clusters with one pod per zone (`pod-a`...`pod-d`);
+//! the Envoy gateway is in `region-1/zone-a`. Each test claims its own
+//! `127.A.B.0/24` and waits on conditions, never on fixed sleeps.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use support::backend::Backend;
+use support::control_plane::{bootstrap, ControlPlane};
+use support::envoy::Envoy;
+use support::http;
+use support::manifests::{self, cluster, Mesh};
+use support::net::{free_port, Subnet};
+use support::{wait_for, CONVERGE};
+
+const NS: &str = "test";
+const HOST: &str = "web.example.com";
+const SVC: &str = "web.test.svc.cluster.local";
+const CLUSTER: &str = "outbound|80||web.test.svc.cluster.local";
+
+/// One pod: (name, member cluster, region, zone, host byte of its IP).
+type PodSpec = (&'static str, &'static str, &'static str, &'static str, u8);
+
+const PODS: [PodSpec; 4] = [
+    ("pod-a", "c1", "region-1", "zone-a", 11),
+    ("pod-b", "c1", "region-1", "zone-b", 21),
+    ("pod-c", "c2", "region-2", "zone-c", 31),
+    ("pod-d", "c2", "region-3", "zone-d", 41),
+];
+
+struct Lab {
+    subnet: Subnet,
+    mesh: Mesh,
+    pod_port: u16,
+    gw_port: u16,
+    _backends: Vec<Backend>,
+    cp: ControlPlane,
+    envoy: Envoy,
+    node_id: String,
+}
+
+fn node_name(p: &PodSpec) -> String {
+    format!("node-{}", p.3)
+}
+
+impl Lab {
+    /// Start the pods in `pods`, crossmesh with `istio` (extra Istio YAML) and the
+    /// gateway in `region-1/zone-a`. `networks` is appended to the mesh file.
+    async fn start(pods: &[PodSpec], istio: &str, networks: Option<(&str, &str)>) -> Lab {
+        let subnet = Subnet::claim();
+        let mesh = Mesh::new(&[
+            cluster("c1", networks.map(|n| n.0)),
+            cluster("c2", networks.map(|n| n.1)),
+        ]);
+        let pod_port = free_port();
+        let gw_port = free_port();
+        let mut backends = Vec::new();
+        for c in ["c1", "c2"] {
+            mesh.write_cluster(
+                c,
+                "service.yaml",
+                &manifests::service(NS, "web", 80, pod_port, &[("app", "web")]),
+            );
+        }
+        for p in pods {
+            mesh.write_cluster(
+                p.1,
+                &format!("{}.yaml", node_name(p)),
+                &manifests::node(&node_name(p), p.2, p.3, None),
+            );
+            let ip = subnet.ip(p.4);
+            mesh.write_cluster(
+                p.1,
+                &format!("{}.yaml", p.0),
+                &pod_yaml(p, &subnet, pod_port, true),
+            );
+            backends.push(Backend::start(ip, pod_port, p.0).await);
+        }
+        mesh.write_istio(
+            "gateway.yaml",
+            &manifests::gateway(
+                "istio-system",
+                "gw",
+                &[("istio", "ingressgateway")],
+                gw_port,
+                &[HOST],
+            ),
+        );
+        mesh.write_istio(
+            "vs.yaml",
+            &manifests::virtual_service(NS, "web", &["istio-system/gw"], &[HOST], SVC, 80),
+        );
+        if !istio.is_empty() {
+            mesh.write_istio("dr.yaml", istio);
+        }
+        let cp = ControlPlane::start(&mesh.mesh_file).await;
+        let admin_port = free_port();
+        let ip = subnet.ip(1);
+        let mut args: Vec<String> = [
+            "bootstrap",
+            "--role",
+            "gateway",
+            "--name",
+            "gw-0",
+            "--namespace",
+            "istio-system",
+            "--labels",
+            "istio=ingressgateway",
+            "--cluster-id",
+            "c1",
+            "--locality",
+            "region-1/zone-a",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend([
+            "--ip".into(),
+            ip.to_string(),
+            "--xds-address".into(),
+            cp.xds.to_string(),
+            "--admin-port".into(),
+            admin_port.to_string(),
+        ]);
+        if let Some((n1, _)) = networks {
+            args.extend(["--network".into(), n1.to_string()]);
+        }
+        let yaml = bootstrap(&args);
+        let envoy = Envoy::start("locality-gw", &yaml).await;
+        envoy.wait_ready(CONVERGE).await;
+        Lab {
+            node_id: format!("router~{ip}~gw-0.istio-system~istio-system.svc.cluster.local"),
+            subnet,
+            mesh,
+            pod_port,
+            gw_port,
+            _backends: backends,
+            cp,
+            envoy,
+        }
+    }
+
+    fn gw_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.subnet.ip(1), self.gw_port))
+    }
+
+    fn set_ready(&self, pod: &str, ready: bool) {
+        let p = PODS.iter().find(|p| p.0 == pod).expect("known pod");
+        self.mesh.write_cluster(
+            p.1,
+            &format!("{}.yaml", p.0),
+            &pod_yaml(p, &self.subnet, self.pod_port, ready),
+        );
+    }
+
+    /// Wait until Envoy has exactly the hosts of `pods` for the service.
+    async fn wait_hosts(&self, pods: &[&str]) {
+        let mut want: Vec<SocketAddr> = PODS
+            .iter()
+            .filter(|p| pods.contains(&p.0))
+            .map(|p| SocketAddr::from((self.subnet.ip(p.4), self.pod_port)))
+            .collect();
+        want.sort();
+        let envoy = &self.envoy;
+        let want = &want;
+        wait_for(&format!("envoy hosts {want:?}"), CONVERGE, || async move {
+            let mut got = envoy.cluster_hosts(CLUSTER).await?;
+            got.sort();
+            if &got == want {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        })
+        .await
+    }
+
+    /// Send `n` requests; count answers per pod.
+    async fn spread(&self, n: usize) -> std::collections::BTreeMap<String, usize> {
+        let mut out = std::collections::BTreeMap::new();
+        for b in http::get_many(self.gw_addr(), HOST, n).await {
+            *out.entry(b).or_default() += 1;
+        }
+        out
+    }
+
+    /// Wait until `n` requests in a row are all answered by `pod`.
+    async fn wait_all_to(&self, pod: &str, n: usize) {
+        wait_for(
+            &format!("{n} requests all answered by {pod}"),
+            CONVERGE,
+            || async {
+                let s = self.spread(n).await;
+                if s.get(pod) == Some(&n) {
+                    Ok(())
+                } else {
+                    Err(format!("{s:?}"))
+                }
+            },
+        )
+        .await
+    }
+}
+
+fn pod_yaml(p: &PodSpec, subnet: &Subnet, port: u16, ready: bool) -> String {
+    manifests::pod(
+        NS,
+        p.0,
+        &[("app", "web")],
+        subnet.ip(p.4),
+        port,
+        ready,
+        Some(&node_name(p)),
+    )
+}
+
+fn dr(traffic_policy: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: web
+  namespace: {NS}
+spec:
+  host: web
+  trafficPolicy:
+{traffic_policy}"
+    )
+}
+
+const OUTLIER: &str = "    outlierDetection:
+      consecutive5xxErrors: 3
+      interval: 1s
+      baseEjectionTime: 30s
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zone_then_region_failover_and_back() {
+    let lab = Lab::start(&PODS[..3], &dr(OUTLIER), None).await;
+    lab.wait_hosts(&["pod-a", "pod-b", "pod-c"]).await;
+    let s = lab.spread(500).await;
+    let a = s.get("pod-a").copied().unwrap_or(0);
+    assert!(
+        a * 100 >= 99 * 500,
+        "zone-a should get >= 99% of 500: {s:?}"
+    );
+
+    // Zone A scaled to 0: same region (zone-b) before region-2.
+    lab.set_ready("pod-a", false);
+    lab.wait_hosts(&["pod-b", "pod-c"]).await;
+    lab.wait_all_to("pod-b", 50).await;
+    let s = lab.spread(200).await;
+    assert_eq!(s.get("pod-b"), Some(&200), "zone-b takes all: {s:?}");
+
+    // Zone B gone too: region-2.
+    lab.set_ready("pod-b", false);
+    lab.wait_hosts(&["pod-c"]).await;
+    lab.wait_all_to("pod-c", 50).await;
+
+    // Restore zone A: traffic comes back.
+    lab.set_ready("pod-a", true);
+    lab.set_ready("pod-b", true);
+    lab.wait_hosts(&["pod-a", "pod-b", "pod-c"]).await;
+    lab.wait_all_to("pod-a", 50).await;
+    let s = lab.spread(300).await;
+    assert!(
+        s.get("pod-a").copied().unwrap_or(0) * 100 >= 99 * 300,
+        "{s:?}"
+    );
+
+    // crossmesh's own dump of what the gateway was sent shows the priorities.
+    let dump = lab
+        .cp
+        .json(&format!("/debug/config_dump?proxyID={}", lab.node_id))
+        .await
+        .unwrap()
+        .to_string();
+    assert!(
+        dump.contains("\"priority\":2") || dump.contains("\"priority\": 2"),
+        "{dump}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_outlier_detection_means_no_failover_priorities() {
+    // Without outlierDetection (and no explicit failover) Istio applies no
+    // priorities: localities are weighted by endpoint count only.
+    let lab = Lab::start(&PODS[..2], "", None).await;
+    lab.wait_hosts(&["pod-a", "pod-b"]).await;
+    let s = lab.spread(200).await;
+    assert!(
+        s.get("pod-b").copied().unwrap_or(0) > 40,
+        "both zones share traffic: {s:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distribute_80_20() {
+    let policy = "    loadBalancer:
+      localityLbSetting:
+        distribute:
+        - from: region-1/zone-a/*
+          to:
+            \"region-1/zone-a/*\": 80
+            \"region-1/zone-b/*\": 20
+";
+    let lab = Lab::start(&PODS[..3], &dr(policy), None).await;
+    lab.wait_hosts(&["pod-a", "pod-b"]).await;
+    let s = lab.spread(500).await;
+    let a = s.get("pod-a").copied().unwrap_or(0);
+    assert!(
+        (350..=450).contains(&a),
+        "zone-a should get 70-90% of 500: {s:?}"
+    );
+    assert_eq!(s.get("pod-c"), None, "region-2 is not in `to`: {s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn region_failover_rule_is_respected() {
+    let policy = format!(
+        "{OUTLIER}    loadBalancer:
+      localityLbSetting:
+        failover:
+        - from: region-1
+          to: region-3
+"
+    );
+    let pods = [PODS[0], PODS[2], PODS[3]];
+    let lab = Lab::start(&pods, &dr(&policy), None).await;
+    lab.wait_hosts(&["pod-a", "pod-c", "pod-d"]).await;
+    lab.wait_all_to("pod-a", 50).await;
+    lab.set_ready("pod-a", false);
+    lab.wait_hosts(&["pod-c", "pod-d"]).await;
+    // region-3 (the failover target) before region-2.
+    lab.wait_all_to("pod-d", 100).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_locality_settings_are_rejected_with_reasons() {
+    let bad = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: bad-parts
+  namespace: test
+spec:
+  host: other
+  trafficPolicy:
+    loadBalancer:
+      localityLbSetting:
+        distribute:
+        - from: a/b/c/d
+          to:
+            \"region-1\": 100
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: bad-sum
+  namespace: test
+spec:
+  host: other2
+  trafficPolicy:
+    loadBalancer:
+      localityLbSetting:
+        distribute:
+        - from: region-1
+          to:
+            \"region-1\": 70
+            \"region-2\": 20
+";
+    let lab = Lab::start(&PODS[..2], bad, None).await;
+    // The good config still works.
+    lab.wait_hosts(&["pod-a", "pod-b"]).await;
+    wait_for("configz lists both rejections", CONVERGE, || async {
+        let j = lab.cp.json("/debug/configz").await?.to_string();
+        if j.contains("bad-parts")
+            && j.contains("4 parts")
+            && j.contains("bad-sum")
+            && j.contains("sum to 90")
+        {
+            Ok(())
+        } else {
+            Err(j)
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_network_endpoints_become_the_gateway_address() {
+    // c2 is on network-2 with an east-west gateway address; the client (network-1)
+    // must get that address, never network-2's pod address.
+    let pods = [PODS[2]];
+    let subnet_probe = Subnet::claim();
+    let ew = subnet_probe.ip(200);
+    let ew_port = free_port();
+    let lab = {
+        let lab = Lab::start(&pods, "", Some(("network-1", "network-2"))).await;
+        lab
+    };
+    // Networks are declared in the mesh file; append and restart crossmesh so it
+    // reads them.
+    let mut text = std::fs::read_to_string(&lab.mesh.mesh_file).unwrap();
+    text.push_str(&format!(
+        "networks:\n  network-2:\n    gateways:\n    - address: {ew}\n      port: {ew_port}\n"
+    ));
+    std::fs::write(&lab.mesh.mesh_file, text).unwrap();
+    let mut lab = lab;
+    lab.cp.restart().await;
+    let pod_ip = lab.subnet.ip(PODS[2].4).to_string();
+    let node = lab.node_id.clone();
+    let cp = &lab.cp;
+    wait_for(
+        "client EDS holds the gateway, not the pod",
+        CONVERGE,
+        || async {
+            let dump = cp
+                .json(&format!("/debug/config_dump?proxyID={node}"))
+                .await?
+                .to_string();
+            if dump.contains(&ew.to_string()) && !dump.contains(&pod_ip) {
+                Ok(())
+            } else {
+                Err(dump)
+            }
+        },
+    )
+    .await;
+    let hosts = lab.envoy.cluster_hosts(CLUSTER).await.unwrap();
+    assert!(
+        hosts.iter().all(|h| h.ip().to_string() != pod_ip),
+        "{hosts:?}"
+    );
+}
