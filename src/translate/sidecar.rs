@@ -209,6 +209,15 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext) -> Generated {
     // (bind address, port) already served: an earlier egress listener wins (the
     // Sidecar validation rejects explicit conflicts).
     let mut taken: BTreeSet<(String, u32)> = BTreeSet::new();
+    let ingress: &[IstioIngressListener] =
+        sidecar.map(|s| s.spec.ingress.as_slice()).unwrap_or(&[]);
+    if !redirect {
+        // The workload's own ports: an ingress listener owns its address and
+        // port, so no egress listener may bind it too (Envoy would reject both).
+        for ing in ingress {
+            taken.insert((ingress_bind(ing, proxy), ing.port.number));
+        }
+    }
     let mut visible: BTreeSet<Arc<str>> = BTreeSet::new();
     for scope in &scopes {
         for s in &scope.services {
@@ -266,8 +275,6 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext) -> Generated {
             out.listeners.push(l);
         }
     }
-    let ingress: &[IstioIngressListener] =
-        sidecar.map(|s| s.spec.ingress.as_slice()).unwrap_or(&[]);
     let mut inbound_chains = Vec::new();
     for ing in ingress {
         let port = ing.port.number;
@@ -297,13 +304,8 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext) -> Generated {
             fc.name = cluster.clone();
             inbound_chains.push(fc);
         } else {
-            let bind = ing
-                .bind
-                .clone()
-                .filter(|b| !b.is_empty())
-                .unwrap_or_else(|| proxy.ip.to_string());
             out.listeners.push(listener(
-                &bind,
+                &ingress_bind(ing, proxy),
                 port,
                 TrafficDirection::Inbound,
                 vec![filter_chain(Vec::new(), filter)],
@@ -326,6 +328,14 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext) -> Generated {
     out.clusters.append(&mut clusters);
     out.clusters.sort_by(|a, b| a.name.cmp(&b.name));
     out
+}
+
+/// Where a NONE-mode ingress listener binds: `bind`, else the proxy IP.
+fn ingress_bind(ing: &IstioIngressListener, proxy: &Proxy) -> String {
+    ing.bind
+        .clone()
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| proxy.ip.to_string())
 }
 
 /// The ports of one egress scope with their protocol: the egress port alone, or

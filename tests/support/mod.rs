@@ -13,6 +13,7 @@ pub mod http;
 pub mod manifests;
 pub mod net;
 pub mod scenario;
+pub mod shop;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
