@@ -49,9 +49,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     http_connection_manager, HttpConnectionManager,
 };
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DiscoveryRequest,
-};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use envoy_types::pb::google::protobuf::{value::Kind, Any, Struct, Value as PbValue};
 use prost::Message;
 use tokio::sync::{mpsc, Notify};
@@ -400,7 +398,13 @@ impl Tracker {
     /// A proxy ACKed assignment `name` holding `ips` at `now`: credit every change
     /// of that name up to the latest one whose IP it holds (a later IP of the same
     /// pod supersedes earlier ones).
-    fn credit(&self, cursor: &mut HashMap<Arc<str>, usize>, name: &Arc<str>, ips: &HashSet<IpAddr>, now: Instant) {
+    fn credit(
+        &self,
+        cursor: &mut HashMap<Arc<str>, usize>,
+        name: &Arc<str>,
+        ips: &HashSet<IpAddr>,
+        now: Instant,
+    ) {
         let by_name = self.by_name.read().unwrap_or_else(|e| e.into_inner());
         let Some(ks) = by_name.get(name) else { return };
         let from = cursor.get(name).copied().unwrap_or(0);
@@ -408,7 +412,10 @@ impl Tracker {
             return;
         }
         let changes = self.changes.read().unwrap_or_else(|e| e.into_inner());
-        let Some(last) = (from..ks.len()).rev().find(|&j| ips.contains(&changes[ks[j]].ip)) else {
+        let Some(last) = (from..ks.len())
+            .rev()
+            .find(|&j| ips.contains(&changes[ks[j]].ip))
+        else {
             return;
         };
         for &k in &ks[from..=last] {
@@ -462,7 +469,12 @@ fn type_index(url: &str) -> Option<usize> {
 }
 
 fn url(t: usize) -> String {
-    [TypeUrl::Cluster, TypeUrl::Endpoint, TypeUrl::Listener, TypeUrl::Route][t]
+    [
+        TypeUrl::Cluster,
+        TypeUrl::Endpoint,
+        TypeUrl::Listener,
+        TypeUrl::Route,
+    ][t]
         .as_str()
         .to_string()
 }
@@ -482,7 +494,12 @@ impl ProxyState {
             };
             let names = match names {
                 Some(n) => n,
-                None => return fail(format!("content {h:x} not decoded ({f:p})", f = f as *const ())),
+                None => {
+                    return fail(format!(
+                        "content {h:x} not decoded ({f:p})",
+                        f = f as *const ()
+                    ))
+                }
             };
             out.extend(names.iter().cloned());
         }
@@ -493,7 +510,8 @@ impl ProxyState {
         if self.complete || !self.got[CDS] || !self.got[LDS] {
             return;
         }
-        let have = |t: usize, set: &BTreeSet<Arc<str>>| set.iter().all(|n| self.res[t].contains_key(n));
+        let have =
+            |t: usize, set: &BTreeSet<Arc<str>>| set.iter().all(|n| self.res[t].contains_key(n));
         if have(EDS, &self.eds_sub) && have(RDS, &self.rds_sub) {
             self.complete = true;
             sh.complete.fetch_add(1, Ordering::AcqRel);
@@ -534,13 +552,19 @@ fn apply(
     if replace {
         st.res[t].clear();
         if keep {
-            sh.keep.lock().unwrap_or_else(|e| e.into_inner()).retain(|(tt, _), _| *tt != t);
+            sh.keep
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|(tt, _), _| *tt != t);
         }
     }
     for n in removed {
         st.res[t].remove(&n);
         if keep {
-            sh.keep.lock().unwrap_or_else(|e| e.into_inner()).remove(&(t, n));
+            sh.keep
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&(t, n));
         }
     }
     for g in got {
@@ -574,21 +598,21 @@ async fn run_proxy(
 ) -> Res<()> {
     let node = node(i, args.gateway);
     let keep = i == 0;
-    let mut client = AggregatedDiscoveryServiceClient::new(chan)
-        .max_decoding_message_size(1 << 30);
+    let mut client = AggregatedDiscoveryServiceClient::new(chan).max_decoding_message_size(1 << 30);
     fn lock(s: &Arc<Mutex<ProxyState>>) -> std::sync::MutexGuard<'_, ProxyState> {
         s.lock().unwrap_or_else(|e| e.into_inner())
     }
     if args.delta {
         let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(16);
-        let req = |t: usize, sub: Vec<String>, unsub: Vec<String>, nonce: String| DeltaDiscoveryRequest {
-            node: Some(node.clone()),
-            type_url: url(t),
-            resource_names_subscribe: sub,
-            resource_names_unsubscribe: unsub,
-            response_nonce: nonce,
-            ..Default::default()
-        };
+        let req =
+            |t: usize, sub: Vec<String>, unsub: Vec<String>, nonce: String| DeltaDiscoveryRequest {
+                node: Some(node.clone()),
+                type_url: url(t),
+                resource_names_subscribe: sub,
+                resource_names_unsubscribe: unsub,
+                response_nonce: nonce,
+                ..Default::default()
+            };
         // Envoy opens with wildcard CDS and LDS.
         tx.send(req(CDS, vec![], vec![], String::new())).await?;
         tx.send(req(LDS, vec![], vec![], String::new())).await?;
@@ -597,7 +621,8 @@ async fn run_proxy(
             .await?
             .into_inner();
         while let Some(resp) = stream.message().await? {
-            sh.bytes.fetch_add(resp.encoded_len() as u64, Ordering::Relaxed);
+            sh.bytes
+                .fetch_add(resp.encoded_len() as u64, Ordering::Relaxed);
             sh.responses.fetch_add(1, Ordering::Relaxed);
             let Some(t) = type_index(&resp.type_url) else {
                 tx.send(DeltaDiscoveryRequest {
@@ -620,7 +645,11 @@ async fn run_proxy(
                 }
                 got.push(Got { name, h, value });
             }
-            let removed = resp.removed_resources.iter().map(|n| sh.decoded.intern(n)).collect();
+            let removed = resp
+                .removed_resources
+                .iter()
+                .map(|n| sh.decoded.intern(n))
+                .collect();
             let mut out = Vec::new();
             {
                 let mut st = lock(&state);
@@ -637,7 +666,12 @@ async fn run_proxy(
                         st.res[dep].remove(n);
                     }
                     if !sub.is_empty() || !unsub.is_empty() {
-                        out.push(req(dep, sub, unsub.iter().map(|s| s.to_string()).collect(), String::new()));
+                        out.push(req(
+                            dep,
+                            sub,
+                            unsub.iter().map(|s| s.to_string()).collect(),
+                            String::new(),
+                        ));
                     }
                     if dep == EDS {
                         st.eds_sub = want;
@@ -658,17 +692,21 @@ async fn run_proxy(
         }
     } else {
         let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
-        let req = |t: usize, names: &BTreeSet<Arc<str>>, version: String, nonce: String| DiscoveryRequest {
-            node: Some(node.clone()),
-            type_url: url(t),
-            resource_names: names.iter().map(|s| s.to_string()).collect(),
-            version_info: version,
-            response_nonce: nonce,
-            ..Default::default()
+        let req = |t: usize, names: &BTreeSet<Arc<str>>, version: String, nonce: String| {
+            DiscoveryRequest {
+                node: Some(node.clone()),
+                type_url: url(t),
+                resource_names: names.iter().map(|s| s.to_string()).collect(),
+                version_info: version,
+                response_nonce: nonce,
+                ..Default::default()
+            }
         };
         let empty = BTreeSet::new();
-        tx.send(req(CDS, &empty, String::new(), String::new())).await?;
-        tx.send(req(LDS, &empty, String::new(), String::new())).await?;
+        tx.send(req(CDS, &empty, String::new(), String::new()))
+            .await?;
+        tx.send(req(LDS, &empty, String::new(), String::new()))
+            .await?;
         let mut stream = client
             .stream_aggregated_resources(ReceiverStream::new(rx))
             .await?
@@ -676,7 +714,8 @@ async fn run_proxy(
         // Last accepted version and nonce per type (for the dependent requests).
         let mut vn: [(String, String); 4] = Default::default();
         while let Some(resp) = stream.message().await? {
-            sh.bytes.fetch_add(resp.encoded_len() as u64, Ordering::Relaxed);
+            sh.bytes
+                .fetch_add(resp.encoded_len() as u64, Ordering::Relaxed);
             sh.responses.fetch_add(1, Ordering::Relaxed);
             let Some(t) = type_index(&resp.type_url) else {
                 continue;
@@ -691,7 +730,12 @@ async fn run_proxy(
                     CDS => Cluster::decode(value.clone())?.name,
                     EDS => ClusterLoadAssignment::decode(value.clone())?.cluster_name,
                     LDS => Listener::decode(value.clone())?.name,
-                    _ => envoy_types::pb::envoy::config::route::v3::RouteConfiguration::decode(value.clone())?.name,
+                    _ => {
+                        envoy_types::pb::envoy::config::route::v3::RouteConfiguration::decode(
+                            value.clone(),
+                        )?
+                        .name
+                    }
                 };
                 let name = sh.decoded.intern(&name);
                 if t == EDS {
@@ -727,7 +771,12 @@ async fn run_proxy(
                     RDS => st.rds_sub.clone(),
                     _ => BTreeSet::new(),
                 };
-                out.push(req(t, &names, resp.version_info.clone(), resp.nonce.clone()));
+                out.push(req(
+                    t,
+                    &names,
+                    resp.version_info.clone(),
+                    resp.nonce.clone(),
+                ));
             }
             for r in out {
                 tx.send(r).await?;
@@ -837,7 +886,10 @@ struct Target {
     debug: Option<SocketAddr>,
     child: Option<Child>,
     /// The floor server's stdin/stdout, for its change commands.
-    floor_io: Option<(std::process::ChildStdin, BufReader<std::process::ChildStdout>)>,
+    floor_io: Option<(
+        std::process::ChildStdin,
+        BufReader<std::process::ChildStdout>,
+    )>,
     spawned: Instant,
 }
 
@@ -872,8 +924,16 @@ fn spawn_crossmesh(mesh: &Mesh) -> Res<Target> {
     let child = Command::new(env!("CARGO_BIN_EXE_crossmesh"))
         .args(["serve", "--mesh"])
         .arg(mesh.mesh_file())
-        .args(["--xds-address", &xds.to_string(), "--debug-address", &debug.to_string()])
-        .env("RUST_LOG", std::env::var("CROSSMESH_LOG").unwrap_or_else(|_| "warn".into()))
+        .args([
+            "--xds-address",
+            &xds.to_string(),
+            "--debug-address",
+            &debug.to_string(),
+        ])
+        .env(
+            "RUST_LOG",
+            std::env::var("CROSSMESH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdin(Stdio::null())
         .spawn()?;
     let t = Target {
@@ -963,7 +1023,9 @@ fn spawn_floor(snapshot: &Path) -> Res<Target> {
 /// of FILE into the snapshot (changes = their names) and answers `ok`.
 fn floor_server(snapshot: &Path) -> Res<()> {
     use crossmesh::xds::{Changes, FixedSource};
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let to_resource = |t: usize, name: &str, value: Vec<u8>| {
         let any = Any {
             type_url: url(t),
@@ -990,13 +1052,19 @@ fn floor_server(snapshot: &Path) -> Res<()> {
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     println!("listening {}", listener.local_addr()?);
     std::io::stdout().flush()?;
-    rt.spawn(crossmesh::xds::server::serve(listener, ads, std::future::pending()));
+    rt.spawn(crossmesh::xds::server::serve(
+        listener,
+        ads,
+        std::future::pending(),
+    ));
     let mut seq = 1;
     // Each map keeps its Arc until changed, so streams skip unchanged types.
     let mut current = mk(1, &maps);
     for line in std::io::stdin().lock().lines() {
         let line = line?;
-        let Some(path) = line.strip_prefix("load ") else { continue };
+        let Some(path) = line.strip_prefix("load ") else {
+            continue;
+        };
         let mut names: [BTreeSet<Arc<str>>; 5] = Default::default();
         for (t, n, v) in read_resources(Path::new(path))? {
             let r = to_resource(t, &n, v);
@@ -1088,7 +1156,10 @@ async fn connect_all(args: &Arc<Args>, addr: SocketAddr) -> Res<Run> {
             let r = run_proxy(i, chan, a, s.clone(), st).await;
             if let Err(e) = &r {
                 if !s.stop.load(Ordering::Acquire) {
-                    s.errors.lock().unwrap_or_else(|e| e.into_inner()).push(format!("proxy {i}: {e}"));
+                    s.errors
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(format!("proxy {i}: {e}"));
                     s.complete_notify.notify_waiters();
                     s.tracker.done.notify_waiters();
                 }
@@ -1096,7 +1167,12 @@ async fn connect_all(args: &Arc<Args>, addr: SocketAddr) -> Res<Run> {
             r
         }));
     }
-    Ok(Run { args: args.clone(), sh, states, tasks })
+    Ok(Run {
+        args: args.clone(),
+        sh,
+        states,
+        tasks,
+    })
 }
 
 impl Run {
@@ -1134,8 +1210,15 @@ impl Run {
             let n = self.sh.tracker.done.notified();
             self.check_errors()?;
             let missing = {
-                let ch = self.sh.tracker.changes.read().unwrap_or_else(|e| e.into_inner());
-                ch.iter().filter(|c| c.got.load(Ordering::Acquire) < self.args.proxies).count()
+                let ch = self
+                    .sh
+                    .tracker
+                    .changes
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner());
+                ch.iter()
+                    .filter(|c| c.got.load(Ordering::Acquire) < self.args.proxies)
+                    .count()
             };
             if missing == 0 {
                 return Ok(());
@@ -1148,7 +1231,12 @@ impl Run {
 
     /// Convergence (ms) of changes `from..`: per change, the last proxy's ACK.
     fn latencies(&self, from: usize) -> Vec<f64> {
-        let ch = self.sh.tracker.changes.read().unwrap_or_else(|e| e.into_inner());
+        let ch = self
+            .sh
+            .tracker
+            .changes
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
         let mut v: Vec<f64> = ch[from..]
             .iter()
             .map(|c| c.max_ns.load(Ordering::Acquire) as f64 / 1e6)
@@ -1169,7 +1257,10 @@ impl Run {
 enum Driver<'a> {
     Mesh(&'a mut Mesh),
     Floor {
-        io: &'a mut (std::process::ChildStdin, BufReader<std::process::ChildStdout>),
+        io: &'a mut (
+            std::process::ChildStdin,
+            BufReader<std::process::ChildStdout>,
+        ),
         /// Current assignment bytes per EDS name.
         cla: HashMap<Arc<str>, Bytes>,
         dir: PathBuf,
@@ -1191,7 +1282,13 @@ fn eds_name(sh: &Shared, s: usize) -> Res<Arc<str>> {
 impl Driver<'_> {
     /// Change one pod's IP; returns the tracked change (timed from just before
     /// the source is touched).
-    fn change(&mut self, args: &Args, sh: &Shared, pick: (usize, usize, usize), ip: Ipv4Addr) -> Res<()> {
+    fn change(
+        &mut self,
+        args: &Args,
+        sh: &Shared,
+        pick: (usize, usize, usize),
+        ip: Ipv4Addr,
+    ) -> Res<()> {
         let (c, s, p) = pick;
         let name = eds_name(sh, s)?;
         match self {
@@ -1217,7 +1314,10 @@ impl Driver<'_> {
                 // The floor has no pod identity: replace the (c, p)-th endpoint
                 // of the flattened list, the same count of changes per EDS name.
                 let mut eps: Vec<&mut envoy_types::pb::envoy::config::endpoint::v3::LbEndpoint> =
-                    msg.endpoints.iter_mut().flat_map(|l| l.lb_endpoints.iter_mut()).collect();
+                    msg.endpoints
+                        .iter_mut()
+                        .flat_map(|l| l.lb_endpoints.iter_mut())
+                        .collect();
                 let k = (c * 1_000_003 + p) % eps.len().max(1);
                 if let Some(lb_endpoint::HostIdentifier::Endpoint(e)) =
                     eps.get_mut(k).and_then(|e| e.host_identifier.as_mut())
@@ -1273,7 +1373,10 @@ async fn measure(
     let run = connect_all(args, target.xds).await?;
     run.wait_complete().await?;
     r.first_full_s = t0.elapsed().as_secs_f64();
-    eprintln!("[{label}] {} proxies have full config after {:.2}s (+{:.2}s to ready)", args.proxies, r.first_full_s, r.ready_s);
+    eprintln!(
+        "[{label}] {} proxies have full config after {:.2}s (+{:.2}s to ready)",
+        args.proxies, r.first_full_s, r.ready_s
+    );
 
     let m0 = target.metrics();
     let Some(driver) = driver.as_mut() else {
@@ -1291,7 +1394,10 @@ async fn measure(
     r.one_p50_ms = pct(&l, 0.5);
     r.one_p99_ms = pct(&l, 0.99);
     r.one_max_ms = pct(&l, 1.0);
-    eprintln!("[{label}] {singles} single changes: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", r.one_p50_ms, r.one_p99_ms, r.one_max_ms);
+    eprintln!(
+        "[{label}] {singles} single changes: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        r.one_p50_ms, r.one_p99_ms, r.one_max_ms
+    );
 
     // Churn at a fixed rate.
     if args.duration > 0.0 && args.rate > 0.0 {
@@ -1321,11 +1427,16 @@ async fn measure(
         );
     }
     let m1 = target.metrics();
-    let pushes = metric(&m1, "pilot_xds_push_time_count") - metric(&m0, "pilot_xds_push_time_count");
+    let pushes =
+        metric(&m1, "pilot_xds_push_time_count") - metric(&m0, "pilot_xds_push_time_count");
     r.pushes = pushes;
     if pushes > 0.0 {
-        r.push_time_ms = (metric(&m1, "pilot_xds_push_time_sum") - metric(&m0, "pilot_xds_push_time_sum")) / pushes * 1e3;
-        r.encodes_per_push = (metric(&m1, "crossmesh_encodes") - metric(&m0, "crossmesh_encodes")) / pushes;
+        r.push_time_ms = (metric(&m1, "pilot_xds_push_time_sum")
+            - metric(&m0, "pilot_xds_push_time_sum"))
+            / pushes
+            * 1e3;
+        r.encodes_per_push =
+            (metric(&m1, "crossmesh_encodes") - metric(&m0, "crossmesh_encodes")) / pushes;
     }
     r.server_bytes_mb = metric(&m1, "pilot_xds_send_bytes") / 1e6;
     Ok((r, run))
@@ -1357,7 +1468,8 @@ fn verify(mesh: &Mesh, args: &Args, run: &Run) -> Res<()> {
     let registry = Registry::new(Arc::new(cfg.clone()), queue.clone());
     for c in &cfg.clusters {
         if let crossmesh::config::ClusterSource::Manifests(dir) = &c.source {
-            crossmesh::sources::manifests::ClusterDir::new(&c.name, dir.clone()).sync(&registry, true);
+            crossmesh::sources::manifests::ClusterDir::new(&c.name, dir.clone())
+                .sync(&registry, true);
         }
     }
     let pusher = Pusher::new(registry.clone(), queue, cfg.tunables.clone());
@@ -1374,7 +1486,9 @@ fn verify(mesh: &Mesh, args: &Args, run: &Run) -> Res<()> {
             let mut out: [HashMap<String, u64>; 4] = Default::default();
             for (t, o) in out.iter_mut().enumerate() {
                 for (n, r) in snap.resources[t].iter() {
-                    let v = Any::decode(r.any.clone()).map(|a| hash(&a.value)).unwrap_or(0);
+                    let v = Any::decode(r.any.clone())
+                        .map(|a| hash(&a.value))
+                        .unwrap_or(0);
                     o.insert(n.to_string(), v);
                 }
             }
@@ -1415,40 +1529,82 @@ fn verify(mesh: &Mesh, args: &Args, run: &Run) -> Res<()> {
         }
     }
     if bad.is_empty() {
-        eprintln!("final state: all {} proxies hold exactly what the registry says", run.states.len());
+        eprintln!(
+            "final state: all {} proxies hold exactly what the registry says",
+            run.states.len()
+        );
         Ok(())
     } else {
-        fail(format!("{} mismatches; first: {}", bad.len(), bad[..bad.len().min(5)].join("; ")))
+        fail(format!(
+            "{} mismatches; first: {}",
+            bad.len(),
+            bad[..bad.len().min(5)].join("; ")
+        ))
     }
 }
 
 // ---------------------------------------------------------------- main
 
 fn print_table(rows: &[Report]) {
-    println!("\n| metric | {} |", rows.iter().map(|r| r.label.as_str()).collect::<Vec<_>>().join(" | "));
+    println!(
+        "\n| metric | {} |",
+        rows.iter()
+            .map(|r| r.label.as_str())
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
     println!("|---|{}", "---|".repeat(rows.len()));
     let line = |name: &str, f: &dyn Fn(&Report) -> String| {
-        println!("| {name} | {} |", rows.iter().map(f).collect::<Vec<_>>().join(" | "));
+        println!(
+            "| {name} | {} |",
+            rows.iter().map(f).collect::<Vec<_>>().join(" | ")
+        );
     };
     line("spawn to ready (s)", &|r| format!("{:.2}", r.ready_s));
-    line("first full config, all proxies (s)", &|r| format!("{:.2}", r.first_full_s));
-    line("one change: p50 / p99 / max (ms)", &|r| format!("{:.1} / {:.1} / {:.1}", r.one_p50_ms, r.one_p99_ms, r.one_max_ms));
+    line("first full config, all proxies (s)", &|r| {
+        format!("{:.2}", r.first_full_s)
+    });
+    line("one change: p50 / p99 / max (ms)", &|r| {
+        format!(
+            "{:.1} / {:.1} / {:.1}",
+            r.one_p50_ms, r.one_p99_ms, r.one_max_ms
+        )
+    });
     line("churn: changes", &|r| r.churn_changes.to_string());
-    line("churn: p50 / p99 / max (ms)", &|r| format!("{:.1} / {:.1} / {:.1}", r.churn_p50_ms, r.churn_p99_ms, r.churn_max_ms));
-    line("churn: CPU (cores)", &|r| format!("{:.2}", r.churn_cpu_cores));
-    line("pushes / mean push time (ms)", &|r| format!("{} / {:.2}", r.pushes, r.push_time_ms));
-    line("encodes per push", &|r| format!("{:.1}", r.encodes_per_push));
+    line("churn: p50 / p99 / max (ms)", &|r| {
+        format!(
+            "{:.1} / {:.1} / {:.1}",
+            r.churn_p50_ms, r.churn_p99_ms, r.churn_max_ms
+        )
+    });
+    line("churn: CPU (cores)", &|r| {
+        format!("{:.2}", r.churn_cpu_cores)
+    });
+    line("pushes / mean push time (ms)", &|r| {
+        format!("{} / {:.2}", r.pushes, r.push_time_ms)
+    });
+    line("encodes per push", &|r| {
+        format!("{:.1}", r.encodes_per_push)
+    });
     line("server CPU total (s)", &|r| format!("{:.2}", r.cpu_s));
     line("idle CPU (cores)", &|r| format!("{:.3}", r.idle_cpu_cores));
-    line("peak RSS / RSS (MiB)", &|r| format!("{:.0} / {:.0}", r.peak_rss_mb, r.rss_mb));
-    line("bytes received by proxies (MB)", &|r| format!("{:.1}", r.bytes_mb));
+    line("peak RSS / RSS (MiB)", &|r| {
+        format!("{:.0} / {:.0}", r.peak_rss_mb, r.rss_mb)
+    });
+    line("bytes received by proxies (MB)", &|r| {
+        format!("{:.1}", r.bytes_mb)
+    });
     line("responses received", &|r| r.responses.to_string());
 }
 
 fn main() {
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some("--floor-server") {
-        if let Err(e) = argv.get(2).ok_or_else(|| "--floor-server FILE".into()).and_then(|p: &String| floor_server(Path::new(p))) {
+        if let Err(e) = argv
+            .get(2)
+            .ok_or_else(|| "--floor-server FILE".into())
+            .and_then(|p: &String| floor_server(Path::new(p)))
+        {
             eprintln!("floor server: {e}");
             std::process::exit(1);
         }
@@ -1466,11 +1622,15 @@ fn main() {
 
 fn main_inner() -> Res<()> {
     let args = Arc::new(parse_args()?);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     eprintln!(
         "fanout: {:?}, load {}",
         args,
-        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
     );
     rt.block_on(async move {
         if let Some(addr) = args.address {

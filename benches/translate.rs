@@ -106,59 +106,87 @@ fn bench(c: &mut Criterion) {
         let ctx = context(&mesh);
 
         // S services -> every resource (CDS/LDS/RDS generate + all EDS), as protos.
-        g.bench_with_input(BenchmarkId::new("all_resources", services), &ctx, |b, ctx| {
-            b.iter(|| {
-                let g = translate::generate(&proxy, ctx);
-                let eds: usize = ctx
-                    .services
-                    .values()
-                    .map(|s| translate::endpoints(s, ctx).len())
-                    .sum();
-                black_box((g, eds))
-            })
-        });
+        g.bench_with_input(
+            BenchmarkId::new("all_resources", services),
+            &ctx,
+            |b, ctx| {
+                b.iter(|| {
+                    let g = translate::generate(&proxy, ctx);
+                    let eds: usize = ctx
+                        .services
+                        .values()
+                        .map(|s| translate::endpoints(s, ctx).len())
+                        .sum();
+                    black_box((g, eds))
+                })
+            },
+        );
 
         // The same, encoded once each into shared `Any` bytes (what a push costs).
-        g.bench_with_input(BenchmarkId::new("all_resources_encoded", services), &ctx, |b, ctx| {
-            b.iter(|| {
-                let g = translate::generate(&proxy, ctx);
-                let mut n = 0usize;
-                for x in &g.clusters {
-                    n += Resource::encode(TypeUrl::Cluster, x.name.as_str(), x).any.len();
-                }
-                for x in &g.listeners {
-                    n += Resource::encode(TypeUrl::Listener, x.name.as_str(), x).any.len();
-                }
-                for x in &g.routes {
-                    n += Resource::encode(TypeUrl::Route, x.name.as_str(), x).any.len();
-                }
-                for s in ctx.services.values() {
-                    for cla in translate::endpoints(s, ctx) {
-                        n += Resource::encode(TypeUrl::Endpoint, cla.cluster_name.as_str(), &cla)
+        g.bench_with_input(
+            BenchmarkId::new("all_resources_encoded", services),
+            &ctx,
+            |b, ctx| {
+                b.iter(|| {
+                    let g = translate::generate(&proxy, ctx);
+                    let mut n = 0usize;
+                    for x in &g.clusters {
+                        n += Resource::encode(TypeUrl::Cluster, x.name.as_str(), x)
                             .any
                             .len();
                     }
-                }
-                black_box(n)
-            })
-        });
+                    for x in &g.listeners {
+                        n += Resource::encode(TypeUrl::Listener, x.name.as_str(), x)
+                            .any
+                            .len();
+                    }
+                    for x in &g.routes {
+                        n += Resource::encode(TypeUrl::Route, x.name.as_str(), x)
+                            .any
+                            .len();
+                    }
+                    for s in ctx.services.values() {
+                        for cla in translate::endpoints(s, ctx) {
+                            n += Resource::encode(
+                                TypeUrl::Endpoint,
+                                cla.cluster_name.as_str(),
+                                &cla,
+                            )
+                            .any
+                            .len();
+                        }
+                    }
+                    black_box(n)
+                })
+            },
+        );
 
         // One endpoint change -> the EDS of one cluster (translate + encode).
         let host = ctx.services.keys().next().expect("a service").clone();
         let svc = ctx.services.get(&host).expect("service").clone();
-        g.bench_with_input(BenchmarkId::new("one_service_eds", services), &ctx, |b, ctx| {
-            b.iter(|| {
-                let v: Vec<_> = translate::endpoints(&svc, ctx)
-                    .iter()
-                    .map(|cla| Resource::encode(TypeUrl::Endpoint, cla.cluster_name.as_str(), cla))
-                    .collect();
-                black_box(v)
-            })
-        });
+        g.bench_with_input(
+            BenchmarkId::new("one_service_eds", services),
+            &ctx,
+            |b, ctx| {
+                b.iter(|| {
+                    let v: Vec<_> = translate::endpoints(&svc, ctx)
+                        .iter()
+                        .map(|cla| {
+                            Resource::encode(TypeUrl::Endpoint, cla.cluster_name.as_str(), cla)
+                        })
+                        .collect();
+                    black_box(v)
+                })
+            },
+        );
 
         // The push engine's endpoint push for that service (new context, EDS
         // recompute, map update), after one full push; no connections.
-        let pusher = Pusher::new(mesh.registry.clone(), mesh.queue.clone(), mesh.tunables.clone());
+        let pusher = Pusher::new(
+            mesh.registry.clone(),
+            mesh.queue.clone(),
+            mesh.tunables.clone(),
+        );
         pusher.push_now(PushRequest::full("bench"));
         g.bench_function(BenchmarkId::new("engine_endpoint_push", services), |b| {
             b.iter(|| black_box(pusher.push_now(PushRequest::endpoints([host.clone()]))))

@@ -358,8 +358,11 @@ fn yaml_docs(dir: &Path) -> anyhow::Result<Vec<(PathBuf, Value)>> {
     let mut out = Vec::new();
     for f in files {
         let text = std::fs::read_to_string(&f).with_context(|| format!("read {}", f.display()))?;
-        let docs: Vec<Value> =
-            serde_saphyr::from_multiple(&text).with_context(|| format!("parse {}", f.display()))?;
+        let docs: Vec<Value> = serde_saphyr::from_multiple_with_options(
+            &text,
+            crate::sources::manifests::manifest_options(),
+        )
+        .with_context(|| format!("parse {}", f.display()))?;
         out.extend(
             docs.into_iter()
                 .filter(|d| d.is_object())

@@ -439,3 +439,268 @@ async fn remote_network_endpoints_become_the_gateway_address() {
         "{hosts:?}"
     );
 }
+
+/// A self-signed certificate and key for the TLS-terminating stand-in of the
+/// destination's sidecar (mTLS certificates are the security issue's job).
+fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=web",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
+
+/// A static Envoy on `ip:port` terminating TLS and forwarding to `ip:app_port`:
+/// the destination pod's sidecar inbound as far as this test needs it.
+fn tls_terminator_yaml(
+    ip: std::net::Ipv4Addr,
+    port: u16,
+    app_port: u16,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> String {
+    format!(
+        "admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+static_resources:
+  listeners:
+  - name: inbound
+    address: {{socket_address: {{address: {ip}, port_value: {port}}}}}
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_certificates:
+            - certificate_chain: {{filename: {cert}}}
+              private_key: {{filename: {key}}}
+      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: inbound
+          cluster: app
+  clusters:
+  - name: app
+    connect_timeout: 1s
+    type: STATIC
+    load_assignment:
+      cluster_name: app
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: {ip}, port_value: {app_port}}}}}}}
+",
+        cert = cert.display(),
+        key = key.display()
+    )
+}
+
+fn gateway_bootstrap(
+    name: &str,
+    ip: std::net::Ipv4Addr,
+    labels: &str,
+    cluster: &str,
+    network: &str,
+    locality: &str,
+    xds: SocketAddr,
+) -> String {
+    let args: Vec<String> = [
+        "bootstrap",
+        "--role",
+        "gateway",
+        "--name",
+        name,
+        "--namespace",
+        "istio-system",
+        "--labels",
+        labels,
+        "--cluster-id",
+        cluster,
+        "--network",
+        network,
+        "--locality",
+        locality,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([
+        "--ip".to_string(),
+        ip.to_string(),
+        "--xds-address".into(),
+        xds.to_string(),
+        "--admin-port".into(),
+        free_port().to_string(),
+    ])
+    .collect();
+    bootstrap(&args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_network_through_a_real_east_west_gateway() {
+    let subnet = Subnet::claim();
+    let mesh = Mesh::new(&[
+        cluster("c1", Some("network-1")),
+        cluster("c2", Some("network-2")),
+    ]);
+    let (pod_port, app_port, gw_port, ew_port) =
+        (free_port(), free_port(), free_port(), free_port());
+    let ew_ip = subnet.ip(200);
+    let mut text = std::fs::read_to_string(&mesh.mesh_file).unwrap();
+    text.push_str(&format!(
+        "networks:\n  network-2:\n    gateways:\n    - address: {ew_ip}\n      port: {ew_port}\n"
+    ));
+    std::fs::write(&mesh.mesh_file, text).unwrap();
+
+    // The service exists only in c2 (network-2).
+    let p = PODS[2];
+    let pod_ip = subnet.ip(p.4);
+    mesh.write_cluster(
+        "c2",
+        "node.yaml",
+        &manifests::node(&node_name(&p), p.2, p.3, None),
+    );
+    mesh.write_cluster(
+        "c2",
+        "service.yaml",
+        &manifests::service(NS, "web", 80, pod_port, &[("app", "web")]),
+    );
+    mesh.write_cluster("c2", "pod.yaml", &pod_yaml(&p, &subnet, pod_port, true));
+    let _app = Backend::start(pod_ip, app_port, p.0).await;
+    let (cert, key) = self_signed(mesh.root());
+    let _sidecar = Envoy::start(
+        "ew-dest-tls",
+        &tls_terminator_yaml(pod_ip, pod_port, app_port, &cert, &key),
+    )
+    .await;
+
+    mesh.write_istio(
+        "gateway.yaml",
+        &manifests::gateway(
+            "istio-system",
+            "gw",
+            &[("istio", "ingressgateway")],
+            gw_port,
+            &[HOST],
+        ),
+    );
+    mesh.write_istio(
+        "vs.yaml",
+        &manifests::virtual_service(NS, "web", &["istio-system/gw"], &[HOST], SVC, 80),
+    );
+    mesh.write_istio(
+        "eastwest.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: cross-network-gateway
+  namespace: istio-system
+spec:
+  selector:
+    istio: eastwestgateway
+  servers:
+  - port:
+      number: {ew_port}
+      name: tls
+      protocol: TLS
+    tls:
+      mode: AUTO_PASSTHROUGH
+    hosts:
+    - \"*.local\"
+"
+        ),
+    );
+    let cp = ControlPlane::start(&mesh.mesh_file).await;
+    let ew = Envoy::start(
+        "eastwest",
+        &gateway_bootstrap(
+            "ew-0",
+            ew_ip,
+            "istio=eastwestgateway",
+            "c2",
+            "network-2",
+            "region-2/zone-c",
+            cp.xds,
+        ),
+    )
+    .await;
+    ew.wait_ready(CONVERGE).await;
+    let client_ip = subnet.ip(1);
+    let client = Envoy::start(
+        "client-net1",
+        &gateway_bootstrap(
+            "gw-0",
+            client_ip,
+            "istio=ingressgateway",
+            "c1",
+            "network-1",
+            "region-1/zone-a",
+            cp.xds,
+        ),
+    )
+    .await;
+    client.wait_ready(CONVERGE).await;
+
+    // Real traffic: client (network-1) -> TLS with SNI -> east-west Envoy -> pod.
+    let addr = SocketAddr::from((client_ip, gw_port));
+    wait_for(
+        "client reaches pod-c through the east-west gateway",
+        CONVERGE,
+        || async {
+            let r = http::get(addr, HOST, "/").await?;
+            if r.status == 200 && r.body == "pod-c" {
+                Ok(())
+            } else {
+                Err(format!("{} {:?}", r.status, r.body))
+            }
+        },
+    )
+    .await;
+    let bodies = http::get_many(addr, HOST, 20).await;
+    assert!(bodies.iter().all(|b| b == "pod-c"), "{bodies:?}");
+
+    // The client's EDS never holds network-2's pod address; the gateway's does.
+    let client_id = format!("router~{client_ip}~gw-0.istio-system~istio-system.svc.cluster.local");
+    let dump = cp
+        .json(&format!("/debug/config_dump?proxyID={client_id}"))
+        .await
+        .unwrap()
+        .to_string();
+    assert!(
+        !dump.contains(&pod_ip.to_string()),
+        "client dump holds {pod_ip}: {dump}"
+    );
+    assert!(
+        dump.contains(&ew_ip.to_string()),
+        "client dump lacks the gateway {ew_ip}"
+    );
+    assert!(
+        dump.contains("outbound_.80_._.web.test.svc.cluster.local"),
+        "SNI in client CDS: {dump}"
+    );
+    let hosts = client.cluster_hosts(CLUSTER).await.unwrap();
+    assert_eq!(hosts, vec![SocketAddr::from((ew_ip, ew_port))]);
+    let ew_id = format!("router~{ew_ip}~ew-0.istio-system~istio-system.svc.cluster.local");
+    let ew_dump = cp
+        .json(&format!("/debug/config_dump?proxyID={ew_id}"))
+        .await
+        .unwrap()
+        .to_string();
+    assert!(
+        ew_dump.contains(&pod_ip.to_string()),
+        "east-west EDS has the local pod"
+    );
+}

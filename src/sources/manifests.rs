@@ -77,11 +77,27 @@ pub fn describe(value: &Value) -> (String, String) {
     (kind, object)
 }
 
+/// YAML limits for manifest files. serde-saphyr's defaults (1,024 documents,
+/// 250,000 nodes per input) suit one config file, not a `kubectl get -o yaml`
+/// dump of a large cluster: those counters are raised so that only the file
+/// size bounds them. The limits that stop hostile input (alias expansion,
+/// anchors, nesting depth) keep their defaults.
+pub fn manifest_options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_documents = usize::MAX;
+    budget.max_events = usize::MAX;
+    budget.max_nodes = usize::MAX;
+    budget.max_total_scalar_bytes = usize::MAX;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options
+}
+
 /// Parse one file's text into documents, expanding `kind: List`. A YAML error
 /// rejects the whole file (its documents cannot be told apart reliably).
 pub fn parse_text(text: &str) -> Result<Vec<Value>, String> {
-    let docs: Vec<Value> =
-        serde_saphyr::from_multiple(text).map_err(|e| format!("YAML error: {e}"))?;
+    let docs: Vec<Value> = serde_saphyr::from_multiple_with_options(text, manifest_options())
+        .map_err(|e| format!("YAML error: {e}"))?;
     let mut out = Vec::new();
     for d in docs {
         match d {
@@ -595,6 +611,14 @@ mod tests {
     use super::*;
     use crate::config::{ClusterSource, MeshConfig};
     use crate::push::PushQueue;
+
+    #[test]
+    fn a_large_cluster_dump_is_one_file() {
+        // More documents and nodes than serde-saphyr's default budget allows.
+        let doc = "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  namespace: n\n";
+        let text = doc.repeat(30_000);
+        assert_eq!(parse_text(&text).unwrap().len(), 30_000);
+    }
 
     const SVC_AND_POD: &str = r#"
 apiVersion: v1

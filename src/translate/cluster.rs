@@ -60,6 +60,8 @@ pub fn service_clusters(svc: &Service, proxy_ns: &str, ctx: &PushContext) -> Vec
             out.push(build(svc, port, &subset.name, policy));
         }
     }
+    // Cross-network TLS origination (owned by translate::network).
+    super::network::apply_cross_network_tls(&mut out, svc, ctx);
     out
 }
 

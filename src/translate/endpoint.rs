@@ -65,6 +65,31 @@ fn build(svc: &Service, ctx: &PushContext, view: Option<&EdsView>) -> Vec<Cluste
                 .filter(|e| labels_match(&s.labels, &e.labels));
             out.push(assignment(svc, ctx, view, port.port, &s.name, selected));
         }
+        if network::mesh_has_auto_passthrough(ctx) {
+            // East-west gateways: `outbound_.PORT_.SUBSET_.HOST` with only the
+            // endpoints on the gateway's own network, never gateways themselves.
+            let local: Vec<&Endpoint> = eps
+                .iter()
+                .copied()
+                .filter(|e| view.is_none_or(|v| network::local_to(e, &v.network)))
+                .collect();
+            out.push(ClusterLoadAssignment {
+                cluster_name: network::sni(port.port, "", &svc.hostname),
+                endpoints: to_proto(groups_of(local.iter().copied())),
+                ..Default::default()
+            });
+            for s in &subsets {
+                let selected = local
+                    .iter()
+                    .copied()
+                    .filter(|e| labels_match(&s.labels, &e.labels));
+                out.push(ClusterLoadAssignment {
+                    cluster_name: network::sni(port.port, &s.name, &svc.hostname),
+                    endpoints: to_proto(groups_of(selected)),
+                    ..Default::default()
+                });
+            }
+        }
     }
     out
 }

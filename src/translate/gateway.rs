@@ -111,7 +111,16 @@ fn intersect(server_hosts: &[String], vs_hosts: &[String]) -> BTreeSet<String> {
 pub fn generate(proxy: &Proxy, ctx: &PushContext) -> Generated {
     let mut out = Generated::default();
     let mut used: Vec<&Config<VirtualService>> = Vec::new();
+    let mut east_west: Vec<Cluster> = Vec::new();
     for (port, ps) in servers_by_port(proxy, ctx) {
+        // East-west AUTO_PASSTHROUGH ports (owned by translate::network).
+        if let Some((l, cs)) =
+            super::network::auto_passthrough(port, ps.servers.iter().map(|b| b.server), ctx)
+        {
+            out.listeners.push(l);
+            east_west.extend(cs);
+            continue;
+        }
         if ps.protocol.is_http() {
             let route_name = http_route_name(port);
             out.routes.push(http_route_config(
@@ -146,6 +155,10 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext) -> Generated {
         }
     }
     out.clusters = clusters_for(&used, proxy, ctx);
+    if !east_west.is_empty() {
+        out.clusters.extend(east_west);
+        out.clusters.sort_by(|a, b| a.name.cmp(&b.name));
+    }
     out
 }
 

@@ -3,7 +3,8 @@
 //! replaced by that network's east-west gateways (mesh file `networks`), one
 //! gateway endpoint per locality weighted by how many endpoints it stands for;
 //! endpoints on a network with no gateway are left out (never sent unreachable)
-//! and counted.
+//! and counted. As in Istio, this only applies once the mesh is multi-network
+//! (some network has a gateway); before that, networks are routed to each other.
 
 use std::collections::BTreeMap;
 
@@ -54,6 +55,12 @@ pub fn apply<'a>(
     proxy_network: &str,
     ctx: &PushContext,
 ) -> usize {
+    if !multi_network(ctx) {
+        // Istio's `IsMultiNetworkEnabled`: with no east-west gateway anywhere,
+        // networks are routed to each other (e.g. VPCs joined by Cloud Connect
+        // Network) and every endpoint is reached directly.
+        return 0;
+    }
     let mut skipped = 0;
     let mut m: u32 = 1;
     // Per group: remote endpoint count per network that has gateways.
@@ -91,7 +98,7 @@ pub fn apply<'a>(
             let w = count * m / gws.len() as u32;
             for gw in gws {
                 g.members
-                    .push((lb_endpoint(&gw.address, gw.port as u32, w), w, None));
+                    .push((gateway_lb_endpoint(&gw.address, gw.port as u32, w), w, None));
             }
         }
     }
@@ -104,6 +111,9 @@ pub fn apply<'a>(
 /// them, so they are left out of those proxies' EDS.
 pub fn unreachable(svc: &Service, ctx: &PushContext) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
+    if !multi_network(ctx) {
+        return out;
+    }
     for e in svc.endpoints.values().flatten().filter(|e| e.ready) {
         if !e.network.is_empty() && ctx.mesh.networks.get(&*e.network).is_none_or(Vec::is_empty) {
             *out.entry(e.network.to_string()).or_default() += 1;
@@ -112,7 +122,222 @@ pub fn unreachable(svc: &Service, ctx: &PushContext) -> BTreeMap<String, usize> 
     out
 }
 
+/// Whether the mesh is multi-network in Istio's sense: some network has an
+/// east-west gateway. Without one, network names are labels only.
+pub fn multi_network(ctx: &PushContext) -> bool {
+    ctx.mesh.networks.values().any(|g| !g.is_empty())
+}
+
 /// Whether `ep` is served directly to a proxy on `network`.
 pub fn local_to(ep: &Endpoint, network: &str) -> bool {
     same_network(&ep.network, network)
+}
+
+// ---------------------------------------------------------------------------
+// East-west gateways (Istio's `AUTO_PASSTHROUGH` / `sni-dnat`).
+
+use envoy_types::pb::envoy::config::cluster::v3::{
+    cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, TransportSocketMatch},
+    Cluster,
+};
+use envoy_types::pb::envoy::config::core::v3::{
+    transport_socket::ConfigType, Metadata, TrafficDirection, TransportSocket,
+};
+use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
+use envoy_types::pb::google::protobuf::{value::Kind, Duration, Struct, Value};
+
+use super::proto::{ads, pack};
+use crate::model::istio::{host_matches, Server};
+
+/// The endpoint metadata key Envoy's `transport_socket_matches` read.
+const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
+
+fn tls_mode_istio() -> Struct {
+    Struct {
+        fields: [(
+            "tlsMode".to_string(),
+            Value {
+                kind: Some(Kind::StringValue("istio".into())),
+            },
+        )]
+        .into(),
+    }
+}
+
+/// Istio's SNI for a service port (and subset) behind an east-west gateway:
+/// `outbound_.PORT_.SUBSET_.HOST`, i.e. `outbound_.PORT_._.HOST` for no subset.
+pub fn sni(port: u16, subset: &str, host: &str) -> String {
+    format!("outbound_.{port}_.{subset}_.{host}")
+}
+
+/// A gateway endpoint standing for remote endpoints: marked `tlsMode: istio` so
+/// the client cluster's transport socket match originates TLS with the SNI.
+pub fn gateway_lb_endpoint(address: &str, port: u32, weight: u32) -> LbEndpoint {
+    let mut lb = lb_endpoint(address, port, weight);
+    lb.metadata = Some(Metadata {
+        filter_metadata: [(TRANSPORT_SOCKET_MATCH.to_string(), tls_mode_istio())].into(),
+        ..Default::default()
+    });
+    lb
+}
+
+/// Whether a Gateway server is an east-west `AUTO_PASSTHROUGH` server.
+pub fn is_auto_passthrough(server: &Server) -> bool {
+    server
+        .tls
+        .as_ref()
+        .and_then(|t| t.mode.as_deref())
+        .is_some_and(|m| m.eq_ignore_ascii_case("AUTO_PASSTHROUGH"))
+}
+
+/// Whether any Gateway in force has an `AUTO_PASSTHROUGH` server (then EDS also
+/// carries the `outbound_.` SNI assignments east-west gateways read).
+pub fn mesh_has_auto_passthrough(ctx: &PushContext) -> bool {
+    ctx.config
+        .gateways
+        .iter()
+        .any(|g| g.spec.servers.iter().any(is_auto_passthrough))
+}
+
+/// The listener and clusters of an `AUTO_PASSTHROUGH` port on an east-west
+/// gateway (Istio's `sni-dnat`): TLS inspector, one filter chain per service
+/// port (and DestinationRule subset) matched by SNI `outbound_.PORT_.SUBSET_.HOST`,
+/// TCP-proxied unterminated to an EDS cluster of that name, whose assignment holds
+/// the endpoints on the gateway's own network. Services are those the servers'
+/// `hosts` (`ns/host` or `host`) match. `None` if no server on the port is
+/// `AUTO_PASSTHROUGH`.
+pub fn auto_passthrough<'s>(
+    port: u32,
+    servers: impl IntoIterator<Item = &'s Server>,
+    ctx: &PushContext,
+) -> Option<(Listener, Vec<Cluster>)> {
+    let servers: Vec<&Server> = servers
+        .into_iter()
+        .filter(|s| is_auto_passthrough(s))
+        .collect();
+    if servers.is_empty() {
+        return None;
+    }
+    let mut chains: Vec<FilterChain> = Vec::new();
+    let mut clusters = Vec::new();
+    for svc in ctx.services.values() {
+        let selected = servers.iter().any(|s| {
+            s.hosts.iter().any(|h| {
+                let (ns, host) = h.split_once('/').unwrap_or(("*", h));
+                (ns == "*" || ns == svc.namespace) && host_matches(host, &svc.hostname)
+            })
+        });
+        if !selected {
+            continue;
+        }
+        let subsets = ctx.config.all_subsets(&svc.hostname, &svc.namespace);
+        for p in &svc.ports {
+            let names =
+                std::iter::once(String::new()).chain(subsets.iter().map(|s| s.name.clone()));
+            for subset in names {
+                let name = sni(p.port, &subset, &svc.hostname);
+                chains.push(super::listener::filter_chain(
+                    vec![name.clone()],
+                    super::listener::tcp_proxy(&name, &[(name.clone(), 1)]),
+                ));
+                clusters.push(Cluster {
+                    name: name.clone(),
+                    cluster_discovery_type: Some(ClusterDiscoveryType::Type(
+                        DiscoveryType::Eds as i32,
+                    )),
+                    eds_cluster_config: Some(EdsClusterConfig {
+                        eds_config: Some(ads()),
+                        service_name: name,
+                    }),
+                    connect_timeout: Some(Duration {
+                        seconds: super::cluster::DEFAULT_CONNECT_TIMEOUT_SECS,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    if chains.is_empty() {
+        return None;
+    }
+    let l = super::listener::listener(
+        super::gateway::BIND_ADDRESS,
+        port,
+        TrafficDirection::Outbound,
+        chains,
+    );
+    Some((l, clusters))
+}
+
+/// Client side of cross-network traffic: a cluster of a service that has
+/// endpoints behind an east-west gateway gets a transport socket match for
+/// endpoints marked `tlsMode: istio` (the gateway endpoints EDS sends) that
+/// originates TLS with SNI `outbound_.PORT_.SUBSET_.HOST`; direct endpoints
+/// stay plaintext.
+///
+/// Not yet mutual TLS: no client certificate and no server validation (the
+/// security issue brings the workload certificates). The east-west gateway
+/// never terminates the TLS, so the destination must (a sidecar, or in tests a
+/// TLS-terminating Envoy in front of the pod).
+pub fn apply_cross_network_tls(clusters: &mut [Cluster], svc: &Service, ctx: &PushContext) {
+    let behind_gateway = svc.endpoints.values().flatten().any(|e| {
+        !e.network.is_empty()
+            && ctx
+                .mesh
+                .networks
+                .get(&*e.network)
+                .is_some_and(|g| !g.is_empty())
+    });
+    if !behind_gateway {
+        return;
+    }
+    for c in clusters.iter_mut() {
+        // `outbound|PORT|SUBSET|HOST`
+        let mut parts = c.name.splitn(4, '|');
+        let (Some("outbound"), Some(port), Some(subset), Some(host)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let Ok(port) = port.parse::<u16>() else {
+            continue;
+        };
+        let tls = UpstreamTlsContext {
+            sni: sni(port, subset, host),
+            ..Default::default()
+        };
+        c.transport_socket_matches.push(TransportSocketMatch {
+            name: "tlsMode-istio".into(),
+            r#match: Some(tls_mode_istio()),
+            transport_socket: Some(TransportSocket {
+                name: "envoy.transport_sockets.tls".into(),
+                config_type: Some(ConfigType::TypedConfig(pack(&tls))),
+            }),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sni_follows_istio_subset_key() {
+        assert_eq!(
+            sni(80, "", "web.test.svc.cluster.local"),
+            "outbound_.80_._.web.test.svc.cluster.local"
+        );
+        assert_eq!(
+            sni(9080, "v1", "r.ns.svc.cluster.local"),
+            "outbound_.9080_.v1_.r.ns.svc.cluster.local"
+        );
+    }
+
+    #[test]
+    fn no_gateway_anywhere_means_one_routed_network() {
+        let ctx = PushContext::default();
+        assert!(!multi_network(&ctx));
+    }
 }

@@ -236,6 +236,8 @@ fn gateway(g: &Gateway, out: &mut Issues) {
             let mode = tls.mode.as_deref().map(str::to_ascii_uppercase);
             match (proto, mode.as_deref()) {
                 (Some(ServerProtocol::Https | ServerProtocol::Tls), Some("PASSTHROUGH")) => {}
+                // East-west gateways (translate::network): SNI routing, no termination.
+                (Some(ServerProtocol::Tls), Some("AUTO_PASSTHROUGH")) => {}
                 (Some(ServerProtocol::Https | ServerProtocol::Tls), m) => out.err(
                     format!("{tf}.mode"),
                     format!(
@@ -1057,18 +1059,26 @@ fn sidecar(s: &Sidecar, out: &mut Issues) {
         capture_mode(&format!("{f}.captureMode"), &e.capture_mode, out);
         let bind = e.bind.clone().unwrap_or_default();
         if !bind.is_empty() && bind.parse::<std::net::IpAddr>().is_err() {
-            out.err(format!("{f}.bind"), format!("{bind:?} is not an IP address"));
+            out.err(
+                format!("{f}.bind"),
+                format!("{bind:?} is not an IP address"),
+            );
         }
         match &e.port {
             Some(p) => {
                 sidecar_port(&format!("{f}.port"), p, out);
-                if let Some((_, _, j)) = ports.iter().find(|(b, n, _)| *b == bind && *n == p.number) {
+                if let Some((_, _, j)) = ports.iter().find(|(b, n, _)| *b == bind && *n == p.number)
+                {
                     out.err(
                         format!("{f}.port"),
                         format!(
                             "port {} is already in use by egress[{j}]{}",
                             p.number,
-                            if bind.is_empty() { String::new() } else { format!(" on {bind}") }
+                            if bind.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" on {bind}")
+                            }
                         ),
                     );
                 }
@@ -1085,7 +1095,10 @@ fn sidecar(s: &Sidecar, out: &mut Issues) {
             }
         }
         if e.hosts.is_empty() {
-            out.err(format!("{f}.hosts"), "an egress listener needs at least one host");
+            out.err(
+                format!("{f}.hosts"),
+                "an egress listener needs at least one host",
+            );
         }
         for (j, h) in e.hosts.iter().enumerate() {
             let Some((ns, host)) = h.split_once('/') else {
@@ -1095,7 +1108,11 @@ fn sidecar(s: &Sidecar, out: &mut Issues) {
                 );
                 continue;
             };
-            if !(ns == "*" || ns == "." || ns == "~" || valid_host(ns, false).is_ok() && !ns.contains('.')) {
+            if !(ns == "*"
+                || ns == "."
+                || ns == "~"
+                || valid_host(ns, false).is_ok() && !ns.contains('.'))
+            {
                 out.err(
                     format!("{f}.hosts[{j}]"),
                     format!("namespace {ns:?} in {h:?} is not *, ., ~ or a namespace name"),
@@ -1142,7 +1159,11 @@ fn sidecar(s: &Sidecar, out: &mut Issues) {
             ),
             Some(_) => {}
         }
-        out.unsupported(format!("{f}.tls"), &ing.tls, "inbound TLS termination is not implemented");
+        out.unsupported(
+            format!("{f}.tls"),
+            &ing.tls,
+            "inbound TLS termination is not implemented",
+        );
         out.unsupported(
             format!("{f}.connectionPool"),
             &ing.connection_pool,
