@@ -12,7 +12,9 @@ use crate::config::NetworkGateway;
 pub struct MeshSettings {
     pub trust_domain: String,
     pub domain_suffix: String,
-    /// East-west gateways per network name (mesh file `networks`).
+    /// East-west gateways per network name: the mesh file's `networks`, merged
+    /// (deduplicated) with those the registry discovered from Services labelled
+    /// `topology.istio.io/network`, as of this push.
     pub networks: BTreeMap<String, Vec<NetworkGateway>>,
 }
 

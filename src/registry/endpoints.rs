@@ -2,7 +2,8 @@
 //! computation of a service's endpoints in one cluster from them.
 //!
 //! Sources hand the registry full k8s-openapi objects; only the fields listed in the
-//! records below are kept (no managed fields, annotations, specs or statuses), with
+//! records below are kept (no managed fields, annotations, whole specs or statuses;
+//! of a Service labelled `topology.istio.io/network`, its gateway addresses), with
 //! label maps and recurring strings interned so the thousands of Pods of one
 //! Deployment share one label map. Conversion is also the validation step: an object
 //! whose fields cannot be used is rejected with a reason (`ObjectError`) and the
@@ -29,6 +30,17 @@ pub const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
 pub const LABEL_SUBZONE: &str = "topology.istio.io/subzone";
 /// EndpointSlice label naming the Service it belongs to.
 pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
+/// Service label making the Service the east-west gateway of the named network
+/// (Istio's `label.TopologyNetwork`).
+pub const LABEL_NETWORK: &str = "topology.istio.io/network";
+/// Service label overriding the port of a network gateway (Istio's
+/// `label.NetworkingGatewayPort`).
+pub const LABEL_GATEWAY_PORT: &str = "networking.istio.io/gatewayPort";
+/// Istio's `DefaultNetworkGatewayPort`: the east-west gateway's mTLS port.
+pub const DEFAULT_GATEWAY_PORT: u16 = 15443;
+/// Service annotation selecting the nodes of a NodePort gateway (Istio's
+/// `annotation.TrafficNodeSelector`).
+pub const ANNOTATION_NODE_SELECTOR: &str = "traffic.istio.io/nodeSelector";
 
 /// Why one Kubernetes object was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -124,6 +136,9 @@ impl KubeObject {
                             p.port
                         ));
                     }
+                }
+                if let Some(gw) = gateway_rec(s, &mut Interners::default()) {
+                    notes.extend(gw.problems());
                 }
             }
             KubeObject::Pod(p)
@@ -256,6 +271,44 @@ pub struct SvcRec {
     pub selector: Option<Labels>,
     /// TCP ports only (UDP and SCTP are not served).
     pub ports: Vec<SvcPortRec>,
+    /// Set when the Service is labelled `topology.istio.io/network`.
+    pub gateway: Option<GatewayRec>,
+}
+
+/// The east-west gateway a Service labelled `topology.istio.io/network` stands
+/// for (Istio's label-based network gateway, `extractGatewaysFromService`): every
+/// address below at `port` reaches the network `network`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayRec {
+    /// Label `topology.istio.io/network`.
+    pub network: Arc<str>,
+    /// Label `networking.istio.io/gatewayPort`, else 15443. As in Istio, the
+    /// port is not checked against `spec.ports`.
+    pub port: u16,
+    /// Istio's `ClusterExternalAddresses`, in its order: for a `LoadBalancer`
+    /// Service each `status.loadBalancer.ingress[]` entry's `ip`, then
+    /// `spec.externalIPs` (any type). Deduplicated.
+    pub addresses: Vec<IpAddr>,
+    /// Parts of the Service that could not be used, one sentence each (notes on
+    /// `/debug/clusterz`; the Service itself is still served).
+    pub unused: Vec<String>,
+}
+
+impl GatewayRec {
+    /// Every note worth an operator's attention: the unused parts, and the lack of
+    /// any usable address.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = self.unused.clone();
+        if self.addresses.is_empty() {
+            out.push(format!(
+                "labelled {LABEL_NETWORK}={} but has no usable address (an IP in \
+                 status.loadBalancer.ingress of a LoadBalancer Service, or spec.externalIPs): \
+                 it is no east-west gateway",
+                self.network
+            ));
+        }
+        out
+    }
 }
 
 /// What the registry keeps of a Pod.
@@ -447,7 +500,120 @@ fn svc_rec(s: &Service, i: &mut Interners) -> Result<SvcRec, String> {
             protocol: Protocol::from_port(name, p.app_protocol.as_deref()),
         });
     }
-    Ok(SvcRec { selector, ports })
+    Ok(SvcRec {
+        selector,
+        ports,
+        gateway: gateway_rec(s, i),
+    })
+}
+
+/// The network gateway a Service makes of itself, with Istio's semantics: network
+/// from label `topology.istio.io/network` (none: not a gateway), port from label
+/// `networking.istio.io/gatewayPort` (absent or unparsable: 15443, as Istio falls
+/// back with a warning), addresses from the load balancer status (LoadBalancer
+/// Services only; `ip` entries) and `spec.externalIPs`.
+///
+/// Not reproduced, each noted instead: `hostname` load balancer entries (Istio
+/// resolves them in the control plane when `RESOLVE_HOSTNAME_GATEWAYS` is on;
+/// crossmesh does no DNS, so such a gateway belongs in the mesh file with its IP),
+/// and NodePort gateways using node addresses (`traffic.istio.io/nodeSelector`).
+pub fn gateway_rec(s: &Service, i: &mut Interners) -> Option<GatewayRec> {
+    let labels = s.metadata.labels.as_ref()?;
+    let network = labels.get(LABEL_NETWORK).filter(|n| !n.is_empty())?;
+    let mut unused = Vec::new();
+    let port = match labels.get(LABEL_GATEWAY_PORT).filter(|p| !p.is_empty()) {
+        None => DEFAULT_GATEWAY_PORT,
+        Some(p) => match p.parse::<u16>().ok().filter(|p| *p != 0) {
+            Some(p) => p,
+            None => {
+                unused.push(format!(
+                    "label {LABEL_GATEWAY_PORT}={p:?} is not a port number (1-65535): the \
+                     gateway port is {DEFAULT_GATEWAY_PORT}, as in Istio"
+                ));
+                DEFAULT_GATEWAY_PORT
+            }
+        },
+    };
+    let type_ = s
+        .spec
+        .as_ref()
+        .and_then(|s| s.type_.as_deref())
+        .unwrap_or("ClusterIP");
+    let mut addresses: Vec<IpAddr> = Vec::new();
+    let mut add = |a: IpAddr| {
+        if !addresses.contains(&a) {
+            addresses.push(a);
+        }
+    };
+    let ingress = s
+        .status
+        .as_ref()
+        .and_then(|st| st.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_deref())
+        .unwrap_or_default();
+    if type_ == "LoadBalancer" {
+        for (n, ing) in ingress.iter().enumerate() {
+            let ip = ing.ip.as_deref().filter(|ip| !ip.is_empty());
+            let host = ing.hostname.as_deref().filter(|h| !h.is_empty());
+            match (ip, host) {
+                (Some(ip), _) => match ip.parse::<IpAddr>() {
+                    Ok(a) => add(a),
+                    Err(_) => unused.push(format!(
+                        "status.loadBalancer.ingress[{n}].ip {ip:?} is not an IP address"
+                    )),
+                },
+                (None, Some(h)) => unused.push(format!(
+                    "status.loadBalancer.ingress[{n}].hostname {h:?} is not used: crossmesh \
+                     does not resolve gateway hostnames (give the gateway's IP in the mesh \
+                     file networks.{network}.gateways)"
+                )),
+                (None, None) => {}
+            }
+        }
+    } else if !ingress.is_empty() {
+        unused.push(format!(
+            "status.loadBalancer.ingress is not used: it is read for type LoadBalancer only \
+             (type is {type_})"
+        ));
+    }
+    if type_ == "NodePort"
+        && s.metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(ANNOTATION_NODE_SELECTOR))
+    {
+        // Istio then reaches every address (external IPs included) on the node
+        // port, through node addresses crossmesh does not discover: use none
+        // rather than a wrong port.
+        unused.push(format!(
+            "annotation {ANNOTATION_NODE_SELECTOR} is not supported: NodePort gateways on \
+             node addresses are not discovered (use a LoadBalancer, spec.externalIPs without \
+             the annotation, or the mesh file)"
+        ));
+        return Some(GatewayRec {
+            network: i.str(network),
+            port,
+            addresses: Vec::new(),
+            unused,
+        });
+    }
+    for (n, ip) in s
+        .spec
+        .iter()
+        .flat_map(|s| s.external_ips.iter().flatten())
+        .enumerate()
+    {
+        match ip.parse::<IpAddr>() {
+            Ok(a) => add(a),
+            Err(_) => unused.push(format!("spec.externalIPs[{n}] {ip:?} is not an IP address")),
+        }
+    }
+    Some(GatewayRec {
+        network: i.str(network),
+        port,
+        addresses,
+        unused,
+    })
 }
 
 fn pod_rec(p: &Pod, i: &mut Interners) -> Result<PodRec, String> {

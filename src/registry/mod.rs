@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
-use crate::config::{ClusterConfig, ClusterSource, ConfigSource, MeshConfig};
+use crate::config::{ClusterConfig, ClusterSource, ConfigSource, MeshConfig, NetworkGateway};
 use crate::metrics::{metrics, ClusterLabel};
 use crate::model::service::{Labels, ServiceMap};
 use crate::model::{ClusterId, Endpoint, Locality, MeshSettings, Service, ServicePort};
@@ -112,6 +112,10 @@ struct Shard {
     /// Objects the registry itself rejected (API-server sources), by key.
     rejected: BTreeMap<RecordKey, ObjectProblem>,
     state: ClusterState,
+    /// Services labelled `topology.istio.io/network` (network gateways).
+    gateway_services: BTreeSet<ObjKey>,
+    /// A gateway Service changed since the registry last merged the gateways.
+    gateways_changed: bool,
 }
 
 fn index_insert<K: std::hash::Hash + Eq, V: Ord>(m: &mut HashMap<K, BTreeSet<V>>, k: K, v: V) {
@@ -141,6 +145,25 @@ impl Shard {
             slices_by_service: HashMap::new(),
             rejected: BTreeMap::new(),
             state: ClusterState::default(),
+            gateway_services: BTreeSet::new(),
+            gateways_changed: false,
+        }
+    }
+
+    /// Keep the gateway index in step with a Service changing from `old` to `new`.
+    fn track_gateway(&mut self, key: &ObjKey, old: Option<&SvcRec>, new: Option<&SvcRec>) {
+        let (old, new) = (
+            old.and_then(|s| s.gateway.as_ref()),
+            new.and_then(|s| s.gateway.as_ref()),
+        );
+        if old == new {
+            return;
+        }
+        self.gateways_changed = true;
+        if new.is_some() {
+            self.gateway_services.insert(key.clone());
+        } else {
+            self.gateway_services.remove(key);
         }
     }
 
@@ -191,9 +214,12 @@ impl Shard {
     fn upsert(&mut self, rec: Record, out: &mut BTreeSet<ObjKey>) {
         match rec {
             Record::Service(key, svc) => {
-                if self.services.get(&key) == Some(&svc) {
+                let old = self.services.get(&key);
+                if old == Some(&svc) {
                     return;
                 }
+                let old = old.cloned();
+                self.track_gateway(&key, old.as_ref(), Some(&svc));
                 index_insert(&mut self.services_by_ns, key.0.clone(), key.1.clone());
                 self.services.insert(key.clone(), svc);
                 out.insert(key);
@@ -263,7 +289,8 @@ impl Shard {
     fn delete(&mut self, key: &RecordKey, out: &mut BTreeSet<ObjKey>) {
         match key {
             RecordKey::Service(k) => {
-                if self.services.remove(k).is_some() {
+                if let Some(old) = self.services.remove(k) {
+                    self.track_gateway(k, Some(&old), None);
                     index_remove(&mut self.services_by_ns, &k.0, &k.1);
                     out.insert(k.clone());
                 }
@@ -407,6 +434,9 @@ struct Index {
     snapshot: Option<Arc<ServiceMap>>,
     ready_endpoints: usize,
     interners: Interners,
+    /// The mesh settings handed to pushes: the mesh file's, with the network
+    /// gateways discovered from Services merged in (`refresh_gateways`).
+    settings: Arc<MeshSettings>,
 }
 
 fn ready_count(s: &Service) -> usize {
@@ -468,6 +498,45 @@ impl Index {
         })
     }
 
+    /// Merge the mesh file's network gateways (`file`) with those discovered from
+    /// Services labelled `topology.istio.io/network` in every shard, as Istio's
+    /// `NetworkManager` merges MeshNetworks and registry gateways into one set:
+    /// per network, the mesh file's first (in its order), then each cluster's (by
+    /// cluster name, then Service namespace/name, then address order), an address
+    /// and port already listed being skipped. Replaces `settings` and returns
+    /// whether the gateways changed (then every proxy needs a full push: the
+    /// network filter of every service's EDS reads them).
+    fn refresh_gateways(&mut self, file: &MeshSettings) -> bool {
+        let mut networks = file.networks.clone();
+        for shard in self.shards.values_mut() {
+            shard.gateways_changed = false;
+            for key in &shard.gateway_services {
+                let Some(gw) = shard.services.get(key).and_then(|s| s.gateway.as_ref()) else {
+                    continue;
+                };
+                let list = networks.entry(gw.network.to_string()).or_default();
+                for a in &gw.addresses {
+                    if !list.iter().any(|g| same_gateway(g, *a, gw.port)) {
+                        list.push(NetworkGateway {
+                            address: a.to_string(),
+                            port: gw.port,
+                        });
+                    }
+                }
+            }
+        }
+        // A network whose only gateway Services have no address has no gateway.
+        networks.retain(|name, gws| !gws.is_empty() || file.networks.contains_key(name));
+        if networks == self.settings.networks {
+            return false;
+        }
+        self.settings = Arc::new(MeshSettings {
+            networks,
+            ..(*self.settings).clone()
+        });
+        true
+    }
+
     /// Recompute `keys`, store what changed and say what to push.
     fn commit(&mut self, domain_suffix: &str, keys: BTreeSet<ObjKey>) -> Option<PushRequest> {
         let mut full = false;
@@ -517,10 +586,33 @@ impl Index {
     }
 }
 
+/// Whether a gateway entry is `addr:port` (mesh-file addresses compared as IPs
+/// when they parse, so `::1` and `0::1` are one gateway).
+fn same_gateway(g: &NetworkGateway, addr: std::net::IpAddr, port: u16) -> bool {
+    g.port == port
+        && match g.address.parse::<std::net::IpAddr>() {
+            Ok(a) => a == addr,
+            Err(_) => g.address == addr.to_string(),
+        }
+}
+
+/// Add a full push for changed network gateways to `req`.
+fn with_networks_push(req: Option<PushRequest>) -> Option<PushRequest> {
+    let f = PushRequest::full("networks");
+    Some(match req {
+        Some(mut r) => {
+            r.merge(f);
+            r
+        }
+        None => f,
+    })
+}
+
 /// The merged endpoint index and config store, shared as `Arc<Registry>` between
 /// sources (writers), the push loop and the debug server (readers).
 pub struct Registry {
     mesh: Arc<MeshConfig>,
+    /// The mesh file's settings; what pushes get is `Index::settings`.
     settings: Arc<MeshSettings>,
     queue: PushQueue,
     started: Instant,
@@ -550,7 +642,7 @@ impl Registry {
             networks: mesh.networks.clone(),
         });
         let reg = Registry {
-            settings,
+            settings: settings.clone(),
             queue,
             started: now,
             ready_latched: AtomicBool::new(false),
@@ -567,6 +659,7 @@ impl Registry {
         };
         {
             let mut idx = reg.lock();
+            idx.settings = settings;
             for c in &mesh.clusters {
                 let meta = reg.meta(c, true);
                 metrics()
@@ -625,7 +718,11 @@ impl Registry {
             .ok_or_else(|| RegistryError::UnknownCluster(cluster.to_string()))?;
         let mut keys = BTreeSet::new();
         let out = f(shard, &mut idx.interners, &mut keys);
-        let req = idx.commit(&self.mesh.domain_suffix, keys);
+        let gateways_changed = shard.gateways_changed;
+        let mut req = idx.commit(&self.mesh.domain_suffix, keys);
+        if gateways_changed && idx.refresh_gateways(&self.settings) {
+            req = with_networks_push(req);
+        }
         self.publish(req, idx);
         Ok(out)
     }
@@ -657,8 +754,12 @@ impl Registry {
             .remove(cluster)
             .ok_or_else(|| RegistryError::UnknownCluster(cluster.to_string()))?;
         let keys = shard.service_keys();
+        let had_gateways = !shard.gateway_services.is_empty();
         drop(shard);
-        let req = idx.commit(&self.mesh.domain_suffix, keys);
+        let mut req = idx.commit(&self.mesh.domain_suffix, keys);
+        if had_gateways && idx.refresh_gateways(&self.settings) {
+            req = with_networks_push(req);
+        }
         idx.interners.gc();
         metrics().cluster_synced.remove(&ClusterLabel {
             cluster: cluster.to_string(),
@@ -1024,9 +1125,34 @@ fn problem(origin: &str, e: &ObjectError) -> ObjectProblem {
     }
 }
 
-/// Served objects worth a note: selector-less Services without slices, Pods without IP.
+/// Served objects worth a note: selector-less Services without slices, Pods without
+/// IP, and network gateway Services (the gateways they stand for, or why none).
 fn notes(s: &Shard, origin: &str) -> Vec<ObjectProblem> {
     let mut out = Vec::new();
+    for key in &s.gateway_services {
+        let Some(gw) = s.services.get(key).and_then(|svc| svc.gateway.as_ref()) else {
+            continue;
+        };
+        let note = |reason: String| ObjectProblem {
+            origin: origin.to_string(),
+            kind: "Service".into(),
+            object: format!("{}/{}", key.0, key.1),
+            reason,
+        };
+        if !gw.addresses.is_empty() {
+            let addrs: Vec<String> = gw
+                .addresses
+                .iter()
+                .map(|a| std::net::SocketAddr::new(*a, gw.port).to_string())
+                .collect();
+            out.push(note(format!(
+                "east-west gateway of network {}: {}",
+                gw.network,
+                addrs.join(", ")
+            )));
+        }
+        out.extend(gw.problems().into_iter().map(note));
+    }
     for (key, svc) in &s.services {
         if svc.selector.is_none() && !s.slices_by_service.contains_key(key) {
             out.push(ObjectProblem {
@@ -1053,8 +1179,10 @@ fn notes(s: &Shard, origin: &str) -> Vec<ObjectProblem> {
 }
 
 impl crate::push::ContextSource for Registry {
+    /// The mesh file's settings with the discovered network gateways merged in;
+    /// recomputed only when a gateway Service changes, shared otherwise.
     fn mesh(&self) -> Arc<MeshSettings> {
-        self.settings.clone()
+        self.lock().settings.clone()
     }
 
     fn services(&self) -> Arc<ServiceMap> {

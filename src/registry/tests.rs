@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::*;
-use crate::config::{ClusterSource, MeshConfig};
+use crate::config::{ClusterSource, MeshConfig, NetworkGateway};
 use crate::push::ContextSource;
 
 fn cluster(name: &str, network: &str, locality: Option<&str>) -> ClusterConfig {
@@ -667,4 +667,327 @@ fn context_source_serves_settings_and_services() {
     assert_eq!(st[0]["source"], "manifests:/m/c1");
     assert_eq!(st[0]["network"], "vpc-a");
     assert!(st[0]["last_event_time"].as_str().unwrap().ends_with('Z'));
+}
+
+// ---------------------------------------------------------------------------
+// Network gateways discovered from Services labelled `topology.istio.io/network`.
+
+const EW: &str = "istio-eastwestgateway";
+
+/// The east-west gateway Service of `network` in istio-system: `extra_labels`
+/// merged into its labels, `spec`/`status` merged into a selector + tls port.
+fn gw_svc(network: &str, extra_labels: Value, spec: Value, status: Value) -> KubeObject {
+    let mut labels = json!({"topology.istio.io/network": network, "istio": "eastwestgateway"});
+    if let (Some(l), Some(x)) = (labels.as_object_mut(), extra_labels.as_object()) {
+        l.extend(x.clone());
+    }
+    let mut s = json!({"selector": {"istio": "eastwestgateway"},
+        "ports": [{"name": "tls", "port": 15443}]});
+    if let (Some(m), Some(x)) = (s.as_object_mut(), spec.as_object()) {
+        m.extend(x.clone());
+    }
+    let v = json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": EW, "namespace": "istio-system", "labels": labels},
+        "spec": s, "status": status});
+    KubeObject::Service(serde_json::from_value(v).unwrap())
+}
+
+fn lb(ips: &[&str]) -> (Value, Value) {
+    let ingress: Vec<Value> = ips.iter().map(|ip| json!({"ip": ip})).collect();
+    (
+        json!({"type": "LoadBalancer"}),
+        json!({"loadBalancer": {"ingress": ingress}}),
+    )
+}
+
+fn gws(r: &Registry, network: &str) -> Vec<String> {
+    ContextSource::mesh(r)
+        .networks
+        .get(network)
+        .map(|g| {
+            g.iter()
+                .map(|g| format!("{}:{}", g.address, g.port))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn gw_notes(r: &Registry, cluster: &str) -> Vec<String> {
+    r.cluster_status()
+        .into_iter()
+        .filter(|c| c.name == cluster)
+        .flat_map(|c| c.notes)
+        .filter(|n| n.object == format!("istio-system/{EW}"))
+        .map(|n| n.reason)
+        .collect()
+}
+
+fn with_file_gateway(network: &str, address: &str, port: u16) -> (Arc<Registry>, PushQueue) {
+    let mut mesh = MeshConfig {
+        clusters: vec![
+            cluster("c1", "vpc-a", Some("r1/z1")),
+            cluster("c2", "account-b", None),
+        ],
+        ..MeshConfig::default()
+    };
+    mesh.networks.insert(
+        network.into(),
+        vec![NetworkGateway {
+            address: address.into(),
+            port,
+        }],
+    );
+    let q = PushQueue::new();
+    (Registry::new(Arc::new(mesh), q.clone()), q)
+}
+
+#[test]
+fn gateway_discovered_from_a_labelled_load_balancer_service() {
+    let (r, q) = two_clusters();
+    assert!(ContextSource::mesh(&*r).networks.is_empty());
+    let (spec, mut status) = lb(&["198.51.100.7"]);
+    status["loadBalancer"]["ingress"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"hostname": "ew.elb.example.com"}));
+    let mut spec = spec;
+    spec["externalIPs"] = json!(["198.51.100.8", "198.51.100.7"]);
+    r.reset_cluster("c2", vec![gw_svc("account-b", json!({}), spec, status)])
+        .unwrap();
+    let req = q.try_take().unwrap();
+    assert!(req.full && req.reasons.contains("networks"), "{req:?}");
+    // Istio's order: load balancer IPs, then external IPs; default port 15443;
+    // the hostname entry is not resolved, and says so.
+    assert_eq!(
+        gws(&r, "account-b"),
+        ["198.51.100.7:15443", "198.51.100.8:15443"]
+    );
+    let notes = gw_notes(&r, "c2");
+    assert!(
+        notes.iter().any(|n| n
+            == "east-west gateway of network account-b: 198.51.100.7:15443, 198.51.100.8:15443"),
+        "{notes:?}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("ew.elb.example.com") && n.contains("does not resolve")),
+        "{notes:?}"
+    );
+    // The Service is still an ordinary service too.
+    assert!(r
+        .service("istio-eastwestgateway.istio-system.svc.cluster.local")
+        .is_some());
+
+    // The network filter of translation sees the discovered gateway.
+    let ctx = crate::model::PushContext {
+        mesh: ContextSource::mesh(&*r),
+        services: r.services(),
+        ..Default::default()
+    };
+    assert!(crate::translate::network::multi_network(&ctx));
+
+    // Nothing gateway-related changed: the settings are shared, no network push.
+    let before = ContextSource::mesh(&*r);
+    r.reset_cluster(
+        "c2",
+        vec![
+            gw_svc(
+                "account-b",
+                json!({}),
+                {
+                    let (mut s, _) = lb(&[]);
+                    s["externalIPs"] = json!(["198.51.100.8", "198.51.100.7"]);
+                    s
+                },
+                status_with_hostname(),
+            ),
+            web_svc(),
+        ],
+    )
+    .unwrap();
+    let req = q.try_take().unwrap();
+    assert!(!req.reasons.contains("networks"), "{req:?}");
+    assert!(Arc::ptr_eq(&before, &ContextSource::mesh(&*r)));
+}
+
+fn status_with_hostname() -> Value {
+    json!({"loadBalancer": {"ingress": [{"ip": "198.51.100.7"}, {"hostname": "ew.elb.example.com"}]}})
+}
+
+#[test]
+fn discovered_gateways_merge_with_the_mesh_file_without_duplicates() {
+    let (r, q) = with_file_gateway("account-b", "198.51.100.7", 15443);
+    assert_eq!(gws(&r, "account-b"), ["198.51.100.7:15443"]);
+    let (spec, status) = lb(&["198.51.100.7", "198.51.100.9"]);
+    r.reset_cluster("c2", vec![gw_svc("account-b", json!({}), spec, status)])
+        .unwrap();
+    assert!(q.try_take().unwrap().reasons.contains("networks"));
+    assert_eq!(
+        gws(&r, "account-b"),
+        ["198.51.100.7:15443", "198.51.100.9:15443"],
+        "mesh file first, the shared address once"
+    );
+    // The same gateway Service in another cluster adds nothing twice; a second
+    // network appears alongside.
+    let (spec, status) = lb(&["198.51.100.9"]);
+    let (spec3, status3) = lb(&["203.0.113.1"]);
+    let other = {
+        let mut o = gw_svc("vpc-a", json!({}), spec3, status3);
+        if let KubeObject::Service(s) = &mut o {
+            s.metadata.name = Some("ew-vpc-a".into());
+        }
+        o
+    };
+    r.reset_cluster(
+        "c1",
+        vec![gw_svc("account-b", json!({}), spec, status), other],
+    )
+    .unwrap();
+    assert_eq!(
+        gws(&r, "account-b"),
+        ["198.51.100.7:15443", "198.51.100.9:15443"]
+    );
+    assert_eq!(gws(&r, "vpc-a"), ["203.0.113.1:15443"]);
+
+    // Removing a cluster removes what only it discovered; the file's stay.
+    q.try_take();
+    r.remove_cluster("c2").unwrap();
+    r.remove_cluster("c1").unwrap();
+    assert!(q.try_take().unwrap().reasons.contains("networks"));
+    assert_eq!(gws(&r, "account-b"), ["198.51.100.7:15443"]);
+    assert!(gws(&r, "vpc-a").is_empty());
+    assert!(!ContextSource::mesh(&*r).networks.contains_key("vpc-a"));
+}
+
+#[test]
+fn gateway_port_label_and_changes_push_full() {
+    let (r, q) = two_clusters();
+    let (spec, status) = lb(&["198.51.100.7"]);
+    let labelled = |port: &str| {
+        gw_svc(
+            "account-b",
+            json!({"networking.istio.io/gatewayPort": port}),
+            spec.clone(),
+            status.clone(),
+        )
+    };
+    // Watch events (the API-server path) go through the same conversion.
+    r.apply("c2", Event::Upsert(labelled("15444"))).unwrap();
+    assert!(q.try_take().unwrap().reasons.contains("networks"));
+    assert_eq!(gws(&r, "account-b"), ["198.51.100.7:15444"]);
+
+    // An unparsable port falls back to 15443, as in Istio, with a note.
+    r.apply("c2", Event::Upsert(labelled("tls"))).unwrap();
+    assert!(q.try_take().unwrap().reasons.contains("networks"));
+    assert_eq!(gws(&r, "account-b"), ["198.51.100.7:15443"]);
+    assert!(gw_notes(&r, "c2")
+        .iter()
+        .any(|n| n.contains("\"tls\" is not a port number")));
+
+    // A new load balancer IP: full push, new gateway.
+    let (_, status2) = lb(&["198.51.100.70"]);
+    r.apply(
+        "c2",
+        Event::Upsert(gw_svc("account-b", json!({}), spec.clone(), status2)),
+    )
+    .unwrap();
+    assert!(q.try_take().unwrap().reasons.contains("networks"));
+    assert_eq!(gws(&r, "account-b"), ["198.51.100.70:15443"]);
+
+    // The label removed: no longer a gateway.
+    let plain = {
+        let mut o = gw_svc("account-b", json!({}), spec.clone(), status.clone());
+        if let KubeObject::Service(s) = &mut o {
+            s.metadata
+                .labels
+                .as_mut()
+                .unwrap()
+                .remove("topology.istio.io/network");
+        }
+        o
+    };
+    r.apply("c2", Event::Upsert(plain.clone())).unwrap();
+    assert!(q.try_take().unwrap().reasons.contains("networks"));
+    assert!(ContextSource::mesh(&*r).networks.is_empty());
+    assert!(gw_notes(&r, "c2").is_empty());
+
+    // Labelled again, then deleted.
+    r.apply("c2", Event::Upsert(labelled("15443"))).unwrap();
+    assert_eq!(gws(&r, "account-b"), ["198.51.100.7:15443"]);
+    q.try_take();
+    r.apply("c2", Event::Delete(plain)).unwrap();
+    let req = q.try_take().unwrap();
+    assert!(req.full && req.reasons.contains("networks"), "{req:?}");
+    assert!(ContextSource::mesh(&*r).networks.is_empty());
+}
+
+#[test]
+fn labelled_service_without_usable_address_is_noted_not_a_gateway() {
+    let (r, q) = two_clusters();
+    // ClusterIP with a load balancer status (read for LoadBalancer only), and a
+    // LoadBalancer not yet provisioned.
+    let (_, status) = lb(&["198.51.100.7"]);
+    let cluster_ip = gw_svc("account-b", json!({}), json!({}), status);
+    r.reset_cluster("c2", vec![cluster_ip]).unwrap();
+    let req = q.try_take().unwrap();
+    assert!(!req.reasons.contains("networks"), "{req:?}");
+    assert!(ContextSource::mesh(&*r).networks.is_empty());
+    let notes = gw_notes(&r, "c2");
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("has no usable address") && n.contains("account-b")),
+        "{notes:?}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("read for type LoadBalancer only (type is ClusterIP)")),
+        "{notes:?}"
+    );
+
+    let pending = gw_svc(
+        "account-b",
+        json!({}),
+        json!({"type": "LoadBalancer", "externalIPs": ["not-an-ip"]}),
+        json!({}),
+    );
+    r.reset_cluster("c2", vec![pending.clone()]).unwrap();
+    assert!(ContextSource::mesh(&*r).networks.is_empty());
+    let notes = gw_notes(&r, "c2");
+    assert!(notes
+        .iter()
+        .any(|n| n.contains("\"not-an-ip\" is not an IP address")));
+    assert!(notes.iter().any(|n| n.contains("has no usable address")));
+    // The file source logs the same notes (naming the file).
+    assert!(pending
+        .notes()
+        .iter()
+        .any(|n| n.contains("has no usable address")));
+
+    // NodePort gateways on node addresses are not discovered, and say so.
+    let node_port = {
+        let mut o = gw_svc(
+            "account-b",
+            json!({}),
+            json!({"type": "NodePort", "externalIPs": ["198.51.100.7"]}),
+            json!({}),
+        );
+        if let KubeObject::Service(s) = &mut o {
+            s.metadata.annotations = Some(
+                [(
+                    "traffic.istio.io/nodeSelector".to_string(),
+                    "{}".to_string(),
+                )]
+                .into(),
+            );
+        }
+        o
+    };
+    r.reset_cluster("c2", vec![node_port]).unwrap();
+    assert!(ContextSource::mesh(&*r).networks.is_empty());
+    assert!(gw_notes(&r, "c2")
+        .iter()
+        .any(|n| n.contains("traffic.istio.io/nodeSelector is not supported")));
 }

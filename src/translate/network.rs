@@ -1,6 +1,7 @@
 //! Multi-network EDS (Istio's `EndpointsByNetworkFilter`): a proxy reaches
 //! endpoints on its own network directly; endpoints on another network are
-//! replaced by that network's east-west gateways (mesh file `networks`), one
+//! replaced by that network's east-west gateways (`MeshSettings::networks`: the
+//! mesh file's `networks` and Services labelled `topology.istio.io/network`), one
 //! gateway endpoint per locality weighted by how many endpoints it stands for;
 //! endpoints on a network with no gateway are left out (never sent unreachable)
 //! and counted. As in Istio, this only applies once the mesh is multi-network
@@ -107,8 +108,8 @@ pub fn apply<'a>(
 }
 
 /// Endpoints of `svc` (ready, any port) on a network that has no east-west
-/// gateway in the mesh file, per network: proxies on other networks cannot reach
-/// them, so they are left out of those proxies' EDS.
+/// gateway (neither in the mesh file nor discovered), per network: proxies on
+/// other networks cannot reach them, so they are left out of those proxies' EDS.
 pub fn unreachable(svc: &Service, ctx: &PushContext) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
     if !multi_network(ctx) {
