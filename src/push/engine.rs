@@ -392,6 +392,17 @@ impl Pusher {
         lock(&self.inner.state).ctx.clone()
     }
 
+    /// Every EDS map the engine holds: the global map first, then one per
+    /// connected `EdsView`. For `benches/locality.rs`, which measures how many
+    /// distinct encodings and bytes per-view EDS keeps.
+    #[doc(hidden)]
+    pub fn eds_maps(&self) -> Vec<ResourceMap> {
+        let st = lock(&self.inner.state);
+        std::iter::once(st.eds.clone())
+            .chain(st.views.values().map(|v| v.eds.clone()))
+            .collect()
+    }
+
     /// Debounce and push forever. Each push runs on the blocking pool: it is CPU
     /// work (translation and encoding) that must not stall the streams.
     pub async fn run(self) {
