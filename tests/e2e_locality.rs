@@ -548,62 +548,131 @@ fn gateway_bootstrap(
     bootstrap(&args)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cross_network_through_a_real_east_west_gateway() {
-    let subnet = Subnet::claim();
-    let mesh = Mesh::new(&[
-        cluster("c1", Some("network-1")),
-        cluster("c2", Some("network-2")),
-    ]);
-    let (pod_port, app_port, gw_port, ew_port) =
-        (free_port(), free_port(), free_port(), free_port());
-    let ew_ip = subnet.ip(200);
-    let mut text = std::fs::read_to_string(&mesh.mesh_file).unwrap();
-    text.push_str(&format!(
-        "networks:\n  network-2:\n    gateways:\n    - address: {ew_ip}\n      port: {ew_port}\n"
-    ));
-    std::fs::write(&mesh.mesh_file, text).unwrap();
+/// How crossmesh learns network-2's east-west gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EastWest {
+    /// `networks.network-2.gateways` in the mesh file.
+    MeshFile,
+    /// A LoadBalancer Service in c2 labelled `topology.istio.io/network:
+    /// network-2` and `networking.istio.io/gatewayPort`, its address in
+    /// `status.loadBalancer.ingress` (Istio's label-based network gateway).
+    LabelledService,
+}
 
-    // The service exists only in c2 (network-2).
-    let p = PODS[2];
-    let pod_ip = subnet.ip(p.4);
-    mesh.write_cluster(
-        "c2",
-        "node.yaml",
-        &manifests::node(&node_name(&p), p.2, p.3, None),
-    );
-    mesh.write_cluster(
-        "c2",
-        "service.yaml",
-        &manifests::service(NS, "web", 80, pod_port, &[("app", "web")]),
-    );
-    mesh.write_cluster("c2", "pod.yaml", &pod_yaml(&p, &subnet, pod_port, true));
-    let _app = Backend::start(pod_ip, app_port, p.0).await;
-    let (cert, key) = self_signed(mesh.root());
-    let _sidecar = Envoy::start(
-        "ew-dest-tls",
-        &tls_terminator_yaml(pod_ip, pod_port, app_port, &cert, &key),
+/// The manifest file holding the east-west gateway's Service in c2.
+const EW_SERVICE_FILE: &str = "eastwest-service.yaml";
+
+fn east_west_service_yaml(ip: std::net::Ipv4Addr, port: u16) -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: istio-eastwestgateway
+  namespace: istio-system
+  labels:
+    istio: eastwestgateway
+    topology.istio.io/network: network-2
+    networking.istio.io/gatewayPort: \"{port}\"
+spec:
+  type: LoadBalancer
+  selector:
+    istio: eastwestgateway
+  ports:
+  - name: tls
+    port: {port}
+    targetPort: {port}
+status:
+  loadBalancer:
+    ingress:
+    - ip: {ip}
+"
     )
-    .await;
+}
 
-    mesh.write_istio(
-        "gateway.yaml",
-        &manifests::gateway(
-            "istio-system",
-            "gw",
-            &[("istio", "ingressgateway")],
-            gw_port,
-            &[HOST],
-        ),
-    );
-    mesh.write_istio(
-        "vs.yaml",
-        &manifests::virtual_service(NS, "web", &["istio-system/gw"], &[HOST], SVC, 80),
-    );
-    mesh.write_istio(
-        "eastwest.yaml",
-        &format!(
-            "apiVersion: networking.istio.io/v1
+/// Clusters c1 (network-1) and c2 (network-2); `web.test` only in c2 behind a
+/// TLS-terminating stand-in of its sidecar; a real east-west Envoy for network-2
+/// (`AUTO_PASSTHROUGH`) and a real client gateway Envoy on network-1.
+struct CrossNetwork {
+    mesh: Mesh,
+    cp: ControlPlane,
+    _app: Backend,
+    _sidecar: Envoy,
+    _ew: Envoy,
+    client: Envoy,
+    pod_ip: std::net::Ipv4Addr,
+    ew_ip: std::net::Ipv4Addr,
+    ew_port: u16,
+    client_ip: std::net::Ipv4Addr,
+    gw_port: u16,
+}
+
+impl CrossNetwork {
+    async fn start(east_west: EastWest) -> CrossNetwork {
+        let subnet = Subnet::claim();
+        let mesh = Mesh::new(&[
+            cluster("c1", Some("network-1")),
+            cluster("c2", Some("network-2")),
+        ]);
+        let (pod_port, app_port, gw_port, ew_port) =
+            (free_port(), free_port(), free_port(), free_port());
+        let ew_ip = subnet.ip(200);
+        match east_west {
+            EastWest::MeshFile => {
+                let mut text = std::fs::read_to_string(&mesh.mesh_file).unwrap();
+                text.push_str(&format!(
+                    "networks:\n  network-2:\n    gateways:\n    - address: {ew_ip}\n      port: {ew_port}\n"
+                ));
+                std::fs::write(&mesh.mesh_file, text).unwrap();
+            }
+            EastWest::LabelledService => {
+                mesh.write_cluster(
+                    "c2",
+                    EW_SERVICE_FILE,
+                    &east_west_service_yaml(ew_ip, ew_port),
+                );
+            }
+        }
+
+        // The service exists only in c2 (network-2).
+        let p = PODS[2];
+        let pod_ip = subnet.ip(p.4);
+        mesh.write_cluster(
+            "c2",
+            "node.yaml",
+            &manifests::node(&node_name(&p), p.2, p.3, None),
+        );
+        mesh.write_cluster(
+            "c2",
+            "service.yaml",
+            &manifests::service(NS, "web", 80, pod_port, &[("app", "web")]),
+        );
+        mesh.write_cluster("c2", "pod.yaml", &pod_yaml(&p, &subnet, pod_port, true));
+        let app = Backend::start(pod_ip, app_port, p.0).await;
+        let (cert, key) = self_signed(mesh.root());
+        let sidecar = Envoy::start(
+            "ew-dest-tls",
+            &tls_terminator_yaml(pod_ip, pod_port, app_port, &cert, &key),
+        )
+        .await;
+
+        mesh.write_istio(
+            "gateway.yaml",
+            &manifests::gateway(
+                "istio-system",
+                "gw",
+                &[("istio", "ingressgateway")],
+                gw_port,
+                &[HOST],
+            ),
+        );
+        mesh.write_istio(
+            "vs.yaml",
+            &manifests::virtual_service(NS, "web", &["istio-system/gw"], &[HOST], SVC, 80),
+        );
+        mesh.write_istio(
+            "eastwest.yaml",
+            &format!(
+                "apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata:
   name: cross-network-gateway
@@ -621,86 +690,195 @@ spec:
     hosts:
     - \"*.local\"
 "
-        ),
-    );
-    let cp = ControlPlane::start(&mesh.mesh_file).await;
-    let ew = Envoy::start(
-        "eastwest",
-        &gateway_bootstrap(
-            "ew-0",
+            ),
+        );
+        let cp = ControlPlane::start(&mesh.mesh_file).await;
+        let ew = Envoy::start(
+            "eastwest",
+            &gateway_bootstrap(
+                "ew-0",
+                ew_ip,
+                "istio=eastwestgateway",
+                "c2",
+                "network-2",
+                "region-2/zone-c",
+                cp.xds,
+            ),
+        )
+        .await;
+        ew.wait_ready(CONVERGE).await;
+        let client_ip = subnet.ip(1);
+        let client = Envoy::start(
+            "client-net1",
+            &gateway_bootstrap(
+                "gw-0",
+                client_ip,
+                "istio=ingressgateway",
+                "c1",
+                "network-1",
+                "region-1/zone-a",
+                cp.xds,
+            ),
+        )
+        .await;
+        client.wait_ready(CONVERGE).await;
+        CrossNetwork {
+            mesh,
+            cp,
+            _app: app,
+            _sidecar: sidecar,
+            _ew: ew,
+            client,
+            pod_ip,
             ew_ip,
-            "istio=eastwestgateway",
-            "c2",
-            "network-2",
-            "region-2/zone-c",
-            cp.xds,
-        ),
-    )
-    .await;
-    ew.wait_ready(CONVERGE).await;
-    let client_ip = subnet.ip(1);
-    let client = Envoy::start(
-        "client-net1",
-        &gateway_bootstrap(
-            "gw-0",
+            ew_port,
             client_ip,
-            "istio=ingressgateway",
-            "c1",
-            "network-1",
-            "region-1/zone-a",
-            cp.xds,
-        ),
-    )
-    .await;
-    client.wait_ready(CONVERGE).await;
+            gw_port,
+        }
+    }
 
-    // Real traffic: client (network-1) -> TLS with SNI -> east-west Envoy -> pod.
-    let addr = SocketAddr::from((client_ip, gw_port));
+    fn client_id(&self) -> String {
+        format!(
+            "router~{}~gw-0.istio-system~istio-system.svc.cluster.local",
+            self.client_ip
+        )
+    }
+
+    /// What crossmesh serves the client gateway (`/debug/config_dump`).
+    async fn client_dump(&self) -> Result<String, String> {
+        let id = self.client_id();
+        Ok(self
+            .cp
+            .json(&format!("/debug/config_dump?proxyID={id}"))
+            .await?
+            .to_string())
+    }
+
+    /// Real traffic goes client (network-1) -> TLS with SNI -> east-west Envoy ->
+    /// pod, and the client's EDS never holds network-2's pod address.
+    async fn assert_through_the_east_west_gateway(&self) {
+        let addr = SocketAddr::from((self.client_ip, self.gw_port));
+        wait_for(
+            "client reaches pod-c through the east-west gateway",
+            CONVERGE,
+            || async {
+                let r = http::get(addr, HOST, "/").await?;
+                if r.status == 200 && r.body == "pod-c" {
+                    Ok(())
+                } else {
+                    Err(format!("{} {:?}", r.status, r.body))
+                }
+            },
+        )
+        .await;
+        let bodies = http::get_many(addr, HOST, 20).await;
+        assert!(bodies.iter().all(|b| b == "pod-c"), "{bodies:?}");
+
+        let (pod_ip, ew_ip) = (self.pod_ip, self.ew_ip);
+        let dump = self.client_dump().await.unwrap();
+        assert!(
+            !dump.contains(&pod_ip.to_string()),
+            "client dump holds {pod_ip}: {dump}"
+        );
+        assert!(
+            dump.contains(&ew_ip.to_string()),
+            "client dump lacks the gateway {ew_ip}"
+        );
+        assert!(
+            dump.contains("outbound_.80_._.web.test.svc.cluster.local"),
+            "SNI in client CDS: {dump}"
+        );
+        let hosts = self.client.cluster_hosts(CLUSTER).await.unwrap();
+        assert_eq!(hosts, vec![SocketAddr::from((ew_ip, self.ew_port))]);
+        let ew_id = format!("router~{ew_ip}~ew-0.istio-system~istio-system.svc.cluster.local");
+        let ew_dump = self
+            .cp
+            .json(&format!("/debug/config_dump?proxyID={ew_id}"))
+            .await
+            .unwrap()
+            .to_string();
+        assert!(
+            ew_dump.contains(&pod_ip.to_string()),
+            "east-west EDS has the local pod"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_network_through_a_real_east_west_gateway() {
+    let lab = CrossNetwork::start(EastWest::MeshFile).await;
+    lab.assert_through_the_east_west_gateway().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_network_through_an_east_west_gateway_discovered_from_its_service() {
+    let lab = CrossNetwork::start(EastWest::LabelledService).await;
+    lab.assert_through_the_east_west_gateway().await;
+
+    // /debug/clusterz names the discovered gateway.
+    let gw = SocketAddr::from((lab.ew_ip, lab.ew_port));
+    let clusterz = lab.cp.json("/debug/clusterz").await.unwrap().to_string();
+    assert!(
+        clusterz.contains(&format!("east-west gateway of network network-2: {gw}")),
+        "{clusterz}"
+    );
+
+    // The gateway Service goes: no network has a gateway any more, so (as in
+    // Istio) the mesh is one routed network and the client gets the pod directly.
+    lab.mesh.remove_cluster_file("c2", EW_SERVICE_FILE);
+    let (pod_ip, ew_ip) = (lab.pod_ip.to_string(), lab.ew_ip.to_string());
     wait_for(
-        "client reaches pod-c through the east-west gateway",
+        "client EDS holds the pod once the gateway Service is gone",
         CONVERGE,
         || async {
-            let r = http::get(addr, HOST, "/").await?;
-            if r.status == 200 && r.body == "pod-c" {
+            let dump = lab.client_dump().await?;
+            if dump.contains(&pod_ip) && !dump.contains(&ew_ip) {
                 Ok(())
             } else {
-                Err(format!("{} {:?}", r.status, r.body))
+                Err(dump)
             }
         },
     )
     .await;
-    let bodies = http::get_many(addr, HOST, 20).await;
-    assert!(bodies.iter().all(|b| b == "pod-c"), "{bodies:?}");
+    wait_for("client Envoy's hosts follow", CONVERGE, || async {
+        let hosts = lab.client.cluster_hosts(CLUSTER).await?;
+        if hosts
+            .iter()
+            .all(|h| h.ip() == std::net::IpAddr::V4(lab.pod_ip))
+            && !hosts.is_empty()
+        {
+            Ok(())
+        } else {
+            Err(format!("{hosts:?}"))
+        }
+    })
+    .await;
 
-    // The client's EDS never holds network-2's pod address; the gateway's does.
-    let client_id = format!("router~{client_ip}~gw-0.istio-system~istio-system.svc.cluster.local");
-    let dump = cp
-        .json(&format!("/debug/config_dump?proxyID={client_id}"))
-        .await
-        .unwrap()
-        .to_string();
-    assert!(
-        !dump.contains(&pod_ip.to_string()),
-        "client dump holds {pod_ip}: {dump}"
+    // Back, with a hostname-only load balancer status: noted, not a gateway.
+    lab.mesh.write_cluster(
+        "c2",
+        EW_SERVICE_FILE,
+        &east_west_service_yaml(lab.ew_ip, lab.ew_port).replace(
+            &format!("- ip: {}", lab.ew_ip),
+            "- hostname: ew.elb.example.com",
+        ),
     );
-    assert!(
-        dump.contains(&ew_ip.to_string()),
-        "client dump lacks the gateway {ew_ip}"
+    wait_for("clusterz notes the unusable gateway", CONVERGE, || async {
+        let clusterz = lab.cp.json("/debug/clusterz").await?.to_string();
+        if clusterz.contains("has no usable address") && clusterz.contains("ew.elb.example.com") {
+            Ok(())
+        } else {
+            Err(clusterz)
+        }
+    })
+    .await;
+    assert!(!lab.client_dump().await.unwrap().contains(&ew_ip));
+
+    // And with its IP again: the client goes through the gateway again.
+    lab.mesh.write_cluster(
+        "c2",
+        EW_SERVICE_FILE,
+        &east_west_service_yaml(lab.ew_ip, lab.ew_port),
     );
-    assert!(
-        dump.contains("outbound_.80_._.web.test.svc.cluster.local"),
-        "SNI in client CDS: {dump}"
-    );
-    let hosts = client.cluster_hosts(CLUSTER).await.unwrap();
-    assert_eq!(hosts, vec![SocketAddr::from((ew_ip, ew_port))]);
-    let ew_id = format!("router~{ew_ip}~ew-0.istio-system~istio-system.svc.cluster.local");
-    let ew_dump = cp
-        .json(&format!("/debug/config_dump?proxyID={ew_id}"))
-        .await
-        .unwrap()
-        .to_string();
-    assert!(
-        ew_dump.contains(&pod_ip.to_string()),
-        "east-west EDS has the local pod"
-    );
+    lab.assert_through_the_east_west_gateway().await;
 }
