@@ -2,10 +2,14 @@
 //! directory of multi-doc YAML files shaped like `kubectl get -o yaml` (`kind: List`
 //! included), watched for changes.
 //!
-//! Flow: file events (notify, recursive) -> debounce (`DEBOUNCE`, 50 ms) -> rescan
-//! -> `Registry::reset_cluster` / `Registry::replace_config_source`, which diff and
-//! push only what changed. A slow periodic rescan (`RESCAN`) catches events the
-//! watcher missed (network filesystems, a directory created later).
+//! Flow: file events (notify, recursive) -> debounce (`DEBOUNCE`, 10 ms quiet,
+//! at most `DEBOUNCE_MAX`) -> rescan. A member cluster's rescan reads only the
+//! files the events named and sends the registry one `Event` per object of those
+//! files (`Registry::reset_cluster` only on the first sync); an Istio config
+//! directory is re-read whole (hash-compared per file) into
+//! `Registry::replace_config_source`. The registry diffs and pushes only what
+//! changed. A slow periodic full rescan (`RESCAN`) catches events the watcher
+//! missed (network filesystems, a directory created later).
 //!
 //! Bad input rejects one file or one document, never the directory: a file that does
 //! not parse keeps serving its last good content (an editor half-way through a
@@ -29,12 +33,12 @@ use tracing::{info_span, warn, Instrument};
 
 use crate::config::ClusterConfig;
 use crate::registry::endpoints::{self, KubeObject};
-use crate::registry::{ObjectProblem, Registry};
+use crate::registry::{Event, ObjectProblem, Registry};
 
 /// Quiet period after the last file event before a rescan.
-pub const DEBOUNCE: Duration = Duration::from_millis(50);
+pub const DEBOUNCE: Duration = Duration::from_millis(10);
 /// Longest a stream of events may delay a rescan.
-pub const DEBOUNCE_MAX: Duration = Duration::from_millis(500);
+pub const DEBOUNCE_MAX: Duration = Duration::from_millis(100);
 /// Fallback rescan period when no event arrives.
 pub const RESCAN: Duration = Duration::from_secs(30);
 
@@ -389,48 +393,423 @@ impl Reported {
     }
 }
 
-/// A member cluster's directory and what was last reported about it.
+/// `(kind, namespace/name)` of an object in a cluster directory, as `describe`
+/// reads it.
+type ObjId = (String, String);
+
+/// What a cluster directory holds of one file: only the identities of its
+/// objects and its problems, never the documents (memory stays proportional to
+/// what the registry keeps, not to the YAML).
+#[derive(Debug, Default)]
+struct ClusterFile {
+    hash: u64,
+    /// Valid objects of the last good parse, in document order.
+    objects: Vec<ObjId>,
+    /// Document-level problems and notes of the last good parse.
+    problems: Vec<ObjectProblem>,
+    notes: Vec<ObjectProblem>,
+    /// The current content cannot be used; its last good objects are served.
+    error: Option<String>,
+}
+
+/// Which files changed since the last rescan, as the watcher saw them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    /// Rescan every file: the watcher lost events or saw something other than
+    /// a manifest file change (a directory, a ConfigMap mount's `..data` swap).
+    pub full: bool,
+    /// Manifest files created, modified or deleted.
+    pub paths: BTreeSet<PathBuf>,
+}
+
+impl Changes {
+    pub fn full() -> Changes {
+        Changes {
+            full: true,
+            paths: BTreeSet::new(),
+        }
+    }
+
+    /// Fold one watcher event in. Returns false if the event changes nothing.
+    fn note(&mut self, res: &notify::Result<notify::Event>) -> bool {
+        let ev = match res {
+            Ok(ev) => ev,
+            Err(_) => {
+                self.full = true;
+                return true;
+            }
+        };
+        if matches!(ev.kind, notify::EventKind::Access(_)) {
+            return false;
+        }
+        if ev.need_rescan() || ev.paths.is_empty() {
+            self.full = true;
+            return true;
+        }
+        let mut any = false;
+        for p in &ev.paths {
+            match p.file_name().and_then(|n| n.to_str()) {
+                // Kubernetes ConfigMap/Secret mounts swap a `..data` symlink.
+                Some(n) if n.starts_with("..") => self.full = true,
+                // Editor swap files and atomic-write staging files: the rename
+                // onto the real name comes as its own event.
+                Some(n) if n.starts_with('.') => continue,
+                Some(n) if n.ends_with(".yaml") || n.ends_with(".yml") => {
+                    self.paths.insert(p.clone());
+                }
+                // A directory (created, removed, renamed) or an unreadable name.
+                _ => self.full = true,
+            }
+            any = true;
+        }
+        any
+    }
+}
+
+/// A member cluster's directory, synced incrementally: a rescan reads only the
+/// files that changed (all files, hash-compared, on a full rescan), and only
+/// the objects of changed files go to the registry, as watch events. A change
+/// to one pod file of a 100,000-pod mesh costs that file, not the mesh.
 #[derive(Debug)]
 pub struct ClusterDir {
     cluster: String,
-    state: DirState,
+    dir: PathBuf,
+    files: BTreeMap<PathBuf, ClusterFile>,
+    /// The files defining each object; the first by path wins.
+    owners: HashMap<ObjId, BTreeSet<PathBuf>>,
+    /// Objects defined in more than one file.
+    dups: BTreeSet<ObjId>,
+    /// The file whose version of each object the registry holds.
+    applied: HashMap<ObjId, PathBuf>,
+    synced: bool,
     reported: Reported,
+}
+
+/// The valid objects of one parsed file, with its problems and notes.
+struct Parsed {
+    objects: Vec<(ObjId, KubeObject)>,
+    problems: Vec<ObjectProblem>,
+    notes: Vec<ObjectProblem>,
+}
+
+fn parse_cluster_file(path: &Path, text: &[u8]) -> Result<Parsed, String> {
+    let text = std::str::from_utf8(text).map_err(|e| format!("not UTF-8: {e}"))?;
+    let docs = parse_text(text)?;
+    let mut out = Parsed {
+        objects: Vec::with_capacity(docs.len()),
+        problems: Vec::new(),
+        notes: Vec::new(),
+    };
+    let mut seen: BTreeSet<ObjId> = BTreeSet::new();
+    for d in &docs {
+        let (kind, object) = describe(d);
+        let problem = |reason: String| ObjectProblem {
+            origin: path.display().to_string(),
+            kind: kind.clone(),
+            object: object.clone(),
+            reason,
+        };
+        match kube_object(d) {
+            Ok(obj) => {
+                let id = (kind.clone(), object.clone());
+                if !seen.insert(id.clone()) {
+                    out.problems
+                        .push(problem("defined twice in this file; the first wins".into()));
+                    continue;
+                }
+                out.notes.extend(obj.notes().into_iter().map(&problem));
+                out.objects.push((id, obj));
+            }
+            Err(reason) => out.problems.push(problem(reason)),
+        }
+    }
+    Ok(out)
+}
+
+/// A stand-in carrying only kind and name, for `Event::Delete`.
+fn tombstone((kind, object): &ObjId) -> Option<KubeObject> {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    let (ns, name) = match object.split_once('/') {
+        Some((ns, name)) => (Some(ns.to_string()), name.to_string()),
+        None => (None, object.clone()),
+    };
+    let metadata = ObjectMeta {
+        name: Some(name),
+        namespace: ns,
+        ..Default::default()
+    };
+    Some(match kind.as_str() {
+        "Service" => KubeObject::Service(Service {
+            metadata,
+            ..Default::default()
+        }),
+        "Pod" => KubeObject::Pod(Pod {
+            metadata,
+            ..Default::default()
+        }),
+        "Node" => KubeObject::Node(Node {
+            metadata,
+            ..Default::default()
+        }),
+        "EndpointSlice" => KubeObject::EndpointSlice(EndpointSlice {
+            metadata,
+            ..Default::default()
+        }),
+        _ => return None,
+    })
 }
 
 impl ClusterDir {
     pub fn new(cluster: &str, dir: PathBuf) -> ClusterDir {
         ClusterDir {
             cluster: cluster.to_string(),
-            state: DirState::new(dir),
+            dir,
+            files: BTreeMap::new(),
+            owners: HashMap::new(),
+            dups: BTreeSet::new(),
+            applied: HashMap::new(),
+            synced: false,
             reported: Reported::default(),
         }
     }
 
-    /// Rescan and hand the result to the registry (`force`: even if no file
-    /// changed). Returns false when the directory could not be read; the last good
+    /// Rescan every file and hand what changed to the registry. `force` is kept
+    /// for callers that want a full rescan; every rescan through this entry point
+    /// is full. Returns false when the directory could not be read; the last good
     /// state then stays in force.
-    pub fn sync(&mut self, registry: &Registry, force: bool) -> bool {
-        let scan = self.state.scan();
-        if let Some(e) = scan.dir_error {
-            warn!(error = %e, "cannot scan manifest directory; keeping the last good state");
-            let _ = registry.set_error(&self.cluster, Some(e));
-            return false;
+    pub fn sync(&mut self, registry: &Registry, _force: bool) -> bool {
+        self.sync_changes(registry, &Changes::full())
+    }
+
+    /// Rescan the files `changes` names (all of them before the first sync or
+    /// when `changes.full`), then send the registry one event per object whose
+    /// winning version changed: the first sync replaces the cluster's state.
+    pub fn sync_changes(&mut self, registry: &Registry, changes: &Changes) -> bool {
+        let full = changes.full || !self.synced;
+        let paths: Vec<PathBuf> = if full {
+            match yaml_files(&self.dir) {
+                Ok(listed) => {
+                    let listed_set: BTreeSet<&PathBuf> = listed.iter().collect();
+                    let gone: Vec<PathBuf> = self
+                        .files
+                        .keys()
+                        .filter(|p| !listed_set.contains(p))
+                        .cloned()
+                        .collect();
+                    listed.into_iter().chain(gone).collect()
+                }
+                Err(e) => return self.dir_failed(registry, &e),
+            }
+        } else {
+            changes.paths.iter().cloned().collect()
+        };
+        let mut parsed: HashMap<PathBuf, Parsed> = HashMap::new();
+        let mut affected: BTreeSet<ObjId> = BTreeSet::new();
+        for path in paths {
+            let text = match std::fs::read(&path) {
+                Ok(t) => Some(t),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => {
+                    let f = self.files.entry(path.clone()).or_default();
+                    f.hash = 0;
+                    f.error = Some(format!("cannot read: {e}"));
+                    continue;
+                }
+            };
+            let Some(text) = text else {
+                if !full && !self.dir.is_dir() {
+                    // The directory itself went away: keep the last good state.
+                    let e = std::io::Error::from(std::io::ErrorKind::NotFound);
+                    return self.dir_failed(registry, &e);
+                }
+                if let Some(old) = self.files.remove(&path) {
+                    self.replace_objects(&path, &old.objects, &[], &mut affected);
+                }
+                continue;
+            };
+            let hash = {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                text.hash(&mut h);
+                h.finish()
+            };
+            if self.files.get(&path).is_some_and(|f| f.hash == hash) {
+                continue;
+            }
+            match parse_cluster_file(&path, &text) {
+                Ok(p) => {
+                    let old = self.files.remove(&path).unwrap_or_default();
+                    let ids: Vec<ObjId> = p.objects.iter().map(|(id, _)| id.clone()).collect();
+                    self.replace_objects(&path, &old.objects, &ids, &mut affected);
+                    self.files.insert(
+                        path.clone(),
+                        ClusterFile {
+                            hash,
+                            objects: ids,
+                            problems: p.problems.clone(),
+                            notes: p.notes.clone(),
+                            error: None,
+                        },
+                    );
+                    parsed.insert(path, p);
+                }
+                Err(reason) => {
+                    let f = self.files.entry(path).or_default();
+                    f.hash = hash;
+                    f.error = Some(reason);
+                }
+            }
         }
         let _ = registry.set_error(&self.cluster, None);
-        if !scan.changed && !force {
-            return true;
+        if !self.synced {
+            let objects = self.winners_from(&mut parsed, self.owners.keys().cloned().collect());
+            if let Err(e) = registry.reset_cluster(&self.cluster, objects) {
+                warn!(error = %e, "registry refused the cluster");
+                return false;
+            }
+            self.synced = true;
+        } else if !affected.is_empty() {
+            for id in &affected {
+                let winner = self.owners.get(id).and_then(|o| o.first()).cloned();
+                let event = match winner {
+                    None => {
+                        self.applied.remove(id);
+                        tombstone(id).map(Event::Delete)
+                    }
+                    Some(w) => {
+                        let fresh = parsed.contains_key(&w);
+                        if !fresh && self.applied.get(id) == Some(&w) {
+                            continue; // a losing duplicate changed; the winner did not
+                        }
+                        self.take_object(&mut parsed, &w, id).map(Event::Upsert)
+                    }
+                };
+                if let Some(ev) = event {
+                    if let Err(e) = registry.apply(&self.cluster, ev) {
+                        warn!(error = %e, "registry refused the cluster");
+                        return false;
+                    }
+                }
+            }
         }
-        let (objects, mut problems, notes) = cluster_objects(&scan.docs);
-        problems.extend(scan.problems);
-        // Objects were checked above; anything the registry still refuses it
-        // records under the cluster's name.
-        if let Err(e) = registry.reset_cluster(&self.cluster, objects) {
-            warn!(error = %e, "registry refused the cluster");
-            return false;
+        self.publish_problems(registry);
+        true
+    }
+
+    fn dir_failed(&mut self, registry: &Registry, e: &std::io::Error) -> bool {
+        let e = format!("directory {}: {e}", self.dir.display());
+        warn!(error = %e, "cannot scan manifest directory; keeping the last good state");
+        let _ = registry.set_error(&self.cluster, Some(e));
+        false
+    }
+
+    /// Move `path`'s ownership from the `old` objects to the `new` ones.
+    fn replace_objects(
+        &mut self,
+        path: &Path,
+        old: &[ObjId],
+        new: &[ObjId],
+        affected: &mut BTreeSet<ObjId>,
+    ) {
+        for id in old {
+            if let Some(o) = self.owners.get_mut(id) {
+                o.remove(path);
+                match o.len() {
+                    0 => {
+                        self.owners.remove(id);
+                    }
+                    1 => {
+                        self.dups.remove(id);
+                    }
+                    _ => {}
+                }
+            }
+            affected.insert(id.clone());
+        }
+        for id in new {
+            let o = self.owners.entry(id.clone()).or_default();
+            o.insert(path.to_owned());
+            if o.len() > 1 {
+                self.dups.insert(id.clone());
+            }
+            affected.insert(id.clone());
+        }
+    }
+
+    /// The winning version of each of `ids`, for a reset.
+    fn winners_from(
+        &mut self,
+        parsed: &mut HashMap<PathBuf, Parsed>,
+        ids: Vec<ObjId>,
+    ) -> Vec<KubeObject> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(w) = self.owners.get(&id).and_then(|o| o.first()).cloned() else {
+                continue;
+            };
+            if let Some(obj) = self.take_object(parsed, &w, &id) {
+                out.push(obj);
+            }
+        }
+        out
+    }
+
+    /// `id` as defined in file `w` (parsed in this rescan, or read again: a
+    /// duplicate's other file became the winner), recorded as applied.
+    fn take_object(
+        &mut self,
+        parsed: &mut HashMap<PathBuf, Parsed>,
+        w: &Path,
+        id: &ObjId,
+    ) -> Option<KubeObject> {
+        if !parsed.contains_key(w) {
+            let text = std::fs::read(w).ok()?;
+            let p = parse_cluster_file(w, &text).ok()?;
+            parsed.insert(w.to_owned(), p);
+        }
+        let p = parsed.get_mut(w)?;
+        let i = p.objects.iter().position(|(x, _)| x == id)?;
+        let (_, obj) = p.objects.swap_remove(i);
+        self.applied.insert(id.clone(), w.to_owned());
+        Some(obj)
+    }
+
+    fn publish_problems(&mut self, registry: &Registry) {
+        let mut problems = Vec::new();
+        let mut notes = Vec::new();
+        for (path, f) in &self.files {
+            if let Some(e) = &f.error {
+                let reason = if f.objects.is_empty() {
+                    e.clone()
+                } else {
+                    format!("{e}; serving the file's last good content")
+                };
+                problems.push(ObjectProblem {
+                    origin: path.display().to_string(),
+                    kind: String::new(),
+                    object: String::new(),
+                    reason,
+                });
+            }
+            problems.extend(f.problems.iter().cloned());
+            notes.extend(f.notes.iter().cloned());
+        }
+        for id in &self.dups {
+            let Some(o) = self.owners.get(id) else {
+                continue;
+            };
+            let mut it = o.iter();
+            let Some(first) = it.next() else { continue };
+            for other in it {
+                problems.push(ObjectProblem {
+                    origin: other.display().to_string(),
+                    kind: id.0.clone(),
+                    object: id.1.clone(),
+                    reason: format!("also defined in {}, which wins", first.display()),
+                });
+            }
         }
         self.reported.update(&problems, &notes);
         let _ = registry.set_source_problems(&self.cluster, problems);
-        true
     }
 }
 
@@ -463,7 +842,10 @@ pub fn spawn_cluster(
     let span = info_span!("manifests", cluster = %cluster.name, dir = %dir.display());
     let mut state = ClusterDir::new(&cluster.name, dir.clone());
     let task = tokio::spawn(
-        watch_loop(dir.clone(), move |first| state.sync(&registry, first)).instrument(span),
+        watch_loop(dir.clone(), move |_, changes| {
+            state.sync_changes(&registry, &changes)
+        })
+        .instrument(span),
     );
     Ok(ManifestWatch { task })
 }
@@ -536,23 +918,28 @@ impl ConfigDir {
 pub fn spawn_config(registry: Arc<Registry>, dir: PathBuf) -> ManifestWatch {
     let span = info_span!("manifests", config = %dir.display());
     let mut state = ConfigDir::new(dir.clone());
-    let task =
-        tokio::spawn(watch_loop(dir, move |first| state.sync(&registry, first)).instrument(span));
+    let task = tokio::spawn(
+        watch_loop(dir, move |first, _| state.sync(&registry, first)).instrument(span),
+    );
     ManifestWatch { task }
 }
 
-/// Drive `rescan(first)` from file events, debounced, plus the periodic fallback.
-/// `rescan` returns false when the directory could not be read (the watch is then
-/// re-established at the next rescan).
-async fn watch_loop(dir: PathBuf, mut rescan: impl FnMut(bool) -> bool + Send + 'static) {
+/// Drive `rescan(first, changes)` from file events, debounced, plus the periodic
+/// fallback (a full rescan). `first` holds until a rescan succeeds; `changes`
+/// names the files the watcher saw change. `rescan` returns false when the
+/// directory could not be read (the watch is then re-established and the next
+/// rescan is full).
+async fn watch_loop(dir: PathBuf, mut rescan: impl FnMut(bool, Changes) -> bool + Send + 'static) {
     let (tx, mut rx) = mpsc::channel::<()>(1);
+    let pending = Arc::new(std::sync::Mutex::new(Changes::default()));
     let mut watcher: Option<notify::RecommendedWatcher> = None;
     let mut first = true;
+    let mut next = Changes::full();
     loop {
         if watcher.is_none() {
-            watcher = start_watcher(&dir, tx.clone());
+            watcher = start_watcher(&dir, tx.clone(), pending.clone());
         }
-        let ok = rescan(first);
+        let ok = rescan(first, std::mem::take(&mut next));
         first = first && !ok;
         if !ok {
             watcher = None;
@@ -561,9 +948,13 @@ async fn watch_loop(dir: PathBuf, mut rescan: impl FnMut(bool) -> bool + Send + 
         let period = if ok { RESCAN } else { Duration::from_secs(2) };
         match tokio::time::timeout(period, rx.recv()).await {
             Ok(None) => return,
-            Ok(Some(())) => debounce(&mut rx).await,
-            Err(_) => {}
+            Ok(Some(())) => {
+                debounce(&mut rx).await;
+                next = std::mem::take(&mut *pending.lock().unwrap_or_else(|e| e.into_inner()));
+            }
+            Err(_) => next = Changes::full(),
         }
+        next.full |= !ok;
     }
 }
 
@@ -579,12 +970,13 @@ async fn debounce(rx: &mut mpsc::Receiver<()>) {
     }
 }
 
-fn start_watcher(dir: &Path, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+fn start_watcher(
+    dir: &Path,
+    tx: mpsc::Sender<()>,
+    pending: Arc<std::sync::Mutex<Changes>>,
+) -> Option<notify::RecommendedWatcher> {
     let handler = move |res: notify::Result<notify::Event>| {
-        let relevant = match &res {
-            Ok(ev) => !matches!(ev.kind, notify::EventKind::Access(_)),
-            Err(_) => true,
-        };
+        let relevant = pending.lock().unwrap_or_else(|e| e.into_inner()).note(&res);
         if relevant {
             // Full channel: a rescan is already pending, which will see this change.
             let _ = tx.try_send(());
@@ -677,6 +1069,101 @@ status:
 
     fn rejected(r: &Registry) -> Vec<ObjectProblem> {
         r.cluster_status()[0].rejected.clone()
+    }
+
+    #[test]
+    fn a_rescan_reads_only_the_files_the_watcher_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (r, q, c) = setup(tmp.path());
+        let (a, b) = (tmp.path().join("a.yaml"), tmp.path().join("b.yaml"));
+        std::fs::write(&a, SVC_AND_POD).unwrap();
+        std::fs::write(&b, pod_yaml("web-2", "10.0.0.2")).unwrap();
+        let mut d = ClusterDir::new(&c.name, tmp.path().to_owned());
+        assert!(
+            d.sync_changes(&r, &Changes::default()),
+            "first sync is full"
+        );
+        assert_eq!(endpoints(&r), ["10.0.0.1", "10.0.0.2"]);
+        q.try_take();
+
+        // b changes but the watcher names only a (unchanged): nothing is read anew.
+        std::fs::write(&b, pod_yaml("web-2", "10.0.0.3")).unwrap();
+        let only_a = Changes {
+            full: false,
+            paths: [a.clone()].into(),
+        };
+        assert!(d.sync_changes(&r, &only_a));
+        assert_eq!(endpoints(&r), ["10.0.0.1", "10.0.0.2"]);
+        assert_eq!(q.try_take(), None);
+
+        // Named: read, and only an EDS push follows.
+        let only_b = Changes {
+            full: false,
+            paths: [b.clone()].into(),
+        };
+        assert!(d.sync_changes(&r, &only_b));
+        assert_eq!(endpoints(&r), ["10.0.0.1", "10.0.0.3"]);
+        assert!(!q.try_take().unwrap().full);
+
+        // A deleted file named by the watcher removes its objects.
+        std::fs::remove_file(&b).unwrap();
+        assert!(d.sync_changes(&r, &only_b));
+        assert_eq!(endpoints(&r), ["10.0.0.1"]);
+    }
+
+    #[test]
+    fn a_duplicate_takes_over_when_the_winner_drops_the_object() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (r, _, c) = setup(tmp.path());
+        let (a, b) = (tmp.path().join("a.yaml"), tmp.path().join("b.yaml"));
+        std::fs::write(&a, SVC_AND_POD).unwrap();
+        std::fs::write(&b, pod_yaml("web-1", "10.0.0.9")).unwrap();
+        let mut d = ClusterDir::new(&c.name, tmp.path().to_owned());
+        d.sync(&r, true);
+        assert_eq!(endpoints(&r), ["10.0.0.1"], "a.yaml wins");
+        assert_eq!(rejected(&r).len(), 1);
+
+        // a.yaml keeps only the Service: b.yaml's pod is now the one.
+        let svc_only = SVC_AND_POD.split("---").next().unwrap();
+        std::fs::write(&a, svc_only).unwrap();
+        let changed = Changes {
+            full: false,
+            paths: [a.clone()].into(),
+        };
+        assert!(d.sync_changes(&r, &changed));
+        assert_eq!(endpoints(&r), ["10.0.0.9"]);
+        assert!(rejected(&r).is_empty(), "{:?}", rejected(&r));
+    }
+
+    #[test]
+    fn watcher_events_name_files_or_ask_for_a_full_rescan() {
+        use notify::event::{CreateKind, EventKind, ModifyKind, RenameMode};
+        let ev = |kind, paths: &[&str]| {
+            Ok(notify::Event {
+                kind,
+                paths: paths.iter().map(PathBuf::from).collect(),
+                attrs: Default::default(),
+            })
+        };
+        let mut c = Changes::default();
+        assert!(!c.note(&ev(
+            EventKind::Create(CreateKind::File),
+            &["/d/.svc-1.yaml.tmp"]
+        )));
+        assert!(c.note(&ev(
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+            &["/d/.svc-1.yaml.tmp", "/d/svc-1.yaml"]
+        )));
+        assert_eq!(c.paths, [PathBuf::from("/d/svc-1.yaml")].into());
+        assert!(!c.full);
+        c.note(&ev(EventKind::Create(CreateKind::Folder), &["/d/sub"]));
+        assert!(c.full, "a directory means a full rescan");
+        let mut c = Changes::default();
+        c.note(&ev(EventKind::Create(CreateKind::Any), &["/d/..data"]));
+        assert!(c.full, "a ConfigMap mount swap means a full rescan");
+        let mut c = Changes::default();
+        c.note(&Err(notify::Error::generic("overflow")));
+        assert!(c.full);
     }
 
     #[test]
@@ -839,10 +1326,10 @@ status:
         debounce(&mut rx).await;
         assert_eq!(t0.elapsed(), DEBOUNCE);
 
-        // An event every 20 ms never leaves a quiet period: capped at DEBOUNCE_MAX.
+        // Events closer than DEBOUNCE never leave a quiet period: capped at DEBOUNCE_MAX.
         let writer = tokio::spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(DEBOUNCE / 2).await;
                 let _ = tx.try_send(());
             }
         });
@@ -857,7 +1344,7 @@ status:
         let tmp = tempfile::tempdir().unwrap();
         let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let c = count.clone();
-        let task = tokio::spawn(watch_loop(tmp.path().to_owned(), move |_| {
+        let task = tokio::spawn(watch_loop(tmp.path().to_owned(), move |_, _| {
             c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             true
         }));
