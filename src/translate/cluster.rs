@@ -107,13 +107,15 @@ struct HttpOptions {
 }
 
 impl HttpOptions {
-    /// HTTP/2 for `grpc`/`http2` ports, or when `h2UpgradePolicy: UPGRADE`.
+    /// HTTP/2 for `grpc`/`http2` ports, and for plain `http` ports when
+    /// `h2UpgradePolicy: UPGRADE` (Istio's `shouldH2Upgrade` upgrades HTTP ports
+    /// only; TCP ports stay raw TCP).
     fn for_port(protocol: Protocol, pool: Option<&ConnectionPoolSettings>) -> HttpOptions {
         let upgrade = pool
             .and_then(|p| p.http.as_ref())
             .and_then(|h| h.h2_upgrade_policy.as_deref());
         let http2 = match upgrade {
-            Some("UPGRADE") => Some(true),
+            Some("UPGRADE") if protocol == Protocol::Http => Some(true),
             _ if matches!(protocol, Protocol::Http2 | Protocol::Grpc) => Some(true),
             _ if protocol.is_http() => Some(false),
             _ => None,
@@ -457,6 +459,36 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn h2_upgrade_applies_to_http_ports_only() {
+        let policy = || EffectivePolicy {
+            connection_pool: Some(ConnectionPoolSettings {
+                http: Some(HttpSettings {
+                    h2_upgrade_policy: Some("UPGRADE".into()),
+                    ..Default::default()
+                }),
+                tcp: None,
+            }),
+            ..Default::default()
+        };
+        let http = build(&svc(), &port(Protocol::Http), "", policy());
+        let opts = http
+            .typed_extension_protocol_options
+            .get(HTTP_OPTIONS_KEY)
+            .expect("http2 options");
+        let opts: HttpProtocolOptions = prost::Message::decode(opts.value.as_slice()).unwrap();
+        assert!(matches!(
+            opts.upstream_protocol_options,
+            Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+                ExplicitHttpConfig {
+                    protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(_))
+                }
+            ))
+        ));
+        let tcp = build(&svc(), &port(Protocol::Tcp), "", policy());
+        assert!(tcp.typed_extension_protocol_options.is_empty());
     }
 
     #[test]

@@ -172,7 +172,12 @@ fn build_route(
     if let Some(rd) = &http.redirect {
         route.action = Some(Action::Redirect(RedirectAction {
             host_redirect: rd.authority.clone().unwrap_or_default(),
-            port_redirect: rd.port.unwrap_or(0),
+            port_redirect: match (rd.port, rd.derive_port.as_deref()) {
+                (Some(p), _) => p,
+                // Istio: the port the request came in on, i.e. the listener's.
+                (None, Some("FROM_REQUEST_PORT")) => scope.port,
+                _ => 0,
+            },
             path_rewrite_specifier: rd.uri.clone().map(PathRewriteSpecifier::PathRedirect),
             scheme_rewrite_specifier: rd
                 .scheme

@@ -24,7 +24,7 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy},
     Cluster,
 };
-use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
+use envoy_types::pb::envoy::config::core::v3::{CidrRange, TrafficDirection};
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint::HostIdentifier, ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint,
     LocalityLbEndpoints,
@@ -240,7 +240,7 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext) -> Generated {
                 continue;
             }
             let stat = format!("outbound_{bind}_{port}");
-            let chain = if protocol.is_http() {
+            let chains = if protocol.is_http() {
                 let route_name = if redirect && scope.egress.bind.is_none() {
                     port.to_string()
                 } else {
@@ -255,20 +255,26 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext) -> Generated {
                     redirect,
                     registry_only,
                 ));
-                filter_chain(
+                vec![filter_chain(
                     Vec::new(),
                     http_connection_manager(&stat, &route_name, false),
-                )
+                )]
             } else {
-                filter_chain(
+                let mut chains = if matches!(protocol, Protocol::Tls | Protocol::Https) {
+                    tls_filter_chains(port, &stat, scope, proxy, ctx)
+                } else {
+                    Vec::new()
+                };
+                chains.push(filter_chain(
                     Vec::new(),
                     tcp_proxy(
                         &stat,
-                        &tcp_destinations(port, scope, ctx, redirect, registry_only),
+                        &tcp_destinations(port, scope, proxy, ctx, redirect, registry_only),
                     ),
-                )
+                ));
+                chains
             };
-            let mut l = listener(&bind, port, TrafficDirection::Outbound, vec![chain]);
+            let mut l = listener(&bind, port, TrafficDirection::Outbound, chains);
             if redirect && scope.egress.bind.is_none() {
                 l.bind_to_port = Some(bool_value(false));
             }
@@ -299,6 +305,7 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext) -> Generated {
             let mut fc = filter_chain(Vec::new(), filter);
             fc.filter_chain_match = Some(FilterChainMatch {
                 destination_port: Some(u32_value(port)),
+                prefix_ranges: ingress_bind_range(ing).into_iter().collect(),
                 ..Default::default()
             });
             fc.name = cluster.clone();
@@ -328,6 +335,18 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext) -> Generated {
     out.clusters.append(&mut clusters);
     out.clusters.sort_by(|a, b| a.name.cmp(&b.name));
     out
+}
+
+/// In REDIRECT mode an ingress `bind` address cannot be a bound listener (all
+/// inbound traffic arrives on 15006); it narrows the ingress chain to
+/// connections whose original destination is that address, as a listener bound
+/// there would receive. Unset or unspecified (`0.0.0.0`, `::`) means any.
+fn ingress_bind_range(ing: &IstioIngressListener) -> Option<CidrRange> {
+    let ip: std::net::IpAddr = ing.bind.as_deref()?.parse().ok()?;
+    (!ip.is_unspecified()).then(|| CidrRange {
+        address_prefix: ip.to_string(),
+        prefix_len: Some(u32_value(if ip.is_ipv4() { 32 } else { 128 })),
+    })
 }
 
 /// Where a NONE-mode ingress listener binds: `bind`, else the proxy IP.
@@ -505,13 +524,75 @@ fn prefix_all() -> RouteMatch {
     }
 }
 
+/// TLS routes of `mesh` VirtualServices on a TLS/HTTPS port (Istio's
+/// `buildSidecarOutboundTLSFilterChainOpts`): one filter chain per applicable
+/// match, on its `sniHosts` (the listener adds the TLS inspector), proxying to the
+/// route's destinations. An SNI name already claimed by an earlier match (oldest
+/// VirtualService first) stays with it, so Envoy never sees duplicate chain
+/// matches. Connections without a matching SNI fall to the TCP chain after these.
+fn tls_filter_chains(
+    port: u32,
+    stat: &str,
+    scope: &Scope<'_>,
+    proxy: &Proxy,
+    ctx: &PushContext,
+) -> Vec<FilterChain> {
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut chains = Vec::new();
+    for vs in &scope.virtual_services {
+        let ns = &vs.meta.namespace;
+        for tls in &vs.spec.tls {
+            for m in &tls.matches {
+                let applies = (m.gateways.is_empty()
+                    || m.gateways.iter().any(|g| g == MESH_GATEWAY))
+                    && m.port.is_none_or(|p| p == port)
+                    && labels_match(&m.source_labels, &proxy.labels)
+                    && m.source_namespace
+                        .as_ref()
+                        .is_none_or(|s| *s == proxy.namespace);
+                if !applies {
+                    continue;
+                }
+                let sni: Vec<String> = m
+                    .sni_hosts
+                    .iter()
+                    .map(|h| h.to_ascii_lowercase())
+                    .filter(|h| seen.insert(h.clone()))
+                    .collect();
+                if sni.is_empty() {
+                    continue;
+                }
+                let n = tls.route.len();
+                let dests: Vec<(String, u32)> = tls
+                    .route
+                    .iter()
+                    .filter(|r| n == 1 || r.weight.unwrap_or(0) > 0)
+                    .map(|r| {
+                        (
+                            destination_cluster(&r.destination, ns, port, ctx),
+                            r.weight.unwrap_or(100).max(0) as u32,
+                        )
+                    })
+                    .collect();
+                if dests.is_empty() {
+                    continue;
+                }
+                chains.push(filter_chain(sni, tcp_proxy(stat, &dests)));
+            }
+        }
+    }
+    chains
+}
+
 /// A TCP port: the first applicable TCP route of a `mesh` VirtualService for the
-/// one service on the port; else that service's cluster. With several services
+/// one service on the port (a match applies when its `gateways`, `port`,
+/// `sourceLabels` and `sourceNamespace` all admit this proxy); else that service's cluster. With several services
 /// on one TCP port and no VIPs to tell them apart, the destination is unknown:
 /// passthrough (REDIRECT, `ALLOW_ANY`) or the black hole.
 fn tcp_destinations(
     port: u32,
     scope: &Scope<'_>,
+    proxy: &Proxy,
     ctx: &PushContext,
     redirect: bool,
     registry_only: bool,
@@ -550,6 +631,10 @@ fn tcp_destinations(
                 || t.matches.iter().any(|m| {
                     (m.gateways.is_empty() || m.gateways.iter().any(|g| g == MESH_GATEWAY))
                         && m.port.is_none_or(|p| p == port)
+                        && labels_match(&m.source_labels, &proxy.labels)
+                        && m.source_namespace
+                            .as_ref()
+                            .is_none_or(|ns| *ns == proxy.namespace)
                 })
         });
         if let Some(t) = route {
@@ -836,6 +921,129 @@ mod tests {
             let e = format!("{:?}", parse_object("f.yaml", &v).unwrap_err());
             assert!(e.contains(want), "{bad}: {e}");
         }
+    }
+
+    /// TLS routes become SNI filter chains on TLS ports, and L4 matches are scoped
+    /// by `sourceLabels`/`sourceNamespace`/`port` (tests/golden/sidecar_l4_routes).
+    #[test]
+    fn l4_routes_follow_sni_and_source_scoping() {
+        use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+        use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
+            tcp_proxy::ClusterSpecifier as Tcp, TcpProxy,
+        };
+        let (ctx, mut proxy) = super::super::golden::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/sidecar_l4_routes.yaml"),
+        );
+        let chains = |g: &Generated, name: &str| -> Vec<(Vec<String>, String)> {
+            let l = g.listeners.iter().find(|l| l.name == name).expect(name);
+            l.filter_chains
+                .iter()
+                .map(|fc| {
+                    let sni = fc
+                        .filter_chain_match
+                        .as_ref()
+                        .map(|m| m.server_names.clone())
+                        .unwrap_or_default();
+                    let Some(ConfigType::TypedConfig(any)) = &fc.filters[0].config_type else {
+                        panic!("typed config")
+                    };
+                    let tp = TcpProxy::decode(any.value.as_slice()).expect("tcp proxy");
+                    let dest = match tp.cluster_specifier {
+                        Some(Tcp::Cluster(c)) => c,
+                        Some(Tcp::WeightedClusters(w)) => w
+                            .clusters
+                            .iter()
+                            .map(|c| format!("{}={}", c.name, c.weight))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        None => String::new(),
+                    };
+                    (sni, dest)
+                })
+                .collect()
+        };
+        let g = generate(&proxy, &ctx);
+        let tls = chains(&g, "0.0.0.0_9443");
+        assert_eq!(
+            tls,
+            [
+                (
+                    vec!["a.secure.example.com".to_string()],
+                    "outbound|9443|v1|secure.base.svc.cluster.local".to_string()
+                ),
+                (
+                    vec!["*.secure.example.com".to_string()],
+                    "outbound|9443|v1|secure.base.svc.cluster.local=80,outbound|9443|v2|secure.base.svc.cluster.local=20".to_string()
+                ),
+                (
+                    vec![],
+                    "outbound|9443||secure.base.svc.cluster.local".to_string()
+                ),
+            ]
+        );
+        assert_eq!(
+            chains(&g, "0.0.0.0_5432"),
+            [(
+                vec![],
+                "outbound|5432|v1|db.base.svc.cluster.local".to_string()
+            )]
+        );
+        // The admin workload matches the first TLS and TCP matches scoped to it.
+        proxy.labels = [("app".to_string(), "admin".to_string())].into();
+        let g = generate(&proxy, &ctx);
+        let tls = chains(&g, "0.0.0.0_9443");
+        assert!(tls.contains(&(
+            vec!["admin.secure.example.com".to_string()],
+            "outbound|9443|v2|secure.base.svc.cluster.local".to_string()
+        )));
+        assert!(!tls
+            .iter()
+            .any(|(s, _)| s.iter().any(|h| h.starts_with("other-port"))));
+        assert_eq!(
+            chains(&g, "0.0.0.0_5432"),
+            [(
+                vec![],
+                "outbound|5432|v2|db.base.svc.cluster.local".to_string()
+            )]
+        );
+        // So does any workload of namespace ops (sourceNamespace).
+        proxy.labels = [("app".to_string(), "frontend".to_string())].into();
+        proxy.namespace = "ops".into();
+        let g = generate(&proxy, &ctx);
+        assert_eq!(
+            chains(&g, "0.0.0.0_5432"),
+            [(
+                vec![],
+                "outbound|5432|v2|db.base.svc.cluster.local".to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn redirect_ingress_bind_narrows_the_inbound_chain() {
+        let (ctx, proxy) = golden();
+        let bound = sidecar_obj(
+            "apiVersion: networking.istio.io/v1alpha3\nkind: Sidecar\nmetadata: {name: frontend, namespace: base}\nspec:\n  workloadSelector: {matchLabels: {app: frontend}}\n  ingress:\n  - port: {number: 8080, protocol: HTTP, name: http}\n    bind: 10.0.0.1\n    defaultEndpoint: 127.0.0.1:8080\n  - port: {number: 9090, protocol: TCP, name: tcp}\n    bind: 0.0.0.0\n    defaultEndpoint: 127.0.0.1:9090\n",
+        );
+        let g = generate(&proxy, &with_sidecars(&ctx, vec![bound]));
+        let inbound = g
+            .listeners
+            .iter()
+            .find(|l| l.name == "virtualInbound")
+            .expect("virtualInbound");
+        let m = |name: &str| {
+            inbound
+                .filter_chains
+                .iter()
+                .find(|fc| fc.name == name)
+                .and_then(|fc| fc.filter_chain_match.clone())
+                .expect(name)
+        };
+        let bound = m("inbound|8080||");
+        assert_eq!(bound.prefix_ranges.len(), 1);
+        assert_eq!(bound.prefix_ranges[0].address_prefix, "10.0.0.1");
+        assert_eq!(bound.prefix_ranges[0].prefix_len, Some(u32_value(32)));
+        assert!(m("inbound|9090||").prefix_ranges.is_empty());
     }
 
     #[test]

@@ -304,6 +304,26 @@ fn string_match(field: &str, m: &StringMatch, presence_ok: bool, out: &mut Issue
     }
 }
 
+/// Istio's `exportTo` entries: `*` (everywhere), `.` (own namespace) or namespace
+/// names; `*` cannot be combined with anything else.
+fn export_to(field: &str, list: &[String], out: &mut Issues) {
+    for (i, e) in list.iter().enumerate() {
+        let ok = e == "*" || e == "." || (valid_host(e, false).is_ok() && !e.contains('.'));
+        if !ok {
+            out.err(
+                format!("{field}[{i}]"),
+                format!("{e:?} is not *, . or a namespace name"),
+            );
+        }
+    }
+    if list.len() > 1 && list.iter().any(|e| e == "*") {
+        out.err(
+            field,
+            "* (everywhere) cannot be combined with other entries",
+        );
+    }
+}
+
 fn gateway_list(field: &str, gws: &[String], out: &mut Issues) {
     for (i, g) in gws.iter().enumerate() {
         if g.is_empty() || g.split('/').count() > 2 || g.split('/').any(str::is_empty) {
@@ -370,6 +390,7 @@ fn virtual_service(vs: &VirtualService, out: &mut Issues) {
         }
     }
     gateway_list("spec.gateways", &vs.gateways, out);
+    export_to("spec.exportTo", &vs.export_to, out);
     if vs.http.is_empty() && vs.tcp.is_empty() && vs.tls.is_empty() {
         out.err("spec", "a VirtualService needs http, tcp or tls routes");
     }
@@ -502,6 +523,43 @@ fn http_route(f: &str, r: &HttpRoute, out: &mut Issues) {
             "rewrite cannot be combined with redirect",
         );
     }
+    // Istio's validation: a redirect or direct response is answered by the proxy
+    // itself, so there is nothing to rewrite and no fault to inject upstream.
+    for (set, action) in [
+        (r.redirect.is_some(), "redirect"),
+        (r.direct_response.is_some(), "directResponse"),
+    ] {
+        if !set {
+            continue;
+        }
+        if r.fault.is_some() {
+            out.err(
+                format!("{f}.fault"),
+                format!("fault cannot be combined with {action}"),
+            );
+        }
+        if r.rewrite.is_some() && action == "directResponse" {
+            out.err(
+                format!("{f}.rewrite"),
+                "rewrite cannot be combined with directResponse",
+            );
+        }
+        // Istio accepts these but they only act on a forwarded request (Envoy's
+        // RouteAction); say so instead of dropping them silently.
+        for (name, present) in [
+            ("timeout", r.timeout.is_some()),
+            ("retries", r.retries.is_some()),
+            ("mirror", r.mirror.is_some()),
+            ("mirrors", !r.mirrors.is_empty()),
+        ] {
+            if present {
+                out.warn(
+                    format!("{f}.{name}"),
+                    format!("has no effect with {action}: only forwarded requests have {name}"),
+                );
+            }
+        }
+    }
     for (j, m) in r.matches.iter().enumerate() {
         let mf = format!("{f}.match[{j}]");
         for (name, sm) in [
@@ -557,10 +615,16 @@ fn http_route(f: &str, r: &HttpRoute, out: &mut Issues) {
             }
         }
         if let Some(dp) = &rd.derive_port {
-            if dp != "FROM_PROTOCOL_DEFAULT" {
+            if !["FROM_PROTOCOL_DEFAULT", "FROM_REQUEST_PORT"].contains(&dp.as_str()) {
                 out.err(
                     format!("{f}.redirect.derivePort"),
-                    format!("{dp} is not supported by crossmesh"),
+                    format!("{dp:?} is not FROM_PROTOCOL_DEFAULT or FROM_REQUEST_PORT"),
+                );
+            }
+            if rd.port.is_some() {
+                out.err(
+                    format!("{f}.redirect"),
+                    "set only one of port and derivePort",
                 );
             }
         }
@@ -698,6 +762,25 @@ fn http_route(f: &str, r: &HttpRoute, out: &mut Issues) {
     if r.mirror_percent.is_some_and(|p| p > 100) {
         out.err(format!("{f}.mirrorPercent"), "must be at most 100");
     }
+    // Istio: mirrorPercentage/mirrorPercent scale `mirror` only; each `mirrors`
+    // entry carries its own percentage.
+    if r.mirror.is_none() {
+        for (name, set) in [
+            ("mirrorPercentage", r.mirror_percentage.is_some()),
+            ("mirrorPercent", r.mirror_percent.is_some()),
+        ] {
+            if set {
+                out.warn(
+                    format!("{f}.{name}"),
+                    if r.mirrors.is_empty() {
+                        "has no effect without mirror".to_string()
+                    } else {
+                        "has no effect on mirrors: set mirrors[].percentage instead".to_string()
+                    },
+                );
+            }
+        }
+    }
     for (j, m) in r.mirrors.iter().enumerate() {
         out.percent(format!("{f}.mirrors[{j}].percentage"), &m.percentage);
         if let Err(e) = valid_host(&m.destination.host, false) {
@@ -760,6 +843,7 @@ fn destination_rule(dr: &DestinationRule, out: &mut Issues) {
         &dr.workload_selector,
         "workload-scoped rules are not implemented",
     );
+    export_to("spec.exportTo", &dr.export_to, out);
     if let Some(tp) = &dr.traffic_policy {
         traffic_policy("spec.trafficPolicy", tp, out);
     }
@@ -841,7 +925,26 @@ fn policy_parts(
     }
     if let Some(tls) = tls {
         match tls.mode.as_deref() {
-            Some("DISABLE") => {}
+            Some("DISABLE") => {
+                let extra: Vec<&str> = [
+                    ("clientCertificate", tls.client_certificate.is_some()),
+                    ("privateKey", tls.private_key.is_some()),
+                    ("caCertificates", tls.ca_certificates.is_some()),
+                    ("credentialName", tls.credential_name.is_some()),
+                    ("subjectAltNames", !tls.subject_alt_names.is_empty()),
+                    ("sni", tls.sni.is_some()),
+                    ("insecureSkipVerify", tls.insecure_skip_verify.is_some()),
+                ]
+                .into_iter()
+                .filter_map(|(n, set)| set.then_some(n))
+                .collect();
+                if !extra.is_empty() {
+                    out.warn(
+                        format!("{f}.tls"),
+                        format!("{} have no effect with mode DISABLE", extra.join(", ")),
+                    );
+                }
+            }
             m => out.err(
                 format!("{f}.tls.mode"),
                 format!("{} is not supported by crossmesh yet (upstream TLS needs certificates); only DISABLE", m.unwrap_or("<unset>")),
@@ -877,6 +980,20 @@ fn load_balancer(f: &str, lb: &LoadBalancerSettings, out: &mut Issues) {
         }
     }
     out.duration(format!("{f}.warmupDurationSecs"), &lb.warmup_duration_secs);
+    if lb.warmup_duration_secs.is_some() {
+        // Envoy's slow start exists only for round robin and least request.
+        let other = match (lb.simple.as_deref(), &lb.consistent_hash) {
+            (_, Some(_)) => Some("consistentHash"),
+            (Some(s @ ("RANDOM" | "PASSTHROUGH")), _) => Some(s),
+            _ => None,
+        };
+        if let Some(other) = other {
+            out.warn(
+                format!("{f}.warmupDurationSecs"),
+                format!("has no effect with {other}: slow start applies to ROUND_ROBIN and LEAST_REQUEST only"),
+            );
+        }
+    }
     if let Some(ch) = &lb.consistent_hash {
         let keys: Vec<&str> = [
             ch.http_header_name.as_ref().map(|_| "httpHeaderName"),
@@ -978,6 +1095,12 @@ fn outlier(f: &str, od: &OutlierDetection, out: &mut Issues) {
         out.warn(
             format!("{f}.consecutiveErrors"),
             "deprecated: mapped as Istio maps it, to consecutive gateway errors (502, 503, 504); use consecutive5xxErrors or consecutiveGatewayErrors",
+        );
+    }
+    if od.consecutive_local_origin_failures.is_some() && !od.split_external_local_origin_errors {
+        out.warn(
+            format!("{f}.consecutiveLocalOriginFailures"),
+            "has no effect unless splitExternalLocalOriginErrors is true (as in Istio)",
         );
     }
     out.duration(format!("{f}.interval"), &od.interval);
@@ -1168,6 +1291,234 @@ fn sidecar(s: &Sidecar, out: &mut Issues) {
             format!("{f}.connectionPool"),
             &ing.connection_pool,
             "inbound circuit breakers are not implemented",
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::istio::parse_object;
+
+    /// Every issue of one YAML document: the rejections when the object is
+    /// rejected, else its warnings.
+    fn issues(yaml: &str) -> Vec<Issue> {
+        let v: serde_json::Value = serde_saphyr::from_str(yaml).expect("yaml");
+        match parse_object("t.yaml", &v) {
+            Ok(obj) => validate(&obj),
+            Err(rejections) => rejections
+                .into_iter()
+                .map(|r| Issue {
+                    field: r.field,
+                    reason: r.reason,
+                    warning: false,
+                })
+                .collect(),
+        }
+    }
+
+    fn vs(http: &str) -> String {
+        format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: v, namespace: base}}\nspec:\n  hosts: [order]\n  http:\n{http}")
+    }
+
+    fn dr(policy: &str) -> String {
+        format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: d, namespace: base}}\nspec:\n  host: order\n  trafficPolicy:\n{policy}")
+    }
+
+    fn has(issues: &[Issue], field: &str, warning: bool, text: &str) -> bool {
+        issues
+            .iter()
+            .any(|i| i.field == field && i.warning == warning && i.reason.contains(text))
+    }
+
+    #[test]
+    fn redirect_and_direct_response_conflicts() {
+        let i = issues(&vs("  - redirect: {uri: /x}\n    fault: {abort: {httpStatus: 500}}\n    timeout: 1s\n    retries: {attempts: 2}\n"));
+        assert!(
+            has(
+                &i,
+                "spec.http[0].fault",
+                false,
+                "cannot be combined with redirect"
+            ),
+            "{i:?}"
+        );
+        let i = issues(&vs(
+            "  - redirect: {uri: /x}\n    timeout: 1s\n    mirror: {host: cart}\n",
+        ));
+        assert!(
+            has(&i, "spec.http[0].timeout", true, "no effect with redirect"),
+            "{i:?}"
+        );
+        assert!(
+            has(&i, "spec.http[0].mirror", true, "no effect with redirect"),
+            "{i:?}"
+        );
+        let i = issues(&vs(
+            "  - directResponse: {status: 200}\n    rewrite: {uri: /y}\n",
+        ));
+        assert!(
+            has(&i, "spec.http[0].rewrite", false, "directResponse"),
+            "{i:?}"
+        );
+        // A plain route keeps its timeout without a word.
+        assert!(issues(&vs(
+            "  - route: [{destination: {host: order}}]\n    timeout: 1s\n"
+        ))
+        .is_empty());
+    }
+
+    #[test]
+    fn derive_port() {
+        let ok = vs("  - redirect: {scheme: https, derivePort: FROM_REQUEST_PORT}\n");
+        assert!(issues(&ok).is_empty(), "{:?}", issues(&ok));
+        let both = issues(&vs(
+            "  - redirect: {port: 8443, derivePort: FROM_REQUEST_PORT}\n",
+        ));
+        assert!(
+            has(
+                &both,
+                "spec.http[0].redirect",
+                false,
+                "only one of port and derivePort"
+            ),
+            "{both:?}"
+        );
+        let bad = issues(&vs("  - redirect: {derivePort: FROM_MOON}\n"));
+        assert!(
+            has(&bad, "spec.http[0].redirect.derivePort", false, "FROM_MOON"),
+            "{bad:?}"
+        );
+    }
+
+    #[test]
+    fn mirror_percentage_needs_mirror() {
+        let i = issues(&vs("  - route: [{destination: {host: order}}]\n    mirrors: [{destination: {host: cart}}]\n    mirrorPercentage: {value: 5}\n"));
+        assert!(
+            has(
+                &i,
+                "spec.http[0].mirrorPercentage",
+                true,
+                "mirrors[].percentage"
+            ),
+            "{i:?}"
+        );
+        let i = issues(&vs(
+            "  - route: [{destination: {host: order}}]\n    mirrorPercent: 5\n",
+        ));
+        assert!(
+            has(&i, "spec.http[0].mirrorPercent", true, "without mirror"),
+            "{i:?}"
+        );
+        let ok = vs("  - route: [{destination: {host: order}}]\n    mirror: {host: cart}\n    mirrorPercentage: {value: 5}\n");
+        assert!(issues(&ok).is_empty());
+    }
+
+    #[test]
+    fn export_to_entries() {
+        let bad = format!(
+            "{}  exportTo: [\"*\", base]\n",
+            vs("  - route: [{destination: {host: order}}]\n")
+        );
+        assert!(has(
+            &issues(&bad),
+            "spec.exportTo",
+            false,
+            "cannot be combined"
+        ));
+        let bad = dr("    loadBalancer: {simple: RANDOM}\n").replace(
+            "  trafficPolicy:",
+            "  exportTo: [\"Not_A_Namespace\"]\n  trafficPolicy:",
+        );
+        assert!(
+            has(
+                &issues(&bad),
+                "spec.exportTo[0]",
+                false,
+                "not *, . or a namespace"
+            ),
+            "{:?}",
+            issues(&bad)
+        );
+        let ok = format!(
+            "{}  exportTo: [\".\", istio-system]\n",
+            vs("  - route: [{destination: {host: order}}]\n")
+        );
+        assert!(issues(&ok).is_empty(), "{:?}", issues(&ok));
+    }
+
+    #[test]
+    fn warmup_only_for_round_robin_and_least_request() {
+        let i = issues(&dr(
+            "    loadBalancer: {simple: RANDOM, warmupDurationSecs: 30s}\n",
+        ));
+        assert!(
+            has(
+                &i,
+                "spec.trafficPolicy.loadBalancer.warmupDurationSecs",
+                true,
+                "RANDOM"
+            ),
+            "{i:?}"
+        );
+        let i = issues(&dr(
+            "    loadBalancer: {consistentHash: {httpHeaderName: x}, warmupDurationSecs: 30s}\n",
+        ));
+        assert!(
+            has(
+                &i,
+                "spec.trafficPolicy.loadBalancer.warmupDurationSecs",
+                true,
+                "consistentHash"
+            ),
+            "{i:?}"
+        );
+        assert!(issues(&dr(
+            "    loadBalancer: {simple: ROUND_ROBIN, warmupDurationSecs: 30s}\n"
+        ))
+        .is_empty());
+    }
+
+    #[test]
+    fn local_origin_failures_need_split() {
+        let i = issues(&dr(
+            "    outlierDetection: {consecutiveLocalOriginFailures: 3}\n",
+        ));
+        assert!(
+            has(
+                &i,
+                "spec.trafficPolicy.outlierDetection.consecutiveLocalOriginFailures",
+                true,
+                "splitExternalLocalOriginErrors"
+            ),
+            "{i:?}"
+        );
+        assert!(issues(&dr("    outlierDetection: {consecutiveLocalOriginFailures: 3, splitExternalLocalOriginErrors: true}\n")).is_empty());
+    }
+
+    #[test]
+    fn tls_disable_with_settings_warns() {
+        let i = issues(&dr("    tls: {mode: DISABLE, sni: x.example.com}\n"));
+        assert!(
+            has(&i, "spec.trafficPolicy.tls", true, "sni have no effect"),
+            "{i:?}"
+        );
+        let i = issues(&dr("    tls: {mode: SIMPLE}\n"));
+        assert!(
+            has(&i, "spec.trafficPolicy.tls.mode", false, "only DISABLE"),
+            "{i:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_by_name() {
+        let i = issues(&vs(
+            "  - route: [{destination: {host: order}}]\n    retryPolicy: {}\n",
+        ));
+        assert!(
+            i.iter()
+                .any(|i| !i.warning && i.reason.contains("retryPolicy")),
+            "{i:?}"
         );
     }
 }

@@ -161,7 +161,9 @@ pub struct HttpRedirect {
     pub authority: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u32>,
-    /// Rejected by validation unless `FROM_PROTOCOL_DEFAULT` (Envoy's behaviour).
+    /// `FROM_PROTOCOL_DEFAULT` (no port rewrite: Envoy keeps the request's port,
+    /// dropping a scheme-default one when `scheme` changes) or `FROM_REQUEST_PORT`
+    /// (the listener port, as Istio does).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub derive_port: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -226,7 +228,7 @@ pub struct HttpRetry {
     pub retry_on: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_remote_localities: Option<bool>,
-    /// Rejected by validation (not supported yet).
+    /// Base interval of Envoy's retry back-off (`retry_back_off.base_interval`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<IstioDuration>,
 }
