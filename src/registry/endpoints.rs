@@ -14,7 +14,7 @@ use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Node, Pod, Service, ServiceStatus};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -505,6 +505,35 @@ fn svc_rec(s: &Service, i: &mut Interners) -> Result<SvcRec, String> {
         ports,
         gateway: gateway_rec(s, i),
     })
+}
+
+/// What a Service must keep, beyond name, labels and spec, for `gateway_rec` to
+/// read it: for a Service labelled `topology.istio.io/network`, its load balancer
+/// status and the `traffic.istio.io/nodeSelector` annotation; nothing for any
+/// other Service. Sources that slim objects (the kube source) call this so a
+/// gateway discovered from an API server matches one read from a manifest.
+pub fn gateway_fields(
+    metadata: &ObjectMeta,
+    status: Option<ServiceStatus>,
+) -> (Option<ServiceStatus>, Option<BTreeMap<String, String>>) {
+    let labelled = metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_NETWORK))
+        .is_some_and(|n| !n.is_empty());
+    if !labelled {
+        return (None, None);
+    }
+    let status = status.map(|s| ServiceStatus {
+        load_balancer: s.load_balancer,
+        ..ServiceStatus::default()
+    });
+    let annotations = metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get_key_value(ANNOTATION_NODE_SELECTOR))
+        .map(|(k, v)| [(k.clone(), v.clone())].into());
+    (status, annotations)
 }
 
 /// The network gateway a Service makes of itself, with Istio's semantics: network

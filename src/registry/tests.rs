@@ -991,3 +991,58 @@ fn labelled_service_without_usable_address_is_noted_not_a_gateway() {
         .iter()
         .any(|n| n.contains("traffic.istio.io/nodeSelector is not supported")));
 }
+
+#[test]
+fn api_server_objects_keep_what_gateway_discovery_reads() {
+    // The kube source slims objects before they reach the registry; a gateway
+    // Service must come out as the same record as from a manifest file.
+    let (spec, status) = lb(&["198.51.100.7"]);
+    let mut full = gw_svc("account-b", json!({}), spec, status);
+    if let KubeObject::Service(s) = &mut full {
+        s.metadata.annotations = Some(
+            [
+                ("big".to_string(), "x".repeat(100)),
+                (
+                    "traffic.istio.io/nodeSelector".to_string(),
+                    "{}".to_string(),
+                ),
+            ]
+            .into(),
+        );
+        s.spec.as_mut().unwrap().type_ = Some("NodePort".into());
+    }
+    let slim = crate::sources::kube::slim(full.clone());
+    let KubeObject::Service(ss) = &slim else {
+        panic!("kind changed")
+    };
+    assert_eq!(ss.metadata.annotations.as_ref().map(|a| a.len()), Some(1));
+    let mut i = Interners::default();
+    let (Ok(Record::Service(_, a)), Ok(Record::Service(_, b))) = (
+        Record::from_object(&full, &mut i),
+        Record::from_object(&slim, &mut i),
+    ) else {
+        panic!("not services")
+    };
+    assert_eq!(a, b);
+    assert!(a.gateway.is_some());
+
+    // As a LoadBalancer, the status survives slimming and gives the gateway.
+    let (spec, status) = lb(&["198.51.100.7"]);
+    let full = gw_svc("account-b", json!({}), spec, status);
+    let slim = crate::sources::kube::slim(full.clone());
+    let (r, _) = two_clusters();
+    r.apply("c2", Event::Upsert(slim)).unwrap();
+    assert_eq!(gws(&r, "account-b"), ["198.51.100.7:15443"]);
+
+    // Any other Service keeps neither status nor annotations.
+    let (spec, status) = lb(&["198.51.100.7"]);
+    let mut plain = gw_svc("account-b", json!({}), spec, status);
+    if let KubeObject::Service(s) = &mut plain {
+        s.metadata.labels = None;
+        s.metadata.annotations = Some([("a".to_string(), "b".to_string())].into());
+    }
+    let KubeObject::Service(ps) = crate::sources::kube::slim(plain) else {
+        panic!("kind changed")
+    };
+    assert!(ps.status.is_none() && ps.metadata.annotations.is_none());
+}

@@ -403,11 +403,18 @@ pub fn slim(obj: KubeObject) -> KubeObject {
                 status,
             })
         }
-        KubeObject::Service(s) => KubeObject::Service(Service {
-            metadata: slim_meta(s.metadata, true),
-            spec: s.spec,
-            status: None,
-        }),
+        KubeObject::Service(s) => {
+            // A network gateway Service also keeps its load balancer status.
+            let (status, annotations) =
+                crate::registry::endpoints::gateway_fields(&s.metadata, s.status);
+            let mut metadata = slim_meta(s.metadata, true);
+            metadata.annotations = annotations;
+            KubeObject::Service(Service {
+                metadata,
+                spec: s.spec,
+                status,
+            })
+        }
         KubeObject::Node(n) => KubeObject::Node(Node {
             metadata: slim_meta(n.metadata, true),
             spec: n.spec.map(|_| NodeSpec::default()),
