@@ -8,9 +8,13 @@
 //! the Envoy gateway is in `region-1/zone-a`. Each test claims its own
 //! `127.A.B.0/24` and waits on conditions, never on fixed sleeps.
 
+#[path = "support/kube_api.rs"]
+mod kube_api;
 mod support;
 
 use std::net::SocketAddr;
+
+use kube_api::FakeApiServer;
 
 use support::backend::Backend;
 use support::control_plane::{bootstrap, ControlPlane};
@@ -557,10 +561,27 @@ enum EastWest {
     /// network-2` and `networking.istio.io/gatewayPort`, its address in
     /// `status.loadBalancer.ingress` (Istio's label-based network gateway).
     LabelledService,
+    /// The same Service, served by the API server of a third member cluster `c3`
+    /// (network-2, kubeconfig source) that holds nothing else.
+    ApiServer,
 }
 
 /// The manifest file holding the east-west gateway's Service in c2.
 const EW_SERVICE_FILE: &str = "eastwest-service.yaml";
+
+/// The east-west gateway's Service as an API server serves it.
+fn east_west_service_json(ip: std::net::Ipv4Addr, port: u16) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "istio-eastwestgateway", "namespace": "istio-system",
+            "labels": {"istio": "eastwestgateway",
+                "topology.istio.io/network": "network-2",
+                "networking.istio.io/gatewayPort": port.to_string()}},
+        "spec": {"type": "LoadBalancer", "selector": {"istio": "eastwestgateway"},
+            "ports": [{"name": "tls", "port": port, "targetPort": port}]},
+        "status": {"loadBalancer": {"ingress": [{"ip": ip.to_string()}]}}
+    })
+}
 
 fn east_west_service_yaml(ip: std::net::Ipv4Addr, port: u16) -> String {
     format!(
@@ -594,6 +615,8 @@ status:
 /// (`AUTO_PASSTHROUGH`) and a real client gateway Envoy on network-1.
 struct CrossNetwork {
     mesh: Mesh,
+    /// `c3`'s API server (`EastWest::ApiServer` only).
+    api: Option<FakeApiServer>,
     cp: ControlPlane,
     _app: Backend,
     _sidecar: Envoy,
@@ -616,6 +639,7 @@ impl CrossNetwork {
         let (pod_port, app_port, gw_port, ew_port) =
             (free_port(), free_port(), free_port(), free_port());
         let ew_ip = subnet.ip(200);
+        let mut api = None;
         match east_west {
             EastWest::MeshFile => {
                 let mut text = std::fs::read_to_string(&mesh.mesh_file).unwrap();
@@ -630,6 +654,21 @@ impl CrossNetwork {
                     EW_SERVICE_FILE,
                     &east_west_service_yaml(ew_ip, ew_port),
                 );
+            }
+            EastWest::ApiServer => {
+                let server = FakeApiServer::start("c3").await;
+                server.apply(&east_west_service_json(ew_ip, ew_port));
+                let kubeconfig = mesh.root().join("c3.kubeconfig");
+                server.write_kubeconfig(&kubeconfig, None, None);
+                let text = std::fs::read_to_string(&mesh.mesh_file).unwrap().replace(
+                    "config:\n",
+                    &format!(
+                        "- name: c3\n  network: network-2\n  kubeconfig: {}\nconfig:\n",
+                        kubeconfig.display()
+                    ),
+                );
+                std::fs::write(&mesh.mesh_file, text).unwrap();
+                api = Some(server);
             }
         }
 
@@ -724,6 +763,7 @@ spec:
         client.wait_ready(CONVERGE).await;
         CrossNetwork {
             mesh,
+            api,
             cp,
             _app: app,
             _sidecar: sidecar,
@@ -742,6 +782,34 @@ spec:
             "router~{}~gw-0.istio-system~istio-system.svc.cluster.local",
             self.client_ip
         )
+    }
+
+    /// Wait until the client gets the pod directly and not the gateway: with no
+    /// gateway left in any network the mesh is, as in Istio, one routed network.
+    async fn wait_client_gets_the_pod_directly(&self, what: &str) {
+        let (pod_ip, ew_ip) = (self.pod_ip.to_string(), self.ew_ip.to_string());
+        wait_for(what, CONVERGE, || async {
+            let dump = self.client_dump().await?;
+            if dump.contains(&pod_ip) && !dump.contains(&ew_ip) {
+                Ok(())
+            } else {
+                Err(dump)
+            }
+        })
+        .await;
+        wait_for("client Envoy's hosts follow", CONVERGE, || async {
+            let hosts = self.client.cluster_hosts(CLUSTER).await?;
+            if !hosts.is_empty()
+                && hosts
+                    .iter()
+                    .all(|h| h.ip() == std::net::IpAddr::V4(self.pod_ip))
+            {
+                Ok(())
+            } else {
+                Err(format!("{hosts:?}"))
+            }
+        })
+        .await;
     }
 
     /// What crossmesh serves the client gateway (`/debug/config_dump`).
@@ -826,33 +894,11 @@ async fn cross_network_through_an_east_west_gateway_discovered_from_its_service(
     // The gateway Service goes: no network has a gateway any more, so (as in
     // Istio) the mesh is one routed network and the client gets the pod directly.
     lab.mesh.remove_cluster_file("c2", EW_SERVICE_FILE);
-    let (pod_ip, ew_ip) = (lab.pod_ip.to_string(), lab.ew_ip.to_string());
-    wait_for(
+    lab.wait_client_gets_the_pod_directly(
         "client EDS holds the pod once the gateway Service is gone",
-        CONVERGE,
-        || async {
-            let dump = lab.client_dump().await?;
-            if dump.contains(&pod_ip) && !dump.contains(&ew_ip) {
-                Ok(())
-            } else {
-                Err(dump)
-            }
-        },
     )
     .await;
-    wait_for("client Envoy's hosts follow", CONVERGE, || async {
-        let hosts = lab.client.cluster_hosts(CLUSTER).await?;
-        if hosts
-            .iter()
-            .all(|h| h.ip() == std::net::IpAddr::V4(lab.pod_ip))
-            && !hosts.is_empty()
-        {
-            Ok(())
-        } else {
-            Err(format!("{hosts:?}"))
-        }
-    })
-    .await;
+    let ew_ip = lab.ew_ip.to_string();
 
     // Back, with a hostname-only load balancer status: noted, not a gateway.
     lab.mesh.write_cluster(
@@ -880,5 +926,30 @@ async fn cross_network_through_an_east_west_gateway_discovered_from_its_service(
         EW_SERVICE_FILE,
         &east_west_service_yaml(lab.ew_ip, lab.ew_port),
     );
+    lab.assert_through_the_east_west_gateway().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_network_through_an_east_west_gateway_discovered_from_an_api_server() {
+    let lab = CrossNetwork::start(EastWest::ApiServer).await;
+    lab.assert_through_the_east_west_gateway().await;
+    let gw = SocketAddr::from((lab.ew_ip, lab.ew_port));
+    let clusterz = lab.cp.json("/debug/clusterz").await.unwrap().to_string();
+    assert!(
+        clusterz.contains(&format!("east-west gateway of network network-2: {gw}")),
+        "{clusterz}"
+    );
+
+    // Deleted on the API server: the watch event removes the gateway.
+    let api = lab.api.as_ref().expect("api server");
+    api.delete("", "services", "istio-system", "istio-eastwestgateway")
+        .unwrap();
+    lab.wait_client_gets_the_pod_directly(
+        "client EDS holds the pod once the watch deletes the gateway",
+    )
+    .await;
+
+    // Re-created: back through the gateway.
+    api.apply(&east_west_service_json(lab.ew_ip, lab.ew_port));
     lab.assert_through_the_east_west_gateway().await;
 }
