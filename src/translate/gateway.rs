@@ -13,7 +13,7 @@ use envoy_types::pb::envoy::config::route::v3::{
 };
 
 use super::cluster::service_clusters;
-use super::listener::{filter_chain, http_connection_manager, listener, tcp_proxy};
+use super::listener::{filter_chain, http_connection_manager, l4_proxy, listener};
 use super::proto::{bool_value, http_route_name};
 use super::route::{
     destination_cluster, http_routes, referenced_hosts, sort_catch_all_last, virtual_host,
@@ -325,7 +325,7 @@ fn l4_filter_chains<'a>(
                                 .map(|r| (&r.destination, r.weight))
                                 .collect(),
                         );
-                        chains.push(filter_chain(sni, tcp_proxy(&stat, &dests)));
+                        chains.push(filter_chain(sni, l4_proxy(&stat, &dests, proxy, ctx)));
                         if !used.iter().any(|u| std::ptr::eq(*u, vs.as_ref())) {
                             used.push(vs);
                         }
@@ -341,7 +341,10 @@ fn l4_filter_chains<'a>(
                 if let Some(t) = route {
                     let dests =
                         weighted(t.route.iter().map(|r| (&r.destination, r.weight)).collect());
-                    chains.push(filter_chain(Vec::new(), tcp_proxy(&stat, &dests)));
+                    chains.push(filter_chain(
+                        Vec::new(),
+                        l4_proxy(&stat, &dests, proxy, ctx),
+                    ));
                     used.push(vs);
                 }
             }

@@ -21,9 +21,15 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
 };
 
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::r#type::v3::{
+    hash_policy::{PolicySpecifier, SourceIp},
+    HashPolicy,
+};
 
 use super::proto::{ads, bool_value, pack, socket_address};
-use super::route::{CORS_FILTER, FAULT_FILTER};
+use super::route::{cluster_policy, CORS_FILTER, FAULT_FILTER};
+use crate::model::istio::destination_rule::EffectivePolicy;
+use crate::model::{Proxy, PushContext};
 
 pub const HCM_FILTER: &str = "envoy.filters.network.http_connection_manager";
 pub const TCP_PROXY_FILTER: &str = "envoy.filters.network.tcp_proxy";
@@ -123,6 +129,16 @@ pub fn http_connection_manager_inline(stat_prefix: &str, route: RouteConfigurati
 
 /// A TCP proxy to one cluster, or weighted clusters.
 pub fn tcp_proxy(stat_prefix: &str, clusters: &[(String, u32)]) -> Filter {
+    Filter {
+        name: TCP_PROXY_FILTER.into(),
+        config_type: Some(FilterConfig::TypedConfig(pack(&tcp_proxy_config(
+            stat_prefix,
+            clusters,
+        )))),
+    }
+}
+
+fn tcp_proxy_config(stat_prefix: &str, clusters: &[(String, u32)]) -> TcpProxy {
     let spec = match clusters {
         [(only, _)] => ClusterSpecifier::Cluster(only.clone()),
         many => ClusterSpecifier::WeightedClusters(WeightedCluster {
@@ -136,11 +152,48 @@ pub fn tcp_proxy(stat_prefix: &str, clusters: &[(String, u32)]) -> Filter {
                 .collect(),
         }),
     };
-    let tp = TcpProxy {
+    TcpProxy {
         stat_prefix: stat_prefix.to_string(),
         cluster_specifier: Some(spec),
         ..Default::default()
+    }
+}
+
+/// A TCP proxy to `dests` with what the destinations' DestinationRules ask of
+/// it (Istio's `buildOutboundNetworkFilters`): a source-IP hash key for a single
+/// destination whose rule has `consistentHash.useSourceIp`, and the
+/// `connectionPool.tcp` `idleTimeout` (`idle_timeout`) and
+/// `maxConnectionDuration` (`max_downstream_connection_duration`) when every
+/// destination's rule agrees on them (one TCP proxy cannot have two).
+pub fn l4_proxy(stat: &str, dests: &[(String, u32)], proxy: &Proxy, ctx: &PushContext) -> Filter {
+    let policies: Vec<Option<EffectivePolicy>> = dests
+        .iter()
+        .map(|(c, _)| cluster_policy(c, proxy, ctx))
+        .collect();
+    let hash_source_ip = matches!(policies.as_slice(), [Some(p)] if p
+        .load_balancer
+        .as_ref()
+        .and_then(|lb| lb.consistent_hash.as_ref())
+        .is_some_and(|ch| ch.use_source_ip == Some(true)));
+    let tcp = |p: &Option<EffectivePolicy>| {
+        p.as_ref()
+            .and_then(|p| p.connection_pool.as_ref())
+            .and_then(|c| c.tcp.as_ref())
+            .map(|t| (t.idle_timeout, t.max_connection_duration))
+            .unwrap_or_default()
     };
+    let (idle, max_duration) = match policies.split_first() {
+        Some((first, rest)) if rest.iter().all(|p| tcp(p) == tcp(first)) => tcp(first),
+        _ => (None, None),
+    };
+    let mut tp = tcp_proxy_config(stat, dests);
+    if hash_source_ip {
+        tp.hash_policy = vec![HashPolicy {
+            policy_specifier: Some(PolicySpecifier::SourceIp(SourceIp {})),
+        }];
+    }
+    tp.idle_timeout = idle.map(|d| d.to_proto());
+    tp.max_downstream_connection_duration = max_duration.map(|d| d.to_proto());
     Filter {
         name: TCP_PROXY_FILTER.into(),
         config_type: Some(FilterConfig::TypedConfig(pack(&tp))),

@@ -39,7 +39,7 @@ use envoy_types::pb::google::protobuf::{Any, Duration};
 use super::proto::{
     bool_value, cluster_name, pack, percent_per_hundred, percent_per_million, u32_value,
 };
-use crate::model::istio::destination_rule::ConsistentHashLb;
+use crate::model::istio::destination_rule::{ConsistentHashLb, EffectivePolicy};
 use crate::model::istio::validate::grpc_status_code;
 use crate::model::istio::virtual_service::{
     CorsPolicy, HeaderOperations, Headers, HttpMatchRequest, HttpRetry, HttpRoute,
@@ -350,6 +350,41 @@ fn consistent_hash(
     TrafficPolicy::effective(rule.traffic_policy.as_ref(), subset, port)
         .load_balancer?
         .consistent_hash
+}
+
+/// The DestinationRule policy in force for `cluster` (an `outbound|PORT|SUBSET|HOST`
+/// name) as seen by `proxy`, for TCP proxies, which (unlike HTTP routes) carry
+/// no destination of their own. `None` for other cluster names or without a rule.
+pub fn cluster_policy(cluster: &str, proxy: &Proxy, ctx: &PushContext) -> Option<EffectivePolicy> {
+    let mut parts = cluster.split('|');
+    let (Some("outbound"), Some(port), Some(subset), Some(host), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    let port: u16 = port.parse().ok()?;
+    let svc_ns = ctx
+        .services
+        .get(host)
+        .map(|s| s.namespace.as_str())
+        .unwrap_or(&proxy.namespace);
+    let rule = ctx
+        .config
+        .destination_rule(&proxy.namespace, host, svc_ns)?;
+    let subset = rule
+        .subsets
+        .iter()
+        .find(|s| s.name == subset)
+        .and_then(|s| s.traffic_policy.as_ref());
+    Some(TrafficPolicy::effective(
+        rule.traffic_policy.as_ref(),
+        subset,
+        port,
+    ))
 }
 
 fn hash_policy(ch: &ConsistentHashLb) -> HashPolicy {

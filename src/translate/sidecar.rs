@@ -42,7 +42,8 @@ use envoy_types::pb::google::protobuf::Duration;
 
 use super::cluster::{service_clusters, DEFAULT_CONNECT_TIMEOUT_SECS};
 use super::listener::{
-    filter_chain, http_connection_manager, http_connection_manager_inline, listener, tcp_proxy,
+    filter_chain, http_connection_manager, http_connection_manager_inline, l4_proxy, listener,
+    tcp_proxy,
 };
 use super::proto::{bool_value, pack, socket_address, u32_value};
 use super::route::{
@@ -265,12 +266,10 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext) -> Generated {
                 } else {
                     Vec::new()
                 };
+                let dests = tcp_destinations(port, scope, proxy, ctx, redirect, registry_only);
                 chains.push(filter_chain(
                     Vec::new(),
-                    tcp_proxy(
-                        &stat,
-                        &tcp_destinations(port, scope, proxy, ctx, redirect, registry_only),
-                    ),
+                    l4_proxy(&stat, &dests, proxy, ctx),
                 ));
                 chains
             };
@@ -577,7 +576,7 @@ fn tls_filter_chains(
                 if dests.is_empty() {
                     continue;
                 }
-                chains.push(filter_chain(sni, tcp_proxy(stat, &dests)));
+                chains.push(filter_chain(sni, l4_proxy(stat, &dests, proxy, ctx)));
             }
         }
     }
@@ -963,7 +962,40 @@ mod tests {
                 .collect()
         };
         let g = generate(&proxy, &ctx);
+        // useSourceIp on db: its TCP proxy hashes on the source address.
+        let db = g
+            .listeners
+            .iter()
+            .find(|l| l.name == "0.0.0.0_5432")
+            .unwrap();
+        let Some(ConfigType::TypedConfig(any)) = &db.filter_chains[0].filters[0].config_type else {
+            panic!("typed config")
+        };
+        let db_proxy = TcpProxy::decode(any.value.as_slice()).unwrap();
+        assert_eq!(db_proxy.hash_policy.len(), 1);
+        assert_eq!(db_proxy.idle_timeout.map(|d| d.seconds), Some(1800));
+        assert_eq!(
+            db_proxy
+                .max_downstream_connection_duration
+                .map(|d| d.seconds),
+            Some(7200)
+        );
         let tls = chains(&g, "0.0.0.0_9443");
+        assert!(g
+            .listeners
+            .iter()
+            .filter(|l| l.name == "0.0.0.0_9443")
+            .all(
+                |l| l.filter_chains.iter().all(|fc| fc.filters.iter().all(|f| {
+                    match &f.config_type {
+                        Some(ConfigType::TypedConfig(a)) => TcpProxy::decode(a.value.as_slice())
+                            .unwrap()
+                            .hash_policy
+                            .is_empty(),
+                        _ => true,
+                    }
+                }))
+            ));
         assert_eq!(
             tls,
             [

@@ -1018,6 +1018,18 @@ fn load_balancer(f: &str, lb: &LoadBalancerSettings, out: &mut Issues) {
                 format!("conflicting hash keys {}: set only one", keys.join(", ")),
             ),
         }
+        if let Some(m) = &ch.maglev {
+            // Envoy rejects (NACKs) any other size (Istio API: "must be prime
+            // number limited to 5000011").
+            let n = m.table_size;
+            let prime = n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0);
+            if n != 0 && !(prime && n <= 5_000_011) {
+                out.err(
+                    format!("{cf}.maglev.tableSize"),
+                    format!("{n} is not a prime number up to 5000011"),
+                );
+            }
+        }
         if ch.ring_hash.is_some() && ch.maglev.is_some() {
             out.err(cf.clone(), "set only one of ringHash and maglev");
         }
@@ -1477,6 +1489,26 @@ mod tests {
             "    loadBalancer: {simple: ROUND_ROBIN, warmupDurationSecs: 30s}\n"
         ))
         .is_empty());
+    }
+
+    #[test]
+    fn maglev_table_size_is_prime() {
+        let d = |n: u64| {
+            dr(&format!("    loadBalancer: {{consistentHash: {{httpHeaderName: x, maglev: {{tableSize: {n}}}}}}}\n"))
+        };
+        assert!(issues(&d(65537)).is_empty());
+        for bad in [65536, 1, 5_000_012] {
+            let i = issues(&d(bad));
+            assert!(
+                has(
+                    &i,
+                    "spec.trafficPolicy.loadBalancer.consistentHash.maglev.tableSize",
+                    false,
+                    "prime"
+                ),
+                "{bad}: {i:?}"
+            );
+        }
     }
 
     #[test]
