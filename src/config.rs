@@ -101,12 +101,19 @@ struct NetworkFile {
     gateways: Vec<NetworkGateway>,
 }
 
-/// An east-west gateway of a network (mesh file `networks.NAME.gateways[]`).
+/// An east-west gateway of a network (mesh file `networks.NAME.gateways[]`, or
+/// discovered by the registry from a labelled Service).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NetworkGateway {
     pub address: String,
     pub port: u16,
+    /// The member cluster whose Service the gateway was discovered from; `None`
+    /// for mesh-file gateways (not settable there, as in Istio's MeshNetworks).
+    /// Remote endpoints prefer gateways of their own cluster (Istio's
+    /// `selectNetworkGateways`).
+    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -124,7 +131,9 @@ pub struct Tunables {
     /// `PILOT_DEBOUNCE_AFTER`, 100 ms).
     pub debounce: Duration,
     /// Longest a push may be delayed by a continuous stream of changes (Istio's
-    /// `PILOT_DEBOUNCE_MAX`).
+    /// `PILOT_DEBOUNCE_MAX`, 10 s there). 250 ms here: under steady churn a push
+    /// goes out at least four times a second, so no endpoint is stale for long;
+    /// pushes are incremental, so the extra pushes cost little (BENCHMARKS.md).
     pub debounce_max: Duration,
     /// How long `/ready` waits for a member cluster that cannot sync.
     pub ready_timeout: Duration,
@@ -134,7 +143,7 @@ impl Default for Tunables {
     fn default() -> Self {
         Tunables {
             debounce: Duration::from_millis(100),
-            debounce_max: Duration::from_secs(1),
+            debounce_max: Duration::from_millis(250),
             ready_timeout: Duration::from_secs(30),
         }
     }
