@@ -520,6 +520,7 @@ impl Index {
                         list.push(NetworkGateway {
                             address: a.to_string(),
                             port: gw.port,
+                            cluster: Some(shard.meta.name.to_string()),
                         });
                     }
                 }

@@ -735,6 +735,7 @@ fn with_file_gateway(network: &str, address: &str, port: u16) -> (Arc<Registry>,
         vec![NetworkGateway {
             address: address.into(),
             port,
+            cluster: None,
         }],
     );
     let q = PushQueue::new();
@@ -849,6 +850,13 @@ fn discovered_gateways_merge_with_the_mesh_file_without_duplicates() {
         ["198.51.100.7:15443", "198.51.100.9:15443"]
     );
     assert_eq!(gws(&r, "vpc-a"), ["203.0.113.1:15443"]);
+    // Discovered gateways name their cluster (remote endpoints prefer their own
+    // cluster's gateways); the mesh file's belong to none, and win a tie.
+    let clusters: Vec<Option<String>> = ContextSource::mesh(&*r).networks["account-b"]
+        .iter()
+        .map(|g| g.cluster.clone())
+        .collect();
+    assert_eq!(clusters, [None, Some("c1".to_string())]);
 
     // Removing a cluster removes what only it discovered; the file's stay.
     q.try_take();
@@ -1045,4 +1053,14 @@ fn api_server_objects_keep_what_gateway_discovery_reads() {
         panic!("kind changed")
     };
     assert!(ps.status.is_none() && ps.metadata.annotations.is_none());
+}
+
+#[test]
+fn mesh_file_gateways_cannot_claim_a_cluster() {
+    let base = "clusters:\n- name: c1\n  manifests: /m/c1\nnetworks:\n  n2:\n    gateways:\n    - address: 192.0.2.1\n      port: 15443\n";
+    let m = MeshConfig::parse(base, std::path::Path::new("/")).unwrap();
+    assert_eq!(m.networks["n2"][0].cluster, None);
+    let with_cluster = format!("{base}      cluster: c1\n");
+    let e = MeshConfig::parse(&with_cluster, std::path::Path::new("/")).unwrap_err();
+    assert!(e.to_string().contains("cluster"), "{e}");
 }

@@ -16,6 +16,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 
 use super::locality::Group;
 use super::proto::{socket_address, u32_value};
+use crate::config::NetworkGateway;
 use crate::model::{Endpoint, PushContext, Service};
 
 /// Istio's `IsSameOrEmpty`: an empty network on either side is "the same".
@@ -44,13 +45,40 @@ fn gcd(a: u32, b: u32) -> u32 {
     }
 }
 
+/// Istio's `selectNetworkGateways`: the gateways of `network` discovered in the
+/// endpoint's own `cluster` if there are any (no extra hop between clusters of
+/// one network), else every gateway of the network (mesh-file gateways belong to
+/// no cluster). The key names the choice: `(network, cluster or "")`.
+fn select_gateways<'c>(
+    ctx: &'c PushContext,
+    network: &'c str,
+    cluster: &'c str,
+) -> ((&'c str, &'c str), Vec<&'c NetworkGateway>) {
+    let all = ctx
+        .mesh
+        .networks
+        .get(network)
+        .map_or(&[][..], Vec::as_slice);
+    let own: Vec<&NetworkGateway> = all
+        .iter()
+        .filter(|g| g.cluster.as_deref() == Some(cluster))
+        .collect();
+    if own.is_empty() {
+        ((network, ""), all.iter().collect())
+    } else {
+        ((network, cluster), own)
+    }
+}
+
 /// Replace remote-network members of every group by gateway members for a proxy
 /// on `proxy_network`. Returns how many endpoints were left out because their
 /// network has no gateway.
 ///
-/// Weights follow Istio: with `k` gateways for a network, each gets
-/// `remote_count * m / k`, where `m` is the least common multiple of the gateway
-/// counts involved, and local endpoints are scaled by `m` so shares stay exact.
+/// Weights follow Istio: with `k` gateways chosen for a remote endpoint (see
+/// `select_gateways`), each gets `m / k` of its weight, where `m` is the least
+/// common multiple of the gateway counts involved, and local endpoints are scaled
+/// by `m` so shares stay exact; a gateway chosen for several endpoints is one
+/// member carrying their summed weight.
 pub fn apply<'a>(
     groups: &mut Vec<Group<'a, LbEndpoint>>,
     proxy_network: &str,
@@ -64,43 +92,64 @@ pub fn apply<'a>(
     }
     let mut skipped = 0;
     let mut m: u32 = 1;
-    // Per group: remote endpoint count per network that has gateways.
-    let mut remote: Vec<BTreeMap<&'a str, u32>> = Vec::with_capacity(groups.len());
+    // The gateway choice per (network, cluster) of remote endpoints, made once.
+    type Choice<'c> = ((&'c str, &'c str), Vec<&'c NetworkGateway>);
+    let mut chosen: BTreeMap<(&str, &str), Choice<'_>> = BTreeMap::new();
+    // Per group: remote endpoint weight per gateway choice.
+    let mut remote: Vec<BTreeMap<(&str, &str), u32>> = Vec::with_capacity(groups.len());
     for g in groups.iter_mut() {
-        let mut per_net: BTreeMap<&'a str, u32> = BTreeMap::new();
+        let mut per_choice: BTreeMap<(&str, &str), u32> = BTreeMap::new();
         g.members.retain(|(_, w, ep)| {
             let Some(ep) = ep else { return true };
             if same_network(&ep.network, proxy_network) {
                 return true;
             }
-            match ctx.mesh.networks.get(&*ep.network) {
-                Some(gws) if !gws.is_empty() => {
-                    *per_net.entry(&*ep.network).or_default() += *w;
-                }
-                _ => skipped += 1,
+            let (key, gws) = chosen
+                .entry((&ep.network, &ep.cluster))
+                .or_insert_with(|| select_gateways(ctx, &ep.network, &ep.cluster));
+            if gws.is_empty() {
+                skipped += 1;
+            } else {
+                *per_choice.entry(*key).or_default() += *w;
             }
             false
         });
-        for net in per_net.keys() {
-            let k = ctx.mesh.networks[*net].len() as u32;
-            m = m / gcd(m, k) * k;
-        }
-        remote.push(per_net);
+        remote.push(per_choice);
     }
-    for (g, per_net) in groups.iter_mut().zip(remote) {
+    let gateways_of = |key: &(&str, &str)| -> &[&NetworkGateway] {
+        chosen
+            .values()
+            .find(|(k, _)| k == key)
+            .map_or(&[][..], |(_, g)| g.as_slice())
+    };
+    for key in remote.iter().flat_map(BTreeMap::keys) {
+        let k = gateways_of(key).len() as u32;
+        m = m / gcd(m, k) * k;
+    }
+    for (g, per_choice) in groups.iter_mut().zip(remote) {
         if m > 1 {
             for mem in g.members.iter_mut() {
                 mem.1 *= m;
                 mem.0.load_balancing_weight = Some(u32_value(mem.1));
             }
         }
-        for (net, count) in per_net {
-            let gws = &ctx.mesh.networks[net];
+        let mut weights: Vec<(&NetworkGateway, u32)> = Vec::new();
+        for (key, count) in per_choice {
+            let gws = gateways_of(&key);
             let w = count * m / gws.len() as u32;
             for gw in gws {
-                g.members
-                    .push((gateway_lb_endpoint(&gw.address, gw.port as u32, w), w, None));
+                match weights
+                    .iter_mut()
+                    .find(|(x, _)| x.address == gw.address && x.port == gw.port)
+                {
+                    Some((_, total)) => *total += w,
+                    None => weights.push((gw, w)),
+                }
             }
+        }
+        for (gw, w) in weights {
+            g.members
+                .push((gateway_lb_endpoint(&gw.address, gw.port as u32, w), w, None));
         }
     }
     groups.retain(|g| !g.members.is_empty());
@@ -322,6 +371,8 @@ pub fn apply_cross_network_tls(clusters: &mut [Cluster], svc: &Service, ctx: &Pu
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     #[test]
@@ -333,6 +384,119 @@ mod tests {
         assert_eq!(
             sni(9080, "v1", "r.ns.svc.cluster.local"),
             "outbound_.9080_.v1_.r.ns.svc.cluster.local"
+        );
+    }
+
+    fn ep(ip: &str, network: &str, cluster: &str) -> Endpoint {
+        Endpoint {
+            address: ip.parse().unwrap(),
+            port: 8080,
+            labels: Default::default(),
+            cluster: cluster.into(),
+            network: network.into(),
+            locality: Default::default(),
+            ready: true,
+            workload: "test/pod".into(),
+            service_account: "default".into(),
+            stale: false,
+        }
+    }
+
+    fn gw(address: &str, cluster: Option<&str>) -> NetworkGateway {
+        NetworkGateway {
+            address: address.into(),
+            port: 15443,
+            cluster: cluster.map(str::to_string),
+        }
+    }
+
+    fn members(ctx: &PushContext, eps: &[Endpoint]) -> (Vec<(String, u32)>, usize) {
+        let mut groups = vec![Group {
+            locality: Default::default(),
+            members: eps
+                .iter()
+                .map(|e| (lb_endpoint(&e.address.to_string(), 8080, 1), 1, Some(e)))
+                .collect(),
+            weight: None,
+            priority: 0,
+        }];
+        let skipped = apply(&mut groups, "network-1", ctx);
+        let out = groups
+            .iter()
+            .flat_map(|g| g.members.iter())
+            .map(|(lb, w, _)| {
+                let Some(HostIdentifier::Endpoint(e)) = &lb.host_identifier else {
+                    panic!("no endpoint")
+                };
+                let a = e.address.as_ref().unwrap().address.as_ref().unwrap();
+                let envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(sa) =
+                    a
+                else {
+                    panic!("not a socket address")
+                };
+                assert_eq!(lb.load_balancing_weight.as_ref().unwrap().value, *w);
+                (sa.address.clone(), *w)
+            })
+            .collect();
+        (out, skipped)
+    }
+
+    #[test]
+    fn remote_endpoints_prefer_gateways_of_their_own_cluster() {
+        // network-2: a mesh-file gateway F (no cluster), A discovered in c2 and B
+        // in c3. c2's endpoint goes through A, c3's through B, c4's (no gateway
+        // of its own) through all three: m = lcm(1, 1, 3) = 3.
+        let mut ctx = PushContext::default();
+        let mesh = Arc::make_mut(&mut ctx.mesh);
+        mesh.networks.insert(
+            "network-2".into(),
+            vec![
+                gw("192.0.2.1", None),
+                gw("192.0.2.2", Some("c2")),
+                gw("192.0.2.3", Some("c3")),
+            ],
+        );
+        let eps = [
+            ep("10.1.0.1", "network-1", "c1"),
+            ep("10.2.0.1", "network-2", "c2"),
+            ep("10.3.0.1", "network-2", "c3"),
+            ep("10.4.0.1", "network-2", "c4"),
+        ];
+        let (got, skipped) = members(&ctx, &eps);
+        assert_eq!(skipped, 0);
+        assert_eq!(
+            got,
+            [
+                ("10.1.0.1".to_string(), 3),
+                ("192.0.2.1".to_string(), 1),
+                ("192.0.2.2".to_string(), 4),
+                ("192.0.2.3".to_string(), 4),
+            ]
+        );
+    }
+
+    #[test]
+    fn mesh_file_gateways_serve_every_cluster_of_their_network() {
+        let mut ctx = PushContext::default();
+        Arc::make_mut(&mut ctx.mesh).networks.insert(
+            "network-2".into(),
+            vec![gw("192.0.2.1", None), gw("192.0.2.9", None)],
+        );
+        let eps = [
+            ep("10.1.0.1", "network-1", "c1"),
+            ep("10.2.0.1", "network-2", "c2"),
+            ep("10.3.0.1", "network-2", "c3"),
+            ep("10.5.0.1", "network-3", "c5"),
+        ];
+        let (got, skipped) = members(&ctx, &eps);
+        assert_eq!(skipped, 1, "network-3 has no gateway");
+        assert_eq!(
+            got,
+            [
+                ("10.1.0.1".to_string(), 2),
+                ("192.0.2.1".to_string(), 2),
+                ("192.0.2.9".to_string(), 2),
+            ]
         );
     }
 
