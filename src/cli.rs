@@ -289,7 +289,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Demo => runtime()?.block_on(crate::demo::run()),
         Command::Validate(args) => {
-            let problems = crate::validate::validate_paths(&args.files);
+            let (problems, warnings) = crate::validate::validate_paths_with_warnings(&args.files);
+            for w in &warnings {
+                println!("warning: {w}");
+            }
             for p in &problems {
                 println!("{p}");
             }

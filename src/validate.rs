@@ -40,6 +40,13 @@ fn expand(paths: &[PathBuf], problems: &mut Vec<String>) -> Vec<PathBuf> {
 
 /// Check every file; returns one line per problem (empty when all is well).
 pub fn validate_paths(paths: &[PathBuf]) -> Vec<String> {
+    validate_paths_with_warnings(paths).0
+}
+
+/// Problems, as `validate_paths`, and warnings: one line per accepted Istio
+/// object field that has no effect or is deprecated (they do not fail
+/// validation; `/debug/configz` shows the same).
+pub fn validate_paths_with_warnings(paths: &[PathBuf]) -> (Vec<String>, Vec<String>) {
     let mut problems = Vec::new();
     let mut istio = Vec::new();
     for file in expand(paths, &mut problems) {
@@ -53,7 +60,13 @@ pub fn validate_paths(paths: &[PathBuf]) -> Vec<String> {
         problems.extend(validate_text(&file, &text, &mut istio));
     }
     problems.extend(validate_docs(&istio).iter().map(ToString::to_string));
-    problems
+    let warnings = istio
+        .iter()
+        .filter_map(|d| crate::model::istio::parse_object(&d.origin, &d.value).ok())
+        .flat_map(|o| crate::model::istio::object_warnings(&o))
+        .map(|w| w.to_string())
+        .collect();
+    (problems, warnings)
 }
 
 /// Check one file's text: Kubernetes documents now, Istio ones collected into
@@ -127,6 +140,27 @@ mod tests {
         assert!(out
             .iter()
             .any(|l| l.starts_with(&broken.display().to_string()) && l.contains("YAML error")));
+
+        // Warnings name file, object and field, and do not count as problems.
+        let warned = tmp.path().join("warned");
+        std::fs::create_dir(&warned).unwrap();
+        std::fs::write(
+            warned.join("dr.yaml"),
+            "apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\n\
+             metadata: {name: order, namespace: base}\n\
+             spec: {host: order, trafficPolicy: {outlierDetection: {consecutiveErrors: 5}}}\n",
+        )
+        .unwrap();
+        let (problems, warnings) = validate_paths_with_warnings(&[warned]);
+        assert!(problems.is_empty(), "{problems:#?}");
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("DestinationRule base/order")
+                    && w.contains("spec.trafficPolicy.outlierDetection.consecutiveErrors")
+                    && w.contains("deprecated")),
+            "{warnings:#?}"
+        );
 
         let missing = tmp.path().join("missing.yaml");
         assert!(validate_paths(&[missing])

@@ -315,6 +315,26 @@ pub fn parse_object(
     }
 }
 
+/// The warnings of one accepted object (fields that stay in force but have no
+/// effect, deprecated forms), in the form of a `Rejection` so callers print them
+/// with file, kind, name and field; `crossmesh validate` prints them without
+/// failing, `/debug/configz` shows them through the config store.
+pub fn object_warnings(obj: &IstioObject) -> Vec<Rejection> {
+    let m = obj.meta();
+    validate::validate(obj)
+        .into_iter()
+        .filter(|i| i.warning)
+        .map(|i| Rejection {
+            origin: m.origin.clone(),
+            kind: obj.kind().to_string(),
+            namespace: m.namespace.clone(),
+            name: m.name.clone(),
+            field: i.field,
+            reason: i.reason,
+        })
+        .collect()
+}
+
 /// Istio's short-name resolution: a host without a dot is a service in `namespace`
 /// (`order` in `base` is `order.base.svc.<suffix>`); anything else is taken as
 /// written, lower-cased.
