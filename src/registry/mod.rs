@@ -150,12 +150,11 @@ impl Shard {
         }
     }
 
-    /// Keep the gateway index in step with a Service changing from `old` to `new`.
-    fn track_gateway(&mut self, key: &ObjKey, old: Option<&SvcRec>, new: Option<&SvcRec>) {
-        let (old, new) = (
-            old.and_then(|s| s.gateway.as_ref()),
-            new.and_then(|s| s.gateway.as_ref()),
-        );
+    /// Keep the gateway index in step with the stored Service `key` becoming `new`
+    /// (`None`: deleted). Call before storing.
+    fn track_gateway(&mut self, key: &ObjKey, new: Option<&SvcRec>) {
+        let old = self.services.get(key).and_then(|s| s.gateway.as_ref());
+        let new = new.and_then(|s| s.gateway.as_ref());
         if old == new {
             return;
         }
@@ -214,12 +213,10 @@ impl Shard {
     fn upsert(&mut self, rec: Record, out: &mut BTreeSet<ObjKey>) {
         match rec {
             Record::Service(key, svc) => {
-                let old = self.services.get(&key);
-                if old == Some(&svc) {
+                if self.services.get(&key) == Some(&svc) {
                     return;
                 }
-                let old = old.cloned();
-                self.track_gateway(&key, old.as_ref(), Some(&svc));
+                self.track_gateway(&key, Some(&svc));
                 index_insert(&mut self.services_by_ns, key.0.clone(), key.1.clone());
                 self.services.insert(key.clone(), svc);
                 out.insert(key);
@@ -289,8 +286,9 @@ impl Shard {
     fn delete(&mut self, key: &RecordKey, out: &mut BTreeSet<ObjKey>) {
         match key {
             RecordKey::Service(k) => {
-                if let Some(old) = self.services.remove(k) {
-                    self.track_gateway(k, Some(&old), None);
+                if self.services.contains_key(k) {
+                    self.track_gateway(k, None);
+                    self.services.remove(k);
                     index_remove(&mut self.services_by_ns, &k.0, &k.1);
                     out.insert(k.clone());
                 }
