@@ -551,6 +551,10 @@ fn route_match(m: Option<&HttpMatchRequest>) -> RouteMatch {
         out.path_specifier = Some(match uri.kind() {
             StringMatchKind::Exact(p) => PathSpecifier::Path(p.to_string()),
             StringMatchKind::Prefix(p) => PathSpecifier::Prefix(p.to_string()),
+            // Envoy ignores `case_sensitive` for regexes: RE2's `(?i)` flag does it.
+            StringMatchKind::Regex(r) if m.ignore_uri_case => {
+                PathSpecifier::SafeRegex(regex_matcher(&format!("(?i){r}")))
+            }
             StringMatchKind::Regex(r) => PathSpecifier::SafeRegex(regex_matcher(r)),
             StringMatchKind::Present => PathSpecifier::Prefix("/".into()),
         });
@@ -841,6 +845,32 @@ mod tests {
         ]);
         let names: Vec<_> = sorted.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["a-x", "b-y", "a-all", "b-all"]);
+    }
+
+    #[test]
+    fn ignore_uri_case_reaches_regexes() {
+        let m = |uri: StringMatch| HttpMatchRequest {
+            uri: Some(uri),
+            ignore_uri_case: true,
+            ..Default::default()
+        };
+        let re = route_match(Some(&m(StringMatch {
+            regex: Some("/api/v[0-9]+".into()),
+            ..Default::default()
+        })));
+        match re.path_specifier {
+            Some(PathSpecifier::SafeRegex(r)) => assert_eq!(r.regex, "(?i)/api/v[0-9]+"),
+            other => panic!("{other:?}"),
+        }
+        let prefix = route_match(Some(&m(StringMatch {
+            prefix: Some("/API".into()),
+            ..Default::default()
+        })));
+        assert_eq!(prefix.case_sensitive, Some(bool_value(false)));
+        assert_eq!(
+            prefix.path_specifier,
+            Some(PathSpecifier::Prefix("/API".into()))
+        );
     }
 
     #[test]

@@ -524,7 +524,8 @@ fn prefix_all() -> RouteMatch {
 }
 
 /// TLS routes of `mesh` VirtualServices on a TLS/HTTPS port (Istio's
-/// `buildSidecarOutboundTLSFilterChainOpts`): one filter chain per applicable
+/// `buildSidecarOutboundTLSFilterChainOpts`): for VirtualServices whose hosts
+/// include a visible service with this port, one filter chain per applicable
 /// match, on its `sniHosts` (the listener adds the TLS inspector), proxying to the
 /// route's destinations. An SNI name already claimed by an earlier match (oldest
 /// VirtualService first) stays with it, so Envoy never sees duplicate chain
@@ -538,8 +539,23 @@ fn tls_filter_chains(
 ) -> Vec<FilterChain> {
     let mut seen: BTreeSet<String> = BTreeSet::new();
     let mut chains = Vec::new();
+    // Only VirtualServices for a service that has this port (as TCP routes).
+    let on_port: BTreeSet<&str> = scope
+        .services
+        .iter()
+        .filter(|s| s.port(port as u16).is_some())
+        .map(|s| s.hostname.as_ref())
+        .collect();
     for vs in &scope.virtual_services {
         let ns = &vs.meta.namespace;
+        if !vs
+            .spec
+            .hosts
+            .iter()
+            .any(|h| on_port.contains(ctx.config.resolve_host(h, ns).as_str()))
+        {
+            continue;
+        }
         for tls in &vs.spec.tls {
             for m in &tls.matches {
                 let applies = (m.gateways.is_empty()
@@ -1018,6 +1034,14 @@ mod tests {
             [(
                 vec![],
                 "outbound|5432|v1|db.base.svc.cluster.local".to_string()
+            )]
+        );
+        // Another TLS port gets no chains from a VirtualService for another host.
+        assert_eq!(
+            chains(&g, "0.0.0.0_8443"),
+            [(
+                vec![],
+                "outbound|8443||vault.base.svc.cluster.local".to_string()
             )]
         );
         // The admin workload matches the first TLS and TCP matches scoped to it.

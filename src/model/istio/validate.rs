@@ -708,6 +708,12 @@ fn http_route(f: &str, r: &HttpRoute, out: &mut Issues) {
                 _ => out.duration(format!("{ff}.delay.fixedDelay"), &d.fixed_delay),
             }
             out.percent(format!("{ff}.delay.percentage"), &d.percentage);
+            if d.percent.is_some() && d.percentage.is_some() {
+                out.warn(
+                    format!("{ff}.delay.percent"),
+                    "deprecated; ignored because percentage is set",
+                );
+            }
             if let Some(p) = d.percent {
                 if !(0..=100).contains(&p) {
                     out.err(
@@ -761,6 +767,12 @@ fn http_route(f: &str, r: &HttpRoute, out: &mut Issues) {
     out.percent(format!("{f}.mirrorPercentage"), &r.mirror_percentage);
     if r.mirror_percent.is_some_and(|p| p > 100) {
         out.err(format!("{f}.mirrorPercent"), "must be at most 100");
+    }
+    if r.mirror.is_some() && r.mirror_percent.is_some() && r.mirror_percentage.is_some() {
+        out.warn(
+            format!("{f}.mirrorPercent"),
+            "deprecated; ignored because mirrorPercentage is set",
+        );
     }
     // Istio: mirrorPercentage/mirrorPercent scale `mirror` only; each `mirrors`
     // entry carries its own percentage.
@@ -1423,6 +1435,26 @@ mod tests {
             "{i:?}"
         );
         let ok = vs("  - route: [{destination: {host: order}}]\n    mirror: {host: cart}\n    mirrorPercentage: {value: 5}\n");
+        let both = issues(&vs("  - route: [{destination: {host: order}}]\n    mirror: {host: cart}\n    mirrorPercentage: {value: 5}\n    mirrorPercent: 7\n"));
+        assert!(
+            has(
+                &both,
+                "spec.http[0].mirrorPercent",
+                true,
+                "ignored because mirrorPercentage"
+            ),
+            "{both:?}"
+        );
+        let fault = issues(&vs("  - route: [{destination: {host: order}}]\n    fault: {delay: {fixedDelay: 1s, percent: 5, percentage: {value: 7}}}\n"));
+        assert!(
+            has(
+                &fault,
+                "spec.http[0].fault.delay.percent",
+                true,
+                "ignored because percentage"
+            ),
+            "{fault:?}"
+        );
         assert!(issues(&ok).is_empty());
     }
 
