@@ -7,10 +7,11 @@
 //! `envoy.service.discovery.v3.DiscoveryResponse` and `DeltaDiscoveryResponse`
 //! (a test decodes them back with prost to prove it).
 
+use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use bytes::BufMut;
+use bytes::{BufMut, Bytes, BytesMut};
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
@@ -72,6 +73,87 @@ fn put_bytes(tag: u32, bytes: &[u8], always: bool, buf: &mut impl BufMut) {
     buf.put_slice(bytes);
 }
 
+/// Where a response is written: any `BufMut` (copying), or `Frames`, which keeps
+/// each shared resource payload as a reference instead of copying it.
+pub trait Sink: BufMut {
+    fn put_shared(&mut self, bytes: &Bytes) {
+        self.put_slice(bytes);
+    }
+}
+
+impl Sink for Vec<u8> {}
+impl Sink for EncodeBuf<'_> {}
+
+/// A shared payload field: key, length, then the payload itself by reference.
+fn put_shared(tag: u32, bytes: &Bytes, buf: &mut impl Sink) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(bytes.len() as u64, buf);
+    buf.put_shared(bytes);
+}
+
+/// Payloads shorter than this are copied into the framing chunk: a separate
+/// chunk would cost more than the copy.
+const INLINE_MAX: usize = 512;
+
+/// One gRPC message as a list of chunks for the HTTP/2 body: small framing
+/// bytes gathered into owned chunks, and every resource payload of
+/// `INLINE_MAX` bytes or more as a clone of its shared `Bytes` (a reference
+/// count, no copy). A stream therefore never holds its own copy of a response:
+/// memory per proxy does not grow with the size of what it is sent.
+#[derive(Debug, Default)]
+pub struct Frames {
+    small: BytesMut,
+    chunks: VecDeque<Bytes>,
+}
+
+impl Frames {
+    /// The gRPC length-prefixed message (uncompressed) of `resp`.
+    pub fn message(resp: &impl EncodeResponse) -> VecDeque<Bytes> {
+        let len = resp.encoded_len();
+        let mut f = Frames {
+            small: BytesMut::with_capacity(256),
+            chunks: VecDeque::new(),
+        };
+        f.small.put_u8(0);
+        f.small.put_u32(len as u32);
+        resp.encode_frames(&mut f);
+        if !f.small.is_empty() {
+            let last = f.small.split().freeze();
+            f.chunks.push_back(last);
+        }
+        f.chunks
+    }
+}
+
+// SAFETY: every method delegates to the inner `BytesMut`, which upholds
+// `BufMut`'s contract.
+unsafe impl BufMut for Frames {
+    fn remaining_mut(&self) -> usize {
+        self.small.remaining_mut()
+    }
+    unsafe fn advance_mut(&mut self, cnt: usize) {
+        // SAFETY: the caller's guarantee is passed on unchanged.
+        unsafe { self.small.advance_mut(cnt) }
+    }
+    fn chunk_mut(&mut self) -> &mut bytes::buf::UninitSlice {
+        self.small.chunk_mut()
+    }
+}
+
+impl Sink for Frames {
+    fn put_shared(&mut self, bytes: &Bytes) {
+        if bytes.len() < INLINE_MAX {
+            self.small.put_slice(bytes);
+            return;
+        }
+        if !self.small.is_empty() {
+            let head = self.small.split().freeze();
+            self.chunks.push_back(head);
+        }
+        self.chunks.push_back(bytes.clone());
+    }
+}
+
 impl SotwResponse {
     /// Exact encoded length (for buffer reservation).
     pub fn encoded_len(&self) -> usize {
@@ -84,10 +166,10 @@ impl SotwResponse {
 
     /// Write the `DiscoveryResponse` fields in field-number order: version_info (1),
     /// resources (2, each the shared `Any` bytes), type_url (4), nonce (5).
-    pub fn encode(&self, buf: &mut impl BufMut) {
+    pub fn encode(&self, buf: &mut impl Sink) {
         put_bytes(1, self.version_info.as_bytes(), false, buf);
         for r in &self.resources {
-            put_bytes(2, &r.any, true, buf);
+            put_shared(2, &r.any, buf);
         }
         put_bytes(4, self.type_url.as_str().as_bytes(), false, buf);
         put_bytes(5, self.nonce.as_bytes(), false, buf);
@@ -121,13 +203,13 @@ impl DeltaResponse {
     /// Write the `DeltaDiscoveryResponse` fields: system_version_info (1),
     /// resources (2: `Resource{version=1, resource=2, name=3}`), type_url (4),
     /// nonce (5), removed_resources (6).
-    pub fn encode(&self, buf: &mut impl BufMut) {
+    pub fn encode(&self, buf: &mut impl Sink) {
         put_bytes(1, self.system_version_info.as_bytes(), false, buf);
         for r in &self.resources {
             encode_key(2, WireType::LengthDelimited, buf);
             encode_varint(delta_resource_len(r) as u64, buf);
             put_bytes(1, r.version.as_bytes(), false, buf);
-            put_bytes(2, &r.any, true, buf);
+            put_shared(2, &r.any, buf);
             put_bytes(3, r.name.as_bytes(), false, buf);
         }
         put_bytes(4, self.type_url.as_str().as_bytes(), false, buf);
@@ -142,6 +224,7 @@ impl DeltaResponse {
 pub trait EncodeResponse: Send + 'static {
     fn encoded_len(&self) -> usize;
     fn encode_to(&self, buf: &mut EncodeBuf<'_>);
+    fn encode_frames(&self, frames: &mut Frames);
 }
 
 impl EncodeResponse for SotwResponse {
@@ -151,6 +234,9 @@ impl EncodeResponse for SotwResponse {
     fn encode_to(&self, buf: &mut EncodeBuf<'_>) {
         self.encode(buf)
     }
+    fn encode_frames(&self, frames: &mut Frames) {
+        self.encode(frames)
+    }
 }
 
 impl EncodeResponse for DeltaResponse {
@@ -159,6 +245,9 @@ impl EncodeResponse for DeltaResponse {
     }
     fn encode_to(&self, buf: &mut EncodeBuf<'_>) {
         self.encode(buf)
+    }
+    fn encode_frames(&self, frames: &mut Frames) {
+        self.encode(frames)
     }
 }
 
@@ -177,6 +266,12 @@ pub struct AdsEncoder<Resp>(PhantomData<fn() -> Resp>);
 
 #[derive(Debug)]
 pub struct AdsDecoder<Req>(PhantomData<fn() -> Req>);
+
+impl<Req> Default for AdsDecoder<Req> {
+    fn default() -> Self {
+        AdsDecoder(PhantomData)
+    }
+}
 
 impl<Resp: EncodeResponse> Encoder for AdsEncoder<Resp> {
     type Item = Resp;
@@ -259,6 +354,34 @@ mod tests {
         assert_eq!(d.resources[0].type_url, TypeUrl::Cluster.as_str());
         // Identical to what prost would have produced.
         assert_eq!(d.encode_to_vec(), buf);
+    }
+
+    #[test]
+    fn frames_are_the_contiguous_message_with_payloads_shared() {
+        let big = Resource::encode(
+            TypeUrl::Cluster,
+            "big",
+            &Cluster {
+                name: "x".repeat(2 * INLINE_MAX),
+                ..Default::default()
+            },
+        );
+        let r = DeltaResponse {
+            system_version_info: "3".into(),
+            type_url: TypeUrl::Cluster,
+            nonce: "n".into(),
+            resources: vec![res("a"), big.clone(), res("b")],
+            removed: vec!["gone".into()],
+        };
+        let mut contiguous = vec![0u8];
+        contiguous.extend((r.encoded_len() as u32).to_be_bytes());
+        r.encode(&mut contiguous);
+        let chunks = Frames::message(&r);
+        let joined: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        assert_eq!(joined, contiguous);
+        // The large payload is the shared allocation itself, not a copy.
+        assert!(chunks.iter().any(|c| c.as_ptr() == big.any.as_ptr()));
+        assert_eq!(chunks.len(), 3, "head, shared payload, tail");
     }
 
     #[test]

@@ -12,9 +12,12 @@
 //! task, and while it is blocked the watch channel coalesces snapshots to the
 //! latest, so memory stays bounded.
 //!
-//! Zero re-encoding: the methods are served by a hand-written tower `Service`
-//! (`AdsService`) through `tonic::server::Grpc` with `codec::AdsCodec`, whose
-//! encoder copies each resource's shared pre-encoded `Any` bytes into the frame.
+//! Zero re-encoding, zero copy: the methods are served by a hand-written tower
+//! `Service` (`AdsService`). Requests are decoded by tonic's `Streaming`; each
+//! response goes out as an `AdsBody` whose chunks reference the resources'
+//! shared pre-encoded `Any` bytes (`codec::Frames`), so a stream holds no copy
+//! of what it sends, however large (tonic's own encoder would encode every
+//! response into a per-stream buffer that keeps the largest response's size).
 //!
 //! Entry points for the wiring:
 //! - `AdsServer::new(source)`; `AdsServer::connections()` for `/debug/syncz` and
@@ -22,6 +25,7 @@
 //! - `serve(listener, ads, shutdown)`: serve on a bound listener until `shutdown`
 //!   resolves, then end every stream and return.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
@@ -29,13 +33,12 @@ use std::task::{Context, Poll};
 
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::{http, BoxFuture, Service, StdError};
-use tonic::server::{Grpc, NamedService, StreamingService};
-use tonic::{Request, Response, Status, Streaming};
+use tonic::server::NamedService;
+use tonic::{Status, Streaming};
 use tracing::{debug, info, warn, Instrument};
 
-use super::codec::{AdsCodec, DeltaResponse, PayloadLen, SotwResponse};
+use super::codec::{AdsDecoder, DeltaResponse, EncodeResponse, Frames, PayloadLen, SotwResponse};
 use super::connection::{Ack, Mode, Out, StreamState};
 use super::source::{SnapshotSource, Update};
 use super::status::{Connection, Connections};
@@ -162,15 +165,8 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let shared = self.shared.clone();
         match req.uri().path() {
-            SOTW_PATH => Box::pin(async move {
-                let mut grpc = Grpc::new(AdsCodec::<DiscoveryRequest, SotwResponse>::default());
-                Ok(grpc.streaming(Method::<Sotw>::new(shared), req).await)
-            }),
-            DELTA_PATH => Box::pin(async move {
-                let mut grpc =
-                    Grpc::new(AdsCodec::<DeltaDiscoveryRequest, DeltaResponse>::default());
-                Ok(grpc.streaming(Method::<Delta>::new(shared), req).await)
-            }),
+            SOTW_PATH => Box::pin(async move { Ok(stream::<Sotw, B>(shared, req)) }),
+            DELTA_PATH => Box::pin(async move { Ok(stream::<Delta, B>(shared, req)) }),
             other => {
                 let status =
                     Status::unimplemented(format!("crossmesh serves only ADS, not {other}"));
@@ -180,11 +176,94 @@ where
     }
 }
 
+/// Largest request accepted (a Delta reconnect lists every resource it holds in
+/// `initial_resource_versions`; tonic's default of 4 MiB is too small for big
+/// meshes).
+const MAX_REQUEST_BYTES: usize = 64 << 20;
+
+/// One ADS call: requests decoded by tonic's `Streaming` with `AdsDecoder`; the
+/// response is an `AdsBody`, not tonic's encoder, so no stream ever holds an
+/// encoded copy of what it sends.
+fn stream<F: Flavor, B>(
+    shared: Arc<Shared>,
+    req: http::Request<B>,
+) -> http::Response<tonic::body::Body>
+where
+    B: tonic::codegen::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    let requests = Streaming::new_request(
+        AdsDecoder::<F::Req>::default(),
+        req.into_body(),
+        None,
+        Some(MAX_REQUEST_BYTES),
+    );
+    let rx = open::<F>(shared, requests);
+    let mut resp = http::Response::new(tonic::body::Body::new(AdsBody {
+        rx,
+        chunks: VecDeque::new(),
+        done: false,
+    }));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    resp
+}
+
+/// The HTTP/2 response body of one ADS stream: each response becomes the chunks
+/// of `codec::Frames` (framing bytes, plus the shared resource payloads by
+/// reference), handed to hyper one at a time as flow control allows; the end of
+/// the stream becomes the `grpc-status` trailers.
+struct AdsBody<R> {
+    rx: mpsc::Receiver<Result<R, Status>>,
+    chunks: VecDeque<bytes::Bytes>,
+    done: bool,
+}
+
+impl<R: EncodeResponse> http_body::Body for AdsBody<R> {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Status>>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(c) = this.chunks.pop_front() {
+                return Poll::Ready(Some(Ok(http_body::Frame::data(c))));
+            }
+            if this.done {
+                return Poll::Ready(None);
+            }
+            let status = match std::task::ready!(this.rx.poll_recv(cx)) {
+                Some(Ok(resp)) => {
+                    this.chunks = Frames::message(&resp);
+                    continue;
+                }
+                Some(Err(status)) => status,
+                None => Status::ok(""),
+            };
+            this.done = true;
+            let mut trailers = http::HeaderMap::new();
+            if let Err(e) = status.add_header(&mut trailers) {
+                warn!(status = %e, "cannot encode the stream's final status");
+            }
+            return Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))));
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.chunks.is_empty()
+    }
+}
+
 /// The two ADS variants, as far as the stream loop cares.
 trait Flavor: Send + 'static {
     const MODE: Mode;
-    type Req: Send + 'static;
-    type Resp: PayloadLen + Send + 'static;
+    type Req: prost::Message + Default + Send + 'static;
+    type Resp: PayloadLen + EncodeResponse + Send + 'static;
     fn node(req: &Self::Req) -> Option<&envoy_types::pb::envoy::config::core::v3::Node>;
     fn handle(st: &mut StreamState, req: &Self::Req) -> (Ack, Vec<Out>);
     fn wire(out: Out) -> Self::Resp;
@@ -232,38 +311,13 @@ impl Flavor for Delta {
     }
 }
 
-struct Method<F> {
-    shared: Arc<Shared>,
-    _f: std::marker::PhantomData<fn() -> F>,
-}
-
-impl<F> Method<F> {
-    fn new(shared: Arc<Shared>) -> Self {
-        Method {
-            shared,
-            _f: std::marker::PhantomData,
-        }
-    }
-}
-
-impl<F: Flavor> StreamingService<F::Req> for Method<F> {
-    type Response = F::Resp;
-    type ResponseStream = ReceiverStream<Result<F::Resp, Status>>;
-    type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
-
-    fn call(&mut self, request: Request<Streaming<F::Req>>) -> Self::Future {
-        let shared = self.shared.clone();
-        Box::pin(open::<F>(shared, request.into_inner()))
-    }
-}
-
-/// Start the stream task and answer with the response stream at once: response
+/// Start the stream task and hand back its response channel at once: response
 /// headers must not wait for the first request (some clients send it only once
 /// the call is established).
-async fn open<F: Flavor>(
+fn open<F: Flavor>(
     shared: Arc<Shared>,
     requests: Streaming<F::Req>,
-) -> Result<Response<ReceiverStream<Result<F::Resp, Status>>>, Status> {
+) -> mpsc::Receiver<Result<F::Resp, Status>> {
     let (tx, rx) = mpsc::channel(1);
     tokio::spawn(async move {
         let mut shutdown = shared.shutdown.subscribe();
@@ -285,7 +339,7 @@ async fn open<F: Flavor>(
             }
         }
     });
-    Ok(Response::new(ReceiverStream::new(rx)))
+    rx
 }
 
 type Handshake<F> = (
