@@ -97,6 +97,23 @@ fn build(svc: &Service, port: &ServicePort, subset: &str, policy: EffectivePolic
     c
 }
 
+/// An inbound cluster (`inbound|PORT||`, the local workload) with the Sidecar's
+/// connection pool for it, as Istio's inbound clusters: Istio's unlimited default
+/// thresholds, the pool's circuit breakers, timeouts and HTTP options, and
+/// HTTP/2 to the workload on `http2`/`grpc` ports.
+pub fn apply_inbound_connection_pool(
+    c: &mut Cluster,
+    protocol: Protocol,
+    pool: Option<&ConnectionPoolSettings>,
+) {
+    let mut http = HttpOptions::for_port(protocol, pool);
+    apply_connection_pool(c, &mut http, pool);
+    if let Some(opts) = http.finish() {
+        c.typed_extension_protocol_options =
+            HashMap::from([(HTTP_OPTIONS_KEY.to_string(), pack(&opts))]);
+    }
+}
+
 /// The upstream HTTP protocol options being assembled for one cluster.
 struct HttpOptions {
     /// `Some(true)`: HTTP/2 upstream; `Some(false)`: HTTP/1.1; `None`: not HTTP.

@@ -40,7 +40,9 @@ use envoy_types::pb::envoy::config::route::v3::{
 use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
 use envoy_types::pb::google::protobuf::Duration;
 
-use super::cluster::{service_clusters, DEFAULT_CONNECT_TIMEOUT_SECS};
+use super::cluster::{
+    apply_inbound_connection_pool, service_clusters, DEFAULT_CONNECT_TIMEOUT_SECS,
+};
 use super::listener::{
     filter_chain, http_connection_manager, http_connection_manager_inline, l4_proxy, listener,
     tcp_proxy,
@@ -291,9 +293,16 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext) -> Generated {
             continue;
         };
         let cluster = format!("inbound|{port}||");
-        out.clusters
-            .push(static_cluster(&cluster, &target.0, target.1));
         let protocol = Protocol::from_port(&ing.port.protocol, None);
+        let mut inbound = static_cluster(&cluster, &target.0, target.1);
+        // Istio: the listener's own connectionPool, else the Sidecar's
+        // inboundConnectionPool.
+        let pool = ing
+            .connection_pool
+            .as_ref()
+            .or_else(|| sidecar.and_then(|s| s.spec.inbound_connection_pool.as_ref()));
+        apply_inbound_connection_pool(&mut inbound, protocol, pool);
+        out.clusters.push(inbound);
         let stat = format!("inbound_{port}");
         let filter = if protocol.is_http() {
             http_connection_manager_inline(&stat, inbound_route(&cluster))
@@ -1100,6 +1109,37 @@ mod tests {
         assert_eq!(bound.prefix_ranges[0].address_prefix, "10.0.0.1");
         assert_eq!(bound.prefix_ranges[0].prefix_len, Some(u32_value(32)));
         assert!(m("inbound|9090||").prefix_ranges.is_empty());
+    }
+
+    #[test]
+    fn inbound_connection_pools_become_circuit_breakers() {
+        let (ctx, proxy) = golden();
+        let sc = sidecar_obj(
+            "apiVersion: networking.istio.io/v1alpha3\nkind: Sidecar\nmetadata: {name: frontend, namespace: base}\nspec:\n  workloadSelector: {matchLabels: {app: frontend}}\n  inboundConnectionPool:\n    tcp: {maxConnections: 5}\n  ingress:\n  - port: {number: 8080, protocol: HTTP, name: http}\n    defaultEndpoint: 127.0.0.1:8080\n  - port: {number: 9090, protocol: GRPC, name: grpc}\n    defaultEndpoint: 127.0.0.1:9090\n    connectionPool:\n      http: {http2MaxRequests: 2}\n",
+        );
+        let g = generate(&proxy, &with_sidecars(&ctx, vec![sc]));
+        let thresholds = |name: &str| {
+            g.clusters
+                .iter()
+                .find(|c| c.name == name)
+                .and_then(|c| c.circuit_breakers.clone())
+                .map(|cb| cb.thresholds[0].clone())
+                .expect(name)
+        };
+        // The Sidecar-wide pool, and Istio's unlimited defaults elsewhere.
+        let http = thresholds("inbound|8080||");
+        assert_eq!(http.max_connections, Some(u32_value(5)));
+        assert_eq!(http.max_requests, Some(u32_value(u32::MAX)));
+        // The listener's own pool replaces the Sidecar-wide one.
+        let grpc = thresholds("inbound|9090||");
+        assert_eq!(grpc.max_requests, Some(u32_value(2)));
+        assert_eq!(grpc.max_connections, Some(u32_value(u32::MAX)));
+        // gRPC reaches the workload over HTTP/2.
+        assert!(g
+            .clusters
+            .iter()
+            .find(|c| c.name == "inbound|9090||")
+            .is_some_and(|c| !c.typed_extension_protocol_options.is_empty()));
     }
 
     #[test]

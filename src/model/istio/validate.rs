@@ -1180,11 +1180,9 @@ fn capture_mode(f: &str, m: &Option<String>, out: &mut Issues) {
 /// at most one without a port, which must come last; ingress listeners need a
 /// port, unique, and a loopback `defaultEndpoint`.
 fn sidecar(s: &Sidecar, out: &mut Issues) {
-    out.unsupported(
-        "spec.inboundConnectionPool",
-        &s.inbound_connection_pool,
-        "inbound circuit breakers are not implemented",
-    );
+    if let Some(cp) = &s.inbound_connection_pool {
+        connection_pool("spec.inboundConnectionPool", cp, out);
+    }
     if let Some(p) = &s.outbound_traffic_policy {
         match p.mode.as_deref() {
             None | Some("REGISTRY_ONLY") | Some("ALLOW_ANY") => {}
@@ -1311,11 +1309,9 @@ fn sidecar(s: &Sidecar, out: &mut Issues) {
             &ing.tls,
             "inbound TLS termination is not implemented",
         );
-        out.unsupported(
-            format!("{f}.connectionPool"),
-            &ing.connection_pool,
-            "inbound circuit breakers are not implemented",
-        );
+        if let Some(cp) = &ing.connection_pool {
+            connection_pool(&format!("{f}.connectionPool"), cp, out);
+        }
     }
 }
 
