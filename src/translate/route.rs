@@ -166,6 +166,8 @@ fn build_route(
             (r, m) => format!("{r}.{m}"),
         },
         r#match: Some(route_match(m)),
+        // Per-route stats under vhost.<vhost>.route.<statPrefix> (Istio).
+        stat_prefix: m.and_then(|m| m.stat_prefix.clone()).unwrap_or_default(),
         ..Default::default()
     };
     let mut per_filter: HashMap<String, Any> = HashMap::new();

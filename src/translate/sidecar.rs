@@ -987,6 +987,18 @@ mod tests {
                 .collect()
         };
         let g = generate(&proxy, &ctx);
+        // The web redirect: derivePort FROM_REQUEST_PORT and statPrefix.
+        let web = g
+            .routes
+            .iter()
+            .find(|r| r.name == "8080")
+            .and_then(|r| r.virtual_hosts.iter().find(|v| v.name.starts_with("web.")))
+            .expect("web vhost");
+        assert_eq!(web.routes[0].stat_prefix, "login");
+        match &web.routes[0].action {
+            Some(Action::Redirect(r)) => assert_eq!(r.port_redirect, 8080),
+            other => panic!("{other:?}"),
+        }
         // useSourceIp on db: its TCP proxy hashes on the source address.
         let db = g
             .listeners

@@ -590,11 +590,6 @@ fn http_route(f: &str, r: &HttpRoute, out: &mut Issues) {
             }
         }
         gateway_list(&format!("{mf}.gateways"), &m.gateways, out);
-        out.unsupported(
-            format!("{mf}.statPrefix"),
-            &m.stat_prefix,
-            "per-route stats are not generated",
-        );
     }
     let dests: Vec<(&str, Option<i32>)> = r
         .route

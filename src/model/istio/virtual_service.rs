@@ -104,7 +104,7 @@ pub struct HttpMatchRequest {
     /// Applies only to proxies in this namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_namespace: Option<String>,
-    /// Rejected by validation (stats are not generated).
+    /// Envoy's per-route stats prefix (`Route.stat_prefix`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stat_prefix: Option<String>,
 }
