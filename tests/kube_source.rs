@@ -369,3 +369,270 @@ async fn rotated_credentials_sync_before_the_old_client_stops() {
     })
     .await;
 }
+
+/// Ready endpoint addresses of `host` port `port`, sorted.
+fn ready_at(r: &Registry, host: &str, port: u16) -> Vec<String> {
+    let mut v: Vec<String> = r
+        .service(host)
+        .and_then(|s| s.endpoints.get(&port).cloned())
+        .into_iter()
+        .flatten()
+        .filter(|e| e.ready)
+        .map(|e| format!("{}:{}", e.address, e.port))
+        .collect();
+    v.sort();
+    v
+}
+
+fn slice(name: &str, service: &str, managed_by: &str, ips: &[&str]) -> serde_json::Value {
+    let eps: Vec<serde_json::Value> = ips
+        .iter()
+        .map(|ip| serde_json::json!({"addresses": [ip], "conditions": {"ready": true}}))
+        .collect();
+    serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": name, "namespace": "ns1", "labels": {
+            "kubernetes.io/service-name": service,
+            "endpointslice.kubernetes.io/managed-by": managed_by
+        }},
+        "addressType": "IPv4",
+        "endpoints": eps,
+        "ports": [{"name": "tcp", "port": 5432, "protocol": "TCP"}]
+    })
+}
+
+/// Issue 3 item 1: a Service without a selector is served from its EndpointSlices,
+/// live; slices of the endpointslice controller (which mirror selector-based
+/// Services, computed from Pods) are not watched.
+#[tokio::test]
+async fn selectorless_service_is_served_from_its_endpointslices() {
+    const DB: &str = "db.ns1.svc.cluster.local";
+    let s = FakeApiServer::start("c1").await;
+    seed(&s, 1);
+    s.apply(&objects::service("ns1", "db", &[], &[("tcp", 5432, 5432)]));
+    s.apply(&slice(
+        "db-1",
+        "db",
+        "endpointslicemirroring-controller.k8s.io",
+        &["10.9.0.1"],
+    ));
+    // The controller's mirror of `web`: if it were read, `web` would not change
+    // (selector-based), but the slice count would.
+    s.apply(&slice(
+        "web-abcde",
+        "web",
+        "endpointslice-controller.k8s.io",
+        &["10.1.0.1"],
+    ));
+    let t = setup(&s, KubeOptions::default()).await;
+    wait_for("initial sync", 10, || {
+        ready_at(&t.registry, DB, 5432) == ["10.9.0.1:5432"] && endpoints(&t.registry).len() == 1
+    })
+    .await;
+    let st = status(&t.registry);
+    assert_eq!(st.counts.endpointslices, 1, "{st:?}");
+    assert!(st.rejected.is_empty(), "{st:?}");
+
+    // Live: a second address, a second slice, then slices deleted.
+    s.apply(&slice(
+        "db-1",
+        "db",
+        "endpointslicemirroring-controller.k8s.io",
+        &["10.9.0.1", "10.9.0.2"],
+    ));
+    s.apply(&slice("db-2", "db", "my-controller", &["10.9.1.1"]));
+    wait_for("slice updates", 10, || {
+        ready_at(&t.registry, DB, 5432) == ["10.9.0.1:5432", "10.9.0.2:5432", "10.9.1.1:5432"]
+    })
+    .await;
+    s.delete("discovery.k8s.io", "endpointslices", "ns1", "db-1")
+        .unwrap();
+    wait_for("slice deleted", 10, || {
+        ready_at(&t.registry, DB, 5432) == ["10.9.1.1:5432"]
+    })
+    .await;
+    assert_eq!(status(&t.registry).counts.endpointslices, 1);
+}
+
+/// Bad input: Pods and Services with odd fields are rejected one by one, named
+/// (kind, namespace/name) with the reason on clusterz; the cluster stays synced
+/// and every other object is served, at the first list and from watch events.
+#[tokio::test]
+async fn odd_pods_and_services_are_rejected_by_name_others_served() {
+    let s = FakeApiServer::start("c1").await;
+    seed(&s, 2);
+    // A pod IP that is not an IP, and fields crossmesh does not know (ignored by
+    // the API types, so harmless).
+    let mut bad_ip = web_pod(5);
+    bad_ip["metadata"]["name"] = "bad-ip".into();
+    bad_ip["status"]["podIP"] = "10.1.0.999".into();
+    bad_ip["spec"]["someFutureField"] = serde_json::json!({"x": [1, 2]});
+    s.apply(&bad_ip);
+    let mut odd = web_pod(6);
+    odd["metadata"]["name"] = "odd-but-fine".into();
+    odd["spec"]["someFutureField"] = serde_json::json!({"x": [1, 2]});
+    odd["status"]["conditions"] = serde_json::json!([
+        {"type": "Ready", "status": "True"},
+        {"type": "example.com/Gate", "status": "Unknown"}
+    ]);
+    s.apply(&odd);
+    let mut ext = objects::service("ns1", "ext", &[], &[("http", 80, 80)]);
+    ext["spec"]["type"] = "ExternalName".into();
+    ext["spec"]["externalName"] = "example.com".into();
+    s.apply(&ext);
+    let mut two = objects::service("ns1", "two", &[("app", "web")], &[]);
+    two["spec"]["ports"] = serde_json::json!([{"port": 80}, {"port": 81}]);
+    s.apply(&two);
+
+    let t = setup(&s, KubeOptions::default()).await;
+    let rejected = |r: &Registry, kind: &str, obj: &str, why: &str| {
+        status(r)
+            .rejected
+            .iter()
+            .any(|p| p.kind == kind && p.object == obj && p.reason.contains(why))
+    };
+    wait_for("synced with the good objects", 10, || {
+        status(&t.registry).synced
+            && endpoints(&t.registry) == ["10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.7:8080"]
+    })
+    .await;
+    let st = status(&t.registry);
+    assert!(st.last_error.is_none(), "{st:?}");
+    assert!(
+        rejected(&t.registry, "Pod", "ns1/bad-ip", "not an IP address"),
+        "{st:?}"
+    );
+    assert!(
+        rejected(&t.registry, "Service", "ns1/ext", "ExternalName"),
+        "{st:?}"
+    );
+    assert!(
+        rejected(&t.registry, "Service", "ns1/two", "needs a name"),
+        "{st:?}"
+    );
+    assert_eq!(st.rejected.len(), 3, "{st:?}");
+    assert!(t.registry.service("ext.ns1.svc.cluster.local").is_none());
+
+    // From a watch event: a good pod turns bad, then is fixed.
+    let mut p = web_pod(1);
+    p["status"]["podIP"] = "garbage".into();
+    s.apply(&p);
+    wait_for("web-1 rejected from an event", 10, || {
+        rejected(&t.registry, "Pod", "ns1/web-1", "not an IP address")
+            && endpoints(&t.registry) == ["10.1.0.1:8080", "10.1.0.7:8080"]
+    })
+    .await;
+    s.apply(&web_pod(1));
+    wait_for("web-1 served again", 10, || {
+        !rejected(&t.registry, "Pod", "ns1/web-1", "")
+            && endpoints(&t.registry) == ["10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.7:8080"]
+    })
+    .await;
+    assert!(status(&t.registry).synced);
+}
+
+/// Bad input never harms another cluster: c1's API server answers garbage, c2's
+/// kubeconfig has the wrong CA, c3 is fine and syncs and serves regardless.
+#[tokio::test]
+async fn a_broken_cluster_does_not_harm_the_others() {
+    let c1 = FakeApiServer::start("c1").await;
+    let c2 = FakeApiServer::start_with(Options {
+        name: "c2".into(),
+        tls: true,
+        token: Some("t".into()),
+        ..Options::default()
+    })
+    .await;
+    let c3 = FakeApiServer::start("c3").await;
+    for (s, ip) in [(&c1, "10.1.0.1"), (&c2, "10.2.0.1"), (&c3, "10.3.0.1")] {
+        s.apply(&objects::node("n1", "r", "z"));
+        s.apply(&objects::service(
+            "ns1",
+            "web",
+            &[("app", "web")],
+            &[("http", 80, 8080)],
+        ));
+        s.apply(&objects::pod(
+            "ns1",
+            "web-0",
+            ip,
+            "n1",
+            &[("app", "web")],
+            true,
+        ));
+    }
+    c1.set_fault(Fault::Garbage);
+    let dir = tempfile::tempdir().unwrap();
+    let (k1, k2, k3) = (
+        dir.path().join("c1"),
+        dir.path().join("c2"),
+        dir.path().join("c3"),
+    );
+    c1.write_kubeconfig(&k1, None, None);
+    c2.write_kubeconfig(&k2, None, Some(&kube_api::unrelated_ca_pem()));
+    c3.write_kubeconfig(&k3, None, None);
+    let text = format!(
+        "clusters:\n- name: c1\n  kubeconfig: {}\n- name: c2\n  kubeconfig: {}\n- name: c3\n  kubeconfig: {}\n",
+        k1.display(),
+        k2.display(),
+        k3.display()
+    );
+    let mesh = Arc::new(MeshConfig::parse(&text, std::path::Path::new("/")).unwrap());
+    let registry = Registry::new(mesh.clone(), PushQueue::new());
+    let _sources: Vec<KubeCluster> = mesh
+        .clusters
+        .iter()
+        .map(|c| spawn_cluster(registry.clone(), c, KubeOptions::default()).unwrap())
+        .collect();
+    let st = |name: &str| {
+        registry
+            .cluster_status()
+            .into_iter()
+            .find(|c| c.name == name)
+            .unwrap()
+    };
+    let clusters_of_web = || {
+        let mut v: Vec<String> = registry
+            .service(HOST)
+            .and_then(|s| s.endpoints.get(&80).cloned())
+            .into_iter()
+            .flatten()
+            .map(|e| format!("{}/{}", e.cluster, e.address))
+            .collect();
+        v.sort();
+        v
+    };
+    wait_for("c3 serves, c1 and c2 report why not", 30, || {
+        st("c3").synced
+            && st("c3").last_error.is_none()
+            && clusters_of_web() == ["c3/10.3.0.1"]
+            && st("c1")
+                .last_error
+                .is_some_and(|e| e.contains("not Kubernetes JSON"))
+            && st("c2").last_error.is_some_and(|e| e.contains("wrong CA"))
+    })
+    .await;
+    assert!(!st("c1").synced && !st("c2").synced);
+    // c3 stays live while the others fail.
+    c3.apply(&objects::pod(
+        "ns1",
+        "web-1",
+        "10.3.0.2",
+        "n1",
+        &[("app", "web")],
+        true,
+    ));
+    wait_for("c3 live", 10, || {
+        clusters_of_web() == ["c3/10.3.0.1", "c3/10.3.0.2"]
+    })
+    .await;
+    // Fixing c1 and c2 brings them in without touching c3.
+    c1.set_fault(Fault::None);
+    c2.write_kubeconfig(&k2, Some("t"), None);
+    wait_for("all three serve", 60, || {
+        clusters_of_web() == ["c1/10.1.0.1", "c2/10.2.0.1", "c3/10.3.0.1", "c3/10.3.0.2"]
+            && st("c1").last_error.is_none()
+            && st("c2").last_error.is_none()
+    })
+    .await;
+}
