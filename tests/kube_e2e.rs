@@ -15,7 +15,9 @@
 //!   endpoints leave Envoy after the grace period and come back on recovery;
 //! - a watch expired with 410 Gone (open, or resumed after an outage) recovers
 //!   without losing or duplicating endpoints, and without a CDS/LDS push;
-//! - `/ready` stops waiting for a dead cluster after `tunables.readyTimeoutMs`.
+//! - `/ready` stops waiting for a dead cluster after `tunables.readyTimeoutMs`;
+//! - `/metrics`: `istiod_managed_clusters` follows clusters added and removed,
+//!   `crossmesh_cluster_synced{cluster}` each cluster's sync state.
 //!
 //! Tests wait on conditions, never on fixed sleeps; the outage itself is held for
 //! its duration while requests keep being checked.
@@ -55,6 +57,30 @@ async fn cds_lds(s: &KubeSeed) -> (u64, u64) {
     let lds = stat("listener_manager.lds.update_success").await;
     assert!(cds > 0 && lds > 0, "Envoy got no CDS/LDS yet: {cds} {lds}");
     (cds, lds)
+}
+
+/// One sample of crossmesh's `/metrics` (Prometheus text), by its exact series
+/// (`name` or `name{labels}`); `None` when the series is absent.
+async fn metric(s: &KubeSeed, series: &str) -> Result<Option<f64>, String> {
+    let (code, body) = s.cp.get("/metrics").await?;
+    if code != 200 {
+        return Err(format!("/metrics answered {code}"));
+    }
+    Ok(body.lines().find_map(|l| {
+        let (k, v) = l.rsplit_once(' ')?;
+        (k == series).then(|| v.parse().ok()).flatten()
+    }))
+}
+
+/// Wait until `series` reads `want` (`None`: absent) on `/metrics`.
+async fn wait_metric(s: &KubeSeed, series: &str, want: Option<f64>) {
+    wait_for(&format!("{series} == {want:?}"), CONVERGE, || async {
+        match metric(s, series).await? {
+            v if v == want => Ok(()),
+            v => Err(format!("{v:?}")),
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,6 +184,8 @@ async fn cluster_added_by_remote_secret_serves_and_removed_stops() {
     s.wait_answer(1, "cluster1-pod-a").await;
     s.wait_answer(2, "cluster2-pod-a").await;
     s.wait_not_served(3).await;
+    wait_metric(&s, "istiod_managed_clusters", Some(2.0)).await;
+    wait_metric(&s, r#"crossmesh_cluster_synced{cluster="cluster3"}"#, None).await;
 
     let kubeconfig = s.server(3).kubeconfig_yaml(None, None);
     s.server(1).apply(&objects::remote_secret(
@@ -171,6 +199,13 @@ async fn cluster_added_by_remote_secret_serves_and_removed_stops() {
     s.wait_clusterz(3, "cluster3 registered and synced", |c| {
         c["synced"] == true && c["last_error"].is_null()
     })
+    .await;
+    wait_metric(&s, "istiod_managed_clusters", Some(3.0)).await;
+    wait_metric(
+        &s,
+        r#"crossmesh_cluster_synced{cluster="cluster3"}"#,
+        Some(1.0),
+    )
     .await;
     // It is a live member: its pods scale.
     let mut s = s;
@@ -199,6 +234,8 @@ async fn cluster_added_by_remote_secret_serves_and_removed_stops() {
         }
     })
     .await;
+    wait_metric(&s, "istiod_managed_clusters", Some(2.0)).await;
+    wait_metric(&s, r#"crossmesh_cluster_synced{cluster="cluster3"}"#, None).await;
     s.wait_answer(1, "cluster1-pod-a").await;
     s.wait_answer(2, "cluster2-pod-a").await;
 }
@@ -364,6 +401,20 @@ async fn ready_stops_waiting_for_a_dead_cluster_after_the_timeout() {
     assert_eq!(c["synced"], false, "{c}");
     let err = c["last_error"].as_str().unwrap_or_default();
     assert!(err.contains("connection refused"), "{c}");
+    // Metrics: three managed clusters, the dead one not synced.
+    wait_metric(&s, "istiod_managed_clusters", Some(3.0)).await;
+    wait_metric(
+        &s,
+        r#"crossmesh_cluster_synced{cluster="cluster1"}"#,
+        Some(1.0),
+    )
+    .await;
+    wait_metric(
+        &s,
+        r#"crossmesh_cluster_synced{cluster="cluster3"}"#,
+        Some(0.0),
+    )
+    .await;
     s.wait_answer(1, "cluster1-pod-a").await;
     s.wait_answer(2, "cluster2-pod-a").await;
     // The cluster comes up later and starts serving.
@@ -371,4 +422,10 @@ async fn ready_stops_waiting_for_a_dead_cluster_after_the_timeout() {
     s.wait_answer(3, "cluster3-pod-a").await;
     s.wait_clusterz(3, "cluster3 synced", |c| c["synced"] == true)
         .await;
+    wait_metric(
+        &s,
+        r#"crossmesh_cluster_synced{cluster="cluster3"}"#,
+        Some(1.0),
+    )
+    .await;
 }
