@@ -7,6 +7,7 @@
 //!   CRDs and from a manifests directory;
 //! - a pod scaled up (and made Ready) gets traffic; scaled down it stops;
 //! - a cluster added through a remote Secret at runtime serves; removed, it stops;
+//!   the Secret printed by `crossmesh create-remote-secret` registers a cluster as is;
 //! - an API server stopped for a while ([`outage`], default 4 s instead of the
 //!   issue's 20 s so the suite stays fast; `CROSSMESH_TEST_OUTAGE_SECS=20` runs the
 //!   issue's figure): traffic keeps flowing to the last-known endpoints, and after
@@ -428,4 +429,64 @@ async fn ready_stops_waiting_for_a_dead_cluster_after_the_timeout() {
         Some(1.0),
     )
     .await;
+}
+
+/// Issue 3 item 3 end to end: the Secret printed by the `crossmesh
+/// create-remote-secret` command, applied as is to the config cluster (cluster1)
+/// in crossmesh's default namespace, registers the member, which then serves
+/// through Envoy with the dedicated ServiceAccount's token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_printed_by_create_remote_secret_registers_the_cluster() {
+    let s = KubeSeed::start(Layout {
+        members: vec![1, 2],
+        ..Layout::default()
+    })
+    .await;
+    s.wait_answer(1, "cluster1-pod-a").await;
+    s.wait_not_served(3).await;
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_crossmesh"))
+        .args(["create-remote-secret", "--name", "cluster3", "--kubeconfig"])
+        .arg(s.dir.path().join("cluster3.kubeconfig"))
+        .output()
+        .await
+        .expect("run crossmesh create-remote-secret");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "create-remote-secret failed: {stderr}"
+    );
+    let yaml = String::from_utf8(out.stdout).expect("UTF-8 output");
+    let secret: serde_json::Value = serde_saphyr::from_str(&yaml).expect("a YAML Secret");
+    assert_eq!(secret["kind"], "Secret", "{yaml}");
+    assert_eq!(
+        secret["metadata"]["namespace"], "crossmesh-system",
+        "{yaml}"
+    );
+    assert_eq!(
+        secret["metadata"]["labels"]["crossmesh.io/multi-cluster"], "true",
+        "{yaml}"
+    );
+    // It made the read-only ServiceAccount in the member cluster.
+    assert!(
+        s.server(3)
+            .get(
+                "",
+                "serviceaccounts",
+                "crossmesh-system",
+                "crossmesh-reader"
+            )
+            .is_some(),
+        "no crossmesh-reader ServiceAccount in cluster3"
+    );
+
+    s.server(1).apply(&secret);
+    s.wait_answer(3, "cluster3-pod-a").await;
+    s.wait_hosts(3, &[1]).await;
+    s.wait_clusterz(3, "cluster3 registered from the printed Secret", |c| {
+        c["synced"] == true && c["last_error"].is_null()
+    })
+    .await;
+    s.wait_answer(1, "cluster1-pod-a").await;
+    s.wait_answer(2, "cluster2-pod-a").await;
 }
