@@ -636,3 +636,90 @@ async fn a_broken_cluster_does_not_harm_the_others() {
     })
     .await;
 }
+
+/// Issue 3 item 3: `deploy/rbac.yaml` grants the reader ServiceAccount that remote
+/// secrets carry exactly read access (get, list, watch) to every kind the kube
+/// source watches, and crossmesh itself read access to Secrets; nothing writes.
+#[test]
+fn deploy_rbac_is_read_only_and_covers_every_watched_kind() {
+    use crossmesh::sources::kube::ISTIO_KINDS;
+    use crossmesh::sources::remote_secret::{DEFAULT_NAMESPACE, READER_SERVICE_ACCOUNT};
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rbac.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let docs: Vec<serde_json::Value> = text
+        .split("\n---\n")
+        .map(|d| serde_saphyr::from_str(d).unwrap_or_else(|e| panic!("{path}: {e}\n{d}")))
+        .collect();
+    let find = |kind: &str| -> Vec<&serde_json::Value> {
+        docs.iter().filter(|d| d["kind"] == kind).collect()
+    };
+    let strs = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_str().map(str::to_string))
+            .collect()
+    };
+    for role in find("ClusterRole").into_iter().chain(find("Role")) {
+        for rule in role["rules"].as_array().unwrap() {
+            let verbs = strs(&rule["verbs"]);
+            assert!(
+                !verbs.is_empty()
+                    && verbs
+                        .iter()
+                        .all(|v| ["get", "list", "watch"].contains(&v.as_str())),
+                "{} grants {verbs:?}",
+                role["metadata"]["name"]
+            );
+        }
+    }
+    let reader = find("ClusterRole")
+        .into_iter()
+        .find(|r| r["metadata"]["name"] == READER_SERVICE_ACCOUNT)
+        .expect("ClusterRole crossmesh-reader");
+    let grants = |group: &str, plural: &str| {
+        reader["rules"].as_array().unwrap().iter().any(|r| {
+            strs(&r["apiGroups"]).iter().any(|g| g == group)
+                && strs(&r["resources"])
+                    .iter()
+                    .any(|x| x == plural || x == "*")
+                && ["list", "watch"]
+                    .iter()
+                    .all(|v| strs(&r["verbs"]).iter().any(|x| x == v))
+        })
+    };
+    let mut watched = vec![
+        ("", "services"),
+        ("", "pods"),
+        ("", "nodes"),
+        ("discovery.k8s.io", "endpointslices"),
+    ];
+    watched.extend(ISTIO_KINDS.iter().map(|(g, _, p)| (*g, *p)));
+    for (group, plural) in watched {
+        assert!(grants(group, plural), "no list/watch on {group}/{plural}");
+    }
+    let binding = find("ClusterRoleBinding")
+        .into_iter()
+        .find(|b| b["roleRef"]["name"] == READER_SERVICE_ACCOUNT)
+        .expect("a ClusterRoleBinding of crossmesh-reader");
+    assert!(
+        binding["subjects"].as_array().unwrap().iter().any(|s| {
+            s["kind"] == "ServiceAccount"
+                && s["name"] == READER_SERVICE_ACCOUNT
+                && s["namespace"] == DEFAULT_NAMESPACE
+        }),
+        "{binding}"
+    );
+    let secrets = find("Role")
+        .into_iter()
+        .find(|r| {
+            r["metadata"]["namespace"] == DEFAULT_NAMESPACE
+                && r["rules"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|x| strs(&x["resources"]).iter().any(|p| p == "secrets"))
+        })
+        .expect("a Role reading Secrets in crossmesh's namespace");
+    assert!(!secrets["metadata"]["name"].is_null());
+}
