@@ -14,10 +14,12 @@
 //! depends_on_proxy`) is computed once per distinct `EdsView` (the proxy fields
 //! EDS reads) among connected proxies, and every other service keeps its one
 //! global assignment. A view's EDS map is the global map with the dependent
-//! services overlaid; equal encodings across views are interned by (name,
-//! version) so proxies whose priorities come out equal share the bytes. Snapshots
-//! are per (class, view); endpoint pushes recompute only the changed services, per
-//! view only when the service is view-dependent.
+//! services overlaid. Every EDS encoding goes through one table kept across
+//! pushes (`State::eds_intern`, by name and content version), on connect, full
+//! and endpoint pushes alike, so equal assignments are one allocation whichever
+//! view, push or connect produced them; an entry leaves the table once no map
+//! references it. Snapshots are per (class, view); endpoint pushes recompute only
+//! the changed services, per view only when the service is view-dependent.
 //!
 //! Every resource is encoded once (`Resource::encode`, counted in
 //! `crossmesh_encodes`) and interned by (type, name, version), so identical
@@ -70,8 +72,19 @@ type InternKey = (TypeUrl, Arc<str>, Arc<str>);
 /// view.
 type Key = (ProxyClass, EdsView);
 
-/// EDS encodings shared across views within a push, by (name, version).
+/// Every EDS encoding held by the global map or a view's map, by (name,
+/// version): the one allocation of that content. Kept across pushes and used by
+/// `connect` too, so equal assignments are shared whichever view, push or
+/// connect computed them. Bounded by `prune_eds_intern`: an entry no map
+/// references any more is dropped after each push and when a view goes away.
 type EdsIntern = HashMap<(Arc<str>, Arc<str>), Arc<Resource>>;
+
+/// The shared allocation of `r`'s content: the interned one if any, else `r`,
+/// interned.
+fn share_eds(intern: &mut EdsIntern, r: Arc<Resource>) -> Arc<Resource> {
+    let key = (r.name.clone(), r.version.clone());
+    intern.entry(key).or_insert(r).clone()
+}
 
 struct ViewState {
     /// Global EDS with the view-dependent services overlaid.
@@ -88,6 +101,9 @@ struct State {
     eds_by_service: HashMap<Arc<str>, Vec<Arc<str>>>,
     /// Services whose EDS differs per `EdsView`.
     dependent: BTreeSet<Arc<str>>,
+    /// Every allocation in `eds` and the views' maps (and possibly a few that
+    /// only older snapshots still hold), by (name, version).
+    eds_intern: EdsIntern,
     views: HashMap<EdsView, ViewState>,
     classes: HashMap<Key, ClassState>,
     conns: HashMap<ConnId, ConnEntry>,
@@ -164,6 +180,24 @@ fn reuse_if_equal(
                 .iter()
                 .zip(new.iter())
                 .all(|((a, x), (b, y))| a == b && x.version == y.version)
+        {
+            return old.clone();
+        }
+    }
+    Arc::new(new)
+}
+
+/// Keep `old` (same `Arc`) when `new` holds the same names with the same
+/// allocations. For EDS maps, whose entries all come from `State::eds_intern`:
+/// a map equal by version but holding other allocations is replaced, so copies
+/// made before sharing never outlive the next push.
+fn reuse_if_same(old: Option<&ResourceMap>, new: BTreeMap<Arc<str>, Arc<Resource>>) -> ResourceMap {
+    if let Some(old) = old {
+        if old.len() == new.len()
+            && old
+                .iter()
+                .zip(new.iter())
+                .all(|((a, x), (b, y))| a == b && Arc::ptr_eq(x, y))
         {
             return old.clone();
         }
@@ -270,21 +304,19 @@ impl State {
         })
     }
 
-    /// Encode the assignments of one service into `map`; returns their names.
+    /// Encode the assignments of one service into `map` through the shared
+    /// table; returns their names.
     fn service_eds(
         svc: &crate::model::Service,
         ctx: &PushContext,
-        old_eds: &ResourceMap,
+        interned: &mut EdsIntern,
         map: &mut BTreeMap<Arc<str>, Arc<Resource>>,
     ) -> Vec<Arc<str>> {
         let mut names = Vec::new();
         for cla in translate::endpoints(svc, ctx) {
             let r = Resource::encode(TypeUrl::Endpoint, cla.cluster_name.as_str(), &cla);
             metrics().encodes.inc();
-            let r = match old_eds.get(&r.name) {
-                Some(o) if o.version == r.version => o.clone(),
-                _ => r,
-            };
+            let r = share_eds(interned, r);
             if map.insert(r.name.clone(), r.clone()).is_some() {
                 warn!(name = %r.name, service = %svc.hostname, "two services produced one EDS name; the later wins");
             }
@@ -294,36 +326,32 @@ impl State {
     }
 
     /// Encode one service's assignments for `view` into `map`, sharing equal
-    /// encodings with other views (`interned`) and the view's previous map.
+    /// encodings with every other map through `interned`.
     fn view_service_eds(
         svc: &crate::model::Service,
         ctx: &PushContext,
         view: &EdsView,
-        old: Option<&ResourceMap>,
         interned: &mut EdsIntern,
         map: &mut BTreeMap<Arc<str>, Arc<Resource>>,
     ) {
         for cla in translate::endpoint::service_assignments_for(svc, ctx, view) {
             let r = Resource::encode(TypeUrl::Endpoint, cla.cluster_name.as_str(), &cla);
             metrics().encodes.inc();
-            let key = (r.name.clone(), r.version.clone());
-            let r = match interned.get(&key) {
-                Some(shared) => shared.clone(),
-                None => {
-                    let r = match old.and_then(|o| o.get(&r.name)) {
-                        Some(o) if o.version == r.version => o.clone(),
-                        _ => r,
-                    };
-                    interned.insert(key, r.clone());
-                    r
-                }
-            };
+            let r = share_eds(interned, r);
             map.insert(r.name.clone(), r);
         }
     }
 
+    /// Drop the EDS encodings only the table still references (no global or
+    /// view map, no snapshot a stream still holds): keeps `eds_intern` as large
+    /// as the distinct encodings in use. Linear in the table, no hashing.
+    fn prune_eds_intern(&mut self) {
+        self.eds_intern.retain(|_, r| Arc::strong_count(r) > 1);
+    }
+
     /// The EDS map of one view: `base` itself when no service is view-dependent,
-    /// else `base` with the dependent services overlaid.
+    /// else `base` with the dependent services overlaid; `old` (the view's
+    /// previous map) is kept when it holds the very same allocations.
     fn build_view(
         ctx: &PushContext,
         view: &EdsView,
@@ -338,10 +366,10 @@ impl State {
         let mut map = (**base).clone();
         for host in dependent {
             if let Some(svc) = ctx.services.get(host) {
-                State::view_service_eds(svc, ctx, view, old, interned, &mut map);
+                State::view_service_eds(svc, ctx, view, interned, &mut map);
             }
         }
-        reuse_if_equal(old, map)
+        reuse_if_same(old, map)
     }
 
     /// Hand each connection of `class` its new snapshot. The class's change set
@@ -451,6 +479,9 @@ impl Pusher {
         } else {
             self.endpoint_push(&mut st, &req.services, triggered)
         };
+        // Every map and snapshot the push replaced is gone now (connections
+        // were handed the new ones): drop the encodings only they referenced.
+        st.prune_eds_intern();
         drop(st);
         let elapsed = t0.elapsed();
         metrics().push_time.observe(elapsed.as_secs_f64());
@@ -485,13 +516,13 @@ impl Pusher {
         let mut by_service = HashMap::new();
         let mut dependent = BTreeSet::new();
         for (host, svc) in ctx.services.iter() {
-            let names = State::service_eds(svc, &ctx, &st.eds, &mut eds);
+            let names = State::service_eds(svc, &ctx, &mut st.eds_intern, &mut eds);
             by_service.insert(host.clone(), names);
             if translate::locality::depends_on_proxy(svc, &ctx) {
                 dependent.insert(host.clone());
             }
         }
-        let eds = reuse_if_equal(Some(&st.eds), eds);
+        let eds = reuse_if_same(Some(&st.eds), eds);
 
         // Group connections by (class, view) under the new context.
         let mut groups: HashMap<Key, Vec<ConnId>> = HashMap::new();
@@ -500,14 +531,13 @@ impl Pusher {
             groups.entry(key).or_default().push(*id);
         }
         let mut views: HashMap<EdsView, ViewState> = HashMap::new();
-        let mut eds_interned = EdsIntern::new();
         for ((_, view), members) in groups.iter() {
             if let Some(v) = views.get_mut(view) {
                 v.members += members.len();
                 continue;
             }
             let old = st.views.get(view).map(|v| &v.eds);
-            let map = State::build_view(&ctx, view, &eds, &dependent, old, &mut eds_interned);
+            let map = State::build_view(&ctx, view, &eds, &dependent, old, &mut st.eds_intern);
             views.insert(
                 view.clone(),
                 ViewState {
@@ -622,7 +652,7 @@ impl Pusher {
             }
             st.dependent.remove(host);
             if let Some(svc) = ctx.services.get(host) {
-                let names = State::service_eds(svc, &ctx, &st.eds, &mut fresh);
+                let names = State::service_eds(svc, &ctx, &mut st.eds_intern, &mut fresh);
                 st.eds_by_service.insert(host.clone(), names);
                 if translate::locality::depends_on_proxy(svc, &ctx) {
                     st.dependent.insert(host.clone());
@@ -635,11 +665,10 @@ impl Pusher {
             eds.remove(name);
         }
         eds.extend(fresh.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let eds: ResourceMap = reuse_if_equal(Some(&st.eds), eds);
+        let eds: ResourceMap = reuse_if_same(Some(&st.eds), eds);
 
         // Each view: the changed services, per view only where view-dependent.
         let mut view_changes: HashMap<EdsView, Arc<BTreeSet<Arc<str>>>> = HashMap::new();
-        let mut eds_interned = EdsIntern::new();
         let mut total_changed = BTreeSet::new();
         let old_base = st.eds.clone();
         let none_dependent = services.iter().all(|h| !st.dependent.contains(h));
@@ -661,14 +690,7 @@ impl Pusher {
                     continue;
                 };
                 if st.dependent.contains(host) {
-                    State::view_service_eds(
-                        svc,
-                        &ctx,
-                        view,
-                        Some(&vs.eds),
-                        &mut eds_interned,
-                        &mut map,
-                    );
+                    State::view_service_eds(svc, &ctx, view, &mut st.eds_intern, &mut map);
                 } else if let Some(names) = st.eds_by_service.get(host) {
                     for n in names {
                         if let Some(r) = eds.get(n) {
@@ -677,7 +699,7 @@ impl Pusher {
                     }
                 }
             }
-            let map = reuse_if_equal(Some(&vs.eds), map);
+            let map = reuse_if_same(Some(&vs.eds), map);
             let changed = diff(&vs.eds, &map);
             total_changed.extend(changed.iter().cloned());
             vs.eds = map;
@@ -753,10 +775,11 @@ impl SnapshotSource for Pusher {
     /// Register the proxy and give it its snapshot from the latest push context:
     /// the class's shared snapshot if the class exists, else generated now.
     fn connect(&self, conn: ConnId, proxy: Arc<Proxy>) -> watch::Receiver<Update> {
-        let mut st = lock(&self.inner.state);
+        let mut guard = lock(&self.inner.state);
+        let st = &mut *guard;
         let ctx = match st.ctx.clone() {
             Some(ctx) => ctx,
-            None => self.full_push(&mut st, None).1,
+            None => self.full_push(st, None).1,
         };
         let key: Key = (ProxyClass::of(&proxy, &ctx), EdsView::of(&proxy, &ctx));
         // The view's EDS: shared if another proxy has the view, else built now.
@@ -766,9 +789,16 @@ impl SnapshotSource for Pusher {
                 v.eds.clone()
             }
             None => {
-                let mut interned = EdsIntern::new();
-                let map =
-                    State::build_view(&ctx, &key.1, &st.eds, &st.dependent, None, &mut interned);
+                // Computed once per view; assignments equal to another view's
+                // (or the global map's) share its allocation.
+                let map = State::build_view(
+                    &ctx,
+                    &key.1,
+                    &st.eds,
+                    &st.dependent,
+                    None,
+                    &mut st.eds_intern,
+                );
                 st.views.insert(
                     key.1.clone(),
                     ViewState {
@@ -842,6 +872,11 @@ impl SnapshotSource for Pusher {
                 v.members = v.members.saturating_sub(1);
                 if v.members == 0 {
                     st.views.remove(&c.class.1);
+                    // Its own variants are referenced by no map in force any
+                    // more; a snapshot a stream still holds keeps them until a
+                    // later prune.
+                    drop(c);
+                    st.prune_eds_intern();
                 }
             }
         }
@@ -1225,5 +1260,189 @@ mod tests {
         pusher.disconnect(1);
         pusher.disconnect(2);
         assert_eq!(lock(&pusher.inner.state).views.len(), 1);
+    }
+
+    /// A source with services `svcs` and one DestinationRule for host `a`.
+    fn with_rule(svcs: &[Arc<Service>], rule: &str) -> Arc<FakeSource> {
+        use crate::model::istio::{Config, DestinationRule, IstioObject, Meta};
+        let src = Arc::new(FakeSource::default());
+        set(&src, svcs);
+        let dr: DestinationRule = serde_json::from_str(rule).unwrap();
+        *src.config.lock().unwrap() = Arc::new(ConfigSnapshot::new(
+            "cluster.local",
+            [IstioObject::DestinationRule(Config {
+                meta: Meta {
+                    name: "a".into(),
+                    namespace: "default".into(),
+                    creation_timestamp: None,
+                    origin: "test".into(),
+                    api_version: "networking.istio.io/v1".into(),
+                },
+                spec: dr,
+            })],
+        ));
+        src
+    }
+
+    /// The engine's EDS table holds exactly the allocations of the maps in force.
+    fn assert_intern_matches_maps(pusher: &Pusher) {
+        let maps = pusher.eds_maps();
+        let held: BTreeSet<usize> = maps
+            .iter()
+            .flat_map(|m| m.values())
+            .map(|r| Arc::as_ptr(r) as usize)
+            .collect();
+        let st = lock(&pusher.inner.state);
+        let interned: BTreeSet<usize> = st
+            .eds_intern
+            .values()
+            .map(|r| Arc::as_ptr(r) as usize)
+            .collect();
+        assert_eq!(held, interned, "EDS table vs maps in force");
+    }
+
+    fn in_subzone(pod: &str, l: &str, subzone: &str) -> Arc<Proxy> {
+        let mut p = (*in_zone(pod, l)).clone();
+        p.locality.subzone = subzone.into();
+        Arc::new(p)
+    }
+
+    #[test]
+    fn equal_eds_is_shared_across_views_from_connect_on_and_stays_shared() {
+        let eps = [
+            ("10.0.0.1", "r1/z1"),
+            ("10.0.0.2", "r1/z2"),
+            ("10.0.0.3", "r2/z3"),
+        ];
+        let src = with_rule(
+            &[zoned("a", &eps), zoned("b", &eps)],
+            r#"{"host": "a", "trafficPolicy": {"outlierDetection": {"consecutive5xxErrors": 1}}}"#,
+        );
+        let pusher = Pusher::new(src.clone(), PushQueue::new(), Tunables::default());
+        pusher.push_now(PushRequest::full("test"));
+        // Two views (the subzone differs) whose priorities come out equal (no
+        // endpoint has a subzone), and a third with other priorities.
+        let mut r1 = pusher.connect(1, in_subzone("p1", "r1/z1", ""));
+        let mut r2 = pusher.connect(2, in_subzone("p2", "r1/z1", "sz"));
+        let mut r3 = pusher.connect(3, in_zone("p3", "r1/z2"));
+        assert_eq!(lock(&pusher.inner.state).views.len(), 3);
+        let a = "outbound|80||a.default.svc.cluster.local";
+        let snaps = |r1: &mut watch::Receiver<Update>,
+                     r2: &mut watch::Receiver<Update>,
+                     r3: &mut watch::Receiver<Update>| {
+            (
+                r1.borrow_and_update().snapshot.clone(),
+                r2.borrow_and_update().snapshot.clone(),
+                r3.borrow_and_update().snapshot.clone(),
+            )
+        };
+        let (s1, s2, s3) = snaps(&mut r1, &mut r2, &mut r3);
+        assert_eq!(priorities(&s1, a), priorities(&s2, a));
+        assert_ne!(priorities(&s1, a), priorities(&s3, a));
+        // Shared at connect time, not only after a full push.
+        assert!(Arc::ptr_eq(
+            &s1.get(TypeUrl::Endpoint)[a],
+            &s2.get(TypeUrl::Endpoint)[a]
+        ));
+        assert_intern_matches_maps(&pusher);
+        let encodings = |p: &Pusher| {
+            p.eds_maps()
+                .iter()
+                .flat_map(|m| m.values().map(|r| Arc::as_ptr(r) as usize))
+                .collect::<BTreeSet<_>>()
+                .len()
+        };
+        // Global a and b, a for z1 (both views) and a for z2.
+        assert_eq!(encodings(&pusher), 4);
+
+        // A full push without changes keeps every view's map (same Arc).
+        pusher.push_now(PushRequest::full("config"));
+        let (t1, t2, t3) = snaps(&mut r1, &mut r2, &mut r3);
+        for (s, t) in [(&s1, &t1), (&s2, &t2), (&s3, &t3)] {
+            assert!(Arc::ptr_eq(
+                s.get(TypeUrl::Endpoint),
+                t.get(TypeUrl::Endpoint)
+            ));
+        }
+        assert_eq!(encodings(&pusher), 4);
+        assert_intern_matches_maps(&pusher);
+
+        // An endpoint push replaces a; the replaced encodings leave the table.
+        drop((s1, s2, s3, t1, t2, t3));
+        set(&src, &[zoned("a", &eps[1..]), zoned("b", &eps)]);
+        pusher.push_now(PushRequest::endpoints([
+            "a.default.svc.cluster.local".into()
+        ]));
+        let (u1, u2, _) = snaps(&mut r1, &mut r2, &mut r3);
+        assert!(Arc::ptr_eq(
+            &u1.get(TypeUrl::Endpoint)[a],
+            &u2.get(TypeUrl::Endpoint)[a]
+        ));
+        assert_intern_matches_maps(&pusher);
+
+        // The z2 view goes away with its proxy, and its own encodings with it.
+        drop(r3);
+        pusher.disconnect(3);
+        assert_eq!(lock(&pusher.inner.state).views.len(), 2);
+        assert_intern_matches_maps(&pusher);
+    }
+
+    fn in_cluster(pod: &str, l: &str, cluster: &str) -> Arc<Proxy> {
+        let mut p = (*in_zone(pod, l)).clone();
+        p.cluster_id = cluster.into();
+        Arc::new(p)
+    }
+
+    #[test]
+    fn proxies_of_other_clusters_share_views_unless_failover_priority_names_the_cluster() {
+        let mut svc = (*zoned("a", &[("10.0.0.1", "r1/z1"), ("10.0.0.2", "r1/z1")])).clone();
+        for (ep, c) in svc
+            .endpoints
+            .get_mut(&80)
+            .unwrap()
+            .iter_mut()
+            .zip(["c1", "c2"])
+        {
+            ep.cluster = c.into();
+        }
+        svc.clusters = vec!["c1".into(), "c2".into()];
+        let svcs = [Arc::new(svc)];
+        let a = "outbound|80||a.default.svc.cluster.local";
+
+        // Default failover reads the locality only: one view for both clusters.
+        let src = with_rule(
+            &svcs,
+            r#"{"host": "a", "trafficPolicy": {"outlierDetection": {"consecutive5xxErrors": 1}}}"#,
+        );
+        let pusher = Pusher::new(src, PushQueue::new(), Tunables::default());
+        let r1 = pusher.connect(1, in_cluster("p1", "r1/z1", "c1"));
+        let r2 = pusher.connect(2, in_cluster("p2", "r1/z1", "c2"));
+        assert_eq!(lock(&pusher.inner.state).views.len(), 1);
+        assert!(Arc::ptr_eq(&r1.borrow().snapshot, &r2.borrow().snapshot));
+
+        // failoverPriority on the cluster label: the proxy's cluster decides.
+        let src = with_rule(
+            &svcs,
+            r#"{"host": "a", "trafficPolicy": {"outlierDetection": {"consecutive5xxErrors": 1},
+                "loadBalancer": {"localityLbSetting": {"failoverPriority": ["topology.istio.io/cluster"]}}}}"#,
+        );
+        let pusher = Pusher::new(src, PushQueue::new(), Tunables::default());
+        let r1 = pusher.connect(1, in_cluster("p1", "r1/z1", "c1"));
+        let r2 = pusher.connect(2, in_cluster("p2", "r1/z1", "c2"));
+        assert_eq!(lock(&pusher.inner.state).views.len(), 2);
+        let first = |r: &watch::Receiver<Update>| {
+            use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+            let snap = r.borrow().snapshot.clone();
+            let any = envoy_types::pb::google::protobuf::Any::decode(
+                snap.get(TypeUrl::Endpoint)[a].any.clone(),
+            )
+            .unwrap();
+            let cla = ClusterLoadAssignment::decode(any.value.as_slice()).unwrap();
+            let top = cla.endpoints.iter().find(|l| l.priority == 0).unwrap();
+            let lb = &top.lb_endpoints[0];
+            format!("{:?}", lb.host_identifier)
+        };
+        assert!(first(&r1).contains("10.0.0.1"), "{}", first(&r1));
+        assert!(first(&r2).contains("10.0.0.2"), "{}", first(&r2));
     }
 }

@@ -21,16 +21,23 @@ pub const LABEL_REGION: &str = "topology.kubernetes.io/region";
 pub const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
 pub const LABEL_SUBZONE: &str = "topology.istio.io/subzone";
 
-/// The proxy fields per-proxy EDS reads, and nothing else.
+/// The proxy fields per-proxy EDS reads, and nothing else: proxies with equal
+/// views share one EDS computation and one map, so a field here that EDS does
+/// not read splits views for nothing, and a field EDS starts reading must be
+/// added here.
 ///
-/// `namespace` picks the DestinationRule in force; `labels` holds only the label
-/// keys some `failoverPriority` names (Istio augments proxy labels with the
-/// topology labels above, so do we).
+/// `namespace` picks the DestinationRule in force; `network` is the
+/// multi-network filter's (`network.rs`, which otherwise reads only the
+/// endpoint's own network and cluster); `labels` holds only the label keys some
+/// `failoverPriority` names (Istio augments proxy labels with the topology
+/// labels above, so do we). The proxy's member cluster is read only as the
+/// `topology.istio.io/cluster` label, so it is in the view only when some
+/// `failoverPriority` names that label; otherwise proxies of every cluster with
+/// equal locality share views.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EdsView {
     pub namespace: String,
     pub locality: Locality,
-    pub cluster: String,
     pub network: String,
     pub labels: BTreeMap<String, String>,
 }
@@ -47,7 +54,6 @@ impl EdsView {
         EdsView {
             namespace: proxy.namespace.clone(),
             locality: proxy.locality.clone(),
-            cluster: proxy.cluster_id.clone(),
             network: proxy.network.clone(),
             labels,
         }
