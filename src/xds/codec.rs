@@ -251,6 +251,86 @@ impl EncodeResponse for DeltaResponse {
     }
 }
 
+/// The request half of an ADS stream: gRPC length-prefixed messages read from
+/// the HTTP/2 body and decoded with prost. Unlike tonic's `Streaming`, whose
+/// buffer keeps the capacity of the largest request seen (an EDS subscription
+/// listing every cluster), the buffer is released whenever it runs empty, so
+/// an idle stream holds no request bytes.
+pub struct Requests<Req> {
+    body: tonic::body::Body,
+    buf: BytesMut,
+    max: usize,
+    _req: PhantomData<fn() -> Req>,
+}
+
+impl<Req: prost::Message + Default> Requests<Req> {
+    pub fn new(body: tonic::body::Body, max: usize) -> Self {
+        Requests {
+            body,
+            buf: BytesMut::new(),
+            max,
+            _req: PhantomData,
+        }
+    }
+
+    /// The next request; `Ok(None)` when the client half-closed. Cancel-safe:
+    /// bytes read before a cancellation stay buffered for the next call.
+    pub async fn message(&mut self) -> Result<Option<Req>, Status> {
+        loop {
+            if let Some(req) = self.decode()? {
+                return Ok(Some(req));
+            }
+            let frame = std::future::poll_fn(|cx| {
+                http_body::Body::poll_frame(std::pin::Pin::new(&mut self.body), cx)
+            })
+            .await;
+            match frame {
+                None if self.buf.is_empty() => return Ok(None),
+                None => {
+                    return Err(Status::invalid_argument(
+                        "the ADS request stream ended inside a message",
+                    ))
+                }
+                Some(Err(status)) => return Err(status),
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
+
+    fn decode(&mut self) -> Result<Option<Req>, Status> {
+        if self.buf.len() < 5 {
+            return Ok(None);
+        }
+        if self.buf[0] != 0 {
+            return Err(Status::unimplemented(
+                "compressed xDS requests are not supported",
+            ));
+        }
+        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+        if len > self.max {
+            return Err(Status::resource_exhausted(format!(
+                "xDS request of {len} bytes exceeds the limit of {} bytes",
+                self.max
+            )));
+        }
+        if self.buf.len() < 5 + len {
+            self.buf.reserve(5 + len - self.buf.len());
+            return Ok(None);
+        }
+        let msg = self.buf.split_to(5 + len);
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
+        Req::decode(&msg[5..])
+            .map(Some)
+            .map_err(|e| Status::invalid_argument(format!("malformed xDS request: {e}")))
+    }
+}
+
 /// The ADS codec: `Req` decoded by prost, `Resp` written by hand.
 #[derive(Debug)]
 pub struct AdsCodec<Req, Resp>(PhantomData<fn() -> (Req, Resp)>);

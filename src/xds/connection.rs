@@ -140,6 +140,15 @@ fn set_version(resources: &[Arc<Resource>]) -> String {
 }
 
 /// Names to examine for one type.
+/// `name` as the snapshot's own `Arc` when the snapshot has it: thousands of
+/// proxies subscribing to the same names then share one allocation per name.
+fn intern(map: &BTreeMap<Arc<str>, Arc<Resource>>, name: &str) -> Arc<str> {
+    match map.get_key_value(name) {
+        Some((k, _)) => k.clone(),
+        None => Arc::from(name),
+    }
+}
+
 enum Candidates<'a> {
     /// Everything in scope, plus everything sent (to find removals).
     All,
@@ -215,11 +224,12 @@ impl StreamState {
             || (req.resource_names.is_empty()
                 && t.sotw_implicit_delete()
                 && (first || (was_wildcard && ts.names.is_empty())));
+        let known = self.current.snapshot.get(t);
         let names: BTreeSet<Arc<str>> = req
             .resource_names
             .iter()
             .filter(|n| *n != "*")
-            .map(|n| Arc::from(n.as_str()))
+            .map(|n| intern(known, n))
             .collect();
         // "The server must resend any newly requested resources, even if it
         // previously sent those resources" (xds_protocol, resource hints).
@@ -290,7 +300,7 @@ impl StreamState {
                 }
                 continue;
             }
-            let name: Arc<str> = Arc::from(n.as_str());
+            let name = intern(&map, n);
             ts.names.insert(name.clone());
             // "The server must still provide those resources" even if it believes
             // the client has them, except what the client just declared it holds.

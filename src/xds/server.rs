@@ -13,7 +13,7 @@
 //! latest, so memory stays bounded.
 //!
 //! Zero re-encoding, zero copy: the methods are served by a hand-written tower
-//! `Service` (`AdsService`). Requests are decoded by tonic's `Streaming`; each
+//! `Service` (`AdsService`). Requests are decoded by `codec::Requests`; each
 //! response goes out as an `AdsBody` whose chunks reference the resources'
 //! shared pre-encoded `Any` bytes (`codec::Frames`), so a stream holds no copy
 //! of what it sends, however large (tonic's own encoder would encode every
@@ -35,10 +35,10 @@ use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, Disc
 use tokio::sync::{mpsc, watch};
 use tonic::codegen::{http, BoxFuture, Service, StdError};
 use tonic::server::NamedService;
-use tonic::{Status, Streaming};
+use tonic::Status;
 use tracing::{debug, info, warn, Instrument};
 
-use super::codec::{AdsDecoder, DeltaResponse, EncodeResponse, Frames, PayloadLen, SotwResponse};
+use super::codec::{DeltaResponse, EncodeResponse, Frames, PayloadLen, Requests, SotwResponse};
 use super::connection::{Ack, Mode, Out, StreamState};
 use super::source::{SnapshotSource, Update};
 use super::status::{Connection, Connections};
@@ -181,7 +181,7 @@ where
 /// meshes).
 const MAX_REQUEST_BYTES: usize = 64 << 20;
 
-/// One ADS call: requests decoded by tonic's `Streaming` with `AdsDecoder`; the
+/// One ADS call: requests decoded by `codec::Requests`; the
 /// response is an `AdsBody`, not tonic's encoder, so no stream ever holds an
 /// encoded copy of what it sends.
 fn stream<F: Flavor, B>(
@@ -192,12 +192,7 @@ where
     B: tonic::codegen::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<StdError> + Send + 'static,
 {
-    let requests = Streaming::new_request(
-        AdsDecoder::<F::Req>::default(),
-        req.into_body(),
-        None,
-        Some(MAX_REQUEST_BYTES),
-    );
+    let requests = Requests::new(tonic::body::Body::new(req.into_body()), MAX_REQUEST_BYTES);
     let rx = open::<F>(shared, requests);
     let mut resp = http::Response::new(tonic::body::Body::new(AdsBody {
         rx,
@@ -232,6 +227,10 @@ impl<R: EncodeResponse> http_body::Body for AdsBody<R> {
         let this = self.get_mut();
         loop {
             if let Some(c) = this.chunks.pop_front() {
+                if this.chunks.is_empty() {
+                    // Do not keep a large response's chunk list per idle stream.
+                    this.chunks = VecDeque::new();
+                }
                 return Poll::Ready(Some(Ok(http_body::Frame::data(c))));
             }
             if this.done {
@@ -316,7 +315,7 @@ impl Flavor for Delta {
 /// the call is established).
 fn open<F: Flavor>(
     shared: Arc<Shared>,
-    requests: Streaming<F::Req>,
+    requests: Requests<F::Req>,
 ) -> mpsc::Receiver<Result<F::Resp, Status>> {
     let (tx, rx) = mpsc::channel(1);
     tokio::spawn(async move {
@@ -345,7 +344,7 @@ fn open<F: Flavor>(
 type Handshake<F> = (
     Registered,
     <F as Flavor>::Req,
-    Streaming<<F as Flavor>::Req>,
+    Requests<<F as Flavor>::Req>,
     watch::Receiver<Update>,
 );
 
@@ -353,7 +352,7 @@ type Handshake<F> = (
 /// stream with the snapshot source and the connection registry.
 async fn handshake<F: Flavor>(
     shared: Arc<Shared>,
-    mut requests: Streaming<F::Req>,
+    mut requests: Requests<F::Req>,
 ) -> Result<Handshake<F>, Status> {
     let first = requests
         .message()
@@ -419,7 +418,7 @@ enum Step<R> {
 async fn run<F: Flavor>(
     guard: Registered,
     first: F::Req,
-    mut requests: Streaming<F::Req>,
+    mut requests: Requests<F::Req>,
     mut updates: watch::Receiver<Update>,
     tx: mpsc::Sender<Result<F::Resp, Status>>,
 ) {
