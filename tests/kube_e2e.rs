@@ -46,6 +46,29 @@ fn outage() -> Duration {
     Duration::from_secs(secs)
 }
 
+/// The longest pause of kube-rs's watcher backoff (`DefaultBackoff`: 800 ms
+/// doubling to at most 30 s, with jitter). After a long outage (the 20 s)
+/// the next attempt may come up to this long after the API server is back.
+const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Wait until cluster `n` is reachable again (not stale, no error) after its API
+/// server restarted: up to one full backoff pause, then convergence.
+async fn wait_reconnected(s: &KubeSeed, n: u8) {
+    wait_for(
+        &format!("{} reconnected", kube_seed::name(n)),
+        WATCH_BACKOFF_MAX + CONVERGE,
+        || async {
+            let c = s.clusterz(n).await?;
+            if c["stale"] == false && c["last_error"].is_null() {
+                Ok(())
+            } else {
+                Err(c.to_string())
+            }
+        },
+    )
+    .await;
+}
+
 /// Envoy's CDS and LDS update counters: unchanged means no full push reached it.
 async fn cds_lds(s: &KubeSeed) -> (u64, u64) {
     let stat = |name: &'static str| async move {
@@ -272,6 +295,7 @@ async fn lost_cluster_keeps_serving_and_reconciles_after_restart() {
     s.wait_answer(1, "cluster1-pod-a").await;
 
     s.server(2).restart().await;
+    wait_reconnected(&s, 2).await;
     // The deletion made during the outage reaches Envoy; nothing is duplicated.
     s.wait_hosts(2, &[1]).await;
     s.wait_clusterz(2, "cluster2 recovered", |c| {
