@@ -1064,3 +1064,61 @@ fn mesh_file_gateways_cannot_claim_a_cluster() {
     let e = MeshConfig::parse(&with_cluster, std::path::Path::new("/")).unwrap_err();
     assert!(e.to_string().contains("cluster"), "{e}");
 }
+
+#[test]
+fn selectors_follow_label_and_selector_changes() {
+    let (r, _) = two_clusters();
+    let up = |o: KubeObject| r.apply("c1", Event::Upsert(o)).unwrap();
+    let ports = || json!([{"name": "http", "port": 80, "targetPort": 8080}]);
+    up(svc("default", "a", json!({"app": "a"}), ports()));
+    up(svc(
+        "default",
+        "b",
+        json!({"app": "b", "tier": "x"}),
+        ports(),
+    ));
+    let p = |name: &str, ip: &'static str, labels: Value| {
+        pod(
+            "default",
+            name,
+            PodSpec {
+                ip: Some(ip),
+                labels,
+                ..Default::default()
+            },
+        )
+    };
+    up(p("p1", "10.0.0.1", json!({"app": "a"})));
+    up(p("p2", "10.0.0.2", json!({"app": "b"})));
+    up(p("p3", "10.0.0.3", json!({"app": "b", "tier": "x"})));
+    let a = "a.default.svc.cluster.local";
+    let b = "b.default.svc.cluster.local";
+    assert_eq!(addrs(&eps(&r, a, 80)), ["c1/10.0.0.1:8080"]);
+    assert_eq!(
+        addrs(&eps(&r, b, 80)),
+        ["c1/10.0.0.3:8080"],
+        "every selector pair must match"
+    );
+
+    // A pod relabelled moves between services.
+    up(p("p1", "10.0.0.1", json!({"app": "b", "tier": "x"})));
+    assert!(eps(&r, a, 80).is_empty());
+    assert_eq!(
+        addrs(&eps(&r, b, 80)),
+        ["c1/10.0.0.1:8080", "c1/10.0.0.3:8080"]
+    );
+
+    // A selector change picks its pods anew.
+    up(svc("default", "a", json!({"tier": "x"}), ports()));
+    assert_eq!(
+        addrs(&eps(&r, a, 80)),
+        ["c1/10.0.0.1:8080", "c1/10.0.0.3:8080"]
+    );
+
+    // Deleted pods leave; a service in another namespace sees nothing.
+    r.apply("c1", Event::Delete(p("p3", "10.0.0.3", json!({}))))
+        .unwrap();
+    assert_eq!(addrs(&eps(&r, a, 80)), ["c1/10.0.0.1:8080"]);
+    up(svc("other", "a", json!({"tier": "x"}), ports()));
+    assert!(eps(&r, "a.other.svc.cluster.local", 80).is_empty());
+}
