@@ -110,7 +110,7 @@ impl DebugState for LiveState {
     }
 
     fn clusterz(&self) -> Value {
-        to_json(&self.registry.cluster_status())
+        to_json(&self.registry.clusterz())
     }
 }
 
@@ -223,7 +223,9 @@ async fn config_cluster(
     registry.set_config_file_problems(&source, Vec::new());
     // The config cluster also carries the remote secrets that register more member
     // clusters at runtime (Istio's multi-cluster secrets), in the mesh file's
-    // `remoteSecretNamespace`.
+    // `remoteSecretNamespace`. The controller runs for as long as this task holds
+    // it; names it refuses (already taken) show on `/debug/clusterz` under the
+    // cluster holding the name, through the registry (`Registry::clusterz`).
     let mesh = registry.mesh_config().clone();
     let _remote_secrets = remote_secret::spawn(
         registry.clone(),

@@ -75,6 +75,31 @@ fn pair(c: &str, a: &str) -> (String, String) {
     (c.to_string(), a.to_string())
 }
 
+/// The refused remote-secret keys listed under `cluster` on `/debug/clusterz`
+/// (`Registry::clusterz`, as JSON), as `(Secret, reason)`.
+fn refused_on(r: &Registry, cluster: &str) -> Vec<(String, String)> {
+    let page = serde_json::to_value(r.clusterz()).unwrap();
+    let entry = page
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == cluster)
+        .cloned()
+        .unwrap_or_default();
+    entry["rejected"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["kind"] == "Secret")
+        .map(|p| {
+            (
+                p["object"].as_str().unwrap_or_default().to_string(),
+                p["reason"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn clusters_join_and_leave_through_secrets() {
     let config = FakeApiServer::start("config").await;
@@ -124,6 +149,27 @@ async fn clusters_join_and_leave_through_secrets() {
     assert_eq!(conflicts.len(), 1, "{conflicts:?}");
     assert_eq!(conflicts[0].cluster, "c1");
     assert!(conflicts[0].reason.contains("mesh file"));
+    // /debug/clusterz lists the refused key under c1, the cluster holding the name,
+    // naming the Secret, the key and why; c1 itself is unharmed.
+    let s_a = format!("{DEFAULT_NAMESPACE}/s-a");
+    let s_b = format!("{DEFAULT_NAMESPACE}/s-b");
+    wait_for("c1's refused claim on clusterz", 10, || {
+        refused_on(&registry, "c1").len() == 1
+    })
+    .await;
+    let refused = refused_on(&registry, "c1");
+    assert_eq!(refused[0].0, s_a, "{refused:?}");
+    assert!(
+        refused[0].1.contains("key c1") && refused[0].1.contains("mesh file"),
+        "{refused:?}"
+    );
+    let c1 = registry
+        .clusterz()
+        .into_iter()
+        .find(|c| c.name == "c1")
+        .unwrap();
+    assert!(c1.synced && c1.last_error.is_none(), "{c1:?}");
+    assert!(refused_on(&registry, "c2").is_empty());
 
     // An Istio-labelled Secret adds c3; a second Secret claiming c2 is reported.
     config.apply(&objects::remote_secret(
@@ -138,6 +184,14 @@ async fn clusters_join_and_leave_through_secrets() {
         .iter()
         .any(|c| c.cluster == "c2" && c.reason.contains("s-a")));
     assert_eq!(endpoints(&registry)[1], pair("c2", "10.2.0.1"));
+    wait_for("c2's refused claim on clusterz", 10, || {
+        refused_on(&registry, "c2")
+            .iter()
+            .any(|(s, why)| *s == s_b && why.contains("key c2") && why.contains(&s_a))
+    })
+    .await;
+    assert_eq!(refused_on(&registry, "c1").len(), 1);
+    assert!(refused_on(&registry, "c3").is_empty());
     // Unlabelled Secrets are ignored.
     config.apply(&objects::remote_secret(
         DEFAULT_NAMESPACE,
@@ -166,6 +220,9 @@ async fn clusters_join_and_leave_through_secrets() {
     })
     .await;
     wait_for("old c2 watchers stopped", 10, || c2_watches() == 0).await;
+    // s-b's key c2 is applied now: no longer listed as refused.
+    assert!(refused_on(&registry, "c2").is_empty());
+    assert_eq!(refused_on(&registry, "c1").len(), 1);
 
     // Changing a kubeconfig swaps the client without dropping endpoints.
     c3.set_tokens(&["t3", "t3-new"]);
@@ -198,7 +255,11 @@ async fn clusters_join_and_leave_through_secrets() {
     // Stopping the controller removes what it registered (nothing left) and
     // leaves the mesh-file cluster alone.
     ctl.shutdown();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ... and its refused claims leave c1's entry.
+    wait_for("refused claims cleared", 10, || {
+        refused_on(&registry, "c1").is_empty()
+    })
+    .await;
     assert_eq!(endpoints(&registry), [pair("c1", "10.1.0.1")]);
 }
 

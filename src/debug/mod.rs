@@ -52,7 +52,8 @@ pub trait DebugState: Send + Sync + 'static {
     fn registryz(&self) -> Value;
     /// `/debug/configz`: Istio config in force and the rejected objects with reasons.
     fn configz(&self) -> Value;
-    /// `/debug/clusterz`: member clusters: source, synced, last error, object counts.
+    /// `/debug/clusterz`: member clusters: source, synced, last error, object counts,
+    /// rejected objects (including remote-secret keys refused for a taken name).
     fn clusterz(&self) -> Value;
 }
 

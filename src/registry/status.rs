@@ -1,10 +1,19 @@
 //! Health of each member cluster as sources report it, in the shape
 //! `/debug/clusterz` serves (DESIGN.md §4): source, synced, stale, last error, last
 //! event time, object counts, and the objects rejected or worth a note.
+//!
+//! Besides what the cluster's own source reports, a cluster's `rejected` list holds
+//! the claims on its name that were refused: a remote Secret key naming a cluster
+//! that the mesh file or another Secret already registered
+//! ([`Registry::set_refused_claims`], from `sources::remote_secret`). They are
+//! listed under the cluster that holds the name, since the refused key has no
+//! cluster of its own; [`Registry::clusterz`] is the full page.
 
 use std::time::SystemTime;
 
 use serde::Serialize;
+
+use super::{Registry, RegistryError};
 
 /// One object a source or the registry rejected, or one worth a note.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -75,4 +84,87 @@ pub(crate) struct ClusterState {
     pub last_event: Option<SystemTime>,
     /// Rejections the source found before handing objects over (with file names).
     pub source_rejected: Vec<ObjectProblem>,
+    /// Claims on this cluster's name that were not applied (remote Secret keys).
+    pub refused_claims: Vec<ObjectProblem>,
+}
+
+impl Registry {
+    /// Replace the refused claims on cluster `cluster`'s name: remote Secret keys
+    /// naming it while it is held by the mesh file or by another Secret. They show
+    /// in its `rejected` list on `/debug/clusterz` ([`Registry::clusterz`]).
+    pub fn set_refused_claims(
+        &self,
+        cluster: &str,
+        claims: Vec<ObjectProblem>,
+    ) -> Result<(), RegistryError> {
+        self.with_shard(cluster, |s, _, _| s.state.refused_claims = claims)
+    }
+
+    /// `/debug/clusterz`: [`Registry::cluster_status`], each cluster's `rejected`
+    /// list followed by the refused claims on its name.
+    pub fn clusterz(&self) -> Vec<ClusterStatus> {
+        let mut status = self.cluster_status();
+        let idx = self.lock();
+        for st in &mut status {
+            if let Some(shard) = idx.shards.get(st.name.as_str()) {
+                st.rejected
+                    .extend(shard.state.refused_claims.iter().cloned());
+            }
+        }
+        status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::{ClusterConfig, ClusterSource, MeshConfig};
+    use crate::push::PushQueue;
+
+    fn claim(secret: &str) -> ObjectProblem {
+        ObjectProblem {
+            origin: "remote secret".into(),
+            kind: "Secret".into(),
+            object: secret.into(),
+            reason: "key c1 not applied: the cluster name is already taken".into(),
+        }
+    }
+
+    #[test]
+    fn refused_claims_follow_the_rejected_objects_of_the_holder() {
+        let mesh = MeshConfig {
+            clusters: ["c1", "c2"]
+                .map(|n| ClusterConfig {
+                    name: n.into(),
+                    network: String::new(),
+                    source: ClusterSource::Manifests("/nonexistent".into()),
+                    locality: None,
+                })
+                .into(),
+            ..MeshConfig::default()
+        };
+        let r = Registry::new(Arc::new(mesh), PushQueue::new());
+        let file = ObjectProblem {
+            origin: "a.yaml".into(),
+            kind: "Service".into(),
+            object: "ns/web".into(),
+            reason: "bad".into(),
+        };
+        r.set_source_problems("c1", vec![file.clone()]).unwrap();
+        r.set_refused_claims("c1", vec![claim("ns/s-a")]).unwrap();
+        let page = r.clusterz();
+        assert_eq!(page[0].rejected, [file.clone(), claim("ns/s-a")]);
+        assert!(page[1].rejected.is_empty());
+        // The source replacing its own list leaves the claims alone, and back.
+        r.set_source_problems("c1", Vec::new()).unwrap();
+        assert_eq!(r.clusterz()[0].rejected, [claim("ns/s-a")]);
+        r.set_refused_claims("c1", Vec::new()).unwrap();
+        assert!(r.clusterz()[0].rejected.is_empty());
+        assert!(matches!(
+            r.set_refused_claims("nope", vec![claim("ns/s")]),
+            Err(RegistryError::UnknownCluster(_))
+        ));
+    }
 }

@@ -12,8 +12,10 @@
 //! - a changed kubeconfig starts a new client beside the old one; the old one stops
 //!   only once the new one has synced, so endpoints never drop;
 //! - a cluster name already taken (by the mesh file, or by another Secret that
-//!   registered it first) is reported in the log and by [`RemoteSecrets::conflicts`],
-//!   and not applied.
+//!   registered it first) is not applied. It is reported once in the log, by
+//!   [`RemoteSecrets::conflicts`], and on `/debug/clusterz` as a `rejected` entry
+//!   of the cluster that holds the name (`Registry::set_refused_claims`), naming
+//!   the Secret, the key and why; that cluster is otherwise untouched.
 //!
 //! [`create_remote_secret`] prints such a Secret for a cluster, with the token of a
 //! dedicated read-only ServiceAccount (RBAC in `deploy/rbac.yaml`).
@@ -33,11 +35,11 @@ use kube::runtime::watcher::{self, watcher};
 use kube::runtime::WatchStreamExt;
 use kube::Client;
 use tokio::task::JoinHandle;
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::kube::{client_from_kubeconfig, explain, ClusterWatch, KubeOptions};
 use crate::config::{ClusterConfig, ClusterSource};
-use crate::registry::Registry;
+use crate::registry::{ObjectProblem, Registry};
 
 /// Where crossmesh looks for remote secrets unless told otherwise.
 pub const DEFAULT_NAMESPACE: &str = crate::config::DEFAULT_REMOTE_SECRET_NAMESPACE;
@@ -73,8 +75,21 @@ pub enum RemoteSecretError {
 pub struct Conflict {
     /// `namespace/name` of the Secret.
     pub secret: String,
+    /// The data key: the cluster name claimed.
     pub cluster: String,
     pub reason: String,
+}
+
+impl Conflict {
+    /// The entry under the cluster holding the name on `/debug/clusterz`.
+    pub fn problem(&self) -> ObjectProblem {
+        ObjectProblem {
+            origin: "remote secret".to_string(),
+            kind: "Secret".to_string(),
+            object: self.secret.clone(),
+            reason: format!("key {} not applied: {}", self.cluster, self.reason),
+        }
+    }
 }
 
 /// One remote secret as last seen.
@@ -136,6 +151,7 @@ pub fn spawn(
         running: BTreeMap::new(),
         conflicts: conflicts.clone(),
         reported: BTreeSet::new(),
+        refused_on: BTreeSet::new(),
     };
     let span = info_span!("remote-secrets", namespace = %namespace);
     let api: Api<Secret> = Api::namespaced(client, namespace);
@@ -180,6 +196,8 @@ struct Controller {
     conflicts: Arc<Mutex<Vec<Conflict>>>,
     /// Conflicts already logged (log each once).
     reported: BTreeSet<Conflict>,
+    /// Clusters whose refused claims this controller last set in the registry.
+    refused_on: BTreeSet<String>,
 }
 
 impl Drop for Controller {
@@ -189,13 +207,17 @@ impl Drop for Controller {
         for cluster in std::mem::take(&mut self.running).into_keys() {
             let _ = self.registry.remove_cluster(&cluster);
         }
+        // Claims refused on clusters that stay (the mesh file's) lapse with it.
+        for cluster in std::mem::take(&mut self.refused_on) {
+            let _ = self.registry.set_refused_claims(&cluster, Vec::new());
+        }
     }
 }
 
 impl Controller {
     async fn run(mut self, api: Api<Secret>) {
         let mut s = watcher(api, watcher::Config::default())
-            .default_backoff()
+            .backoff(super::kube::watch_backoff())
             .boxed();
         let mut buffer: Option<BTreeMap<String, SecretEntry>> = None;
         while let Some(ev) = s.next().await {
@@ -310,7 +332,7 @@ impl Controller {
             }
         }
         self.reported.retain(|c| conflicts.contains(c));
-        *self.conflicts.lock().unwrap_or_else(|e| e.into_inner()) = conflicts;
+        *self.conflicts.lock().unwrap_or_else(|e| e.into_inner()) = conflicts.clone();
 
         // Removed clusters (or moved to another Secret: removed, then added below).
         let gone: Vec<String> = self
@@ -391,6 +413,37 @@ impl Controller {
                         old,
                     ));
                 }
+            }
+        }
+        self.publish_refused(&conflicts);
+    }
+
+    /// Show each refused claim under the cluster holding the name, and clear the
+    /// clusters that no longer have any. Runs after clusters were added and
+    /// removed, so a cluster re-registered just now gets its list too.
+    fn publish_refused(&mut self, conflicts: &[Conflict]) {
+        let mut by_cluster: BTreeMap<String, Vec<ObjectProblem>> = self
+            .refused_on
+            .iter()
+            .map(|c| (c.clone(), Vec::new()))
+            .collect();
+        for c in conflicts {
+            by_cluster
+                .entry(c.cluster.clone())
+                .or_default()
+                .push(c.problem());
+        }
+        self.refused_on.clear();
+        for (cluster, problems) in by_cluster {
+            let any = !problems.is_empty();
+            match self.registry.set_refused_claims(&cluster, problems) {
+                Ok(()) if any => {
+                    self.refused_on.insert(cluster);
+                }
+                Ok(()) => {}
+                // The holder is not registered (its own registration failed,
+                // logged above): the conflict is in the log only.
+                Err(e) => debug!(%cluster, error = %e, "refused claims not shown"),
             }
         }
     }
