@@ -1525,7 +1525,14 @@ impl axum::serve::Listener for KillableListener {
             let kill = Box::pin(async move {
                 let _ = rx.wait_for(|k| *k).await;
             });
-            return (Conn { io, kill }, peer);
+            return (
+                Conn {
+                    io,
+                    kill,
+                    killed: false,
+                },
+                peer,
+            );
         }
     }
 
@@ -1538,7 +1545,21 @@ impl axum::serve::Listener for KillableListener {
 /// stopped server leaves no keep-alive connection or watch stream behind.
 struct Conn {
     io: Box<dyn Io>,
+    /// Resolves once the server is stopped. Polled only until it has resolved: an
+    /// `async` block must not be polled again after completion.
     kill: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// `kill` has resolved.
+    killed: bool,
+}
+
+impl Conn {
+    /// The server was stopped (registers `cx` for the stop while it was not).
+    fn is_killed(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.killed && self.kill.as_mut().poll(cx).is_ready() {
+            self.killed = true;
+        }
+        self.killed
+    }
 }
 
 fn killed() -> io::Error {
@@ -1551,7 +1572,7 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if self.kill.as_mut().poll(cx).is_ready() {
+        if self.is_killed(cx) {
             return Poll::Ready(Err(killed()));
         }
         Pin::new(&mut self.io).poll_read(cx, buf)
@@ -1564,14 +1585,14 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.kill.as_mut().poll(cx).is_ready() {
+        if self.is_killed(cx) {
             return Poll::Ready(Err(killed()));
         }
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.kill.as_mut().poll(cx).is_ready() {
+        if self.is_killed(cx) {
             return Poll::Ready(Err(killed()));
         }
         Pin::new(&mut self.io).poll_flush(cx)
