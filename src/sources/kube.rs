@@ -4,7 +4,7 @@
 //!
 //! Flow per cluster: kubeconfig -> `kube::Client` (wrapped in [`WatchPacer`]) ->
 //! one `kube::runtime::watcher` per kind (bookmarks on, re-list on 410 Gone,
-//! `default_backoff`) -> one task that merges the four streams and writes the
+//! [`WatchBackoff`]: 500 ms doubling to 5 s) -> one task that merges the four streams and writes the
 //! registry. Nothing is cached here: objects are slimmed to the fields the registry
 //! reads ([`slim`]) and handed over; the registry keeps compact records.
 //!
@@ -65,6 +65,83 @@ pub const KUBECONFIG_POLL: Duration = Duration::from_secs(2);
 /// Services, whose endpoints the registry computes from Pods; they are not watched.
 pub const SLICE_SELECTOR: &str =
     "endpointslice.kubernetes.io/managed-by!=endpointslice-controller.k8s.io";
+
+/// First retry delay of a failed list or watch (see [`WatchBackoff`]).
+pub const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(500);
+/// Longest retry delay of a failed list or watch (see [`WatchBackoff`]).
+pub const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A failure this long after the previous one starts again from
+/// [`WATCH_BACKOFF_MIN`] (see [`WatchBackoff`]).
+pub const WATCH_BACKOFF_RESET: Duration = Duration::from_secs(60);
+
+/// Retry delays of every watcher of this crate (member clusters, Istio config,
+/// remote secrets) after a failed list or watch request.
+///
+/// Exponential from [`WATCH_BACKOFF_MIN`], doubling per consecutive failure, capped
+/// at [`WATCH_BACKOFF_MAX`]; each delay is jittered *down* by up to a quarter, so
+/// clusters lost together do not retry in lockstep and no delay exceeds the cap.
+/// It restarts from the minimum on the first event after recovery (kube-rs's
+/// `StreamBackoff` resets it on every `Ok`) and, through kube-rs's
+/// `ResetTimerBackoff`, when a failure comes [`WATCH_BACKOFF_RESET`] after the
+/// previous one.
+///
+/// Why not kube-rs's `DefaultBackoff` (client-go's reflector values: 800 ms
+/// doubling to 30 s, with jitter): it spares a struggling API server, but after an
+/// outage of ~20 s the next attempt may come up to 30 s after the server is back,
+/// and the cluster's endpoints stay stale all that time. With a 5 s cap a dead
+/// cluster is retried at most every ~5 s (≥ 375 ms apart even on the first
+/// failures, one request per watched kind): prompt recovery, and still no hot loop.
+/// Watches that the server closes cleanly at once are paced by [`WatchPacer`].
+pub type WatchBackoff = kube::runtime::utils::ResetTimerBackoff<CappedBackoff>;
+
+/// A fresh [`WatchBackoff`], for `WatchStreamExt::backoff`.
+pub fn watch_backoff() -> WatchBackoff {
+    kube::runtime::utils::ResetTimerBackoff::new(CappedBackoff::default(), WATCH_BACKOFF_RESET)
+}
+
+/// The exponential part of [`WatchBackoff`]: [`WATCH_BACKOFF_MIN`] x 2^n, capped
+/// at [`WATCH_BACKOFF_MAX`], minus a random 0-25 %.
+#[derive(Debug, Default, Clone)]
+pub struct CappedBackoff {
+    /// Failures since the last reset.
+    failures: u32,
+}
+
+impl CappedBackoff {
+    /// The delay before jitter after `failures` earlier failures.
+    fn base(failures: u32) -> Duration {
+        WATCH_BACKOFF_MIN
+            .saturating_mul(1u32 << failures.min(16))
+            .min(WATCH_BACKOFF_MAX)
+    }
+}
+
+/// A random fraction in `[0, 1)`, from std's randomly keyed hasher (jitter only).
+fn jitter_fraction() -> f64 {
+    use std::hash::BuildHasher;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let bits = std::collections::hash_map::RandomState::new().hash_one(n);
+    (bits >> 11) as f64 / (1u64 << 53) as f64
+}
+
+impl Iterator for CappedBackoff {
+    type Item = Duration;
+
+    /// Never `None`: a watcher is retried for as long as its cluster is registered.
+    fn next(&mut self) -> Option<Duration> {
+        let base = Self::base(self.failures);
+        self.failures = self.failures.saturating_add(1);
+        Some(base.mul_f64(1.0 - 0.25 * jitter_fraction()))
+    }
+}
+
+impl kube::runtime::utils::Backoff for CappedBackoff {
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeSourceError {
@@ -451,7 +528,7 @@ where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
 {
     watcher(api, cfg)
-        .default_backoff()
+        .backoff(watch_backoff())
         .map(move |r| {
             let ev = r.map(|e| match e {
                 watcher::Event::Apply(o) => watcher::Event::Apply(slim(wrap(o))),
@@ -905,7 +982,7 @@ pub fn spawn_config_watch(cluster: &str, client: Client, sink: ConfigSink) -> Jo
         let ar2 = ar.clone();
         all.push(
             watcher(api, watcher::Config::default())
-                .default_backoff()
+                .backoff(watch_backoff())
                 .map(move |r| (i, ar2.clone(), r))
                 .boxed(),
         );
@@ -1016,5 +1093,27 @@ mod tests {
         let b =
             crate::registry::endpoints::Record::from_object(&KubeObject::Pod(s), &mut i).unwrap();
         assert_eq!(format!("{a:?}"), format!("{b:?}"));
+    }
+
+    #[test]
+    fn watch_backoff_is_exponential_jittered_capped_and_resets() {
+        use kube::runtime::utils::Backoff;
+        let mut b = watch_backoff();
+        let delays: Vec<Duration> = (0..10).map(|_| b.next().unwrap()).collect();
+        // Each delay lies within the jitter band below its exponential base.
+        let bases = [500, 1000, 2000, 4000, 5000, 5000, 5000, 5000, 5000, 5000];
+        for (d, base) in delays.iter().zip(bases) {
+            let base = Duration::from_millis(base);
+            assert!(*d <= base && *d >= base.mul_f64(0.75), "{d:?} vs {base:?}");
+        }
+        // Never above the cap, never a hot loop.
+        assert!(delays.iter().all(|d| *d <= WATCH_BACKOFF_MAX));
+        assert!(delays.iter().all(|d| *d >= Duration::from_millis(375)));
+        // Jittered: not all capped delays are equal.
+        let capped = &delays[5..];
+        assert!(capped.iter().any(|d| *d != capped[0]), "{capped:?}");
+        // A healthy event (StreamBackoff calls reset) starts again from the minimum.
+        b.reset();
+        assert!(b.next().unwrap() <= WATCH_BACKOFF_MIN);
     }
 }
