@@ -67,6 +67,9 @@ pub struct TypeState {
     pub sent_nonce: String,
     pub acked_version: String,
     pub acked_nonce: String,
+    /// The latest nonce sent that the client has answered (ACK or NACK): the
+    /// response reached it.
+    pub answered_nonce: String,
     pub nack: Option<Nack>,
 }
 
@@ -166,6 +169,14 @@ impl StreamState {
         }
     }
 
+    /// Whether the client has answered the latest response of every type, i.e.
+    /// nothing this stream sent is still on its way.
+    pub fn caught_up(&self) -> bool {
+        self.types
+            .iter()
+            .all(|t| t.sent_nonce.is_empty() || t.answered_nonce == t.sent_nonce)
+    }
+
     pub fn seq(&self) -> u64 {
         self.current.snapshot.seq
     }
@@ -186,6 +197,7 @@ impl StreamState {
         if nonce != ts.sent_nonce {
             return Ack::Stale;
         }
+        ts.answered_nonce = nonce.to_string();
         match error {
             Some(error) => {
                 ts.nack = Some(Nack {

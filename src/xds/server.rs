@@ -73,6 +73,8 @@ impl From<ProxyError> for Status {
 struct Shared {
     source: Arc<dyn SnapshotSource>,
     connections: Arc<Connections>,
+    /// Push slots (`PUSH_SLOTS`) for streams sending large responses.
+    slots: Arc<tokio::sync::Semaphore>,
     /// Set to true once to end every stream.
     shutdown: watch::Sender<bool>,
 }
@@ -89,6 +91,7 @@ impl AdsServer {
             shared: Arc::new(Shared {
                 source,
                 connections: Arc::new(Connections::new()),
+                slots: Arc::new(tokio::sync::Semaphore::new(PUSH_SLOTS)),
                 shutdown: watch::channel(false).0,
             }),
         }
@@ -175,6 +178,20 @@ where
         }
     }
 }
+
+/// How many streams may have a large push on its way at once (Istio's
+/// `PILOT_PUSH_THROTTLE`, also 100). Envoy grants huge HTTP/2 windows, so h2
+/// queues whatever a stream hands it; without a bound, a full push to thousands
+/// of proxies would sit in memory at once, frame by frame, waiting for the
+/// sockets. A stream takes a slot before sending a batch of `THROTTLE_MIN_BYTES`
+/// or more, keeps it while it sends further responses (CDS then EDS: it never
+/// waits for a second slot, so slots cannot deadlock), and gives it back once the
+/// client has answered every response it was sent, or after `SLOT_TIMEOUT`.
+const PUSH_SLOTS: usize = 100;
+/// Batches smaller than this (an endpoint update) never wait for a slot.
+const THROTTLE_MIN_BYTES: usize = 32 << 10;
+/// A client that does not answer gives its slot back after this long.
+const SLOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Largest request accepted (a Delta reconnect lists every resource it holds in
 /// `initial_resource_versions`; tonic's default of 4 MiB is too small for big
@@ -425,7 +442,9 @@ async fn run<F: Flavor>(
     let conn = guard.conn.clone();
     let mut shutdown = guard.shared.shutdown.subscribe();
     let mut pending = Some(first);
+    let mut slot: Option<(tokio::sync::OwnedSemaphorePermit, tokio::time::Instant)> = None;
     loop {
+        let slot_deadline = slot.as_ref().map(|(_, t)| *t + SLOT_TIMEOUT);
         let step = match pending.take() {
             Some(req) => Step::Request(req),
             None => tokio::select! {
@@ -443,6 +462,11 @@ async fn run<F: Flavor>(
                     Ok(()) => Step::Update(updates.borrow_and_update().clone()),
                     Err(_) => Step::End(Some(Status::unavailable("the push engine dropped this stream"))),
                 },
+                _ = sleep_until_opt(slot_deadline) => {
+                    debug!("push slot released: the client did not answer in time");
+                    slot = None;
+                    continue;
+                }
             },
         };
         let outs = match step {
@@ -471,9 +495,27 @@ async fn run<F: Flavor>(
                 break;
             }
         };
-        for out in outs {
-            let t = out.type_url;
-            let resp = F::wire(out);
+        let resps: Vec<(super::TypeUrl, F::Resp)> =
+            outs.into_iter().map(|o| (o.type_url, F::wire(o))).collect();
+        let total: usize = resps.iter().map(|(_, r)| r.payload_len()).sum();
+        if total >= THROTTLE_MIN_BYTES && slot.is_none() {
+            let acquire = guard.shared.slots.clone().acquire_owned();
+            let permit = tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|s| *s) => None,
+                permit = acquire => permit.ok(), // the semaphore is never closed
+            };
+            match permit {
+                Some(p) => slot = Some((p, tokio::time::Instant::now())),
+                None => {
+                    let _ = tx
+                        .send(Err(Status::unavailable("crossmesh is shutting down")))
+                        .await;
+                    break;
+                }
+            }
+        }
+        for (t, resp) in resps {
             let bytes = resp.payload_len();
             if tx.send(Ok(resp)).await.is_err() {
                 return; // the client went away
@@ -481,6 +523,17 @@ async fn run<F: Flavor>(
             metrics().xds_pushes.get_or_create(&type_label(t)).inc();
             metrics().send_bytes.inc_by(bytes as u64);
         }
+        if slot.is_some() && conn.lock().caught_up() {
+            slot = None;
+        }
     }
     drop(guard);
+}
+
+/// Sleep until `deadline`, or forever without one.
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }
