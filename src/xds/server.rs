@@ -188,8 +188,9 @@ where
 /// waits for a second slot, so slots cannot deadlock), and gives it back once the
 /// client has answered every response it was sent, or after `SLOT_TIMEOUT`.
 const PUSH_SLOTS: usize = 100;
-/// Batches smaller than this (an endpoint update) never wait for a slot.
-const THROTTLE_MIN_BYTES: usize = 32 << 10;
+/// Batches smaller than this never wait for a slot: endpoint updates under
+/// churn (tens of assignments per push) must not queue behind full pushes.
+const THROTTLE_MIN_BYTES: usize = 256 << 10;
 /// A client that does not answer gives its slot back after this long.
 const SLOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
