@@ -61,6 +61,10 @@ pub struct TypeState {
     pub wildcard: bool,
     /// Explicitly subscribed names (without `*`).
     pub names: BTreeSet<Arc<str>>,
+    /// SotW: digest of the last request's `resource_names` as sent (order and
+    /// count included), so that an ACK repeating them, which Envoy sends after
+    /// every response with every name, costs one hash instead of a set rebuild.
+    pub names_digest: Option<(usize, u64)>,
     /// What the client was last sent and is assumed to hold, by name.
     pub sent: BTreeMap<Arc<str>, Arc<Resource>>,
     pub sent_version: String,
@@ -227,7 +231,17 @@ impl StreamState {
         if ack == Ack::Stale {
             return (ack, Vec::new());
         }
+        let digest = {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            req.resource_names.hash(&mut h);
+            (req.resource_names.len(), h.finish())
+        };
         let ts = &mut self.types[t.index()];
+        if ts.requested && ts.names_digest == Some(digest) {
+            // The same subscription as last time: nothing to (re)send.
+            return (ack, Vec::new());
+        }
+        ts.names_digest = Some(digest);
         let first = !ts.requested;
         ts.requested = true;
         let star = req.resource_names.iter().any(|n| n == "*");
