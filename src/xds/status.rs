@@ -140,8 +140,8 @@ impl Connections {
                 let v = ts
                     .sent
                     .values()
+                    .into_iter()
                     .filter(|r| !r.any.is_empty())
-                    .cloned()
                     .collect();
                 out.insert(t, v);
             }
