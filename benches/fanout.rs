@@ -361,8 +361,6 @@ impl Decoded {
 struct Change {
     /// The EDS resource name the change shows up in.
     name: Arc<str>,
-    /// The pod (cluster, service, index) changed.
-    pod: (usize, usize, usize),
     ip: IpAddr,
     at: Instant,
     /// Latest credited arrival (nanoseconds after `at`), and how many proxies have it.
@@ -974,7 +972,7 @@ fn read_resources(path: &Path) -> Res<Vec<(usize, String, Vec<u8>)>> {
     let b = std::fs::read(path)?;
     let mut i = 0;
     let mut out = Vec::new();
-    let mut take = |i: &mut usize, n: usize| -> Res<Vec<u8>> {
+    let take = |i: &mut usize, n: usize| -> Res<Vec<u8>> {
         if *i + n > b.len() {
             return fail(format!("{}: truncated", path.display()));
         }
@@ -1297,7 +1295,6 @@ impl Driver<'_> {
                 m.pods[c][s][p] = ip;
                 sh.tracker.add(Change {
                     name,
-                    pod: pick,
                     ip: IpAddr::V4(ip),
                     at: Instant::now(),
                     max_ns: AtomicU64::new(0),
@@ -1335,7 +1332,6 @@ impl Driver<'_> {
                 write_resources(&path, &[(EDS, name.clone(), bytes)])?;
                 sh.tracker.add(Change {
                     name,
-                    pod: pick,
                     ip: IpAddr::V4(ip),
                     at: Instant::now(),
                     max_ns: AtomicU64::new(0),
