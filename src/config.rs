@@ -23,7 +23,8 @@ pub enum ConfigError {
     #[error("mesh file {path}: {source}")]
     Parse {
         path: PathBuf,
-        source: serde_saphyr::Error,
+        /// Boxed: the parser's error is large and this enum is returned often.
+        source: Box<serde_saphyr::Error>,
     },
     #[error("mesh file {path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
@@ -289,7 +290,7 @@ impl MeshConfig {
         } else {
             serde_saphyr::from_str(text).map_err(|source| ConfigError::Parse {
                 path: PathBuf::new(),
-                source,
+                source: Box::new(source),
             })?
         };
         let resolve = |p: &Path| {
