@@ -36,21 +36,7 @@ async fn member(name: &str, token: &str, ip: &str) -> FakeApiServer {
         ..Options::default()
     })
     .await;
-    s.apply(&objects::node("n1", "r", "z"));
-    s.apply(&objects::service(
-        "ns1",
-        "web",
-        &[("app", "web")],
-        &[("http", 80, 8080)],
-    ));
-    s.apply(&objects::pod(
-        "ns1",
-        "web-0",
-        ip,
-        "n1",
-        &[("app", "web")],
-        true,
-    ));
+    objects::seed_web(&s, ip);
     s
 }
 

@@ -545,21 +545,7 @@ async fn a_broken_cluster_does_not_harm_the_others() {
     .await;
     let c3 = FakeApiServer::start("c3").await;
     for (s, ip) in [(&c1, "10.1.0.1"), (&c2, "10.2.0.1"), (&c3, "10.3.0.1")] {
-        s.apply(&objects::node("n1", "r", "z"));
-        s.apply(&objects::service(
-            "ns1",
-            "web",
-            &[("app", "web")],
-            &[("http", 80, 8080)],
-        ));
-        s.apply(&objects::pod(
-            "ns1",
-            "web-0",
-            ip,
-            "n1",
-            &[("app", "web")],
-            true,
-        ));
+        objects::seed_web(s, ip);
     }
     c1.set_fault(Fault::Garbage);
     let dir = tempfile::tempdir().unwrap();

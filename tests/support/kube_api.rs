@@ -1631,6 +1631,19 @@ pub fn base64(data: &[u8]) -> String {
 pub mod objects {
     use serde_json::{json, Value};
 
+    /// Node `n1` (region `r`, zone `z`), Service `ns1/web` (80 -> 8080) and its
+    /// one ready Pod `web-0` at `ip` on `n1`: the smallest serving cluster.
+    pub fn seed_web(s: &super::FakeApiServer, ip: &str) {
+        s.apply(&node("n1", "r", "z"));
+        s.apply(&service(
+            "ns1",
+            "web",
+            &[("app", "web")],
+            &[("http", 80, 8080)],
+        ));
+        s.apply(&pod("ns1", "web-0", ip, "n1", &[("app", "web")], true));
+    }
+
     pub fn labels(pairs: &[(&str, &str)]) -> Value {
         Value::Object(
             pairs
