@@ -1102,6 +1102,8 @@ impl Registry {
                 let origin = format!("cluster {}", s.meta.name);
                 let mut rejected = s.state.source_rejected.clone();
                 rejected.extend(s.rejected.values().cloned());
+                // Remote Secrets refused because they claim this cluster's name.
+                rejected.extend(s.state.refused_claims.iter().cloned());
                 ClusterStatus {
                     name: s.meta.name.to_string(),
                     source: s.meta.source.clone(),
