@@ -16,8 +16,7 @@ use super::cluster::service_clusters;
 use super::listener::{filter_chain, http_connection_manager, l4_proxy, listener};
 use super::proto::{bool_value, http_route_name};
 use super::route::{
-    destination_cluster, http_routes, referenced_hosts, sort_catch_all_last, virtual_host,
-    RouteScope,
+    http_routes, l4_destinations, referenced_hosts, sort_catch_all_last, virtual_host, RouteScope,
 };
 use super::Generated;
 use crate::model::istio::validate::all_wildcard_host;
@@ -299,14 +298,6 @@ fn l4_filter_chains<'a>(
                     && labels_match(labels, &proxy.labels)
                     && sns.as_ref().is_none_or(|s| *s == proxy.namespace)
             };
-            let weighted = |dests: Vec<(&crate::model::istio::Destination, Option<i32>)>| -> Vec<(String, u32)> {
-                let n = dests.len();
-                dests
-                    .into_iter()
-                    .filter(|(_, w)| n == 1 || w.unwrap_or(0) > 0)
-                    .map(|(d, w)| (destination_cluster(d, ns, port, ctx), w.unwrap_or(100).max(0) as u32))
-                    .collect()
-            };
             if ps.passthrough {
                 for tls in &vs.spec.tls {
                     for m in tls.matches.iter().filter(|m| {
@@ -319,12 +310,7 @@ fn l4_filter_chains<'a>(
                         if sni.is_empty() {
                             continue;
                         }
-                        let dests = weighted(
-                            tls.route
-                                .iter()
-                                .map(|r| (&r.destination, r.weight))
-                                .collect(),
-                        );
+                        let dests = l4_destinations(&tls.route, ns, port, ctx);
                         chains.push(filter_chain(sni, l4_proxy(&stat, &dests, proxy, ctx)));
                         if !used.iter().any(|u| std::ptr::eq(*u, vs.as_ref())) {
                             used.push(vs);
@@ -339,8 +325,7 @@ fn l4_filter_chains<'a>(
                         })
                 });
                 if let Some(t) = route {
-                    let dests =
-                        weighted(t.route.iter().map(|r| (&r.destination, r.weight)).collect());
+                    let dests = l4_destinations(&t.route, ns, port, ctx);
                     chains.push(filter_chain(
                         Vec::new(),
                         l4_proxy(&stat, &dests, proxy, ctx),

@@ -152,6 +152,27 @@ pub fn destination_cluster(
     cluster_name(port as u16, &d.subset, &host)
 }
 
+/// The weighted clusters of a TCP or TLS route (Istio drops zero-weight
+/// destinations when there are several; an unset weight is 100).
+pub fn l4_destinations(
+    route: &[crate::model::istio::virtual_service::RouteDestination],
+    vs_ns: &str,
+    listener_port: u32,
+    ctx: &PushContext,
+) -> Vec<(String, u32)> {
+    let n = route.len();
+    route
+        .iter()
+        .filter(|r| n == 1 || r.weight.unwrap_or(0) > 0)
+        .map(|r| {
+            (
+                destination_cluster(&r.destination, vs_ns, listener_port, ctx),
+                r.weight.unwrap_or(100).max(0) as u32,
+            )
+        })
+        .collect()
+}
+
 fn build_route(
     vs: &Config<VirtualService>,
     http: &HttpRoute,

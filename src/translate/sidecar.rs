@@ -49,8 +49,7 @@ use super::listener::{
 };
 use super::proto::{bool_value, pack, socket_address, u32_value};
 use super::route::{
-    default_route, destination_cluster, http_routes, referenced_hosts, sort_catch_all_last,
-    RouteScope,
+    default_route, http_routes, l4_destinations, referenced_hosts, sort_catch_all_last, RouteScope,
 };
 use super::Generated;
 use crate::model::istio::sidecar::{IstioEgressListener, IstioIngressListener};
@@ -586,18 +585,7 @@ fn tls_filter_chains(
                 if sni.is_empty() {
                     continue;
                 }
-                let n = tls.route.len();
-                let dests: Vec<(String, u32)> = tls
-                    .route
-                    .iter()
-                    .filter(|r| n == 1 || r.weight.unwrap_or(0) > 0)
-                    .map(|r| {
-                        (
-                            destination_cluster(&r.destination, ns, port, ctx),
-                            r.weight.unwrap_or(100).max(0) as u32,
-                        )
-                    })
-                    .collect();
+                let dests = l4_destinations(&tls.route, ns, port, ctx);
                 if dests.is_empty() {
                     continue;
                 }
@@ -662,18 +650,7 @@ fn tcp_destinations(
                 })
         });
         if let Some(t) = route {
-            let n = t.route.len();
-            return t
-                .route
-                .iter()
-                .filter(|r| n == 1 || r.weight.unwrap_or(0) > 0)
-                .map(|r| {
-                    (
-                        destination_cluster(&r.destination, ns, port, ctx),
-                        r.weight.unwrap_or(100).max(0) as u32,
-                    )
-                })
-                .collect();
+            return l4_destinations(&t.route, ns, port, ctx);
         }
     }
     vec![(
