@@ -187,6 +187,18 @@ impl LabelIndex {
     }
 }
 
+/// Count `n` newly rejected objects of `cluster` (`crossmesh_source_rejected_objects`).
+fn count_rejections(cluster: &str, n: usize) {
+    if n > 0 {
+        metrics()
+            .rejected_objects
+            .get_or_create(&ClusterLabel {
+                cluster: cluster.to_string(),
+            })
+            .inc_by(n as u64);
+    }
+}
+
 fn index_insert<K: std::hash::Hash + Eq, V: Ord>(m: &mut HashMap<K, BTreeSet<V>>, k: K, v: V) {
     m.entry(k).or_default().insert(v);
 }
@@ -954,14 +966,7 @@ impl Registry {
                 .rejected
                 .retain(|k, _| kind.is_some_and(|kd| k.kind() != kd));
             shard.rejected.extend(rejected);
-            if new_rejections > 0 {
-                metrics()
-                    .rejected_objects
-                    .get_or_create(&ClusterLabel {
-                        cluster: cluster.to_string(),
-                    })
-                    .inc_by(new_rejections as u64);
-            }
+            count_rejections(cluster, new_rejections);
             shard.state.last_event = Some(SystemTime::now());
             if kind.is_none() {
                 shard.state.synced = true;
@@ -1006,12 +1011,7 @@ impl Registry {
                 }
                 Err(e) => {
                     shard.delete(&key, keys);
-                    metrics()
-                        .rejected_objects
-                        .get_or_create(&ClusterLabel {
-                            cluster: cluster.to_string(),
-                        })
-                        .inc();
+                    count_rejections(cluster, 1);
                     shard.rejected.insert(key, problem(&origin, &e));
                     Some(e)
                 }
@@ -1060,14 +1060,7 @@ impl Registry {
                 .iter()
                 .filter(|p| !s.state.source_rejected.contains(p))
                 .count();
-            if new > 0 {
-                metrics()
-                    .rejected_objects
-                    .get_or_create(&ClusterLabel {
-                        cluster: cluster.to_string(),
-                    })
-                    .inc_by(new as u64);
-            }
+            count_rejections(cluster, new);
             s.state.source_rejected = problems;
         })
     }
