@@ -603,8 +603,10 @@ impl ClusterDir {
         } else {
             changes.paths.iter().cloned().collect()
         };
-        let mut parsed: HashMap<PathBuf, Parsed> = HashMap::new();
+        let mut parsed: HashMap<PathBuf, Vec<(ObjId, KubeObject)>> = HashMap::new();
         let mut affected: BTreeSet<ObjId> = BTreeSet::new();
+        // Whether any file's problems may have changed.
+        let mut dirty = !self.synced;
         for path in paths {
             let text = match std::fs::read(&path) {
                 Ok(t) => Some(t),
@@ -613,6 +615,7 @@ impl ClusterDir {
                     let f = self.files.entry(path.clone()).or_default();
                     f.hash = 0;
                     f.error = Some(format!("cannot read: {e}"));
+                    dirty = true;
                     continue;
                 }
             };
@@ -624,6 +627,7 @@ impl ClusterDir {
                 }
                 if let Some(old) = self.files.remove(&path) {
                     self.replace_objects(&path, &old.objects, &[], &mut affected);
+                    dirty = true;
                 }
                 continue;
             };
@@ -635,22 +639,27 @@ impl ClusterDir {
             if self.files.get(&path).is_some_and(|f| f.hash == hash) {
                 continue;
             }
+            dirty = true;
             match parse_cluster_file(&path, &text) {
-                Ok(p) => {
+                Ok(Parsed {
+                    objects,
+                    problems,
+                    notes,
+                }) => {
                     let old = self.files.remove(&path).unwrap_or_default();
-                    let ids: Vec<ObjId> = p.objects.iter().map(|(id, _)| id.clone()).collect();
+                    let ids: Vec<ObjId> = objects.iter().map(|(id, _)| id.clone()).collect();
                     self.replace_objects(&path, &old.objects, &ids, &mut affected);
                     self.files.insert(
                         path.clone(),
                         ClusterFile {
                             hash,
                             objects: ids,
-                            problems: p.problems.clone(),
-                            notes: p.notes.clone(),
+                            problems,
+                            notes,
                             error: None,
                         },
                     );
-                    parsed.insert(path, p);
+                    parsed.insert(path, objects);
                 }
                 Err(reason) => {
                     let f = self.files.entry(path).or_default();
@@ -691,7 +700,9 @@ impl ClusterDir {
                 }
             }
         }
-        self.publish_problems(registry);
+        if dirty {
+            self.publish_problems(registry);
+        }
         true
     }
 
@@ -738,7 +749,7 @@ impl ClusterDir {
     /// The winning version of each of `ids`, for a reset.
     fn winners_from(
         &mut self,
-        parsed: &mut HashMap<PathBuf, Parsed>,
+        parsed: &mut HashMap<PathBuf, Vec<(ObjId, KubeObject)>>,
         ids: Vec<ObjId>,
     ) -> Vec<KubeObject> {
         let mut out = Vec::with_capacity(ids.len());
@@ -757,18 +768,18 @@ impl ClusterDir {
     /// duplicate's other file became the winner), recorded as applied.
     fn take_object(
         &mut self,
-        parsed: &mut HashMap<PathBuf, Parsed>,
+        parsed: &mut HashMap<PathBuf, Vec<(ObjId, KubeObject)>>,
         w: &Path,
         id: &ObjId,
     ) -> Option<KubeObject> {
         if !parsed.contains_key(w) {
             let text = std::fs::read(w).ok()?;
             let p = parse_cluster_file(w, &text).ok()?;
-            parsed.insert(w.to_owned(), p);
+            parsed.insert(w.to_owned(), p.objects);
         }
-        let p = parsed.get_mut(w)?;
-        let i = p.objects.iter().position(|(x, _)| x == id)?;
-        let (_, obj) = p.objects.swap_remove(i);
+        let objects = parsed.get_mut(w)?;
+        let i = objects.iter().position(|(x, _)| x == id)?;
+        let (_, obj) = objects.swap_remove(i);
         self.applied.insert(id.clone(), w.to_owned());
         Some(obj)
     }
