@@ -44,6 +44,7 @@ pub fn service_assignments_for(
 fn build(svc: &Service, ctx: &PushContext, view: Option<&EdsView>) -> Vec<ClusterLoadAssignment> {
     let subsets = ctx.config.all_subsets(&svc.hostname, &svc.namespace);
     let mut out = Vec::with_capacity(svc.ports.len() * (1 + subsets.len()));
+    let east_west = network::mesh_has_auto_passthrough(ctx);
     for port in &svc.ports {
         let eps: Vec<&Endpoint> = svc
             .endpoints
@@ -65,7 +66,7 @@ fn build(svc: &Service, ctx: &PushContext, view: Option<&EdsView>) -> Vec<Cluste
                 .filter(|e| labels_match(&s.labels, &e.labels));
             out.push(assignment(svc, ctx, view, port.port, &s.name, selected));
         }
-        if network::mesh_has_auto_passthrough(ctx) {
+        if east_west {
             // East-west gateways: `outbound_.PORT_.SUBSET_.HOST` with only the
             // endpoints on the gateway's own network, never gateways themselves.
             let local: Vec<&Endpoint> = eps
