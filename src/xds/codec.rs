@@ -1,7 +1,8 @@
-//! The gRPC codec of the ADS server: requests are decoded with prost as usual, but
-//! responses are written field by field so that each resource's pre-encoded
-//! `google.protobuf.Any` bytes (`Resource::any`, encoded once per content and shared
-//! by every proxy) are copied into the frame as they are, never re-encoded per proxy.
+//! The wire format of the ADS server: requests (`Requests`) are gRPC messages
+//! decoded with prost; responses are written field by field (`Frames`) so that
+//! each resource's pre-encoded `google.protobuf.Any` bytes (`Resource::any`,
+//! encoded once per content and shared by every proxy) go into the HTTP/2 body
+//! by reference, never re-encoded or copied per proxy.
 //!
 //! The hand-written encoders produce exactly the wire format of
 //! `envoy.service.discovery.v3.DiscoveryResponse` and `DeltaDiscoveryResponse`
@@ -13,7 +14,6 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
 
 use super::resource::{Resource, TypeUrl};
@@ -82,7 +82,6 @@ pub trait Sink: BufMut {
 }
 
 impl Sink for Vec<u8> {}
-impl Sink for EncodeBuf<'_> {}
 
 /// A shared payload field: key, length, then the payload itself by reference.
 fn put_shared(tag: u32, bytes: &Bytes, buf: &mut impl Sink) {
@@ -223,16 +222,12 @@ impl DeltaResponse {
 /// Something the codec can write.
 pub trait EncodeResponse: Send + 'static {
     fn encoded_len(&self) -> usize;
-    fn encode_to(&self, buf: &mut EncodeBuf<'_>);
     fn encode_frames(&self, frames: &mut Frames);
 }
 
 impl EncodeResponse for SotwResponse {
     fn encoded_len(&self) -> usize {
         SotwResponse::encoded_len(self)
-    }
-    fn encode_to(&self, buf: &mut EncodeBuf<'_>) {
-        self.encode(buf)
     }
     fn encode_frames(&self, frames: &mut Frames) {
         self.encode(frames)
@@ -242,9 +237,6 @@ impl EncodeResponse for SotwResponse {
 impl EncodeResponse for DeltaResponse {
     fn encoded_len(&self) -> usize {
         DeltaResponse::encoded_len(self)
-    }
-    fn encode_to(&self, buf: &mut EncodeBuf<'_>) {
-        self.encode(buf)
     }
     fn encode_frames(&self, frames: &mut Frames) {
         self.encode(frames)
@@ -328,68 +320,6 @@ impl<Req: prost::Message + Default> Requests<Req> {
         Req::decode(&msg[5..])
             .map(Some)
             .map_err(|e| Status::invalid_argument(format!("malformed xDS request: {e}")))
-    }
-}
-
-/// The ADS codec: `Req` decoded by prost, `Resp` written by hand.
-#[derive(Debug)]
-pub struct AdsCodec<Req, Resp>(PhantomData<fn() -> (Req, Resp)>);
-
-impl<Req, Resp> Default for AdsCodec<Req, Resp> {
-    fn default() -> Self {
-        AdsCodec(PhantomData)
-    }
-}
-
-#[derive(Debug)]
-pub struct AdsEncoder<Resp>(PhantomData<fn() -> Resp>);
-
-#[derive(Debug)]
-pub struct AdsDecoder<Req>(PhantomData<fn() -> Req>);
-
-impl<Req> Default for AdsDecoder<Req> {
-    fn default() -> Self {
-        AdsDecoder(PhantomData)
-    }
-}
-
-impl<Resp: EncodeResponse> Encoder for AdsEncoder<Resp> {
-    type Item = Resp;
-    type Error = Status;
-
-    fn encode(&mut self, item: Resp, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.reserve(item.encoded_len());
-        item.encode_to(dst);
-        Ok(())
-    }
-}
-
-impl<Req: prost::Message + Default + Send + 'static> Decoder for AdsDecoder<Req> {
-    type Item = Req;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Req>, Status> {
-        Req::decode(src)
-            .map(Some)
-            .map_err(|e| Status::invalid_argument(format!("malformed xDS request: {e}")))
-    }
-}
-
-impl<Req, Resp> Codec for AdsCodec<Req, Resp>
-where
-    Req: prost::Message + Default + Send + 'static,
-    Resp: EncodeResponse,
-{
-    type Encode = Resp;
-    type Decode = Req;
-    type Encoder = AdsEncoder<Resp>;
-    type Decoder = AdsDecoder<Req>;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        AdsEncoder(PhantomData)
-    }
-    fn decoder(&mut self) -> Self::Decoder {
-        AdsDecoder(PhantomData)
     }
 }
 
