@@ -168,18 +168,19 @@ fn intern<M: Message>(
     shared
 }
 
-/// Keep `old` (same `Arc`) when `new` holds the same names and versions, so
-/// streams can skip the type by pointer comparison.
-fn reuse_if_equal(
+/// Keep `old` (same `Arc`) when `new` holds the same names with entries that
+/// `same` calls equal, so streams can skip the type by pointer comparison.
+fn reuse_when(
     old: Option<&ResourceMap>,
     new: BTreeMap<Arc<str>, Arc<Resource>>,
+    same: impl Fn(&Arc<Resource>, &Arc<Resource>) -> bool,
 ) -> ResourceMap {
     if let Some(old) = old {
         if old.len() == new.len()
             && old
                 .iter()
                 .zip(new.iter())
-                .all(|((a, x), (b, y))| a == b && x.version == y.version)
+                .all(|((a, x), (b, y))| a == b && same(x, y))
         {
             return old.clone();
         }
@@ -187,22 +188,20 @@ fn reuse_if_equal(
     Arc::new(new)
 }
 
-/// Keep `old` (same `Arc`) when `new` holds the same names with the same
-/// allocations. For EDS maps, whose entries all come from `State::eds_intern`:
-/// a map equal by version but holding other allocations is replaced, so copies
-/// made before sharing never outlive the next push.
+/// `reuse_when` equal by names and versions (CDS, LDS, RDS).
+fn reuse_if_equal(
+    old: Option<&ResourceMap>,
+    new: BTreeMap<Arc<str>, Arc<Resource>>,
+) -> ResourceMap {
+    reuse_when(old, new, |x, y| x.version == y.version)
+}
+
+/// `reuse_when` equal by allocations. For EDS maps, whose entries all come
+/// from `State::eds_intern`: a map equal by version but holding other
+/// allocations is replaced, so copies made before sharing never outlive the
+/// next push.
 fn reuse_if_same(old: Option<&ResourceMap>, new: BTreeMap<Arc<str>, Arc<Resource>>) -> ResourceMap {
-    if let Some(old) = old {
-        if old.len() == new.len()
-            && old
-                .iter()
-                .zip(new.iter())
-                .all(|((a, x), (b, y))| a == b && Arc::ptr_eq(x, y))
-        {
-            return old.clone();
-        }
-    }
-    Arc::new(new)
+    reuse_when(old, new, Arc::ptr_eq)
 }
 
 /// Names added, removed or changed between two maps.
