@@ -104,8 +104,6 @@ struct Shard {
     pods: HashMap<ObjKey, PodRec>,
     nodes: HashMap<Arc<str>, NodeRec>,
     slices: HashMap<ObjKey, SliceRec>,
-    services_by_ns: HashMap<Arc<str>, BTreeSet<Arc<str>>>,
-    pods_by_ns: HashMap<Arc<str>, BTreeSet<Arc<str>>>,
     pods_by_node: HashMap<Arc<str>, BTreeSet<ObjKey>>,
     /// `(namespace, service name)` -> slice names.
     slices_by_service: HashMap<ObjKey, BTreeSet<Arc<str>>>,
@@ -220,8 +218,6 @@ impl Shard {
             pods: HashMap::new(),
             nodes: HashMap::new(),
             slices: HashMap::new(),
-            services_by_ns: HashMap::new(),
-            pods_by_ns: HashMap::new(),
             pods_by_node: HashMap::new(),
             slices_by_service: HashMap::new(),
             pods_by_label: LabelIndex::default(),
@@ -327,7 +323,6 @@ impl Shard {
                 }
                 self.track_gateway(&key, Some(&svc));
                 self.index_service(&key, Some(&svc));
-                index_insert(&mut self.services_by_ns, key.0.clone(), key.1.clone());
                 self.services.insert(key.clone(), svc);
                 out.insert(key);
             }
@@ -352,7 +347,6 @@ impl Shard {
                 if let Some(node) = &pod.node {
                     index_insert(&mut self.pods_by_node, node.clone(), key.clone());
                 }
-                index_insert(&mut self.pods_by_ns, key.0.clone(), key.1.clone());
                 self.pods.insert(key, pod);
             }
             Record::Node(name, node) => {
@@ -405,7 +399,6 @@ impl Shard {
                     self.track_gateway(k, None);
                     self.index_service(k, None);
                     self.services.remove(k);
-                    index_remove(&mut self.services_by_ns, &k.0, &k.1);
                     out.insert(k.clone());
                 }
             }
@@ -420,7 +413,6 @@ impl Shard {
                     if let Some(node) = old.node.clone() {
                         index_remove(&mut self.pods_by_node, &node, k);
                     }
-                    index_remove(&mut self.pods_by_ns, &k.0, &k.1);
                     self.pods.remove(k);
                 }
             }
@@ -472,11 +464,12 @@ impl Shard {
             };
         match &svc.selector {
             Some(sel) => {
-                // Only Pods carrying the selector's first pair can match.
-                let candidates = match sel.iter().next() {
-                    Some((k, v)) => self.pods_by_label.get(&key.0, k, v),
-                    None => self.pods_by_ns.get(&key.0),
-                };
+                // Only Pods carrying the selector's first pair can match (a
+                // selector is never empty: `SvcRec::selector` is `None` then).
+                let candidates = sel
+                    .iter()
+                    .next()
+                    .and_then(|(k, v)| self.pods_by_label.get(&key.0, k, v));
                 for name in candidates.into_iter().flatten() {
                     let Some(pod) = self.pods.get(&(key.0.clone(), name.clone())) else {
                         continue;
