@@ -915,11 +915,28 @@ impl Drop for Target {
     }
 }
 
+/// The command for a server child process. The environment variable `var`
+/// (`FANOUT_WRAP` for crossmesh, `FANOUT_WRAP_FLOOR` for the floor; for example
+/// `heaptrack -o /tmp/h`) is put in front of it for profiling; CPU and RSS are
+/// then those of the wrapper's process, not the server's.
+fn server_command(program: impl AsRef<std::ffi::OsStr>, var: &str) -> Command {
+    let wrap = std::env::var(var).unwrap_or_default();
+    let mut words = wrap.split_whitespace();
+    match words.next() {
+        None => Command::new(program),
+        Some(first) => {
+            let mut c = Command::new(first);
+            c.args(words).arg(program);
+            c
+        }
+    }
+}
+
 fn spawn_crossmesh(mesh: &Mesh) -> Res<Target> {
     let xds = free_addr()?;
     let debug = free_addr()?;
     let spawned = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_crossmesh"))
+    let child = server_command(env!("CARGO_BIN_EXE_crossmesh"), "FANOUT_WRAP")
         .args(["serve", "--mesh"])
         .arg(mesh.mesh_file())
         .args([
@@ -992,7 +1009,7 @@ fn read_resources(path: &Path) -> Res<Vec<(usize, String, Vec<u8>)>> {
 
 fn spawn_floor(snapshot: &Path) -> Res<Target> {
     let spawned = Instant::now();
-    let mut child = Command::new(std::env::current_exe()?)
+    let mut child = server_command(std::env::current_exe()?, "FANOUT_WRAP_FLOOR")
         .arg("--floor-server")
         .arg(snapshot)
         .stdin(Stdio::piped())
@@ -1000,8 +1017,11 @@ fn spawn_floor(snapshot: &Path) -> Res<Target> {
         .spawn()?;
     let stdin = child.stdin.take().ok_or("floor stdin")?;
     let mut stdout = BufReader::new(child.stdout.take().ok_or("floor stdout")?);
+    // A profiling wrapper (FANOUT_WRAP_FLOOR) may print its own lines first.
     let mut line = String::new();
-    stdout.read_line(&mut line)?;
+    while stdout.read_line(&mut line)? > 0 && !line.starts_with("listening ") {
+        line.clear();
+    }
     let xds: SocketAddr = line
         .trim()
         .strip_prefix("listening ")
@@ -1030,20 +1050,19 @@ fn floor_server(snapshot: &Path) -> Res<()> {
             value,
         }
         .encode_to_vec();
-        Arc::new(Resource {
-            name: name.into(),
-            version: format!("{:016x}", hash(&any)).into(),
-            any: Bytes::from(any),
-        })
+        Arc::new(Resource::new(
+            name.into(),
+            format!("{:016x}", hash(&any)).into(),
+            &any,
+        ))
     };
     let mut maps: [BTreeMap<Arc<str>, Arc<Resource>>; 5] = Default::default();
     for (t, n, v) in read_resources(snapshot)? {
         let r = to_resource(t, &n, v);
         maps[t].insert(r.name.clone(), r);
     }
-    let mk = |seq: u64, maps: &[BTreeMap<Arc<str>, Arc<Resource>>; 5]| ProxySnapshot {
-        seq,
-        resources: maps.clone().map(Arc::new),
+    let mk = |seq: u64, maps: &[BTreeMap<Arc<str>, Arc<Resource>>; 5]| {
+        ProxySnapshot::new(seq, maps.clone().map(Arc::new))
     };
     let source = Arc::new(FixedSource::new(mk(1, &maps)));
     let ads = crossmesh::xds::server::AdsServer::new(source.clone());
@@ -1076,7 +1095,7 @@ fn floor_server(snapshot: &Path) -> Res<()> {
                 resources[t] = Arc::new(maps[t].clone());
             }
         }
-        current = ProxySnapshot { seq, resources };
+        current = ProxySnapshot::new(seq, resources);
         let changes = Changes {
             base_seq: seq - 1,
             names: names.map(|n| Some(Arc::new(n))),

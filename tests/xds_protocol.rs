@@ -78,16 +78,16 @@ fn snapshot(seq: u64, s: &Spec) -> ProxySnapshot {
             Resource::encode(TypeUrl::Listener, *n, &l)
         })
         .collect();
-    ProxySnapshot {
+    ProxySnapshot::new(
         seq,
-        resources: [
+        [
             map(s.clusters.iter().map(|(n, t)| cluster(n, t)).collect()),
             map(eds),
             map(lds),
             map(Vec::new()),
             map(Vec::new()),
         ],
-    }
+    )
 }
 
 struct Server {

@@ -291,16 +291,16 @@ impl State {
     }
 
     fn snapshot(seq: u64, maps: &ClassMaps, eds: &ResourceMap) -> Arc<ProxySnapshot> {
-        Arc::new(ProxySnapshot {
+        Arc::new(ProxySnapshot::new(
             seq,
-            resources: [
+            [
                 maps.clusters.clone(),
                 eds.clone(),
                 maps.listeners.clone(),
                 maps.routes.clone(),
                 State::empty_map(),
             ],
-        })
+        ))
     }
 
     /// Encode the assignments of one service into `map` through the shared

@@ -16,7 +16,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 use tonic::Status;
 
-use super::resource::{Resource, TypeUrl};
+use super::resource::{put_str_field, str_field_len, Resource, TypeUrl};
 
 /// A state-of-the-world response (`DiscoveryResponse`) holding shared resources.
 #[derive(Debug, Clone)]
@@ -25,6 +25,9 @@ pub struct SotwResponse {
     pub type_url: TypeUrl,
     pub nonce: String,
     pub resources: Vec<Arc<Resource>>,
+    /// When `resources` is a whole snapshot map: their elements already
+    /// concatenated (`ProxySnapshot::joined`), sent as one shared chunk.
+    pub joined: Option<Bytes>,
 }
 
 /// An incremental response (`DeltaDiscoveryResponse`) holding shared resources.
@@ -35,6 +38,8 @@ pub struct DeltaResponse {
     pub nonce: String,
     pub resources: Vec<Arc<Resource>>,
     pub removed: Vec<Arc<str>>,
+    /// As `SotwResponse::joined`.
+    pub joined: Option<Bytes>,
 }
 
 /// Bytes of resource payload a response carries (`pilot_xds_send_bytes`).
@@ -54,192 +59,141 @@ impl PayloadLen for DeltaResponse {
     }
 }
 
-fn str_len(tag: u32, s: &str) -> usize {
-    if s.is_empty() {
-        0
-    } else {
-        key_len(tag) + encoded_len_varint(s.len() as u64) + s.len()
+/// A response as the three parts of its message: fields before the resources
+/// (`head`), the resources' shared pre-encoded elements, and fields after them
+/// (`tail`). Field order follows the field numbers, as prost writes them.
+pub trait EncodeResponse: Send + 'static {
+    fn head(&self, buf: &mut impl BufMut);
+    /// The resource elements (or the one joined buffer of them).
+    fn entries(&self) -> Entries<'_>;
+    fn tail(&self, buf: &mut impl BufMut);
+    fn head_len(&self) -> usize;
+    fn tail_len(&self) -> usize;
+
+    /// Exact encoded length of the message.
+    fn encoded_len(&self) -> usize {
+        self.head_len() + self.entries().len() + self.tail_len()
+    }
+
+    /// The whole message, contiguous (tests and tools; the server uses `Frames`).
+    fn encode(&self, buf: &mut impl BufMut) {
+        self.head(buf);
+        self.entries().for_each(|b| buf.put_slice(b));
+        self.tail(buf);
     }
 }
 
-/// A length-delimited field whose payload is `len` bytes; `always` writes it even
-/// when empty (repeated elements must be written even if empty).
-fn put_bytes(tag: u32, bytes: &[u8], always: bool, buf: &mut impl BufMut) {
-    if bytes.is_empty() && !always {
-        return;
+/// The resource elements of a response.
+pub enum Entries<'a> {
+    Joined(&'a Bytes),
+    Each(&'a [Arc<Resource>], fn(&Resource) -> &Bytes),
+}
+
+impl Entries<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Entries::Joined(b) => b.len(),
+            Entries::Each(rs, f) => rs.iter().map(|r| f(r).len()).sum(),
+        }
     }
-    encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(bytes.len() as u64, buf);
-    buf.put_slice(bytes);
-}
 
-/// Where a response is written: any `BufMut` (copying), or `Frames`, which keeps
-/// each shared resource payload as a reference instead of copying it.
-pub trait Sink: BufMut {
-    fn put_shared(&mut self, bytes: &Bytes) {
-        self.put_slice(bytes);
+    fn for_each(&self, mut each: impl FnMut(&Bytes)) {
+        match self {
+            Entries::Joined(b) => each(b),
+            Entries::Each(rs, f) => rs.iter().for_each(|r| each(f(r))),
+        }
     }
 }
 
-impl Sink for Vec<u8> {}
-
-/// A shared payload field: key, length, then the payload itself by reference.
-fn put_shared(tag: u32, bytes: &Bytes, buf: &mut impl Sink) {
-    encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(bytes.len() as u64, buf);
-    buf.put_shared(bytes);
+impl EncodeResponse for SotwResponse {
+    /// version_info (1)
+    fn head(&self, buf: &mut impl BufMut) {
+        put_str_field(1, &self.version_info, buf);
+    }
+    /// resources (2)
+    fn entries(&self) -> Entries<'_> {
+        match &self.joined {
+            Some(b) => Entries::Joined(b),
+            None => Entries::Each(&self.resources, Resource::sotw_entry),
+        }
+    }
+    /// type_url (4), nonce (5)
+    fn tail(&self, buf: &mut impl BufMut) {
+        put_str_field(4, self.type_url.as_str(), buf);
+        put_str_field(5, &self.nonce, buf);
+    }
+    fn head_len(&self) -> usize {
+        str_field_len(1, &self.version_info)
+    }
+    fn tail_len(&self) -> usize {
+        str_field_len(4, self.type_url.as_str()) + str_field_len(5, &self.nonce)
+    }
 }
 
-/// Payloads shorter than this are copied into the framing chunk: a separate
-/// chunk would cost more than the copy.
-const INLINE_MAX: usize = 512;
-
-/// One gRPC message as a list of chunks for the HTTP/2 body: small framing
-/// bytes gathered into owned chunks, and every resource payload of
-/// `INLINE_MAX` bytes or more as a clone of its shared `Bytes` (a reference
-/// count, no copy). A stream therefore never holds its own copy of a response:
-/// memory per proxy does not grow with the size of what it is sent.
-#[derive(Debug, Default)]
-pub struct Frames {
-    small: BytesMut,
-    chunks: VecDeque<Bytes>,
+impl EncodeResponse for DeltaResponse {
+    /// system_version_info (1)
+    fn head(&self, buf: &mut impl BufMut) {
+        put_str_field(1, &self.system_version_info, buf);
+    }
+    /// resources (2)
+    fn entries(&self) -> Entries<'_> {
+        match &self.joined {
+            Some(b) => Entries::Joined(b),
+            None => Entries::Each(&self.resources, Resource::delta_entry),
+        }
+    }
+    /// type_url (4), nonce (5), removed_resources (6; written even when empty)
+    fn tail(&self, buf: &mut impl BufMut) {
+        put_str_field(4, self.type_url.as_str(), buf);
+        put_str_field(5, &self.nonce, buf);
+        for name in &self.removed {
+            encode_key(6, WireType::LengthDelimited, buf);
+            encode_varint(name.len() as u64, buf);
+            buf.put_slice(name.as_bytes());
+        }
+    }
+    fn head_len(&self) -> usize {
+        str_field_len(1, &self.system_version_info)
+    }
+    fn tail_len(&self) -> usize {
+        let removed: usize = self
+            .removed
+            .iter()
+            .map(|n| key_len(6) + encoded_len_varint(n.len() as u64) + n.len())
+            .sum();
+        str_field_len(4, self.type_url.as_str()) + str_field_len(5, &self.nonce) + removed
+    }
 }
+
+/// One gRPC message as the chunks of an HTTP/2 body: the 5-byte gRPC prefix
+/// and the head fields in one small owned chunk, then every resource element
+/// as a clone of its shared `Bytes` (a reference count, no copy) or, for a
+/// whole snapshot map, the one joined buffer, then the tail fields. A stream
+/// therefore never holds its own copy of a response: memory per proxy does not
+/// grow with the size of what it is sent.
+pub struct Frames;
 
 impl Frames {
     /// The gRPC length-prefixed message (uncompressed) of `resp`.
     pub fn message(resp: &impl EncodeResponse) -> VecDeque<Bytes> {
         let len = resp.encoded_len();
-        let mut f = Frames {
-            small: BytesMut::with_capacity(256),
-            chunks: VecDeque::new(),
-        };
-        f.small.put_u8(0);
-        f.small.put_u32(len as u32);
-        resp.encode_frames(&mut f);
-        if !f.small.is_empty() {
-            let last = f.small.split().freeze();
-            f.chunks.push_back(last);
+        let mut head = BytesMut::with_capacity(5 + resp.head_len());
+        head.put_u8(0);
+        head.put_u32(len as u32);
+        resp.head(&mut head);
+        let mut chunks = VecDeque::new();
+        chunks.push_back(head.freeze());
+        resp.entries().for_each(|b| {
+            if !b.is_empty() {
+                chunks.push_back(b.clone());
+            }
+        });
+        let mut tail = BytesMut::with_capacity(resp.tail_len());
+        resp.tail(&mut tail);
+        if !tail.is_empty() {
+            chunks.push_back(tail.freeze());
         }
-        f.chunks
-    }
-}
-
-// SAFETY: every method delegates to the inner `BytesMut`, which upholds
-// `BufMut`'s contract.
-unsafe impl BufMut for Frames {
-    fn remaining_mut(&self) -> usize {
-        self.small.remaining_mut()
-    }
-    unsafe fn advance_mut(&mut self, cnt: usize) {
-        // SAFETY: the caller's guarantee is passed on unchanged.
-        unsafe { self.small.advance_mut(cnt) }
-    }
-    fn chunk_mut(&mut self) -> &mut bytes::buf::UninitSlice {
-        self.small.chunk_mut()
-    }
-}
-
-impl Sink for Frames {
-    fn put_shared(&mut self, bytes: &Bytes) {
-        if bytes.len() < INLINE_MAX {
-            self.small.put_slice(bytes);
-            return;
-        }
-        if !self.small.is_empty() {
-            let head = self.small.split().freeze();
-            self.chunks.push_back(head);
-        }
-        self.chunks.push_back(bytes.clone());
-    }
-}
-
-impl SotwResponse {
-    /// Exact encoded length (for buffer reservation).
-    pub fn encoded_len(&self) -> usize {
-        let mut n = str_len(1, &self.version_info);
-        for r in &self.resources {
-            n += key_len(2) + encoded_len_varint(r.any.len() as u64) + r.any.len();
-        }
-        n + str_len(4, self.type_url.as_str()) + str_len(5, &self.nonce)
-    }
-
-    /// Write the `DiscoveryResponse` fields in field-number order: version_info (1),
-    /// resources (2, each the shared `Any` bytes), type_url (4), nonce (5).
-    pub fn encode(&self, buf: &mut impl Sink) {
-        put_bytes(1, self.version_info.as_bytes(), false, buf);
-        for r in &self.resources {
-            put_shared(2, &r.any, buf);
-        }
-        put_bytes(4, self.type_url.as_str().as_bytes(), false, buf);
-        put_bytes(5, self.nonce.as_bytes(), false, buf);
-    }
-}
-
-/// Length of one `envoy.service.discovery.v3.Resource` message body: name (3),
-/// version (1), resource (2, the shared `Any` bytes).
-fn delta_resource_len(r: &Resource) -> usize {
-    str_len(3, &r.name)
-        + str_len(1, &r.version)
-        + key_len(2)
-        + encoded_len_varint(r.any.len() as u64)
-        + r.any.len()
-}
-
-impl DeltaResponse {
-    pub fn encoded_len(&self) -> usize {
-        let mut n = str_len(1, &self.system_version_info);
-        for r in &self.resources {
-            let len = delta_resource_len(r);
-            n += key_len(2) + encoded_len_varint(len as u64) + len;
-        }
-        n += str_len(4, self.type_url.as_str()) + str_len(5, &self.nonce);
-        for name in &self.removed {
-            n += key_len(6) + encoded_len_varint(name.len() as u64) + name.len();
-        }
-        n
-    }
-
-    /// Write the `DeltaDiscoveryResponse` fields: system_version_info (1),
-    /// resources (2: `Resource{version=1, resource=2, name=3}`), type_url (4),
-    /// nonce (5), removed_resources (6).
-    pub fn encode(&self, buf: &mut impl Sink) {
-        put_bytes(1, self.system_version_info.as_bytes(), false, buf);
-        for r in &self.resources {
-            encode_key(2, WireType::LengthDelimited, buf);
-            encode_varint(delta_resource_len(r) as u64, buf);
-            put_bytes(1, r.version.as_bytes(), false, buf);
-            put_shared(2, &r.any, buf);
-            put_bytes(3, r.name.as_bytes(), false, buf);
-        }
-        put_bytes(4, self.type_url.as_str().as_bytes(), false, buf);
-        put_bytes(5, self.nonce.as_bytes(), false, buf);
-        for name in &self.removed {
-            put_bytes(6, name.as_bytes(), true, buf);
-        }
-    }
-}
-
-/// Something the codec can write.
-pub trait EncodeResponse: Send + 'static {
-    fn encoded_len(&self) -> usize;
-    fn encode_frames(&self, frames: &mut Frames);
-}
-
-impl EncodeResponse for SotwResponse {
-    fn encoded_len(&self) -> usize {
-        SotwResponse::encoded_len(self)
-    }
-    fn encode_frames(&self, frames: &mut Frames) {
-        self.encode(frames)
-    }
-}
-
-impl EncodeResponse for DeltaResponse {
-    fn encoded_len(&self) -> usize {
-        DeltaResponse::encoded_len(self)
-    }
-    fn encode_frames(&self, frames: &mut Frames) {
-        self.encode(frames)
+        chunks
     }
 }
 
@@ -350,6 +304,7 @@ mod tests {
             type_url: TypeUrl::Cluster,
             nonce: "7".into(),
             resources: vec![res("a"), res("b")],
+            joined: None,
         };
         let mut buf = Vec::new();
         r.encode(&mut buf);
@@ -367,31 +322,66 @@ mod tests {
     }
 
     #[test]
-    fn frames_are_the_contiguous_message_with_payloads_shared() {
-        let big = Resource::encode(
-            TypeUrl::Cluster,
-            "big",
-            &Cluster {
-                name: "x".repeat(2 * INLINE_MAX),
-                ..Default::default()
-            },
-        );
+    fn frames_are_the_contiguous_message_with_elements_shared() {
+        let (a, b) = (res("a"), res("b"));
         let r = DeltaResponse {
             system_version_info: "3".into(),
             type_url: TypeUrl::Cluster,
             nonce: "n".into(),
-            resources: vec![res("a"), big.clone(), res("b")],
+            resources: vec![a.clone(), b.clone()],
             removed: vec!["gone".into()],
+            joined: None,
         };
         let mut contiguous = vec![0u8];
         contiguous.extend((r.encoded_len() as u32).to_be_bytes());
         r.encode(&mut contiguous);
         let chunks = Frames::message(&r);
-        let joined: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
-        assert_eq!(joined, contiguous);
-        // The large payload is the shared allocation itself, not a copy.
-        assert!(chunks.iter().any(|c| c.as_ptr() == big.any.as_ptr()));
-        assert_eq!(chunks.len(), 3, "head, shared payload, tail");
+        let flat: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        assert_eq!(flat, contiguous);
+        // Each element is the resource's own allocation, not a copy.
+        assert_eq!(chunks.len(), 4, "head, a, b, tail");
+        assert_eq!(chunks[1].as_ptr(), a.delta_entry().as_ptr());
+        assert_eq!(chunks[2].as_ptr(), b.delta_entry().as_ptr());
+        // The same response from a joined buffer: one chunk for all elements,
+        // the same bytes on the wire.
+        let snapshot = crate::xds::ProxySnapshot::new(
+            1,
+            [
+                Arc::new([("a".into(), a), ("b".into(), b)].into_iter().collect()),
+                Default::default(),
+                Default::default(),
+                Default::default(),
+                Default::default(),
+            ],
+        );
+        let joined = snapshot.joined(TypeUrl::Cluster, true);
+        let j = DeltaResponse {
+            joined: Some(joined.clone()),
+            ..r
+        };
+        let chunks = Frames::message(&j);
+        assert_eq!(chunks.len(), 3, "head, joined, tail");
+        assert_eq!(chunks[1].as_ptr(), joined.as_ptr());
+        let flat: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        assert_eq!(flat, contiguous);
+        // SotW elements joined decode as the same resources.
+        let s = SotwResponse {
+            version_info: "v".into(),
+            type_url: TypeUrl::Cluster,
+            nonce: "1".into(),
+            resources: j.resources.clone(),
+            joined: Some(snapshot.joined(TypeUrl::Cluster, false)),
+        };
+        let mut buf = Vec::new();
+        s.encode(&mut buf);
+        assert_eq!(buf.len(), s.encoded_len());
+        let d = DiscoveryResponse::decode(&buf[..]).unwrap();
+        let names: Vec<String> = d
+            .resources
+            .iter()
+            .map(|a| Cluster::decode(&a.value[..]).unwrap().name)
+            .collect();
+        assert_eq!(names, ["a", "b"]);
     }
 
     #[test]
@@ -403,6 +393,7 @@ mod tests {
             nonce: "n".into(),
             resources: vec![a.clone()],
             removed: vec!["gone".into(), "".into()],
+            joined: None,
         };
         let mut buf = Vec::new();
         r.encode(&mut buf);

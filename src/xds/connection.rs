@@ -91,6 +91,8 @@ pub struct Out {
     pub nonce: String,
     pub resources: Vec<Arc<Resource>>,
     pub removed: Vec<Arc<str>>,
+    /// `resources` is the whole snapshot map: its elements, joined.
+    pub joined: Option<bytes::Bytes>,
 }
 
 impl Out {
@@ -100,6 +102,7 @@ impl Out {
             type_url: self.type_url,
             nonce: self.nonce,
             resources: self.resources,
+            joined: self.joined,
         }
     }
 
@@ -110,6 +113,7 @@ impl Out {
             nonce: self.nonce,
             resources: self.resources,
             removed: self.removed,
+            joined: self.joined,
         }
     }
 }
@@ -161,6 +165,10 @@ pub struct Sent {
     /// Do not try to rebase again before `diff` grows past this.
     rebase_at: usize,
 }
+
+/// Responses with fewer resources than this go out one element per chunk; a
+/// joined buffer is worth its one-off copy only for large full pushes.
+const JOIN_MIN: usize = 16;
 
 /// `diff` sizes below this are never worth a rebase.
 const REBASE_MIN: usize = 64;
@@ -456,11 +464,7 @@ impl StreamState {
                     None => {
                         ts.sent.insert(
                             name.clone(),
-                            Arc::new(Resource {
-                                name,
-                                version: Arc::from(version.as_str()),
-                                any: bytes::Bytes::new(),
-                            }),
+                            Arc::new(Resource::new(name, Arc::from(version.as_str()), &[])),
                         );
                     }
                 }
@@ -612,12 +616,14 @@ impl StreamState {
             ts.sent_version = version.clone();
             let nonce = self.next_nonce();
             self.types[t.index()].sent_nonce = nonce.clone();
+            let joined = self.joined(t, &desired);
             let out = Out {
                 type_url: t,
                 version,
                 nonce,
                 resources: desired,
                 removed: Vec::new(),
+                joined,
             };
             return Some((out, changed));
         }
@@ -676,14 +682,33 @@ impl StreamState {
         ts.sent_version = version.clone();
         let nonce = self.next_nonce();
         self.types[t.index()].sent_nonce = nonce.clone();
+        let joined = self.joined(t, &send);
         let out = Out {
             type_url: t,
             version,
             nonce,
             resources: send,
             removed,
+            joined,
         };
         Some((out, changed))
+    }
+
+    /// When `send` is the whole current map of `t` (a full push: first
+    /// subscription, reconnect, wildcard), the snapshot's joined elements, so
+    /// the response goes out as one shared buffer. `send` is in name order like
+    /// the map and holds only map entries, so equal lengths mean equal lists.
+    fn joined(&self, t: TypeUrl, send: &[Arc<Resource>]) -> Option<bytes::Bytes> {
+        let snapshot = &self.current.snapshot;
+        let map = snapshot.get(t);
+        if send.len() < JOIN_MIN || send.len() != map.len() {
+            return None;
+        }
+        debug_assert!(send
+            .iter()
+            .zip(map.values())
+            .all(|(a, b)| Arc::ptr_eq(a, b)));
+        Some(snapshot.joined(t, self.mode == Mode::Delta))
     }
 }
 
@@ -692,11 +717,11 @@ mod tests {
     use super::*;
 
     fn res(name: &str, version: u32) -> Arc<Resource> {
-        Arc::new(Resource {
-            name: Arc::from(name),
-            version: Arc::from(version.to_string().as_str()),
-            any: bytes::Bytes::from(vec![version as u8]),
-        })
+        Arc::new(Resource::new(
+            Arc::from(name),
+            Arc::from(version.to_string().as_str()),
+            &[version as u8],
+        ))
     }
 
     /// `Sent` behaves exactly like a plain map whatever its base, through a long

@@ -69,7 +69,14 @@ impl TypeUrl {
     }
 }
 
-/// One named resource, encoded once.
+/// One named resource, encoded once, together with its wire form inside a
+/// response: `delta` is one complete element of
+/// `DeltaDiscoveryResponse.resources` (key, length, `Resource{version, resource,
+/// name}`), and `sotw` one element of `DiscoveryResponse.resources` (key, length,
+/// `Any`). Both are the same bytes: a state-of-the-world element is exactly the
+/// `resource` field inside the Delta element, and `any` is a slice of it too. A
+/// response is then the concatenation of shared elements plus a few bytes of
+/// its own, and no stream ever copies or re-encodes a resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resource {
     pub name: Arc<str>,
@@ -77,9 +84,38 @@ pub struct Resource {
     pub version: Arc<str>,
     /// The encoded `google.protobuf.Any` (type_url + value).
     pub any: Bytes,
+    delta: Bytes,
+    sotw: Bytes,
 }
 
 impl Resource {
+    /// A resource from its encoded `Any`.
+    pub fn new(name: Arc<str>, version: Arc<str>, any: &[u8]) -> Resource {
+        use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
+        let any_field = key_len(2) + encoded_len_varint(any.len() as u64) + any.len();
+        let inner = str_field_len(1, &version) + any_field + str_field_len(3, &name);
+        let mut buf =
+            bytes::BytesMut::with_capacity(key_len(2) + encoded_len_varint(inner as u64) + inner);
+        encode_key(2, WireType::LengthDelimited, &mut buf);
+        encode_varint(inner as u64, &mut buf);
+        put_str_field(1, &version, &mut buf);
+        let sotw_start = buf.len();
+        encode_key(2, WireType::LengthDelimited, &mut buf);
+        encode_varint(any.len() as u64, &mut buf);
+        let any_start = buf.len();
+        buf.extend_from_slice(any);
+        let any_end = buf.len();
+        put_str_field(3, &name, &mut buf);
+        let delta = buf.freeze();
+        Resource {
+            name,
+            version,
+            any: delta.slice(any_start..any_end),
+            sotw: delta.slice(sotw_start..any_end),
+            delta,
+        }
+    }
+
     /// Encode `msg` as an `Any` of type `type_url`.
     pub fn encode<M: Message>(type_url: TypeUrl, name: impl Into<Arc<str>>, msg: &M) -> Arc<Self> {
         let any = envoy_types::pb::google::protobuf::Any {
@@ -89,12 +125,40 @@ impl Resource {
         let bytes = any.encode_to_vec();
         let mut h = std::collections::hash_map::DefaultHasher::new();
         bytes.hash(&mut h);
-        Arc::new(Resource {
-            name: name.into(),
-            version: format!("{:016x}", h.finish()).into(),
-            any: Bytes::from(bytes),
-        })
+        let version: Arc<str> = format!("{:016x}", h.finish()).into();
+        Arc::new(Resource::new(name.into(), version, &bytes))
     }
+
+    /// This resource as one element of `DeltaDiscoveryResponse.resources`.
+    pub fn delta_entry(&self) -> &Bytes {
+        &self.delta
+    }
+
+    /// This resource as one element of `DiscoveryResponse.resources`.
+    pub fn sotw_entry(&self) -> &Bytes {
+        &self.sotw
+    }
+}
+
+/// Length of a string field (omitted when empty, as proto3 does).
+pub(super) fn str_field_len(tag: u32, s: &str) -> usize {
+    use prost::encoding::{encoded_len_varint, key_len};
+    if s.is_empty() {
+        0
+    } else {
+        key_len(tag) + encoded_len_varint(s.len() as u64) + s.len()
+    }
+}
+
+/// Write a string field (omitted when empty).
+pub(super) fn put_str_field(tag: u32, s: &str, buf: &mut impl bytes::BufMut) {
+    use prost::encoding::{encode_key, encode_varint, WireType};
+    if s.is_empty() {
+        return;
+    }
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(s.len() as u64, buf);
+    buf.put_slice(s.as_bytes());
 }
 
 /// All resources of one type that a proxy (or class of proxies) should see.
@@ -109,10 +173,45 @@ pub struct ProxySnapshot {
     pub seq: u64,
     /// Indexed by `TypeUrl::index()`.
     pub resources: [ResourceMap; 5],
+    /// Per type, every element of the map concatenated (Delta, SotW), made the
+    /// first time a stream sends a whole map: a full push is then one shared
+    /// buffer instead of one chunk per resource, for every proxy of the snapshot.
+    joined: [[std::sync::OnceLock<Bytes>; 2]; 5],
 }
 
 impl ProxySnapshot {
+    pub fn new(seq: u64, resources: [ResourceMap; 5]) -> ProxySnapshot {
+        ProxySnapshot {
+            seq,
+            resources,
+            joined: Default::default(),
+        }
+    }
+
     pub fn get(&self, t: TypeUrl) -> &ResourceMap {
         &self.resources[t.index()]
+    }
+
+    /// The elements of every resource of `t`, in map order, as one buffer
+    /// (`Resource::delta_entry` when `delta`, else `Resource::sotw_entry`).
+    pub fn joined(&self, t: TypeUrl, delta: bool) -> Bytes {
+        self.joined[t.index()][usize::from(delta)]
+            .get_or_init(|| {
+                let map = self.get(t);
+                let entry = |r: &Resource| -> Bytes {
+                    if delta {
+                        r.delta.clone()
+                    } else {
+                        r.sotw.clone()
+                    }
+                };
+                let len = map.values().map(|r| entry(r).len()).sum();
+                let mut buf = bytes::BytesMut::with_capacity(len);
+                for r in map.values() {
+                    buf.extend_from_slice(&entry(r));
+                }
+                buf.freeze()
+            })
+            .clone()
     }
 }

@@ -9,8 +9,10 @@
 //! `Connections` (debug endpoints). One task per stream then alternates between
 //! requests and new snapshots; `connection::StreamState` decides what to send.
 //! Responses go through a one-slot channel: a slow proxy blocks only its own
-//! task, and while it is blocked the watch channel coalesces snapshots to the
-//! latest, so memory stays bounded.
+//! task. A new snapshot is taken only once the proxy has answered (ACK or NACK)
+//! every response it was sent, or after `ANSWER_TIMEOUT`; until then the watch
+//! channel coalesces snapshots to the latest. A proxy that reads slowly thus
+//! gets fewer, merged updates, and nothing queues up per stream.
 //!
 //! Zero re-encoding, zero copy: the methods are served by a hand-written tower
 //! `Service` (`AdsService`). Requests are decoded by `codec::Requests`; each
@@ -186,13 +188,14 @@ where
 /// sockets. A stream takes a slot before sending a batch of `THROTTLE_MIN_BYTES`
 /// or more, keeps it while it sends further responses (CDS then EDS: it never
 /// waits for a second slot, so slots cannot deadlock), and gives it back once the
-/// client has answered every response it was sent, or after `SLOT_TIMEOUT`.
+/// client has answered every response it was sent, or after `ANSWER_TIMEOUT`.
 const PUSH_SLOTS: usize = 100;
 /// Batches smaller than this never wait for a slot: endpoint updates under
 /// churn (tens of assignments per push) must not queue behind full pushes.
 const THROTTLE_MIN_BYTES: usize = 256 << 10;
-/// A client that does not answer gives its slot back after this long.
-const SLOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// A client that does not answer its responses within this long gives its push
+/// slot back and receives new snapshots again without waiting for answers.
+const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Largest request accepted (a Delta reconnect lists every resource it holds in
 /// `initial_resource_versions`; tonic's default of 4 MiB is too small for big
@@ -443,9 +446,17 @@ async fn run<F: Flavor>(
     let conn = guard.conn.clone();
     let mut shutdown = guard.shared.shutdown.subscribe();
     let mut pending = Some(first);
-    let mut slot: Option<(tokio::sync::OwnedSemaphorePermit, tokio::time::Instant)> = None;
+    let mut slot: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    // Since when the client has had a response it has not answered (ACK or
+    // NACK) yet. Meanwhile new snapshots wait in the watch channel, which keeps
+    // only the latest: a proxy that reads slowly gets fewer, merged updates
+    // instead of a growing backlog (one response in flight per stream, as
+    // go-control-plane's state-of-the-world server has one per type). Requests
+    // are always served at once, so cluster warming (CDS is ACKed only after the
+    // EDS it asks for arrives) cannot deadlock.
+    let mut unanswered_since: Option<tokio::time::Instant> = None;
     loop {
-        let slot_deadline = slot.as_ref().map(|(_, t)| *t + SLOT_TIMEOUT);
+        let answer_deadline = unanswered_since.map(|t| t + ANSWER_TIMEOUT);
         let step = match pending.take() {
             Some(req) => Step::Request(req),
             None => tokio::select! {
@@ -459,13 +470,14 @@ async fn run<F: Flavor>(
                         Step::End(None)
                     }
                 },
-                changed = updates.changed() => match changed {
+                changed = updates.changed(), if unanswered_since.is_none() => match changed {
                     Ok(()) => Step::Update(updates.borrow_and_update().clone()),
                     Err(_) => Step::End(Some(Status::unavailable("the push engine dropped this stream"))),
                 },
-                _ = sleep_until_opt(slot_deadline) => {
-                    debug!("push slot released: the client did not answer in time");
+                _ = sleep_until_opt(answer_deadline) => {
+                    debug!("the client did not answer in time: push slot released, updates resume");
                     slot = None;
+                    unanswered_since = None;
                     continue;
                 }
             },
@@ -507,7 +519,7 @@ async fn run<F: Flavor>(
                 permit = acquire => permit.ok(), // the semaphore is never closed
             };
             match permit {
-                Some(p) => slot = Some((p, tokio::time::Instant::now())),
+                Some(p) => slot = Some(p),
                 None => {
                     let _ = tx
                         .send(Err(Status::unavailable("crossmesh is shutting down")))
@@ -524,8 +536,11 @@ async fn run<F: Flavor>(
             metrics().xds_pushes.get_or_create(&type_label(t)).inc();
             metrics().send_bytes.inc_by(bytes as u64);
         }
-        if slot.is_some() && conn.lock().caught_up() {
+        if conn.lock().caught_up() {
             slot = None;
+            unanswered_since = None;
+        } else if unanswered_since.is_none() {
+            unanswered_since = Some(tokio::time::Instant::now());
         }
     }
     drop(guard);
