@@ -48,7 +48,7 @@ use crate::model::{Proxy, PushContext};
 use crate::translate::locality::EdsView;
 use crate::translate::{self, ProxyClass};
 use crate::xds::source::{Changes, ConnId, SnapshotSource, Update};
-use crate::xds::{ProxySnapshot, Resource, ResourceMap, TypeUrl};
+use crate::xds::{changed_names, ProxySnapshot, Resource, ResourceMap, TypeUrl};
 
 /// The push engine; cheap to clone (one shared state).
 #[derive(Clone)]
@@ -202,25 +202,6 @@ fn reuse_if_equal(
 /// next push.
 fn reuse_if_same(old: Option<&ResourceMap>, new: BTreeMap<Arc<str>, Arc<Resource>>) -> ResourceMap {
     reuse_when(old, new, Arc::ptr_eq)
-}
-
-/// Names added, removed or changed between two maps.
-fn diff(old: &ResourceMap, new: &ResourceMap) -> BTreeSet<Arc<str>> {
-    let mut out = BTreeSet::new();
-    if Arc::ptr_eq(old, new) {
-        return out;
-    }
-    for (name, r) in new.iter() {
-        if old.get(name).is_none_or(|o| o.version != r.version) {
-            out.insert(name.clone());
-        }
-    }
-    for name in old.keys() {
-        if !new.contains_key(name) {
-            out.insert(name.clone());
-        }
-    }
-    out
 }
 
 fn to_map<'a, M: Message + 'a>(
@@ -578,15 +559,15 @@ impl Pusher {
             let snapshot = State::snapshot(seq, &maps, &view_eds);
             let changes = Arc::new(match previous {
                 Some(p) => {
-                    let eds_diff = diff(p.snapshot.get(TypeUrl::Endpoint), &view_eds);
+                    let eds_diff = changed_names(p.snapshot.get(TypeUrl::Endpoint), &view_eds);
                     eds_changed_names.extend(eds_diff.iter().cloned());
                     Changes {
                         base_seq: p.snapshot.seq,
                         names: [
-                            Some(Arc::new(diff(&p.maps.clusters, &maps.clusters))),
+                            Some(Arc::new(changed_names(&p.maps.clusters, &maps.clusters))),
                             Some(Arc::new(eds_diff)),
-                            Some(Arc::new(diff(&p.maps.listeners, &maps.listeners))),
-                            Some(Arc::new(diff(&p.maps.routes, &maps.routes))),
+                            Some(Arc::new(changed_names(&p.maps.listeners, &maps.listeners))),
+                            Some(Arc::new(changed_names(&p.maps.routes, &maps.routes))),
                             Some(Arc::default()),
                         ],
                     }
@@ -616,7 +597,9 @@ impl Pusher {
                 },
             );
         }
-        let eds_changed = diff(&st.eds, &eds).len().max(eds_changed_names.len());
+        let eds_changed = changed_names(&st.eds, &eds)
+            .len()
+            .max(eds_changed_names.len());
         let summary = PushSummary {
             seq,
             full: true,
@@ -674,7 +657,7 @@ impl Pusher {
         for (view, vs) in st.views.iter_mut() {
             if none_dependent && Arc::ptr_eq(&vs.eds, &old_base) {
                 // The view overlays nothing: it is the global map.
-                let changed = diff(&vs.eds, &eds);
+                let changed = changed_names(&vs.eds, &eds);
                 total_changed.extend(changed.iter().cloned());
                 vs.eds = eds.clone();
                 view_changes.insert(view.clone(), Arc::new(changed));
@@ -699,13 +682,13 @@ impl Pusher {
                 }
             }
             let map = reuse_if_same(Some(&vs.eds), map);
-            let changed = diff(&vs.eds, &map);
+            let changed = changed_names(&vs.eds, &map);
             total_changed.extend(changed.iter().cloned());
             vs.eds = map;
             view_changes.insert(view.clone(), Arc::new(changed));
         }
         st.ctx = Some(ctx);
-        let base_changed = diff(&st.eds, &eds);
+        let base_changed = changed_names(&st.eds, &eds);
         st.eds = eds;
         total_changed.extend(base_changed);
         if total_changed.is_empty() {

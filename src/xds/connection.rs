@@ -32,7 +32,7 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 
 use super::codec::{DeltaResponse, SotwResponse};
-use super::resource::{Resource, ResourceMap, TypeUrl};
+use super::resource::{changed_names, Resource, ResourceMap, TypeUrl};
 use super::source::Update;
 
 /// Which ADS method the stream uses.
@@ -511,7 +511,7 @@ impl StreamState {
     /// the EDS of added or changed clusters resent after CDS (warming).
     pub fn update(&mut self, update: Update) -> Vec<Out> {
         let last = self.seq();
-        self.current = update;
+        let previous = std::mem::replace(&mut self.current, update).snapshot;
         let current = self.current.clone();
         let mut out = Vec::new();
         let mut eds_forced = BTreeSet::new();
@@ -519,9 +519,18 @@ impl StreamState {
             if !self.types[t.index()].requested {
                 continue;
             }
+            // The push's own change set when this stream processed the push
+            // before it; otherwise (it skipped snapshots while it had responses
+            // unanswered) the difference from the snapshot it last processed.
+            // Names outside either are unchanged, so the client already holds
+            // what it should of them.
+            let diffed;
             let cands = match current.changed_since(last, t) {
                 Some(names) => Candidates::Some(names),
-                None => Candidates::All,
+                None => {
+                    diffed = changed_names(previous.get(t), current.snapshot.get(t));
+                    Candidates::Some(&diffed)
+                }
             };
             let forced = if t == TypeUrl::Endpoint {
                 std::mem::take(&mut eds_forced)

@@ -8,6 +8,6 @@ pub mod server;
 pub mod source;
 pub mod status;
 
-pub use resource::{ProxySnapshot, Resource, ResourceMap, TypeUrl};
+pub use resource::{changed_names, ProxySnapshot, Resource, ResourceMap, TypeUrl};
 pub use source::{Changes, ConnId, FixedSource, SnapshotSource, Update};
 pub use status::Connections;

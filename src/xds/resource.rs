@@ -1,7 +1,7 @@
 //! Encoded resources: each distinct content is encoded once into the bytes of a
 //! `google.protobuf.Any` and shared (by `Arc`) between every proxy that receives it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -164,6 +164,47 @@ pub(super) fn put_str_field(tag: u32, s: &str, buf: &mut impl bytes::BufMut) {
 /// All resources of one type that a proxy (or class of proxies) should see.
 pub type ResourceMap = Arc<BTreeMap<Arc<str>, Arc<Resource>>>;
 
+/// Names added, removed or changed (by version) between two maps: one pass over
+/// both in name order, with pointer comparisons first (maps of successive
+/// pushes share their unchanged names and resources).
+pub fn changed_names(old: &ResourceMap, new: &ResourceMap) -> BTreeSet<Arc<str>> {
+    use std::cmp::Ordering;
+    let mut out = BTreeSet::new();
+    if Arc::ptr_eq(old, new) {
+        return out;
+    }
+    let (mut a, mut b) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        let order = match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((ka, _)), Some((kb, _))) if Arc::ptr_eq(ka, kb) => Ordering::Equal,
+            (Some((ka, _)), Some((kb, _))) => ka.cmp(kb),
+        };
+        match order {
+            Ordering::Less => {
+                if let Some((k, _)) = a.next() {
+                    out.insert(k.clone());
+                }
+            }
+            Ordering::Greater => {
+                if let Some((k, _)) = b.next() {
+                    out.insert(k.clone());
+                }
+            }
+            Ordering::Equal => {
+                if let (Some((_, ra)), Some((k, rb))) = (a.next(), b.next()) {
+                    if !Arc::ptr_eq(ra, rb) && ra.version != rb.version {
+                        out.insert(k.clone());
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// What one proxy should see right now, per type. Connections compare snapshots by
 /// `Arc` pointer and by resource version, so sharing a snapshot between proxies of
 /// one class costs nothing per proxy.
@@ -213,5 +254,38 @@ impl ProxySnapshot {
                 buf.freeze()
             })
             .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(items: &[(&str, u8)]) -> ResourceMap {
+        Arc::new(
+            items
+                .iter()
+                .map(|(n, v)| {
+                    let r = Resource::new(Arc::from(*n), Arc::from(v.to_string().as_str()), &[*v]);
+                    (r.name.clone(), Arc::new(r))
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn changed_names_finds_added_removed_and_changed() {
+        let old = map(&[("a", 1), ("b", 1), ("c", 1), ("e", 1)]);
+        let new = map(&[("b", 1), ("c", 2), ("d", 1), ("e", 1), ("f", 1)]);
+        let changed = changed_names(&old, &new);
+        let got: Vec<&str> = changed.iter().map(|n| &**n).collect();
+        assert_eq!(got, ["a", "c", "d", "f"]);
+        assert!(changed_names(&old, &old).is_empty());
+        assert!(changed_names(&old, &map(&[("a", 1), ("b", 1), ("c", 1), ("e", 1)])).is_empty());
+        let all: Vec<String> = changed_names(&old, &Arc::default())
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(all, ["a", "b", "c", "e"]);
     }
 }
