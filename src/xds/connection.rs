@@ -32,7 +32,7 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 
 use super::codec::{DeltaResponse, SotwResponse};
-use super::resource::{changed_names, Resource, ResourceMap, TypeUrl};
+use super::resource::{changed_names, merge_by_name, same_content, Resource, ResourceMap, TypeUrl};
 use super::source::Update;
 
 /// Which ADS method the stream uses.
@@ -271,28 +271,29 @@ impl Sent {
 
     /// Re-express the state against `map` when that makes `diff` smaller (the
     /// usual case right after a response: the client now holds the snapshot).
+    /// Two merge passes in name order (what is held, then held against `map`),
+    /// no lookups.
     pub fn rebase(&mut self, map: &ResourceMap) {
         if self.diff.len() < REBASE_MIN.max(self.rebase_at) {
             return;
         }
+        let mut held: Vec<(&Arc<str>, &Arc<Resource>)> = Vec::with_capacity(self.len);
+        let base = self.base.as_deref().into_iter().flatten();
+        merge_by_name(base, self.diff.iter(), |k, b, d| match (b, d) {
+            (_, Some(Some(r))) | (Some(r), None) => held.push((k, r)),
+            _ => {}
+        });
         let mut diff = BTreeMap::new();
-        for (k, v) in map.iter() {
-            match self.get(k) {
-                Some(r) if r.version == v.version => {}
-                Some(r) => {
-                    diff.insert(k.clone(), Some(r.clone()));
-                }
-                None => {
-                    diff.insert(k.clone(), None);
-                }
+        merge_by_name(held.into_iter(), map.iter(), |k, h, m| match (h, m) {
+            (Some(h), Some(m)) if same_content(h, m) => {}
+            (Some(h), _) => {
+                diff.insert(k.clone(), Some(h.clone()));
             }
-        }
-        for k in self.keys() {
-            if !map.contains_key(&k) {
-                let r = self.get(&k).cloned();
-                diff.insert(k, r);
+            (None, Some(_)) => {
+                diff.insert(k.clone(), None);
             }
-        }
+            (None, None) => {}
+        });
         if diff.len() < self.diff.len() {
             self.base = Some(map.clone());
             self.diff = diff;

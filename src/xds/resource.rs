@@ -164,19 +164,19 @@ pub(super) fn put_str_field(tag: u32, s: &str, buf: &mut impl bytes::BufMut) {
 /// All resources of one type that a proxy (or class of proxies) should see.
 pub type ResourceMap = Arc<BTreeMap<Arc<str>, Arc<Resource>>>;
 
-/// Names added, removed or changed (by version) between two maps: one pass over
-/// both in name order, with pointer comparisons first (maps of successive
-/// pushes share their unchanged names and resources).
-pub fn changed_names(old: &ResourceMap, new: &ResourceMap) -> BTreeSet<Arc<str>> {
+/// Walk two name-ordered sequences together, calling `each` once per name
+/// present in either, with its value on each side. Names are compared by
+/// pointer first: maps of successive pushes share their unchanged names.
+pub fn merge_by_name<'a, A, B>(
+    a: impl Iterator<Item = (&'a Arc<str>, A)>,
+    b: impl Iterator<Item = (&'a Arc<str>, B)>,
+    mut each: impl FnMut(&'a Arc<str>, Option<A>, Option<B>),
+) {
     use std::cmp::Ordering;
-    let mut out = BTreeSet::new();
-    if Arc::ptr_eq(old, new) {
-        return out;
-    }
-    let (mut a, mut b) = (old.iter().peekable(), new.iter().peekable());
+    let (mut a, mut b) = (a.peekable(), b.peekable());
     loop {
         let order = match (a.peek(), b.peek()) {
-            (None, None) => break,
+            (None, None) => return,
             (Some(_), None) => Ordering::Less,
             (None, Some(_)) => Ordering::Greater,
             (Some((ka, _)), Some((kb, _))) if Arc::ptr_eq(ka, kb) => Ordering::Equal,
@@ -184,24 +184,43 @@ pub fn changed_names(old: &ResourceMap, new: &ResourceMap) -> BTreeSet<Arc<str>>
         };
         match order {
             Ordering::Less => {
-                if let Some((k, _)) = a.next() {
-                    out.insert(k.clone());
+                if let Some((k, va)) = a.next() {
+                    each(k, Some(va), None);
                 }
             }
             Ordering::Greater => {
-                if let Some((k, _)) = b.next() {
-                    out.insert(k.clone());
+                if let Some((k, vb)) = b.next() {
+                    each(k, None, Some(vb));
                 }
             }
             Ordering::Equal => {
-                if let (Some((_, ra)), Some((k, rb))) = (a.next(), b.next()) {
-                    if !Arc::ptr_eq(ra, rb) && ra.version != rb.version {
-                        out.insert(k.clone());
-                    }
+                if let (Some((k, va)), Some((_, vb))) = (a.next(), b.next()) {
+                    each(k, Some(va), Some(vb));
                 }
             }
         }
     }
+}
+
+/// Whether two resources have the same content (same allocation, or same
+/// version).
+pub fn same_content(a: &Arc<Resource>, b: &Arc<Resource>) -> bool {
+    Arc::ptr_eq(a, b) || a.version == b.version
+}
+
+/// Names added, removed or changed (by version) between two maps: one pass over
+/// both in name order.
+pub fn changed_names(old: &ResourceMap, new: &ResourceMap) -> BTreeSet<Arc<str>> {
+    let mut out = BTreeSet::new();
+    if Arc::ptr_eq(old, new) {
+        return out;
+    }
+    merge_by_name(old.iter(), new.iter(), |k, a, b| match (a, b) {
+        (Some(a), Some(b)) if same_content(a, b) => {}
+        _ => {
+            out.insert(k.clone());
+        }
+    });
     out
 }
 
