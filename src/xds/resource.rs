@@ -257,18 +257,16 @@ impl ProxySnapshot {
     pub fn joined(&self, t: TypeUrl, delta: bool) -> Bytes {
         self.joined[t.index()][usize::from(delta)]
             .get_or_init(|| {
-                let map = self.get(t);
-                let entry = |r: &Resource| -> Bytes {
-                    if delta {
-                        r.delta.clone()
-                    } else {
-                        r.sotw.clone()
-                    }
+                let entry = if delta {
+                    Resource::delta_entry
+                } else {
+                    Resource::sotw_entry
                 };
+                let map = self.get(t);
                 let len = map.values().map(|r| entry(r).len()).sum();
                 let mut buf = bytes::BytesMut::with_capacity(len);
                 for r in map.values() {
-                    buf.extend_from_slice(&entry(r));
+                    buf.extend_from_slice(entry(r));
                 }
                 buf.freeze()
             })
