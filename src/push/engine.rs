@@ -1157,31 +1157,15 @@ mod tests {
 
     #[test]
     fn locality_failover_eds_is_per_view_and_shared_within_a_view() {
-        use crate::model::istio::{Config, DestinationRule, IstioObject, Meta};
-        let src = Arc::new(FakeSource::default());
         let eps = [
             ("10.0.0.1", "r1/z1"),
             ("10.0.0.2", "r1/z2"),
             ("10.0.0.3", "r2/z3"),
         ];
-        set(&src, &[zoned("a", &eps), zoned("b", &eps)]);
-        let dr: DestinationRule = serde_json::from_str(
+        let src = with_rule(
+            &[zoned("a", &eps), zoned("b", &eps)],
             r#"{"host": "a", "trafficPolicy": {"outlierDetection": {"consecutive5xxErrors": 1}}}"#,
-        )
-        .unwrap();
-        *src.config.lock().unwrap() = Arc::new(ConfigSnapshot::new(
-            "cluster.local",
-            [IstioObject::DestinationRule(Config {
-                meta: Meta {
-                    name: "a".into(),
-                    namespace: "default".into(),
-                    creation_timestamp: None,
-                    origin: "test".into(),
-                    api_version: "networking.istio.io/v1".into(),
-                },
-                spec: dr,
-            })],
-        ));
+        );
         let pusher = Pusher::new(src.clone(), PushQueue::new(), Tunables::default());
         pusher.push_now(PushRequest::full("test"));
         let mut r1 = pusher.connect(1, in_zone("p1", "r1/z1"));
