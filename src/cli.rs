@@ -188,6 +188,7 @@ pub fn main() -> ExitCode {
         }
     };
     init_tracing();
+    crate::tls::install_default_provider();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -24,6 +24,7 @@ pub mod push;
 pub mod registry;
 pub mod serve;
 pub mod sources;
+pub mod tls;
 pub mod translate;
 pub mod validate;
 pub mod xds;

@@ -1,0 +1,49 @@
+//! The process's one TLS crypto provider.
+//!
+//! Every TLS connection crossmesh makes or accepts goes through rustls: the kube
+//! clients of member clusters (HTTPS API servers, client certificates) today, the
+//! authenticated xDS port later. rustls picks its cryptography from a process-wide
+//! [`rustls::crypto::CryptoProvider`]; when the build enables exactly one provider
+//! feature it can guess, otherwise the first TLS handshake panics ("Could not
+//! automatically determine the process-level CryptoProvider"). Whether a feature is
+//! on depends on the whole dependency graph, and dev-dependencies change that graph
+//! for test builds only, so guessing is how a release binary came to panic while
+//! every test passed.
+//!
+//! crossmesh therefore names its provider, `ring`, here and installs it once at
+//! start. Naming it in code also makes the build fail outright, instead of the
+//! binary failing at run time, if a dependency change ever drops the feature.
+
+use std::sync::Arc;
+
+/// The provider crossmesh uses for every TLS connection.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Install [`provider`] as the process default. Idempotent: a second call (or a
+/// provider already installed by an embedding program) is left as it is.
+pub fn install_default_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Another thread may win the race between the check and the install; that
+        // one installed the same provider, so the error is of no interest.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn installs_ring_once() {
+        install_default_provider();
+        install_default_provider();
+        let installed = rustls::crypto::CryptoProvider::get_default().expect("installed");
+        // ring's provider offers the TLS 1.3 AES-GCM suites; the same list as ours.
+        assert_eq!(
+            installed.cipher_suites.len(),
+            provider().cipher_suites.len()
+        );
+    }
+}
