@@ -122,6 +122,10 @@ pub struct BootstrapArgs {
     #[arg(long, env = "CROSSMESH_DOMAIN_SUFFIX", value_name = "SUFFIX",
           default_value = "cluster.local", value_parser = bootstrap::parse_token)]
     pub domain_suffix: String,
+    /// Write the bootstrap to FILE (replaced atomically) instead of stdout, e.g.
+    /// from an init container whose image has no shell to redirect with.
+    #[arg(long, env = "CROSSMESH_OUTPUT", value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 impl From<BootstrapArgs> for BootstrapOptions {
@@ -267,6 +271,21 @@ pub fn load_mesh(args: &ServeArgs) -> anyhow::Result<MeshConfig> {
     Ok(mesh)
 }
 
+/// Write `text` to `path` through a temporary file in the same directory and a
+/// rename, so a reader (Envoy starting next) never sees half a file.
+fn write_replacing(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    let name = path
+        .file_name()
+        .with_context(|| format!("--output {}: not a file path", path.display()))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -283,9 +302,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bootstrap(args) => {
+            let output = args.output.clone();
             let yaml = bootstrap::bootstrap_yaml(&(*args).into())
                 .context("cannot print the bootstrap as YAML")?;
-            print!("{yaml}");
+            match output {
+                None => print!("{yaml}"),
+                Some(path) => write_replacing(&path, &yaml)?,
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo => runtime()?.block_on(crate::demo::run()),
