@@ -1,7 +1,40 @@
 //! Golden tests: each `tests/golden/NAME.yaml` holds a fixture document
-//! (`kind: GoldenFixture`: the proxy and the services with endpoints) followed by
-//! Istio objects; the expected Envoy config is `tests/golden/NAME.json`, in
-//! Envoy's proto-JSON (via `debug::json`). `REFRESH_GOLDEN=1` rewrites the JSON.
+//! (`kind: GoldenFixture`) followed by Istio objects; the expected Envoy config
+//! is `tests/golden/NAME.json`, in Envoy's proto-JSON (via `debug::json`).
+//! `REFRESH_GOLDEN=1` rewrites the JSON.
+//!
+//! The fixture document:
+//!
+//! ```yaml
+//! kind: GoldenFixture
+//! proxy:
+//!   role: sidecar            # or gateway
+//!   namespace: base
+//!   labels: {app: frontend}
+//!   interception: NONE       # sidecars: REDIRECT (default) or NONE
+//!   ip: 10.0.0.1             # default 10.0.0.1; NONE-mode listeners bind it
+//!   cluster: cluster1        # the proxy's member cluster (default cluster1)
+//!   network: net1            # default: none
+//!   locality: gz/gz-1/rack-1 # region/zone/subzone, default: none
+//! networks:                  # the mesh's east-west gateways per network
+//!   net2:
+//!     gateways: [{address: 192.0.2.20, port: 15443, cluster: c2}]
+//! services:
+//! - name: order
+//!   namespace: base
+//!   ports: [{name: http, port: 7000}]
+//!   endpoints:
+//!   - {address: 10.1.2.1, labels: {version: v1}, cluster: c1, network: net1,
+//!      locality: gz/gz-1, ready: true, port: 7001}
+//! ```
+//!
+//! `endpoints` in the rendered JSON is what this proxy receives: the one global
+//! assignment of each service, or, for services whose EDS depends on the proxy
+//! (locality load balancing, networks), the assignment for the proxy's view, as
+//! the push engine sends it.
+//!
+//! `supported_fields_have_goldens` keeps `docs/ISTIO_SUPPORT.md` honest: every
+//! field it marks supported or partial is set in some fixture.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -11,6 +44,7 @@ use std::sync::Arc;
 use prost::Name;
 use serde::Deserialize;
 
+use crate::config::NetworkGateway;
 use crate::debug::json::message_to_json;
 use crate::model::istio::ConfigSnapshot;
 use crate::model::{
@@ -26,16 +60,47 @@ struct Fixture {
     kind: String,
     proxy: FixtureProxy,
     #[serde(default)]
+    networks: BTreeMap<String, FixtureNetwork>,
+    #[serde(default)]
     services: Vec<FixtureService>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct FixtureNetwork {
+    gateways: Vec<FixtureGateway>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FixtureGateway {
+    address: String,
+    port: u16,
+    /// The member cluster the gateway was discovered in (none: a mesh-file gateway).
+    #[serde(default)]
+    cluster: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct FixtureProxy {
+    /// `gateway` or `sidecar`.
     role: String,
     namespace: String,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    /// `REDIRECT` (default) or `NONE`; sidecars only.
+    #[serde(default)]
+    interception: Option<String>,
+    #[serde(default)]
+    ip: Option<IpAddr>,
+    #[serde(default)]
+    cluster: Option<String>,
+    #[serde(default)]
+    network: String,
+    /// `region/zone/subzone`.
+    #[serde(default)]
+    locality: String,
 }
 
 #[derive(Deserialize)]
@@ -65,6 +130,8 @@ struct FixtureEndpoint {
     #[serde(default)]
     labels: BTreeMap<String, String>,
     cluster: String,
+    #[serde(default)]
+    network: String,
     /// `region/zone/subzone`.
     #[serde(default)]
     locality: String,
@@ -74,6 +141,15 @@ struct FixtureEndpoint {
 
 fn yes() -> bool {
     true
+}
+
+fn locality(text: &str) -> Locality {
+    let mut parts = text.split('/').map(String::from);
+    Locality {
+        region: parts.next().unwrap_or_default(),
+        zone: parts.next().unwrap_or_default(),
+        subzone: parts.next().unwrap_or_default(),
+    }
 }
 
 /// Parse a golden input: the fixture, the push context and the proxy; fails if
@@ -118,24 +194,17 @@ pub(crate) fn load(path: &Path) -> (PushContext, Proxy) {
             let eps = s
                 .endpoints
                 .iter()
-                .map(|e| {
-                    let mut parts = e.locality.split('/').map(String::from);
-                    Endpoint {
-                        address: e.address,
-                        port: e.port.unwrap_or(p.port),
-                        labels: Arc::new(e.labels.clone()),
-                        cluster: e.cluster.as_str().into(),
-                        network: "".into(),
-                        locality: Arc::new(Locality {
-                            region: parts.next().unwrap_or_default(),
-                            zone: parts.next().unwrap_or_default(),
-                            subzone: parts.next().unwrap_or_default(),
-                        }),
-                        ready: e.ready,
-                        workload: format!("{}/{}", s.namespace, e.address).into(),
-                        service_account: "default".into(),
-                        stale: false,
-                    }
+                .map(|e| Endpoint {
+                    address: e.address,
+                    port: e.port.unwrap_or(p.port),
+                    labels: Arc::new(e.labels.clone()),
+                    cluster: e.cluster.as_str().into(),
+                    network: e.network.as_str().into(),
+                    locality: Arc::new(locality(&e.locality)),
+                    ready: e.ready,
+                    workload: format!("{}/{}", s.namespace, e.address).into(),
+                    service_account: "default".into(),
+                    stale: false,
                 })
                 .collect();
             endpoints.insert(p.port, eps);
@@ -159,36 +228,71 @@ pub(crate) fn load(path: &Path) -> (PushContext, Proxy) {
             }),
         );
     }
+    let networks = fx
+        .networks
+        .into_iter()
+        .map(|(name, n)| {
+            let gws = n
+                .gateways
+                .into_iter()
+                .map(|g| NetworkGateway {
+                    address: g.address,
+                    port: g.port,
+                    cluster: g.cluster,
+                })
+                .collect();
+            (name, gws)
+        })
+        .collect();
     let ctx = PushContext {
         seq: 1,
         mesh: Arc::new(MeshSettings {
             trust_domain: "cluster.local".into(),
             domain_suffix: "cluster.local".into(),
-            networks: BTreeMap::new(),
+            networks,
         }),
         services: Arc::new(services),
         config,
     };
+    let p = fx.proxy;
+    let (role, kind) = match p.role.as_str() {
+        "gateway" => (ProxyRole::Gateway, "router"),
+        "sidecar" => (ProxyRole::Sidecar, "sidecar"),
+        other => panic!(
+            "{}: proxy.role {other:?}: expected gateway or sidecar",
+            path.display()
+        ),
+    };
+    let interception = match p.interception.as_deref() {
+        None | Some("REDIRECT") => InterceptionMode::Redirect,
+        Some("NONE") if role == ProxyRole::Sidecar => InterceptionMode::None,
+        Some(other) => panic!(
+            "{}: proxy.interception {other:?}: expected REDIRECT or NONE (NONE for sidecars only)",
+            path.display()
+        ),
+    };
+    let ip: IpAddr = p.ip.unwrap_or_else(|| "10.0.0.1".parse().expect("ip"));
+    let pod_name = if role == ProxyRole::Gateway {
+        "gw-0"
+    } else {
+        "app-0"
+    };
     let proxy = Proxy {
         id: format!(
-            "router~10.0.0.1~gw-0.{0}~{0}.svc.cluster.local",
-            fx.proxy.namespace
+            "{kind}~{ip}~{pod_name}.{0}~{0}.svc.cluster.local",
+            p.namespace
         ),
-        role: if fx.proxy.role == "gateway" {
-            ProxyRole::Gateway
-        } else {
-            ProxyRole::Sidecar
-        },
-        ip: "10.0.0.1".parse().expect("ip"),
-        pod_name: "gw-0".into(),
-        namespace: fx.proxy.namespace,
-        labels: fx.proxy.labels,
-        cluster_id: "cluster1".into(),
-        network: String::new(),
-        interception: InterceptionMode::Redirect,
+        role,
+        ip,
+        pod_name: pod_name.into(),
+        namespace: p.namespace,
+        labels: p.labels,
+        cluster_id: p.cluster.unwrap_or_else(|| "cluster1".into()),
+        network: p.network,
+        interception,
         service_account: "default".into(),
         istio_version: String::new(),
-        locality: Locality::default(),
+        locality: locality(&p.locality),
     };
     (ctx, proxy)
 }
@@ -204,10 +308,17 @@ fn to_json<M: prost::Message + Name>(msgs: &[M]) -> serde_json::Value {
 /// The Envoy config `generate` and `endpoints` give for a golden input.
 pub(crate) fn render(ctx: &PushContext, proxy: &Proxy) -> serde_json::Value {
     let g = super::generate(proxy, ctx);
+    let view = super::locality::EdsView::of(proxy, ctx);
     let mut cla: Vec<_> = ctx
         .services
         .values()
-        .flat_map(|s| super::endpoints(s, ctx))
+        .flat_map(|s| {
+            if super::locality::depends_on_proxy(s, ctx) {
+                super::endpoint::service_assignments_for(s, ctx, &view)
+            } else {
+                super::endpoints(s, ctx)
+            }
+        })
         .collect();
     cla.sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
     serde_json::json!({
