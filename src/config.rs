@@ -84,6 +84,8 @@ struct ClusterFile {
     manifests: Option<PathBuf>,
     kubeconfig: Option<PathBuf>,
     context: Option<String>,
+    /// `true`: the Pod's own service-account credentials (see [`ClusterSource::InCluster`]).
+    in_cluster: Option<bool>,
     /// Default locality `region/zone/subzone` for endpoints whose Node has no labels.
     locality: Option<String>,
 }
@@ -170,6 +172,13 @@ pub enum ClusterSource {
         path: PathBuf,
         context: Option<String>,
     },
+    /// The API server of the cluster crossmesh runs in, reached with the Pod's
+    /// service-account credentials (mesh file `inCluster: true`), as client-go's
+    /// `rest.InClusterConfig`: `KUBERNETES_SERVICE_HOST` / `KUBERNETES_SERVICE_PORT`,
+    /// and the token, CA bundle and namespace mounted under
+    /// `/var/run/secrets/kubernetes.io/serviceaccount/`. The token and CA files are
+    /// re-read while running (kubelet rotates the projected token).
+    InCluster,
 }
 
 /// Where Istio config comes from.
@@ -323,21 +332,30 @@ impl MeshConfig {
                     c.name
                 )));
             }
-            let source = match (c.manifests, c.kubeconfig) {
-                (Some(m), None) => ClusterSource::Manifests(resolve(&m)),
-                (None, Some(k)) => ClusterSource::Kubeconfig {
+            let in_cluster = c.in_cluster.unwrap_or(false);
+            if in_cluster && c.context.is_some() {
+                return Err(invalid(format!(
+                    "cluster {:?}: context applies to a kubeconfig, not to inCluster: true",
+                    c.name
+                )));
+            }
+            let source = match (c.manifests, c.kubeconfig, in_cluster) {
+                (Some(m), None, false) => ClusterSource::Manifests(resolve(&m)),
+                (None, Some(k), false) => ClusterSource::Kubeconfig {
                     path: resolve(&k),
                     context: c.context,
                 },
-                (Some(_), Some(_)) => {
+                (None, None, true) => ClusterSource::InCluster,
+                (None, None, false) => {
                     return Err(invalid(format!(
-                        "cluster {:?}: set either manifests or kubeconfig, not both",
+                        "cluster {:?}: needs manifests (a directory), kubeconfig (a file) \
+                         or inCluster: true",
                         c.name
                     )))
                 }
-                (None, None) => {
+                _ => {
                     return Err(invalid(format!(
-                        "cluster {:?}: needs manifests (a directory) or kubeconfig (a file)",
+                        "cluster {:?}: set exactly one of manifests, kubeconfig or inCluster: true",
                         c.name
                     )))
                 }
@@ -504,6 +522,50 @@ config:
             .unwrap_err()
             .to_string();
         assert!(e.contains("unreachableClusterEndpoints"), "{e}");
+    }
+
+    #[test]
+    fn in_cluster_entries() {
+        let base = Path::new("/");
+        let m = MeshConfig::parse(
+            "clusters:\n- {name: c1, inCluster: true}\nconfig:\n- cluster: c1\n",
+            base,
+        )
+        .unwrap();
+        assert_eq!(m.clusters[0].source, ClusterSource::InCluster);
+        assert_eq!(m.config[0], ConfigSource::Cluster("c1".into()));
+        for (bad, why) in [
+            (
+                "clusters:\n- {name: c1, inCluster: true, kubeconfig: k}\n",
+                "exactly one of manifests, kubeconfig or inCluster",
+            ),
+            (
+                "clusters:\n- {name: c1, inCluster: true, manifests: d}\n",
+                "exactly one of manifests, kubeconfig or inCluster",
+            ),
+            (
+                "clusters:\n- {name: c1, inCluster: true, context: x}\n",
+                "context applies to a kubeconfig",
+            ),
+            (
+                "clusters:\n- {name: c1, inCluster: false}\n",
+                "needs manifests",
+            ),
+            ("clusters:\n- {name: c1, inCluster: yes please}\n", "c1"),
+        ] {
+            let e = MeshConfig::parse(bad, base).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        // `inCluster: false` beside a kubeconfig is just the kubeconfig.
+        let m = MeshConfig::parse(
+            "clusters:\n- {name: c1, inCluster: false, kubeconfig: k}\n",
+            base,
+        )
+        .unwrap();
+        assert!(matches!(
+            m.clusters[0].source,
+            ClusterSource::Kubeconfig { .. }
+        ));
     }
 
     #[test]

@@ -10,11 +10,23 @@
 //! ```
 //!
 //! Both listeners are bound before anything starts, so a taken port fails at once
-//! with a one-line reason. On a signal the servers stop accepting, every ADS stream
-//! ends (proxies reconnect elsewhere), and the source and push tasks are dropped.
+//! with a one-line reason.
+//!
+//! Drain on SIGTERM (or SIGINT), for Kubernetes' rolling updates and scale-downs:
+//! `/ready` answers 503 `draining` at once (`/healthz` stays 200); the xDS listener
+//! closes (new connections are refused, so a proxy reconnecting lands on another
+//! replica); every open ADS stream ends with `UNAVAILABLE` and every HTTP/2
+//! connection gets a GOAWAY, so Envoys reconnect at once and keep their last config
+//! meanwhile; the source and push tasks stop. The xDS server gets [`DRAIN_TIMEOUT`]
+//! to finish (a proxy that does not read its stream cannot hold it longer), then the
+//! debug server stops. The process exits within [`EXIT_DEADLINE`] of the signal
+//! whatever still runs, well inside Kubernetes' default 30 s grace period; a
+//! second signal exits at once. `serve` writes no files, so an exit at any point
+//! (also during the first sync) leaves nothing half-written.
 
 use std::collections::BTreeSet;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,12 +42,18 @@ use crate::debug::{DebugState, SentResources};
 use crate::push::{PushQueue, Pusher};
 use crate::registry::config::RawDoc;
 use crate::registry::{config_source_name, ObjectProblem, Registry};
-use crate::sources::{kube, manifests, remote_secret};
+use crate::sources::{in_cluster, kube, manifests, remote_secret};
 use crate::xds::server::AdsServer;
 use crate::xds::Connections;
 
-/// How long to wait for the servers to finish after a shutdown signal.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long the xDS server may take to drain after a shutdown signal (streams
+/// ended, GOAWAY sent, connections closed) before it is stopped hard.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the debug server gets to finish its requests once xDS has drained.
+const DEBUG_STOP_GRACE: Duration = Duration::from_secs(2);
+/// The process exits at most this long after the first shutdown signal, even if a
+/// task (or a blocking thread) would still hold it.
+pub const EXIT_DEADLINE: Duration = Duration::from_secs(15);
 /// Retry delay for a config cluster whose kubeconfig cannot be used yet.
 const CONFIG_CLIENT_RETRY: Duration = Duration::from_secs(5);
 
@@ -43,6 +61,8 @@ const CONFIG_CLIENT_RETRY: Duration = Duration::from_secs(5);
 struct LiveState {
     registry: Arc<Registry>,
     connections: Arc<Connections>,
+    /// Set once on a shutdown signal.
+    draining: Arc<AtomicBool>,
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Value {
@@ -52,6 +72,10 @@ fn to_json<T: serde::Serialize>(v: &T) -> Value {
 impl DebugState for LiveState {
     fn ready(&self) -> bool {
         self.registry.ready()
+    }
+
+    fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     fn syncz(&self) -> Value {
@@ -119,6 +143,7 @@ impl DebugState for LiveState {
 struct Sources {
     manifests: Vec<manifests::ManifestWatch>,
     kube: Vec<kube::KubeCluster>,
+    in_cluster: Vec<in_cluster::InClusterSource>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -135,10 +160,11 @@ fn start_sources(mesh: &MeshConfig, registry: &Arc<Registry>) -> anyhow::Result<
     for c in &mesh.config {
         if let ConfigSource::Cluster(name) = c {
             match mesh.clusters.iter().find(|k| &k.name == name) {
-                Some(k) if matches!(k.source, ClusterSource::Kubeconfig { .. }) => {}
+                Some(k) if client_source(&k.source).is_some() => {}
                 Some(_) => bail!(
-                    "mesh file: config source `cluster: {name}` needs a kubeconfig cluster; \
-                     for a manifests cluster list its Istio YAML as `- manifests: DIR`"
+                    "mesh file: config source `cluster: {name}` needs a kubeconfig or \
+                     inCluster cluster; for a manifests cluster list its Istio YAML as \
+                     `- manifests: DIR`"
                 ),
                 None => bail!("mesh file: config source `cluster: {name}` is not in clusters[]"),
             }
@@ -161,6 +187,14 @@ fn start_sources(mesh: &MeshConfig, registry: &Arc<Registry>) -> anyhow::Result<
                         .with_context(|| format!("cluster {}", c.name))?,
                 );
             }
+            ClusterSource::InCluster => {
+                info!(cluster = %c.name, "watching the API server of this Pod's cluster");
+                s.in_cluster.push(in_cluster::spawn_cluster(
+                    registry.clone(),
+                    &c.name,
+                    kube::KubeOptions::from_mesh(mesh),
+                ));
+            }
         }
     }
     for src in &mesh.config {
@@ -171,16 +205,16 @@ fn start_sources(mesh: &MeshConfig, registry: &Arc<Registry>) -> anyhow::Result<
                     .push(manifests::spawn_config(registry.clone(), dir.clone()));
             }
             ConfigSource::Cluster(name) => {
-                let Some(ClusterSource::Kubeconfig { path, context }) = mesh
+                let Some(from) = mesh
                     .clusters
                     .iter()
                     .find(|k| &k.name == name)
-                    .map(|k| k.source.clone())
+                    .and_then(|k| client_source(&k.source))
                 else {
                     continue; // checked above
                 };
                 info!(cluster = %name, "watching Istio config CRDs");
-                let task = config_cluster(registry.clone(), name.clone(), path, context);
+                let task = config_cluster(registry.clone(), name.clone(), from);
                 s.tasks.push(tokio::spawn(
                     task.instrument(info_span!("config-cluster", cluster = %name)),
                 ));
@@ -190,30 +224,59 @@ fn start_sources(mesh: &MeshConfig, registry: &Arc<Registry>) -> anyhow::Result<
     Ok(s)
 }
 
-/// Istio CRDs of a kubeconfig cluster (`config: - cluster: NAME`): build a client
-/// (retrying while the kubeconfig is unusable, with the reason on `/debug/configz`)
-/// and feed every change of the full set to the config store. The same cluster's
-/// remote secrets (mesh file `remoteSecretNamespace`) register further member
-/// clusters for as long as this task runs.
-async fn config_cluster(
-    registry: Arc<Registry>,
-    cluster: String,
-    path: std::path::PathBuf,
-    context: Option<String>,
-) {
+/// How a config cluster's client is built.
+#[derive(Debug, Clone)]
+enum ClientSource {
+    Kubeconfig {
+        path: std::path::PathBuf,
+        context: Option<String>,
+    },
+    InCluster,
+}
+
+/// The client source of a cluster that can be a config cluster (`None`: manifests).
+fn client_source(source: &ClusterSource) -> Option<ClientSource> {
+    match source {
+        ClusterSource::Manifests(_) => None,
+        ClusterSource::Kubeconfig { path, context } => Some(ClientSource::Kubeconfig {
+            path: path.clone(),
+            context: context.clone(),
+        }),
+        ClusterSource::InCluster => Some(ClientSource::InCluster),
+    }
+}
+
+/// Istio CRDs of a kubeconfig or in-cluster cluster (`config: - cluster: NAME`):
+/// build a client (retrying while it cannot be built, with the reason on
+/// `/debug/configz`) and feed every change of the full set to the config store.
+/// The same cluster's remote secrets (mesh file `remoteSecretNamespace`) register
+/// further member clusters for as long as this task runs.
+async fn config_cluster(registry: Arc<Registry>, cluster: String, from: ClientSource) {
     let source = config_source_name(&ConfigSource::Cluster(cluster.clone()));
     let client = loop {
-        match kube::client_from_file(&path, context.as_deref()).await {
+        let (origin, built) = match &from {
+            ClientSource::Kubeconfig { path, context } => (
+                path.display().to_string(),
+                kube::client_from_file(path, context.as_deref())
+                    .await
+                    .map_err(|e| e.to_string()),
+            ),
+            ClientSource::InCluster => (
+                in_cluster::SERVICE_ACCOUNT_DIR.to_string(),
+                in_cluster::client().map_err(|e| e.to_string()),
+            ),
+        };
+        match built {
             Ok((client, _health)) => break client,
-            Err(e) => {
-                warn!(error = %e, "cannot build a client for Istio config; retrying");
+            Err(reason) => {
+                warn!(error = %reason, "cannot build a client for Istio config; retrying");
                 registry.set_config_file_problems(
                     &source,
                     vec![ObjectProblem {
-                        origin: path.display().to_string(),
+                        origin,
                         kind: String::new(),
                         object: String::new(),
-                        reason: e.to_string(),
+                        reason,
                     }],
                 );
                 tokio::time::sleep(CONFIG_CLIENT_RETRY).await;
@@ -261,27 +324,61 @@ async fn config_cluster(
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() -> &'static str {
+/// SIGINT and SIGTERM, listened for from creation on (a signal that arrives
+/// while the sources start is not lost, nor does it kill the process unhandled).
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => tokio::select! {
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let term = match signal(SignalKind::terminate()) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops crossmesh");
+                    None
+                }
+            };
+            Signals { term }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    /// Resolves on the next SIGINT or SIGTERM.
+    async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        if let Some(term) = self.term.as_mut() {
+            return tokio::select! {
                 _ = tokio::signal::ctrl_c() => "SIGINT",
                 _ = term.recv() => "SIGTERM",
-            },
-            Err(e) => {
-                warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops crossmesh");
-                let _ = tokio::signal::ctrl_c().await;
-                "SIGINT"
-            }
+            };
         }
-    }
-    #[cfg(not(unix))]
-    {
         let _ = tokio::signal::ctrl_c().await;
         "SIGINT"
+    }
+}
+
+/// Exit the process `EXIT_DEADLINE` from now unless it has exited by then (a
+/// thread, so that neither a stuck task nor the runtime's wait for blocking
+/// threads can hold the exit).
+fn exit_deadline(signal: &'static str) {
+    let spawned = std::thread::Builder::new()
+        .name("exit-deadline".into())
+        .spawn(move || {
+            std::thread::sleep(EXIT_DEADLINE);
+            eprintln!(
+                "crossmesh: still running {EXIT_DEADLINE:?} after {signal}; exiting without \
+                 waiting further"
+            );
+            std::process::exit(1);
+        });
+    if let Err(e) = spawned {
+        warn!(error = %e, "cannot start the exit deadline thread");
     }
 }
 
@@ -293,8 +390,9 @@ fn stopped(rx: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'stat
     }
 }
 
-/// Run the control plane until SIGINT or SIGTERM.
+/// Run the control plane until SIGINT or SIGTERM, then drain (module docs).
 pub async fn serve(mesh: MeshConfig) -> anyhow::Result<()> {
+    let mut signals = Signals::new();
     let mesh = Arc::new(mesh);
     let xds_listener = TcpListener::bind(mesh.xds_address)
         .await
@@ -311,21 +409,24 @@ pub async fn serve(mesh: MeshConfig) -> anyhow::Result<()> {
     let registry = Registry::new(mesh.clone(), queue.clone());
     let pusher = Pusher::new(registry.clone(), queue, mesh.tunables.clone());
     let ads = AdsServer::new(Arc::new(pusher.clone()));
+    let draining = Arc::new(AtomicBool::new(false));
     let state = Arc::new(LiveState {
         registry: registry.clone(),
         connections: ads.connections(),
+        draining: draining.clone(),
     });
 
     let sources = start_sources(&mesh, &registry)?;
     let push_task = tokio::spawn(pusher.run().instrument(info_span!("push")));
 
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (xds_stop, xds_stop_rx) = watch::channel(false);
+    let (debug_stop, debug_stop_rx) = watch::channel(false);
     let mut xds_task = tokio::spawn(
-        crate::xds::server::serve(xds_listener, ads, stopped(stop_rx.clone()))
+        crate::xds::server::serve(xds_listener, ads, stopped(xds_stop_rx))
             .instrument(info_span!("xds")),
     );
     let mut debug_task = tokio::spawn(
-        crate::debug::serve(debug_listener, state, stopped(stop_rx))
+        crate::debug::serve(debug_listener, state, stopped(debug_stop_rx))
             .instrument(info_span!("debug")),
     );
     info!(
@@ -338,8 +439,9 @@ pub async fn serve(mesh: MeshConfig) -> anyhow::Result<()> {
 
     // Run until a signal, or until a server fails on its own.
     let failure: Option<anyhow::Error> = tokio::select! {
-        sig = shutdown_signal() => {
-            info!(signal = sig, "shutting down");
+        sig = signals.recv() => {
+            info!(signal = sig, drain_timeout = ?DRAIN_TIMEOUT, "draining");
+            exit_deadline(sig);
             None
         }
         r = &mut xds_task => Some(match r {
@@ -354,20 +456,30 @@ pub async fn serve(mesh: MeshConfig) -> anyhow::Result<()> {
         }),
     };
 
-    let _ = stop_tx.send(true);
+    // Readiness first, so the Service stops sending new connections here; then
+    // xDS: listener closed, streams ended, GOAWAY on every connection.
+    draining.store(true, Ordering::Relaxed);
+    let _ = xds_stop.send(true);
     drop(sources);
     push_task.abort();
-    let finish = async {
-        if !xds_task.is_finished() {
-            let _ = (&mut xds_task).await;
+    if !xds_task.is_finished() {
+        tokio::select! {
+            r = tokio::time::timeout(DRAIN_TIMEOUT, &mut xds_task) => {
+                if r.is_err() {
+                    warn!(timeout = ?DRAIN_TIMEOUT, "xDS connections did not close in time; closing them");
+                }
+            }
+            sig = signals.recv() => warn!(signal = sig, "second signal; stopping without draining"),
         }
-        if !debug_task.is_finished() {
-            let _ = (&mut debug_task).await;
-        }
-    };
-    if tokio::time::timeout(SHUTDOWN_GRACE, finish).await.is_err() {
-        warn!(grace = ?SHUTDOWN_GRACE, "servers did not stop in time; exiting anyway");
         xds_task.abort();
+    }
+    info!("xDS drained");
+    let _ = debug_stop.send(true);
+    if !debug_task.is_finished()
+        && tokio::time::timeout(DEBUG_STOP_GRACE, &mut debug_task)
+            .await
+            .is_err()
+    {
         debug_task.abort();
     }
     match failure {

@@ -41,6 +41,9 @@ pub trait DebugState: Send + Sync + 'static {
     /// `/ready`: every source has done its first sync (a dead cluster stops blocking
     /// after `tunables.ready_timeout`).
     fn ready(&self) -> bool;
+    /// The process is shutting down: `/ready` answers 503 `draining` whatever
+    /// `ready` says, so a Service stops sending new proxies here.
+    fn draining(&self) -> bool;
     /// `/debug/syncz`: per connected proxy, its id and per type URL the last version
     /// and nonce sent, acked or nacked, and the NACK error text.
     fn syncz(&self) -> Value;
@@ -61,6 +64,7 @@ pub trait DebugState: Send + Sync + 'static {
 pub fn router(state: Arc<dyn DebugState>) -> Router {
     Router::new()
         .route("/ready", get(ready))
+        .route("/healthz", get(healthz))
         .route(
             "/debug/syncz",
             get(|s: St| async move { json_ok(&s.syncz()) }),
@@ -117,11 +121,20 @@ fn json_error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
 }
 
 async fn ready(State(s): St) -> Response {
-    if s.ready() {
+    if s.draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else if s.ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
     }
+}
+
+/// Liveness (`/healthz`): 200 whenever the runtime answers at all, also before
+/// the first sync and while draining. It reads no state: a control plane that is
+/// slow to sync or drains must not be restarted for it.
+async fn healthz() -> Response {
+    (StatusCode::OK, "ok\n").into_response()
 }
 
 async fn prometheus() -> Response {
@@ -299,12 +312,16 @@ mod tests {
 
     struct Fake {
         ready: AtomicBool,
+        draining: AtomicBool,
         sent: BTreeMap<String, SentResources>,
     }
 
     impl DebugState for Fake {
         fn ready(&self) -> bool {
             self.ready.load(Ordering::SeqCst)
+        }
+        fn draining(&self) -> bool {
+            self.draining.load(Ordering::SeqCst)
         }
         fn syncz(&self) -> Value {
             json!([{ "proxy": GW }])
@@ -390,6 +407,7 @@ mod tests {
         );
         Arc::new(Fake {
             ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             sent: [(GW.to_string(), sent)].into(),
         })
     }
@@ -413,6 +431,23 @@ mod tests {
         state.ready.store(true, Ordering::SeqCst);
         let r = reqwest::get(format!("{base}/ready")).await.unwrap();
         assert_eq!(r.status(), 200);
+        state.draining.store(true, Ordering::SeqCst);
+        let r = reqwest::get(format!("{base}/ready")).await.unwrap();
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.text().await.unwrap(), "draining\n");
+    }
+
+    #[tokio::test]
+    async fn healthz_answers_in_every_state() {
+        let state = fake();
+        let (base, _stop) = start(state.clone()).await;
+        for (ready, draining) in [(false, false), (true, false), (true, true), (false, true)] {
+            state.ready.store(ready, Ordering::SeqCst);
+            state.draining.store(draining, Ordering::SeqCst);
+            let r = reqwest::get(format!("{base}/healthz")).await.unwrap();
+            assert_eq!(r.status(), 200, "ready={ready} draining={draining}");
+            assert_eq!(r.text().await.unwrap(), "ok\n");
+        }
     }
 
     #[tokio::test]

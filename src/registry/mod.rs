@@ -85,6 +85,7 @@ fn source_label(src: &ClusterSource) -> String {
             Some(c) => format!("kubeconfig:{} (context {c})", path.display()),
             None => format!("kubeconfig:{}", path.display()),
         },
+        ClusterSource::InCluster => "in-cluster".to_string(),
     }
 }
 

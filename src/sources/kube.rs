@@ -838,6 +838,27 @@ impl ClusterRun {
 // ---------------------------------------------------------------------------
 // A mesh-file cluster: kubeconfig file, re-read on change
 
+/// Build a client, with the crate's watch pacing, from an already resolved
+/// `kube::Config` (the in-cluster service account, `sources::in_cluster`).
+/// `origin` names it in errors.
+pub fn client_from_config(
+    cfg: kube::Config,
+    origin: &str,
+) -> Result<(Client, WatchHealth), KubeSourceError> {
+    let ns = cfg.default_namespace.clone();
+    let inner = Client::try_from(cfg).map_err(|e| KubeSourceError::Kubeconfig {
+        origin: origin.to_string(),
+        reason: describe_chain(&e),
+    })?;
+    let health = WatchHealth::default();
+    let pacer = WatchPacer {
+        inner,
+        state: Arc::new(Mutex::new(HashMap::new())),
+        health: health.clone(),
+    };
+    Ok((Client::new(pacer, ns), health))
+}
+
 /// A member cluster from the mesh file, read through a kubeconfig file that is
 /// re-read when it changes. Dropping it stops everything.
 pub struct KubeCluster {
