@@ -11,7 +11,7 @@ use std::time::Duration;
 #[test]
 fn demo_routes_each_host_to_its_cluster() {
     let _lock = support::net::MachineLock::acquire("demo", Duration::from_secs(120));
-    let out = Command::new(env!("CARGO_BIN_EXE_crossmesh"))
+    let out = Command::new(support::control_plane::crossmesh_bin())
         .arg("demo")
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()

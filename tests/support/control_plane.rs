@@ -10,8 +10,30 @@ use std::time::Duration;
 use super::net::free_port;
 use super::{print_log_tail, wait_for};
 
+/// The `crossmesh` binary the tests run: `$CROSSMESH_BIN` when set (CI sets it to
+/// the artifact of `cargo build --release`, the binary users run; see
+/// `scripts/test`), else the one Cargo built for this test run. The two can
+/// differ: a test build unifies features with the dev-dependencies.
 pub fn crossmesh_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_crossmesh")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| match std::env::var("CROSSMESH_BIN") {
+        Ok(b) if !b.is_empty() => {
+            assert!(
+                Path::new(&b).is_file(),
+                "CROSSMESH_BIN={b} is not a file (build it with `cargo build --release`)"
+            );
+            b
+        }
+        _ => {
+            // CI must test the shipped artifact, never silently the test build.
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI is set but CROSSMESH_BIN is not: CI runs the end-to-end tests \
+                 against the release binary (scripts/test sets it)"
+            );
+            env!("CARGO_BIN_EXE_crossmesh").to_string()
+        }
+    })
 }
 
 /// A running `crossmesh serve`. Dropping it kills the process; if the thread is
