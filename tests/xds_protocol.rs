@@ -3,6 +3,8 @@
 //! assertion ("no reply", "not resent") is made by provoking a later, known
 //! response and checking that it is the next one received: no fixed sleeps.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -244,6 +246,26 @@ async fn wait_type(
     }
 }
 
+/// Wait until the first stream has taken the snapshot with push sequence `seq`
+/// (`/debug/syncz`'s `push_seq`): the server has considered it, whether or not it
+/// sent anything. `FixedSource::set` keeps only the latest snapshot per stream, so a
+/// test that means to push two snapshots waits for the first before the second.
+async fn wait_push_seq(srv: &Server, seq: u64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let st = srv.ads.connections().list();
+        let got = st.first().map(|s| s.push_seq);
+        if got == Some(seq) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stream did not take snapshot {seq}: push_seq {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 /// Wait until the server has processed a subscription: `n` explicit names of `t`.
 async fn wait_subscribed(srv: &Server, t: TypeUrl, n: usize) {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -289,10 +311,6 @@ async fn sotw_ack_nack_records_error_and_does_not_resend() {
     srv.source.set(snapshot(2, &s), None);
     let r2 = c.recv().await;
     assert_eq!(tags(&r2), ["bad", "1"]);
-    let before = crossmesh::metrics::metrics()
-        .xds_rejects
-        .get_or_create(&crossmesh::metrics::type_label(TypeUrl::Cluster))
-        .get();
     c.send(
         TypeUrl::Cluster,
         &[],
@@ -324,14 +342,11 @@ async fn sotw_ack_nack_records_error_and_does_not_resend() {
         assert!(tokio::time::Instant::now() < deadline, "NACK not recorded");
         tokio::task::yield_now().await;
     }
-    let after = crossmesh::metrics::metrics()
-        .xds_rejects
-        .get_or_create(&crossmesh::metrics::type_label(TypeUrl::Cluster))
-        .get();
-    assert!(after > before);
 
-    // The same content again (a new push) is not resent...
+    // The same content again (a new push) is taken by the stream but not
+    // resent...
     srv.source.set(snapshot(3, &s), None);
+    wait_push_seq(&srv, 3).await;
     // ...but a real change is, and it is the very next response.
     let mut fixed = base();
     fixed.clusters[0].1 = "good";
@@ -339,6 +354,68 @@ async fn sotw_ack_nack_records_error_and_does_not_resend() {
     let r3 = c.recv().await;
     assert_eq!(tags(&r3), ["good", "1"]);
     assert_ne!(r3.nonce, r2.nonce);
+}
+
+/// `pilot_total_xds_rejects{type}` counts the NACKs of this process. The counter
+/// is process-global, and other tests in this binary NACK too, so this one runs
+/// the real `crossmesh serve` (empty mesh) as its own process: one NACK of CDS
+/// from this client must read exactly 1 for `cds` and 0 for every other type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nack_is_counted_once_in_pilot_total_xds_rejects() {
+    let dir = tempfile::Builder::new()
+        .prefix("crossmesh-xds-nack-")
+        .tempdir()
+        .expect("tempdir");
+    let mesh = dir.path().join("mesh.yaml");
+    std::fs::write(&mesh, "clusters: []\n").expect("write mesh file");
+    let cp = support::control_plane::ControlPlane::start(&mesh).await;
+    let rejects = |t: &'static str| {
+        let cp = &cp;
+        async move {
+            let (code, body) = cp.get("/metrics").await?;
+            if code != 200 {
+                return Err(format!("/metrics answered {code}"));
+            }
+            let series = format!("pilot_total_xds_rejects{{type=\"{t}\"}}");
+            body.lines()
+                .find_map(|l| {
+                    let (k, v) = l.rsplit_once(' ')?;
+                    (k == series).then(|| v.parse::<f64>().ok()).flatten()
+                })
+                .ok_or_else(|| format!("no series {series} in {body}"))
+        }
+    };
+    const TYPES: [&str; 5] = ["cds", "eds", "lds", "rds", "sds"];
+    for t in TYPES {
+        assert_eq!(rejects(t).await, Ok(0.0), "{t} before any NACK");
+    }
+
+    let mut c = Sotw::open(cp.xds).await;
+    c.send(TypeUrl::Cluster, &[], "", "", None).await;
+    let r = c.recv().await;
+    assert_eq!(r.type_url, TypeUrl::Cluster.as_str());
+    c.send(TypeUrl::Cluster, &[], "", &r.nonce, Some("cluster x: rejected"))
+        .await;
+    // The NACK reached the server: /debug/syncz shows it for this proxy.
+    support::wait_for("syncz shows the NACK", WAIT, || async {
+        let j = cp.json("/debug/syncz").await?.to_string();
+        if j.contains("cluster x: rejected") && j.contains(NODE) {
+            Ok(())
+        } else {
+            Err(j)
+        }
+    })
+    .await;
+    support::wait_for("cds rejects == 1", WAIT, || async {
+        match rejects("cds").await? {
+            v if v == 1.0 => Ok(()),
+            v => Err(format!("{v}")),
+        }
+    })
+    .await;
+    for t in TYPES.into_iter().filter(|t| *t != "cds") {
+        assert_eq!(rejects(t).await, Ok(0.0), "{t} after a CDS NACK");
+    }
 }
 
 #[tokio::test]
@@ -712,8 +789,10 @@ async fn delta_nack_is_not_resent() {
     })
     .await;
     wait_type(&srv, TypeUrl::Cluster, |t| t.nacked.is_some()).await;
-    // Same content pushed again: nothing. Then b changes: only b is sent.
+    // Same content pushed again, and taken by the stream: nothing is sent. Then b
+    // changes: only b is sent, and it is the very next response.
     srv.source.set(snapshot(2, &base()), None);
+    wait_push_seq(&srv, 2).await;
     let mut s = base();
     s.clusters[1].1 = "2";
     srv.source.set(snapshot(3, &s), None);
