@@ -9,19 +9,39 @@
 //!   page's resourceVersion, `labelSelector` and `fieldSelector` (equality forms);
 //! - WATCH (`?watch=true`): a chunked stream of newline-delimited JSON
 //!   `ADDED`/`MODIFIED`/`DELETED`/`BOOKMARK`/`ERROR` events, replayed from a bounded
-//!   event history; a resourceVersion older than the history gets an `ERROR` event
-//!   carrying a `Status` with code 410 (`Expired`), as does a watcher that falls
-//!   behind; `allowWatchBookmarks=true` gets periodic bookmarks; `timeoutSeconds`
-//!   closes the stream server-side; `sendInitialEvents=true` (streaming lists) ends
-//!   the synthetic ADDED events with the `k8s.io/initial-events-end` bookmark;
-//! - discovery (`/version`, `/api`, `/apis`, `/api/v1`, `/apis/G/V`);
-//! - optional TLS (a generated CA and server certificate) and bearer-token auth;
+//!   event history; a resourceVersion older than the history gets 410 `Expired`,
+//!   either as an `ERROR` event in a 200 stream (the watch cache's form, the default)
+//!   or as an HTTP 410 `Status` answer to the watch request ([`ExpiredWatch`]); a
+//!   watcher that falls behind gets the `ERROR` event; `allowWatchBookmarks=true`
+//!   gets a bookmark about every minute (kube-apiserver's cadence; configurable);
+//!   `timeoutSeconds` closes the stream server-side, and [`WatchClose`] closes it
+//!   cleanly after N events or a duration, as real servers do at random after 5-10
+//!   minutes; `sendInitialEvents=true` (streaming lists) ends the synthetic ADDED
+//!   events with the `k8s.io/initial-events-end` bookmark;
+//! - namespaces: `default`, `kube-system`, `kube-public` and `kube-node-lease` exist
+//!   from the start; creating a namespaced object in a namespace that does not exist
+//!   answers 404 `namespaces "x" not found`; deleting a Namespace deletes what is in it;
+//! - discovery (`/version`, `/api`, `/apis`, `/api/v1`, `/apis/G/V`); the Istio CRDs
+//!   (`networking.istio.io`, `security.istio.io`) can be left uninstalled, and then
+//!   discovery omits them and their paths answer 404 as on a cluster without Istio;
+//! - optional TLS (a generated CA and server certificate), bearer-token auth (with
+//!   tokens the server knows but treats as expired), and client-certificate auth
+//!   (certificates issued by the server's CA for a user name);
+//! - status faults ([`FaultRule`]): 403, 429 with `Retry-After`, 500, 503, ... with
+//!   the `Status` bodies kube-apiserver sends, per verb and resource, for the next N
+//!   requests or until cleared;
 //! - the token controller's part for `kubernetes.io/service-account-token` Secrets.
 //!
 //! Tests drive it through [`FakeApiServer`]: create/update/delete objects, compact
 //! the history (forcing 410), inject faults (garbage bodies, watches that close at
 //! once, error statuses), stop and restart on the same port (an unreachable
-//! cluster), rotate the token, and write a real kubeconfig pointing at it.
+//! cluster), restart having lost the watch history (every older resourceVersion
+//! expired), rotate or expire tokens, issue client certificates, and write a real
+//! kubeconfig pointing at it.
+//!
+//! Test helpers versus the HTTP API: [`FakeApiServer::apply`] creates the object's
+//! namespace when it is missing (a test seeds objects without ceremony), while
+//! [`FakeApiServer::create`] and every `POST` over HTTP are strict, as kube-apiserver is.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -30,7 +50,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -212,6 +232,123 @@ pub enum Fault {
     Status(u16),
 }
 
+/// The kind of API request a [`FaultRule`] selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    List,
+    Watch,
+    Get,
+    Create,
+    Delete,
+    /// `/version`, `/api`, `/apis` and the group-version resource lists.
+    Discovery,
+}
+
+impl Verb {
+    fn as_str(self) -> &'static str {
+        match self {
+            Verb::List => "list",
+            Verb::Watch => "watch",
+            Verb::Get => "get",
+            Verb::Create => "create",
+            Verb::Delete => "delete",
+            Verb::Discovery => "get",
+        }
+    }
+}
+
+/// An error status the server answers instead of serving matching requests, with
+/// the `Status` body (reason, message, details) kube-apiserver sends for that code:
+/// 403 `Forbidden` (an RBAC denial), 429 `TooManyRequests` (priority and fairness,
+/// with a `Retry-After` header and `details.retryAfterSeconds`), 500 `InternalError`,
+/// 503 `ServiceUnavailable`, 504 `Timeout`.
+///
+/// ```ignore
+/// // The next two watches of pods get 503, then watches work again.
+/// s.add_fault(FaultRule::status(503).on(Verb::Watch).of("pods").times(2));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FaultRule {
+    pub code: u16,
+    /// Only this kind of request; `None`: every request, discovery included.
+    pub verb: Option<Verb>,
+    /// Only this resource (plural, for example `pods`); `None`: every resource.
+    pub plural: Option<String>,
+    /// Only the next N matching requests; `None`: until cleared.
+    pub times: Option<u64>,
+    /// `Retry-After` seconds (for 429 and 503); kube-apiserver sends 1 by default
+    /// with 429.
+    pub retry_after: Option<u32>,
+}
+
+impl FaultRule {
+    /// Answer `code` to every request until cleared (narrow it with the builders).
+    pub fn status(code: u16) -> FaultRule {
+        FaultRule {
+            code,
+            verb: None,
+            plural: None,
+            times: None,
+            retry_after: (code == 429).then_some(1),
+        }
+    }
+
+    pub fn on(mut self, verb: Verb) -> FaultRule {
+        self.verb = Some(verb);
+        self
+    }
+
+    pub fn of(mut self, plural: &str) -> FaultRule {
+        self.plural = Some(plural.to_string());
+        self
+    }
+
+    pub fn times(mut self, n: u64) -> FaultRule {
+        self.times = Some(n);
+        self
+    }
+
+    pub fn retry_after(mut self, secs: u32) -> FaultRule {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    fn matches(&self, verb: Verb, plural: Option<&str>) -> bool {
+        self.verb.is_none_or(|v| v == verb)
+            && self
+                .plural
+                .as_deref()
+                .is_none_or(|p| Some(p) == plural)
+    }
+}
+
+/// When the server ends a watch stream cleanly (a complete chunked body, no error
+/// event), besides `timeoutSeconds`: kube-apiserver does so at a random point 5-10
+/// minutes into a watch that did not ask for a timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WatchClose {
+    #[default]
+    Never,
+    /// After sending this many `ADDED`/`MODIFIED`/`DELETED` events (replayed ones
+    /// included; bookmarks do not count).
+    AfterEvents(u64),
+    /// This long after the watch started.
+    After(Duration),
+}
+
+/// How a watch from an expired resourceVersion is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExpiredWatch {
+    /// HTTP 200 and one `ERROR` event carrying a 410 `Expired` `Status`, then the end
+    /// of the stream: what the watch cache (the default since Kubernetes 1.x) does.
+    #[default]
+    ErrorEvent,
+    /// HTTP 410 with an `Expired` `Status` body as the answer to the watch request
+    /// itself: what a server answering a watch straight from etcd, or an older
+    /// watch cache, does.
+    HttpGone,
+}
+
 /// Storage key: kind, namespace ("" for cluster-scoped), name.
 type Key = (&'static str, &'static str, String, String);
 
@@ -243,13 +380,31 @@ struct Inner {
     name: String,
     store: Mutex<Store>,
     events: broadcast::Sender<Arc<StoredEvent>>,
+    /// Bearer tokens accepted; checked only while `token_auth` is on.
     tokens: Mutex<Vec<String>>,
+    /// Tokens the server knows but treats as expired (401, like any bad token).
+    expired_tokens: Mutex<Vec<String>>,
+    token_auth: AtomicBool,
+    /// Why requests were refused 401, in order (what kube-apiserver logs; the
+    /// response itself only says `Unauthorized`).
+    auth_failures: Mutex<Vec<String>>,
     fault: Mutex<Fault>,
+    rules: Mutex<Vec<FaultRule>>,
+    faults_served: AtomicU64,
     bookmark_interval: Mutex<Duration>,
+    watch_close: Mutex<WatchClose>,
+    expired_watch: Mutex<ExpiredWatch>,
+    istio_crds: AtomicBool,
     lists: AtomicU64,
     watches: AtomicU64,
     open_watches: AtomicU64,
     tls: Option<TlsMaterial>,
+    /// Client certificates this server's CA issued (DER), by user name.
+    issued: Mutex<HashMap<Vec<u8>, String>>,
+    /// User names of client certificates presented at accepted TLS handshakes.
+    cert_logins: Mutex<Vec<String>>,
+    /// Why TLS handshakes were refused, in order.
+    tls_rejections: Mutex<Vec<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -261,12 +416,66 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct TlsMaterial {
     pub ca_pem: String,
     server: Arc<rustls::ServerConfig>,
+    issuer: Arc<rcgen::Issuer<'static, rcgen::KeyPair>>,
+}
+
+/// A client certificate and its private key, PEM (kubeconfig
+/// `client-certificate-data` / `client-key-data`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+    der: Vec<u8>,
+}
+
+/// A client certificate for `user` (subject CN; `groups` as O, which is how
+/// kube-apiserver reads groups) signed by `issuer`.
+fn issue_client_cert(
+    issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
+    user: &str,
+    groups: &[&str],
+) -> ClientCert {
+    let key = rcgen::KeyPair::generate().expect("generate client key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("client params");
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, user);
+    for g in groups {
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, *g);
+    }
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::DigitalSignature,
+        rcgen::KeyUsagePurpose::KeyEncipherment,
+    ];
+    let cert = params.signed_by(&key, issuer).expect("sign client cert");
+    ClientCert {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        der: cert.der().to_vec(),
+    }
+}
+
+/// A client certificate for `user` from a CA no server knows: refused at the TLS
+/// handshake by a server that requires client certificates.
+pub fn client_cert_from_other_ca(user: &str) -> ClientCert {
+    let (params, key, _) = generate_ca("some-other-client-ca");
+    let issuer = rcgen::Issuer::new(params, key);
+    issue_client_cert(&issuer, user, &[])
 }
 
 impl TlsMaterial {
-    fn generate() -> TlsMaterial {
+    fn generate(require_client_cert: bool) -> TlsMaterial {
         let (ca_params, ca_key, ca_pem) = generate_ca("crossmesh-test-ca");
-        let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+        let ca_der = ca_params
+            .self_signed(&ca_key)
+            .expect("self-sign CA")
+            .der()
+            .clone();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
         let leaf_key = rcgen::KeyPair::generate().expect("generate server key");
         let mut leaf =
             rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
@@ -278,15 +487,27 @@ impl TlsMaterial {
             .expect("sign server cert");
         let key_der = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let server = rustls::ServerConfig::builder_with_provider(provider)
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .expect("tls versions")
-            .with_no_client_auth()
+            .expect("tls versions");
+        let builder = if require_client_cert {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca_der).expect("CA into root store");
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .expect("client verifier");
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let server = builder
             .with_single_cert(vec![cert.der().clone()], key_der)
             .expect("server cert");
         TlsMaterial {
             ca_pem,
             server: Arc::new(server),
+            issuer: Arc::new(issuer),
         }
     }
 }
@@ -318,10 +539,20 @@ pub fn unrelated_ca_pem() -> String {
 pub struct Options {
     pub name: String,
     pub tls: bool,
+    /// With `tls`: the TLS handshake requires a client certificate signed by the
+    /// server's CA ([`FakeApiServer::issue_client_cert`]); others are refused.
+    pub client_certs: bool,
     /// When set, every request needs `Authorization: Bearer <token>`.
     pub token: Option<String>,
+    /// How often a watch that asked for bookmarks gets one; kube-apiserver sends
+    /// them about every minute.
     pub bookmark_interval: Duration,
     pub history_limit: usize,
+    /// Whether the Istio CRDs (`networking.istio.io`, `security.istio.io`) are
+    /// installed.
+    pub istio_crds: bool,
+    pub watch_close: WatchClose,
+    pub expired_watch: ExpiredWatch,
     /// Fixed port; 0 picks a free one.
     pub port: u16,
 }
@@ -331,9 +562,13 @@ impl Default for Options {
         Options {
             name: "cluster".into(),
             tls: false,
+            client_certs: false,
             token: None,
-            bookmark_interval: Duration::from_secs(1),
+            bookmark_interval: Duration::from_secs(60),
             history_limit: 10_000,
+            istio_crds: true,
+            watch_close: WatchClose::Never,
+            expired_watch: ExpiredWatch::ErrorEvent,
             port: 0,
         }
     }
@@ -362,6 +597,10 @@ impl FakeApiServer {
     }
 
     pub async fn start_with(opts: Options) -> FakeApiServer {
+        assert!(
+            opts.tls || !opts.client_certs,
+            "Options::client_certs needs Options::tls"
+        );
         let (events, _) = broadcast::channel(4096);
         let inner = Arc::new(Inner {
             name: opts.name.clone(),
@@ -374,14 +613,31 @@ impl FakeApiServer {
                 uid: 0,
             }),
             events,
+            token_auth: AtomicBool::new(opts.token.is_some()),
             tokens: Mutex::new(opts.token.into_iter().collect()),
+            expired_tokens: Mutex::new(Vec::new()),
+            auth_failures: Mutex::new(Vec::new()),
             fault: Mutex::new(Fault::None),
+            rules: Mutex::new(Vec::new()),
+            faults_served: AtomicU64::new(0),
             bookmark_interval: Mutex::new(opts.bookmark_interval),
+            watch_close: Mutex::new(opts.watch_close),
+            expired_watch: Mutex::new(opts.expired_watch),
+            istio_crds: AtomicBool::new(opts.istio_crds),
             lists: AtomicU64::new(0),
             watches: AtomicU64::new(0),
             open_watches: AtomicU64::new(0),
-            tls: opts.tls.then(TlsMaterial::generate),
+            tls: opts
+                .tls
+                .then(|| TlsMaterial::generate(opts.client_certs)),
+            issued: Mutex::new(HashMap::new()),
+            cert_logins: Mutex::new(Vec::new()),
+            tls_rejections: Mutex::new(Vec::new()),
         });
+        for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+            write_object(&inner, obj, WriteMode::Create).expect("seed namespace");
+        }
         let listener = TcpListener::bind(("127.0.0.1", opts.port))
             .await
             .expect("bind fake API server");
@@ -405,6 +661,7 @@ impl FakeApiServer {
                 .as_ref()
                 .map(|t| tokio_rustls::TlsAcceptor::from(t.server.clone())),
             kill: kill_rx,
+            inner: self.inner.clone(),
         };
         let app = axum::Router::new()
             .fallback(handle)
@@ -464,6 +721,23 @@ impl FakeApiServer {
         panic!("rebind {}: {last:?}", self.addr);
     }
 
+    /// Restart as a kube-apiserver does whose watch cache starts empty (or whose
+    /// etcd was compacted while it was down): the objects are kept, with whatever
+    /// changes a test made while it was stopped, but every resourceVersion issued
+    /// before the restart is expired. Every watch from such a resourceVersion gets
+    /// 410 (in the [`ExpiredWatch`] form set on the server), every continue token
+    /// from before gets 410, and fresh lists (paginated or not) work.
+    pub async fn restart_with_history_lost(&self) {
+        self.stop().await;
+        {
+            let mut s = lock(&self.inner.store);
+            s.history.clear();
+            s.rv += 1;
+            s.oldest_rv = s.rv;
+        }
+        self.restart().await;
+    }
+
     pub fn is_running(&self) -> bool {
         lock(&self.running).is_some()
     }
@@ -472,19 +746,121 @@ impl FakeApiServer {
         *lock(&self.inner.fault) = fault;
     }
 
-    /// Replace the accepted bearer tokens (an empty list turns auth off): a rotated
-    /// or expired token is one no longer in this list.
-    pub fn set_tokens(&self, tokens: &[&str]) {
-        *lock(&self.inner.tokens) = tokens.iter().map(|t| t.to_string()).collect();
+    /// Answer matching requests with an error status (see [`FaultRule`]). Rules are
+    /// tried in the order added; a rule with `times` is dropped once used up.
+    pub fn add_fault(&self, rule: FaultRule) {
+        lock(&self.inner.rules).push(rule);
     }
 
-    /// Stop accepting one token (revoked or expired); others stay valid.
+    /// Drop every [`FaultRule`].
+    pub fn clear_faults(&self) {
+        lock(&self.inner.rules).clear();
+    }
+
+    /// Requests answered by a [`FaultRule`] so far.
+    pub fn faults_served(&self) -> u64 {
+        self.inner.faults_served.load(Ordering::SeqCst)
+    }
+
+    /// Replace the accepted bearer tokens; an empty list turns token auth off.
+    pub fn set_tokens(&self, tokens: &[&str]) {
+        *lock(&self.inner.tokens) = tokens.iter().map(|t| t.to_string()).collect();
+        self.inner
+            .token_auth
+            .store(!tokens.is_empty(), Ordering::SeqCst);
+    }
+
+    /// Stop accepting one token (revoked); others stay valid, and token auth stays
+    /// on even when none is left.
     pub fn revoke_token(&self, token: &str) {
         lock(&self.inner.tokens).retain(|t| t != token);
     }
 
+    /// Treat `token` as known but expired: requests with it get 401 `Unauthorized`
+    /// (kube-apiserver never says why in the response) and
+    /// [`Self::auth_failures`] records `service account token has expired`.
+    pub fn expire_token(&self, token: &str) {
+        lock(&self.inner.tokens).retain(|t| t != token);
+        lock(&self.inner.expired_tokens).push(token.to_string());
+        self.inner.token_auth.store(true, Ordering::SeqCst);
+    }
+
+    /// Why requests were refused with 401, in order, worded as kube-apiserver logs
+    /// it (`invalid bearer token, service account token has expired`,
+    /// `invalid bearer token`, `no credentials`).
+    pub fn auth_failures(&self) -> Vec<String> {
+        lock(&self.inner.auth_failures).clone()
+    }
+
+    /// Issue a client certificate for user `user` (CN) in `groups` (O) from this
+    /// server's CA. Needs `Options::tls`; accepted at the handshake when
+    /// `Options::client_certs` is on.
+    pub fn issue_client_cert(&self, user: &str, groups: &[&str]) -> ClientCert {
+        let tls = self
+            .inner
+            .tls
+            .as_ref()
+            .expect("issue_client_cert needs a TLS server");
+        let cert = issue_client_cert(&tls.issuer, user, groups);
+        lock(&self.inner.issued).insert(cert.der.clone(), user.to_string());
+        cert
+    }
+
+    /// The users of the client certificates presented at each accepted TLS
+    /// handshake, in order.
+    pub fn cert_logins(&self) -> Vec<String> {
+        lock(&self.inner.cert_logins).clone()
+    }
+
+    /// Why TLS handshakes were refused (rustls' error), in order.
+    pub fn tls_rejections(&self) -> Vec<String> {
+        lock(&self.inner.tls_rejections).clone()
+    }
+
     pub fn set_bookmark_interval(&self, d: Duration) {
         *lock(&self.inner.bookmark_interval) = d;
+    }
+
+    /// Applies to watches started from now on.
+    pub fn set_watch_close(&self, close: WatchClose) {
+        *lock(&self.inner.watch_close) = close;
+    }
+
+    pub fn set_expired_watch(&self, form: ExpiredWatch) {
+        *lock(&self.inner.expired_watch) = form;
+    }
+
+    /// Install or uninstall the Istio CRDs. Uninstalling deletes every Istio object
+    /// (each with a `DELETED` event) and ends the open watches of those kinds, as
+    /// deleting a CRD does.
+    pub fn set_istio_crds(&self, installed: bool) {
+        let was = self.inner.istio_crds.swap(installed, Ordering::SeqCst);
+        if was && !installed {
+            let mut s = lock(&self.inner.store);
+            let keys: Vec<Key> = s
+                .objects
+                .keys()
+                .filter(|k| is_istio_group(k.0))
+                .cloned()
+                .collect();
+            for key in keys {
+                if let Some(kind) = kind_by_plural(key.0, key.1) {
+                    remove_locked(&self.inner, &mut s, kind, &key.2, &key.3);
+                }
+            }
+            s.rv += 1;
+            for kind in KINDS.iter().filter(|k| is_istio_group(k.group)) {
+                let ev = Arc::new(StoredEvent {
+                    rv: s.rv,
+                    kind,
+                    namespace: String::new(),
+                    r#type: "UNSERVED",
+                    object: Arc::new(Value::Null),
+                    prev: None,
+                });
+                let _ = self.inner.events.send(ev);
+            }
+        }
     }
 
     /// LIST requests served so far.
@@ -528,13 +904,15 @@ impl FakeApiServer {
     }
 
     /// Create or replace an object (k8s-openapi type or JSON with `apiVersion` and
-    /// `kind`). Returns the new resourceVersion.
+    /// `kind`), creating its namespace first when missing. Returns the new
+    /// resourceVersion. Panics on an object the server refuses (a test's mistake).
     pub fn apply<T: serde::Serialize>(&self, obj: &T) -> u64 {
         let v = serde_json::to_value(obj).expect("serialize object");
         self.write(v, WriteMode::Upsert).expect("apply object")
     }
 
-    /// Create an object; fails if it exists.
+    /// Create an object as a `POST` does: fails if it exists (`... already exists`) or
+    /// its namespace does not (`namespaces "x" not found`).
     pub fn create<T: serde::Serialize>(&self, obj: &T) -> Result<u64, String> {
         let v = serde_json::to_value(obj).map_err(|e| e.to_string())?;
         self.write(v, WriteMode::Create)
@@ -569,17 +947,36 @@ impl FakeApiServer {
     }
 
     fn write(&self, v: Value, mode: WriteMode) -> Result<u64, String> {
-        write_object(&self.inner, v, mode).map(|(rv, _)| rv)
+        write_object(&self.inner, v, mode)
+            .map(|(rv, _)| rv)
+            .map_err(|e| e.to_string())
     }
 
     /// A kubeconfig (YAML) for this server: context and cluster named after the
     /// server; `token` overrides the server's first accepted token, `ca_pem` its CA.
     pub fn kubeconfig_yaml(&self, token: Option<&str>, ca_pem: Option<&str>) -> String {
+        self.kubeconfig_yaml_with(&Credentials {
+            token: token.map(str::to_string),
+            ca_pem: ca_pem.map(str::to_string),
+            ..Credentials::default()
+        })
+    }
+
+    /// A kubeconfig (YAML) for this server with `creds`: the token (else the
+    /// server's first accepted one, unless `no_token`), the CA (else the server's),
+    /// and a client certificate and key (`client-certificate-data`,
+    /// `client-key-data`).
+    pub fn kubeconfig_yaml_with(&self, creds: &Credentials) -> String {
         let name = &self.inner.name;
-        let token = token
-            .map(str::to_string)
-            .or_else(|| lock(&self.inner.tokens).first().cloned());
-        let ca = ca_pem.or(self.ca_pem());
+        let token = if creds.no_token {
+            None
+        } else {
+            creds
+                .token
+                .clone()
+                .or_else(|| lock(&self.inner.tokens).first().cloned())
+        };
+        let ca = creds.ca_pem.as_deref().or(self.ca_pem());
         let mut s = String::new();
         s.push_str("apiVersion: v1\nkind: Config\n");
         s.push_str(&format!("current-context: {name}\n"));
@@ -596,9 +993,21 @@ impl FakeApiServer {
         }
         s.push_str("users:\n");
         s.push_str(&format!("- name: {name}-user\n  user:\n"));
-        match token {
-            Some(t) => s.push_str(&format!("    token: {t}\n")),
-            None => s.push_str("    {}\n"),
+        let mut empty = true;
+        if let Some(t) = token {
+            s.push_str(&format!("    token: {t}\n"));
+            empty = false;
+        }
+        if let Some(c) = &creds.client_cert {
+            s.push_str(&format!(
+                "    client-certificate-data: {}\n    client-key-data: {}\n",
+                base64(c.cert_pem.as_bytes()),
+                base64(c.key_pem.as_bytes())
+            ));
+            empty = false;
+        }
+        if empty {
+            s.push_str("    {}\n");
         }
         s.push_str("contexts:\n");
         s.push_str(&format!(
@@ -610,10 +1019,31 @@ impl FakeApiServer {
     /// Write [`Self::kubeconfig_yaml`] to `path` (atomically, via a rename, so a
     /// file watcher never sees half a file).
     pub fn write_kubeconfig(&self, path: &Path, token: Option<&str>, ca_pem: Option<&str>) {
-        let tmp = path.with_extension("tmp-write");
-        std::fs::write(&tmp, self.kubeconfig_yaml(token, ca_pem)).expect("write kubeconfig");
-        std::fs::rename(&tmp, path).expect("rename kubeconfig");
+        write_atomically(path, &self.kubeconfig_yaml(token, ca_pem));
     }
+
+    /// Write [`Self::kubeconfig_yaml_with`] to `path` (atomically).
+    pub fn write_kubeconfig_with(&self, path: &Path, creds: &Credentials) {
+        write_atomically(path, &self.kubeconfig_yaml_with(creds));
+    }
+}
+
+fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp-write");
+    std::fs::write(&tmp, text).expect("write kubeconfig");
+    std::fs::rename(&tmp, path).expect("rename kubeconfig");
+}
+
+/// The user part of a kubeconfig ([`FakeApiServer::kubeconfig_yaml_with`]).
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    /// Bearer token; `None`: the server's first accepted token, if any.
+    pub token: Option<String>,
+    /// Write no token at all (for a client-certificate-only user).
+    pub no_token: bool,
+    /// CA to trust; `None`: the server's.
+    pub ca_pem: Option<String>,
+    pub client_cert: Option<ClientCert>,
 }
 
 impl Drop for FakeApiServer {
@@ -636,12 +1066,46 @@ static COMPACTION: Kind = Kind {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum WriteMode {
+    /// Fails if the object exists or its namespace does not.
     Create,
+    /// Creates or replaces; creates a missing namespace first (test helpers only).
     Upsert,
 }
 
+/// Why a write was refused, with the HTTP status kube-apiserver answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum WriteError {
+    /// 409 `AlreadyExists`.
+    AlreadyExists(String),
+    /// 404 `NotFound` (the namespace does not exist, or the kind is not served).
+    NotFound(String),
+    /// 422 `Invalid`.
+    Invalid(String),
+}
+
+impl std::fmt::Display for WriteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteError::AlreadyExists(m) | WriteError::NotFound(m) | WriteError::Invalid(m) => {
+                f.write_str(m)
+            }
+        }
+    }
+}
+
+fn is_istio_group(group: &str) -> bool {
+    group == "networking.istio.io" || group == "security.istio.io"
+}
+
+/// The kind is served now (an Istio kind only while its CRDs are installed).
+fn served(inner: &Inner, kind: &Kind) -> bool {
+    !is_istio_group(kind.group) || inner.istio_crds.load(Ordering::SeqCst)
+}
+
+const NOT_FOUND: &str = "the server could not find the requested resource";
+
 /// Store `v`, stamping metadata, record the event and notify watches.
-fn write_object(inner: &Inner, mut v: Value, mode: WriteMode) -> Result<(u64, Arc<Value>), String> {
+fn write_object(inner: &Inner, mut v: Value, mode: WriteMode) -> Result<(u64, Arc<Value>), WriteError> {
     let api = v
         .get("apiVersion")
         .and_then(Value::as_str)
@@ -652,23 +1116,34 @@ fn write_object(inner: &Inner, mut v: Value, mode: WriteMode) -> Result<(u64, Ar
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string();
-    let kind = kind_by_api(&api, &kname).ok_or_else(|| format!("unknown kind {api}/{kname}"))?;
+    let kind = kind_by_api(&api, &kname)
+        .ok_or_else(|| WriteError::NotFound(format!("no kind {kname:?} is registered for version {api:?}")))?;
+    if !served(inner, kind) {
+        return Err(WriteError::NotFound(format!(
+            "{NOT_FOUND} ({}.{}: the CRD is not installed)",
+            kind.plural, kind.group
+        )));
+    }
     let meta = v
         .get_mut("metadata")
         .and_then(Value::as_object_mut)
-        .ok_or("object has no metadata")?;
+        .ok_or_else(|| WriteError::Invalid("object has no metadata".into()))?;
     let name = meta
         .get("name")
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string();
     if name.is_empty() {
-        return Err("metadata.name is required".into());
+        return Err(WriteError::Invalid(format!(
+            "{} \"\" is invalid: metadata.name: Required value: name or generateName is required",
+            kind.kind
+        )));
     }
     let namespace = if kind.namespaced {
         let ns = meta
             .get("namespace")
             .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
             .unwrap_or("default")
             .to_string();
         meta.insert("namespace".into(), json!(ns));
@@ -677,12 +1152,58 @@ fn write_object(inner: &Inner, mut v: Value, mode: WriteMode) -> Result<(u64, Ar
         meta.remove("namespace");
         String::new()
     };
+    if kind.plural == "namespaces" {
+        // What the namespace lifecycle gives every new Namespace.
+        let obj = v.as_object_mut().ok_or_else(|| WriteError::Invalid("not an object".into()))?;
+        obj.entry("spec").or_insert(json!({"finalizers": ["kubernetes"]}));
+        obj.entry("status").or_insert(json!({"phase": "Active"}));
+    }
     let key: Key = (kind.group, kind.plural, namespace.clone(), name);
     let mut s = lock(&inner.store);
+    if kind.namespaced && !s.objects.contains_key(&namespace_key(&namespace)) {
+        if mode == WriteMode::Create {
+            return Err(WriteError::NotFound(format!(
+                "namespaces \"{namespace}\" not found"
+            )));
+        }
+        let ns = json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace},
+            "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}
+        });
+        store_locked(inner, &mut s, &NAMESPACE_KIND, ns, namespace_key(&namespace), None);
+    }
     let prev = s.objects.get(&key).cloned();
     if prev.is_some() && mode == WriteMode::Create {
-        return Err("AlreadyExists".into());
+        return Err(WriteError::AlreadyExists(format!(
+            "{} \"{}\" already exists",
+            kind.plural, key.3
+        )));
     }
+    Ok(store_locked(inner, &mut s, kind, v, key, prev))
+}
+
+fn namespace_key(ns: &str) -> Key {
+    ("", "namespaces", String::new(), ns.to_string())
+}
+
+static NAMESPACE_KIND: Kind = Kind {
+    group: "",
+    versions: &["v1"],
+    plural: "namespaces",
+    kind: "Namespace",
+    namespaced: false,
+};
+
+/// Stamp resourceVersion, uid and creationTimestamp on `v`, store it under `key`
+/// and record the event.
+fn store_locked(
+    inner: &Inner,
+    s: &mut Store,
+    kind: &'static Kind,
+    mut v: Value,
+    key: Key,
+    prev: Option<Arc<Value>>,
+) -> (u64, Arc<Value>) {
     s.rv += 1;
     let rv = s.rv;
     let uid = match prev
@@ -695,17 +1216,22 @@ fn write_object(inner: &Inner, mut v: Value, mode: WriteMode) -> Result<(u64, Ar
             format!("00000000-0000-4000-8000-{:012x}", s.uid)
         }
     };
-    meta.insert("resourceVersion".into(), json!(rv.to_string()));
-    meta.insert("uid".into(), json!(uid));
-    meta.entry("creationTimestamp")
-        .or_insert(json!("2024-01-01T00:00:00Z"));
+    if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert("resourceVersion".into(), json!(rv.to_string()));
+        meta.insert("uid".into(), json!(uid));
+        meta.entry("creationTimestamp")
+            .or_insert(json!("2024-01-01T00:00:00Z"));
+    }
+    let namespace = key.2.clone();
     let obj = Arc::new(v);
     s.objects.insert(key, obj.clone());
     let ty = if prev.is_some() { "MODIFIED" } else { "ADDED" };
-    record(inner, &mut s, kind, namespace, ty, obj.clone(), prev);
-    Ok((rv, obj))
+    record(inner, s, kind, namespace, ty, obj.clone(), prev);
+    (rv, obj)
 }
 
+/// Delete one object; deleting a Namespace first deletes every object in it (what
+/// the namespace controller does before the Namespace itself goes).
 fn delete_object(
     inner: &Inner,
     kind: &'static Kind,
@@ -719,24 +1245,55 @@ fn delete_object(
         namespace.to_string(),
         name.to_string(),
     );
-    let prev = s
-        .objects
-        .remove(&key)
-        .ok_or_else(|| format!("{} {namespace}/{name} not found", kind.plural))?;
+    if !s.objects.contains_key(&key) {
+        return Err(format!("{} \"{name}\" not found", kind.plural));
+    }
+    if kind.plural == "namespaces" && kind.group.is_empty() {
+        let inside: Vec<Key> = s
+            .objects
+            .keys()
+            .filter(|k| k.2 == name)
+            .cloned()
+            .collect();
+        for k in inside {
+            if let Some(kk) = kind_by_plural(k.0, k.1) {
+                remove_locked(inner, &mut s, kk, &k.2, &k.3);
+            }
+        }
+    }
+    remove_locked(inner, &mut s, kind, namespace, name)
+        .ok_or_else(|| format!("{} \"{name}\" not found", kind.plural))
+}
+
+/// Remove one object and record its `DELETED` event; `None` if absent.
+fn remove_locked(
+    inner: &Inner,
+    s: &mut Store,
+    kind: &'static Kind,
+    namespace: &str,
+    name: &str,
+) -> Option<u64> {
+    let key: Key = (
+        kind.group,
+        kind.plural,
+        namespace.to_string(),
+        name.to_string(),
+    );
+    let prev = s.objects.remove(&key)?;
     s.rv += 1;
     let rv = s.rv;
     let mut gone = (*prev).clone();
     gone["metadata"]["resourceVersion"] = json!(rv.to_string());
     record(
         inner,
-        &mut s,
+        s,
         kind,
         namespace.to_string(),
         "DELETED",
         Arc::new(gone),
         Some(prev),
     );
-    Ok(rv)
+    Some(rv)
 }
 
 fn record(
@@ -944,18 +1501,114 @@ fn at_version(obj: &Value, kind: &Kind, version: &str) -> Value {
     o
 }
 
-async fn handle(AxState(inner): AxState<Arc<Inner>>, req: Request) -> Response {
-    let tokens = lock(&inner.tokens).clone();
-    if !tokens.is_empty() {
-        let ok = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .is_some_and(|t| tokens.iter().any(|x| x == t));
-        if !ok {
-            return status(401, "Unauthorized", "Unauthorized");
+/// The bearer-token check: `Err(reason)` (as kube-apiserver logs it) when token
+/// auth is on and the request's token is missing, unknown or expired.
+fn authenticate(inner: &Inner, req: &Request) -> Result<(), String> {
+    if !inner.token_auth.load(Ordering::SeqCst) {
+        return Ok(());
+    }
+    let Some(token) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+    else {
+        return Err("no credentials".into());
+    };
+    if lock(&inner.tokens).iter().any(|t| t == token) {
+        Ok(())
+    } else if lock(&inner.expired_tokens).iter().any(|t| t == token) {
+        Err("invalid bearer token, service account token has expired".into())
+    } else {
+        Err("invalid bearer token".into())
+    }
+}
+
+/// The answer to a request a [`FaultRule`] matches: the `Status` kube-apiserver
+/// sends for that code.
+fn fault_response(rule: &FaultRule, verb: Verb, kind: Option<&Kind>, namespace: Option<&str>) -> Response {
+    let code = rule.code;
+    let resource = kind.map(|k| {
+        if k.group.is_empty() {
+            k.plural.to_string()
+        } else {
+            format!("{}.{}", k.plural, k.group)
         }
+    });
+    let (reason, message) = match code {
+        403 => {
+            let scope = match namespace {
+                Some(ns) => format!("in the namespace \"{ns}\""),
+                None => "at the cluster scope".to_string(),
+            };
+            let what = resource.clone().unwrap_or_else(|| "the requested resource".into());
+            (
+                "Forbidden",
+                format!(
+                    "{what} is forbidden: User \"system:serviceaccount:crossmesh-system:crossmesh-reader\" cannot {} resource \"{}\" in API group \"{}\" {scope}",
+                    verb.as_str(),
+                    kind.map_or("", |k| k.plural),
+                    kind.map_or("", |k| k.group),
+                ),
+            )
+        }
+        429 => (
+            "TooManyRequests",
+            "Too many requests, please try again later.".to_string(),
+        ),
+        500 => (
+            "InternalError",
+            "Internal error occurred: injected fault".to_string(),
+        ),
+        503 => (
+            "ServiceUnavailable",
+            "the server is currently unable to handle the request".to_string(),
+        ),
+        504 => (
+            "Timeout",
+            "the server was unable to return a response in the time allotted, but may still be processing the request".to_string(),
+        ),
+        _ => ("Unknown", format!("the server responded with the status code {code} but did not return more information")),
+    };
+    let mut body = status_body(code, reason, &message);
+    let mut details = serde_json::Map::new();
+    if let Some(k) = kind {
+        details.insert("group".into(), json!(k.group));
+        details.insert("kind".into(), json!(k.plural));
+    }
+    if let Some(secs) = rule.retry_after {
+        details.insert("retryAfterSeconds".into(), json!(secs));
+    }
+    if !details.is_empty() {
+        body["details"] = Value::Object(details);
+    }
+    let mut r = json_response(code, &body);
+    if let Some(secs) = rule.retry_after {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    r
+}
+
+/// The first [`FaultRule`] matching this request, used once.
+fn take_fault(inner: &Inner, verb: Verb, plural: Option<&str>) -> Option<FaultRule> {
+    let mut rules = lock(&inner.rules);
+    let i = rules.iter().position(|r| r.matches(verb, plural))?;
+    let rule = rules[i].clone();
+    if let Some(n) = rules[i].times.as_mut() {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            rules.remove(i);
+        }
+    }
+    inner.faults_served.fetch_add(1, Ordering::SeqCst);
+    Some(rule)
+}
+
+async fn handle(AxState(inner): AxState<Arc<Inner>>, req: Request) -> Response {
+    if let Err(why) = authenticate(&inner, &req) {
+        lock(&inner.auth_failures).push(why);
+        return status(401, "Unauthorized", "Unauthorized");
     }
     let fault = lock(&inner.fault).clone();
     match fault {
@@ -965,7 +1618,7 @@ async fn handle(AxState(inner): AxState<Arc<Inner>>, req: Request) -> Response {
             ));
         }
         Fault::Status(code) => {
-            return status(code, "InternalError", &format!("injected HTTP {code}"));
+            return fault_response(&FaultRule::status(code), Verb::Discovery, None, None);
         }
         Fault::None | Fault::CloseWatches => {}
     }
@@ -977,6 +1630,13 @@ async fn handle(AxState(inner): AxState<Arc<Inner>>, req: Request) -> Response {
         .split('/')
         .filter(|s| !s.is_empty())
         .collect();
+    let is_discovery = matches!(segs.as_slice(), ["version"] | ["api"] | ["apis"])
+        || matches!(segs.as_slice(), ["api", _] | ["apis", _, _]);
+    if is_discovery {
+        if let Some(rule) = take_fault(&inner, Verb::Discovery, None) {
+            return fault_response(&rule, Verb::Discovery, None, None);
+        }
+    }
     let (group, version, rest) = match segs.as_slice() {
         ["version"] => {
             return json_response(
@@ -996,46 +1656,43 @@ async fn handle(AxState(inner): AxState<Arc<Inner>>, req: Request) -> Response {
                 }),
             )
         }
-        ["apis"] => return json_response(200, &api_group_list()),
+        ["apis"] => return json_response(200, &api_group_list(&inner)),
         ["api", v, rest @ ..] => ("", *v, rest.to_vec()),
         ["apis", g, v, rest @ ..] => (*g, *v, rest.to_vec()),
-        _ => {
-            return status(
-                404,
-                "NotFound",
-                &format!("the server could not find the requested resource {path}"),
-            )
-        }
+        _ => return status(404, "NotFound", NOT_FOUND),
     };
     if rest.is_empty() {
-        return api_resource_list(group, version);
+        return api_resource_list(&inner, group, version);
     }
     let (namespace, plural, name) = match rest.as_slice() {
         [plural] => (None, *plural, None),
         [plural, name] => (None, *plural, Some(*name)),
         ["namespaces", ns, plural] => (Some(*ns), *plural, None),
         ["namespaces", ns, plural, name] => (Some(*ns), *plural, Some(*name)),
-        _ => {
-            return status(
-                404,
-                "NotFound",
-                &format!("the server could not find the requested resource {path}"),
-            )
-        }
+        _ => return status(404, "NotFound", NOT_FOUND),
     };
-    let Some(kind) = kind_by_plural(group, plural).filter(|k| k.versions.contains(&version)) else {
-        return status(
-            404,
-            "NotFound",
-            &format!("the server could not find the requested resource {path}"),
-        );
+    let Some(kind) = kind_by_plural(group, plural)
+        .filter(|k| k.versions.contains(&version) && served(&inner, k))
+    else {
+        // A group whose CRDs are not installed is unknown to the server.
+        return status(404, "NotFound", NOT_FOUND);
     };
     if namespace.is_some() && !kind.namespaced {
-        return status(
-            404,
-            "NotFound",
-            &format!("{} is cluster-scoped", kind.plural),
-        );
+        return status(404, "NotFound", NOT_FOUND);
+    }
+    let is_watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    let verb = match (&method, name) {
+        (&Method::GET, Some(_)) => Some(Verb::Get),
+        (&Method::GET, None) if is_watch => Some(Verb::Watch),
+        (&Method::GET, None) => Some(Verb::List),
+        (&Method::POST, None) => Some(Verb::Create),
+        (&Method::DELETE, Some(_)) => Some(Verb::Delete),
+        _ => None,
+    };
+    if let Some(verb) = verb {
+        if let Some(rule) = take_fault(&inner, verb, Some(kind.plural)) {
+            return fault_response(&rule, verb, Some(kind), namespace);
+        }
     }
     match (method, name) {
         (Method::GET, Some(name)) => get_one(&inner, kind, version, namespace.unwrap_or(""), name),
@@ -1065,7 +1722,6 @@ async fn handle(AxState(inner): AxState<Arc<Inner>>, req: Request) -> Response {
                 labels,
                 fields,
             };
-            let is_watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
             if is_watch {
                 watch(inner, filter, version, &query)
             } else {
@@ -1145,12 +1801,18 @@ fn create(
     }
     match write_object(inner, v, WriteMode::Create) {
         Ok((_, obj)) => json_response(201, &at_version(&obj, kind, version)),
-        Err(e) if e == "AlreadyExists" => status(
-            409,
-            "AlreadyExists",
-            &format!("{} already exists", kind.plural),
-        ),
-        Err(e) => status(422, "Invalid", &e),
+        Err(WriteError::AlreadyExists(m)) => status(409, "AlreadyExists", &m),
+        Err(WriteError::NotFound(m)) => {
+            let mut body = status_body(404, "NotFound", &m);
+            if let Some(ns) = m
+                .strip_prefix("namespaces \"")
+                .and_then(|r| r.strip_suffix("\" not found"))
+            {
+                body["details"] = json!({"name": ns, "kind": "namespaces"});
+            }
+            json_response(404, &body)
+        }
+        Err(WriteError::Invalid(m)) => status(422, "Invalid", &m),
     }
 }
 
@@ -1302,7 +1964,8 @@ fn watch(
 
     // Under the store lock: decide the starting point, collect what to replay, and
     // subscribe, so no event is missed or sent twice.
-    let mut initial: Vec<Bytes> = Vec::new();
+    // (is an object event, line)
+    let mut initial: Vec<(bool, Bytes)> = Vec::new();
     let (sub, start_rv) = {
         let s = lock(&inner.store);
         let start_rv = match want_rv.as_str() {
@@ -1311,7 +1974,7 @@ fn watch(
                     .values()
                     .filter(|o| filter.matches(o))
                 {
-                    initial.push(event_line("ADDED", &at_version(o, kind, &version)));
+                    initial.push((true, event_line("ADDED", &at_version(o, kind, &version))));
                 }
                 if initial_events {
                     let mut bm = json!({
@@ -1323,7 +1986,7 @@ fn watch(
                         bm = Value::Null;
                     }
                     if !bm.is_null() {
-                        initial.push(event_line("BOOKMARK", &bm));
+                        initial.push((false, event_line("BOOKMARK", &bm)));
                     }
                 }
                 s.rv
@@ -1333,18 +1996,18 @@ fn watch(
                     return status(400, "BadRequest", &format!("invalid resourceVersion {w:?}"));
                 };
                 if w < s.oldest_rv {
-                    let st = status_body(
-                        410,
-                        "Expired",
-                        &format!("too old resource version: {w} ({})", s.oldest_rv),
-                    );
+                    let message = format!("too old resource version: {w} ({})", s.oldest_rv);
+                    if *lock(&inner.expired_watch) == ExpiredWatch::HttpGone {
+                        return status(410, "Expired", &message);
+                    }
+                    let st = status_body(410, "Expired", &message);
                     let _ = tx.try_send(event_line("ERROR", &st));
                     drop(tx);
                     return stream_response(rx);
                 }
                 for ev in s.history.iter().filter(|e| e.rv > w) {
                     if let Some((ty, obj)) = shape_event(&filter, ev) {
-                        initial.push(event_line(ty, &at_version(obj, kind, &version)));
+                        initial.push((true, event_line(ty, &at_version(obj, kind, &version))));
                     }
                 }
                 s.rv
@@ -1356,14 +2019,29 @@ fn watch(
     inner.open_watches.fetch_add(1, Ordering::SeqCst);
     let guard = OpenWatch(inner.clone());
     let interval = *lock(&inner.bookmark_interval);
+    let close = *lock(&inner.watch_close);
+    let (max_events, timeout) = match close {
+        WatchClose::Never => (u64::MAX, timeout),
+        WatchClose::AfterEvents(n) => (n, timeout),
+        WatchClose::After(d) => (u64::MAX, timeout.min(d)),
+    };
     tokio::spawn(async move {
         let _guard = guard;
         let mut sub = sub;
         let mut last_rv = start_rv;
-        for line in initial {
+        // Object events sent; at `max_events` the stream ends cleanly.
+        let mut sent: u64 = 0;
+        for (is_object, line) in initial {
+            if sent >= max_events {
+                return;
+            }
             if tx.send(line).await.is_err() {
                 return;
             }
+            sent += u64::from(is_object);
+        }
+        if sent >= max_events {
+            return;
         }
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
@@ -1389,8 +2067,19 @@ fn watch(
                             let _ = tx.send(event_line("ERROR", &st)).await;
                             return;
                         }
+                        if ev.r#type == "UNSERVED" {
+                            // The CRD was deleted: its watches end.
+                            if ev.kind.group == kind.group && ev.kind.plural == kind.plural {
+                                return;
+                            }
+                            continue;
+                        }
                         if let Some((ty, obj)) = shape_event(&filter, &ev) {
                             if tx.send(event_line(ty, &at_version(obj, kind, &version))).await.is_err() {
+                                return;
+                            }
+                            sent += 1;
+                            if sent >= max_events {
                                 return;
                             }
                         }
@@ -1442,9 +2131,12 @@ impl MapOk for tokio_stream::wrappers::ReceiverStream<Bytes> {
     }
 }
 
-fn api_group_list() -> Value {
+fn api_group_list(inner: &Inner) -> Value {
     let mut groups: Vec<(&str, &[&str])> = Vec::new();
-    for k in KINDS.iter().filter(|k| !k.group.is_empty()) {
+    for k in KINDS
+        .iter()
+        .filter(|k| !k.group.is_empty() && served(inner, k))
+    {
         if !groups.iter().any(|(g, _)| *g == k.group) {
             groups.push((k.group, k.versions));
         }
@@ -1462,10 +2154,10 @@ fn api_group_list() -> Value {
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
-fn api_resource_list(group: &str, version: &str) -> Response {
+fn api_resource_list(inner: &Inner, group: &str, version: &str) -> Response {
     let resources: Vec<Value> = KINDS
         .iter()
-        .filter(|k| k.group == group && k.versions.contains(&version))
+        .filter(|k| k.group == group && k.versions.contains(&version) && served(inner, k))
         .map(|k| {
             json!({
                 "name": k.plural, "singularName": k.kind.to_lowercase(), "namespaced": k.namespaced,
@@ -1474,7 +2166,7 @@ fn api_resource_list(group: &str, version: &str) -> Response {
         })
         .collect();
     if resources.is_empty() {
-        return status(404, "NotFound", "no such group version");
+        return status(404, "NotFound", NOT_FOUND);
     }
     json_response(
         200,
@@ -1495,6 +2187,7 @@ struct KillableListener {
     tcp: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     kill: watch::Receiver<bool>,
+    inner: Arc<Inner>,
 }
 
 impl axum::serve::Listener for KillableListener {
@@ -1515,9 +2208,28 @@ impl axum::serve::Listener for KillableListener {
                 None => Box::new(tcp),
                 Some(acc) => {
                     match tokio::time::timeout(Duration::from_secs(5), acc.accept(tcp)).await {
-                        Ok(Ok(s)) => Box::new(s),
-                        // A client that rejects our certificate, or speaks plain HTTP.
-                        _ => continue,
+                        Ok(Ok(s)) => {
+                            let user = s
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .and_then(|c| lock(&self.inner.issued).get(c.as_ref()).cloned());
+                            if let Some(user) = user {
+                                lock(&self.inner.cert_logins).push(user);
+                            }
+                            Box::new(s)
+                        }
+                        // A client that rejects our certificate, presents none or one
+                        // from another CA, or speaks plain HTTP.
+                        Ok(Err(e)) => {
+                            lock(&self.inner.tls_rejections).push(e.to_string());
+                            continue;
+                        }
+                        Err(_) => {
+                            lock(&self.inner.tls_rejections).push("handshake timed out".into());
+                            continue;
+                        }
                     }
                 }
             };
