@@ -86,7 +86,7 @@ pub fn select<'a>(proxy: &Proxy, ctx: &'a PushContext) -> Option<&'a Arc<Config<
                 && s.spec
                     .workload_selector
                     .as_ref()
-                    .is_some_and(|w| labels_match(&w.match_labels, &proxy.labels))
+                    .is_some_and(|w| labels_match(&w.labels, &proxy.labels))
         })
         .or_else(|| no_selector(&proxy.namespace))
         .or_else(|| no_selector(ROOT_NAMESPACE))
@@ -859,7 +859,7 @@ mod tests {
     fn selector_beats_namespace_wide_beats_root() {
         let (ctx, proxy) = golden();
         let specific = sidecar_obj(
-            "apiVersion: networking.istio.io/v1alpha3\nkind: Sidecar\nmetadata: {name: frontend, namespace: base}\nspec:\n  workloadSelector: {matchLabels: {app: frontend}}\n  egress:\n  - hosts: [\"./user.base.svc.cluster.local\"]\n  outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n",
+            "apiVersion: networking.istio.io/v1alpha3\nkind: Sidecar\nmetadata: {name: frontend, namespace: base}\nspec:\n  workloadSelector: {labels: {app: frontend}}\n  egress:\n  - hosts: [\"./user.base.svc.cluster.local\"]\n  outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n",
         );
         let ctx2 = with_sidecars(&ctx, vec![specific.clone()]);
         assert_eq!(select(&proxy, &ctx2).unwrap().meta.name, "frontend");
@@ -1077,7 +1077,7 @@ mod tests {
     fn redirect_ingress_bind_narrows_the_inbound_chain() {
         let (ctx, proxy) = golden();
         let bound = sidecar_obj(
-            "apiVersion: networking.istio.io/v1alpha3\nkind: Sidecar\nmetadata: {name: frontend, namespace: base}\nspec:\n  workloadSelector: {matchLabels: {app: frontend}}\n  ingress:\n  - port: {number: 8080, protocol: HTTP, name: http}\n    bind: 10.0.0.1\n    defaultEndpoint: 127.0.0.1:8080\n  - port: {number: 9090, protocol: TCP, name: tcp}\n    bind: 0.0.0.0\n    defaultEndpoint: 127.0.0.1:9090\n",
+            "apiVersion: networking.istio.io/v1alpha3\nkind: Sidecar\nmetadata: {name: frontend, namespace: base}\nspec:\n  workloadSelector: {labels: {app: frontend}}\n  ingress:\n  - port: {number: 8080, protocol: HTTP, name: http}\n    bind: 10.0.0.1\n    defaultEndpoint: 127.0.0.1:8080\n  - port: {number: 9090, protocol: TCP, name: tcp}\n    bind: 0.0.0.0\n    defaultEndpoint: 127.0.0.1:9090\n",
         );
         let g = generate(&proxy, &with_sidecars(&ctx, vec![bound]));
         let inbound = g
@@ -1104,7 +1104,7 @@ mod tests {
     fn inbound_connection_pools_become_circuit_breakers() {
         let (ctx, proxy) = golden();
         let sc = sidecar_obj(
-            "apiVersion: networking.istio.io/v1alpha3\nkind: Sidecar\nmetadata: {name: frontend, namespace: base}\nspec:\n  workloadSelector: {matchLabels: {app: frontend}}\n  inboundConnectionPool:\n    tcp: {maxConnections: 5}\n  ingress:\n  - port: {number: 8080, protocol: HTTP, name: http}\n    defaultEndpoint: 127.0.0.1:8080\n  - port: {number: 9090, protocol: GRPC, name: grpc}\n    defaultEndpoint: 127.0.0.1:9090\n    connectionPool:\n      http: {http2MaxRequests: 2}\n",
+            "apiVersion: networking.istio.io/v1alpha3\nkind: Sidecar\nmetadata: {name: frontend, namespace: base}\nspec:\n  workloadSelector: {labels: {app: frontend}}\n  inboundConnectionPool:\n    tcp: {maxConnections: 5}\n  ingress:\n  - port: {number: 8080, protocol: HTTP, name: http}\n    defaultEndpoint: 127.0.0.1:8080\n  - port: {number: 9090, protocol: GRPC, name: grpc}\n    defaultEndpoint: 127.0.0.1:9090\n    connectionPool:\n      http: {http2MaxRequests: 2}\n",
         );
         let g = generate(&proxy, &with_sidecars(&ctx, vec![sc]));
         let thresholds = |name: &str| {

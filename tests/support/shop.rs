@@ -206,7 +206,7 @@ apiVersion: networking.istio.io/v1alpha3
 kind: Sidecar
 metadata: {{name: frontend, namespace: {NS}}}
 spec:
-  workloadSelector: {{matchLabels: {{app: frontend}}}}
+  workloadSelector: {{labels: {{app: frontend}}}}
   ingress:
   - port: {{number: {fe_port}, protocol: HTTP, name: http}}
     defaultEndpoint: 127.0.0.1:{app_port}

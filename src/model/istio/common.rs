@@ -80,7 +80,9 @@ pub struct Destination {
     pub port: Option<PortSelector>,
 }
 
-/// Istio's `WorkloadSelector` (Sidecar, DestinationRule).
+/// `istio.type.v1beta1.WorkloadSelector` (DestinationRule's `workloadSelector`;
+/// the security kinds' `selector`). Sidecar has its own form with `labels`
+/// (`sidecar::SidecarWorkloadSelector`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WorkloadSelector {

@@ -1,9 +1,10 @@
 //! `networking.istio.io` `Sidecar`: which services a sidecar sees and which ports
 //! it listens on. Types only here; translation lives in `translate::sidecar`.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
-use super::common::WorkloadSelector;
 use super::destination_rule::ConnectionPoolSettings;
 
 /// `Sidecar.spec`.
@@ -13,7 +14,7 @@ pub struct Sidecar {
     /// Absent: applies to every workload of the namespace without a more specific
     /// Sidecar.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workload_selector: Option<WorkloadSelector>,
+    pub workload_selector: Option<SidecarWorkloadSelector>,
     #[serde(default)]
     pub ingress: Vec<IstioIngressListener>,
     #[serde(default)]
@@ -22,6 +23,43 @@ pub struct Sidecar {
     pub outbound_traffic_policy: Option<OutboundTrafficPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inbound_connection_pool: Option<ConnectionPoolSettings>,
+}
+
+/// Sidecar's own `WorkloadSelector` (`networking.istio.io`), which names its map
+/// `labels`. DestinationRule and the security kinds use
+/// `istio.type.v1beta1.WorkloadSelector` with `matchLabels` instead; that form is
+/// rejected here with a reason saying so (Istio's CRD schema does not accept it
+/// for a Sidecar either).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawSidecarSelector")]
+pub struct SidecarWorkloadSelector {
+    /// Labels the workload must carry (all of them); empty selects every
+    /// workload of the namespace.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The wire form, which recognises `matchLabels` only to reject it by name.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawSidecarSelector {
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    match_labels: Option<serde::de::IgnoredAny>,
+}
+
+impl TryFrom<RawSidecarSelector> for SidecarWorkloadSelector {
+    type Error = String;
+
+    fn try_from(raw: RawSidecarSelector) -> Result<Self, String> {
+        if raw.match_labels.is_some() {
+            return Err("`matchLabels` is not a field of a Sidecar's workloadSelector: \
+                 Sidecar uses `labels` (`workloadSelector: {labels: {app: NAME}}`); \
+                 `matchLabels` is the DestinationRule and security.istio.io form"
+                .to_string());
+        }
+        Ok(SidecarWorkloadSelector { labels: raw.labels })
+    }
 }
 
 /// `SidecarPort`.

@@ -1576,4 +1576,32 @@ mod tests {
             "{i:?}"
         );
     }
+
+    #[test]
+    fn sidecar_selector_uses_labels() {
+        let sidecar = |sel: &str| {
+            format!("apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: s, namespace: bookinfo}}\nspec:\n  workloadSelector: {sel}\n  egress:\n  - hosts: ['./*']\n")
+        };
+        let v: serde_json::Value =
+            serde_saphyr::from_str(&sidecar("{labels: {app: ratings}}")).expect("yaml");
+        match parse_object("t.yaml", &v) {
+            Ok(IstioObject::Sidecar(c)) => assert_eq!(
+                c.spec.workload_selector.map(|w| w.labels),
+                Some([("app".to_string(), "ratings".to_string())].into())
+            ),
+            other => panic!("{other:?}"),
+        }
+        let i = issues(&sidecar("{matchLabels: {app: ratings}}"));
+        assert!(
+            has(&i, "spec.workloadSelector", false, "Sidecar uses `labels`")
+                && has(&i, "spec.workloadSelector", false, "`matchLabels`"),
+            "{i:?}"
+        );
+        // DestinationRule keeps `istio.type.v1beta1.WorkloadSelector`.
+        let i = issues("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d, namespace: base}\nspec:\n  host: order\n  workloadSelector: {labels: {app: a}}\n");
+        assert!(
+            has(&i, "spec.workloadSelector.labels", false, "unknown field `labels`"),
+            "{i:?}"
+        );
+    }
 }
