@@ -437,11 +437,24 @@ async fn remote_network_endpoints_become_the_gateway_address() {
         },
     )
     .await;
-    let hosts = lab.envoy.cluster_hosts(CLUSTER).await.unwrap();
-    assert!(
-        hosts.iter().all(|h| h.ip().to_string() != pod_ip),
-        "{hosts:?}"
-    );
+    // Envoy holds exactly one host for the service: network-2's gateway (the
+    // pod's address never, and not an empty set).
+    let want = vec![SocketAddr::from((ew, ew_port))];
+    let envoy = &lab.envoy;
+    let want = &want;
+    wait_for(
+        &format!("envoy hosts of {CLUSTER} == {want:?}"),
+        CONVERGE,
+        || async move {
+            let hosts = envoy.cluster_hosts(CLUSTER).await?;
+            if &hosts == want {
+                Ok(())
+            } else {
+                Err(format!("{hosts:?}"))
+            }
+        },
+    )
+    .await;
 }
 
 /// A self-signed certificate and key for the TLS-terminating stand-in of the
