@@ -315,10 +315,7 @@ impl FaultRule {
 
     fn matches(&self, verb: Verb, plural: Option<&str>) -> bool {
         self.verb.is_none_or(|v| v == verb)
-            && self
-                .plural
-                .as_deref()
-                .is_none_or(|p| Some(p) == plural)
+            && self.plural.as_deref().is_none_or(|p| Some(p) == plural)
     }
 }
 
@@ -493,10 +490,12 @@ impl TlsMaterial {
         let builder = if require_client_cert {
             let mut roots = rustls::RootCertStore::empty();
             roots.add(ca_der).expect("CA into root store");
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .build()
-                    .expect("client verifier");
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .expect("client verifier");
             builder.with_client_cert_verifier(verifier)
         } else {
             builder.with_no_client_auth()
@@ -627,9 +626,7 @@ impl FakeApiServer {
             lists: AtomicU64::new(0),
             watches: AtomicU64::new(0),
             open_watches: AtomicU64::new(0),
-            tls: opts
-                .tls
-                .then(|| TlsMaterial::generate(opts.client_certs)),
+            tls: opts.tls.then(|| TlsMaterial::generate(opts.client_certs)),
             issued: Mutex::new(HashMap::new()),
             cert_logins: Mutex::new(Vec::new()),
             tls_rejections: Mutex::new(Vec::new()),
@@ -1105,7 +1102,11 @@ fn served(inner: &Inner, kind: &Kind) -> bool {
 const NOT_FOUND: &str = "the server could not find the requested resource";
 
 /// Store `v`, stamping metadata, record the event and notify watches.
-fn write_object(inner: &Inner, mut v: Value, mode: WriteMode) -> Result<(u64, Arc<Value>), WriteError> {
+fn write_object(
+    inner: &Inner,
+    mut v: Value,
+    mode: WriteMode,
+) -> Result<(u64, Arc<Value>), WriteError> {
     let api = v
         .get("apiVersion")
         .and_then(Value::as_str)
@@ -1116,8 +1117,11 @@ fn write_object(inner: &Inner, mut v: Value, mode: WriteMode) -> Result<(u64, Ar
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string();
-    let kind = kind_by_api(&api, &kname)
-        .ok_or_else(|| WriteError::NotFound(format!("no kind {kname:?} is registered for version {api:?}")))?;
+    let kind = kind_by_api(&api, &kname).ok_or_else(|| {
+        WriteError::NotFound(format!(
+            "no kind {kname:?} is registered for version {api:?}"
+        ))
+    })?;
     if !served(inner, kind) {
         return Err(WriteError::NotFound(format!(
             "{NOT_FOUND} ({}.{}: the CRD is not installed)",
@@ -1154,8 +1158,11 @@ fn write_object(inner: &Inner, mut v: Value, mode: WriteMode) -> Result<(u64, Ar
     };
     if kind.plural == "namespaces" {
         // What the namespace lifecycle gives every new Namespace.
-        let obj = v.as_object_mut().ok_or_else(|| WriteError::Invalid("not an object".into()))?;
-        obj.entry("spec").or_insert(json!({"finalizers": ["kubernetes"]}));
+        let obj = v
+            .as_object_mut()
+            .ok_or_else(|| WriteError::Invalid("not an object".into()))?;
+        obj.entry("spec")
+            .or_insert(json!({"finalizers": ["kubernetes"]}));
         obj.entry("status").or_insert(json!({"phase": "Active"}));
     }
     let key: Key = (kind.group, kind.plural, namespace.clone(), name);
@@ -1170,7 +1177,14 @@ fn write_object(inner: &Inner, mut v: Value, mode: WriteMode) -> Result<(u64, Ar
             "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace},
             "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}
         });
-        store_locked(inner, &mut s, &NAMESPACE_KIND, ns, namespace_key(&namespace), None);
+        store_locked(
+            inner,
+            &mut s,
+            &NAMESPACE_KIND,
+            ns,
+            namespace_key(&namespace),
+            None,
+        );
     }
     let prev = s.objects.get(&key).cloned();
     if prev.is_some() && mode == WriteMode::Create {
@@ -1249,12 +1263,7 @@ fn delete_object(
         return Err(format!("{} \"{name}\" not found", kind.plural));
     }
     if kind.plural == "namespaces" && kind.group.is_empty() {
-        let inside: Vec<Key> = s
-            .objects
-            .keys()
-            .filter(|k| k.2 == name)
-            .cloned()
-            .collect();
+        let inside: Vec<Key> = s.objects.keys().filter(|k| k.2 == name).cloned().collect();
         for k in inside {
             if let Some(kk) = kind_by_plural(k.0, k.1) {
                 remove_locked(inner, &mut s, kk, &k.2, &k.3);
@@ -1526,7 +1535,12 @@ fn authenticate(inner: &Inner, req: &Request) -> Result<(), String> {
 
 /// The answer to a request a [`FaultRule`] matches: the `Status` kube-apiserver
 /// sends for that code.
-fn fault_response(rule: &FaultRule, verb: Verb, kind: Option<&Kind>, namespace: Option<&str>) -> Response {
+fn fault_response(
+    rule: &FaultRule,
+    verb: Verb,
+    kind: Option<&Kind>,
+    namespace: Option<&str>,
+) -> Response {
     let code = rule.code;
     let resource = kind.map(|k| {
         if k.group.is_empty() {
