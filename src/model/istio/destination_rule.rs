@@ -42,10 +42,49 @@ pub struct TrafficPolicy {
     pub port_level_settings: Vec<PortTrafficPolicy>,
     /// Rejected by validation (not supported).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tunnel: Option<serde_json::Value>,
+    pub tunnel: Option<TunnelSettings>,
     /// Rejected by validation (not supported).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proxy_protocol: Option<serde_json::Value>,
+    pub proxy_protocol: Option<ProxyProtocol>,
+    /// Rejected by validation (not supported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<RetryBudget>,
+}
+
+/// `TrafficPolicy.TunnelSettings`. Typed so a misspelt field is still reported;
+/// the whole `tunnel` is rejected by validation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TunnelSettings {
+    /// `CONNECT` (default) or `POST`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    #[serde(default)]
+    pub target_host: String,
+    #[serde(default)]
+    pub target_port: u32,
+}
+
+/// `TrafficPolicy.ProxyProtocol` (rejected by validation).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProxyProtocol {
+    /// `V1` or `V2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+/// `TrafficPolicy.RetryBudget` (rejected by validation).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryBudget {
+    /// Percent of active requests that may be retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_retry_concurrency: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_interval: Option<IstioDuration>,
 }
 
 /// `TrafficPolicy.PortTrafficPolicy`: overrides for one port; a field set here
@@ -91,6 +130,38 @@ pub struct LoadBalancerSettings {
     pub locality_lb_setting: Option<LocalityLbSetting>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup_duration_secs: Option<IstioDuration>,
+    /// Rejected by validation (not implemented).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone_aware_lb_setting: Option<ZoneAwareLbSetting>,
+    /// Rejected by validation (not implemented; `warmupDurationSecs` is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<WarmupConfiguration>,
+}
+
+/// `ZoneAwareLoadBalancerSetting` (rejected by validation).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ZoneAwareLbSetting {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover: Vec<LocalityFailover>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover_priority: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_cluster_size: Option<u64>,
+}
+
+/// `WarmupConfiguration` (rejected by validation).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WarmupConfiguration {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<IstioDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum_percent: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggression: Option<f64>,
 }
 
 /// `LocalityLoadBalancerSetting`. Localities are `region/zone/subzone` strings;
@@ -166,6 +237,18 @@ pub struct HttpCookie {
     pub path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<IstioDuration>,
+    /// Extra cookie attributes; rejected by validation (not implemented).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attributes: Vec<CookieAttribute>,
+}
+
+/// `ConsistentHashLB.HTTPCookie.Attribute`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CookieAttribute {
+    pub name: String,
+    #[serde(default)]
+    pub value: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -240,6 +323,19 @@ pub struct HttpSettings {
     pub use_client_protocol: bool,
     #[serde(default)]
     pub max_concurrent_streams: i32,
+    /// HTTP/2 PING keepalive; rejected by validation (not implemented).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2_keep_alive: Option<ConnectionKeepalive>,
+}
+
+/// `ConnectionPoolSettings.HTTPSettings.ConnectionKeepalive`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConnectionKeepalive {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<IstioDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<IstioDuration>,
 }
 
 /// `OutlierDetection`.
@@ -270,6 +366,9 @@ pub struct OutlierDetection {
     pub max_ejection_percent: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_health_percent: Option<i32>,
+    /// Rejected by validation (not implemented).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outlier_detection_http_error_codes: Vec<u32>,
 }
 
 /// `ClientTLSSettings`. Only `mode` is read; anything but `DISABLE` is rejected
@@ -293,6 +392,8 @@ pub struct ClientTlsSettings {
     pub sni: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub insecure_skip_verify: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_crl: Option<String>,
 }
 
 impl TrafficPolicy {

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::common::Destination;
 use super::destination_rule::ConnectionPoolSettings;
+use super::gateway::ServerTlsSettings;
 
 /// `Sidecar.spec`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -88,8 +90,9 @@ pub struct IstioIngressListener {
     /// `127.0.0.1:PORT`, `0.0.0.0:PORT`, `[::1]:PORT` or `unix://...`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_endpoint: Option<String>,
+    /// Rejected by validation (inbound TLS termination is not implemented).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<serde_json::Value>,
+    pub tls: Option<ServerTlsSettings>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_pool: Option<ConnectionPoolSettings>,
 }
@@ -116,6 +119,7 @@ pub struct OutboundTrafficPolicy {
     /// `REGISTRY_ONLY` or `ALLOW_ANY`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
+    /// Rejected by validation (egress proxies are not implemented).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub egress_proxy: Option<serde_json::Value>,
+    pub egress_proxy: Option<Destination>,
 }

@@ -248,22 +248,33 @@ fn gateway(g: &Gateway, out: &mut Issues) {
                 (_, None) => {}
                 (_, Some(m)) => out.err(format!("{tf}.mode"), format!("mode {m} needs protocol HTTPS or TLS")),
             }
-            let certs = tls.server_certificate.is_some()
-                || tls.private_key.is_some()
-                || tls.ca_certificates.is_some()
-                || tls.ca_crl.is_some()
-                || tls.credential_name.is_some()
-                || !tls.credential_names.is_empty()
-                || !tls.subject_alt_names.is_empty()
-                || !tls.verify_certificate_spki.is_empty()
-                || !tls.verify_certificate_hash.is_empty()
-                || tls.min_protocol_version.is_some()
-                || tls.max_protocol_version.is_some()
-                || !tls.cipher_suites.is_empty();
-            if certs {
+            let certs: Vec<&str> = [
+                ("serverCertificate", tls.server_certificate.is_some()),
+                ("privateKey", tls.private_key.is_some()),
+                ("caCertificates", tls.ca_certificates.is_some()),
+                ("caCrl", tls.ca_crl.is_some()),
+                ("credentialName", tls.credential_name.is_some()),
+                ("credentialNames", !tls.credential_names.is_empty()),
+                ("caCertCredentialName", tls.ca_cert_credential_name.is_some()),
+                ("tlsCertificates", !tls.tls_certificates.is_empty()),
+                ("subjectAltNames", !tls.subject_alt_names.is_empty()),
+                ("verifyCertificateSpki", !tls.verify_certificate_spki.is_empty()),
+                ("verifyCertificateHash", !tls.verify_certificate_hash.is_empty()),
+                ("minProtocolVersion", tls.min_protocol_version.is_some()),
+                ("maxProtocolVersion", tls.max_protocol_version.is_some()),
+                ("cipherSuites", !tls.cipher_suites.is_empty()),
+                ("insecureSkipVerify", tls.insecure_skip_verify.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(n, set)| set.then_some(n))
+            .collect();
+            if !certs.is_empty() {
                 out.err(
                     tf.clone(),
-                    "certificate settings are not supported by crossmesh yet (no TLS termination)",
+                    format!(
+                        "certificate settings are not supported by crossmesh yet (no TLS termination): {}",
+                        certs.join(", ")
+                    ),
                 );
             }
             if tls.https_redirect && !proto.is_some_and(ServerProtocol::is_http) {
@@ -601,6 +612,11 @@ fn http_route(f: &str, r: &HttpRoute, out: &mut Issues) {
         headers(&format!("{f}.route[{j}].headers"), &d.headers, out);
     }
     if let Some(rd) = &r.redirect {
+        out.unsupported(
+            format!("{f}.redirect.prefixRewrite"),
+            &rd.prefix_rewrite,
+            "redirects with a prefix rewrite are not implemented (use uri)",
+        );
         if let Some(code) = rd.redirect_code {
             if ![301, 302, 303, 307, 308].contains(&code) {
                 out.err(
@@ -672,6 +688,12 @@ fn http_route(f: &str, r: &HttpRoute, out: &mut Issues) {
         out.non_negative(format!("{f}.retries.attempts"), rt.attempts as i64);
         out.duration(format!("{f}.retries.perTryTimeout"), &rt.per_try_timeout);
         out.duration(format!("{f}.retries.backoff"), &rt.backoff);
+        if rt.retry_ignore_previous_hosts == Some(false) {
+            out.err(
+                format!("{f}.retries.retryIgnorePreviousHosts"),
+                "not supported by crossmesh: false is not implemented; retries always avoid the hosts already tried (Istio's default, true)",
+            );
+        }
         if let Some(on) = &rt.retry_on {
             for p in on.split(',').map(str::trim).filter(|p| !p.is_empty()) {
                 if !(RETRY_POLICIES.contains(&p)
@@ -880,6 +902,11 @@ fn traffic_policy(f: &str, tp: &TrafficPolicy, out: &mut Issues) {
         &tp.proxy_protocol,
         "not implemented",
     );
+    out.unsupported(
+        format!("{f}.retryBudget"),
+        &tp.retry_budget,
+        "retry budgets are not implemented",
+    );
     policy_parts(
         f,
         &tp.load_balancer,
@@ -941,6 +968,7 @@ fn policy_parts(
                     ("subjectAltNames", !tls.subject_alt_names.is_empty()),
                     ("sni", tls.sni.is_some()),
                     ("insecureSkipVerify", tls.insecure_skip_verify.is_some()),
+                    ("caCrl", tls.ca_crl.is_some()),
                 ]
                 .into_iter()
                 .filter_map(|(n, set)| set.then_some(n))
@@ -986,6 +1014,16 @@ fn load_balancer(f: &str, lb: &LoadBalancerSettings, out: &mut Issues) {
             out.err(format!("{f}.localityLbSetting{field}"), reason);
         }
     }
+    out.unsupported(
+        format!("{f}.zoneAwareLbSetting"),
+        &lb.zone_aware_lb_setting,
+        "zone-aware load balancing is not implemented (localityLbSetting is)",
+    );
+    out.unsupported(
+        format!("{f}.warmup"),
+        &lb.warmup,
+        "warmup (duration, minimumPercent, aggression) is not implemented; warmupDurationSecs is",
+    );
     out.duration(format!("{f}.warmupDurationSecs"), &lb.warmup_duration_secs);
     if lb.warmup_duration_secs.is_some() {
         // Envoy's slow start exists only for round robin and least request.
@@ -1051,6 +1089,12 @@ fn load_balancer(f: &str, lb: &LoadBalancerSettings, out: &mut Issues) {
                 out.err(format!("{cf}.httpCookie.name"), "a cookie name is required");
             }
             out.duration(format!("{cf}.httpCookie.ttl"), &c.ttl);
+            if !c.attributes.is_empty() {
+                out.err(
+                    format!("{cf}.httpCookie.attributes"),
+                    "not supported by crossmesh: cookie attributes are not implemented",
+                );
+            }
         }
         if ch.http_header_name.as_deref() == Some("") {
             out.err(format!("{cf}.httpHeaderName"), "empty header name");
@@ -1097,6 +1141,11 @@ fn connection_pool(f: &str, cp: &ConnectionPoolSettings, out: &mut Issues) {
             out.non_negative(format!("{f}.http.{name}"), v as i64);
         }
         out.duration(format!("{f}.http.idleTimeout"), &h.idle_timeout);
+        out.unsupported(
+            format!("{f}.http.http2KeepAlive"),
+            &h.http2_keep_alive,
+            "HTTP/2 keepalive pings are not implemented",
+        );
         if let Some(p) = &h.h2_upgrade_policy {
             if !["DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"].contains(&p.as_str()) {
                 out.err(
@@ -1120,6 +1169,12 @@ fn outlier(f: &str, od: &OutlierDetection, out: &mut Issues) {
         out.warn(
             format!("{f}.consecutiveLocalOriginFailures"),
             "has no effect unless splitExternalLocalOriginErrors is true (as in Istio)",
+        );
+    }
+    if !od.outlier_detection_http_error_codes.is_empty() {
+        out.err(
+            format!("{f}.outlierDetectionHttpErrorCodes"),
+            "not supported by crossmesh: custom outlier error codes are not implemented",
         );
     }
     out.duration(format!("{f}.interval"), &od.interval);
@@ -1248,6 +1303,15 @@ fn sidecar(s: &Sidecar, out: &mut Issues) {
                 );
                 continue;
             };
+            // Istio excludes hosts named after `~` (`~ns/host`, and `~/host` in
+            // every namespace) from the imported ones; `~/*` alone imports nothing.
+            if ns.starts_with('~') && (ns.len() > 1 || host != "*") {
+                out.err(
+                    format!("{f}.hosts[{j}]"),
+                    format!("not supported by crossmesh: host exclusions ({h:?}: `~` before a namespace) are not implemented"),
+                );
+                continue;
+            }
             if !(ns == "*"
                 || ns == "."
                 || ns == "~"

@@ -45,7 +45,7 @@ pub struct HttpRoute {
     pub direct_response: Option<HttpDirectResponse>,
     /// Rejected by validation: delegate VirtualServices are not supported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub delegate: Option<serde_json::Value>,
+    pub delegate: Option<Delegate>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<HttpRewrite>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -67,6 +67,17 @@ pub struct HttpRoute {
     pub cors_policy: Option<CorsPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<Headers>,
+}
+
+/// `Delegate`: the VirtualService (`namespace/name`) that holds this route's
+/// rules. Typed so a misspelt field is still reported; rejected by validation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Delegate {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub namespace: String,
 }
 
 /// `HTTPMatchRequest`. All set conditions must hold (AND); an `HttpRoute`'s
@@ -171,6 +182,10 @@ pub struct HttpRedirect {
     /// 301 (default), 302, 303, 307, 308.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redirect_code: Option<u32>,
+    /// Replaces the matched prefix in the redirect location. Rejected by
+    /// validation (not implemented).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_rewrite: Option<String>,
 }
 
 /// `HTTPDirectResponse`.
@@ -228,6 +243,11 @@ pub struct HttpRetry {
     pub retry_on: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_remote_localities: Option<bool>,
+    /// Istio's default (true) is what crossmesh does: retries avoid the hosts
+    /// already tried (`previous_hosts` predicate). `false` is rejected by
+    /// validation (not implemented).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_ignore_previous_hosts: Option<bool>,
     /// Base interval of Envoy's retry back-off (`retry_back_off.base_interval`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<IstioDuration>,
