@@ -33,7 +33,7 @@ mod kube_seed;
 use std::time::Duration;
 
 use kube_api::objects;
-use kube_seed::{IstioFrom, KubeSeed, Layout};
+use kube_seed::{IstioFrom, KubeSeed, Layout, Unserved};
 use support::scenario::{host_of, NS};
 use support::{http, wait_for, CONVERGE};
 
@@ -131,7 +131,7 @@ async fn three_clusters_from_api_servers_with_istio_crds() {
             "cluster3-imroc-cc",
         )
         .unwrap();
-    s.wait_not_served(3).await;
+    s.wait_not_served(3, Unserved::NoRoute).await;
     s.server(1)
         .apply(&kube_seed::virtual_service_object("cluster3"));
     s.wait_answer(3, "cluster3-pod-a").await;
@@ -207,7 +207,7 @@ async fn cluster_added_by_remote_secret_serves_and_removed_stops() {
     .await;
     s.wait_answer(1, "cluster1-pod-a").await;
     s.wait_answer(2, "cluster2-pod-a").await;
-    s.wait_not_served(3).await;
+    s.wait_not_served(3, Unserved::NoCluster).await;
     wait_metric(&s, "istiod_managed_clusters", Some(2.0)).await;
     wait_metric(&s, r#"crossmesh_cluster_synced{cluster="cluster3"}"#, None).await;
 
@@ -242,7 +242,7 @@ async fn cluster_added_by_remote_secret_serves_and_removed_stops() {
         .delete("", "secrets", ns, "istio-remote-secret-cluster3")
         .unwrap();
     s.wait_hosts(3, &[]).await;
-    s.wait_not_served(3).await;
+    s.wait_not_served(3, Unserved::NoCluster).await;
     wait_for("cluster3 gone from clusterz", CONVERGE, || async {
         match s.clusterz(3).await {
             Err(e) if e.contains("not on clusterz") => Ok(()),
@@ -330,8 +330,9 @@ async fn lost_cluster_endpoints_dropped_after_grace_when_configured() {
     .await;
     s.wait_answer(2, "cluster2-pod-a").await;
     s.server(2).stop().await;
+    // The lost cluster's endpoints and its Service go: Envoy drops the cluster.
     s.wait_hosts(2, &[]).await;
-    s.wait_not_served(2).await;
+    s.wait_not_served(2, Unserved::NoCluster).await;
     s.wait_clusterz(2, "cluster2 lost, with an error", |c| {
         !c["last_error"].is_null()
     })
@@ -458,20 +459,33 @@ async fn ready_stops_waiting_for_a_dead_cluster_after_the_timeout() {
 /// Issue 3 item 3 end to end: the Secret printed by the `crossmesh
 /// create-remote-secret` command, applied as is to the config cluster (cluster1)
 /// in crossmesh's default namespace, registers the member, which then serves
-/// through Envoy with the dedicated ServiceAccount's token.
+/// through Envoy with the dedicated ServiceAccount's token. cluster3's API server
+/// checks bearer tokens: the admin token that ran the command is revoked before
+/// the Secret is applied, so only the ServiceAccount's token can work; the same
+/// Secret with a wrong token is refused with HTTP 401 and serves nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secret_printed_by_create_remote_secret_registers_the_cluster() {
+    const ADMIN: &str = "cluster3-admin-token";
     let s = KubeSeed::start(Layout {
         members: vec![1, 2],
         ..Layout::default()
     })
     .await;
     s.wait_answer(1, "cluster1-pod-a").await;
-    s.wait_not_served(3).await;
+    s.wait_not_served(3, Unserved::NoCluster).await;
 
+    // The operator made crossmesh's namespace in the member (deploy/rbac.yaml)
+    // and runs the command with an admin token: auth on.
+    s.server(3).apply(&serde_json::json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "crossmesh-system"}
+    }));
+    s.server(3).set_tokens(&[ADMIN]);
+    let admin_kubeconfig = s.dir.path().join("cluster3.kubeconfig");
+    s.server(3).write_kubeconfig(&admin_kubeconfig, None, None);
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_crossmesh"))
         .args(["create-remote-secret", "--name", "cluster3", "--kubeconfig"])
-        .arg(s.dir.path().join("cluster3.kubeconfig"))
+        .arg(&admin_kubeconfig)
         .output()
         .await
         .expect("run crossmesh create-remote-secret");
@@ -503,7 +517,45 @@ async fn secret_printed_by_create_remote_secret_registers_the_cluster() {
             .is_some(),
         "no crossmesh-reader ServiceAccount in cluster3"
     );
+    // The kubeconfig inside carries the ServiceAccount's token (issued by the
+    // API server's token controller), not the admin token.
+    let data = |v: &serde_json::Value, key: &str| -> String {
+        let sec: k8s_openapi::api::core::v1::Secret =
+            serde_json::from_value(v.clone()).expect("a Secret");
+        let bytes = sec
+            .data
+            .and_then(|d| d.get(key).map(|b| b.0.clone()))
+            .unwrap_or_else(|| panic!("no data key {key} in {v}"));
+        String::from_utf8(bytes).expect("UTF-8 data")
+    };
+    let token_secret = s
+        .server(3)
+        .get("", "secrets", "crossmesh-system", "crossmesh-reader-token")
+        .expect("the ServiceAccount's token Secret");
+    let sa_token = data(&token_secret, "token");
+    let kubeconfig = data(&secret, "cluster3");
+    assert!(kubeconfig.contains(&sa_token), "{kubeconfig}");
+    assert!(!kubeconfig.contains(ADMIN), "{kubeconfig}");
+    s.server(3).revoke_token(ADMIN);
 
+    // The same Secret with a token the API server does not accept: the cluster
+    // is registered, refused with 401, and serves nothing.
+    let mut wrong = secret.clone();
+    wrong["data"]["cluster3"] = serde_json::json!(kube_api::base64(
+        kubeconfig.replace(&sa_token, "not-a-valid-token").as_bytes()
+    ));
+    s.server(1).apply(&wrong);
+    s.wait_clusterz(3, "cluster3 refused with 401", |c| {
+        c["synced"] == false
+            && c["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("HTTP 401"))
+    })
+    .await;
+    s.wait_not_served(3, Unserved::NoCluster).await;
+    assert_eq!(s.envoy_hosts(3).await, Ok(vec![]));
+
+    // The printed Secret as is: the ServiceAccount's token works.
     s.server(1).apply(&secret);
     s.wait_answer(3, "cluster3-pod-a").await;
     s.wait_hosts(3, &[1]).await;

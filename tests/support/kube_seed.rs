@@ -79,6 +79,28 @@ pub struct KubeSeed {
     pub envoy: Envoy,
 }
 
+/// Why Envoy does not serve a host, told by its local reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unserved {
+    /// No virtual host or route matches the request: 404, empty body (`NR`).
+    NoRoute,
+    /// The route's cluster is not in Envoy's configuration: 503, empty body (`NC`).
+    NoCluster,
+    /// The cluster exists but has no healthy host: 503 `no healthy upstream` (`UH`).
+    NoHealthyUpstream,
+}
+
+impl Unserved {
+    /// Envoy's status and body for this reason.
+    pub fn reply(self) -> (u16, &'static str) {
+        match self {
+            Unserved::NoRoute => (404, ""),
+            Unserved::NoCluster => (503, ""),
+            Unserved::NoHealthyUpstream => (503, "no healthy upstream"),
+        }
+    }
+}
+
 /// `clusterN` (1-based).
 pub fn name(n: u8) -> &'static str {
     CLUSTERS[n as usize - 1]
@@ -275,20 +297,30 @@ impl KubeSeed {
         .await
     }
 
-    /// Wait until a request for `clusterN.imroc.cc` is not answered 200.
-    pub async fn wait_not_served(&self, n: u8) {
+    /// Wait until a request for `clusterN.imroc.cc` gets Envoy's local reply for
+    /// `why` (status and body; for [`Unserved::NoCluster`] also: Envoy holds no
+    /// cluster for the service).
+    pub async fn wait_not_served(&self, n: u8, why: Unserved) {
         let addr = self.gw_addr();
         let host = host_of(name(n));
-        let what = format!("Host {host} no longer served");
+        let cluster = outbound_cluster(name(n));
+        let (status, body) = why.reply();
+        let what = format!("Host {host} answered {status} {body:?} ({why:?})");
         wait_for(&what, CONVERGE, || {
             let host = host.clone();
+            let cluster = cluster.clone();
             async move {
                 let r = http::get(addr, &host, "/").await?;
-                if r.status != 200 {
-                    Ok(())
-                } else {
-                    Err(format!("{} {:?}", r.status, r.body))
+                if (r.status, r.body.as_str()) != (status, body) {
+                    return Err(format!("{} {:?}", r.status, r.body));
                 }
+                if why == Unserved::NoCluster {
+                    let (_, clusters) = self.envoy.admin_get("/clusters").await?;
+                    if clusters.contains(&format!("{cluster}::")) {
+                        return Err(format!("503 but Envoy still has {cluster}"));
+                    }
+                }
+                Ok(())
             }
         })
         .await
