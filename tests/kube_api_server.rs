@@ -776,8 +776,7 @@ async fn creating_in_a_missing_namespace_is_404_until_the_namespace_exists() {
         .expect("create in default");
 
     let nss: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": "apps"}})).unwrap();
+    let ns: Namespace = serde_json::from_value(objects::namespace("apps")).unwrap();
     let created = nss.create(&PostParams::default(), &ns).await.unwrap();
     assert_eq!(
         created.status.and_then(|s| s.phase).as_deref(),

@@ -2370,6 +2370,11 @@ pub mod objects {
         s.apply(&pod("ns1", "web-0", ip, "n1", &[("app", "web")], true));
     }
 
+    /// A Namespace (what `kubectl create namespace NAME` posts).
+    pub fn namespace(name: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    }
+
     pub fn labels(pairs: &[(&str, &str)]) -> Value {
         Value::Object(
             pairs
