@@ -46,12 +46,31 @@ pub struct ControlPlane {
     logdir: tempfile::TempDir,
     starts: u32,
     client: reqwest::Client,
+    opts: StartOptions,
+}
+
+/// How [`ControlPlane::start_with`] runs `crossmesh serve`.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// A program (and its arguments) that runs `crossmesh serve`: it gets the
+    /// binary and its arguments appended and must `exec` them, so the process
+    /// is crossmesh itself (e.g. `unshare ... sh -c '...; exec "$0" "$@"'`).
+    pub wrapper: Vec<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    /// Return as soon as the process runs, without waiting for `/ready`.
+    pub no_wait_ready: bool,
 }
 
 impl ControlPlane {
     /// Start `crossmesh serve --mesh FILE` on free loopback ports and wait for
     /// `/ready`.
     pub async fn start(mesh_file: &Path) -> ControlPlane {
+        ControlPlane::start_with(mesh_file, StartOptions::default()).await
+    }
+
+    /// [`ControlPlane::start`] with [`StartOptions`].
+    pub async fn start_with(mesh_file: &Path, opts: StartOptions) -> ControlPlane {
         let mut cp = ControlPlane {
             child: None,
             mesh_file: mesh_file.to_owned(),
@@ -67,10 +86,43 @@ impl ControlPlane {
                 .timeout(Duration::from_secs(5))
                 .build()
                 .expect("client"),
+            opts,
         };
         cp.spawn();
-        cp.wait_ready().await;
+        if !cp.opts.no_wait_ready {
+            cp.wait_ready().await;
+        }
         cp
+    }
+
+    /// Process id of the running `crossmesh serve`.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Send SIGTERM (as the kubelet does when a Pod is deleted).
+    pub fn terminate(&self) {
+        let pid = self.pid().expect("crossmesh serve is not running");
+        let st = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill -TERM {pid}: {st}");
+    }
+
+    /// Wait up to `timeout` for the process to exit; its exit status, or `None`
+    /// if it still runs.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                return Some(st);
+            }
+            if start.elapsed() >= timeout {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     fn log_path(&self) -> PathBuf {
@@ -82,7 +134,16 @@ impl ControlPlane {
     fn spawn(&mut self) {
         self.starts += 1;
         let log = std::fs::File::create(self.log_path()).expect("create log");
-        let child = Command::new(crossmesh_bin())
+        let mut cmd = match self.opts.wrapper.split_first() {
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args).arg(crossmesh_bin());
+                c
+            }
+            None => Command::new(crossmesh_bin()),
+        };
+        cmd.envs(self.opts.env.iter().map(|(k, v)| (k, v)));
+        let child = cmd
             .arg("serve")
             .arg("--mesh")
             .arg(&self.mesh_file)
