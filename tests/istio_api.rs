@@ -13,6 +13,9 @@
 //! names are the lowerCamelCase JSON names below. `[]` is a list (one element),
 //! `{}` a map (one key, `k`).
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
 use serde_json::{json, Map, Value};
 
 use crossmesh::model::istio::{
@@ -750,20 +753,36 @@ fn covers(pattern: &str, path: &str) -> bool {
 /// Fields our types require in a message (Istio marks them REQUIRED), filled in
 /// whenever the test creates that message: (kind, path suffix, YAML mapping).
 const REQUIRED: &[(&str, &str, &str)] = &[
-    ("Gateway", "servers[]", "{port: {number: 443, protocol: HTTPS}, hosts: ['*']}"),
+    (
+        "Gateway",
+        "servers[]",
+        "{port: {number: 443, protocol: HTTPS}, hosts: ['*']}",
+    ),
     ("Gateway", "port", "{number: 443, protocol: HTTPS}"),
     ("VirtualService", "route[]", "{destination: {host: a}}"),
     ("VirtualService", "mirrors[]", "{destination: {host: a}}"),
     ("VirtualService", "destination", "{host: a}"),
     ("VirtualService", "mirror", "{host: a}"),
     ("VirtualService", "directResponse", "{status: 200}"),
-    ("VirtualService", "uriRegexRewrite", "{match: a, rewrite: b}"),
+    (
+        "VirtualService",
+        "uriRegexRewrite",
+        "{match: a, rewrite: b}",
+    ),
     ("DestinationRule", "", "{host: h}"),
     ("DestinationRule", "subsets[]", "{name: s}"),
-    ("DestinationRule", "portLevelSettings[]", "{port: {number: 80}}"),
+    (
+        "DestinationRule",
+        "portLevelSettings[]",
+        "{port: {number: 80}}",
+    ),
     ("DestinationRule", "httpCookie", "{name: c}"),
     ("DestinationRule", "attributes[]", "{name: a}"),
-    ("Sidecar", "ingress[]", "{port: {number: 80}, defaultEndpoint: '127.0.0.1:8080'}"),
+    (
+        "Sidecar",
+        "ingress[]",
+        "{port: {number: 80}, defaultEndpoint: '127.0.0.1:8080'}",
+    ),
     ("Sidecar", "egress[]", "{hosts: ['./*']}"),
     ("Sidecar", "port", "{number: 80}"),
     ("Sidecar", "egressProxy", "{host: a}"),
@@ -896,7 +915,9 @@ fn object(kind: &str, spec: Value) -> Value {
 }
 
 fn rejections(kind: &str, spec: Value) -> Vec<Rejection> {
-    parse_object("t.yaml", &object(kind, spec)).err().unwrap_or_default()
+    parse_object("t.yaml", &object(kind, spec))
+        .err()
+        .unwrap_or_default()
 }
 
 #[test]
@@ -976,9 +997,256 @@ fn fields_rejected_on_purpose_are_rejected_with_their_reason() {
                 .iter()
                 .any(|r| field.starts_with(&r.field) && r.reason.contains(reason));
             if !hit || r.iter().any(|r| r.reason.contains("unknown field")) {
-                failures.push(format!("{kind} {path} = {value}: want {reason:?} at {field}, got {r:?}"));
+                failures.push(format!(
+                    "{kind} {path} = {value}: want {reason:?} at {field}, got {r:?}"
+                ));
             }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// One example file and what `crossmesh validate` must say about it: each
+/// problem as (object `Kind namespace/name`, reason substring), and the
+/// substrings of the only warnings allowed. No problems means the example passes.
+struct Example {
+    file: &'static str,
+    problems: &'static [(&'static str, &'static str)],
+    warnings: &'static [&'static str],
+}
+
+const fn ok(file: &'static str) -> Example {
+    Example {
+        file,
+        problems: &[],
+        warnings: &[],
+    }
+}
+
+const fn rejected(
+    file: &'static str,
+    problems: &'static [(&'static str, &'static str)],
+) -> Example {
+    Example {
+        file,
+        problems,
+        warnings: &[],
+    }
+}
+
+/// Reasons documented in docs/ISTIO_SUPPORT.md.
+const UPSTREAM_TLS: &str = "upstream TLS needs certificates";
+const GATEWAY_TLS: &str = "TLS termination needs certificates";
+const GATEWAY_CERTS: &str =
+    "certificate settings are not supported by crossmesh yet (no TLS termination)";
+const DELEGATE: &str = "delegate VirtualServices are not implemented";
+const UNKNOWN_KIND: &str = "unknown kind \"ServiceEntry\"";
+const CAPTURE_NONE: &str = "captureMode NONE per listener";
+const UNIX_ENDPOINT: &str = "unix sockets and 0.0.0.0 are not implemented";
+const ZONE_AWARE: &str = "zone-aware load balancing is not implemented";
+
+/// Istio's reference examples (tests/istio_examples/, one file each) and the user
+/// seed documents' Istio YAML.
+const EXAMPLES: &[Example] = &[
+    // Gateway
+    rejected("gateway-00-my-gateway.yaml", &[
+        ("Gateway some-config-namespace/my-gateway", GATEWAY_TLS),
+        ("Gateway some-config-namespace/my-gateway", GATEWAY_TLS),
+        ("Gateway some-config-namespace/my-gateway", "(no TLS termination): serverCertificate, privateKey"),
+        ("Gateway some-config-namespace/my-gateway", "(no TLS termination): credentialName"),
+    ]),
+    ok("gateway-01-bookinfo-rule.yaml"),
+    ok("gateway-02-bookinfo-mongo.yaml"),
+    ok("gateway-03-my-gateway.yaml"),
+    ok("gateway-04-my-ingress.yaml"),
+    ok("gateway-05-my-tcp-ingress.yaml"),
+    rejected("gateway-06-my-tls-ingress.yaml", &[
+        ("Gateway default/my-tls-ingress", GATEWAY_TLS),
+        ("Gateway default/my-tls-ingress", GATEWAY_CERTS),
+    ]),
+    // VirtualService
+    ok("virtual-service-00-reviews-route.yaml"),
+    ok("virtual-service-01-reviews-destination.yaml"),
+    ok("virtual-service-02-reviews-route.yaml"),
+    ok("virtual-service-03-reviews-destination.yaml"),
+    ok("virtual-service-04-my-productpage-rule.yaml"),
+    // The VirtualService passes; the ServiceEntry beside it is not read.
+    rejected("virtual-service-05-external-svc-wikipedia.yaml", &[
+        ("ServiceEntry default/external-svc-wikipedia", UNKNOWN_KIND),
+    ]),
+    ok("virtual-service-06-fragment-6.yaml"),
+    rejected("virtual-service-07-bookinfo.yaml", &[
+        ("VirtualService default/bookinfo", DELEGATE),
+        ("VirtualService default/bookinfo", DELEGATE),
+    ]),
+    // The delegates of the example above: no hosts.
+    rejected("virtual-service-08-productpage.yaml", &[("VirtualService nsA/productpage", DELEGATE)]),
+    rejected("virtual-service-09-reviews.yaml", &[("VirtualService nsB/reviews", DELEGATE)]),
+    ok("virtual-service-10-reviews-route.yaml"),
+    ok("virtual-service-11-bookinfo-sni.yaml"),
+    ok("virtual-service-12-bookinfo-mongo.yaml"),
+    ok("virtual-service-13-ratings-route.yaml"),
+    ok("virtual-service-14-reviews-route.yaml"),
+    ok("virtual-service-15-reviews-destination.yaml"),
+    ok("virtual-service-16-reviews-route-two-domains.yaml"),
+    ok("virtual-service-17-ratings-route.yaml"),
+    // Istio's page writes the proto name `prefix_rewrite`; Istio's CRD schema and
+    // crossmesh know the JSON name `prefixRewrite` only (see the next file).
+    rejected("virtual-service-18-foo-redirect.yaml", &[
+        ("VirtualService default/foo-redirect", "unknown field `prefix_rewrite`"),
+    ]),
+    rejected("virtual-service-18b-foo-redirect-json-name.yaml", &[
+        ("VirtualService default/foo-redirect", "redirects with a prefix rewrite are not implemented"),
+    ]),
+    ok("virtual-service-19-ratings-route.yaml"),
+    ok("virtual-service-20-ratings-route.yaml"),
+    ok("virtual-service-21-ratings-route.yaml"),
+    ok("virtual-service-22-ratings-route.yaml"),
+    ok("virtual-service-23-ratings-route.yaml"),
+    ok("virtual-service-24-ratings-route.yaml"),
+    ok("virtual-service-25-reviews-route.yaml"),
+    ok("virtual-service-26-ratings-route.yaml"),
+    // DestinationRule
+    ok("destination-rule-00-bookinfo-ratings.yaml"),
+    ok("destination-rule-01-bookinfo-ratings.yaml"),
+    ok("destination-rule-02-bookinfo-ratings-port.yaml"),
+    rejected("destination-rule-03-configure-client-mtls-dr-with-workloadselector.yaml", &[
+        ("DestinationRule default/configure-client-mtls-dr-with-workloadselector", "workload-scoped rules are not implemented"),
+        ("DestinationRule default/configure-client-mtls-dr-with-workloadselector", UPSTREAM_TLS),
+    ]),
+    ok("destination-rule-04-bookinfo-ratings.yaml"),
+    ok("destination-rule-05-bookinfo-ratings.yaml"),
+    ok("destination-rule-06-bookinfo-ratings.yaml"),
+    ok("destination-rule-07-bookinfo-redis.yaml"),
+    ok("destination-rule-08-reviews-cb-policy.yaml"),
+    rejected("destination-rule-09-db-mtls.yaml", &[("DestinationRule default/db-mtls", UPSTREAM_TLS)]),
+    rejected("destination-rule-10-tls-foo.yaml", &[("DestinationRule default/tls-foo", UPSTREAM_TLS)]),
+    rejected("destination-rule-11-ratings-istio-mtls.yaml", &[("DestinationRule default/ratings-istio-mtls", UPSTREAM_TLS)]),
+    ok("destination-rule-12-fragment-12.yaml"),
+    ok("destination-rule-13-fragment-13.yaml"),
+    ok("destination-rule-14-fragment-14.yaml"),
+    ok("destination-rule-15-fragment-15.yaml"),
+    rejected("destination-rule-16-ratings-zone-aware.yaml", &[("DestinationRule default/ratings-zone-aware", ZONE_AWARE)]),
+    rejected("destination-rule-17-ratings-zone-aware-failover.yaml", &[("DestinationRule default/ratings-zone-aware-failover", ZONE_AWARE)]),
+    rejected("destination-rule-18-fragment-18.yaml", &[("DestinationRule default/fragment-18", ZONE_AWARE)]),
+    rejected("destination-rule-19-fragment-19.yaml", &[("DestinationRule default/fragment-19", ZONE_AWARE)]),
+    // Sidecar
+    ok("sidecar-00-default.yaml"),
+    ok("sidecar-01-default.yaml"),
+    rejected("sidecar-02-default.yaml", &[
+        ("Sidecar prod-us1/default", "host exclusions (\"~prod-us2/*\""),
+        ("Sidecar prod-us1/default", "host exclusions (\"~prod-apis/foo.example.com\""),
+        ("Sidecar prod-us1/default", "host exclusions (\"~/bar.example.com\""),
+    ]),
+    rejected("sidecar-03-ratings.yaml", &[("Sidecar prod-us1/ratings", UNIX_ENDPOINT)]),
+    rejected("sidecar-04-no-ip-tables.yaml", &[
+        ("Sidecar prod-us1/no-ip-tables", CAPTURE_NONE),
+        ("Sidecar prod-us1/no-ip-tables", CAPTURE_NONE),
+    ]),
+    rejected("sidecar-05-external-svc-mysql.yaml", &[("ServiceEntry ns1/external-svc-mysql", UNKNOWN_KIND)]),
+    rejected("sidecar-06-partial-ip-tables.yaml", &[
+        ("Sidecar prod-us1/partial-ip-tables", "captureMode IPTABLES per listener"),
+        ("Sidecar prod-us1/partial-ip-tables", CAPTURE_NONE),
+    ]),
+    // The PeerAuthentication beside the Sidecar is security.istio.io.
+    rejected("sidecar-07-ratings.yaml", &[
+        ("Sidecar prod-us1/ratings", UNIX_ENDPOINT),
+        ("Sidecar prod-us1/ratings", "inbound TLS termination is not implemented"),
+        ("PeerAuthentication prod-us1/ratings-peer-auth", "unsupported apiVersion \"security.istio.io/v1\""),
+    ]),
+    // crossmesh requires defaultEndpoint (docs: ingress[].defaultEndpoint, partial).
+    rejected("sidecar-08-connection-pool-settings.yaml", &[
+        ("Sidecar prod-us1/connection-pool-settings", "crossmesh needs defaultEndpoint"),
+    ]),
+    // User seed documents.
+    ok("seed-001-002-tencent-cross-account.yaml"),
+    Example {
+        file: "../golden/istio/seed004_quickstart.yaml",
+        problems: &[],
+        warnings: &[
+            "\"*.*\" is not a valid Istio wildcard (only the first label may be *); treated as \"*\"",
+            "consecutiveErrors: deprecated",
+        ],
+    },
+];
+
+/// The binary under test: `CROSSMESH_BIN` (a release build, as users run it) or
+/// the test profile's.
+fn crossmesh_bin() -> PathBuf {
+    match std::env::var("CROSSMESH_BIN") {
+        Ok(b) if !b.is_empty() => PathBuf::from(b),
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_crossmesh")),
+    }
+}
+
+fn examples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/istio_examples")
+}
+
+#[test]
+fn istio_reference_examples_through_crossmesh_validate() {
+    let dir = examples_dir();
+    // Every example file is listed, so none is skipped silently.
+    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+        .expect("tests/istio_examples")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".yaml"))
+        .collect();
+    on_disk.sort();
+    let mut listed: Vec<String> = EXAMPLES
+        .iter()
+        .map(|e| e.file.to_string())
+        .filter(|f| !f.contains('/'))
+        .collect();
+    listed.sort();
+    assert_eq!(on_disk, listed, "tests/istio_examples and EXAMPLES differ");
+
+    let mut failures = Vec::new();
+    for ex in EXAMPLES {
+        let path = dir.join(ex.file);
+        let out = Command::new(crossmesh_bin())
+            .arg("validate")
+            .arg(&path)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run crossmesh validate");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let (warnings, problems): (Vec<&str>, Vec<&str>) = stdout
+            .lines()
+            .filter(|l| !l.starts_with("no problems found"))
+            .partition(|l| l.starts_with("warning: "));
+        let prefix = format!("{}: ", path.display());
+        let mut report = |what: String| failures.push(format!("{}: {what}\n{stdout}", ex.file));
+        if out.status.success() != ex.problems.is_empty() {
+            report(format!("exit status {}", out.status));
+        }
+        // Each expected problem matches its own line; no line is left over.
+        let mut left: Vec<&str> = problems.clone();
+        for (object, reason) in ex.problems {
+            let want = format!("{prefix}{object}: ");
+            match left
+                .iter()
+                .position(|l| l.starts_with(&want) && l.contains(reason))
+            {
+                Some(i) => {
+                    left.remove(i);
+                }
+                None => report(format!("no problem {object}: ...{reason}...")),
+            }
+        }
+        for l in &left {
+            report(format!("unexpected problem: {l}"));
+        }
+        for w in &warnings {
+            if !ex.warnings.iter().any(|allowed| w.contains(allowed)) {
+                report(format!("unexpected warning: {w}"));
+            }
+        }
+        for allowed in ex.warnings {
+            if !warnings.iter().any(|w| w.contains(allowed)) {
+                report(format!("missing warning: {allowed}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }

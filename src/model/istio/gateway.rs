@@ -118,6 +118,9 @@ pub enum ServerProtocol {
 }
 
 impl ServerProtocol {
+    /// Istio's protocol names (`protocol.Parse`). `MYSQL` and `REDIS` are proxied
+    /// as plain TCP, as Istio does while its MySQL and Redis filters are off (their
+    /// default).
     pub fn parse(s: &str) -> Option<ServerProtocol> {
         Some(match s.to_ascii_uppercase().as_str() {
             "HTTP" => ServerProtocol::Http,
@@ -125,7 +128,7 @@ impl ServerProtocol {
             "GRPC" => ServerProtocol::Grpc,
             "HTTPS" => ServerProtocol::Https,
             "TLS" => ServerProtocol::Tls,
-            "TCP" => ServerProtocol::Tcp,
+            "TCP" | "MYSQL" | "REDIS" => ServerProtocol::Tcp,
             "MONGO" => ServerProtocol::Mongo,
             _ => return None,
         })

@@ -55,10 +55,12 @@ impl TryFrom<RawSidecarSelector> for SidecarWorkloadSelector {
 
     fn try_from(raw: RawSidecarSelector) -> Result<Self, String> {
         if raw.match_labels.is_some() {
-            return Err("`matchLabels` is not a field of a Sidecar's workloadSelector: \
+            return Err(
+                "`matchLabels` is not a field of a Sidecar's workloadSelector: \
                  Sidecar uses `labels` (`workloadSelector: {labels: {app: NAME}}`); \
                  `matchLabels` is the DestinationRule and security.istio.io form"
-                .to_string());
+                    .to_string(),
+            );
         }
         Ok(SidecarWorkloadSelector { labels: raw.labels })
     }

@@ -168,7 +168,7 @@ fn gateway(g: &Gateway, out: &mut Issues) {
             None => out.err(
                 format!("{f}.port.protocol"),
                 format!(
-                    "unknown protocol {:?} (HTTP, HTTPS, GRPC, HTTP2, TCP, TLS, MONGO)",
+                    "unknown protocol {:?} (HTTP, HTTPS, GRPC, HTTP2, TCP, TLS, MONGO, MYSQL, REDIS)",
                     s.port.protocol
                 ),
             ),
@@ -255,11 +255,20 @@ fn gateway(g: &Gateway, out: &mut Issues) {
                 ("caCrl", tls.ca_crl.is_some()),
                 ("credentialName", tls.credential_name.is_some()),
                 ("credentialNames", !tls.credential_names.is_empty()),
-                ("caCertCredentialName", tls.ca_cert_credential_name.is_some()),
+                (
+                    "caCertCredentialName",
+                    tls.ca_cert_credential_name.is_some(),
+                ),
                 ("tlsCertificates", !tls.tls_certificates.is_empty()),
                 ("subjectAltNames", !tls.subject_alt_names.is_empty()),
-                ("verifyCertificateSpki", !tls.verify_certificate_spki.is_empty()),
-                ("verifyCertificateHash", !tls.verify_certificate_hash.is_empty()),
+                (
+                    "verifyCertificateSpki",
+                    !tls.verify_certificate_spki.is_empty(),
+                ),
+                (
+                    "verifyCertificateHash",
+                    !tls.verify_certificate_hash.is_empty(),
+                ),
                 ("minProtocolVersion", tls.min_protocol_version.is_some()),
                 ("maxProtocolVersion", tls.max_protocol_version.is_some()),
                 ("cipherSuites", !tls.cipher_suites.is_empty()),
@@ -387,7 +396,12 @@ const RETRY_POLICIES: [&str; 16] = [
 
 fn virtual_service(vs: &VirtualService, out: &mut Issues) {
     if vs.hosts.is_empty() {
-        out.err("spec.hosts", "a VirtualService needs at least one host");
+        // Istio accepts a VirtualService without hosts only as a delegate (the
+        // target of another one's `delegate`).
+        out.err(
+            "spec.hosts",
+            "a VirtualService needs at least one host (one without hosts is a delegate; delegate VirtualServices are not implemented)",
+        );
     }
     let mesh_bound = vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == MESH_GATEWAY);
     for (i, h) in vs.hosts.iter().enumerate() {
@@ -524,6 +538,8 @@ fn http_route(f: &str, r: &HttpRoute, out: &mut Issues) {
         r.direct_response.is_some(),
     ];
     match actions.iter().filter(|a| **a).count() {
+        // A delegating route has no action of its own (rejected above).
+        0 if r.delegate.is_some() => {}
         0 => out.err(f, "one of route, redirect or directResponse is required"),
         1 => {}
         _ => out.err(f, "set only one of route, redirect and directResponse"),
@@ -1202,7 +1218,7 @@ fn sidecar_port(f: &str, p: &super::sidecar::SidecarPort, out: &mut Issues) {
         out.err(
             format!("{f}.protocol"),
             format!(
-                "unknown protocol {:?} (HTTP, HTTP2, GRPC, HTTPS, TCP, TLS, MONGO)",
+                "unknown protocol {:?} (HTTP, HTTP2, GRPC, HTTPS, TCP, TLS, MONGO, MYSQL, REDIS)",
                 p.protocol
             ),
         );
@@ -1664,7 +1680,32 @@ mod tests {
         // DestinationRule keeps `istio.type.v1beta1.WorkloadSelector`.
         let i = issues("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d, namespace: base}\nspec:\n  host: order\n  workloadSelector: {labels: {app: a}}\n");
         assert!(
-            has(&i, "spec.workloadSelector.labels", false, "unknown field `labels`"),
+            has(
+                &i,
+                "spec.workloadSelector.labels",
+                false,
+                "unknown field `labels`"
+            ),
+            "{i:?}"
+        );
+    }
+
+    #[test]
+    fn mysql_and_redis_ports_are_tcp() {
+        // Istio's Sidecar example: an egress listener for a MySQL port.
+        let i = issues("apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: s, namespace: prod}\nspec:\n  egress:\n  - port: {number: 3306, protocol: MYSQL, name: egressmysql}\n    hosts: ['*/mysql.foo.com']\n  - port: {number: 6379, protocol: redis, name: redis}\n    hosts: ['*/redis.foo.com']\n");
+        assert!(i.is_empty(), "{i:?}");
+        for p in ["MYSQL", "Redis"] {
+            assert_eq!(ServerProtocol::parse(p), Some(ServerProtocol::Tcp), "{p}");
+        }
+        let i = issues("apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: s, namespace: prod}\nspec:\n  egress:\n  - port: {number: 53, protocol: UDP, name: dns}\n    hosts: ['*/*']\n");
+        assert!(
+            has(
+                &i,
+                "spec.egress[0].port.protocol",
+                false,
+                "unknown protocol \"UDP\""
+            ),
             "{i:?}"
         );
     }
