@@ -33,7 +33,7 @@ pub enum Command {
     /// Print an Envoy bootstrap (YAML) that connects to crossmesh over ADS.
     Bootstrap(Box<BootstrapArgs>),
     /// Run the three-cluster ingress scenario end to end on this machine.
-    Demo,
+    Demo(DemoArgs),
     /// Check Istio and Kubernetes YAML files offline; exit 1 on any problem.
     Validate(ValidateArgs),
     /// Print a Secret that lets crossmesh watch a member cluster's API server.
@@ -153,6 +153,14 @@ impl From<BootstrapArgs> for BootstrapOptions {
             domain_suffix: a.domain_suffix,
         }
     }
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// After printing the answers, keep the mesh running until Ctrl-C (or
+    /// SIGTERM) and print commands to try against it.
+    #[arg(long, env = "CROSSMESH_KEEP")]
+    pub keep: bool,
 }
 
 #[derive(Debug, Args)]
@@ -311,7 +319,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo => runtime()?.block_on(crate::demo::run()),
+        Command::Demo(args) => runtime()?.block_on(crate::demo::run(args.keep)),
         Command::Validate(args) => {
             let (problems, warnings) = crate::validate::validate_paths_with_warnings(&args.files);
             for w in &warnings {

@@ -10,6 +10,12 @@
 //! [`crate::bootstrap`], then sends one curl-equivalent request per VirtualService
 //! host and prints which pod, cluster and network answered. Exit status 0 only if
 //! every host was answered by a pod of the Service its VirtualService names.
+//!
+//! With `--keep` the mesh stays up after the answers, with commands to try
+//! printed (the gateway by Host header, the debug endpoints, Envoy's admin),
+//! until Ctrl-C or SIGTERM; then the children are stopped and the exit status
+//! is still that of the answers. The children run in their own process group, so
+//! a terminal's Ctrl-C reaches the demo only and the demo stops them in order.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -105,8 +111,9 @@ impl ChildGuard {
     }
 }
 
-/// Run the demo; prints the result, returns the exit code.
-pub async fn run() -> anyhow::Result<ExitCode> {
+/// Run the demo; prints the result, returns the exit code. With `keep`, the mesh
+/// keeps running until a signal before the demo returns.
+pub async fn run(keep: bool) -> anyhow::Result<ExitCode> {
     let work = tempdir("crossmesh-demo")?;
     let dir = demo_dir(&work)?;
     let mesh_file = dir.join("mesh.yaml");
@@ -246,18 +253,106 @@ pub async fn run() -> anyhow::Result<ExitCode> {
         }
     }
     println!();
-    drop(servers);
-    if failures == 0 {
+    let code = if failures == 0 {
         println!(
             "ok: all {} hosts answered by the cluster their VirtualService names",
             routes.len() * gateway_ports.len()
         );
-        Ok(ExitCode::SUCCESS)
+        ExitCode::SUCCESS
     } else {
         println!("FAILED: {failures} host(s) not routed as configured");
         println!("--- envoy log (last 20 lines) ---\n{}", envoy.log_tail(20));
         println!("--- crossmesh log (last 20 lines) ---\n{}", cp.log_tail(20));
-        Ok(ExitCode::FAILURE)
+        ExitCode::FAILURE
+    };
+    if keep {
+        let node_id = crate::bootstrap::node_id(&opts);
+        print_try(&routes, &gateway_ports, debug, admin, &node_id, &dir);
+        keep_running(&mut [&mut cp, &mut envoy]).await?;
+        println!("crossmesh demo: stopping the gateway, the control plane and the pods");
+    }
+    drop(envoy);
+    drop(cp);
+    drop(servers);
+    Ok(code)
+}
+
+/// The commands to try against the running mesh.
+fn print_try(
+    routes: &[DemoRoute],
+    gateway_ports: &[u16],
+    debug: SocketAddr,
+    admin: SocketAddr,
+    node_id: &str,
+    manifests: &Path,
+) {
+    println!();
+    println!("The mesh keeps running until Ctrl-C. Try:");
+    for port in gateway_ports {
+        for r in routes {
+            println!("  curl -i -H 'Host: {}' http://127.0.0.1:{port}/", r.host);
+        }
+        println!(
+            "  curl -i -H 'Host: unknown.example' http://127.0.0.1:{port}/    # no route: 404"
+        );
+    }
+    println!("crossmesh debug endpoints:");
+    for (path, what) in [
+        ("/debug/registryz", "merged services, endpoints per cluster"),
+        ("/debug/configz", "Istio config in force, rejected objects"),
+        ("/debug/clusterz", "member clusters and their sync state"),
+        ("/debug/syncz", "connected proxies, versions sent and acked"),
+        ("/metrics", "Prometheus metrics"),
+    ] {
+        println!("  curl http://{debug}{path}    # {what}");
+    }
+    println!("  curl 'http://{debug}/debug/config_dump?proxyID={node_id}'    # what the gateway was sent");
+    println!("Envoy admin:");
+    println!("  curl http://{admin}/clusters    # upstream hosts as Envoy sees them");
+    println!("  curl http://{admin}/config_dump");
+    println!(
+        "The manifests in {} are watched: a change there reaches Envoy without a restart.",
+        manifests.display()
+    );
+}
+
+/// Wait for Ctrl-C or SIGTERM; fail if a child exits on its own first.
+async fn keep_running(children: &mut [&mut ChildGuard]) -> anyhow::Result<()> {
+    let signal = async {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    };
+    tokio::pin!(signal);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = &mut signal => return Ok(()),
+            _ = tick.tick() => {
+                for c in children.iter_mut() {
+                    if let Some(status) = c.exited() {
+                        eprintln!("--- {} log ({}) ---\n{}", c.name, c.log.display(), c.log_tail(30));
+                        bail!("{} exited ({status}) while the demo was running; its log is above", c.name);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -598,6 +693,10 @@ async fn wait_ok(
 
 fn spawn(name: &'static str, cmd: &mut Command, log: &Path) -> anyhow::Result<ChildGuard> {
     let f = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+    // Its own process group: Ctrl-C in the terminal goes to the demo alone, which
+    // then stops its children (on drop) instead of racing them.
+    #[cfg(unix)]
+    std::os::unix::process::CommandExt::process_group(cmd, 0);
     let child = cmd
         .stdin(Stdio::null())
         .stdout(f.try_clone()?)
