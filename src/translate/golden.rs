@@ -155,9 +155,18 @@ fn locality(text: &str) -> Locality {
 /// Parse a golden input: the fixture, the push context and the proxy; fails if
 /// any Istio object is rejected (goldens hold valid config).
 pub(crate) fn load(path: &Path) -> (PushContext, Proxy) {
+    from_docs(&read_docs(path), path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The YAML documents of a golden input, as JSON values.
+fn read_docs(path: &Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let docs: Vec<serde_json::Value> =
-        serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The push context and proxy of a golden input's documents; `Err` names the
+/// rejected Istio objects.
+fn from_docs(docs: &[serde_json::Value], path: &Path) -> Result<(PushContext, Proxy), String> {
     let (first, rest) = docs.split_first().expect("a fixture document");
     let fx: Fixture = serde_json::from_value(first.clone()).expect("GoldenFixture document");
     let origin = path.display().to_string();
@@ -169,11 +178,12 @@ pub(crate) fn load(path: &Path) -> (PushContext, Proxy) {
         })
         .collect();
     let problems = crate::registry::config::validate_docs(&raw);
-    assert!(
-        problems.is_empty(),
-        "{}: rejected objects: {problems:#?}",
-        path.display()
-    );
+    if !problems.is_empty() {
+        return Err(format!(
+            "{}: rejected objects: {problems:#?}",
+            path.display()
+        ));
+    }
     let mut store = ConfigStore::new("cluster.local");
     store.replace_source("golden", raw);
     let config: Arc<ConfigSnapshot> = store.snapshot();
@@ -294,7 +304,7 @@ pub(crate) fn load(path: &Path) -> (PushContext, Proxy) {
         istio_version: String::new(),
         locality: locality(&p.locality),
     };
-    (ctx, proxy)
+    Ok((ctx, proxy))
 }
 
 fn to_json<M: prost::Message + Name>(msgs: &[M]) -> serde_json::Value {
@@ -364,7 +374,7 @@ fn goldens_match() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
-/// `$ENVOY_BIN`, else `.venv/bin/envoy`, else `envoy` on PATH (HELPERS.md).
+/// `$ENVOY_BIN`, else `.venv/bin/envoy`, else `envoy` on PATH (CONTRIBUTING.md).
 fn envoy_bin() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("ENVOY_BIN") {
         return Some(PathBuf::from(p));
@@ -457,4 +467,362 @@ fn goldens_are_valid_envoy_config() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// The YAML key paths of one value (list items add no segment), each path as its
+/// keys in order.
+fn key_paths(v: &serde_json::Value, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                prefix.push(k.clone());
+                out.push(prefix.clone());
+                key_paths(v, prefix, out);
+                prefix.pop();
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for v in items {
+                key_paths(v, prefix, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `text` without its parenthesised parts (notes and example values).
+fn without_parens(text: &str) -> String {
+    let mut depth = 0usize;
+    text.chars()
+        .filter(|c| match c {
+            '(' => {
+                depth += 1;
+                false
+            }
+            ')' => {
+                depth = depth.saturating_sub(1);
+                false
+            }
+            _ => depth == 0,
+        })
+        .collect()
+}
+
+/// The field paths one Field cell of ISTIO_SUPPORT.md names (see its "How to
+/// read it"): backticked names, parenthesised notes skipped; in a
+/// comma-separated group, names after the first replace the first one's last key.
+fn field_paths(cell: &str) -> Vec<Vec<String>> {
+    let split = |t: &str| -> Vec<String> {
+        t.replace("[]", "")
+            .split('.')
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let mut out = Vec::new();
+    for group in without_parens(cell).split(',') {
+        let names: Vec<&str> = group.split('`').skip(1).step_by(2).collect();
+        let Some((first, rest)) = names.split_first() else {
+            continue;
+        };
+        let first = split(first);
+        let parent = &first[..first.len() - 1];
+        for n in rest {
+            let mut p = parent.to_vec();
+            p.extend(split(n));
+            out.push(p);
+        }
+        out.push(first);
+    }
+    out
+}
+
+/// Splits a Markdown table row into cells (`\|` is not a separator).
+fn table_cells(row: &str) -> Vec<String> {
+    let mut cells = vec![String::new()];
+    let mut chars = row.trim().trim_matches('|').chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek() == Some(&'|') => {
+                cells.last_mut().expect("cell").push('|');
+                chars.next();
+            }
+            '|' => cells.push(String::new()),
+            _ => cells.last_mut().expect("cell").push(c),
+        }
+    }
+    cells.iter().map(|c| c.trim().to_string()).collect()
+}
+
+/// One supported or partial row of `docs/ISTIO_SUPPORT.md`.
+struct DocRow {
+    /// The table's Istio kind.
+    kind: &'static str,
+    field: String,
+    status: String,
+    /// The key paths the Field cell names (`field_paths`).
+    paths: Vec<Vec<String>>,
+}
+
+const KINDS: [&str; 4] = ["VirtualService", "DestinationRule", "Gateway", "Sidecar"];
+
+/// Every row of `docs/ISTIO_SUPPORT.md` whose status is supported or partial.
+fn supported_rows() -> Vec<DocRow> {
+    let doc_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/ISTIO_SUPPORT.md");
+    let doc = std::fs::read_to_string(&doc_path).expect("docs/ISTIO_SUPPORT.md");
+    let mut kind = None;
+    let mut rows = Vec::new();
+    for line in doc.lines() {
+        if let Some(h) = line.strip_prefix("## ") {
+            kind = KINDS.iter().find(|k| **k == h.trim()).copied();
+            continue;
+        }
+        let Some(kind) = kind else { continue };
+        if !line.starts_with('|') {
+            continue;
+        }
+        let cells = table_cells(line);
+        if cells.len() < 3 || cells[0] == "Field" || cells[0].starts_with("---") {
+            continue;
+        }
+        let status = cells[1].to_lowercase();
+        if !(status.starts_with("supported") || status.starts_with("partial")) {
+            continue;
+        }
+        let paths = field_paths(&cells[0]);
+        assert!(
+            !paths.is_empty(),
+            "{}: {kind} row {:?} is {status} but names no `field`",
+            doc_path.display(),
+            cells[0]
+        );
+        rows.push(DocRow {
+            kind,
+            field: cells[0].clone(),
+            status,
+            paths,
+        });
+    }
+    // The parse found every table (a reformatted document must not pass empty).
+    for k in KINDS {
+        let n = rows.iter().filter(|r| r.kind == k).count();
+        assert!(
+            n >= 5,
+            "{}: found {n} supported {k} rows; was the table reformatted?",
+            doc_path.display()
+        );
+    }
+    rows
+}
+
+/// Every golden input: its path and documents.
+fn golden_inputs() -> Vec<(PathBuf, Vec<serde_json::Value>)> {
+    let mut out: Vec<_> = std::fs::read_dir(golden_dir())
+        .expect("tests/golden")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .map(|p| {
+            let docs = read_docs(&p);
+            (p, docs)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Whether the keys `path` (list items skipped) hold `field` as consecutive keys.
+fn names_field(path: &[String], field: &[String]) -> bool {
+    path.windows(field.len()).any(|w| w == field)
+}
+
+/// Every field `docs/ISTIO_SUPPORT.md` marks supported or partial is set in at
+/// least one golden fixture, on an object of the table's kind: the row's key
+/// path occurs as consecutive keys of some path under that object's `spec`.
+#[test]
+fn supported_fields_have_goldens() {
+    let mut set: BTreeMap<&str, Vec<Vec<String>>> = BTreeMap::new();
+    for (_, docs) in golden_inputs() {
+        for d in docs.iter().skip(1) {
+            let Some(kind) = KINDS.iter().find(|k| d["kind"] == **k) else {
+                continue;
+            };
+            key_paths(&d["spec"], &mut Vec::new(), set.entry(kind).or_default());
+        }
+    }
+    let mut missing = Vec::new();
+    for row in supported_rows() {
+        let have = set.get(row.kind).map_or(&[][..], Vec::as_slice);
+        for f in &row.paths {
+            if !have.iter().any(|p| names_field(p, f)) {
+                missing.push(format!(
+                    "{} `{}` (row {:?})",
+                    row.kind,
+                    f.join("."),
+                    row.field
+                ));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "fields marked supported/partial in docs/ISTIO_SUPPORT.md that no tests/golden/*.yaml sets:\n{}",
+        missing.join("\n")
+    );
+}
+
+/// Removes the key at `path` (object keys and list indices) from `v`.
+fn remove_at(v: &mut serde_json::Value, path: &[serde_json::Value]) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut cur = v;
+    for step in parents {
+        cur = match step {
+            serde_json::Value::String(k) => &mut cur[k.as_str()],
+            serde_json::Value::Number(i) => &mut cur[i.as_u64().unwrap_or(0) as usize],
+            _ => return,
+        };
+    }
+    if let (Some(m), Some(k)) = (cur.as_object_mut(), last.as_str()) {
+        m.remove(k);
+    }
+}
+
+/// Every key of `v` as its concrete location (keys and list indices) and its
+/// key names alone.
+fn locations(
+    v: &serde_json::Value,
+    at: &mut Vec<serde_json::Value>,
+    out: &mut Vec<(Vec<serde_json::Value>, Vec<String>)>,
+) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, child) in m {
+                at.push(k.clone().into());
+                let names = at
+                    .iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect();
+                out.push((at.clone(), names));
+                locations(child, at, out);
+                at.pop();
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                at.push(i.into());
+                locations(child, at, out);
+                at.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The value at `path` (object keys and list indices) in `v`.
+fn pointer<'v>(v: &'v serde_json::Value, path: &[serde_json::Value]) -> &'v serde_json::Value {
+    path.iter().fold(v, |cur, step| match step {
+        serde_json::Value::String(k) => &cur[k.as_str()],
+        serde_json::Value::Number(i) => &cur[i.as_u64().unwrap_or(0) as usize],
+        _ => &serde_json::Value::Null,
+    })
+}
+
+/// Whether `v` is what an absent field means (0, false, empty): removing it
+/// cannot change anything.
+fn is_zero(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Null => true,
+        serde_json::Value::Bool(b) => !b,
+        serde_json::Value::Number(n) => n.as_f64() == Some(0.0),
+        serde_json::Value::String(s) => s.is_empty(),
+        serde_json::Value::Array(a) => a.is_empty(),
+        serde_json::Value::Object(m) => m.is_empty(),
+    }
+}
+
+/// Rows whose fields have no effect on the Envoy config by design, and why.
+const NO_EFFECT: [(&str, &str, &str); 2] = [
+    (
+        "DestinationRule",
+        "trafficPolicy.tls.mode",
+        "DISABLE, the only mode accepted, is what crossmesh does without it",
+    ),
+    (
+        "Sidecar",
+        "captureMode",
+        "DEFAULT, the only mode accepted, is what the proxy does without it",
+    ),
+];
+
+/// Every field `docs/ISTIO_SUPPORT.md` marks supported or partial shows in some
+/// golden's Envoy config: removing it from a fixture that sets it (one
+/// occurrence at a time) changes what that fixture renders. Rows documented as
+/// having no traffic effect, and those in `NO_EFFECT`, are left out. Required
+/// fields, whose removal only ever gets their object rejected, cannot be checked
+/// this way and pass.
+#[test]
+fn supported_fields_show_in_goldens() {
+    let inputs: Vec<_> = golden_inputs()
+        .into_iter()
+        .map(|(path, docs)| {
+            let (ctx, proxy) = from_docs(&docs, &path).unwrap_or_else(|e| panic!("{e}"));
+            let base = render(&ctx, &proxy);
+            (path, docs, base)
+        })
+        .collect();
+    let mut silent = Vec::new();
+    for row in supported_rows() {
+        if row.status.contains("no traffic effect") {
+            continue;
+        }
+        for f in &row.paths {
+            let name = f.join(".");
+            if NO_EFFECT
+                .iter()
+                .any(|(k, n, _)| *k == row.kind && name.ends_with(n))
+            {
+                continue;
+            }
+            // Removals that rendered the same config, and that were rejected.
+            let (mut same, mut rejected) = (0, 0);
+            let shown = inputs.iter().any(|(path, docs, base)| {
+                (1..docs.len())
+                    .filter(|i| docs[*i]["kind"] == row.kind)
+                    .any(|i| {
+                        let mut locs = Vec::new();
+                        locations(&docs[i]["spec"], &mut Vec::new(), &mut locs);
+                        locs.iter()
+                            .filter(|(at, names)| {
+                                names.ends_with(f) && !is_zero(pointer(&docs[i]["spec"], at))
+                            })
+                            .any(|(at, _)| {
+                                let mut changed = docs.clone();
+                                remove_at(&mut changed[i]["spec"], at);
+                                match from_docs(&changed, path) {
+                                    Ok((ctx, proxy)) if render(&ctx, &proxy) != *base => true,
+                                    Ok(_) => {
+                                        same += 1;
+                                        false
+                                    }
+                                    Err(_) => {
+                                        rejected += 1;
+                                        false
+                                    }
+                                }
+                            })
+                    })
+            });
+            if !shown && same > 0 {
+                silent.push(format!(
+                    "{} `{name}` (row {:?}): removed {same} times without a change ({rejected} removals rejected)",
+                    row.kind, row.field
+                ));
+            }
+        }
+    }
+    assert!(
+        silent.is_empty(),
+        "fields marked supported/partial in docs/ISTIO_SUPPORT.md whose removal changes no golden:\n{}",
+        silent.join("\n")
+    );
 }
