@@ -261,7 +261,9 @@ impl Verb {
 /// the `Status` body (reason, message, details) kube-apiserver sends for that code:
 /// 403 `Forbidden` (an RBAC denial), 429 `TooManyRequests` (priority and fairness,
 /// with a `Retry-After` header and `details.retryAfterSeconds`), 500 `InternalError`,
-/// 503 `ServiceUnavailable`, 504 `Timeout`.
+/// 503 `ServiceUnavailable`, 504 `Timeout`. A 403 names the user
+/// `system:serviceaccount:crossmesh-system:crossmesh-reader` (the reader that
+/// `deploy/rbac.yaml` creates); the server does not map credentials to users.
 ///
 /// ```ignore
 /// // The next two watches of pods get 503, then watches work again.
@@ -1808,9 +1810,8 @@ fn create(
         if let Some(t) = &inner.tls {
             v["data"]["ca.crt"] = json!(base64(t.ca_pem.as_bytes()));
         }
-        let mut tokens = lock(&inner.tokens);
-        if !tokens.is_empty() {
-            tokens.push(token);
+        if inner.token_auth.load(Ordering::SeqCst) {
+            lock(&inner.tokens).push(token);
         }
     }
     match write_object(inner, v, WriteMode::Create) {
