@@ -69,13 +69,41 @@ impl ControlPlane {
         ControlPlane::start_with(mesh_file, StartOptions::default()).await
     }
 
+    /// [`ControlPlane::start`] on the given xDS and debug addresses (e.g. ones a
+    /// proxy's bootstrap already lists).
+    pub async fn start_at(mesh_file: &Path, xds: SocketAddr, debug: SocketAddr) -> ControlPlane {
+        let mut cp = ControlPlane::new(mesh_file, xds, debug, StartOptions::default());
+        cp.spawn();
+        cp.wait_ready().await;
+        cp
+    }
+
     /// [`ControlPlane::start`] with [`StartOptions`].
     pub async fn start_with(mesh_file: &Path, opts: StartOptions) -> ControlPlane {
-        let mut cp = ControlPlane {
+        let mut cp = ControlPlane::new(
+            mesh_file,
+            SocketAddr::from((Ipv4Addr::LOCALHOST, free_port())),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, free_port())),
+            opts,
+        );
+        cp.spawn();
+        if !cp.opts.no_wait_ready {
+            cp.wait_ready().await;
+        }
+        cp
+    }
+
+    fn new(
+        mesh_file: &Path,
+        xds: SocketAddr,
+        debug: SocketAddr,
+        opts: StartOptions,
+    ) -> ControlPlane {
+        ControlPlane {
             child: None,
             mesh_file: mesh_file.to_owned(),
-            xds: SocketAddr::from((Ipv4Addr::LOCALHOST, free_port())),
-            debug: SocketAddr::from((Ipv4Addr::LOCALHOST, free_port())),
+            xds,
+            debug,
             logdir: tempfile::Builder::new()
                 .prefix("crossmesh-cp-")
                 .tempdir()
@@ -87,12 +115,7 @@ impl ControlPlane {
                 .build()
                 .expect("client"),
             opts,
-        };
-        cp.spawn();
-        if !cp.opts.no_wait_ready {
-            cp.wait_ready().await;
         }
-        cp
     }
 
     /// Process id of the running `crossmesh serve`.
