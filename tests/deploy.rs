@@ -1127,7 +1127,7 @@ fn mesh_config(m: &Manifests) -> MeshConfig {
         .chain(c.args.iter().flatten())
         .cloned()
         .collect();
-    let cli = crossmesh::cli::Cli::try_parse_from_args(&args);
+    let cli = parse_cli(&args);
     let serve = match cli.command {
         crossmesh::cli::Command::Serve(s) => s,
         other => panic!("the crossmesh container runs {other:?}, not serve"),
@@ -1140,18 +1140,13 @@ fn mesh_config(m: &Manifests) -> MeshConfig {
     MeshConfig::load(&file).unwrap_or_else(|e| panic!("{mesh_path} in the ConfigMap: {e}"))
 }
 
-trait ParseArgs {
-    fn try_parse_from_args(args: &[String]) -> Self;
-}
-
-impl ParseArgs for crossmesh::cli::Cli {
-    fn try_parse_from_args(args: &[String]) -> Self {
-        use clap::Parser;
-        crossmesh::cli::Cli::try_parse_from(
-            std::iter::once("crossmesh".to_string()).chain(args.iter().cloned()),
-        )
-        .unwrap_or_else(|e| panic!("crossmesh {args:?}: {e}"))
-    }
+/// `crossmesh ARGS` as the binary parses them.
+fn parse_cli(args: &[String]) -> crossmesh::cli::Cli {
+    use clap::Parser;
+    crossmesh::cli::Cli::try_parse_from(
+        std::iter::once("crossmesh".to_string()).chain(args.iter().cloned()),
+    )
+    .unwrap_or_else(|e| panic!("crossmesh {args:?}: {e}"))
 }
 
 /// The mesh file validates; crossmesh listens where the container ports and the
