@@ -751,7 +751,12 @@ fn is_zero(v: &serde_json::Value) -> bool {
 }
 
 /// Rows whose fields have no effect on the Envoy config by design, and why.
-const NO_EFFECT: [(&str, &str, &str); 2] = [
+const NO_EFFECT: [(&str, &str, &str); 3] = [
+    (
+        "VirtualService",
+        "retries.retryIgnorePreviousHosts",
+        "true, the only value accepted, is Istio's default and what crossmesh does without it",
+    ),
     (
         "DestinationRule",
         "trafficPolicy.tls.mode",
