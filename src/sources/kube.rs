@@ -401,6 +401,10 @@ fn explain_watcher(e: &watcher::Error) -> (String, bool) {
             format!("watch expired (410 Gone), re-listing: {}", st.message),
             false,
         ),
+        watcher::Error::WatchStartFailed(kube::Error::Api(st)) if st.code == 410 => (
+            format!("watch refused as expired (HTTP 410), re-listing: {}", st.message),
+            false,
+        ),
         watcher::Error::WatchError(st) => (
             format!(
                 "watch error HTTP {}: {} ({})",
@@ -518,6 +522,45 @@ fn object_key(o: &KubeObject) -> String {
 
 type KindEvent = (Kind, Result<watcher::Event<KubeObject>, watcher::Error>);
 
+/// The watch stream every watcher of this crate uses: kube-rs's `watcher` that
+/// also re-lists when the API server refuses a *resumed* watch with HTTP 410,
+/// retried with [`WatchBackoff`].
+///
+/// A resourceVersion can expire two ways. The watch cache answers HTTP 200 and
+/// then an `ERROR` event with code 410; kube-rs re-lists on that. A server that
+/// serves the watch from etcd (or through a proxy that maps the status) answers
+/// the watch request itself with HTTP 410 `Expired`/`Gone`; kube-rs 5 treats that
+/// as a failed watch start and retries the same, expired resourceVersion for
+/// ever, so the cluster would never leave its last-known state. client-go's
+/// reflector re-lists in both cases (`isExpiredError` on the `Watch` call), and so
+/// does this stream: on a watch start failed with 410 it reports the error (the
+/// backoff applies, the reason is logged) and starts a fresh watcher, whose first
+/// step is a full list (`Init` .. `InitDone`).
+pub fn relisting_watcher<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+) -> BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    let fresh = move || watcher(api.clone(), cfg.clone()).boxed();
+    let first = fresh();
+    futures::stream::unfold((first, fresh), |(mut inner, fresh)| async move {
+        let ev = inner.next().await?;
+        if matches!(&ev, Err(e) if is_expired_watch_start(e)) {
+            inner = fresh();
+        }
+        Some((ev, (inner, fresh)))
+    })
+    .backoff(watch_backoff())
+    .boxed()
+}
+
+/// A watch request answered with HTTP 410: its resourceVersion has expired.
+fn is_expired_watch_start(e: &watcher::Error) -> bool {
+    matches!(e, watcher::Error::WatchStartFailed(kube::Error::Api(st)) if st.code == 410)
+}
+
 fn kind_stream<K>(
     api: Api<K>,
     cfg: watcher::Config,
@@ -527,8 +570,7 @@ fn kind_stream<K>(
 where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
 {
-    watcher(api, cfg)
-        .backoff(watch_backoff())
+    relisting_watcher(api, cfg)
         .map(move |r| {
             let ev = r.map(|e| match e {
                 watcher::Event::Apply(o) => watcher::Event::Apply(slim(wrap(o))),
@@ -1002,8 +1044,7 @@ pub fn spawn_config_watch(cluster: &str, client: Client, sink: ConfigSink) -> Jo
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
         let ar2 = ar.clone();
         all.push(
-            watcher(api, watcher::Config::default())
-                .backoff(watch_backoff())
+            relisting_watcher(api, watcher::Config::default())
                 .map(move |r| (i, ar2.clone(), r))
                 .boxed(),
         );

@@ -31,8 +31,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::ByteString;
 use kube::api::{Api, PostParams};
 use kube::config::Kubeconfig;
-use kube::runtime::watcher::{self, watcher};
-use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher;
 use kube::Client;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -216,9 +215,7 @@ impl Drop for Controller {
 
 impl Controller {
     async fn run(mut self, api: Api<Secret>) {
-        let mut s = watcher(api, watcher::Config::default())
-            .backoff(super::kube::watch_backoff())
-            .boxed();
+        let mut s = super::kube::relisting_watcher(api, watcher::Config::default());
         let mut buffer: Option<BTreeMap<String, SecretEntry>> = None;
         while let Some(ev) = s.next().await {
             match ev {
