@@ -113,7 +113,55 @@ impl ChildGuard {
 
 /// Run the demo; prints the result, returns the exit code. With `keep`, the mesh
 /// keeps running until a signal before the demo returns.
+///
+/// Ctrl-C or SIGTERM at any point stops the children (their guards are dropped
+/// with the demo's future) and exits with 130; once the answers are printed, the
+/// exit status is theirs.
 pub async fn run(keep: bool) -> anyhow::Result<ExitCode> {
+    let answered = std::cell::Cell::new(None);
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    tokio::select! {
+        // The signal first: its handlers are installed before any child starts.
+        biased;
+        _ = &mut signal => {
+            println!("crossmesh demo: stopping the gateway, the control plane and the pods");
+            Ok(match answered.get() {
+                Some(true) => ExitCode::SUCCESS,
+                Some(false) => ExitCode::FAILURE,
+                None => ExitCode::from(130),
+            })
+        }
+        r = demo(keep, &answered) => r,
+    }
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The demo itself; sets `answered` once every host was tried (success or not).
+/// With `keep` it does not return until a child exits.
+async fn demo(keep: bool, answered: &std::cell::Cell<Option<bool>>) -> anyhow::Result<ExitCode> {
     let work = tempdir("crossmesh-demo")?;
     let dir = demo_dir(&work)?;
     let mesh_file = dir.join("mesh.yaml");
@@ -265,11 +313,11 @@ pub async fn run(keep: bool) -> anyhow::Result<ExitCode> {
         println!("--- crossmesh log (last 20 lines) ---\n{}", cp.log_tail(20));
         ExitCode::FAILURE
     };
+    answered.set(Some(failures == 0));
     if keep {
         let node_id = crate::bootstrap::node_id(&opts);
         print_try(&routes, &gateway_ports, debug, admin, &node_id, &dir);
-        keep_running(&mut [&mut cp, &mut envoy]).await?;
-        println!("crossmesh demo: stopping the gateway, the control plane and the pods");
+        watch_children(&mut [&mut cp, &mut envoy]).await?;
     }
     drop(envoy);
     drop(cp);
@@ -316,41 +364,24 @@ fn print_try(
     );
 }
 
-/// Wait for Ctrl-C or SIGTERM; fail if a child exits on its own first.
-async fn keep_running(children: &mut [&mut ChildGuard]) -> anyhow::Result<()> {
-    let signal = async {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
-                        _ = term.recv() => {}
-                    }
-                }
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    };
-    tokio::pin!(signal);
+/// Returns an error as soon as a child exits on its own; never returns otherwise
+/// (the caller stops waiting on a signal).
+async fn watch_children(children: &mut [&mut ChildGuard]) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
-        tokio::select! {
-            _ = &mut signal => return Ok(()),
-            _ = tick.tick() => {
-                for c in children.iter_mut() {
-                    if let Some(status) = c.exited() {
-                        eprintln!("--- {} log ({}) ---\n{}", c.name, c.log.display(), c.log_tail(30));
-                        bail!("{} exited ({status}) while the demo was running; its log is above", c.name);
-                    }
-                }
+        tick.tick().await;
+        for c in children.iter_mut() {
+            if let Some(status) = c.exited() {
+                eprintln!(
+                    "--- {} log ({}) ---\n{}",
+                    c.name,
+                    c.log.display(),
+                    c.log_tail(30)
+                );
+                bail!(
+                    "{} exited ({status}) while the demo was running; its log is above",
+                    c.name
+                );
             }
         }
     }

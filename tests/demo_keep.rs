@@ -179,3 +179,63 @@ async fn demo_keep_serves_until_ctrl_c() {
         );
     }
 }
+
+/// Ctrl-C while the demo is still starting (the control plane is up, the gateway
+/// is starting) stops the demo and everything it started: nothing is left
+/// listening, and the status is 130 (interrupted) or, if the answers were
+/// already printed, theirs.
+#[test]
+fn ctrl_c_during_start_leaves_nothing_running() {
+    let _lock = support::net::MachineLock::acquire("demo", Duration::from_secs(300));
+    let mut demo = Demo(
+        Command::new(support::control_plane::crossmesh_bin())
+            .args(["demo", "--keep"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run crossmesh demo --keep"),
+    );
+    let mut lines = BufReader::new(demo.0.stdout.take().unwrap()).lines();
+    // `  crossmesh   xDS 127.0.0.1:P, debug http://127.0.0.1:Q/debug/configz ...`
+    let debug: SocketAddr = loop {
+        let line = lines
+            .next()
+            .expect("demo output ended before the control plane started")
+            .unwrap();
+        if let Some(rest) = line.split("debug http://").nth(1) {
+            break rest.split('/').next().unwrap().parse().unwrap();
+        }
+    };
+    let st = Command::new("kill")
+        .args(["-INT", &demo.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = demo.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "demo still running 20 s after SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(
+        matches!(status.code(), Some(130) | Some(0)),
+        "{status}: {}",
+        rest.join("\n")
+    );
+    assert!(
+        !answers(debug),
+        "crossmesh serve {debug} outlived the interrupted demo"
+    );
+    assert!(
+        !answers("127.0.0.1:8080".parse().unwrap()),
+        "the gateway outlived the interrupted demo"
+    );
+}
