@@ -141,6 +141,27 @@ fn versions(dump: &Value) -> BTreeMap<(String, String), String> {
     out
 }
 
+/// The `version_info` of the last response per type that `cp` sent `node`
+/// (`/debug/syncz`).
+async fn wire_versions(cp: &ControlPlane, node: &str) -> BTreeMap<String, String> {
+    let j = cp.json("/debug/syncz").await.unwrap();
+    let conn = j
+        .as_array()
+        .and_then(|l| l.iter().find(|c| c["proxy_id"] == node))
+        .unwrap_or_else(|| panic!("{node} not connected: {j}"));
+    conn["types"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            (
+                t["type_url"].as_str().unwrap_or_default().to_string(),
+                t["sent_version"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
 /// The proxy on `cp`'s `/debug/syncz` subscribes to the four types and has
 /// ACKed everything it was sent.
 async fn synced_on(cp: &ControlPlane, node: &str) -> Result<(), String> {
@@ -225,7 +246,68 @@ fn request_loop(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn envoy_moves_between_replicas_without_losing_a_request_or_a_version() {
+async fn delta_envoy_moves_between_replicas_without_losing_a_request_or_a_version() {
+    move_between_replicas(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sotw_envoy_moves_between_replicas_without_losing_a_request_or_a_version() {
+    move_between_replicas(true).await
+}
+
+/// Add, then remove, a Service (with a pod) that no route of the gateway uses:
+/// pushes on every replica that watches the mesh, none of them for the gateway.
+async fn unrelated_churn(mesh: &Mesh, subnet: &Subnet, pod_port: u16, replicas: &[&ControlPlane]) {
+    let host = "unrelated.elsewhere.svc.cluster.local";
+    let on_all = |want: bool| async move {
+        for cp in replicas {
+            wait_for(
+                &format!("{host} listed={want} on {}", cp.debug),
+                CONVERGE,
+                || async {
+                    let listed = cp
+                        .json("/debug/registryz")
+                        .await?
+                        .to_string()
+                        .contains(host);
+                    if listed == want {
+                        Ok(())
+                    } else {
+                        Err(format!("listed={listed}"))
+                    }
+                },
+            )
+            .await;
+        }
+    };
+    mesh.write_cluster(
+        "cluster2",
+        "unrelated.yaml",
+        &(manifests::service(
+            "elsewhere",
+            "unrelated",
+            80,
+            pod_port,
+            &[("app", "unrelated")],
+        ) + "---\n"
+            + &manifests::pod(
+                "elsewhere",
+                "unrelated-0",
+                &[("app", "unrelated")],
+                subnet.ip(29),
+                pod_port,
+                true,
+                Some("cluster2-node-1"),
+            )),
+    );
+    on_all(true).await;
+    mesh.remove_cluster_file("cluster2", "unrelated.yaml");
+    on_all(false).await;
+}
+
+/// One Envoy gateway (SotW or Delta) whose bootstrap lists replicas A and B;
+/// A serves it first and has a push history of its own; SIGTERM to A.
+async fn move_between_replicas(sotw: bool) {
     let subnet = Subnet::claim();
     let pod_port = free_port();
     let gw_port = free_port();
@@ -236,35 +318,45 @@ async fn envoy_moves_between_replicas_without_losing_a_request_or_a_version() {
     let mut a = ControlPlane::start(&mesh.mesh_file).await;
     let b_xds = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let b_debug = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let gw = GatewayProxy::ingress(subnet.ip(1), "cluster1", false);
+    let gw = GatewayProxy::ingress(subnet.ip(1), "cluster1", sotw);
     let node = gw.node_id();
     let admin_port = free_port();
     let envoy = Envoy::start(
-        "gateway-replicas",
+        if sotw {
+            "gateway-replicas-sotw"
+        } else {
+            "gateway-replicas-delta"
+        },
         &bootstrap_with_replicas(&gw, &[a.xds, b_xds], admin_port),
     )
     .await;
     envoy.wait_ready(CONVERGE).await;
     wait_for("gateway on replica A", CONVERGE, || synced_on(&a, &node)).await;
-    // History on A: a pod comes and goes (an EDS push each way).
+    // History on A: a pod comes and goes (an EDS push each way). Not for SotW:
+    // there the versions Envoy keeps are those of the responses that delivered
+    // each resource, so a resource resent on its own (the pod going) keeps a
+    // version of its own, while the replica Envoy moves to sends all endpoints in
+    // one response (the protocol's doing, not a replica's).
     let ip_b = subnet.ip(12);
     let _pod_b = Backend::start(ip_b, pod_port, "cluster1-pod-b").await;
-    mesh.write_cluster(
-        "cluster1",
-        "pod-b.yaml",
-        &manifests::pod(
-            NS,
-            "cluster1-pod-b",
-            &[("app", "cluster1")],
-            ip_b,
-            pod_port,
-            true,
-            Some("cluster1-node-1"),
-        ),
-    );
-    wait_hosts(&envoy, "cluster1", &[pod(1, 1), pod(1, 2)]).await;
-    mesh.remove_cluster_file("cluster1", "pod-b.yaml");
-    wait_hosts(&envoy, "cluster1", &[pod(1, 1)]).await;
+    if !sotw {
+        mesh.write_cluster(
+            "cluster1",
+            "pod-b.yaml",
+            &manifests::pod(
+                NS,
+                "cluster1-pod-b",
+                &[("app", "cluster1")],
+                ip_b,
+                pod_port,
+                true,
+                Some("cluster1-node-1"),
+            ),
+        );
+        wait_hosts(&envoy, "cluster1", &[pod(1, 1), pod(1, 2)]).await;
+        mesh.remove_cluster_file("cluster1", "pod-b.yaml");
+        wait_hosts(&envoy, "cluster1", &[pod(1, 1)]).await;
+    }
     wait_for("gateway synced on A", CONVERGE, || synced_on(&a, &node)).await;
 
     // Replica B, fresh, on the addresses Envoy already lists.
@@ -283,6 +375,10 @@ async fn envoy_moves_between_replicas_without_losing_a_request_or_a_version() {
         .as_array()
         .unwrap()
         .is_empty());
+    // Pushes on both replicas that do not concern the gateway: B's push count
+    // moves past the one A served the gateway at.
+    unrelated_churn(&mesh, &subnet, pod_port, &[&a, &b]).await;
+    assert_eq!(versions(&envoy.config_dump().await), before);
 
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicUsize::new(0));
@@ -305,6 +401,7 @@ async fn envoy_moves_between_replicas_without_losing_a_request_or_a_version() {
         }
     };
     wait_for("20 requests before SIGTERM", CONVERGE, at_least(20)).await;
+    let a_wire = wire_versions(&a, &node).await;
     let t0 = Instant::now();
     a.terminate();
     let st = a
@@ -355,18 +452,30 @@ async fn envoy_moves_between_replicas_without_losing_a_request_or_a_version() {
         "per-resource versions differ between the replicas"
     );
     assert_eq!(sent_by_a, sent_by_b, "the replicas' resources differ");
-    // ... and did not send any of it again: Envoy told B (Delta
-    // `initial_resource_versions`) what it held, and every version matched.
+    // ... and, over Delta, did not send any of it again: Envoy told B
+    // (`initial_resource_versions`) what it held, and every version matched.
+    // (A SotW stream always starts with every resource.)
     let metrics = b.get("/metrics").await.unwrap().1;
     let sent_bytes: Vec<&str> = metrics
         .lines()
         .filter(|l| l.starts_with("pilot_xds_send_bytes"))
         .collect();
-    assert_eq!(
-        sent_bytes,
-        ["pilot_xds_send_bytes 0"],
-        "replica B resent resources"
-    );
+    if sotw {
+        // The responses B sent on the new stream carry, per type, the version
+        // of A's last response: derived from the content, not from B's own push
+        // count (which the unrelated churn moved past A's).
+        assert_eq!(
+            a_wire,
+            wire_versions(&b, &node).await,
+            "SotW response versions differ between the replicas"
+        );
+    } else {
+        assert_eq!(
+            sent_bytes,
+            ["pilot_xds_send_bytes 0"],
+            "replica B resent resources"
+        );
+    }
 
     let after = versions(&envoy.config_dump().await);
     assert_eq!(

@@ -589,7 +589,6 @@ impl StreamState {
         always: bool,
     ) -> Option<(Out, BTreeSet<Arc<str>>)> {
         let map = self.current.snapshot.get(t).clone();
-        let seq = self.seq();
         let mode = self.mode;
         let ts = &mut self.types[t.index()];
         let mut changed = BTreeSet::new();
@@ -688,7 +687,9 @@ impl StreamState {
         if send.is_empty() && removed.is_empty() && !always {
             return None;
         }
-        let version = seq.to_string();
+        // Derived from what the response holds, not from the push number, so
+        // replicas send equal versions for equal content.
+        let version = set_version(&send);
         ts.sent_version = version.clone();
         let nonce = self.next_nonce();
         self.types[t.index()].sent_nonce = nonce.clone();
