@@ -265,13 +265,11 @@ async fn expired_watch_relists_without_losing_or_duplicating() {
             && !m.pods.contains_key("ns1/a-0")
     })
     .await;
-    let m = m.lock().unwrap();
+    let errs = errors(&m);
     assert!(
-        m.errors
-            .iter()
+        errs.iter()
             .any(|e| e.contains("410") || e.contains("too old")),
-        "{:?}",
-        m.errors
+        "{errs:?}"
     );
 
     // A raw watch from a compacted resourceVersion gets one 410 ERROR event.
@@ -618,9 +616,8 @@ async fn watch_closed_cleanly_after_events_resumes_without_relisting() {
         "{} watches",
         s.watch_count()
     );
-    let m = m.lock().unwrap();
-    assert_eq!(m.inits, 1);
-    assert!(m.errors.is_empty(), "{:?}", m.errors);
+    assert_eq!(m.lock().unwrap().inits, 1);
+    assert!(errors(&m).is_empty(), "{:?}", errors(&m));
 
     // The raw stream: exactly two events, then a clean end (no ERROR).
     let body = reqwest::get(format!(
@@ -905,22 +902,23 @@ async fn http_410_at_watch_start_leaves_kube_rs_retrying_the_same_version() {
     let watches = s.watch_count();
     wait_for("five watch retries", 20, || s.watch_count() >= watches + 5).await;
 
-    let m = m.lock().unwrap();
-    assert_eq!(m.inits, 1, "kube-rs re-listed after an HTTP 410");
-    assert_eq!(s.list_count(), lists, "kube-rs re-listed after an HTTP 410");
-    assert!(m.pods.contains_key("ns1/a-1") && !m.pods.contains_key("ns1/c"));
-    let after_restart: Vec<&String> = m
-        .errors
-        .iter()
-        .skip_while(|e| *e != "WatchStartFailed 410")
-        .collect();
-    assert!(after_restart.len() >= 5, "{:?}", m.errors);
-    assert!(
-        after_restart.iter().all(|e| *e == "WatchStartFailed 410"),
-        "{:?}",
-        m.errors
-    );
-    drop(m);
+    {
+        let m = m.lock().unwrap();
+        assert_eq!(m.inits, 1, "kube-rs re-listed after an HTTP 410");
+        assert_eq!(s.list_count(), lists, "kube-rs re-listed after an HTTP 410");
+        assert!(m.pods.contains_key("ns1/a-1") && !m.pods.contains_key("ns1/c"));
+        let after_restart: Vec<&String> = m
+            .errors
+            .iter()
+            .skip_while(|e| *e != "WatchStartFailed 410")
+            .collect();
+        assert!(after_restart.len() >= 5, "{:?}", m.errors);
+        assert!(
+            after_restart.iter().all(|e| *e == "WatchStartFailed 410"),
+            "{:?}",
+            m.errors
+        );
+    }
 
     // The raw answer, and a fresh watcher (a new list) that works.
     let r = reqwest::get(format!(
