@@ -201,16 +201,20 @@ pub async fn client_from_kubeconfig(
             return Err(bad(format!("context {ctx:?} is not defined")));
         }
     }
+    let hints = CredentialHints::of(&kc, context);
     let opts = KubeConfigOptions {
         context: context.map(str::to_string),
         ..KubeConfigOptions::default()
     };
     let cfg = kube::Config::from_custom_kubeconfig(kc, &opts)
         .await
-        .map_err(|e| bad(describe_chain(&e)))?;
+        .map_err(|e| bad(hints.refine(describe_chain(&e))))?;
     let ns = cfg.default_namespace.clone();
-    let inner = Client::try_from(cfg).map_err(|e| bad(describe_chain(&e)))?;
-    let health = WatchHealth::default();
+    let inner = Client::try_from(cfg).map_err(|e| bad(hints.refine(describe_chain(&e))))?;
+    let health = WatchHealth {
+        hints: Arc::new(hints),
+        ..WatchHealth::default()
+    };
     let pacer = WatchPacer {
         inner,
         state: Arc::new(Mutex::new(HashMap::new())),
@@ -234,9 +238,84 @@ pub async fn client_from_file(
 
 /// Successful watch starts seen by a client's pacer, per resource plural: the
 /// signal that a lost cluster is reachable again even when nothing changed in it.
+///
+/// It also carries what the client's kubeconfig said about trust and
+/// credentials ([`CredentialHints`]), so a failure can be explained in the
+/// kubeconfig's terms.
 #[derive(Debug, Clone, Default)]
 pub struct WatchHealth {
     tx: Arc<Mutex<Option<mpsc::UnboundedSender<String>>>>,
+    hints: Arc<CredentialHints>,
+}
+
+/// What a kubeconfig's chosen context says about trust and credentials, for
+/// error messages only (never the secrets themselves).
+#[derive(Debug, Clone, Default)]
+pub struct CredentialHints {
+    /// The cluster entry names no `certificate-authority(-data)`: the server's
+    /// certificate is checked against the system roots only.
+    pub system_roots_only: bool,
+    /// The user's `exec.command`, when it authenticates through a credential
+    /// plugin.
+    pub exec_command: Option<String>,
+}
+
+impl CredentialHints {
+    /// Read the hints of `context` (else the current context) of `kc`.
+    fn of(kc: &Kubeconfig, context: Option<&str>) -> CredentialHints {
+        let ctx_name = context
+            .map(str::to_string)
+            .or_else(|| kc.current_context.clone());
+        let ctx = kc
+            .contexts
+            .iter()
+            .find(|c| Some(&c.name) == ctx_name.as_ref())
+            .and_then(|c| c.context.as_ref());
+        let cluster = ctx.and_then(|c| {
+            kc.clusters
+                .iter()
+                .find(|n| n.name == c.cluster)
+                .and_then(|n| n.cluster.as_ref())
+        });
+        let user = ctx.and_then(|c| {
+            let u = c.user.as_deref()?;
+            kc.auth_infos
+                .iter()
+                .find(|n| n.name == u)
+                .and_then(|n| n.auth_info.as_ref())
+        });
+        CredentialHints {
+            system_roots_only: cluster.is_some_and(|c| {
+                c.server.as_deref().is_some_and(|s| s.starts_with("https:"))
+                    && c.certificate_authority.is_none()
+                    && c.certificate_authority_data.is_none()
+                    && c.insecure_skip_tls_verify != Some(true)
+            }),
+            exec_command: user
+                .and_then(|u| u.exec.as_ref())
+                .and_then(|e| e.command.clone()),
+        }
+    }
+
+    /// `reason` (from [`explain`]) completed with what the kubeconfig says.
+    pub fn refine(&self, reason: String) -> String {
+        if reason.contains("certificate verify failed") && self.system_roots_only {
+            return format!(
+                "{reason} (the kubeconfig names no certificate-authority, so only the \
+                 system roots are trusted: add the API server's CA as \
+                 certificate-authority-data)"
+            );
+        }
+        if reason.contains("unable to run auth exec") || reason.contains("failed exec auth") {
+            if let Some(cmd) = &self.exec_command {
+                return format!(
+                    "credential plugin {cmd:?} (the kubeconfig user's exec.command) could \
+                     not be run; is it installed and on PATH?: {reason}"
+                );
+            }
+        }
+        reason
+    }
 }
 
 impl WatchHealth {
@@ -371,15 +450,41 @@ pub fn explain(e: &kube::Error) -> String {
     }
     if dbg.contains("UnknownIssuer") || dbg.contains("BadSignature") {
         return format!(
-            "TLS: the API server's certificate is not signed by the kubeconfig's \
-             certificate-authority (wrong CA?): {chain}"
+            "TLS: certificate verify failed: the API server's certificate is not signed \
+             by the kubeconfig's certificate-authority (wrong CA?): {chain}"
         );
     }
     if dbg.contains("NotValidForName") {
-        return format!("TLS: the API server's certificate does not name its address: {chain}");
+        return format!(
+            "TLS: certificate verify failed: the API server's certificate does not name \
+             its address: {chain}"
+        );
     }
     if dbg.contains("Expired") && dbg.contains("Certificate") {
-        return format!("TLS: the API server's certificate has expired: {chain}");
+        return format!(
+            "TLS: certificate verify failed: the API server's certificate has expired: {chain}"
+        );
+    }
+    // The server sent a TLS alert about our certificate: it wants one, or does not
+    // trust the one the kubeconfig presents.
+    const CLIENT_CERT_ALERTS: [&str; 6] = [
+        "UnknownCA",
+        "CertificateRequired",
+        "BadCertificate",
+        "CertificateUnknown",
+        "UnsupportedCertificate",
+        "CertificateExpired",
+    ];
+    if dbg.contains("AlertReceived")
+        && CLIENT_CERT_ALERTS
+            .iter()
+            .any(|a| dbg.contains(&format!("AlertReceived({a})")))
+    {
+        return format!(
+            "TLS: the API server refused the client certificate (the kubeconfig's \
+             client-certificate is missing, expired or not signed by a CA the server \
+             trusts): {chain}"
+        );
     }
     if matches!(e, kube::Error::SerdeError(_)) || dbg.contains("SerdeError") {
         return format!(
@@ -745,6 +850,7 @@ impl ClusterRun {
                 match ev {
                     Err(e) => {
                         let (reason, lost) = explain_watcher(&e);
+                        let reason = self.health.hints.refine(reason);
                         if !lost {
                             debug!(cluster = %self.cluster, %kind, %reason);
                             continue;

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::kube_api::{objects, FakeApiServer};
+use crate::kube_api::{objects, Credentials, FakeApiServer, Options};
 use crate::support::backend::Backend;
 use crate::support::control_plane::{bootstrap_gateway, ControlPlane, GatewayProxy};
 use crate::support::envoy::Envoy;
@@ -51,6 +51,34 @@ pub struct Layout {
     pub extra_mesh: String,
     /// Clusters (1-based) whose API server is stopped before crossmesh starts.
     pub dead: Vec<u8>,
+    /// How each cluster's API server authenticates crossmesh (cluster1..3 in
+    /// order; missing entries are [`Auth::Plain`]).
+    pub auth: Vec<Auth>,
+}
+
+/// How a fake API server is served and how the kubeconfig crossmesh reads
+/// authenticates to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Auth {
+    /// Plain HTTP, no credentials.
+    #[default]
+    Plain,
+    /// HTTPS with the server's own CA in the kubeconfig, and a bearer token the
+    /// server checks.
+    HttpsToken,
+    /// HTTPS with the server's own CA, and a client certificate (no token) that
+    /// the server requires at the TLS handshake.
+    HttpsClientCert,
+}
+
+/// The bearer token of cluster `n`'s server under [`Auth::HttpsToken`]
+/// (generated per run: nothing secret is kept in the repo).
+pub fn token_of(n: u8) -> String {
+    use std::hash::BuildHasher;
+    static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    let r = KEYS.get_or_init(Default::default).hash_one(n);
+    format!("{}-reader-{r:016x}", name(n))
 }
 
 impl Default for Layout {
@@ -60,6 +88,7 @@ impl Default for Layout {
             istio: IstioFrom::Cluster1,
             extra_mesh: String::new(),
             dead: Vec::new(),
+            auth: Vec::new(),
         }
     }
 }
@@ -150,7 +179,16 @@ impl KubeSeed {
         let mut backends = Vec::new();
         for n in 1..=3u8 {
             let c = name(n);
-            let s = FakeApiServer::start(c).await;
+            let auth = layout.auth.get(n as usize - 1).copied().unwrap_or_default();
+            let token = token_of(n);
+            let s = FakeApiServer::start_with(Options {
+                name: c.into(),
+                tls: auth != Auth::Plain,
+                client_certs: auth == Auth::HttpsClientCert,
+                token: (auth == Auth::HttpsToken).then(|| token.clone()),
+                ..Options::default()
+            })
+            .await;
             let node = format!("{c}-node-1");
             s.apply(&objects::node(
                 &node,
@@ -167,7 +205,19 @@ impl KubeSeed {
             let ip = subnet.ip(n * 10 + 1);
             s.apply(&pod_object(n, &pod, ip, true));
             backends.push(Backend::start(ip, pod_port, &pod).await);
-            s.write_kubeconfig(&dir.path().join(format!("{c}.kubeconfig")), None, None);
+            let creds = match auth {
+                Auth::Plain => Credentials::default(),
+                Auth::HttpsToken => Credentials {
+                    token: Some(token),
+                    ..Credentials::default()
+                },
+                Auth::HttpsClientCert => Credentials {
+                    no_token: true,
+                    client_cert: Some(s.issue_client_cert("crossmesh-reader", &[])),
+                    ..Credentials::default()
+                },
+            };
+            s.write_kubeconfig_with(&dir.path().join(format!("{c}.kubeconfig")), &creds);
             servers.push(s);
         }
         let mut yaml = String::from("trustDomain: cluster.local\nclusters:\n");
