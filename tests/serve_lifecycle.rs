@@ -369,6 +369,27 @@ async fn a_stuck_proxy_cannot_hold_the_exit_and_ready_is_503_while_draining() {
     );
 }
 
+/// A second signal during the drain (an operator's second Ctrl-C or `kill`)
+/// stops at once, with a proxy still stuck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_stops_without_waiting_for_the_drain() {
+    let mut s = Seed::start(false).await;
+    let _stuck = RawAds::open(s.cp.xds, &probe_node("stuck"), 0).await;
+    wait_connected(&s.cp, &probe_node("stuck")).await;
+    s.cp.terminate();
+    wait_for("/ready 503 draining", CONVERGE, || async {
+        match s.cp.get("/ready").await? {
+            (503, b) if b == "draining\n" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let (st, took) = terminate(&mut s.cp).await;
+    assert!(st.success(), "exit status {st}; log:\n{}", s.cp.log());
+    assert!(took < Duration::from_secs(3), "exit took {took:?}");
+    assert!(s.cp.log().contains("second signal"), "{}", s.cp.log());
+}
+
 /// SIGTERM while the only member cluster is still in its first list (an API
 /// server that accepts connections and never answers): a clean, prompt exit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
