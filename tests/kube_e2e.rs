@@ -542,7 +542,9 @@ async fn secret_printed_by_create_remote_secret_registers_the_cluster() {
     // is registered, refused with 401, and serves nothing.
     let mut wrong = secret.clone();
     wrong["data"]["cluster3"] = serde_json::json!(kube_api::base64(
-        kubeconfig.replace(&sa_token, "not-a-valid-token").as_bytes()
+        kubeconfig
+            .replace(&sa_token, "not-a-valid-token")
+            .as_bytes()
     ));
     s.server(1).apply(&wrong);
     s.wait_clusterz(3, "cluster3 refused with 401", |c| {

@@ -281,16 +281,20 @@ async fn relist_after_410_frees_what_is_gone() {
 
     // Down; half the Pods deleted meanwhile; history lost; back: 410 and re-list.
     s.stop().await;
-    wait("cluster marked stale", || registry.cluster_status()[0].stale).await;
+    wait("cluster marked stale", || {
+        registry.cluster_status()[0].stale
+    })
+    .await;
     for i in (0..N).step_by(2) {
         s.delete("", "pods", "ns1", &pod_name(i)).unwrap();
     }
     let lists = s.list_count();
     s.compact();
     s.restart().await;
-    wait("re-listed with half the Pods, every kind watched again", || {
-        s.list_count() > lists && synced_with(&registry, N / 2) && s.open_watches() >= watches
-    })
+    wait(
+        "re-listed with half the Pods, every kind watched again",
+        || s.list_count() > lists && synced_with(&registry, N / 2) && s.open_watches() >= watches,
+    )
     .await;
     // Exactly the remaining Pods, each once.
     assert_eq!(pods_in_registry(&registry), N / 2);

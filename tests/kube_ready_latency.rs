@@ -55,8 +55,16 @@ async fn cycle(s: &mut KubeSeed, run: usize) -> Duration {
     s.wait_hosts(1, &[1]).await;
     let before = s.backend(&pod).requests();
     let bodies = http::get_many(s.gw_addr(), &host, 4).await;
-    assert_eq!(bodies, vec!["cluster1-pod-a"; 4], "run {run}: pod-b not Ready");
-    assert_eq!(s.backend(&pod).requests(), before, "run {run}: pod-b not Ready");
+    assert_eq!(
+        bodies,
+        vec!["cluster1-pod-a"; 4],
+        "run {run}: pod-b not Ready"
+    );
+    assert_eq!(
+        s.backend(&pod).requests(),
+        before,
+        "run {run}: pod-b not Ready"
+    );
 
     let t0 = Instant::now();
     s.put_pod(1, 2, "b", true).await;
@@ -80,15 +88,31 @@ async fn cycle(s: &mut KubeSeed, run: usize) -> Duration {
     s.wait_hosts(1, &[1]).await;
     let unready = s.backend(&pod).requests();
     let bodies = http::get_many(s.gw_addr(), &host, 4).await;
-    assert_eq!(bodies, vec!["cluster1-pod-a"; 4], "run {run}: pod-b not Ready again");
-    assert_eq!(s.backend(&pod).requests(), unready, "run {run}: pod-b not Ready again");
+    assert_eq!(
+        bodies,
+        vec!["cluster1-pod-a"; 4],
+        "run {run}: pod-b not Ready again"
+    );
+    assert_eq!(
+        s.backend(&pod).requests(),
+        unready,
+        "run {run}: pod-b not Ready again"
+    );
 
     s.delete_pod(1, "b");
     s.wait_hosts(1, &[1]).await;
     let after = s.backend(&pod).requests();
     let bodies = http::get_many(s.gw_addr(), &host, 4).await;
-    assert_eq!(bodies, vec!["cluster1-pod-a"; 4], "run {run}: pod-b deleted");
-    assert_eq!(s.backend(&pod).requests(), after, "run {run}: pod-b deleted");
+    assert_eq!(
+        bodies,
+        vec!["cluster1-pod-a"; 4],
+        "run {run}: pod-b deleted"
+    );
+    assert_eq!(
+        s.backend(&pod).requests(),
+        after,
+        "run {run}: pod-b deleted"
+    );
     dt
 }
 

@@ -394,8 +394,14 @@ async fn nack_is_counted_once_in_pilot_total_xds_rejects() {
     c.send(TypeUrl::Cluster, &[], "", "", None).await;
     let r = c.recv().await;
     assert_eq!(r.type_url, TypeUrl::Cluster.as_str());
-    c.send(TypeUrl::Cluster, &[], "", &r.nonce, Some("cluster x: rejected"))
-        .await;
+    c.send(
+        TypeUrl::Cluster,
+        &[],
+        "",
+        &r.nonce,
+        Some("cluster x: rejected"),
+    )
+    .await;
     // The NACK reached the server: /debug/syncz shows it for this proxy.
     support::wait_for("syncz shows the NACK", WAIT, || async {
         let j = cp.json("/debug/syncz").await?.to_string();
