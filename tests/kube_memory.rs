@@ -414,8 +414,8 @@ async fn secret_churn_frees_each_cluster() {
          cycle after {WARMUP} warm-up cycles {per_cycle:.0} B"
     );
     assert!(
-        cluster > 100_000.0,
-        "a registered {PODS}-Pod cluster held only {cluster:.0} B: the measurement is broken"
+        cluster > 0.0,
+        "a registered {PODS}-Pod cluster held {cluster:.0} B: the measurement is broken"
     );
     // A cluster not freed would add `cluster` bytes per cycle; allow 1% of it for
     // allocator noise (measured: tens of bytes per cycle).
