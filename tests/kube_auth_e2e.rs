@@ -10,6 +10,8 @@
 //!   bearer token) holding the Istio config, cluster2 over HTTPS with a client
 //!   certificate, cluster3 registered at run time by a remote Secret in cluster1
 //!   whose kubeconfig is HTTPS with a token;
+//! - an API server answering 503 or 429 is reported at once (not after
+//!   kube-client's minutes of retries) and the cluster recovers;
 //! - bad credentials each show their reason on `/debug/clusterz` and never crash
 //!   the process or harm the other clusters: a wrong CA, no CA for a self-signed
 //!   server ("certificate verify failed"), an expired token, a client certificate
@@ -222,4 +224,34 @@ async fn bad_credentials_are_explained_and_never_crash() {
         "{:?}",
         s.server(2).auth_failures()
     );
+}
+
+/// An API server that answers 503 (overloaded, or its etcd is down) or 429
+/// (throttling) is reported within one watch backoff, not after the minutes a
+/// client's own retry ladder would take, while the last-known endpoints keep
+/// serving; once it answers again the cluster is fresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_api_server_is_reported_promptly_and_recovers() {
+    let mut s = KubeSeed::start(Layout::default()).await;
+    s.wait_answer(2, "cluster2-pod-a").await;
+    for (code, words) in [(503, "HTTP 503"), (429, "HTTP 429")] {
+        // Every request fails from now on; a restart makes the watches re-open.
+        s.server(2)
+            .add_fault(kube_api::FaultRule::status(code).retry_after(1));
+        s.server(2).restart().await;
+        // Within the usual deadline: kube-client's own retries would hide the
+        // failure for minutes.
+        wait_reason(&s, 2, &[words, "retrying with backoff"]).await;
+        s.wait_clusterz(2, "cluster2 stale", |c| c["stale"] == true)
+            .await;
+        still_serving(&s, &[1, 2, 3]).await;
+        s.server(2).clear_faults();
+        s.wait_clusterz(2, "cluster2 fresh again", |c| {
+            c["stale"] == false && c["last_error"].is_null()
+        })
+        .await;
+    }
+    // It is live: a new pod is served.
+    s.put_pod(2, 2, "b", true).await;
+    s.wait_hosts(2, &[1, 2]).await;
 }

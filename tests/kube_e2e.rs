@@ -483,7 +483,7 @@ async fn secret_printed_by_create_remote_secret_registers_the_cluster() {
     s.server(3).set_tokens(&[ADMIN]);
     let admin_kubeconfig = s.dir.path().join("cluster3.kubeconfig");
     s.server(3).write_kubeconfig(&admin_kubeconfig, None, None);
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_crossmesh"))
+    let out = tokio::process::Command::new(support::control_plane::crossmesh_bin())
         .args(["create-remote-secret", "--name", "cluster3", "--kubeconfig"])
         .arg(&admin_kubeconfig)
         .output()

@@ -305,6 +305,8 @@ async fn created_remote_secret_registers_the_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let admin = dir.path().join("admin.kubeconfig");
     target.write_kubeconfig(&admin, None, None);
+    // The operator applied crossmesh's namespace in the member (deploy/rbac.yaml).
+    target.apply(&objects::namespace(DEFAULT_NAMESPACE));
     let yaml = create_remote_secret("east", &admin, None).await.unwrap();
     assert!(yaml.contains("crossmesh.io/multi-cluster"), "{yaml}");
     let parsed: k8s_openapi::api::core::v1::Secret = serde_saphyr::from_str(&yaml).unwrap();

@@ -210,7 +210,8 @@ pub async fn client_from_kubeconfig(
         .await
         .map_err(|e| bad(hints.refine(describe_chain(&e))))?;
     let ns = cfg.default_namespace.clone();
-    let inner = Client::try_from(cfg).map_err(|e| bad(hints.refine(describe_chain(&e))))?;
+    let inner = Client::try_from(without_client_retries(cfg))
+        .map_err(|e| bad(hints.refine(describe_chain(&e))))?;
     let health = WatchHealth {
         hints: Arc::new(hints),
         ..WatchHealth::default()
@@ -221,6 +222,19 @@ pub async fn client_from_kubeconfig(
         health: health.clone(),
     };
     Ok((Client::new(pacer, ns), health))
+}
+
+/// Turn off kube-client's own retries of 429, 503 and 504 answers.
+///
+/// kube-client retries those up to 15 times with a backoff that grows to
+/// minutes: an API server answering 503 showed no reason on `/debug/clusterz` for
+/// about 4.5 minutes, and its watches were not re-tried on our schedule. The
+/// watchers of this crate already retry every failed request with
+/// [`WatchBackoff`] (at most 5 s apart), so the failure is reported at once and
+/// the cluster is re-tried promptly either way.
+fn without_client_retries(mut cfg: kube::Config) -> kube::Config {
+    cfg.default_retry = false;
+    cfg
 }
 
 /// Read a kubeconfig file and build a client.
@@ -444,6 +458,13 @@ pub fn explain(e: &kube::Error) -> String {
             ),
             403 => format!(
                 "forbidden (HTTP 403): the credentials lack read RBAC (see deploy/rbac.yaml): {msg}"
+            ),
+            429 => format!(
+                "the API server is throttling requests (HTTP 429 Too Many Requests); \
+                 retrying with backoff: {msg}"
+            ),
+            500..=599 => format!(
+                "the API server failed (HTTP {code}); retrying with backoff: {msg}"
             ),
             c => format!("API server answered HTTP {c}: {msg}"),
         };
@@ -994,7 +1015,7 @@ pub fn client_from_config(
     origin: &str,
 ) -> Result<(Client, WatchHealth), KubeSourceError> {
     let ns = cfg.default_namespace.clone();
-    let inner = Client::try_from(cfg).map_err(|e| KubeSourceError::Kubeconfig {
+    let inner = Client::try_from(without_client_retries(cfg)).map_err(|e| KubeSourceError::Kubeconfig {
         origin: origin.to_string(),
         reason: describe_chain(&e),
     })?;
