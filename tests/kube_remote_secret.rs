@@ -305,6 +305,12 @@ async fn created_remote_secret_registers_the_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let admin = dir.path().join("admin.kubeconfig");
     target.write_kubeconfig(&admin, None, None);
+    // Without crossmesh's namespace in the member the command says what to do.
+    let e = create_remote_secret("east", &admin, None).await.unwrap_err().to_string();
+    assert!(
+        e.contains("namespaces \"crossmesh-system\" not found") && e.contains("deploy/rbac.yaml"),
+        "{e}"
+    );
     // The operator applied crossmesh's namespace in the member (deploy/rbac.yaml).
     target.apply(&objects::namespace(DEFAULT_NAMESPACE));
     let yaml = create_remote_secret("east", &admin, None).await.unwrap();

@@ -522,9 +522,18 @@ pub async fn create_remote_secret(
         &kubeconfig_path.display().to_string(),
     )
     .await?;
-    let api_err = |what: &str, e: kube::Error| RemoteSecretError::Api {
-        what: what.to_string(),
-        reason: explain(&e),
+    let api_err = |what: &str, e: kube::Error| {
+        let mut reason = explain(&e);
+        if matches!(&e, kube::Error::Api(st) if st.code == 404 && st.message.contains("namespaces")) {
+            reason.push_str(&format!(
+                " (create the namespace {DEFAULT_NAMESPACE} in the member cluster first: \
+                 kubectl apply -f deploy/rbac.yaml)"
+            ));
+        }
+        RemoteSecretError::Api {
+            what: what.to_string(),
+            reason,
+        }
     };
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), DEFAULT_NAMESPACE);
     if sas
