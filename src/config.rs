@@ -39,6 +39,8 @@ struct MeshFile {
     domain_suffix: Option<String>,
     xds_address: Option<String>,
     debug_address: Option<String>,
+    /// The mesh CA (DESIGN.md §5); see [`CaConfig`].
+    ca: Option<CaFile>,
     #[serde(default)]
     clusters: Vec<ClusterFile>,
     #[serde(default)]
@@ -51,6 +53,16 @@ struct MeshFile {
     unreachable_cluster_endpoints: Option<UnreachableFile>,
     /// Namespace of the remote secrets in config clusters.
     remote_secret_namespace: Option<String>,
+}
+
+/// `ca:` as written.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CaFile {
+    dir: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    #[serde(rename = "workloadCertTTL")]
+    workload_cert_ttl: Option<DurationFile>,
 }
 
 /// `unreachableClusterEndpoints`: the word `keep`, or a map `{dropAfter: 60s}`.
@@ -197,6 +209,8 @@ pub struct MeshConfig {
     pub domain_suffix: String,
     pub xds_address: SocketAddr,
     pub debug_address: SocketAddr,
+    /// Mesh file `ca:`.
+    pub ca: CaConfig,
     pub clusters: Vec<ClusterConfig>,
     pub config: Vec<ConfigSource>,
     pub networks: BTreeMap<String, Vec<NetworkGateway>>,
@@ -210,6 +224,40 @@ pub struct MeshConfig {
     /// Mesh file `remoteSecretNamespace`: where remote secrets are watched in each
     /// config cluster (default `crossmesh-system`).
     pub remote_secret_namespace: String,
+}
+
+/// The mesh CA (mesh file `ca:`, DESIGN.md §5), read by `security::ca::Ca::from_mesh`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaConfig {
+    /// The mesh file has a `ca:` section. `serve` starts the CA when it does (or
+    /// when a TLS xDS port needs one); without either nothing is generated or read.
+    pub configured: bool,
+    /// `ca.dir`: a plug-in CA in Istio's `cacerts` layout (`ca-cert.pem`,
+    /// `ca-key.pem`, `root-cert.pem`, `cert-chain.pem`). `None`: crossmesh makes a
+    /// root on first start and keeps it in `state_dir`.
+    pub dir: Option<PathBuf>,
+    /// `ca.stateDir`: where a generated root and its key are kept (default
+    /// `crossmesh-ca` next to the mesh file). Ignored with `dir`.
+    pub state_dir: PathBuf,
+    /// `ca.workloadCertTTL`: lifetime of workload certificates (default 24h, as
+    /// Istio's `DEFAULT_WORKLOAD_CERT_TTL`).
+    pub workload_cert_ttl: Duration,
+}
+
+/// Default `ca.workloadCertTTL`.
+pub const DEFAULT_WORKLOAD_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Default `ca.stateDir`, relative to the mesh file's directory.
+pub const DEFAULT_CA_STATE_DIR: &str = "crossmesh-ca";
+
+impl Default for CaConfig {
+    fn default() -> Self {
+        CaConfig {
+            configured: false,
+            dir: None,
+            state_dir: PathBuf::from(DEFAULT_CA_STATE_DIR),
+            workload_cert_ttl: DEFAULT_WORKLOAD_CERT_TTL,
+        }
+    }
 }
 
 /// Default namespace of remote secrets (`remoteSecretNamespace`).
@@ -257,6 +305,7 @@ impl Default for MeshConfig {
             domain_suffix: "cluster.local".into(),
             xds_address: DEFAULT_XDS_ADDRESS.parse().expect("constant address"),
             debug_address: DEFAULT_DEBUG_ADDRESS.parse().expect("constant address"),
+            ca: CaConfig::default(),
             clusters: Vec::new(),
             config: Vec::new(),
             networks: BTreeMap::new(),
@@ -415,6 +464,32 @@ impl MeshConfig {
                 })?)
             }
         };
+        mesh.ca = CaConfig {
+            state_dir: base.join(DEFAULT_CA_STATE_DIR),
+            ..CaConfig::default()
+        };
+        if let Some(ca) = file.ca {
+            if ca.dir.is_some() && ca.state_dir.is_some() {
+                return Err(invalid(
+                    "ca: set dir (a plug-in CA) or stateDir (where a generated root is kept), \
+                     not both"
+                        .into(),
+                ));
+            }
+            mesh.ca.configured = true;
+            mesh.ca.dir = ca.dir.as_deref().map(resolve);
+            if let Some(d) = &ca.state_dir {
+                mesh.ca.state_dir = resolve(d);
+            }
+            if let Some(ttl) = ca.workload_cert_ttl {
+                let text = match ttl {
+                    DurationFile::Text(t) => t,
+                    DurationFile::Number(n) => n.to_string(),
+                };
+                mesh.ca.workload_cert_ttl = parse_duration(&text)
+                    .map_err(|e| invalid(format!("ca.workloadCertTTL: {e}")))?;
+            }
+        }
         if let Some(ns) = file.remote_secret_namespace {
             if !valid_namespace(&ns) {
                 return Err(invalid(format!(

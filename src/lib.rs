@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod model;
 pub mod push;
 pub mod registry;
+pub mod security;
 pub mod serve;
 pub mod sources;
 pub mod tls;

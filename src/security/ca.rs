@@ -1,0 +1,763 @@
+//! The mesh CA: one root of trust per mesh, workload and xDS-server certificates.
+//!
+//! The signing certificate comes from one of two places (mesh file `ca:`,
+//! DESIGN.md §5):
+//! - `ca.dir`: a plug-in CA laid out as Istio's `cacerts` Secret: `ca-cert.pem` (the
+//!   signing certificate), `ca-key.pem` (its key, PKCS#8), `root-cert.pem` (every
+//!   root in force, several during a rotation) and `cert-chain.pem` (from the
+//!   signing certificate up to the root; empty when the signing certificate is
+//!   itself the root). Every check that can fail is done at load, so `serve`
+//!   refuses to start instead of handing out certificates nobody can verify.
+//! - otherwise a root generated on first start (ECDSA P-256, 10 years, O = trust
+//!   domain) and kept in `ca.stateDir`, written in the same layout so a restart
+//!   keeps the root and another control plane can use the directory as its plug-in.
+//!
+//! Workload certificates follow Istio's: an ECDSA P-256 key, an empty subject, one
+//! URI SAN `spiffe://<trustDomain>/ns/<ns>/sa/<sa>`, key usage digitalSignature +
+//! keyEncipherment, extended key usage serverAuth + clientAuth, a random serial.
+//! The CA never decides who may have which identity: callers pass the identity of
+//! an authenticated caller.
+
+use std::fmt;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use ring::rand::{SecureRandom, SystemRandom};
+use x509_parser::certificate::X509Certificate;
+use zeroize::Zeroizing;
+
+use crate::config::MeshConfig;
+
+/// Files of Istio's `cacerts` layout.
+pub const CA_CERT_FILE: &str = "ca-cert.pem";
+pub const CA_KEY_FILE: &str = "ca-key.pem";
+pub const ROOT_CERT_FILE: &str = "root-cert.pem";
+pub const CERT_CHAIN_FILE: &str = "cert-chain.pem";
+
+/// Lifetime of a generated root (Istio's self-signed root: 10 years).
+const GENERATED_ROOT_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Longest backdating of `notBefore`, for peers whose clock is behind ours.
+const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
+/// Service account named in the xDS server certificate's URI SAN.
+const SERVER_SERVICE_ACCOUNT: &str = "crossmesh";
+
+/// A workload identity: `spiffe://<trust_domain>/ns/<namespace>/sa/<service_account>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Identity {
+    pub trust_domain: String,
+    pub namespace: String,
+    pub service_account: String,
+}
+
+impl Identity {
+    /// The SPIFFE ID carried as the certificate's URI SAN.
+    pub fn spiffe_uri(&self) -> String {
+        format!(
+            "spiffe://{}/ns/{}/sa/{}",
+            self.trust_domain, self.namespace, self.service_account
+        )
+    }
+
+    /// Each part must be a non-empty run of `a-z 0-9 - . _` (Kubernetes names and
+    /// SPIFFE trust domains), so the URI cannot be ambiguous.
+    fn check(&self) -> Result<(), String> {
+        for (what, v) in [
+            ("trust domain", &self.trust_domain),
+            ("namespace", &self.namespace),
+            ("service account", &self.service_account),
+        ] {
+            let ok = !v.is_empty()
+                && v.chars().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | '_')
+                });
+            if !ok {
+                return Err(format!("{what} {v:?} is not a valid SPIFFE ID segment"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.spiffe_uri())
+    }
+}
+
+/// A certificate and its key, as delivered in the SDS secret `default`.
+#[derive(Clone)]
+pub struct IssuedCert {
+    pub identity: Identity,
+    /// Leaf first, then the plug-in `cert-chain.pem` (PEM).
+    pub cert_chain_pem: String,
+    /// PKCS#8 P-256 key (PEM). Never logged, never in `Debug` output.
+    pub key_pem: Zeroizing<String>,
+    pub serial_hex: String,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+impl fmt::Debug for IssuedCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IssuedCert")
+            .field("identity", &self.identity.spiffe_uri())
+            .field("serial_hex", &self.serial_hex)
+            .field("not_before", &self.not_before)
+            .field("not_after", &self.not_after)
+            .field("key_pem", &"[redacted]")
+            .finish()
+    }
+}
+
+/// When to replace `c`: at half its lifetime (counted from `notBefore`), earlier by
+/// a random amount up to 10 % of the lifetime so that certificates issued together
+/// are not all renewed in the same instant.
+pub fn renew_at(c: &IssuedCert) -> SystemTime {
+    let lifetime = c
+        .not_after
+        .duration_since(c.not_before)
+        .unwrap_or(Duration::ZERO);
+    let max_jitter = lifetime.as_nanos() / 10;
+    let jitter = if max_jitter == 0 {
+        0
+    } else {
+        let mut b = [0u8; 16];
+        // The system RNG failing is not recoverable anywhere; no jitter then.
+        let _ = SystemRandom::new().fill(&mut b);
+        u128::from_le_bytes(b) % (max_jitter + 1)
+    };
+    let jitter = Duration::from_nanos(u64::try_from(jitter).unwrap_or(u64::MAX));
+    c.not_before + lifetime / 2 - jitter.min(lifetime / 2)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A CA file that cannot be used: the file and the reason.
+    #[error("{}: {reason}", path.display())]
+    Invalid { path: PathBuf, reason: String },
+    #[error("{}: cannot write: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("ca.workloadCertTTL must be longer than zero")]
+    ZeroTtl,
+    #[error("cannot issue a certificate for {subject}: {reason}")]
+    Issue { subject: String, reason: String },
+}
+
+fn invalid(path: &Path, reason: impl Into<String>) -> CaError {
+    CaError::Invalid {
+        path: path.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// The mesh CA. Immutable once loaded; `Send + Sync`, shared as `Arc<Ca>`.
+pub struct Ca {
+    trust_domain: String,
+    /// Namespace crossmesh runs in, for the xDS server certificate's SAN.
+    server_namespace: String,
+    ttl: Duration,
+    issuer: Issuer<'static, KeyPair>,
+    signing_not_after: SystemTime,
+    /// PEM appended after each leaf.
+    chain_pem: String,
+    roots_pem: String,
+    root_not_after: SystemTime,
+    /// Directory the CA was read from (plug-in or state dir).
+    dir: PathBuf,
+    generated: bool,
+}
+
+impl fmt::Debug for Ca {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ca")
+            .field("trust_domain", &self.trust_domain)
+            .field("dir", &self.dir)
+            .field("generated", &self.generated)
+            .field("ttl", &self.ttl)
+            .field("root_not_after", &self.root_not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One parsed certificate: its DER and the validity read from it.
+struct Cert {
+    der: Vec<u8>,
+}
+
+impl Cert {
+    fn parsed(&self) -> X509Certificate<'_> {
+        // Parsed once successfully in `read_certs`; the bytes have not changed.
+        match x509_parser::parse_x509_certificate(&self.der) {
+            Ok((_, c)) => c,
+            Err(_) => unreachable!("certificate parsed at load"),
+        }
+    }
+    fn pem(&self) -> String {
+        pem_encode("CERTIFICATE", &self.der)
+    }
+}
+
+fn pem_encode(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        // base64 output is ASCII.
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, CaError> {
+    std::fs::read(path).map_err(|source| CaError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Every PEM block of `bytes`, each an X.509 certificate.
+fn read_certs(path: &Path, bytes: &[u8]) -> Result<Vec<Cert>, CaError> {
+    let mut out = Vec::new();
+    for (i, block) in x509_parser::pem::Pem::iter_from_buffer(bytes).enumerate() {
+        let block = block.map_err(|e| invalid(path, format!("PEM block {}: {e}", i + 1)))?;
+        if block.label != "CERTIFICATE" {
+            return Err(invalid(
+                path,
+                format!(
+                    "PEM block {} is a {:?}, not a CERTIFICATE",
+                    i + 1,
+                    block.label
+                ),
+            ));
+        }
+        if let Err(e) = x509_parser::parse_x509_certificate(&block.contents) {
+            return Err(invalid(
+                path,
+                format!("certificate {} is not valid X.509: {e}", i + 1),
+            ));
+        }
+        out.push(Cert {
+            der: block.contents,
+        });
+    }
+    Ok(out)
+}
+
+fn asn1_time(t: x509_parser::time::ASN1Time) -> SystemTime {
+    let secs = t.timestamp();
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::from_secs(secs as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+    }
+}
+
+fn subject(c: &X509Certificate<'_>) -> String {
+    c.subject().to_string()
+}
+
+/// A certificate that signs others: CA basic constraint, keyCertSign if key usage
+/// is present, and valid now.
+fn check_ca_cert(path: &Path, c: &X509Certificate<'_>, now: SystemTime) -> Result<(), CaError> {
+    let name = subject(c);
+    if !c.is_ca() {
+        return Err(invalid(
+            path,
+            format!("certificate {name:?} is not a CA certificate (basicConstraints CA is not true)"),
+        ));
+    }
+    if let Ok(Some(ku)) = c.key_usage() {
+        if !ku.value.key_cert_sign() {
+            return Err(invalid(
+                path,
+                format!("certificate {name:?} may not sign certificates (key usage lacks keyCertSign)"),
+            ));
+        }
+    }
+    check_validity(path, c, now)
+}
+
+fn check_validity(path: &Path, c: &X509Certificate<'_>, now: SystemTime) -> Result<(), CaError> {
+    let v = c.validity();
+    if asn1_time(v.not_after) <= now {
+        return Err(invalid(
+            path,
+            format!("certificate {:?} expired at {}", subject(c), v.not_after),
+        ));
+    }
+    if asn1_time(v.not_before) > now {
+        return Err(invalid(
+            path,
+            format!(
+                "certificate {:?} is not valid before {}",
+                subject(c),
+                v.not_before
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `child` names `parent` as its issuer and carries a signature `parent`'s key made.
+fn signed_by(child: &X509Certificate<'_>, parent: &X509Certificate<'_>) -> bool {
+    child.issuer().as_raw() == parent.subject().as_raw()
+        && child.verify_signature(Some(parent.public_key())).is_ok()
+}
+
+/// Whether `ca`, with intermediates from `chain`, leads to one of `roots`.
+fn leads_to_root(ca: &Cert, chain: &[Cert], roots: &[Cert]) -> bool {
+    if roots.iter().any(|r| r.der == ca.der) {
+        return true;
+    }
+    let roots: Vec<X509Certificate<'_>> = roots.iter().map(Cert::parsed).collect();
+    let chain: Vec<X509Certificate<'_>> = chain.iter().map(Cert::parsed).collect();
+    let mut current = ca.parsed();
+    // Each step climbs one level; a chain longer than the file is a loop.
+    for _ in 0..=chain.len() {
+        if roots.iter().any(|r| signed_by(&current, r)) {
+            return true;
+        }
+        match chain
+            .iter()
+            .find(|c| c.as_ref() != current.as_ref() && signed_by(&current, c))
+        {
+            Some(next) => current = next.clone(),
+            None => return false,
+        }
+    }
+    false
+}
+
+/// The signing key: PKCS#8 (`PRIVATE KEY`).
+fn read_key(path: &Path, bytes: &[u8]) -> Result<KeyPair, CaError> {
+    let mut blocks = x509_parser::pem::Pem::iter_from_buffer(bytes);
+    let block = match blocks.next() {
+        Some(Ok(b)) => b,
+        Some(Err(e)) => return Err(invalid(path, format!("not a PEM key: {e}"))),
+        None => return Err(invalid(path, "holds no PEM key")),
+    };
+    match block.label.as_str() {
+        "PRIVATE KEY" => {}
+        "EC PRIVATE KEY" | "RSA PRIVATE KEY" => {
+            return Err(invalid(
+                path,
+                format!(
+                    "the key is {:?} (SEC1/PKCS#1); crossmesh reads PKCS#8 (`PRIVATE KEY`): \
+                     convert it with `openssl pkcs8 -topk8 -nocrypt -in {} -out {}`",
+                    block.label,
+                    path.display(),
+                    path.display()
+                ),
+            ))
+        }
+        l => return Err(invalid(path, format!("PEM block is a {l:?}, not a PRIVATE KEY"))),
+    }
+    // Keep the key's DER out of memory once parsed.
+    let der = Zeroizing::new(block.contents);
+    KeyPair::try_from(der.as_slice()).map_err(|e| {
+        invalid(
+            path,
+            format!("not a usable ECDSA P-256/P-384, Ed25519 or RSA PKCS#8 key: {e}"),
+        )
+    })
+}
+
+/// A CA read from a directory in the `cacerts` layout, checked.
+struct Loaded {
+    issuer: Issuer<'static, KeyPair>,
+    signing_not_after: SystemTime,
+    chain_pem: String,
+    roots: Vec<Cert>,
+}
+
+fn load_dir(dir: &Path) -> Result<Loaded, CaError> {
+    let now = SystemTime::now();
+    let ca_path = dir.join(CA_CERT_FILE);
+    let key_path = dir.join(CA_KEY_FILE);
+    let root_path = dir.join(ROOT_CERT_FILE);
+    let chain_path = dir.join(CERT_CHAIN_FILE);
+
+    let roots = read_certs(&root_path, &read(&root_path)?)?;
+    if roots.is_empty() {
+        return Err(invalid(&root_path, "holds no certificate"));
+    }
+    for r in &roots {
+        check_ca_cert(&root_path, &r.parsed(), now)?;
+    }
+
+    let mut ca = read_certs(&ca_path, &read(&ca_path)?)?;
+    if ca.len() != 1 {
+        return Err(invalid(
+            &ca_path,
+            format!("holds {} certificates; expected exactly one", ca.len()),
+        ));
+    }
+    let ca = ca.remove(0);
+    check_ca_cert(&ca_path, &ca.parsed(), now)?;
+
+    let key_bytes = Zeroizing::new(read(&key_path)?);
+    let key = read_key(&key_path, &key_bytes)?;
+    if ca.parsed().public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+        return Err(invalid(
+            &key_path,
+            format!("the key does not match the certificate in {}", ca_path.display()),
+        ));
+    }
+
+    // cert-chain.pem may be missing or empty (the signing certificate is a root).
+    let chain = match std::fs::read(&chain_path) {
+        Ok(b) => read_certs(&chain_path, &b)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(source) => {
+            return Err(CaError::Read {
+                path: chain_path,
+                source,
+            })
+        }
+    };
+    for c in &chain {
+        let p = c.parsed();
+        check_validity(&chain_path, &p, now)?;
+        if !p.is_ca() {
+            return Err(invalid(
+                &chain_path,
+                format!("certificate {:?} is not a CA certificate", subject(&p)),
+            ));
+        }
+    }
+    if !leads_to_root(&ca, &chain, &roots) {
+        let (path, what) = if chain.is_empty() {
+            (&ca_path, "the signing certificate")
+        } else {
+            (&chain_path, "the chain")
+        };
+        return Err(invalid(
+            path,
+            format!(
+                "{what} does not lead to a root in {} (ca-cert.pem is issued by {:?})",
+                root_path.display(),
+                ca.parsed().issuer().to_string()
+            ),
+        ));
+    }
+
+    let ca_is_root = roots.iter().any(|r| r.der == ca.der);
+    let chain_pem: String = if ca_is_root && chain.is_empty() {
+        String::new()
+    } else if chain.first().is_some_and(|c| c.der == ca.der) {
+        chain.iter().map(Cert::pem).collect()
+    } else {
+        std::iter::once(&ca).chain(&chain).map(Cert::pem).collect()
+    };
+    let signing_not_after = asn1_time(ca.parsed().validity().not_after);
+    let issuer = Issuer::from_ca_cert_der(&ca.der.as_slice().into(), key)
+        .map_err(|e| invalid(&ca_path, format!("cannot sign with this certificate: {e}")))?;
+    Ok(Loaded {
+        issuer,
+        signing_not_after,
+        chain_pem,
+        roots,
+    })
+}
+
+fn random_serial() -> Result<SerialNumber, String> {
+    let mut b = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| "the system random number generator failed".to_string())?;
+    // A positive 128-bit integer (RFC 5280: serials are positive).
+    b[0] &= 0x7f;
+    if b[0] == 0 {
+        b[0] = 1;
+    }
+    Ok(SerialNumber::from_slice(&b))
+}
+
+/// A new root, written to `dir` in the `cacerts` layout.
+fn generate_root(dir: &Path, trust_domain: &str) -> Result<(), CaError> {
+    let fail = |reason: String| invalid(dir, format!("cannot generate a root: {reason}"));
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| fail(e.to_string()))?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, trust_domain);
+    dn.push(DnType::CommonName, format!("crossmesh root CA {trust_domain}"));
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let now = SystemTime::now();
+    params.not_before = (now - MAX_CLOCK_SKEW).into();
+    params.not_after = (now + GENERATED_ROOT_TTL).into();
+    params.serial_number = Some(random_serial().map_err(fail)?);
+    let cert = params.self_signed(&key).map_err(|e| fail(e.to_string()))?;
+
+    // Written into a fresh sibling directory, then renamed into place: a crash
+    // leaves no half-written CA, and of two processes starting at once one wins
+    // the rename and the other reads the winner's root.
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|source| CaError::Write {
+        path: parent.to_owned(),
+        source,
+    })?;
+    let mut tag = [0u8; 8];
+    let _ = SystemRandom::new().fill(&mut tag);
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "crossmesh-ca".into());
+    let tmp = parent.join(format!(".{name}.tmp-{}", u64::from_le_bytes(tag)));
+    let write_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| CaError::Write { path, source }
+    };
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&tmp)
+            .map_err(write_err(&tmp))?;
+    }
+    let cert_pem = cert.pem();
+    let key_pem = Zeroizing::new(key.serialize_pem());
+    let files: [(&str, &str); 4] = [
+        (CA_KEY_FILE, key_pem.as_str()),
+        (CA_CERT_FILE, &cert_pem),
+        (ROOT_CERT_FILE, &cert_pem),
+        (CERT_CHAIN_FILE, ""),
+    ];
+    let written = (|| {
+        for (file, text) in files {
+            write_private(&tmp.join(file), text.as_bytes())?;
+        }
+        Ok::<(), CaError>(())
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    // An empty directory (made by an operator or a volume mount) is taken over.
+    if dir.is_dir() && std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none()) {
+        let _ = std::fs::remove_dir(dir);
+    }
+    let renamed = std::fs::rename(&tmp, dir);
+    if renamed.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    match renamed {
+        Ok(()) => Ok(()),
+        // Lost the race to another process: its root is the one.
+        Err(_) if dir.join(CA_KEY_FILE).exists() => Ok(()),
+        Err(source) => Err(CaError::Write {
+            path: dir.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Create `path` readable by the owner only, with `bytes`, flushed to disk.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CaError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |source| CaError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(err)?;
+    f.write_all(bytes).map_err(err)?;
+    f.sync_all().map_err(err)
+}
+
+impl Ca {
+    /// The mesh CA from the mesh file's `ca:`: the plug-in directory when `ca.dir`
+    /// is set, else the root kept in `ca.stateDir`, generated there on first start.
+    pub fn from_mesh(mesh: &MeshConfig) -> Result<Ca, CaError> {
+        let cfg = &mesh.ca;
+        if cfg.workload_cert_ttl.is_zero() {
+            return Err(CaError::ZeroTtl);
+        }
+        let (dir, generated) = match &cfg.dir {
+            Some(d) => (d.clone(), false),
+            None => {
+                let d = cfg.state_dir.clone();
+                if !d.join(CA_KEY_FILE).exists() {
+                    generate_root(&d, &mesh.trust_domain)?;
+                }
+                (d, true)
+            }
+        };
+        let loaded = load_dir(&dir)?;
+        let root_not_after = loaded
+            .roots
+            .iter()
+            .map(|r| asn1_time(r.parsed().validity().not_after))
+            .min()
+            .unwrap_or(UNIX_EPOCH);
+        let roots_pem = loaded.roots.iter().map(Cert::pem).collect();
+        let ca = Ca {
+            trust_domain: mesh.trust_domain.clone(),
+            server_namespace: mesh.remote_secret_namespace.clone(),
+            ttl: cfg.workload_cert_ttl,
+            issuer: loaded.issuer,
+            signing_not_after: loaded.signing_not_after,
+            chain_pem: loaded.chain_pem,
+            roots_pem,
+            root_not_after,
+            dir,
+            generated,
+        };
+        Ok(ca)
+    }
+
+    /// A workload certificate for `id`, valid for `workload_ttl` (never past the
+    /// signing certificate's own expiry).
+    pub fn issue(&self, id: &Identity) -> Result<IssuedCert, CaError> {
+        id.check().map_err(|reason| CaError::Issue {
+            subject: id.spiffe_uri(),
+            reason,
+        })?;
+        self.sign(id.clone(), Vec::new())
+    }
+
+    /// The certificate of the TLS xDS port: `dns_names` and `ips` as SANs, plus the
+    /// URI SAN `spiffe://<td>/ns/<crossmesh namespace>/sa/crossmesh`.
+    pub fn issue_server(
+        &self,
+        dns_names: &[String],
+        ips: &[IpAddr],
+    ) -> Result<IssuedCert, CaError> {
+        let id = Identity {
+            trust_domain: self.trust_domain.clone(),
+            namespace: self.server_namespace.clone(),
+            service_account: SERVER_SERVICE_ACCOUNT.into(),
+        };
+        let mut sans = Vec::new();
+        for d in dns_names {
+            let name = d.as_str().try_into().map_err(|e| CaError::Issue {
+                subject: d.clone(),
+                reason: format!("not a DNS name: {e}"),
+            })?;
+            sans.push(SanType::DnsName(name));
+        }
+        sans.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        self.sign(id, sans)
+    }
+
+    fn sign(&self, id: Identity, mut sans: Vec<SanType>) -> Result<IssuedCert, CaError> {
+        let uri = id.spiffe_uri();
+        let fail = |reason: String| CaError::Issue {
+            subject: uri.clone(),
+            reason,
+        };
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| fail(e.to_string()))?;
+        let mut params = CertificateParams::default();
+        // Istio leaves the subject empty; the SAN is then critical (RFC 5280 4.2.1.6).
+        params.distinguished_name = DistinguishedName::new();
+        let uri_san = uri
+            .as_str()
+            .try_into()
+            .map_err(|e| fail(format!("not an IA5 string: {e}")))?;
+        sans.push(SanType::URI(uri_san));
+        params.subject_alt_names = sans;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let now = SystemTime::now();
+        let not_before = now - MAX_CLOCK_SKEW.min(self.ttl / 10);
+        let not_after = (now + self.ttl).min(self.signing_not_after);
+        if not_after <= now {
+            return Err(fail("the signing certificate has expired".into()));
+        }
+        // X.509 times have whole seconds: round so the fields equal what is encoded.
+        let not_before = round_down_secs(not_before);
+        let not_after = round_down_secs(not_after);
+        params.not_before = not_before.into();
+        params.not_after = not_after.into();
+        let serial = random_serial().map_err(fail)?;
+        let serial_hex = hex(serial.to_bytes().as_slice());
+        params.serial_number = Some(serial);
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| fail(e.to_string()))?;
+        let mut chain = cert.pem();
+        chain.push_str(&self.chain_pem);
+        Ok(IssuedCert {
+            identity: id,
+            cert_chain_pem: chain,
+            key_pem: Zeroizing::new(key.serialize_pem()),
+            serial_hex,
+            not_before,
+            not_after,
+        })
+    }
+
+    /// Every root in force (PEM, the order of `root-cert.pem`): the `ROOTCA` secret.
+    pub fn trust_bundle_pem(&self) -> String {
+        self.roots_pem.clone()
+    }
+
+    /// `ca.workloadCertTTL`.
+    pub fn workload_ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Expiry of the earliest-expiring root in force.
+    pub fn root_not_after(&self) -> SystemTime {
+        self.root_not_after
+    }
+
+    /// The directory the CA was read from, and whether crossmesh generated it.
+    pub fn source(&self) -> (&Path, bool) {
+        (&self.dir, self.generated)
+    }
+}
+
+fn round_down_secs(t: SystemTime) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(unix_secs(t).max(0) as u64)
+}
+
+fn unix_secs(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+const _: () = {
+    const fn shared<T: Send + Sync>() {}
+    shared::<Ca>();
+};
