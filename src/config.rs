@@ -53,6 +53,8 @@ struct MeshFile {
     unreachable_cluster_endpoints: Option<UnreachableFile>,
     /// Namespace of the remote secrets in config clusters.
     remote_secret_namespace: Option<String>,
+    /// Audiences a proxy's service-account token must carry (one of).
+    token_audiences: Option<Vec<String>>,
 }
 
 /// `ca:` as written.
@@ -100,6 +102,15 @@ struct ClusterFile {
     in_cluster: Option<bool>,
     /// Default locality `region/zone/subzone` for endpoints whose Node has no labels.
     locality: Option<String>,
+    /// Verify this cluster's service-account tokens locally (see [`TokenIssuer`]).
+    token_issuer: Option<TokenIssuerFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TokenIssuerFile {
+    issuer: String,
+    jwks: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -193,6 +204,21 @@ pub enum ClusterSource {
     InCluster,
 }
 
+/// Mesh file `clusters[].tokenIssuer`: a member cluster's service-account token
+/// issuer, so its tokens are verified without calling its API server (the JWT's
+/// signature against the issuer's public keys, `iss`, `aud`, `exp`/`nbf`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenIssuer {
+    /// The `iss` claim the cluster's API server puts in its tokens
+    /// (`--service-account-issuer`; `GET /.well-known/openid-configuration`).
+    pub issuer: String,
+    /// A JWKS file (`GET /openid/v1/jwks` of that API server), re-read when it changes.
+    pub jwks: PathBuf,
+}
+
+/// Istio's default audience of the token a proxy presents (`istio-ca`).
+pub const DEFAULT_TOKEN_AUDIENCE: &str = "istio-ca";
+
 /// Where Istio config comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigSource {
@@ -224,6 +250,12 @@ pub struct MeshConfig {
     /// Mesh file `remoteSecretNamespace`: where remote secrets are watched in each
     /// config cluster (default `crossmesh-system`).
     pub remote_secret_namespace: String,
+    /// Mesh file `tokenAudiences`: a proxy's service-account token must carry one
+    /// of these audiences (default `[istio-ca]`, Istio's `TOKEN_AUDIENCES`).
+    pub token_audiences: Vec<String>,
+    /// Mesh file `clusters[].tokenIssuer`, by cluster name. A cluster listed here
+    /// has its tokens verified locally, even when it also has a kubeconfig.
+    pub token_issuers: BTreeMap<String, TokenIssuer>,
 }
 
 /// The mesh CA (mesh file `ca:`, DESIGN.md §5), read by `security::ca::Ca::from_mesh`.
@@ -312,6 +344,8 @@ impl Default for MeshConfig {
             tunables: Tunables::default(),
             drop_unreachable_after: None,
             remote_secret_namespace: DEFAULT_REMOTE_SECRET_NAMESPACE.into(),
+            token_audiences: vec![DEFAULT_TOKEN_AUDIENCE.into()],
+            token_issuers: BTreeMap::new(),
         }
     }
 }
@@ -417,6 +451,21 @@ impl MeshConfig {
                     )));
                 }
             }
+            if let Some(t) = c.token_issuer {
+                if t.issuer.trim().is_empty() {
+                    return Err(invalid(format!(
+                        "cluster {:?}: tokenIssuer.issuer is empty",
+                        c.name
+                    )));
+                }
+                mesh.token_issuers.insert(
+                    c.name.clone(),
+                    TokenIssuer {
+                        issuer: t.issuer,
+                        jwks: resolve(&t.jwks),
+                    },
+                );
+            }
             mesh.clusters.push(ClusterConfig {
                 name: c.name,
                 network: c.network.unwrap_or_default(),
@@ -497,6 +546,18 @@ impl MeshConfig {
                 )));
             }
             mesh.remote_secret_namespace = ns;
+        }
+        if let Some(auds) = file.token_audiences {
+            if auds.is_empty() {
+                return Err(invalid(
+                    "tokenAudiences is empty: list at least one audience (default [istio-ca])"
+                        .into(),
+                ));
+            }
+            if let Some(a) = auds.iter().find(|a| a.trim().is_empty()) {
+                return Err(invalid(format!("tokenAudiences: {a:?} is not an audience")));
+            }
+            mesh.token_audiences = auds;
         }
         let t = file.tunables;
         let d = Tunables::default();
@@ -597,6 +658,43 @@ config:
             .unwrap_err()
             .to_string();
         assert!(e.contains("unreachableClusterEndpoints"), "{e}");
+    }
+
+    #[test]
+    fn token_audiences_and_issuers() {
+        let base = Path::new("/m");
+        let m = MeshConfig::parse("clusters:\n- {name: c1, manifests: d}\n", base).unwrap();
+        assert_eq!(m.token_audiences, vec!["istio-ca".to_string()]);
+        assert!(m.token_issuers.is_empty());
+        let m = MeshConfig::parse(
+            "tokenAudiences: [a1, a2]\nclusters:\n- name: c1\n  manifests: d\n  tokenIssuer:\n    issuer: https://kubernetes.default.svc.cluster.local\n    jwks: c1-jwks.json\n- {name: c2, manifests: e}\n",
+            base,
+        )
+        .unwrap();
+        assert_eq!(m.token_audiences, vec!["a1".to_string(), "a2".to_string()]);
+        assert_eq!(
+            m.token_issuers.get("c1"),
+            Some(&TokenIssuer {
+                issuer: "https://kubernetes.default.svc.cluster.local".into(),
+                jwks: PathBuf::from("/m/c1-jwks.json"),
+            })
+        );
+        assert!(!m.token_issuers.contains_key("c2"));
+        for (bad, why) in [
+            ("tokenAudiences: []\n", "tokenAudiences is empty"),
+            ("tokenAudiences: [\"\"]\n", "is not an audience"),
+            (
+                "clusters:\n- {name: c1, manifests: d, tokenIssuer: {issuer: \"\", jwks: j}}\n",
+                "tokenIssuer.issuer is empty",
+            ),
+            (
+                "clusters:\n- {name: c1, manifests: d, tokenIssuer: {issuer: i}}\n",
+                "jwks",
+            ),
+        ] {
+            let e = MeshConfig::parse(bad, base).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 
     #[test]

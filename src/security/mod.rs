@@ -1,5 +1,7 @@
-//! Mesh identity: the CA that issues workload certificates (`ca`).
+//! Mesh identity: the CA that issues workload certificates (`ca`) and the
+//! authentication of proxies by their service-account tokens (`authn`).
 
+pub mod authn;
 pub mod ca;
 
 pub use ca::{renew_at, Ca, CaError, Identity, IssuedCert};
