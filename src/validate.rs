@@ -5,8 +5,10 @@
 //! Documents whose apiVersion group is an Istio one (`*.istio.io`) go to the config
 //! store's validation (`registry::config::validate_docs`); every other document is
 //! checked as a member-cluster object (Service, Pod, Node, EndpointSlice), as a
-//! manifest directory would read it. A directory argument is read recursively
-//! (`.yaml`/`.yml` files), like a watched manifest directory.
+//! manifest directory would read it. A file holding one document with neither
+//! `apiVersion` nor `kind` is a mesh file and is checked as `serve --mesh` reads
+//! it. A directory argument is read recursively (`.yaml`/`.yml` files), like a
+//! watched manifest directory.
 
 use std::path::{Path, PathBuf};
 
@@ -76,6 +78,11 @@ fn validate_text(file: &Path, text: &str, istio: &mut Vec<RawDoc>) -> Vec<String
         Ok(d) => d,
         Err(reason) => return vec![format!("{}: {reason}", file.display())],
     };
+    if let [doc] = docs.as_slice() {
+        if is_mesh_file(doc) {
+            return validate_mesh_file(file, text);
+        }
+    }
     let mut kube = Vec::new();
     for value in docs {
         if is_istio(&value) {
@@ -94,9 +101,51 @@ fn validate_text(file: &Path, text: &str, istio: &mut Vec<RawDoc>) -> Vec<String
     rejected.iter().map(ObjectProblem::to_string).collect()
 }
 
+/// A document with neither `apiVersion` nor `kind` is not a Kubernetes object;
+/// read it as a mesh file (DESIGN.md §2), which has neither.
+fn is_mesh_file(v: &Value) -> bool {
+    v.as_object()
+        .is_some_and(|m| !m.contains_key("apiVersion") && !m.contains_key("kind"))
+}
+
+/// Check a mesh file with the rules `serve` applies at start (relative paths
+/// resolve against the file's directory, as `serve --mesh` does).
+fn validate_mesh_file(file: &Path, text: &str) -> Vec<String> {
+    let base = file.parent().unwrap_or(Path::new("."));
+    match crate::config::MeshConfig::parse(text, base) {
+        Ok(_) => Vec::new(),
+        Err(e) => vec![format!(
+            "{}: mesh file (a document without apiVersion and kind): {e}",
+            file.display()
+        )],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mesh_files_are_checked_as_serve_reads_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let good = tmp.path().join("mesh.yaml");
+        std::fs::write(
+            &good,
+            "trustDomain: cluster.local\nclusters:\n- {name: hub, inCluster: true}\nconfig:\n- cluster: hub\n",
+        )
+        .unwrap();
+        assert_eq!(validate_paths(std::slice::from_ref(&good)), Vec::<String>::new());
+        let bad = tmp.path().join("bad-mesh.yaml");
+        std::fs::write(&bad, "clusters:\n- {name: hub, inClustr: true}\n").unwrap();
+        let out = validate_paths(std::slice::from_ref(&bad));
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(
+            out[0].starts_with(&bad.display().to_string())
+                && out[0].contains("mesh file")
+                && out[0].contains("inClustr"),
+            "{out:?}"
+        );
+    }
 
     #[test]
     fn reports_each_problem_with_file_object_and_reason() {

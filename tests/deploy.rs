@@ -1137,6 +1137,18 @@ fn mesh_config(m: &Manifests) -> MeshConfig {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("mesh.yaml");
     std::fs::write(&file, text).unwrap();
+    // `crossmesh validate` checks it as an operator would before applying.
+    let out = Command::new(support::control_plane::crossmesh_bin())
+        .arg("validate")
+        .arg(&file)
+        .output()
+        .expect("run crossmesh validate");
+    assert!(
+        out.status.success(),
+        "crossmesh validate {mesh_path} (the ConfigMap's mesh file): {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     MeshConfig::load(&file).unwrap_or_else(|e| panic!("{mesh_path} in the ConfigMap: {e}"))
 }
 
