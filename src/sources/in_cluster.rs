@@ -89,7 +89,8 @@ pub fn config() -> Result<kube::Config, InClusterError> {
             });
         }
     }
-    kube::Config::incluster_env().map_err(|e| InClusterError::Client(describe(&e)))
+    kube::Config::incluster_env()
+        .map_err(|e| InClusterError::Client(super::kube::describe_chain(&e)))
 }
 
 /// A client for the cluster crossmesh runs in.
@@ -98,19 +99,6 @@ pub fn client() -> Result<(Client, WatchHealth), InClusterError> {
         KubeSourceError::Kubeconfig { reason, .. } => InClusterError::Client(reason),
         other => InClusterError::Client(other.to_string()),
     })
-}
-
-fn describe(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let t = s.to_string();
-        if !parts.iter().any(|p| p.contains(&t)) {
-            parts.push(t);
-        }
-        cur = s.source();
-    }
-    parts.join(": ")
 }
 
 /// A member cluster read with the in-cluster credentials. Dropping it stops

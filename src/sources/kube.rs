@@ -209,9 +209,19 @@ pub async fn client_from_kubeconfig(
     let cfg = kube::Config::from_custom_kubeconfig(kc, &opts)
         .await
         .map_err(|e| bad(hints.refine(describe_chain(&e))))?;
+    paced_client(cfg, hints).map_err(bad)
+}
+
+/// The client every watcher of this crate uses: kube-client without its own
+/// retries ([`without_client_retries`]) behind a [`WatchPacer`]. Errors are
+/// explained in the kubeconfig's terms (`hints`).
+fn paced_client(
+    cfg: kube::Config,
+    hints: CredentialHints,
+) -> Result<(Client, WatchHealth), String> {
     let ns = cfg.default_namespace.clone();
     let inner = Client::try_from(without_client_retries(cfg))
-        .map_err(|e| bad(hints.refine(describe_chain(&e))))?;
+        .map_err(|e| hints.refine(describe_chain(&e)))?;
     let health = WatchHealth {
         hints: Arc::new(hints),
         ..WatchHealth::default()
@@ -424,7 +434,7 @@ impl tonic::codegen::Service<Request<kube::client::Body>> for WatchPacer {
 // Errors an operator can act on
 
 /// The whole source chain of an error, one line.
-fn describe_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn describe_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts = vec![e.to_string()];
     let mut cur = e.source();
     while let Some(s) = cur {
@@ -528,7 +538,10 @@ fn explain_watcher(e: &watcher::Error) -> (String, bool) {
             false,
         ),
         watcher::Error::WatchStartFailed(kube::Error::Api(st)) if st.code == 410 => (
-            format!("watch refused as expired (HTTP 410), re-listing: {}", st.message),
+            format!(
+                "watch refused as expired (HTTP 410), re-listing: {}",
+                st.message
+            ),
             false,
         ),
         watcher::Error::WatchError(st) => (
@@ -1014,18 +1027,10 @@ pub fn client_from_config(
     cfg: kube::Config,
     origin: &str,
 ) -> Result<(Client, WatchHealth), KubeSourceError> {
-    let ns = cfg.default_namespace.clone();
-    let inner = Client::try_from(without_client_retries(cfg)).map_err(|e| KubeSourceError::Kubeconfig {
+    paced_client(cfg, CredentialHints::default()).map_err(|reason| KubeSourceError::Kubeconfig {
         origin: origin.to_string(),
-        reason: describe_chain(&e),
-    })?;
-    let health = WatchHealth::default();
-    let pacer = WatchPacer {
-        inner,
-        state: Arc::new(Mutex::new(HashMap::new())),
-        health: health.clone(),
-    };
-    Ok((Client::new(pacer, ns), health))
+        reason,
+    })
 }
 
 /// A member cluster from the mesh file, read through a kubeconfig file that is
