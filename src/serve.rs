@@ -394,6 +394,26 @@ fn stopped(rx: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'stat
 pub async fn serve(mesh: MeshConfig) -> anyhow::Result<()> {
     let mut signals = Signals::new();
     let mesh = Arc::new(mesh);
+    // The mesh CA before any port opens: a plug-in CA that cannot be used stops
+    // the start with the file and the reason.
+    let mesh_ca = if mesh.ca.configured {
+        let ca = crate::security::Ca::from_mesh(&mesh).context("mesh CA")?;
+        let (dir, generated) = ca.source();
+        info!(
+            dir = %dir.display(),
+            generated,
+            root_expires_in_days = ca
+                .root_not_after()
+                .duration_since(std::time::SystemTime::now())
+                .map(|d| d.as_secs() / 86_400)
+                .unwrap_or(0),
+            workload_cert_ttl = ?ca.workload_ttl(),
+            "mesh CA loaded"
+        );
+        Some(Arc::new(ca))
+    } else {
+        None
+    };
     let xds_listener = TcpListener::bind(mesh.xds_address)
         .await
         .with_context(|| format!("cannot listen for xDS on {}", mesh.xds_address))?;
@@ -434,6 +454,7 @@ pub async fn serve(mesh: MeshConfig) -> anyhow::Result<()> {
         debug = %debug_addr,
         clusters = mesh.clusters.len(),
         config_sources = mesh.config.len(),
+        mesh_ca = mesh_ca.is_some(),
         "crossmesh serving"
     );
 

@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use x509_parser::certificate::X509Certificate;
@@ -279,14 +279,18 @@ fn check_ca_cert(path: &Path, c: &X509Certificate<'_>, now: SystemTime) -> Resul
     if !c.is_ca() {
         return Err(invalid(
             path,
-            format!("certificate {name:?} is not a CA certificate (basicConstraints CA is not true)"),
+            format!(
+                "certificate {name:?} is not a CA certificate (basicConstraints CA is not true)"
+            ),
         ));
     }
     if let Ok(Some(ku)) = c.key_usage() {
         if !ku.value.key_cert_sign() {
             return Err(invalid(
                 path,
-                format!("certificate {name:?} may not sign certificates (key usage lacks keyCertSign)"),
+                format!(
+                    "certificate {name:?} may not sign certificates (key usage lacks keyCertSign)"
+                ),
             ));
         }
     }
@@ -366,7 +370,12 @@ fn read_key(path: &Path, bytes: &[u8]) -> Result<KeyPair, CaError> {
                 ),
             ))
         }
-        l => return Err(invalid(path, format!("PEM block is a {l:?}, not a PRIVATE KEY"))),
+        l => {
+            return Err(invalid(
+                path,
+                format!("PEM block is a {l:?}, not a PRIVATE KEY"),
+            ))
+        }
     }
     // Keep the key's DER out of memory once parsed.
     let der = Zeroizing::new(block.contents);
@@ -416,7 +425,10 @@ fn load_dir(dir: &Path) -> Result<Loaded, CaError> {
     if ca.parsed().public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
         return Err(invalid(
             &key_path,
-            format!("the key does not match the certificate in {}", ca_path.display()),
+            format!(
+                "the key does not match the certificate in {}",
+                ca_path.display()
+            ),
         ));
     }
 
@@ -492,11 +504,15 @@ fn random_serial() -> Result<SerialNumber, String> {
 /// A new root, written to `dir` in the `cacerts` layout.
 fn generate_root(dir: &Path, trust_domain: &str) -> Result<(), CaError> {
     let fail = |reason: String| invalid(dir, format!("cannot generate a root: {reason}"));
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| fail(e.to_string()))?;
+    let key =
+        KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| fail(e.to_string()))?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, trust_domain);
-    dn.push(DnType::CommonName, format!("crossmesh root CA {trust_domain}"));
+    dn.push(
+        DnType::CommonName,
+        format!("crossmesh root CA {trust_domain}"),
+    );
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![
@@ -655,6 +671,12 @@ impl Ca {
         };
         let mut sans = Vec::new();
         for d in dns_names {
+            if rustls::pki_types::DnsName::try_from(d.as_str()).is_err() {
+                return Err(CaError::Issue {
+                    subject: d.clone(),
+                    reason: "not a DNS name".into(),
+                });
+            }
             let name = d.as_str().try_into().map_err(|e| CaError::Issue {
                 subject: d.clone(),
                 reason: format!("not a DNS name: {e}"),
@@ -761,3 +783,493 @@ const _: () = {
     const fn shared<T: Send + Sync>() {}
     shared::<Ca>();
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::Certificate;
+    use std::time::Instant;
+    use x509_parser::extensions::{GeneralName, ParsedExtension};
+
+    /// A CA certificate made at test time: its params (for signing), key and cert.
+    struct TestCa {
+        key: KeyPair,
+        cert: Certificate,
+        params: CertificateParams,
+    }
+
+    impl TestCa {
+        fn issuer(&self) -> Issuer<'_, &KeyPair> {
+            Issuer::from_params(&self.params, &self.key)
+        }
+    }
+
+    fn ca_params(cn: &str, not_after: SystemTime) -> CertificateParams {
+        let mut p = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, cn);
+        p.distinguished_name = dn;
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        p.not_before = (SystemTime::now() - Duration::from_secs(3600)).into();
+        p.not_after = not_after.into();
+        p
+    }
+
+    fn in_days(d: u64) -> SystemTime {
+        SystemTime::now() + Duration::from_secs(d * 86_400)
+    }
+
+    fn root(cn: &str, not_after: SystemTime) -> TestCa {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let params = ca_params(cn, not_after);
+        let cert = params.self_signed(&key).unwrap();
+        TestCa { key, cert, params }
+    }
+
+    fn intermediate(cn: &str, parent: &TestCa) -> TestCa {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let params = ca_params(cn, in_days(365));
+        let cert = params.signed_by(&key, &parent.issuer()).unwrap();
+        TestCa { key, cert, params }
+    }
+
+    /// Writes a `cacerts` directory.
+    fn plug_in(dir: &Path, ca: &TestCa, ca_key: &KeyPair, roots: &[&TestCa], chain: &[&TestCa]) {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join(CA_CERT_FILE), ca.cert.pem()).unwrap();
+        std::fs::write(dir.join(CA_KEY_FILE), ca_key.serialize_pem()).unwrap();
+        let roots: String = roots.iter().map(|r| r.cert.pem()).collect();
+        std::fs::write(dir.join(ROOT_CERT_FILE), roots).unwrap();
+        let chain: String = chain.iter().map(|c| c.cert.pem()).collect();
+        std::fs::write(dir.join(CERT_CHAIN_FILE), chain).unwrap();
+    }
+
+    fn mesh_with(text: &str, base: &Path) -> MeshConfig {
+        MeshConfig::parse(text, base).unwrap()
+    }
+
+    fn plug_in_mesh(dir: &Path, ttl: &str) -> MeshConfig {
+        mesh_with(
+            &format!(
+                "trustDomain: example.org\nca:\n  dir: {}\n  workloadCertTTL: {ttl}\n",
+                dir.display()
+            ),
+            dir,
+        )
+    }
+
+    fn id(ns: &str, sa: &str) -> Identity {
+        Identity {
+            trust_domain: "example.org".into(),
+            namespace: ns.into(),
+            service_account: sa.into(),
+        }
+    }
+
+    fn pem_ders(pem: &str) -> Vec<Vec<u8>> {
+        x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes())
+            .map(|p| p.unwrap().contents)
+            .collect()
+    }
+
+    /// Full path validation as a TLS peer does it (rustls' webpki verifier): the
+    /// leaf as a client certificate, the rest of the chain as intermediates.
+    fn verify_as_client(bundle_pem: &str, chain_pem: &str) -> Result<(), rustls::Error> {
+        use rustls::pki_types::{CertificateDer, UnixTime};
+        let mut roots = rustls::RootCertStore::empty();
+        for der in pem_ders(bundle_pem) {
+            roots.add(CertificateDer::from(der)).unwrap();
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            crate::tls::provider(),
+        )
+        .build()
+        .unwrap();
+        let chain: Vec<CertificateDer<'static>> = pem_ders(chain_pem)
+            .into_iter()
+            .map(CertificateDer::from)
+            .collect();
+        verifier
+            .verify_client_cert(&chain[0], &chain[1..], UnixTime::now())
+            .map(|_| ())
+    }
+
+    fn uri_sans(c: &X509Certificate<'_>) -> Vec<String> {
+        let mut out = Vec::new();
+        for ext in c.extensions() {
+            if let ParsedExtension::SubjectAlternativeName(san) = ext.parsed_extension() {
+                for n in &san.general_names {
+                    out.push(match n {
+                        GeneralName::URI(u) => format!("URI:{u}"),
+                        GeneralName::DNSName(d) => format!("DNS:{d}"),
+                        GeneralName::IPAddress(ip) => format!("IP:{ip:?}"),
+                        other => format!("{other:?}"),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn workload_certificate_from_a_plug_in_intermediate() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = root("Test Root", in_days(3650));
+        let inter = intermediate("Test Intermediate", &root);
+        // Istio's Makefile writes cert-chain.pem = ca-cert.pem + root-cert.pem.
+        plug_in(tmp.path(), &inter, &inter.key, &[&root], &[&inter, &root]);
+        let ca = Ca::from_mesh(&plug_in_mesh(tmp.path(), "30s")).unwrap();
+        assert_eq!(ca.workload_ttl(), Duration::from_secs(30));
+
+        let before = SystemTime::now();
+        let c = ca.issue(&id("ns-a", "sleep")).unwrap();
+        let ders = pem_ders(&c.cert_chain_pem);
+        // Leaf, then the chain as plugged in.
+        assert_eq!(ders.len(), 3);
+        assert_eq!(ders[1], inter.cert.der().to_vec());
+        assert_eq!(ders[2], root.cert.der().to_vec());
+
+        let (_, leaf) = x509_parser::parse_x509_certificate(&ders[0]).unwrap();
+        assert_eq!(
+            uri_sans(&leaf),
+            vec!["URI:spiffe://example.org/ns/ns-a/sa/sleep".to_string()]
+        );
+        assert_eq!(
+            c.identity.spiffe_uri(),
+            "spiffe://example.org/ns/ns-a/sa/sleep"
+        );
+        assert_eq!(
+            leaf.subject().iter().count(),
+            0,
+            "empty subject, as Istio's"
+        );
+        assert_eq!(leaf.issuer().as_raw(), {
+            let (_, i) = x509_parser::parse_x509_certificate(inter.cert.der()).unwrap();
+            i.subject().as_raw().to_vec()
+        });
+        assert!(!leaf.is_ca());
+        // ECDSA on P-256 (id-ecPublicKey with namedCurve prime256v1).
+        let spki = leaf.public_key();
+        assert_eq!(spki.algorithm.algorithm.to_id_string(), "1.2.840.10045.2.1");
+        let curve = spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .unwrap()
+            .as_oid()
+            .unwrap();
+        assert_eq!(curve.to_id_string(), "1.2.840.10045.3.1.7");
+        // Key usage and extended key usage.
+        let ku = leaf.key_usage().unwrap().unwrap().value;
+        assert!(ku.digital_signature() && ku.key_encipherment() && !ku.key_cert_sign());
+        let eku = leaf.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && eku.client_auth);
+        // Lifetime: the TTL from now, notBefore slightly in the past.
+        let nb = asn1_time(leaf.validity().not_before);
+        let na = asn1_time(leaf.validity().not_after);
+        assert_eq!((nb, na), (c.not_before, c.not_after));
+        let ttl = na.duration_since(before).unwrap_or_default();
+        assert!(
+            ttl > Duration::from_secs(28) && ttl <= Duration::from_secs(30),
+            "{ttl:?}"
+        );
+        assert!(nb < before && before.duration_since(nb).unwrap() <= Duration::from_secs(4));
+        // Serial: what the field says, 128 bits at most, positive.
+        assert_eq!(hex(leaf.raw_serial()), c.serial_hex);
+        assert!(leaf.raw_serial().len() <= 17 && c.serial_hex.len() >= 30);
+        // The key is the certificate's key, PKCS#8.
+        assert!(c.key_pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+        let key = KeyPair::from_pem(&c.key_pem).unwrap();
+        assert_eq!(key.public_key_raw(), spki.subject_public_key.data.as_ref());
+        // A TLS peer trusting only the bundle accepts the chain.
+        assert_eq!(
+            pem_ders(&ca.trust_bundle_pem()),
+            vec![root.cert.der().to_vec()]
+        );
+        verify_as_client(&ca.trust_bundle_pem(), &c.cert_chain_pem).unwrap();
+        // Two certificates never share a serial.
+        let c2 = ca.issue(&id("ns-a", "sleep")).unwrap();
+        assert_ne!(c.serial_hex, c2.serial_hex);
+    }
+
+    #[test]
+    fn chain_without_cert_chain_file_still_carries_the_intermediate() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = root("Test Root", in_days(3650));
+        let inter = intermediate("Test Intermediate", &root);
+        plug_in(tmp.path(), &inter, &inter.key, &[&root], &[]);
+        std::fs::remove_file(tmp.path().join(CERT_CHAIN_FILE)).unwrap();
+        let ca = Ca::from_mesh(&plug_in_mesh(tmp.path(), "1h")).unwrap();
+        let c = ca.issue(&id("default", "default")).unwrap();
+        let ders = pem_ders(&c.cert_chain_pem);
+        assert_eq!(ders.len(), 2);
+        assert_eq!(ders[1], inter.cert.der().to_vec());
+        verify_as_client(&ca.trust_bundle_pem(), &c.cert_chain_pem).unwrap();
+        // Without the intermediate the peer cannot build the path: the check bites.
+        let leaf_only = c
+            .cert_chain_pem
+            .split_inclusive("-----END CERTIFICATE-----\n")
+            .next()
+            .unwrap();
+        assert!(verify_as_client(&ca.trust_bundle_pem(), leaf_only).is_err());
+    }
+
+    #[test]
+    fn a_certificate_from_another_root_is_not_accepted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        let root_a = root("Root A", in_days(3650));
+        let root_b = root("Root B", in_days(3650));
+        plug_in(&a, &root_a, &root_a.key, &[&root_a], &[]);
+        plug_in(&b, &root_b, &root_b.key, &[&root_b], &[]);
+        let ca_a = Ca::from_mesh(&plug_in_mesh(&a, "1h")).unwrap();
+        let ca_b = Ca::from_mesh(&plug_in_mesh(&b, "1h")).unwrap();
+        let c = ca_b.issue(&id("ns", "sa")).unwrap();
+        verify_as_client(&ca_b.trust_bundle_pem(), &c.cert_chain_pem).unwrap();
+        assert!(verify_as_client(&ca_a.trust_bundle_pem(), &c.cert_chain_pem).is_err());
+    }
+
+    #[test]
+    fn rotation_bundle_holds_every_root_and_the_earliest_expiry() {
+        let tmp = tempfile::tempdir().unwrap();
+        let old = root("Old Root", in_days(30));
+        let new = root("New Root", in_days(3650));
+        // Step 2 of the rotation: both roots trusted, signing with the new one.
+        plug_in(tmp.path(), &new, &new.key, &[&old, &new], &[]);
+        let ca = Ca::from_mesh(&plug_in_mesh(tmp.path(), "1h")).unwrap();
+        assert_eq!(
+            pem_ders(&ca.trust_bundle_pem()),
+            vec![old.cert.der().to_vec(), new.cert.der().to_vec()]
+        );
+        let expected = asn1_time(
+            x509_parser::parse_x509_certificate(old.cert.der())
+                .unwrap()
+                .1
+                .validity()
+                .not_after,
+        );
+        assert_eq!(ca.root_not_after(), expected);
+        let c = ca.issue(&id("ns", "sa")).unwrap();
+        // The CA is itself a root: the chain is the leaf alone.
+        assert_eq!(pem_ders(&c.cert_chain_pem).len(), 1);
+        verify_as_client(&ca.trust_bundle_pem(), &c.cert_chain_pem).unwrap();
+        // A peer that only has the old root (not yet updated) would refuse it,
+        // which is why the bundle must reach every proxy before the switch.
+        assert!(verify_as_client(&old.cert.pem(), &c.cert_chain_pem).is_err());
+    }
+
+    fn load_err(dir: &Path) -> String {
+        match Ca::from_mesh(&plug_in_mesh(dir, "1h")) {
+            Ok(_) => panic!("{} loaded", dir.display()),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn bad_plug_in_cas_are_refused_naming_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root_a = root("Root A", in_days(3650));
+        let inter = intermediate("Intermediate", &root_a);
+
+        // The key of another certificate.
+        let d = tmp.path().join("mismatch");
+        let other = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        plug_in(&d, &inter, &other, &[&root_a], &[&inter, &root_a]);
+        let e = load_err(&d);
+        assert!(e.contains(&format!("{}/ca-key.pem: ", d.display())), "{e}");
+        assert!(e.contains("does not match"), "{e}");
+
+        // An expired root.
+        let d = tmp.path().join("expired");
+        let old = root("Expired Root", SystemTime::now() - Duration::from_secs(60));
+        plug_in(&d, &old, &old.key, &[&old], &[]);
+        let e = load_err(&d);
+        assert!(
+            e.contains(&format!("{}/root-cert.pem: ", d.display())),
+            "{e}"
+        );
+        assert!(e.contains("expired"), "{e}");
+
+        // A chain that leads to another root.
+        let d = tmp.path().join("elsewhere");
+        let root_b = root("Root B", in_days(3650));
+        plug_in(&d, &inter, &inter.key, &[&root_b], &[&inter, &root_a]);
+        let e = load_err(&d);
+        assert!(
+            e.contains(&format!("{}/cert-chain.pem: ", d.display())),
+            "{e}"
+        );
+        assert!(e.contains("does not lead to a root"), "{e}");
+        // The same without cert-chain.pem names the signing certificate.
+        std::fs::write(d.join(CERT_CHAIN_FILE), "").unwrap();
+        let e = load_err(&d);
+        assert!(e.contains(&format!("{}/ca-cert.pem: ", d.display())), "{e}");
+
+        // A leaf certificate is not a CA.
+        let d = tmp.path().join("leaf");
+        let leaf_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut lp = CertificateParams::new(vec!["example.org".to_string()]).unwrap();
+        lp.is_ca = IsCa::ExplicitNoCa;
+        let leaf = TestCa {
+            cert: lp.signed_by(&leaf_key, &root_a.issuer()).unwrap(),
+            key: leaf_key,
+            params: lp,
+        };
+        plug_in(&d, &leaf, &leaf.key, &[&root_a], &[]);
+        let e = load_err(&d);
+        assert!(e.contains(&format!("{}/ca-cert.pem: ", d.display())), "{e}");
+        assert!(e.contains("not a CA certificate"), "{e}");
+
+        // A missing file, and a key that is not PKCS#8.
+        let d = tmp.path().join("missing");
+        plug_in(&d, &root_a, &root_a.key, &[&root_a], &[]);
+        std::fs::remove_file(d.join(ROOT_CERT_FILE)).unwrap();
+        let e = load_err(&d);
+        assert!(
+            e.contains(&format!("{}/root-cert.pem: ", d.display())),
+            "{e}"
+        );
+        let d = tmp.path().join("sec1");
+        plug_in(&d, &root_a, &root_a.key, &[&root_a], &[]);
+        std::fs::write(
+            d.join(CA_KEY_FILE),
+            "-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let e = load_err(&d);
+        assert!(e.contains("ca-key.pem: ") && e.contains("PKCS#8"), "{e}");
+    }
+
+    #[test]
+    fn generated_root_is_kept_across_restarts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mesh = mesh_with("trustDomain: example.org\nca: {}\n", tmp.path());
+        assert_eq!(mesh.ca.state_dir, tmp.path().join("crossmesh-ca"));
+        let first = Ca::from_mesh(&mesh).unwrap();
+        let second = Ca::from_mesh(&mesh).unwrap();
+        assert_eq!(first.trust_bundle_pem(), second.trust_bundle_pem());
+        assert_eq!(
+            first.source(),
+            (tmp.path().join("crossmesh-ca").as_path(), true)
+        );
+        // Owner-only files; no temporary directory left behind.
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tmp.path().join("crossmesh-ca");
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        for f in [CA_KEY_FILE, CA_CERT_FILE, ROOT_CERT_FILE, CERT_CHAIN_FILE] {
+            let mode = std::fs::metadata(dir.join(f)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{f}");
+        }
+        let entries: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+        assert_eq!(entries.len(), 1);
+        // The root: P-256, about 10 years, O = the trust domain, a CA.
+        let ders = pem_ders(&first.trust_bundle_pem());
+        let (_, r) = x509_parser::parse_x509_certificate(&ders[0]).unwrap();
+        assert!(r.is_ca());
+        let o: Vec<_> = r
+            .subject()
+            .iter_organization()
+            .map(|o| o.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(o, vec!["example.org".to_string()]);
+        let life = first
+            .root_not_after()
+            .duration_since(SystemTime::now())
+            .unwrap();
+        assert!(life > Duration::from_secs(3649 * 86_400), "{life:?}");
+        // Certificates from the first instance verify against the second's bundle.
+        let c = first.issue(&id("ns", "sa")).unwrap();
+        verify_as_client(&second.trust_bundle_pem(), &c.cert_chain_pem).unwrap();
+        // Another state dir makes another root.
+        let other = mesh_with(
+            "trustDomain: example.org\nca: {stateDir: elsewhere}\n",
+            tmp.path(),
+        );
+        let third = Ca::from_mesh(&other).unwrap();
+        assert_ne!(third.trust_bundle_pem(), first.trust_bundle_pem());
+    }
+
+    #[test]
+    fn server_certificate_names_the_given_hosts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mesh = mesh_with("trustDomain: example.org\nca: {}\n", tmp.path());
+        let ca = Ca::from_mesh(&mesh).unwrap();
+        let c = ca
+            .issue_server(
+                &["crossmesh.example".into()],
+                &["127.0.0.1".parse().unwrap()],
+            )
+            .unwrap();
+        let ders = pem_ders(&c.cert_chain_pem);
+        let (_, leaf) = x509_parser::parse_x509_certificate(&ders[0]).unwrap();
+        assert_eq!(
+            uri_sans(&leaf),
+            vec![
+                "DNS:crossmesh.example".to_string(),
+                "IP:[127, 0, 0, 1]".to_string(),
+                "URI:spiffe://example.org/ns/crossmesh-system/sa/crossmesh".to_string(),
+            ]
+        );
+        assert!(ca.issue_server(&["not a name!".into()], &[]).is_err());
+    }
+
+    #[test]
+    fn bad_identities_and_ttls_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = Ca::from_mesh(&mesh_with("ca: {}\n", tmp.path())).unwrap();
+        for (ns, sa) in [("", "sa"), ("ns", ""), ("ns/x", "sa"), ("ns", "SA")] {
+            assert!(ca.issue(&id(ns, sa)).is_err(), "{ns:?} {sa:?}");
+        }
+        for bad in [
+            "ca: {workloadCertTTL: 0s}",
+            "ca: {workloadCertTTL: 30}",
+            "ca: {dir: a, stateDir: b}",
+        ] {
+            assert!(MeshConfig::parse(bad, tmp.path()).is_err(), "{bad}");
+        }
+        // Nothing configured: no CA wanted, default TTL.
+        let plain = mesh_with("", tmp.path());
+        assert!(!plain.ca.configured);
+        assert_eq!(plain.ca.workload_cert_ttl, Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn renewal_at_half_life_with_jitter_and_no_key_in_debug() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = Ca::from_mesh(&mesh_with("ca: {workloadCertTTL: 1h}\n", tmp.path())).unwrap();
+        let c = ca.issue(&id("ns", "sa")).unwrap();
+        let life = c.not_after.duration_since(c.not_before).unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..50 {
+            let at = renew_at(&c).duration_since(c.not_before).unwrap();
+            assert!(at <= life / 2 && at >= life * 4 / 10, "{at:?} of {life:?}");
+            seen.insert(at);
+        }
+        assert!(seen.len() > 1, "jitter varies");
+        let debug = format!("{c:?}");
+        let key_body = c.key_pem.lines().nth(1).unwrap();
+        assert!(
+            !debug.contains(key_body) && debug.contains("redacted"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn issuing_is_cheap() {
+        // Figure for BENCHMARKS.md: time to issue a workload certificate.
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = Ca::from_mesh(&mesh_with("ca: {}\n", tmp.path())).unwrap();
+        let start = Instant::now();
+        for i in 0..200 {
+            ca.issue(&id("ns", &format!("sa-{i}"))).unwrap();
+        }
+        let per = start.elapsed() / 200;
+        eprintln!("issue: {per:?} per certificate");
+        assert!(per < Duration::from_millis(50), "{per:?}");
+    }
+}
