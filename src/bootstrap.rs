@@ -105,6 +105,63 @@ pub struct BootstrapOptions {
     pub sotw: bool,
     /// `<domainSuffix>` in the node id's last part (`NS.svc.<domainSuffix>`).
     pub domain_suffix: String,
+    /// Authenticated xDS: connect over TLS trusting these roots and send the
+    /// token; `None` is the plaintext port.
+    pub secure: Option<SecureXds>,
+}
+
+/// How a proxy reaches crossmesh's TLS xDS port (`xdsTlsAddress`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecureXds {
+    /// PEM roots the server certificate must chain to (the mesh's trust bundle,
+    /// Istio's `root-cert.pem`).
+    pub root_cert: std::path::PathBuf,
+    /// The service-account token (a projected token with the mesh's audience).
+    /// Envoy reads it again for every new ADS stream, so a token rotated on disk
+    /// is used from the next reconnect on.
+    pub token_file: std::path::PathBuf,
+}
+
+/// The ADS gRPC service: Envoy's own gRPC client to the static cluster
+/// (plaintext), or, for the TLS port, the Google gRPC client with TLS channel
+/// credentials and the `file_based_metadata` call credentials, which read the
+/// token file on every call (stream) and send it as `authorization: Bearer ...`.
+/// Envoy's own client could only send a static `initial_metadata`, read once at
+/// start (the failure of kuma#4121: an expired token sent for ever).
+fn grpc_service(o: &BootstrapOptions) -> Value {
+    let Some(secure) = &o.secure else {
+        return json!({ "envoy_grpc": { "cluster_name": XDS_CLUSTER } });
+    };
+    json!({
+        "google_grpc": {
+            "target_uri": o.xds_address.to_string(),
+            "stat_prefix": XDS_CLUSTER,
+            "channel_credentials": {
+                "ssl_credentials": {
+                    "root_certs": { "filename": secure.root_cert.display().to_string() }
+                }
+            },
+            "call_credentials": [{
+                "from_plugin": {
+                    "name": "envoy.grpc_credentials.file_based_metadata",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.config.grpc_credential.v3.FileBasedMetadataConfig",
+                        "secret_data": { "filename": secure.token_file.display().to_string() },
+                        "header_key": "authorization",
+                        "header_prefix": "Bearer ",
+                    }
+                }
+            }],
+            "credentials_factory_name": "envoy.grpc_credentials.file_based_metadata",
+            // HTTP/2 PINGs, as the plaintext cluster's keepalive.
+            "channel_args": {
+                "args": {
+                    "grpc.keepalive_time_ms": { "int_value": "30000" },
+                    "grpc.keepalive_timeout_ms": { "int_value": "10000" },
+                }
+            },
+        }
+    })
 }
 
 /// Istio's node id: `TYPE~IP~POD.NS~NS.svc.<domainSuffix>`, `TYPE` being `router`
@@ -224,6 +281,12 @@ pub fn bootstrap_json(o: &BootstrapOptions) -> Value {
     if let Some(family) = dns {
         xds_cluster["dns_lookup_family"] = json!(family);
     }
+    let static_clusters = if o.secure.is_some() {
+        // The Google gRPC client dials `target_uri` itself.
+        json!([])
+    } else {
+        json!([xds_cluster])
+    };
     json!({
         "node": node,
         "admin": {
@@ -236,12 +299,12 @@ pub fn bootstrap_json(o: &BootstrapOptions) -> Value {
                 "api_type": if o.sotw { "GRPC" } else { "DELTA_GRPC" },
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": true,
-                "grpc_services": [{ "envoy_grpc": { "cluster_name": XDS_CLUSTER } }],
+                "grpc_services": [grpc_service(o)],
             },
             "cds_config": ads_source.clone(),
             "lds_config": ads_source,
         },
-        "static_resources": { "clusters": [xds_cluster] },
+        "static_resources": { "clusters": static_clusters },
     })
 }
 
@@ -359,7 +422,43 @@ mod tests {
             interception: InterceptionMode::Redirect,
             sotw: false,
             domain_suffix: "cluster.local".into(),
+            secure: None,
         }
+    }
+
+    #[test]
+    fn secure_xds_uses_tls_and_a_token_read_per_stream() {
+        let mut o = opts();
+        o.xds_address = "crossmesh.istio-system.svc:15012".parse().unwrap();
+        o.secure = Some(SecureXds {
+            root_cert: "/etc/crossmesh/root-cert.pem".into(),
+            token_file: "/var/run/secrets/tokens/istio-token".into(),
+        });
+        let b = bootstrap_json(&o);
+        let g = &b["dynamic_resources"]["ads_config"]["grpc_services"][0]["google_grpc"];
+        assert_eq!(g["target_uri"], "crossmesh.istio-system.svc:15012");
+        assert_eq!(
+            g["channel_credentials"]["ssl_credentials"]["root_certs"]["filename"],
+            "/etc/crossmesh/root-cert.pem"
+        );
+        let plugin = &g["call_credentials"][0]["from_plugin"];
+        assert_eq!(plugin["name"], "envoy.grpc_credentials.file_based_metadata");
+        assert_eq!(
+            plugin["typed_config"]["secret_data"]["filename"],
+            "/var/run/secrets/tokens/istio-token"
+        );
+        assert_eq!(plugin["typed_config"]["header_prefix"], "Bearer ");
+        assert!(b["dynamic_resources"]["ads_config"]["grpc_services"][0]
+            .get("envoy_grpc")
+            .is_none());
+        assert_eq!(b["static_resources"]["clusters"], json!([]));
+        // Plaintext stays on Envoy's own client.
+        let plain = bootstrap_json(&opts());
+        assert_eq!(
+            plain["dynamic_resources"]["ads_config"]["grpc_services"][0]["envoy_grpc"]
+                ["cluster_name"],
+            XDS_CLUSTER
+        );
     }
 
     #[test]

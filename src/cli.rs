@@ -49,6 +49,10 @@ pub struct ServeArgs {
     /// [mesh file default: 127.0.0.1:15010].
     #[arg(long, env = "CROSSMESH_XDS_ADDRESS", value_name = "ADDR")]
     pub xds_address: Option<SocketAddr>,
+    /// TLS, authenticated xDS listen address (istiod uses 15012); overrides the
+    /// mesh file's `xdsTlsAddress` [mesh file default: none, no TLS port].
+    #[arg(long, env = "CROSSMESH_XDS_TLS_ADDRESS", value_name = "ADDR")]
+    pub xds_tls_address: Option<SocketAddr>,
     /// Debug HTTP listen address; overrides the mesh file's `debugAddress`
     /// [mesh file default: 127.0.0.1:15014].
     #[arg(long, env = "CROSSMESH_DEBUG_ADDRESS", value_name = "ADDR")]
@@ -126,6 +130,24 @@ pub struct BootstrapArgs {
     /// from an init container whose image has no shell to redirect with.
     #[arg(long, env = "CROSSMESH_OUTPUT", value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Connect over TLS (crossmesh's `xdsTlsAddress`), trusting the PEM roots in
+    /// FILE (the mesh's root-cert.pem). Needs --token-file.
+    #[arg(
+        long,
+        env = "CROSSMESH_ROOT_CERT",
+        value_name = "FILE",
+        requires = "token_file"
+    )]
+    pub root_cert: Option<PathBuf>,
+    /// Authenticate with the service-account token in FILE, read again by Envoy
+    /// on every reconnect (rotated tokens are picked up). Needs --root-cert.
+    #[arg(
+        long,
+        env = "CROSSMESH_TOKEN_FILE",
+        value_name = "FILE",
+        requires = "root_cert"
+    )]
+    pub token_file: Option<PathBuf>,
 }
 
 impl From<BootstrapArgs> for BootstrapOptions {
@@ -151,8 +173,21 @@ impl From<BootstrapArgs> for BootstrapOptions {
             },
             sotw: a.sotw,
             domain_suffix: a.domain_suffix,
+            secure: match (a.root_cert, a.token_file) {
+                (Some(root_cert), Some(token_file)) => Some(bootstrap::SecureXds {
+                    root_cert: absolute(root_cert),
+                    token_file: absolute(token_file),
+                }),
+                _ => None,
+            },
         }
     }
+}
+
+/// `p` made absolute against the current directory: Envoy resolves relative
+/// paths against its own, which may differ.
+fn absolute(p: PathBuf) -> PathBuf {
+    std::path::absolute(&p).unwrap_or(p)
 }
 
 #[derive(Debug, Args)]
@@ -275,6 +310,9 @@ pub fn load_mesh(args: &ServeArgs) -> anyhow::Result<MeshConfig> {
     }
     if let Some(a) = args.debug_address {
         mesh.debug_address = a;
+    }
+    if let Some(a) = args.xds_tls_address {
+        mesh.xds_tls_address = Some(a);
     }
     Ok(mesh)
 }

@@ -38,6 +38,8 @@ struct MeshFile {
     trust_domain: Option<String>,
     domain_suffix: Option<String>,
     xds_address: Option<String>,
+    /// The TLS, authenticated xDS port (DESIGN.md §5); off unless set.
+    xds_tls_address: Option<String>,
     debug_address: Option<String>,
     /// The mesh CA (DESIGN.md §5); see [`CaConfig`].
     ca: Option<CaFile>,
@@ -234,6 +236,9 @@ pub struct MeshConfig {
     pub trust_domain: String,
     pub domain_suffix: String,
     pub xds_address: SocketAddr,
+    /// `xdsTlsAddress`: where proxies connect over TLS and authenticate with
+    /// their service-account token (istiod's 15012); `None` serves no TLS port.
+    pub xds_tls_address: Option<SocketAddr>,
     pub debug_address: SocketAddr,
     /// Mesh file `ca:`.
     pub ca: CaConfig,
@@ -336,6 +341,7 @@ impl Default for MeshConfig {
             trust_domain: "cluster.local".into(),
             domain_suffix: "cluster.local".into(),
             xds_address: DEFAULT_XDS_ADDRESS.parse().expect("constant address"),
+            xds_tls_address: None,
             debug_address: DEFAULT_DEBUG_ADDRESS.parse().expect("constant address"),
             ca: CaConfig::default(),
             clusters: Vec::new(),
@@ -401,6 +407,14 @@ impl MeshConfig {
             trust_domain: file.trust_domain.unwrap_or_else(|| "cluster.local".into()),
             domain_suffix: file.domain_suffix.unwrap_or_else(|| "cluster.local".into()),
             xds_address: addr("xdsAddress", file.xds_address, DEFAULT_XDS_ADDRESS)?,
+            xds_tls_address: match file.xds_tls_address {
+                Some(s) => Some(s.parse::<SocketAddr>().map_err(|e| {
+                    invalid(format!(
+                        "xdsTlsAddress {s:?} is not an IP:port address: {e}"
+                    ))
+                })?),
+                None => None,
+            },
             debug_address: addr("debugAddress", file.debug_address, DEFAULT_DEBUG_ADDRESS)?,
             ..MeshConfig::default()
         };

@@ -254,6 +254,7 @@ async fn demo(keep: bool, answered: &std::cell::Cell<Option<bool>>) -> anyhow::R
         interception: InterceptionMode::Redirect,
         sotw: false,
         domain_suffix: mesh.domain_suffix.clone(),
+        secure: None,
     };
     let bootstrap = work.join("gateway-bootstrap.yaml");
     std::fs::write(&bootstrap, bootstrap_yaml(&opts).context("bootstrap YAML")?)?;

@@ -64,6 +64,18 @@ pub struct Metrics {
     pub services: Gauge,
     /// `crossmesh_endpoints`: ready endpoints in the merged registry.
     pub endpoints: Gauge,
+    /// `citadel_server_success_cert_issuance_count`: workload certificates
+    /// issued to authenticated proxies.
+    pub certs_issued: Counter,
+    /// `citadel_server_authentication_failure_count{reason}`: xDS streams
+    /// refused on the TLS port (Istio's name, with the reason as a label).
+    pub auth_failures: Family<ReasonLabel, Counter>,
+    /// `crossmesh_root_cert_expiry_days`: days until the earliest root in force
+    /// expires.
+    pub root_expiry_days: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// `citadel_server_root_cert_expiry_timestamp`: when it expires (Unix
+    /// seconds).
+    pub root_expiry_timestamp: Gauge,
     registry: Registry,
 }
 
@@ -88,6 +100,10 @@ impl Metrics {
             cluster_synced: Family::default(),
             services: Gauge::default(),
             endpoints: Gauge::default(),
+            certs_issued: Counter::default(),
+            auth_failures: Family::default(),
+            root_expiry_days: Gauge::default(),
+            root_expiry_timestamp: Gauge::default(),
             registry: Registry::default(),
         };
         let mut r = Registry::default();
@@ -156,6 +172,26 @@ impl Metrics {
             "crossmesh_endpoints",
             "Ready endpoints in the merged registry",
             m.endpoints.clone(),
+        );
+        r.register(
+            "citadel_server_success_cert_issuance_count",
+            "Workload certificates issued to authenticated proxies",
+            m.certs_issued.clone(),
+        );
+        r.register(
+            "citadel_server_authentication_failure_count",
+            "xDS streams refused on the TLS port, by reason",
+            m.auth_failures.clone(),
+        );
+        r.register(
+            "crossmesh_root_cert_expiry_days",
+            "Days until the earliest-expiring root of the mesh CA expires",
+            m.root_expiry_days.clone(),
+        );
+        r.register(
+            "citadel_server_root_cert_expiry_timestamp",
+            "When the earliest-expiring root of the mesh CA expires (Unix seconds)",
+            m.root_expiry_timestamp.clone(),
         );
         // Every xDS type shows from the start (at zero), so a dashboard can tell
         // "no NACKs" from "no data".

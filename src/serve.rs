@@ -43,6 +43,7 @@ use crate::push::{PushQueue, Pusher};
 use crate::registry::config::RawDoc;
 use crate::registry::{config_source_name, ObjectProblem, Registry};
 use crate::sources::{in_cluster, kube, manifests, remote_secret};
+use crate::xds::secure::XdsSecurity;
 use crate::xds::server::AdsServer;
 use crate::xds::Connections;
 
@@ -56,6 +57,18 @@ const DEBUG_STOP_GRACE: Duration = Duration::from_secs(2);
 pub const EXIT_DEADLINE: Duration = Duration::from_secs(15);
 /// Retry delay for a config cluster whose kubeconfig cannot be used yet.
 const CONFIG_CLIENT_RETRY: Duration = Duration::from_secs(5);
+
+/// DNS names of the TLS xDS port's certificate: crossmesh's Service in its
+/// namespace (deploy/kubernetes), in every form a proxy may dial.
+fn server_dns_names(mesh: &MeshConfig) -> Vec<String> {
+    let ns = &mesh.remote_secret_namespace;
+    vec![
+        "crossmesh".into(),
+        format!("crossmesh.{ns}"),
+        format!("crossmesh.{ns}.svc"),
+        format!("crossmesh.{ns}.svc.{}", mesh.domain_suffix),
+    ]
+}
 
 /// `DebugState` over the live registry and ADS connections.
 struct LiveState {
@@ -94,6 +107,10 @@ impl DebugState for LiveState {
 
     fn sent(&self, proxy_id: &str) -> Option<SentResources> {
         self.connections.sent(proxy_id)
+    }
+
+    fn certz(&self) -> Value {
+        to_json(&self.connections.certz())
     }
 
     /// Each merged service with its endpoints grouped by member cluster; each
@@ -424,6 +441,34 @@ pub async fn serve(mesh: MeshConfig) -> anyhow::Result<()> {
     let debug_addr = debug_listener
         .local_addr()
         .context("debug listener address")?;
+    // The TLS, authenticated xDS port: proxies prove who they are with their
+    // service-account token and get their certificate over SDS. It needs the
+    // mesh CA, made (or loaded) here if `ca:` is not configured.
+    let xds_tls = match mesh.xds_tls_address {
+        None => None,
+        Some(addr) => {
+            let ca = match &mesh_ca {
+                Some(ca) => ca.clone(),
+                None => Arc::new(
+                    crate::security::Ca::from_mesh(&mesh)
+                        .context("mesh CA (needed by xdsTlsAddress)")?,
+                ),
+            };
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for TLS xDS on {addr}"))?;
+            let authn = crate::security::authn::Authenticator::from_mesh(
+                &mesh,
+                crate::security::authn::KubeClients::from_mesh(&mesh),
+            );
+            let security = Arc::new(XdsSecurity::new(
+                ca,
+                Arc::new(authn),
+                mesh.trust_domain.clone(),
+            ));
+            Some((listener, security))
+        }
+    };
 
     let queue = PushQueue::new();
     let registry = Registry::new(mesh.clone(), queue.clone());
@@ -441,6 +486,27 @@ pub async fn serve(mesh: MeshConfig) -> anyhow::Result<()> {
 
     let (xds_stop, xds_stop_rx) = watch::channel(false);
     let (debug_stop, debug_stop_rx) = watch::channel(false);
+    // Without a TLS port, a task that only waits for the stop, so that the
+    // select and the drain below treat both ports alike.
+    let mut xds_tls_task = match xds_tls {
+        Some((listener, security)) => tokio::spawn(
+            crate::xds::secure::serve_tls(
+                listener,
+                ads.clone(),
+                security,
+                server_dns_names(&mesh),
+                stopped(xds_stop_rx.clone()),
+            )
+            .instrument(info_span!("xds_tls")),
+        ),
+        None => {
+            let stop = stopped(xds_stop_rx.clone());
+            tokio::spawn(async move {
+                stop.await;
+                Ok(())
+            })
+        }
+    };
     let mut xds_task = tokio::spawn(
         crate::xds::server::serve(xds_listener, ads, stopped(xds_stop_rx))
             .instrument(info_span!("xds")),
@@ -470,6 +536,11 @@ pub async fn serve(mesh: MeshConfig) -> anyhow::Result<()> {
             Ok(Err(e)) => e.into(),
             Err(e) => anyhow::anyhow!("the xDS server task failed: {e}"),
         }),
+        r = &mut xds_tls_task => Some(match r {
+            Ok(Ok(())) => anyhow::anyhow!("the TLS xDS server stopped unexpectedly"),
+            Ok(Err(e)) => e.into(),
+            Err(e) => anyhow::anyhow!("the TLS xDS server task failed: {e}"),
+        }),
         r = &mut debug_task => Some(match r {
             Ok(Ok(())) => anyhow::anyhow!("the debug HTTP server stopped unexpectedly"),
             Ok(Err(e)) => anyhow::Error::new(e).context(format!("debug HTTP on {debug_addr}")),
@@ -483,9 +554,13 @@ pub async fn serve(mesh: MeshConfig) -> anyhow::Result<()> {
     let _ = xds_stop.send(true);
     drop(sources);
     push_task.abort();
-    if !xds_task.is_finished() {
+    if !xds_task.is_finished() || !xds_tls_task.is_finished() {
+        let both = async {
+            let _ = (&mut xds_task).await;
+            let _ = (&mut xds_tls_task).await;
+        };
         tokio::select! {
-            r = tokio::time::timeout(DRAIN_TIMEOUT, &mut xds_task) => {
+            r = tokio::time::timeout(DRAIN_TIMEOUT, both) => {
                 if r.is_err() {
                     warn!(timeout = ?DRAIN_TIMEOUT, "xDS connections did not close in time; closing them");
                 }
@@ -493,6 +568,7 @@ pub async fn serve(mesh: MeshConfig) -> anyhow::Result<()> {
             sig = signals.recv() => warn!(signal = sig, "second signal; stopping without draining"),
         }
         xds_task.abort();
+        xds_tls_task.abort();
     }
     info!("xDS drained");
     let _ = debug_stop.send(true);

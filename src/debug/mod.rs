@@ -58,6 +58,12 @@ pub trait DebugState: Send + Sync + 'static {
     /// `/debug/clusterz`: member clusters: source, synced, last error, object counts,
     /// rejected objects (including remote-secret keys refused for a taken name).
     fn clusterz(&self) -> Value;
+    /// `/debug/certz`: per proxy authenticated on the TLS xDS port, the identity,
+    /// serial, validity and renewal time of the certificate it holds (never a
+    /// key). A state without authenticated streams has none.
+    fn certz(&self) -> Value {
+        json!([])
+    }
 }
 
 /// The debug routes over `state`.
@@ -81,6 +87,10 @@ pub fn router(state: Arc<dyn DebugState>) -> Router {
         .route(
             "/debug/clusterz",
             get(|s: St| async move { json_ok(&s.clusterz()) }),
+        )
+        .route(
+            "/debug/certz",
+            get(|s: St| async move { json_ok(&s.certz()) }),
         )
         .route("/metrics", get(prometheus))
         .with_state(state)

@@ -36,6 +36,21 @@ pub struct Proxy {
     pub service_account: String,
     pub istio_version: String,
     pub locality: Locality,
+    /// The identity its service-account token proved, set only for proxies
+    /// authenticated on the TLS xDS port (never taken from the node metadata).
+    /// `None`: no certificate, and nothing may name its SDS secrets.
+    #[serde(serialize_with = "spiffe_uri")]
+    pub identity: Option<crate::security::ca::Identity>,
+}
+
+fn spiffe_uri<S: serde::Serializer>(
+    id: &Option<crate::security::ca::Identity>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match id {
+        Some(id) => s.serialize_some(&id.spiffe_uri()),
+        None => s.serialize_none(),
+    }
 }
 
 /// Why a node identity was rejected. Every message names the node id.
@@ -204,6 +219,7 @@ impl Proxy {
             service_account: string("SERVICE_ACCOUNT")?.unwrap_or_default(),
             istio_version: string("ISTIO_VERSION")?.unwrap_or_default(),
             locality,
+            identity: None,
         })
     }
 }

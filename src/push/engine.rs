@@ -947,6 +947,7 @@ mod tests {
             service_account: "".into(),
             istio_version: "".into(),
             locality: Locality::default(),
+            identity: None,
         })
     }
 

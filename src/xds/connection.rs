@@ -138,6 +138,12 @@ pub struct StreamState {
     pub types: [TypeState; 5],
     /// The snapshot this stream last processed.
     pub current: Update,
+    /// This proxy's own secrets (SDS `default` and `ROOTCA`, authenticated
+    /// streams only), laid over the snapshot's shared secrets.
+    own_secrets: Option<ResourceMap>,
+    /// The snapshot's secrets with `own_secrets` laid over them (own wins);
+    /// empty while `own_secrets` is `None`.
+    secrets: ResourceMap,
     nonce: u64,
 }
 
@@ -304,6 +310,20 @@ impl Sent {
     }
 }
 
+/// `StreamState::map`, on its fields (for callers holding another field).
+fn map_of<'a>(
+    current: &'a Update,
+    own_secrets: bool,
+    secrets: &'a ResourceMap,
+    t: TypeUrl,
+) -> &'a ResourceMap {
+    if t == TypeUrl::Secret && own_secrets {
+        secrets
+    } else {
+        current.snapshot.get(t)
+    }
+}
+
 /// `name` as the snapshot's own `Arc` when the snapshot has it: thousands of
 /// proxies subscribing to the same names then share one allocation per name.
 fn intern(map: &BTreeMap<Arc<str>, Arc<Resource>>, name: &str) -> Arc<str> {
@@ -326,8 +346,49 @@ impl StreamState {
             mode,
             types: Default::default(),
             current: first,
+            own_secrets: None,
+            secrets: Arc::default(),
             nonce: 0,
         }
+    }
+
+    /// What the client should hold of `t` now: the snapshot's map, except for
+    /// secrets on a stream with its own, where it is the overlay.
+    fn map(&self, t: TypeUrl) -> &ResourceMap {
+        map_of(&self.current, self.own_secrets.is_some(), &self.secrets, t)
+    }
+
+    fn overlay_secrets(&mut self) {
+        let Some(own) = &self.own_secrets else {
+            return;
+        };
+        let mut m: BTreeMap<Arc<str>, Arc<Resource>> =
+            (**self.current.snapshot.get(TypeUrl::Secret)).clone();
+        for (k, v) in own.iter() {
+            m.insert(k.clone(), v.clone());
+        }
+        self.secrets = Arc::new(m);
+    }
+
+    /// Replace this stream's own secrets (a new or renewed certificate); returns
+    /// the SDS response due, if the client subscribed to any name that changed.
+    pub fn set_own_secrets(&mut self, own: ResourceMap) -> Vec<Out> {
+        let before = self.map(TypeUrl::Secret).clone();
+        self.own_secrets = Some(own);
+        self.overlay_secrets();
+        if !self.types[TypeUrl::Secret.index()].requested {
+            return Vec::new();
+        }
+        let changed = changed_names(&before, &self.secrets);
+        let none = BTreeSet::new();
+        self.compute(TypeUrl::Secret, Candidates::Some(&changed), &none, false)
+            .map(|(o, _)| vec![o])
+            .unwrap_or_default()
+    }
+
+    /// This stream's own secrets, if it has any.
+    pub fn own_secrets(&self) -> Option<&ResourceMap> {
+        self.own_secrets.as_ref()
     }
 
     /// Whether the client has answered the latest response of every type, i.e.
@@ -407,7 +468,7 @@ impl StreamState {
             || (req.resource_names.is_empty()
                 && t.sotw_implicit_delete()
                 && (first || (was_wildcard && ts.names.is_empty())));
-        let known = self.current.snapshot.get(t);
+        let known = map_of(&self.current, self.own_secrets.is_some(), &self.secrets, t);
         let names: BTreeSet<Arc<str>> = req
             .resource_names
             .iter()
@@ -418,7 +479,7 @@ impl StreamState {
         // previously sent those resources" (xds_protocol, resource hints).
         let mut forced: BTreeSet<Arc<str>> = names.difference(&ts.names).cloned().collect();
         if ts.wildcard && !was_wildcard {
-            forced.extend(self.current.snapshot.get(t).keys().cloned());
+            forced.extend(self.map(t).keys().cloned());
         }
         let ts = &mut self.types[t.index()];
         ts.names = names;
@@ -442,7 +503,7 @@ impl StreamState {
         };
         let error = req.error_detail.as_ref().map(|s| s.message.clone());
         let ack = self.ack(t, &req.response_nonce, "", error);
-        let map = self.current.snapshot.get(t).clone();
+        let map = self.map(t).clone();
         let ts = &mut self.types[t.index()];
         if matches!(ack, Ack::Ack) {
             ts.acked_version = ts.sent_version.clone();
@@ -513,11 +574,30 @@ impl StreamState {
     pub fn update(&mut self, update: Update) -> Vec<Out> {
         let last = self.seq();
         let previous = std::mem::replace(&mut self.current, update).snapshot;
+        let previous_secrets = self.secrets.clone();
+        self.overlay_secrets();
         let current = self.current.clone();
         let mut out = Vec::new();
         let mut eds_forced = BTreeSet::new();
-        for t in TypeUrl::ALL {
+        // Secrets first: a cluster or listener that names a changed secret
+        // reaches the client after the secret's new content.
+        let order = [
+            TypeUrl::Secret,
+            TypeUrl::Cluster,
+            TypeUrl::Endpoint,
+            TypeUrl::Listener,
+            TypeUrl::Route,
+        ];
+        for t in order {
             if !self.types[t.index()].requested {
+                continue;
+            }
+            if t == TypeUrl::Secret && self.own_secrets.is_some() {
+                let changed = changed_names(&previous_secrets, &self.secrets);
+                let none = BTreeSet::new();
+                if let Some((o, _)) = self.compute(t, Candidates::Some(&changed), &none, false) {
+                    out.push(o);
+                }
                 continue;
             }
             // The push's own change set when this stream processed the push
@@ -588,7 +668,7 @@ impl StreamState {
         forced: &BTreeSet<Arc<str>>,
         always: bool,
     ) -> Option<(Out, BTreeSet<Arc<str>>)> {
-        let map = self.current.snapshot.get(t).clone();
+        let map = self.map(t).clone();
         let mode = self.mode;
         let ts = &mut self.types[t.index()];
         let mut changed = BTreeSet::new();
@@ -712,7 +792,10 @@ impl StreamState {
     fn joined(&self, t: TypeUrl, send: &[Arc<Resource>]) -> Option<bytes::Bytes> {
         let snapshot = &self.current.snapshot;
         let map = snapshot.get(t);
-        if send.len() < JOIN_MIN || send.len() != map.len() {
+        if (t == TypeUrl::Secret && self.own_secrets.is_some())
+            || send.len() < JOIN_MIN
+            || send.len() != map.len()
+        {
             return None;
         }
         debug_assert!(send
@@ -792,6 +875,71 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn secret_request(names: &[&str], nonce: &str) -> DeltaDiscoveryRequest {
+        DeltaDiscoveryRequest {
+            type_url: TypeUrl::Secret.as_str().to_string(),
+            resource_names_subscribe: names.iter().map(|n| n.to_string()).collect(),
+            response_nonce: nonce.to_string(),
+            ..Default::default()
+        }
+    }
+
+    fn own(default_version: u32) -> ResourceMap {
+        let mut m = BTreeMap::new();
+        m.insert(Arc::from("default"), res("default", default_version));
+        m.insert(Arc::from("ROOTCA"), res("ROOTCA", 7));
+        Arc::new(m)
+    }
+
+    /// A stream's own secrets are served by name on top of the shared snapshot,
+    /// a renewal sends only the renewed secret, and a snapshot change leaves them
+    /// alone.
+    #[test]
+    fn own_secrets_overlay_the_snapshot() {
+        let mut shared = BTreeMap::new();
+        shared.insert(
+            Arc::from("kubernetes://tls-a"),
+            res("kubernetes://tls-a", 1),
+        );
+        let mut maps: [ResourceMap; 5] = Default::default();
+        maps[TypeUrl::Secret.index()] = Arc::new(shared);
+        let first = Update {
+            snapshot: Arc::new(super::super::ProxySnapshot::new(1, maps.clone())),
+            ..Default::default()
+        };
+        let mut st = StreamState::new(Mode::Delta, first);
+        assert!(
+            st.set_own_secrets(own(1)).is_empty(),
+            "nothing subscribed yet"
+        );
+        let (_, out) = st.delta_request(&secret_request(&["default", "ROOTCA"], ""));
+        let names: Vec<&str> = out[0].resources.iter().map(|r| &*r.name).collect();
+        assert_eq!(names, ["ROOTCA", "default"]);
+        let nonce = out[0].nonce.clone();
+        st.delta_request(&secret_request(&[], &nonce));
+        // Renewal: only `default`, with the new content.
+        let out = st.set_own_secrets(own(2));
+        assert_eq!(out.len(), 1);
+        let names: Vec<(&str, &str)> = out[0]
+            .resources
+            .iter()
+            .map(|r| (&*r.name, &*r.version))
+            .collect();
+        assert_eq!(names, [("default", "2")]);
+        // A new snapshot without secret changes sends no secret.
+        let next = Update {
+            snapshot: Arc::new(super::super::ProxySnapshot::new(2, maps)),
+            ..Default::default()
+        };
+        assert!(st
+            .update(next)
+            .iter()
+            .all(|o| o.type_url != TypeUrl::Secret));
+        // The shared secret is still reachable by name.
+        let (_, out) = st.delta_request(&secret_request(&["kubernetes://tls-a"], ""));
+        assert_eq!(&*out[0].resources[0].name, "kubernetes://tls-a");
     }
 
     #[test]

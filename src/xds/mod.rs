@@ -4,6 +4,7 @@
 pub mod codec;
 pub mod connection;
 pub mod resource;
+pub mod secure;
 pub mod server;
 pub mod source;
 pub mod status;

@@ -42,6 +42,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::codec::{DeltaResponse, EncodeResponse, Frames, PayloadLen, Requests, SotwResponse};
 use super::connection::{Ack, Mode, Out, StreamState};
+use super::secure::XdsSecurity;
 use super::source::{SnapshotSource, Update};
 use super::status::{Connection, Connections};
 use crate::metrics::{metrics, type_label};
@@ -64,6 +65,8 @@ pub enum ServeError {
         addr: String,
         source: tonic::transport::Error,
     },
+    #[error("xDS TLS server on {addr}: {reason}")]
+    Tls { addr: String, reason: String },
 }
 
 impl From<ProxyError> for Status {
@@ -108,6 +111,16 @@ impl AdsServer {
     pub fn service(&self) -> AdsService {
         AdsService {
             shared: self.shared.clone(),
+            secure: None,
+        }
+    }
+
+    /// The same service for the TLS port: every stream must authenticate, and
+    /// authenticated proxies get their certificate over SDS.
+    pub fn secure(&self, security: Arc<XdsSecurity>) -> AdsService {
+        AdsService {
+            shared: self.shared.clone(),
+            secure: Some(security),
         }
     }
 
@@ -130,7 +143,32 @@ pub async fn serve(
         .unwrap_or_else(|_| "?".into());
     info!(%addr, "xDS server listening");
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let closer = ads.clone();
+    let service = ads.service();
+    serve_incoming(incoming, ads, service, shutdown)
+        .await
+        .map_err(|source| ServeError::Transport { addr, source })
+}
+
+/// Serve `service` on the connections of `incoming` until `shutdown`; then end
+/// every stream of `ads` and return.
+pub(crate) async fn serve_incoming<I, IO, IE>(
+    incoming: I,
+    ads: AdsServer,
+    service: AdsService,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error>
+where
+    I: tokio_stream::Stream<Item = Result<IO, IE>>,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let closer = ads;
     let signal = async move {
         shutdown.await;
         // Streams never end by themselves; without this, graceful shutdown would
@@ -138,16 +176,17 @@ pub async fn serve(
         closer.close_all();
     };
     tonic::transport::Server::builder()
-        .add_service(ads.service())
+        .add_service(service)
         .serve_with_incoming_shutdown(incoming, signal)
         .await
-        .map_err(|source| ServeError::Transport { addr, source })
 }
 
 /// The tower service for both ADS methods.
 #[derive(Clone)]
 pub struct AdsService {
     shared: Arc<Shared>,
+    /// Set on the TLS port: streams authenticate and get SDS secrets.
+    secure: Option<Arc<XdsSecurity>>,
 }
 
 impl NamedService for AdsService {
@@ -169,9 +208,10 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let shared = self.shared.clone();
+        let secure = self.secure.clone();
         match req.uri().path() {
-            SOTW_PATH => Box::pin(async move { Ok(stream::<Sotw, B>(shared, req)) }),
-            DELTA_PATH => Box::pin(async move { Ok(stream::<Delta, B>(shared, req)) }),
+            SOTW_PATH => Box::pin(async move { Ok(stream::<Sotw, B>(shared, secure, req)) }),
+            DELTA_PATH => Box::pin(async move { Ok(stream::<Delta, B>(shared, secure, req)) }),
             other => {
                 let status =
                     Status::unimplemented(format!("crossmesh serves only ADS, not {other}"));
@@ -207,14 +247,17 @@ const MAX_REQUEST_BYTES: usize = 64 << 20;
 /// encoded copy of what it sends.
 fn stream<F: Flavor, B>(
     shared: Arc<Shared>,
+    secure: Option<Arc<XdsSecurity>>,
     req: http::Request<B>,
 ) -> http::Response<tonic::body::Body>
 where
     B: tonic::codegen::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<StdError> + Send + 'static,
 {
+    // Only the TLS port looks at credentials; the token is never logged.
+    let auth = secure.map(|s| (s, super::secure::bearer_token(req.headers())));
     let requests = Requests::new(tonic::body::Body::new(req.into_body()), MAX_REQUEST_BYTES);
-    let rx = open::<F>(shared, requests);
+    let rx = open::<F>(shared, auth, requests);
     let mut resp = http::Response::new(tonic::body::Body::new(AdsBody {
         rx,
         chunks: VecDeque::new(),
@@ -334,8 +377,13 @@ impl Flavor for Delta {
 /// Start the stream task and hand back its response channel at once: response
 /// headers must not wait for the first request (some clients send it only once
 /// the call is established).
+/// The security context of a stream on the TLS port, with the bearer token it
+/// presented.
+type Auth = (Arc<XdsSecurity>, Option<zeroize::Zeroizing<String>>);
+
 fn open<F: Flavor>(
     shared: Arc<Shared>,
+    auth: Option<Auth>,
     requests: Requests<F::Req>,
 ) -> mpsc::Receiver<Result<F::Resp, Status>> {
     let (tx, rx) = mpsc::channel(1);
@@ -344,7 +392,7 @@ fn open<F: Flavor>(
         let handshake = tokio::select! {
             biased;
             _ = shutdown.wait_for(|s| *s) => Err(Status::unavailable("crossmesh is shutting down")),
-            r = handshake::<F>(shared.clone(), requests) => r,
+            r = handshake::<F>(shared.clone(), auth, requests) => r,
         };
         match handshake {
             Ok((guard, first, requests, updates)) => {
@@ -373,6 +421,7 @@ type Handshake<F> = (
 /// stream with the snapshot source and the connection registry.
 async fn handshake<F: Flavor>(
     shared: Arc<Shared>,
+    auth: Option<Auth>,
     mut requests: Requests<F::Req>,
 ) -> Result<Handshake<F>, Status> {
     let first = requests
@@ -385,13 +434,36 @@ async fn handshake<F: Flavor>(
             F::type_url(&first)
         ))
     })?;
-    let proxy = match Proxy::from_node(node) {
-        Ok(p) => Arc::new(p),
+    let mut proxy = match Proxy::from_node(node) {
+        Ok(p) => p,
         Err(e) => {
             warn!(error = %e, "rejected ADS stream");
             return Err(e.into());
         }
     };
+    // TLS port: the token must prove the identity the node claims; the
+    // certificate is for the token's identity.
+    let mut secure: Option<(Arc<XdsSecurity>, super::secure::Issued)> = None;
+    if let Some((security, token)) = auth {
+        let identity = match security
+            .authorize(&proxy, token.as_deref().map(|t| t.as_str()))
+            .await
+        {
+            Ok(id) => id,
+            Err(refusal) => {
+                super::secure::record_refusal(&proxy, &refusal);
+                return Err(refusal.status(&proxy.id));
+            }
+        };
+        let issued = security.issue(identity.clone()).await.map_err(|e| {
+            warn!(proxy = %proxy.id, error = %e, "cannot issue a workload certificate");
+            Status::unavailable(format!("proxy {}: {e}", proxy.id))
+        })?;
+        info!(proxy = %proxy.id, identity = %issued.info.identity, serial = %issued.info.serial, "workload certificate issued");
+        proxy.identity = Some(identity);
+        secure = Some((security, issued));
+    }
+    let proxy = Arc::new(proxy);
     let id = shared.connections.next_id();
     // The source may generate this proxy's config (CPU work, and it waits for a
     // push in progress): keep it off the async workers.
@@ -403,15 +475,27 @@ async fn handshake<F: Flavor>(
             Status::internal(format!("computing the first snapshot of {}: {e}", proxy.id))
         })?;
     let current = updates.borrow_and_update().clone();
-    let conn = shared.connections.insert(
-        id,
-        proxy.clone(),
-        F::MODE,
-        StreamState::new(F::MODE, current),
-    );
+    let mut state = StreamState::new(F::MODE, current);
+    let mut renew = None;
+    let mut security = None;
+    let mut cert = None;
+    if let Some((s, issued)) = secure {
+        // Nothing is subscribed yet: this sends nothing.
+        state.set_own_secrets(issued.secrets);
+        renew = Some(issued.renew_at);
+        cert = Some(issued.info);
+        security = Some(s);
+    }
+    let conn = shared.connections.insert(id, proxy.clone(), F::MODE, state);
+    conn.set_cert(cert);
     metrics().xds_clients.inc();
     info!(proxy = %proxy.id, conn = id, mode = ?F::MODE, "proxy connected");
-    let guard = Registered { shared, conn };
+    let guard = Registered {
+        shared,
+        conn,
+        security,
+        renew,
+    };
     Ok((guard, first, requests, updates))
 }
 
@@ -419,6 +503,9 @@ async fn handshake<F: Flavor>(
 struct Registered {
     shared: Arc<Shared>,
     conn: Arc<Connection>,
+    /// TLS port: the CA, and when to renew this proxy's certificate.
+    security: Option<Arc<XdsSecurity>>,
+    renew: Option<std::time::SystemTime>,
 }
 
 impl Drop for Registered {
@@ -433,6 +520,7 @@ impl Drop for Registered {
 enum Step<R> {
     Request(R),
     Update(Update),
+    Renew,
     End(Option<Status>),
 }
 
@@ -444,6 +532,8 @@ async fn run<F: Flavor>(
     tx: mpsc::Sender<Result<F::Resp, Status>>,
 ) {
     let conn = guard.conn.clone();
+    let security = guard.security.clone();
+    let mut renew = guard.renew;
     let mut shutdown = guard.shared.shutdown.subscribe();
     let mut pending = Some(first);
     let mut slot: Option<tokio::sync::OwnedSemaphorePermit> = None;
@@ -474,6 +564,7 @@ async fn run<F: Flavor>(
                     Ok(()) => Step::Update(updates.borrow_and_update().clone()),
                     Err(_) => Step::End(Some(Status::unavailable("the push engine dropped this stream"))),
                 },
+                _ = sleep_until_system(renew) => Step::Renew,
                 _ = sleep_until_opt(answer_deadline) => {
                     debug!("the client did not answer in time: push slot released, updates resume");
                     slot = None;
@@ -501,6 +592,30 @@ async fn run<F: Flavor>(
                 outs
             }
             Step::Update(u) => conn.lock().update(u),
+            Step::Renew => {
+                let Some(security) = &security else {
+                    renew = None;
+                    continue;
+                };
+                let id = conn.proxy.identity.clone();
+                let Some(id) = id else {
+                    renew = None;
+                    continue;
+                };
+                match security.issue(id).await {
+                    Ok(issued) => {
+                        info!(identity = %issued.info.identity, serial = %issued.info.serial, "workload certificate renewed");
+                        renew = Some(issued.renew_at);
+                        conn.set_cert(Some(issued.info));
+                        conn.lock().set_own_secrets(issued.secrets)
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "cannot renew the workload certificate; retrying");
+                        renew = Some(std::time::SystemTime::now() + RENEW_RETRY);
+                        continue;
+                    }
+                }
+            }
             Step::End(status) => {
                 if let Some(s) = status {
                     let _ = tx.send(Err(s)).await;
@@ -545,6 +660,24 @@ async fn run<F: Flavor>(
     }
     drop(guard);
 }
+
+/// Sleep until the wall-clock time `at`, or forever without one. Certificate
+/// times are wall-clock; the sleep is re-armed on every loop turn, so a clock
+/// step is noticed at the next turn at the latest.
+async fn sleep_until_system(at: Option<std::time::SystemTime>) {
+    match at {
+        Some(t) => {
+            let wait = t
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or(std::time::Duration::ZERO);
+            tokio::time::sleep(wait).await
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// After a failed certificate renewal, try again this soon.
+const RENEW_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Sleep until `deadline`, or forever without one.
 async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {

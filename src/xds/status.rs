@@ -15,6 +15,7 @@ use dashmap::DashMap;
 
 use super::connection::{Mode, Nack, StreamState};
 use super::resource::{Resource, TypeUrl};
+use super::secure::CertInfo;
 use super::source::ConnId;
 use crate::model::Proxy;
 
@@ -26,12 +27,31 @@ pub struct Connection {
     pub connected_at: SystemTime,
     pub mode: Mode,
     state: Mutex<StreamState>,
+    /// The workload certificate in force (authenticated streams only).
+    cert: Mutex<Option<CertInfo>>,
 }
 
 impl Connection {
     pub(crate) fn lock(&self) -> MutexGuard<'_, StreamState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    pub(crate) fn set_cert(&self, cert: Option<CertInfo>) {
+        *self.cert.lock().unwrap_or_else(|e| e.into_inner()) = cert;
+    }
+
+    pub fn cert(&self) -> Option<CertInfo> {
+        self.cert.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// `/debug/certz` entry: one authenticated stream's certificate.
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+pub struct CertStatus {
+    pub proxy_id: String,
+    pub connection: ConnId,
+    #[serde(flatten)]
+    pub cert: CertInfo,
 }
 
 /// `/debug/syncz` entry for one type URL.
@@ -92,6 +112,7 @@ impl Connections {
             connected_at: SystemTime::now(),
             mode,
             state: Mutex::new(state),
+            cert: Mutex::new(None),
         });
         self.map.insert(id, c.clone());
         c
@@ -113,6 +134,25 @@ impl Connections {
     pub fn list(&self) -> Vec<ConnectionStatus> {
         let conns: Vec<Arc<Connection>> = self.map.iter().map(|e| e.value().clone()).collect();
         let mut out: Vec<ConnectionStatus> = conns.iter().map(|c| status(c)).collect();
+        out.sort_by(|a, b| (&a.proxy_id, a.connection).cmp(&(&b.proxy_id, b.connection)));
+        out
+    }
+
+    /// The certificate of every authenticated stream, sorted by proxy id then
+    /// stream.
+    pub fn certz(&self) -> Vec<CertStatus> {
+        let mut out: Vec<CertStatus> = self
+            .map
+            .iter()
+            .filter_map(|e| {
+                let c = e.value();
+                Some(CertStatus {
+                    proxy_id: c.proxy.id.clone(),
+                    connection: c.id,
+                    cert: c.cert()?,
+                })
+            })
+            .collect();
         out.sort_by(|a, b| (&a.proxy_id, a.connection).cmp(&(&b.proxy_id, b.connection)));
         out
     }
