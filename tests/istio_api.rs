@@ -702,7 +702,6 @@ const REJECTED: &[(&str, &str, Option<&str>, &str)] = &[
     ("VirtualService", "retries.retryIgnorePreviousHosts", Some("false"), "false is not implemented"),
     // DestinationRule
     ("DestinationRule", "workloadSelector", None, "workload-scoped rules are not implemented"),
-    ("DestinationRule", "tls.mode", Some("SIMPLE"), "upstream TLS needs certificates"),
     ("DestinationRule", "tunnel", None, "not implemented"),
     ("DestinationRule", "proxyProtocol", None, "not implemented"),
     ("DestinationRule", "retryBudget", None, "retry budgets are not implemented"),
@@ -1035,7 +1034,7 @@ const fn rejected(
 }
 
 /// Reasons documented in docs/ISTIO_SUPPORT.md.
-const UPSTREAM_TLS: &str = "upstream TLS needs certificates";
+const CREDENTIAL_NAME: &str = "Kubernetes TLS Secrets are not delivered over SDS";
 const GATEWAY_TLS: &str = "TLS termination needs certificates";
 const GATEWAY_CERTS: &str =
     "certificate settings are not supported by crossmesh yet (no TLS termination)";
@@ -1112,16 +1111,16 @@ const EXAMPLES: &[Example] = &[
     ok("destination-rule-02-bookinfo-ratings-port.yaml"),
     rejected("destination-rule-03-configure-client-mtls-dr-with-workloadselector.yaml", &[
         ("DestinationRule default/configure-client-mtls-dr-with-workloadselector", "workload-scoped rules are not implemented"),
-        ("DestinationRule default/configure-client-mtls-dr-with-workloadselector", UPSTREAM_TLS),
+        ("DestinationRule default/configure-client-mtls-dr-with-workloadselector", CREDENTIAL_NAME),
     ]),
     ok("destination-rule-04-bookinfo-ratings.yaml"),
     ok("destination-rule-05-bookinfo-ratings.yaml"),
     ok("destination-rule-06-bookinfo-ratings.yaml"),
     ok("destination-rule-07-bookinfo-redis.yaml"),
     ok("destination-rule-08-reviews-cb-policy.yaml"),
-    rejected("destination-rule-09-db-mtls.yaml", &[("DestinationRule default/db-mtls", UPSTREAM_TLS)]),
-    rejected("destination-rule-10-tls-foo.yaml", &[("DestinationRule default/tls-foo", UPSTREAM_TLS)]),
-    rejected("destination-rule-11-ratings-istio-mtls.yaml", &[("DestinationRule default/ratings-istio-mtls", UPSTREAM_TLS)]),
+    ok("destination-rule-09-db-mtls.yaml"),
+    ok("destination-rule-10-tls-foo.yaml"),
+    ok("destination-rule-11-ratings-istio-mtls.yaml"),
     ok("destination-rule-12-fragment-12.yaml"),
     ok("destination-rule-13-fragment-13.yaml"),
     ok("destination-rule-14-fragment-14.yaml"),
@@ -1148,11 +1147,11 @@ const EXAMPLES: &[Example] = &[
         ("Sidecar prod-us1/partial-ip-tables", "captureMode IPTABLES per listener"),
         ("Sidecar prod-us1/partial-ip-tables", CAPTURE_NONE),
     ]),
-    // The PeerAuthentication beside the Sidecar is security.istio.io.
+    // The PeerAuthentication beside the Sidecar (workload STRICT, port 80
+    // DISABLE) is accepted.
     rejected("sidecar-07-ratings.yaml", &[
         ("Sidecar prod-us1/ratings", UNIX_ENDPOINT),
         ("Sidecar prod-us1/ratings", "inbound TLS termination is not implemented"),
-        ("PeerAuthentication prod-us1/ratings-peer-auth", "unsupported apiVersion \"security.istio.io/v1\""),
     ]),
     // crossmesh requires defaultEndpoint (docs: ingress[].defaultEndpoint, partial).
     rejected("sidecar-08-connection-pool-settings.yaml", &[

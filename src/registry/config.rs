@@ -188,11 +188,16 @@ impl ConfigStore {
 
     /// `pilot_total_rejected_configs{kind}`: objects currently rejected, per kind.
     fn update_metrics(&self) {
-        let mut counts: BTreeMap<String, i64> =
-            ["Gateway", "VirtualService", "DestinationRule", "Sidecar"]
-                .iter()
-                .map(|k| (k.to_string(), 0))
-                .collect();
+        let mut counts: BTreeMap<String, i64> = [
+            "Gateway",
+            "VirtualService",
+            "DestinationRule",
+            "Sidecar",
+            "PeerAuthentication",
+        ]
+        .iter()
+        .map(|k| (k.to_string(), 0))
+        .collect();
         let mut objects = BTreeSet::new();
         for r in self.rejections() {
             // One object may have several problems; count it once.
@@ -223,6 +228,7 @@ impl ConfigStore {
             }
         }
         cross_object_warnings(&self.snapshot, &self.in_force, services, &mut warnings);
+        identity_warnings(&self.in_force, &mut warnings);
         ConfigStatus {
             in_force: self
                 .in_force
@@ -285,6 +291,41 @@ impl Warning {
             name: m.name.clone(),
             field: field.into(),
             message: message.into(),
+        }
+    }
+}
+
+/// PeerAuthentication and DestinationRule `ISTIO_MUTUAL` take effect only on
+/// proxies holding a workload certificate (connected on the authenticated xDS
+/// port); a proxy on the plaintext port keeps plaintext inbound chains and
+/// clusters. Said once per object, so nobody expects mTLS from such a proxy.
+fn identity_warnings(objects: &[IstioObject], out: &mut Vec<Warning>) {
+    const WHY: &str = "applies only to proxies with an identity (connected on the authenticated xDS port); proxies connected on the plaintext port have no certificate and stay plaintext";
+    for obj in objects {
+        match obj {
+            IstioObject::PeerAuthentication(_) => out.push(Warning::about(obj, "spec", WHY)),
+            IstioObject::DestinationRule(dr) => {
+                let tp = dr.spec.traffic_policy.iter().chain(
+                    dr.spec
+                        .subsets
+                        .iter()
+                        .filter_map(|s| s.traffic_policy.as_ref()),
+                );
+                let istio_mutual = tp.into_iter().any(|tp| {
+                    tp.tls
+                        .iter()
+                        .chain(tp.port_level_settings.iter().filter_map(|p| p.tls.as_ref()))
+                        .any(|t| t.mode.as_deref() == Some("ISTIO_MUTUAL"))
+                });
+                if istio_mutual {
+                    out.push(Warning::about(
+                        obj,
+                        "tls.mode",
+                        format!("ISTIO_MUTUAL {WHY}"),
+                    ));
+                }
+            }
+            _ => {}
         }
     }
 }
@@ -602,7 +643,7 @@ mod tests {
 
     #[test]
     fn unknown_kinds_versions_and_duplicates() {
-        let yaml = "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: p, namespace: base}\nspec: {}\n---\napiVersion: networking.istio.io/v1alpha3\nkind: ServiceEntry\nmetadata: {name: se}\nspec: {}\n---\napiVersion: networking.istio.io/v1alpha3\nkind: Gateway\nmetadata: {name: gw, namespace: a}\nspec:\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: ['*']\n---\napiVersion: networking.istio.io/v1alpha3\nkind: Gateway\nmetadata: {name: gw, namespace: a}\nspec:\n  servers:\n  - port: {number: 81, name: http, protocol: HTTP}\n    hosts: ['*']\n";
+        let yaml = "apiVersion: security.istio.io/v1beta1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: base}\nspec: {}\n---\napiVersion: security.istio.io/v1alpha1\nkind: PeerAuthentication\nmetadata: {name: p, namespace: base}\nspec: {}\n---\napiVersion: networking.istio.io/v1alpha3\nkind: PeerAuthentication\nmetadata: {name: p2, namespace: base}\nspec: {}\n---\napiVersion: networking.istio.io/v1alpha3\nkind: ServiceEntry\nmetadata: {name: se}\nspec: {}\n---\napiVersion: networking.istio.io/v1alpha3\nkind: Gateway\nmetadata: {name: gw, namespace: a}\nspec:\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: ['*']\n---\napiVersion: networking.istio.io/v1alpha3\nkind: Gateway\nmetadata: {name: gw, namespace: a}\nspec:\n  servers:\n  - port: {number: 81, name: http, protocol: HTTP}\n    hosts: ['*']\n";
         let problems = validate_docs(&docs("f.yaml", yaml));
         let summary: Vec<(String, String)> = problems
             .iter()
@@ -611,12 +652,61 @@ mod tests {
         assert_eq!(
             summary,
             [
+                ("AuthorizationPolicy".to_string(), "kind".to_string()),
                 ("PeerAuthentication".to_string(), "apiVersion".to_string()),
+                ("PeerAuthentication".to_string(), "kind".to_string()),
                 ("ServiceEntry".to_string(), "kind".to_string()),
                 ("Gateway".to_string(), "metadata.name".to_string()),
             ]
         );
-        assert_eq!(problems[1].namespace, "default");
+        assert_eq!(problems[3].namespace, "default");
+    }
+
+    #[test]
+    fn peer_authentications_are_rejected_one_by_one_with_reasons() {
+        let head = "kind: PeerAuthentication\nmetadata: {namespace: base, ";
+        let yaml = format!(
+            "apiVersion: security.istio.io/v1\n{head}name: good}}\nspec: {{mtls: {{mode: STRICT}}}}\n---\n\
+             apiVersion: security.istio.io/v1beta1\n{head}name: beta}}\nspec: {{selector: {{matchLabels: {{app: web}}}}, portLevelMtls: {{'8080': {{mode: DISABLE}}}}}}\n---\n\
+             apiVersion: security.istio.io/v1\n{head}name: mode}}\nspec: {{mtls: {{mode: STRICTEST}}}}\n---\n\
+             apiVersion: security.istio.io/v1\n{head}name: ports}}\nspec: {{portLevelMtls: {{'8080': {{mode: DISABLE}}}}}}\n---\n\
+             apiVersion: security.istio.io/v1\n{head}name: key}}\nspec: {{selector: {{matchLabels: {{app: web}}}}, portLevelMtls: {{http: {{mode: DISABLE}}}}}}\n---\n\
+             apiVersion: security.istio.io/v1\n{head}name: field}}\nspec: {{mtls: {{mode: STRICT}}, action: ALLOW}}\n"
+        );
+        let mut store = ConfigStore::default();
+        store.replace_source("f", docs("f.yaml", &yaml));
+        let st = store.status(&ServiceMap::new());
+        let in_force: Vec<&str> = st.in_force.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(in_force, ["beta", "good"]);
+        let why = |name: &str| -> String {
+            st.rejected
+                .iter()
+                .filter(|r| r.name == name)
+                .map(|r| format!("{}: {}", r.field, r.reason))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        assert!(
+            why("mode").starts_with("spec.mtls.mode: unknown variant `STRICTEST`"),
+            "{}",
+            why("mode")
+        );
+        assert!(why("ports").contains("spec.portLevelMtls: mesh/namespace peer authentication cannot have port level mTLS"), "{}", why("ports"));
+        assert!(
+            why("key").contains("spec.portLevelMtls.http: \"http\" is not a port number"),
+            "{}",
+            why("key")
+        );
+        assert!(
+            why("field").contains("unknown field `action`"),
+            "{}",
+            why("field")
+        );
+        assert_eq!(store.snapshot().peer_authentications.len(), 2);
+        // The same reasons from `crossmesh validate`.
+        let problems = validate_docs(&docs("f.yaml", &yaml));
+        let names: BTreeSet<&str> = problems.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, BTreeSet::from(["mode", "ports", "key", "field"]));
     }
 
     fn service(name: &str, ns: &str, eps: &[(&str, &str)]) -> (Arc<str>, Arc<Service>) {

@@ -27,9 +27,11 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
 use envoy_types::pb::envoy::r#type::v3::Percent as EnvoyPercent;
 use envoy_types::pb::google::protobuf::{Duration, UInt64Value};
 
+use super::mtls;
 use super::proto::{ads, cluster_name, pack, u32_value};
 use crate::model::istio::destination_rule::{
-    ConnectionPoolSettings, EffectivePolicy, LoadBalancerSettings, OutlierDetection,
+    ClientTlsSettings, ConnectionPoolSettings, EffectivePolicy, LoadBalancerSettings,
+    OutlierDetection,
 };
 use crate::model::istio::{EffectiveRule, TrafficPolicy};
 use crate::model::{Protocol, PushContext, Service, ServicePort};
@@ -41,28 +43,68 @@ pub const DEFAULT_CONNECT_TIMEOUT_SECS: i64 = 10;
 const HTTP_OPTIONS_KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
 /// Every outbound cluster of `svc` as seen by a proxy in `proxy_ns`: one per port,
-/// plus one per port and subset of the DestinationRule in force.
-pub fn service_clusters(svc: &Service, proxy_ns: &str, ctx: &PushContext) -> Vec<Cluster> {
+/// plus one per port and subset of the DestinationRule in force. `identity`: the
+/// proxy holds a workload certificate, so auto mTLS and ISTIO_MUTUAL apply
+/// (`translate::mtls`).
+pub fn service_clusters(
+    svc: &Service,
+    proxy_ns: &str,
+    ctx: &PushContext,
+    identity: bool,
+) -> Vec<Cluster> {
     let rule = ctx
         .config
         .destination_rule(proxy_ns, &svc.hostname, &svc.namespace);
     let mut out = Vec::new();
+    // Per cluster: its port, subset and DestinationRule `tls`.
+    let mut tls = Vec::new();
     for port in &svc.ports {
         let top = rule.as_ref().and_then(|r| r.traffic_policy.as_ref());
-        out.push(build(
-            svc,
-            port,
-            "",
-            TrafficPolicy::effective(top, None, port.port),
-        ));
+        let policy = TrafficPolicy::effective(top, None, port.port);
+        tls.push((port, String::new(), policy.tls.clone()));
+        out.push(build(svc, port, "", policy));
         for subset in rule.iter().flat_map(|r: &EffectiveRule| r.subsets.iter()) {
             let policy = TrafficPolicy::effective(top, subset.traffic_policy.as_ref(), port.port);
+            tls.push((port, subset.name.clone(), policy.tls.clone()));
             out.push(build(svc, port, &subset.name, policy));
         }
     }
     // Cross-network TLS origination (owned by translate::network).
     super::network::apply_cross_network_tls(&mut out, svc, ctx);
+    for (c, (port, subset, settings)) in out.iter_mut().zip(tls) {
+        apply_tls(c, svc, port, &subset, settings.as_ref(), identity, ctx);
+    }
     out
+}
+
+/// DestinationRule `tls` when set, else auto mTLS for a proxy with an identity
+/// (Istio: user TLS settings turn auto mTLS off for the cluster).
+fn apply_tls(
+    c: &mut Cluster,
+    svc: &Service,
+    port: &ServicePort,
+    subset: &str,
+    settings: Option<&ClientTlsSettings>,
+    identity: bool,
+    ctx: &PushContext,
+) {
+    let http2 = matches!(port.protocol, Protocol::Http2 | Protocol::Grpc);
+    let sni = || mtls::istio_sni(port.port, subset, &svc.hostname);
+    let sans = || mtls::service_sans(svc, port.port, ctx);
+    match settings {
+        Some(s) => match mtls::client_tls(s, identity, sni(), &sans(), http2) {
+            mtls::ClientTls::Socket(t) => mtls::set_transport_socket(c, &t),
+            // DISABLE, or ISTIO_MUTUAL without a certificate to present: plaintext
+            // to every endpoint.
+            mtls::ClientTls::Plaintext | mtls::ClientTls::NoIdentity => {
+                c.transport_socket_matches.clear()
+            }
+        },
+        None if identity => {
+            mtls::apply_auto_mtls(c, mtls::istio_mutual(sni(), &sans(), http2));
+        }
+        None => {}
+    }
 }
 
 /// One EDS cluster with Istio's defaults, then the policy applied.

@@ -14,15 +14,16 @@
 
 use std::collections::BTreeMap;
 
-use envoy_types::pb::envoy::config::core::v3::Locality as EnvoyLocality;
+use envoy_types::pb::envoy::config::core::v3::{Locality as EnvoyLocality, Metadata};
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, LbEndpoint, LocalityLbEndpoints,
 };
 
 use super::locality::{self, EdsView, Group, Mode};
+use super::mtls;
 use super::network;
 use super::proto::{cluster_name, u32_value};
-use crate::model::istio::labels_match;
+use crate::model::istio::{labels_match, MtlsMode};
 use crate::model::{Endpoint, Locality, PushContext, Service};
 
 /// Every assignment of `svc`: `outbound|PORT||HOST` for each port and
@@ -76,7 +77,7 @@ fn build(svc: &Service, ctx: &PushContext, view: Option<&EdsView>) -> Vec<Cluste
                 .collect();
             out.push(ClusterLoadAssignment {
                 cluster_name: network::sni(port.port, "", &svc.hostname),
-                endpoints: to_proto(groups_of(local.iter().copied())),
+                endpoints: to_proto(groups_of(local.iter().copied(), svc, ctx)),
                 ..Default::default()
             });
             for s in &subsets {
@@ -86,7 +87,7 @@ fn build(svc: &Service, ctx: &PushContext, view: Option<&EdsView>) -> Vec<Cluste
                     .filter(|e| labels_match(&s.labels, &e.labels));
                 out.push(ClusterLoadAssignment {
                     cluster_name: network::sni(port.port, &s.name, &svc.hostname),
-                    endpoints: to_proto(groups_of(selected)),
+                    endpoints: to_proto(groups_of(selected, svc, ctx)),
                     ..Default::default()
                 });
             }
@@ -103,7 +104,7 @@ fn assignment<'a>(
     subset: &str,
     eps: impl Iterator<Item = &'a Endpoint>,
 ) -> ClusterLoadAssignment {
-    let mut groups = groups_of(eps);
+    let mut groups = groups_of(eps, svc, ctx);
     if let Some(view) = view {
         network::apply(&mut groups, &view.network, ctx);
         let policy = locality::effective_policy(svc, &view.namespace, subset, port, ctx);
@@ -116,11 +117,38 @@ fn assignment<'a>(
     }
 }
 
-/// One group per locality, sorted by locality; each endpoint weight 1.
-fn groups_of<'a>(eps: impl Iterator<Item = &'a Endpoint>) -> Vec<Group<'a, LbEndpoint>> {
+/// Whether `e` takes mTLS (Istio's EDS `tlsMode` metadata): its pod runs a
+/// sidecar (label `security.istio.io/tlsMode: istio`) and the PeerAuthentication
+/// in force for it on its target port is not DISABLE (Istio's `mtlsChecker`).
+fn meshed(e: &Endpoint, svc: &Service, ctx: &PushContext) -> bool {
+    e.labels.get(mtls::TLS_MODE_LABEL).map(String::as_str) == Some("istio")
+        && ctx
+            .config
+            .peer_authentication(&svc.namespace, &e.labels)
+            .for_port(e.port as u32)
+            != MtlsMode::Disable
+}
+
+/// One group per locality, sorted by locality; each endpoint weight 1, marked
+/// `tlsMode: istio` in `envoy.transport_socket_match` metadata when `meshed`.
+fn groups_of<'a>(
+    eps: impl Iterator<Item = &'a Endpoint>,
+    svc: &Service,
+    ctx: &PushContext,
+) -> Vec<Group<'a, LbEndpoint>> {
     let mut by: BTreeMap<&Locality, Vec<(LbEndpoint, u32, Option<&'a Endpoint>)>> = BTreeMap::new();
     for e in eps {
-        let lb = network::lb_endpoint(&e.address.to_string(), e.port as u32, 1);
+        let mut lb = network::lb_endpoint(&e.address.to_string(), e.port as u32, 1);
+        if meshed(e, svc, ctx) {
+            lb.metadata = Some(Metadata {
+                filter_metadata: [(
+                    mtls::TRANSPORT_SOCKET_MATCH.to_string(),
+                    network::tls_mode_istio(),
+                )]
+                .into(),
+                ..Default::default()
+            });
+        }
         by.entry(&e.locality).or_default().push((lb, 1, Some(e)));
     }
     by.into_iter()
@@ -157,11 +185,6 @@ fn to_proto(mut groups: Vec<Group<'_, LbEndpoint>>) -> Vec<LocalityLbEndpoints> 
             }
         })
         .collect()
-}
-
-/// One `LocalityLbEndpoints` per locality (priority 0, count weights).
-pub fn group_by_locality<'a>(eps: impl Iterator<Item = &'a Endpoint>) -> Vec<LocalityLbEndpoints> {
-    to_proto(groups_of(eps))
 }
 
 /// Enable Envoy's locality-weighted load balancing

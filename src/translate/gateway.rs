@@ -106,8 +106,9 @@ fn intersect(server_hosts: &[String], vs_hosts: &[String]) -> BTreeSet<String> {
     out
 }
 
-/// CDS, LDS and RDS for a gateway proxy.
-pub fn generate(proxy: &Proxy, ctx: &PushContext) -> Generated {
+/// CDS, LDS and RDS for a gateway proxy; `identity`: it holds a workload
+/// certificate (auto mTLS and ISTIO_MUTUAL to meshed endpoints).
+pub fn generate(proxy: &Proxy, ctx: &PushContext, identity: bool) -> Generated {
     let mut out = Generated::default();
     let mut used: Vec<&Config<VirtualService>> = Vec::new();
     let mut east_west: Vec<Cluster> = Vec::new();
@@ -153,7 +154,7 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext) -> Generated {
             }
         }
     }
-    out.clusters = clusters_for(&used, proxy, ctx);
+    out.clusters = clusters_for(&used, proxy, ctx, identity);
     if !east_west.is_empty() {
         out.clusters.extend(east_west);
         out.clusters.sort_by(|a, b| a.name.cmp(&b.name));
@@ -166,6 +167,7 @@ pub fn clusters_for(
     used: &[&Config<VirtualService>],
     proxy: &Proxy,
     ctx: &PushContext,
+    identity: bool,
 ) -> Vec<Cluster> {
     let hosts: BTreeSet<String> = used
         .iter()
@@ -174,7 +176,7 @@ pub fn clusters_for(
     let mut clusters: Vec<Cluster> = hosts
         .iter()
         .filter_map(|h| ctx.services.get(h.as_str()))
-        .flat_map(|svc| service_clusters(svc, &proxy.namespace, ctx))
+        .flat_map(|svc| service_clusters(svc, &proxy.namespace, ctx, identity))
         .collect();
     clusters.sort_by(|a, b| a.name.cmp(&b.name));
     clusters

@@ -16,6 +16,8 @@
 //!   cluster: cluster1        # the proxy's member cluster (default cluster1)
 //!   network: net1            # default: none
 //!   locality: gz/gz-1/rack-1 # region/zone/subzone, default: none
+//!   identity:                # the proxy holds a workload certificate (default:
+//!     serviceAccount: web    # none, as on the plaintext xDS port)
 //! networks:                  # the mesh's east-west gateways per network
 //!   net2:
 //!     gateways: [{address: 192.0.2.20, port: 15443, cluster: c2}]
@@ -25,7 +27,7 @@
 //!   ports: [{name: http, port: 7000}]
 //!   endpoints:
 //!   - {address: 10.1.2.1, labels: {version: v1}, cluster: c1, network: net1,
-//!      locality: gz/gz-1, ready: true, port: 7001}
+//!      locality: gz/gz-1, ready: true, port: 7001, serviceAccount: order}
 //! ```
 //!
 //! `endpoints` in the rendered JSON is what this proxy receives: the one global
@@ -52,6 +54,7 @@ use crate::model::{
     Service, ServicePort,
 };
 use crate::registry::config::{ConfigStore, RawDoc};
+use crate::security::ca::Identity;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -101,6 +104,14 @@ struct FixtureProxy {
     /// `region/zone/subzone`.
     #[serde(default)]
     locality: String,
+    #[serde(default)]
+    identity: Option<FixtureIdentity>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct FixtureIdentity {
+    service_account: String,
 }
 
 #[derive(Deserialize)]
@@ -121,7 +132,7 @@ struct FixturePort {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct FixtureEndpoint {
     address: IpAddr,
     /// Target port; the service port's number when absent.
@@ -137,6 +148,9 @@ struct FixtureEndpoint {
     locality: String,
     #[serde(default = "yes")]
     ready: bool,
+    /// The pod's service account (default `default`).
+    #[serde(default)]
+    service_account: Option<String>,
 }
 
 fn yes() -> bool {
@@ -152,9 +166,12 @@ fn locality(text: &str) -> Locality {
     }
 }
 
+/// A golden input: the push context and the proxy.
+pub(crate) type Loaded = (PushContext, Proxy);
+
 /// Parse a golden input: the fixture, the push context and the proxy; fails if
 /// any Istio object is rejected (goldens hold valid config).
-pub(crate) fn load(path: &Path) -> (PushContext, Proxy) {
+pub(crate) fn load(path: &Path) -> Loaded {
     from_docs(&read_docs(path), path).unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -166,7 +183,7 @@ fn read_docs(path: &Path) -> Vec<serde_json::Value> {
 
 /// The push context and proxy of a golden input's documents; `Err` names the
 /// rejected Istio objects.
-fn from_docs(docs: &[serde_json::Value], path: &Path) -> Result<(PushContext, Proxy), String> {
+fn from_docs(docs: &[serde_json::Value], path: &Path) -> Result<Loaded, String> {
     let (first, rest) = docs.split_first().expect("a fixture document");
     let fx: Fixture = serde_json::from_value(first.clone()).expect("GoldenFixture document");
     let origin = path.display().to_string();
@@ -213,7 +230,7 @@ fn from_docs(docs: &[serde_json::Value], path: &Path) -> Result<(PushContext, Pr
                     locality: Arc::new(locality(&e.locality)),
                     ready: e.ready,
                     workload: format!("{}/{}", s.namespace, e.address).into(),
-                    service_account: "default".into(),
+                    service_account: e.service_account.as_deref().unwrap_or("default").into(),
                     stale: false,
                 })
                 .collect();
@@ -295,14 +312,22 @@ fn from_docs(docs: &[serde_json::Value], path: &Path) -> Result<(PushContext, Pr
         role,
         ip,
         pod_name: pod_name.into(),
-        namespace: p.namespace,
+        namespace: p.namespace.clone(),
         labels: p.labels,
         cluster_id: p.cluster.unwrap_or_else(|| "cluster1".into()),
         network: p.network,
         interception,
-        service_account: "default".into(),
+        service_account: p
+            .identity
+            .as_ref()
+            .map_or_else(|| "default".to_string(), |i| i.service_account.clone()),
         istio_version: String::new(),
         locality: locality(&p.locality),
+        identity: p.identity.map(|i| Identity {
+            trust_domain: "cluster.local".into(),
+            namespace: p.namespace.clone(),
+            service_account: i.service_account,
+        }),
     };
     Ok((ctx, proxy))
 }
@@ -430,10 +455,37 @@ fn static_bootstrap(golden: &serde_json::Value) -> serde_json::Value {
             c.insert("load_assignment".into(), cla[name].clone());
         }
     }
-    json!({
+    // SDS secrets (`default`, `ROOTCA`) come over the proxy's ADS stream;
+    // validate mode has none, so they become static secrets of the same names
+    // (made of the test certificates under /etc/certs/).
+    let mut boot = json!({
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {"listeners": listeners, "clusters": clusters},
-    })
+    });
+    if golden.to_string().contains("\"sds_config\"") {
+        strip_sds_config(&mut boot);
+        boot["static_resources"]["secrets"] = json!([
+            {"name": "default", "tls_certificate": {
+                "certificate_chain": {"filename": "/etc/certs/client.pem"},
+                "private_key": {"filename": "/etc/certs/client-key.pem"}}},
+            {"name": "ROOTCA", "validation_context": {
+                "trusted_ca": {"filename": "/etc/certs/ca.pem"}}},
+        ]);
+    }
+    boot
+}
+
+/// Drop `sds_config` from every SDS secret reference: the name then refers to a
+/// static secret.
+fn strip_sds_config(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.remove("sds_config");
+            m.values_mut().for_each(strip_sds_config);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(strip_sds_config),
+        _ => {}
+    }
 }
 
 /// Every golden JSON (`tests/golden/NAME.json`, which `goldens_match` keeps
@@ -450,6 +502,21 @@ fn goldens_are_valid_envoy_config() {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
+    // DestinationRule SIMPLE/MUTUAL goldens name certificate files under
+    // /etc/certs/ (Envoy loads them): made here, and the paths pointed at them.
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).expect("certs dir");
+    let ca =
+        rcgen::generate_simple_self_signed(vec!["golden-ca.example".to_string()]).expect("test CA");
+    let client = rcgen::generate_simple_self_signed(vec!["golden-client.example".to_string()])
+        .expect("test client certificate");
+    for (name, pem) in [
+        ("ca.pem", ca.cert.pem()),
+        ("client.pem", client.cert.pem()),
+        ("client-key.pem", client.signing_key.serialize_pem()),
+    ] {
+        std::fs::write(certs.join(name), pem).expect("write test certificate");
+    }
     let mut rejected = Vec::new();
     let inputs = golden_inputs();
     assert!(!inputs.is_empty(), "no golden inputs");
@@ -459,9 +526,17 @@ fn goldens_are_valid_envoy_config() {
             .unwrap_or_else(|e| panic!("{}: {e} (REFRESH_GOLDEN=1 writes it)", path.display()));
         let golden: serde_json::Value =
             serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let boot = static_bootstrap(&golden);
+        // Goldens print private keys as Envoy's config dump does (`[redacted]`,
+        // file names too); the one key file goldens name is the client key.
+        let boot = serde_json::to_string(&static_bootstrap(&golden))
+            .expect("json")
+            .replace(
+                &format!("\"filename\":\"{}\"", crate::debug::json::REDACTED),
+                "\"filename\":\"/etc/certs/client-key.pem\"",
+            )
+            .replace("/etc/certs/", &format!("{}/", certs.display()));
         let file = dir.path().join("bootstrap.json");
-        std::fs::write(&file, serde_json::to_vec(&boot).expect("json")).expect("write bootstrap");
+        std::fs::write(&file, boot).expect("write bootstrap");
         let out = std::process::Command::new(&envoy)
             .args(["--mode", "validate", "-l", "error", "-c"])
             .arg(&file)
@@ -573,7 +648,13 @@ struct DocRow {
     paths: Vec<Vec<String>>,
 }
 
-const KINDS: [&str; 4] = ["VirtualService", "DestinationRule", "Gateway", "Sidecar"];
+const KINDS: [&str; 5] = [
+    "VirtualService",
+    "DestinationRule",
+    "Gateway",
+    "Sidecar",
+    "PeerAuthentication",
+];
 
 /// Every row of `docs/ISTIO_SUPPORT.md` whose status is supported or partial.
 fn supported_rows() -> Vec<DocRow> {
@@ -615,8 +696,9 @@ fn supported_rows() -> Vec<DocRow> {
     // The parse found every table (a reformatted document must not pass empty).
     for k in KINDS {
         let n = rows.iter().filter(|r| r.kind == k).count();
+        let least = if k == "PeerAuthentication" { 3 } else { 5 };
         assert!(
-            n >= 5,
+            n >= least,
             "{}: found {n} supported {k} rows; was the table reformatted?",
             doc_path.display()
         );
@@ -751,16 +833,11 @@ fn is_zero(v: &serde_json::Value) -> bool {
 }
 
 /// Rows whose fields have no effect on the Envoy config by design, and why.
-const NO_EFFECT: [(&str, &str, &str); 3] = [
+const NO_EFFECT: [(&str, &str, &str); 2] = [
     (
         "VirtualService",
         "retries.retryIgnorePreviousHosts",
         "true, the only value accepted, is Istio's default and what crossmesh does without it",
-    ),
-    (
-        "DestinationRule",
-        "trafficPolicy.tls.mode",
-        "DISABLE, the only mode accepted, is what crossmesh does without it",
     ),
     (
         "Sidecar",

@@ -43,10 +43,13 @@ pub fn listener(
     direction: TrafficDirection,
     filter_chains: Vec<FilterChain>,
 ) -> Listener {
+    // SNI, transport protocol and ALPN matches are what the TLS inspector reads.
     let needs_tls_inspector = filter_chains.iter().any(|fc| {
-        fc.filter_chain_match
-            .as_ref()
-            .is_some_and(|m| !m.server_names.is_empty())
+        fc.filter_chain_match.as_ref().is_some_and(|m| {
+            !m.server_names.is_empty()
+                || !m.transport_protocol.is_empty()
+                || !m.application_protocols.is_empty()
+        })
     });
     Listener {
         name: format!("{address}_{port}"),

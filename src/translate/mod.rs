@@ -8,7 +8,10 @@
 //! - `route.rs` (RDS) — VirtualService HTTP routes and virtual hosts;
 //! - `listener.rs` (LDS) — listeners, HTTP connection manager, TCP proxy;
 //! - `gateway.rs` — puts them together for gateway proxies;
-//! - `sidecar.rs` — the same builders for sidecar proxies (REDIRECT and NONE).
+//! - `sidecar.rs` — the same builders for sidecar proxies (REDIRECT and NONE);
+//! - `mtls.rs` — PeerAuthentication inbound chains, auto mTLS and
+//!   DestinationRule `tls` (only for proxies with an identity where the
+//!   workload certificate is needed).
 //! `proto.rs` holds the small Envoy builders everything shares.
 
 pub mod cluster;
@@ -16,6 +19,7 @@ pub mod endpoint;
 pub mod gateway;
 pub mod listener;
 pub mod locality;
+pub mod mtls;
 pub mod network;
 pub mod proto;
 pub mod route;
@@ -63,6 +67,8 @@ pub struct ProxyClass {
     pub interception: Option<InterceptionMode>,
     /// NONE-mode sidecars only.
     pub ip: Option<IpAddr>,
+    /// The proxy holds a workload certificate (`has_identity`): mTLS applies.
+    pub identity: bool,
 }
 
 impl ProxyClass {
@@ -74,15 +80,24 @@ impl ProxyClass {
             labels: proxy.labels.clone(),
             interception: sidecar.then_some(proxy.interception),
             ip: (sidecar && proxy.interception == InterceptionMode::None).then_some(proxy.ip),
+            identity: has_identity(proxy),
         }
     }
 }
 
+/// Whether `proxy` holds a workload certificate (SDS `default` and `ROOTCA`):
+/// only such a proxy gets config naming them. A proxy connected on the
+/// plaintext xDS port never does.
+pub fn has_identity(proxy: &Proxy) -> bool {
+    proxy.identity.is_some()
+}
+
 /// CDS, LDS and RDS for one proxy.
 pub fn generate(proxy: &Proxy, ctx: &PushContext) -> Generated {
+    let identity = has_identity(proxy);
     match proxy.role {
-        ProxyRole::Gateway => gateway::generate(proxy, ctx),
-        ProxyRole::Sidecar => sidecar::generate(proxy, ctx),
+        ProxyRole::Gateway => gateway::generate(proxy, ctx, identity),
+        ProxyRole::Sidecar => sidecar::generate(proxy, ctx, identity),
     }
 }
 

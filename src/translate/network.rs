@@ -200,19 +200,29 @@ use envoy_types::pb::google::protobuf::{value::Kind, Duration, Struct, Value};
 use super::proto::{ads, pack};
 use crate::model::istio::{host_matches, Server};
 
-/// The endpoint metadata key Envoy's `transport_socket_matches` read.
-const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
+use super::mtls::TRANSPORT_SOCKET_MATCH;
 
-fn tls_mode_istio() -> Struct {
-    Struct {
-        fields: [(
-            "tlsMode".to_string(),
-            Value {
-                kind: Some(Kind::StringValue("istio".into())),
-            },
-        )]
-        .into(),
+fn string_value(s: &str) -> Value {
+    Value {
+        kind: Some(Kind::StringValue(s.into())),
     }
+}
+
+/// `{tlsMode: istio}`: the endpoint runs a sidecar (auto mTLS matches it).
+pub fn tls_mode_istio() -> Struct {
+    Struct {
+        fields: [("tlsMode".to_string(), string_value("istio"))].into(),
+    }
+}
+
+/// `{tlsMode: istio, eastWestGateway: "true"}`: an east-west gateway standing
+/// for remote endpoints. Proxies without an identity originate plain TLS to
+/// these only (never to a meshed pod reached directly).
+fn east_west_gateway_match() -> Struct {
+    let mut s = tls_mode_istio();
+    s.fields
+        .insert("eastWestGateway".to_string(), string_value("true"));
+    s
 }
 
 /// Istio's SNI for a service port (and subset) behind an east-west gateway:
@@ -226,7 +236,11 @@ pub fn sni(port: u16, subset: &str, host: &str) -> String {
 pub fn gateway_lb_endpoint(address: &str, port: u32, weight: u32) -> LbEndpoint {
     let mut lb = lb_endpoint(address, port, weight);
     lb.metadata = Some(Metadata {
-        filter_metadata: [(TRANSPORT_SOCKET_MATCH.to_string(), tls_mode_istio())].into(),
+        filter_metadata: [(
+            TRANSPORT_SOCKET_MATCH.to_string(),
+            east_west_gateway_match(),
+        )]
+        .into(),
         ..Default::default()
     });
     lb
@@ -321,16 +335,16 @@ pub fn auto_passthrough<'s>(
     Some((l, clusters))
 }
 
-/// Client side of cross-network traffic: a cluster of a service that has
-/// endpoints behind an east-west gateway gets a transport socket match for
-/// endpoints marked `tlsMode: istio` (the gateway endpoints EDS sends) that
-/// originates TLS with SNI `outbound_.PORT_.SUBSET_.HOST`; direct endpoints
-/// stay plaintext.
+/// Client side of cross-network traffic for a proxy without an identity: a
+/// cluster of a service that has endpoints behind an east-west gateway gets a
+/// transport socket match for the gateway endpoints EDS sends (`tlsMode:
+/// istio`, `eastWestGateway`) that originates TLS with SNI
+/// `outbound_.PORT_.SUBSET_.HOST`; direct endpoints stay plaintext.
 ///
-/// Not yet mutual TLS: no client certificate and no server validation (the
-/// security issue brings the workload certificates). The east-west gateway
-/// never terminates the TLS, so the destination must (a sidecar, or in tests a
-/// TLS-terminating Envoy in front of the pod).
+/// Not mutual TLS: such a proxy has no certificate to present. The east-west
+/// gateway never terminates the TLS, so the destination must. A proxy with an
+/// identity replaces this match with auto mTLS (`mtls::apply_auto_mtls`),
+/// which covers the gateway endpoints too.
 pub fn apply_cross_network_tls(clusters: &mut [Cluster], svc: &Service, ctx: &PushContext) {
     let behind_gateway = svc.endpoints.values().flatten().any(|e| {
         !e.network.is_empty()
@@ -360,7 +374,7 @@ pub fn apply_cross_network_tls(clusters: &mut [Cluster], svc: &Service, ctx: &Pu
         };
         c.transport_socket_matches.push(TransportSocketMatch {
             name: "tlsMode-istio".into(),
-            r#match: Some(tls_mode_istio()),
+            r#match: Some(east_west_gateway_match()),
             transport_socket: Some(TransportSocket {
                 name: "envoy.transport_sockets.tls".into(),
                 config_type: Some(ConfigType::TypedConfig(pack(&tls))),

@@ -47,6 +47,7 @@ use super::listener::{
     filter_chain, http_connection_manager, http_connection_manager_inline, l4_proxy, listener,
     tcp_proxy,
 };
+use super::mtls;
 use super::proto::{bool_value, pack, socket_address, u32_value};
 use super::route::{
     default_route, http_routes, l4_destinations, referenced_hosts, sort_catch_all_last, RouteScope,
@@ -54,7 +55,8 @@ use super::route::{
 use super::Generated;
 use crate::model::istio::sidecar::{IstioEgressListener, IstioIngressListener};
 use crate::model::istio::{
-    host_matches, labels_match, Config, Sidecar, VirtualService, MESH_GATEWAY, ROOT_NAMESPACE,
+    host_matches, labels_match, Config, MtlsMode, Sidecar, VirtualService, MESH_GATEWAY,
+    ROOT_NAMESPACE,
 };
 use crate::model::{InterceptionMode, Protocol, Proxy, PushContext, Service};
 
@@ -201,9 +203,16 @@ fn registry_only(sidecar: Option<&Config<Sidecar>>) -> bool {
         == Some("REGISTRY_ONLY")
 }
 
-/// CDS, LDS and RDS for a sidecar proxy.
-pub fn generate(proxy: &Proxy, ctx: &PushContext) -> Generated {
+/// CDS, LDS and RDS for a sidecar proxy. `identity`: it holds a workload
+/// certificate, so the PeerAuthentication in force shapes its inbound chains
+/// (`translate::mtls`) and auto mTLS its clusters; without one, everything
+/// stays plaintext.
+pub fn generate(proxy: &Proxy, ctx: &PushContext, identity: bool) -> Generated {
     let sidecar = select(proxy, ctx).map(Arc::as_ref);
+    let peer_auth = identity.then(|| {
+        ctx.config
+            .peer_authentication(&proxy.namespace, &proxy.labels)
+    });
     let redirect = proxy.interception == InterceptionMode::Redirect;
     let registry_only = registry_only(sidecar);
     let scopes = scopes(proxy, sidecar, ctx);
@@ -309,26 +318,50 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext) -> Generated {
             tcp_proxy(&stat, &[(cluster.clone(), 100)])
         };
         if redirect {
-            let mut fc = filter_chain(Vec::new(), filter);
-            fc.filter_chain_match = Some(FilterChainMatch {
+            let base = FilterChainMatch {
                 destination_port: Some(u32_value(port)),
                 prefix_ranges: ingress_bind_range(ing).into_iter().collect(),
                 ..Default::default()
-            });
-            fc.name = cluster.clone();
-            inbound_chains.push(fc);
+            };
+            match &peer_auth {
+                Some(pa) => inbound_chains.extend(mtls::inbound_chains(
+                    pa.for_port(port),
+                    protocol.is_http(),
+                    &base,
+                    &cluster,
+                    &filter,
+                )),
+                None => {
+                    let mut fc = filter_chain(Vec::new(), filter);
+                    fc.filter_chain_match = Some(base);
+                    fc.name = cluster.clone();
+                    inbound_chains.push(fc);
+                }
+            }
         } else {
+            let chains = match &peer_auth {
+                Some(pa) => mtls::inbound_chains(
+                    pa.for_port(port),
+                    protocol.is_http(),
+                    &FilterChainMatch::default(),
+                    "",
+                    &filter,
+                ),
+                None => vec![filter_chain(Vec::new(), filter)],
+            };
             out.listeners.push(listener(
                 &ingress_bind(ing, proxy),
                 port,
                 TrafficDirection::Inbound,
-                vec![filter_chain(Vec::new(), filter)],
+                chains,
             ));
         }
     }
     if redirect {
         out.listeners.push(virtual_outbound(registry_only));
-        out.listeners.push(virtual_inbound(inbound_chains));
+        let catch_all = peer_auth.as_ref().map(|pa| pa.mode);
+        out.listeners
+            .push(virtual_inbound(inbound_chains, catch_all));
         out.clusters.push(original_dst_cluster(PASSTHROUGH_CLUSTER));
         out.clusters
             .push(original_dst_cluster(INBOUND_PASSTHROUGH_CLUSTER));
@@ -337,7 +370,7 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext) -> Generated {
     let mut clusters: Vec<Cluster> = visible
         .iter()
         .filter_map(|h| ctx.services.get(h))
-        .flat_map(|svc| service_clusters(svc, &proxy.namespace, ctx))
+        .flat_map(|svc| service_clusters(svc, &proxy.namespace, ctx, identity))
         .collect();
     out.clusters.append(&mut clusters);
     out.clusters.sort_by(|a, b| a.name.cmp(&b.name));
@@ -771,17 +804,28 @@ fn virtual_outbound(registry_only: bool) -> Listener {
 
 /// `virtualInbound` on 15006: the original destination port picks the Sidecar
 /// ingress chain; other inbound traffic passes through to the original
-/// destination.
-fn virtual_inbound(mut chains: Vec<FilterChain>) -> Listener {
-    let mut passthrough = filter_chain(
-        Vec::new(),
-        tcp_proxy(
-            INBOUND_PASSTHROUGH_CLUSTER,
-            &[(INBOUND_PASSTHROUGH_CLUSTER.to_string(), 100)],
-        ),
+/// destination, under the workload's PeerAuthentication mode when the proxy
+/// has an identity (`mtls`; as Istio's passthrough chains: STRICT refuses
+/// plaintext to any port).
+fn virtual_inbound(mut chains: Vec<FilterChain>, mtls_mode: Option<MtlsMode>) -> Listener {
+    let filter = tcp_proxy(
+        INBOUND_PASSTHROUGH_CLUSTER,
+        &[(INBOUND_PASSTHROUGH_CLUSTER.to_string(), 100)],
     );
-    passthrough.name = "virtualInbound-catchall".into();
-    chains.push(passthrough);
+    match mtls_mode {
+        Some(mode) => chains.extend(mtls::inbound_chains(
+            mode,
+            false,
+            &FilterChainMatch::default(),
+            "virtualInbound-catchall",
+            &filter,
+        )),
+        None => {
+            let mut passthrough = filter_chain(Vec::new(), filter);
+            passthrough.name = "virtualInbound-catchall".into();
+            chains.push(passthrough);
+        }
+    }
     let mut l = listener(
         WILDCARD,
         VIRTUAL_INBOUND_PORT,
@@ -843,7 +887,7 @@ mod tests {
         let (ctx, mut proxy) = golden();
         proxy.interception = InterceptionMode::None;
         proxy.ip = "127.0.0.5".parse().unwrap();
-        let g = generate(&proxy, &ctx);
+        let g = generate(&proxy, &ctx, false);
         let ls = names(&g.listeners, |l| &l.name);
         assert_eq!(ls, ["127.0.0.5_7000", "127.0.0.5_9000", "127.0.0.5_8080"]);
         assert!(g.listeners.iter().all(|l| l.bind_to_port.is_none()));
@@ -863,7 +907,7 @@ mod tests {
         );
         let ctx2 = with_sidecars(&ctx, vec![specific.clone()]);
         assert_eq!(select(&proxy, &ctx2).unwrap().meta.name, "frontend");
-        let g = generate(&proxy, &ctx2);
+        let g = generate(&proxy, &ctx2, false);
         let clusters = names(&g.clusters, |c| &c.name);
         assert!(clusters.contains(&"outbound|7000||user.base.svc.cluster.local".into()));
         assert!(
@@ -886,7 +930,7 @@ mod tests {
             select(&other, &ctx3).unwrap().meta.namespace,
             "istio-system"
         );
-        let g = generate(&other, &ctx3);
+        let g = generate(&other, &ctx3, false);
         // `./*` in the root Sidecar means istio-system: nothing visible here.
         assert!(!g.clusters.iter().any(|c| c.name.starts_with("outbound")));
     }
@@ -963,7 +1007,7 @@ mod tests {
                 })
                 .collect()
         };
-        let g = generate(&proxy, &ctx);
+        let g = generate(&proxy, &ctx, false);
         // The web redirect: derivePort FROM_REQUEST_PORT and statPrefix.
         let web = g
             .routes
@@ -1044,7 +1088,7 @@ mod tests {
         );
         // The admin workload matches the first TLS and TCP matches scoped to it.
         proxy.labels = [("app".to_string(), "admin".to_string())].into();
-        let g = generate(&proxy, &ctx);
+        let g = generate(&proxy, &ctx, false);
         let tls = chains(&g, "0.0.0.0_9443");
         assert!(tls.contains(&(
             vec!["admin.secure.example.com".to_string()],
@@ -1063,7 +1107,7 @@ mod tests {
         // So does any workload of namespace ops (sourceNamespace).
         proxy.labels = [("app".to_string(), "frontend".to_string())].into();
         proxy.namespace = "ops".into();
-        let g = generate(&proxy, &ctx);
+        let g = generate(&proxy, &ctx, false);
         assert_eq!(
             chains(&g, "0.0.0.0_5432"),
             [(
@@ -1079,7 +1123,7 @@ mod tests {
         let bound = sidecar_obj(
             "apiVersion: networking.istio.io/v1alpha3\nkind: Sidecar\nmetadata: {name: frontend, namespace: base}\nspec:\n  workloadSelector: {labels: {app: frontend}}\n  ingress:\n  - port: {number: 8080, protocol: HTTP, name: http}\n    bind: 10.0.0.1\n    defaultEndpoint: 127.0.0.1:8080\n  - port: {number: 9090, protocol: TCP, name: tcp}\n    bind: 0.0.0.0\n    defaultEndpoint: 127.0.0.1:9090\n",
         );
-        let g = generate(&proxy, &with_sidecars(&ctx, vec![bound]));
+        let g = generate(&proxy, &with_sidecars(&ctx, vec![bound]), false);
         let inbound = g
             .listeners
             .iter()
@@ -1106,7 +1150,7 @@ mod tests {
         let sc = sidecar_obj(
             "apiVersion: networking.istio.io/v1alpha3\nkind: Sidecar\nmetadata: {name: frontend, namespace: base}\nspec:\n  workloadSelector: {labels: {app: frontend}}\n  inboundConnectionPool:\n    tcp: {maxConnections: 5}\n  ingress:\n  - port: {number: 8080, protocol: HTTP, name: http}\n    defaultEndpoint: 127.0.0.1:8080\n  - port: {number: 9090, protocol: GRPC, name: grpc}\n    defaultEndpoint: 127.0.0.1:9090\n    connectionPool:\n      http: {http2MaxRequests: 2}\n",
         );
-        let g = generate(&proxy, &with_sidecars(&ctx, vec![sc]));
+        let g = generate(&proxy, &with_sidecars(&ctx, vec![sc]), false);
         let thresholds = |name: &str| {
             g.clusters
                 .iter()
@@ -1223,7 +1267,10 @@ mod tests {
                 + g.listeners.iter().map(|l| l.encoded_len()).sum::<usize>()
                 + g.routes.iter().map(|r| r.encoded_len()).sum::<usize>()
         };
-        let (a, b) = (generate(&proxy, &open), generate(&proxy, &scoped));
+        let (a, b) = (
+            generate(&proxy, &open, false),
+            generate(&proxy, &scoped, false),
+        );
         eprintln!(
             "sidecar config without Sidecar: {} clusters, {} listeners, {} bytes; with namespace-wide Sidecar (./*): {} clusters, {} listeners, {} bytes",
             a.clusters.len(),

@@ -35,7 +35,6 @@ pub struct TrafficPolicy {
     pub connection_pool: Option<ConnectionPoolSettings>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
-    /// Only `mode: DISABLE` is accepted until upstream TLS lands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ClientTlsSettings>,
     #[serde(default)]
@@ -371,8 +370,10 @@ pub struct OutlierDetection {
     pub outlier_detection_http_error_codes: Vec<u32>,
 }
 
-/// `ClientTLSSettings`. Only `mode` is read; anything but `DISABLE` is rejected
-/// until upstream TLS (certificates over SDS) lands.
+/// `ClientTLSSettings`: modes DISABLE, SIMPLE, MUTUAL (certificate files Envoy
+/// reads) and ISTIO_MUTUAL (the workload certificate over SDS);
+/// `credentialName` is rejected until Kubernetes TLS Secrets are delivered over
+/// SDS.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClientTlsSettings {
@@ -418,6 +419,9 @@ impl TrafficPolicy {
             if layer.outlier_detection.is_some() {
                 out.outlier_detection = layer.outlier_detection.clone();
             }
+            if layer.tls.is_some() {
+                out.tls = layer.tls.clone();
+            }
             // Istio: a matching port-level entry replaces all of connectionPool,
             // outlierDetection and loadBalancer ("port level policies do not
             // inherit"), even the ones it leaves unset.
@@ -429,6 +433,7 @@ impl TrafficPolicy {
                 out.load_balancer = p.load_balancer.clone();
                 out.connection_pool = p.connection_pool.clone();
                 out.outlier_detection = p.outlier_detection.clone();
+                out.tls = p.tls.clone();
             }
         }
         out
@@ -441,4 +446,5 @@ pub struct EffectivePolicy {
     pub load_balancer: Option<LoadBalancerSettings>,
     pub connection_pool: Option<ConnectionPoolSettings>,
     pub outlier_detection: Option<OutlierDetection>,
+    pub tls: Option<ClientTlsSettings>,
 }

@@ -1,6 +1,6 @@
 //! Istio's networking API (`networking.istio.io` v1alpha3, v1beta1 and v1 share
-//! one schema) as plain serde types, plus the validated `ConfigSnapshot`
-//! translation reads.
+//! one schema) and `PeerAuthentication` (`security.istio.io` v1 and v1beta1) as
+//! plain serde types, plus the validated `ConfigSnapshot` translation reads.
 //!
 //! Spec types use `deny_unknown_fields`, so an unknown or misspelt field rejects
 //! the object with a reason instead of being silently ignored. Fields Istio has but
@@ -11,6 +11,7 @@ pub mod common;
 pub mod destination_rule;
 pub mod duration;
 pub mod gateway;
+pub mod peer_authentication;
 pub mod sidecar;
 pub mod validate;
 pub mod virtual_service;
@@ -25,6 +26,7 @@ pub use common::{labels_match, Destination, Percent, PortSelector, StringMatch, 
 pub use destination_rule::{DestinationRule, Subset, TrafficPolicy};
 pub use duration::IstioDuration;
 pub use gateway::{Gateway, Server, ServerProtocol};
+pub use peer_authentication::{EffectiveMtls, MtlsMode, PeerAuthentication};
 pub use sidecar::Sidecar;
 pub use virtual_service::VirtualService;
 
@@ -32,6 +34,10 @@ pub use virtual_service::VirtualService;
 pub const NETWORKING_GROUP: &str = "networking.istio.io";
 /// Versions of the networking group that share the schema below.
 pub const NETWORKING_VERSIONS: [&str; 3] = ["v1alpha3", "v1beta1", "v1"];
+/// The API group of `PeerAuthentication`.
+pub const SECURITY_GROUP: &str = "security.istio.io";
+/// Versions of the security group crossmesh reads (one schema).
+pub const SECURITY_VERSIONS: [&str; 2] = ["v1beta1", "v1"];
 /// The namespace Istio treats as the config root (mesh-wide DestinationRules).
 pub const ROOT_NAMESPACE: &str = "istio-system";
 
@@ -42,6 +48,7 @@ pub enum Kind {
     VirtualService,
     DestinationRule,
     Sidecar,
+    PeerAuthentication,
 }
 
 impl Kind {
@@ -51,6 +58,7 @@ impl Kind {
             "VirtualService" => Kind::VirtualService,
             "DestinationRule" => Kind::DestinationRule,
             "Sidecar" => Kind::Sidecar,
+            "PeerAuthentication" => Kind::PeerAuthentication,
             _ => return None,
         })
     }
@@ -61,6 +69,7 @@ impl Kind {
             Kind::VirtualService => "VirtualService",
             Kind::DestinationRule => "DestinationRule",
             Kind::Sidecar => "Sidecar",
+            Kind::PeerAuthentication => "PeerAuthentication",
         }
     }
 }
@@ -133,6 +142,7 @@ pub enum IstioObject {
     VirtualService(Config<VirtualService>),
     DestinationRule(Config<DestinationRule>),
     Sidecar(Config<Sidecar>),
+    PeerAuthentication(Config<PeerAuthentication>),
 }
 
 impl IstioObject {
@@ -142,6 +152,7 @@ impl IstioObject {
             IstioObject::VirtualService(c) => &c.meta,
             IstioObject::DestinationRule(c) => &c.meta,
             IstioObject::Sidecar(c) => &c.meta,
+            IstioObject::PeerAuthentication(c) => &c.meta,
         }
     }
 
@@ -151,6 +162,7 @@ impl IstioObject {
             IstioObject::VirtualService(_) => Kind::VirtualService,
             IstioObject::DestinationRule(_) => Kind::DestinationRule,
             IstioObject::Sidecar(_) => Kind::Sidecar,
+            IstioObject::PeerAuthentication(_) => Kind::PeerAuthentication,
         }
     }
 }
@@ -239,19 +251,30 @@ pub fn parse_object(
     let (group, version) = api_version
         .split_once('/')
         .unwrap_or(("", api_version.as_str()));
-    if group != NETWORKING_GROUP || !NETWORKING_VERSIONS.contains(&version) {
+    let security = group == SECURITY_GROUP && SECURITY_VERSIONS.contains(&version);
+    if !security && (group != NETWORKING_GROUP || !NETWORKING_VERSIONS.contains(&version)) {
         return Err(reject(
             "apiVersion",
             format!(
-                "unsupported apiVersion {api_version:?} (crossmesh reads {NETWORKING_GROUP}/v1alpha3, v1beta1 and v1)"
+                "unsupported apiVersion {api_version:?} (crossmesh reads {NETWORKING_GROUP}/v1alpha3, v1beta1 and v1, and {SECURITY_GROUP}/v1beta1 and v1)"
             ),
         ));
     }
-    let Some(kind) = Kind::parse(&kind_str) else {
-        return Err(reject(
-            "kind",
-            format!("unknown kind {kind_str:?} (supported: Gateway, VirtualService, DestinationRule, Sidecar)"),
-        ));
+    let kind = match (Kind::parse(&kind_str), security) {
+        (Some(Kind::PeerAuthentication), true) => Kind::PeerAuthentication,
+        (Some(k), false) if k != Kind::PeerAuthentication => k,
+        _ if security => {
+            return Err(reject(
+                "kind",
+                format!("kind {kind_str:?} of {SECURITY_GROUP} is not supported (supported: PeerAuthentication)"),
+            ))
+        }
+        _ => {
+            return Err(reject(
+                "kind",
+                format!("unknown kind {kind_str:?} of {NETWORKING_GROUP} (supported: Gateway, VirtualService, DestinationRule, Sidecar)"),
+            ))
+        }
     };
     let Some(raw_meta) = raw_meta else {
         return Err(reject("metadata", "missing or malformed metadata".into()));
@@ -298,6 +321,9 @@ pub fn parse_object(
             de(spec).map(|spec| IstioObject::DestinationRule(Config { meta, spec }))
         }
         Kind::Sidecar => de(spec).map(|spec| IstioObject::Sidecar(Config { meta, spec })),
+        Kind::PeerAuthentication => {
+            de(spec).map(|spec| IstioObject::PeerAuthentication(Config { meta, spec }))
+        }
     };
     let obj = obj.map_err(|(field, reason)| reject(&field, reason))?;
     // Warnings keep the object in force; they are reported by the config store.
@@ -386,6 +412,7 @@ pub struct ConfigSnapshot {
     pub virtual_services: Vec<Arc<Config<VirtualService>>>,
     pub destination_rules: Vec<Arc<Config<DestinationRule>>>,
     pub sidecars: Vec<Arc<Config<Sidecar>>>,
+    pub peer_authentications: Vec<Arc<Config<PeerAuthentication>>>,
     /// Gateway key (`ns/name` or `mesh`) -> indexes into `virtual_services`.
     vs_by_gateway: HashMap<String, Vec<usize>>,
     /// Resolved host -> indexes into `destination_rules`.
@@ -421,6 +448,7 @@ impl ConfigSnapshot {
                 IstioObject::VirtualService(c) => s.virtual_services.push(Arc::new(c)),
                 IstioObject::DestinationRule(c) => s.destination_rules.push(Arc::new(c)),
                 IstioObject::Sidecar(c) => s.sidecars.push(Arc::new(c)),
+                IstioObject::PeerAuthentication(c) => s.peer_authentications.push(Arc::new(c)),
             }
         }
         s.gateways.sort_by(|a, b| a.meta.istio_order(&b.meta));
@@ -429,6 +457,8 @@ impl ConfigSnapshot {
         s.destination_rules
             .sort_by(|a, b| a.meta.istio_order(&b.meta));
         s.sidecars.sort_by(|a, b| a.meta.istio_order(&b.meta));
+        s.peer_authentications
+            .sort_by(|a, b| a.meta.istio_order(&b.meta));
         for (i, vs) in s.virtual_services.iter().enumerate() {
             let mut keys: Vec<String> = if vs.spec.gateways.is_empty() {
                 vec![MESH_GATEWAY.to_string()]
@@ -454,6 +484,21 @@ impl ConfigSnapshot {
 
     pub fn resolve_host(&self, host: &str, namespace: &str) -> String {
         resolve_host(host, namespace, &self.domain_suffix)
+    }
+
+    /// The PeerAuthentication mode in force for a workload in `namespace` with
+    /// `labels` (mesh-wide policies live in `ROOT_NAMESPACE`).
+    pub fn peer_authentication(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> EffectiveMtls {
+        peer_authentication::effective_mtls(
+            &self.peer_authentications,
+            ROOT_NAMESPACE,
+            namespace,
+            labels,
+        )
     }
 
     /// Gateways whose selector matches `labels`, in Istio order. As in Istio, an

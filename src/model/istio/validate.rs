@@ -11,6 +11,7 @@ use super::destination_rule::{
 };
 use super::duration::IstioDuration;
 use super::gateway::{Gateway, ServerProtocol};
+use super::peer_authentication::PeerAuthentication;
 use super::sidecar::Sidecar;
 use super::virtual_service::{Headers, HttpRoute, VirtualService};
 use super::{IstioObject, MESH_GATEWAY};
@@ -80,8 +81,43 @@ pub fn validate(obj: &IstioObject) -> Vec<Issue> {
         IstioObject::VirtualService(c) => virtual_service(&c.spec, &mut out),
         IstioObject::DestinationRule(c) => destination_rule(&c.spec, &mut out),
         IstioObject::Sidecar(c) => sidecar(&c.spec, &mut out),
+        IstioObject::PeerAuthentication(c) => peer_authentication(&c.spec, &mut out),
     }
     out.0
+}
+
+/// Istio's `ValidatePeerAuthentication`: port-level modes only under a
+/// workload selector, port keys in 1..=65535, selector labels well formed. An
+/// unknown mode is already refused by the schema (`spec.mtls.mode`).
+fn peer_authentication(pa: &PeerAuthentication, out: &mut Issues) {
+    if let Some(sel) = &pa.selector {
+        for (k, v) in &sel.match_labels {
+            if k.is_empty() {
+                out.err("spec.selector.matchLabels", "a label key must not be empty");
+            }
+            if v.contains('*') {
+                out.err(
+                    format!("spec.selector.matchLabels.{k}"),
+                    "wildcards are not allowed in a workload selector",
+                );
+            }
+        }
+    }
+    if !pa.port_level_mtls.is_empty() && pa.selector_labels().is_none() {
+        out.err(
+            "spec.portLevelMtls",
+            "mesh/namespace peer authentication cannot have port level mTLS (portLevelMtls needs a selector with matchLabels)",
+        );
+    }
+    for port in pa.port_level_mtls.keys() {
+        match port.parse::<u32>() {
+            Ok(p) if (1..=65535).contains(&p) => {}
+            _ => out.err(
+                format!("spec.portLevelMtls.{port}"),
+                format!("{port:?} is not a port number in 1..65535 (keys are the workload's target ports)"),
+            ),
+        }
+    }
 }
 
 /// `YYYY-MM-DDTHH:MM:SS[.fraction]Z`, the form Kubernetes writes.
@@ -974,7 +1010,8 @@ fn policy_parts(
         outlier(&format!("{f}.outlierDetection"), od, out);
     }
     if let Some(tls) = tls {
-        match tls.mode.as_deref() {
+        // Istio's default mode is DISABLE (the enum's zero value).
+        match Some(tls.mode.as_deref().unwrap_or("DISABLE")) {
             Some("DISABLE") => {
                 let extra: Vec<&str> = [
                     ("clientCertificate", tls.client_certificate.is_some()),
@@ -996,9 +1033,69 @@ fn policy_parts(
                     );
                 }
             }
+            Some(m @ ("SIMPLE" | "MUTUAL" | "ISTIO_MUTUAL")) => {
+                if tls.credential_name.is_some() {
+                    out.err(
+                        format!("{f}.tls.credentialName"),
+                        "not supported by crossmesh yet: Kubernetes TLS Secrets are not delivered over SDS; use clientCertificate, privateKey and caCertificates files",
+                    );
+                }
+                if m == "ISTIO_MUTUAL" {
+                    // Istio: the workload certificate is used, never files.
+                    let files: Vec<&str> = [
+                        ("clientCertificate", tls.client_certificate.is_some()),
+                        ("privateKey", tls.private_key.is_some()),
+                        ("caCertificates", tls.ca_certificates.is_some()),
+                        ("caCrl", tls.ca_crl.is_some()),
+                    ]
+                    .into_iter()
+                    .filter_map(|(n, set)| set.then_some(n))
+                    .collect();
+                    if !files.is_empty() {
+                        out.err(
+                            format!("{f}.tls"),
+                            format!("cannot specify {} with mode ISTIO_MUTUAL (the workload certificate and the mesh trust bundle are used)", files.join(", ")),
+                        );
+                    }
+                } else if m == "MUTUAL" && tls.credential_name.is_none() {
+                    if tls.client_certificate.as_deref().unwrap_or("").is_empty() {
+                        out.err(
+                            format!("{f}.tls.clientCertificate"),
+                            "client certificate required for mutual tls",
+                        );
+                    }
+                    if tls.private_key.as_deref().unwrap_or("").is_empty() {
+                        out.err(
+                            format!("{f}.tls.privateKey"),
+                            "private key required for mutual tls",
+                        );
+                    }
+                }
+                if m != "ISTIO_MUTUAL" && tls.ca_crl.is_some() {
+                    out.err(
+                        format!("{f}.tls.caCrl"),
+                        "not supported by crossmesh yet: certificate revocation lists are not translated",
+                    );
+                }
+                if m == "ISTIO_MUTUAL" && tls.insecure_skip_verify == Some(true) {
+                    out.err(
+                        format!("{f}.tls.insecureSkipVerify"),
+                        "cannot be set with mode ISTIO_MUTUAL (the peer is always verified against the mesh root)",
+                    );
+                }
+                for (i, san) in tls.subject_alt_names.iter().enumerate() {
+                    if san.is_empty() {
+                        out.err(format!("{f}.tls.subjectAltNames[{i}]"), "must not be empty");
+                    }
+                }
+            }
             m => out.err(
                 format!("{f}.tls.mode"),
-                format!("{} is not supported by crossmesh yet (upstream TLS needs certificates); only DISABLE", m.unwrap_or("<unset>")),
+                format!(
+                    "unknown mode {} (DISABLE, SIMPLE, MUTUAL or ISTIO_MUTUAL)",
+                    m.map(|m| format!("{m:?}"))
+                        .unwrap_or_else(|| "<unset>".into())
+                ),
             ),
         }
     }
@@ -1638,9 +1735,62 @@ mod tests {
             has(&i, "spec.trafficPolicy.tls", true, "sni have no effect"),
             "{i:?}"
         );
-        let i = issues(&dr("    tls: {mode: SIMPLE}\n"));
+        assert!(issues(&dr("    tls: {mode: SIMPLE}\n")).is_empty());
+        let i = issues(&dr("    tls: {mode: SIMPLEX}\n"));
         assert!(
-            has(&i, "spec.trafficPolicy.tls.mode", false, "only DISABLE"),
+            has(
+                &i,
+                "spec.trafficPolicy.tls.mode",
+                false,
+                "unknown mode \"SIMPLEX\""
+            ),
+            "{i:?}"
+        );
+    }
+
+    #[test]
+    fn client_tls_modes_follow_istio_validation() {
+        assert!(issues(&dr("    tls: {mode: ISTIO_MUTUAL, sni: a.example.com, subjectAltNames: [spiffe://td/ns/a/sa/b]}\n")).is_empty());
+        assert!(issues(&dr("    tls: {mode: MUTUAL, clientCertificate: /c.pem, privateKey: /k.pem, caCertificates: /ca.pem}\n")).is_empty());
+        let i = issues(&dr("    tls: {mode: MUTUAL, caCertificates: /ca.pem}\n"));
+        assert!(
+            has(
+                &i,
+                "spec.trafficPolicy.tls.clientCertificate",
+                false,
+                "client certificate required"
+            ),
+            "{i:?}"
+        );
+        assert!(
+            has(
+                &i,
+                "spec.trafficPolicy.tls.privateKey",
+                false,
+                "private key required"
+            ),
+            "{i:?}"
+        );
+        let i = issues(&dr(
+            "    tls: {mode: ISTIO_MUTUAL, caCertificates: /ca.pem}\n",
+        ));
+        assert!(
+            has(
+                &i,
+                "spec.trafficPolicy.tls",
+                false,
+                "caCertificates with mode ISTIO_MUTUAL"
+            ),
+            "{i:?}"
+        );
+        let i = issues(&dr("    tls: {mode: SIMPLE, credentialName: web-tls}\n"));
+        assert!(
+            has(
+                &i,
+                "spec.trafficPolicy.tls.credentialName",
+                false,
+                "not delivered over SDS"
+            ),
             "{i:?}"
         );
     }
