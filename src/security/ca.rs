@@ -348,7 +348,84 @@ fn leads_to_root(ca: &Cert, chain: &[Cert], roots: &[Cert]) -> bool {
     false
 }
 
-/// The signing key: PKCS#8 (`PRIVATE KEY`).
+/// One DER element of `input`: its tag, its content and what follows it.
+fn der_next(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = content.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes: Vec<u8> = len
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|b| *b == 0)
+            .collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend(bytes);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// `OBJECT IDENTIFIER` elements used in key algorithm identifiers.
+const OID_EC_PUBLIC_KEY: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+const OID_P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+const OID_P384: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+const OID_RSA_ENCRYPTION: &[u8] = &[
+    0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
+];
+const DER_NULL: &[u8] = &[0x05, 0x00];
+
+/// PKCS#8 `PrivateKeyInfo` around a key in its algorithm's own format (RFC 5208).
+fn pkcs8_wrap(algorithm: &[u8], key: &[u8]) -> Zeroizing<Vec<u8>> {
+    let mut body = Zeroizing::new(vec![0x02, 0x01, 0x00]);
+    body.extend(der(0x30, algorithm));
+    let inner = Zeroizing::new(der(0x04, key));
+    body.extend_from_slice(&inner);
+    Zeroizing::new(der(0x30, &body))
+}
+
+/// A SEC1 `ECPrivateKey` (RFC 5915, `EC PRIVATE KEY`) as PKCS#8. The curve is
+/// told by the private key's length (32 bytes P-256, 48 bytes P-384); a curve
+/// named in the key's own `parameters` must agree, which ring checks.
+fn pkcs8_from_sec1(sec1: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    let (0x30, body, _) = der_next(sec1)? else {
+        return None;
+    };
+    let (0x02, _version, rest) = der_next(body)? else {
+        return None;
+    };
+    let (0x04, private, _) = der_next(rest)? else {
+        return None;
+    };
+    let curve = match private.len() {
+        32 => OID_P256,
+        48 => OID_P384,
+        _ => return None,
+    };
+    Some(pkcs8_wrap(&[OID_EC_PUBLIC_KEY, curve].concat(), sec1))
+}
+
+/// The signing key: PKCS#8 (`PRIVATE KEY`), SEC1 (`EC PRIVATE KEY`) or PKCS#1
+/// (`RSA PRIVATE KEY`, as in Istio's `samples/certs`).
 fn read_key(path: &Path, bytes: &[u8]) -> Result<KeyPair, CaError> {
     let mut blocks = x509_parser::pem::Pem::iter_from_buffer(bytes);
     let block = match blocks.next() {
@@ -356,29 +433,24 @@ fn read_key(path: &Path, bytes: &[u8]) -> Result<KeyPair, CaError> {
         Some(Err(e)) => return Err(invalid(path, format!("not a PEM key: {e}"))),
         None => return Err(invalid(path, "holds no PEM key")),
     };
-    match block.label.as_str() {
-        "PRIVATE KEY" => {}
-        "EC PRIVATE KEY" | "RSA PRIVATE KEY" => {
-            return Err(invalid(
+    // Keep the key's DER out of memory once parsed.
+    let contents = Zeroizing::new(block.contents);
+    let der = match block.label.as_str() {
+        "PRIVATE KEY" => contents,
+        "EC PRIVATE KEY" => pkcs8_from_sec1(&contents).ok_or_else(|| {
+            invalid(
                 path,
-                format!(
-                    "the key is {:?} (SEC1/PKCS#1); crossmesh reads PKCS#8 (`PRIVATE KEY`): \
-                     convert it with `openssl pkcs8 -topk8 -nocrypt -in {} -out {}`",
-                    block.label,
-                    path.display(),
-                    path.display()
-                ),
-            ))
-        }
+                "not a SEC1 EC private key on P-256 or P-384 (or its curve is not named)",
+            )
+        })?,
+        "RSA PRIVATE KEY" => pkcs8_wrap(&[OID_RSA_ENCRYPTION, DER_NULL].concat(), &contents),
         l => {
             return Err(invalid(
                 path,
                 format!("PEM block is a {l:?}, not a PRIVATE KEY"),
             ))
         }
-    }
-    // Keep the key's DER out of memory once parsed.
-    let der = Zeroizing::new(block.contents);
+    };
     KeyPair::try_from(der.as_slice()).map_err(|e| {
         invalid(
             path,
@@ -1139,7 +1211,103 @@ mod tests {
         )
         .unwrap();
         let e = load_err(&d);
-        assert!(e.contains("ca-key.pem: ") && e.contains("PKCS#8"), "{e}");
+        assert!(e.contains("ca-key.pem: ") && e.contains("SEC1"), "{e}");
+    }
+
+    /// The SEC1 key inside a PKCS#8 one (ring writes it without `parameters`).
+    fn sec1_of(key: &KeyPair) -> String {
+        let p8 = key.serialize_der();
+        let (_, body, _) = der_next(&p8).unwrap();
+        let (_, _, rest) = der_next(body).unwrap();
+        let (_, _, rest) = der_next(rest).unwrap();
+        let (tag, inner, _) = der_next(rest).unwrap();
+        assert_eq!(tag, 0x04);
+        pem_encode("EC PRIVATE KEY", inner)
+    }
+
+    fn openssl(dir: &Path, args: &[&str]) {
+        let out = std::process::Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("openssl (needed to make SEC1 and PKCS#1 keys)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A self-signed root whose key openssl made in `file` (any format), read by
+    /// rcgen through its PKCS#8 form.
+    fn root_with_openssl_key(dir: &Path, file: &str) -> TestCa {
+        openssl(
+            dir,
+            &["pkcs8", "-topk8", "-nocrypt", "-in", file, "-out", "p8.pem"],
+        );
+        let key = KeyPair::from_pem(&std::fs::read_to_string(dir.join("p8.pem")).unwrap()).unwrap();
+        let params = ca_params("OpenSSL Root", in_days(3650));
+        let cert = params.self_signed(&key).unwrap();
+        TestCa { key, cert, params }
+    }
+
+    #[test]
+    fn sec1_and_pkcs1_keys_are_read_as_istio_samples_write_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let check = |dir: &Path, key_pem: &str, label: &str| {
+            assert!(
+                key_pem.starts_with(&format!("-----BEGIN {label}-----")),
+                "{key_pem}"
+            );
+            std::fs::write(dir.join(CA_KEY_FILE), key_pem).unwrap();
+            let ca = Ca::from_mesh(&plug_in_mesh(dir, "1h")).unwrap();
+            let c = ca.issue(&id("ns", "sa")).unwrap();
+            verify_as_client(&ca.trust_bundle_pem(), &c.cert_chain_pem).unwrap();
+        };
+        // SEC1 without the curve named (told by the key's length).
+        let d = tmp.path().join("sec1");
+        let r = root("Root", in_days(3650));
+        plug_in(&d, &r, &r.key, &[&r], &[]);
+        check(&d, &sec1_of(&r.key), "EC PRIVATE KEY");
+        // ... and a SEC1 key of another certificate still does not match.
+        let other = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        std::fs::write(d.join(CA_KEY_FILE), sec1_of(&other)).unwrap();
+        assert!(load_err(&d).contains("does not match"));
+
+        // SEC1 with the curve named, as `openssl ecparam -genkey` writes it.
+        let d = tmp.path().join("sec1-named");
+        std::fs::create_dir_all(&d).unwrap();
+        openssl(
+            &d,
+            &[
+                "ecparam",
+                "-name",
+                "prime256v1",
+                "-genkey",
+                "-noout",
+                "-out",
+                "k.pem",
+            ],
+        );
+        let r = root_with_openssl_key(&d, "k.pem");
+        plug_in(&d, &r, &r.key, &[&r], &[]);
+        check(
+            &d,
+            &std::fs::read_to_string(d.join("k.pem")).unwrap(),
+            "EC PRIVATE KEY",
+        );
+
+        // PKCS#1 RSA, as Istio's samples/certs/ca-key.pem.
+        let d = tmp.path().join("rsa");
+        std::fs::create_dir_all(&d).unwrap();
+        openssl(&d, &["genrsa", "-traditional", "-out", "k.pem", "2048"]);
+        let r = root_with_openssl_key(&d, "k.pem");
+        plug_in(&d, &r, &r.key, &[&r], &[]);
+        check(
+            &d,
+            &std::fs::read_to_string(d.join("k.pem")).unwrap(),
+            "RSA PRIVATE KEY",
+        );
     }
 
     #[test]
