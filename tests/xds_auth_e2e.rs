@@ -276,8 +276,19 @@ spec:
     /// `crossmesh bootstrap` of a gateway on the TLS port; `claims`: (namespace,
     /// service account, pod) the node claims.
     fn bootstrap(&self, host: u8, claims: (&str, &str, &str), token_file: &Path) -> String {
+        self.bootstrap_mode(host, claims, token_file, false)
+    }
+
+    /// [`Fixture::bootstrap`], state-of-the-world ADS when `sotw`.
+    fn bootstrap_mode(
+        &self,
+        host: u8,
+        claims: (&str, &str, &str),
+        token_file: &Path,
+        sotw: bool,
+    ) -> String {
         let (ns, sa, pod) = claims;
-        let args: Vec<String> = [
+        let mut args: Vec<String> = [
             "bootstrap",
             "--role",
             "gateway",
@@ -305,6 +316,9 @@ spec:
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if sotw {
+            args.push("--sotw".into());
+        }
         bootstrap(&args)
     }
 
@@ -485,15 +499,25 @@ async fn envoy_workload_cert(envoy: &Envoy) -> Result<(String, String), String> 
 
 /// An authenticated gateway gets its routes over the TLS port (traffic flows),
 /// its certificate is issued for the token's identity (`/debug/certz`), and
-/// Envoy holds `default` and `ROOTCA` once a cluster names them.
+/// Envoy holds `default` and `ROOTCA` once a cluster names them. Delta ADS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authenticated_gateway_gets_routes_and_its_certificate() {
+    authenticated_gateway(false).await;
+}
+
+/// The same with state-of-the-world ADS (secrets are per-name resources there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authenticated_sotw_gateway_gets_routes_and_its_certificate() {
+    authenticated_gateway(true).await;
+}
+
+async fn authenticated_gateway(sotw: bool) {
     let f = Fixture::start("24h").await;
     let token = f.issuer.token(GW_NS, GW_SA, Some(GW_POD), "istio-ca", 3600);
     let token_file = f.token_file("gw", &token);
     let envoy = Envoy::start(
-        "gw-tls",
-        &f.bootstrap(1, (GW_NS, GW_SA, GW_POD), &token_file),
+        if sotw { "gw-tls-sotw" } else { "gw-tls" },
+        &f.bootstrap_mode(1, (GW_NS, GW_SA, GW_POD), &token_file, sotw),
     )
     .await;
     envoy.wait_ready(CONVERGE).await;
