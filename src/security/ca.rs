@@ -1132,6 +1132,50 @@ mod tests {
         assert!(verify_as_client(&old.cert.pem(), &c.cert_chain_pem).is_err());
     }
 
+    /// The rotation steps of docs/SECURITY.md, at the certificate level: at every
+    /// step, a certificate issued then is accepted by proxies holding the bundle
+    /// of the step before and of the step after, so no connection is refused.
+    #[test]
+    fn documented_root_rotation_steps_keep_every_pair_of_peers_talking() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("cacerts");
+        let old_root = root("Old Root", in_days(365));
+        let old_int = intermediate("Old Intermediate", &old_root);
+        let new_root = root("New Root", in_days(3650));
+        let new_int = intermediate("New Intermediate", &new_root);
+        let step = |signing: &TestCa, chain: &[&TestCa], roots: &[&TestCa]| {
+            plug_in(&dir, signing, &signing.key, roots, chain);
+            let ca = Ca::from_mesh(&plug_in_mesh(&dir, "1h")).unwrap();
+            let cert = ca.issue(&id("ns", "sa")).unwrap().cert_chain_pem;
+            (ca.trust_bundle_pem(), cert)
+        };
+        // 0: before. 1: add the new root. 2: sign under it. 3: drop the old root.
+        let (b0, c0) = step(&old_int, &[&old_int, &old_root], &[&old_root]);
+        let (b1, c1) = step(&old_int, &[&old_int, &old_root], &[&old_root, &new_root]);
+        let (b2, c2) = step(&new_int, &[&new_int, &new_root], &[&old_root, &new_root]);
+        let (b3, c3) = step(&new_int, &[&new_int, &new_root], &[&new_root]);
+        // Each step's certificates against the bundles in force around it.
+        for (bundle, certs) in [
+            (&b0, vec![&c0, &c1]),
+            (&b1, vec![&c0, &c1, &c2]),
+            (&b2, vec![&c0, &c1, &c2, &c3]),
+            (&b3, vec![&c2, &c3]),
+        ] {
+            for c in certs {
+                verify_as_client(bundle, c).unwrap();
+            }
+        }
+        // Skipping a step refuses connections: why each must reach every proxy.
+        assert!(
+            verify_as_client(&b0, &c2).is_err(),
+            "old-only bundle, new cert"
+        );
+        assert!(
+            verify_as_client(&b3, &c1).is_err(),
+            "new-only bundle, old cert"
+        );
+    }
+
     fn load_err(dir: &Path) -> String {
         match Ca::from_mesh(&plug_in_mesh(dir, "1h")) {
             Ok(_) => panic!("{} loaded", dir.display()),
