@@ -720,12 +720,20 @@ impl Ca {
     }
 
     /// A workload certificate for `id`, valid for `workload_ttl` (never past the
-    /// signing certificate's own expiry).
+    /// signing certificate's own expiry). Only identities of the mesh's trust
+    /// domain are signed.
     pub fn issue(&self, id: &Identity) -> Result<IssuedCert, CaError> {
-        id.check().map_err(|reason| CaError::Issue {
+        let refuse = |reason: String| CaError::Issue {
             subject: id.spiffe_uri(),
             reason,
-        })?;
+        };
+        id.check().map_err(refuse)?;
+        if id.trust_domain != self.trust_domain {
+            return Err(refuse(format!(
+                "the mesh's trust domain is {:?}",
+                self.trust_domain
+            )));
+        }
         self.sign(id.clone(), Vec::new())
     }
 
@@ -1437,6 +1445,15 @@ mod tests {
         for (ns, sa) in [("", "sa"), ("ns", ""), ("ns/x", "sa"), ("ns", "SA")] {
             assert!(ca.issue(&id(ns, sa)).is_err(), "{ns:?} {sa:?}");
         }
+        // The mesh file names no trust domain: cluster.local; nothing else is signed.
+        let mut local = id("ns", "sa");
+        local.trust_domain = "cluster.local".into();
+        ca.issue(&local).unwrap();
+        let e = ca.issue(&id("ns", "sa")).unwrap_err().to_string();
+        assert!(
+            e.contains("spiffe://example.org/ns/ns/sa/sa") && e.contains("trust domain"),
+            "{e}"
+        );
         for bad in [
             "ca: {workloadCertTTL: 0s}",
             "ca: {workloadCertTTL: 30}",
@@ -1453,7 +1470,11 @@ mod tests {
     #[test]
     fn renewal_at_half_life_with_jitter_and_no_key_in_debug() {
         let tmp = tempfile::tempdir().unwrap();
-        let ca = Ca::from_mesh(&mesh_with("ca: {workloadCertTTL: 1h}\n", tmp.path())).unwrap();
+        let ca = Ca::from_mesh(&mesh_with(
+            "trustDomain: example.org\nca: {workloadCertTTL: 1h}\n",
+            tmp.path(),
+        ))
+        .unwrap();
         let c = ca.issue(&id("ns", "sa")).unwrap();
         let life = c.not_after.duration_since(c.not_before).unwrap();
         let mut seen = std::collections::BTreeSet::new();
@@ -1475,7 +1496,8 @@ mod tests {
     fn issuing_is_cheap() {
         // Figure for BENCHMARKS.md: time to issue a workload certificate.
         let tmp = tempfile::tempdir().unwrap();
-        let ca = Ca::from_mesh(&mesh_with("ca: {}\n", tmp.path())).unwrap();
+        let ca =
+            Ca::from_mesh(&mesh_with("trustDomain: example.org\nca: {}\n", tmp.path())).unwrap();
         let start = Instant::now();
         for i in 0..200 {
             ca.issue(&id("ns", &format!("sa-{i}"))).unwrap();
