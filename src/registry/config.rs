@@ -663,6 +663,24 @@ mod tests {
     }
 
     #[test]
+    fn configz_says_mtls_config_needs_an_identity() {
+        let yaml = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: strict, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: m, namespace: ns}\nspec: {host: m, subsets: [{name: v1, labels: {v: '1'}, trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}}]}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: s, namespace: ns}\nspec: {host: s, trafficPolicy: {tls: {mode: SIMPLE}}}\n";
+        let mut store = ConfigStore::default();
+        store.replace_source("f", docs("f.yaml", yaml));
+        let st = store.status(&ServiceMap::new());
+        let about_identity: Vec<(&str, &str)> = st
+            .warnings
+            .iter()
+            .filter(|w| w.message.contains("only to proxies with an identity"))
+            .map(|w| (w.kind.as_str(), w.name.as_str()))
+            .collect();
+        assert_eq!(
+            about_identity,
+            [("DestinationRule", "m"), ("PeerAuthentication", "strict")]
+        );
+    }
+
+    #[test]
     fn peer_authentications_are_rejected_one_by_one_with_reasons() {
         let head = "kind: PeerAuthentication\nmetadata: {namespace: base, ";
         let yaml = format!(
