@@ -1415,6 +1415,19 @@ mod tests {
     }
 
     #[test]
+    fn a_state_dir_that_cannot_be_written_is_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("file"), "").unwrap();
+        let mesh = mesh_with("ca: {stateDir: file/ca}\n", tmp.path());
+        let e = Ca::from_mesh(&mesh).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("{}", tmp.path().join("file").display())),
+            "{e}"
+        );
+        assert!(e.contains("cannot write"), "{e}");
+    }
+
+    #[test]
     fn server_certificate_names_the_given_hosts() {
         let tmp = tempfile::tempdir().unwrap();
         let mesh = mesh_with("trustDomain: example.org\nca: {}\n", tmp.path());
