@@ -307,7 +307,7 @@ pub enum ClientTls {
     /// No transport socket: plaintext (mode DISABLE).
     Plaintext,
     /// Set the cluster's transport socket.
-    Socket(UpstreamTlsContext),
+    Socket(Box<UpstreamTlsContext>),
     /// ISTIO_MUTUAL for a proxy without an identity: nothing to present, so the
     /// cluster stays plaintext (reported on /debug/configz).
     NoIdentity,
@@ -335,7 +335,7 @@ pub fn client_tls(
                 tls.subject_alt_names.clone()
             };
             let sni = if sni.is_empty() { default_sni } else { sni };
-            ClientTls::Socket(istio_mutual(sni, &sans, http2))
+            ClientTls::Socket(Box::new(istio_mutual(sni, &sans, http2)))
         }
         "SIMPLE" | "MUTUAL" => {
             let skip = tls.insecure_skip_verify == Some(true);
@@ -357,11 +357,11 @@ pub fn client_tls(
                     ..Default::default()
                 }];
             }
-            ClientTls::Socket(UpstreamTlsContext {
+            ClientTls::Socket(Box::new(UpstreamTlsContext {
                 common_tls_context: Some(common),
                 sni,
                 ..Default::default()
-            })
+            }))
         }
         _ => ClientTls::Plaintext,
     }
