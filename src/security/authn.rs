@@ -247,11 +247,14 @@ impl KubeClients {
 
     /// Build `cluster`'s client again on next use (its credentials may have
     /// been rotated); a client handed over with [`Self::insert`] is kept.
-    fn rebuild_later(&self, cluster: &str) {
-        if let Some(s) = self.write().get_mut(cluster) {
-            if !matches!(s.origin, Origin::Given) {
+    /// Returns whether it will be rebuilt.
+    fn rebuild_later(&self, cluster: &str) -> bool {
+        match self.write().get_mut(cluster) {
+            Some(s) if !matches!(s.origin, Origin::Given) => {
                 s.client = None;
+                true
             }
+            _ => false,
         }
     }
 }
@@ -398,15 +401,6 @@ impl Authenticator {
     /// token's `exp` (from its unverified payload, for the cache only; at most
     /// [`CACHE_TTL`] when it has none).
     async fn review(&self, cluster: &str, token: &str) -> Result<(Caller, u64), AuthError> {
-        let client = match self.kube.client(cluster).await {
-            Ok(Some(c)) => c,
-            Ok(None) => return Err(AuthError::UnknownCluster(cluster.to_string())),
-            Err(e) => {
-                return Err(AuthError::Review(format!(
-                    "cluster {cluster:?}: no API client: {e}"
-                )))
-            }
-        };
         let review = TokenReview {
             spec: TokenReviewSpec {
                 audiences: Some(self.audiences.clone()),
@@ -414,25 +408,45 @@ impl Authenticator {
             },
             ..TokenReview::default()
         };
-        let api: kube::Api<TokenReview> = kube::Api::all(client);
-        let answer = match api.create(&kube::api::PostParams::default(), &review).await {
-            Ok(a) => a,
-            Err(e) => {
-                let reason = match &e {
-                    kube::Error::Api(s) if s.code == 403 => format!(
-                        "forbidden (HTTP 403): crossmesh's credentials need `create` on \
-                         tokenreviews.authentication.k8s.io (see deploy/rbac.yaml): {}",
-                        s.message
-                    ),
-                    _ => {
-                        self.kube.rebuild_later(cluster);
-                        crate::sources::kube::explain(&e)
+        // A 401 means crossmesh's own credentials for the cluster were rotated
+        // (kubeconfig rewritten): rebuild the client from the file and try once more.
+        let mut attempt = 0;
+        let answer = loop {
+            attempt += 1;
+            let client = match self.kube.client(cluster).await {
+                Ok(Some(c)) => c,
+                Ok(None) => return Err(AuthError::UnknownCluster(cluster.to_string())),
+                Err(e) => {
+                    return Err(AuthError::Review(format!(
+                        "cluster {cluster:?}: no API client: {e}"
+                    )))
+                }
+            };
+            let api: kube::Api<TokenReview> = kube::Api::all(client);
+            let e = match api.create(&kube::api::PostParams::default(), &review).await {
+                Ok(a) => break a,
+                Err(e) => e,
+            };
+            let reason = match &e {
+                kube::Error::Api(s) if s.code == 403 => format!(
+                    "forbidden (HTTP 403): crossmesh's credentials need `create` on \
+                     tokenreviews.authentication.k8s.io (see deploy/rbac.yaml): {}",
+                    s.message
+                ),
+                kube::Error::Api(s) if s.code == 401 => {
+                    if self.kube.rebuild_later(cluster) && attempt == 1 {
+                        continue;
                     }
-                };
-                return Err(AuthError::Review(format!(
-                    "TokenReview in cluster {cluster:?}: {reason}"
-                )));
-            }
+                    crate::sources::kube::explain(&e)
+                }
+                _ => {
+                    self.kube.rebuild_later(cluster);
+                    crate::sources::kube::explain(&e)
+                }
+            };
+            return Err(AuthError::Review(format!(
+                "TokenReview in cluster {cluster:?}: {reason}"
+            )));
         };
         let unverified = unverified_claims(token);
         let status = answer.status.unwrap_or_default();
@@ -524,7 +538,10 @@ fn review_refusal(text: &str, unverified: Option<&Claims>, want: &[String]) -> A
             got: unverified.map(|c| c.aud.0.clone()).unwrap_or_default(),
             want: want.to_vec(),
         }
-    } else if lower.contains("not yet valid") || lower.contains("used before") {
+    } else if lower.contains("not valid yet")
+        || lower.contains("not yet valid")
+        || lower.contains("in the future")
+    {
         AuthError::NotYetValid
     } else if text.is_empty() {
         AuthError::Denied("the API server did not authenticate the token".into())

@@ -30,7 +30,14 @@
 //! - status faults ([`FaultRule`]): 403, 429 with `Retry-After`, 500, 503, ... with
 //!   the `Status` bodies kube-apiserver sends, per verb and resource, for the next N
 //!   requests or until cleared;
-//! - the token controller's part for `kubernetes.io/service-account-token` Secrets.
+//! - the token controller's part for `kubernetes.io/service-account-token` Secrets;
+//! - a service-account token issuer ([`SaToken`], [`FakeApiServer::mint_token`]):
+//!   projected ES256 tokens signed with a key made at start, the issuer's JWKS on
+//!   `/openid/v1/jwks` and its discovery document on
+//!   `/.well-known/openid-configuration`, and `POST
+//!   /apis/authentication.k8s.io/v1/tokenreviews` answering as kube-apiserver does
+//!   (signature, issuer, expiry, audiences, and the bound ServiceAccount and Pod
+//!   still existing with the same uid).
 //!
 //! Tests drive it through [`FakeApiServer`]: create/update/delete objects, compact
 //! the history (forcing 410), inject faults (garbage bodies, watches that close at
@@ -404,6 +411,15 @@ struct Inner {
     cert_logins: Mutex<Vec<String>>,
     /// Why TLS handshakes were refused, in order.
     tls_rejections: Mutex<Vec<String>>,
+    /// The service-account token signer (kube-apiserver's
+    /// `--service-account-signing-key-file`).
+    sa_issuer: SaIssuer,
+    /// TokenReviews answered, in order: (reviewed token's subject or `?`,
+    /// authenticated).
+    token_reviews: Mutex<Vec<(String, bool)>>,
+    /// TokenReviews ignore `spec.audiences` and answer without `status.audiences`,
+    /// as an audience-unaware authenticator does.
+    review_ignores_audiences: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -632,6 +648,9 @@ impl FakeApiServer {
             issued: Mutex::new(HashMap::new()),
             cert_logins: Mutex::new(Vec::new()),
             tls_rejections: Mutex::new(Vec::new()),
+            sa_issuer: SaIssuer::generate(),
+            token_reviews: Mutex::new(Vec::new()),
+            review_ignores_audiences: AtomicBool::new(false),
         });
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
@@ -782,6 +801,80 @@ impl FakeApiServer {
         lock(&self.inner.tokens).retain(|t| t != token);
         lock(&self.inner.expired_tokens).push(token.to_string());
         self.inner.token_auth.store(true, Ordering::SeqCst);
+    }
+
+    /// The `iss` of this server's service-account tokens.
+    pub fn issuer(&self) -> &str {
+        SA_ISSUER
+    }
+
+    /// This server's service-account signing keys as a JWKS document (what
+    /// `GET /openid/v1/jwks` serves), for a mesh file's `tokenIssuer.jwks`.
+    pub fn jwks_json(&self) -> String {
+        self.inner.sa_issuer.jwks().to_string()
+    }
+
+    /// A service-account token as kube-apiserver's TokenRequest makes it for
+    /// `spec` (what kubelet projects into the Pod). As kube-apiserver does, it
+    /// refuses (here: panics) unless the ServiceAccount exists and, for a token
+    /// bound to a Pod, the Pod exists and runs as that service account; the
+    /// token records their uids, so deleting either revokes it.
+    pub fn mint_token(&self, spec: &SaToken) -> String {
+        let get = |plural: &str, name: &str| self.get("", plural, &spec.namespace, name);
+        let sa = get("serviceaccounts", &spec.service_account).unwrap_or_else(|| {
+            panic!(
+                "serviceaccounts {:?} not found in namespace {:?}",
+                spec.service_account, spec.namespace
+            )
+        });
+        let pod = spec.pod.as_ref().map(|name| {
+            let pod = get("pods", name)
+                .unwrap_or_else(|| panic!("pods {name:?} not found in namespace {:?}", spec.namespace));
+            let runs_as = pod["spec"]["serviceAccountName"].as_str().unwrap_or("default");
+            assert_eq!(
+                runs_as, spec.service_account,
+                "cannot bind a token of service account {:?} to pod {name:?}, which runs as {runs_as:?}",
+                spec.service_account
+            );
+            json!({"name": name, "uid": pod["metadata"]["uid"]})
+        });
+        let now = unix_now();
+        let iat = now + spec.issued_in;
+        let mut k = json!({
+            "namespace": spec.namespace,
+            "serviceaccount": {"name": spec.service_account, "uid": sa["metadata"]["uid"]},
+        });
+        if let Some(p) = pod {
+            k["pod"] = p;
+        }
+        let mut claims = json!({
+            "aud": spec.audiences,
+            "iat": iat,
+            "nbf": iat,
+            "iss": SA_ISSUER,
+            "jti": format!("{:016x}", ring_random_u64()),
+            "kubernetes.io": k,
+            "sub": format!("system:serviceaccount:{}:{}", spec.namespace, spec.service_account),
+        });
+        if let Some(exp) = spec.expires_in {
+            claims["exp"] = json!(now + exp);
+        }
+        self.inner.sa_issuer.sign(&claims)
+    }
+
+    /// Make TokenReviews audience-unaware: `spec.audiences` is not checked and
+    /// `status.audiences` is left empty (the token is then only valid for the API
+    /// server itself; a careful client refuses it).
+    pub fn set_review_ignores_audiences(&self, on: bool) {
+        self.inner
+            .review_ignores_audiences
+            .store(on, Ordering::SeqCst);
+    }
+
+    /// TokenReviews answered so far: the reviewed subject (`?` when the token did
+    /// not verify) and whether it was authenticated.
+    pub fn token_reviews(&self) -> Vec<(String, bool)> {
+        lock(&self.inner.token_reviews).clone()
     }
 
     /// Why requests were refused with 401, in order, worded as kube-apiserver logs
@@ -1646,6 +1739,25 @@ async fn handle(AxState(inner): AxState<Arc<Inner>>, req: Request) -> Response {
         .split('/')
         .filter(|s| !s.is_empty())
         .collect();
+    match (&method, segs.as_slice()) {
+        (&Method::POST, ["apis", "authentication.k8s.io", "v1", "tokenreviews"]) => {
+            if let Some(rule) = take_fault(&inner, Verb::Create, Some("tokenreviews")) {
+                return fault_response(&rule, Verb::Create, None, None);
+            }
+            let body = match axum::body::to_bytes(req.into_body(), 1 << 20).await {
+                Ok(b) => b,
+                Err(e) => return status(400, "BadRequest", &e.to_string()),
+            };
+            return token_review(&inner, &body);
+        }
+        (&Method::GET, ["openid", "v1", "jwks"]) => {
+            return json_response(200, &inner.sa_issuer.jwks());
+        }
+        (&Method::GET, [".well-known", "openid-configuration"]) => {
+            return json_response(200, &inner.sa_issuer.discovery(&inner_url_hint(&req)));
+        }
+        _ => {}
+    }
     let is_discovery = matches!(segs.as_slice(), ["version"] | ["api"] | ["apis"])
         || matches!(segs.as_slice(), ["api", _] | ["apis", _, _]);
     if is_discovery {
@@ -2330,6 +2442,326 @@ impl AsyncWrite for Conn {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Service-account tokens: issuer, signer and TokenReview
+
+/// kube-apiserver's default `--service-account-issuer` on most installers.
+pub const SA_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
+/// What [`FakeApiServer::mint_token`] makes: a projected service-account token
+/// (kubelet's `serviceAccountToken` volume source).
+#[derive(Debug, Clone)]
+pub struct SaToken {
+    pub namespace: String,
+    pub service_account: String,
+    /// Bound to this Pod (by name; its uid is read from the store).
+    pub pod: Option<String>,
+    pub audiences: Vec<String>,
+    /// Seconds from now to `iat`/`nbf` (negative: issued in the past).
+    pub issued_in: i64,
+    /// Seconds from now to `exp` (negative: already expired); `None` makes a
+    /// token without expiry, as the legacy Secret-based tokens are.
+    pub expires_in: Option<i64>,
+}
+
+impl SaToken {
+    /// A one-hour token of `ns/sa` for audience `istio-ca`, not bound to a pod.
+    pub fn new(ns: &str, sa: &str) -> SaToken {
+        SaToken {
+            namespace: ns.into(),
+            service_account: sa.into(),
+            pod: None,
+            audiences: vec!["istio-ca".into()],
+            issued_in: 0,
+            expires_in: Some(3600),
+        }
+    }
+
+    pub fn pod(mut self, name: &str) -> SaToken {
+        self.pod = Some(name.into());
+        self
+    }
+
+    pub fn audiences(mut self, auds: &[&str]) -> SaToken {
+        self.audiences = auds.iter().map(|a| a.to_string()).collect();
+        self
+    }
+
+    /// Issued `ago` seconds ago, valid for `ttl` seconds.
+    pub fn issued(mut self, ago: i64, ttl: i64) -> SaToken {
+        self.issued_in = -ago;
+        self.expires_in = Some(ttl - ago);
+        self
+    }
+
+    /// Not valid before `secs` from now.
+    pub fn not_before(mut self, secs: i64) -> SaToken {
+        self.issued_in = secs;
+        self
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn ring_random_u64() -> u64 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 8];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .expect("system randomness");
+    u64::from_be_bytes(b)
+}
+
+fn b64url(data: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
+}
+
+fn b64url_decode(s: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .ok()
+}
+
+/// The signing key of a fake cluster's service-account tokens (ES256, P-256),
+/// made when the server starts; its `kid` is derived from the public key as
+/// kube-apiserver derives it (a hash of the key).
+struct SaIssuer {
+    key: ring::signature::EcdsaKeyPair,
+    kid: String,
+}
+
+impl SaIssuer {
+    fn generate() -> SaIssuer {
+        let alg = &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(alg, &rng).expect("P-256 key");
+        let key = ring::signature::EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng)
+            .expect("P-256 key");
+        use ring::signature::KeyPair as _;
+        let kid =
+            b64url(ring::digest::digest(&ring::digest::SHA256, key.public_key().as_ref()).as_ref());
+        SaIssuer { key, kid }
+    }
+
+    fn point(&self) -> &[u8] {
+        use ring::signature::KeyPair as _;
+        self.key.public_key().as_ref()
+    }
+
+    fn jwks(&self) -> Value {
+        let p = self.point();
+        json!({"keys": [{
+            "use": "sig", "kty": "EC", "kid": self.kid, "crv": "P-256", "alg": "ES256",
+            "x": b64url(&p[1..33]), "y": b64url(&p[33..65]),
+        }]})
+    }
+
+    fn discovery(&self, base: &str) -> Value {
+        json!({
+            "issuer": SA_ISSUER,
+            "jwks_uri": format!("{base}/openid/v1/jwks"),
+            "response_types_supported": ["id_token"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["ES256"],
+        })
+    }
+
+    fn sign(&self, claims: &Value) -> String {
+        let header = json!({"alg": "ES256", "kid": self.kid});
+        let input = format!(
+            "{}.{}",
+            b64url(header.to_string().as_bytes()),
+            b64url(claims.to_string().as_bytes())
+        );
+        let sig = self
+            .key
+            .sign(&ring::rand::SystemRandom::new(), input.as_bytes())
+            .expect("sign");
+        format!("{input}.{}", b64url(sig.as_ref()))
+    }
+
+    /// The token's claims when its signature is this issuer's; `Err` as
+    /// kube-apiserver's authenticator words it.
+    fn verify(&self, token: &str) -> Result<Value, String> {
+        let invalid = || "invalid bearer token".to_string();
+        let parts: Vec<&str> = token.split('.').collect();
+        let [h, p, sig] = parts.as_slice() else {
+            return Err(invalid());
+        };
+        let header: Value = b64url_decode(h)
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(invalid)?;
+        if header["alg"] != "ES256" || header["kid"].as_str() != Some(self.kid.as_str()) {
+            return Err(invalid());
+        }
+        let sig = b64url_decode(sig).ok_or_else(invalid)?;
+        ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_FIXED,
+            self.point(),
+        )
+        .verify(&token.as_bytes()[..h.len() + 1 + p.len()], &sig)
+        .map_err(|_| invalid())?;
+        b64url_decode(p)
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(invalid)
+    }
+}
+
+/// The discovery document's base URL as the client addressed the server.
+fn inner_url_hint(req: &Request) -> String {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    format!("https://{host}")
+}
+
+/// `POST /apis/authentication.k8s.io/v1/tokenreviews`, as kube-apiserver's
+/// service-account authenticator answers it: the token must be signed by this
+/// server, carry its issuer, be inside `nbf`..`exp` (one minute of leeway),
+/// share an audience with `spec.audiences` (the API server's own audience, the
+/// issuer, when the list is empty), and the ServiceAccount and bound Pod it
+/// names must still exist with the same uids. Refusals answer 201 with
+/// `authenticated: false` and the reason in `status.error`.
+fn token_review(inner: &Inner, body: &Bytes) -> Response {
+    let review: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => return status(400, "BadRequest", &format!("invalid JSON: {e}")),
+    };
+    if review["kind"] != "TokenReview" {
+        return status(400, "BadRequest", "the body is not a TokenReview");
+    }
+    let token = review["spec"]["token"].as_str().unwrap_or("");
+    let wanted: Vec<String> = match review["spec"]["audiences"].as_array() {
+        Some(a) if !a.is_empty() => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        _ => vec![SA_ISSUER.to_string()],
+    };
+    let outcome = review_token(inner, token, &wanted);
+    let mut answer = json!({
+        "kind": "TokenReview",
+        "apiVersion": "authentication.k8s.io/v1",
+        "metadata": {"creationTimestamp": null},
+        "spec": review["spec"],
+    });
+    let subject = match outcome {
+        Ok((claims, audiences)) => {
+            let k = &claims["kubernetes.io"];
+            let ns = k["namespace"].as_str().unwrap_or("");
+            let sa = k["serviceaccount"]["name"].as_str().unwrap_or("");
+            let mut extra = json!({
+                "authentication.kubernetes.io/credential-id": [format!("JTI={}", claims["jti"].as_str().unwrap_or(""))],
+            });
+            if let Some(pod) = k.get("pod") {
+                extra["authentication.kubernetes.io/pod-name"] = json!([pod["name"]]);
+                extra["authentication.kubernetes.io/pod-uid"] = json!([pod["uid"]]);
+            }
+            answer["status"] = json!({
+                "authenticated": true,
+                "user": {
+                    "username": format!("system:serviceaccount:{ns}:{sa}"),
+                    "uid": k["serviceaccount"]["uid"],
+                    "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{ns}"), "system:authenticated"],
+                    "extra": extra,
+                },
+                "audiences": audiences,
+            });
+            (format!("system:serviceaccount:{ns}:{sa}"), true)
+        }
+        Err((subject, why)) => {
+            // A token this server did not sign is just an invalid bearer token; a
+            // token it signed but refuses says why.
+            let error = if why == "invalid bearer token" {
+                why
+            } else {
+                format!("[invalid bearer token, {why}]")
+            };
+            answer["status"] = json!({"user": {}, "error": error});
+            (subject, false)
+        }
+    };
+    lock(&inner.token_reviews).push(subject);
+    json_response(201, &answer)
+}
+
+/// `Ok((claims, matched audiences))` or `Err((subject or "?", reason))`.
+fn review_token(
+    inner: &Inner,
+    token: &str,
+    wanted: &[String],
+) -> Result<(Value, Vec<String>), (String, String)> {
+    let claims = inner
+        .sa_issuer
+        .verify(token)
+        .map_err(|e| ("?".to_string(), e))?;
+    let subject = claims["sub"].as_str().unwrap_or("?").to_string();
+    let fail = |why: &str| Err((subject.clone(), why.to_string()));
+    if claims["iss"] != SA_ISSUER {
+        return fail("token issuer is not trusted");
+    }
+    let now = unix_now();
+    match claims["exp"].as_i64() {
+        Some(exp) if now >= exp + 60 => return fail("service account token has expired"),
+        Some(_) => {}
+        // Legacy Secret-based tokens have no exp, and kube-apiserver accepts
+        // them (unless their Secret is gone): refusing them is the client's call.
+        None => {}
+    }
+    if claims["nbf"].as_i64().is_some_and(|nbf| now + 60 < nbf) {
+        return fail("service account token is not valid yet");
+    }
+    let auds: Vec<String> = match &claims["aud"] {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(a) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let unaware = inner.review_ignores_audiences.load(Ordering::SeqCst);
+    let matched: Vec<String> = wanted
+        .iter()
+        .filter(|w| !unaware && auds.contains(w))
+        .cloned()
+        .collect();
+    if matched.is_empty() && !unaware {
+        return Err((
+            subject,
+            format!("token audiences {auds:?} is invalid for the target audiences {wanted:?}"),
+        ));
+    }
+    let k = &claims["kubernetes.io"];
+    let ns = k["namespace"].as_str().unwrap_or("");
+    let store = lock(&inner.store);
+    let uid_of = |plural: &'static str, name: &str| {
+        store
+            .objects
+            .get(&("", plural, ns.to_string(), name.to_string()))
+            .map(|o| o["metadata"]["uid"].clone())
+    };
+    let sa = &k["serviceaccount"];
+    if uid_of("serviceaccounts", sa["name"].as_str().unwrap_or("")) != Some(sa["uid"].clone()) {
+        return fail("service account token has been invalidated");
+    }
+    if let Some(pod) = k.get("pod") {
+        if uid_of("pods", pod["name"].as_str().unwrap_or("")) != Some(pod["uid"].clone()) {
+            return fail("service account token has been invalidated");
+        }
+    }
+    drop(store);
+    Ok((claims, matched))
+}
+
 /// Standard base64 with padding (kubeconfig `*-data` fields, Secret data).
 pub fn base64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -2422,6 +2854,12 @@ pub mod objects {
                 "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]
             }
         })
+    }
+
+    /// A ServiceAccount.
+    pub fn service_account(ns: &str, name: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "ServiceAccount",
+               "metadata": {"name": name, "namespace": ns}})
     }
 
     /// A Node with topology labels.
