@@ -575,7 +575,15 @@ impl StreamState {
         let last = self.seq();
         let previous = std::mem::replace(&mut self.current, update).snapshot;
         let previous_secrets = self.secrets.clone();
-        self.overlay_secrets();
+        let (was, now) = (
+            previous.get(TypeUrl::Secret),
+            self.current.snapshot.get(TypeUrl::Secret),
+        );
+        // Rebuild the overlay only when the shared secrets changed: a push that
+        // touches no secret costs an authenticated stream no allocation.
+        if !(Arc::ptr_eq(was, now) || (was.is_empty() && now.is_empty())) {
+            self.overlay_secrets();
+        }
         let current = self.current.clone();
         let mut out = Vec::new();
         let mut eds_forced = BTreeSet::new();
@@ -940,6 +948,30 @@ mod tests {
         // The shared secret is still reachable by name.
         let (_, out) = st.delta_request(&secret_request(&["kubernetes://tls-a"], ""));
         assert_eq!(&*out[0].resources[0].name, "kubernetes://tls-a");
+        let nonce = out[0].nonce.clone();
+        st.delta_request(&secret_request(&[], &nonce));
+        // A change of the shared secret reaches the stream; its own stay.
+        let mut shared = BTreeMap::new();
+        shared.insert(
+            Arc::from("kubernetes://tls-a"),
+            res("kubernetes://tls-a", 2),
+        );
+        let mut maps: [ResourceMap; 5] = Default::default();
+        maps[TypeUrl::Secret.index()] = Arc::new(shared);
+        let out = st.update(Update {
+            snapshot: Arc::new(super::super::ProxySnapshot::new(3, maps)),
+            ..Default::default()
+        });
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].type_url, TypeUrl::Secret);
+        let sent: Vec<(&str, &str)> = out[0]
+            .resources
+            .iter()
+            .map(|r| (&*r.name, &*r.version))
+            .collect();
+        assert_eq!(sent, [("kubernetes://tls-a", "2")]);
+        assert!(out[0].removed.is_empty());
+        assert_eq!(st.own_secrets().map(|m| m.len()), Some(2));
     }
 
     #[test]
