@@ -11,7 +11,7 @@
 //!   audience with `tokenAudiences`, `exp`/`nbf` with [`LEEWAY`], and the
 //!   `kubernetes.io` claim (namespace, service account, bound pod).
 //! - otherwise, a cluster crossmesh reaches over its API (kubeconfig, `inCluster`,
-//!   or a remote secret): a `TokenReview` (`authentication.k8s.io/v1`,
+//!   or a client handed over with [`KubeClients::insert`]): a `TokenReview` (`authentication.k8s.io/v1`,
 //!   `spec.audiences` = `tokenAudiences`) against that cluster's API server; the
 //!   reviewed user must be `system:serviceaccount:NS:SA`, and the bound pod comes
 //!   from `status.user.extra["authentication.kubernetes.io/pod-name"]` / `pod-uid`.
@@ -84,7 +84,7 @@ pub enum AuthError {
     WrongAudience { got: Vec<String>, want: Vec<String> },
     #[error("token issuer {got:?} is not the cluster's issuer {want:?}")]
     WrongIssuer { got: String, want: String },
-    #[error("cluster {0:?} cannot verify service-account tokens: it is not a member cluster reached over its API (kubeconfig, inCluster, remote secret) and has no tokenIssuer")]
+    #[error("cluster {0:?} cannot verify service-account tokens: it is not a mesh-file cluster reached over its API (kubeconfig, inCluster) and has no tokenIssuer")]
     UnknownCluster(String),
     /// The verification itself failed (API server unreachable, TokenReview not
     /// allowed, JWKS file unreadable): the token may be fine.
@@ -429,8 +429,8 @@ impl Authenticator {
             };
             let reason = match &e {
                 kube::Error::Api(s) if s.code == 403 => format!(
-                    "forbidden (HTTP 403): crossmesh's credentials need `create` on \
-                     tokenreviews.authentication.k8s.io (see deploy/rbac.yaml): {}",
+                    "forbidden (HTTP 403): crossmesh's credentials for this cluster need \
+                     `create` on tokenreviews.authentication.k8s.io (as istiod's): {}",
                     s.message
                 ),
                 kube::Error::Api(s) if s.code == 401 => {
