@@ -629,6 +629,16 @@ async fn authenticated_gateway(sotw: bool) {
     );
 }
 
+/// (case, what the node claims (namespace, service account, pod), token, metric
+/// reason, text of the refusal).
+type Case<'a> = (
+    &'a str,
+    (&'a str, &'a str, &'a str),
+    String,
+    &'a str,
+    &'a str,
+);
+
 /// Proxies whose token does not prove what their node claims, or whose token
 /// is missing, expired or for another audience, are refused with the reason;
 /// none of them gets a certificate.
@@ -637,7 +647,7 @@ async fn mismatched_or_invalid_tokens_are_refused_with_their_reason() {
     let f = Fixture::start("24h").await;
     let good = |f: &Fixture| f.issuer.token(GW_NS, GW_SA, Some(GW_POD), "istio-ca", 3600);
     // (case, node claims, token, metric reason, log text)
-    let cases: Vec<(&str, (&str, &str, &str), String, &str, &str)> =
+    let cases: Vec<Case> =
         vec![
         (
             "namespace",

@@ -471,6 +471,8 @@ pub async fn serve_tls(
                     .duration_since(SystemTime::now())
                     .unwrap_or(Duration::ZERO);
                 tokio::time::sleep(wait).await;
+                // Days until the root expires keep counting down while idle.
+                security.update_root_metrics();
                 let (ca, dns, ips) = (security.ca.clone(), dns.clone(), ips.clone());
                 let issued = tokio::task::spawn_blocking(move || ca.issue_server(&dns, &ips))
                     .await
