@@ -911,3 +911,89 @@ async fn token_rotated_on_disk_is_used_on_reconnect() {
         "the old token was presented after the restart:\n{log}"
     );
 }
+
+/// The plaintext port keeps working as before and never hands out a
+/// certificate: a gateway there gets its clusters (the ISTIO_MUTUAL one too, as
+/// Istio sends it to a proxy without an identity: no SDS reference) and holds no
+/// secret, even with the CA running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_port_never_hands_out_a_certificate() {
+    let f = Fixture::start("24h").await;
+    let args: Vec<String> = [
+        "bootstrap",
+        "--role",
+        "gateway",
+        "--name",
+        GW_POD,
+        "--namespace",
+        GW_NS,
+        "--service-account",
+        GW_SA,
+        "--ip",
+        &f.subnet.ip(1).to_string(),
+        "--labels",
+        "istio=ingressgateway,app=istio-ingressgateway",
+        "--xds-address",
+        &f.cp.xds.to_string(),
+        "--admin-port",
+        "0",
+        "--cluster-id",
+        "cluster1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let envoy = Envoy::start("gw-plaintext", &bootstrap(&args)).await;
+    envoy.wait_ready(CONVERGE).await;
+    wait_for("web-0 answers through the gateway", CONVERGE, || {
+        get_ok(f.gw_addr(), HOST)
+    })
+    .await;
+    let secure_cluster = "outbound|80||secure.shop.svc.cluster.local";
+    wait_for("the secure cluster is active", CONVERGE, || async {
+        let (_, dump) = envoy
+            .admin_get("/config_dump?resource=dynamic_active_clusters")
+            .await?;
+        if dump.contains(secure_cluster) {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    })
+    .await;
+    let (_, warming) = envoy
+        .admin_get("/config_dump?resource=dynamic_warming_clusters")
+        .await
+        .expect("dump");
+    assert!(!warming.contains(secure_cluster), "{warming}");
+    // Nothing names an SDS secret, so Envoy asks for none.
+    let (_, clusters) = envoy
+        .admin_get("/config_dump?resource=dynamic_active_clusters")
+        .await
+        .expect("dump");
+    assert!(!clusters.contains("sds_secret_config"), "{clusters}");
+    let (_, warming_secrets) = envoy
+        .admin_get("/config_dump?resource=dynamic_warming_secrets")
+        .await
+        .expect("dump");
+    let v: Value = serde_json::from_str(&warming_secrets).expect("json");
+    assert!(
+        v["configs"].as_array().is_none_or(|a| a.is_empty()),
+        "{warming_secrets}"
+    );
+    let (_, secrets) = envoy
+        .admin_get("/config_dump?resource=dynamic_active_secrets")
+        .await
+        .expect("dump");
+    let v: Value = serde_json::from_str(&secrets).expect("json");
+    assert!(
+        v["configs"].as_array().is_none_or(|a| a.is_empty()),
+        "{secrets}"
+    );
+    assert!(envoy_workload_cert(&envoy).await.is_err());
+    assert!(f.certz().await.is_empty());
+    assert_eq!(
+        f.metric("citadel_server_success_cert_issuance_count").await,
+        0
+    );
+}
