@@ -952,8 +952,8 @@ fn grants(rules: &[PolicyRule], group: &str, resource: &str, verb: &str) -> bool
 }
 
 /// The hub's ServiceAccount can list and watch every kind crossmesh's kube
-/// source watches, and Secrets only in the remote-secret namespace; nothing
-/// else, no wildcard, no write.
+/// source watches, and Secrets only in the remote-secret namespace, and create
+/// TokenReviews; nothing else, no wildcard, no other write.
 #[test]
 fn rbac_is_least_privilege_and_enough() {
     use crossmesh::sources::kube::ISTIO_KINDS;
@@ -973,7 +973,13 @@ fn rbac_is_least_privilege_and_enough() {
             s.kind == "ServiceAccount" && s.name == sa && s.namespace.as_deref() == Some(ns)
         })
     };
-    // Every rule of every role in deploy/: read verbs only, no wildcards.
+    // Every rule of every role in deploy/: read verbs only, no wildcards; the one
+    // write is `create` on TokenReviews (authenticated xDS verifies tokens).
+    let token_review = |r: &PolicyRule| {
+        r.api_groups.as_deref() == Some(&["authentication.k8s.io".to_string()][..])
+            && r.resources.as_deref() == Some(&["tokenreviews".to_string()][..])
+            && r.verbs == ["create"]
+    };
     let all_rules = m
         .cluster_roles
         .iter()
@@ -987,7 +993,7 @@ fn rbac_is_least_privilege_and_enough() {
         for r in rules {
             for v in &r.verbs {
                 assert!(
-                    ["get", "list", "watch"].contains(&v.as_str()),
+                    ["get", "list", "watch"].contains(&v.as_str()) || token_review(&r),
                     "{id} grants {v}"
                 );
             }
@@ -1025,7 +1031,11 @@ fn rbac_is_least_privilege_and_enough() {
             assert!(grants(&cluster_rules, g, r, v), "{sa} cannot {v} {g}/{r}");
         }
     }
-    for rule in &cluster_rules {
+    assert!(
+        grants(&cluster_rules, "authentication.k8s.io", "tokenreviews", "create"),
+        "{sa} cannot create TokenReviews (authenticated xDS)"
+    );
+    for rule in cluster_rules.iter().filter(|r| !token_review(r)) {
         for g in rule.api_groups.iter().flatten() {
             for r in rule.resources.iter().flatten() {
                 assert!(

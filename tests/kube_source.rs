@@ -625,7 +625,8 @@ async fn a_broken_cluster_does_not_harm_the_others() {
 
 /// Issue 3 item 3: `deploy/rbac.yaml` grants the reader ServiceAccount that remote
 /// secrets carry exactly read access (get, list, watch) to every kind the kube
-/// source watches, and crossmesh itself read access to Secrets; nothing writes.
+/// source watches, and crossmesh itself read access to Secrets; the only write
+/// is creating TokenReviews.
 #[test]
 fn deploy_rbac_is_read_only_and_covers_every_watched_kind() {
     use crossmesh::sources::kube::ISTIO_KINDS;
@@ -646,14 +647,21 @@ fn deploy_rbac_is_read_only_and_covers_every_watched_kind() {
             .filter_map(|x| x.as_str().map(str::to_string))
             .collect()
     };
+    // The one write: TokenReviews, to verify proxies' tokens (authenticated xDS).
+    let token_review = |rule: &serde_json::Value| {
+        strs(&rule["apiGroups"]) == ["authentication.k8s.io"]
+            && strs(&rule["resources"]) == ["tokenreviews"]
+            && strs(&rule["verbs"]) == ["create"]
+    };
     for role in find("ClusterRole").into_iter().chain(find("Role")) {
         for rule in role["rules"].as_array().unwrap() {
             let verbs = strs(&rule["verbs"]);
             assert!(
                 !verbs.is_empty()
-                    && verbs
-                        .iter()
-                        .all(|v| ["get", "list", "watch"].contains(&v.as_str())),
+                    && (token_review(rule)
+                        || verbs
+                            .iter()
+                            .all(|v| ["get", "list", "watch"].contains(&v.as_str()))),
                 "{} grants {verbs:?}",
                 role["metadata"]["name"]
             );
@@ -684,6 +692,10 @@ fn deploy_rbac_is_read_only_and_covers_every_watched_kind() {
     for (group, plural) in watched {
         assert!(grants(group, plural), "no list/watch on {group}/{plural}");
     }
+    assert!(
+        reader["rules"].as_array().unwrap().iter().any(token_review),
+        "the reader cannot create TokenReviews"
+    );
     let binding = find("ClusterRoleBinding")
         .into_iter()
         .find(|b| b["roleRef"]["name"] == READER_SERVICE_ACCOUNT)
