@@ -42,6 +42,7 @@ use crate::debug::{DebugState, SentResources};
 use crate::push::{PushQueue, Pusher};
 use crate::registry::config::RawDoc;
 use crate::registry::{config_source_name, ObjectProblem, Registry};
+use crate::security::authn::KubeClients;
 use crate::sources::{in_cluster, kube, manifests, remote_secret};
 use crate::xds::secure::XdsSecurity;
 use crate::xds::server::AdsServer;
@@ -173,7 +174,11 @@ impl Drop for Sources {
 /// Start one source per member cluster and per config entry. Must run inside the
 /// runtime. Fails only on a mesh file that names something that cannot be a
 /// source (checked before anything is started).
-fn start_sources(mesh: &MeshConfig, registry: &Arc<Registry>) -> anyhow::Result<Sources> {
+fn start_sources(
+    mesh: &MeshConfig,
+    registry: &Arc<Registry>,
+    kube_clients: &KubeClients,
+) -> anyhow::Result<Sources> {
     for c in &mesh.config {
         if let ConfigSource::Cluster(name) = c {
             match mesh.clusters.iter().find(|k| &k.name == name) {
@@ -231,7 +236,8 @@ fn start_sources(mesh: &MeshConfig, registry: &Arc<Registry>) -> anyhow::Result<
                     continue; // checked above
                 };
                 info!(cluster = %name, "watching Istio config CRDs");
-                let task = config_cluster(registry.clone(), name.clone(), from);
+                let task =
+                    config_cluster(registry.clone(), name.clone(), from, kube_clients.clone());
                 s.tasks.push(tokio::spawn(
                     task.instrument(info_span!("config-cluster", cluster = %name)),
                 ));
@@ -268,7 +274,12 @@ fn client_source(source: &ClusterSource) -> Option<ClientSource> {
 /// `/debug/configz`) and feed every change of the full set to the config store.
 /// The same cluster's remote secrets (mesh file `remoteSecretNamespace`) register
 /// further member clusters for as long as this task runs.
-async fn config_cluster(registry: Arc<Registry>, cluster: String, from: ClientSource) {
+async fn config_cluster(
+    registry: Arc<Registry>,
+    cluster: String,
+    from: ClientSource,
+    kube_clients: KubeClients,
+) {
     let source = config_source_name(&ConfigSource::Cluster(cluster.clone()));
     let client = loop {
         let (origin, built) = match &from {
@@ -312,6 +323,7 @@ async fn config_cluster(registry: Arc<Registry>, cluster: String, from: ClientSo
         client.clone(),
         &mesh.remote_secret_namespace,
         kube::KubeOptions::from_mesh(&mesh),
+        kube_clients,
     );
     let origin = format!("cluster {cluster}");
     let reg = registry.clone();
@@ -444,6 +456,9 @@ pub async fn serve(mesh: MeshConfig) -> anyhow::Result<()> {
     // The TLS, authenticated xDS port: proxies prove who they are with their
     // service-account token and get their certificate over SDS. It needs the
     // mesh CA, made (or loaded) here if `ca:` is not configured.
+    // The API clients TokenReview uses: the mesh file's clusters, and the ones
+    // remote secrets register at run time (`remote_secret` adds and removes them).
+    let kube_clients = KubeClients::from_mesh(&mesh);
     let xds_tls = match mesh.xds_tls_address {
         None => None,
         Some(addr) => {
@@ -457,10 +472,8 @@ pub async fn serve(mesh: MeshConfig) -> anyhow::Result<()> {
             let listener = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen for TLS xDS on {addr}"))?;
-            let authn = crate::security::authn::Authenticator::from_mesh(
-                &mesh,
-                crate::security::authn::KubeClients::from_mesh(&mesh),
-            );
+            let authn =
+                crate::security::authn::Authenticator::from_mesh(&mesh, kube_clients.clone());
             let security = Arc::new(XdsSecurity::new(
                 ca,
                 Arc::new(authn),
@@ -481,7 +494,7 @@ pub async fn serve(mesh: MeshConfig) -> anyhow::Result<()> {
         draining: draining.clone(),
     });
 
-    let sources = start_sources(&mesh, &registry)?;
+    let sources = start_sources(&mesh, &registry, &kube_clients)?;
     let push_task = tokio::spawn(pusher.run().instrument(info_span!("push")));
 
     let (xds_stop, xds_stop_rx) = watch::channel(false);

@@ -365,6 +365,7 @@ async fn secret_churn_frees_each_cluster() {
         client,
         DEFAULT_NAMESPACE,
         KubeOptions::default(),
+        crossmesh::security::authn::KubeClients::new(),
     );
     let kubeconfig = member.kubeconfig_yaml(None, None);
     let secret = objects::remote_secret(

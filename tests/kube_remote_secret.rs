@@ -112,6 +112,7 @@ async fn clusters_join_and_leave_through_secrets() {
         client,
         DEFAULT_NAMESPACE,
         KubeOptions::default(),
+        crossmesh::security::authn::KubeClients::new(),
     );
     wait_for("c1", 10, || {
         endpoints(&registry) == [pair("c1", "10.1.0.1")]
@@ -261,6 +262,7 @@ async fn bad_kubeconfig_in_a_secret_is_reported_on_the_cluster() {
         client,
         DEFAULT_NAMESPACE,
         KubeOptions::default(),
+        crossmesh::security::authn::KubeClients::new(),
     );
     config.apply(&objects::remote_secret(
         DEFAULT_NAMESPACE,
@@ -306,7 +308,10 @@ async fn created_remote_secret_registers_the_cluster() {
     let admin = dir.path().join("admin.kubeconfig");
     target.write_kubeconfig(&admin, None, None);
     // Without crossmesh's namespace in the member the command says what to do.
-    let e = create_remote_secret("east", &admin, None).await.unwrap_err().to_string();
+    let e = create_remote_secret("east", &admin, None)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("namespaces \"crossmesh-system\" not found") && e.contains("deploy/rbac.yaml"),
         "{e}"
@@ -341,9 +346,83 @@ async fn created_remote_secret_registers_the_cluster() {
         client,
         DEFAULT_NAMESPACE,
         KubeOptions::default(),
+        crossmesh::security::authn::KubeClients::new(),
     );
     wait_for("east serving", 20, || {
         endpoints(&registry) == [pair("east", "10.9.0.1")]
+    })
+    .await;
+}
+
+/// A cluster registered by a remote Secret can authenticate its proxies: the
+/// controller hands its client to the TokenReview clients, so a token minted in
+/// that member is reviewed by that member's API server; once the Secret is gone
+/// the cluster is unknown again.
+#[tokio::test]
+async fn proxies_of_a_remote_secret_cluster_are_authenticated_by_its_api_server() {
+    use crossmesh::security::authn::{AuthError, Authenticator, KubeClients};
+    crossmesh::tls::install_default_provider();
+    let config = FakeApiServer::start("config").await;
+    let east = FakeApiServer::start_with(Options {
+        name: "east".into(),
+        tls: true,
+        token: Some("crossmesh-east".into()),
+        ..Options::default()
+    })
+    .await;
+    east.apply(&objects::namespace("shop"));
+    east.apply(&objects::service_account("shop", "web"));
+    let mesh = Arc::new(MeshConfig::parse("clusters: []\n", std::path::Path::new("/")).unwrap());
+    let registry = Registry::new(mesh.clone(), PushQueue::new());
+    let clients = KubeClients::new();
+    let authn = Authenticator::from_mesh(&mesh, clients.clone());
+    let token = east.mint_token(&kube_api::SaToken::new("shop", "web"));
+    // Before any Secret, "east" is not a cluster crossmesh can ask.
+    assert!(matches!(
+        authn.authenticate("east", &token).await,
+        Err(AuthError::UnknownCluster(_))
+    ));
+
+    let (client, _) = client_from_kubeconfig(&config.kubeconfig_yaml(None, None), None, "config")
+        .await
+        .unwrap();
+    let _ctl = remote_secret::spawn(
+        registry.clone(),
+        client,
+        DEFAULT_NAMESPACE,
+        KubeOptions::default(),
+        clients.clone(),
+    );
+    let kubeconfig = east.kubeconfig_yaml(Some("crossmesh-east"), None);
+    config.apply(&objects::remote_secret(
+        DEFAULT_NAMESPACE,
+        "east",
+        ("crossmesh.io/multi-cluster", "true"),
+        &[("east", &kubeconfig)],
+    ));
+    wait_for("east's client handed to TokenReview", 20, || {
+        clients.contains("east")
+    })
+    .await;
+    let caller = authn.authenticate("east", &token).await.unwrap();
+    assert_eq!(
+        (
+            caller.cluster.as_str(),
+            caller.namespace.as_str(),
+            caller.service_account.as_str()
+        ),
+        ("east", "shop", "web")
+    );
+    assert!(
+        !east.token_reviews().is_empty(),
+        "east's API server reviewed no token"
+    );
+
+    config
+        .delete("", "secrets", DEFAULT_NAMESPACE, "east")
+        .unwrap();
+    wait_for("east gone from TokenReview", 20, || {
+        !clients.contains("east")
     })
     .await;
 }

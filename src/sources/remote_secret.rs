@@ -39,6 +39,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use super::kube::{client_from_kubeconfig, explain, ClusterWatch, KubeOptions};
 use crate::config::{ClusterConfig, ClusterSource};
 use crate::registry::{ObjectProblem, Registry};
+use crate::security::authn::KubeClients;
 
 /// Where crossmesh looks for remote secrets unless told otherwise.
 pub const DEFAULT_NAMESPACE: &str = crate::config::DEFAULT_REMOTE_SECRET_NAMESPACE;
@@ -140,10 +141,12 @@ pub fn spawn(
     client: Client,
     namespace: &str,
     opts: KubeOptions,
+    clients: KubeClients,
 ) -> RemoteSecrets {
     let conflicts = Arc::new(Mutex::new(Vec::new()));
     let ctl = Controller {
         registry,
+        clients,
         namespace: namespace.to_string(),
         opts,
         secrets: BTreeMap::new(),
@@ -188,6 +191,9 @@ fn entry_of(s: &Secret) -> Option<(String, SecretEntry)> {
 
 struct Controller {
     registry: Arc<Registry>,
+    /// The clients TokenReview uses: a registered cluster's proxies authenticate
+    /// against its own API server.
+    clients: KubeClients,
     namespace: String,
     opts: KubeOptions,
     secrets: BTreeMap<String, SecretEntry>,
@@ -204,6 +210,7 @@ impl Drop for Controller {
     /// registered leave the registry, their watchers stop with their handles.
     fn drop(&mut self) {
         for cluster in std::mem::take(&mut self.running).into_keys() {
+            self.clients.remove(&cluster);
             let _ = self.registry.remove_cluster(&cluster);
         }
         // Claims refused on clusters that stay (the mesh file's) lapse with it.
@@ -340,6 +347,7 @@ impl Controller {
             .collect();
         for cluster in gone {
             if let Some(r) = self.running.remove(&cluster) {
+                self.clients.remove(&cluster);
                 if let Some(w) = r.watch {
                     w.stop().await;
                 }
@@ -400,6 +408,7 @@ impl Controller {
                     let _ = self.registry.set_error(&cluster, Some(reason));
                 }
                 Ok((client, health)) => {
+                    self.clients.insert(&cluster, client.clone());
                     let old = r.watch.take();
                     r.watch = Some(ClusterWatch::spawn(
                         self.registry.clone(),
@@ -524,7 +533,8 @@ pub async fn create_remote_secret(
     .await?;
     let api_err = |what: &str, e: kube::Error| {
         let mut reason = explain(&e);
-        if matches!(&e, kube::Error::Api(st) if st.code == 404 && st.message.contains("namespaces")) {
+        if matches!(&e, kube::Error::Api(st) if st.code == 404 && st.message.contains("namespaces"))
+        {
             reason.push_str(&format!(
                 " (create the namespace {DEFAULT_NAMESPACE} in the member cluster first: \
                  kubectl apply -f deploy/rbac.yaml)"
