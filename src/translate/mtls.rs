@@ -20,7 +20,13 @@ use envoy_types::pb::envoy::config::cluster::v3::{cluster::TransportSocketMatch,
 use envoy_types::pb::envoy::config::core::v3::{
     data_source::Specifier, transport_socket::ConfigType, DataSource, TransportSocket,
 };
-use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, FilterChainMatch};
+use envoy_types::pb::envoy::config::listener::v3::{
+    filter::ConfigType as FilterConfig, Filter, FilterChain, FilterChainMatch,
+};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    http_connection_manager::{ForwardClientCertDetails, SetCurrentClientCertDetails},
+    HttpConnectionManager,
+};
 use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     common_tls_context::{CombinedCertificateValidationContext, ValidationContextType},
@@ -166,6 +172,36 @@ fn raw_buffer_socket() -> TransportSocket {
     }
 }
 
+/// On a chain terminating mTLS, an HTTP connection manager forwards the peer's
+/// identity to the workload as Istio's inbound sidecar does: XFCC
+/// `APPEND_FORWARD` with the client certificate's subject, URI and DNS SANs
+/// (`URI=spiffe://...`). Plaintext chains keep Envoy's default (sanitize), so a
+/// plaintext client cannot hand the workload an identity. Other filters are
+/// returned unchanged.
+fn with_client_cert_details(filter: &Filter) -> Filter {
+    let Some(FilterConfig::TypedConfig(any)) = &filter.config_type else {
+        return filter.clone();
+    };
+    if any.type_url != pack(&HttpConnectionManager::default()).type_url {
+        return filter.clone();
+    }
+    let Ok(mut hcm) = <HttpConnectionManager as prost::Message>::decode(any.value.as_slice())
+    else {
+        return filter.clone();
+    };
+    hcm.forward_client_cert_details = ForwardClientCertDetails::AppendForward as i32;
+    hcm.set_current_client_cert_details = Some(SetCurrentClientCertDetails {
+        subject: Some(bool_value(true)),
+        uri: true,
+        dns: true,
+        ..Default::default()
+    });
+    Filter {
+        name: filter.name.clone(),
+        config_type: Some(FilterConfig::TypedConfig(pack(&hcm))),
+    }
+}
+
 /// One inbound chain: `base` narrowed to a transport protocol (and ALPN), with
 /// the mTLS server context when `tls`.
 fn chain(
@@ -182,7 +218,10 @@ fn chain(
             application_protocols: alpn.iter().map(|s| s.to_string()).collect(),
             ..base.clone()
         }),
-        filters: vec![filter.clone()],
+        filters: vec![match tls {
+            Some(_) => with_client_cert_details(filter),
+            None => filter.clone(),
+        }],
         transport_socket: tls.map(tls_socket),
         name: name.to_string(),
         ..Default::default()
@@ -483,6 +522,38 @@ mod tests {
         assert_eq!(chains(l, 9090), [plain()]);
         assert_eq!(chains(l, 7070), [tls(true)]);
         assert_eq!(chains(l, 0), [tls(true)]);
+    }
+
+    /// The XFCC settings of a chain's HTTP connection manager.
+    fn xfcc(fc: &FilterChain) -> (i32, Option<SetCurrentClientCertDetails>) {
+        let Some(FilterConfig::TypedConfig(any)) = &fc.filters[0].config_type else {
+            panic!("no typed config");
+        };
+        let hcm = HttpConnectionManager::decode(any.value.as_slice()).expect("HCM");
+        (
+            hcm.forward_client_cert_details,
+            hcm.set_current_client_cert_details,
+        )
+    }
+
+    #[test]
+    fn mtls_chains_forward_the_client_identity_plaintext_chains_sanitize() {
+        let (ctx, proxy) = load("mtls_permissive_none");
+        let g = generate(&proxy, &ctx);
+        let l = g
+            .listeners
+            .iter()
+            .find(|l| l.name == "127.0.0.21_8080")
+            .expect("ingress listener");
+        assert_eq!(chains(l, 0), [tls(true), plain()]);
+        let (forward, details) = xfcc(&l.filter_chains[0]);
+        assert_eq!(forward, ForwardClientCertDetails::AppendForward as i32);
+        let details = details.expect("set_current_client_cert_details");
+        assert!(details.uri && details.dns && details.subject.is_some_and(|b| b.value));
+        assert_eq!(
+            xfcc(&l.filter_chains[1]),
+            (ForwardClientCertDetails::Sanitize as i32, None)
+        );
     }
 
     #[test]
