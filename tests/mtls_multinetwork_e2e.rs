@@ -1,0 +1,508 @@
+//! mTLS across networks with real sidecars on both sides (Istio's multi-network
+//! model): the client's sidecar originates mTLS with Istio's SNI to the
+//! east-west gateway of the destination's network, which passes it through
+//! (`AUTO_PASSTHROUGH`) to the destination pod's own sidecar, which terminates
+//! it with its own certificate of the mesh CA.
+//!
+//! - `cluster1` on network `vpc-a`: `client-0`'s sidecar (NONE mode,
+//!   authenticated as `shop/sleep` on the TLS xDS port);
+//! - `cluster3` on network `account-b`: `web-0` (labelled
+//!   `security.istio.io/tlsMode: istio`), its sidecar (NONE mode, authenticated
+//!   as `shop/default`, STRICT by a workload PeerAuthentication) in front of its
+//!   app, and the east-west gateway Envoy found from its Service labelled
+//!   `topology.istio.io/network: account-b`.
+//!
+//! Each cluster's service-account tokens are signed here with a key made at test
+//! time and verified with that cluster's `tokenIssuer` JWKS.
+
+mod support;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use ring::rand::SystemRandom;
+use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use serde_json::json;
+
+use support::backend::Backend;
+use support::control_plane::{bootstrap, ControlPlane};
+use support::envoy::Envoy;
+use support::http;
+use support::manifests::{self, cluster, Mesh};
+use support::net::{free_port, Subnet};
+use support::{wait_for, CONVERGE};
+
+const NS: &str = "shop";
+const HOST: &str = "web.shop.svc.cluster.local";
+const CLIENT_SA: &str = "sleep";
+const WEB_SA: &str = "default";
+
+/// Signs projected service-account tokens of one cluster with an ES256 key made
+/// now; its JWKS is the cluster's `tokenIssuer.jwks`.
+struct Issuer {
+    iss: String,
+    key: EcdsaKeyPair,
+    rng: SystemRandom,
+}
+
+impl Issuer {
+    fn new(iss: &str, jwks_file: &Path) -> Issuer {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .expect("generate key");
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .expect("key");
+        let issuer = Issuer {
+            iss: iss.to_string(),
+            key,
+            rng,
+        };
+        issuer.write_jwks(jwks_file);
+        issuer
+    }
+
+    fn write_jwks(&self, jwks_file: &Path) {
+        let p = self.key.public_key().as_ref();
+        let jwks = json!({"keys": [{
+            "kty": "EC", "crv": "P-256", "kid": "k1", "use": "sig", "alg": "ES256",
+            "x": URL_SAFE_NO_PAD.encode(&p[1..33]), "y": URL_SAFE_NO_PAD.encode(&p[33..65]),
+        }]});
+        std::fs::write(jwks_file, jwks.to_string()).expect("write jwks");
+    }
+
+    fn token(&self, sa: &str) -> String {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_secs() as i64;
+        let claims = json!({
+            "iss": self.iss,
+            "sub": format!("system:serviceaccount:{NS}:{sa}"),
+            "aud": ["istio-ca"],
+            "iat": now - 60, "nbf": now - 60, "exp": now + 3600,
+            "kubernetes.io": {"namespace": NS, "serviceaccount": {"name": sa, "uid": "u"}},
+        });
+        let header = json!({"alg": "ES256", "kid": "k1", "typ": "JWT"});
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let sig = self.key.sign(&self.rng, input.as_bytes()).expect("sign");
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+    }
+}
+
+/// The east-west gateway's Service in cluster3 (Istio's label-based network
+/// gateway), its address in the load balancer status.
+fn east_west_service(ip: Ipv4Addr, port: u16) -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: istio-eastwestgateway
+  namespace: istio-system
+  labels:
+    istio: eastwestgateway
+    topology.istio.io/network: account-b
+    networking.istio.io/gatewayPort: \"{port}\"
+spec:
+  type: LoadBalancer
+  selector:
+    istio: eastwestgateway
+  ports:
+  - name: tls
+    port: {port}
+    targetPort: {port}
+status:
+  loadBalancer:
+    ingress:
+    - ip: {ip}
+"
+    )
+}
+
+/// The mesh file: `clusters` are (name, network) pairs, each with its own
+/// `tokenIssuer`.
+fn mesh_file(mesh: &Mesh, tls: SocketAddr, clusters: &[(&str, &str)]) {
+    let mut text = format!(
+        "trustDomain: cluster.local
+domainSuffix: cluster.local
+xdsTlsAddress: {tls}
+tokenAudiences: [istio-ca]
+clusters:
+"
+    );
+    for (name, network) in clusters {
+        text.push_str(&format!(
+            "- name: {name}
+  network: {network}
+  manifests: clusters/{name}
+  tokenIssuer:
+    issuer: https://{name}.example
+    jwks: {name}-jwks.json
+"
+        ));
+    }
+    text.push_str("config:\n- manifests: istio\n");
+    std::fs::write(&mesh.mesh_file, text).expect("mesh file");
+}
+
+/// What the destination side needs in cluster3 and in the Istio config: web-0,
+/// its Service, its sidecar's ingress and a STRICT PeerAuthentication.
+fn write_destination(
+    mesh: &Mesh,
+    web_ip: Ipv4Addr,
+    svc_port: u16,
+    sidecar_port: u16,
+    app_port: u16,
+) {
+    mesh.write_cluster(
+        "cluster3",
+        "web.yaml",
+        &[
+            manifests::service(NS, "web", svc_port, sidecar_port, &[("app", "web")]),
+            manifests::pod(
+                NS,
+                "web-0",
+                &[("app", "web"), ("security.istio.io/tlsMode", "istio")],
+                web_ip,
+                sidecar_port,
+                true,
+                None,
+            ),
+        ]
+        .join("\n---\n"),
+    );
+    mesh.write_istio(
+        "web.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: web, namespace: {NS}}}
+spec:
+  workloadSelector: {{labels: {{app: web}}}}
+  egress:
+  - hosts: [\"istio-system/*\"]
+  ingress:
+  - port: {{number: {sidecar_port}, protocol: HTTP, name: http}}
+    defaultEndpoint: {web_ip}:{app_port}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata:
+  name: web
+  namespace: {NS}
+spec:
+  selector:
+    matchLabels: {{app: web}}
+  mtls: {{mode: STRICT}}
+"
+        ),
+    );
+}
+
+/// A NONE-mode sidecar on `tls`, authenticated with a token of `issuer`.
+#[allow(clippy::too_many_arguments)]
+async fn sidecar(
+    dir: &Path,
+    issuer: &Issuer,
+    tls: SocketAddr,
+    root_cert: &Path,
+    ip: Ipv4Addr,
+    pod: &str,
+    app: &str,
+    sa: &str,
+    cluster_id: &str,
+    network: &str,
+) -> Envoy {
+    let token_file = dir.join(format!("{pod}.token"));
+    std::fs::write(&token_file, issuer.token(sa)).expect("write token");
+    let args: Vec<String> = [
+        "bootstrap",
+        "--role",
+        "sidecar",
+        "--interception",
+        "none",
+        "--name",
+        pod,
+        "--namespace",
+        NS,
+        "--service-account",
+        sa,
+        "--ip",
+        &ip.to_string(),
+        "--labels",
+        &format!("app={app}"),
+        "--xds-address",
+        &tls.to_string(),
+        "--admin-port",
+        "0",
+        "--cluster-id",
+        cluster_id,
+        "--network",
+        network,
+        "--root-cert",
+        &root_cert.display().to_string(),
+        "--token-file",
+        &token_file.display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let envoy = Envoy::start(pod, &bootstrap(&args)).await;
+    envoy.wait_ready(CONVERGE).await;
+    envoy
+}
+
+fn root_cert(mesh: &Mesh) -> PathBuf {
+    mesh.root().join("crossmesh-ca").join("root-cert.pem")
+}
+
+/// The east-west gateway of account-b (plaintext xDS port: it holds no
+/// certificate, it never terminates the TLS it passes through).
+async fn east_west_gateway(ip: Ipv4Addr, xds: SocketAddr) -> Envoy {
+    let args: Vec<String> = [
+        "bootstrap",
+        "--role",
+        "gateway",
+        "--name",
+        "ew-0",
+        "--namespace",
+        "istio-system",
+        "--labels",
+        "istio=eastwestgateway",
+        "--cluster-id",
+        "cluster3",
+        "--network",
+        "account-b",
+        "--ip",
+        &ip.to_string(),
+        "--xds-address",
+        &xds.to_string(),
+        "--admin-port",
+        "0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let envoy = Envoy::start("ew-0", &bootstrap(&args)).await;
+    envoy.wait_ready(CONVERGE).await;
+    envoy
+}
+
+/// A counter of `envoy`, 0 when absent.
+async fn counter(envoy: &Envoy, name: &str) -> u64 {
+    envoy.stat(name).await.unwrap_or(0)
+}
+
+fn listener_stat(addr: SocketAddr, stat: &str) -> String {
+    format!("listener.{addr}.{stat}").replace(':', "_")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_sidecar_to_destination_sidecar_through_the_east_west_gateway() {
+    let subnet = Subnet::claim();
+    let mesh = Mesh::new(&[
+        cluster("cluster1", Some("vpc-a")),
+        cluster("cluster3", Some("account-b")),
+    ]);
+    let tls = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    mesh_file(
+        &mesh,
+        tls,
+        &[("cluster1", "vpc-a"), ("cluster3", "account-b")],
+    );
+    let issuer1 = Issuer::new(
+        "https://cluster1.example",
+        &mesh.root().join("cluster1-jwks.json"),
+    );
+    let issuer3 = Issuer::new(
+        "https://cluster3.example",
+        &mesh.root().join("cluster3-jwks.json"),
+    );
+
+    let (client_ip, web_ip, ew_ip) = (subnet.ip(1), subnet.ip(31), subnet.ip(200));
+    let (svc_port, sidecar_port, app_port, ew_port) =
+        (free_port(), free_port(), free_port(), free_port());
+    write_destination(&mesh, web_ip, svc_port, sidecar_port, app_port);
+    mesh.write_cluster(
+        "cluster3",
+        "eastwest.yaml",
+        &east_west_service(ew_ip, ew_port),
+    );
+    mesh.write_istio(
+        "eastwest.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: cross-network-gateway
+  namespace: istio-system
+spec:
+  selector:
+    istio: eastwestgateway
+  servers:
+  - port:
+      number: {ew_port}
+      name: tls
+      protocol: TLS
+    tls:
+      mode: AUTO_PASSTHROUGH
+    hosts:
+    - \"*.local\"
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: client, namespace: {NS}}}
+spec:
+  workloadSelector: {{labels: {{app: client}}}}
+  egress:
+  - hosts: [\"./*\"]
+"
+        ),
+    );
+    let app = Backend::start(web_ip, app_port, "web-0").await;
+    let cp = ControlPlane::start(&mesh.mesh_file).await;
+    let _ew = east_west_gateway(ew_ip, cp.xds).await;
+    let mut web = sidecar(
+        mesh.root(),
+        &issuer3,
+        tls,
+        &root_cert(&mesh),
+        web_ip,
+        "web-0",
+        "web",
+        WEB_SA,
+        "cluster3",
+        "account-b",
+    )
+    .await;
+    let client = sidecar(
+        mesh.root(),
+        &issuer1,
+        tls,
+        &root_cert(&mesh),
+        client_ip,
+        "client-0",
+        "client",
+        CLIENT_SA,
+        "cluster1",
+        "vpc-a",
+    )
+    .await;
+
+    // Answered by web-0, through the gateway, the destination sidecar having
+    // seen the client's identity.
+    let out = SocketAddr::from((client_ip, svc_port));
+    let inbound = SocketAddr::from((web_ip, sidecar_port));
+    let handshakes = counter(&web, &listener_stat(inbound, "ssl.handshake")).await;
+    let reply = wait_for("web-0 answers the client sidecar", CONVERGE, || async {
+        let r = http::get(out, HOST, "/").await?;
+        if r.status == 200 {
+            Ok(r)
+        } else {
+            Err(format!("{} {}", r.status, r.body))
+        }
+    })
+    .await;
+    assert_eq!(reply.body, "web-0");
+    let client_id = format!("spiffe://cluster.local/ns/{NS}/sa/{CLIENT_SA}");
+    let web_id = format!("spiffe://cluster.local/ns/{NS}/sa/{WEB_SA}");
+    let xfcc = reply
+        .header("x-echo-x-forwarded-client-cert")
+        .unwrap_or_else(|| panic!("no XFCC reached web-0: {:?}", reply.headers))
+        .to_string();
+    // `By=<the destination's identity>;Hash=...;URI=<the client's identity>`
+    let uri = xfcc
+        .split(';')
+        .find_map(|kv| kv.strip_prefix("URI="))
+        .unwrap_or_else(|| panic!("no URI in XFCC {xfcc}"));
+    assert_eq!(uri, client_id, "XFCC {xfcc}");
+    let by = xfcc
+        .split(';')
+        .find_map(|kv| kv.strip_prefix("By="))
+        .unwrap_or_else(|| panic!("no By in XFCC {xfcc}"));
+    assert_eq!(by, web_id, "XFCC {xfcc}");
+    assert!(
+        counter(&web, &listener_stat(inbound, "ssl.handshake")).await > handshakes,
+        "web-0's sidecar terminated no TLS on {inbound}"
+    );
+    let web_cluster = format!("cluster.outbound|{svc_port}||{HOST}");
+    assert!(counter(&client, &format!("{web_cluster}.ssl.handshake")).await >= 1);
+
+    // The client's EDS holds account-b's gateway, never the pod.
+    let client_node = format!("sidecar~{client_ip}~client-0.{NS}~{NS}.svc.cluster.local");
+    let dump = cp
+        .json(&format!("/debug/config_dump?proxyID={client_node}"))
+        .await
+        .expect("client config dump")
+        .to_string();
+    assert!(dump.contains(&ew_ip.to_string()), "no gateway in {dump}");
+    assert!(!dump.contains(&web_ip.to_string()), "pod address in {dump}");
+    assert_eq!(
+        client
+            .cluster_hosts(&format!("outbound|{svc_port}||{HOST}"))
+            .await
+            .expect("client hosts"),
+        vec![SocketAddr::from((ew_ip, ew_port))]
+    );
+
+    // STRICT: plaintext straight to web-0's sidecar is refused.
+    let before = counter(&web, &listener_stat(inbound, "no_filter_chain_match")).await;
+    let plain = http::get(inbound, HOST, "/").await;
+    assert!(plain.is_err(), "plaintext answered under STRICT: {plain:?}");
+    assert!(counter(&web, &listener_stat(inbound, "no_filter_chain_match")).await > before);
+
+    // A destination sidecar of another mesh (another crossmesh, its own
+    // generated root) at the same address: the client refuses its certificate.
+    web.kill();
+    let other = Mesh::new(&[cluster("cluster3", Some("account-b"))]);
+    let other_tls = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    mesh_file(&other, other_tls, &[("cluster3", "account-b")]);
+    issuer3.write_jwks(&other.root().join("cluster3-jwks.json"));
+    write_destination(&other, web_ip, svc_port, sidecar_port, app_port);
+    let other_cp = ControlPlane::start(&other.mesh_file).await;
+    let other_root = std::fs::read_to_string(root_cert(&other)).expect("other root");
+    assert_ne!(
+        other_root,
+        std::fs::read_to_string(root_cert(&mesh)).expect("root"),
+        "the second mesh has a root of its own"
+    );
+    let _stranger = sidecar(
+        other.root(),
+        &issuer3,
+        other_tls,
+        &root_cert(&other),
+        web_ip,
+        "web-0",
+        "web",
+        WEB_SA,
+        "cluster3",
+        "account-b",
+    )
+    .await;
+    let requests = app.requests();
+    let verify = format!("{web_cluster}.ssl.fail_verify_error");
+    let failed = counter(&client, &verify).await;
+    let status = wait_for(
+        "the client refuses the other mesh's certificate",
+        CONVERGE,
+        || async {
+            let r = http::get(out, HOST, "/").await;
+            let now = counter(&client, &verify).await;
+            match r {
+                Ok(r) if r.status != 200 && now > failed => Ok(r.status),
+                Ok(r) => Err(format!("{} {} ({verify} {now})", r.status, r.body)),
+                Err(e) => Err(e),
+            }
+        },
+    )
+    .await;
+    assert_eq!(status, 503);
+    assert_eq!(app.requests(), requests, "web-0's app was reached");
+    drop(other_cp);
+}
