@@ -9,7 +9,8 @@
 //! - `cluster3` on network `account-b`: `web-0` (labelled
 //!   `security.istio.io/tlsMode: istio`), its sidecar (NONE mode, authenticated
 //!   as `shop/default`, STRICT by a workload PeerAuthentication) in front of its
-//!   app, and the east-west gateway Envoy found from its Service labelled
+//!   app, and the east-west gateway Envoy (authenticated as
+//!   `istio-system/istio-eastwestgateway`) found from its Service labelled
 //!   `topology.istio.io/network: account-b`.
 //!
 //! Each cluster's service-account tokens are signed here with a key made at test
@@ -73,17 +74,17 @@ impl Issuer {
         std::fs::write(jwks_file, jwks.to_string()).expect("write jwks");
     }
 
-    fn token(&self, sa: &str) -> String {
+    fn token(&self, ns: &str, sa: &str) -> String {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .expect("clock")
             .as_secs() as i64;
         let claims = json!({
             "iss": self.iss,
-            "sub": format!("system:serviceaccount:{NS}:{sa}"),
+            "sub": format!("system:serviceaccount:{ns}:{sa}"),
             "aud": ["istio-ca"],
             "iat": now - 60, "nbf": now - 60, "exp": now + 3600,
-            "kubernetes.io": {"namespace": NS, "serviceaccount": {"name": sa, "uid": "u"}},
+            "kubernetes.io": {"namespace": ns, "serviceaccount": {"name": sa, "uid": "u"}},
         });
         let header = json!({"alg": "ES256", "kid": "k1", "typ": "JWT"});
         let input = format!(
@@ -220,7 +221,7 @@ async fn sidecar(
     network: &str,
 ) -> Envoy {
     let token_file = dir.join(format!("{pod}.token"));
-    std::fs::write(&token_file, issuer.token(sa)).expect("write token");
+    std::fs::write(&token_file, issuer.token(NS, sa)).expect("write token");
     let args: Vec<String> = [
         "bootstrap",
         "--role",
@@ -262,9 +263,22 @@ fn root_cert(mesh: &Mesh) -> PathBuf {
     mesh.root().join("crossmesh-ca").join("root-cert.pem")
 }
 
-/// The east-west gateway of account-b (plaintext xDS port: it holds no
-/// certificate, it never terminates the TLS it passes through).
-async fn east_west_gateway(ip: Ipv4Addr, xds: SocketAddr) -> Envoy {
+/// The east-west gateway of account-b, authenticated as
+/// `istio-system/istio-eastwestgateway` as Istio's is: holding a certificate of
+/// its own, it must still pass the sidecars' mTLS through unterminated.
+async fn east_west_gateway(
+    dir: &Path,
+    issuer: &Issuer,
+    tls: SocketAddr,
+    root_cert: &Path,
+    ip: Ipv4Addr,
+) -> Envoy {
+    let token_file = dir.join("ew-0.token");
+    std::fs::write(
+        &token_file,
+        issuer.token("istio-system", "istio-eastwestgateway"),
+    )
+    .expect("write token");
     let args: Vec<String> = [
         "bootstrap",
         "--role",
@@ -273,6 +287,8 @@ async fn east_west_gateway(ip: Ipv4Addr, xds: SocketAddr) -> Envoy {
         "ew-0",
         "--namespace",
         "istio-system",
+        "--service-account",
+        "istio-eastwestgateway",
         "--labels",
         "istio=eastwestgateway",
         "--cluster-id",
@@ -282,9 +298,13 @@ async fn east_west_gateway(ip: Ipv4Addr, xds: SocketAddr) -> Envoy {
         "--ip",
         &ip.to_string(),
         "--xds-address",
-        &xds.to_string(),
+        &tls.to_string(),
         "--admin-port",
         "0",
+        "--root-cert",
+        &root_cert.display().to_string(),
+        "--token-file",
+        &token_file.display().to_string(),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -367,7 +387,7 @@ spec:
     );
     let app = Backend::start(web_ip, app_port, "web-0").await;
     let cp = ControlPlane::start(&mesh.mesh_file).await;
-    let _ew = east_west_gateway(ew_ip, cp.xds).await;
+    let _ew = east_west_gateway(mesh.root(), &issuer3, tls, &root_cert(&mesh), ew_ip).await;
     let mut web = sidecar(
         mesh.root(),
         &issuer3,
@@ -449,6 +469,19 @@ spec:
             .await
             .expect("client hosts"),
         vec![SocketAddr::from((ew_ip, ew_port))]
+    );
+
+    // The gateway that passed the connection through holds an identity of its own.
+    let ew_node = format!("router~{ew_ip}~ew-0.istio-system~istio-system.svc.cluster.local");
+    let certz = cp.json("/debug/certz").await.expect("certz").to_string();
+    let ew_cert = serde_json::from_str::<Vec<serde_json::Value>>(&certz)
+        .expect("certz is a list")
+        .into_iter()
+        .find(|c| c["proxy_id"] == ew_node.as_str())
+        .unwrap_or_else(|| panic!("no certificate for {ew_node}: {certz}"));
+    assert_eq!(
+        ew_cert["identity"],
+        "spiffe://cluster.local/ns/istio-system/sa/istio-eastwestgateway"
     );
 
     // STRICT: plaintext straight to web-0's sidecar is refused.
