@@ -126,9 +126,9 @@ status:
     )
 }
 
-/// The mesh file: `clusters` are (name, network) pairs, each with its own
-/// `tokenIssuer`.
-fn mesh_file(mesh: &Mesh, tls: SocketAddr, clusters: &[(&str, &str)]) {
+/// A mesh file at `path`: `clusters` are (name, network) pairs, each with its
+/// own `tokenIssuer`; `extra` is appended.
+fn mesh_file(path: &Path, tls: SocketAddr, clusters: &[(&str, &str)], extra: &str) {
     let mut text = format!(
         "trustDomain: cluster.local
 domainSuffix: cluster.local
@@ -149,7 +149,8 @@ clusters:
         ));
     }
     text.push_str("config:\n- manifests: istio\n");
-    std::fs::write(&mesh.mesh_file, text).expect("mesh file");
+    text.push_str(extra);
+    std::fs::write(path, text).expect("mesh file");
 }
 
 /// What the destination side needs in cluster3 and in the Istio config: web-0,
@@ -201,6 +202,47 @@ spec:
   selector:
     matchLabels: {{app: web}}
   mtls: {{mode: STRICT}}
+"
+        ),
+    );
+}
+
+/// account-b's east-west gateway: its labelled Service in cluster3 and its
+/// `AUTO_PASSTHROUGH` Gateway; and the client's Sidecar.
+fn write_east_west(mesh: &Mesh, ew_ip: Ipv4Addr, ew_port: u16) {
+    mesh.write_cluster(
+        "cluster3",
+        "eastwest.yaml",
+        &east_west_service(ew_ip, ew_port),
+    );
+    mesh.write_istio(
+        "eastwest.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: cross-network-gateway
+  namespace: istio-system
+spec:
+  selector:
+    istio: eastwestgateway
+  servers:
+  - port:
+      number: {ew_port}
+      name: tls
+      protocol: TLS
+    tls:
+      mode: AUTO_PASSTHROUGH
+    hosts:
+    - \"*.local\"
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: client, namespace: {NS}}}
+spec:
+  workloadSelector: {{labels: {{app: client}}}}
+  egress:
+  - hosts: [\"./*\"]
 "
         ),
     );
@@ -314,6 +356,19 @@ async fn east_west_gateway(
     envoy
 }
 
+/// A field of the `x-forwarded-client-cert` the destination sidecar sent its
+/// app (`By=<the destination's identity>;Hash=...;URI=<the client's identity>`),
+/// as the app echoed it.
+fn xfcc(reply: &http::Reply, key: &str) -> String {
+    let xfcc = reply
+        .header("x-echo-x-forwarded-client-cert")
+        .unwrap_or_else(|| panic!("no XFCC reached the app: {:?}", reply.headers));
+    xfcc.split(';')
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key} in XFCC {xfcc}"))
+        .to_string()
+}
+
 /// A counter of `envoy`, 0 when absent.
 async fn counter(envoy: &Envoy, name: &str) -> u64 {
     envoy.stat(name).await.unwrap_or(0)
@@ -332,9 +387,10 @@ async fn client_sidecar_to_destination_sidecar_through_the_east_west_gateway() {
     ]);
     let tls = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
     mesh_file(
-        &mesh,
+        &mesh.mesh_file,
         tls,
         &[("cluster1", "vpc-a"), ("cluster3", "account-b")],
+        "",
     );
     let issuer1 = Issuer::new(
         "https://cluster1.example",
@@ -349,42 +405,7 @@ async fn client_sidecar_to_destination_sidecar_through_the_east_west_gateway() {
     let (svc_port, sidecar_port, app_port, ew_port) =
         (free_port(), free_port(), free_port(), free_port());
     write_destination(&mesh, web_ip, svc_port, sidecar_port, app_port);
-    mesh.write_cluster(
-        "cluster3",
-        "eastwest.yaml",
-        &east_west_service(ew_ip, ew_port),
-    );
-    mesh.write_istio(
-        "eastwest.yaml",
-        &format!(
-            "apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata:
-  name: cross-network-gateway
-  namespace: istio-system
-spec:
-  selector:
-    istio: eastwestgateway
-  servers:
-  - port:
-      number: {ew_port}
-      name: tls
-      protocol: TLS
-    tls:
-      mode: AUTO_PASSTHROUGH
-    hosts:
-    - \"*.local\"
----
-apiVersion: networking.istio.io/v1
-kind: Sidecar
-metadata: {{name: client, namespace: {NS}}}
-spec:
-  workloadSelector: {{labels: {{app: client}}}}
-  egress:
-  - hosts: [\"./*\"]
-"
-        ),
-    );
+    write_east_west(&mesh, ew_ip, ew_port);
     let app = Backend::start(web_ip, app_port, "web-0").await;
     let cp = ControlPlane::start(&mesh.mesh_file).await;
     let _ew = east_west_gateway(mesh.root(), &issuer3, tls, &root_cert(&mesh), ew_ip).await;
@@ -432,21 +453,8 @@ spec:
     assert_eq!(reply.body, "web-0");
     let client_id = format!("spiffe://cluster.local/ns/{NS}/sa/{CLIENT_SA}");
     let web_id = format!("spiffe://cluster.local/ns/{NS}/sa/{WEB_SA}");
-    let xfcc = reply
-        .header("x-echo-x-forwarded-client-cert")
-        .unwrap_or_else(|| panic!("no XFCC reached web-0: {:?}", reply.headers))
-        .to_string();
-    // `By=<the destination's identity>;Hash=...;URI=<the client's identity>`
-    let uri = xfcc
-        .split(';')
-        .find_map(|kv| kv.strip_prefix("URI="))
-        .unwrap_or_else(|| panic!("no URI in XFCC {xfcc}"));
-    assert_eq!(uri, client_id, "XFCC {xfcc}");
-    let by = xfcc
-        .split(';')
-        .find_map(|kv| kv.strip_prefix("By="))
-        .unwrap_or_else(|| panic!("no By in XFCC {xfcc}"));
-    assert_eq!(by, web_id, "XFCC {xfcc}");
+    assert_eq!(xfcc(&reply, "URI"), client_id);
+    assert_eq!(xfcc(&reply, "By"), web_id);
     assert!(
         counter(&web, &listener_stat(inbound, "ssl.handshake")).await > handshakes,
         "web-0's sidecar terminated no TLS on {inbound}"
@@ -495,7 +503,12 @@ spec:
     web.kill();
     let other = Mesh::new(&[cluster("cluster3", Some("account-b"))]);
     let other_tls = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-    mesh_file(&other, other_tls, &[("cluster3", "account-b")]);
+    mesh_file(
+        &other.mesh_file,
+        other_tls,
+        &[("cluster3", "account-b")],
+        "",
+    );
     issuer3.write_jwks(&other.root().join("cluster3-jwks.json"));
     write_destination(&other, web_ip, svc_port, sidecar_port, app_port);
     let other_cp = ControlPlane::start(&other.mesh_file).await;
@@ -538,4 +551,157 @@ spec:
     assert_eq!(status, 503);
     assert_eq!(app.requests(), requests, "web-0's app was reached");
     drop(other_cp);
+}
+
+/// A CA certificate and its key, made at test time.
+struct TestCa {
+    key: rcgen::KeyPair,
+    cert: rcgen::Certificate,
+    params: rcgen::CertificateParams,
+}
+
+fn test_ca(cn: &str, parent: Option<&TestCa>) -> TestCa {
+    use rcgen::{BasicConstraints, DnType, IsCa, KeyUsagePurpose};
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let now = SystemTime::now();
+    params.not_before = (now - std::time::Duration::from_secs(3600)).into();
+    params.not_after = (now + std::time::Duration::from_secs(30 * 86_400)).into();
+    let cert = match parent {
+        None => params.self_signed(&key),
+        Some(p) => params.signed_by(&key, &rcgen::Issuer::from_params(&p.params, &p.key)),
+    }
+    .expect("CA certificate");
+    TestCa { key, cert, params }
+}
+
+/// Istio's `cacerts` layout for an intermediate under `root`.
+fn plug_in(dir: &Path, ca: &TestCa, root: &TestCa) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    std::fs::write(dir.join("ca-cert.pem"), ca.cert.pem()).expect("write");
+    std::fs::write(dir.join("ca-key.pem"), ca.key.serialize_pem()).expect("write");
+    std::fs::write(dir.join("root-cert.pem"), root.cert.pem()).expect("write");
+    std::fs::write(
+        dir.join("cert-chain.pem"),
+        format!("{}{}", ca.cert.pem(), root.cert.pem()),
+    )
+    .expect("write");
+}
+
+/// The identities `cp` holds certificates for (`/debug/certz`).
+async fn identities(cp: &ControlPlane) -> Vec<String> {
+    let certz = cp.json("/debug/certz").await.expect("certz");
+    let mut out: Vec<String> = certz
+        .as_array()
+        .expect("certz is a list")
+        .iter()
+        .filter_map(|c| c["identity"].as_str().map(str::to_string))
+        .collect();
+    out.sort();
+    out
+}
+
+/// One control plane per account, each signing with its own intermediate under
+/// one plugged-in root (Istio's multi-primary with a shared root): the client
+/// sidecar holds account-a's certificate, the destination sidecar and the
+/// east-west gateway account-b's, and mTLS through the gateway succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_control_planes_sharing_a_plugged_in_root() {
+    let subnet = Subnet::claim();
+    let mesh = Mesh::new(&[
+        cluster("cluster1", Some("vpc-a")),
+        cluster("cluster3", Some("account-b")),
+    ]);
+    let root = test_ca("mesh root", None);
+    plug_in(
+        &mesh.root().join("cacerts-a"),
+        &test_ca("account-a", Some(&root)),
+        &root,
+    );
+    plug_in(
+        &mesh.root().join("cacerts-b"),
+        &test_ca("account-b", Some(&root)),
+        &root,
+    );
+    let root_file = mesh.root().join("shared-root.pem");
+    std::fs::write(&root_file, root.cert.pem()).expect("write root");
+    let both = [("cluster1", "vpc-a"), ("cluster3", "account-b")];
+    let (tls_a, tls_b) = (
+        SocketAddr::from((Ipv4Addr::LOCALHOST, free_port())),
+        SocketAddr::from((Ipv4Addr::LOCALHOST, free_port())),
+    );
+    mesh_file(&mesh.mesh_file, tls_a, &both, "ca:\n  dir: cacerts-a\n");
+    let mesh_b = mesh.root().join("mesh-b.yaml");
+    mesh_file(&mesh_b, tls_b, &both, "ca:\n  dir: cacerts-b\n");
+    let issuer1 = Issuer::new(
+        "https://cluster1.example",
+        &mesh.root().join("cluster1-jwks.json"),
+    );
+    let issuer3 = Issuer::new(
+        "https://cluster3.example",
+        &mesh.root().join("cluster3-jwks.json"),
+    );
+
+    let (client_ip, web_ip, ew_ip) = (subnet.ip(1), subnet.ip(31), subnet.ip(200));
+    let (svc_port, sidecar_port, app_port, ew_port) =
+        (free_port(), free_port(), free_port(), free_port());
+    write_destination(&mesh, web_ip, svc_port, sidecar_port, app_port);
+    write_east_west(&mesh, ew_ip, ew_port);
+    let _app = Backend::start(web_ip, app_port, "web-0").await;
+    let cp_a = ControlPlane::start(&mesh.mesh_file).await;
+    let cp_b = ControlPlane::start(&mesh_b).await;
+    let _ew = east_west_gateway(mesh.root(), &issuer3, tls_b, &root_file, ew_ip).await;
+    let _web = sidecar(
+        mesh.root(),
+        &issuer3,
+        tls_b,
+        &root_file,
+        web_ip,
+        "web-0",
+        "web",
+        WEB_SA,
+        "cluster3",
+        "account-b",
+    )
+    .await;
+    let _client = sidecar(
+        mesh.root(),
+        &issuer1,
+        tls_a,
+        &root_file,
+        client_ip,
+        "client-0",
+        "client",
+        CLIENT_SA,
+        "cluster1",
+        "vpc-a",
+    )
+    .await;
+
+    let client_id = format!("spiffe://cluster.local/ns/{NS}/sa/{CLIENT_SA}");
+    let web_id = format!("spiffe://cluster.local/ns/{NS}/sa/{WEB_SA}");
+    assert_eq!(identities(&cp_a).await, [client_id.clone()]);
+    assert_eq!(
+        identities(&cp_b).await,
+        [
+            "spiffe://cluster.local/ns/istio-system/sa/istio-eastwestgateway".to_string(),
+            web_id.clone(),
+        ]
+    );
+    let out = SocketAddr::from((client_ip, svc_port));
+    let reply = wait_for("web-0 answers across control planes", CONVERGE, || async {
+        let r = http::get(out, HOST, "/").await?;
+        if r.status == 200 {
+            Ok(r)
+        } else {
+            Err(format!("{} {}", r.status, r.body))
+        }
+    })
+    .await;
+    assert_eq!(reply.body, "web-0");
+    assert_eq!(xfcc(&reply, "URI"), client_id);
+    assert_eq!(xfcc(&reply, "By"), web_id);
 }
