@@ -13,6 +13,9 @@
 //!   `istio-system/istio-eastwestgateway`) found from its Service labelled
 //!   `topology.istio.io/network: account-b`.
 //!
+//! A second test runs one control plane per account, each signing with its own
+//! intermediate under one plugged-in root made here.
+//!
 //! Each cluster's service-account tokens are signed here with a key made at test
 //! time and verified with that cluster's `tokenIssuer` JWKS.
 
