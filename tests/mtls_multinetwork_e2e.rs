@@ -686,7 +686,7 @@ async fn two_control_planes_sharing_a_plugged_in_root() {
 
     let client_id = format!("spiffe://cluster.local/ns/{NS}/sa/{CLIENT_SA}");
     let web_id = format!("spiffe://cluster.local/ns/{NS}/sa/{WEB_SA}");
-    assert_eq!(identities(&cp_a).await, [client_id.clone()]);
+    assert_eq!(identities(&cp_a).await, std::slice::from_ref(&client_id));
     assert_eq!(
         identities(&cp_b).await,
         [
