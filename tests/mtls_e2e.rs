@@ -13,14 +13,7 @@
 mod support;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
-use ring::rand::SystemRandom;
-use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
-use serde_json::json;
+use std::path::PathBuf;
 
 use support::backend::Backend;
 use support::control_plane::{bootstrap, ControlPlane};
@@ -28,6 +21,7 @@ use support::envoy::Envoy;
 use support::http;
 use support::manifests::{self, cluster, Mesh};
 use support::net::{free_port, Subnet};
+use support::token_issuer::TokenIssuer;
 use support::{wait_for, CONVERGE};
 
 const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
@@ -35,56 +29,10 @@ const NS: &str = "shop";
 const WEB_HOST: &str = "web.shop.svc.cluster.local";
 const LEGACY_HOST: &str = "legacy.shop.svc.cluster.local";
 
-/// Signs projected service-account tokens with an ES256 key made now; its JWKS
-/// is the mesh file's `tokenIssuer.jwks`.
-struct Issuer {
-    key: EcdsaKeyPair,
-    rng: SystemRandom,
-}
-
-impl Issuer {
-    fn new(jwks_file: &Path) -> Issuer {
-        let rng = SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-            .expect("generate key");
-        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
-            .expect("key");
-        let p = key.public_key().as_ref();
-        let jwks = json!({"keys": [{
-            "kty": "EC", "crv": "P-256", "kid": "k1", "use": "sig", "alg": "ES256",
-            "x": URL_SAFE_NO_PAD.encode(&p[1..33]), "y": URL_SAFE_NO_PAD.encode(&p[33..65]),
-        }]});
-        std::fs::write(jwks_file, jwks.to_string()).expect("write jwks");
-        Issuer { key, rng }
-    }
-
-    fn token(&self, sa: &str) -> String {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock")
-            .as_secs() as i64;
-        let claims = json!({
-            "iss": ISSUER,
-            "sub": format!("system:serviceaccount:{NS}:{sa}"),
-            "aud": ["istio-ca"],
-            "iat": now - 60, "nbf": now - 60, "exp": now + 3600,
-            "kubernetes.io": {"namespace": NS, "serviceaccount": {"name": sa, "uid": "u"}},
-        });
-        let header = json!({"alg": "ES256", "kid": "k1", "typ": "JWT"});
-        let input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
-        let sig = self.key.sign(&self.rng, input.as_bytes()).expect("sign");
-        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
-    }
-}
-
 struct Fixture {
     subnet: Subnet,
     mesh: Mesh,
-    issuer: Issuer,
+    issuer: TokenIssuer,
     _cp: ControlPlane,
     tls: SocketAddr,
     /// web's sidecar ingress ports: STRICT, and DISABLE by `portLevelMtls`.
@@ -113,7 +61,7 @@ impl Fixture {
     async fn start() -> Fixture {
         let subnet = Subnet::claim();
         let mesh = Mesh::new(&[cluster("cluster1", None)]);
-        let issuer = Issuer::new(&mesh.root().join("cluster1-jwks.json"));
+        let issuer = TokenIssuer::new(ISSUER, &mesh.root().join("cluster1-jwks.json"));
         let tls = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
         std::fs::write(
             &mesh.mesh_file,
@@ -229,7 +177,7 @@ spec:
     /// A NONE-mode sidecar on the TLS port, authenticated as `shop/default`.
     async fn sidecar(&self, host: u8, pod: &str, app: &str) -> Envoy {
         let token_file = self.mesh.root().join(format!("{pod}.token"));
-        std::fs::write(&token_file, self.issuer.token("default")).expect("write token");
+        std::fs::write(&token_file, self.issuer.token_for(NS, "default")).expect("write token");
         let args: Vec<String> = [
             "bootstrap",
             "--role",

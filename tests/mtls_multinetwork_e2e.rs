@@ -23,13 +23,6 @@ mod support;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
-use ring::rand::SystemRandom;
-use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
-use serde_json::json;
 
 use support::backend::Backend;
 use support::control_plane::{bootstrap, ControlPlane};
@@ -37,68 +30,13 @@ use support::envoy::Envoy;
 use support::http;
 use support::manifests::{self, cluster, Mesh};
 use support::net::{free_port, Subnet};
+use support::token_issuer::TokenIssuer;
 use support::{wait_for, CONVERGE};
 
 const NS: &str = "shop";
 const HOST: &str = "web.shop.svc.cluster.local";
 const CLIENT_SA: &str = "sleep";
 const WEB_SA: &str = "default";
-
-/// Signs projected service-account tokens of one cluster with an ES256 key made
-/// now; its JWKS is the cluster's `tokenIssuer.jwks`.
-struct Issuer {
-    iss: String,
-    key: EcdsaKeyPair,
-    rng: SystemRandom,
-}
-
-impl Issuer {
-    fn new(iss: &str, jwks_file: &Path) -> Issuer {
-        let rng = SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-            .expect("generate key");
-        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
-            .expect("key");
-        let issuer = Issuer {
-            iss: iss.to_string(),
-            key,
-            rng,
-        };
-        issuer.write_jwks(jwks_file);
-        issuer
-    }
-
-    fn write_jwks(&self, jwks_file: &Path) {
-        let p = self.key.public_key().as_ref();
-        let jwks = json!({"keys": [{
-            "kty": "EC", "crv": "P-256", "kid": "k1", "use": "sig", "alg": "ES256",
-            "x": URL_SAFE_NO_PAD.encode(&p[1..33]), "y": URL_SAFE_NO_PAD.encode(&p[33..65]),
-        }]});
-        std::fs::write(jwks_file, jwks.to_string()).expect("write jwks");
-    }
-
-    fn token(&self, ns: &str, sa: &str) -> String {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock")
-            .as_secs() as i64;
-        let claims = json!({
-            "iss": self.iss,
-            "sub": format!("system:serviceaccount:{ns}:{sa}"),
-            "aud": ["istio-ca"],
-            "iat": now - 60, "nbf": now - 60, "exp": now + 3600,
-            "kubernetes.io": {"namespace": ns, "serviceaccount": {"name": sa, "uid": "u"}},
-        });
-        let header = json!({"alg": "ES256", "kid": "k1", "typ": "JWT"});
-        let input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
-        let sig = self.key.sign(&self.rng, input.as_bytes()).expect("sign");
-        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
-    }
-}
 
 /// The east-west gateway's Service in cluster3 (Istio's label-based network
 /// gateway), its address in the load balancer status.
@@ -255,7 +193,7 @@ spec:
 #[allow(clippy::too_many_arguments)]
 async fn sidecar(
     dir: &Path,
-    issuer: &Issuer,
+    issuer: &TokenIssuer,
     tls: SocketAddr,
     root_cert: &Path,
     ip: Ipv4Addr,
@@ -266,7 +204,7 @@ async fn sidecar(
     network: &str,
 ) -> Envoy {
     let token_file = dir.join(format!("{pod}.token"));
-    std::fs::write(&token_file, issuer.token(NS, sa)).expect("write token");
+    std::fs::write(&token_file, issuer.token_for(NS, sa)).expect("write token");
     let args: Vec<String> = [
         "bootstrap",
         "--role",
@@ -313,7 +251,7 @@ fn root_cert(mesh: &Mesh) -> PathBuf {
 /// its own, it must still pass the sidecars' mTLS through unterminated.
 async fn east_west_gateway(
     dir: &Path,
-    issuer: &Issuer,
+    issuer: &TokenIssuer,
     tls: SocketAddr,
     root_cert: &Path,
     ip: Ipv4Addr,
@@ -321,7 +259,7 @@ async fn east_west_gateway(
     let token_file = dir.join("ew-0.token");
     std::fs::write(
         &token_file,
-        issuer.token("istio-system", "istio-eastwestgateway"),
+        issuer.token_for("istio-system", "istio-eastwestgateway"),
     )
     .expect("write token");
     let args: Vec<String> = [
@@ -395,11 +333,11 @@ async fn client_sidecar_to_destination_sidecar_through_the_east_west_gateway() {
         &[("cluster1", "vpc-a"), ("cluster3", "account-b")],
         "",
     );
-    let issuer1 = Issuer::new(
+    let issuer1 = TokenIssuer::new(
         "https://cluster1.example",
         &mesh.root().join("cluster1-jwks.json"),
     );
-    let issuer3 = Issuer::new(
+    let issuer3 = TokenIssuer::new(
         "https://cluster3.example",
         &mesh.root().join("cluster3-jwks.json"),
     );
@@ -570,7 +508,7 @@ fn test_ca(cn: &str, parent: Option<&TestCa>) -> TestCa {
     params.distinguished_name.push(DnType::CommonName, cn);
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let now = SystemTime::now();
+    let now = std::time::SystemTime::now();
     params.not_before = (now - std::time::Duration::from_secs(3600)).into();
     params.not_after = (now + std::time::Duration::from_secs(30 * 86_400)).into();
     let cert = match parent {
@@ -639,11 +577,11 @@ async fn two_control_planes_sharing_a_plugged_in_root() {
     mesh_file(&mesh.mesh_file, tls_a, &both, "ca:\n  dir: cacerts-a\n");
     let mesh_b = mesh.root().join("mesh-b.yaml");
     mesh_file(&mesh_b, tls_b, &both, "ca:\n  dir: cacerts-b\n");
-    let issuer1 = Issuer::new(
+    let issuer1 = TokenIssuer::new(
         "https://cluster1.example",
         &mesh.root().join("cluster1-jwks.json"),
     );
-    let issuer3 = Issuer::new(
+    let issuer3 = TokenIssuer::new(
         "https://cluster3.example",
         &mesh.root().join("cluster3-jwks.json"),
     );

@@ -12,13 +12,10 @@ mod support;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use ring::rand::SystemRandom;
-use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use support::backend::Backend;
 use support::control_plane::{bootstrap, ControlPlane};
@@ -26,6 +23,7 @@ use support::envoy::Envoy;
 use support::http;
 use support::manifests::{self, cluster, Mesh};
 use support::net::{free_port, Subnet};
+use support::token_issuer::TokenIssuer;
 use support::{wait_for, CONVERGE};
 
 const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
@@ -35,84 +33,13 @@ const GW_POD: &str = "istio-ingressgateway-0";
 const HOST: &str = "web.example.com";
 const SECURE_HOST: &str = "secure.example.com";
 
-/// A cluster's service-account token issuer: an ES256 key made now, its JWKS
-/// written for the mesh file's `tokenIssuer`.
-struct Issuer {
-    key: EcdsaKeyPair,
-    kid: String,
-    rng: SystemRandom,
-}
-
-impl Issuer {
-    fn new(jwks_file: &Path) -> Issuer {
-        Issuer::with_kid(jwks_file, "k1")
-    }
-
-    /// A new signing key `kid`; the JWKS then lists only it (the cluster's
-    /// issuer rotated its key: tokens of the old one no longer verify).
-    fn with_kid(jwks_file: &Path, kid: &str) -> Issuer {
-        let rng = SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-            .expect("generate key");
-        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
-            .expect("key");
-        let p = key.public_key().as_ref();
-        let jwks = json!({"keys": [{
-            "kty": "EC", "crv": "P-256", "kid": kid, "use": "sig", "alg": "ES256",
-            "x": URL_SAFE_NO_PAD.encode(&p[1..33]), "y": URL_SAFE_NO_PAD.encode(&p[33..65]),
-        }]});
-        std::fs::write(jwks_file, jwks.to_string()).expect("write jwks");
-        Issuer {
-            key,
-            kid: kid.into(),
-            rng,
-        }
-    }
-
-    /// A projected token as kube-apiserver writes it, valid from now for
-    /// `valid_for` seconds (negative: already expired).
-    fn token(&self, ns: &str, sa: &str, pod: Option<&str>, aud: &str, valid_for: i64) -> String {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock")
-            .as_secs() as i64;
-        let mut k8s = json!({
-            "namespace": ns,
-            "serviceaccount": {"name": sa, "uid": "sa-uid"},
-        });
-        if let Some(p) = pod {
-            k8s["pod"] = json!({"name": p, "uid": "pod-uid"});
-        }
-        let claims = json!({
-            "iss": ISSUER,
-            "sub": format!("system:serviceaccount:{ns}:{sa}"),
-            "aud": [aud],
-            "iat": now - 120,
-            "nbf": now - 120,
-            "exp": now + valid_for,
-            "kubernetes.io": k8s,
-        });
-        let header = json!({"alg": "ES256", "kid": self.kid, "typ": "JWT"});
-        let signing_input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
-        let sig = self
-            .key
-            .sign(&self.rng, signing_input.as_bytes())
-            .expect("sign");
-        format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
-    }
-}
-
 /// One cluster read from manifests whose tokens are verified with `Issuer`'s
 /// JWKS; service `web` (pod `web-0`) behind the ingress Gateway for
 /// `web.example.com`; crossmesh with a TLS xDS port and a generated CA.
 struct Fixture {
     subnet: Subnet,
     mesh: Mesh,
-    issuer: Issuer,
+    issuer: TokenIssuer,
     cp: ControlPlane,
     tls: SocketAddr,
     gw_port: u16,
@@ -125,7 +52,7 @@ impl Fixture {
     async fn start(workload_ttl: &str) -> Fixture {
         let subnet = Subnet::claim();
         let mesh = Mesh::new(&[cluster("cluster1", None)]);
-        let issuer = Issuer::new(&mesh.root().join("cluster1-jwks.json"));
+        let issuer = TokenIssuer::new(ISSUER, &mesh.root().join("cluster1-jwks.json"));
         let tls = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
         std::fs::write(
             &mesh.mesh_file,
@@ -853,7 +780,7 @@ async fn token_rotated_on_disk_is_used_on_reconnect() {
 
     // Rotate: a new issuer key (the old token is now refused) and a new token
     // in the file, replaced atomically as the kubelet does.
-    f.issuer = Issuer::with_kid(&f.mesh.root().join("cluster1-jwks.json"), "k2");
+    f.issuer = TokenIssuer::with_kid(ISSUER, &f.mesh.root().join("cluster1-jwks.json"), "k2");
     let new = f.issuer.token(GW_NS, GW_SA, Some(GW_POD), "istio-ca", 3600);
     let tmp = f.mesh.root().join("gw.token.tmp");
     std::fs::write(&tmp, &new).expect("write");

@@ -14,6 +14,7 @@ pub mod manifests;
 pub mod net;
 pub mod scenario;
 pub mod shop;
+pub mod token_issuer;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
