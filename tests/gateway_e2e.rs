@@ -142,12 +142,10 @@ async fn new_pod_gets_traffic_and_deleted_pod_stops() {
     s.wait_hosts("cluster1", &[s.pod_ip(1, 1), s.pod_ip(1, 2)])
         .await;
     s.wait_answer(&host, &b, CONVERGE).await;
-    // Round robin over both pods.
-    let bodies = http::get_many(s.gw_addr(), &host, 10).await;
-    assert!(
-        bodies.iter().any(|x| x == "cluster1-pod-a") && bodies.iter().any(|x| x == &b),
-        "{bodies:?}"
-    );
+    // Both pods get traffic, and nothing else answers.
+    let bodies = http::until_each_answers(s.gw_addr(), &host, &["cluster1-pod-a", &b], 64)
+        .await
+        .unwrap_or_else(|bodies| panic!("not both pods answered: {bodies:?}"));
     assert!(
         bodies.iter().all(|x| x == "cluster1-pod-a" || x == &b),
         "{bodies:?}"

@@ -59,3 +59,28 @@ pub async fn get_many(addr: SocketAddr, host: &str, n: usize) -> Vec<String> {
     }
     out
 }
+
+/// Send requests for `host` until every one of `pods` has answered 200, at most
+/// `max` requests; returns every answer. The gateway balances with
+/// LEAST_REQUEST (Istio's default), which picks at random between idle hosts, so
+/// a fixed handful of requests can miss one of two healthy pods (6 requests:
+/// 3 %); 64 make that chance 2^-63 while a pod that gets no traffic still fails.
+pub async fn until_each_answers(
+    addr: SocketAddr,
+    host: &str,
+    pods: &[&str],
+    max: usize,
+) -> Result<Vec<String>, Vec<String>> {
+    let mut out = Vec::new();
+    while out.len() < max {
+        out.push(match get(addr, host, "/").await {
+            Ok(r) if r.status == 200 => r.body,
+            Ok(r) => format!("<{}>", r.status),
+            Err(e) => format!("error: {e}"),
+        });
+        if pods.iter().all(|p| out.iter().any(|b| b == p)) {
+            return Ok(out);
+        }
+    }
+    Err(out)
+}
