@@ -134,7 +134,10 @@ mod tests {
             "trustDomain: cluster.local\nclusters:\n- {name: hub, inCluster: true}\nconfig:\n- cluster: hub\n",
         )
         .unwrap();
-        assert_eq!(validate_paths(std::slice::from_ref(&good)), Vec::<String>::new());
+        assert_eq!(
+            validate_paths(std::slice::from_ref(&good)),
+            Vec::<String>::new()
+        );
         let bad = tmp.path().join("bad-mesh.yaml");
         std::fs::write(&bad, "clusters:\n- {name: hub, inClustr: true}\n").unwrap();
         let out = validate_paths(std::slice::from_ref(&bad));

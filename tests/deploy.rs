@@ -1032,7 +1032,12 @@ fn rbac_is_least_privilege_and_enough() {
         }
     }
     assert!(
-        grants(&cluster_rules, "authentication.k8s.io", "tokenreviews", "create"),
+        grants(
+            &cluster_rules,
+            "authentication.k8s.io",
+            "tokenreviews",
+            "create"
+        ),
         "{sa} cannot create TokenReviews (authenticated xDS)"
     );
     for rule in cluster_rules.iter().filter(|r| !token_review(r)) {

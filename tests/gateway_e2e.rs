@@ -349,14 +349,18 @@ async fn bad_input_is_reported_and_other_hosts_keep_working() {
     // Envoy answers 503 with an empty body (response flag NC), not a pod and not
     // 404. Every good host keeps working.
     let gw = s.gw_addr();
-    wait_for("ghost.imroc.cc answered 503 (no cluster)", CONVERGE, || async move {
-        let r = http::get(gw, "ghost.imroc.cc", "/").await?;
-        if r.status == 503 && r.body.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("{r:?}"))
-        }
-    })
+    wait_for(
+        "ghost.imroc.cc answered 503 (no cluster)",
+        CONVERGE,
+        || async move {
+            let r = http::get(gw, "ghost.imroc.cc", "/").await?;
+            if r.status == 503 && r.body.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{r:?}"))
+            }
+        },
+    )
     .await;
     for c in CLUSTERS {
         assert_all_answered_by(&s, &host_of(c), &format!("{c}-pod-a"), 3).await;

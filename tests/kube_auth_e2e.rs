@@ -142,7 +142,12 @@ async fn bad_credentials_are_explained_and_never_crash() {
             ..Credentials::default()
         },
     );
-    let e = wait_reason(&s, 2, &["certificate verify failed", "certificate-authority"]).await;
+    let e = wait_reason(
+        &s,
+        2,
+        &["certificate verify failed", "certificate-authority"],
+    )
+    .await;
     assert!(e.contains("TLS"), "{e}");
     still_serving(&s, &[1, 2, 3]).await;
 
@@ -159,7 +164,12 @@ async fn bad_credentials_are_explained_and_never_crash() {
         .map(|l| format!("{l}\n"))
         .collect();
     std::fs::write(&kc(2), no_ca).expect("write kubeconfig");
-    let e = wait_reason(&s, 2, &["certificate verify failed", "no certificate-authority"]).await;
+    let e = wait_reason(
+        &s,
+        2,
+        &["certificate verify failed", "no certificate-authority"],
+    )
+    .await;
     assert!(e.contains("TLS"), "{e}");
     still_serving(&s, &[1, 2, 3]).await;
 
@@ -174,7 +184,10 @@ async fn bad_credentials_are_explained_and_never_crash() {
             "  user:\n    {}\n",
             "  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: crossmesh-test-no-such-credential-plugin\n      interactiveMode: Never\n",
         );
-    assert!(exec.contains("crossmesh-test-no-such-credential-plugin"), "{exec}");
+    assert!(
+        exec.contains("crossmesh-test-no-such-credential-plugin"),
+        "{exec}"
+    );
     std::fs::write(&kc(2), exec).expect("write kubeconfig");
     let e = wait_reason(&s, 2, &["crossmesh-test-no-such-credential-plugin"]).await;
     assert!(e.contains("credential plugin"), "{e}");

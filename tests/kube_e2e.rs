@@ -156,9 +156,13 @@ async fn three_clusters_from_api_servers_with_istio_crds() {
     s.wait_hosts(2, &[1, 2]).await;
     s.wait_answer(2, &b).await;
     // Both pods get traffic.
-    if let Err(bodies) =
-        http::until_each_answers(s.gw_addr(), &host_of("cluster2"), &["cluster2-pod-a", &b], 64)
-            .await
+    if let Err(bodies) = http::until_each_answers(
+        s.gw_addr(),
+        &host_of("cluster2"),
+        &["cluster2-pod-a", &b],
+        64,
+    )
+    .await
     {
         panic!("not both pods answered: {bodies:?}");
     }

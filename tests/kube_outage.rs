@@ -113,7 +113,9 @@ async fn outage_with_history_lost(form: ExpiredWatch) {
     assert_eq!(eps.len(), 1, "{eps:?}");
     // ... and stays so ("for good"): a few seconds more of traffic to the new pod,
     // across re-watches.
-    let sent = s.keep_answering(2, &[b.as_str()], Duration::from_secs(3)).await;
+    let sent = s
+        .keep_answering(2, &[b.as_str()], Duration::from_secs(3))
+        .await;
     assert!(sent > 0);
     let c = s.clusterz(2).await.expect("clusterz");
     assert_eq!(
@@ -184,4 +186,3 @@ async fn history_lost_outage_with_410_error_events() {
 async fn history_lost_outage_with_http_410() {
     outage_with_history_lost(ExpiredWatch::HttpGone).await;
 }
-
