@@ -5,7 +5,7 @@
 //!
 //! Semantics reproduced (Envoy `api-docs/xds_protocol`):
 //! - Each type is its own sub-stream; responses within one push go out in
-//!   `TypeUrl::ALL` order (CDS before EDS, LDS before RDS).
+//!   `TypeUrl::ALL` order (SDS first, CDS before EDS, LDS before RDS).
 //! - Nonces are per stream. A request whose `response_nonce` is not the latest
 //!   nonce sent for its type is stale: SotW ignores it entirely (no reply); Delta
 //!   still applies its subscription changes (they are diffs and would otherwise be
@@ -147,6 +147,8 @@ pub struct StreamState {
     nonce: u64,
 }
 
+/// The version of a response: a hash of the names and versions it carries, so
+/// that replicas (and restarts) send equal versions for equal content.
 fn set_version(resources: &[Arc<Resource>]) -> String {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for r in resources {
@@ -156,7 +158,6 @@ fn set_version(resources: &[Arc<Resource>]) -> String {
     format!("{:016x}", h.finish())
 }
 
-/// Names to examine for one type.
 /// What a client holds of one type: a shared snapshot map (`base`) plus this
 /// stream's differences from it (`diff`: `Some` = holds that resource, `None` =
 /// does not hold the base's entry). Once a proxy holds what the snapshot says,
@@ -333,6 +334,7 @@ fn intern(map: &BTreeMap<Arc<str>, Arc<Resource>>, name: &str) -> Arc<str> {
     }
 }
 
+/// Names to examine for one type.
 enum Candidates<'a> {
     /// Everything in scope, plus everything sent (to find removals).
     All,
@@ -587,16 +589,7 @@ impl StreamState {
         let current = self.current.clone();
         let mut out = Vec::new();
         let mut eds_forced = BTreeSet::new();
-        // Secrets first: a cluster or listener that names a changed secret
-        // reaches the client after the secret's new content.
-        let order = [
-            TypeUrl::Secret,
-            TypeUrl::Cluster,
-            TypeUrl::Endpoint,
-            TypeUrl::Listener,
-            TypeUrl::Route,
-        ];
-        for t in order {
+        for t in TypeUrl::ALL {
             if !self.types[t.index()].requested {
                 continue;
             }

@@ -20,13 +20,15 @@ pub enum TypeUrl {
 }
 
 impl TypeUrl {
-    /// Push order.
+    /// Push order: secrets first (a cluster or listener that names a changed
+    /// secret reaches the client after the secret's new content), then CDS
+    /// before EDS and LDS before RDS.
     pub const ALL: [TypeUrl; 5] = [
+        TypeUrl::Secret,
         TypeUrl::Cluster,
         TypeUrl::Endpoint,
         TypeUrl::Listener,
         TypeUrl::Route,
-        TypeUrl::Secret,
     ];
 
     pub fn as_str(self) -> &'static str {
