@@ -135,6 +135,7 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext, identity: bool) -> Generated {
                 &format!("outbound_{BIND_ADDRESS}_{port}"),
                 &route_name,
                 true,
+                super::security::http_filters(proxy, ctx, port),
             );
             out.listeners.push(listener(
                 BIND_ADDRESS,

@@ -80,13 +80,15 @@ fn http_filter(name: &str, config: envoy_types::pb::google::protobuf::Any) -> Ht
 }
 
 /// The HTTP connection manager fetching route config `route_name` over ADS, with
-/// Istio's HTTP filters that VirtualService features need: CORS and fault
-/// (configured per route), then the router. `use_remote_address` is set for
-/// gateways (the edge), as Istio does.
+/// `security` (request authentication, then authorization: see
+/// `translate::security`) ahead of Istio's HTTP filters that VirtualService
+/// features need: CORS and fault (configured per route), then the router.
+/// `use_remote_address` is set for gateways (the edge), as Istio does.
 pub fn http_connection_manager(
     stat_prefix: &str,
     route_name: &str,
     use_remote_address: bool,
+    security: Vec<HttpFilter>,
 ) -> Filter {
     let hcm = HttpConnectionManager {
         codec_type: CodecType::Auto as i32,
@@ -95,7 +97,7 @@ pub fn http_connection_manager(
             config_source: Some(ads()),
             route_config_name: route_name.to_string(),
         })),
-        http_filters: default_http_filters(),
+        http_filters: http_filters(security),
         use_remote_address: use_remote_address.then(|| bool_value(true)),
         ..Default::default()
     };
@@ -105,23 +107,32 @@ pub fn http_connection_manager(
     }
 }
 
-/// Istio's HTTP filters: CORS and fault (configured per route), then the router.
-fn default_http_filters() -> Vec<HttpFilter> {
-    vec![
+/// `security` first (a request is authenticated and authorized before anything
+/// acts on it, as in Istio's chains), then Istio's HTTP filters: CORS and fault
+/// (configured per route), then the router.
+fn http_filters(security: Vec<HttpFilter>) -> Vec<HttpFilter> {
+    let mut out = security;
+    out.extend([
         http_filter(CORS_FILTER, pack(&Cors::default())),
         http_filter(FAULT_FILTER, pack(&HttpFault::default())),
         http_filter(ROUTER_FILTER, pack(&Router::default())),
-    ]
+    ]);
+    out
 }
 
 /// An HTTP connection manager with an inline route config (Istio's inbound
-/// listeners: `inbound|PORT||` routes everything to the local workload).
-pub fn http_connection_manager_inline(stat_prefix: &str, route: RouteConfiguration) -> Filter {
+/// listeners: `inbound|PORT||` routes everything to the local workload), with
+/// `security` ahead of the default filters.
+pub fn http_connection_manager_inline(
+    stat_prefix: &str,
+    route: RouteConfiguration,
+    security: Vec<HttpFilter>,
+) -> Filter {
     let hcm = HttpConnectionManager {
         codec_type: CodecType::Auto as i32,
         stat_prefix: stat_prefix.to_string(),
         route_specifier: Some(RouteSpecifier::RouteConfig(route)),
-        http_filters: default_http_filters(),
+        http_filters: http_filters(security),
         ..Default::default()
     };
     Filter {

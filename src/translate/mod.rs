@@ -23,6 +23,7 @@ pub mod mtls;
 pub mod network;
 pub mod proto;
 pub mod route;
+pub mod security;
 pub mod sidecar;
 
 #[cfg(test)]

@@ -268,7 +268,7 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext, identity: bool) -> Generated {
                 ));
                 vec![filter_chain(
                     Vec::new(),
-                    http_connection_manager(&stat, &route_name, false),
+                    http_connection_manager(&stat, &route_name, false, Vec::new()),
                 )]
             } else {
                 let mut chains = if matches!(protocol, Protocol::Tls | Protocol::Https) {
@@ -313,7 +313,11 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext, identity: bool) -> Generated {
         out.clusters.push(inbound);
         let stat = format!("inbound_{port}");
         let filter = if protocol.is_http() {
-            http_connection_manager_inline(&stat, inbound_route(&cluster))
+            http_connection_manager_inline(
+                &stat,
+                inbound_route(&cluster),
+                super::security::http_filters(proxy, ctx, port),
+            )
         } else {
             tcp_proxy(&stat, &[(cluster.clone(), 100)])
         };
