@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::metrics::{metrics, KindLabel};
 use crate::model::istio::validate::validate;
+use crate::model::istio::request_authentication::FetchedJwks;
 use crate::model::istio::{
     host_intersection, labels_match, parse_object, resolve_gateway_name, ConfigSnapshot,
     Destination, IstioObject, Kind, Rejection, MESH_GATEWAY,
@@ -96,6 +97,8 @@ pub struct ConfigStore {
     in_force: Vec<IstioObject>,
     duplicates: Vec<Rejection>,
     snapshot: Arc<ConfigSnapshot>,
+    /// Keys fetched for RequestAuthentication `jwksUri`s (`security::jwks`).
+    jwks: Arc<FetchedJwks>,
 }
 
 impl Default for ConfigStore {
@@ -114,6 +117,7 @@ impl ConfigStore {
             in_force: Vec::new(),
             duplicates: Vec::new(),
             snapshot: Arc::new(ConfigSnapshot::new(domain_suffix, [])),
+            jwks: Arc::default(),
         }
     }
 
@@ -171,11 +175,23 @@ impl ConfigStore {
         if in_force == self.in_force {
             return false;
         }
-        self.snapshot = Arc::new(ConfigSnapshot::new(
-            &self.domain_suffix,
-            in_force.iter().cloned(),
-        ));
+        let mut snapshot = ConfigSnapshot::new(&self.domain_suffix, in_force.iter().cloned());
+        snapshot.jwks = self.jwks.clone();
+        self.snapshot = Arc::new(snapshot);
         self.in_force = in_force;
+        true
+    }
+
+    /// Replace the fetched JWKS keys. Returns true (a push is needed) when they
+    /// differ from those in force.
+    pub fn set_jwks(&mut self, jwks: FetchedJwks) -> bool {
+        if *self.jwks == jwks {
+            return false;
+        }
+        self.jwks = Arc::new(jwks);
+        let mut snapshot = (*self.snapshot).clone();
+        snapshot.jwks = self.jwks.clone();
+        self.snapshot = Arc::new(snapshot);
         true
     }
 
@@ -194,6 +210,7 @@ impl ConfigStore {
             "DestinationRule",
             "Sidecar",
             "PeerAuthentication",
+            "RequestAuthentication",
         ]
         .iter()
         .map(|k| (k.to_string(), 0))

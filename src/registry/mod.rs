@@ -1153,6 +1153,17 @@ impl Registry {
         changed
     }
 
+    /// Replace the keys fetched for RequestAuthentication `jwksUri`s
+    /// (`security::jwks`); a change is a full push, as istiod's JWKS resolver
+    /// pushes when a key rotates.
+    pub fn set_jwks(&self, jwks: crate::model::istio::request_authentication::FetchedJwks) -> bool {
+        let changed = self.config_store().set_jwks(jwks);
+        if changed {
+            self.queue.push(PushRequest::full("jwks"));
+        }
+        changed
+    }
+
     /// Drop everything a config source contributed (e.g. its cluster left).
     pub fn remove_config_source(&self, source: &str) -> bool {
         let changed = self.config_store().remove_source(source);

@@ -1153,6 +1153,11 @@ pub const ISTIO_KINDS: &[(&str, &str, &str)] = &[
     ),
     (
         "security.istio.io",
+        "RequestAuthentication",
+        "requestauthentications",
+    ),
+    (
+        "security.istio.io",
         "AuthorizationPolicy",
         "authorizationpolicies",
     ),

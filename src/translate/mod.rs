@@ -17,6 +17,7 @@
 pub mod cluster;
 pub mod endpoint;
 pub mod gateway;
+pub mod jwt;
 pub mod listener;
 pub mod locality;
 pub mod mtls;

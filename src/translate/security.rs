@@ -10,9 +10,20 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use crate::model::context::PushContext;
 use crate::model::proxy::Proxy;
 
+/// Envoy's JWT authentication filter (`translate::jwt`).
+pub const JWT_FILTER: &str = "envoy.filters.http.jwt_authn";
+/// The dynamic-metadata key (under [`JWT_FILTER`]) where every jwt_authn
+/// provider puts a verified token's payload (`payload_in_metadata`), for RBAC's
+/// `requestPrincipals` and `request.auth.claims[...]`.
+pub const JWT_PAYLOAD_KEY: &str = "payload";
+
 /// The security filters for HTTP traffic to `proxy` on `port` (the workload's
 /// port for a sidecar, the server port for a gateway), in evaluation order.
+/// RequestAuthentication applies to every port of the workload (Istio has no
+/// port-level RequestAuthentication).
 pub fn http_filters(proxy: &Proxy, ctx: &PushContext, port: u32) -> Vec<HttpFilter> {
-    let _ = (proxy, ctx, port);
-    Vec::new()
+    let _ = port;
+    let mut out = Vec::new();
+    out.extend(super::jwt::filter(proxy, ctx));
+    out
 }

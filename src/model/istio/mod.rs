@@ -12,6 +12,7 @@ pub mod destination_rule;
 pub mod duration;
 pub mod gateway;
 pub mod peer_authentication;
+pub mod request_authentication;
 pub mod sidecar;
 pub mod validate;
 pub mod virtual_service;
@@ -27,6 +28,7 @@ pub use destination_rule::{DestinationRule, Subset, TrafficPolicy};
 pub use duration::IstioDuration;
 pub use gateway::{Gateway, Server, ServerProtocol};
 pub use peer_authentication::{EffectiveMtls, MtlsMode, PeerAuthentication};
+pub use request_authentication::RequestAuthentication;
 pub use sidecar::Sidecar;
 pub use virtual_service::VirtualService;
 
@@ -49,6 +51,7 @@ pub enum Kind {
     DestinationRule,
     Sidecar,
     PeerAuthentication,
+    RequestAuthentication,
 }
 
 impl Kind {
@@ -59,6 +62,7 @@ impl Kind {
             "DestinationRule" => Kind::DestinationRule,
             "Sidecar" => Kind::Sidecar,
             "PeerAuthentication" => Kind::PeerAuthentication,
+            "RequestAuthentication" => Kind::RequestAuthentication,
             _ => return None,
         })
     }
@@ -70,6 +74,7 @@ impl Kind {
             Kind::DestinationRule => "DestinationRule",
             Kind::Sidecar => "Sidecar",
             Kind::PeerAuthentication => "PeerAuthentication",
+            Kind::RequestAuthentication => "RequestAuthentication",
         }
     }
 }
@@ -143,6 +148,7 @@ pub enum IstioObject {
     DestinationRule(Config<DestinationRule>),
     Sidecar(Config<Sidecar>),
     PeerAuthentication(Config<PeerAuthentication>),
+    RequestAuthentication(Config<RequestAuthentication>),
 }
 
 impl IstioObject {
@@ -153,6 +159,7 @@ impl IstioObject {
             IstioObject::DestinationRule(c) => &c.meta,
             IstioObject::Sidecar(c) => &c.meta,
             IstioObject::PeerAuthentication(c) => &c.meta,
+            IstioObject::RequestAuthentication(c) => &c.meta,
         }
     }
 
@@ -163,6 +170,7 @@ impl IstioObject {
             IstioObject::DestinationRule(_) => Kind::DestinationRule,
             IstioObject::Sidecar(_) => Kind::Sidecar,
             IstioObject::PeerAuthentication(_) => Kind::PeerAuthentication,
+            IstioObject::RequestAuthentication(_) => Kind::RequestAuthentication,
         }
     }
 }
@@ -262,11 +270,14 @@ pub fn parse_object(
     }
     let kind = match (Kind::parse(&kind_str), security) {
         (Some(Kind::PeerAuthentication), true) => Kind::PeerAuthentication,
-        (Some(k), false) if k != Kind::PeerAuthentication => k,
+        (Some(Kind::RequestAuthentication), true) => Kind::RequestAuthentication,
+        (Some(k), false) if k != Kind::PeerAuthentication && k != Kind::RequestAuthentication => {
+            k
+        }
         _ if security => {
             return Err(reject(
                 "kind",
-                format!("kind {kind_str:?} of {SECURITY_GROUP} is not supported (supported: PeerAuthentication)"),
+                format!("kind {kind_str:?} of {SECURITY_GROUP} is not supported (supported: PeerAuthentication, RequestAuthentication)"),
             ))
         }
         _ => {
@@ -323,6 +334,9 @@ pub fn parse_object(
         Kind::Sidecar => de(spec).map(|spec| IstioObject::Sidecar(Config { meta, spec })),
         Kind::PeerAuthentication => {
             de(spec).map(|spec| IstioObject::PeerAuthentication(Config { meta, spec }))
+        }
+        Kind::RequestAuthentication => {
+            de(spec).map(|spec| IstioObject::RequestAuthentication(Config { meta, spec }))
         }
     };
     let obj = obj.map_err(|(field, reason)| reject(&field, reason))?;
@@ -413,6 +427,11 @@ pub struct ConfigSnapshot {
     pub destination_rules: Vec<Arc<Config<DestinationRule>>>,
     pub sidecars: Vec<Arc<Config<Sidecar>>>,
     pub peer_authentications: Vec<Arc<Config<PeerAuthentication>>>,
+    pub request_authentications: Vec<Arc<Config<RequestAuthentication>>>,
+    /// Keys fetched for `jwksUri` (and OpenID discovery) by `security::jwks`,
+    /// set by the config store; a rule whose keys are not here yet gets Istio's
+    /// fake key.
+    pub jwks: Arc<request_authentication::FetchedJwks>,
     /// Gateway key (`ns/name` or `mesh`) -> indexes into `virtual_services`.
     vs_by_gateway: HashMap<String, Vec<usize>>,
     /// Resolved host -> indexes into `destination_rules`.
@@ -449,6 +468,9 @@ impl ConfigSnapshot {
                 IstioObject::DestinationRule(c) => s.destination_rules.push(Arc::new(c)),
                 IstioObject::Sidecar(c) => s.sidecars.push(Arc::new(c)),
                 IstioObject::PeerAuthentication(c) => s.peer_authentications.push(Arc::new(c)),
+                IstioObject::RequestAuthentication(c) => {
+                    s.request_authentications.push(Arc::new(c))
+                }
             }
         }
         s.gateways.sort_by(|a, b| a.meta.istio_order(&b.meta));
@@ -458,6 +480,8 @@ impl ConfigSnapshot {
             .sort_by(|a, b| a.meta.istio_order(&b.meta));
         s.sidecars.sort_by(|a, b| a.meta.istio_order(&b.meta));
         s.peer_authentications
+            .sort_by(|a, b| a.meta.istio_order(&b.meta));
+        s.request_authentications
             .sort_by(|a, b| a.meta.istio_order(&b.meta));
         for (i, vs) in s.virtual_services.iter().enumerate() {
             let mut keys: Vec<String> = if vs.spec.gateways.is_empty() {

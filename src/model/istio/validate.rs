@@ -82,6 +82,11 @@ pub fn validate(obj: &IstioObject) -> Vec<Issue> {
         IstioObject::DestinationRule(c) => destination_rule(&c.spec, &mut out),
         IstioObject::Sidecar(c) => sidecar(&c.spec, &mut out),
         IstioObject::PeerAuthentication(c) => peer_authentication(&c.spec, &mut out),
+        IstioObject::RequestAuthentication(c) => {
+            for (field, reason) in c.spec.problems(&c.meta.namespace) {
+                out.err(field, reason);
+            }
+        }
     }
     out.0
 }
