@@ -67,6 +67,8 @@ struct CaFile {
     state_dir: Option<PathBuf>,
     #[serde(rename = "workloadCertTTL")]
     workload_cert_ttl: Option<DurationFile>,
+    reload_interval: Option<DurationFile>,
+    reissue_window: Option<DurationFile>,
 }
 
 /// `unreachableClusterEndpoints`: the word `keep`, or a map `{dropAfter: 60s}`.
@@ -279,12 +281,23 @@ pub struct CaConfig {
     /// `ca.workloadCertTTL`: lifetime of workload certificates (default 24h, as
     /// Istio's `DEFAULT_WORKLOAD_CERT_TTL`).
     pub workload_cert_ttl: Duration,
+    /// `ca.reloadInterval`: how often `serve` reads the plug-in directory
+    /// (`dir`) for changes (default 5s). Unused for a generated root.
+    pub reload_interval: Duration,
+    /// `ca.reissueWindow`: once the signing certificate changed, every
+    /// connected proxy gets a certificate from the new one within this window,
+    /// at a random point of it (default 30s).
+    pub reissue_window: Duration,
 }
 
 /// Default `ca.workloadCertTTL`.
 pub const DEFAULT_WORKLOAD_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Default `ca.stateDir`, relative to the mesh file's directory.
 pub const DEFAULT_CA_STATE_DIR: &str = "crossmesh-ca";
+/// Default `ca.reloadInterval`.
+pub const DEFAULT_CA_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+/// Default `ca.reissueWindow`.
+pub const DEFAULT_CA_REISSUE_WINDOW: Duration = Duration::from_secs(30);
 
 impl Default for CaConfig {
     fn default() -> Self {
@@ -293,6 +306,8 @@ impl Default for CaConfig {
             dir: None,
             state_dir: PathBuf::from(DEFAULT_CA_STATE_DIR),
             workload_cert_ttl: DEFAULT_WORKLOAD_CERT_TTL,
+            reload_interval: DEFAULT_CA_RELOAD_INTERVAL,
+            reissue_window: DEFAULT_CA_REISSUE_WINDOW,
         }
     }
 }
@@ -551,6 +566,26 @@ impl MeshConfig {
                 };
                 mesh.ca.workload_cert_ttl = parse_duration(&text)
                     .map_err(|e| invalid(format!("ca.workloadCertTTL: {e}")))?;
+            }
+            for (field, value, into) in [
+                (
+                    "ca.reloadInterval",
+                    ca.reload_interval,
+                    &mut mesh.ca.reload_interval,
+                ),
+                (
+                    "ca.reissueWindow",
+                    ca.reissue_window,
+                    &mut mesh.ca.reissue_window,
+                ),
+            ] {
+                if let Some(d) = value {
+                    let text = match d {
+                        DurationFile::Text(t) => t,
+                        DurationFile::Number(n) => n.to_string(),
+                    };
+                    *into = parse_duration(&text).map_err(|e| invalid(format!("{field}: {e}")))?;
+                }
             }
         }
         if let Some(ns) = file.remote_secret_namespace {

@@ -34,6 +34,11 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
 pub struct Metrics {
     /// `pilot_xds_pushes{type}`: responses sent per type.
     pub xds_pushes: Family<TypeLabel, Counter>,
@@ -76,6 +81,12 @@ pub struct Metrics {
     /// `citadel_server_root_cert_expiry_timestamp`: when it expires (Unix
     /// seconds).
     pub root_expiry_timestamp: Gauge,
+    /// `crossmesh_ca_reloads{result}`: changed plug-in CA files read while
+    /// serving, `applied` or `refused`.
+    pub ca_reloads: Family<ResultLabel, Counter>,
+    /// `crossmesh_ca_reload_refused`: 1 while the plug-in CA files on disk are
+    /// refused (the CA in force keeps signing), else 0.
+    pub ca_reload_refused: Gauge,
     registry: Registry,
 }
 
@@ -104,6 +115,8 @@ impl Metrics {
             auth_failures: Family::default(),
             root_expiry_days: Gauge::default(),
             root_expiry_timestamp: Gauge::default(),
+            ca_reloads: Family::default(),
+            ca_reload_refused: Gauge::default(),
             registry: Registry::default(),
         };
         let mut r = Registry::default();
@@ -192,6 +205,16 @@ impl Metrics {
             "citadel_server_root_cert_expiry_timestamp",
             "When the earliest-expiring root of the mesh CA expires (Unix seconds)",
             m.root_expiry_timestamp.clone(),
+        );
+        r.register(
+            "crossmesh_ca_reloads",
+            "Changed plug-in CA files read while serving, by result (applied, refused)",
+            m.ca_reloads.clone(),
+        );
+        r.register(
+            "crossmesh_ca_reload_refused",
+            "1 while the plug-in CA files on disk are refused and the previous CA keeps signing",
+            m.ca_reload_refused.clone(),
         );
         // Every xDS type shows from the start (at zero), so a dashboard can tell
         // "no NACKs" from "no data".

@@ -59,6 +59,10 @@ pub const EXIT_DEADLINE: Duration = Duration::from_secs(15);
 /// Retry delay for a config cluster whose kubeconfig cannot be used yet.
 const CONFIG_CLIENT_RETRY: Duration = Duration::from_secs(5);
 
+/// Config-source name under which a refused plug-in CA reload is listed on
+/// `/debug/configz`.
+const CA_RELOAD_SOURCE: &str = "mesh CA";
+
 /// DNS names of the TLS xDS port's certificate: crossmesh's Service in its
 /// namespace (deploy/kubernetes), in every form a proxy may dial.
 fn server_dns_names(mesh: &MeshConfig) -> Vec<String> {
@@ -478,6 +482,7 @@ pub async fn serve(mesh: MeshConfig) -> anyhow::Result<()> {
                 ca,
                 Arc::new(authn),
                 mesh.trust_domain.clone(),
+                mesh.ca.reissue_window,
             ));
             Some((listener, security))
         }
@@ -494,6 +499,30 @@ pub async fn serve(mesh: MeshConfig) -> anyhow::Result<()> {
         draining: draining.clone(),
     });
 
+    // A plug-in CA is read again when its files change (`ca.reloadInterval`);
+    // a refused set shows on `/debug/configz` until the files are good again.
+    let ca_watch = xds_tls.as_ref().map(|(_, security)| {
+        let registry = registry.clone();
+        let report = move |e: Option<&crate::security::ca::CaError>| {
+            let problems = e
+                .map(|e| ObjectProblem {
+                    origin: e
+                        .path()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                    kind: "PlugInCA".into(),
+                    object: String::new(),
+                    reason: format!("not loaded, the CA in force keeps signing: {e}"),
+                })
+                .into_iter()
+                .collect();
+            registry.set_config_file_problems(CA_RELOAD_SOURCE, problems);
+        };
+        tokio::spawn(
+            crate::xds::secure::watch_plug_in_ca(security.clone(), mesh.ca.reload_interval, report)
+                .instrument(info_span!("ca_reload")),
+        )
+    });
     let sources = start_sources(&mesh, &registry, &kube_clients)?;
     let push_task = tokio::spawn(pusher.run().instrument(info_span!("push")));
 
@@ -564,6 +593,9 @@ pub async fn serve(mesh: MeshConfig) -> anyhow::Result<()> {
     // Readiness first, so the Service stops sending new connections here; then
     // xDS: listener closed, streams ended, GOAWAY on every connection.
     draining.store(true, Ordering::Relaxed);
+    if let Some(t) = &ca_watch {
+        t.abort();
+    }
     let _ = xds_stop.send(true);
     drop(sources);
     push_task.abort();

@@ -12,6 +12,11 @@
 //!   domain) and kept in `ca.stateDir`, written in the same layout so a restart
 //!   keeps the root and another control plane can use the directory as its plug-in.
 //!
+//! A plug-in directory is also watched while `serve` runs (`Ca::files_digest`,
+//! `Ca::reload`): a changed set of files is checked exactly as at start and, if
+//! good, replaces the CA in force (the caller swaps its `Arc<Ca>`); a bad set is
+//! refused with the file and the reason, and the CA in force keeps signing.
+//!
 //! Workload certificates follow Istio's: an ECDSA P-256 key, an empty subject, one
 //! URI SAN `spiffe://<trustDomain>/ns/<ns>/sa/<sa>`, key usage digitalSignature +
 //! keyEncipherment, extended key usage serverAuth + clientAuth, a random serial.
@@ -157,6 +162,18 @@ pub enum CaError {
     Issue { subject: String, reason: String },
 }
 
+impl CaError {
+    /// The file (or directory) the error is about, if any.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            CaError::Read { path, .. }
+            | CaError::Invalid { path, .. }
+            | CaError::Write { path, .. } => Some(path),
+            CaError::ZeroTtl | CaError::Issue { .. } => None,
+        }
+    }
+}
+
 fn invalid(path: &Path, reason: impl Into<String>) -> CaError {
     CaError::Invalid {
         path: path.to_owned(),
@@ -172,6 +189,8 @@ pub struct Ca {
     ttl: Duration,
     issuer: Issuer<'static, KeyPair>,
     signing_not_after: SystemTime,
+    /// DER of the signing certificate (`ca-cert.pem`).
+    signing_der: Vec<u8>,
     /// PEM appended after each leaf.
     chain_pem: String,
     roots_pem: String,
@@ -463,6 +482,7 @@ fn read_key(path: &Path, bytes: &[u8]) -> Result<KeyPair, CaError> {
 struct Loaded {
     issuer: Issuer<'static, KeyPair>,
     signing_not_after: SystemTime,
+    signing_der: Vec<u8>,
     chain_pem: String,
     roots: Vec<Cert>,
 }
@@ -555,6 +575,7 @@ fn load_dir(dir: &Path) -> Result<Loaded, CaError> {
     Ok(Loaded {
         issuer,
         signing_not_after,
+        signing_der: ca.der,
         chain_pem,
         roots,
     })
@@ -697,6 +718,24 @@ impl Ca {
             }
         };
         let loaded = load_dir(&dir)?;
+        Ok(Ca::from_loaded(
+            loaded,
+            mesh.trust_domain.clone(),
+            mesh.remote_secret_namespace.clone(),
+            cfg.workload_cert_ttl,
+            dir,
+            generated,
+        ))
+    }
+
+    fn from_loaded(
+        loaded: Loaded,
+        trust_domain: String,
+        server_namespace: String,
+        ttl: Duration,
+        dir: PathBuf,
+        generated: bool,
+    ) -> Ca {
         let root_not_after = loaded
             .roots
             .iter()
@@ -704,19 +743,72 @@ impl Ca {
             .min()
             .unwrap_or(UNIX_EPOCH);
         let roots_pem = loaded.roots.iter().map(Cert::pem).collect();
-        let ca = Ca {
-            trust_domain: mesh.trust_domain.clone(),
-            server_namespace: mesh.remote_secret_namespace.clone(),
-            ttl: cfg.workload_cert_ttl,
+        Ca {
+            trust_domain,
+            server_namespace,
+            ttl,
             issuer: loaded.issuer,
             signing_not_after: loaded.signing_not_after,
+            signing_der: loaded.signing_der,
             chain_pem: loaded.chain_pem,
             roots_pem,
             root_not_after,
             dir,
             generated,
-        };
-        Ok(ca)
+        }
+    }
+
+    /// The plug-in directory read again, checked exactly as at start (key
+    /// matches the certificate, the chain leads to a root, nothing expired),
+    /// with this CA's trust domain and lifetime. A generated root is never read
+    /// again (only crossmesh writes it).
+    pub fn reload(&self) -> Result<Ca, CaError> {
+        let loaded = load_dir(&self.dir)?;
+        Ok(Ca::from_loaded(
+            loaded,
+            self.trust_domain.clone(),
+            self.server_namespace.clone(),
+            self.ttl,
+            self.dir.clone(),
+            self.generated,
+        ))
+    }
+
+    /// SHA-256 over the four files of the `cacerts` layout in `dir` (a missing
+    /// or unreadable file counts as its own content), so a poller can tell
+    /// that something changed without parsing anything.
+    pub fn files_digest(dir: &Path) -> [u8; 32] {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        for file in [CA_CERT_FILE, CA_KEY_FILE, ROOT_CERT_FILE, CERT_CHAIN_FILE] {
+            match std::fs::read(dir.join(file)) {
+                Ok(b) => {
+                    let b = Zeroizing::new(b);
+                    ctx.update(&(b.len() as u64).to_be_bytes());
+                    ctx.update(&b);
+                }
+                Err(e) => {
+                    ctx.update(&u64::MAX.to_be_bytes());
+                    ctx.update(format!("{:?}", e.kind()).as_bytes());
+                }
+            }
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        out
+    }
+
+    /// Whether `other` signs with the same certificate and chain: if not, every
+    /// certificate issued by `self` should be replaced.
+    pub fn same_signer(&self, other: &Ca) -> bool {
+        self.signing_der == other.signing_der && self.chain_pem == other.chain_pem
+    }
+
+    /// Subject of the signing certificate (`ca-cert.pem`), for logs and
+    /// `/debug/certz`.
+    pub fn signer_subject(&self) -> String {
+        x509_parser::parse_x509_certificate(&self.signing_der)
+            .map(|(_, c)| c.subject().to_string())
+            .unwrap_or_default()
     }
 
     /// A workload certificate for `id`, valid for `workload_ttl` (never past the

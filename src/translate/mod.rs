@@ -15,6 +15,7 @@
 //! `proto.rs` holds the small Envoy builders everything shares.
 
 pub mod cluster;
+pub mod credentials;
 pub mod endpoint;
 pub mod gateway;
 pub mod jwt;
@@ -36,6 +37,7 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 
 use std::net::IpAddr;
 
@@ -47,6 +49,10 @@ pub struct Generated {
     pub clusters: Vec<Cluster>,
     pub listeners: Vec<Listener>,
     pub routes: Vec<RouteConfiguration>,
+    /// SDS secrets from Kubernetes Secrets (`credentialName`) the clusters and
+    /// listeners name (`credentials::resolve`); the workload's own `default`
+    /// and `ROOTCA` are per proxy and not here.
+    pub secrets: Vec<Secret>,
 }
 
 /// The endpoints of one EDS cluster (`outbound|PORT|SUBSET|HOST`).
@@ -71,18 +77,25 @@ pub struct ProxyClass {
     pub ip: Option<IpAddr>,
     /// The proxy holds a workload certificate (`has_identity`): mTLS applies.
     pub identity: bool,
+    /// The proxy's member cluster, read only by proxies with an identity whose
+    /// namespace holds TLS Secrets (`credentialName` resolves per cluster and
+    /// namespace); `None` otherwise, so classes stay shared across clusters.
+    pub secrets_cluster: Option<String>,
 }
 
 impl ProxyClass {
-    pub fn of(proxy: &Proxy, _ctx: &PushContext) -> ProxyClass {
+    pub fn of(proxy: &Proxy, ctx: &PushContext) -> ProxyClass {
         let sidecar = proxy.role == ProxyRole::Sidecar;
+        let identity = has_identity(proxy);
         ProxyClass {
             role: proxy.role,
             namespace: proxy.namespace.clone(),
             labels: proxy.labels.clone(),
             interception: sidecar.then_some(proxy.interception),
             ip: (sidecar && proxy.interception == InterceptionMode::None).then_some(proxy.ip),
-            identity: has_identity(proxy),
+            identity,
+            secrets_cluster: (identity && ctx.credentials.has_namespace(&proxy.namespace))
+                .then(|| proxy.cluster_id.clone()),
         }
     }
 }
@@ -97,10 +110,13 @@ pub fn has_identity(proxy: &Proxy) -> bool {
 /// CDS, LDS and RDS for one proxy.
 pub fn generate(proxy: &Proxy, ctx: &PushContext) -> Generated {
     let identity = has_identity(proxy);
-    match proxy.role {
+    let mut g = match proxy.role {
         ProxyRole::Gateway => gateway::generate(proxy, ctx, identity),
         ProxyRole::Sidecar => sidecar::generate(proxy, ctx, identity),
-    }
+    };
+    let (secrets, _omitted) = credentials::resolve(&mut g.clusters, &mut g.listeners, proxy, ctx);
+    g.secrets = secrets;
+    g
 }
 
 /// Every ClusterLoadAssignment of one service: one per port and subset.

@@ -388,6 +388,18 @@ impl StreamState {
             .unwrap_or_default()
     }
 
+    /// Replace one of this stream's own secrets (a new trust bundle as
+    /// `ROOTCA`), keeping the others; returns the SDS response due. Nothing on
+    /// a stream without own secrets.
+    pub fn replace_own_secret(&mut self, name: &str, r: Arc<Resource>) -> Vec<Out> {
+        let Some(own) = &self.own_secrets else {
+            return Vec::new();
+        };
+        let mut m = (**own).clone();
+        m.insert(intern(own, name), r);
+        self.set_own_secrets(Arc::new(m))
+    }
+
     /// This stream's own secrets, if it has any.
     pub fn own_secrets(&self) -> Option<&ResourceMap> {
         self.own_secrets.as_ref()

@@ -443,7 +443,7 @@ async fn handshake<F: Flavor>(
     };
     // TLS port: the token must prove the identity the node claims; the
     // certificate is for the token's identity.
-    let mut secure: Option<(Arc<XdsSecurity>, super::secure::Issued)> = None;
+    let mut secure: Option<(super::secure::StreamSecurity, super::secure::Issued)> = None;
     if let Some((security, token)) = auth {
         let identity = match security
             .authorize(&proxy, token.as_deref().map(|t| t.as_str()))
@@ -461,7 +461,13 @@ async fn handshake<F: Flavor>(
         })?;
         info!(proxy = %proxy.id, identity = %issued.info.identity, serial = %issued.info.serial, "workload certificate issued");
         proxy.identity = Some(identity);
-        secure = Some((security, issued));
+        let stream_security = super::secure::StreamSecurity::new(
+            security,
+            &proxy.id,
+            token.as_deref().map(|t| t.as_str()),
+            &issued,
+        );
+        secure = Some((stream_security, issued));
     }
     let proxy = Arc::new(proxy);
     let id = shared.connections.next_id();
@@ -476,14 +482,12 @@ async fn handshake<F: Flavor>(
         })?;
     let current = updates.borrow_and_update().clone();
     let mut state = StreamState::new(F::MODE, current);
-    let mut renew = None;
     let mut security = None;
     let mut cert = None;
     if let Some((s, issued)) = secure {
         // Nothing is subscribed yet: this sends nothing.
         state.set_own_secrets(issued.secrets);
-        renew = Some(issued.renew_at);
-        cert = Some(issued.info);
+        cert = Some(s.describe(issued.info));
         security = Some(s);
     }
     let conn = shared.connections.insert(id, proxy.clone(), F::MODE, state);
@@ -494,7 +498,6 @@ async fn handshake<F: Flavor>(
         shared,
         conn,
         security,
-        renew,
     };
     Ok((guard, first, requests, updates))
 }
@@ -503,9 +506,9 @@ async fn handshake<F: Flavor>(
 struct Registered {
     shared: Arc<Shared>,
     conn: Arc<Connection>,
-    /// TLS port: the CA, and when to renew this proxy's certificate.
-    security: Option<Arc<XdsSecurity>>,
-    renew: Option<std::time::SystemTime>,
+    /// TLS port: the CA, when to renew this proxy's certificate, when its
+    /// token expires.
+    security: Option<super::secure::StreamSecurity>,
 }
 
 impl Drop for Registered {
@@ -521,19 +524,20 @@ enum Step<R> {
     Request(R),
     Update(Update),
     Renew,
+    /// A new trust bundle (`ROOTCA`) to push.
+    Roots(Arc<super::Resource>),
     End(Option<Status>),
 }
 
 async fn run<F: Flavor>(
-    guard: Registered,
+    mut guard: Registered,
     first: F::Req,
     mut requests: Requests<F::Req>,
     mut updates: watch::Receiver<Update>,
     tx: mpsc::Sender<Result<F::Resp, Status>>,
 ) {
     let conn = guard.conn.clone();
-    let security = guard.security.clone();
-    let mut renew = guard.renew;
+    let mut security = guard.security.take();
     let mut shutdown = guard.shared.shutdown.subscribe();
     let mut pending = Some(first);
     let mut slot: Option<tokio::sync::OwnedSemaphorePermit> = None;
@@ -564,7 +568,11 @@ async fn run<F: Flavor>(
                     Ok(()) => Step::Update(updates.borrow_and_update().clone()),
                     Err(_) => Step::End(Some(Status::unavailable("the push engine dropped this stream"))),
                 },
-                _ = sleep_until_system(renew) => Step::Renew,
+                ev = security_event(security.as_mut()) => match ev {
+                    super::secure::StreamEvent::Renew => Step::Renew,
+                    super::secure::StreamEvent::Roots(r) => Step::Roots(r),
+                    super::secure::StreamEvent::TokenExpired(status) => Step::End(Some(status)),
+                },
                 _ = sleep_until_opt(answer_deadline) => {
                     debug!("the client did not answer in time: push slot released, updates resume");
                     slot = None;
@@ -593,28 +601,32 @@ async fn run<F: Flavor>(
             }
             Step::Update(u) => conn.lock().update(u),
             Step::Renew => {
-                let Some(security) = &security else {
-                    renew = None;
+                let Some(sec) = security.as_mut() else {
                     continue;
                 };
                 let id = conn.proxy.identity.clone();
                 let Some(id) = id else {
-                    renew = None;
+                    security = None;
                     continue;
                 };
-                match security.issue(id).await {
+                match sec.security().clone().issue(id).await {
                     Ok(issued) => {
-                        info!(identity = %issued.info.identity, serial = %issued.info.serial, "workload certificate renewed");
-                        renew = Some(issued.renew_at);
-                        conn.set_cert(Some(issued.info));
+                        info!(identity = %issued.info.identity, serial = %issued.info.serial, issuer = %issued.info.issuer, "workload certificate renewed");
+                        sec.renewed(&issued);
+                        conn.set_cert(Some(sec.describe(issued.info)));
                         conn.lock().set_own_secrets(issued.secrets)
                     }
                     Err(e) => {
                         warn!(error = %e, "cannot renew the workload certificate; retrying");
-                        renew = Some(std::time::SystemTime::now() + RENEW_RETRY);
+                        sec.retry_in(RENEW_RETRY);
                         continue;
                     }
                 }
+            }
+            Step::Roots(r) => {
+                info!("trust bundle changed: ROOTCA pushed");
+                conn.lock()
+                    .replace_own_secret(super::secure::ROOTCA_SECRET, r)
             }
             Step::End(status) => {
                 if let Some(s) = status {
@@ -661,17 +673,13 @@ async fn run<F: Flavor>(
     drop(guard);
 }
 
-/// Sleep until the wall-clock time `at`, or forever without one. Certificate
-/// times are wall-clock; the sleep is re-armed on every loop turn, so a clock
-/// step is noticed at the next turn at the latest.
-async fn sleep_until_system(at: Option<std::time::SystemTime>) {
-    match at {
-        Some(t) => {
-            let wait = t
-                .duration_since(std::time::SystemTime::now())
-                .unwrap_or(std::time::Duration::ZERO);
-            tokio::time::sleep(wait).await
-        }
+/// The next thing an authenticated stream must do (renew, push a new
+/// `ROOTCA`, end on token expiry); never for a stream without security.
+async fn security_event(
+    security: Option<&mut super::secure::StreamSecurity>,
+) -> super::secure::StreamEvent {
+    match security {
+        Some(s) => s.next().await,
         None => std::future::pending().await,
     }
 }
