@@ -26,4 +26,6 @@ pub struct PushContext {
     pub mesh: Arc<MeshSettings>,
     pub services: Arc<ServiceMap>,
     pub config: Arc<ConfigSnapshot>,
+    /// TLS Secrets by (cluster, namespace, name), for `credentialName`.
+    pub credentials: Arc<super::credential::Credentials>,
 }

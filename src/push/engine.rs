@@ -123,6 +123,8 @@ struct ClassMaps {
     clusters: ResourceMap,
     listeners: ResourceMap,
     routes: ResourceMap,
+    /// `credentialName` secrets (`translate::credentials`).
+    secrets: ResourceMap,
 }
 
 struct ConnEntry {
@@ -229,10 +231,6 @@ fn to_map<'a, M: Message + 'a>(
 }
 
 impl State {
-    fn empty_map() -> ResourceMap {
-        ResourceMap::default()
-    }
-
     /// Generate and encode CDS/LDS/RDS for one class.
     fn build_class(
         proxy: &Proxy,
@@ -264,10 +262,18 @@ impl State {
             new,
             old,
         );
+        let secrets = to_map(
+            TypeUrl::Secret,
+            g.secrets.iter().map(|s| (s.name.as_str(), s)),
+            class,
+            new,
+            old,
+        );
         ClassMaps {
             clusters: reuse_if_equal(previous.map(|p| &p.clusters), clusters),
             listeners: reuse_if_equal(previous.map(|p| &p.listeners), listeners),
             routes: reuse_if_equal(previous.map(|p| &p.routes), routes),
+            secrets: reuse_if_equal(previous.map(|p| &p.secrets), secrets),
         }
     }
 
@@ -279,7 +285,7 @@ impl State {
                 eds.clone(),
                 maps.listeners.clone(),
                 maps.routes.clone(),
-                State::empty_map(),
+                maps.secrets.clone(),
             ],
         ))
     }
@@ -440,6 +446,7 @@ impl Pusher {
             mesh: s.mesh(),
             services: s.services(),
             config: s.config(),
+            credentials: s.credentials(),
         })
     }
 

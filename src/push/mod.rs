@@ -106,6 +106,10 @@ pub trait ContextSource: Send + Sync + 'static {
     fn mesh(&self) -> Arc<crate::model::MeshSettings>;
     fn services(&self) -> Arc<crate::model::service::ServiceMap>;
     fn config(&self) -> Arc<crate::model::istio::ConfigSnapshot>;
+    /// TLS Secrets for `credentialName` (none unless a source watches them).
+    fn credentials(&self) -> Arc<crate::model::credential::Credentials> {
+        Arc::default()
+    }
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@
 
 pub mod config;
 pub mod endpoints;
+pub mod secrets;
 pub mod status;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -743,6 +744,8 @@ pub struct Registry {
     config: Mutex<config::ConfigStore>,
     /// File-level problems of config sources (unparsable files), by source.
     config_file_problems: Mutex<BTreeMap<String, Vec<ObjectProblem>>>,
+    /// TLS Secrets for `credentialName`, by cluster.
+    secrets: secrets::SecretStore,
 }
 
 impl std::fmt::Debug for Registry {
@@ -774,6 +777,7 @@ impl Registry {
             ),
             config: Mutex::new(config::ConfigStore::new(&mesh.domain_suffix)),
             config_file_problems: Mutex::default(),
+            secrets: secrets::SecretStore::default(),
             mesh: mesh.clone(),
         };
         {
@@ -884,6 +888,8 @@ impl Registry {
             cluster: cluster.to_string(),
         });
         self.publish(req, &idx);
+        drop(idx);
+        self.reset_secrets(cluster, &[]);
         Ok(())
     }
 
@@ -1164,6 +1170,34 @@ impl Registry {
         changed
     }
 
+    /// Replace every TLS Secret of `cluster` (a full list or a rescan); a change
+    /// is a full push (classes read Secrets through `credentialName`).
+    pub fn reset_secrets(&self, cluster: &str, list: &[secrets::RawSecret]) -> bool {
+        let changed = self.secrets.reset(cluster, list);
+        if changed {
+            self.queue.push(PushRequest::full("secret"));
+        }
+        changed
+    }
+
+    /// One TLS Secret added, modified (`Some`) or deleted (`None`).
+    pub fn apply_secret(
+        &self,
+        cluster: &str,
+        namespace: &str,
+        name: &str,
+        secret: Option<&secrets::RawSecret>,
+    ) -> bool {
+        let changed = match secret {
+            Some(s) => self.secrets.upsert(cluster, s),
+            None => self.secrets.delete(cluster, namespace, name),
+        };
+        if changed {
+            self.queue.push(PushRequest::full("secret"));
+        }
+        changed
+    }
+
     /// Drop everything a config source contributed (e.g. its cluster left).
     pub fn remove_config_source(&self, source: &str) -> bool {
         let changed = self.config_store().remove_source(source);
@@ -1195,6 +1229,11 @@ impl Registry {
                     reason: p.reason.clone(),
                 }),
         );
+        let credentials = self.secrets.snapshot();
+        status.rejected.extend(secrets::rejections(&credentials));
+        status
+            .warnings
+            .extend(secrets::unresolved(&credentials, &self.config_store().snapshot()));
         status
     }
 
@@ -1304,6 +1343,10 @@ impl crate::push::ContextSource for Registry {
 
     fn config(&self) -> Arc<crate::model::istio::ConfigSnapshot> {
         self.config_store().snapshot()
+    }
+
+    fn credentials(&self) -> Arc<crate::model::credential::Credentials> {
+        self.secrets.snapshot()
     }
 }
 

@@ -66,6 +66,25 @@ struct Fixture {
     networks: BTreeMap<String, FixtureNetwork>,
     #[serde(default)]
     services: Vec<FixtureService>,
+    #[serde(default)]
+    secrets: Vec<FixtureSecret>,
+}
+
+/// A TLS Secret for `credentialName` (the contents are placeholders: goldens
+/// show which Secret is used where, the Envoy check loads test certificates).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct FixtureSecret {
+    name: String,
+    namespace: String,
+    /// Default cluster1.
+    #[serde(default)]
+    cluster: Option<String>,
+    /// Which parts it holds: `keyPair`, `ca`, `crl`.
+    parts: Vec<String>,
+    /// Rejected on arrival with this reason.
+    #[serde(default)]
+    rejected: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -271,6 +290,31 @@ fn from_docs(docs: &[serde_json::Value], path: &Path) -> Result<Loaded, String> 
             (name, gws)
         })
         .collect();
+    let mut credentials = crate::model::credential::Credentials::default();
+    for sec in fx.secrets {
+        let key = crate::model::credential::SecretKey {
+            cluster: sec.cluster.unwrap_or_else(|| "cluster1".into()),
+            namespace: sec.namespace,
+            name: sec.name,
+        };
+        let has = |p: &str| sec.parts.iter().any(|x| x == p);
+        let id = format!("{}/{}", key.namespace, key.name);
+        let state = match sec.rejected {
+            Some(reason) => Err(reason),
+            None => Ok(Arc::new(crate::model::credential::TlsCredential {
+                key_pair: has("keyPair").then(|| {
+                    (
+                        format!("certificate chain of {id}"),
+                        zeroize::Zeroizing::new(format!("private key of {id}")),
+                    )
+                }),
+                ca: has("ca").then(|| format!("CA of {id}")),
+                crl: has("crl").then(|| format!("CRL of {id}")),
+                subject: format!("CN={}", key.name),
+            })),
+        };
+        credentials.secrets.insert(key, state);
+    }
     let ctx = PushContext {
         seq: 1,
         mesh: Arc::new(MeshSettings {
@@ -280,6 +324,7 @@ fn from_docs(docs: &[serde_json::Value], path: &Path) -> Result<Loaded, String> 
         }),
         services: Arc::new(services),
         config,
+        credentials: Arc::new(credentials),
     };
     let p = fx.proxy;
     let (role, kind) = match p.role.as_str() {
@@ -356,12 +401,17 @@ pub(crate) fn render(ctx: &PushContext, proxy: &Proxy) -> serde_json::Value {
         })
         .collect();
     cla.sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
-    serde_json::json!({
+    let mut out = serde_json::json!({
         "listeners": to_json(&g.listeners),
         "routes": to_json(&g.routes),
         "clusters": to_json(&g.clusters),
         "endpoints": to_json(&cla),
-    })
+    });
+    // `credentialName` secrets, when the config names any.
+    if !g.secrets.is_empty() {
+        out["secrets"] = to_json(&g.secrets);
+    }
+    out
 }
 
 fn golden_dir() -> PathBuf {
@@ -471,6 +521,25 @@ fn static_bootstrap(golden: &serde_json::Value) -> serde_json::Value {
             {"name": "ROOTCA", "validation_context": {
                 "trusted_ca": {"filename": "/etc/certs/ca.pem"}}},
         ]);
+        // `kubernetes://` secrets: their placeholders become the test files.
+        for sec in golden["secrets"].as_array().into_iter().flatten() {
+            let mut v = json!({"name": sec["name"]});
+            if sec.get("tls_certificate").is_some() {
+                v["tls_certificate"] = json!({
+                    "certificate_chain": {"filename": "/etc/certs/client.pem"},
+                    "private_key": {"filename": "/etc/certs/client-key.pem"}});
+            }
+            if let Some(vc) = sec.get("validation_context") {
+                v["validation_context"] = json!({"trusted_ca": {"filename": "/etc/certs/ca.pem"}});
+                if vc.get("crl").is_some() {
+                    v["validation_context"]["crl"] = json!({"filename": "/etc/certs/crl.pem"});
+                }
+            }
+            boot["static_resources"]["secrets"]
+                .as_array_mut()
+                .expect("secrets")
+                .push(v);
+        }
     }
     boot
 }
@@ -508,12 +577,25 @@ fn goldens_are_valid_envoy_config() {
     std::fs::create_dir(&certs).expect("certs dir");
     let ca =
         rcgen::generate_simple_self_signed(vec!["golden-ca.example".to_string()]).expect("test CA");
+    let crl = rcgen::CertificateRevocationListParams {
+        this_update: rcgen::date_time_ymd(2025, 1, 1),
+        next_update: rcgen::date_time_ymd(2099, 1, 1),
+        crl_number: rcgen::SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: Vec::new(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&rcgen::Issuer::from_ca_cert_pem(&ca.cert.pem(), &ca.signing_key).expect("CA issuer"))
+    .expect("test CRL")
+    .pem()
+    .expect("CRL PEM");
     let client = rcgen::generate_simple_self_signed(vec!["golden-client.example".to_string()])
         .expect("test client certificate");
     for (name, pem) in [
         ("ca.pem", ca.cert.pem()),
         ("client.pem", client.cert.pem()),
         ("client-key.pem", client.signing_key.serialize_pem()),
+        ("crl.pem", crl),
     ] {
         std::fs::write(certs.join(name), pem).expect("write test certificate");
     }

@@ -378,23 +378,52 @@ pub fn client_tls(
         }
         "SIMPLE" | "MUTUAL" => {
             let skip = tls.insecure_skip_verify == Some(true);
-            let validation = (!skip).then(|| CertificateValidationContext {
-                trusted_ca: tls.ca_certificates.as_deref().map(file),
+            let credential = tls.credential_name.as_deref().filter(|n| !n.is_empty());
+            let default_validation = CertificateValidationContext {
                 match_typed_subject_alt_names: exact_uri_or_dns_sans(&tls.subject_alt_names),
                 ..Default::default()
+            };
+            // `credentialName`: the CA from SDS `kubernetes://NAME-cacert`, combined
+            // with the SAN check (Istio's `cluster_tls.go`); else the files, with
+            // `caCrl` as the validation context's `crl`.
+            let validation = (!skip).then(|| match credential {
+                Some(name) => {
+                    ValidationContextType::CombinedValidationContext(
+                        CombinedCertificateValidationContext {
+                            default_validation_context: Some(default_validation),
+                            validation_context_sds_secret_config: Some(sds(
+                                &super::credentials::ca_secret_name(name),
+                            )),
+                            ..Default::default()
+                        },
+                    )
+                }
+                None => ValidationContextType::ValidationContext(CertificateValidationContext {
+                    trusted_ca: tls.ca_certificates.as_deref().map(file),
+                    crl: tls.ca_crl.as_deref().map(file),
+                    ..default_validation
+                }),
             });
             let mut common = CommonTlsContext {
                 tls_params: Some(tls_1_2_to_1_3()),
-                validation_context_type: validation.map(ValidationContextType::ValidationContext),
+                validation_context_type: validation,
                 alpn_protocols: if http2 { vec!["h2".into()] } else { Vec::new() },
                 ..Default::default()
             };
             if mode == "MUTUAL" {
-                common.tls_certificates = vec![TlsCertificate {
-                    certificate_chain: tls.client_certificate.as_deref().map(file),
-                    private_key: tls.private_key.as_deref().map(file),
-                    ..Default::default()
-                }];
+                match credential {
+                    Some(name) => {
+                        common.tls_certificate_sds_secret_configs =
+                            vec![sds(&super::credentials::key_pair_secret_name(name))]
+                    }
+                    None => {
+                        common.tls_certificates = vec![TlsCertificate {
+                            certificate_chain: tls.client_certificate.as_deref().map(file),
+                            private_key: tls.private_key.as_deref().map(file),
+                            ..Default::default()
+                        }]
+                    }
+                }
             }
             ClientTls::Socket(Box::new(UpstreamTlsContext {
                 common_tls_context: Some(common),

@@ -1040,10 +1040,27 @@ fn policy_parts(
             }
             Some(m @ ("SIMPLE" | "MUTUAL" | "ISTIO_MUTUAL")) => {
                 if tls.credential_name.is_some() {
-                    out.err(
-                        format!("{f}.tls.credentialName"),
-                        "not supported by crossmesh yet: Kubernetes TLS Secrets are not delivered over SDS; use clientCertificate, privateKey and caCertificates files",
-                    );
+                    // Istio's `validateTLS`: a Secret replaces every file.
+                    let files: Vec<&str> = [
+                        ("clientCertificate", tls.client_certificate.is_some()),
+                        ("privateKey", tls.private_key.is_some()),
+                        ("caCertificates", tls.ca_certificates.is_some()),
+                        ("caCrl", tls.ca_crl.is_some()),
+                    ]
+                    .into_iter()
+                    .filter_map(|(n, set)| set.then_some(n))
+                    .collect();
+                    if m == "ISTIO_MUTUAL" {
+                        out.err(
+                            format!("{f}.tls.credentialName"),
+                            "cannot be set with mode ISTIO_MUTUAL (the workload certificate is used)",
+                        );
+                    } else if !files.is_empty() {
+                        out.err(
+                            format!("{f}.tls"),
+                            format!("cannot specify {} if credentialName is set (the Secret holds the certificate, key, CA and CRL)", files.join(", ")),
+                        );
+                    }
                 }
                 if m == "ISTIO_MUTUAL" {
                     // Istio: the workload certificate is used, never files.
@@ -1076,10 +1093,14 @@ fn policy_parts(
                         );
                     }
                 }
-                if m != "ISTIO_MUTUAL" && tls.ca_crl.is_some() {
+                if m != "ISTIO_MUTUAL"
+                    && tls.ca_crl.is_some()
+                    && tls.ca_certificates.is_none()
+                    && tls.credential_name.is_none()
+                {
                     out.err(
                         format!("{f}.tls.caCrl"),
-                        "not supported by crossmesh yet: certificate revocation lists are not translated",
+                        "a CRL needs the CA it revokes for: set caCertificates",
                     );
                 }
                 if m == "ISTIO_MUTUAL" && tls.insecure_skip_verify == Some(true) {
@@ -1788,16 +1809,23 @@ mod tests {
             ),
             "{i:?}"
         );
-        let i = issues(&dr("    tls: {mode: SIMPLE, credentialName: web-tls}\n"));
+        assert!(issues(&dr("    tls: {mode: SIMPLE, credentialName: web-tls}\n")).is_empty());
+        assert!(issues(&dr("    tls: {mode: MUTUAL, credentialName: web-tls}\n")).is_empty());
+        let i = issues(&dr(
+            "    tls: {mode: MUTUAL, credentialName: web-tls, caCertificates: /ca.pem}\n",
+        ));
         assert!(
-            has(
-                &i,
-                "spec.trafficPolicy.tls.credentialName",
-                false,
-                "not delivered over SDS"
-            ),
+            has(&i, "spec.trafficPolicy.tls", false, "caCertificates if credentialName"),
             "{i:?}"
         );
+        let i = issues(&dr("    tls: {mode: ISTIO_MUTUAL, credentialName: web-tls}\n"));
+        assert!(
+            has(&i, "spec.trafficPolicy.tls.credentialName", false, "ISTIO_MUTUAL"),
+            "{i:?}"
+        );
+        assert!(issues(&dr("    tls: {mode: SIMPLE, caCertificates: /ca.pem, caCrl: /crl.pem}\n")).is_empty());
+        let i = issues(&dr("    tls: {mode: SIMPLE, caCrl: /crl.pem}\n"));
+        assert!(has(&i, "spec.trafficPolicy.tls.caCrl", false, "set caCertificates"), "{i:?}");
     }
 
     #[test]
