@@ -3,6 +3,7 @@
 //! No IO and no locks live here.
 
 pub mod context;
+pub mod credential;
 pub mod istio;
 pub mod proxy;
 pub mod service;
