@@ -57,6 +57,27 @@ struct MeshFile {
     remote_secret_namespace: Option<String>,
     /// Audiences a proxy's service-account token must carry (one of).
     token_audiences: Option<Vec<String>>,
+    /// Istio's meshConfig `pathNormalization` (see [`PathNormalization`]).
+    path_normalization: Option<PathNormalizationFile>,
+    /// Who may read the debug endpoint (see [`DebugAuth`]).
+    debug_auth: Option<DebugAuthFile>,
+}
+
+/// `pathNormalization:` as written, Istio's meshConfig shape.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PathNormalizationFile {
+    normalization: Option<String>,
+}
+
+/// `debugAuth:` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct DebugAuthFile {
+    required: Option<bool>,
+    token_file: Option<PathBuf>,
+    #[serde(default)]
+    service_accounts: Vec<String>,
 }
 
 /// `ca:` as written.
@@ -152,6 +173,7 @@ struct TunablesFile {
     debounce_ms: Option<u64>,
     debounce_max_ms: Option<u64>,
     ready_timeout_ms: Option<u64>,
+    jwks_refresh_ms: Option<u64>,
 }
 
 /// Knobs with their defaults and meaning, in one place.
@@ -167,6 +189,9 @@ pub struct Tunables {
     pub debounce_max: Duration,
     /// How long `/ready` waits for a member cluster that cannot sync.
     pub ready_timeout: Duration,
+    /// How often the keys of a RequestAuthentication `jwksUri` are fetched again
+    /// (`jwksRefreshMs`; Istio's `PILOT_JWT_PUB_KEY_REFRESH_INTERVAL`, 20 min).
+    pub jwks_refresh: Duration,
 }
 
 impl Default for Tunables {
@@ -175,6 +200,7 @@ impl Default for Tunables {
             debounce: Duration::from_millis(100),
             debounce_max: Duration::from_millis(250),
             ready_timeout: Duration::from_secs(30),
+            jwks_refresh: Duration::from_secs(20 * 60),
         }
     }
 }
@@ -263,6 +289,63 @@ pub struct MeshConfig {
     /// Mesh file `clusters[].tokenIssuer`, by cluster name. A cluster listed here
     /// has its tokens verified locally, even when it also has a kubeconfig.
     pub token_issuers: BTreeMap<String, TokenIssuer>,
+    /// Mesh file `pathNormalization.normalization`, applied to every HTTP
+    /// connection manager (default `BASE`, as Istio).
+    pub path_normalization: PathNormalization,
+    /// Mesh file `debugAuth`.
+    pub debug_auth: DebugAuth,
+}
+
+/// Istio's meshConfig `pathNormalization.normalization`: how proxies normalize
+/// a request's path before routing and authorization (istiod's
+/// `buildHTTPConnectionManager`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PathNormalization {
+    /// No normalization: `/a/../b` reaches routing and authorization as is.
+    None,
+    /// RFC 3986 normalization (`normalize_path`): `.` and `..` segments
+    /// resolved, backslashes to slashes, unreserved percent-encodings decoded.
+    #[default]
+    Base,
+    /// `BASE`, and repeated slashes merged (`merge_slashes`).
+    MergeSlashes,
+    /// `MERGE_SLASHES`, and `%2F`/`%5C` decoded to `/` and `\\` first
+    /// (`path_with_escaped_slashes_action: UNESCAPE_AND_FORWARD`).
+    DecodeAndMergeSlashes,
+}
+
+/// Mesh file `debugAuth`: who may read the debug endpoint. Loopback-bound, it
+/// is open unless `required: true`; bound to any other address, every path but
+/// `/ready` and `/healthz` needs `Authorization: Bearer TOKEN` with the token of
+/// `tokenFile` or a service-account token of `serviceAccounts` (verified as xDS
+/// clients' tokens are); with neither configured those paths answer 401.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DebugAuth {
+    /// `required`: `None` means "when the debug address is not loopback";
+    /// `false` on a non-loopback address is refused by `serve`.
+    pub required: Option<bool>,
+    /// `tokenFile`: a file holding one static bearer token (whitespace
+    /// trimmed), re-read when it changes; the token is never logged.
+    pub token_file: Option<PathBuf>,
+    /// `serviceAccounts`: `CLUSTER/NAMESPACE/NAME` entries whose
+    /// service-account tokens are accepted.
+    pub service_accounts: Vec<DebugServiceAccount>,
+}
+
+/// One `debugAuth.serviceAccounts` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DebugServiceAccount {
+    pub cluster: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl DebugAuth {
+    /// Whether every path (but the probes) needs a token when served on `addr`.
+    pub fn required_on(&self, addr: &SocketAddr) -> bool {
+        self.required.unwrap_or(!addr.ip().is_loopback())
+    }
 }
 
 /// The mesh CA (mesh file `ca:`, DESIGN.md §5), read by `security::ca::Ca::from_mesh`.
@@ -367,6 +450,8 @@ impl Default for MeshConfig {
             remote_secret_namespace: DEFAULT_REMOTE_SECRET_NAMESPACE.into(),
             token_audiences: vec![DEFAULT_TOKEN_AUDIENCE.into()],
             token_issuers: BTreeMap::new(),
+            path_normalization: PathNormalization::default(),
+            debug_auth: DebugAuth::default(),
         }
     }
 }
@@ -623,7 +708,56 @@ impl MeshConfig {
                 .ready_timeout_ms
                 .map(Duration::from_millis)
                 .unwrap_or(d.ready_timeout),
+            jwks_refresh: match t.jwks_refresh_ms {
+                Some(0) => return Err(invalid("tunables.jwksRefreshMs must be above 0".into())),
+                Some(ms) => Duration::from_millis(ms),
+                None => d.jwks_refresh,
+            },
         };
+        if let Some(p) = file.path_normalization {
+            mesh.path_normalization = match p.normalization.as_deref() {
+                None | Some("BASE") | Some("DEFAULT") => PathNormalization::Base,
+                Some("NONE") => PathNormalization::None,
+                Some("MERGE_SLASHES") => PathNormalization::MergeSlashes,
+                Some("DECODE_AND_MERGE_SLASHES") => PathNormalization::DecodeAndMergeSlashes,
+                Some(other) => {
+                    return Err(invalid(format!(
+                        "pathNormalization.normalization {other:?} is not one of NONE, BASE, \
+                         MERGE_SLASHES, DECODE_AND_MERGE_SLASHES"
+                    )))
+                }
+            };
+        }
+        if let Some(d) = file.debug_auth {
+            let mut auth = DebugAuth {
+                required: d.required,
+                token_file: d.token_file.as_deref().map(resolve),
+                service_accounts: Vec::new(),
+            };
+            for sa in d.service_accounts {
+                let parts: Vec<&str> = sa.split('/').collect();
+                match parts.as_slice() {
+                    [c, ns, name] if !c.is_empty() && valid_namespace(ns) && !name.is_empty() => {
+                        if !seen.contains(*c) {
+                            return Err(invalid(format!(
+                                "debugAuth.serviceAccounts: {sa:?}: cluster {c:?} is not in clusters[]"
+                            )));
+                        }
+                        auth.service_accounts.push(DebugServiceAccount {
+                            cluster: c.to_string(),
+                            namespace: ns.to_string(),
+                            name: name.to_string(),
+                        });
+                    }
+                    _ => {
+                        return Err(invalid(format!(
+                            "debugAuth.serviceAccounts: {sa:?} is not CLUSTER/NAMESPACE/SERVICEACCOUNT"
+                        )))
+                    }
+                }
+            }
+            mesh.debug_auth = auth;
+        }
         Ok(mesh)
     }
 }

@@ -16,6 +16,8 @@ pub struct MeshSettings {
     /// (deduplicated) with those the registry discovered from Services labelled
     /// `topology.istio.io/network`, as of this push.
     pub networks: BTreeMap<String, Vec<NetworkGateway>>,
+    /// Mesh file `pathNormalization`, for every HTTP connection manager.
+    pub path_normalization: crate::config::PathNormalization,
 }
 
 /// Everything translation reads, frozen for one push.

@@ -762,6 +762,7 @@ impl Registry {
             trust_domain: mesh.trust_domain.clone(),
             domain_suffix: mesh.domain_suffix.clone(),
             networks: mesh.networks.clone(),
+            path_normalization: mesh.path_normalization,
         });
         let reg = Registry {
             settings: settings.clone(),

@@ -3,5 +3,6 @@
 
 pub mod authn;
 pub mod ca;
+pub mod jwks;
 
 pub use ca::{renew_at, Ca, CaError, Identity, IssuedCert};

@@ -66,6 +66,13 @@ struct Fixture {
     networks: BTreeMap<String, FixtureNetwork>,
     #[serde(default)]
     services: Vec<FixtureService>,
+    /// The mesh file's `pathNormalization.normalization` (default BASE).
+    #[serde(default, rename = "pathNormalization")]
+    path_normalization: Option<String>,
+    /// Keys the JWKS fetcher holds, by `jwksUri` (or `ISSUER` for OpenID
+    /// discovery, written `discovery:ISSUER`).
+    #[serde(default, rename = "fetchedJwks")]
+    fetched_jwks: BTreeMap<String, String>,
     #[serde(default)]
     secrets: Vec<FixtureSecret>,
 }
@@ -222,6 +229,19 @@ fn from_docs(docs: &[serde_json::Value], path: &Path) -> Result<Loaded, String> 
     }
     let mut store = ConfigStore::new("cluster.local");
     store.replace_source("golden", raw);
+    store.set_jwks(
+        fx.fetched_jwks
+            .iter()
+            .map(|(k, v)| {
+                use crate::model::istio::request_authentication::JwksSource;
+                let src = match k.strip_prefix("discovery:") {
+                    Some(issuer) => JwksSource::Discovery(issuer.to_string()),
+                    None => JwksSource::Uri(k.clone()),
+                };
+                (src, Arc::from(v.as_str()))
+            })
+            .collect(),
+    );
     let config: Arc<ConfigSnapshot> = store.snapshot();
     let mut services = BTreeMap::new();
     for s in fx.services {
@@ -321,6 +341,15 @@ fn from_docs(docs: &[serde_json::Value], path: &Path) -> Result<Loaded, String> 
             trust_domain: "cluster.local".into(),
             domain_suffix: "cluster.local".into(),
             networks,
+            path_normalization: match fx.path_normalization.as_deref() {
+                None | Some("BASE") => crate::config::PathNormalization::Base,
+                Some("NONE") => crate::config::PathNormalization::None,
+                Some("MERGE_SLASHES") => crate::config::PathNormalization::MergeSlashes,
+                Some("DECODE_AND_MERGE_SLASHES") => {
+                    crate::config::PathNormalization::DecodeAndMergeSlashes
+                }
+                Some(other) => panic!("{}: pathNormalization {other:?}", path.display()),
+            },
         }),
         services: Arc::new(services),
         config,

@@ -11,7 +11,7 @@ use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    http_connection_manager::{CodecType, RouteSpecifier},
+    http_connection_manager::{CodecType, PathWithEscapedSlashesAction, RouteSpecifier},
     http_filter::ConfigType as HttpFilterConfig,
     HttpConnectionManager, HttpFilter, Rds,
 };
@@ -28,6 +28,7 @@ use envoy_types::pb::envoy::r#type::v3::{
 
 use super::proto::{ads, bool_value, pack, socket_address};
 use super::route::{cluster_policy, CORS_FILTER, FAULT_FILTER};
+use crate::config::PathNormalization;
 use crate::model::istio::destination_rule::EffectivePolicy;
 use crate::model::{Proxy, PushContext};
 
@@ -101,6 +102,7 @@ pub fn http_connection_manager(
         use_remote_address: use_remote_address.then(|| bool_value(true)),
         ..Default::default()
     };
+    let hcm = with_path_normalization(hcm, PathNormalization::Base);
     Filter {
         name: HCM_FILTER.into(),
         config_type: Some(FilterConfig::TypedConfig(pack(&hcm))),
@@ -135,9 +137,65 @@ pub fn http_connection_manager_inline(
         http_filters: http_filters(security),
         ..Default::default()
     };
+    let hcm = with_path_normalization(hcm, PathNormalization::Base);
     Filter {
         name: HCM_FILTER.into(),
         config_type: Some(FilterConfig::TypedConfig(pack(&hcm))),
+    }
+}
+
+/// istiod's mapping of meshConfig `pathNormalization` onto the HTTP connection
+/// manager (`buildHTTPConnectionManager`): escaped slashes are kept unless
+/// `DECODE_AND_MERGE_SLASHES` decodes them; every mode but `NONE` sets
+/// `normalize_path`; the two `MERGE_SLASHES` modes merge slashes.
+pub fn with_path_normalization(
+    mut hcm: HttpConnectionManager,
+    mode: PathNormalization,
+) -> HttpConnectionManager {
+    let (normalize, merge, escaped) = match mode {
+        PathNormalization::None => (false, false, PathWithEscapedSlashesAction::KeepUnchanged),
+        PathNormalization::Base => (true, false, PathWithEscapedSlashesAction::KeepUnchanged),
+        PathNormalization::MergeSlashes => {
+            (true, true, PathWithEscapedSlashesAction::KeepUnchanged)
+        }
+        PathNormalization::DecodeAndMergeSlashes => {
+            (true, true, PathWithEscapedSlashesAction::UnescapeAndForward)
+        }
+    };
+    hcm.normalize_path = Some(bool_value(normalize));
+    hcm.merge_slashes = merge;
+    hcm.path_with_escaped_slashes_action = escaped as i32;
+    hcm
+}
+
+/// Apply `mode` to every HTTP connection manager of `listeners`. The builders
+/// above set Istio's default (`BASE`), so nothing is rewritten for it.
+pub fn normalize_paths(listeners: &mut [Listener], mode: PathNormalization) {
+    if mode == PathNormalization::Base {
+        return;
+    }
+    let hcm_type = pack(&HttpConnectionManager::default()).type_url;
+    for filter in listeners
+        .iter_mut()
+        .flat_map(|l| {
+            l.filter_chains
+                .iter_mut()
+                .chain(l.default_filter_chain.iter_mut())
+        })
+        .flat_map(|fc| fc.filters.iter_mut())
+    {
+        let Some(FilterConfig::TypedConfig(any)) = &mut filter.config_type else {
+            continue;
+        };
+        if any.type_url != hcm_type {
+            continue;
+        }
+        // Built by this crate a moment ago: it decodes.
+        let Ok(hcm) = <HttpConnectionManager as prost::Message>::decode(any.value.as_slice())
+        else {
+            continue;
+        };
+        *any = pack(&with_path_normalization(hcm, mode));
     }
 }
 

@@ -114,6 +114,7 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext) -> Generated {
         ProxyRole::Gateway => gateway::generate(proxy, ctx, identity),
         ProxyRole::Sidecar => sidecar::generate(proxy, ctx, identity),
     };
+    listener::normalize_paths(&mut g.listeners, ctx.mesh.path_normalization);
     let (secrets, _omitted) = credentials::resolve(&mut g.clusters, &mut g.listeners, proxy, ctx);
     g.secrets = secrets;
     g
