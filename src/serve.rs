@@ -178,6 +178,41 @@ impl Drop for Sources {
 /// Start one source per member cluster and per config entry. Must run inside the
 /// runtime. Fails only on a mesh file that names something that cannot be a
 /// source (checked before anything is started).
+/// Who may read the debug endpoint on `addr` (mesh file `debugAuth`): `None`
+/// when it is open (loopback, not `required`). Refuses `required: false` on a
+/// non-loopback address; with no credential configured there, every guarded
+/// path answers 401 (logged at start).
+fn debug_authn(
+    mesh: &MeshConfig,
+    addr: std::net::SocketAddr,
+    kube_clients: &KubeClients,
+) -> anyhow::Result<Option<Arc<crate::debug::DebugAuthn>>> {
+    let auth = &mesh.debug_auth;
+    if !addr.ip().is_loopback() && auth.required == Some(false) {
+        anyhow::bail!(
+            "debugAuth.required: false, but the debug address {addr} is not a loopback address: \
+             off loopback every debug path but /ready and /healthz needs a token"
+        );
+    }
+    if !auth.required_on(&addr) {
+        return Ok(None);
+    }
+    let authn = (!auth.service_accounts.is_empty()).then(|| {
+        Arc::new(crate::security::authn::Authenticator::from_mesh(
+            mesh,
+            kube_clients.clone(),
+        ))
+    });
+    let d = crate::debug::DebugAuthn::new(auth, authn);
+    if d.accepts_any() {
+        info!(%addr, "debug endpoint requires a bearer token");
+    } else {
+        tracing::warn!(%addr, "debug endpoint requires a bearer token and debugAuth names none \
+            (tokenFile, serviceAccounts): every path but /ready and /healthz answers 401");
+    }
+    Ok(Some(Arc::new(d)))
+}
+
 fn start_sources(
     mesh: &MeshConfig,
     registry: &Arc<Registry>,
@@ -525,6 +560,20 @@ pub async fn serve(mesh: MeshConfig) -> anyhow::Result<()> {
     });
     let sources = start_sources(&mesh, &registry, &kube_clients)?;
     let push_task = tokio::spawn(pusher.run().instrument(info_span!("push")));
+    // The keys of RequestAuthentication `jwksUri`s, fetched beside translation;
+    // a change is a full push.
+    let jwks_task = {
+        let (read, write) = (registry.clone(), registry.clone());
+        tokio::spawn(
+            crate::security::jwks::run(
+                move || crate::push::ContextSource::config(&*read),
+                move |keys| write.set_jwks(keys),
+                mesh.tunables.jwks_refresh,
+            )
+            .instrument(info_span!("jwks")),
+        )
+    };
+    let debug_auth = debug_authn(&mesh, debug_addr, &kube_clients)?;
 
     let (xds_stop, xds_stop_rx) = watch::channel(false);
     let (debug_stop, debug_stop_rx) = watch::channel(false);
@@ -554,7 +603,7 @@ pub async fn serve(mesh: MeshConfig) -> anyhow::Result<()> {
             .instrument(info_span!("xds")),
     );
     let mut debug_task = tokio::spawn(
-        crate::debug::serve(debug_listener, state, stopped(debug_stop_rx))
+        crate::debug::serve_with_auth(debug_listener, state, debug_auth, stopped(debug_stop_rx))
             .instrument(info_span!("debug")),
     );
     info!(
@@ -599,6 +648,7 @@ pub async fn serve(mesh: MeshConfig) -> anyhow::Result<()> {
     let _ = xds_stop.send(true);
     drop(sources);
     push_task.abort();
+    jwks_task.abort();
     if !xds_task.is_finished() || !xds_tls_task.is_finished() {
         let both = async {
             let _ = (&mut xds_task).await;

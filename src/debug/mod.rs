@@ -8,6 +8,14 @@
 //! `RoutesConfigDump`, `SecretsConfigDump`) in proto-JSON with `@type`, holding what
 //! the proxy was sent, so it reads like Envoy's `/config_dump?include_eds` and
 //! istiod's `/debug/config_dump`.
+//!
+//! Who may read it (mesh file `debugAuth`, [`DebugAuthn`]): bound to loopback
+//! it is open; bound to any other address (or with `required: true`) every path
+//! but the probes `/ready` and `/healthz` needs `Authorization: Bearer TOKEN`,
+//! the static token of `tokenFile` or a service-account token of one of
+//! `serviceAccounts`, verified as xDS clients' tokens are. Nothing it serves
+//! holds private key material: secrets in config dumps carry no key, `/debug/certz`
+//! shows certificates' metadata only.
 
 pub mod json;
 
@@ -66,8 +74,22 @@ pub trait DebugState: Send + Sync + 'static {
     }
 }
 
-/// The debug routes over `state`.
+/// The debug routes over `state`, open to anyone who can connect.
 pub fn router(state: Arc<dyn DebugState>) -> Router {
+    routes(state)
+}
+
+/// The debug routes over `state`, behind `auth` when given.
+pub fn router_with_auth(state: Arc<dyn DebugState>, auth: Option<Arc<DebugAuthn>>) -> Router {
+    match auth {
+        None => routes(state),
+        Some(auth) => {
+            routes(state).layer(axum::middleware::from_fn_with_state(auth, require_token))
+        }
+    }
+}
+
+fn routes(state: Arc<dyn DebugState>) -> Router {
     Router::new()
         .route("/ready", get(ready))
         .route("/healthz", get(healthz))
@@ -102,11 +124,130 @@ pub async fn serve(
     state: Arc<dyn DebugState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with_auth(listener, state, None, shutdown).await
+}
+
+/// [`serve`], with every path but the probes behind `auth` when given.
+pub async fn serve_with_auth(
+    listener: tokio::net::TcpListener,
+    state: Arc<dyn DebugState>,
+    auth: Option<Arc<DebugAuthn>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
-    tracing::debug!(?addr, "debug HTTP serving");
-    axum::serve(listener, router(state))
+    tracing::debug!(?addr, authenticated = auth.is_some(), "debug HTTP serving");
+    axum::serve(listener, router_with_auth(state, auth))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// The probes: open whatever `debugAuth` says (kubelet's HTTP probes send no
+/// token), and they answer one word, nothing about the mesh.
+const OPEN_PATHS: [&str; 2] = ["/ready", "/healthz"];
+
+/// The credentials the debug endpoint accepts (mesh file `debugAuth`).
+pub struct DebugAuthn {
+    token_file: Option<std::path::PathBuf>,
+    accounts: Vec<crate::config::DebugServiceAccount>,
+    authn: Option<Arc<crate::security::authn::Authenticator>>,
+}
+
+impl DebugAuthn {
+    /// `authn` verifies the tokens of `auth.service_accounts` (needed when
+    /// there are any).
+    pub fn new(
+        auth: &crate::config::DebugAuth,
+        authn: Option<Arc<crate::security::authn::Authenticator>>,
+    ) -> DebugAuthn {
+        DebugAuthn {
+            token_file: auth.token_file.clone(),
+            accounts: auth.service_accounts.clone(),
+            authn,
+        }
+    }
+
+    /// Whether any credential can pass (else every guarded path is refused).
+    pub fn accepts_any(&self) -> bool {
+        self.token_file.is_some() || (!self.accounts.is_empty() && self.authn.is_some())
+    }
+
+    /// Check the bearer token of one request. The error says why without the
+    /// token.
+    pub async fn check(&self, bearer: Option<&str>) -> Result<(), String> {
+        let Some(token) = bearer
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+        else {
+            return Err("an Authorization: Bearer token is required".into());
+        };
+        if let Some(path) = &self.token_file {
+            // Read per request: a rotated file takes effect at once, and the
+            // endpoint sees little traffic.
+            match std::fs::read_to_string(path) {
+                Ok(want) => {
+                    let want = want.trim();
+                    let digest =
+                        |t: &str| ring::digest::digest(&ring::digest::SHA256, t.as_bytes());
+                    if !want.is_empty() && digest(want).as_ref() == digest(token).as_ref() {
+                        return Ok(());
+                    }
+                }
+                Err(e) => tracing::warn!(file = %path.display(), error = %e,
+                    "debugAuth.tokenFile cannot be read"),
+            }
+        }
+        let mut refused = "the bearer token is not accepted".to_string();
+        if let Some(authn) = &self.authn {
+            let mut clusters: Vec<&str> =
+                self.accounts.iter().map(|a| a.cluster.as_str()).collect();
+            clusters.sort();
+            clusters.dedup();
+            for cluster in clusters {
+                let Ok(caller) = authn.authenticate(cluster, token).await else {
+                    continue;
+                };
+                if self.accounts.iter().any(|a| {
+                    a.cluster == cluster
+                        && a.namespace == caller.namespace
+                        && a.name == caller.service_account
+                }) {
+                    return Ok(());
+                }
+                refused = format!(
+                    "service account {}/{} of cluster {cluster} is not in debugAuth.serviceAccounts",
+                    caller.namespace, caller.service_account
+                );
+            }
+        }
+        Err(refused)
+    }
+}
+
+async fn require_token(
+    State(auth): State<Arc<DebugAuthn>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if OPEN_PATHS.contains(&req.uri().path()) {
+        return next.run(req).await;
+    }
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match auth.check(bearer).await {
+        Ok(()) => next.run(req).await,
+        Err(why) => {
+            tracing::debug!(path = %req.uri().path(), reason = %why, "debug request refused");
+            let mut r = json_error(StatusCode::UNAUTHORIZED, why);
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+            r
+        }
+    }
 }
 
 type St = State<Arc<dyn DebugState>>;
