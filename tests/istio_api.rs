@@ -714,22 +714,14 @@ const REJECTED: &[(&str, &str, Option<&str>, &str)] = &[
     ("Gateway", "servers[].port.targetPort", None, "listeners bind the server port"),
     ("Gateway", "servers[].bind", None, "gateway listeners bind 0.0.0.0"),
     ("Gateway", "servers[].defaultEndpoint", None, "only sidecars have default endpoints"),
-    ("Gateway", "servers[].tls.mode", Some("SIMPLE"), "TLS termination needs certificates"),
-    ("Gateway", "servers[].tls.serverCertificate", None, "certificate settings are not supported by crossmesh yet (no TLS termination): serverCertificate"),
-    ("Gateway", "servers[].tls.privateKey", None, "(no TLS termination): privateKey"),
-    ("Gateway", "servers[].tls.caCertificates", None, "(no TLS termination): caCertificates"),
-    ("Gateway", "servers[].tls.caCrl", None, "(no TLS termination): caCrl"),
-    ("Gateway", "servers[].tls.credentialName", None, "(no TLS termination): credentialName"),
-    ("Gateway", "servers[].tls.credentialNames[]", None, "(no TLS termination): credentialNames"),
-    ("Gateway", "servers[].tls.caCertCredentialName", None, "(no TLS termination): caCertCredentialName"),
-    ("Gateway", "servers[].tls.tlsCertificates[]", None, "(no TLS termination): tlsCertificates"),
-    ("Gateway", "servers[].tls.subjectAltNames[]", None, "(no TLS termination): subjectAltNames"),
-    ("Gateway", "servers[].tls.verifyCertificateSpki[]", None, "(no TLS termination): verifyCertificateSpki"),
-    ("Gateway", "servers[].tls.verifyCertificateHash[]", None, "(no TLS termination): verifyCertificateHash"),
-    ("Gateway", "servers[].tls.minProtocolVersion", None, "(no TLS termination): minProtocolVersion"),
-    ("Gateway", "servers[].tls.maxProtocolVersion", None, "(no TLS termination): maxProtocolVersion"),
-    ("Gateway", "servers[].tls.cipherSuites[]", None, "(no TLS termination): cipherSuites"),
-    ("Gateway", "servers[].tls.insecureSkipVerify", None, "(no TLS termination): insecureSkipVerify"),
+    ("Gateway", "servers[].tls.serverCertificate", None, "not supported by crossmesh: serverCertificate"),
+    ("Gateway", "servers[].tls.privateKey", None, "not supported by crossmesh: privateKey"),
+    ("Gateway", "servers[].tls.caCertificates", None, "not supported by crossmesh: caCertificates"),
+    ("Gateway", "servers[].tls.caCrl", None, "not supported by crossmesh: caCrl"),
+    ("Gateway", "servers[].tls.credentialNames[]", None, "not supported by crossmesh: credentialNames"),
+    ("Gateway", "servers[].tls.caCertCredentialName", None, "not supported by crossmesh: caCertCredentialName"),
+    ("Gateway", "servers[].tls.tlsCertificates[]", None, "not supported by crossmesh: tlsCertificates"),
+    ("Gateway", "servers[].tls.insecureSkipVerify", None, "not supported by crossmesh: insecureSkipVerify"),
     // Sidecar
     ("Sidecar", "port.targetPort", None, "sidecar listeners bind the port number itself"),
     ("Sidecar", "ingress[].captureMode", Some("NONE"), "captureMode NONE per listener"),
@@ -1034,10 +1026,7 @@ const fn rejected(
 }
 
 /// Reasons documented in docs/ISTIO_SUPPORT.md.
-const CREDENTIAL_NAME: &str = "Kubernetes TLS Secrets are not delivered over SDS";
-const GATEWAY_TLS: &str = "TLS termination needs certificates";
-const GATEWAY_CERTS: &str =
-    "certificate settings are not supported by crossmesh yet (no TLS termination)";
+const GATEWAY_CERT_FILES: &str = "not supported by crossmesh: serverCertificate, privateKey";
 const DELEGATE: &str = "delegate VirtualServices are not implemented";
 const UNKNOWN_KIND: &str = "unknown kind \"ServiceEntry\"";
 const CAPTURE_NONE: &str = "captureMode NONE per listener";
@@ -1049,20 +1038,14 @@ const ZONE_AWARE: &str = "zone-aware load balancing is not implemented";
 const EXAMPLES: &[Example] = &[
     // Gateway
     rejected("gateway-00-my-gateway.yaml", &[
-        ("Gateway some-config-namespace/my-gateway", GATEWAY_TLS),
-        ("Gateway some-config-namespace/my-gateway", GATEWAY_TLS),
-        ("Gateway some-config-namespace/my-gateway", "(no TLS termination): serverCertificate, privateKey"),
-        ("Gateway some-config-namespace/my-gateway", "(no TLS termination): credentialName"),
+        ("Gateway some-config-namespace/my-gateway", GATEWAY_CERT_FILES),
     ]),
     ok("gateway-01-bookinfo-rule.yaml"),
     ok("gateway-02-bookinfo-mongo.yaml"),
     ok("gateway-03-my-gateway.yaml"),
     ok("gateway-04-my-ingress.yaml"),
     ok("gateway-05-my-tcp-ingress.yaml"),
-    rejected("gateway-06-my-tls-ingress.yaml", &[
-        ("Gateway default/my-tls-ingress", GATEWAY_TLS),
-        ("Gateway default/my-tls-ingress", GATEWAY_CERTS),
-    ]),
+    ok("gateway-06-my-tls-ingress.yaml"),
     // VirtualService
     ok("virtual-service-00-reviews-route.yaml"),
     ok("virtual-service-01-reviews-destination.yaml"),
@@ -1111,7 +1094,6 @@ const EXAMPLES: &[Example] = &[
     ok("destination-rule-02-bookinfo-ratings-port.yaml"),
     rejected("destination-rule-03-configure-client-mtls-dr-with-workloadselector.yaml", &[
         ("DestinationRule default/configure-client-mtls-dr-with-workloadselector", "workload-scoped rules are not implemented"),
-        ("DestinationRule default/configure-client-mtls-dr-with-workloadselector", CREDENTIAL_NAME),
     ]),
     ok("destination-rule-04-bookinfo-ratings.yaml"),
     ok("destination-rule-05-bookinfo-ratings.yaml"),

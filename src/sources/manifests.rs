@@ -33,6 +33,7 @@ use tracing::{info_span, warn, Instrument};
 
 use crate::config::ClusterConfig;
 use crate::registry::endpoints::{self, KubeObject};
+use crate::registry::secrets::RawSecret;
 use crate::registry::{Event, ObjectProblem, Registry};
 
 /// Quiet period after the last file event before a rescan.
@@ -43,7 +44,7 @@ pub const DEBOUNCE_MAX: Duration = Duration::from_millis(100);
 pub const RESCAN: Duration = Duration::from_secs(30);
 
 const KINDS_HINT: &str =
-    "crossmesh reads Service, Pod, Node and EndpointSlice from cluster manifests";
+    "crossmesh reads Service, Pod, Node, EndpointSlice and TLS Secret from cluster manifests";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -174,6 +175,41 @@ pub fn kube_object(value: &Value) -> Result<KubeObject, String> {
     };
     endpoints::check(&obj).map_err(|e| e.reason)?;
     Ok(obj)
+}
+
+/// A `v1` Secret document of a cluster directory, for `credentialName`
+/// (`registry::secrets`): `data` base64 as the API serves it, `stringData` as
+/// written. `Ok(None)`: a Secret that holds no TLS keys (not kept). A TLS
+/// Secret whose certificate or key does not check out is an error naming why
+/// (never the key).
+pub fn secret_object(value: &Value) -> Result<Option<RawSecret>, String> {
+    let api = value
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if api != "v1" {
+        return Err(format!(
+            "apiVersion {api:?} is not supported for Secret (v1)"
+        ));
+    }
+    let s: k8s_openapi::api::core::v1::Secret = serde_path_to_error::deserialize(value)
+        .map_err(|e| format!("wrong field type at {}: {}", e.path(), e.inner()))?;
+    let raw = RawSecret::from_k8s(&s);
+    if raw.name.is_empty() {
+        return Err("metadata.name is missing".into());
+    }
+    match crate::model::credential::parse_secret(&raw.data) {
+        Some(Err(reason)) => Err(reason),
+        Some(Ok(_)) => Ok(Some(raw)),
+        None if raw.r#type == "kubernetes.io/tls" => {
+            Err("type kubernetes.io/tls without tls.crt and tls.key".into())
+        }
+        None => Ok(None),
+    }
+}
+
+fn is_secret(value: &Value) -> bool {
+    value.get("kind").and_then(Value::as_str) == Some("Secret")
 }
 
 /// The files of a directory tree that hold manifests, sorted.
@@ -357,6 +393,12 @@ pub fn cluster_objects(docs: &[Doc]) -> (Vec<KubeObject>, Vec<ObjectProblem>, Ve
             object: object.clone(),
             reason,
         };
+        if is_secret(&d.value) {
+            if let Err(reason) = secret_object(&d.value) {
+                problems.push(problem(reason));
+            }
+            continue;
+        }
         match kube_object(&d.value) {
             Ok(obj) => {
                 if let Some(first) = seen.get(&(kind.clone(), object.clone())) {
@@ -410,6 +452,9 @@ struct ClusterFile {
     notes: Vec<ObjectProblem>,
     /// The current content cannot be used; its last good objects are served.
     error: Option<String>,
+    /// TLS Secrets of the last good parse (`registry::secrets`, replaced as a
+    /// whole per cluster on every change).
+    secrets: Vec<RawSecret>,
 }
 
 /// Which files changed since the last rescan, as the watcher saw them.
@@ -490,6 +535,7 @@ struct Parsed {
     objects: Vec<(ObjId, KubeObject)>,
     problems: Vec<ObjectProblem>,
     notes: Vec<ObjectProblem>,
+    secrets: Vec<RawSecret>,
 }
 
 fn parse_cluster_file(path: &Path, text: &[u8]) -> Result<Parsed, String> {
@@ -499,6 +545,7 @@ fn parse_cluster_file(path: &Path, text: &[u8]) -> Result<Parsed, String> {
         objects: Vec::with_capacity(docs.len()),
         problems: Vec::new(),
         notes: Vec::new(),
+        secrets: Vec::new(),
     };
     let mut seen: BTreeSet<ObjId> = BTreeSet::new();
     for d in &docs {
@@ -509,6 +556,28 @@ fn parse_cluster_file(path: &Path, text: &[u8]) -> Result<Parsed, String> {
             object: object.clone(),
             reason,
         };
+        if is_secret(d) {
+            if !seen.insert((kind.clone(), object.clone())) {
+                out.problems
+                    .push(problem("defined twice in this file; the first wins".into()));
+                continue;
+            }
+            match secret_object(d) {
+                Ok(Some(raw)) => out.secrets.push(raw),
+                Ok(None) => {}
+                // Kept as rejected by the store too, so a Secret that turns bad
+                // stops being served (its clusters and servers are left out).
+                Err(reason) => {
+                    if let Ok(s) =
+                        serde_json::from_value::<k8s_openapi::api::core::v1::Secret>(d.clone())
+                    {
+                        out.secrets.push(RawSecret::from_k8s(&s));
+                    }
+                    out.problems.push(problem(reason));
+                }
+            }
+            continue;
+        }
         match kube_object(d) {
             Ok(obj) => {
                 let id = (kind.clone(), object.clone());
@@ -645,6 +714,7 @@ impl ClusterDir {
                     objects,
                     problems,
                     notes,
+                    secrets,
                 }) => {
                     let old = self.files.remove(&path).unwrap_or_default();
                     let ids: Vec<ObjId> = objects.iter().map(|(id, _)| id.clone()).collect();
@@ -657,6 +727,7 @@ impl ClusterDir {
                             problems,
                             notes,
                             error: None,
+                            secrets,
                         },
                     );
                     parsed.insert(path, objects);
@@ -702,8 +773,23 @@ impl ClusterDir {
         }
         if dirty {
             self.publish_problems(registry);
+            self.publish_secrets(registry);
         }
         true
+    }
+
+    /// Every file's TLS Secrets to the registry (the first file by path wins
+    /// for a Secret defined twice); the store pushes only on a change.
+    fn publish_secrets(&self, registry: &Registry) {
+        let mut seen = BTreeSet::new();
+        let all: Vec<RawSecret> = self
+            .files
+            .values()
+            .flat_map(|f| f.secrets.iter())
+            .filter(|s| seen.insert((s.namespace.clone(), s.name.clone())))
+            .cloned()
+            .collect();
+        registry.reset_secrets(&self.cluster, &all);
     }
 
     fn dir_failed(&mut self, registry: &Registry, e: &std::io::Error) -> bool {

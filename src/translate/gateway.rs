@@ -12,6 +12,12 @@ use envoy_types::pb::envoy::config::route::v3::{
     virtual_host::TlsRequirementType, RouteConfiguration, VirtualHost,
 };
 
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    common_tls_context::{CombinedCertificateValidationContext, ValidationContextType},
+    tls_parameters::TlsProtocol,
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, TlsParameters,
+};
+
 use super::cluster::service_clusters;
 use super::listener::{filter_chain, http_connection_manager, l4_proxy, listener};
 use super::proto::{bool_value, http_route_name};
@@ -19,6 +25,8 @@ use super::route::{
     http_routes, l4_destinations, referenced_hosts, sort_catch_all_last, virtual_host, RouteScope,
 };
 use super::Generated;
+use super::{credentials, mtls};
+use crate::model::istio::gateway::ServerTlsSettings;
 use crate::model::istio::validate::all_wildcard_host;
 use crate::model::istio::{
     host_intersection, labels_match, resolve_gateway_name, Config, Gateway, Server, ServerProtocol,
@@ -66,7 +74,10 @@ fn servers_by_port<'a>(proxy: &'a Proxy, ctx: &'a PushContext) -> BTreeMap<u32, 
                     passthrough: server.is_passthrough(),
                     servers: Vec::new(),
                 });
-            let compatible = entry.protocol == protocol
+            // A port either passes TLS through or terminates it (the first
+            // server decides), so PASSTHROUGH and terminating servers do not mix.
+            let compatible = (entry.protocol == protocol
+                && entry.passthrough == server.is_passthrough())
                 || (entry.protocol.is_http() && protocol.is_http())
                 || (entry.passthrough && server.is_passthrough());
             if compatible {
@@ -121,7 +132,18 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext, identity: bool) -> Generated {
             east_west.extend(cs);
             continue;
         }
-        if ps.protocol.is_http() {
+        if ps.protocol == ServerProtocol::Https && !ps.passthrough {
+            let chains =
+                https_filter_chains(port, &ps, proxy, ctx, identity, &mut out.routes, &mut used);
+            if !chains.is_empty() {
+                out.listeners.push(listener(
+                    BIND_ADDRESS,
+                    port,
+                    TrafficDirection::Outbound,
+                    chains,
+                ));
+            }
+        } else if ps.protocol.is_http() {
             let route_name = http_route_name(port);
             out.routes.push(http_route_config(
                 &route_name,
@@ -264,6 +286,171 @@ fn http_route_config<'a>(
         validate_clusters: Some(bool_value(false)),
         ..Default::default()
     }
+}
+
+/// Istio's RDS name of a terminated HTTPS server (`gatewayRDSRouteName`):
+/// `https.PORT.PORTNAME.GATEWAY.NAMESPACE`.
+fn https_route_name(port: u32, bs: &BoundServer<'_>) -> String {
+    let gw_name = bs
+        .gateway
+        .rsplit_once('/')
+        .map_or(bs.gateway.as_str(), |(_, n)| n);
+    format!(
+        "https.{port}.{}.{gw_name}.{}",
+        bs.server.port.name, bs.gateway_ns
+    )
+}
+
+/// The SNI names of a server (`filter_chain_match.server_names`): its hosts
+/// without the namespace part; none (match any SNI) when a host is `*`.
+fn server_sni(server: &Server) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for h in &server.hosts {
+        let host = h.split_once('/').map_or(h.as_str(), |(_, h)| h);
+        if host == "*" || all_wildcard_host(host) {
+            return Vec::new();
+        }
+        let host = host.to_ascii_lowercase();
+        if !names.contains(&host) {
+            names.push(host);
+        }
+    }
+    names
+}
+
+/// Istio's `TLSProtocol` names as Envoy's `TlsParameters.TlsProtocol`.
+fn tls_protocol(v: Option<&str>, default: TlsProtocol) -> TlsProtocol {
+    match v.map(str::to_ascii_uppercase).as_deref() {
+        Some("TLS_AUTO") => TlsProtocol::TlsAuto,
+        Some("TLSV1_0") => TlsProtocol::TlSv10,
+        Some("TLSV1_1") => TlsProtocol::TlSv11,
+        Some("TLSV1_2") => TlsProtocol::TlSv12,
+        Some("TLSV1_3") => TlsProtocol::TlSv13,
+        _ => default,
+    }
+}
+
+/// Istio's `buildGatewayListenerTLSContext` for a terminating server:
+/// - SIMPLE: the key and certificate of Secret `credentialName`
+///   (`kubernetes://NAME`);
+/// - MUTUAL / OPTIONAL_MUTUAL: also the CA (`kubernetes://NAME-cacert`) with
+///   `subjectAltNames`, `verifyCertificateSpki` and `verifyCertificateHash`
+///   checks; a client certificate is required for MUTUAL only;
+/// - ISTIO_MUTUAL: the gateway's workload certificate (`default`) and the mesh
+///   trust bundle (`ROOTCA`), client certificate required.
+///
+/// `minProtocolVersion` defaults to TLS 1.2 and `maxProtocolVersion` to TLS 1.3
+/// (Istio's gateway defaults); `cipherSuites` as given. ALPN `h2,http/1.1` for
+/// HTTPS. `None`: nothing to terminate with (ISTIO_MUTUAL without identity).
+fn server_tls_context(tls: &ServerTlsSettings, identity: bool) -> Option<DownstreamTlsContext> {
+    let mode = tls.mode.as_deref().unwrap_or("").to_ascii_uppercase();
+    let params = TlsParameters {
+        tls_minimum_protocol_version: tls_protocol(
+            tls.min_protocol_version.as_deref(),
+            TlsProtocol::TlSv12,
+        ) as i32,
+        tls_maximum_protocol_version: tls_protocol(
+            tls.max_protocol_version.as_deref(),
+            TlsProtocol::TlSv13,
+        ) as i32,
+        cipher_suites: tls.cipher_suites.clone(),
+        ..Default::default()
+    };
+    let validation = CertificateValidationContext {
+        match_typed_subject_alt_names: mtls::exact_uri_or_dns_sans(&tls.subject_alt_names),
+        verify_certificate_spki: tls.verify_certificate_spki.clone(),
+        verify_certificate_hash: tls.verify_certificate_hash.clone(),
+        ..Default::default()
+    };
+    let combined = |ca: String| {
+        ValidationContextType::CombinedValidationContext(CombinedCertificateValidationContext {
+            default_validation_context: Some(validation.clone()),
+            validation_context_sds_secret_config: Some(mtls::sds(&ca)),
+            ..Default::default()
+        })
+    };
+    let credential = tls.credential_name.clone().unwrap_or_default();
+    let (cert, validation, require) = match mode.as_str() {
+        "SIMPLE" => (credentials::key_pair_secret_name(&credential), None, false),
+        "MUTUAL" | "OPTIONAL_MUTUAL" => (
+            credentials::key_pair_secret_name(&credential),
+            Some(combined(credentials::ca_secret_name(&credential))),
+            mode == "MUTUAL",
+        ),
+        "ISTIO_MUTUAL" if identity => (
+            mtls::SDS_DEFAULT.to_string(),
+            Some(combined(mtls::SDS_ROOT.to_string())),
+            true,
+        ),
+        _ => return None,
+    };
+    Some(DownstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_params: Some(params),
+            tls_certificate_sds_secret_configs: vec![mtls::sds(&cert)],
+            validation_context_type: validation,
+            alpn_protocols: mtls::ALPN_HTTP.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }),
+        require_client_certificate: require.then(|| bool_value(true)),
+        ..Default::default()
+    })
+}
+
+/// Terminated HTTPS servers of one port (Istio's gateway HTTPS filter chains):
+/// one filter chain per server, matched on the server's hosts as SNI, with the
+/// server's certificate, and an HTTP connection manager whose route config
+/// (`https.PORT.PORTNAME.GATEWAY.NS`) holds the virtual hosts of that server's
+/// hosts only. A later server whose SNI names repeat an earlier one's is left
+/// out (Envoy refuses equal filter chain matches), as is a server with
+/// nothing to terminate with. A chain whose Secret the proxy cannot get is
+/// removed afterwards (`credentials::resolve`).
+fn https_filter_chains<'a>(
+    port: u32,
+    ps: &PortServers<'a>,
+    proxy: &Proxy,
+    ctx: &'a PushContext,
+    identity: bool,
+    routes: &mut Vec<RouteConfiguration>,
+    used: &mut Vec<&'a Config<VirtualService>>,
+) -> Vec<FilterChain> {
+    let mut chains = Vec::new();
+    let mut seen: BTreeSet<Vec<String>> = BTreeSet::new();
+    for bs in &ps.servers {
+        let Some(tls) = bs.server.tls.as_ref() else {
+            continue;
+        };
+        let Some(context) = server_tls_context(tls, identity) else {
+            continue;
+        };
+        let mut sni = server_sni(bs.server);
+        sni.sort();
+        if !seen.insert(sni.clone()) {
+            continue;
+        }
+        let route_name = https_route_name(port, bs);
+        let one = PortServers {
+            protocol: ps.protocol,
+            passthrough: false,
+            servers: vec![BoundServer {
+                gateway: bs.gateway.clone(),
+                gateway_ns: bs.gateway_ns,
+                server: bs.server,
+            }],
+        };
+        routes.push(http_route_config(&route_name, port, &one, proxy, ctx, used));
+        let hcm = http_connection_manager(
+            &format!("outbound_{BIND_ADDRESS}_{port}"),
+            &route_name,
+            true,
+            super::security::http_filters(proxy, ctx, port),
+        );
+        let mut fc = filter_chain(sni, hcm);
+        fc.name = route_name;
+        fc.transport_socket = Some(mtls::tls_socket(&context));
+        chains.push(fc);
+    }
+    chains
 }
 
 /// TCP servers: the first TCP route (oldest VirtualService first) whose match

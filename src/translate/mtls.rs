@@ -66,7 +66,7 @@ const ALL_ISTIO_MTLS_ALPNS: [&str; 5] = [
     "istio-h2",
 ];
 /// What the server side advertises (`ALPNHttp`, `ALPNDownstreamWithMxc`).
-const ALPN_HTTP: [&str; 2] = ["h2", "http/1.1"];
+pub(crate) const ALPN_HTTP: [&str; 2] = ["h2", "http/1.1"];
 const ALPN_DOWNSTREAM_WITH_MXC: [&str; 3] = ["istio-peer-exchange", "h2", "http/1.1"];
 /// What a client sidecar advertises in mesh (`ALPNInMeshWithMxc`, `ALPNInMeshH2WithMxc`).
 const ALPN_IN_MESH: [&str; 2] = ["istio-peer-exchange", "istio"];
@@ -158,7 +158,8 @@ pub fn inbound_tls(http: bool) -> DownstreamTlsContext {
     }
 }
 
-fn tls_socket<M: prost::Message + prost::Name>(ctx: &M) -> TransportSocket {
+/// `ctx` as the `envoy.transport_sockets.tls` transport socket.
+pub(crate) fn tls_socket<M: prost::Message + prost::Name>(ctx: &M) -> TransportSocket {
     TransportSocket {
         name: TLS_TRANSPORT_SOCKET.into(),
         config_type: Some(ConfigType::TypedConfig(pack(ctx))),
@@ -387,17 +388,15 @@ pub fn client_tls(
             // with the SAN check (Istio's `cluster_tls.go`); else the files, with
             // `caCrl` as the validation context's `crl`.
             let validation = (!skip).then(|| match credential {
-                Some(name) => {
-                    ValidationContextType::CombinedValidationContext(
-                        CombinedCertificateValidationContext {
-                            default_validation_context: Some(default_validation),
-                            validation_context_sds_secret_config: Some(sds(
-                                &super::credentials::ca_secret_name(name),
-                            )),
-                            ..Default::default()
-                        },
-                    )
-                }
+                Some(name) => ValidationContextType::CombinedValidationContext(
+                    CombinedCertificateValidationContext {
+                        default_validation_context: Some(default_validation),
+                        validation_context_sds_secret_config: Some(sds(
+                            &super::credentials::ca_secret_name(name),
+                        )),
+                        ..Default::default()
+                    },
+                ),
                 None => ValidationContextType::ValidationContext(CertificateValidationContext {
                     trusted_ca: tls.ca_certificates.as_deref().map(file),
                     crl: tls.ca_crl.as_deref().map(file),
@@ -437,7 +436,7 @@ pub fn client_tls(
 
 /// `subjectAltNames` of SIMPLE/MUTUAL: Istio matches each against DNS and URI
 /// SANs alike (`StringToExactMatch`); a `spiffe://` name is a URI, else a DNS name.
-fn exact_uri_or_dns_sans(sans: &[String]) -> Vec<SubjectAltNameMatcher> {
+pub(crate) fn exact_uri_or_dns_sans(sans: &[String]) -> Vec<SubjectAltNameMatcher> {
     sans.iter()
         .map(|s| SubjectAltNameMatcher {
             san_type: if s.contains("://") {

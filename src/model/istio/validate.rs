@@ -275,32 +275,58 @@ fn gateway(g: &Gateway, out: &mut Issues) {
         if let Some(tls) = &s.tls {
             let tf = format!("{f}.tls");
             let mode = tls.mode.as_deref().map(str::to_ascii_uppercase);
+            let terminating = matches!(
+                mode.as_deref(),
+                Some("SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL" | "ISTIO_MUTUAL")
+            );
             match (proto, mode.as_deref()) {
                 (Some(ServerProtocol::Https | ServerProtocol::Tls), Some("PASSTHROUGH")) => {}
                 // East-west gateways (translate::network): SNI routing, no termination.
                 (Some(ServerProtocol::Tls), Some("AUTO_PASSTHROUGH")) => {}
+                // Termination (translate::gateway): HTTPS servers.
+                (Some(ServerProtocol::Https), Some(_)) if terminating => {}
+                (Some(ServerProtocol::Tls), Some(m)) if terminating => out.err(
+                    format!("{tf}.mode"),
+                    format!("mode {m} on a TLS server (TCP routes after termination) is not supported by crossmesh yet; use protocol HTTPS, or PASSTHROUGH"),
+                ),
                 (Some(ServerProtocol::Https | ServerProtocol::Tls), m) => out.err(
                     format!("{tf}.mode"),
                     format!(
-                        "mode {} is not supported by crossmesh yet: TLS termination needs certificates; use PASSTHROUGH",
+                        "mode {} is not supported (PASSTHROUGH, AUTO_PASSTHROUGH for TLS, SIMPLE, MUTUAL, OPTIONAL_MUTUAL or ISTIO_MUTUAL for HTTPS)",
                         m.unwrap_or("<unset>")
                     ),
                 ),
                 (_, None) => {}
                 (_, Some(m)) => out.err(format!("{tf}.mode"), format!("mode {m} needs protocol HTTPS or TLS")),
             }
-            let certs: Vec<&str> = [
+            // Certificates come from Kubernetes Secrets only (`credentialName`).
+            let files: Vec<&str> = [
                 ("serverCertificate", tls.server_certificate.is_some()),
                 ("privateKey", tls.private_key.is_some()),
                 ("caCertificates", tls.ca_certificates.is_some()),
                 ("caCrl", tls.ca_crl.is_some()),
-                ("credentialName", tls.credential_name.is_some()),
                 ("credentialNames", !tls.credential_names.is_empty()),
                 (
                     "caCertCredentialName",
                     tls.ca_cert_credential_name.is_some(),
                 ),
                 ("tlsCertificates", !tls.tls_certificates.is_empty()),
+                ("insecureSkipVerify", tls.insecure_skip_verify.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(n, set)| set.then_some(n))
+            .collect();
+            if !files.is_empty() {
+                out.err(
+                    tf.clone(),
+                    format!(
+                        "not supported by crossmesh: {} (certificates, CA and CRL come from the Kubernetes Secret named by credentialName: tls.crt, tls.key, ca.crt, ca.crl, or NAME-cacert)",
+                        files.join(", ")
+                    ),
+                );
+            }
+            let m = mode.as_deref().unwrap_or("");
+            let client_checks: Vec<&str> = [
                 ("subjectAltNames", !tls.subject_alt_names.is_empty()),
                 (
                     "verifyCertificateSpki",
@@ -310,22 +336,79 @@ fn gateway(g: &Gateway, out: &mut Issues) {
                     "verifyCertificateHash",
                     !tls.verify_certificate_hash.is_empty(),
                 ),
-                ("minProtocolVersion", tls.min_protocol_version.is_some()),
-                ("maxProtocolVersion", tls.max_protocol_version.is_some()),
-                ("cipherSuites", !tls.cipher_suites.is_empty()),
-                ("insecureSkipVerify", tls.insecure_skip_verify.is_some()),
             ]
             .into_iter()
             .filter_map(|(n, set)| set.then_some(n))
             .collect();
-            if !certs.is_empty() {
-                out.err(
-                    tf.clone(),
-                    format!(
-                        "certificate settings are not supported by crossmesh yet (no TLS termination): {}",
-                        certs.join(", ")
-                    ),
-                );
+            let tls_settings: Vec<&str> = [
+                ("credentialName", tls.credential_name.is_some()),
+                ("minProtocolVersion", tls.min_protocol_version.is_some()),
+                ("maxProtocolVersion", tls.max_protocol_version.is_some()),
+                ("cipherSuites", !tls.cipher_suites.is_empty()),
+            ]
+            .into_iter()
+            .filter_map(|(n, set)| set.then_some(n))
+            .chain(client_checks.iter().copied())
+            .collect();
+            match m {
+                "SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL" => {
+                    if tls.credential_name.as_deref().unwrap_or("").is_empty() && files.is_empty() {
+                        out.err(
+                            format!("{tf}.credentialName"),
+                            format!("required with mode {m}: the Kubernetes Secret (in the gateway's namespace) holding the server certificate and key"),
+                        );
+                    }
+                    if m == "SIMPLE" && !client_checks.is_empty() {
+                        out.err(
+                            tf.clone(),
+                            format!("{} check client certificates: they need mode MUTUAL or OPTIONAL_MUTUAL", client_checks.join(", ")),
+                        );
+                    }
+                }
+                "ISTIO_MUTUAL" => {
+                    if tls.credential_name.is_some() {
+                        out.err(
+                            format!("{tf}.credentialName"),
+                            "cannot be set with mode ISTIO_MUTUAL (the gateway's workload certificate is used)",
+                        );
+                    }
+                }
+                _ => {
+                    if !tls_settings.is_empty() {
+                        out.err(
+                            tf.clone(),
+                            format!("{} apply to TLS termination only (mode SIMPLE, MUTUAL, OPTIONAL_MUTUAL or ISTIO_MUTUAL)", tls_settings.join(", ")),
+                        );
+                    }
+                }
+            }
+            let version = |field: &str, v: &Option<String>, out: &mut Issues| -> Option<usize> {
+                const VERSIONS: [&str; 5] =
+                    ["TLS_AUTO", "TLSV1_0", "TLSV1_1", "TLSV1_2", "TLSV1_3"];
+                let v = v.as_deref()?;
+                let i = VERSIONS.iter().position(|x| x.eq_ignore_ascii_case(v));
+                if i.is_none() {
+                    out.err(
+                        format!("{tf}.{field}"),
+                        format!("unknown TLS version {v:?} (TLS_AUTO, TLSV1_0, TLSV1_1, TLSV1_2 or TLSV1_3)"),
+                    );
+                }
+                i
+            };
+            let min = version("minProtocolVersion", &tls.min_protocol_version, out);
+            let max = version("maxProtocolVersion", &tls.max_protocol_version, out);
+            if let (Some(min), Some(max)) = (min, max) {
+                if min > 0 && max > 0 && max < min {
+                    out.err(
+                        format!("{tf}.maxProtocolVersion"),
+                        "must not be lower than minProtocolVersion",
+                    );
+                }
+            }
+            for (i, c) in tls.cipher_suites.iter().enumerate() {
+                if c.trim().is_empty() {
+                    out.err(format!("{tf}.cipherSuites[{i}]"), "must not be empty");
+                }
             }
             if tls.https_redirect && !proto.is_some_and(ServerProtocol::is_http) {
                 out.err(
@@ -1815,17 +1898,40 @@ mod tests {
             "    tls: {mode: MUTUAL, credentialName: web-tls, caCertificates: /ca.pem}\n",
         ));
         assert!(
-            has(&i, "spec.trafficPolicy.tls", false, "caCertificates if credentialName"),
+            has(
+                &i,
+                "spec.trafficPolicy.tls",
+                false,
+                "caCertificates if credentialName"
+            ),
             "{i:?}"
         );
-        let i = issues(&dr("    tls: {mode: ISTIO_MUTUAL, credentialName: web-tls}\n"));
+        let i = issues(&dr(
+            "    tls: {mode: ISTIO_MUTUAL, credentialName: web-tls}\n",
+        ));
         assert!(
-            has(&i, "spec.trafficPolicy.tls.credentialName", false, "ISTIO_MUTUAL"),
+            has(
+                &i,
+                "spec.trafficPolicy.tls.credentialName",
+                false,
+                "ISTIO_MUTUAL"
+            ),
             "{i:?}"
         );
-        assert!(issues(&dr("    tls: {mode: SIMPLE, caCertificates: /ca.pem, caCrl: /crl.pem}\n")).is_empty());
+        assert!(issues(&dr(
+            "    tls: {mode: SIMPLE, caCertificates: /ca.pem, caCrl: /crl.pem}\n"
+        ))
+        .is_empty());
         let i = issues(&dr("    tls: {mode: SIMPLE, caCrl: /crl.pem}\n"));
-        assert!(has(&i, "spec.trafficPolicy.tls.caCrl", false, "set caCertificates"), "{i:?}");
+        assert!(
+            has(
+                &i,
+                "spec.trafficPolicy.tls.caCrl",
+                false,
+                "set caCertificates"
+            ),
+            "{i:?}"
+        );
     }
 
     #[test]
