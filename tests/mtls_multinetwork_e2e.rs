@@ -646,3 +646,389 @@ async fn two_control_planes_sharing_a_plugged_in_root() {
     assert_eq!(xfcc(&reply, "URI"), client_id);
     assert_eq!(xfcc(&reply, "By"), web_id);
 }
+
+/// A CA certificate with a known subject, for the rotation test: `cn`.
+fn rotation_ca(cn: &str, parent: Option<&TestCa>) -> TestCa {
+    test_ca(cn, parent)
+}
+
+/// Replace `dir/file` with `text` atomically (write, then rename), as a
+/// Kubernetes Secret volume or an operator's `mv` does.
+fn replace(dir: &Path, file: &str, text: &str) {
+    let tmp = dir.join(format!(".{file}.tmp"));
+    std::fs::write(&tmp, text).expect("write");
+    std::fs::rename(&tmp, dir.join(file)).expect("rename");
+}
+
+/// The PEM of the `ROOTCA` secret `envoy` holds, from its config dump.
+async fn envoy_rootca(envoy: &Envoy) -> Option<String> {
+    use base64::Engine as _;
+    let dump = envoy.config_dump().await;
+    for c in dump["configs"].as_array()? {
+        for s in c["dynamic_active_secrets"].as_array().into_iter().flatten() {
+            if s["name"] == "ROOTCA" {
+                let b64 =
+                    s["secret"]["validation_context"]["trusted_ca"]["inline_bytes"].as_str()?;
+                let pem = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+                return String::from_utf8(pem).ok();
+            }
+        }
+    }
+    None
+}
+
+/// The serial (lower-case hex, no leading zeros) of the workload certificate
+/// `envoy` uses, from its admin `/certs`.
+async fn envoy_serial(envoy: &Envoy) -> Result<String, String> {
+    let (_, body) = envoy.admin_get("/certs").await?;
+    let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+    for c in v["certificates"].as_array().into_iter().flatten() {
+        for chain in c["cert_chain"].as_array().into_iter().flatten() {
+            let has_uri = chain["subject_alt_names"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|s| s["uri"].is_string());
+            if has_uri {
+                let serial = chain["serial_number"].as_str().unwrap_or("");
+                return Ok(serial.to_lowercase().trim_start_matches('0').to_string());
+            }
+        }
+    }
+    Err(format!("no workload certificate in /certs: {body}"))
+}
+
+/// `cp`'s `/debug/certz` entry for `proxy_id`.
+async fn certz_entry(cp: &ControlPlane, proxy_id: &str) -> Result<serde_json::Value, String> {
+    let certz = cp.json("/debug/certz").await?;
+    certz
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["proxy_id"] == proxy_id)
+        .cloned()
+        .ok_or_else(|| format!("no certificate for {proxy_id}: {certz}"))
+}
+
+/// Whether `envoy` (node `proxy_id` of `cp`) uses a certificate signed by the
+/// intermediate `issuer_cn`: the serial Envoy presents is the one `cp` issued
+/// with that issuer.
+async fn uses_cert_from(
+    envoy: &Envoy,
+    cp: &ControlPlane,
+    proxy_id: &str,
+    issuer_cn: &str,
+) -> Result<String, String> {
+    let entry = certz_entry(cp, proxy_id).await?;
+    let issuer = entry["issuer"].as_str().unwrap_or("");
+    let serial = entry["serial"]
+        .as_str()
+        .unwrap_or("")
+        .to_lowercase()
+        .trim_start_matches('0')
+        .to_string();
+    let in_envoy = envoy_serial(envoy).await?;
+    if issuer == format!("CN={issuer_cn}") && serial == in_envoy {
+        Ok(serial)
+    } else {
+        Err(format!(
+            "{proxy_id}: crossmesh issued {serial} from {issuer:?}, Envoy uses {in_envoy}"
+        ))
+    }
+}
+
+/// A value of `cp`'s `/metrics`, 0 when absent.
+async fn cp_metric(cp: &ControlPlane, name_and_labels: &str) -> f64 {
+    let (_, text) = cp.get("/metrics").await.expect("metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Istio's three documented steps of a root rotation, done on the plug-in
+/// files of both control planes while a request loop runs through the
+/// east-west gateway, without restarting anything (each crossmesh reloads its
+/// `cacerts` directory): (1) add the new root to `root-cert.pem`, (2) sign with
+/// an intermediate under the new root, (3) drop the old root. Every request of
+/// the loop is answered by web-0 (each on a new mTLS connection:
+/// `maxRequestsPerConnection: 1`); after step 2 both sidecars use certificates
+/// of the new intermediates; after step 3 neither trusts the old root. A
+/// broken set of files written afterwards is refused, shown on
+/// `/debug/configz`, and the CA in force keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_rotation_under_cross_network_load() {
+    let subnet = Subnet::claim();
+    let mesh = Mesh::new(&[
+        cluster("cluster1", Some("vpc-a")),
+        cluster("cluster3", Some("account-b")),
+    ]);
+    let old_root = rotation_ca("old root", None);
+    let new_root = rotation_ca("new root", None);
+    let (old_a, old_b) = (
+        rotation_ca("account-a old", Some(&old_root)),
+        rotation_ca("account-b old", Some(&old_root)),
+    );
+    let (new_a, new_b) = (
+        rotation_ca("account-a new", Some(&new_root)),
+        rotation_ca("account-b new", Some(&new_root)),
+    );
+    let (dir_a, dir_b) = (mesh.root().join("cacerts-a"), mesh.root().join("cacerts-b"));
+    plug_in(&dir_a, &old_a, &old_root);
+    plug_in(&dir_b, &old_b, &old_root);
+    // What the proxies' bootstraps trust for the xDS connection (Istio's
+    // `istio-ca-root-cert` ConfigMap); updated with each step as well.
+    let root_file = mesh.root().join("shared-root.pem");
+    std::fs::write(&root_file, old_root.cert.pem()).expect("write root");
+    let both = [("cluster1", "vpc-a"), ("cluster3", "account-b")];
+    let (tls_a, tls_b) = (
+        SocketAddr::from((Ipv4Addr::LOCALHOST, free_port())),
+        SocketAddr::from((Ipv4Addr::LOCALHOST, free_port())),
+    );
+    let ca =
+        |dir: &str| format!("ca:\n  dir: {dir}\n  reloadInterval: 200ms\n  reissueWindow: 3s\n");
+    mesh_file(&mesh.mesh_file, tls_a, &both, &ca("cacerts-a"));
+    let mesh_b = mesh.root().join("mesh-b.yaml");
+    mesh_file(&mesh_b, tls_b, &both, &ca("cacerts-b"));
+    let issuer1 = TokenIssuer::new(
+        "https://cluster1.example",
+        &mesh.root().join("cluster1-jwks.json"),
+    );
+    let issuer3 = TokenIssuer::new(
+        "https://cluster3.example",
+        &mesh.root().join("cluster3-jwks.json"),
+    );
+
+    let (client_ip, web_ip, ew_ip) = (subnet.ip(1), subnet.ip(31), subnet.ip(200));
+    let (svc_port, sidecar_port, app_port, ew_port) =
+        (free_port(), free_port(), free_port(), free_port());
+    write_destination(&mesh, web_ip, svc_port, sidecar_port, app_port);
+    write_east_west(&mesh, ew_ip, ew_port);
+    // A new upstream connection, hence a new mTLS handshake, for every request.
+    mesh.write_istio(
+        "dr-web.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: web, namespace: {NS}}}
+spec:
+  host: {HOST}
+  trafficPolicy:
+    connectionPool:
+      http: {{maxRequestsPerConnection: 1}}
+"
+        ),
+    );
+    let _app = Backend::start(web_ip, app_port, "web-0").await;
+    let cp_a = ControlPlane::start(&mesh.mesh_file).await;
+    let cp_b = ControlPlane::start(&mesh_b).await;
+    let _ew = east_west_gateway(mesh.root(), &issuer3, tls_b, &root_file, ew_ip).await;
+    let web = sidecar(
+        mesh.root(),
+        &issuer3,
+        tls_b,
+        &root_file,
+        web_ip,
+        "web-0",
+        "web",
+        WEB_SA,
+        "cluster3",
+        "account-b",
+    )
+    .await;
+    let client = sidecar(
+        mesh.root(),
+        &issuer1,
+        tls_a,
+        &root_file,
+        client_ip,
+        "client-0",
+        "client",
+        CLIENT_SA,
+        "cluster1",
+        "vpc-a",
+    )
+    .await;
+    let client_node = format!("sidecar~{client_ip}~client-0.{NS}~{NS}.svc.cluster.local");
+    let web_node = format!("sidecar~{web_ip}~web-0.{NS}~{NS}.svc.cluster.local");
+    let out = SocketAddr::from((client_ip, svc_port));
+    wait_for("web-0 answers before the rotation", CONVERGE, || async {
+        let r = http::get(out, HOST, "/").await?;
+        if r.status == 200 && r.body == "web-0" {
+            Ok(())
+        } else {
+            Err(format!("{} {}", r.status, r.body))
+        }
+    })
+    .await;
+    uses_cert_from(&client, &cp_a, &client_node, "account-a old")
+        .await
+        .expect("client's first certificate");
+    uses_cert_from(&web, &cp_b, &web_node, "account-b old")
+        .await
+        .expect("web's first certificate");
+    let web_cluster = format!("cluster.outbound|{svc_port}||{HOST}");
+    let handshakes_before = counter(&client, &format!("{web_cluster}.ssl.handshake")).await;
+
+    // The load: one request at a time, each answer recorded.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ok = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let load = {
+        let (stop, ok) = (stop.clone(), ok.clone());
+        tokio::spawn(async move {
+            let mut failed = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match http::get(out, HOST, "/").await {
+                    Ok(r) if r.status == 200 && r.body == "web-0" => {
+                        ok.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    Ok(r) => failed.push(format!("{} {}", r.status, r.body)),
+                    Err(e) => failed.push(e),
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            failed
+        })
+    };
+    // Some requests of the loop answered after each step.
+    let more_answers = |what: &'static str| {
+        let ok = ok.clone();
+        async move {
+            let from = ok.load(std::sync::atomic::Ordering::SeqCst);
+            wait_for(what, CONVERGE, || async {
+                let n = ok.load(std::sync::atomic::Ordering::SeqCst);
+                if n >= from + 25 {
+                    Ok(())
+                } else {
+                    Err(format!("{} answered", n - from))
+                }
+            })
+            .await
+        }
+    };
+    more_answers("requests before step 1").await;
+
+    // Step 1: add the new root on both control planes.
+    let bundle = format!("{}{}", old_root.cert.pem(), new_root.cert.pem());
+    for dir in [&dir_a, &dir_b] {
+        replace(dir, "root-cert.pem", &bundle);
+    }
+    replace(mesh.root(), "shared-root.pem", &bundle);
+    for (name, envoy) in [("client", &client), ("web", &web)] {
+        wait_for(
+            &format!("{name}'s ROOTCA holds both roots"),
+            CONVERGE,
+            || async {
+                let pem = envoy_rootca(envoy).await.unwrap_or_default();
+                if pem.contains(&new_root.cert.pem()) && pem.contains(&old_root.cert.pem()) {
+                    Ok(())
+                } else {
+                    Err(pem)
+                }
+            },
+        )
+        .await;
+    }
+    // Only the bundle changed: the certificates are the old signers' still.
+    uses_cert_from(&client, &cp_a, &client_node, "account-a old")
+        .await
+        .expect("step 1 re-issued nothing");
+    more_answers("requests after step 1").await;
+
+    // Step 2: sign with intermediates under the new root (file by file).
+    for (dir, ca) in [(&dir_a, &new_a), (&dir_b, &new_b)] {
+        replace(dir, "ca-cert.pem", &ca.cert.pem());
+        replace(dir, "ca-key.pem", &ca.key.serialize_pem());
+        replace(
+            dir,
+            "cert-chain.pem",
+            &format!("{}{}", ca.cert.pem(), new_root.cert.pem()),
+        );
+    }
+    let client_new = wait_for(
+        "the client sidecar uses a certificate of account-a's new intermediate",
+        CONVERGE,
+        || uses_cert_from(&client, &cp_a, &client_node, "account-a new"),
+    )
+    .await;
+    let web_new = wait_for(
+        "the destination sidecar uses a certificate of account-b's new intermediate",
+        CONVERGE,
+        || uses_cert_from(&web, &cp_b, &web_node, "account-b new"),
+    )
+    .await;
+    more_answers("requests after step 2").await;
+    // The TLS xDS ports present certificates of the new signers too.
+    for cp in [&cp_a, &cp_b] {
+        assert!(
+            cp.log().contains("xDS TLS server certificate renewed"),
+            "the xDS server certificate was not re-issued"
+        );
+    }
+
+    // Step 3: drop the old root.
+    for dir in [&dir_a, &dir_b] {
+        replace(dir, "root-cert.pem", &new_root.cert.pem());
+    }
+    replace(mesh.root(), "shared-root.pem", &new_root.cert.pem());
+    for (name, envoy) in [("client", &client), ("web", &web)] {
+        wait_for(
+            &format!("{name}'s ROOTCA holds the new root only"),
+            CONVERGE,
+            || async {
+                let pem = envoy_rootca(envoy).await.unwrap_or_default();
+                if pem.contains(&new_root.cert.pem()) && !pem.contains(&old_root.cert.pem()) {
+                    Ok(())
+                } else {
+                    Err(pem)
+                }
+            },
+        )
+        .await;
+    }
+    more_answers("requests after step 3").await;
+    // No further certificate was needed for step 3.
+    assert_eq!(
+        uses_cert_from(&client, &cp_a, &client_node, "account-a new").await,
+        Ok(client_new)
+    );
+    assert_eq!(
+        uses_cert_from(&web, &cp_b, &web_node, "account-b new").await,
+        Ok(web_new)
+    );
+
+    // A broken set (the key of another certificate) is refused and shown; the
+    // CA in force keeps serving.
+    replace(&dir_a, "ca-key.pem", &old_a.key.serialize_pem());
+    wait_for("the refused set on /debug/configz", CONVERGE, || async {
+        let configz = cp_a.json("/debug/configz").await?.to_string();
+        if configz.contains("ca-key.pem") && configz.contains("does not match") {
+            Ok(())
+        } else {
+            Err(configz)
+        }
+    })
+    .await;
+    assert_eq!(cp_metric(&cp_a, "crossmesh_ca_reload_refused").await, 1.0);
+    assert!(cp_metric(&cp_a, "crossmesh_ca_reloads{result=\"refused\"}").await >= 1.0);
+    more_answers("requests while a broken set is on disk").await;
+
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let failed = load.await.expect("load");
+    let answered = ok.load(std::sync::atomic::Ordering::SeqCst);
+    let handshakes = counter(&client, &format!("{web_cluster}.ssl.handshake")).await;
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed during the rotation: {failed:?}",
+        failed.len(),
+        answered as usize + failed.len()
+    );
+    assert!(
+        handshakes - handshakes_before >= answered,
+        "{answered} requests on {} new mTLS connections",
+        handshakes - handshakes_before
+    );
+    eprintln!(
+        "root rotation: {answered} requests answered by web-0, 0 failed, {} client handshakes",
+        handshakes - handshakes_before
+    );
+}
