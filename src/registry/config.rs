@@ -13,8 +13,9 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::metrics::{metrics, KindLabel};
-use crate::model::istio::validate::validate;
+use crate::model::istio::authorization_policy;
 use crate::model::istio::request_authentication::FetchedJwks;
+use crate::model::istio::validate::validate;
 use crate::model::istio::{
     host_intersection, labels_match, parse_object, resolve_gateway_name, ConfigSnapshot,
     Destination, IstioObject, Kind, Rejection, MESH_GATEWAY,
@@ -47,7 +48,10 @@ pub fn validate_docs(docs: &[RawDoc]) -> Vec<Problem> {
                     problems.push(p);
                 }
             }
-            Err(mut errs) => problems.append(&mut errs),
+            Err(mut errs) => {
+                authorization_policy::rejected(&doc.origin, &doc.value, &mut errs);
+                problems.append(&mut errs)
+            }
         }
     }
     problems
@@ -130,6 +134,13 @@ impl ConfigStore {
             match parse_object(&doc.origin, &doc.value) {
                 Ok(obj) => state.accepted.push(obj),
                 Err(mut errs) => {
+                    // A rejected AuthorizationPolicy leaves a fail-closed stand-in
+                    // in force, never an opening.
+                    if let Some(c) =
+                        authorization_policy::rejected(&doc.origin, &doc.value, &mut errs)
+                    {
+                        state.accepted.push(IstioObject::AuthorizationPolicy(c));
+                    }
                     for e in &errs {
                         tracing::warn!(origin = %e.origin, kind = %e.kind, namespace = %e.namespace,
                             name = %e.name, field = %e.field, reason = %e.reason, "rejected Istio config");
@@ -211,6 +222,7 @@ impl ConfigStore {
             "Sidecar",
             "PeerAuthentication",
             "RequestAuthentication",
+            "AuthorizationPolicy",
         ]
         .iter()
         .map(|k| (k.to_string(), 0))
@@ -660,7 +672,7 @@ mod tests {
 
     #[test]
     fn unknown_kinds_versions_and_duplicates() {
-        let yaml = "apiVersion: security.istio.io/v1beta1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: base}\nspec: {}\n---\napiVersion: security.istio.io/v1alpha1\nkind: PeerAuthentication\nmetadata: {name: p, namespace: base}\nspec: {}\n---\napiVersion: networking.istio.io/v1alpha3\nkind: PeerAuthentication\nmetadata: {name: p2, namespace: base}\nspec: {}\n---\napiVersion: networking.istio.io/v1alpha3\nkind: ServiceEntry\nmetadata: {name: se}\nspec: {}\n---\napiVersion: networking.istio.io/v1alpha3\nkind: Gateway\nmetadata: {name: gw, namespace: a}\nspec:\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: ['*']\n---\napiVersion: networking.istio.io/v1alpha3\nkind: Gateway\nmetadata: {name: gw, namespace: a}\nspec:\n  servers:\n  - port: {number: 81, name: http, protocol: HTTP}\n    hosts: ['*']\n";
+        let yaml = "apiVersion: networking.istio.io/v1beta1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: base}\nspec: {}\n---\napiVersion: security.istio.io/v1alpha1\nkind: PeerAuthentication\nmetadata: {name: p, namespace: base}\nspec: {}\n---\napiVersion: networking.istio.io/v1alpha3\nkind: PeerAuthentication\nmetadata: {name: p2, namespace: base}\nspec: {}\n---\napiVersion: networking.istio.io/v1alpha3\nkind: ServiceEntry\nmetadata: {name: se}\nspec: {}\n---\napiVersion: networking.istio.io/v1alpha3\nkind: Gateway\nmetadata: {name: gw, namespace: a}\nspec:\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: ['*']\n---\napiVersion: networking.istio.io/v1alpha3\nkind: Gateway\nmetadata: {name: gw, namespace: a}\nspec:\n  servers:\n  - port: {number: 81, name: http, protocol: HTTP}\n    hosts: ['*']\n";
         let problems = validate_docs(&docs("f.yaml", yaml));
         let summary: Vec<(String, String)> = problems
             .iter()
@@ -669,7 +681,7 @@ mod tests {
         assert_eq!(
             summary,
             [
-                ("AuthorizationPolicy".to_string(), "kind".to_string()),
+                ("AuthorizationPolicy".to_string(), "apiVersion".to_string()),
                 ("PeerAuthentication".to_string(), "apiVersion".to_string()),
                 ("PeerAuthentication".to_string(), "kind".to_string()),
                 ("ServiceEntry".to_string(), "kind".to_string()),

@@ -14,6 +14,7 @@
 //!   workload certificate is needed).
 //! `proto.rs` holds the small Envoy builders everything shares.
 
+pub mod authz;
 pub mod cluster;
 pub mod credentials;
 pub mod endpoint;

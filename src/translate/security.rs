@@ -5,6 +5,7 @@
 //! authorization (`AuthorizationPolicy`, `envoy.filters.http.rbac`, shadow rules
 //! first). Outbound listeners carry none of them.
 
+use envoy_types::pb::envoy::config::listener::v3::Filter;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
 
 use crate::model::context::PushContext;
@@ -25,5 +26,25 @@ pub fn http_filters(proxy: &Proxy, ctx: &PushContext, port: u32) -> Vec<HttpFilt
     let _ = port;
     let mut out = Vec::new();
     out.extend(super::jwt::filter(proxy, ctx));
+    out.extend(authz(proxy, ctx).http_filters());
     out
+}
+
+/// The AuthorizationPolicies in force for `proxy` (a sidecar's workload or a
+/// gateway, by namespace and labels; root-namespace policies included).
+fn authz<'a>(proxy: &Proxy, ctx: &'a PushContext) -> super::authz::Authz<'a> {
+    let policies = ctx
+        .config
+        .authorization_policies_for(&proxy.namespace, &proxy.labels)
+        .into_iter()
+        .map(|p| p.as_ref())
+        .collect();
+    super::authz::Authz::new(policies, &ctx.mesh.trust_domain)
+}
+
+/// The network filters that authorize a TCP connection to `proxy` (Envoy's
+/// `envoy.filters.network.rbac`, Istio's order), to run ahead of the TCP proxy
+/// on its inbound TCP chains.
+pub fn network_filters(proxy: &Proxy, ctx: &PushContext) -> Vec<Filter> {
+    authz(proxy, ctx).network_filters()
 }

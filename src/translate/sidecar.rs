@@ -30,8 +30,8 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
     LocalityLbEndpoints,
 };
 use envoy_types::pb::envoy::config::listener::v3::{
-    listener_filter::ConfigType as ListenerFilterConfig, FilterChain, FilterChainMatch, Listener,
-    ListenerFilter,
+    listener_filter::ConfigType as ListenerFilterConfig, Filter, FilterChain, FilterChainMatch,
+    Listener, ListenerFilter,
 };
 use envoy_types::pb::envoy::config::route::v3::{
     route::Action, route_action::ClusterSpecifier, DirectResponseAction, Route, RouteAction,
@@ -321,29 +321,37 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext, identity: bool) -> Generated {
         } else {
             tcp_proxy(&stat, &[(cluster.clone(), 100)])
         };
+        // TCP: AuthorizationPolicy's network RBAC filters ahead of the TCP proxy.
+        let rbac = if protocol.is_http() {
+            Vec::new()
+        } else {
+            super::security::network_filters(proxy, ctx)
+        };
         if redirect {
             let base = FilterChainMatch {
                 destination_port: Some(u32_value(port)),
                 prefix_ranges: ingress_bind_range(ing).into_iter().collect(),
                 ..Default::default()
             };
-            match &peer_auth {
-                Some(pa) => inbound_chains.extend(mtls::inbound_chains(
+            let mut chains = match &peer_auth {
+                Some(pa) => mtls::inbound_chains(
                     pa.for_port(port),
                     protocol.is_http(),
                     &base,
                     &cluster,
                     &filter,
-                )),
+                ),
                 None => {
                     let mut fc = filter_chain(Vec::new(), filter);
                     fc.filter_chain_match = Some(base);
                     fc.name = cluster.clone();
-                    inbound_chains.push(fc);
+                    vec![fc]
                 }
-            }
+            };
+            prepend_filters(&mut chains, &rbac);
+            inbound_chains.extend(chains);
         } else {
-            let chains = match &peer_auth {
+            let mut chains = match &peer_auth {
                 Some(pa) => mtls::inbound_chains(
                     pa.for_port(port),
                     protocol.is_http(),
@@ -353,6 +361,7 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext, identity: bool) -> Generated {
                 ),
                 None => vec![filter_chain(Vec::new(), filter)],
             };
+            prepend_filters(&mut chains, &rbac);
             out.listeners.push(listener(
                 &ingress_bind(ing, proxy),
                 port,
@@ -364,8 +373,11 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext, identity: bool) -> Generated {
     if redirect {
         out.listeners.push(virtual_outbound(registry_only));
         let catch_all = peer_auth.as_ref().map(|pa| pa.mode);
-        out.listeners
-            .push(virtual_inbound(inbound_chains, catch_all));
+        out.listeners.push(virtual_inbound(
+            inbound_chains,
+            catch_all,
+            &super::security::network_filters(proxy, ctx),
+        ));
         out.clusters.push(original_dst_cluster(PASSTHROUGH_CLUSTER));
         out.clusters
             .push(original_dst_cluster(INBOUND_PASSTHROUGH_CLUSTER));
@@ -806,30 +818,44 @@ fn virtual_outbound(registry_only: bool) -> Listener {
     l
 }
 
+/// Put `filters` (network RBAC) ahead of each chain's own filters.
+fn prepend_filters(chains: &mut [FilterChain], filters: &[Filter]) {
+    for fc in chains {
+        fc.filters.splice(0..0, filters.iter().cloned());
+    }
+}
+
 /// `virtualInbound` on 15006: the original destination port picks the Sidecar
 /// ingress chain; other inbound traffic passes through to the original
 /// destination, under the workload's PeerAuthentication mode when the proxy
 /// has an identity (`mtls`; as Istio's passthrough chains: STRICT refuses
 /// plaintext to any port).
-fn virtual_inbound(mut chains: Vec<FilterChain>, mtls_mode: Option<MtlsMode>) -> Listener {
+fn virtual_inbound(
+    mut chains: Vec<FilterChain>,
+    mtls_mode: Option<MtlsMode>,
+    rbac: &[Filter],
+) -> Listener {
     let filter = tcp_proxy(
         INBOUND_PASSTHROUGH_CLUSTER,
         &[(INBOUND_PASSTHROUGH_CLUSTER.to_string(), 100)],
     );
-    match mtls_mode {
-        Some(mode) => chains.extend(mtls::inbound_chains(
+    let mut catch_all = match mtls_mode {
+        Some(mode) => mtls::inbound_chains(
             mode,
             false,
             &FilterChainMatch::default(),
             "virtualInbound-catchall",
             &filter,
-        )),
+        ),
         None => {
             let mut passthrough = filter_chain(Vec::new(), filter);
             passthrough.name = "virtualInbound-catchall".into();
-            chains.push(passthrough);
+            vec![passthrough]
         }
-    }
+    };
+    // Istio authorizes passthrough traffic too (TCP rules: `rbac`).
+    prepend_filters(&mut catch_all, rbac);
+    chains.extend(catch_all);
     let mut l = listener(
         WILDCARD,
         VIRTUAL_INBOUND_PORT,

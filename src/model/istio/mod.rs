@@ -7,6 +7,7 @@
 //! crossmesh does not implement are typed and then rejected by `validate`, with a
 //! message naming the field.
 
+pub mod authorization_policy;
 pub mod common;
 pub mod destination_rule;
 pub mod duration;
@@ -23,6 +24,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+pub use authorization_policy::AuthorizationPolicy;
 pub use common::{labels_match, Destination, Percent, PortSelector, StringMatch, StringMatchKind};
 pub use destination_rule::{DestinationRule, Subset, TrafficPolicy};
 pub use duration::IstioDuration;
@@ -52,6 +54,7 @@ pub enum Kind {
     Sidecar,
     PeerAuthentication,
     RequestAuthentication,
+    AuthorizationPolicy,
 }
 
 impl Kind {
@@ -63,6 +66,7 @@ impl Kind {
             "Sidecar" => Kind::Sidecar,
             "PeerAuthentication" => Kind::PeerAuthentication,
             "RequestAuthentication" => Kind::RequestAuthentication,
+            "AuthorizationPolicy" => Kind::AuthorizationPolicy,
             _ => return None,
         })
     }
@@ -75,6 +79,7 @@ impl Kind {
             Kind::Sidecar => "Sidecar",
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::RequestAuthentication => "RequestAuthentication",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
         }
     }
 }
@@ -149,6 +154,7 @@ pub enum IstioObject {
     Sidecar(Config<Sidecar>),
     PeerAuthentication(Config<PeerAuthentication>),
     RequestAuthentication(Config<RequestAuthentication>),
+    AuthorizationPolicy(Config<AuthorizationPolicy>),
 }
 
 impl IstioObject {
@@ -160,6 +166,7 @@ impl IstioObject {
             IstioObject::Sidecar(c) => &c.meta,
             IstioObject::PeerAuthentication(c) => &c.meta,
             IstioObject::RequestAuthentication(c) => &c.meta,
+            IstioObject::AuthorizationPolicy(c) => &c.meta,
         }
     }
 
@@ -171,6 +178,7 @@ impl IstioObject {
             IstioObject::Sidecar(_) => Kind::Sidecar,
             IstioObject::PeerAuthentication(_) => Kind::PeerAuthentication,
             IstioObject::RequestAuthentication(_) => Kind::RequestAuthentication,
+            IstioObject::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
         }
     }
 }
@@ -269,6 +277,13 @@ pub fn parse_object(
         ));
     }
     let kind = match (Kind::parse(&kind_str), security) {
+        (Some(Kind::AuthorizationPolicy), true) => Kind::AuthorizationPolicy,
+        (Some(Kind::AuthorizationPolicy), false) => {
+            return Err(reject(
+                "apiVersion",
+                format!("AuthorizationPolicy belongs to {SECURITY_GROUP} (v1 or v1beta1), not {api_version:?}"),
+            ))
+        }
         (Some(Kind::PeerAuthentication), true) => Kind::PeerAuthentication,
         (Some(Kind::RequestAuthentication), true) => Kind::RequestAuthentication,
         (Some(k), false) if k != Kind::PeerAuthentication && k != Kind::RequestAuthentication => {
@@ -338,6 +353,14 @@ pub fn parse_object(
         Kind::RequestAuthentication => {
             de(spec).map(|spec| IstioObject::RequestAuthentication(Config { meta, spec }))
         }
+        Kind::AuthorizationPolicy => authorization_policy::dry_run(value).and_then(|dry_run| {
+            de(spec).map(|spec| {
+                IstioObject::AuthorizationPolicy(Config {
+                    meta,
+                    spec: AuthorizationPolicy { dry_run, ..spec },
+                })
+            })
+        }),
     };
     let obj = obj.map_err(|(field, reason)| reject(&field, reason))?;
     // Warnings keep the object in force; they are reported by the config store.
@@ -428,6 +451,9 @@ pub struct ConfigSnapshot {
     pub sidecars: Vec<Arc<Config<Sidecar>>>,
     pub peer_authentications: Vec<Arc<Config<PeerAuthentication>>>,
     pub request_authentications: Vec<Arc<Config<RequestAuthentication>>>,
+    /// Including the fail-closed stand-ins of rejected policies
+    /// (`authorization_policy::stand_in`).
+    pub authorization_policies: Vec<Arc<Config<AuthorizationPolicy>>>,
     /// Keys fetched for `jwksUri` (and OpenID discovery) by `security::jwks`,
     /// set by the config store; a rule whose keys are not here yet gets Istio's
     /// fake key.
@@ -471,6 +497,7 @@ impl ConfigSnapshot {
                 IstioObject::RequestAuthentication(c) => {
                     s.request_authentications.push(Arc::new(c))
                 }
+                IstioObject::AuthorizationPolicy(c) => s.authorization_policies.push(Arc::new(c)),
             }
         }
         s.gateways.sort_by(|a, b| a.meta.istio_order(&b.meta));
@@ -482,6 +509,8 @@ impl ConfigSnapshot {
         s.peer_authentications
             .sort_by(|a, b| a.meta.istio_order(&b.meta));
         s.request_authentications
+            .sort_by(|a, b| a.meta.istio_order(&b.meta));
+        s.authorization_policies
             .sort_by(|a, b| a.meta.istio_order(&b.meta));
         for (i, vs) in s.virtual_services.iter().enumerate() {
             let mut keys: Vec<String> = if vs.spec.gateways.is_empty() {
@@ -522,6 +551,21 @@ impl ConfigSnapshot {
             ROOT_NAMESPACE,
             namespace,
             labels,
+        )
+    }
+
+    /// The AuthorizationPolicies that apply to a workload or gateway in
+    /// `namespace` with `labels` (root-namespace policies included), in Istio
+    /// order.
+    pub fn authorization_policies_for(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Vec<&Arc<Config<AuthorizationPolicy>>> {
+        authorization_policy::for_workload(
+            &self.authorization_policies,
+            ROOT_NAMESPACE,
+            authorization_policy::Workload { namespace, labels },
         )
     }
 

@@ -87,6 +87,11 @@ pub fn validate(obj: &IstioObject) -> Vec<Issue> {
                 out.err(field, reason);
             }
         }
+        IstioObject::AuthorizationPolicy(c) => {
+            for (field, reason) in c.spec.problems(&c.meta.namespace) {
+                out.err(field, reason);
+            }
+        }
     }
     out.0
 }
