@@ -952,7 +952,8 @@ fn grants(rules: &[PolicyRule], group: &str, resource: &str, verb: &str) -> bool
 }
 
 /// The hub's ServiceAccount can list and watch every kind crossmesh's kube
-/// source watches, and Secrets only in the remote-secret namespace, and create
+/// source watches (TLS Secrets among them, for `credentialName`), Secrets in the
+/// remote-secret namespace, and create
 /// TokenReviews; nothing else, no wildcard, no other write.
 #[test]
 fn rbac_is_least_privilege_and_enough() {
@@ -1024,6 +1025,8 @@ fn rbac_is_least_privilege_and_enough() {
         ("", "pods"),
         ("", "nodes"),
         ("discovery.k8s.io", "endpointslices"),
+        // TLS Secrets for credentialName (sources::secrets).
+        ("", "secrets"),
     ];
     watched.extend(ISTIO_KINDS.iter().map(|(g, _, p)| (*g, *p)));
     for (g, r) in &watched {

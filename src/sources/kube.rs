@@ -770,6 +770,8 @@ fn streams(client: &Client, opts: &KubeOptions) -> SelectAll<BoxStream<'static, 
 pub struct ClusterWatch {
     task: Option<JoinHandle<()>>,
     synced: tokio_watch::Receiver<bool>,
+    /// The cluster's TLS Secrets (`sources::secrets`), watched with the same client.
+    secrets: Option<JoinHandle<()>>,
 }
 
 impl ClusterWatch {
@@ -787,6 +789,7 @@ impl ClusterWatch {
     ) -> ClusterWatch {
         let (tx, rx) = tokio_watch::channel(false);
         let span = info_span!("kube", cluster = %cluster);
+        let secrets = super::secrets::spawn_secret_watch(registry.clone(), cluster, client.clone());
         let run = ClusterRun {
             registry,
             cluster: cluster.to_string(),
@@ -799,6 +802,7 @@ impl ClusterWatch {
         ClusterWatch {
             task: Some(tokio::spawn(run.run().instrument(span))),
             synced: rx,
+            secrets: Some(secrets),
         }
     }
 
@@ -813,12 +817,19 @@ impl ClusterWatch {
             t.abort();
             let _ = t.await;
         }
+        if let Some(t) = self.secrets.take() {
+            t.abort();
+            let _ = t.await;
+        }
     }
 }
 
 impl Drop for ClusterWatch {
     fn drop(&mut self) {
         if let Some(t) = self.task.take() {
+            t.abort();
+        }
+        if let Some(t) = self.secrets.take() {
             t.abort();
         }
     }

@@ -5,3 +5,4 @@ pub mod in_cluster;
 pub mod kube;
 pub mod manifests;
 pub mod remote_secret;
+pub mod secrets;
