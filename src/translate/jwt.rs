@@ -11,8 +11,6 @@
 //! by issuer and has its own `istio_authn` filter derive the principal; crossmesh
 //! has no such filter, so every provider shares one key.)
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use envoy_types::pb::envoy::config::core::v3::{data_source::Specifier, DataSource};
 use envoy_types::pb::envoy::config::route::v3::{route_match::PathSpecifier, RouteMatch};
 use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::{
@@ -48,13 +46,17 @@ pub fn filter(proxy: &Proxy, ctx: &PushContext) -> Option<HttpFilter> {
     })
 }
 
-/// Istio's fake key for a rule whose remote keys were never fetched
-/// (`CreateFakeJwks`): an RSA key no token verifies against, so a request with
-/// a token is refused (401) rather than let through unverified.
-pub fn fake_jwks(source: &str) -> String {
-    let n = URL_SAFE_NO_PAD.encode(format!("Error-IstiodFailedToFetchJwksUri-{source}"));
-    format!(r#"{{"keys":[ {{"e":"AQAB","kid":"abc","kty":"RSA","n":"{n}"}}]}}"#)
-}
+/// The key inlined for a rule whose remote keys were never fetched, so that a
+/// request with a token is refused (401) rather than let through unverified,
+/// while requests without one pass (istiod's `CreateFakeJwks` behaviour).
+/// istiod's own fake key (an RSA key whose `n` is the base64 of a message) is
+/// refused by Envoy 1.40 ("Jwks RSA [n] or [e] field is missing or has a parse
+/// error"), which would NACK the whole listener; this one is a well-formed
+/// P-256 point whose discrete logarithm no one knows: its `x` is the first
+/// SHA-256 of `"crossmesh fake JWKS: no one holds a key for this point N"`
+/// (N = 0, 1, ...; N = 0 is) that lies on the curve, and
+/// `y = (x^3 - 3x + b)^((p+1)/4) mod p`.
+pub const UNFETCHED_JWKS: &str = r#"{"keys":[{"kty":"EC","crv":"P-256","alg":"ES256","use":"sig","kid":"crossmesh-jwks-not-fetched","x":"2nOanhywElHBOUqtlW5XAOnd5tHnoWyFi7sZ69repRc","y":"j3BqfuGECSJ71A8NsbemnKJWiCzqs5lPqEEv49V4-Xk"}]}"#;
 
 fn provider_name(i: usize) -> String {
     format!("origins-{i}")
@@ -65,7 +67,7 @@ fn provider(rule: &JwtRule, fetched: &FetchedJwks) -> JwtProvider {
         None => rule.jwks.clone(),
         Some(src) => match fetched.get(&src) {
             Some(k) => k.to_string(),
-            None => fake_jwks(&src.to_string()),
+            None => UNFETCHED_JWKS.to_string(),
         },
     };
     JwtProvider {
@@ -210,7 +212,7 @@ mod tests {
             other => panic!("{other:?}"),
         };
         let none = jwt_authentication(&[&r], &FetchedJwks::new()).expect("filter");
-        assert_eq!(keys(&none), fake_jwks("http://127.0.0.1:1/keys"));
+        assert_eq!(keys(&none), UNFETCHED_JWKS);
         let mut f = FetchedJwks::new();
         f.insert(
             JwksSource::Uri("http://127.0.0.1:1/keys".into()),

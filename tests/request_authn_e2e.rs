@@ -1,0 +1,512 @@
+//! RequestAuthentication end to end (issue 12 item 2): the real `crossmesh serve`
+//! fetches a JWKS from a local HTTP server (the `jwksUri`), inlines it into a real
+//! Envoy ingress gateway's `jwt_authn` filter, and the gateway answers: a valid
+//! token passes (and its claims reach the pod as headers), a bad signature, a
+//! wrong issuer or an expired token gets 401, a request with no
+//! token passes (a token for another audience: Envoy's 403). The JWKS server then rotates its key: new tokens keep working,
+//! old ones are refused; it then fails, and the last good keys stay in force.
+//!
+//! Keys are ES256, made at test time. Addresses: the test's own `127.A.B.0/24`
+//! (gateway `.1`, pod `web-0` `.11`, JWKS server `.50`).
+
+mod support;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use ring::rand::SystemRandom;
+use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use serde_json::json;
+
+use support::backend::Backend;
+use support::control_plane::{bootstrap_gateway, ControlPlane, GatewayProxy};
+use support::envoy::Envoy;
+use support::manifests::{self, cluster, Mesh};
+use support::net::{free_port, Subnet};
+use support::{wait_for, CONVERGE};
+
+const ISSUER: &str = "https://issuer.crossmesh.test";
+const AUDIENCE: &str = "web.example.com";
+const HOST: &str = "web.example.com";
+
+/// An ES256 signing key with its key id.
+struct Key {
+    kid: String,
+    pair: EcdsaKeyPair,
+    rng: SystemRandom,
+}
+
+impl Key {
+    fn new(kid: &str) -> Key {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .expect("generate key");
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .expect("key");
+        Key {
+            kid: kid.into(),
+            pair,
+            rng,
+        }
+    }
+
+    fn jwk(&self) -> serde_json::Value {
+        let p = self.pair.public_key().as_ref();
+        json!({"kty": "EC", "crv": "P-256", "kid": self.kid, "alg": "ES256", "use": "sig",
+            "x": URL_SAFE_NO_PAD.encode(&p[1..33]), "y": URL_SAFE_NO_PAD.encode(&p[33..65])})
+    }
+
+    /// A JWT with `claims`, signed by this key (header `kid` = `kid`).
+    fn sign_as(&self, kid: &str, claims: &serde_json::Value) -> String {
+        let header = json!({"alg": "ES256", "kid": kid, "typ": "JWT"});
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let sig = self.pair.sign(&self.rng, input.as_bytes()).expect("sign");
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+    }
+
+    fn sign(&self, claims: &serde_json::Value) -> String {
+        self.sign_as(&self.kid, claims)
+    }
+}
+
+fn jwks(keys: &[&Key]) -> String {
+    json!({"keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>()}).to_string()
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
+}
+
+/// Claims valid for an hour.
+fn claims(iss: &str, sub: &str, aud: &str, exp_in: i64) -> serde_json::Value {
+    json!({"iss": iss, "sub": sub, "aud": aud, "iat": now() - 60, "exp": now() + exp_in,
+        "group": "dev"})
+}
+
+/// The `jwksUri` server: serves `body` (or `status` when not 200) and counts
+/// requests.
+struct JwksServer {
+    addr: SocketAddr,
+    body: Arc<Mutex<String>>,
+    status: Arc<AtomicU16>,
+    hits: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl JwksServer {
+    async fn start(ip: Ipv4Addr, body: String) -> JwksServer {
+        let body = Arc::new(Mutex::new(body));
+        let status = Arc::new(AtomicU16::new(200));
+        let hits = Arc::new(AtomicU64::new(0));
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (b, s, h) = (body.clone(), status.clone(), hits.clone());
+        let app = axum::Router::new().route(
+            "/jwks",
+            axum::routing::get(move || {
+                let (b, s, h) = (b.clone(), s.clone(), h.clone());
+                async move {
+                    h.fetch_add(1, Ordering::SeqCst);
+                    let code =
+                        axum::http::StatusCode::from_u16(s.load(Ordering::SeqCst)).expect("status");
+                    (code, b.lock().expect("lock").clone())
+                }
+            }),
+        );
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        JwksServer {
+            addr,
+            body,
+            status,
+            hits,
+            task,
+        }
+    }
+
+    fn uri(&self) -> String {
+        format!("http://{}/jwks", self.addr)
+    }
+
+    fn hits(&self) -> u64 {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for JwksServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One cluster with service `web` (pod `web-0`), an ingress gateway for
+/// `web.example.com`, and a real crossmesh and Envoy.
+struct Fixture {
+    subnet: Subnet,
+    mesh: Mesh,
+    gw_port: u16,
+    backend: Backend,
+    cp: ControlPlane,
+    envoy: Envoy,
+}
+
+impl Fixture {
+    async fn start(subnet: Subnet, mesh_extra: &str) -> Fixture {
+        let mesh = Mesh::new(&[cluster("cluster1", None)]);
+        let mut text = std::fs::read_to_string(&mesh.mesh_file).expect("mesh file");
+        text.push_str(mesh_extra);
+        std::fs::write(&mesh.mesh_file, text).expect("mesh file");
+        let pod_port = free_port();
+        let gw_port = free_port();
+        let ip = subnet.ip(11);
+        mesh.write_cluster(
+            "cluster1",
+            "service.yaml",
+            &manifests::service("test", "web", 80, pod_port, &[("app", "web")]),
+        );
+        mesh.write_cluster(
+            "cluster1",
+            "pod.yaml",
+            &manifests::pod("test", "web-0", &[("app", "web")], ip, pod_port, true, None),
+        );
+        let backend = Backend::start(ip, pod_port, "web-0").await;
+        mesh.write_istio(
+            "gateway.yaml",
+            &manifests::gateway(
+                "istio-system",
+                "edge",
+                &[("istio", "ingressgateway")],
+                gw_port,
+                &[HOST],
+            ),
+        );
+        mesh.write_istio(
+            "vs.yaml",
+            &manifests::virtual_service(
+                "test",
+                "web",
+                &["istio-system/edge"],
+                &[HOST],
+                "web.test.svc.cluster.local",
+                80,
+            ),
+        );
+        let cp = ControlPlane::start(&mesh.mesh_file).await;
+        let gw = GatewayProxy::ingress(subnet.ip(1), "cluster1", false);
+        let admin_port = free_port();
+        let envoy = Envoy::start("gateway-jwt", &bootstrap_gateway(&gw, cp.xds, admin_port)).await;
+        envoy.wait_ready(CONVERGE).await;
+        let f = Fixture {
+            subnet,
+            mesh,
+            gw_port,
+            backend: backend,
+            cp,
+            envoy,
+        };
+        f.wait_status(None, 200).await;
+        f
+    }
+
+    fn gw_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.subnet.ip(1), self.gw_port))
+    }
+
+    /// GET `path` with extra headers; (status, body, response headers).
+    async fn get(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, String, reqwest::header::HeaderMap) {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("client");
+        let mut req = client
+            .get(format!("http://{}{path}", self.gw_addr()))
+            .header("host", HOST);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        match req.send().await {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let h = r.headers().clone();
+                (status, r.text().await.unwrap_or_default(), h)
+            }
+            Err(e) => (0, format!("error: {e}"), Default::default()),
+        }
+    }
+
+    async fn status(&self, token: Option<&str>) -> (u16, String) {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| vec![("authorization", a)])
+            .unwrap_or_default();
+        let (s, b, _) = self.get("/", &headers).await;
+        (s, b)
+    }
+
+    async fn wait_status(&self, token: Option<&str>, want: u16) {
+        wait_for(
+            &format!("status {want} for token {:?}", token.map(|_| "<token>")),
+            CONVERGE,
+            || async {
+                let (s, b) = self.status(token).await;
+                if s == want {
+                    Ok(())
+                } else {
+                    Err(format!("{s} {b:?}"))
+                }
+            },
+        )
+        .await
+    }
+
+    fn put_policy(&self, yaml: &str) {
+        self.mesh.write_istio("request-authn.yaml", yaml);
+    }
+}
+
+fn policy(rule: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata:
+  name: jwt
+  namespace: istio-system
+spec:
+  selector:
+    matchLabels:
+      istio: ingressgateway
+  jwtRules:
+  - issuer: {ISSUER}
+{rule}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_uri_tokens_checked_rotated_and_kept_on_failure() {
+    let subnet = Subnet::claim();
+    let k1 = Key::new("k1");
+    let server = JwksServer::start(subnet.ip(50), jwks(&[&k1])).await;
+    let f = Fixture::start(subnet, "tunables: {jwksRefreshMs: 300}\n").await;
+    f.put_policy(&policy(&format!(
+        "    audiences: [{AUDIENCE}]
+    jwksUri: {uri}
+    outputClaimToHeaders:
+    - header: x-jwt-sub
+      claim: sub
+    outputPayloadToHeader: x-jwt-payload
+",
+        uri = server.uri()
+    )));
+    let good = k1.sign(&claims(ISSUER, "alice", AUDIENCE, 3600));
+    // The filter is in place once a good token's claim reaches the pod.
+    wait_for("a valid token's sub reaches web-0", CONVERGE, || async {
+        let auth = format!("Bearer {good}");
+        let (s, b, h) = f.get("/", &[("authorization", &auth)]).await;
+        let sub = h.get("x-echo-x-jwt-sub").and_then(|v| v.to_str().ok());
+        if s == 200 && b == "web-0" && sub == Some("alice") {
+            Ok(())
+        } else {
+            Err(format!("{s} {b:?} sub {sub:?}"))
+        }
+    })
+    .await;
+    // The verified payload is forwarded too (base64url JSON).
+    let auth = format!("Bearer {good}");
+    let (_, _, h) = f.get("/", &[("authorization", &auth)]).await;
+    let payload = h
+        .get("x-echo-x-jwt-payload")
+        .and_then(|v| v.to_str().ok())
+        .expect("payload header");
+    let decoded: serde_json::Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(payload.trim_end_matches('='))
+            .expect("base64url"),
+    )
+    .expect("json");
+    assert_eq!(decoded["sub"], "alice");
+
+    // No token: passes (requiring one is AuthorizationPolicy's job).
+    assert_eq!(f.status(None).await, (200, "web-0".into()));
+    // Invalid tokens: 401, the pod never sees them. A token for another
+    // audience is Envoy's 403 ("Audiences in Jwt are not allowed"), as in Istio.
+    let other = Key::new("k1");
+    let cases = [
+        (
+            "bad signature",
+            other.sign(&claims(ISSUER, "alice", AUDIENCE, 3600)),
+            401,
+        ),
+        (
+            "wrong issuer",
+            k1.sign(&claims("https://other.test", "alice", AUDIENCE, 3600)),
+            401,
+        ),
+        (
+            "expired",
+            k1.sign(&claims(ISSUER, "alice", AUDIENCE, -600)),
+            401,
+        ),
+        (
+            "wrong audience",
+            k1.sign(&claims(ISSUER, "alice", "other.example.com", 3600)),
+            403,
+        ),
+    ];
+    let seen_before = f.backend.requests();
+    for (what, token, want) in &cases {
+        let (s, b) = f.status(Some(token)).await;
+        assert_eq!(s, *want, "{what}: {b:?}");
+    }
+    assert_eq!(
+        f.backend.requests(),
+        seen_before,
+        "no refused request reaches the pod"
+    );
+
+    // The issuer rotates to k2 (only k2 served): crossmesh refetches, pushes,
+    // and new tokens work while k1's are refused.
+    let k2 = Key::new("k2");
+    *server.body.lock().unwrap() = jwks(&[&k2]);
+    let new = k2.sign(&claims(ISSUER, "bob", AUDIENCE, 3600));
+    f.wait_status(Some(&new), 200).await;
+    f.wait_status(Some(&good), 401).await;
+
+    // The server fails: several failed fetches later the last good keys (k2)
+    // are still in force.
+    server.status.store(500, Ordering::SeqCst);
+    let before = server.hits();
+    wait_for("three more JWKS fetches", CONVERGE, || async {
+        let n = server.hits() - before;
+        if n >= 3 {
+            Ok(())
+        } else {
+            Err(format!("{n}"))
+        }
+    })
+    .await;
+    assert_eq!(f.status(Some(&new)).await, (200, "web-0".into()));
+    assert!(
+        f.cp.log().contains("JWKS fetch failed"),
+        "the failed fetch is logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_jwks_token_locations_and_forwarding() {
+    let subnet = Subnet::claim();
+    let k = Key::new("inline");
+    let f = Fixture::start(subnet, "").await;
+    // fromHeaders with a prefix and fromParams: the Authorization header is not
+    // a token location any more; forwardOriginalToken keeps the token.
+    f.put_policy(&policy(&format!(
+        "    jwks: '{}'
+    fromHeaders:
+    - name: x-token
+      prefix: 'Token '
+    fromParams: [tok]
+    forwardOriginalToken: true
+",
+        jwks(&[&k])
+    )));
+    let good = k.sign(&claims(ISSUER, "carol", AUDIENCE, 3600));
+    let bad = Key::new("inline").sign(&claims(ISSUER, "carol", AUDIENCE, 3600));
+    let header = format!("Token {bad}");
+    wait_for("a bad token in x-token is refused", CONVERGE, || async {
+        let (s, b, _) = f.get("/", &[("x-token", &header)]).await;
+        if s == 401 {
+            Ok(())
+        } else {
+            Err(format!("{s} {b:?}"))
+        }
+    })
+    .await;
+    let header = format!("Token {good}");
+    let (s, b, h) = f.get("/", &[("x-token", &header)]).await;
+    assert_eq!((s, b.as_str()), (200, "web-0"));
+    assert_eq!(
+        h.get("x-echo-x-token").and_then(|v| v.to_str().ok()),
+        Some(header.as_str()),
+        "forwardOriginalToken: the pod gets the token"
+    );
+    let (s, _, _) = f.get(&format!("/?tok={good}"), &[]).await;
+    assert_eq!(s, 200, "token in the tok parameter");
+    let (s, _, _) = f.get(&format!("/?tok={bad}"), &[]).await;
+    assert_eq!(s, 401, "bad token in the tok parameter");
+    // A bad token where the rule does not look is not a token at all.
+    let auth = format!("Bearer {bad}");
+    let (s, _, _) = f.get("/", &[("authorization", &auth)]).await;
+    assert_eq!(s, 200, "Authorization is not a location of this rule");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfetched_keys_refuse_tokens_and_bad_policies_are_rejected_alone() {
+    let subnet = Subnet::claim();
+    let k = Key::new("k1");
+    let f = Fixture::start(subnet, "tunables: {jwksRefreshMs: 300}\n").await;
+    // Nothing listens at this jwksUri: Istio's fake key is inlined, so a token
+    // (even a well-signed one) is refused and no token still passes.
+    let dead = SocketAddr::from((f.subnet.ip(51), free_port()));
+    let yaml = format!(
+        "{}---
+apiVersion: security.istio.io/v1beta1
+kind: RequestAuthentication
+metadata:
+  name: broken
+  namespace: test
+spec:
+  jwtRules:
+  - issuer: https://broken.test
+    jwksUri: ftp://keys.example.com/jwks
+",
+        policy(&format!("    jwksUri: http://{dead}/jwks\n"))
+    );
+    f.put_policy(&yaml);
+    let good = k.sign(&claims(ISSUER, "dave", AUDIENCE, 3600));
+    f.wait_status(Some(&good), 401).await;
+    assert_eq!(f.status(None).await, (200, "web-0".into()));
+    // The bad policy is rejected alone, naming the field and why.
+    wait_for("configz rejects test/broken", CONVERGE, || async {
+        let j = f.cp.json("/debug/configz").await?.to_string();
+        if j.contains("broken") && j.contains("spec.jwtRules[0].jwksUri") && j.contains("ftp://") {
+            Ok(())
+        } else {
+            Err(j)
+        }
+    })
+    .await;
+    // And `crossmesh validate` says the same and fails.
+    let out = std::process::Command::new(support::control_plane::crossmesh_bin())
+        .arg("validate")
+        .arg(f.mesh.istio_dir().join("request-authn.yaml"))
+        .output()
+        .expect("run crossmesh validate");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("broken") && text.contains("jwksUri"),
+        "validate names the object and field: {text}"
+    );
+}
