@@ -5,7 +5,14 @@
 //!
 //! Run: `cargo bench --bench fanout -- [--proxies N] [--services S] [--clusters C]
 //! [--pods P] [--rate R] [--duration T] [--sotw] [--gateway] [--conns K]
-//! [--changes M] [--floor] [--address HOST:PORT]` (see `usage()`).
+//! [--changes M] [--floor] [--secure] [--address HOST:PORT]` (see `usage()`).
+//!
+//! With `--secure` the proxies connect to the authenticated TLS xDS port (Delta
+//! only): each presents its own pod-bound service-account token (signed by a
+//! `tokenIssuer` key made for the run), subscribes to Istio's SDS secrets
+//! `default` and `ROOTCA`, and counts as complete only once it holds a workload
+//! certificate whose URI SAN is the identity its token proves; the pods carry
+//! `security.istio.io/tlsMode: istio`, so clusters use auto mTLS.
 //!
 //! Flow (mesh mode):
 //! 1. write S services x C clusters x P pods as manifest files, spawn
@@ -57,6 +64,14 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crossmesh::xds::{ProxySnapshot, Resource, SnapshotSource, TypeUrl};
 
+#[path = "../tests/support/token_issuer.rs"]
+#[allow(dead_code)]
+mod token_issuer;
+use token_issuer::TokenIssuer;
+
+/// The issuer of the service-account tokens `--secure` proxies present.
+const TOKEN_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
 const CDS: usize = 0;
 const EDS: usize = 1;
 const LDS: usize = 2;
@@ -91,6 +106,8 @@ struct Args {
     address: Option<SocketAddr>,
     /// Seconds of idle measured after convergence.
     idle: f64,
+    /// The authenticated TLS port, tokens and SDS certificates.
+    secure: bool,
 }
 
 fn usage() -> &'static str {
@@ -107,6 +124,8 @@ fn usage() -> &'static str {
   --conns K        HTTP/2 connections shared by the streams (default ceil(N/100))
   --floor          also run the same work against the floor server, print ratios
   --idle SECS      idle CPU measurement after convergence (default 2)
+  --secure         TLS xDS port, a service-account token per proxy, SDS
+                   certificates (Delta only)
   --address A      measure another ADS server at A (no mesh driving, no checks
                    against a registry)"
 }
@@ -126,6 +145,7 @@ fn parse_args() -> Res<Args> {
         floor: false,
         address: None,
         idle: 2.0,
+        secure: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -148,6 +168,7 @@ fn parse_args() -> Res<Args> {
             "--delta" => a.delta = true,
             "--gateway" => a.gateway = true,
             "--floor" => a.floor = true,
+            "--secure" => a.secure = true,
             // cargo bench passes --bench to every bench target.
             "--bench" => {}
             "-h" | "--help" => return fail(usage()),
@@ -156,6 +177,11 @@ fn parse_args() -> Res<Args> {
     }
     if a.proxies == 0 || a.services == 0 || a.clusters == 0 || a.pods == 0 {
         return fail("--proxies, --services, --clusters and --pods must be at least 1");
+    }
+    if a.secure && (!a.delta || a.floor || a.address.is_some()) {
+        return fail(
+            "--secure runs Delta against crossmesh only (no --sotw, --floor or --address)",
+        );
     }
     if a.conns == 0 {
         a.conns = a.proxies.div_ceil(100);
@@ -180,16 +206,23 @@ fn host(s: usize) -> String {
     format!("svc-{s}.{NS}.svc.{DOMAIN}")
 }
 
+/// Namespace, service account and pod name of simulated proxy `i`.
+fn workload(i: usize, gateway: bool) -> (&'static str, &'static str, String) {
+    if gateway {
+        ("istio-system", "gw", format!("gw-{i}"))
+    } else {
+        (NS, "load", format!("load-{i}"))
+    }
+}
+
 /// Istio node id and metadata of simulated proxy `i`.
 fn node(i: usize, gateway: bool) -> Node {
     let ip = Ipv4Addr::from(0x7f00_0000u32 + 0x0001_0000 + i as u32);
-    let (id, ns) = if gateway {
-        (
-            format!("router~{ip}~gw-{i}.istio-system~istio-system.svc.{DOMAIN}"),
-            "istio-system",
-        )
+    let (ns, sa, pod) = workload(i, gateway);
+    let id = if gateway {
+        format!("router~{ip}~{pod}.{ns}~{ns}.svc.{DOMAIN}")
     } else {
-        (format!("sidecar~{ip}~load-{i}.{NS}~{NS}.svc.{DOMAIN}"), NS)
+        format!("sidecar~{ip}~{pod}.{ns}~{ns}.svc.{DOMAIN}")
     };
     let s = |v: &str| PbValue {
         kind: Some(Kind::StringValue(v.to_string())),
@@ -197,6 +230,7 @@ fn node(i: usize, gateway: bool) -> Node {
     let mut fields = HashMap::new();
     fields.insert("NAMESPACE".to_string(), s(ns));
     fields.insert("CLUSTER_ID".to_string(), s("c0"));
+    fields.insert("SERVICE_ACCOUNT".to_string(), s(sa));
     Node {
         id,
         cluster: "load".into(),
@@ -441,6 +475,11 @@ struct ProxyState {
     complete: bool,
     nacks: usize,
     cursor: HashMap<Arc<str>, usize>,
+    /// `--secure`: complete only with both SDS secrets.
+    need_secrets: bool,
+    got_rootca: bool,
+    /// When the proxy first held a valid workload certificate.
+    cert_at: Option<Instant>,
 }
 
 struct Shared {
@@ -506,6 +545,9 @@ impl ProxyState {
 
     fn check_complete(&mut self, sh: &Shared) {
         if self.complete || !self.got[CDS] || !self.got[LDS] {
+            return;
+        }
+        if self.need_secrets && (self.cert_at.is_none() || !self.got_rootca) {
             return;
         }
         let have =
@@ -587,12 +629,78 @@ fn credit_eds(st: &mut ProxyState, sh: &Shared, names: &[(Arc<str>, u64, Bytes)]
     Ok(())
 }
 
+/// Check an SDS response for proxy `i`: `default` must hold a key and a chain
+/// whose leaf's URI SAN is the identity of `i`'s token, `ROOTCA` a trust bundle.
+fn on_secrets(
+    i: usize,
+    args: &Args,
+    st: &mut ProxyState,
+    resources: &[envoy_types::pb::envoy::service::discovery::v3::Resource],
+) -> Res<()> {
+    use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{secret, Secret};
+    fn bytes(d: &Option<envoy_types::pb::envoy::config::core::v3::DataSource>) -> &[u8] {
+        match d.as_ref().and_then(|d| d.specifier.as_ref()) {
+            Some(Specifier::InlineBytes(b)) => b,
+            Some(Specifier::InlineString(s)) => s.as_bytes(),
+            _ => &[],
+        }
+    }
+    for r in resources {
+        let Some(any) = &r.resource else { continue };
+        let secret = Secret::decode(any.value.as_slice())?;
+        match (secret.name.as_str(), &secret.r#type) {
+            ("default", Some(secret::Type::TlsCertificate(c))) => {
+                if bytes(&c.private_key).is_empty() {
+                    return fail(format!("proxy {i}: `default` has no private key"));
+                }
+                let (_, pem) = x509_parser::pem::parse_x509_pem(bytes(&c.certificate_chain))
+                    .map_err(|e| format!("proxy {i}: `default` chain: {e}"))?;
+                let cert = pem
+                    .parse_x509()
+                    .map_err(|e| format!("proxy {i}: `default` leaf: {e}"))?;
+                let (ns, sa, _) = workload(i, args.gateway);
+                let want = format!("spiffe://{DOMAIN}/ns/{ns}/sa/{sa}");
+                let uris: Vec<String> = cert
+                    .subject_alternative_name()
+                    .ok()
+                    .flatten()
+                    .map(|san| {
+                        san.value
+                            .general_names
+                            .iter()
+                            .filter_map(|g| match g {
+                                x509_parser::extensions::GeneralName::URI(u) => Some(u.to_string()),
+                                _ => None,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if uris != [want.clone()] {
+                    return fail(format!(
+                        "proxy {i}: certificate URI SANs {uris:?}, want {want}"
+                    ));
+                }
+                st.cert_at.get_or_insert_with(Instant::now);
+            }
+            ("ROOTCA", Some(secret::Type::ValidationContext(v)))
+                if !bytes(&v.trusted_ca).is_empty() =>
+            {
+                st.got_rootca = true;
+            }
+            (name, _) => return fail(format!("proxy {i}: unexpected secret {name:?}")),
+        }
+    }
+    Ok(())
+}
+
 async fn run_proxy(
     i: usize,
     chan: tonic::transport::Channel,
     args: Arc<Args>,
     sh: Arc<Shared>,
     state: Arc<Mutex<ProxyState>>,
+    token: Option<String>,
 ) -> Res<()> {
     let node = node(i, args.gateway);
     let keep = i == 0;
@@ -614,15 +722,32 @@ async fn run_proxy(
         // Envoy opens with wildcard CDS and LDS.
         tx.send(req(CDS, vec![], vec![], String::new())).await?;
         tx.send(req(LDS, vec![], vec![], String::new())).await?;
-        let mut stream = client
-            .delta_aggregated_resources(ReceiverStream::new(rx))
-            .await?
-            .into_inner();
+        if args.secure {
+            // Envoy asks for the secrets its first clusters and listeners name.
+            tx.send(DeltaDiscoveryRequest {
+                node: Some(node.clone()),
+                type_url: TypeUrl::Secret.as_str().to_string(),
+                resource_names_subscribe: vec!["default".into(), "ROOTCA".into()],
+                ..Default::default()
+            })
+            .await?;
+        }
+        let mut call = tonic::Request::new(ReceiverStream::new(rx));
+        if let Some(t) = &token {
+            call.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse()?);
+        }
+        let mut stream = client.delta_aggregated_resources(call).await?.into_inner();
         while let Some(resp) = stream.message().await? {
             sh.bytes
                 .fetch_add(resp.encoded_len() as u64, Ordering::Relaxed);
             sh.responses.fetch_add(1, Ordering::Relaxed);
             let Some(t) = type_index(&resp.type_url) else {
+                if resp.type_url == TypeUrl::Secret.as_str() {
+                    let mut st = lock(&state);
+                    on_secrets(i, &args, &mut st, &resp.resources)?;
+                    st.check_complete(&sh);
+                }
                 tx.send(DeltaDiscoveryRequest {
                     type_url: resp.type_url.clone(),
                     response_nonce: resp.nonce.clone(),
@@ -801,6 +926,8 @@ struct Mesh {
     pods: Vec<Vec<Vec<Ipv4Addr>>>,
     next_ip: u32,
     rng: u64,
+    /// `--secure`: signs the proxies' tokens; its JWKS is cluster c0's `tokenIssuer`.
+    issuer: Option<Arc<TokenIssuer>>,
 }
 
 impl Mesh {
@@ -811,7 +938,12 @@ impl Mesh {
             pods: vec![vec![Vec::new(); a.services]; a.clusters],
             next_ip: 0x0a00_0001,
             rng: 0x9e37_79b9_7f4a_7c15,
+            issuer: None,
         };
+        if a.secure {
+            let jwks = m.dir.path().join("c0-jwks.json");
+            m.issuer = Some(Arc::new(TokenIssuer::new(TOKEN_ISSUER, &jwks)));
+        }
         for c in 0..a.clusters {
             std::fs::create_dir_all(m.cluster_dir(c))?;
             for s in 0..a.services {
@@ -822,12 +954,26 @@ impl Mesh {
                 m.write(c, s)?;
             }
         }
-        let clusters: String = (0..a.clusters)
+        let mut clusters: String = (0..a.clusters)
             .map(|c| format!("- name: c{c}\n  manifests: clusters/c{c}\n"))
             .collect();
+        let mut security = String::new();
+        if a.secure {
+            // Every proxy claims cluster c0: its tokens verify with c0's issuer keys.
+            clusters = clusters.replacen(
+                "manifests: clusters/c0\n",
+                &format!(
+                    "manifests: clusters/c0\n  tokenIssuer: {{issuer: \"{TOKEN_ISSUER}\", jwks: c0-jwks.json}}\n"
+                ),
+                1,
+            );
+            security = "tokenAudiences: [istio-ca]\nca: {stateDir: ca-state}\n".into();
+        }
         std::fs::write(
             m.dir.path().join("mesh.yaml"),
-            format!("trustDomain: {DOMAIN}\ndomainSuffix: {DOMAIN}\nclusters:\n{clusters}"),
+            format!(
+                "trustDomain: {DOMAIN}\ndomainSuffix: {DOMAIN}\n{security}clusters:\n{clusters}"
+            ),
         )?;
         Ok(m)
     }
@@ -847,12 +993,18 @@ impl Mesh {
 
     /// Write service `s`'s file in cluster `c` (Service + its pods), atomically.
     fn write(&self, c: usize, s: usize) -> Res<()> {
+        // Pods with a sidecar (auto mTLS to them) under `--secure`.
+        let tls_mode = if self.issuer.is_some() {
+            "\n    security.istio.io/tlsMode: istio"
+        } else {
+            ""
+        };
         let mut y = format!(
             "apiVersion: v1\nkind: Service\nmetadata:\n  name: svc-{s}\n  namespace: {NS}\nspec:\n  ports:\n  - port: 80\n    name: http\n    targetPort: 8080\n  selector:\n    app: svc-{s}\n"
         );
         for (p, ip) in self.pods[c][s].iter().enumerate() {
             y.push_str(&format!(
-                "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: svc-{s}-{p}\n  namespace: {NS}\n  labels:\n    app: svc-{s}\nspec:\n  containers:\n  - name: app\n    image: app\n    ports:\n    - containerPort: 8080\n      name: http\nstatus:\n  phase: Running\n  podIP: {ip}\n  podIPs:\n  - ip: {ip}\n  conditions:\n  - type: Ready\n    status: \"True\"\n"
+                "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: svc-{s}-{p}\n  namespace: {NS}\n  labels:\n    app: svc-{s}{tls_mode}\nspec:\n  containers:\n  - name: app\n    image: app\n    ports:\n    - containerPort: 8080\n      name: http\nstatus:\n  phase: Running\n  podIP: {ip}\n  podIPs:\n  - ip: {ip}\n  conditions:\n  - type: Ready\n    status: \"True\"\n"
             ));
         }
         let dir = self.cluster_dir(c);
@@ -889,6 +1041,8 @@ struct Target {
         BufReader<std::process::ChildStdout>,
     )>,
     spawned: Instant,
+    /// `--secure`: the TLS xDS port, the root to trust, the token issuer.
+    secure: Option<(SocketAddr, PathBuf, Arc<TokenIssuer>)>,
 }
 
 impl Target {
@@ -935,16 +1089,26 @@ fn server_command(program: impl AsRef<std::ffi::OsStr>, var: &str) -> Command {
 fn spawn_crossmesh(mesh: &Mesh) -> Res<Target> {
     let xds = free_addr()?;
     let debug = free_addr()?;
+    let secure = match &mesh.issuer {
+        Some(issuer) => Some((
+            free_addr()?,
+            mesh.dir.path().join("ca-state").join("root-cert.pem"),
+            issuer.clone(),
+        )),
+        None => None,
+    };
     let spawned = Instant::now();
-    let child = server_command(env!("CARGO_BIN_EXE_crossmesh"), "FANOUT_WRAP")
-        .args(["serve", "--mesh"])
-        .arg(mesh.mesh_file())
-        .args([
-            "--xds-address",
-            &xds.to_string(),
-            "--debug-address",
-            &debug.to_string(),
-        ])
+    let mut cmd = server_command(env!("CARGO_BIN_EXE_crossmesh"), "FANOUT_WRAP");
+    cmd.args(["serve", "--mesh"]).arg(mesh.mesh_file()).args([
+        "--xds-address",
+        &xds.to_string(),
+        "--debug-address",
+        &debug.to_string(),
+    ]);
+    if let Some((tls, _, _)) = &secure {
+        cmd.args(["--xds-tls-address", &tls.to_string()]);
+    }
+    let child = cmd
         .env(
             "RUST_LOG",
             std::env::var("CROSSMESH_LOG").unwrap_or_else(|_| "warn".into()),
@@ -957,6 +1121,7 @@ fn spawn_crossmesh(mesh: &Mesh) -> Res<Target> {
         child: Some(child),
         floor_io: None,
         spawned,
+        secure,
     };
     let deadline = Instant::now() + PHASE_TIMEOUT;
     loop {
@@ -1033,6 +1198,7 @@ fn spawn_floor(snapshot: &Path) -> Res<Target> {
         child: Some(child),
         floor_io: Some((stdin, stdout)),
         spawned,
+        secure: None,
     })
 }
 
@@ -1132,6 +1298,10 @@ struct Report {
     bytes_mb: f64,
     server_bytes_mb: f64,
     responses: u64,
+    /// `--secure`: proxies holding a verified workload certificate, and the
+    /// time from the first connection until the last got it.
+    certs: usize,
+    all_certs_s: f64,
 }
 
 struct Run {
@@ -1141,7 +1311,46 @@ struct Run {
     tasks: Vec<tokio::task::JoinHandle<Res<()>>>,
 }
 
-async fn connect_all(args: &Arc<Args>, addr: SocketAddr) -> Res<Run> {
+/// An HTTP/2 connection to `addr` for the proxies' streams: plaintext, or TLS
+/// trusting the root in `root` (the `--secure` TLS xDS port).
+async fn channel(addr: SocketAddr, root: Option<&Path>) -> Res<tonic::transport::Channel> {
+    // Envoy's defaults are 256 MiB windows; large windows keep flow control
+    // from being what is measured.
+    let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .initial_stream_window_size(16 << 20)
+        .initial_connection_window_size(64 << 20)
+        .tcp_nodelay(true);
+    let Some(root) = root else {
+        return Ok(ep.connect().await?);
+    };
+    use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(root)? {
+        roots.add(c?)?;
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+        let tls = tls.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            tcp.set_nodelay(true)?;
+            let s = tls
+                .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+                .await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+        }
+    });
+    Ok(ep.connect_with_connector(connector).await?)
+}
+
+async fn connect_all(args: &Arc<Args>, target: &Target) -> Res<Run> {
     let sh = Arc::new(Shared {
         decoded: Decoded::default(),
         tracker: Tracker::default(),
@@ -1153,24 +1362,30 @@ async fn connect_all(args: &Arc<Args>, addr: SocketAddr) -> Res<Run> {
         errors: Mutex::new(Vec::new()),
         stop: AtomicBool::new(false),
     });
+    let (addr, root) = match &target.secure {
+        Some((tls, root, _)) => (*tls, Some(root.as_path())),
+        None => (target.xds, None),
+    };
     let mut chans = Vec::new();
     for _ in 0..args.conns {
-        // Envoy's defaults are 256 MiB windows; large windows keep flow control
-        // from being what is measured.
-        let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-            .initial_stream_window_size(16 << 20)
-            .initial_connection_window_size(64 << 20)
-            .tcp_nodelay(true);
-        chans.push(ep.connect().await?);
+        chans.push(channel(addr, root).await?);
     }
     let mut states = Vec::new();
     let mut tasks = Vec::new();
     for i in 0..args.proxies {
-        let st = Arc::new(Mutex::new(ProxyState::default()));
+        let st = Arc::new(Mutex::new(ProxyState {
+            need_secrets: target.secure.is_some(),
+            ..Default::default()
+        }));
         states.push(st.clone());
+        // A projected token bound to the proxy's pod, as the kubelet writes it.
+        let token = target.secure.as_ref().map(|(_, _, issuer)| {
+            let (ns, sa, pod) = workload(i, args.gateway);
+            issuer.token(ns, sa, Some(&pod), token_issuer::AUDIENCE, 3600)
+        });
         let (chan, a, s) = (chans[i % chans.len()].clone(), args.clone(), sh.clone());
         tasks.push(tokio::spawn(async move {
-            let r = run_proxy(i, chan, a, s.clone(), st).await;
+            let r = run_proxy(i, chan, a, s.clone(), st, token).await;
             if let Err(e) = &r {
                 if !s.stop.load(Ordering::Acquire) {
                     s.errors
@@ -1385,9 +1600,22 @@ async fn measure(
     };
     r.ready_s = target.spawned.elapsed().as_secs_f64();
     let t0 = Instant::now();
-    let run = connect_all(args, target.xds).await?;
+    let run = connect_all(args, target).await?;
     run.wait_complete().await?;
     r.first_full_s = t0.elapsed().as_secs_f64();
+    if target.secure.is_some() {
+        let last = run
+            .states
+            .iter()
+            .filter_map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).cert_at)
+            .max();
+        r.certs = run.states.len();
+        r.all_certs_s = last.map_or(f64::NAN, |t| (t - t0).as_secs_f64());
+        eprintln!(
+            "[{label}] {} proxies hold their certificate after {:.2}s",
+            r.certs, r.all_certs_s
+        );
+    }
     eprintln!(
         "[{label}] {} proxies have full config after {:.2}s (+{:.2}s to ready)",
         args.proxies, r.first_full_s, r.ready_s
@@ -1492,7 +1720,15 @@ fn verify(mesh: &Mesh, args: &Args, run: &Run) -> Res<()> {
     let mut expected_cache: HashMap<usize, [HashMap<String, u64>; 4]> = HashMap::new();
     let mut bad = Vec::new();
     for (i, st) in run.states.iter().enumerate() {
-        let proxy = crossmesh::model::Proxy::from_node(&node(i, args.gateway))?;
+        let mut proxy = crossmesh::model::Proxy::from_node(&node(i, args.gateway))?;
+        if args.secure {
+            let (ns, sa, _) = workload(i, args.gateway);
+            proxy.identity = Some(crossmesh::security::Identity {
+                trust_domain: DOMAIN.into(),
+                namespace: ns.into(),
+                service_account: sa.into(),
+            });
+        }
         let rx = pusher.connect(1_000_000 + i as u64, Arc::new(proxy));
         let snap = rx.borrow().snapshot.clone();
         pusher.disconnect(1_000_000 + i as u64);
@@ -1576,6 +1812,12 @@ fn print_table(rows: &[Report]) {
         );
     };
     line("spawn to ready (s)", &|r| format!("{:.2}", r.ready_s));
+    if rows.iter().any(|r| r.certs > 0) {
+        line(
+            "certificates: proxies / all issued and received (s)",
+            &|r| format!("{} / {:.2}", r.certs, r.all_certs_s),
+        );
+    }
     line("first full config, all proxies (s)", &|r| {
         format!("{:.2}", r.first_full_s)
     });
@@ -1655,6 +1897,7 @@ fn main_inner() -> Res<()> {
                 child: None,
                 floor_io: None,
                 spawned: Instant::now(),
+                secure: None,
             };
             let (mut r, run) = measure(&addr.to_string(), &args, &target, &mut None, &[], &[]).await?;
             finish(&mut r, &run, &target, args.idle).await;
