@@ -759,12 +759,13 @@ struct DocRow {
     paths: Vec<Vec<String>>,
 }
 
-const KINDS: [&str; 5] = [
+const KINDS: [&str; 6] = [
     "VirtualService",
     "DestinationRule",
     "Gateway",
     "Sidecar",
     "PeerAuthentication",
+    "RequestAuthentication",
 ];
 
 /// Every row of `docs/ISTIO_SUPPORT.md` whose status is supported or partial.

@@ -21,9 +21,9 @@ use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::{
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_filter::ConfigType as HttpFilterConfig, HttpFilter,
 };
-use envoy_types::pb::google::protobuf::Empty;
+use envoy_types::pb::google::protobuf::{Any, Empty};
+use prost::{Message, Name};
 
-use super::proto::pack;
 use super::security::{JWT_FILTER, JWT_PAYLOAD_KEY};
 use crate::model::istio::request_authentication::{rules_for, FetchedJwks, JwtRule};
 use crate::model::istio::ROOT_NAMESPACE;
@@ -41,9 +41,28 @@ pub fn filter(proxy: &Proxy, ctx: &PushContext) -> Option<HttpFilter> {
     let config = jwt_authentication(&rules, &ctx.config.jwks)?;
     Some(HttpFilter {
         name: JWT_FILTER.into(),
-        config_type: Some(HttpFilterConfig::TypedConfig(pack(&config))),
+        config_type: Some(HttpFilterConfig::TypedConfig(encode_sorted(config))),
         ..Default::default()
     })
+}
+
+/// `config` packed with its `providers` map (field 1) encoded sorted by name:
+/// prost encodes a `HashMap` in its random order, which would give the same
+/// config a new content version at every push.
+fn encode_sorted(mut config: JwtAuthentication) -> Any {
+    let providers: std::collections::BTreeMap<String, JwtProvider> =
+        std::mem::take(&mut config.providers).into_iter().collect();
+    let mut value = config.encode_to_vec();
+    for (name, provider) in &providers {
+        let mut entry = Vec::new();
+        prost::encoding::string::encode(1, name, &mut entry);
+        prost::encoding::message::encode(2, provider, &mut entry);
+        prost::encoding::bytes::encode(1, &entry, &mut value);
+    }
+    Any {
+        type_url: JwtAuthentication::type_url(),
+        value,
+    }
 }
 
 /// The key inlined for a rule whose remote keys were never fetched, so that a
@@ -220,6 +239,24 @@ mod tests {
         );
         let got = jwt_authentication(&[&r], &f).expect("filter");
         assert_eq!(keys(&got), "{\"keys\":[]}");
+    }
+
+    #[test]
+    fn providers_encode_sorted_and_decode_back() {
+        let rules: Vec<JwtRule> = (0..12)
+            .map(|i| rule(&format!("issuer: https://i{i:02}\njwks: '{{}}'")))
+            .collect();
+        let refs: Vec<&JwtRule> = rules.iter().collect();
+        let a = jwt_authentication(&refs, &FetchedJwks::new()).expect("filter");
+        let once = encode_sorted(a.clone());
+        for _ in 0..8 {
+            let again = jwt_authentication(&refs, &FetchedJwks::new()).expect("filter");
+            assert_eq!(encode_sorted(again).value, once.value);
+        }
+        assert_eq!(
+            JwtAuthentication::decode(once.value.as_slice()).expect("decode"),
+            a
+        );
     }
 
     #[test]
