@@ -10,10 +10,12 @@ pub mod backend;
 pub mod control_plane;
 pub mod envoy;
 pub mod http;
+pub mod in_pod;
 pub mod manifests;
 pub mod net;
 pub mod scenario;
 pub mod shop;
+pub mod tls;
 pub mod token_issuer;
 
 use std::future::Future;
