@@ -90,6 +90,7 @@ struct CaFile {
     workload_cert_ttl: Option<DurationFile>,
     reload_interval: Option<DurationFile>,
     reissue_window: Option<DurationFile>,
+    kubernetes_secret: Option<String>,
 }
 
 /// `unreachableClusterEndpoints`: the word `keep`, or a map `{dropAfter: 60s}`.
@@ -371,6 +372,11 @@ pub struct CaConfig {
     /// connected proxy gets a certificate from the new one within this window,
     /// at a random point of it (default 30s).
     pub reissue_window: Duration,
+    /// `ca.kubernetesSecret`: keep a generated root in this Secret of the
+    /// namespace `serve` runs in (in-cluster credentials), so that every replica
+    /// and every later Pod signs with the same root; `state_dir` is then the
+    /// local copy (`security::ca_store`). Not with `dir`.
+    pub kubernetes_secret: Option<String>,
 }
 
 /// Default `ca.workloadCertTTL`.
@@ -391,6 +397,7 @@ impl Default for CaConfig {
             workload_cert_ttl: DEFAULT_WORKLOAD_CERT_TTL,
             reload_interval: DEFAULT_CA_RELOAD_INTERVAL,
             reissue_window: DEFAULT_CA_REISSUE_WINDOW,
+            kubernetes_secret: None,
         }
     }
 }
@@ -639,7 +646,26 @@ impl MeshConfig {
                         .into(),
                 ));
             }
+            if let Some(name) = &ca.kubernetes_secret {
+                if ca.dir.is_some() {
+                    return Err(invalid(
+                        "ca: kubernetesSecret keeps a generated root; a plug-in dir is not kept \
+                         there: set one of them"
+                            .into(),
+                    ));
+                }
+                // A DNS subdomain (RFC 1123), as Kubernetes names Secrets.
+                let subdomain = name.len() <= 253
+                    && name.split('.').all(valid_namespace);
+                if !subdomain {
+                    return Err(invalid(format!(
+                        "ca.kubernetesSecret {name:?} is not a Kubernetes Secret name \
+                         (lowercase letters, digits, '-' and '.')"
+                    )));
+                }
+            }
             mesh.ca.configured = true;
+            mesh.ca.kubernetes_secret = ca.kubernetes_secret.clone();
             mesh.ca.dir = ca.dir.as_deref().map(resolve);
             if let Some(d) = &ca.state_dir {
                 mesh.ca.state_dir = resolve(d);

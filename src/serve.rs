@@ -462,6 +462,13 @@ fn stopped(rx: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'stat
 pub async fn serve(mesh: MeshConfig) -> anyhow::Result<()> {
     let mut signals = Signals::new();
     let mesh = Arc::new(mesh);
+    // A generated root kept in a Kubernetes Secret: fetched into (or created
+    // from) `ca.stateDir` before the CA reads it there.
+    if mesh.ca.configured || mesh.xds_tls_address.is_some() {
+        crate::security::ca_store::sync_state_dir(&mesh)
+            .await
+            .context("mesh CA")?;
+    }
     // The mesh CA before any port opens: a plug-in CA that cannot be used stops
     // the start with the file and the reason.
     let mesh_ca = if mesh.ca.configured {

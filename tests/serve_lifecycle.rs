@@ -30,6 +30,7 @@ use tokio::net::TcpStream;
 
 use kube_api::{objects, FakeApiServer, Options};
 use support::control_plane::{ControlPlane, StartOptions};
+use support::in_pod::{api_env, in_pod, write_atomic};
 use support::scenario::{host_of, Seed, CLUSTERS};
 use support::{http, wait_for, CONVERGE};
 
@@ -459,52 +460,6 @@ async fn sigterm_during_the_first_sync_exits_cleanly() {
 // ---------------------------------------------------------------------------
 // In-cluster credentials
 
-const SA_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
-
-/// `unshare` arguments that run the binary in a private mount namespace where
-/// `/var/run` is an empty tmpfs and, with `sa_dir`, that directory is mounted at
-/// the service-account path.
-fn in_pod(sa_dir: Option<&Path>) -> Vec<String> {
-    let probe = std::process::Command::new("unshare")
-        .args(["-r", "-m", "true"])
-        .status();
-    assert!(
-        matches!(probe, Ok(s) if s.success()),
-        "the in-cluster tests need `unshare -r -m` (util-linux; root or unprivileged \
-         user namespaces): {probe:?}"
-    );
-    let mut script =
-        String::from("set -e; run=$(readlink -f /var/run); mount -t tmpfs tmpfs \"$run\"; ");
-    if let Some(d) = sa_dir {
-        script.push_str(&format!(
-            "mkdir -p {SA_PATH}; mount --bind '{}' {SA_PATH}; ",
-            d.display()
-        ));
-    }
-    script.push_str("exec \"$0\" \"$@\"");
-    ["unshare", "-r", "-m", "sh", "-c", &script]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-}
-
-fn api_env(api: &FakeApiServer) -> Vec<(String, String)> {
-    vec![
-        ("KUBERNETES_SERVICE_HOST".into(), "127.0.0.1".into()),
-        (
-            "KUBERNETES_SERVICE_PORT".into(),
-            api.addr().port().to_string(),
-        ),
-    ]
-}
-
-/// Write `text` to `dir/name` atomically (as the kubelet's atomic writer does).
-fn write_atomic(dir: &Path, name: &str, text: &str) {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, dir.join(name)).unwrap();
-}
-
 fn in_cluster_mesh(dir: &Path) -> std::path::PathBuf {
     let mesh = dir.join("mesh.yaml");
     std::fs::write(
@@ -569,7 +524,7 @@ async fn in_cluster_credentials_serve_the_pods_cluster() {
         &in_cluster_mesh(dir.path()),
         StartOptions {
             wrapper: in_pod(Some(sa.path())),
-            env: api_env(&api),
+            env: api_env(api.addr().port()),
             no_wait_ready: false,
         },
     )
@@ -666,7 +621,7 @@ async fn in_cluster_errors_name_what_is_missing() {
         &mesh,
         StartOptions {
             wrapper: in_pod(None),
-            env: api_env(&api),
+            env: api_env(api.addr().port()),
             no_wait_ready: true,
         },
     )
@@ -709,7 +664,7 @@ async fn in_cluster_token_rotation_is_picked_up() {
         &mesh,
         StartOptions {
             wrapper: in_pod(Some(sa.path())),
-            env: api_env(&api),
+            env: api_env(api.addr().port()),
             no_wait_ready: false,
         },
     )

@@ -3,6 +3,7 @@
 
 pub mod authn;
 pub mod ca;
+pub mod ca_store;
 pub mod jwks;
 
 pub use ca::{renew_at, Ca, CaError, Identity, IssuedCert};

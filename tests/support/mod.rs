@@ -10,6 +10,7 @@ pub mod backend;
 pub mod control_plane;
 pub mod envoy;
 pub mod http;
+pub mod in_pod;
 pub mod manifests;
 pub mod net;
 pub mod scenario;
