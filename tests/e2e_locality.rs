@@ -22,6 +22,7 @@ use support::envoy::Envoy;
 use support::http;
 use support::manifests::{self, cluster, Mesh};
 use support::net::{free_port, Subnet};
+use support::token_issuer::TokenIssuer;
 use support::{wait_for, CONVERGE};
 
 const NS: &str = "test";
@@ -457,91 +458,32 @@ async fn remote_network_endpoints_become_the_gateway_address() {
     .await;
 }
 
-/// A self-signed certificate and key for the TLS-terminating stand-in of the
-/// destination's sidecar (mTLS certificates are the security issue's job).
-fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let out = std::process::Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=web",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (cert, key)
-}
-
-/// A static Envoy on `ip:port` terminating TLS and forwarding to `ip:app_port`:
-/// the destination pod's sidecar inbound as far as this test needs it.
-fn tls_terminator_yaml(
-    ip: std::net::Ipv4Addr,
-    port: u16,
-    app_port: u16,
-    cert: &std::path::Path,
-    key: &std::path::Path,
-) -> String {
-    format!(
-        "admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-static_resources:
-  listeners:
-  - name: inbound
-    address: {{socket_address: {{address: {ip}, port_value: {port}}}}}
-    filter_chains:
-    - transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-          common_tls_context:
-            tls_certificates:
-            - certificate_chain: {{filename: {cert}}}
-              private_key: {{filename: {key}}}
-      filters:
-      - name: envoy.filters.network.tcp_proxy
-        typed_config:
-          \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: inbound
-          cluster: app
-  clusters:
-  - name: app
-    connect_timeout: 1s
-    type: STATIC
-    load_assignment:
-      cluster_name: app
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: {ip}, port_value: {app_port}}}}}}}
-",
-        cert = cert.display(),
-        key = key.display()
-    )
-}
-
-fn gateway_bootstrap(
-    name: &str,
+/// Bootstrap of a proxy authenticated on crossmesh's TLS xDS port with a
+/// token of `issuer` for `ns/sa` (written next to the mesh file): a NONE-mode
+/// sidecar (`labels` its pod's) or, with `role` `gateway`, a gateway.
+#[allow(clippy::too_many_arguments)]
+fn mesh_proxy_bootstrap(
+    dir: &std::path::Path,
+    issuer: &TokenIssuer,
+    tls: SocketAddr,
+    role: &str,
+    (name, ns, sa): (&str, &str, &str),
     ip: std::net::Ipv4Addr,
     labels: &str,
-    cluster: &str,
-    network: &str,
-    locality: &str,
-    xds: SocketAddr,
+    (cluster, network, locality): (&str, &str, &str),
 ) -> String {
-    let args: Vec<String> = [
+    let token_file = dir.join(format!("{name}.token"));
+    std::fs::write(&token_file, issuer.token_for(ns, sa)).expect("write token");
+    let mut args: Vec<String> = [
         "bootstrap",
         "--role",
-        "gateway",
+        role,
         "--name",
         name,
         "--namespace",
-        "istio-system",
+        ns,
+        "--service-account",
+        sa,
         "--labels",
         labels,
         "--cluster-id",
@@ -553,15 +495,25 @@ fn gateway_bootstrap(
     ]
     .iter()
     .map(|s| s.to_string())
-    .chain([
+    .collect();
+    if role == "sidecar" {
+        args.extend(["--interception".to_string(), "none".to_string()]);
+    }
+    args.extend([
         "--ip".to_string(),
         ip.to_string(),
         "--xds-address".into(),
-        xds.to_string(),
+        tls.to_string(),
         "--admin-port".into(),
-        free_port().to_string(),
-    ])
-    .collect();
+        "0".into(),
+        "--root-cert".into(),
+        dir.join("crossmesh-ca")
+            .join("root-cert.pem")
+            .display()
+            .to_string(),
+        "--token-file".into(),
+        token_file.display().to_string(),
+    ]);
     bootstrap(&args)
 }
 
@@ -623,24 +575,30 @@ status:
     )
 }
 
-/// Clusters c1 (network-1) and c2 (network-2); `web.test` only in c2 behind a
-/// TLS-terminating stand-in of its sidecar; a real east-west Envoy for network-2
-/// (`AUTO_PASSTHROUGH`) and a real client gateway Envoy on network-1.
+/// Clusters c1 (network-1) and c2 (network-2), both verifying their proxies'
+/// tokens (`tokenIssuer`); `web.test` only in c2, where pod-c runs its own
+/// sidecar (NONE mode, `security.istio.io/tlsMode: istio`) terminating mTLS
+/// with its certificate of the mesh CA in front of its app; a real east-west
+/// Envoy for network-2 (`AUTO_PASSTHROUGH`); the client's real sidecar on
+/// network-1. Every proxy is authenticated on the TLS xDS port.
 struct CrossNetwork {
     mesh: Mesh,
     /// `c3`'s API server (`EastWest::ApiServer` only).
     api: Option<FakeApiServer>,
     cp: ControlPlane,
     _app: Backend,
-    _sidecar: Envoy,
-    _ew: Envoy,
+    _web: Envoy,
+    ew: Envoy,
     client: Envoy,
     pod_ip: std::net::Ipv4Addr,
     ew_ip: std::net::Ipv4Addr,
     ew_port: u16,
     client_ip: std::net::Ipv4Addr,
-    gw_port: u16,
+    svc_port: u16,
 }
+
+/// The client sidecar's identity, as the destination sidecar forwards it.
+const CLIENT_SPIFFE: &str = "spiffe://cluster.local/ns/test/sa/sleep";
 
 impl CrossNetwork {
     async fn start(east_west: EastWest) -> CrossNetwork {
@@ -649,8 +607,29 @@ impl CrossNetwork {
             cluster("c1", Some("network-1")),
             cluster("c2", Some("network-2")),
         ]);
-        let (pod_port, app_port, gw_port, ew_port) =
+        let (svc_port, pod_port, app_port, ew_port) =
             (free_port(), free_port(), free_port(), free_port());
+        let tls = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, free_port()));
+        let issuers: Vec<TokenIssuer> = ["c1", "c2"]
+            .iter()
+            .map(|c| {
+                TokenIssuer::new(
+                    &format!("https://{c}.example"),
+                    &mesh.root().join(format!("{c}-jwks.json")),
+                )
+            })
+            .collect();
+        let mut text = std::fs::read_to_string(&mesh.mesh_file).unwrap();
+        text = format!("xdsTlsAddress: {tls}\ntokenAudiences: [istio-ca]\n{text}");
+        for c in ["c1", "c2"] {
+            text = text.replace(
+                &format!("  manifests: clusters/{c}\n"),
+                &format!(
+                    "  manifests: clusters/{c}\n  tokenIssuer:\n    issuer: https://{c}.example\n    jwks: {c}-jwks.json\n"
+                ),
+            );
+        }
+        std::fs::write(&mesh.mesh_file, text).unwrap();
         let ew_ip = subnet.ip(200);
         let mut api = None;
         match east_west {
@@ -685,7 +664,7 @@ impl CrossNetwork {
             }
         }
 
-        // The service exists only in c2 (network-2).
+        // The service exists only in c2 (network-2); pod-c runs a sidecar.
         let p = PODS[2];
         let pod_ip = subnet.ip(p.4);
         mesh.write_cluster(
@@ -696,30 +675,46 @@ impl CrossNetwork {
         mesh.write_cluster(
             "c2",
             "service.yaml",
-            &manifests::service(NS, "web", 80, pod_port, &[("app", "web")]),
+            &manifests::service(NS, "web", svc_port, pod_port, &[("app", "web")]),
         );
-        mesh.write_cluster("c2", "pod.yaml", &pod_yaml(&p, &subnet, pod_port, true));
-        let app = Backend::start(pod_ip, app_port, p.0).await;
-        let (cert, key) = self_signed(mesh.root());
-        let sidecar = Envoy::start(
-            "ew-dest-tls",
-            &tls_terminator_yaml(pod_ip, pod_port, app_port, &cert, &key),
-        )
-        .await;
-
-        mesh.write_istio(
-            "gateway.yaml",
-            &manifests::gateway(
-                "istio-system",
-                "gw",
-                &[("istio", "ingressgateway")],
-                gw_port,
-                &[HOST],
+        mesh.write_cluster(
+            "c2",
+            "pod.yaml",
+            &manifests::pod(
+                NS,
+                p.0,
+                &[("app", "web"), ("security.istio.io/tlsMode", "istio")],
+                pod_ip,
+                pod_port,
+                true,
+                Some(&node_name(&p)),
             ),
         );
+        let app = Backend::start(pod_ip, app_port, p.0).await;
+
         mesh.write_istio(
-            "vs.yaml",
-            &manifests::virtual_service(NS, "web", &["istio-system/gw"], &[HOST], SVC, 80),
+            "sidecars.yaml",
+            &format!(
+                "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: web, namespace: {NS}}}
+spec:
+  workloadSelector: {{labels: {{app: web}}}}
+  egress:
+  - hosts: [\"istio-system/*\"]
+  ingress:
+  - port: {{number: {pod_port}, protocol: HTTP, name: http}}
+    defaultEndpoint: {pod_ip}:{app_port}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: client, namespace: {NS}}}
+spec:
+  workloadSelector: {{labels: {{app: client}}}}
+  egress:
+  - hosts: [\"./*\"]
+"
+            ),
         );
         mesh.write_istio(
             "eastwest.yaml",
@@ -745,31 +740,49 @@ spec:
             ),
         );
         let cp = ControlPlane::start(&mesh.mesh_file).await;
+        let (c1, c2) = (&issuers[0], &issuers[1]);
         let ew = Envoy::start(
             "eastwest",
-            &gateway_bootstrap(
-                "ew-0",
+            &mesh_proxy_bootstrap(
+                mesh.root(),
+                c2,
+                tls,
+                "gateway",
+                ("ew-0", "istio-system", "istio-eastwestgateway"),
                 ew_ip,
                 "istio=eastwestgateway",
-                "c2",
-                "network-2",
-                "region-2/zone-c",
-                cp.xds,
+                ("c2", "network-2", "region-2/zone-c"),
             ),
         )
         .await;
         ew.wait_ready(CONVERGE).await;
+        let web = Envoy::start(
+            "web-sidecar",
+            &mesh_proxy_bootstrap(
+                mesh.root(),
+                c2,
+                tls,
+                "sidecar",
+                (p.0, NS, "default"),
+                pod_ip,
+                "app=web",
+                ("c2", "network-2", "region-2/zone-c"),
+            ),
+        )
+        .await;
+        web.wait_ready(CONVERGE).await;
         let client_ip = subnet.ip(1);
         let client = Envoy::start(
-            "client-net1",
-            &gateway_bootstrap(
-                "gw-0",
+            "client-sidecar",
+            &mesh_proxy_bootstrap(
+                mesh.root(),
+                c1,
+                tls,
+                "sidecar",
+                ("client-0", NS, "sleep"),
                 client_ip,
-                "istio=ingressgateway",
-                "c1",
-                "network-1",
-                "region-1/zone-a",
-                cp.xds,
+                "app=client",
+                ("c1", "network-1", "region-1/zone-a"),
             ),
         )
         .await;
@@ -779,20 +792,25 @@ spec:
             api,
             cp,
             _app: app,
-            _sidecar: sidecar,
-            _ew: ew,
+            _web: web,
+            ew,
             client,
             pod_ip,
             ew_ip,
             ew_port,
             client_ip,
-            gw_port,
+            svc_port,
         }
+    }
+
+    /// The client sidecar's outbound cluster of `web.test`.
+    fn cluster(&self) -> String {
+        format!("outbound|{}||{SVC}", self.svc_port)
     }
 
     fn client_id(&self) -> String {
         format!(
-            "router~{}~gw-0.istio-system~istio-system.svc.cluster.local",
+            "sidecar~{}~client-0.{NS}~{NS}.svc.cluster.local",
             self.client_ip
         )
     }
@@ -811,7 +829,7 @@ spec:
         })
         .await;
         wait_for("client Envoy's hosts follow", CONVERGE, || async {
-            let hosts = self.client.cluster_hosts(CLUSTER).await?;
+            let hosts = self.client.cluster_hosts(&self.cluster()).await?;
             if !hosts.is_empty()
                 && hosts
                     .iter()
@@ -835,25 +853,57 @@ spec:
             .to_string())
     }
 
-    /// Real traffic goes client (network-1) -> TLS with SNI -> east-west Envoy ->
-    /// pod, and the client's EDS never holds network-2's pod address.
+    /// Real traffic goes client sidecar (network-1) -> mTLS with Istio's SNI ->
+    /// east-west Envoy (passthrough) -> pod-c's sidecar, which terminates it and
+    /// forwards the client's identity to the app; the client's EDS never holds
+    /// network-2's pod address.
     async fn assert_through_the_east_west_gateway(&self) {
-        let addr = SocketAddr::from((self.client_ip, self.gw_port));
+        let addr = SocketAddr::from((self.client_ip, self.svc_port));
+        let want = vec![SocketAddr::from((self.ew_ip, self.ew_port))];
         wait_for(
+            "the client sidecar's only host is network-2's gateway",
+            CONVERGE,
+            || async {
+                let hosts = self.client.cluster_hosts(&self.cluster()).await?;
+                if hosts == want {
+                    Ok(())
+                } else {
+                    Err(format!("{hosts:?}"))
+                }
+            },
+        )
+        .await;
+        let passed = format!("listener.0.0.0.0_{}.downstream_cx_total", self.ew_port);
+        let passed_before = self.ew.stat(&passed).await.unwrap_or(0);
+        let reply = wait_for(
             "client reaches pod-c through the east-west gateway",
             CONVERGE,
             || async {
-                let r = http::get(addr, HOST, "/").await?;
+                let r = http::get(addr, SVC, "/").await?;
                 if r.status == 200 && r.body == "pod-c" {
-                    Ok(())
+                    Ok(r)
                 } else {
                     Err(format!("{} {:?}", r.status, r.body))
                 }
             },
         )
         .await;
-        let bodies = http::get_many(addr, HOST, 20).await;
+        let xfcc = reply
+            .header("x-echo-x-forwarded-client-cert")
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            xfcc.split(';')
+                .any(|kv| kv == format!("URI={CLIENT_SPIFFE}")),
+            "pod-c's sidecar did not terminate the client's mTLS: XFCC {xfcc:?}"
+        );
+        let bodies = http::get_many(addr, SVC, 20).await;
         assert!(bodies.iter().all(|b| b == "pod-c"), "{bodies:?}");
+        let passed_now = self.ew.stat(&passed).await.unwrap_or(0);
+        assert!(
+            passed_now > passed_before,
+            "no connection through the east-west gateway ({passed} {passed_before} -> {passed_now})"
+        );
 
         let (pod_ip, ew_ip) = (self.pod_ip, self.ew_ip);
         let dump = self.client_dump().await.unwrap();
@@ -866,10 +916,10 @@ spec:
             "client dump lacks the gateway {ew_ip}"
         );
         assert!(
-            dump.contains("outbound_.80_._.web.test.svc.cluster.local"),
+            dump.contains(&format!("outbound_.{}_._.{SVC}", self.svc_port)),
             "SNI in client CDS: {dump}"
         );
-        let hosts = self.client.cluster_hosts(CLUSTER).await.unwrap();
+        let hosts = self.client.cluster_hosts(&self.cluster()).await.unwrap();
         assert_eq!(hosts, vec![SocketAddr::from((ew_ip, self.ew_port))]);
         let ew_id = format!("router~{ew_ip}~ew-0.istio-system~istio-system.svc.cluster.local");
         let ew_dump = self
