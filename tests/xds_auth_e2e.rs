@@ -851,7 +851,7 @@ fn request_loop(
         let mut failed = Vec::new();
         let mut i = 0u64;
         while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-            let (host, want) = if i % 2 == 0 {
+            let (host, want) = if i.is_multiple_of(2) {
                 (HOST, "web-0")
             } else {
                 (SECURE_HOST, "secure-0")

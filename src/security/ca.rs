@@ -1276,6 +1276,64 @@ mod tests {
         );
     }
 
+    /// `reload` reads the changed directory with the same settings; the digest
+    /// follows the files' contents; `same_signer` tells a new bundle from a
+    /// new signer; a bad directory is refused by `reload` as at start.
+    #[test]
+    fn reload_digest_and_signer_changes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("cacerts");
+        let (old_root, new_root) = (root("Old", in_days(3650)), root("New", in_days(3650)));
+        let old_int = intermediate("Old Int", &old_root);
+        plug_in(
+            &d,
+            &old_int,
+            &old_int.key,
+            &[&old_root],
+            &[&old_int, &old_root],
+        );
+        let ca = Ca::from_mesh(&plug_in_mesh(&d, "1h")).unwrap();
+        let digest = Ca::files_digest(&d);
+        assert_eq!(Ca::files_digest(&d), digest, "stable while nothing changes");
+
+        plug_in(
+            &d,
+            &old_int,
+            &old_int.key,
+            &[&old_root, &new_root],
+            &[&old_int, &old_root],
+        );
+        assert_ne!(Ca::files_digest(&d), digest);
+        let bundle = ca.reload().unwrap();
+        assert!(bundle.same_signer(&ca));
+        assert_ne!(bundle.trust_bundle_pem(), ca.trust_bundle_pem());
+        assert_eq!(bundle.workload_ttl(), Duration::from_secs(3600));
+
+        let new_int = intermediate("New Int", &new_root);
+        plug_in(
+            &d,
+            &new_int,
+            &new_int.key,
+            &[&old_root, &new_root],
+            &[&new_int, &new_root],
+        );
+        let signer = bundle.reload().unwrap();
+        assert!(!signer.same_signer(&bundle));
+        assert_eq!(signer.signer_subject(), "CN=New Int");
+        verify_as_client(
+            &bundle.trust_bundle_pem(),
+            &signer.issue(&id("ns", "sa")).unwrap().cert_chain_pem,
+        )
+        .unwrap();
+
+        // A missing file changes the digest too, and reload names it.
+        let before = Ca::files_digest(&d);
+        std::fs::remove_file(d.join(CA_KEY_FILE)).unwrap();
+        assert_ne!(Ca::files_digest(&d), before);
+        let e = signer.reload().unwrap_err();
+        assert_eq!(e.path(), Some(d.join(CA_KEY_FILE).as_path()));
+    }
+
     fn load_err(dir: &Path) -> String {
         match Ca::from_mesh(&plug_in_mesh(dir, "1h")) {
             Ok(_) => panic!("{} loaded", dir.display()),
@@ -1563,13 +1621,23 @@ mod tests {
             "ca: {workloadCertTTL: 0s}",
             "ca: {workloadCertTTL: 30}",
             "ca: {dir: a, stateDir: b}",
+            "ca: {reloadInterval: 0s}",
+            "ca: {reissueWindow: soon}",
         ] {
             assert!(MeshConfig::parse(bad, tmp.path()).is_err(), "{bad}");
         }
+        let tuned = mesh_with(
+            "ca: {reloadInterval: 250ms, reissueWindow: 2s}\n",
+            tmp.path(),
+        );
+        assert_eq!(tuned.ca.reload_interval, Duration::from_millis(250));
+        assert_eq!(tuned.ca.reissue_window, Duration::from_secs(2));
         // Nothing configured: no CA wanted, default TTL.
         let plain = mesh_with("", tmp.path());
         assert!(!plain.ca.configured);
         assert_eq!(plain.ca.workload_cert_ttl, Duration::from_secs(86_400));
+        assert_eq!(plain.ca.reload_interval, Duration::from_secs(5));
+        assert_eq!(plain.ca.reissue_window, Duration::from_secs(30));
     }
 
     #[test]
