@@ -91,6 +91,8 @@ struct CaFile {
     reload_interval: Option<DurationFile>,
     reissue_window: Option<DurationFile>,
     kubernetes_secret: Option<String>,
+    #[serde(default)]
+    root_cert_namespaces: Vec<String>,
 }
 
 /// `unreachableClusterEndpoints`: the word `keep`, or a map `{dropAfter: 60s}`.
@@ -377,6 +379,10 @@ pub struct CaConfig {
     /// and every later Pod signs with the same root; `state_dir` is then the
     /// local copy (`security::ca_store`). Not with `dir`.
     pub kubernetes_secret: Option<String>,
+    /// `ca.rootCertNamespaces`: namespaces of the cluster `serve` runs in where
+    /// the trust bundle is published as ConfigMap `crossmesh-ca-root-cert`
+    /// (`security::root_publisher`; istiod's `istio-ca-root-cert`).
+    pub root_cert_namespaces: Vec<String>,
 }
 
 /// Default `ca.workloadCertTTL`.
@@ -398,6 +404,7 @@ impl Default for CaConfig {
             reload_interval: DEFAULT_CA_RELOAD_INTERVAL,
             reissue_window: DEFAULT_CA_REISSUE_WINDOW,
             kubernetes_secret: None,
+            root_cert_namespaces: Vec::new(),
         }
     }
 }
@@ -666,6 +673,12 @@ impl MeshConfig {
             }
             mesh.ca.configured = true;
             mesh.ca.kubernetes_secret = ca.kubernetes_secret.clone();
+            if let Some(ns) = ca.root_cert_namespaces.iter().find(|n| !valid_namespace(n)) {
+                return Err(invalid(format!(
+                    "ca.rootCertNamespaces: {ns:?} is not a Kubernetes namespace name"
+                )));
+            }
+            mesh.ca.root_cert_namespaces = ca.root_cert_namespaces.clone();
             mesh.ca.dir = ca.dir.as_deref().map(resolve);
             if let Some(d) = &ca.state_dir {
                 mesh.ca.state_dir = resolve(d);

@@ -581,6 +581,24 @@ pub async fn serve(mesh: MeshConfig) -> anyhow::Result<()> {
         )
     };
     let debug_auth = debug_authn(&mesh, debug_addr, &kube_clients)?;
+    // The trust bundle in force (a plug-in CA may be reloaded) published for
+    // proxies' bootstraps (`ca.rootCertNamespaces`).
+    let bundle: Option<Arc<dyn Fn() -> String + Send + Sync>> =
+        match (xds_tls.as_ref(), mesh_ca.as_ref()) {
+            (Some((_, security)), _) => {
+                let security = security.clone();
+                Some(Arc::new(move || security.ca().trust_bundle_pem()))
+            }
+            (None, Some(ca)) => {
+                let ca = ca.clone();
+                Some(Arc::new(move || ca.trust_bundle_pem()))
+            }
+            (None, None) => None,
+        };
+    // Ends with the runtime when `serve` returns.
+    let _root_publisher = bundle.and_then(|b| {
+        crate::security::root_publisher::spawn(mesh.ca.root_cert_namespaces.clone(), b)
+    });
 
     let (xds_stop, xds_stop_rx) = watch::channel(false);
     let (debug_stop, debug_stop_rx) = watch::channel(false);

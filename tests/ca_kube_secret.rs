@@ -33,7 +33,14 @@ async fn api() -> FakeApiServer {
     })
     .await;
     api.apply(&objects::namespace(NS));
+    api.apply(&objects::namespace("istio-system"));
     api
+}
+
+/// The root published for proxies' bootstraps in `istio-system`.
+fn published_root(api: &FakeApiServer) -> Option<String> {
+    let cm = api.get("", "configmaps", "istio-system", "crossmesh-ca-root-cert")?;
+    cm["data"]["root-cert.pem"].as_str().map(str::to_string)
 }
 
 /// A mesh file for one replica: the CA's local copy in `state`, kept in the Secret.
@@ -42,7 +49,7 @@ fn mesh(dir: &Path, state: &Path) -> PathBuf {
     std::fs::write(
         &f,
         format!(
-            "clusters:\n- name: c1\n  inCluster: true\nca:\n  kubernetesSecret: {SECRET}\n  stateDir: {}\n",
+            "clusters:\n- name: c1\n  inCluster: true\nca:\n  kubernetesSecret: {SECRET}\n  stateDir: {}\n  rootCertNamespaces: [istio-system]\n",
             state.display()
         ),
     )
@@ -115,7 +122,20 @@ async fn replicas_share_the_root_kept_in_the_secret() {
             state.display()
         );
     }
+    // The trust bundle, and only it, is published for the proxies' bootstraps.
+    let published = support::wait_for("the root ConfigMap", support::CONVERGE, || async {
+        published_root(&api).ok_or_else(|| "not published".to_string())
+    })
+    .await;
+    assert_eq!(&published, root, "istio-system/crossmesh-ca-root-cert");
     drop(cp_b);
+
+    // Someone edits the published root: it is put back.
+    api.apply(&serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "crossmesh-ca-root-cert", "namespace": "istio-system"},
+        "data": {"root-cert.pem": "tampered"},
+    }));
 
     // Replica a's Pod is replaced: its stateDir (an emptyDir) is gone.
     cp_a.kill();
@@ -123,6 +143,13 @@ async fn replicas_share_the_root_kept_in_the_secret() {
     let cp_a = ControlPlane::start_with(&mesh_a, opts(&api, sa.path(), true)).await;
     assert_eq!(&read(&state_a, "root-cert.pem"), root, "the root came back");
     assert_eq!(secret_files(&api).unwrap(), kept, "the Secret is unchanged");
+    support::wait_for("the root ConfigMap restored", support::CONVERGE, || async {
+        match published_root(&api) {
+            Some(p) if &p == root => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
     drop(cp_a);
 }
 

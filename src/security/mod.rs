@@ -5,5 +5,6 @@ pub mod authn;
 pub mod ca;
 pub mod ca_store;
 pub mod jwks;
+pub mod root_publisher;
 
 pub use ca::{renew_at, Ca, CaError, Identity, IssuedCert};

@@ -119,6 +119,13 @@ pub const KINDS: &[Kind] = &[
     Kind {
         group: "",
         versions: &["v1"],
+        plural: "configmaps",
+        kind: "ConfigMap",
+        namespaced: true,
+    },
+    Kind {
+        group: "",
+        versions: &["v1"],
         plural: "serviceaccounts",
         kind: "ServiceAccount",
         namespaced: true,
@@ -246,6 +253,8 @@ pub enum Verb {
     Watch,
     Get,
     Create,
+    /// `PUT` of one object (a replace).
+    Update,
     Delete,
     /// `/version`, `/api`, `/apis` and the group-version resource lists.
     Discovery,
@@ -258,6 +267,7 @@ impl Verb {
             Verb::Watch => "watch",
             Verb::Get => "get",
             Verb::Create => "create",
+            Verb::Update => "update",
             Verb::Delete => "delete",
             Verb::Discovery => "get",
         }
@@ -1162,6 +1172,9 @@ enum WriteMode {
     Create,
     /// Creates or replaces; creates a missing namespace first (test helpers only).
     Upsert,
+    /// A `PUT`: the object must exist, and a `metadata.resourceVersion` in the
+    /// body must be the stored one (optimistic concurrency).
+    Update,
 }
 
 /// Why a write was refused, with the HTTP status kube-apiserver answers.
@@ -1169,6 +1182,8 @@ enum WriteMode {
 enum WriteError {
     /// 409 `AlreadyExists`.
     AlreadyExists(String),
+    /// 409 `Conflict`: an update from a stale resourceVersion.
+    Conflict(String),
     /// 404 `NotFound` (the namespace does not exist, or the kind is not served).
     NotFound(String),
     /// 422 `Invalid`.
@@ -1178,9 +1193,10 @@ enum WriteError {
 impl std::fmt::Display for WriteError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            WriteError::AlreadyExists(m) | WriteError::NotFound(m) | WriteError::Invalid(m) => {
-                f.write_str(m)
-            }
+            WriteError::AlreadyExists(m)
+            | WriteError::Conflict(m)
+            | WriteError::NotFound(m)
+            | WriteError::Invalid(m) => f.write_str(m),
         }
     }
 }
@@ -1282,6 +1298,23 @@ fn write_object(
         );
     }
     let prev = s.objects.get(&key).cloned();
+    if mode == WriteMode::Update {
+        let Some(p) = &prev else {
+            return Err(WriteError::NotFound(format!(
+                "{} \"{}\" not found",
+                kind.plural, key.3
+            )));
+        };
+        let sent = v["metadata"]["resourceVersion"].as_str().unwrap_or("");
+        let stored = p["metadata"]["resourceVersion"].as_str().unwrap_or("");
+        if !sent.is_empty() && sent != stored {
+            return Err(WriteError::Conflict(format!(
+                "Operation cannot be fulfilled on {} \"{}\": the object has been modified; \
+                 please apply your changes to the latest version and try again",
+                kind.plural, key.3
+            )));
+        }
+    }
     if prev.is_some() && mode == WriteMode::Create {
         return Err(WriteError::AlreadyExists(format!(
             "{} \"{}\" already exists",
@@ -1814,6 +1847,7 @@ async fn handle(AxState(inner): AxState<Arc<Inner>>, req: Request) -> Response {
         (&Method::GET, None) if is_watch => Some(Verb::Watch),
         (&Method::GET, None) => Some(Verb::List),
         (&Method::POST, None) => Some(Verb::Create),
+        (&Method::PUT, Some(_)) => Some(Verb::Update),
         (&Method::DELETE, Some(_)) => Some(Verb::Delete),
         _ => None,
     };
@@ -1862,6 +1896,13 @@ async fn handle(AxState(inner): AxState<Arc<Inner>>, req: Request) -> Response {
                 Err(e) => return status(400, "BadRequest", &e.to_string()),
             };
             create(&inner, kind, version, namespace, &body)
+        }
+        (Method::PUT, Some(name)) => {
+            let body = match axum::body::to_bytes(req.into_body(), 16 << 20).await {
+                Ok(b) => b,
+                Err(e) => return status(400, "BadRequest", &e.to_string()),
+            };
+            update(&inner, kind, version, namespace, name, &body)
         }
         (Method::DELETE, Some(name)) => {
             match delete_object(&inner, kind, namespace.unwrap_or(""), name) {
@@ -1929,6 +1970,7 @@ fn create(
     match write_object(inner, v, WriteMode::Create) {
         Ok((_, obj)) => json_response(201, &at_version(&obj, kind, version)),
         Err(WriteError::AlreadyExists(m)) => status(409, "AlreadyExists", &m),
+        Err(WriteError::Conflict(m)) => status(409, "Conflict", &m),
         Err(WriteError::NotFound(m)) => {
             let mut body = status_body(404, "NotFound", &m);
             if let Some(ns) = m
@@ -1939,6 +1981,40 @@ fn create(
             }
             json_response(404, &body)
         }
+        Err(WriteError::Invalid(m)) => status(422, "Invalid", &m),
+    }
+}
+
+/// `PUT /.../NAME`: replace an existing object, as kube-apiserver's update.
+fn update(
+    inner: &Inner,
+    kind: &'static Kind,
+    version: &str,
+    namespace: Option<&str>,
+    name: &str,
+    body: &Bytes,
+) -> Response {
+    let mut v: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => return status(400, "BadRequest", &format!("invalid JSON: {e}")),
+    };
+    if v["metadata"]["name"].as_str() != Some(name) {
+        return status(
+            400,
+            "BadRequest",
+            "the name of the object does not match the name on the URL",
+        );
+    }
+    v["apiVersion"] = json!(api_version(kind.group, version));
+    v["kind"] = json!(kind.kind);
+    if let Some(ns) = namespace {
+        v["metadata"]["namespace"] = json!(ns);
+    }
+    match write_object(inner, v, WriteMode::Update) {
+        Ok((_, obj)) => json_response(200, &at_version(&obj, kind, version)),
+        Err(WriteError::Conflict(m)) => status(409, "Conflict", &m),
+        Err(WriteError::AlreadyExists(m)) => status(409, "AlreadyExists", &m),
+        Err(WriteError::NotFound(m)) => status(404, "NotFound", &m),
         Err(WriteError::Invalid(m)) => status(422, "Invalid", &m),
     }
 }
