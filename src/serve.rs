@@ -178,22 +178,27 @@ impl Drop for Sources {
 /// Start one source per member cluster and per config entry. Must run inside the
 /// runtime. Fails only on a mesh file that names something that cannot be a
 /// source (checked before anything is started).
+/// `debugAuth.required: false` with a debug address that is not loopback.
+fn refuse_open_debug(mesh: &MeshConfig) -> anyhow::Result<()> {
+    let addr = mesh.debug_address;
+    if !addr.ip().is_loopback() && mesh.debug_auth.required == Some(false) {
+        anyhow::bail!(
+            "debugAuth.required: false, but the debug address {addr} is not a loopback address: \
+             off loopback every debug path but /ready and /healthz needs a token"
+        );
+    }
+    Ok(())
+}
+
 /// Who may read the debug endpoint on `addr` (mesh file `debugAuth`): `None`
-/// when it is open (loopback, not `required`). Refuses `required: false` on a
-/// non-loopback address; with no credential configured there, every guarded
-/// path answers 401 (logged at start).
+/// when it is open (loopback, not `required`). With no credential configured,
+/// every guarded path answers 401 (logged at start).
 fn debug_authn(
     mesh: &MeshConfig,
     addr: std::net::SocketAddr,
     kube_clients: &KubeClients,
 ) -> anyhow::Result<Option<Arc<crate::debug::DebugAuthn>>> {
     let auth = &mesh.debug_auth;
-    if !addr.ip().is_loopback() && auth.required == Some(false) {
-        anyhow::bail!(
-            "debugAuth.required: false, but the debug address {addr} is not a loopback address: \
-             off loopback every debug path but /ready and /healthz needs a token"
-        );
-    }
     if !auth.required_on(&addr) {
         return Ok(None);
     }
@@ -460,6 +465,8 @@ fn stopped(rx: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'stat
 
 /// Run the control plane until SIGINT or SIGTERM, then drain (module docs).
 pub async fn serve(mesh: MeshConfig) -> anyhow::Result<()> {
+    // Before any port opens: the debug endpoint is never served open off loopback.
+    refuse_open_debug(&mesh)?;
     let mut signals = Signals::new();
     let mesh = Arc::new(mesh);
     // A generated root kept in a Kubernetes Secret: fetched into (or created
