@@ -737,6 +737,22 @@ async fn uses_cert_from(
     }
 }
 
+/// The issuer of the certificate crossmesh's TLS xDS port at `addr` presents
+/// to a new handshake (`openssl s_client`, first certificate).
+async fn xds_server_issuer(addr: SocketAddr) -> Result<String, String> {
+    let out = tokio::process::Command::new("openssl")
+        .args(["s_client", "-connect", &addr.to_string(), "-alpn", "h2"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| format!("openssl s_client: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.lines()
+        .find(|l| l.trim_start().starts_with("i:"))
+        .map(|l| l.trim().to_string())
+        .ok_or_else(|| format!("no issuer in: {text}"))
+}
+
 /// A value of `cp`'s `/metrics`, 0 when absent.
 async fn cp_metric(cp: &ControlPlane, name_and_labels: &str) -> f64 {
     let (_, text) = cp.get("/metrics").await.expect("metrics");
@@ -957,12 +973,21 @@ spec:
     )
     .await;
     more_answers("requests after step 2").await;
-    // The TLS xDS ports present certificates of the new signers too.
-    for cp in [&cp_a, &cp_b] {
-        assert!(
-            cp.log().contains("xDS TLS server certificate renewed"),
-            "the xDS server certificate was not re-issued"
-        );
+    // The TLS xDS ports present certificates of the new signers to new handshakes.
+    for (tls, cn) in [(tls_a, "account-a new"), (tls_b, "account-b new")] {
+        wait_for(
+            &format!("the xDS TLS port {tls} presents a certificate of {cn}"),
+            CONVERGE,
+            || async move {
+                let issuer = xds_server_issuer(tls).await?;
+                if issuer.contains(&format!("CN = {cn}")) || issuer.contains(&format!("CN={cn}")) {
+                    Ok(())
+                } else {
+                    Err(issuer)
+                }
+            },
+        )
+        .await;
     }
 
     // Step 3: drop the old root.
