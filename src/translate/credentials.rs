@@ -224,3 +224,95 @@ pub fn resolve(
     let secrets = secrets.into_values().filter_map(Result::ok).collect();
     (secrets, omitted)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::translate::generate;
+
+    fn load(name: &str) -> (PushContext, Proxy) {
+        crate::translate::golden::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/golden/{name}.yaml")),
+        )
+    }
+
+    fn chains(listeners: &[Listener], name: &str) -> Vec<String> {
+        listeners
+            .iter()
+            .filter(|l| l.name == name)
+            .flat_map(|l| l.filter_chains.iter().map(|fc| fc.name.clone()))
+            .collect()
+    }
+
+    /// The gateway of `gateway_tls_termination` with its identity gets its
+    /// namespace's Secrets; the same gateway on the plaintext xDS port gets no
+    /// key and none of the terminating servers, and in another cluster (no
+    /// Secrets there) none of the Secret-backed servers.
+    #[test]
+    fn secrets_go_to_authenticated_proxies_of_their_namespace_and_cluster_only() {
+        let (ctx, proxy) = load("gateway_tls_termination");
+        let g = generate(&proxy, &ctx);
+        let names: Vec<&str> = g.secrets.iter().map(|s| s.name.as_str()).collect();
+        assert!(names.contains(&"kubernetes://a-cert"), "{names:?}");
+        assert!(
+            !names.contains(&"kubernetes://e-cert"),
+            "another namespace's Secret"
+        );
+        assert_eq!(chains(&g.listeners, "0.0.0.0_443").len(), 3);
+
+        let plaintext = Proxy {
+            identity: None,
+            ..proxy.clone()
+        };
+        let g = generate(&plaintext, &ctx);
+        assert!(
+            g.secrets.is_empty(),
+            "a plaintext-port proxy got key material"
+        );
+        assert!(chains(&g.listeners, "0.0.0.0_443").is_empty());
+        assert!(chains(&g.listeners, "0.0.0.0_8443").is_empty());
+        assert_eq!(
+            chains(&g.listeners, "0.0.0.0_80").len(),
+            1,
+            "HTTP still served"
+        );
+        let mut clusters = g.clusters.clone();
+        let mut listeners = g.listeners.clone();
+        let (_, omitted) = resolve(&mut clusters, &mut listeners, &plaintext, &ctx);
+        assert!(omitted.is_empty(), "nothing left to omit after generate");
+
+        let elsewhere = Proxy {
+            cluster_id: "cluster2".into(),
+            ..proxy
+        };
+        let g = generate(&elsewhere, &ctx);
+        assert!(g.secrets.is_empty(), "{:?}", g.secrets);
+        assert!(chains(&g.listeners, "0.0.0.0_443").is_empty());
+        assert_eq!(
+            chains(&g.listeners, "0.0.0.0_8443").len(),
+            1,
+            "ISTIO_MUTUAL needs no Secret"
+        );
+    }
+
+    #[test]
+    fn an_omission_says_which_chain_and_why() {
+        let (ctx, proxy) = load("gateway_tls_termination");
+        let plaintext = Proxy {
+            identity: None,
+            ..proxy
+        };
+        let mut g = crate::translate::gateway::generate(&plaintext, &ctx, true);
+        let (secrets, omitted) = resolve(&mut g.clusters, &mut g.listeners, &plaintext, &ctx);
+        assert!(secrets.is_empty());
+        assert!(
+            omitted
+                .iter()
+                .any(|o| o.what.contains("https.443.https-a")
+                    && o.reason.contains("plaintext xDS port")),
+            "{omitted:?}"
+        );
+    }
+}

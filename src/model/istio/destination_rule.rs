@@ -371,9 +371,9 @@ pub struct OutlierDetection {
 }
 
 /// `ClientTLSSettings`: modes DISABLE, SIMPLE, MUTUAL (certificate files Envoy
-/// reads) and ISTIO_MUTUAL (the workload certificate over SDS);
-/// `credentialName` is rejected until Kubernetes TLS Secrets are delivered over
-/// SDS.
+/// reads, or the Kubernetes Secret of `credentialName` over SDS) and
+/// ISTIO_MUTUAL (the workload certificate over SDS); `caCrl` is a file Envoy
+/// reads.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClientTlsSettings {

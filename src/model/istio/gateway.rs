@@ -50,9 +50,10 @@ pub struct ServerPort {
     pub target_port: Option<u32>,
 }
 
-/// `Server.tls`. crossmesh supports `httpsRedirect` on HTTP servers and
-/// `mode: PASSTHROUGH` (SNI routing by `tls` routes); TLS termination needs
-/// certificates (SDS) and is rejected until that lands.
+/// `Server.tls`: `httpsRedirect` on HTTP servers, `mode: PASSTHROUGH` (SNI
+/// routing by `tls` routes), and termination on HTTPS servers with certificates
+/// from the Kubernetes Secret of `credentialName` (`translate::gateway`); the
+/// certificate file fields are rejected by validation.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServerTlsSettings {
