@@ -510,3 +510,51 @@ spec:
         "validate names the object and field: {text}"
     );
 }
+
+/// With AuthorizationPolicy: `requestPrincipals` makes a token required (no
+/// token: 403), only the listed principal passes, and a claim condition is
+/// enforced; the principal is `iss/sub` of the token jwt_authn verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_principals_and_claims_with_authorization_policy() {
+    let subnet = Subnet::claim();
+    let k = Key::new("k1");
+    let f = Fixture::start(subnet, "").await;
+    f.put_policy(&format!(
+        "{}---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: require-jwt
+  namespace: istio-system
+spec:
+  selector:
+    matchLabels:
+      istio: ingressgateway
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        requestPrincipals: [\"{ISSUER}/alice\", \"{ISSUER}/bob\"]
+    when:
+    - key: request.auth.claims[group]
+      values: [dev]
+",
+        policy(&format!("    jwks: '{}'\n", jwks(&[&k])))
+    ));
+    let alice = k.sign(&claims(ISSUER, "alice", AUDIENCE, 3600));
+    f.wait_status(None, 403).await;
+    assert_eq!(f.status(Some(&alice)).await, (200, "web-0".into()));
+    // A verified token of another subject: not a listed principal.
+    let carol = k.sign(&claims(ISSUER, "carol", AUDIENCE, 3600));
+    assert_eq!(f.status(Some(&carol)).await.0, 403, "carol is not listed");
+    // A listed principal whose claim fails the condition.
+    let mut c = claims(ISSUER, "bob", AUDIENCE, 3600);
+    c["group"] = json!("ops");
+    let bob_ops = k.sign(&c);
+    assert_eq!(f.status(Some(&bob_ops)).await.0, 403, "group ops");
+    c["group"] = json!("dev");
+    assert_eq!(f.status(Some(&k.sign(&c))).await.0, 200, "group dev");
+    // An invalid token is still jwt_authn's 401, before RBAC.
+    let forged = Key::new("k1").sign(&claims(ISSUER, "alice", AUDIENCE, 3600));
+    assert_eq!(f.status(Some(&forged)).await.0, 401);
+}
