@@ -21,6 +21,9 @@
 //! networks:                  # the mesh's east-west gateways per network
 //!   net2:
 //!     gateways: [{address: 192.0.2.20, port: 15443, cluster: c2}]
+//! pathNormalization: MERGE_SLASHES  # the mesh file's pathNormalization (default BASE)
+//! fetchedJwks:               # keys the JWKS fetcher holds, by jwksUri, or
+//!   https://idp.example.com/jwks: '{"keys": [...]}'   # `discovery:ISSUER`
 //! services:
 //! - name: order
 //!   namespace: base

@@ -455,8 +455,8 @@ pub struct ConfigSnapshot {
     /// (`authorization_policy::stand_in`).
     pub authorization_policies: Vec<Arc<Config<AuthorizationPolicy>>>,
     /// Keys fetched for `jwksUri` (and OpenID discovery) by `security::jwks`,
-    /// set by the config store; a rule whose keys are not here yet gets Istio's
-    /// fake key.
+    /// set by the config store; a rule whose keys are not here yet gets a key
+    /// no token verifies against (`translate::jwt::UNFETCHED_JWKS`).
     pub jwks: Arc<request_authentication::FetchedJwks>,
     /// Gateway key (`ns/name` or `mesh`) -> indexes into `virtual_services`.
     vs_by_gateway: HashMap<String, Vec<usize>>,
