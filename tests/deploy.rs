@@ -457,6 +457,9 @@ impl Manifests {
         for v in volumes.values() {
             if let Some(cm) = &v.config_map {
                 match self.config_map(d.ns(), &cm.name) {
+                    // Published by crossmesh at run time (ca.rootCertNamespaces).
+                    None if cm.name == crossmesh::security::root_publisher::CONFIGMAP
+                        && self.root_cert_namespaces().iter().any(|n| n == d.ns()) => {}
                     None => p.push(format!(
                         "{id}: volume {} mounts ConfigMap {} which does not exist",
                         v.name, cm.name
@@ -974,12 +977,30 @@ fn rbac_is_least_privilege_and_enough() {
             s.kind == "ServiceAccount" && s.name == sa && s.namespace.as_deref() == Some(ns)
         })
     };
-    // Every rule of every role in deploy/: read verbs only, no wildcards; the one
-    // write is `create` on TokenReviews (authenticated xDS verifies tokens).
+    // Every rule of every role in deploy/: read verbs only, no wildcards; the
+    // writes are `create` on TokenReviews (authenticated xDS verifies tokens),
+    // and, through Roles in one namespace each, creating the mesh CA's Secret
+    // and publishing its root ConfigMap.
     let token_review = |r: &PolicyRule| {
         r.api_groups.as_deref() == Some(&["authentication.k8s.io".to_string()][..])
             && r.resources.as_deref() == Some(&["tokenreviews".to_string()][..])
             && r.verbs == ["create"]
+    };
+    let core = |r: &PolicyRule, res: &str| {
+        r.api_groups.as_deref() == Some(&["".to_string()][..])
+            && r.resources.as_deref() == Some(&[res.to_string()][..])
+    };
+    let ca_write = |id: &str, r: &PolicyRule| {
+        let in_ns = |ns: &str| id.starts_with(&format!("Role {ns}/"));
+        (in_ns(ns) && core(r, "secrets") && r.verbs == ["create"])
+            || (mesh.ca.root_cert_namespaces.iter().any(|n| in_ns(n))
+                && core(r, "configmaps")
+                && (r.verbs == ["create"]
+                    || (r.verbs == ["get", "update"]
+                        && r.resource_names.as_deref()
+                            == Some(
+                                &[crossmesh::security::root_publisher::CONFIGMAP.to_string()][..],
+                            ))))
     };
     let all_rules = m
         .cluster_roles
@@ -994,7 +1015,9 @@ fn rbac_is_least_privilege_and_enough() {
         for r in rules {
             for v in &r.verbs {
                 assert!(
-                    ["get", "list", "watch"].contains(&v.as_str()) || token_review(&r),
+                    ["get", "list", "watch"].contains(&v.as_str())
+                        || token_review(&r)
+                        || ca_write(&id, &r),
                     "{id} grants {v}"
                 );
             }
@@ -1077,6 +1100,27 @@ fn rbac_is_least_privilege_and_enough() {
         "no Role lets {sa} list and watch Secrets in {}",
         mesh.remote_secret_namespace
     );
+    // The mesh CA: the Secret that keeps a generated root is created in serve's
+    // namespace; the root ConfigMap is published in each rootCertNamespaces.
+    let ns_grants = |in_ns: &str, res: &str, verb: &str| {
+        secret_roles.iter().any(|r| {
+            r.ns() == in_ns && grants(r.obj.rules.as_deref().unwrap_or(&[]), "", res, verb)
+        })
+    };
+    if mesh.ca.kubernetes_secret.is_some() {
+        assert!(
+            ns_grants(ns, "secrets", "create"),
+            "{sa} cannot create the CA Secret in {ns}"
+        );
+    }
+    for n in &mesh.ca.root_cert_namespaces {
+        for v in ["create", "get", "update"] {
+            assert!(
+                ns_grants(n, "configmaps", v),
+                "{sa} cannot {v} the root ConfigMap in {n}"
+            );
+        }
+    }
     // deploy/rbac.yaml (applied in member clusters, which may include the hub)
     // and the hub's base agree where they define the same object.
     for a in &m.roles {
@@ -1126,6 +1170,24 @@ fn mounted_file(m: &Manifests, d: &Obj<Deployment>, c: &Container, path: &str) -
     m.config_map(d.ns(), &cm.name)
         .and_then(|c| c.obj.data.as_ref()?.get(&key).cloned())
         .unwrap_or_else(|| panic!("{path}: ConfigMap {} has no key {key}", cm.name))
+}
+
+impl Manifests {
+    /// `ca.rootCertNamespaces` of the mesh file in the crossmesh ConfigMap (empty
+    /// if it cannot be read: the checks that need it then fail).
+    fn root_cert_namespaces(&self) -> Vec<String> {
+        self.config_map("crossmesh-system", "crossmesh-mesh")
+            .and_then(|c| c.obj.data.as_ref()?.get("mesh.yaml").cloned())
+            .and_then(|text| serde_saphyr::from_str::<Value>(&text).ok())
+            .and_then(|v| {
+                v["ca"]["rootCertNamespaces"].as_array().map(|a| {
+                    a.iter()
+                        .filter_map(|n| n.as_str().map(str::to_string))
+                        .collect()
+                })
+            })
+            .unwrap_or_default()
+    }
 }
 
 /// The crossmesh container's `serve --mesh` file, read through its mounts and
@@ -1188,8 +1250,12 @@ fn mesh_file_in_the_configmap_is_valid_and_matches_the_deployment() {
     let mesh = mesh_config(&m);
     let mut copy = m.clone();
     let c = crossmesh_container(&mut copy).clone();
+    let tls = mesh
+        .xds_tls_address
+        .expect("xdsTlsAddress: the gateway uses the TLS port");
     for (what, addr) in [
         ("xdsAddress", mesh.xds_address),
+        ("xdsTlsAddress", tls),
         ("debugAddress", mesh.debug_address),
     ] {
         assert!(
@@ -1286,8 +1352,32 @@ fn mesh_file_in_the_configmap_is_valid_and_matches_the_deployment() {
         .any(|x| x.name() == "crossmesh"));
     assert_eq!(
         container_port(&c, sp.target_port.as_ref().unwrap()),
-        Some(i32::from(mesh.xds_address.port())),
-        "{xds} reaches crossmesh's xDS port"
+        Some(i32::from(tls.port())),
+        "{xds} reaches crossmesh's TLS xDS port"
+    );
+    // The gateway trusts the root crossmesh publishes in its namespace and
+    // presents a token with an audience crossmesh accepts.
+    assert!(
+        gw_env.contains_key("CROSSMESH_ROOT_CERT") && gw_env.contains_key("CROSSMESH_TOKEN_FILE"),
+        "the gateway's bootstrap authenticates: {gw_env:?}"
+    );
+    let gw = gateway(&m);
+    assert!(
+        mesh.ca.root_cert_namespaces.iter().any(|n| n == gw.ns()),
+        "the root is not published in the gateway's namespace {}",
+        gw.ns()
+    );
+    let audiences: Vec<String> = pod_spec(&gw.obj)
+        .volumes
+        .iter()
+        .flatten()
+        .flat_map(|v| v.projected.iter().flat_map(|p| p.sources.iter().flatten()))
+        .filter_map(|s| s.service_account_token.as_ref()?.audience.clone())
+        .collect();
+    assert!(
+        audiences.iter().any(|a| mesh.token_audiences.contains(a)),
+        "the gateway's projected token audiences {audiences:?} are not in tokenAudiences {:?}",
+        mesh.token_audiences
     );
 }
 
@@ -1486,6 +1576,35 @@ fn gateway_bootstrap_is_written_where_envoy_reads_it_and_envoy_accepts_it() {
     let dir = tempfile::tempdir().unwrap();
     let local = |p: &str| p.replacen(&mount.mount_path, &dir.path().display().to_string(), 1);
     env.insert("CROSSMESH_OUTPUT".into(), local(&out));
+    // The root and the token Envoy reads: mounted into the envoy container, and
+    // stand-ins made here for Envoy's validation.
+    for var in ["CROSSMESH_ROOT_CERT", "CROSSMESH_TOKEN_FILE"] {
+        let path = env.get(var).cloned().unwrap_or_else(|| panic!("{var}"));
+        let m = envoy
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|v| path.starts_with(&format!("{}/", v.mount_path)))
+            .unwrap_or_else(|| panic!("envoy does not mount {path} ({var})"));
+        assert!(
+            pod.volumes.iter().flatten().any(|v| v.name == m.name),
+            "volume {}",
+            m.name
+        );
+        let stand_in = dir.path().join(var);
+        let text = if var == "CROSSMESH_ROOT_CERT" {
+            let key = rcgen::KeyPair::generate().unwrap();
+            rcgen::CertificateParams::new(vec!["root.test".to_string()])
+                .unwrap()
+                .self_signed(&key)
+                .unwrap()
+                .pem()
+        } else {
+            "token-made-by-the-test".to_string()
+        };
+        std::fs::write(&stand_in, text).unwrap();
+        env.insert(var.into(), stand_in.display().to_string());
+    }
 
     let st = Command::new(support::control_plane::crossmesh_bin())
         .args(
