@@ -762,13 +762,14 @@ struct DocRow {
     paths: Vec<Vec<String>>,
 }
 
-const KINDS: [&str; 6] = [
+const KINDS: [&str; 7] = [
     "VirtualService",
     "DestinationRule",
     "Gateway",
     "Sidecar",
     "PeerAuthentication",
     "RequestAuthentication",
+    "AuthorizationPolicy",
 ];
 
 /// Every row of `docs/ISTIO_SUPPORT.md` whose status is supported or partial.
