@@ -1289,7 +1289,7 @@ status:
                 && p.kind == "ConfigMap"
                 && p.object == "default/cfg"
                 && p.reason
-                    .contains("crossmesh reads Service, Pod, Node and EndpointSlice")),
+                    .contains("crossmesh reads Service, Pod, Node, EndpointSlice and TLS Secret")),
             "{rej:?}"
         );
         assert!(
