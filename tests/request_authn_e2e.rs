@@ -112,18 +112,32 @@ impl JwksServer {
         let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (b, s, h) = (body.clone(), status.clone(), hits.clone());
-        let app = axum::Router::new().route(
-            "/jwks",
-            axum::routing::get(move || {
-                let (b, s, h) = (b.clone(), s.clone(), h.clone());
-                async move {
-                    h.fetch_add(1, Ordering::SeqCst);
-                    let code =
-                        axum::http::StatusCode::from_u16(s.load(Ordering::SeqCst)).expect("status");
-                    (code, b.lock().expect("lock").clone())
-                }
-            }),
-        );
+        // OpenID discovery for issuer `http://ADDR`: its keys are at /jwks.
+        let discovery = serde_json::json!({
+            "issuer": format!("http://{addr}"),
+            "jwks_uri": format!("http://{addr}/jwks"),
+        })
+        .to_string();
+        let app = axum::Router::new()
+            .route(
+                "/.well-known/openid-configuration",
+                axum::routing::get(move || {
+                    let d = discovery.clone();
+                    async move { d }
+                }),
+            )
+            .route(
+                "/jwks",
+                axum::routing::get(move || {
+                    let (b, s, h) = (b.clone(), s.clone(), h.clone());
+                    async move {
+                        h.fetch_add(1, Ordering::SeqCst);
+                        let code = axum::http::StatusCode::from_u16(s.load(Ordering::SeqCst))
+                            .expect("status");
+                        (code, b.lock().expect("lock").clone())
+                    }
+                }),
+            );
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -164,6 +178,11 @@ struct Fixture {
 
 impl Fixture {
     async fn start(subnet: Subnet, mesh_extra: &str) -> Fixture {
+        Fixture::start_env(subnet, mesh_extra, Vec::new()).await
+    }
+
+    /// [`Fixture::start`] with extra environment for `crossmesh serve`.
+    async fn start_env(subnet: Subnet, mesh_extra: &str, env: Vec<(String, String)>) -> Fixture {
         let mesh = Mesh::new(&[cluster("cluster1", None)]);
         let mut text = std::fs::read_to_string(&mesh.mesh_file).expect("mesh file");
         text.push_str(mesh_extra);
@@ -203,7 +222,14 @@ impl Fixture {
                 80,
             ),
         );
-        let cp = ControlPlane::start(&mesh.mesh_file).await;
+        let cp = ControlPlane::start_with(
+            &mesh.mesh_file,
+            support::control_plane::StartOptions {
+                env,
+                ..Default::default()
+            },
+        )
+        .await;
         let gw = GatewayProxy::ingress(subnet.ip(1), "cluster1", false);
         let admin_port = free_port();
         let envoy = Envoy::start("gateway-jwt", &bootstrap_gateway(&gw, cp.xds, admin_port)).await;
@@ -557,4 +583,139 @@ spec:
     // An invalid token is still jwt_authn's 401, before RBAC.
     let forged = Key::new("k1").sign(&claims(ISSUER, "alice", AUDIENCE, 3600));
     assert_eq!(f.status(Some(&forged)).await.0, 401);
+}
+
+/// A TLS server answering every request with `body` (a JWKS), its certificate
+/// for `ip` signed by a CA made here; returns its address and the CA (PEM).
+async fn https_jwks_server(
+    ip: Ipv4Addr,
+    body: String,
+) -> (SocketAddr, String, tokio::task::JoinHandle<()>) {
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "jwks-test-ca");
+    ca.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_pem = ca.self_signed(&ca_key).expect("self-sign").pem();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().expect("server key");
+    let cert = rcgen::CertificateParams::new(vec![ip.to_string()])
+        .expect("server params")
+        .signed_by(&key, &issuer)
+        .expect("sign");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, body) = (acceptor.clone(), body.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(resp.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (addr, ca_pem, task)
+}
+
+/// `https` jwksUri verified against the CA bundle crossmesh trusts
+/// (`SSL_CERT_FILE` here, the system bundle otherwise): a server whose CA is
+/// trusted serves keys that work; one whose CA is not is never trusted (its
+/// issuer's tokens stay refused, the TLS failure logged). And OpenID discovery:
+/// a rule with neither jwks nor jwksUri gets the keys of the issuer's
+/// `jwks_uri`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_jwks_uri_verified_and_openid_discovery() {
+    let subnet = Subnet::claim();
+    let k = Key::new("k1");
+    let (good, good_ca, _t1) = https_jwks_server(subnet.ip(52), jwks(&[&k])).await;
+    let (bad, _other_ca, _t2) = https_jwks_server(subnet.ip(53), jwks(&[&k])).await;
+    let plain = JwksServer::start(subnet.ip(50), jwks(&[&k])).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = dir.path().join("ca.pem");
+    std::fs::write(&bundle, &good_ca).expect("CA bundle");
+    let f = Fixture::start_env(
+        subnet,
+        "tunables: {jwksRefreshMs: 300}\n",
+        vec![("SSL_CERT_FILE".into(), bundle.display().to_string())],
+    )
+    .await;
+    let discovery_issuer = format!("http://{}", plain.addr);
+    f.put_policy(&format!(
+        "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata:
+  name: jwt
+  namespace: istio-system
+spec:
+  selector:
+    matchLabels:
+      istio: ingressgateway
+  jwtRules:
+  - issuer: https://trusted.test
+    jwksUri: https://{good}/jwks
+  - issuer: https://untrusted.test
+    jwksUri: https://{bad}/jwks
+  - issuer: {discovery_issuer}
+"
+    ));
+    let trusted = k.sign(&claims("https://trusted.test", "a", AUDIENCE, 3600));
+    let untrusted = k.sign(&claims("https://untrusted.test", "a", AUDIENCE, 3600));
+    let discovered = k.sign(&claims(&discovery_issuer, "a", AUDIENCE, 3600));
+    // The filter is in place once the untrusted issuer's token is refused
+    // (before the policy, every request passed).
+    f.wait_status(Some(&untrusted), 401).await;
+    f.wait_status(Some(&trusted), 200).await;
+    f.wait_status(Some(&discovered), 200).await;
+    wait_for(
+        "the untrusted server's TLS failure is logged",
+        CONVERGE,
+        || async {
+            let log = f.cp.log();
+            match log
+                .lines()
+                .find(|l| l.contains("JWKS fetch failed") && l.contains(&bad.to_string()))
+            {
+                Some(l) if l.contains("TLS") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(f.status(Some(&untrusted)).await.0, 401);
+    assert_eq!(f.status(None).await, (200, "web-0".into()));
 }
