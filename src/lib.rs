@@ -13,6 +13,7 @@
 //! debug HTTP reads registry, cache, connections     src/debug/
 //! ```
 
+pub mod agent;
 pub mod bootstrap;
 pub mod cli;
 pub mod config;
