@@ -53,6 +53,10 @@ pub struct ServeArgs {
     /// mesh file's `xdsTlsAddress` [mesh file default: none, no TLS port].
     #[arg(long, env = "CROSSMESH_XDS_TLS_ADDRESS", value_name = "ADDR")]
     pub xds_tls_address: Option<SocketAddr>,
+    /// Listen address for member-cluster agents (mutual TLS); overrides the mesh
+    /// file's `agentAddress` [mesh file default: none, no agent port].
+    #[arg(long, env = "CROSSMESH_AGENT_ADDRESS", value_name = "ADDR")]
+    pub agent_address: Option<SocketAddr>,
     /// Debug HTTP listen address; overrides the mesh file's `debugAddress`
     /// [mesh file default: 127.0.0.1:15014].
     #[arg(long, env = "CROSSMESH_DEBUG_ADDRESS", value_name = "ADDR")]
@@ -313,6 +317,9 @@ pub fn load_mesh(args: &ServeArgs) -> anyhow::Result<MeshConfig> {
     }
     if let Some(a) = args.xds_tls_address {
         mesh.xds_tls_address = Some(a);
+    }
+    if let Some(a) = args.agent_address {
+        mesh.agent_address = Some(a);
     }
     Ok(mesh)
 }

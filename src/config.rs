@@ -40,6 +40,8 @@ struct MeshFile {
     xds_address: Option<String>,
     /// The TLS, authenticated xDS port (DESIGN.md §5); off unless set.
     xds_tls_address: Option<String>,
+    /// The member-cluster agents' port (DESIGN.md §5); off unless set.
+    agent_address: Option<String>,
     debug_address: Option<String>,
     /// The mesh CA (DESIGN.md §5); see [`CaConfig`].
     ca: Option<CaFile>,
@@ -132,6 +134,15 @@ struct ClusterFile {
     locality: Option<String>,
     /// Verify this cluster's service-account tokens locally (see [`TokenIssuer`]).
     token_issuer: Option<TokenIssuerFile>,
+    /// The cluster is fed by a `crossmesh agent` (see [`ClusterSource::Agent`]).
+    agent: Option<AgentFile>,
+}
+
+/// `clusters[].agent:` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct AgentFile {
+    namespaces: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -235,6 +246,14 @@ pub enum ClusterSource {
     /// `/var/run/secrets/kubernetes.io/serviceaccount/`. The token and CA files are
     /// re-read while running (kubelet rotates the projected token).
     InCluster,
+    /// A `crossmesh agent` in the member cluster dials the hub's `agentAddress`
+    /// and streams the cluster's objects (mesh file `agent: {namespaces: [..]}`);
+    /// the hub holds no credential for the cluster (`sources::agent`).
+    Agent {
+        /// The namespaces whose objects the agent may publish; `None`: all.
+        /// Nodes (cluster-scoped) are always accepted.
+        namespaces: Option<Vec<String>>,
+    },
 }
 
 /// Mesh file `clusters[].tokenIssuer`: a member cluster's service-account token
@@ -270,6 +289,9 @@ pub struct MeshConfig {
     /// `xdsTlsAddress`: where proxies connect over TLS and authenticate with
     /// their service-account token (istiod's 15012); `None` serves no TLS port.
     pub xds_tls_address: Option<SocketAddr>,
+    /// `agentAddress`: where member-cluster agents connect (mutual TLS with the
+    /// mesh CA); `None` serves no agent port.
+    pub agent_address: Option<SocketAddr>,
     pub debug_address: SocketAddr,
     /// Mesh file `ca:`.
     pub ca: CaConfig,
@@ -454,6 +476,7 @@ impl Default for MeshConfig {
             domain_suffix: "cluster.local".into(),
             xds_address: DEFAULT_XDS_ADDRESS.parse().expect("constant address"),
             xds_tls_address: None,
+            agent_address: None,
             debug_address: DEFAULT_DEBUG_ADDRESS.parse().expect("constant address"),
             ca: CaConfig::default(),
             clusters: Vec::new(),
@@ -529,6 +552,12 @@ impl MeshConfig {
                 })?),
                 None => None,
             },
+            agent_address: match file.agent_address {
+                Some(s) => Some(s.parse::<SocketAddr>().map_err(|e| {
+                    invalid(format!("agentAddress {s:?} is not an IP:port address: {e}"))
+                })?),
+                None => None,
+            },
             debug_address: addr("debugAddress", file.debug_address, DEFAULT_DEBUG_ADDRESS)?,
             ..MeshConfig::default()
         };
@@ -551,6 +580,30 @@ impl MeshConfig {
                 )));
             }
             let source = match (c.manifests, c.kubeconfig, in_cluster) {
+                (None, None, false) if c.agent.is_some() => {
+                    let namespaces = c.agent.and_then(|a| a.namespaces);
+                    if let Some(ns) = namespaces.iter().flatten().find(|n| !valid_namespace(n)) {
+                        return Err(invalid(format!(
+                            "cluster {:?}: agent.namespaces: {ns:?} is not a Kubernetes \
+                             namespace name",
+                            c.name
+                        )));
+                    }
+                    if c.context.is_some() {
+                        return Err(invalid(format!(
+                            "cluster {:?}: context applies to a kubeconfig, not to agent",
+                            c.name
+                        )));
+                    }
+                    ClusterSource::Agent { namespaces }
+                }
+                _ if c.agent.is_some() => {
+                    return Err(invalid(format!(
+                        "cluster {:?}: set exactly one of manifests, kubeconfig, inCluster: true \
+                         or agent",
+                        c.name
+                    )))
+                }
                 (Some(m), None, false) => ClusterSource::Manifests(resolve(&m)),
                 (None, Some(k), false) => ClusterSource::Kubeconfig {
                     path: resolve(&k),
@@ -559,8 +612,8 @@ impl MeshConfig {
                 (None, None, true) => ClusterSource::InCluster,
                 (None, None, false) => {
                     return Err(invalid(format!(
-                        "cluster {:?}: needs manifests (a directory), kubeconfig (a file) \
-                         or inCluster: true",
+                        "cluster {:?}: needs manifests (a directory), kubeconfig (a file), \
+                         inCluster: true or agent",
                         c.name
                     )))
                 }
@@ -961,6 +1014,42 @@ config:
             m.clusters[0].source,
             ClusterSource::Kubeconfig { .. }
         ));
+    }
+
+    #[test]
+    fn agent_entries() {
+        let base = Path::new("/");
+        let m = MeshConfig::parse(
+            "agentAddress: 127.0.0.1:15011\nclusters:\n- {name: c3, agent: {namespaces: [shop, a-b]}}\n- {name: c4, agent: {}}\n",
+            base,
+        )
+        .unwrap();
+        assert_eq!(m.agent_address, Some("127.0.0.1:15011".parse().unwrap()));
+        assert_eq!(
+            m.clusters[0].source,
+            ClusterSource::Agent {
+                namespaces: Some(vec!["shop".into(), "a-b".into()])
+            }
+        );
+        assert_eq!(m.clusters[1].source, ClusterSource::Agent { namespaces: None });
+        for (bad, why) in [
+            (
+                "clusters:\n- {name: c3, agent: {}, manifests: d}\n",
+                "exactly one of manifests, kubeconfig, inCluster: true or agent",
+            ),
+            (
+                "clusters:\n- {name: c3, agent: {namespaces: [Shop]}}\n",
+                "\"Shop\" is not a Kubernetes namespace name",
+            ),
+            (
+                "clusters:\n- {name: c3, agent: {namespace: [shop]}}\n",
+                "namespace",
+            ),
+            ("agentAddress: nowhere\n", "agentAddress \"nowhere\""),
+        ] {
+            let e = MeshConfig::parse(bad, base).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 
     #[test]

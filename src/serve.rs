@@ -261,6 +261,8 @@ fn start_sources(
                     kube::KubeOptions::from_mesh(mesh),
                 ));
             }
+            // Fed by its agent's streams on the agent port (`sources::agent`).
+            ClusterSource::Agent { .. } => {}
         }
     }
     for src in &mesh.config {
@@ -310,6 +312,7 @@ fn client_source(source: &ClusterSource) -> Option<ClientSource> {
             context: context.clone(),
         }),
         ClusterSource::InCluster => Some(ClientSource::InCluster),
+        ClusterSource::Agent { .. } => None,
     }
 }
 

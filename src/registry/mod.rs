@@ -87,6 +87,7 @@ fn source_label(src: &ClusterSource) -> String {
             None => format!("kubeconfig:{}", path.display()),
         },
         ClusterSource::InCluster => "in-cluster".to_string(),
+        ClusterSource::Agent { .. } => "agent".to_string(),
     }
 }
 

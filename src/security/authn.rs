@@ -171,6 +171,9 @@ impl KubeClients {
             for c in &mesh.clusters {
                 let origin = match &c.source {
                     ClusterSource::Manifests(_) => continue,
+                    // The hub cannot call an agent cluster's API server (no
+                    // TokenReview there): its proxies need `tokenIssuer`.
+                    ClusterSource::Agent { .. } => continue,
                     ClusterSource::Kubeconfig { path, context } => Origin::Kubeconfig {
                         path: path.clone(),
                         context: context.clone(),
