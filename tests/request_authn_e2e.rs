@@ -173,7 +173,7 @@ struct Fixture {
     gw_port: u16,
     backend: Backend,
     cp: ControlPlane,
-    envoy: Envoy,
+    _envoy: Envoy,
 }
 
 impl Fixture {
@@ -240,7 +240,7 @@ impl Fixture {
             gw_port,
             backend: backend,
             cp,
-            envoy,
+            _envoy: envoy,
         };
         f.wait_status(None, 200).await;
         f
