@@ -1076,4 +1076,38 @@ config:
             .to_string()
             .contains("not in clusters"));
     }
+
+    #[test]
+    fn path_normalization_debug_auth_and_jwks_refresh() {
+        let base = Path::new("/m");
+        let d = MeshConfig::parse("", base).unwrap();
+        assert_eq!(d.path_normalization, PathNormalization::Base);
+        assert_eq!(d.tunables.jwks_refresh, Duration::from_secs(1200));
+        assert_eq!(d.debug_auth, DebugAuth::default());
+        assert!(!d.debug_auth.required_on(&"127.0.0.1:1".parse().unwrap()));
+        assert!(d.debug_auth.required_on(&"10.0.0.1:1".parse().unwrap()));
+        let m = MeshConfig::parse(
+            "clusters: [{name: c1, manifests: x}]\n\
+             pathNormalization: {normalization: DECODE_AND_MERGE_SLASHES}\n\
+             tunables: {jwksRefreshMs: 1500}\n\
+             debugAuth: {required: true, tokenFile: tok, serviceAccounts: [c1/istio-system/ops]}\n",
+            base,
+        )
+        .unwrap();
+        assert_eq!(m.path_normalization, PathNormalization::DecodeAndMergeSlashes);
+        assert_eq!(m.tunables.jwks_refresh, Duration::from_millis(1500));
+        assert_eq!(m.debug_auth.token_file.as_deref(), Some(Path::new("/m/tok")));
+        assert_eq!(m.debug_auth.service_accounts[0].name, "ops");
+        assert!(m.debug_auth.required_on(&"127.0.0.1:1".parse().unwrap()));
+        for (bad, why) in [
+            ("pathNormalization: {normalization: FULL}\n", "is not one of NONE"),
+            ("tunables: {jwksRefreshMs: 0}\n", "jwksRefreshMs"),
+            ("debugAuth: {serviceAccounts: [ops]}\n", "CLUSTER/NAMESPACE/SERVICEACCOUNT"),
+            ("debugAuth: {serviceAccounts: [zz/ns/ops]}\n", "not in clusters"),
+            ("debugAuth: {token: abc}\n", "unknown field"),
+        ] {
+            let e = MeshConfig::parse(bad, base).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
 }
