@@ -436,7 +436,7 @@ pub const DEFAULT_REMOTE_SECRET_NAMESPACE: &str = "crossmesh-system";
 
 /// A duration as written in the mesh file: a positive integer with the unit `ms`,
 /// `s`, `m` or `h` (`500ms`, `60s`, `2m`).
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
         .find(|c: char| !c.is_ascii_digit())

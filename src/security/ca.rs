@@ -936,6 +936,93 @@ impl Ca {
     }
 }
 
+/// A member-cluster agent's client certificate (`Ca::sign_agent_csr`).
+#[derive(Debug, Clone)]
+pub struct AgentCert {
+    /// The certificate, then the CA's chain (PEM).
+    pub cert_chain_pem: String,
+    /// Its URI SAN, [`agent_uri`].
+    pub uri: String,
+    pub serial_hex: String,
+    pub not_after: SystemTime,
+}
+
+/// Path prefix of an agent's SPIFFE ID, after the trust domain. Workload IDs are
+/// `/ns/..`, so the two can never be mistaken for each other.
+pub const AGENT_ID_PATH: &str = "/crossmesh/cluster/";
+
+/// The identity of cluster `cluster`'s agent:
+/// `spiffe://<trust domain>/crossmesh/cluster/<cluster>`.
+pub fn agent_uri(trust_domain: &str, cluster: &str) -> String {
+    format!("spiffe://{trust_domain}{AGENT_ID_PATH}{cluster}")
+}
+
+impl Ca {
+    /// Sign an agent's PKCS#10 request (PEM) for cluster `cluster`: only the
+    /// request's public key is used; the certificate has an empty subject, the
+    /// URI SAN [`agent_uri`] and client-auth usage only, and lives `workload_ttl`
+    /// (never past the signing certificate).
+    pub fn sign_agent_csr(&self, cluster: &str, csr_pem: &str) -> Result<AgentCert, CaError> {
+        let uri = agent_uri(&self.trust_domain, cluster);
+        let fail = |reason: String| CaError::Issue {
+            subject: uri.clone(),
+            reason,
+        };
+        let ok_name = !cluster.is_empty()
+            && cluster.len() <= 253
+            && cluster
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+        if !ok_name {
+            return Err(fail(format!(
+                "cluster name {cluster:?} cannot be a SPIFFE ID segment"
+            )));
+        }
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| fail(format!("not a PKCS#10 certificate request: {e}")))?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        let uri_san = uri
+            .as_str()
+            .try_into()
+            .map_err(|e| fail(format!("not an IA5 string: {e}")))?;
+        params.subject_alt_names = vec![SanType::URI(uri_san)];
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        let now = SystemTime::now();
+        let not_before = round_down_secs(now - MAX_CLOCK_SKEW.min(self.ttl / 10));
+        let not_after = (now + self.ttl).min(self.signing_not_after);
+        if not_after <= now {
+            return Err(fail("the signing certificate has expired".into()));
+        }
+        let not_after = round_down_secs(not_after);
+        params.not_before = not_before.into();
+        params.not_after = not_after.into();
+        let serial = random_serial().map_err(fail)?;
+        let serial_hex = hex(serial.to_bytes().as_slice());
+        params.serial_number = Some(serial);
+        csr.params = params;
+        let cert = csr
+            .signed_by(&self.issuer)
+            .map_err(|e| fail(e.to_string()))?;
+        let mut chain = cert.pem();
+        chain.push_str(&self.chain_pem);
+        Ok(AgentCert {
+            cert_chain_pem: chain,
+            uri,
+            serial_hex,
+            not_after,
+        })
+    }
+
+    /// The mesh's trust domain.
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+}
+
 fn round_down_secs(t: SystemTime) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(unix_secs(t).max(0) as u64)
 }

@@ -1,6 +1,7 @@
 //! Mesh identity: the CA that issues workload certificates (`ca`) and the
 //! authentication of proxies by their service-account tokens (`authn`).
 
+pub mod agent_tokens;
 pub mod authn;
 pub mod ca;
 pub mod ca_store;
