@@ -238,7 +238,7 @@ impl Fixture {
             subnet,
             mesh,
             gw_port,
-            backend: backend,
+            backend,
             cp,
             _envoy: envoy,
         };
