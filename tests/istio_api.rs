@@ -1,5 +1,6 @@
 //! Istio's networking API as Istio documents it: every field path of `Gateway`,
-//! `VirtualService`, `DestinationRule` and `Sidecar` is accepted by crossmesh's
+//! `VirtualService`, `DestinationRule`, `Sidecar` (and of `AuthorizationPolicy`,
+//! `security/v1beta1/authorization.proto`) is accepted by crossmesh's
 //! parser under its documented name and kept (not dropped), a misspelt name is
 //! rejected naming it, and the fields crossmesh rejects on purpose
 //! (docs/ISTIO_SUPPORT.md) are rejected with their reason, never as an unknown
@@ -19,7 +20,8 @@ use std::process::Command;
 use serde_json::{json, Map, Value};
 
 use crossmesh::model::istio::{
-    parse_object, DestinationRule, Gateway, Rejection, Sidecar, VirtualService,
+    parse_object, AuthorizationPolicy, DestinationRule, Gateway, Rejection, Sidecar,
+    VirtualService,
 };
 
 /// (kind, field path, a valid YAML value). Every message and leaf field of the
@@ -683,6 +685,51 @@ const FIELDS: &[(&str, &str, &str)] = &[
     ("Sidecar", "outboundTrafficPolicy.egressProxy.subset", "x"),
     ("Sidecar", "outboundTrafficPolicy.egressProxy.port", "{}"),
     ("Sidecar", "outboundTrafficPolicy.egressProxy.port.number", "1"),
+    // AuthorizationPolicy (security.istio.io, `security/v1beta1/authorization.proto`)
+    ("AuthorizationPolicy", "selector", "{}"),
+    ("AuthorizationPolicy", "selector.matchLabels{}", "x"),
+    ("AuthorizationPolicy", "targetRef", "{}"),
+    ("AuthorizationPolicy", "targetRef.group", "x"),
+    ("AuthorizationPolicy", "targetRef.kind", "x"),
+    ("AuthorizationPolicy", "targetRef.name", "x"),
+    ("AuthorizationPolicy", "targetRef.namespace", "x"),
+    ("AuthorizationPolicy", "targetRefs[]", "{}"),
+    ("AuthorizationPolicy", "targetRefs[].group", "x"),
+    ("AuthorizationPolicy", "targetRefs[].kind", "x"),
+    ("AuthorizationPolicy", "targetRefs[].name", "x"),
+    ("AuthorizationPolicy", "targetRefs[].namespace", "x"),
+    ("AuthorizationPolicy", "rules[]", "{}"),
+    ("AuthorizationPolicy", "rules[].from[]", "{}"),
+    ("AuthorizationPolicy", "rules[].from[].source", "{}"),
+    ("AuthorizationPolicy", "rules[].from[].source.principals[]", "x"),
+    ("AuthorizationPolicy", "rules[].from[].source.notPrincipals[]", "x"),
+    ("AuthorizationPolicy", "rules[].from[].source.requestPrincipals[]", "x"),
+    ("AuthorizationPolicy", "rules[].from[].source.notRequestPrincipals[]", "x"),
+    ("AuthorizationPolicy", "rules[].from[].source.namespaces[]", "x"),
+    ("AuthorizationPolicy", "rules[].from[].source.notNamespaces[]", "x"),
+    ("AuthorizationPolicy", "rules[].from[].source.serviceAccounts[]", "x"),
+    ("AuthorizationPolicy", "rules[].from[].source.notServiceAccounts[]", "x"),
+    ("AuthorizationPolicy", "rules[].from[].source.ipBlocks[]", "x"),
+    ("AuthorizationPolicy", "rules[].from[].source.notIpBlocks[]", "x"),
+    ("AuthorizationPolicy", "rules[].from[].source.remoteIpBlocks[]", "x"),
+    ("AuthorizationPolicy", "rules[].from[].source.notRemoteIpBlocks[]", "x"),
+    ("AuthorizationPolicy", "rules[].to[]", "{}"),
+    ("AuthorizationPolicy", "rules[].to[].operation", "{}"),
+    ("AuthorizationPolicy", "rules[].to[].operation.hosts[]", "x"),
+    ("AuthorizationPolicy", "rules[].to[].operation.notHosts[]", "x"),
+    ("AuthorizationPolicy", "rules[].to[].operation.ports[]", "x"),
+    ("AuthorizationPolicy", "rules[].to[].operation.notPorts[]", "x"),
+    ("AuthorizationPolicy", "rules[].to[].operation.methods[]", "x"),
+    ("AuthorizationPolicy", "rules[].to[].operation.notMethods[]", "x"),
+    ("AuthorizationPolicy", "rules[].to[].operation.paths[]", "x"),
+    ("AuthorizationPolicy", "rules[].to[].operation.notPaths[]", "x"),
+    ("AuthorizationPolicy", "rules[].when[]", "{}"),
+    ("AuthorizationPolicy", "rules[].when[].key", "x"),
+    ("AuthorizationPolicy", "rules[].when[].values[]", "x"),
+    ("AuthorizationPolicy", "rules[].when[].notValues[]", "x"),
+    ("AuthorizationPolicy", "action", "DENY"),
+    ("AuthorizationPolicy", "provider", "{}"),
+    ("AuthorizationPolicy", "provider.name", "x"),
 ];
 
 /// Fields crossmesh rejects on purpose: (kind, path pattern, value to set or
@@ -731,6 +778,8 @@ const REJECTED: &[(&str, &str, Option<&str>, &str)] = &[
     ("Sidecar", "http.http2KeepAlive", None, "HTTP/2 keepalive pings are not implemented"),
     ("Sidecar", "outboundTrafficPolicy.egressProxy", None, "egress proxies are not implemented"),
     ("Sidecar", "egress[].hosts[]", Some("~prod/*"), "host exclusions"),
+    // AuthorizationPolicy
+    ("AuthorizationPolicy", "provider", None, "provider is only for action CUSTOM"),
 ];
 
 /// Whether table path `path` is, or lies under, the field `pattern` names.
@@ -777,6 +826,7 @@ const REQUIRED: &[(&str, &str, &str)] = &[
     ("Sidecar", "egress[]", "{hosts: ['./*']}"),
     ("Sidecar", "port", "{number: 80}"),
     ("Sidecar", "egressProxy", "{host: a}"),
+    ("AuthorizationPolicy", "when[]", "{key: source.ip}"),
 ];
 
 fn yaml(v: &str) -> Value {
@@ -892,13 +942,18 @@ fn round_trip(kind: &str, spec: Value) -> Result<Value, String> {
         "VirtualService" => rt::<VirtualService>(spec),
         "DestinationRule" => rt::<DestinationRule>(spec),
         "Sidecar" => rt::<Sidecar>(spec),
+        "AuthorizationPolicy" => rt::<AuthorizationPolicy>(spec),
         other => panic!("kind {other}"),
     }
 }
 
 fn object(kind: &str, spec: Value) -> Value {
+    let group = match kind {
+        "AuthorizationPolicy" => "security.istio.io",
+        _ => "networking.istio.io",
+    };
     json!({
-        "apiVersion": "networking.istio.io/v1",
+        "apiVersion": format!("{group}/v1"),
         "kind": kind,
         "metadata": {"name": "t", "namespace": "prod"},
         "spec": spec,

@@ -166,7 +166,13 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext, identity: bool) -> Generated {
                 vec![filter_chain(Vec::new(), hcm)],
             ));
         } else {
-            let chains = l4_filter_chains(port, &ps, proxy, ctx, &mut used);
+            let mut chains = l4_filter_chains(port, &ps, proxy, ctx, &mut used);
+            // AuthorizationPolicy's network RBAC ahead of the TCP proxy, as
+            // istiod builds gateway TCP and TLS-passthrough servers.
+            let rbac = super::security::network_filters(proxy, ctx);
+            for fc in &mut chains {
+                fc.filters.splice(0..0, rbac.iter().cloned());
+            }
             if !chains.is_empty() {
                 out.listeners.push(listener(
                     BIND_ADDRESS,

@@ -41,7 +41,7 @@ pub struct AuthorizationPolicy {
     pub action: Action,
     /// CUSTOM's ext_authz provider; rejected (no providers in the mesh file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub provider: Option<serde_json::Value>,
+    pub provider: Option<Provider>,
     /// From the `istio.io/dry-run` annotation: the rules are shadow rules.
     #[serde(skip_deserializing, skip_serializing_if = "is_false")]
     pub dry_run: bool,
@@ -53,6 +53,14 @@ pub struct AuthorizationPolicy {
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+/// `AuthorizationPolicy.ExtensionProvider`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Provider {
+    #[serde(default)]
+    pub name: String,
 }
 
 /// `AuthorizationPolicy.Action`.
