@@ -311,6 +311,16 @@ async fn simple_mutual_sni_redirect_and_bad_secrets_leave_only_their_server_out(
             "{secret}: {warnings:?}"
         );
     }
+    // The control plane's log says, for this gateway, which chain was left out
+    // and why.
+    let log = f.cp.log();
+    assert!(
+        log.lines().any(|l| l.contains("left out")
+            && l.contains(&format!("https.{}.https-c.edge", f.https_port))
+            && l.contains("Secret istio-system/c-cert not found in cluster cluster1")),
+        "no omission logged for c.example.com"
+    );
+    assert!(!log.contains("PRIVATE KEY"), "a private key in the log");
     // No private key in the config dump crossmesh serves for the gateway.
     let dump = f
         .cp

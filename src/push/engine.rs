@@ -269,12 +269,29 @@ impl State {
             new,
             old,
         );
-        ClassMaps {
+        let maps = ClassMaps {
             clusters: reuse_if_equal(previous.map(|p| &p.clusters), clusters),
             listeners: reuse_if_equal(previous.map(|p| &p.listeners), listeners),
             routes: reuse_if_equal(previous.map(|p| &p.routes), routes),
             secrets: reuse_if_equal(previous.map(|p| &p.secrets), secrets),
+        };
+        // Said once per change of what the class gets, not on every push.
+        let changed = previous.is_none_or(|p| {
+            !Arc::ptr_eq(&p.clusters, &maps.clusters) || !Arc::ptr_eq(&p.listeners, &maps.listeners)
+        });
+        if changed {
+            for o in &g.omitted {
+                warn!(
+                    proxy = %proxy.id,
+                    cluster = %proxy.cluster_id,
+                    namespace = %proxy.namespace,
+                    left_out = %o.what,
+                    reason = %o.reason,
+                    "credentialName: left out of the proxy's config (it cannot get the Secret)"
+                );
+            }
         }
+        maps
     }
 
     fn snapshot(seq: u64, maps: &ClassMaps, eds: &ResourceMap) -> Arc<ProxySnapshot> {

@@ -54,6 +54,9 @@ pub struct Generated {
     /// listeners name (`credentials::resolve`); the workload's own `default`
     /// and `ROOTCA` are per proxy and not here.
     pub secrets: Vec<Secret>,
+    /// Clusters and filter chains left out because the proxy cannot get the
+    /// Secret they name, with why (logged by the push engine).
+    pub omitted: Vec<credentials::Omission>,
 }
 
 /// The endpoints of one EDS cluster (`outbound|PORT|SUBSET|HOST`).
@@ -116,8 +119,9 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext) -> Generated {
         ProxyRole::Sidecar => sidecar::generate(proxy, ctx, identity),
     };
     listener::normalize_paths(&mut g.listeners, ctx.mesh.path_normalization);
-    let (secrets, _omitted) = credentials::resolve(&mut g.clusters, &mut g.listeners, proxy, ctx);
+    let (secrets, omitted) = credentials::resolve(&mut g.clusters, &mut g.listeners, proxy, ctx);
     g.secrets = secrets;
+    g.omitted = omitted;
     g
 }
 
