@@ -578,7 +578,7 @@ mod tests {
     #[test]
     fn every_seed004_document_is_accepted_as_written() {
         let d = seed004();
-        assert_eq!(d.len(), 18);
+        assert_eq!(d.len(), 19);
         assert_eq!(validate_docs(&d), Vec::<Problem>::new());
         let mut store = ConfigStore::default();
         assert!(store.replace_source("istio", d.clone()));
@@ -586,6 +586,7 @@ mod tests {
         assert_eq!(snap.gateways.len(), 2);
         assert_eq!(snap.virtual_services.len(), 6);
         assert_eq!(snap.destination_rules.len(), 10);
+        assert_eq!(snap.authorization_policies.len(), 1);
         // Same content again: nothing changed.
         assert!(!store.replace_source("istio", d));
     }
