@@ -580,11 +580,12 @@ pub async fn serve(mesh: MeshConfig) -> anyhow::Result<()> {
     // The keys of RequestAuthentication `jwksUri`s, fetched beside translation;
     // a change is a full push.
     let jwks_task = {
-        let (read, write) = (registry.clone(), registry.clone());
+        let (read, write, report) = (registry.clone(), registry.clone(), registry.clone());
         tokio::spawn(
             crate::security::jwks::run(
                 move || crate::push::ContextSource::config(&*read),
                 move |keys| write.set_jwks(keys),
+                move |errors| report.set_jwks_errors(errors),
                 mesh.tunables.jwks_refresh,
             )
             .instrument(info_span!("jwks")),

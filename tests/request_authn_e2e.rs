@@ -434,6 +434,30 @@ async fn jwks_uri_tokens_checked_rotated_and_kept_on_failure() {
         f.cp.log().contains("JWKS fetch failed"),
         "the failed fetch is logged"
     );
+    // /debug/configz warns on the rule, saying the last keys stay in force.
+    wait_for(
+        "configz warns about the failing jwksUri",
+        CONVERGE,
+        || async {
+            let j = f.cp.json("/debug/configz").await?;
+            let hit = j["warnings"].as_array().is_some_and(|w| {
+                w.iter().any(|w| {
+                    w["name"] == "jwt"
+                        && w["field"] == "spec.jwtRules[0].jwksUri"
+                        && w["message"].as_str().is_some_and(|m| {
+                            m.contains("HTTP status 500")
+                                && m.contains("last keys fetched stay in force")
+                        })
+                })
+            });
+            if hit {
+                Ok(())
+            } else {
+                Err(j["warnings"].to_string())
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -509,6 +533,28 @@ spec:
     let good = k.sign(&claims(ISSUER, "dave", AUDIENCE, 3600));
     f.wait_status(Some(&good), 401).await;
     assert_eq!(f.status(None).await, (200, "web-0".into()));
+    // The rule with no keys is a warning on /debug/configz, saying so.
+    wait_for(
+        "configz warns that no keys were fetched",
+        CONVERGE,
+        || async {
+            let j = f.cp.json("/debug/configz").await?;
+            let hit = j["warnings"].as_array().is_some_and(|w| {
+                w.iter().any(|w| {
+                    w["name"] == "jwt"
+                        && w["message"]
+                            .as_str()
+                            .is_some_and(|m| m.contains("no keys fetched yet"))
+                })
+            });
+            if hit {
+                Ok(())
+            } else {
+                Err(j["warnings"].to_string())
+            }
+        },
+    )
+    .await;
     // The bad policy is rejected alone, naming the field and why.
     wait_for("configz rejects test/broken", CONVERGE, || async {
         let j = f.cp.json("/debug/configz").await?.to_string();

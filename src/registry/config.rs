@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::metrics::{metrics, KindLabel};
 use crate::model::istio::authorization_policy;
-use crate::model::istio::request_authentication::FetchedJwks;
+use crate::model::istio::request_authentication::{FetchedJwks, JwksSource};
 use crate::model::istio::validate::validate;
 use crate::model::istio::{
     host_intersection, labels_match, parse_object, resolve_gateway_name, ConfigSnapshot,
@@ -103,6 +103,8 @@ pub struct ConfigStore {
     snapshot: Arc<ConfigSnapshot>,
     /// Keys fetched for RequestAuthentication `jwksUri`s (`security::jwks`).
     jwks: Arc<FetchedJwks>,
+    /// Why the last fetch of a JWKS source failed (none once it succeeds).
+    jwks_errors: BTreeMap<JwksSource, String>,
 }
 
 impl Default for ConfigStore {
@@ -122,6 +124,7 @@ impl ConfigStore {
             duplicates: Vec::new(),
             snapshot: Arc::new(ConfigSnapshot::new(domain_suffix, [])),
             jwks: Arc::default(),
+            jwks_errors: BTreeMap::new(),
         }
     }
 
@@ -193,6 +196,12 @@ impl ConfigStore {
         true
     }
 
+    /// Replace the reasons JWKS sources failed to fetch (shown as warnings on
+    /// the RequestAuthentications that use them; no push).
+    pub fn set_jwks_errors(&mut self, errors: BTreeMap<JwksSource, String>) {
+        self.jwks_errors = errors;
+    }
+
     /// Replace the fetched JWKS keys. Returns true (a push is needed) when they
     /// differ from those in force.
     pub fn set_jwks(&mut self, jwks: FetchedJwks) -> bool {
@@ -258,6 +267,7 @@ impl ConfigStore {
         }
         cross_object_warnings(&self.snapshot, &self.in_force, services, &mut warnings);
         identity_warnings(&self.in_force, &mut warnings);
+        self.jwks_warnings(&mut warnings);
         ConfigStatus {
             in_force: self
                 .in_force
@@ -274,6 +284,40 @@ impl ConfigStore {
                 .collect(),
             rejected: self.rejections().cloned().collect(),
             warnings,
+        }
+    }
+}
+
+impl ConfigStore {
+    /// A RequestAuthentication rule whose keys could not be fetched: with the
+    /// last good keys still in force, or with none (every token refused).
+    fn jwks_warnings(&self, out: &mut Vec<Warning>) {
+        for obj in &self.in_force {
+            let IstioObject::RequestAuthentication(c) = obj else {
+                continue;
+            };
+            for (i, rule) in c.spec.jwt_rules.iter().enumerate() {
+                let Some(src) = rule.remote_source() else {
+                    continue;
+                };
+                let Some(err) = self.jwks_errors.get(&src) else {
+                    continue;
+                };
+                let field = match src {
+                    JwksSource::Uri(_) => format!("spec.jwtRules[{i}].jwksUri"),
+                    JwksSource::Discovery(_) => format!("spec.jwtRules[{i}].issuer"),
+                };
+                let effect = if self.jwks.contains_key(&src) {
+                    "the last keys fetched stay in force"
+                } else {
+                    "no keys fetched yet: every token of this issuer is refused"
+                };
+                out.push(Warning::about(
+                    obj,
+                    field,
+                    format!("fetching the keys from {src} failed ({err}); {effect}"),
+                ));
+            }
         }
     }
 }

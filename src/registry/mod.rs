@@ -1200,6 +1200,17 @@ impl Registry {
         changed
     }
 
+    /// Why JWKS sources failed to fetch (warnings on `/debug/configz`).
+    pub fn set_jwks_errors(
+        &self,
+        errors: std::collections::BTreeMap<
+            crate::model::istio::request_authentication::JwksSource,
+            String,
+        >,
+    ) {
+        self.config_store().set_jwks_errors(errors);
+    }
+
     /// Drop everything a config source contributed (e.g. its cluster left).
     pub fn remove_config_source(&self, source: &str) -> bool {
         let changed = self.config_store().remove_source(source);

@@ -88,16 +88,20 @@ pub fn sources(config: &ConfigSnapshot) -> BTreeMap<JwksSource, Duration> {
 #[derive(Debug)]
 struct Entry {
     keys: Option<Arc<str>>,
+    /// Why the last fetch failed.
+    error: Option<String>,
     next: Instant,
     failures: u32,
 }
 
 /// Runs until the task is dropped: reads the sources in force from
-/// `config()`, fetches what is due and publishes the keys with `publish`
-/// (which returns whether they changed).
+/// `config()`, fetches what is due, publishes the keys with `publish` (which
+/// returns whether they changed) and the reasons of the sources whose last
+/// fetch failed with `report`.
 pub async fn run(
     config: impl Fn() -> Arc<ConfigSnapshot>,
     publish: impl Fn(FetchedJwks) -> bool,
+    report: impl Fn(BTreeMap<JwksSource, String>),
     refresh: Duration,
 ) {
     let client = Client::new();
@@ -110,6 +114,7 @@ pub async fn run(
         for k in wanted.keys() {
             entries.entry(k.clone()).or_insert(Entry {
                 keys: None,
+                error: None,
                 next: now,
                 failures: 0,
             });
@@ -125,6 +130,7 @@ pub async fn run(
         )
         .await;
         let mut changed = before != entries.keys().cloned().collect();
+        let mut errors_changed = changed;
         for ((src, _), res) in due.into_iter().zip(results) {
             let Some(e) = entries.get_mut(&src) else {
                 continue;
@@ -138,6 +144,7 @@ pub async fn run(
                     }
                     e.failures = 0;
                     e.next = Instant::now() + refresh;
+                    errors_changed |= e.error.take().is_some();
                 }
                 Err(err) => {
                     let wait = retry_after(refresh, e.failures);
@@ -145,6 +152,9 @@ pub async fn run(
                     e.next = Instant::now() + wait;
                     tracing::warn!(source = %src, error = %err, retry_in = ?wait,
                         kept_last_keys = e.keys.is_some(), "JWKS fetch failed");
+                    let reason = err.to_string();
+                    errors_changed |= e.error.as_deref() != Some(reason.as_str());
+                    e.error = Some(reason);
                 }
             }
         }
@@ -153,6 +163,14 @@ pub async fn run(
                 entries
                     .iter()
                     .filter_map(|(k, e)| e.keys.clone().map(|v| (k.clone(), v)))
+                    .collect(),
+            );
+        }
+        if errors_changed {
+            report(
+                entries
+                    .iter()
+                    .filter_map(|(k, e)| e.error.clone().map(|v| (k.clone(), v)))
                     .collect(),
             );
         }

@@ -995,6 +995,16 @@ spec:
                 .collect(),
         );
         let status = store.status(&Default::default());
+        // The stand-ins are listed in force, marked.
+        let stand_ins: Vec<String> = status
+            .in_force
+            .iter()
+            .filter(|o| {
+                serde_json::to_value(&o.object).is_ok_and(|v| v["spec"]["failClosed"] == true)
+            })
+            .map(|o| o.name.clone())
+            .collect();
+        assert_eq!(stand_ins, ["broken-allow", "broken-deny", "custom"]);
         let rejected: std::collections::BTreeSet<(&str, bool)> = status
             .rejected
             .iter()

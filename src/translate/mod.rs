@@ -11,7 +11,10 @@
 //! - `sidecar.rs` — the same builders for sidecar proxies (REDIRECT and NONE);
 //! - `mtls.rs` — PeerAuthentication inbound chains, auto mTLS and
 //!   DestinationRule `tls` (only for proxies with an identity where the
-//!   workload certificate is needed).
+//!   workload certificate is needed);
+//! - `security.rs` — the filters that authenticate and authorize inbound and
+//!   gateway traffic: `jwt.rs` (RequestAuthentication) and `authz.rs`
+//!   (AuthorizationPolicy as Envoy RBAC).
 //! `proto.rs` holds the small Envoy builders everything shares.
 
 pub mod authz;
