@@ -1005,19 +1005,63 @@ spec:
             .map(|o| o.name.clone())
             .collect();
         assert_eq!(stand_ins, ["broken-allow", "broken-deny", "custom"]);
-        let rejected: std::collections::BTreeSet<(&str, bool)> = status
+        // Each rejected alone, naming the field and why, and saying whether it
+        // fails closed.
+        let rejected: std::collections::BTreeSet<(&str, &str, &str, bool)> = status
             .rejected
             .iter()
-            .map(|r| (r.name.as_str(), r.reason.contains("fail closed")))
+            .map(|r| {
+                let why = [
+                    "unknown field `path`",
+                    "is allowed only alone, as a prefix or as a suffix",
+                    "unknown condition key \"source.user\"",
+                    "is not an IP address or CIDR block",
+                    "CUSTOM (ext_authz) is not supported",
+                ]
+                .into_iter()
+                .find(|w| r.reason.contains(w))
+                .unwrap_or("?");
+                (
+                    r.name.as_str(),
+                    r.field.as_str(),
+                    why,
+                    r.reason.contains("fail closed"),
+                )
+            })
             .collect();
         assert_eq!(
             rejected,
             [
-                ("broken-allow", true),
-                ("broken-audit", false),
-                ("broken-deny", true),
-                ("broken-dry-run", false),
-                ("custom", true)
+                (
+                    "broken-allow",
+                    "spec.rules[0].to[0].operation.path",
+                    "unknown field `path`",
+                    true
+                ),
+                (
+                    "broken-audit",
+                    "spec.rules[0].from[0].source.ipBlocks[0]",
+                    "is not an IP address or CIDR block",
+                    false
+                ),
+                (
+                    "broken-deny",
+                    "spec.rules[0].to[0].operation.paths[0]",
+                    "is allowed only alone, as a prefix or as a suffix",
+                    true
+                ),
+                (
+                    "broken-dry-run",
+                    "spec.rules[0].when[0].key",
+                    "unknown condition key \"source.user\"",
+                    false
+                ),
+                (
+                    "custom",
+                    "spec.action",
+                    "CUSTOM (ext_authz) is not supported",
+                    true
+                )
             ]
             .into()
         );
