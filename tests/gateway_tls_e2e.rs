@@ -404,10 +404,10 @@ async fn rotated_secret_is_served_in_place_with_no_failed_request() {
         })
     };
     wait_for("the loop is running", CONVERGE, || async {
-        if ok.load(Ordering::SeqCst) >= 5 {
+        if ok.load(Ordering::SeqCst) >= 20 {
             Ok(())
         } else {
-            Err("fewer than 5 requests".to_string())
+            Err("fewer than 20 requests".to_string())
         }
     })
     .await;
@@ -422,6 +422,7 @@ async fn rotated_secret_is_served_in_place_with_no_failed_request() {
         "secrets.yaml",
         &secrets_yaml(&a2, &b, &f.client_ca.pem, &d, &other),
     );
+    let written = std::time::Instant::now();
     wait_for("the rotated certificate is served", CONVERGE, || async {
         if rotated_seen.load(Ordering::SeqCst) {
             Ok(())
@@ -433,19 +434,25 @@ async fn rotated_secret_is_served_in_place_with_no_failed_request() {
         }
     })
     .await;
+    // A figure, not an assertion (TESTING.md): Secret file written -> served.
+    eprintln!(
+        "rotated certificate served {:?} after the Secret was written",
+        written.elapsed()
+    );
     // Keep the loop going a little past the switch.
     let after = ok.load(Ordering::SeqCst);
     wait_for("requests after the rotation", CONVERGE, || async {
-        if ok.load(Ordering::SeqCst) >= after + 10 {
+        if ok.load(Ordering::SeqCst) >= after + 50 {
             Ok(())
         } else {
-            Err("fewer than 10 requests after the rotation".to_string())
+            Err("fewer than 50 requests after the rotation".to_string())
         }
     })
     .await;
     stop.store(true, Ordering::SeqCst);
     looper.await.expect("loop");
     let (ok, failed) = (ok.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    eprintln!("{ok} requests during the rotation, {failed} failed");
     assert_eq!(
         failed,
         0,
