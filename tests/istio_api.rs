@@ -1,6 +1,7 @@
 //! Istio's networking API as Istio documents it: every field path of `Gateway`,
 //! `VirtualService`, `DestinationRule`, `Sidecar` (and of `AuthorizationPolicy`,
-//! `security/v1beta1/authorization.proto`) is accepted by crossmesh's
+//! `security/v1beta1/authorization.proto`, and `RequestAuthentication`,
+//! `security/v1beta1/request_authentication.proto` with `jwt.proto`) is accepted by crossmesh's
 //! parser under its documented name and kept (not dropped), a misspelt name is
 //! rejected naming it, and the fields crossmesh rejects on purpose
 //! (docs/ISTIO_SUPPORT.md) are rejected with their reason, never as an unknown
@@ -20,8 +21,8 @@ use std::process::Command;
 use serde_json::{json, Map, Value};
 
 use crossmesh::model::istio::{
-    parse_object, AuthorizationPolicy, DestinationRule, Gateway, Rejection, Sidecar,
-    VirtualService,
+    parse_object, AuthorizationPolicy, DestinationRule, Gateway, Rejection, RequestAuthentication,
+    Sidecar, VirtualService,
 };
 
 /// (kind, field path, a valid YAML value). Every message and leaf field of the
@@ -730,6 +731,36 @@ const FIELDS: &[(&str, &str, &str)] = &[
     ("AuthorizationPolicy", "action", "DENY"),
     ("AuthorizationPolicy", "provider", "{}"),
     ("AuthorizationPolicy", "provider.name", "x"),
+    // RequestAuthentication (`security/v1beta1/request_authentication.proto`,
+    // `JWTRule` and friends from `security/v1beta1/jwt.proto`)
+    ("RequestAuthentication", "selector", "{}"),
+    ("RequestAuthentication", "selector.matchLabels{}", "x"),
+    ("RequestAuthentication", "targetRef", "{}"),
+    ("RequestAuthentication", "targetRef.group", "x"),
+    ("RequestAuthentication", "targetRef.kind", "x"),
+    ("RequestAuthentication", "targetRef.name", "x"),
+    ("RequestAuthentication", "targetRef.namespace", "x"),
+    ("RequestAuthentication", "targetRefs[]", "{}"),
+    ("RequestAuthentication", "targetRefs[].group", "x"),
+    ("RequestAuthentication", "targetRefs[].kind", "x"),
+    ("RequestAuthentication", "targetRefs[].name", "x"),
+    ("RequestAuthentication", "targetRefs[].namespace", "x"),
+    ("RequestAuthentication", "jwtRules[]", "{}"),
+    ("RequestAuthentication", "jwtRules[].issuer", "x"),
+    ("RequestAuthentication", "jwtRules[].audiences[]", "x"),
+    ("RequestAuthentication", "jwtRules[].jwksUri", "x"),
+    ("RequestAuthentication", "jwtRules[].jwks", "x"),
+    ("RequestAuthentication", "jwtRules[].fromHeaders[]", "{}"),
+    ("RequestAuthentication", "jwtRules[].fromHeaders[].name", "x"),
+    ("RequestAuthentication", "jwtRules[].fromHeaders[].prefix", "x"),
+    ("RequestAuthentication", "jwtRules[].fromParams[]", "x"),
+    ("RequestAuthentication", "jwtRules[].outputPayloadToHeader", "x"),
+    ("RequestAuthentication", "jwtRules[].fromCookies[]", "x"),
+    ("RequestAuthentication", "jwtRules[].forwardOriginalToken", "true"),
+    ("RequestAuthentication", "jwtRules[].outputClaimToHeaders[]", "{}"),
+    ("RequestAuthentication", "jwtRules[].outputClaimToHeaders[].header", "x"),
+    ("RequestAuthentication", "jwtRules[].outputClaimToHeaders[].claim", "x"),
+    ("RequestAuthentication", "jwtRules[].timeout", "1s"),
 ];
 
 /// Fields crossmesh rejects on purpose: (kind, path pattern, value to set or
@@ -780,6 +811,8 @@ const REJECTED: &[(&str, &str, Option<&str>, &str)] = &[
     ("Sidecar", "egress[].hosts[]", Some("~prod/*"), "host exclusions"),
     // AuthorizationPolicy
     ("AuthorizationPolicy", "provider", None, "provider is only for action CUSTOM"),
+    // RequestAuthentication
+    ("RequestAuthentication", "targetRefs[].kind", Some("Service"), "waypoint proxies"),
 ];
 
 /// Whether table path `path` is, or lies under, the field `pattern` names.
@@ -943,13 +976,14 @@ fn round_trip(kind: &str, spec: Value) -> Result<Value, String> {
         "DestinationRule" => rt::<DestinationRule>(spec),
         "Sidecar" => rt::<Sidecar>(spec),
         "AuthorizationPolicy" => rt::<AuthorizationPolicy>(spec),
+        "RequestAuthentication" => rt::<RequestAuthentication>(spec),
         other => panic!("kind {other}"),
     }
 }
 
 fn object(kind: &str, spec: Value) -> Value {
     let group = match kind {
-        "AuthorizationPolicy" => "security.istio.io",
+        "AuthorizationPolicy" | "RequestAuthentication" => "security.istio.io",
         _ => "networking.istio.io",
     };
     json!({
