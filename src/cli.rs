@@ -38,6 +38,61 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Print a Secret that lets crossmesh watch a member cluster's API server.
     CreateRemoteSecret(RemoteSecretArgs),
+    /// Run in a member cluster: watch it and stream what the mesh needs to the
+    /// hub's agent port (mesh file `clusters[].agent`).
+    Agent(AgentArgs),
+    /// Enrolment tokens of member-cluster agents.
+    #[command(subcommand)]
+    AgentToken(AgentTokenCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The hub's agent port (its mesh file's `agentAddress`), HOST:PORT.
+    #[arg(long, env = "CROSSMESH_HUB", value_name = "HOST:PORT")]
+    pub hub: String,
+    /// This cluster's name in the hub's mesh file.
+    #[arg(long, env = "CROSSMESH_CLUSTER", value_name = "NAME")]
+    pub cluster: String,
+    /// The enrolment token (`crossmesh agent-token create`), used once when
+    /// --state-dir holds no certificate yet.
+    #[arg(long, env = "CROSSMESH_TOKEN_FILE", value_name = "F")]
+    pub token_file: Option<PathBuf>,
+    /// The mesh's root certificate(s) (PEM): the hub's certificate must chain to one.
+    #[arg(long, env = "CROSSMESH_ROOT_CERT", value_name = "F")]
+    pub root_cert: PathBuf,
+    /// Kubeconfig of this cluster's API server; default: in-cluster credentials.
+    #[arg(long, env = "CROSSMESH_KUBECONFIG", value_name = "F")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Where the issued client certificate and key are kept.
+    #[arg(
+        long,
+        env = "CROSSMESH_STATE_DIR",
+        value_name = "DIR",
+        default_value = "/var/lib/crossmesh-agent"
+    )]
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentTokenCommand {
+    /// Print a single-use enrolment token for an agent cluster of the mesh file
+    /// (kept, hashed, under `<ca.stateDir>/agent-tokens`, where `serve` reads it).
+    Create(AgentTokenCreateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AgentTokenCreateArgs {
+    /// The hub's mesh file.
+    #[arg(long, env = "CROSSMESH_MESH", value_name = "FILE")]
+    pub mesh: PathBuf,
+    /// The agent cluster (`clusters[].agent`) the token enrols.
+    #[arg(long, env = "CROSSMESH_CLUSTER", value_name = "NAME")]
+    pub cluster: String,
+    /// How long the token can be used, e.g. `30m`, `1h`.
+    #[arg(long, env = "CROSSMESH_TTL", value_name = "DURATION", default_value = "1h",
+          value_parser = crate::config::parse_duration)]
+    pub ttl: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -388,6 +443,41 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 args.context.as_deref(),
             ))?;
             print!("{yaml}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Agent(a) => {
+            let opts = crate::agent::AgentOptions {
+                hub: a.hub,
+                cluster: a.cluster,
+                token_file: a.token_file,
+                root_cert: a.root_cert,
+                kubeconfig: a.kubeconfig,
+                state_dir: a.state_dir,
+            };
+            runtime()?.block_on(crate::agent::run(opts))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::AgentToken(AgentTokenCommand::Create(a)) => {
+            let mesh = MeshConfig::load(&a.mesh)?;
+            let is_agent = mesh.clusters.iter().any(|c| {
+                c.name == a.cluster
+                    && matches!(c.source, crate::config::ClusterSource::Agent { .. })
+            });
+            if !is_agent {
+                anyhow::bail!(
+                    "cluster {:?} is not an agent cluster of {} (clusters[] with agent:)",
+                    a.cluster,
+                    a.mesh.display()
+                );
+            }
+            let dir = crate::security::agent_tokens::token_dir(&mesh.ca.state_dir);
+            let token = crate::security::agent_tokens::create(
+                &dir,
+                &a.cluster,
+                a.ttl,
+                std::time::SystemTime::now(),
+            )?;
+            println!("{token}");
             Ok(ExitCode::SUCCESS)
         }
     }

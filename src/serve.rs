@@ -81,6 +81,8 @@ struct LiveState {
     connections: Arc<Connections>,
     /// Set once on a shutdown signal.
     draining: Arc<AtomicBool>,
+    /// The agent port's clusters (`agentAddress`), shown on `/debug/clusterz`.
+    agents: Option<Arc<crate::sources::agent::AgentHub>>,
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Value {
@@ -156,7 +158,11 @@ impl DebugState for LiveState {
     }
 
     fn clusterz(&self) -> Value {
-        to_json(&self.registry.clusterz())
+        let mut page = to_json(&self.registry.clusterz());
+        if let Some(agents) = &self.agents {
+            agents.annotate_clusterz(&mut page);
+        }
+        page
     }
 }
 
@@ -474,7 +480,7 @@ pub async fn serve(mesh: MeshConfig) -> anyhow::Result<()> {
     let mesh = Arc::new(mesh);
     // A generated root kept in a Kubernetes Secret: fetched into (or created
     // from) `ca.stateDir` before the CA reads it there.
-    if mesh.ca.configured || mesh.xds_tls_address.is_some() {
+    if mesh.ca.configured || mesh.xds_tls_address.is_some() || mesh.agent_address.is_some() {
         crate::security::ca_store::sync_state_dir(&mesh)
             .await
             .context("mesh CA")?;
@@ -539,16 +545,53 @@ pub async fn serve(mesh: MeshConfig) -> anyhow::Result<()> {
             Some((listener, security))
         }
     };
+    // Member-cluster agents (`agentAddress`): mutual TLS with the mesh CA in force.
+    let agent_port = match mesh.agent_address {
+        None => None,
+        Some(addr) => {
+            type CaFn = Arc<dyn Fn() -> Arc<crate::security::Ca> + Send + Sync>;
+            let ca: CaFn = match (&xds_tls, &mesh_ca) {
+                (Some((_, security)), _) => {
+                    let security = security.clone();
+                    Arc::new(move || security.ca())
+                }
+                (None, Some(ca)) => {
+                    let ca = ca.clone();
+                    Arc::new(move || ca.clone())
+                }
+                (None, None) => {
+                    let ca = Arc::new(
+                        crate::security::Ca::from_mesh(&mesh)
+                            .context("mesh CA (needed by agentAddress)")?,
+                    );
+                    Arc::new(move || ca.clone())
+                }
+            };
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for agents on {addr}"))?;
+            Some((listener, ca))
+        }
+    };
 
     let queue = PushQueue::new();
     let registry = Registry::new(mesh.clone(), queue.clone());
     let pusher = Pusher::new(registry.clone(), queue, mesh.tunables.clone());
     let ads = AdsServer::new(Arc::new(pusher.clone()));
     let draining = Arc::new(AtomicBool::new(false));
+    let agents = agent_port.as_ref().map(|(_, ca)| {
+        crate::sources::agent::AgentHub::new(
+            registry.clone(),
+            &mesh,
+            ca.clone(),
+            crate::sources::agent::AgentHubOptions::from_mesh(&mesh),
+        )
+    });
     let state = Arc::new(LiveState {
         registry: registry.clone(),
         connections: ads.connections(),
         draining: draining.clone(),
+        agents: agents.clone(),
     });
 
     // A plug-in CA is read again when its files change (`ca.reloadInterval`);
@@ -634,6 +677,27 @@ pub async fn serve(mesh: MeshConfig) -> anyhow::Result<()> {
             })
         }
     };
+    // The agent port stops with the xDS ports; a failure is logged (agent
+    // clusters then stay stale), the rest keeps serving.
+    let agent_task = match (agent_port, agents) {
+        (Some((listener, _)), Some(hub)) => {
+            let serve = crate::sources::agent::serve(
+                listener,
+                hub,
+                server_dns_names(&mesh),
+                stopped(xds_stop_rx.clone()),
+            );
+            Some(tokio::spawn(
+                async move {
+                    if let Err(e) = serve.await {
+                        tracing::error!(error = %e, "the agent port stopped");
+                    }
+                }
+                .instrument(info_span!("agents")),
+            ))
+        }
+        _ => None,
+    };
     let mut xds_task = tokio::spawn(
         crate::xds::server::serve(xds_listener, ads, stopped(xds_stop_rx))
             .instrument(info_span!("xds")),
@@ -683,6 +747,9 @@ pub async fn serve(mesh: MeshConfig) -> anyhow::Result<()> {
     }
     let _ = xds_stop.send(true);
     drop(sources);
+    if let Some(t) = &agent_task {
+        t.abort();
+    }
     push_task.abort();
     jwks_task.abort();
     if !xds_task.is_finished() || !xds_tls_task.is_finished() {

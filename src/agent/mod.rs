@@ -1,7 +1,891 @@
 //! `crossmesh agent`: the member-cluster side of the agent protocol
 //! (`proto/crossmesh/agent/v1/agent.proto`, DESIGN.md §5). It runs inside a member
 //! cluster, watches the objects the mesh needs there with the kube source's
-//! watchers and slimming (`sources::kube`), and streams them to the hub, which
-//! never holds a credential for this cluster.
+//! watchers and slimming (`sources::kube::streams`), and streams them to the hub,
+//! which never holds a credential for this cluster.
+//!
+//! Flow:
+//! - Identity: the client certificate and key in `--state-dir`
+//!   (`cert-chain.pem`, `key.pem`); without them the agent enrols once with the
+//!   single-use token of `--token-file` and a CSR of a key it generates (the key
+//!   never leaves the agent). At half life it asks the hub for a new certificate
+//!   (`Renew`, authenticated by the current one).
+//! - Inventory: the watchers keep a map of the slimmed objects (their JSON) per
+//!   kind and a set of keys changed since they were last sent. Watches run for
+//!   the whole life of the process and resume from resource versions (kube-rs),
+//!   whether or not the hub is reachable.
+//! - Stream: per connection, Hello -> Welcome, then a snapshot of every kind from
+//!   the inventory (each ending with its end-of-snapshot marker), then deltas: the
+//!   current state of every changed key (coalesced: an object changed ten times
+//!   while the window was full is sent once). At most `Welcome.window_messages`
+//!   batches and `window_bytes` bytes are unacknowledged at any time; batches stay
+//!   under `max_message_bytes`.
+//! - Failure: a lost stream (error, or nothing from the hub for three heartbeat
+//!   intervals) is reopened after a jittered backoff (500 ms doubling to 10 s) and
+//!   starts with a full snapshot again.
 
 pub mod proto;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+use kube::runtime::watcher;
+use prost::Message as _;
+use tokio::sync::{mpsc, Notify};
+use tonic::transport::{Channel, Endpoint, Uri};
+use tracing::{debug, info, warn};
+use zeroize::Zeroizing;
+
+use crate::registry::{Kind, KubeObject};
+use crate::sources::agent::{wire_kind, KINDS, MISSED_HEARTBEATS};
+use crate::sources::kube::{self as kube_source, object_key};
+use proto::agent_service_client::AgentServiceClient;
+use proto::{
+    agent_message, change, hub_message, AgentMessage, Batch, Change, EnrollRequest, Heartbeat,
+    Hello, RenewRequest, PROTOCOL_VERSION,
+};
+
+/// Certificate chain file in the state directory.
+pub const CERT_FILE: &str = "cert-chain.pem";
+/// Private key file in the state directory (mode 0600).
+pub const KEY_FILE: &str = "key.pem";
+/// First reconnect delay; doubles per failure up to [`RECONNECT_MAX`], jittered.
+pub const RECONNECT_MIN: Duration = Duration::from_millis(500);
+/// Longest reconnect delay.
+pub const RECONNECT_MAX: Duration = Duration::from_secs(10);
+/// Changes per batch at most (a batch also stays under half the hub's limit).
+const MAX_CHANGES_PER_BATCH: usize = 500;
+/// How long the hub has to answer Hello.
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("--hub {0:?}: expected HOST:PORT")]
+    HubAddress(String),
+    #[error("{path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("no client certificate in {state_dir} and no --token-file to enrol with")]
+    NoToken { state_dir: PathBuf },
+    #[error("enrolment refused by the hub: {0}")]
+    Enrol(String),
+    #[error("{0}")]
+    Tls(String),
+    #[error("member cluster API: {0}")]
+    Kube(String),
+}
+
+/// `crossmesh agent` options.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// The hub's agent port, HOST:PORT.
+    pub hub: String,
+    pub cluster: String,
+    pub token_file: Option<PathBuf>,
+    /// PEM roots the hub's certificate must chain to (the mesh root).
+    pub root_cert: PathBuf,
+    /// `None`: in-cluster credentials.
+    pub kubeconfig: Option<PathBuf>,
+    pub state_dir: PathBuf,
+}
+
+/// Run the agent until the process is stopped. Returns only on a failure that
+/// retrying cannot fix (bad flags, refused enrolment, unreadable files).
+pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
+    let (host, _) = split_host(&opts.hub)?;
+    let roots = std::fs::read(&opts.root_cert).map_err(|e| AgentError::File {
+        path: opts.root_cert.clone(),
+        reason: e.to_string(),
+    })?;
+    let client = match &opts.kubeconfig {
+        Some(path) => kube_source::client_from_file(path, None)
+            .await
+            .map(|(c, _)| c)
+            .map_err(|e| AgentError::Kube(e.to_string()))?,
+        None => crate::sources::in_cluster::client()
+            .map(|(c, _)| c)
+            .map_err(|e| AgentError::Kube(e.to_string()))?,
+    };
+    let mut ident = load_or_enrol(&opts, &host, &roots).await?;
+    let inv = Arc::new(Shared::default());
+    let watch = tokio::spawn(watch_cluster(client, inv.clone()));
+    let mut failures = 0u32;
+    loop {
+        if SystemTime::now() >= ident.renew_at {
+            match renew(&opts, &host, &roots, &ident).await {
+                Ok(i) => ident = i,
+                Err(e) => warn!(error = %e, "certificate renewal failed; retrying"),
+            }
+        }
+        let outcome = session(&opts, &host, &roots, &ident, &inv).await;
+        let synced = outcome.synced;
+        if synced {
+            failures = 0;
+        }
+        warn!(reason = %outcome.reason, "stream to the hub ended; reconnecting");
+        let delay = backoff(failures);
+        failures = failures.saturating_add(1);
+        tokio::time::sleep(delay).await;
+        if watch.is_finished() {
+            return Err(AgentError::Kube("the watchers stopped".into()));
+        }
+    }
+}
+
+fn backoff(failures: u32) -> Duration {
+    let base = RECONNECT_MIN
+        .saturating_mul(1u32 << failures.min(16))
+        .min(RECONNECT_MAX);
+    let mut b = [0u8; 8];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    let frac = (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64;
+    base.mul_f64(1.0 - 0.25 * frac)
+}
+
+/// `HOST:PORT` -> (host without brackets, port).
+fn split_host(hub: &str) -> Result<(String, u16), AgentError> {
+    let bad = || AgentError::HubAddress(hub.to_string());
+    let (h, p) = hub.rsplit_once(':').ok_or_else(bad)?;
+    let port = p.parse::<u16>().map_err(|_| bad())?;
+    let h = h.trim_start_matches('[').trim_end_matches(']');
+    if h.is_empty() {
+        return Err(bad());
+    }
+    Ok((h.to_string(), port))
+}
+
+// ---------------------------------------------------------------------------
+// Identity
+
+/// The agent's client certificate and key.
+struct Ident {
+    chain_pem: String,
+    key_pem: Zeroizing<String>,
+    renew_at: SystemTime,
+}
+
+fn write_private(path: &Path, text: &str, private: bool) -> Result<(), AgentError> {
+    let fail = |e: std::io::Error| AgentError::File {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    };
+    let tmp = path.with_extension("tmp");
+    {
+        use std::io::Write;
+        let mut o = std::fs::OpenOptions::new();
+        o.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            o.mode(if private { 0o600 } else { 0o644 });
+        }
+        let mut f = o.open(&tmp).map_err(fail)?;
+        f.write_all(text.as_bytes()).map_err(fail)?;
+        f.sync_all().map_err(fail)?;
+    }
+    std::fs::rename(&tmp, path).map_err(fail)
+}
+
+/// notBefore/notAfter of the first certificate of a PEM chain.
+fn validity(chain_pem: &str) -> Option<(SystemTime, SystemTime)> {
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .next()?
+        .ok()?;
+    let (_, c) = x509_parser::parse_x509_certificate(&der).ok()?;
+    let t = |x: x509_parser::time::ASN1Time| {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(x.timestamp().max(0) as u64)
+    };
+    Some((t(c.validity().not_before), t(c.validity().not_after)))
+}
+
+fn ident(chain_pem: String, key_pem: Zeroizing<String>) -> Option<Ident> {
+    let (nb, na) = validity(&chain_pem)?;
+    if na <= SystemTime::now() {
+        return None;
+    }
+    let life = na.duration_since(nb).unwrap_or_default();
+    Some(Ident {
+        chain_pem,
+        key_pem,
+        renew_at: nb + life / 2,
+    })
+}
+
+fn new_csr() -> Result<(String, Zeroizing<String>), AgentError> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| AgentError::Tls(format!("generate a key: {e}")))?;
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .and_then(|p| p.serialize_request(&key))
+        .and_then(|r| r.pem())
+        .map_err(|e| AgentError::Tls(format!("certificate request: {e}")))?;
+    Ok((csr, Zeroizing::new(key.serialize_pem())))
+}
+
+fn save(opts: &AgentOptions, chain: &str, key: &str) -> Result<(), AgentError> {
+    std::fs::create_dir_all(&opts.state_dir).map_err(|e| AgentError::File {
+        path: opts.state_dir.clone(),
+        reason: e.to_string(),
+    })?;
+    write_private(&opts.state_dir.join(KEY_FILE), key, true)?;
+    write_private(&opts.state_dir.join(CERT_FILE), chain, false)
+}
+
+async fn load_or_enrol(opts: &AgentOptions, host: &str, roots: &[u8]) -> Result<Ident, AgentError> {
+    let chain = std::fs::read_to_string(opts.state_dir.join(CERT_FILE));
+    let key = std::fs::read_to_string(opts.state_dir.join(KEY_FILE)).map(Zeroizing::new);
+    if let (Ok(chain), Ok(key)) = (chain, key) {
+        if let Some(i) = ident(chain, key) {
+            info!(state_dir = %opts.state_dir.display(), "using the client certificate in the state directory");
+            return Ok(i);
+        }
+        warn!(state_dir = %opts.state_dir.display(), "the certificate in the state directory is expired or unreadable; enrolling again");
+    }
+    let Some(token_file) = &opts.token_file else {
+        return Err(AgentError::NoToken {
+            state_dir: opts.state_dir.clone(),
+        });
+    };
+    let token = Zeroizing::new(
+        std::fs::read_to_string(token_file)
+            .map_err(|e| AgentError::File {
+                path: token_file.clone(),
+                reason: e.to_string(),
+            })?
+            .trim()
+            .to_string(),
+    );
+    let (csr, key) = new_csr()?;
+    let tls = client_tls(roots, None)?;
+    let mut attempt = 0u32;
+    let resp = loop {
+        let r = async {
+            let ch = channel(&opts.hub, host, tls.clone()).await?;
+            AgentServiceClient::new(ch)
+                .enroll(EnrollRequest {
+                    protocol_version: PROTOCOL_VERSION,
+                    cluster: opts.cluster.clone(),
+                    token: token.to_string(),
+                    csr_pem: csr.clone(),
+                })
+                .await
+                .map_err(|s| {
+                    // A refusal is final (the token is spent); transport errors are retried.
+                    if s.code() == tonic::Code::Unavailable || s.code() == tonic::Code::Unknown {
+                        AgentError::Tls(s.message().to_string())
+                    } else {
+                        AgentError::Enrol(s.message().to_string())
+                    }
+                })
+        }
+        .await;
+        match r {
+            Ok(r) => break r.into_inner(),
+            Err(e @ AgentError::Enrol(_)) => return Err(e),
+            Err(e) => {
+                warn!(error = %e, "cannot reach the hub to enrol; retrying");
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt = attempt.saturating_add(1);
+            }
+        }
+    };
+    save(opts, &resp.cert_chain_pem, &key)?;
+    info!(identity = %resp.identity, "enrolled");
+    ident(resp.cert_chain_pem, key)
+        .ok_or_else(|| AgentError::Enrol("the hub returned an unusable certificate".into()))
+}
+
+async fn renew(
+    opts: &AgentOptions,
+    host: &str,
+    roots: &[u8],
+    cur: &Ident,
+) -> Result<Ident, AgentError> {
+    let (csr, key) = new_csr()?;
+    let tls = client_tls(roots, Some(cur))?;
+    let ch = channel(&opts.hub, host, tls).await?;
+    let resp = AgentServiceClient::new(ch)
+        .renew(RenewRequest { csr_pem: csr })
+        .await
+        .map_err(|s| AgentError::Enrol(s.message().to_string()))?
+        .into_inner();
+    save(opts, &resp.cert_chain_pem, &key)?;
+    info!(identity = %resp.identity, "client certificate renewed");
+    ident(resp.cert_chain_pem, key)
+        .ok_or_else(|| AgentError::Enrol("the hub returned an unusable certificate".into()))
+}
+
+// ---------------------------------------------------------------------------
+// Transport
+
+fn client_tls(
+    roots: &[u8],
+    ident: Option<&Ident>,
+) -> Result<Arc<rustls::ClientConfig>, AgentError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut store = rustls::RootCertStore::empty();
+    for der in CertificateDer::pem_slice_iter(roots) {
+        let der = der.map_err(|e| AgentError::Tls(format!("--root-cert: {e}")))?;
+        store
+            .add(der)
+            .map_err(|e| AgentError::Tls(format!("--root-cert: {e}")))?;
+    }
+    if store.is_empty() {
+        return Err(AgentError::Tls("--root-cert holds no certificate".into()));
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| AgentError::Tls(e.to_string()))?
+        .with_root_certificates(store);
+    let mut cfg = match ident {
+        None => builder.with_no_client_auth(),
+        Some(i) => {
+            let chain: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(i.chain_pem.as_bytes())
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| AgentError::Tls(format!("client certificate: {e}")))?;
+            let key = PrivateKeyDer::from_pem_slice(i.key_pem.as_bytes())
+                .map_err(|e| AgentError::Tls(format!("client key: {e}")))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| AgentError::Tls(format!("client certificate: {e}")))?
+        }
+    };
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Dials the hub over TCP and TLS for tonic.
+#[derive(Clone)]
+struct Connector {
+    addr: String,
+    host: String,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+type IoFuture = Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<
+                    hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+                    std::io::Error,
+                >,
+            > + Send,
+    >,
+>;
+
+impl tonic::codegen::Service<Uri> for Connector {
+    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+    type Error = std::io::Error;
+    type Future = IoFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: Uri) -> Self::Future {
+        let me = self.clone();
+        Box::pin(async move {
+            let tcp = tokio::net::TcpStream::connect(&me.addr).await?;
+            let _ = tcp.set_nodelay(true);
+            let name = rustls::pki_types::ServerName::try_from(me.host.clone())
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            let tls = tokio_rustls::TlsConnector::from(me.tls.clone())
+                .connect(name, tcp)
+                .await?;
+            Ok(hyper_util::rt::TokioIo::new(tls))
+        })
+    }
+}
+
+async fn channel(
+    hub: &str,
+    host: &str,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<Channel, AgentError> {
+    let ep = Endpoint::from_shared(format!("http://{hub}"))
+        .map_err(|e| AgentError::HubAddress(format!("{hub}: {e}")))?
+        .connect_timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(Duration::from_secs(30));
+    ep.connect_with_connector(Connector {
+        addr: hub.to_string(),
+        host: host.to_string(),
+        tls,
+    })
+    .await
+    .map_err(|e| AgentError::Tls(format!("connect to {hub}: {}", error_chain(&e))))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------
+// Inventory
+
+/// One object as it will be sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    namespace: String,
+    name: String,
+    resource_version: String,
+    json: Arc<Vec<u8>>,
+}
+
+#[derive(Default)]
+struct Inventory {
+    objects: HashMap<Kind, BTreeMap<String, Entry>>,
+    listed: BTreeSet<Kind>,
+    /// Keys changed since they were last sent (or since the last snapshot).
+    dirty: BTreeSet<(Kind, String)>,
+}
+
+#[derive(Default)]
+struct Shared {
+    inv: Mutex<Inventory>,
+    changed: Notify,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inventory> {
+        self.inv.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn entry(o: &KubeObject) -> Option<Entry> {
+    let m = o.metadata();
+    let json = match o {
+        KubeObject::Service(x) => serde_json::to_vec(x),
+        KubeObject::Pod(x) => serde_json::to_vec(x),
+        KubeObject::Node(x) => serde_json::to_vec(x),
+        KubeObject::EndpointSlice(x) => serde_json::to_vec(x),
+    }
+    .ok()?;
+    Some(Entry {
+        namespace: m.namespace.clone().unwrap_or_default(),
+        name: m.name.clone()?,
+        resource_version: m.resource_version.clone().unwrap_or_default(),
+        json: Arc::new(json),
+    })
+}
+
+impl Inventory {
+    fn upsert(&mut self, kind: Kind, o: &KubeObject) {
+        let Some(e) = entry(o) else { return };
+        let key = object_key(o);
+        let map = self.objects.entry(kind).or_default();
+        if map.get(&key).map(|old| &old.json) != Some(&e.json) {
+            map.insert(key.clone(), e);
+            self.dirty.insert((kind, key));
+        }
+    }
+
+    fn remove(&mut self, kind: Kind, o: &KubeObject) {
+        let key = object_key(o);
+        if self.objects.entry(kind).or_default().remove(&key).is_some() {
+            self.dirty.insert((kind, key));
+        }
+    }
+
+    /// A fresh list of `kind` (first list, or a re-list): what differs is dirty.
+    fn replace(&mut self, kind: Kind, listed: BTreeMap<String, KubeObject>) {
+        let mut new = BTreeMap::new();
+        for (k, o) in &listed {
+            if let Some(e) = entry(o) {
+                new.insert(k.clone(), e);
+            }
+        }
+        let old = self
+            .objects
+            .insert(kind, BTreeMap::new())
+            .unwrap_or_default();
+        for k in old.keys() {
+            if !new.contains_key(k) {
+                self.dirty.insert((kind, k.clone()));
+            }
+        }
+        for (k, e) in &new {
+            if old.get(k).map(|o| &o.json) != Some(&e.json) {
+                self.dirty.insert((kind, k.clone()));
+            }
+        }
+        self.objects.insert(kind, new);
+        self.listed.insert(kind);
+    }
+}
+
+/// Keep the inventory current from the member cluster's API server.
+async fn watch_cluster(client: kube::Client, shared: Arc<Shared>) {
+    let mut s = kube_source::streams(&client, &kube_source::KubeOptions::default());
+    let mut buffers: HashMap<Kind, BTreeMap<String, KubeObject>> = HashMap::new();
+    while let Some((kind, ev)) = s.next().await {
+        match ev {
+            Err(e) => warn!(%kind, error = %e, "watch failed; retrying with backoff"),
+            Ok(watcher::Event::Init) => {
+                buffers.insert(kind, BTreeMap::new());
+            }
+            Ok(watcher::Event::InitApply(o)) => {
+                buffers.entry(kind).or_default().insert(object_key(&o), o);
+            }
+            Ok(watcher::Event::InitDone) => {
+                let listed = buffers.remove(&kind).unwrap_or_default();
+                debug!(%kind, objects = listed.len(), "listed");
+                shared.lock().replace(kind, listed);
+                shared.changed.notify_one();
+            }
+            Ok(watcher::Event::Apply(o)) => {
+                shared.lock().upsert(kind, &o);
+                shared.changed.notify_one();
+            }
+            Ok(watcher::Event::Delete(o)) => {
+                shared.lock().remove(kind, &o);
+                shared.changed.notify_one();
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// One stream
+
+struct Outcome {
+    /// The stream got as far as deltas (its snapshot was sent).
+    synced: bool,
+    reason: String,
+}
+
+enum Phase {
+    /// Waiting for every kind's first list.
+    Listing,
+    /// Keys of each kind still to send in the snapshot.
+    Snapshot(VecDeque<(Kind, VecDeque<String>)>),
+    Deltas,
+}
+
+async fn session(
+    opts: &AgentOptions,
+    host: &str,
+    roots: &[u8],
+    ident: &Ident,
+    shared: &Shared,
+) -> Outcome {
+    let mut synced = false;
+    let reason = match stream(opts, host, roots, ident, shared, &mut synced).await {
+        Ok(r) => r,
+        Err(e) => e.to_string(),
+    };
+    Outcome { synced, reason }
+}
+
+/// Flow-control state of a stream.
+struct Window {
+    out: mpsc::Sender<AgentMessage>,
+    unacked: VecDeque<(u64, usize)>,
+    unacked_bytes: u64,
+    next_seq: u64,
+    max_messages: usize,
+    max_bytes: u64,
+}
+
+impl Window {
+    fn open(&self) -> bool {
+        self.unacked.len() < self.max_messages && self.unacked_bytes < self.max_bytes
+    }
+
+    async fn send(&mut self, mut b: Batch) -> Result<(), String> {
+        b.seq = self.next_seq;
+        self.next_seq += 1;
+        let m = AgentMessage {
+            message: Some(agent_message::Message::Batch(b)),
+        };
+        let len = m.encoded_len();
+        self.unacked.push_back((self.next_seq - 1, len));
+        self.unacked_bytes += len as u64;
+        self.out
+            .send(m)
+            .await
+            .map_err(|_| "the stream to the hub closed".to_string())
+    }
+
+    fn acked(&mut self, seq: u64) {
+        while let Some((s, len)) = self.unacked.front().copied() {
+            if s > seq {
+                break;
+            }
+            self.unacked.pop_front();
+            self.unacked_bytes = self.unacked_bytes.saturating_sub(len as u64);
+        }
+    }
+}
+
+fn change_of(kind: Kind, key: &str, e: Option<&Entry>) -> Change {
+    match e {
+        Some(e) => Change {
+            op: change::Op::Upsert as i32,
+            namespace: if kind == Kind::Node {
+                String::new()
+            } else {
+                e.namespace.clone()
+            },
+            name: e.name.clone(),
+            resource_version: e.resource_version.clone(),
+            object: e.json.to_vec(),
+        },
+        None => {
+            let (ns, name) = key.split_once('/').unwrap_or(("", key));
+            Change {
+                op: change::Op::Delete as i32,
+                namespace: ns.to_string(),
+                name: name.to_string(),
+                resource_version: String::new(),
+                object: Vec::new(),
+            }
+        }
+    }
+}
+
+async fn stream(
+    opts: &AgentOptions,
+    host: &str,
+    roots: &[u8],
+    ident: &Ident,
+    shared: &Shared,
+    synced: &mut bool,
+) -> Result<String, AgentError> {
+    let tls = client_tls(roots, Some(ident))?;
+    let ch = channel(&opts.hub, host, tls).await?;
+    let mut client = AgentServiceClient::new(ch)
+        .max_decoding_message_size(crate::sources::agent::DEFAULT_MAX_MESSAGE_BYTES);
+    let (out, rx) = mpsc::channel::<AgentMessage>(4);
+    let hello = AgentMessage {
+        message: Some(agent_message::Message::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            cluster: opts.cluster.clone(),
+            kinds: KINDS.iter().map(|k| wire_kind(*k) as i32).collect(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        })),
+    };
+    let _ = out.send(hello).await;
+    let mut inbound = client
+        .sync(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|s| AgentError::Tls(format!("Sync refused: {}", s.message())))?
+        .into_inner();
+    let welcome = match tokio::time::timeout(WELCOME_TIMEOUT, inbound.message()).await {
+        Ok(Ok(Some(proto::HubMessage {
+            message: Some(hub_message::Message::Welcome(w)),
+        }))) => w,
+        Ok(Ok(Some(_))) => return Ok("the hub's first message was not Welcome".into()),
+        Ok(Ok(None)) => return Ok("the hub closed the stream before Welcome".into()),
+        Ok(Err(s)) => return Ok(format!("refused by the hub: {}", s.message())),
+        Err(_) => return Ok("no Welcome from the hub".into()),
+    };
+    info!(cluster = %welcome.cluster, heartbeat_ms = welcome.heartbeat_interval_ms, "connected to the hub");
+    let heartbeat = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(100)));
+    let silence = heartbeat * MISSED_HEARTBEATS;
+    let max_batch_bytes = (welcome.max_message_bytes as usize / 2).max(1024);
+    let mut win = Window {
+        out,
+        unacked: VecDeque::new(),
+        unacked_bytes: 0,
+        next_seq: 1,
+        max_messages: welcome.window_messages.max(1) as usize,
+        max_bytes: welcome.window_bytes.max(1),
+    };
+    let mut ticker = tokio::time::interval(heartbeat);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = tokio::time::Instant::now();
+    let mut phase = Phase::Listing;
+    let renew_at = tokio::time::Instant::now()
+        + ident
+            .renew_at
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+    loop {
+        // Send while the window is open and there is something to send.
+        while win.open() {
+            let batch = match &mut phase {
+                Phase::Listing => {
+                    let mut inv = shared.lock();
+                    if KINDS.iter().all(|k| inv.listed.contains(k)) {
+                        inv.dirty.clear();
+                        let plan = KINDS
+                            .iter()
+                            .map(|k| {
+                                let keys = inv
+                                    .objects
+                                    .get(k)
+                                    .map(|m| m.keys().cloned().collect())
+                                    .unwrap_or_default();
+                                (*k, keys)
+                            })
+                            .collect();
+                        phase = Phase::Snapshot(plan);
+                        continue;
+                    }
+                    break;
+                }
+                Phase::Snapshot(plan) => {
+                    let Some((kind, keys)) = plan.front_mut() else {
+                        phase = Phase::Deltas;
+                        *synced = true;
+                        info!("snapshot sent; streaming changes");
+                        continue;
+                    };
+                    let kind = *kind;
+                    let inv = shared.lock();
+                    let mut b = Batch {
+                        seq: 0,
+                        kind: wire_kind(kind) as i32,
+                        snapshot: true,
+                        changes: Vec::new(),
+                        end_of_snapshot: false,
+                    };
+                    let mut bytes = 0usize;
+                    while let Some(k) = keys.front() {
+                        if b.changes.len() >= MAX_CHANGES_PER_BATCH {
+                            break;
+                        }
+                        // Deleted since the snapshot began: left out (the hub
+                        // sweeps it at the end marker).
+                        if let Some(e) = inv.objects.get(&kind).and_then(|m| m.get(k)) {
+                            let c = change_of(kind, k, Some(e));
+                            let len = c.encoded_len();
+                            if len > max_batch_bytes {
+                                warn!(%kind, object = %k, bytes = len, "object larger than the hub accepts; not sent");
+                                keys.pop_front();
+                                continue;
+                            }
+                            if bytes + len > max_batch_bytes && !b.changes.is_empty() {
+                                break;
+                            }
+                            bytes += len;
+                            b.changes.push(c);
+                        }
+                        keys.pop_front();
+                    }
+                    if keys.is_empty() {
+                        b.end_of_snapshot = true;
+                        plan.pop_front();
+                    }
+                    b
+                }
+                Phase::Deltas => {
+                    let mut inv = shared.lock();
+                    let Some(kind) = inv.dirty.first().map(|(k, _)| *k) else {
+                        break;
+                    };
+                    let mut b = Batch {
+                        seq: 0,
+                        kind: wire_kind(kind) as i32,
+                        snapshot: false,
+                        changes: Vec::new(),
+                        end_of_snapshot: false,
+                    };
+                    let mut bytes = 0usize;
+                    while let Some((k, key)) = inv.dirty.first().cloned() {
+                        if k != kind || b.changes.len() >= MAX_CHANGES_PER_BATCH {
+                            break;
+                        }
+                        let c =
+                            change_of(kind, &key, inv.objects.get(&kind).and_then(|m| m.get(&key)));
+                        let len = c.encoded_len();
+                        if bytes + len > max_batch_bytes && !b.changes.is_empty() {
+                            break;
+                        }
+                        inv.dirty.pop_first();
+                        if len > max_batch_bytes {
+                            warn!(%kind, object = %key, bytes = len, "object larger than the hub accepts; not sent");
+                            continue;
+                        }
+                        bytes += len;
+                        b.changes.push(c);
+                    }
+                    if b.changes.is_empty() {
+                        continue;
+                    }
+                    b
+                }
+            };
+            if let Err(e) = win.send(batch).await {
+                return Ok(e);
+            }
+        }
+        let wants_data = matches!(phase, Phase::Listing | Phase::Deltas) && win.open();
+        tokio::select! {
+            m = inbound.message() => match m {
+                Ok(Some(m)) => {
+                    last_heard = tokio::time::Instant::now();
+                    match m.message {
+                        Some(hub_message::Message::Ack(a)) => win.acked(a.seq),
+                        Some(hub_message::Message::Heartbeat(_)) => {}
+                        Some(hub_message::Message::Welcome(_)) | None => {
+                            return Ok("unexpected message from the hub".into());
+                        }
+                    }
+                }
+                Ok(None) => return Ok("the hub closed the stream".into()),
+                Err(s) => return Ok(format!("the hub ended the stream: {:?}: {}", s.code(), s.message())),
+            },
+            _ = ticker.tick() => {
+                if last_heard.elapsed() > silence {
+                    return Ok(format!("no message from the hub for {}s", silence.as_secs()));
+                }
+                let hb = AgentMessage {
+                    message: Some(agent_message::Message::Heartbeat(Heartbeat {
+                        sent_unix_ms: SystemTime::now()
+                            .duration_since(SystemTime::UNIX_EPOCH)
+                            .map(|d| d.as_millis() as u64)
+                            .unwrap_or(0),
+                    })),
+                };
+                if win.out.send(hb).await.is_err() {
+                    return Ok("the stream to the hub closed".into());
+                }
+            }
+            _ = shared.changed.notified(), if wants_data => {}
+            _ = tokio::time::sleep_until(renew_at) => {
+                return Ok("client certificate due for renewal".into());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_address() {
+        assert_eq!(
+            split_host("hub.example:15011").unwrap(),
+            ("hub.example".into(), 15011)
+        );
+        assert_eq!(split_host("[::1]:15011").unwrap(), ("::1".into(), 15011));
+        assert!(split_host("hub.example").is_err());
+        assert!(split_host(":15011").is_err());
+    }
+
+    #[test]
+    fn backoff_is_capped_and_jittered_down() {
+        for f in 0..40 {
+            let d = backoff(f);
+            let base = RECONNECT_MIN
+                .saturating_mul(1u32 << f.min(16))
+                .min(RECONNECT_MAX);
+            assert!(d <= base && d >= base.mul_f64(0.75), "{f}: {d:?}");
+        }
+    }
+}

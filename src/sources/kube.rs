@@ -647,7 +647,8 @@ pub fn slim(obj: KubeObject) -> KubeObject {
     }
 }
 
-fn object_key(o: &KubeObject) -> String {
+/// `namespace/name` of an object (`/name` for cluster-scoped kinds).
+pub fn object_key(o: &KubeObject) -> String {
     let m = o.metadata();
     format!(
         "{}/{}",
@@ -659,7 +660,8 @@ fn object_key(o: &KubeObject) -> String {
 // ---------------------------------------------------------------------------
 // The per-cluster watch
 
-type KindEvent = (Kind, Result<watcher::Event<KubeObject>, watcher::Error>);
+/// One event of [`streams`]: the kind, and the watcher's event of a slimmed object.
+pub type KindEvent = (Kind, Result<watcher::Event<KubeObject>, watcher::Error>);
 
 /// The watch stream every watcher of this crate uses: kube-rs's `watcher` that
 /// also re-lists when the API server refuses a *resumed* watch with HTTP 410,
@@ -735,7 +737,9 @@ fn plural_kind(plural: &str) -> Option<Kind> {
     }
 }
 
-fn streams(client: &Client, opts: &KubeOptions) -> SelectAll<BoxStream<'static, KindEvent>> {
+/// The four watchers of a member cluster (Services, Pods, Nodes, EndpointSlices of
+/// selector-less Services), merged; objects slimmed. Also used by `crossmesh agent`.
+pub fn streams(client: &Client, opts: &KubeOptions) -> SelectAll<BoxStream<'static, KindEvent>> {
     let cfg = watcher::Config::default().page_size(opts.page_size);
     let mut all = SelectAll::new();
     all.push(kind_stream(

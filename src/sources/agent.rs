@@ -1,0 +1,1214 @@
+//! Member clusters fed by `crossmesh agent` (mesh file `clusters[].agent`,
+//! `agentAddress`; DESIGN.md §5): the hub side of `crossmesh.agent.v1`
+//! (`proto/crossmesh/agent/v1/agent.proto` documents the message flow).
+//!
+//! The agent port is gRPC over TLS with the mesh CA: the hub presents a server
+//! certificate from the mesh CA and verifies client certificates against the mesh's
+//! roots. `Enroll` alone is served without a client certificate (it redeems a
+//! single-use token, `security::agent_tokens`); `Sync` and `Renew` take the
+//! cluster's name from the client certificate's URI SAN
+//! (`spiffe://<td>/crossmesh/cluster/<name>`), never from a message.
+//!
+//! Registry semantics are the kube source's (`sources::kube`):
+//! - a stream's snapshot is buffered until every kind's end-of-snapshot marker,
+//!   then handed over as one `Registry::reset_cluster` (first sync, or the sweep
+//!   of objects deleted while the agent was away); deltas are `Registry::apply`;
+//! - a lost stream (closed, reset, heartbeats missing) marks the cluster stale:
+//!   its last endpoints keep serving until the next snapshot completes, or until
+//!   `unreachableClusterEndpoints.dropAfter` drops them;
+//! - objects outside the cluster's namespace grant are refused one by one (listed
+//!   on `/debug/clusterz` with the reason, counted in
+//!   `crossmesh_source_rejected_objects`); protocol violations end the stream with
+//!   a gRPC status naming the reason. Nothing an agent sends touches another
+//!   cluster.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+use crate::agent::proto::agent_service_server::{AgentService, AgentServiceServer};
+use crate::agent::proto::{
+    agent_message, change, hub_message, Ack, AgentMessage, Batch, EnrollRequest, EnrollResponse,
+    Heartbeat, HubMessage, Kind as WireKind, RenewRequest, Welcome, PROTOCOL_VERSION,
+};
+use crate::config::{ClusterSource, MeshConfig};
+use crate::registry::{Event, Kind, KubeObject, ObjectProblem, Registry};
+use crate::security::agent_tokens;
+use crate::security::ca::{agent_uri, AGENT_ID_PATH};
+use crate::security::Ca;
+
+/// Default interval of heartbeats (`Welcome.heartbeat_interval_ms`); a stream
+/// silent for [`MISSED_HEARTBEATS`] intervals is closed.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+/// Intervals without any message after which a side gives the stream up.
+pub const MISSED_HEARTBEATS: u32 = 3;
+/// Default flow-control window: unacknowledged batches.
+pub const DEFAULT_WINDOW_MESSAGES: u32 = 16;
+/// Default flow-control window: unacknowledged encoded bytes.
+pub const DEFAULT_WINDOW_BYTES: u64 = 16 << 20;
+/// Largest message the hub decodes (and `Welcome.max_message_bytes`).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 << 20;
+/// A TLS handshake must finish within this long.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Refusals kept per cluster for `/debug/clusterz`.
+const KEEP_REFUSALS: usize = 20;
+
+/// Knobs of the agent port.
+#[derive(Debug, Clone)]
+pub struct AgentHubOptions {
+    pub heartbeat: Duration,
+    pub window_messages: u32,
+    pub window_bytes: u64,
+    pub max_message_bytes: usize,
+    /// `unreachableClusterEndpoints.dropAfter`.
+    pub stale_grace: Option<Duration>,
+}
+
+impl AgentHubOptions {
+    pub fn from_mesh(mesh: &MeshConfig) -> AgentHubOptions {
+        AgentHubOptions {
+            stale_grace: mesh.drop_unreachable_after,
+            ..AgentHubOptions::default()
+        }
+    }
+}
+
+impl Default for AgentHubOptions {
+    fn default() -> Self {
+        AgentHubOptions {
+            heartbeat: DEFAULT_HEARTBEAT,
+            window_messages: DEFAULT_WINDOW_MESSAGES,
+            window_bytes: DEFAULT_WINDOW_BYTES,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            stale_grace: None,
+        }
+    }
+}
+
+/// One agent cluster on `/debug/clusterz` (the `agent` field of its entry).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AgentStatus {
+    /// A Sync stream is open.
+    pub connected: bool,
+    /// The current (or last) stream delivered its whole snapshot.
+    pub synced: bool,
+    /// Remote address of the current (or last) stream.
+    pub peer: Option<String>,
+    pub agent_version: Option<String>,
+    /// RFC 3339 of the last message (any message counts as a heartbeat).
+    pub last_heartbeat: Option<String>,
+    /// notAfter of the client certificate of the current (or last) stream.
+    pub certificate_expiry: Option<String>,
+    pub certificate_serial: Option<String>,
+    /// Streams accepted since start.
+    pub streams: u64,
+    /// Batches and object changes received since start.
+    pub batches: u64,
+    pub changes: u64,
+    /// Why the last stream ended.
+    pub last_disconnect: Option<String>,
+    /// Refusals by reason since start (tokens, wrong cluster, version, protocol,
+    /// objects outside the grant).
+    pub refusals: BTreeMap<String, u64>,
+    /// The latest refusals, newest last.
+    pub recent_refusals: Vec<String>,
+}
+
+/// The agent clusters of the mesh file and their streams.
+pub struct AgentHub {
+    registry: Arc<Registry>,
+    ca: Arc<dyn Fn() -> Arc<Ca> + Send + Sync>,
+    trust_domain: String,
+    token_dir: PathBuf,
+    grants: BTreeMap<String, Option<BTreeSet<String>>>,
+    opts: AgentHubOptions,
+    state: Mutex<BTreeMap<String, ClusterAgent>>,
+    /// Refusals that name no agent cluster (unknown cluster, no certificate).
+    unattributed: Mutex<BTreeMap<String, u64>>,
+}
+
+#[derive(Default)]
+struct ClusterAgent {
+    status: AgentStatus,
+    /// Bumped by every accepted stream; a stream only acts while it is current.
+    generation: u64,
+    /// Tells the current stream to end (a newer one replaced it).
+    superseded: Option<watch::Sender<bool>>,
+}
+
+fn now_rfc3339() -> Option<String> {
+    crate::registry::status::rfc3339(SystemTime::now())
+}
+
+impl AgentHub {
+    /// The hub for every `agent:` cluster of `mesh`; `ca` returns the CA in force.
+    pub fn new(
+        registry: Arc<Registry>,
+        mesh: &MeshConfig,
+        ca: Arc<dyn Fn() -> Arc<Ca> + Send + Sync>,
+        opts: AgentHubOptions,
+    ) -> Arc<AgentHub> {
+        let grants: BTreeMap<_, _> = mesh
+            .clusters
+            .iter()
+            .filter_map(|c| match &c.source {
+                ClusterSource::Agent { namespaces } => Some((
+                    c.name.clone(),
+                    namespaces.as_ref().map(|n| n.iter().cloned().collect()),
+                )),
+                _ => None,
+            })
+            .collect();
+        let state = grants
+            .keys()
+            .map(|k| (k.clone(), ClusterAgent::default()))
+            .collect();
+        Arc::new(AgentHub {
+            registry,
+            ca,
+            trust_domain: mesh.trust_domain.clone(),
+            token_dir: agent_tokens::token_dir(&mesh.ca.state_dir),
+            grants,
+            opts,
+            state: Mutex::new(state),
+            unattributed: Mutex::default(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ClusterAgent>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Count a refusal under `cluster` (when it is an agent cluster) and log it.
+    fn refuse(&self, cluster: Option<&str>, label: &str, reason: &str) {
+        warn!(cluster = cluster.unwrap_or("?"), reason = %reason, "agent refused");
+        let mut st = self.lock();
+        match cluster.and_then(|c| st.get_mut(c)) {
+            Some(a) => {
+                *a.status.refusals.entry(label.to_string()).or_default() += 1;
+                a.status.recent_refusals.push(format!("{label}: {reason}"));
+                let n = a.status.recent_refusals.len();
+                if n > KEEP_REFUSALS {
+                    a.status.recent_refusals.drain(..n - KEEP_REFUSALS);
+                }
+            }
+            None => {
+                drop(st);
+                *self
+                    .unattributed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(label.to_string())
+                    .or_default() += 1;
+            }
+        }
+    }
+
+    /// Status of each agent cluster.
+    pub fn status(&self) -> BTreeMap<String, AgentStatus> {
+        self.lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.status.clone()))
+            .collect()
+    }
+
+    /// Add an `agent` field to each agent cluster's entry of a `/debug/clusterz`
+    /// page (`Registry::clusterz` as JSON).
+    pub fn annotate_clusterz(&self, page: &mut Value) {
+        let status = self.status();
+        if let Value::Array(list) = page {
+            for entry in list.iter_mut() {
+                let name = entry
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                if let Some(s) = name.and_then(|n| status.get(&n)) {
+                    entry["agent"] = serde_json::to_value(s).unwrap_or(Value::Null);
+                }
+            }
+        }
+    }
+
+    /// Refusals on the agent port that name no agent cluster, by reason.
+    pub fn unattributed_refusals(&self) -> BTreeMap<String, u64> {
+        self.unattributed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The agent cluster named by a verified client certificate (leaf DER).
+    fn cluster_of(&self, leaf: &[u8]) -> Result<String, String> {
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf)
+            .map_err(|e| format!("client certificate does not parse: {e}"))?;
+        let prefix = format!("spiffe://{}{AGENT_ID_PATH}", self.trust_domain);
+        let san = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|s| s.value.general_names.clone())
+            .unwrap_or_default();
+        for n in san {
+            if let x509_parser::extensions::GeneralName::URI(u) = n {
+                if let Some(name) = u.strip_prefix(&prefix) {
+                    return Ok(name.to_string());
+                }
+            }
+        }
+        Err(format!(
+            "client certificate names no agent identity ({prefix}<cluster>)"
+        ))
+    }
+
+    /// The caller's cluster from its client certificate, refused unless it is an
+    /// agent cluster of the mesh file.
+    fn caller<T>(&self, req: &Request<T>) -> Result<(String, ConnInfo), Status> {
+        let info = req
+            .extensions()
+            .get::<ConnInfo>()
+            .cloned()
+            .unwrap_or_default();
+        let Some(leaf) = info.client_cert.as_deref() else {
+            let reason = "no client certificate: enrol first (Enroll with a token)";
+            self.refuse(None, "no_client_certificate", reason);
+            return Err(Status::unauthenticated(reason));
+        };
+        let cluster = self.cluster_of(leaf).map_err(|reason| {
+            self.refuse(None, "bad_client_certificate", &reason);
+            Status::unauthenticated(reason)
+        })?;
+        if !self.grants.contains_key(&cluster) {
+            let reason = format!(
+                "cluster {cluster:?} is not an agent cluster of the mesh file (clusters[].agent)"
+            );
+            self.refuse(None, "unknown_cluster", &reason);
+            return Err(Status::permission_denied(reason));
+        }
+        Ok((cluster, info))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// TLS transport
+
+/// What tonic hands each request about its connection.
+#[derive(Debug, Clone, Default)]
+pub struct ConnInfo {
+    pub peer: Option<SocketAddr>,
+    /// The verified client certificate (leaf, DER), if one was presented.
+    pub client_cert: Option<Arc<Vec<u8>>>,
+}
+
+struct AgentIo(tokio_rustls::server::TlsStream<TcpStream>, ConnInfo);
+
+impl tonic::transport::server::Connected for AgentIo {
+    type ConnectInfo = ConnInfo;
+    fn connect_info(&self) -> ConnInfo {
+        self.1.clone()
+    }
+}
+
+impl AsyncRead for AgentIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for AgentIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// The server certificate, re-issued from the CA in force at half life.
+struct ServerCert {
+    ca: Arc<dyn Fn() -> Arc<Ca> + Send + Sync>,
+    dns: Vec<String>,
+    ips: Vec<IpAddr>,
+    current: RwLock<Option<(Arc<rustls::sign::CertifiedKey>, SystemTime)>>,
+}
+
+impl std::fmt::Debug for ServerCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerCert").finish_non_exhaustive()
+    }
+}
+
+impl ServerCert {
+    fn refresh(&self) -> Result<Arc<rustls::sign::CertifiedKey>, String> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let issued = (self.ca)()
+            .issue_server(&self.dns, &self.ips)
+            .map_err(|e| e.to_string())?;
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(issued.cert_chain_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("server certificate chain: {e}"))?;
+        let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes())
+            .map_err(|e| format!("server key: {e}"))?;
+        let signer = crate::tls::provider()
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| format!("server key: {e}"))?;
+        let ck = Arc::new(rustls::sign::CertifiedKey::new(chain, signer));
+        let renew = crate::security::renew_at(&issued);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some((ck.clone(), renew));
+        Ok(ck)
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ServerCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let current = self
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match current {
+            Some((ck, renew)) if SystemTime::now() < renew => Some(ck),
+            old => match self.refresh() {
+                Ok(ck) => Some(ck),
+                Err(e) => {
+                    warn!(error = %e, "cannot renew the agent port's server certificate");
+                    old.map(|(ck, _)| ck)
+                }
+            },
+        }
+    }
+}
+
+/// Errors starting the agent port.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentPortError {
+    #[error("agent port {addr}: {reason}")]
+    Tls { addr: String, reason: String },
+    #[error("agent port {addr}: {source}")]
+    Transport {
+        addr: String,
+        source: tonic::transport::Error,
+    },
+}
+
+/// Serve the agent port on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    hub: Arc<AgentHub>,
+    dns_names: Vec<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), AgentPortError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let local = listener.local_addr().ok();
+    let addr = local.map(|a| a.to_string()).unwrap_or_else(|| "?".into());
+    let tls_err = |reason: String| AgentPortError::Tls {
+        addr: addr.clone(),
+        reason,
+    };
+    let mut ips: Vec<IpAddr> = vec![
+        IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+    ];
+    if let Some(a) = local {
+        if !a.ip().is_unspecified() && !ips.contains(&a.ip()) {
+            ips.push(a.ip());
+        }
+    }
+    let mut dns = vec!["localhost".to_string()];
+    dns.extend(dns_names);
+    let resolver = Arc::new(ServerCert {
+        ca: hub.ca.clone(),
+        dns,
+        ips,
+        current: RwLock::new(None),
+    });
+    resolver.refresh().map_err(&tls_err)?;
+    let mut roots = rustls::RootCertStore::empty();
+    let bundle = (hub.ca)().trust_bundle_pem();
+    for der in CertificateDer::pem_slice_iter(bundle.as_bytes()) {
+        let der = der.map_err(|e| tls_err(format!("mesh roots: {e}")))?;
+        roots
+            .add(der)
+            .map_err(|e| tls_err(format!("mesh roots: {e}")))?;
+    }
+    // Client certificates are optional at the TLS layer so that `Enroll` can be
+    // served; every other call requires one (`AgentHub::caller`).
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        crate::tls::provider(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| tls_err(e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_err(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+
+    let (tx, rx) = mpsc::channel::<std::io::Result<AgentIo>>(64);
+    let accept_hub = hub.clone();
+    let accept = tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    debug!(error = %e, "accept on the agent port failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            let hub = accept_hub.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => {
+                        let client_cert = s
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .map(|c| Arc::new(c.as_ref().to_vec()));
+                        let info = ConnInfo {
+                            peer: Some(peer),
+                            client_cert,
+                        };
+                        let _ = tx.send(Ok(AgentIo(s, info))).await;
+                    }
+                    Ok(Err(e)) => {
+                        hub.refuse(None, "tls_handshake", &format!("{peer}: {e}"));
+                    }
+                    Err(_) => hub.refuse(None, "tls_handshake", &format!("{peer}: timed out")),
+                }
+            });
+        }
+    });
+    info!(%addr, agents = hub.grants.len(), "agent port listening");
+    let max = hub.opts.max_message_bytes;
+    let svc = AgentServiceServer::new(HubService(hub))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let r = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(svc)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .map_err(|source| AgentPortError::Transport { addr, source });
+    accept.abort();
+    r
+}
+
+// ---------------------------------------------------------------------------
+// The service
+
+fn kind_of(k: i32) -> Option<Kind> {
+    match WireKind::try_from(k).ok()? {
+        WireKind::Service => Some(Kind::Service),
+        WireKind::Pod => Some(Kind::Pod),
+        WireKind::Node => Some(Kind::Node),
+        WireKind::EndpointSlice => Some(Kind::EndpointSlice),
+        WireKind::Unspecified => None,
+    }
+}
+
+/// The wire kind of a registry kind.
+pub fn wire_kind(k: Kind) -> WireKind {
+    match k {
+        Kind::Service => WireKind::Service,
+        Kind::Pod => WireKind::Pod,
+        Kind::Node => WireKind::Node,
+        Kind::EndpointSlice => WireKind::EndpointSlice,
+    }
+}
+
+/// Every kind a v1 snapshot carries.
+pub const KINDS: [Kind; 4] = [Kind::Service, Kind::Pod, Kind::Node, Kind::EndpointSlice];
+
+fn unix_time(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+type SyncStream = Pin<Box<dyn futures::Stream<Item = Result<HubMessage, Status>> + Send>>;
+
+/// The tonic service: the hub behind an `Arc`, so each Sync stream's task owns
+/// a handle of it.
+struct HubService(Arc<AgentHub>);
+
+#[tonic::async_trait]
+impl AgentService for HubService {
+    async fn enroll(
+        &self,
+        request: Request<EnrollRequest>,
+    ) -> Result<Response<EnrollResponse>, Status> {
+        self.0.enroll(request.into_inner())
+    }
+
+    async fn renew(
+        &self,
+        request: Request<RenewRequest>,
+    ) -> Result<Response<EnrollResponse>, Status> {
+        let (cluster, _) = self.0.caller(&request)?;
+        self.0
+            .issue(&cluster, &request.get_ref().csr_pem, "renewed")
+    }
+
+    type SyncStream = SyncStream;
+
+    async fn sync(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<SyncStream>, Status> {
+        let (cluster, info) = self.0.caller(&request)?;
+        let expiry = info.client_cert.as_deref().and_then(|der| {
+            let (_, c) = x509_parser::parse_x509_certificate(der).ok()?;
+            Some((
+                c.validity().not_after.to_datetime().unix_timestamp(),
+                c.raw_serial_as_string(),
+            ))
+        });
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(self.0.opts.window_messages as usize + 8);
+        let session = Session {
+            hub: self.0.clone(),
+            cluster,
+            peer: info.peer,
+            expiry,
+            tx,
+        };
+        tokio::spawn(session.run(inbound));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+impl AgentHub {
+    fn enroll(&self, req: EnrollRequest) -> Result<Response<EnrollResponse>, Status> {
+        let cluster = req.cluster.clone();
+        let known = self.grants.contains_key(&cluster);
+        let attributed = known.then_some(cluster.as_str());
+        if req.protocol_version != PROTOCOL_VERSION {
+            let reason = format!(
+                "unsupported agent protocol version {}: this hub speaks {PROTOCOL_VERSION}",
+                req.protocol_version
+            );
+            self.refuse(attributed, "protocol_version", &reason);
+            return Err(Status::failed_precondition(reason));
+        }
+        if !known {
+            let reason = format!(
+                "cluster {cluster:?} is not an agent cluster of the mesh file (clusters[].agent)"
+            );
+            self.refuse(None, "unknown_cluster", &reason);
+            return Err(Status::permission_denied(reason));
+        }
+        let now = SystemTime::now();
+        if let Err(e) = agent_tokens::redeem(&self.token_dir, &cluster, &req.token, now) {
+            let reason = e.to_string();
+            self.refuse(attributed, e.label(), &reason);
+            return Err(match e {
+                agent_tokens::TokenError::Store { .. } => Status::internal(reason),
+                _ => Status::unauthenticated(reason),
+            });
+        }
+        self.issue(&cluster, &req.csr_pem, "enrolled")
+    }
+}
+
+impl AgentHub {
+    fn issue(
+        &self,
+        cluster: &str,
+        csr_pem: &str,
+        what: &str,
+    ) -> Result<Response<EnrollResponse>, Status> {
+        let ca = (self.ca)();
+        match ca.sign_agent_csr(cluster, csr_pem) {
+            Ok(c) => {
+                info!(cluster, serial = %c.serial_hex, "agent {what}");
+                Ok(Response::new(EnrollResponse {
+                    cert_chain_pem: c.cert_chain_pem,
+                    trust_bundle_pem: ca.trust_bundle_pem(),
+                    identity: c.uri,
+                    not_after_unix: unix_time(c.not_after),
+                }))
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                self.refuse(Some(cluster), "bad_csr", &reason);
+                Err(Status::invalid_argument(reason))
+            }
+        }
+    }
+}
+
+/// One Sync stream.
+struct Session {
+    hub: Arc<AgentHub>,
+    cluster: String,
+    peer: Option<SocketAddr>,
+    expiry: Option<(i64, String)>,
+    tx: mpsc::Sender<Result<HubMessage, Status>>,
+}
+
+/// Why a stream ended: its status for the agent, and a label for the count.
+struct End {
+    status: Status,
+    label: Option<&'static str>,
+}
+
+impl End {
+    fn refused(label: &'static str, status: Status) -> End {
+        End {
+            status,
+            label: Some(label),
+        }
+    }
+}
+
+impl Session {
+    async fn send(&self, m: hub_message::Message) -> Result<(), End> {
+        self.tx
+            .send(Ok(HubMessage { message: Some(m) }))
+            .await
+            .map_err(|_| End {
+                status: Status::cancelled("the agent went away"),
+                label: None,
+            })
+    }
+
+    async fn run(self, mut inbound: Streaming<AgentMessage>) {
+        let silence = self.hub.opts.heartbeat * MISSED_HEARTBEATS;
+        // Hello first.
+        let hello = match tokio::time::timeout(silence, inbound.message()).await {
+            Ok(Ok(Some(AgentMessage {
+                message: Some(agent_message::Message::Hello(h)),
+            }))) => h,
+            Ok(Ok(Some(_))) => {
+                return self.close_unregistered(End::refused(
+                    "protocol",
+                    Status::invalid_argument("the first message of a Sync stream must be Hello"),
+                ));
+            }
+            Ok(Ok(None)) => return,
+            Ok(Err(s)) => {
+                return self.close_unregistered(End::refused(
+                    "protocol",
+                    Status::invalid_argument(format!("reading Hello: {}", s.message())),
+                ));
+            }
+            Err(_) => {
+                return self.close_unregistered(End::refused(
+                    "missed_heartbeats",
+                    Status::deadline_exceeded(format!("no Hello within {}s", silence.as_secs())),
+                ));
+            }
+        };
+        if hello.protocol_version != PROTOCOL_VERSION {
+            return self.close_unregistered(End::refused(
+                "protocol_version",
+                Status::failed_precondition(format!(
+                    "unsupported agent protocol version {}: this hub speaks {PROTOCOL_VERSION}",
+                    hello.protocol_version
+                )),
+            ));
+        }
+        if hello.cluster != self.cluster {
+            return self.close_unregistered(End::refused(
+                "wrong_cluster",
+                Status::permission_denied(format!(
+                    "this agent's certificate is for cluster {:?}; it may not publish as {:?}",
+                    self.cluster, hello.cluster
+                )),
+            ));
+        }
+        let kinds: BTreeSet<Kind> = hello.kinds.iter().filter_map(|k| kind_of(*k)).collect();
+        if kinds.len() != KINDS.len() {
+            return self.close_unregistered(End::refused(
+                "protocol",
+                Status::invalid_argument(
+                    "Hello.kinds must list SERVICE, POD, NODE and ENDPOINT_SLICE (protocol v1)",
+                ),
+            ));
+        }
+        // This stream is now the cluster's; an older one ends.
+        let (sup_tx, mut sup_rx) = watch::channel(false);
+        let generation = {
+            let mut st = self.hub.lock();
+            let Some(a) = st.get_mut(&self.cluster) else {
+                return;
+            };
+            if let Some(old) = a.superseded.replace(sup_tx) {
+                let _ = old.send(true);
+            }
+            a.generation += 1;
+            a.status.connected = true;
+            a.status.synced = false;
+            a.status.streams += 1;
+            a.status.peer = self.peer.map(|p| p.to_string());
+            a.status.agent_version = Some(hello.agent_version.clone());
+            a.status.last_heartbeat = now_rfc3339();
+            if let Some((t, serial)) = &self.expiry {
+                a.status.certificate_expiry = k8s_openapi::jiff::Timestamp::from_second(*t)
+                    .ok()
+                    .map(|t| t.to_string());
+                a.status.certificate_serial = Some(serial.clone());
+            }
+            a.generation
+        };
+        info!(cluster = %self.cluster, peer = ?self.peer, version = %hello.agent_version, "agent connected");
+        let welcome = hub_message::Message::Welcome(Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            cluster: self.cluster.clone(),
+            heartbeat_interval_ms: self.hub.opts.heartbeat.as_millis() as u32,
+            window_messages: self.hub.opts.window_messages,
+            window_bytes: self.hub.opts.window_bytes,
+            max_message_bytes: self.hub.opts.max_message_bytes as u32,
+        });
+        let end = match self.send(welcome).await {
+            Err(e) => e,
+            Ok(()) => self.stream(&mut inbound, &mut sup_rx, generation).await,
+        };
+        self.disconnected(generation, end);
+    }
+
+    /// The stream after Welcome: snapshot, then deltas, until it ends.
+    async fn stream(
+        &self,
+        inbound: &mut Streaming<AgentMessage>,
+        superseded: &mut watch::Receiver<bool>,
+        generation: u64,
+    ) -> End {
+        let silence = self.hub.opts.heartbeat * MISSED_HEARTBEATS;
+        let mut ticker = tokio::time::interval(self.hub.opts.heartbeat);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_seq = 0u64;
+        let mut snapshot: HashMap<Kind, BTreeMap<String, KubeObject>> = HashMap::new();
+        let mut ended: BTreeSet<Kind> = BTreeSet::new();
+        let mut synced = false;
+        let mut refused: BTreeMap<String, ObjectProblem> = BTreeMap::new();
+        loop {
+            let msg = tokio::select! {
+                m = tokio::time::timeout(silence, inbound.message()) => m,
+                _ = ticker.tick() => {
+                    let hb = hub_message::Message::Heartbeat(Heartbeat { sent_unix_ms: unix_ms() });
+                    if let Err(e) = self.send(hb).await {
+                        return e;
+                    }
+                    continue;
+                }
+                _ = superseded.changed() => {
+                    return End {
+                        status: Status::aborted("a newer stream from the same cluster replaced this one"),
+                        label: None,
+                    };
+                }
+            };
+            let msg = match msg {
+                Err(_) => {
+                    return End::refused(
+                        "missed_heartbeats",
+                        Status::deadline_exceeded(format!(
+                            "no message from the agent for {}s ({} heartbeat intervals)",
+                            silence.as_secs(),
+                            MISSED_HEARTBEATS
+                        )),
+                    )
+                }
+                Ok(Ok(Some(m))) => m,
+                Ok(Ok(None)) => {
+                    return End {
+                        status: Status::ok("the agent closed the stream"),
+                        label: None,
+                    }
+                }
+                Ok(Err(s)) => {
+                    let label = if s.code() == tonic::Code::OutOfRange
+                        || s.message().contains("message length too large")
+                    {
+                        Some("oversized_message")
+                    } else {
+                        None
+                    };
+                    return End {
+                        status: Status::new(s.code(), format!("stream failed: {}", s.message())),
+                        label,
+                    };
+                }
+            };
+            self.heard();
+            let batch = match msg.message {
+                Some(agent_message::Message::Heartbeat(_)) => continue,
+                Some(agent_message::Message::Hello(_)) => {
+                    return End::refused(
+                        "protocol",
+                        Status::invalid_argument("Hello sent twice on one stream"),
+                    )
+                }
+                None => {
+                    return End::refused("protocol", Status::invalid_argument("empty AgentMessage"))
+                }
+                Some(agent_message::Message::Batch(b)) => b,
+            };
+            if batch.seq != last_seq + 1 {
+                return End::refused(
+                    "protocol",
+                    Status::invalid_argument(format!(
+                        "batch sequence {} after {last_seq}: batches are numbered 1, 2, 3, ...",
+                        batch.seq
+                    )),
+                );
+            }
+            last_seq = batch.seq;
+            let Some(kind) = kind_of(batch.kind) else {
+                return End::refused(
+                    "protocol",
+                    Status::invalid_argument(format!(
+                        "batch {}: unknown kind {}",
+                        batch.seq, batch.kind
+                    )),
+                );
+            };
+            self.count(&batch);
+            if batch.snapshot {
+                if synced || ended.contains(&kind) {
+                    return End::refused(
+                        "protocol",
+                        Status::invalid_argument(format!(
+                            "batch {}: a second snapshot of {kind} on one stream",
+                            batch.seq
+                        )),
+                    );
+                }
+                let objs = snapshot.entry(kind).or_default();
+                for ch in &batch.changes {
+                    match self.decode(kind, ch) {
+                        Ok(Some(o)) => {
+                            objs.insert(key(ch), o);
+                        }
+                        Ok(None) => {}
+                        Err(p) => {
+                            refused.insert(format!("{kind} {}", key(ch)), p);
+                        }
+                    }
+                }
+                if batch.end_of_snapshot {
+                    ended.insert(kind);
+                }
+                if ended.len() == KINDS.len() {
+                    if !self.is_current(generation) {
+                        return End {
+                            status: Status::aborted(
+                                "a newer stream from the same cluster replaced this one",
+                            ),
+                            label: None,
+                        };
+                    }
+                    let all: Vec<KubeObject> = std::mem::take(&mut snapshot)
+                        .into_values()
+                        .flat_map(BTreeMap::into_values)
+                        .collect();
+                    let n = all.len();
+                    let reg = &self.hub.registry;
+                    match reg.reset_cluster(&self.cluster, all) {
+                        Ok(rejected) => {
+                            for r in rejected {
+                                warn!(cluster = %self.cluster, kind = %r.kind, object = %r.object, reason = %r.reason, "object rejected");
+                            }
+                        }
+                        Err(e) => warn!(cluster = %self.cluster, error = %e),
+                    }
+                    let _ =
+                        reg.set_source_problems(&self.cluster, refused.values().cloned().collect());
+                    let _ = reg.set_stale(&self.cluster, false);
+                    let _ = reg.set_error(&self.cluster, None);
+                    synced = true;
+                    if let Some(a) = self.hub.lock().get_mut(&self.cluster) {
+                        a.status.synced = true;
+                    }
+                    info!(cluster = %self.cluster, objects = n, "agent snapshot complete");
+                }
+            } else {
+                if !synced {
+                    return End::refused(
+                        "protocol",
+                        Status::invalid_argument(format!(
+                            "batch {}: deltas before the snapshot's end-of-snapshot markers",
+                            batch.seq
+                        )),
+                    );
+                }
+                if !self.is_current(generation) {
+                    return End {
+                        status: Status::aborted(
+                            "a newer stream from the same cluster replaced this one",
+                        ),
+                        label: None,
+                    };
+                }
+                let before = refused.len();
+                for ch in &batch.changes {
+                    let id = format!("{kind} {}", key(ch));
+                    match self.decode(kind, ch) {
+                        Ok(Some(o)) => {
+                            refused.remove(&id);
+                            self.apply(Event::Upsert(o));
+                        }
+                        Ok(None) => {
+                            refused.remove(&id);
+                            self.apply(Event::Delete(deleted(kind, ch)));
+                        }
+                        Err(p) => {
+                            refused.insert(id, p);
+                        }
+                    }
+                }
+                if refused.len() != before {
+                    let _ = self
+                        .hub
+                        .registry
+                        .set_source_problems(&self.cluster, refused.values().cloned().collect());
+                }
+            }
+            if let Err(e) = self
+                .send(hub_message::Message::Ack(Ack { seq: batch.seq }))
+                .await
+            {
+                return e;
+            }
+        }
+    }
+
+    fn apply(&self, ev: Event) {
+        match self.hub.registry.apply(&self.cluster, ev) {
+            Ok(Some(r)) => {
+                warn!(cluster = %self.cluster, kind = %r.kind, object = %r.object, reason = %r.reason, "object rejected")
+            }
+            Ok(None) => {}
+            Err(e) => warn!(cluster = %self.cluster, error = %e),
+        }
+    }
+
+    /// An UPSERT's object (`Ok(Some)`), a DELETE (`Ok(None)`), or a refusal.
+    fn decode(
+        &self,
+        kind: Kind,
+        ch: &crate::agent::proto::Change,
+    ) -> Result<Option<KubeObject>, ObjectProblem> {
+        let refuse = |reason: String| {
+            let p = ObjectProblem {
+                origin: format!("agent of cluster {}", self.cluster),
+                kind: kind.to_string(),
+                object: key(ch),
+                reason,
+            };
+            self.hub
+                .refuse(Some(&self.cluster), "object", &p.to_string());
+            p
+        };
+        if kind != Kind::Node {
+            if let Some(Some(grant)) = self.hub.grants.get(&self.cluster) {
+                if !grant.contains(&ch.namespace) {
+                    return Err(refuse(format!(
+                        "namespace {:?} is outside this cluster's agent grant (clusters[].agent.namespaces: {:?})",
+                        ch.namespace,
+                        grant.iter().collect::<Vec<_>>()
+                    )));
+                }
+            }
+        }
+        if ch.op == change::Op::Delete as i32 {
+            return Ok(None);
+        }
+        if ch.op != change::Op::Upsert as i32 {
+            return Err(refuse(format!("unknown change op {}", ch.op)));
+        }
+        let obj = match kind {
+            Kind::Service => serde_json::from_slice::<Service>(&ch.object).map(KubeObject::Service),
+            Kind::Pod => serde_json::from_slice::<Pod>(&ch.object).map(KubeObject::Pod),
+            Kind::Node => serde_json::from_slice::<Node>(&ch.object).map(KubeObject::Node),
+            Kind::EndpointSlice => {
+                serde_json::from_slice::<EndpointSlice>(&ch.object).map(KubeObject::EndpointSlice)
+            }
+        }
+        .map_err(|e| refuse(format!("not a {kind} object: {e}")))?;
+        let m = obj.metadata();
+        let ns = if kind == Kind::Node {
+            ""
+        } else {
+            ch.namespace.as_str()
+        };
+        if m.name.as_deref() != Some(ch.name.as_str()) || m.namespace.as_deref().unwrap_or("") != ns
+        {
+            return Err(refuse(
+                "the object's metadata.namespace/name differ from the change's".into(),
+            ));
+        }
+        // The hub keeps only what the registry reads, whatever the agent sent.
+        Ok(Some(super::kube::slim(obj)))
+    }
+
+    fn heard(&self) {
+        if let Some(a) = self.hub.lock().get_mut(&self.cluster) {
+            a.status.last_heartbeat = now_rfc3339();
+        }
+    }
+
+    fn count(&self, b: &Batch) {
+        if let Some(a) = self.hub.lock().get_mut(&self.cluster) {
+            a.status.batches += 1;
+            a.status.changes += b.changes.len() as u64;
+        }
+    }
+
+    fn is_current(&self, generation: u64) -> bool {
+        self.hub
+            .lock()
+            .get(&self.cluster)
+            .is_some_and(|a| a.generation == generation)
+    }
+
+    /// A refusal before the stream became the cluster's: nothing changes in the
+    /// registry.
+    fn close_unregistered(&self, end: End) {
+        if let Some(l) = end.label {
+            self.hub
+                .refuse(Some(&self.cluster), l, end.status.message());
+        }
+        let _ = self.tx.try_send(Err(end.status));
+    }
+
+    /// The stream ended: unless a newer one took over, the cluster goes stale
+    /// (and is dropped after the grace period, if one is set).
+    fn disconnected(self, generation: u64, end: End) {
+        if let Some(l) = end.label {
+            self.hub
+                .refuse(Some(&self.cluster), l, end.status.message());
+        }
+        let reason = format!("agent disconnected: {}", end.status.message());
+        let current = {
+            let mut st = self.hub.lock();
+            match st.get_mut(&self.cluster) {
+                Some(a) if a.generation == generation => {
+                    a.status.connected = false;
+                    a.status.last_disconnect = Some(reason.clone());
+                    a.superseded = None;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if end.status.code() != tonic::Code::Ok {
+            let _ = self.tx.try_send(Err(end.status));
+        }
+        if !current {
+            return;
+        }
+        info!(cluster = %self.cluster, %reason, "agent stream ended; serving its last state, marked stale");
+        let reg = &self.hub.registry;
+        let _ = reg.set_stale(&self.cluster, true);
+        let _ = reg.set_error(&self.cluster, Some(reason));
+        if let Some(grace) = self.hub.opts.stale_grace {
+            let hub = self.hub.clone();
+            let cluster = self.cluster.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                let still = hub
+                    .lock()
+                    .get(&cluster)
+                    .is_some_and(|a| a.generation == generation && !a.status.connected);
+                if still {
+                    warn!(cluster = %cluster, "agent away for longer than the grace period: dropping its endpoints");
+                    let _ = hub.registry.reset_cluster(&cluster, Vec::new());
+                    let _ = hub.registry.set_synced(&cluster, false);
+                }
+            });
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn key(ch: &crate::agent::proto::Change) -> String {
+    if ch.namespace.is_empty() {
+        ch.name.clone()
+    } else {
+        format!("{}/{}", ch.namespace, ch.name)
+    }
+}
+
+/// The object a DELETE names (the registry reads only its kind and name).
+fn deleted(kind: Kind, ch: &crate::agent::proto::Change) -> KubeObject {
+    let metadata = ObjectMeta {
+        name: Some(ch.name.clone()),
+        namespace: (!ch.namespace.is_empty()).then(|| ch.namespace.clone()),
+        ..ObjectMeta::default()
+    };
+    match kind {
+        Kind::Service => KubeObject::Service(Service {
+            metadata,
+            ..Service::default()
+        }),
+        Kind::Pod => KubeObject::Pod(Pod {
+            metadata,
+            ..Pod::default()
+        }),
+        Kind::Node => KubeObject::Node(Node {
+            metadata,
+            ..Node::default()
+        }),
+        Kind::EndpointSlice => KubeObject::EndpointSlice(EndpointSlice {
+            metadata,
+            ..EndpointSlice::default()
+        }),
+    }
+}
+
+/// The identity an agent certificate for `cluster` carries (for docs and tests).
+pub fn identity(trust_domain: &str, cluster: &str) -> String {
+    agent_uri(trust_domain, cluster)
+}
