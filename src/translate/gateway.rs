@@ -434,7 +434,12 @@ fn https_filter_chains<'a>(
         if !seen.insert(sni.clone()) {
             continue;
         }
-        let route_name = https_route_name(port, bs);
+        // Two servers sharing a port name would share a route config name:
+        // the later gets its position appended, so each keeps its own hosts.
+        let mut route_name = https_route_name(port, bs);
+        if routes.iter().any(|r| r.name == route_name) {
+            route_name = format!("{route_name}.{}", chains.len());
+        }
         let one = PortServers {
             protocol: ps.protocol,
             passthrough: false,
@@ -538,4 +543,114 @@ fn l4_filter_chains<'a>(
 /// a Gateway change concerns).
 pub fn selects(gw: &Config<Gateway>, proxy: &Proxy) -> bool {
     labels_match(&gw.spec.selector, &proxy.labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::translate::generate;
+
+    /// Two terminated servers on one port with the same port name keep their
+    /// own route configs (their own hosts), matched by their own SNI.
+    #[test]
+    fn servers_sharing_a_port_name_keep_their_own_routes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("gw.yaml");
+        std::fs::write(
+            &path,
+            "kind: GoldenFixture
+proxy: {role: gateway, namespace: gw, labels: {app: gw}, identity: {serviceAccount: gw}}
+services:
+- {name: a, namespace: gw, ports: [{name: http, port: 80}]}
+- {name: b, namespace: gw, ports: [{name: http, port: 80}]}
+secrets:
+- {name: a, namespace: gw, parts: [keyPair]}
+- {name: b, namespace: gw, parts: [keyPair]}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: g, namespace: gw}
+spec:
+  selector: {app: gw}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [a.example.com]
+    tls: {mode: SIMPLE, credentialName: a}
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [b.example.com]
+    tls: {mode: SIMPLE, credentialName: b}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: a, namespace: gw}
+spec:
+  hosts: [a.example.com]
+  gateways: [g]
+  http: [{route: [{destination: {host: a}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: b, namespace: gw}
+spec:
+  hosts: [b.example.com]
+  gateways: [g]
+  http: [{route: [{destination: {host: b}}]}]
+",
+        )
+        .expect("write fixture");
+        let (ctx, proxy) = crate::translate::golden::load(&path);
+        let g = generate(&proxy, &ctx);
+        let domains = |name: &str| -> Vec<String> {
+            g.routes
+                .iter()
+                .find(|r| r.name == name)
+                .map(|r| {
+                    r.virtual_hosts
+                        .iter()
+                        .flat_map(|v| v.domains.clone())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let a = domains("https.443.https.g.gw");
+        let b = domains("https.443.https.g.gw.1");
+        assert!(
+            a.contains(&"a.example.com".to_string()) && !a.contains(&"b.example.com".to_string()),
+            "{a:?}"
+        );
+        assert!(
+            b.contains(&"b.example.com".to_string()) && !b.contains(&"a.example.com".to_string()),
+            "{b:?}"
+        );
+        let l = g
+            .listeners
+            .iter()
+            .find(|l| l.name == "0.0.0.0_443")
+            .expect("listener");
+        let names: Vec<(Vec<String>, String)> = l
+            .filter_chains
+            .iter()
+            .map(|fc| {
+                (
+                    fc.filter_chain_match
+                        .as_ref()
+                        .map(|m| m.server_names.clone())
+                        .unwrap_or_default(),
+                    fc.name.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                (
+                    vec!["a.example.com".to_string()],
+                    "https.443.https.g.gw".to_string()
+                ),
+                (
+                    vec!["b.example.com".to_string()],
+                    "https.443.https.g.gw.1".to_string()
+                )
+            ]
+        );
+    }
 }
