@@ -495,7 +495,10 @@ fn authenticated(m: StringMatcher) -> Principal {
 /// `namespaces` / `source.namespace`: Istio's principal regex `.*/ns/NS/.*`
 /// (`*` within the value matches anything).
 fn namespace_id(v: &str) -> Principal {
-    authenticated(regex(&format!(".*/ns/{}/.*", v.replace('*', ".*"))))
+    // Escaped first, so a value can never make the regex invalid (Envoy would
+    // reject the whole listener).
+    let ns = regex_escape(v).replace("\\*", ".*");
+    authenticated(regex(&format!(".*/ns/{ns}/.*")))
 }
 
 /// `serviceAccounts`: `NAME` (in the policy's namespace) or `NS/NAME`, Istio's
@@ -856,6 +859,11 @@ mod tests {
         );
         assert_eq!(a.principal_id("*"), authenticated(regex(".+")));
         assert_eq!(namespace_id("test"), authenticated(regex(".*/ns/test/.*")));
+        assert_eq!(
+            namespace_id("team-*"),
+            authenticated(regex(".*/ns/team-.*/.*"))
+        );
+        assert_eq!(namespace_id("a(b"), authenticated(regex(r".*/ns/a\(b/.*")));
         assert_eq!(
             header_value("x", "a.b"),
             header_string("x", regex(r"^a\.b$|^a\.b,.*|.*,a\.b,.*|.*,a\.b$"), false)

@@ -214,8 +214,10 @@ impl ConditionKey {
             "connection.sni" => ConditionKey::ConnectionSni,
             k if k.starts_with("request.headers") => {
                 let name = bracketed(&k["request.headers".len()..])
-                    .filter(|n| n.len() == 1 && !n[0].is_empty())
-                    .ok_or_else(|| format!("{k:?}: expected request.headers[NAME]"))?;
+                    .filter(|n| n.len() == 1 && header_name_ok(&n[0]))
+                    .ok_or_else(|| {
+                        format!("{k:?}: expected request.headers[NAME] with an HTTP header name")
+                    })?;
                 ConditionKey::RequestHeader(name[0].clone())
             }
             k if k.starts_with("request.auth.claims") => {
@@ -250,6 +252,16 @@ impl ConditionKey {
                 | ConditionKey::RequestClaims(_)
         )
     }
+}
+
+/// An HTTP header name (RFC 7230 token), or a pseudo-header (`:authority`),
+/// as Envoy's header matcher accepts.
+fn header_name_ok(n: &str) -> bool {
+    let token = n.strip_prefix(':').unwrap_or(n);
+    !token.is_empty()
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// `[a][b]...` as `["a", "b"]`; `None` when the shape is wrong.
@@ -785,6 +797,7 @@ mod tests {
             ]))
         );
         assert!(ConditionKey::parse("request.headers[]").is_err());
+        assert!(ConditionKey::parse("request.headers[bad name]").is_err());
         assert!(ConditionKey::parse("request.headers").is_err());
         assert!(ConditionKey::parse("request.auth.claims[a]b").is_err());
         assert!(ConditionKey::parse("experimental.envoy.filters.a.b[c]")
