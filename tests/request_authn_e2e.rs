@@ -765,3 +765,128 @@ spec:
     assert_eq!(f.status(Some(&untrusted)).await.0, 401);
     assert_eq!(f.status(None).await, (200, "web-0".into()));
 }
+
+/// A sidecar's inbound HTTP port (NONE-mode sidecar, Sidecar `ingress` to its
+/// app): a namespace-wide RequestAuthentication refuses an invalid token (401)
+/// and lets a valid one and none through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_inbound_checks_tokens() {
+    let subnet = Subnet::claim();
+    let k = Key::new("k1");
+    let mesh = Mesh::new(&[cluster("cluster1", None)]);
+    let (web_ip, app_port, inbound) = (subnet.ip(11), free_port(), free_port());
+    mesh.write_cluster(
+        "cluster1",
+        "web.yaml",
+        &format!(
+            "{}\n---\n{}",
+            manifests::service("shop", "web", 80, inbound, &[("app", "web")]),
+            manifests::pod(
+                "shop",
+                "web-0",
+                &[("app", "web")],
+                web_ip,
+                inbound,
+                true,
+                None
+            )
+        ),
+    );
+    let app = Backend::start(web_ip, app_port, "web-0").await;
+    mesh.write_istio(
+        "sidecar.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: web, namespace: shop}}
+spec:
+  workloadSelector: {{labels: {{app: web}}}}
+  ingress:
+  - port: {{number: {inbound}, protocol: HTTP, name: http}}
+    defaultEndpoint: {web_ip}:{app_port}
+"
+        ),
+    );
+    let cp = ControlPlane::start(&mesh.mesh_file).await;
+    let args: Vec<String> = [
+        "bootstrap",
+        "--role",
+        "sidecar",
+        "--interception",
+        "none",
+        "--name",
+        "web-0",
+        "--namespace",
+        "shop",
+        "--ip",
+        &web_ip.to_string(),
+        "--labels",
+        "app=web",
+        "--xds-address",
+        &cp.xds.to_string(),
+        "--admin-port",
+        "0",
+        "--cluster-id",
+        "cluster1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let envoy = Envoy::start("web-0-sidecar", &support::control_plane::bootstrap(&args)).await;
+    envoy.wait_ready(CONVERGE).await;
+    let addr = SocketAddr::from((web_ip, inbound));
+    let status = |token: Option<String>| async move {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("client");
+        let mut req = client.get(format!("http://{addr}/")).header("host", "web");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        match req.send().await {
+            Ok(r) => Ok::<_, String>(r.status().as_u16()),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    wait_for("the sidecar's inbound port answers", CONVERGE, || async {
+        match status(None).await? {
+            200 => Ok(()),
+            s => Err(s.to_string()),
+        }
+    })
+    .await;
+    let forged = Key::new("k1").sign(&claims(ISSUER, "a", AUDIENCE, 3600));
+    assert_eq!(status(Some(forged.clone())).await, Ok(200), "no policy yet");
+    mesh.write_istio(
+        "request-authn.yaml",
+        &format!(
+            "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: shop-wide, namespace: shop}}
+spec:
+  jwtRules:
+  - issuer: {ISSUER}
+    jwks: '{keys}'
+",
+            keys = jwks(&[&k])
+        ),
+    );
+    wait_for(
+        "the forged token is refused at the inbound port",
+        CONVERGE,
+        || async {
+            match status(Some(forged.clone())).await? {
+                401 => Ok(()),
+                s => Err(s.to_string()),
+            }
+        },
+    )
+    .await;
+    let good = k.sign(&claims(ISSUER, "a", AUDIENCE, 3600));
+    assert_eq!(status(Some(good)).await, Ok(200));
+    assert_eq!(status(None).await, Ok(200));
+    assert!(app.requests() > 0);
+}
