@@ -189,7 +189,8 @@ async fn clusters_join_and_leave_through_secrets() {
 
     // Removing the key removes c2: endpoints leave, watchers stop.
     let c2_watches = || c2.open_watches();
-    wait_for("c2 watching", 10, || c2_watches() == 4).await;
+    // Services, Pods, Nodes, EndpointSlices, and Secrets (credentialName).
+    wait_for("c2 watching", 10, || c2_watches() == 5).await;
     config.apply(&objects::remote_secret(
         DEFAULT_NAMESPACE,
         "s-a",
