@@ -413,7 +413,13 @@ async fn jwks_uri_tokens_checked_rotated_and_kept_on_failure() {
     let k2 = Key::new("k2");
     *server.body.lock().unwrap() = jwks(&[&k2]);
     let new = k2.sign(&claims(ISSUER, "bob", AUDIENCE, 3600));
+    let rotated = std::time::Instant::now();
     f.wait_status(Some(&new), 200).await;
+    // A figure, not an assertion: refresh interval 300 ms, then a push.
+    eprintln!(
+        "rotated key in force at the gateway after {:?}",
+        rotated.elapsed()
+    );
     f.wait_status(Some(&good), 401).await;
 
     // The server fails: several failed fetches later the last good keys (k2)
