@@ -28,6 +28,7 @@ use support::control_plane::{
 use support::envoy::Envoy;
 use support::manifests::{self, cluster, Mesh};
 use support::net::{free_port, Subnet};
+use support::shop::{request, Shop, SEED_DENY};
 use support::token_issuer::TokenIssuer;
 use support::{wait_for, CONVERGE};
 
@@ -119,21 +120,6 @@ metadata:
 {spec}"
     )
 }
-
-/// The quick start's (seed 004) policy, as written there (v1beta1).
-const SEED_DENY: &str = "apiVersion: security.istio.io/v1beta1
-kind: AuthorizationPolicy
-metadata:
-  name: base-authz
-  namespace: base
-spec:
-  action: DENY
-  rules:
-    - from:
-      - source:
-          namespaces:
-            - test
-";
 
 impl Fixture {
     async fn start() -> Fixture {
@@ -700,4 +686,37 @@ async fn gateway_policies_decide_by_method_path_and_remote_address() {
         }
     })
     .await;
+}
+
+/// The quick start scenario (seed 004's shop, `tests/support/shop.rs`) runs with
+/// the guide's DENY from namespace `test` in force: the frontend's inbound
+/// connection manager carries it, and the shop keeps answering through the
+/// gateway and the frontend's sidecar (no caller there is in `test`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_start_scenario_serves_with_the_seed_deny_in_force() {
+    let shop = Shop::start(false, 1, "").await;
+    let gw = shop.gateway(0);
+    wait_for("the gateway answers frontend-v1", CONVERGE, || async move {
+        let a = request(gw, "shop.example.com", "/", &[]).await?;
+        (a.status == 200 && a.body == "frontend-v1")
+            .then_some(())
+            .ok_or(format!("{} {:?}", a.status, a.body))
+    })
+    .await;
+    let dump = shop.sidecar.config_dump().await.to_string();
+    assert!(
+        dump.contains("envoy.filters.http.rbac")
+            && dump.contains("ns[base]-policy[base-authz]-rule[0]"),
+        "the frontend's sidecar has no RBAC filter with the seed's policy"
+    );
+    // Through the gateway, the frontend app and its sidecar to user.
+    let a = request(gw, "shop.example.com", "/call/user/profile", &[])
+        .await
+        .expect("call user");
+    assert!(
+        a.status == 200 && (a.body == "user-v1-a" || a.body == "user-v1-b"),
+        "{} {:?}",
+        a.status,
+        a.body
+    );
 }

@@ -177,10 +177,28 @@ impl Drop for Shop {
     }
 }
 
+/// The quick start's last step, in force in every scenario as in the guide: no
+/// service of `base` may be called from namespace `test` (a DENY on the peer's
+/// identity; `tests/authz_e2e.rs` checks it with sidecars holding identities).
+pub const SEED_DENY: &str = "apiVersion: security.istio.io/v1beta1
+kind: AuthorizationPolicy
+metadata:
+  name: base-authz
+  namespace: base
+spec:
+  action: DENY
+  rules:
+    - from:
+      - source:
+          namespaces:
+            - test
+";
+
 /// The base Istio config: Gateways `frontend-gw` (port gw_ports[0], selects
 /// `istio=ingressgateway`) and `frontend-gw-2` (gw_ports[1], selects
 /// `istio=ingressgateway-2`), the frontend VirtualService bound to both, and the
-/// frontend's Sidecar (ingress to the app). The frontend VirtualService is added
+/// frontend's Sidecar (ingress to the app), and the quick start's DENY
+/// (`SEED_DENY`). The frontend VirtualService is added
 /// unless the test's config has its own `frontend-vs`.
 fn base_config(gw_ports: [u16; 2], fe_port: u16, app_port: u16) -> String {
     format!(
@@ -212,7 +230,8 @@ spec:
     defaultEndpoint: 127.0.0.1:{app_port}
   egress:
   - hosts: ['./*']
-",
+---
+{SEED_DENY}",
         p0 = gw_ports[0],
         p1 = gw_ports[1],
     )
