@@ -750,15 +750,14 @@ pub fn fail_closed(meta: Meta, value: &serde_json::Value) -> Option<Config<Autho
         .collect();
     let any_refs =
         spec.is_some_and(|s| s.get("targetRef").is_some() || s.get("targetRefs").is_some());
-    let (selector, target_refs) = if any_refs {
-        // Unreadable or unsupported targets: the whole namespace.
-        if refs.is_empty() {
-            (None, Vec::new())
-        } else {
-            (None, refs)
-        }
-    } else {
-        (selector, Vec::new())
+    let has_selector = spec.is_some_and(|s| s.get("selector").is_some());
+    let (selector, target_refs) = match (any_refs, has_selector) {
+        // Both written (invalid): which one was meant is unknown; the whole
+        // namespace covers either.
+        (true, true) => (None, Vec::new()),
+        // No readable Gateway target: the whole namespace.
+        (true, false) => (None, refs),
+        (false, _) => (selector, Vec::new()),
     };
     let (action, rules) = match action {
         // One empty rule matches every request: deny all.
@@ -851,6 +850,14 @@ mod tests {
         assert!(
             c.spec.selector.is_none(),
             "an unreadable selector widens to the namespace"
+        );
+        let both = serde_json::json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "spec": {"action": "DENY", "selector": {"matchLabels": {"app": "web"}},
+                     "targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "edge"}]}});
+        let c = fail_closed(meta("base"), &both).expect("stand-in");
+        assert!(
+            c.spec.selector.is_none() && c.spec.target_refs.is_empty(),
+            "both scopes: the namespace"
         );
         let unknown = serde_json::json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy", "spec": {"action": "REJECT"}});
         assert_eq!(
