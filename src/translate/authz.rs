@@ -58,6 +58,14 @@ const SPIFFE_PREFIX: &str = "spiffe://";
 /// Istio's stand-in for the local trust domain in policies.
 const CLUSTER_LOCAL: &str = "cluster.local";
 
+/// An HTTP-only operation field: its values, its `not` values, and how one
+/// value becomes a permission.
+type HttpField<'a> = (
+    &'a Vec<String>,
+    &'a Vec<String>,
+    &'a dyn Fn(&str) -> Permission,
+);
+
 /// The policies in force for one proxy, grouped for the builder.
 pub struct Authz<'a> {
     policies: Vec<&'a Config<AuthorizationPolicy>>,
@@ -218,7 +226,7 @@ impl<'a> Authz<'a> {
         'to: for op in tos {
             let mut and = Vec::new();
             if let Some(o) = op {
-                let http: [(&Vec<String>, &Vec<String>, &dyn Fn(&str) -> Permission); 3] = [
+                let http: [HttpField<'_>; 3] = [
                     (&o.hosts, &o.not_hosts, &|v| {
                         perm_rule(PermRule::Header(header_string(
                             ":authority",

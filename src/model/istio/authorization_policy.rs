@@ -301,12 +301,15 @@ pub fn parse_cidr(s: &str) -> Option<(IpAddr, u32)> {
 /// Istio's string forms: `*` alone, a `*` prefix (`*.html`: suffix match) or a
 /// `*` suffix (`/api/*`: prefix match); no other `*`.
 pub fn wildcard_ok(v: &str) -> bool {
-    v == "*" || {
-        let inner = v.strip_prefix('*').unwrap_or(v);
-        let inner = inner.strip_suffix('*').unwrap_or(inner);
-        // `*x*` is not one of Istio's forms either.
-        !inner.contains('*') && !(v.starts_with('*') && v.ends_with('*') && v.len() > 1)
+    if v == "*" {
+        return true;
     }
+    let inner = v
+        .strip_prefix('*')
+        .or_else(|| v.strip_suffix('*'))
+        .unwrap_or(v);
+    // `*x*` and `**` keep a `*` here: not one of Istio's forms.
+    !inner.contains('*')
 }
 
 impl AuthorizationPolicy {
