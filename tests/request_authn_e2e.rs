@@ -120,6 +120,15 @@ impl JwksServer {
         .to_string();
         let app = axum::Router::new()
             .route(
+                "/moved",
+                axum::routing::get(|| async {
+                    (
+                        axum::http::StatusCode::FOUND,
+                        [(axum::http::header::LOCATION, "/jwks")],
+                    )
+                }),
+            )
+            .route(
                 "/.well-known/openid-configuration",
                 axum::routing::get(move || {
                     let d = discovery.clone();
@@ -709,7 +718,7 @@ async fn https_jwks_server(
 /// trusted serves keys that work; one whose CA is not is never trusted (its
 /// issuer's tokens stay refused, the TLS failure logged). And OpenID discovery:
 /// a rule with neither jwks nor jwksUri gets the keys of the issuer's
-/// `jwks_uri`.
+/// `jwks_uri`; a redirecting jwksUri is followed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_jwks_uri_verified_and_openid_discovery() {
     let subnet = Subnet::claim();
@@ -743,7 +752,10 @@ spec:
   - issuer: https://untrusted.test
     jwksUri: https://{bad}/jwks
   - issuer: {discovery_issuer}
-"
+  - issuer: https://moved.test
+    jwksUri: http://{plain_addr}/moved
+",
+        plain_addr = plain.addr
     ));
     let trusted = k.sign(&claims("https://trusted.test", "a", AUDIENCE, 3600));
     let untrusted = k.sign(&claims("https://untrusted.test", "a", AUDIENCE, 3600));
@@ -753,6 +765,9 @@ spec:
     f.wait_status(Some(&untrusted), 401).await;
     f.wait_status(Some(&trusted), 200).await;
     f.wait_status(Some(&discovered), 200).await;
+    // A jwksUri that redirects (302 to /jwks) is followed.
+    let moved = k.sign(&claims("https://moved.test", "a", AUDIENCE, 3600));
+    f.wait_status(Some(&moved), 200).await;
     wait_for(
         "the untrusted server's TLS failure is logged",
         CONVERGE,

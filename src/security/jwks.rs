@@ -26,6 +26,8 @@ use tokio::time::Instant;
 use crate::model::istio::request_authentication::{check_jwks, FetchedJwks, JwksSource};
 use crate::model::istio::ConfigSnapshot;
 
+/// Redirects followed for one fetch (Go's `http.Client`, istiod's, follows 10).
+const MAX_REDIRECTS: usize = 10;
 /// Largest JWKS or discovery document read (1 MiB).
 const MAX_BODY: usize = 1 << 20;
 /// How often the config in force is re-read for new or removed sources.
@@ -64,6 +66,11 @@ pub enum FetchError {
     Http(String),
     #[error("HTTP status {0}")]
     Status(u16),
+    /// A redirect to be followed (`Location`), handled by [`Client::get`].
+    #[error("redirected to {0}")]
+    Redirect(String),
+    #[error("{0}")]
+    Redirects(String),
     #[error("{0}")]
     Body(String),
 }
@@ -238,8 +245,30 @@ impl Client {
     }
 
     /// GET `url` within `timeout`; the body of a 2xx answer.
+    /// Redirects (301, 302, 303, 307, 308) are followed, at most
+    /// [`MAX_REDIRECTS`], never from `https` to `http`.
     pub async fn get(&self, url: &str, timeout: Duration) -> Result<String, FetchError> {
-        tokio::time::timeout(timeout, self.get_inner(url))
+        let follow = async {
+            let mut url = url.to_string();
+            for _ in 0..=MAX_REDIRECTS {
+                match self.get_inner(&url).await {
+                    Err(FetchError::Redirect(location)) => {
+                        let next = Url::parse(&url)?.join(&location);
+                        if url.starts_with("https://") && !next.starts_with("https://") {
+                            return Err(FetchError::Redirects(format!(
+                                "{url} redirects to {next}, which is not https"
+                            )));
+                        }
+                        url = next;
+                    }
+                    other => return other,
+                }
+            }
+            Err(FetchError::Redirects(format!(
+                "more than {MAX_REDIRECTS} redirects"
+            )))
+        };
+        tokio::time::timeout(timeout, follow)
             .await
             .map_err(|_| FetchError::Timeout(timeout))?
     }
@@ -326,6 +355,7 @@ fn parse_response(raw: &[u8]) -> Result<String, FetchError> {
         .ok_or_else(|| FetchError::Http(format!("status line {status_line:?}")))?;
     let mut chunked = false;
     let mut length = None;
+    let mut location = None;
     for l in lines {
         let Some((k, v)) = l.split_once(':') else {
             continue;
@@ -336,7 +366,12 @@ fn parse_response(raw: &[u8]) -> Result<String, FetchError> {
             chunked = true;
         } else if k.eq_ignore_ascii_case("content-length") {
             length = v.parse::<usize>().ok();
+        } else if k.eq_ignore_ascii_case("location") {
+            location = Some(v.to_string());
         }
+    }
+    if let (301 | 302 | 303 | 307 | 308, Some(to)) = (status, location) {
+        return Err(FetchError::Redirect(to));
     }
     if !(200..300).contains(&status) {
         return Err(FetchError::Status(status));
@@ -385,6 +420,21 @@ struct Url {
 }
 
 impl Url {
+    /// `location` (absolute, or an absolute path on this URL's server).
+    fn join(&self, location: &str) -> String {
+        if location.starts_with("http://") || location.starts_with("https://") {
+            return location.to_string();
+        }
+        let scheme = if self.https { "https" } else { "http" };
+        let path = if location.starts_with('/') {
+            location.to_string()
+        } else {
+            let dir = self.path.rsplit_once('/').map_or("", |(d, _)| d);
+            format!("{dir}/{location}")
+        };
+        format!("{scheme}://{}{path}", self.authority)
+    }
+
     fn parse(url: &str) -> Result<Url, FetchError> {
         let bad = |why: &str| FetchError::Url(format!("{url:?}: {why}"));
         let (https, rest) = if let Some(r) = url.strip_prefix("https://") {
@@ -482,6 +532,12 @@ mod tests {
         assert_eq!(parse_response(ch).unwrap(), "hello");
         let nf = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
         assert!(matches!(parse_response(nf), Err(FetchError::Status(404))));
+        let moved = b"HTTP/1.1 302 Found\r\nLocation: /v2/keys\r\nContent-Length: 0\r\n\r\n";
+        assert!(matches!(parse_response(moved), Err(FetchError::Redirect(l)) if l == "/v2/keys"));
+        let u = Url::parse("https://idp.example.com/a/keys?x").unwrap();
+        assert_eq!(u.join("/v2/keys"), "https://idp.example.com/v2/keys");
+        assert_eq!(u.join("other"), "https://idp.example.com/a/other");
+        assert_eq!(u.join("http://x/y"), "http://x/y");
     }
 
     #[test]
