@@ -260,7 +260,8 @@ mod tests {
             !names.contains(&"kubernetes://e-cert"),
             "another namespace's Secret"
         );
-        assert_eq!(chains(&g.listeners, "0.0.0.0_443").len(), 3);
+        // a, b, c terminated and the PASSTHROUGH chain (d and e left out).
+        assert_eq!(chains(&g.listeners, "0.0.0.0_443").len(), 4);
 
         let plaintext = Proxy {
             identity: None,
@@ -271,7 +272,8 @@ mod tests {
             g.secrets.is_empty(),
             "a plaintext-port proxy got key material"
         );
-        assert!(chains(&g.listeners, "0.0.0.0_443").is_empty());
+        // Only the PASSTHROUGH chain (unnamed) needs no key.
+        assert_eq!(chains(&g.listeners, "0.0.0.0_443"), [""]);
         assert!(chains(&g.listeners, "0.0.0.0_8443").is_empty());
         assert_eq!(
             chains(&g.listeners, "0.0.0.0_80").len(),
@@ -289,7 +291,7 @@ mod tests {
         };
         let g = generate(&elsewhere, &ctx);
         assert!(g.secrets.is_empty(), "{:?}", g.secrets);
-        assert!(chains(&g.listeners, "0.0.0.0_443").is_empty());
+        assert_eq!(chains(&g.listeners, "0.0.0.0_443"), [""]);
         assert_eq!(
             chains(&g.listeners, "0.0.0.0_8443").len(),
             1,

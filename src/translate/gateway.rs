@@ -74,10 +74,9 @@ fn servers_by_port<'a>(proxy: &'a Proxy, ctx: &'a PushContext) -> BTreeMap<u32, 
                     passthrough: server.is_passthrough(),
                     servers: Vec::new(),
                 });
-            // A port either passes TLS through or terminates it (the first
-            // server decides), so PASSTHROUGH and terminating servers do not mix.
-            let compatible = (entry.protocol == protocol
-                && entry.passthrough == server.is_passthrough())
+            // HTTPS ports may mix PASSTHROUGH and terminated servers (told apart
+            // by SNI, as in Istio); TLS ports pass through only (validation).
+            let compatible = entry.protocol == protocol
                 || (entry.protocol.is_http() && protocol.is_http())
                 || (entry.passthrough && server.is_passthrough());
             if compatible {
@@ -132,9 +131,47 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext, identity: bool) -> Generated {
             east_west.extend(cs);
             continue;
         }
-        if ps.protocol == ServerProtocol::Https && !ps.passthrough {
-            let chains =
+        if ps.protocol == ServerProtocol::Https
+            && ps.servers.iter().any(|b| !b.server.is_passthrough())
+        {
+            let mut chains =
                 https_filter_chains(port, &ps, proxy, ctx, identity, &mut out.routes, &mut used);
+            // PASSTHROUGH servers of the same port: their SNI chains, minus the
+            // names a terminated server already claims (Envoy refuses two
+            // chains matching one name).
+            let pass = PortServers {
+                protocol: ps.protocol,
+                passthrough: true,
+                servers: ps
+                    .servers
+                    .iter()
+                    .filter(|b| b.server.is_passthrough())
+                    .map(|b| BoundServer {
+                        gateway: b.gateway.clone(),
+                        gateway_ns: b.gateway_ns,
+                        server: b.server,
+                    })
+                    .collect(),
+            };
+            if !pass.servers.is_empty() {
+                let claimed: BTreeSet<String> = chains
+                    .iter()
+                    .flat_map(|fc| {
+                        fc.filter_chain_match
+                            .iter()
+                            .flat_map(|m| m.server_names.clone())
+                    })
+                    .collect();
+                for mut fc in l4_filter_chains(port, &pass, proxy, ctx, &mut used) {
+                    if let Some(m) = fc.filter_chain_match.as_mut() {
+                        m.server_names.retain(|n| !claimed.contains(n));
+                        if m.server_names.is_empty() {
+                            continue;
+                        }
+                    }
+                    chains.push(fc);
+                }
+            }
             if !chains.is_empty() {
                 out.listeners.push(listener(
                     BIND_ADDRESS,
