@@ -77,7 +77,7 @@ pub struct AgentArgs {
 #[derive(Debug, Subcommand)]
 pub enum AgentTokenCommand {
     /// Print a single-use enrolment token for an agent cluster of the mesh file
-    /// (kept, hashed, under `<ca.stateDir>/agent-tokens`, where `serve` reads it).
+    /// (kept, hashed, in `<ca.stateDir>.agent-tokens`, where `serve` reads it).
     Create(AgentTokenCreateArgs),
 }
 

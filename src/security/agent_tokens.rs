@@ -2,11 +2,13 @@
 //! DESIGN.md §5): single-use, expiring secrets that let a new agent obtain its
 //! client certificate once (`sources::agent`, the `Enroll` call).
 //!
-//! Where they live: `<ca.stateDir>/agent-tokens/` (the directory `serve`'s mesh CA
-//! keeps its state in, so the command and the server find the same directory from
-//! the same mesh file). Each token is one file named after the SHA-256 of the
-//! token, holding only the cluster it was made for and its expiry; the token itself
-//! is printed once and never stored.
+//! Where they live: `<ca.stateDir>.agent-tokens/` (beside the directory `serve`'s
+//! mesh CA keeps its state in, e.g. `crossmesh-ca.agent-tokens` next to the mesh
+//! file by default; beside, not inside, so that tokens can be created before the
+//! first `serve` generates the root there). The command and the server find the
+//! same directory from the same mesh file. Each token is one file named after the
+//! SHA-256 of the token, holding only the cluster it was made for and its expiry;
+//! the token itself is printed once and never stored.
 //!
 //! Single use: redeeming renames `<hash>.json` to `<hash>.used` before anything
 //! else. `rename` is atomic, so of two redemptions racing (or two replicas sharing
@@ -21,8 +23,8 @@ use base64::Engine;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
-/// Subdirectory of `ca.stateDir` holding the token records.
-pub const TOKEN_DIR: &str = "agent-tokens";
+/// Suffix of the token directory, after `ca.stateDir`'s own name.
+pub const TOKEN_DIR_SUFFIX: &str = ".agent-tokens";
 /// Prefix of every enrolment token (protocol v1), so a token is recognisable in
 /// logs and secret scanners and cannot be confused with a service-account JWT.
 pub const TOKEN_PREFIX: &str = "cmat1.";
@@ -70,9 +72,14 @@ struct Record {
     expires_unix: u64,
 }
 
-/// The token directory of a mesh CA state directory.
+/// The token directory of a mesh CA state directory: `<ca.stateDir>.agent-tokens`.
 pub fn token_dir(ca_state_dir: &Path) -> PathBuf {
-    ca_state_dir.join(TOKEN_DIR)
+    let mut name = ca_state_dir
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "crossmesh-ca".into());
+    name.push(TOKEN_DIR_SUFFIX);
+    ca_state_dir.with_file_name(name)
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -188,7 +195,8 @@ mod tests {
     #[test]
     fn single_use_expiring_and_bound_to_a_cluster() {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join(TOKEN_DIR);
+        let dir = token_dir(&tmp.path().join("ca"));
+        assert_eq!(dir, tmp.path().join("ca.agent-tokens"));
         let now = SystemTime::now();
         let t = create(&dir, "c3", Duration::from_secs(60), now).unwrap();
         assert!(t.starts_with(TOKEN_PREFIX));

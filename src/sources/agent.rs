@@ -826,9 +826,12 @@ impl Session {
         let mut ended: BTreeSet<Kind> = BTreeSet::new();
         let mut synced = false;
         let mut refused: BTreeMap<String, ObjectProblem> = BTreeMap::new();
+        // Any message from the agent counts as a heartbeat; the deadline is not
+        // restarted by our own heartbeats.
+        let mut last_heard = tokio::time::Instant::now();
         loop {
             let msg = tokio::select! {
-                m = tokio::time::timeout(silence, inbound.message()) => m,
+                m = tokio::time::timeout_at(last_heard + silence, inbound.message()) => m,
                 _ = ticker.tick() => {
                     let hb = hub_message::Message::Heartbeat(Heartbeat { sent_unix_ms: unix_ms() });
                     if let Err(e) = self.send(hb).await {
@@ -875,6 +878,7 @@ impl Session {
                     };
                 }
             };
+            last_heard = tokio::time::Instant::now();
             self.heard();
             let batch = match msg.message {
                 Some(agent_message::Message::Heartbeat(_)) => continue,
