@@ -8,12 +8,14 @@
 //! beside translation, which stays pure.
 //!
 //! A failed fetch keeps the last good keys and is retried sooner (one minute,
-//! doubling up to the refresh interval or an hour, whichever is shorter). A source never fetched has no keys, and
-//! translation inlines a key no one can sign for (`translate::jwt::UNFETCHED_JWKS`,
-//! as istiod inlines its fake key), so tokens are refused (401) until
-//! the keys arrive. `https` URLs are verified against the system's CA bundle
-//! (`SSL_CERT_FILE`, else the usual distribution paths); the response body is
-//! never logged.
+//! doubling up to the refresh interval or an hour, whichever is shorter); the
+//! reason shows as a warning on `/debug/configz`. A source never fetched has no
+//! keys, and translation inlines a key no one can sign for
+//! (`translate::jwt::UNFETCHED_JWKS`, as istiod inlines its fake key), so
+//! tokens are refused (401) until the keys arrive. `https` URLs are verified
+//! against the system's CA bundle (`SSL_CERT_FILE`, else the usual
+//! distribution paths); redirects are followed; the response body is never
+//! logged.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
