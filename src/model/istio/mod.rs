@@ -1,6 +1,7 @@
 //! Istio's networking API (`networking.istio.io` v1alpha3, v1beta1 and v1 share
-//! one schema) and `PeerAuthentication` (`security.istio.io` v1 and v1beta1) as
-//! plain serde types, plus the validated `ConfigSnapshot` translation reads.
+//! one schema) and `security.istio.io` v1 and v1beta1 (`PeerAuthentication`,
+//! `RequestAuthentication`, `AuthorizationPolicy`) as plain serde types, plus
+//! the validated `ConfigSnapshot` translation reads.
 //!
 //! Spec types use `deny_unknown_fields`, so an unknown or misspelt field rejects
 //! the object with a reason instead of being silently ignored. Fields Istio has but
@@ -292,7 +293,7 @@ pub fn parse_object(
         _ if security => {
             return Err(reject(
                 "kind",
-                format!("kind {kind_str:?} of {SECURITY_GROUP} is not supported (supported: PeerAuthentication, RequestAuthentication)"),
+                format!("kind {kind_str:?} of {SECURITY_GROUP} is not supported (supported: PeerAuthentication, RequestAuthentication, AuthorizationPolicy)"),
             ))
         }
         _ => {
