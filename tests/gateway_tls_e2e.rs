@@ -35,6 +35,8 @@ struct Fixture {
     gw: Envoy,
     https_port: u16,
     http_port: u16,
+    /// A TLS-protocol server terminating with a-cert, then TCP to web.
+    tls_port: u16,
     server_ca: Ca,
     client_ca: Ca,
     _web: Backend,
@@ -120,7 +122,7 @@ config:
             "secrets.yaml",
             &secrets_yaml(&a, &b, &client_ca.pem, &d, &other),
         );
-        let (https_port, http_port) = (free_port(), free_port());
+        let (https_port, http_port, tls_port) = (free_port(), free_port(), free_port());
         mesh.write_istio(
             "gateway.yaml",
             &format!(
@@ -145,6 +147,9 @@ spec:
   - port: {{number: {https_port}, name: https-d, protocol: HTTPS}}
     hosts: [\"edge/d.example.com\"]
     tls: {{mode: SIMPLE, credentialName: d-cert}}
+  - port: {{number: {tls_port}, name: tls-a, protocol: TLS}}
+    hosts: [\"edge/a.example.com\"]
+    tls: {{mode: SIMPLE, credentialName: a-cert}}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -154,6 +159,11 @@ spec:
   gateways: [{GW_NS}/edge]
   http:
   - route:
+    - destination: {{host: web.edge.svc.cluster.local, port: {{number: 8080}}}}
+  tcp:
+  - match:
+    - port: {tls_port}
+    route:
     - destination: {{host: web.edge.svc.cluster.local, port: {{number: 8080}}}}
 "
             ),
@@ -200,6 +210,7 @@ spec:
             gw,
             https_port,
             http_port,
+            tls_port,
             server_ca,
             client_ca,
             _web: web,
@@ -258,6 +269,26 @@ async fn simple_mutual_sni_redirect_and_bad_secrets_leave_only_their_server_out(
     let (body, subject) = f.answered("a.example.com", None).await;
     assert_eq!(body, "web-0");
     assert_eq!(cn(&subject), "a-v1", "{subject}");
+
+    // A TLS server terminates with a-cert too, then proxies TCP to web-0 (the
+    // HTTP inside is web-0's own answer).
+    let cfg = f.client(None);
+    let (r, subject) = wait_for("the TLS server answers", CONVERGE, || {
+        let cfg = cfg.clone();
+        async move {
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, f.tls_port));
+            tls::https_get(addr, "a.example.com", "/", cfg).await
+        }
+    })
+    .await;
+    assert_eq!(
+        (r.status, r.body.as_str(), cn(&subject)),
+        (200, "web-0", "a-v1")
+    );
+    assert!(
+        r.header("server").is_none(),
+        "went through an HTTP connection manager: {r:?}"
+    );
 
     // MUTUAL: b.example.com with a client certificate from the client CA is
     // answered, with b-cert: SNI picked the certificate.

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
-use envoy_types::pb::envoy::config::listener::v3::FilterChain;
+use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch};
 use envoy_types::pb::envoy::config::route::v3::{
     virtual_host::TlsRequirementType, RouteConfiguration, VirtualHost,
 };
@@ -131,47 +131,10 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext, identity: bool) -> Generated {
             east_west.extend(cs);
             continue;
         }
-        if ps.protocol == ServerProtocol::Https
-            && ps.servers.iter().any(|b| !b.server.is_passthrough())
-        {
+        if ps.protocol == ServerProtocol::Https && ps.servers.iter().any(|b| terminates(b.server)) {
             let mut chains =
                 https_filter_chains(port, &ps, proxy, ctx, identity, &mut out.routes, &mut used);
-            // PASSTHROUGH servers of the same port: their SNI chains, minus the
-            // names a terminated server already claims (Envoy refuses two
-            // chains matching one name).
-            let pass = PortServers {
-                protocol: ps.protocol,
-                passthrough: true,
-                servers: ps
-                    .servers
-                    .iter()
-                    .filter(|b| b.server.is_passthrough())
-                    .map(|b| BoundServer {
-                        gateway: b.gateway.clone(),
-                        gateway_ns: b.gateway_ns,
-                        server: b.server,
-                    })
-                    .collect(),
-            };
-            if !pass.servers.is_empty() {
-                let claimed: BTreeSet<String> = chains
-                    .iter()
-                    .flat_map(|fc| {
-                        fc.filter_chain_match
-                            .iter()
-                            .flat_map(|m| m.server_names.clone())
-                    })
-                    .collect();
-                for mut fc in l4_filter_chains(port, &pass, proxy, ctx, &mut used) {
-                    if let Some(m) = fc.filter_chain_match.as_mut() {
-                        m.server_names.retain(|n| !claimed.contains(n));
-                        if m.server_names.is_empty() {
-                            continue;
-                        }
-                    }
-                    chains.push(fc);
-                }
-            }
+            passthrough_beside(port, &ps, proxy, ctx, &mut used, &mut chains);
             if !chains.is_empty() {
                 out.listeners.push(listener(
                     BIND_ADDRESS,
@@ -203,7 +166,15 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext, identity: bool) -> Generated {
                 vec![filter_chain(Vec::new(), hcm)],
             ));
         } else {
-            let mut chains = l4_filter_chains(port, &ps, proxy, ctx, &mut used);
+            let mut chains = if ps.protocol == ServerProtocol::Tls
+                && ps.servers.iter().any(|b| terminates(b.server))
+            {
+                let mut c = tls_terminated_chains(port, &ps, proxy, ctx, identity, &mut used);
+                passthrough_beside(port, &ps, proxy, ctx, &mut used, &mut c);
+                c
+            } else {
+                l4_filter_chains(port, &ps, proxy, ctx, &mut used)
+            };
             // AuthorizationPolicy's network RBAC ahead of the TCP proxy, as
             // istiod builds gateway TCP and TLS-passthrough servers.
             let rbac = super::security::network_filters(proxy, ctx);
@@ -384,8 +355,13 @@ fn tls_protocol(v: Option<&str>, default: TlsProtocol) -> TlsProtocol {
 ///
 /// `minProtocolVersion` defaults to TLS 1.2 and `maxProtocolVersion` to TLS 1.3
 /// (Istio's gateway defaults); `cipherSuites` as given. ALPN `h2,http/1.1` for
-/// HTTPS. `None`: nothing to terminate with (ISTIO_MUTUAL without identity).
-fn server_tls_context(tls: &ServerTlsSettings, identity: bool) -> Option<DownstreamTlsContext> {
+/// HTTPS (`http`), none for TLS servers. `None`: nothing to terminate with
+/// (ISTIO_MUTUAL without identity, or a mode that does not terminate).
+fn server_tls_context(
+    tls: &ServerTlsSettings,
+    identity: bool,
+    http: bool,
+) -> Option<DownstreamTlsContext> {
     let mode = tls.mode.as_deref().unwrap_or("").to_ascii_uppercase();
     let params = TlsParameters {
         tls_minimum_protocol_version: tls_protocol(
@@ -432,7 +408,11 @@ fn server_tls_context(tls: &ServerTlsSettings, identity: bool) -> Option<Downstr
             tls_params: Some(params),
             tls_certificate_sds_secret_configs: vec![mtls::sds(&cert)],
             validation_context_type: validation,
-            alpn_protocols: mtls::ALPN_HTTP.iter().map(|s| s.to_string()).collect(),
+            alpn_protocols: if http {
+                mtls::ALPN_HTTP.iter().map(|s| s.to_string()).collect()
+            } else {
+                Vec::new()
+            },
             ..Default::default()
         }),
         require_client_certificate: require.then(|| bool_value(true)),
@@ -463,7 +443,7 @@ fn https_filter_chains<'a>(
         let Some(tls) = bs.server.tls.as_ref() else {
             continue;
         };
-        let Some(context) = server_tls_context(tls, identity) else {
+        let Some(context) = server_tls_context(tls, identity, true) else {
             continue;
         };
         let mut sni = server_sni(bs.server);
@@ -495,6 +475,129 @@ fn https_filter_chains<'a>(
         );
         let mut fc = filter_chain(sni, hcm);
         fc.name = route_name;
+        fc.transport_socket = Some(mtls::tls_socket(&context));
+        chains.push(fc);
+    }
+    chains
+}
+
+/// Whether a server terminates TLS (modes SIMPLE, MUTUAL, OPTIONAL_MUTUAL,
+/// ISTIO_MUTUAL).
+fn terminates(server: &Server) -> bool {
+    server
+        .tls
+        .as_ref()
+        .and_then(|t| t.mode.as_deref())
+        .is_some_and(|m| {
+            ["SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL", "ISTIO_MUTUAL"]
+                .iter()
+                .any(|x| m.eq_ignore_ascii_case(x))
+        })
+}
+
+/// The PASSTHROUGH servers of a port that also terminates TLS: their SNI
+/// chains, minus the names a terminated server already claims (Envoy refuses
+/// two chains matching one name), appended to `chains`.
+fn passthrough_beside<'a>(
+    port: u32,
+    ps: &PortServers<'a>,
+    proxy: &Proxy,
+    ctx: &'a PushContext,
+    used: &mut Vec<&'a Config<VirtualService>>,
+    chains: &mut Vec<FilterChain>,
+) {
+    let pass = PortServers {
+        protocol: ps.protocol,
+        passthrough: true,
+        servers: ps
+            .servers
+            .iter()
+            .filter(|b| b.server.is_passthrough())
+            .map(|b| BoundServer {
+                gateway: b.gateway.clone(),
+                gateway_ns: b.gateway_ns,
+                server: b.server,
+            })
+            .collect(),
+    };
+    if pass.servers.is_empty() {
+        return;
+    }
+    let claimed: BTreeSet<String> = chains
+        .iter()
+        .flat_map(|fc| {
+            fc.filter_chain_match
+                .iter()
+                .flat_map(|m| m.server_names.clone())
+        })
+        .collect();
+    for mut fc in l4_filter_chains(port, &pass, proxy, ctx, used) {
+        if let Some(m) = fc.filter_chain_match.as_mut() {
+            m.server_names.retain(|n| !claimed.contains(n));
+            if m.server_names.is_empty() {
+                continue;
+            }
+        }
+        chains.push(fc);
+    }
+}
+
+/// Terminated TLS servers (protocol TLS; Istio's gateway TCP-after-TLS
+/// servers): per server, a filter chain on its hosts as SNI with its TLS
+/// context (no ALPN) and the TCP proxy of the first TCP route that applies to
+/// it (as for a TCP server). A server without such a route, or repeating an
+/// earlier server's SNI names, gets no chain.
+fn tls_terminated_chains<'a>(
+    port: u32,
+    ps: &PortServers<'a>,
+    proxy: &Proxy,
+    ctx: &'a PushContext,
+    identity: bool,
+    used: &mut Vec<&'a Config<VirtualService>>,
+) -> Vec<FilterChain> {
+    let mut chains = Vec::new();
+    let mut seen: BTreeSet<Vec<String>> = BTreeSet::new();
+    for bs in ps.servers.iter().filter(|b| terminates(b.server)) {
+        let Some(context) = bs
+            .server
+            .tls
+            .as_ref()
+            .and_then(|t| server_tls_context(t, identity, false))
+        else {
+            continue;
+        };
+        let mut sni = server_sni(bs.server);
+        sni.sort();
+        if !seen.insert(sni.clone()) {
+            continue;
+        }
+        let one = PortServers {
+            protocol: ps.protocol,
+            passthrough: false,
+            servers: vec![BoundServer {
+                gateway: bs.gateway.clone(),
+                gateway_ns: bs.gateway_ns,
+                server: bs.server,
+            }],
+        };
+        let Some(mut fc) = l4_filter_chains(port, &one, proxy, ctx, used)
+            .into_iter()
+            .next()
+        else {
+            continue;
+        };
+        fc.filter_chain_match = (!sni.is_empty()).then(|| FilterChainMatch {
+            server_names: sni,
+            ..Default::default()
+        });
+        fc.name = format!(
+            "tls.{port}.{}.{}.{}",
+            bs.server.port.name,
+            bs.gateway
+                .rsplit_once('/')
+                .map_or(bs.gateway.as_str(), |(_, n)| n),
+            bs.gateway_ns
+        );
         fc.transport_socket = Some(mtls::tls_socket(&context));
         chains.push(fc);
     }

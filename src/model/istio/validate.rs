@@ -288,16 +288,13 @@ fn gateway(g: &Gateway, out: &mut Issues) {
                 (Some(ServerProtocol::Https | ServerProtocol::Tls), Some("PASSTHROUGH")) => {}
                 // East-west gateways (translate::network): SNI routing, no termination.
                 (Some(ServerProtocol::Tls), Some("AUTO_PASSTHROUGH")) => {}
-                // Termination (translate::gateway): HTTPS servers.
-                (Some(ServerProtocol::Https), Some(_)) if terminating => {}
-                (Some(ServerProtocol::Tls), Some(m)) if terminating => out.err(
-                    format!("{tf}.mode"),
-                    format!("mode {m} on a TLS server (TCP routes after termination) is not supported by crossmesh yet; use protocol HTTPS, or PASSTHROUGH"),
-                ),
+                // Termination (translate::gateway): HTTPS servers route HTTP, TLS
+                // servers route TCP after termination.
+                (Some(ServerProtocol::Https | ServerProtocol::Tls), Some(_)) if terminating => {}
                 (Some(ServerProtocol::Https | ServerProtocol::Tls), m) => out.err(
                     format!("{tf}.mode"),
                     format!(
-                        "mode {} is not supported (PASSTHROUGH, AUTO_PASSTHROUGH for TLS, SIMPLE, MUTUAL, OPTIONAL_MUTUAL or ISTIO_MUTUAL for HTTPS)",
+                        "mode {} is not supported (PASSTHROUGH, SIMPLE, MUTUAL, OPTIONAL_MUTUAL, ISTIO_MUTUAL, or AUTO_PASSTHROUGH for TLS)",
                         m.unwrap_or("<unset>")
                     ),
                 ),
