@@ -84,6 +84,7 @@ fn context(m: &Mesh) -> PushContext {
         mesh: m.registry.mesh(),
         services: m.registry.services(),
         config: m.registry.config(),
+        credentials: m.registry.credentials(),
     }
 }
 
