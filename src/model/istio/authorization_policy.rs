@@ -809,6 +809,29 @@ mod tests {
     }
 
     #[test]
+    fn dry_run_annotation_is_read_and_a_bad_value_rejects() {
+        use crate::model::istio::{parse_object, IstioObject};
+        let doc = |ann: &str| -> serde_json::Value {
+            serde_saphyr::from_str(&format!(
+                "apiVersion: security.istio.io/v1beta1\nkind: AuthorizationPolicy\nmetadata: {{name: p, namespace: base{ann}}}\nspec: {{action: DENY, rules: [{{}}]}}\n"
+            ))
+            .expect("yaml")
+        };
+        let dry = |ann: &str| match parse_object("t", &doc(ann)) {
+            Ok(IstioObject::AuthorizationPolicy(c)) => Ok(c.spec.dry_run),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e[0].field.clone()),
+        };
+        assert_eq!(dry(""), Ok(false));
+        assert_eq!(dry(", annotations: {istio.io/dry-run: 'true'}"), Ok(true));
+        assert_eq!(dry(", annotations: {istio.io/dry-run: 'False'}"), Ok(false));
+        assert_eq!(
+            dry(", annotations: {istio.io/dry-run: 'yes'}"),
+            Err("metadata.annotations.istio.io/dry-run".to_string())
+        );
+    }
+
+    #[test]
     fn wildcards_and_cidrs() {
         for ok in ["*", "/api/*", "*.html", "/exact"] {
             assert!(wildcard_ok(ok), "{ok}");
