@@ -9,6 +9,8 @@
 //!   serving cluster3's last endpoints, marked stale, other clusters unaffected; a
 //!   pod replaced meanwhile is the only endpoint once the agent is back (restarted
 //!   from its state directory, without a token);
+//! - the hub restarted: the agent reconnects and the merged registry equals what
+//!   it was;
 //! - a raw protocol client (cluster `cluster4`): nothing is deleted before every
 //!   kind's end-of-snapshot marker; objects outside the namespace grant, a used or
 //!   expired token, a certificate from another CA, and publishing under another
@@ -166,14 +168,16 @@ impl Fixture {
              - name: cluster2\n  network: vpc-a\n  kubeconfig: cluster2.kubeconfig\n\
              - name: cluster3\n  network: account-b\n  agent:\n    namespaces: [{NS}]\n\
              - name: cluster4\n  network: account-b\n  agent:\n    namespaces: [{NS}]\n\
-             config:\n- cluster: cluster1\n"
+             config:\n- cluster: cluster1\n\
+             tunables:\n  readyTimeoutMs: 3000\n"
         );
         let mesh_file = dir.path().join("mesh.yaml");
         std::fs::write(&mesh_file, yaml).expect("write mesh file");
         let token = create_token(&mesh_file, "cluster3", "10m").expect("agent-token create");
         std::fs::write(dir.path().join("cluster3.token"), &token).expect("write token");
         // cluster4 (a raw protocol client in some tests) never syncs unless a
-        // test makes it: /ready is not awaited here.
+        // test makes it: /ready is not awaited here (and stops waiting for it
+        // after readyTimeoutMs, for restarts).
         let cp = ControlPlane::start_with(
             &mesh_file,
             StartOptions {
@@ -780,6 +784,44 @@ async fn agent_cut_keeps_last_endpoints_and_replaced_pod_is_the_only_one_after()
     assert_eq!(eps.len(), 1, "{eps:?}");
     assert_eq!(eps[0]["address"], f.pod_ip(3, 3).to_string(), "{eps:?}");
     assert_eq!(eps[0]["stale"], false, "{eps:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_restarted_agent_reconnects_and_the_merged_registry_is_the_same() {
+    let mut f = Fixture::start().await;
+    for n in 1..=3u8 {
+        f.wait_answer(n, &format!("{}-pod-a", name(n))).await;
+    }
+    let b = f.put_pod(3, 2, "b").await;
+    f.wait_hosts(3, &[1, 2]).await;
+    f.wait_answer(3, &b).await;
+    let before = f.cp.json("/debug/registryz").await.unwrap();
+    let eps = f.registry_endpoints("cluster3", "cluster3").await.unwrap();
+    assert_eq!(eps.len(), 2, "{eps:?}");
+
+    f.cp.restart().await;
+    // The agent's backoff is at most 10 s; then its snapshot rebuilds cluster3.
+    wait_for(
+        "the merged registry as before the restart",
+        CONVERGE + Duration::from_secs(10),
+        || async {
+            let now = f.cp.json("/debug/registryz").await?;
+            if now == before {
+                Ok(())
+            } else {
+                Err(format!("{now}"))
+            }
+        },
+    )
+    .await;
+    let c = f
+        .wait_clusterz("cluster3", "cluster3's agent back on the new hub", |c| {
+            c["agent"]["connected"] == true && c["synced"] == true && c["stale"] == false
+        })
+        .await;
+    assert_eq!(c["agent"]["streams"], 1, "{c}");
+    f.wait_hosts(3, &[1, 2]).await;
+    f.wait_answer(1, "cluster1-pod-a").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
