@@ -7,8 +7,10 @@
 //! - `a.example.com` SIMPLE with Secret `a-cert` (`kubernetes.io/tls`);
 //! - `b.example.com` MUTUAL with Secret `b-cert` (generic `cert`/`key`/`cacert`);
 //! - `c.example.com` naming a Secret that does not exist;
-//! - `d.example.com` naming a Secret whose key does not match its certificate;
-//! and one HTTP port redirects `a.example.com` to HTTPS (`httpsRedirect`).
+//! - `d.example.com` naming a Secret whose key does not match its certificate.
+//!
+//! One HTTP port redirects `a.example.com` to HTTPS (`httpsRedirect`), and one
+//! TLS-protocol port terminates with `a-cert` before a TCP route.
 
 mod support;
 
