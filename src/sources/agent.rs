@@ -1216,3 +1216,96 @@ fn deleted(kind: Kind, ch: &crate::agent::proto::Change) -> KubeObject {
 pub fn identity(trust_domain: &str, cluster: &str) -> String {
     agent_uri(trust_domain, cluster)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub(dir: &std::path::Path) -> (Arc<AgentHub>, Arc<Ca>) {
+        let mut mesh = MeshConfig::parse(
+            "clusters:\n- {name: c3, agent: {namespaces: [shop]}}\n- {name: c1, manifests: m}\n",
+            dir,
+        )
+        .expect("mesh");
+        mesh.ca.state_dir = dir.join("ca");
+        let ca = Arc::new(Ca::from_mesh(&mesh).expect("ca"));
+        let registry = Registry::new(Arc::new(mesh.clone()), crate::push::PushQueue::new());
+        let c = ca.clone();
+        let hub = AgentHub::new(
+            registry,
+            &mesh,
+            Arc::new(move || c.clone()),
+            AgentHubOptions::default(),
+        );
+        (hub, ca)
+    }
+
+    #[test]
+    fn agent_certificate_names_the_cluster_and_only_the_csr_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (hub, ca) = hub(tmp.path());
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["evil.example".to_string()]).unwrap();
+        params.subject_alt_names.push(rcgen::SanType::URI(
+            "spiffe://cluster.local/crossmesh/cluster/c1"
+                .try_into()
+                .unwrap(),
+        ));
+        let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+        let cert = ca.sign_agent_csr("c3", &csr).expect("signed");
+        assert_eq!(cert.uri, "spiffe://cluster.local/crossmesh/cluster/c3");
+        use rustls::pki_types::pem::PemObject;
+        let der = rustls::pki_types::CertificateDer::pem_slice_iter(cert.cert_chain_pem.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        let (_, x) = x509_parser::parse_x509_certificate(&der).unwrap();
+        // The requested SANs are ignored: only the hub's URI SAN.
+        let sans: Vec<String> = x
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(sans, ["URI(spiffe://cluster.local/crossmesh/cluster/c3)"]);
+        let eku = x.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.client_auth && !eku.server_auth);
+        assert_eq!(
+            x.public_key().subject_public_key.data.as_ref(),
+            key.public_key_raw()
+        );
+        // The hub reads the cluster back from it.
+        assert_eq!(hub.cluster_of(&der).unwrap(), "c3");
+        // A workload certificate names no agent.
+        let w = ca
+            .issue(&crate::security::Identity {
+                trust_domain: "cluster.local".into(),
+                namespace: "crossmesh".into(),
+                service_account: "cluster".into(),
+            })
+            .unwrap();
+        let wder = rustls::pki_types::CertificateDer::pem_slice_iter(w.cert_chain_pem.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        assert!(hub.cluster_of(&wder).is_err());
+        // Garbage instead of a CSR, and a name that cannot be a SPIFFE segment.
+        assert!(ca.sign_agent_csr("c3", "not a csr").is_err());
+        assert!(ca.sign_agent_csr("c3/../c1", &csr).is_err());
+    }
+
+    #[test]
+    fn clusterz_gets_an_agent_field_for_agent_clusters_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (hub, _) = hub(tmp.path());
+        hub.refuse(Some("c3"), "token_used", "enrolment token already used");
+        let mut page = serde_json::json!([{"name": "c3"}, {"name": "c1"}]);
+        hub.annotate_clusterz(&mut page);
+        assert_eq!(page[0]["agent"]["refusals"]["token_used"], 1);
+        assert_eq!(page[0]["agent"]["connected"], false);
+        assert!(page[1].get("agent").is_none());
+    }
+}
