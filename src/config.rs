@@ -315,7 +315,8 @@ pub struct MeshConfig {
     /// has its tokens verified locally, even when it also has a kubeconfig.
     pub token_issuers: BTreeMap<String, TokenIssuer>,
     /// Mesh file `pathNormalization.normalization`, applied to every HTTP
-    /// connection manager (default `BASE`, as Istio).
+    /// connection manager (default `DECODE_AND_MERGE_SLASHES`; Istio's is
+    /// `BASE`: see [`PathNormalization`]).
     pub path_normalization: PathNormalization,
     /// Mesh file `debugAuth`.
     pub debug_auth: DebugAuth,
@@ -324,6 +325,12 @@ pub struct MeshConfig {
 /// Istio's meshConfig `pathNormalization.normalization`: how proxies normalize
 /// a request's path before routing and authorization (istiod's
 /// `buildHTTPConnectionManager`).
+///
+/// The default is `DECODE_AND_MERGE_SLASHES`, not Istio's `BASE`: under `BASE`
+/// an AuthorizationPolicy path rule such as DENY `/admin/*` is bypassed with
+/// `//admin/x` or `/admin%2Fx` (both reach the backend, which usually treats
+/// them as `/admin/x`). `BASE` stays available for applications that need
+/// repeated or encoded slashes passed through.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum PathNormalization {
@@ -331,12 +338,12 @@ pub enum PathNormalization {
     None,
     /// RFC 3986 normalization (`normalize_path`): `.` and `..` segments
     /// resolved, backslashes to slashes, unreserved percent-encodings decoded.
-    #[default]
     Base,
     /// `BASE`, and repeated slashes merged (`merge_slashes`).
     MergeSlashes,
     /// `MERGE_SLASHES`, and `%2F`/`%5C` decoded to `/` and `\\` first
-    /// (`path_with_escaped_slashes_action: UNESCAPE_AND_FORWARD`).
+    /// (`path_with_escaped_slashes_action: UNESCAPE_AND_FORWARD`). The default.
+    #[default]
     DecodeAndMergeSlashes,
 }
 
@@ -808,7 +815,9 @@ impl MeshConfig {
         };
         if let Some(p) = file.path_normalization {
             mesh.path_normalization = match p.normalization.as_deref() {
-                None | Some("BASE") | Some("DEFAULT") => PathNormalization::Base,
+                None => PathNormalization::default(),
+                // Istio's DEFAULT is its default, BASE.
+                Some("BASE") | Some("DEFAULT") => PathNormalization::Base,
                 Some("NONE") => PathNormalization::None,
                 Some("MERGE_SLASHES") => PathNormalization::MergeSlashes,
                 Some("DECODE_AND_MERGE_SLASHES") => PathNormalization::DecodeAndMergeSlashes,
@@ -1081,7 +1090,7 @@ config:
     fn path_normalization_debug_auth_and_jwks_refresh() {
         let base = Path::new("/m");
         let d = MeshConfig::parse("", base).unwrap();
-        assert_eq!(d.path_normalization, PathNormalization::Base);
+        assert_eq!(d.path_normalization, PathNormalization::DecodeAndMergeSlashes);
         assert_eq!(d.tunables.jwks_refresh, Duration::from_secs(1200));
         assert_eq!(d.debug_auth, DebugAuth::default());
         assert!(!d.debug_auth.required_on(&"127.0.0.1:1".parse().unwrap()));

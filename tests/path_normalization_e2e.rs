@@ -6,9 +6,10 @@
 //!
 //! What each mode does is istiod's mapping onto the HTTP connection manager and
 //! Envoy's normalization (Istio's own table in `pilot`'s path-normalization
-//! tests): `BASE` (the default) resolves `.`/`..` segments and backslashes but
-//! keeps `//` and `%2F`; `MERGE_SLASHES` also merges slashes;
-//! `DECODE_AND_MERGE_SLASHES` also decodes `%2F`; `NONE` changes nothing.
+//! tests): `BASE` (Istio's default) resolves `.`/`..` segments and backslashes
+//! but keeps `//` and `%2F`; `MERGE_SLASHES` also merges slashes;
+//! `DECODE_AND_MERGE_SLASHES` (crossmesh's default) also decodes `%2F`; `NONE`
+//! changes nothing.
 //!
 //! Requests are written on a raw TCP connection, since HTTP clients normalize
 //! paths before sending. Addresses: the test's own `127.A.B.0/24` (gateway `.1`,
@@ -183,14 +184,26 @@ impl Fixture {
     }
 }
 
+/// With no `pathNormalization` in the mesh file, every bypass of the issue is
+/// denied: `..`, `//` and `%2F`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn base_default_resolves_dot_segments_before_the_deny() {
+async fn the_default_denies_every_bypass() {
     let f = Fixture::start(None).await;
+    f.expect("/public/../admin/x", 403, None).await;
+    f.expect("//admin/x", 403, None).await;
+    f.expect("/admin%2Fx", 403, None).await;
+    f.expect("/public\\..\\admin\\x", 403, None).await;
+    f.expect("/public//b", 200, Some("/public/b")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn base_resolves_dot_segments_before_the_deny() {
+    let f = Fixture::start(Some("BASE")).await;
     f.expect("/public/../admin/x", 403, None).await;
     f.expect("/public/./a/../b", 200, Some("/public/b")).await;
     f.expect("/public/%2E%2E/admin/x", 403, None).await;
     f.expect("/public\\..\\admin\\x", 403, None).await;
-    // BASE keeps `//` and `%2F` (Istio's default does too): the DENY on
+    // BASE keeps `//` and `%2F` (as Istio's default, BASE, does): the DENY on
     // `/admin/*` does not match them and the pod gets them as sent.
     f.expect("//admin/x", 200, Some("//admin/x")).await;
     f.expect("/admin%2Fx", 200, Some("/admin%2Fx")).await;

@@ -21,7 +21,7 @@
 //! networks:                  # the mesh's east-west gateways per network
 //!   net2:
 //!     gateways: [{address: 192.0.2.20, port: 15443, cluster: c2}]
-//! pathNormalization: MERGE_SLASHES  # the mesh file's pathNormalization (default BASE)
+//! pathNormalization: MERGE_SLASHES  # the mesh file's pathNormalization (default here BASE, Istio's)
 //! fetchedJwks:               # keys the JWKS fetcher holds, by jwksUri, or
 //!   https://idp.example.com/jwks: '{"keys": [...]}'   # `discovery:ISSUER`
 //! services:
@@ -69,7 +69,9 @@ struct Fixture {
     networks: BTreeMap<String, FixtureNetwork>,
     #[serde(default)]
     services: Vec<FixtureService>,
-    /// The mesh file's `pathNormalization.normalization` (default BASE).
+    /// The mesh file's `pathNormalization.normalization`. Default BASE, Istio's
+    /// default, so fixtures read like istiod's output; crossmesh's own default,
+    /// DECODE_AND_MERGE_SLASHES, has its golden (`path_decode_and_merge_slashes`).
     #[serde(default, rename = "pathNormalization")]
     path_normalization: Option<String>,
     /// Keys the JWKS fetcher holds, by `jwksUri` (or `ISSUER` for OpenID

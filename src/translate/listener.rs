@@ -102,7 +102,7 @@ pub fn http_connection_manager(
         use_remote_address: use_remote_address.then(|| bool_value(true)),
         ..Default::default()
     };
-    let hcm = with_path_normalization(hcm, PathNormalization::Base);
+    let hcm = with_path_normalization(hcm, PathNormalization::default());
     Filter {
         name: HCM_FILTER.into(),
         config_type: Some(FilterConfig::TypedConfig(pack(&hcm))),
@@ -137,7 +137,7 @@ pub fn http_connection_manager_inline(
         http_filters: http_filters(security),
         ..Default::default()
     };
-    let hcm = with_path_normalization(hcm, PathNormalization::Base);
+    let hcm = with_path_normalization(hcm, PathNormalization::default());
     Filter {
         name: HCM_FILTER.into(),
         config_type: Some(FilterConfig::TypedConfig(pack(&hcm))),
@@ -169,9 +169,9 @@ pub fn with_path_normalization(
 }
 
 /// Apply `mode` to every HTTP connection manager of `listeners`. The builders
-/// above set Istio's default (`BASE`), so nothing is rewritten for it.
+/// above set the default mode, so nothing is rewritten for it.
 pub fn normalize_paths(listeners: &mut [Listener], mode: PathNormalization) {
-    if mode == PathNormalization::Base {
+    if mode == PathNormalization::default() {
         return;
     }
     let hcm_type = pack(&HttpConnectionManager::default()).type_url;
