@@ -79,6 +79,20 @@ pub enum AgentTokenCommand {
     /// Print a single-use enrolment token for an agent cluster of the mesh file
     /// (kept, hashed, in `<ca.stateDir>.agent-tokens`, where `serve` reads it).
     Create(AgentTokenCreateArgs),
+    /// Revoke an agent cluster: certificates issued to it until now are refused
+    /// (an open stream closes within seconds) and its unused tokens deleted; a
+    /// new token enrols it again.
+    Revoke(AgentTokenRevokeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AgentTokenRevokeArgs {
+    /// The hub's mesh file.
+    #[arg(long, env = "CROSSMESH_MESH", value_name = "FILE")]
+    pub mesh: PathBuf,
+    /// The agent cluster (`clusters[].agent`) to revoke.
+    #[arg(long, env = "CROSSMESH_CLUSTER", value_name = "NAME")]
+    pub cluster: String,
 }
 
 #[derive(Debug, Args)]
@@ -379,6 +393,22 @@ pub fn load_mesh(args: &ServeArgs) -> anyhow::Result<MeshConfig> {
     Ok(mesh)
 }
 
+/// The token directory of the mesh file's CA, once `cluster` is known to be one
+/// of its agent clusters.
+fn agent_token_dir(mesh_file: &std::path::Path, cluster: &str) -> anyhow::Result<PathBuf> {
+    let mesh = MeshConfig::load(mesh_file)?;
+    let is_agent = mesh.clusters.iter().any(|c| {
+        c.name == cluster && matches!(c.source, crate::config::ClusterSource::Agent { .. })
+    });
+    if !is_agent {
+        anyhow::bail!(
+            "cluster {cluster:?} is not an agent cluster of {} (clusters[] with agent:)",
+            mesh_file.display()
+        );
+    }
+    Ok(crate::security::agent_tokens::token_dir(&mesh.ca.state_dir))
+}
+
 /// Write `text` to `path` through a temporary file in the same directory and a
 /// rename, so a reader (Envoy starting next) never sees half a file.
 fn write_replacing(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
@@ -457,20 +487,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(crate::agent::run(opts))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::AgentToken(AgentTokenCommand::Revoke(a)) => {
+            let dir = agent_token_dir(&a.mesh, &a.cluster)?;
+            let n = crate::security::agent_tokens::revoke(
+                &dir,
+                &a.cluster,
+                std::time::SystemTime::now(),
+            )?;
+            eprintln!(
+                "revoked cluster {}: its certificates are refused from now on; {n} unused token(s) deleted",
+                a.cluster
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::AgentToken(AgentTokenCommand::Create(a)) => {
-            let mesh = MeshConfig::load(&a.mesh)?;
-            let is_agent = mesh.clusters.iter().any(|c| {
-                c.name == a.cluster
-                    && matches!(c.source, crate::config::ClusterSource::Agent { .. })
-            });
-            if !is_agent {
-                anyhow::bail!(
-                    "cluster {:?} is not an agent cluster of {} (clusters[] with agent:)",
-                    a.cluster,
-                    a.mesh.display()
-                );
-            }
-            let dir = crate::security::agent_tokens::token_dir(&mesh.ca.state_dir);
+            let dir = agent_token_dir(&a.mesh, &a.cluster)?;
             let token = crate::security::agent_tokens::create(
                 &dir,
                 &a.cluster,

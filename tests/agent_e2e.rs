@@ -15,7 +15,8 @@
 //!   kind's end-of-snapshot marker; objects outside the namespace grant, a used or
 //!   expired token, a certificate from another CA, and publishing under another
 //!   cluster's name are refused with their reason and counted on
-//!   `/debug/clusterz`;
+//!   `/debug/clusterz`; a revoked cluster's stream closes and its certificate is
+//!   refused until it enrols again;
 //! - bad input on the agent port (garbage, an oversized message, an unknown
 //!   protocol version, missing heartbeats) ends only that stream, with a reason.
 
@@ -1019,6 +1020,61 @@ async fn refusals_are_named_and_counted() {
         "{c3}"
     );
     assert_eq!(c3["stale"], false, "{c3}");
+    f.wait_answer(3, "cluster3-pod-a").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_cluster_stream_closes_and_its_certificate_is_refused() {
+    let f = Fixture::start().await;
+    f.wait_answer(3, "cluster3-pod-a").await;
+    let (cert, mut s) = cluster4_synced(&f, &[("cluster4-pod-a", f.pod_ip(4, 1))]).await;
+    f.wait_clusterz("cluster4", "cluster4 synced", |c| c["synced"] == true)
+        .await;
+
+    let t0 = Instant::now();
+    let out = Command::new(crossmesh_bin())
+        .args(["agent-token", "revoke", "--mesh"])
+        .arg(&f.mesh_file)
+        .args(["--cluster", "cluster4"])
+        .output()
+        .expect("agent-token revoke");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The open stream ends within a heartbeat interval, with the reason.
+    let e = s.next(Duration::from_secs(10)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("was revoked"), "{e:?}");
+    // Reconnecting with the same certificate is refused.
+    let e = match RawStream::open(&f, &cert, hello("cluster4")).await {
+        Err(e) => e,
+        Ok(mut s) => s.next(Duration::from_secs(10)).await.unwrap_err(),
+    };
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("was revoked"), "{e:?}");
+    let c = f
+        .wait_clusterz("cluster4", "cluster4 revoked, stale", |c| {
+            c["agent"]["connected"] == false && c["stale"] == true
+        })
+        .await;
+    assert_eq!(c["agent"]["refusals"]["revoked"], 2, "{c}");
+    // A new token enrols it again (a certificate issued after the revocation;
+    // certificates carry whole seconds).
+    tokio::time::sleep_until((t0 + Duration::from_millis(1100)).into()).await;
+    let token = create_token(&f.mesh_file, "cluster4", "10m").unwrap();
+    let cert = enrol(&f, "cluster4", &token).await.expect("enrol again");
+    let mut s = RawStream::open(&f, &cert, hello("cluster4"))
+        .await
+        .expect("open");
+    assert!(matches!(
+        s.next(Duration::from_secs(10)).await,
+        Ok(hub_message::Message::Welcome(_))
+    ));
+    // cluster3 was not touched.
+    let c3 = f.clusterz("cluster3").await.unwrap();
+    assert_eq!(c3["agent"]["connected"], true, "{c3}");
     f.wait_answer(3, "cluster3-pod-a").await;
 }
 

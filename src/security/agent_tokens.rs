@@ -188,6 +188,64 @@ pub fn redeem(dir: &Path, cluster: &str, token: &str, now: SystemTime) -> Result
     Ok(())
 }
 
+/// What `crossmesh agent-token revoke` keeps per cluster.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Revocation {
+    cluster: String,
+    revoked_unix: u64,
+}
+
+fn revocation_path(dir: &Path, cluster: &str) -> PathBuf {
+    dir.join(format!("revoked-{}.json", hash_hex(cluster)))
+}
+
+/// Revoke `cluster` at `now`: every certificate issued to its agent until now is
+/// refused from then on (the hub closes its stream within a heartbeat interval),
+/// and its unused tokens are deleted. A new token enrols it again.
+/// Returns how many unused tokens were deleted.
+pub fn revoke(dir: &Path, cluster: &str, now: SystemTime) -> Result<usize, TokenError> {
+    let store = |reason: String| TokenError::Store {
+        path: dir.to_owned(),
+        reason,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| store(format!("cannot create: {e}")))?;
+    let rec = Revocation {
+        cluster: cluster.to_string(),
+        revoked_unix: unix(now),
+    };
+    let text = serde_json::to_string(&rec).map_err(|e| store(e.to_string()))?;
+    let path = revocation_path(dir, cluster);
+    std::fs::write(&path, text)
+        .map_err(|e| store(format!("cannot write {}: {e}", path.display())))?;
+    let mut deleted = 0;
+    for e in std::fs::read_dir(dir)
+        .map_err(|e| store(e.to_string()))?
+        .flatten()
+    {
+        let p = e.path();
+        if p.extension().is_none_or(|x| x != "json") || p == path {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(&p) else {
+            continue;
+        };
+        if let Ok(r) = serde_json::from_str::<Record>(&text) {
+            if r.cluster == cluster && std::fs::remove_file(&p).is_ok() {
+                deleted += 1;
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+/// When `cluster` was last revoked (seconds since the Unix epoch), if ever.
+pub fn revoked_at(dir: &Path, cluster: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(revocation_path(dir, cluster)).ok()?;
+    let r: Revocation = serde_json::from_str(&text).ok()?;
+    (r.cluster == cluster).then_some(r.revoked_unix)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,5 +298,15 @@ mod tests {
             redeem(&dir, "c3", "../../etc/passwd", now),
             Err(TokenError::Malformed)
         );
+
+        // Revoking deletes the cluster's unused tokens, not other clusters'.
+        let unused = create(&dir, "c3", Duration::from_secs(60), now).unwrap();
+        let c4 = create(&dir, "c4", Duration::from_secs(60), now).unwrap();
+        assert_eq!(revoked_at(&dir, "c3"), None);
+        assert_eq!(revoke(&dir, "c3", now).unwrap(), 1);
+        assert_eq!(revoked_at(&dir, "c3"), Some(unix(now)));
+        assert_eq!(revoked_at(&dir, "c4"), None);
+        assert_eq!(redeem(&dir, "c3", &unused, now), Err(TokenError::Unknown));
+        assert_eq!(redeem(&dir, "c4", &c4, now), Ok(()));
     }
 }

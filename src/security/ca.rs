@@ -950,6 +950,10 @@ pub struct AgentCert {
 /// Path prefix of an agent's SPIFFE ID, after the trust domain. Workload IDs are
 /// `/ns/..`, so the two can never be mistaken for each other.
 pub const AGENT_ID_PATH: &str = "/crossmesh/cluster/";
+/// How far an agent certificate's `notBefore` is set back from its issue time
+/// (clock skew); fixed, so the issue time can be read back from the certificate
+/// (revocation refuses certificates issued before it).
+pub const AGENT_CERT_BACKDATE: Duration = Duration::from_secs(60);
 
 /// The identity of cluster `cluster`'s agent:
 /// `spiffe://<trust domain>/crossmesh/cluster/<cluster>`.
@@ -992,7 +996,7 @@ impl Ca {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
         let now = SystemTime::now();
-        let not_before = round_down_secs(now - MAX_CLOCK_SKEW.min(self.ttl / 10));
+        let not_before = round_down_secs(now - AGENT_CERT_BACKDATE);
         let not_after = (now + self.ttl).min(self.signing_not_after);
         if not_after <= now {
             return Err(fail("the signing certificate has expired".into()));

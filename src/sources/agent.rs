@@ -49,7 +49,7 @@ use crate::agent::proto::{
 use crate::config::{ClusterSource, MeshConfig};
 use crate::registry::{Event, Kind, KubeObject, ObjectProblem, Registry};
 use crate::security::agent_tokens;
-use crate::security::ca::{agent_uri, AGENT_ID_PATH};
+use crate::security::ca::{agent_uri, AGENT_CERT_BACKDATE, AGENT_ID_PATH};
 use crate::security::Ca;
 
 /// Default interval of heartbeats (`Welcome.heartbeat_interval_ms`); a stream
@@ -299,7 +299,31 @@ impl AgentHub {
             self.refuse(None, "unknown_cluster", &reason);
             return Err(Status::permission_denied(reason));
         }
+        if let Some(reason) = self.revocation(&cluster, leaf) {
+            self.refuse(Some(&cluster), "revoked", &reason);
+            return Err(Status::permission_denied(reason));
+        }
         Ok((cluster, info))
+    }
+
+    /// Why `leaf` of `cluster` is no longer accepted: the cluster was revoked
+    /// (`crossmesh agent-token revoke`) after the certificate was issued.
+    fn revocation(&self, cluster: &str, leaf: &[u8]) -> Option<String> {
+        let at = agent_tokens::revoked_at(&self.token_dir, cluster)?;
+        let issued = x509_parser::parse_x509_certificate(leaf)
+            .map(|(_, c)| {
+                c.validity().not_before.timestamp() + AGENT_CERT_BACKDATE.as_secs() as i64
+            })
+            .unwrap_or(i64::MIN);
+        (issued <= at as i64).then(|| {
+            let when = k8s_openapi::jiff::Timestamp::from_second(at as i64)
+                .map(|t| t.to_string())
+                .unwrap_or_else(|_| at.to_string());
+            format!(
+                "cluster {cluster:?} was revoked at {when}; its certificate was issued before: \
+                 enrol it again with a new token"
+            )
+        })
     }
 }
 
@@ -610,6 +634,7 @@ impl AgentService for HubService {
         let session = Session {
             hub: self.0.clone(),
             cluster,
+            leaf: info.client_cert.clone(),
             peer: info.peer,
             expiry,
             tx,
@@ -685,6 +710,8 @@ impl AgentHub {
 struct Session {
     hub: Arc<AgentHub>,
     cluster: String,
+    /// The client certificate (leaf DER), checked against revocations.
+    leaf: Option<Arc<Vec<u8>>>,
     peer: Option<SocketAddr>,
     expiry: Option<(i64, String)>,
     tx: mpsc::Sender<Result<HubMessage, Status>>,
@@ -833,6 +860,9 @@ impl Session {
             let msg = tokio::select! {
                 m = tokio::time::timeout_at(last_heard + silence, inbound.message()) => m,
                 _ = ticker.tick() => {
+                    if let Some(reason) = self.leaf.as_deref().and_then(|l| self.hub.revocation(&self.cluster, l)) {
+                        return End::refused("revoked", Status::permission_denied(reason));
+                    }
                     let hb = hub_message::Message::Heartbeat(Heartbeat { sent_unix_ms: unix_ms() });
                     if let Err(e) = self.send(hb).await {
                         return e;
