@@ -124,6 +124,11 @@ fn create_token(mesh_file: &Path, cluster: &str, ttl: &str) -> Result<String, St
 
 impl Fixture {
     async fn start() -> Fixture {
+        Fixture::start_with("").await
+    }
+
+    /// With extra `ca:` settings (indented lines under `ca:`).
+    async fn start_with(ca_extra: &str) -> Fixture {
         let subnet = Subnet::claim();
         let dir = tempfile::Builder::new()
             .prefix("crossmesh-agent-e2e-")
@@ -163,7 +168,7 @@ impl Fixture {
         let yaml = format!(
             "trustDomain: cluster.local\n\
              agentAddress: {agent_addr}\n\
-             ca:\n  stateDir: ca\n\
+             ca:\n  stateDir: ca\n{ca_extra}\
              clusters:\n\
              - name: cluster1\n  network: vpc-a\n  kubeconfig: cluster1.kubeconfig\n\
              - name: cluster2\n  network: vpc-a\n  kubeconfig: cluster2.kubeconfig\n\
@@ -823,6 +828,44 @@ async fn hub_restarted_agent_reconnects_and_the_merged_registry_is_the_same() {
     assert_eq!(c["agent"]["streams"], 1, "{c}");
     f.wait_hosts(3, &[1, 2]).await;
     f.wait_answer(1, "cluster1-pod-a").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_renews_its_certificate_at_half_life_and_keeps_serving() {
+    // 20 s certificates: renewed 10 s after issue.
+    let f = Fixture::start_with("  workloadCertTTL: 20s\n").await;
+    f.wait_answer(3, "cluster3-pod-a").await;
+    let first = f
+        .wait_clusterz("cluster3", "cluster3 synced", |c| {
+            c["agent"]["synced"] == true
+        })
+        .await;
+    let serial = first["agent"]["certificate_serial"].clone();
+    assert!(serial.is_string(), "{first}");
+    let on_disk = std::fs::read_to_string(f.state_dir().join("cert-chain.pem")).unwrap();
+    let c = wait_for(
+        "a stream with a renewed certificate",
+        CONVERGE + Duration::from_secs(10),
+        || async {
+            let c = f.clusterz("cluster3").await?;
+            if c["agent"]["connected"] == true
+                && c["agent"]["synced"] == true
+                && c["agent"]["certificate_serial"] != serial
+            {
+                Ok(c)
+            } else {
+                Err(c.to_string())
+            }
+        },
+    )
+    .await;
+    // Renewed with the old certificate (no token involved: none is left).
+    assert_ne!(
+        std::fs::read_to_string(f.state_dir().join("cert-chain.pem")).unwrap(),
+        on_disk
+    );
+    assert_eq!(c["agent"]["refusals"], json!({}), "{c}");
+    f.wait_answer(3, "cluster3-pod-a").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

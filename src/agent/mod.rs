@@ -208,11 +208,14 @@ fn ident(chain_pem: String, key_pem: Zeroizing<String>) -> Option<Ident> {
     if na <= SystemTime::now() {
         return None;
     }
-    let life = na.duration_since(nb).unwrap_or_default();
+    // Issued `AGENT_CERT_BACKDATE` after its notBefore; renewed at half of the
+    // lifetime from then.
+    let issued = (nb + crate::security::ca::AGENT_CERT_BACKDATE).min(na);
+    let life = na.duration_since(issued).unwrap_or_default();
     Some(Ident {
         chain_pem,
         key_pem,
-        renew_at: nb + life / 2,
+        renew_at: issued + life / 2,
     })
 }
 
