@@ -87,6 +87,10 @@ pub struct Metrics {
     /// `crossmesh_ca_reload_refused`: 1 while the plug-in CA files on disk are
     /// refused (the CA in force keeps signing), else 0.
     pub ca_reload_refused: Gauge,
+    /// `crossmesh_agent_refusals{reason}`: refusals on the agent port (tokens,
+    /// TLS handshakes, certificates, wrong cluster, protocol, objects outside a
+    /// grant), also those that name no agent cluster.
+    pub agent_refusals: Family<ReasonLabel, Counter>,
     registry: Registry,
 }
 
@@ -117,6 +121,7 @@ impl Metrics {
             root_expiry_timestamp: Gauge::default(),
             ca_reloads: Family::default(),
             ca_reload_refused: Gauge::default(),
+            agent_refusals: Family::default(),
             registry: Registry::default(),
         };
         let mut r = Registry::default();
@@ -190,6 +195,11 @@ impl Metrics {
             "citadel_server_success_cert_issuance_count",
             "Workload certificates issued to authenticated proxies",
             m.certs_issued.clone(),
+        );
+        r.register(
+            "crossmesh_agent_refusals",
+            "Refusals on the member-cluster agent port, by reason",
+            m.agent_refusals.clone(),
         );
         r.register(
             "citadel_server_authentication_failure_count",

@@ -985,6 +985,19 @@ async fn refusals_are_named_and_counted() {
         }
         Err(e) => assert_ne!(e.code(), tonic::Code::Ok, "{e:?}"),
     }
+    // Counted by reason on /metrics (it names no agent cluster).
+    wait_for("tls_handshake refusal counted", CONVERGE, || async {
+        let (_, body) = f.cp.get("/metrics").await?;
+        let line = body
+            .lines()
+            .find(|l| l.starts_with(r#"crossmesh_agent_refusals{reason="tls_handshake"}"#))
+            .ok_or("no tls_handshake series")?;
+        match line.rsplit_once(' ').map(|(_, v)| v.parse::<f64>()) {
+            Some(Ok(v)) if v >= 1.0 => Ok(()),
+            _ => Err(line.to_string()),
+        }
+    })
+    .await;
 
     // cluster4's certificate publishing as cluster3.
     let mut s = RawStream::open(&f, &cert, hello("cluster3"))

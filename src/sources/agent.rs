@@ -138,8 +138,6 @@ pub struct AgentHub {
     grants: BTreeMap<String, Option<BTreeSet<String>>>,
     opts: AgentHubOptions,
     state: Mutex<BTreeMap<String, ClusterAgent>>,
-    /// Refusals that name no agent cluster (unknown cluster, no certificate).
-    unattributed: Mutex<BTreeMap<String, u64>>,
 }
 
 #[derive(Default)]
@@ -186,7 +184,6 @@ impl AgentHub {
             grants,
             opts,
             state: Mutex::new(state),
-            unattributed: Mutex::default(),
         })
     }
 
@@ -197,6 +194,12 @@ impl AgentHub {
     /// Count a refusal under `cluster` (when it is an agent cluster) and log it.
     fn refuse(&self, cluster: Option<&str>, label: &str, reason: &str) {
         warn!(cluster = cluster.unwrap_or("?"), reason = %reason, "agent refused");
+        crate::metrics::metrics()
+            .agent_refusals
+            .get_or_create(&crate::metrics::ReasonLabel {
+                reason: label.to_string(),
+            })
+            .inc();
         let mut st = self.lock();
         match cluster.and_then(|c| st.get_mut(c)) {
             Some(a) => {
@@ -207,15 +210,8 @@ impl AgentHub {
                     a.status.recent_refusals.drain(..n - KEEP_REFUSALS);
                 }
             }
-            None => {
-                drop(st);
-                *self
-                    .unattributed
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .entry(label.to_string())
-                    .or_default() += 1;
-            }
+            // Named on `crossmesh_agent_refusals` and in the log only.
+            None => {}
         }
     }
 
@@ -242,14 +238,6 @@ impl AgentHub {
                 }
             }
         }
-    }
-
-    /// Refusals on the agent port that name no agent cluster, by reason.
-    pub fn unattributed_refusals(&self) -> BTreeMap<String, u64> {
-        self.unattributed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
     }
 
     /// The agent cluster named by a verified client certificate (leaf DER).
