@@ -881,6 +881,52 @@ mod tests {
         assert!(split_host(":15011").is_err());
     }
 
+    #[tokio::test]
+    async fn window_closes_at_its_limits_and_reopens_on_acks() {
+        let (out, mut rx) = mpsc::channel(16);
+        let mut w = Window {
+            out,
+            unacked: VecDeque::new(),
+            unacked_bytes: 0,
+            next_seq: 1,
+            max_messages: 2,
+            max_bytes: 1 << 20,
+        };
+        let batch = |n: usize| Batch {
+            seq: 0,
+            kind: proto::Kind::Pod as i32,
+            snapshot: false,
+            changes: vec![change_of(Kind::Pod, &format!("ns/p{n}"), None)],
+            end_of_snapshot: false,
+        };
+        assert!(w.open());
+        w.send(batch(1)).await.unwrap();
+        w.send(batch(2)).await.unwrap();
+        assert!(!w.open(), "two unacked batches fill a window of two");
+        // Sequence numbers 1, 2 on the wire.
+        for want in [1, 2] {
+            match rx.recv().await.unwrap().message {
+                Some(agent_message::Message::Batch(b)) => assert_eq!(b.seq, want),
+                other => panic!("{other:?}"),
+            }
+        }
+        w.acked(1);
+        assert!(w.open());
+        assert_eq!(w.unacked.len(), 1);
+        w.acked(2);
+        assert_eq!((w.unacked.len(), w.unacked_bytes), (0, 0));
+        // The byte limit closes it too.
+        w.max_bytes = 1;
+        w.send(batch(3)).await.unwrap();
+        assert!(!w.open());
+        // A delete names its namespace and name, no object.
+        let c = change_of(Kind::Pod, "ns/p1", None);
+        assert_eq!((c.namespace.as_str(), c.name.as_str()), ("ns", "p1"));
+        assert_eq!(c.op, change::Op::Delete as i32);
+        let n = change_of(Kind::Node, "/n1", None);
+        assert_eq!((n.namespace.as_str(), n.name.as_str()), ("", "n1"));
+    }
+
     #[test]
     fn backoff_is_capped_and_jittered_down() {
         for f in 0..40 {
