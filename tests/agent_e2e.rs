@@ -1206,3 +1206,73 @@ async fn bad_input_ends_only_that_stream_with_a_reason() {
         f.wait_answer(n, &format!("{}-pod-a", name(n))).await;
     }
 }
+
+/// Resident set of process `pid` in bytes (`VmRSS`).
+fn rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// A measurement, not an assertion: the agent's and the hub's resident set with
+/// cluster3 grown to `CROSSMESH_TEST_AGENT_PODS` (default 10,000) Pods streamed by
+/// the agent. Run with the binary under test (release: `CROSSMESH_BIN`):
+///
+/// ```text
+/// cargo test --test agent_e2e agent_memory -- --ignored --nocapture
+/// ```
+///
+/// The correctness of the same path is checked by the tests above.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn agent_memory_with_many_pods() {
+    let n: u32 = std::env::var("CROSSMESH_TEST_AGENT_PODS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
+    let f = Fixture::start().await;
+    f.wait_answer(3, "cluster3-pod-a").await;
+    let agent_pid = f.agent.child.as_ref().expect("agent").id();
+    let hub_pid = f.cp.pid().expect("hub");
+    let (agent0, hub0) = (rss(agent_pid), rss(hub_pid));
+    let t0 = Instant::now();
+    for i in 0..n {
+        // 127.A.B.x addresses are not needed: these pods are never dialled.
+        let ip = Ipv4Addr::new(10, (i >> 16) as u8, (i >> 8) as u8, i as u8);
+        f.servers[2].apply(&pod_object(3, &format!("cluster3-pod-m{i}"), ip, true));
+    }
+    wait_for(
+        "every pod in the hub's registry",
+        Duration::from_secs(300),
+        || async {
+            let c = f.clusterz("cluster3").await?;
+            if c["counts"]["pods"].as_u64() == Some(u64::from(n) + 1) {
+                Ok(())
+            } else {
+                Err(c["counts"].to_string())
+            }
+        },
+    )
+    .await;
+    let took = t0.elapsed();
+    let (agent1, hub1) = (rss(agent_pid), rss(hub_pid));
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    let per_k = |a: u64, b: u64| (b as f64 - a as f64) / (1 << 20) as f64 / (f64::from(n) / 1000.0);
+    eprintln!(
+        "agent_memory: {n} pods in {took:?}; binary {}; agent RSS {:.1} -> {:.1} MiB ({:.2} MiB per 1,000 pods); \
+         hub RSS {:.1} -> {:.1} MiB ({:.2} MiB per 1,000 agent-fed pods)",
+        crossmesh_bin(),
+        mib(agent0),
+        mib(agent1),
+        per_k(agent0, agent1),
+        mib(hub0),
+        mib(hub1),
+        per_k(hub0, hub1),
+    );
+}
