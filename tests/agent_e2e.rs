@@ -1132,6 +1132,38 @@ async fn revoked_cluster_stream_closes_and_its_certificate_is_refused() {
     let c3 = f.clusterz("cluster3").await.unwrap();
     assert_eq!(c3["agent"]["connected"], true, "{c3}");
     f.wait_answer(3, "cluster3-pod-a").await;
+    let serial = c3["agent"]["certificate_serial"].clone();
+
+    // The real agent of cluster3 revoked: its stream closes, it drops its
+    // certificate and tries its token file, whose token is spent; given a new
+    // token it enrols again. Meanwhile cluster3 is stale and keeps serving.
+    let t1 = Instant::now();
+    let out = Command::new(crossmesh_bin())
+        .args(["agent-token", "revoke", "--mesh"])
+        .arg(&f.mesh_file)
+        .args(["--cluster", "cluster3"])
+        .output()
+        .expect("agent-token revoke");
+    assert!(out.status.success());
+    f.wait_clusterz("cluster3", "cluster3 revoked and stale", |c| {
+        c["agent"]["connected"] == false
+            && c["stale"] == true
+            && c["agent"]["refusals"]["token_used"].as_u64() >= Some(1)
+    })
+    .await;
+    f.wait_answer(3, "cluster3-pod-a").await;
+    tokio::time::sleep_until((t1 + Duration::from_millis(1100)).into()).await;
+    let token = create_token(&f.mesh_file, "cluster3", "10m").unwrap();
+    std::fs::write(f.dir.path().join("cluster3.token"), token).unwrap();
+    let c3 = f
+        .wait_clusterz("cluster3", "cluster3 enrolled again", |c| {
+            c["agent"]["connected"] == true
+                && c["stale"] == false
+                && c["agent"]["certificate_serial"] != serial
+        })
+        .await;
+    assert_eq!(c3["agent"]["refusals"]["revoked"], 1, "{c3}");
+    f.wait_answer(3, "cluster3-pod-a").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

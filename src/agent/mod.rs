@@ -127,6 +127,26 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
             failures = 0;
         }
         warn!(reason = %outcome.reason, "stream to the hub ended; reconnecting");
+        if outcome.refused && opts.token_file.is_some() {
+            // The hub refuses this certificate (revoked): enrol again with the
+            // token file's token, retried (re-reading the file) until it works.
+            warn!("the hub refuses this agent's certificate; enrolling again with --token-file");
+            for f in [CERT_FILE, KEY_FILE] {
+                let _ = std::fs::remove_file(opts.state_dir.join(f));
+            }
+            let mut attempt = 0u32;
+            ident = loop {
+                match load_or_enrol(&opts, &host, &roots).await {
+                    Ok(i) => break i,
+                    Err(e) => {
+                        warn!(error = %e, "enrolment refused; retrying with the token file's current token");
+                        tokio::time::sleep(backoff(attempt)).await;
+                        attempt = attempt.saturating_add(1);
+                    }
+                }
+            };
+            continue;
+        }
         let delay = backoff(failures);
         failures = failures.saturating_add(1);
         tokio::time::sleep(delay).await;
@@ -566,6 +586,8 @@ async fn watch_cluster(client: kube::Client, shared: Arc<Shared>) {
 struct Outcome {
     /// The stream got as far as deltas (its snapshot was sent).
     synced: bool,
+    /// The hub refused this agent's certificate as revoked.
+    refused: bool,
     reason: String,
 }
 
@@ -585,11 +607,16 @@ async fn session(
     shared: &Shared,
 ) -> Outcome {
     let mut synced = false;
-    let reason = match stream(opts, host, roots, ident, shared, &mut synced).await {
+    let mut refused = false;
+    let reason = match stream(opts, host, roots, ident, shared, &mut synced, &mut refused).await {
         Ok(r) => r,
         Err(e) => e.to_string(),
     };
-    Outcome { synced, reason }
+    Outcome {
+        synced,
+        refused,
+        reason,
+    }
 }
 
 /// Flow-control state of a stream.
@@ -666,7 +693,14 @@ async fn stream(
     ident: &Ident,
     shared: &Shared,
     synced: &mut bool,
+    refused: &mut bool,
 ) -> Result<String, AgentError> {
+    // Only a revocation makes the agent give up its certificate; other refusals
+    // (a hub whose mesh file lost the cluster) are retried with it.
+    let is_refusal = |s: &tonic::Status| {
+        s.code() == tonic::Code::PermissionDenied
+            && s.message().contains(crate::sources::agent::REVOKED)
+    };
     let tls = client_tls(roots, Some(ident))?;
     let ch = channel(&opts.hub, host, tls).await?;
     let mut client = AgentServiceClient::new(ch)
@@ -684,7 +718,10 @@ async fn stream(
     let mut inbound = client
         .sync(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
-        .map_err(|s| AgentError::Tls(format!("Sync refused: {}", s.message())))?
+        .map_err(|s| {
+            *refused = is_refusal(&s);
+            AgentError::Tls(format!("Sync refused: {}", s.message()))
+        })?
         .into_inner();
     let welcome = match tokio::time::timeout(WELCOME_TIMEOUT, inbound.message()).await {
         Ok(Ok(Some(proto::HubMessage {
@@ -692,7 +729,10 @@ async fn stream(
         }))) => w,
         Ok(Ok(Some(_))) => return Ok("the hub's first message was not Welcome".into()),
         Ok(Ok(None)) => return Ok("the hub closed the stream before Welcome".into()),
-        Ok(Err(s)) => return Ok(format!("refused by the hub: {}", s.message())),
+        Ok(Err(s)) => {
+            *refused = is_refusal(&s);
+            return Ok(format!("refused by the hub: {}", s.message()));
+        }
         Err(_) => return Ok("no Welcome from the hub".into()),
     };
     info!(cluster = %welcome.cluster, heartbeat_ms = welcome.heartbeat_interval_ms, "connected to the hub");
@@ -840,7 +880,10 @@ async fn stream(
                     }
                 }
                 Ok(None) => return Ok("the hub closed the stream".into()),
-                Err(s) => return Ok(format!("the hub ended the stream: {:?}: {}", s.code(), s.message())),
+                Err(s) => {
+                    *refused = is_refusal(&s);
+                    return Ok(format!("the hub ended the stream: {:?}: {}", s.code(), s.message()));
+                }
             },
             _ = ticker.tick() => {
                 if last_heard.elapsed() > silence {

@@ -63,6 +63,9 @@ pub const DEFAULT_WINDOW_MESSAGES: u32 = 16;
 pub const DEFAULT_WINDOW_BYTES: u64 = 16 << 20;
 /// Largest message the hub decodes (and `Welcome.max_message_bytes`).
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 << 20;
+/// In the message of the PERMISSION_DENIED status that refuses a revoked
+/// cluster's certificate; an agent that sees it enrols again (`--token-file`).
+pub const REVOKED: &str = "was revoked";
 /// A TLS handshake must finish within this long.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Refusals kept per cluster for `/debug/clusterz`.
@@ -308,7 +311,7 @@ impl AgentHub {
                 .map(|t| t.to_string())
                 .unwrap_or_else(|_| at.to_string());
             format!(
-                "cluster {cluster:?} was revoked at {when}; its certificate was issued before: \
+                "cluster {cluster:?} {REVOKED} at {when}; its certificate was issued before: \
                  enrol it again with a new token"
             )
         })
