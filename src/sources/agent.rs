@@ -203,18 +203,15 @@ impl AgentHub {
                 reason: label.to_string(),
             })
             .inc();
+        // One that names no agent cluster is on the metric and in the log only.
         let mut st = self.lock();
-        match cluster.and_then(|c| st.get_mut(c)) {
-            Some(a) => {
-                *a.status.refusals.entry(label.to_string()).or_default() += 1;
-                a.status.recent_refusals.push(format!("{label}: {reason}"));
-                let n = a.status.recent_refusals.len();
-                if n > KEEP_REFUSALS {
-                    a.status.recent_refusals.drain(..n - KEEP_REFUSALS);
-                }
+        if let Some(a) = cluster.and_then(|c| st.get_mut(c)) {
+            *a.status.refusals.entry(label.to_string()).or_default() += 1;
+            a.status.recent_refusals.push(format!("{label}: {reason}"));
+            let n = a.status.recent_refusals.len();
+            if n > KEEP_REFUSALS {
+                a.status.recent_refusals.drain(..n - KEEP_REFUSALS);
             }
-            // Named on `crossmesh_agent_refusals` and in the log only.
-            None => {}
         }
     }
 
