@@ -722,8 +722,7 @@ impl MeshConfig {
                     ));
                 }
                 // A DNS subdomain (RFC 1123), as Kubernetes names Secrets.
-                let subdomain = name.len() <= 253
-                    && name.split('.').all(valid_namespace);
+                let subdomain = name.len() <= 253 && name.split('.').all(valid_namespace);
                 if !subdomain {
                     return Err(invalid(format!(
                         "ca.kubernetesSecret {name:?} is not a Kubernetes Secret name \
@@ -850,11 +849,9 @@ impl MeshConfig {
                             name: name.to_string(),
                         });
                     }
-                    _ => {
-                        return Err(invalid(format!(
-                            "debugAuth.serviceAccounts: {sa:?} is not CLUSTER/NAMESPACE/SERVICEACCOUNT"
-                        )))
-                    }
+                    _ => return Err(invalid(format!(
+                        "debugAuth.serviceAccounts: {sa:?} is not CLUSTER/NAMESPACE/SERVICEACCOUNT"
+                    ))),
                 }
             }
             mesh.debug_auth = auth;
@@ -1040,7 +1037,10 @@ config:
                 namespaces: Some(vec!["shop".into(), "a-b".into()])
             }
         );
-        assert_eq!(m.clusters[1].source, ClusterSource::Agent { namespaces: None });
+        assert_eq!(
+            m.clusters[1].source,
+            ClusterSource::Agent { namespaces: None }
+        );
         for (bad, why) in [
             (
                 "clusters:\n- {name: c3, agent: {}, manifests: d}\n",
@@ -1090,7 +1090,10 @@ config:
     fn path_normalization_debug_auth_and_jwks_refresh() {
         let base = Path::new("/m");
         let d = MeshConfig::parse("", base).unwrap();
-        assert_eq!(d.path_normalization, PathNormalization::DecodeAndMergeSlashes);
+        assert_eq!(
+            d.path_normalization,
+            PathNormalization::DecodeAndMergeSlashes
+        );
         assert_eq!(d.tunables.jwks_refresh, Duration::from_secs(1200));
         assert_eq!(d.debug_auth, DebugAuth::default());
         assert!(!d.debug_auth.required_on(&"127.0.0.1:1".parse().unwrap()));
@@ -1103,16 +1106,31 @@ config:
             base,
         )
         .unwrap();
-        assert_eq!(m.path_normalization, PathNormalization::DecodeAndMergeSlashes);
+        assert_eq!(
+            m.path_normalization,
+            PathNormalization::DecodeAndMergeSlashes
+        );
         assert_eq!(m.tunables.jwks_refresh, Duration::from_millis(1500));
-        assert_eq!(m.debug_auth.token_file.as_deref(), Some(Path::new("/m/tok")));
+        assert_eq!(
+            m.debug_auth.token_file.as_deref(),
+            Some(Path::new("/m/tok"))
+        );
         assert_eq!(m.debug_auth.service_accounts[0].name, "ops");
         assert!(m.debug_auth.required_on(&"127.0.0.1:1".parse().unwrap()));
         for (bad, why) in [
-            ("pathNormalization: {normalization: FULL}\n", "is not one of NONE"),
+            (
+                "pathNormalization: {normalization: FULL}\n",
+                "is not one of NONE",
+            ),
             ("tunables: {jwksRefreshMs: 0}\n", "jwksRefreshMs"),
-            ("debugAuth: {serviceAccounts: [ops]}\n", "CLUSTER/NAMESPACE/SERVICEACCOUNT"),
-            ("debugAuth: {serviceAccounts: [zz/ns/ops]}\n", "not in clusters"),
+            (
+                "debugAuth: {serviceAccounts: [ops]}\n",
+                "CLUSTER/NAMESPACE/SERVICEACCOUNT",
+            ),
+            (
+                "debugAuth: {serviceAccounts: [zz/ns/ops]}\n",
+                "not in clusters",
+            ),
             ("debugAuth: {token: abc}\n", "unknown field"),
         ] {
             let e = MeshConfig::parse(bad, base).unwrap_err().to_string();

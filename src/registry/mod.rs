@@ -1244,9 +1244,10 @@ impl Registry {
         );
         let credentials = self.secrets.snapshot();
         status.rejected.extend(secrets::rejections(&credentials));
-        status
-            .warnings
-            .extend(secrets::unresolved(&credentials, &self.config_store().snapshot()));
+        status.warnings.extend(secrets::unresolved(
+            &credentials,
+            &self.config_store().snapshot(),
+        ));
         status
     }
 

@@ -619,7 +619,9 @@ fn goldens_are_valid_envoy_config() {
         revoked_certs: Vec::new(),
         key_identifier_method: rcgen::KeyIdMethod::Sha256,
     }
-    .signed_by(&rcgen::Issuer::from_ca_cert_pem(&ca.cert.pem(), &ca.signing_key).expect("CA issuer"))
+    .signed_by(
+        &rcgen::Issuer::from_ca_cert_pem(&ca.cert.pem(), &ca.signing_key).expect("CA issuer"),
+    )
     .expect("test CRL")
     .pem()
     .expect("CRL PEM");
