@@ -849,9 +849,10 @@ impl MeshConfig {
                             name: name.to_string(),
                         });
                     }
-                    _ => return Err(invalid(format!(
-                        "debugAuth.serviceAccounts: {sa:?} is not CLUSTER/NAMESPACE/SERVICEACCOUNT"
-                    ))),
+                    _ => {
+                        let why = "is not CLUSTER/NAMESPACE/SERVICEACCOUNT";
+                        return Err(invalid(format!("debugAuth.serviceAccounts: {sa:?} {why}")));
+                    }
                 }
             }
             mesh.debug_auth = auth;

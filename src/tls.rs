@@ -31,6 +31,69 @@ pub fn install_default_provider() {
     }
 }
 
+/// A TLS connection accepted by one of crossmesh's gRPC servers (the TLS xDS
+/// port, the agent port), as tonic serves it, carrying `I`: what each request
+/// learns about its connection (`Request::extensions`), fixed at accept time.
+pub struct ServerTlsIo<I> {
+    stream: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    info: I,
+}
+
+impl<I> ServerTlsIo<I> {
+    pub fn new(stream: tokio_rustls::server::TlsStream<tokio::net::TcpStream>, info: I) -> Self {
+        ServerTlsIo { stream, info }
+    }
+}
+
+impl<I: Clone + Send + Sync + 'static> tonic::transport::server::Connected for ServerTlsIo<I> {
+    type ConnectInfo = I;
+    fn connect_info(&self) -> I {
+        self.info.clone()
+    }
+}
+
+impl<I: Unpin> tokio::io::AsyncRead for ServerTlsIo<I> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl<I: Unpin> tokio::io::AsyncWrite for ServerTlsIo<I> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,7 +27,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
@@ -35,8 +34,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 use serde_json::Value;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
@@ -326,40 +324,8 @@ pub struct ConnInfo {
     pub client_cert: Option<Arc<Vec<u8>>>,
 }
 
-struct AgentIo(tokio_rustls::server::TlsStream<TcpStream>, ConnInfo);
-
-impl tonic::transport::server::Connected for AgentIo {
-    type ConnectInfo = ConnInfo;
-    fn connect_info(&self) -> ConnInfo {
-        self.1.clone()
-    }
-}
-
-impl AsyncRead for AgentIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for AgentIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
+/// A TLS connection accepted on the agent port.
+type AgentIo = crate::tls::ServerTlsIo<ConnInfo>;
 
 /// The server certificate, re-issued from the CA in force at half life.
 struct ServerCert {
@@ -521,7 +487,7 @@ pub async fn serve(
                             peer: Some(peer),
                             client_cert,
                         };
-                        let _ = tx.send(Ok(AgentIo(s, info))).await;
+                        let _ = tx.send(Ok(AgentIo::new(s, info))).await;
                     }
                     Ok(Err(e)) => {
                         hub.refuse(None, "tls_handshake", &format!("{peer}: {e}"));
