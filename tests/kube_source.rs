@@ -15,6 +15,9 @@ use crossmesh::sources::kube::{spawn_cluster, KubeCluster, KubeOptions};
 use kube_api::{objects, FakeApiServer, Fault, Options};
 
 const HOST: &str = "web.ns1.svc.cluster.local";
+/// Watches a member cluster holds open: Services, Pods, Nodes, EndpointSlices,
+/// and Secrets (`credentialName`, `sources::secrets`).
+const WATCHES: u64 = 5;
 
 async fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
@@ -228,7 +231,7 @@ async fn expired_watches_relist_without_loss_or_duplicates() {
     seed(&s, 3);
     let t = setup(&s, KubeOptions::default()).await;
     wait_for("initial sync", 10, || endpoints(&t.registry).len() == 3).await;
-    wait_for("watches open", 10, || s.open_watches() == 4).await;
+    wait_for("watches open", 10, || s.open_watches() == WATCHES).await;
     let lists = s.list_count();
     s.compact();
     s.delete("", "pods", "ns1", "web-2").unwrap();
@@ -237,7 +240,10 @@ async fn expired_watches_relist_without_loss_or_duplicates() {
         endpoints(&t.registry) == ["10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.6:8080"]
     })
     .await;
-    wait_for("every kind relisted", 20, || s.list_count() >= lists + 4).await;
+    wait_for("every kind relisted", 20, || {
+        s.list_count() >= lists + WATCHES
+    })
+    .await;
     let st = status(&t.registry);
     assert_eq!(st.counts.pods, 3);
     assert!(!st.stale && st.last_error.is_none(), "{st:?}");
@@ -257,8 +263,8 @@ async fn watches_closing_at_once_are_paced_not_hot_looped() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     let n = s.watch_count() - before;
     eprintln!("watch requests while closing at once: {n}");
-    // 4 kinds; pacing doubles from 200 ms: about 5 attempts each in 4 s at most.
-    assert!(n <= 4 * 8, "{n} watch requests in 4 s: hot loop");
+    // 5 kinds; pacing doubles from 200 ms: about 5 attempts each in 4 s at most.
+    assert!(n <= WATCHES * 8, "{n} watch requests in 4 s: hot loop");
     s.set_fault(Fault::None);
     s.apply(&web_pod(1));
     wait_for("recovered", 60, || endpoints(&t.registry).len() == 2).await;
@@ -355,8 +361,11 @@ async fn rotated_credentials_sync_before_the_old_client_stops() {
     let lists = s.list_count();
     t.queue.try_take();
     s.write_kubeconfig(&t.kubeconfig, Some("new"), None);
-    wait_for("new client listed", 20, || s.list_count() >= lists + 4).await;
-    wait_for("old watches closed", 20, || s.open_watches() == 4).await;
+    wait_for("new client listed", 20, || {
+        s.list_count() >= lists + WATCHES
+    })
+    .await;
+    wait_for("old watches closed", 20, || s.open_watches() == WATCHES).await;
     // Same objects: the swap itself pushes nothing for the service.
     assert_eq!(endpoints(&t.registry).len(), 2);
     if let Some(req) = t.queue.try_take() {
