@@ -158,6 +158,7 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext, identity: bool) -> Generated {
                 &route_name,
                 true,
                 super::security::http_filters(proxy, ctx, port),
+                ctx.mesh.path_normalization,
             );
             out.listeners.push(listener(
                 BIND_ADDRESS,
@@ -472,6 +473,7 @@ fn https_filter_chains<'a>(
             &route_name,
             true,
             super::security::http_filters(proxy, ctx, port),
+            ctx.mesh.path_normalization,
         );
         let mut fc = filter_chain(sni, hcm);
         fc.name = route_name;

@@ -90,6 +90,7 @@ pub fn http_connection_manager(
     route_name: &str,
     use_remote_address: bool,
     security: Vec<HttpFilter>,
+    paths: PathNormalization,
 ) -> Filter {
     let hcm = HttpConnectionManager {
         codec_type: CodecType::Auto as i32,
@@ -102,7 +103,7 @@ pub fn http_connection_manager(
         use_remote_address: use_remote_address.then(|| bool_value(true)),
         ..Default::default()
     };
-    let hcm = with_path_normalization(hcm, PathNormalization::default());
+    let hcm = with_path_normalization(hcm, paths);
     Filter {
         name: HCM_FILTER.into(),
         config_type: Some(FilterConfig::TypedConfig(pack(&hcm))),
@@ -129,6 +130,7 @@ pub fn http_connection_manager_inline(
     stat_prefix: &str,
     route: RouteConfiguration,
     security: Vec<HttpFilter>,
+    paths: PathNormalization,
 ) -> Filter {
     let hcm = HttpConnectionManager {
         codec_type: CodecType::Auto as i32,
@@ -137,7 +139,7 @@ pub fn http_connection_manager_inline(
         http_filters: http_filters(security),
         ..Default::default()
     };
-    let hcm = with_path_normalization(hcm, PathNormalization::default());
+    let hcm = with_path_normalization(hcm, paths);
     Filter {
         name: HCM_FILTER.into(),
         config_type: Some(FilterConfig::TypedConfig(pack(&hcm))),
@@ -166,37 +168,6 @@ pub fn with_path_normalization(
     hcm.merge_slashes = merge;
     hcm.path_with_escaped_slashes_action = escaped as i32;
     hcm
-}
-
-/// Apply `mode` to every HTTP connection manager of `listeners`. The builders
-/// above set the default mode, so nothing is rewritten for it.
-pub fn normalize_paths(listeners: &mut [Listener], mode: PathNormalization) {
-    if mode == PathNormalization::default() {
-        return;
-    }
-    let hcm_type = pack(&HttpConnectionManager::default()).type_url;
-    for filter in listeners
-        .iter_mut()
-        .flat_map(|l| {
-            l.filter_chains
-                .iter_mut()
-                .chain(l.default_filter_chain.iter_mut())
-        })
-        .flat_map(|fc| fc.filters.iter_mut())
-    {
-        let Some(FilterConfig::TypedConfig(any)) = &mut filter.config_type else {
-            continue;
-        };
-        if any.type_url != hcm_type {
-            continue;
-        }
-        // Built by this crate a moment ago: it decodes.
-        let Ok(hcm) = <HttpConnectionManager as prost::Message>::decode(any.value.as_slice())
-        else {
-            continue;
-        };
-        *any = pack(&with_path_normalization(hcm, mode));
-    }
 }
 
 /// A TCP proxy to one cluster, or weighted clusters.

@@ -121,7 +121,6 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext) -> Generated {
         ProxyRole::Gateway => gateway::generate(proxy, ctx, identity),
         ProxyRole::Sidecar => sidecar::generate(proxy, ctx, identity),
     };
-    listener::normalize_paths(&mut g.listeners, ctx.mesh.path_normalization);
     let (secrets, omitted) = credentials::resolve(&mut g.clusters, &mut g.listeners, proxy, ctx);
     g.secrets = secrets;
     g.omitted = omitted;

@@ -268,7 +268,13 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext, identity: bool) -> Generated {
                 ));
                 vec![filter_chain(
                     Vec::new(),
-                    http_connection_manager(&stat, &route_name, false, Vec::new()),
+                    http_connection_manager(
+                        &stat,
+                        &route_name,
+                        false,
+                        Vec::new(),
+                        ctx.mesh.path_normalization,
+                    ),
                 )]
             } else {
                 let mut chains = if matches!(protocol, Protocol::Tls | Protocol::Https) {
@@ -317,6 +323,7 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext, identity: bool) -> Generated {
                 &stat,
                 inbound_route(&cluster),
                 super::security::http_filters(proxy, ctx, port),
+                ctx.mesh.path_normalization,
             )
         } else {
             tcp_proxy(&stat, &[(cluster.clone(), 100)])
