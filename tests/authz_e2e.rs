@@ -26,7 +26,7 @@ use support::control_plane::{
     bootstrap, bootstrap_gateway, crossmesh_bin, ControlPlane, GatewayProxy,
 };
 use support::envoy::Envoy;
-use support::manifests::{self, cluster, Mesh};
+use support::manifests::{self, Mesh};
 use support::net::{free_port, Subnet};
 use support::shop::{request, Shop, SEED_DENY};
 use support::token_issuer::TokenIssuer;
@@ -124,28 +124,7 @@ metadata:
 impl Fixture {
     async fn start() -> Fixture {
         let subnet = Subnet::claim();
-        let mesh = Mesh::new(&[cluster("cluster1", None)]);
-        let issuer = TokenIssuer::new(ISSUER, &mesh.root().join("cluster1-jwks.json"));
-        let tls = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-        std::fs::write(
-            &mesh.mesh_file,
-            format!(
-                "trustDomain: cluster.local
-domainSuffix: cluster.local
-xdsTlsAddress: {tls}
-tokenAudiences: [istio-ca]
-clusters:
-- name: cluster1
-  manifests: clusters/cluster1
-  tokenIssuer:
-    issuer: {ISSUER}
-    jwks: cluster1-jwks.json
-config:
-- manifests: istio
-"
-            ),
-        )
-        .expect("mesh file");
+        let (mesh, issuer, tls) = Mesh::secure_single_cluster(ISSUER);
         let user_ip = subnet.ip(11);
         let (http_port, tcp_port, app_port) = (free_port(), free_port(), free_port());
         let (http_svc_port, tcp_svc_port, gw_port) = (free_port(), free_port(), free_port());

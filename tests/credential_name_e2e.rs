@@ -9,7 +9,7 @@
 
 mod support;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
@@ -19,10 +19,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use support::control_plane::{bootstrap, ControlPlane};
 use support::envoy::Envoy;
 use support::http;
-use support::manifests::{self, cluster, Mesh};
+use support::manifests::{self, Mesh};
 use support::net::{free_port, Subnet};
 use support::tls::{self, Ca, Leaf};
-use support::token_issuer::TokenIssuer;
 use support::{wait_for, CONVERGE};
 
 const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
@@ -107,28 +106,7 @@ async fn mtls_upstream(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecar_originates_mtls_with_the_secret_named_by_credential_name() {
     let subnet = Subnet::claim();
-    let mesh = Mesh::new(&[cluster("cluster1", None)]);
-    let issuer = TokenIssuer::new(ISSUER, &mesh.root().join("cluster1-jwks.json"));
-    let tls_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-    std::fs::write(
-        &mesh.mesh_file,
-        format!(
-            "trustDomain: cluster.local
-domainSuffix: cluster.local
-xdsTlsAddress: {tls_addr}
-tokenAudiences: [istio-ca]
-clusters:
-- name: cluster1
-  manifests: clusters/cluster1
-  tokenIssuer:
-    issuer: {ISSUER}
-    jwks: cluster1-jwks.json
-config:
-- manifests: istio
-"
-        ),
-    )
-    .expect("mesh file");
+    let (mesh, issuer, tls_addr) = Mesh::secure_single_cluster(ISSUER);
     let server_ca = Ca::new("upstream server CA");
     let client_ca = Ca::new("upstream client CA");
     let server = server_ca.leaf("secure", &["secure.example.com"]);

@@ -21,10 +21,9 @@ use std::sync::Arc;
 use support::backend::Backend;
 use support::control_plane::{bootstrap, ControlPlane};
 use support::envoy::Envoy;
-use support::manifests::{self, cluster, Mesh};
+use support::manifests::{self, Mesh};
 use support::net::{free_port, Subnet};
 use support::tls::{self, Ca, Leaf};
-use support::token_issuer::TokenIssuer;
 use support::{wait_for, CONVERGE};
 
 const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
@@ -71,28 +70,7 @@ fn secrets_yaml(a: &Leaf, b: &Leaf, client_ca: &str, bad: &Leaf, other: &Leaf) -
 impl Fixture {
     async fn start() -> Fixture {
         let subnet = Subnet::claim();
-        let mesh = Mesh::new(&[cluster("cluster1", None)]);
-        let issuer = TokenIssuer::new(ISSUER, &mesh.root().join("cluster1-jwks.json"));
-        let tls_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-        std::fs::write(
-            &mesh.mesh_file,
-            format!(
-                "trustDomain: cluster.local
-domainSuffix: cluster.local
-xdsTlsAddress: {tls_addr}
-tokenAudiences: [istio-ca]
-clusters:
-- name: cluster1
-  manifests: clusters/cluster1
-  tokenIssuer:
-    issuer: {ISSUER}
-    jwks: cluster1-jwks.json
-config:
-- manifests: istio
-"
-            ),
-        )
-        .expect("mesh file");
+        let (mesh, issuer, tls_addr) = Mesh::secure_single_cluster(ISSUER);
         let web_ip = subnet.ip(11);
         let web_port = free_port();
         let web = Backend::start(web_ip, web_port, "web-0").await;

@@ -12,14 +12,14 @@
 
 mod support;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use support::backend::Backend;
 use support::control_plane::{bootstrap, ControlPlane};
 use support::envoy::Envoy;
 use support::http;
-use support::manifests::{self, cluster, Mesh};
+use support::manifests::{self, Mesh};
 use support::net::{free_port, Subnet};
 use support::token_issuer::TokenIssuer;
 use support::{wait_for, CONVERGE};
@@ -60,28 +60,7 @@ spec:
 impl Fixture {
     async fn start() -> Fixture {
         let subnet = Subnet::claim();
-        let mesh = Mesh::new(&[cluster("cluster1", None)]);
-        let issuer = TokenIssuer::new(ISSUER, &mesh.root().join("cluster1-jwks.json"));
-        let tls = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-        std::fs::write(
-            &mesh.mesh_file,
-            format!(
-                "trustDomain: cluster.local
-domainSuffix: cluster.local
-xdsTlsAddress: {tls}
-tokenAudiences: [istio-ca]
-clusters:
-- name: cluster1
-  manifests: clusters/cluster1
-  tokenIssuer:
-    issuer: {ISSUER}
-    jwks: cluster1-jwks.json
-config:
-- manifests: istio
-"
-            ),
-        )
-        .expect("mesh file");
+        let (mesh, issuer, tls) = Mesh::secure_single_cluster(ISSUER);
         let (web_ip, legacy_ip) = (subnet.ip(11), subnet.ip(12));
         let (strict_port, disable_port, app_port) = (free_port(), free_port(), free_port());
         let (web_svc_port, legacy_svc_port, legacy_port) = (free_port(), free_port(), free_port());

@@ -56,6 +56,39 @@ impl Mesh {
         }
     }
 
+    /// A mesh of one cluster, `cluster1` (Istio config from `istio/`), with the
+    /// TLS xDS port on a free loopback port; proxies authenticate there with
+    /// tokens of the returned issuer (cluster1's `tokenIssuer`, issuer `iss`,
+    /// its JWKS beside the mesh file).
+    pub fn secure_single_cluster(
+        iss: &str,
+    ) -> (Mesh, super::token_issuer::TokenIssuer, std::net::SocketAddr) {
+        let mesh = Mesh::new(&[cluster("cluster1", None)]);
+        let issuer =
+            super::token_issuer::TokenIssuer::new(iss, &mesh.root().join("cluster1-jwks.json"));
+        let tls = std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, super::net::free_port()));
+        std::fs::write(
+            &mesh.mesh_file,
+            format!(
+                "trustDomain: cluster.local
+domainSuffix: cluster.local
+xdsTlsAddress: {tls}
+tokenAudiences: [istio-ca]
+clusters:
+- name: cluster1
+  manifests: clusters/cluster1
+  tokenIssuer:
+    issuer: {iss}
+    jwks: cluster1-jwks.json
+config:
+- manifests: istio
+"
+            ),
+        )
+        .expect("mesh file");
+        (mesh, issuer, tls)
+    }
+
     pub fn root(&self) -> &Path {
         self.dir.path()
     }
