@@ -599,6 +599,7 @@ impl RawStream {
                     snapshot,
                     changes,
                     end_of_snapshot: end,
+                    resumed: false,
                 })),
             })
             .await

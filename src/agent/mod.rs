@@ -795,6 +795,7 @@ async fn stream(
                         snapshot: true,
                         changes: Vec::new(),
                         end_of_snapshot: false,
+                        resumed: false,
                     };
                     let mut bytes = 0usize;
                     while let Some(k) = keys.front() {
@@ -836,6 +837,7 @@ async fn stream(
                         snapshot: false,
                         changes: Vec::new(),
                         end_of_snapshot: false,
+                        resumed: false,
                     };
                     let mut bytes = 0usize;
                     while let Some((k, key)) = inv.dirty.first().cloned() {
@@ -941,6 +943,7 @@ mod tests {
             snapshot: false,
             changes: vec![change_of(Kind::Pod, &format!("ns/p{n}"), None)],
             end_of_snapshot: false,
+            resumed: false,
         };
         assert!(w.open());
         w.send(batch(1)).await.unwrap();

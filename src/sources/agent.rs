@@ -522,7 +522,7 @@ fn kind_of(k: i32) -> Option<Kind> {
         WireKind::Pod => Some(Kind::Pod),
         WireKind::Node => Some(Kind::Node),
         WireKind::EndpointSlice => Some(Kind::EndpointSlice),
-        WireKind::Unspecified => None,
+        _ => None,
     }
 }
 
@@ -784,6 +784,7 @@ impl Session {
             window_messages: self.hub.opts.window_messages,
             window_bytes: self.hub.opts.window_bytes,
             max_message_bytes: self.hub.opts.max_message_bytes as u32,
+            ..Welcome::default()
         });
         let end = match self.send(welcome).await {
             Err(e) => e,
@@ -865,7 +866,7 @@ impl Session {
             last_heard = tokio::time::Instant::now();
             self.heard();
             let batch = match msg.message {
-                Some(agent_message::Message::Heartbeat(_)) => continue,
+                Some(agent_message::Message::Heartbeat(_) | agent_message::Message::KindStatus(_)) => continue,
                 Some(agent_message::Message::Hello(_)) => {
                     return End::refused(
                         "protocol",
