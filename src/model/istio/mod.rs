@@ -15,9 +15,11 @@ pub mod duration;
 pub mod gateway;
 pub mod peer_authentication;
 pub mod request_authentication;
+pub mod service_entry;
 pub mod sidecar;
 pub mod validate;
 pub mod virtual_service;
+pub mod workload_entry;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -32,8 +34,10 @@ pub use duration::IstioDuration;
 pub use gateway::{Gateway, Server, ServerProtocol};
 pub use peer_authentication::{EffectiveMtls, MtlsMode, PeerAuthentication};
 pub use request_authentication::RequestAuthentication;
+pub use service_entry::ServiceEntry;
 pub use sidecar::Sidecar;
 pub use virtual_service::VirtualService;
+pub use workload_entry::WorkloadEntry;
 
 /// The API group crossmesh reads Istio networking config from.
 pub const NETWORKING_GROUP: &str = "networking.istio.io";
@@ -56,6 +60,8 @@ pub enum Kind {
     PeerAuthentication,
     RequestAuthentication,
     AuthorizationPolicy,
+    ServiceEntry,
+    WorkloadEntry,
 }
 
 impl Kind {
@@ -68,6 +74,8 @@ impl Kind {
             "PeerAuthentication" => Kind::PeerAuthentication,
             "RequestAuthentication" => Kind::RequestAuthentication,
             "AuthorizationPolicy" => Kind::AuthorizationPolicy,
+            "ServiceEntry" => Kind::ServiceEntry,
+            "WorkloadEntry" => Kind::WorkloadEntry,
             _ => return None,
         })
     }
@@ -81,6 +89,8 @@ impl Kind {
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::RequestAuthentication => "RequestAuthentication",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::ServiceEntry => "ServiceEntry",
+            Kind::WorkloadEntry => "WorkloadEntry",
         }
     }
 }
@@ -156,6 +166,8 @@ pub enum IstioObject {
     PeerAuthentication(Config<PeerAuthentication>),
     RequestAuthentication(Config<RequestAuthentication>),
     AuthorizationPolicy(Config<AuthorizationPolicy>),
+    ServiceEntry(Config<ServiceEntry>),
+    WorkloadEntry(Config<WorkloadEntry>),
 }
 
 impl IstioObject {
@@ -168,6 +180,8 @@ impl IstioObject {
             IstioObject::PeerAuthentication(c) => &c.meta,
             IstioObject::RequestAuthentication(c) => &c.meta,
             IstioObject::AuthorizationPolicy(c) => &c.meta,
+            IstioObject::ServiceEntry(c) => &c.meta,
+            IstioObject::WorkloadEntry(c) => &c.meta,
         }
     }
 
@@ -180,6 +194,8 @@ impl IstioObject {
             IstioObject::PeerAuthentication(_) => Kind::PeerAuthentication,
             IstioObject::RequestAuthentication(_) => Kind::RequestAuthentication,
             IstioObject::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
+            IstioObject::ServiceEntry(_) => Kind::ServiceEntry,
+            IstioObject::WorkloadEntry(_) => Kind::WorkloadEntry,
         }
     }
 }
@@ -299,7 +315,7 @@ pub fn parse_object(
         _ => {
             return Err(reject(
                 "kind",
-                format!("unknown kind {kind_str:?} of {NETWORKING_GROUP} (supported: Gateway, VirtualService, DestinationRule, Sidecar)"),
+                format!("unknown kind {kind_str:?} of {NETWORKING_GROUP} (supported: Gateway, VirtualService, DestinationRule, Sidecar, ServiceEntry, WorkloadEntry)"),
             ))
         }
     };
@@ -353,6 +369,12 @@ pub fn parse_object(
         }
         Kind::RequestAuthentication => {
             de(spec).map(|spec| IstioObject::RequestAuthentication(Config { meta, spec }))
+        }
+        Kind::ServiceEntry => {
+            de(spec).map(|spec| IstioObject::ServiceEntry(Config { meta, spec }))
+        }
+        Kind::WorkloadEntry => {
+            de(spec).map(|spec| IstioObject::WorkloadEntry(Config { meta, spec }))
         }
         Kind::AuthorizationPolicy => authorization_policy::dry_run(value).and_then(|dry_run| {
             de(spec).map(|spec| {
@@ -455,6 +477,8 @@ pub struct ConfigSnapshot {
     /// Including the fail-closed stand-ins of rejected policies
     /// (`authorization_policy::stand_in`).
     pub authorization_policies: Vec<Arc<Config<AuthorizationPolicy>>>,
+    pub service_entries: Vec<Arc<Config<ServiceEntry>>>,
+    pub workload_entries: Vec<Arc<Config<WorkloadEntry>>>,
     /// Keys fetched for `jwksUri` (and OpenID discovery) by `security::jwks`,
     /// set by the config store; a rule whose keys are not here yet gets a key
     /// no token verifies against (`translate::jwt::UNFETCHED_JWKS`).
@@ -463,6 +487,9 @@ pub struct ConfigSnapshot {
     vs_by_gateway: HashMap<String, Vec<usize>>,
     /// Resolved host -> indexes into `destination_rules`.
     dr_by_host: HashMap<String, Vec<usize>>,
+    /// Service hostname -> index into `service_entries` of the oldest
+    /// ServiceEntry declaring it (a later one for the same host is shadowed).
+    se_by_host: HashMap<String, usize>,
 }
 
 /// The DestinationRule that applies to one (proxy namespace, host): Istio picks the
@@ -499,6 +526,8 @@ impl ConfigSnapshot {
                     s.request_authentications.push(Arc::new(c))
                 }
                 IstioObject::AuthorizationPolicy(c) => s.authorization_policies.push(Arc::new(c)),
+                IstioObject::ServiceEntry(c) => s.service_entries.push(Arc::new(c)),
+                IstioObject::WorkloadEntry(c) => s.workload_entries.push(Arc::new(c)),
             }
         }
         s.gateways.sort_by(|a, b| a.meta.istio_order(&b.meta));
@@ -513,6 +542,15 @@ impl ConfigSnapshot {
             .sort_by(|a, b| a.meta.istio_order(&b.meta));
         s.authorization_policies
             .sort_by(|a, b| a.meta.istio_order(&b.meta));
+        s.service_entries
+            .sort_by(|a, b| a.meta.istio_order(&b.meta));
+        s.workload_entries
+            .sort_by(|a, b| a.meta.istio_order(&b.meta));
+        for (i, se) in s.service_entries.iter().enumerate() {
+            for h in se.spec.hostnames() {
+                s.se_by_host.entry(h).or_insert(i);
+            }
+        }
         for (i, vs) in s.virtual_services.iter().enumerate() {
             let mut keys: Vec<String> = if vs.spec.gateways.is_empty() {
                 vec![MESH_GATEWAY.to_string()]
@@ -538,6 +576,22 @@ impl ConfigSnapshot {
 
     pub fn resolve_host(&self, host: &str, namespace: &str) -> String {
         resolve_host(host, namespace, &self.domain_suffix)
+    }
+
+    /// The ServiceEntry a service hostname comes from, if any (the oldest one
+    /// declaring it).
+    pub fn service_entry(&self, hostname: &str) -> Option<&Arc<Config<ServiceEntry>>> {
+        self.se_by_host
+            .get(hostname)
+            .map(|i| &self.service_entries[*i])
+    }
+
+    /// Whether a proxy in `proxy_ns` sees the service `hostname`: a
+    /// ServiceEntry's service only where its `exportTo` admits it; every
+    /// Kubernetes Service everywhere.
+    pub fn service_visible(&self, hostname: &str, proxy_ns: &str) -> bool {
+        self.service_entry(hostname)
+            .is_none_or(|se| service_entry::visible(se, proxy_ns))
     }
 
     /// The PeerAuthentication mode in force for a workload in `namespace` with

@@ -92,6 +92,20 @@ pub fn validate(obj: &IstioObject) -> Vec<Issue> {
                 out.err(field, reason);
             }
         }
+        IstioObject::ServiceEntry(c) => {
+            for (field, reason, warning) in c.spec.problems() {
+                if warning {
+                    out.warn(field, reason);
+                } else {
+                    out.err(field, reason);
+                }
+            }
+        }
+        IstioObject::WorkloadEntry(c) => {
+            for (field, reason) in c.spec.problems("spec", false) {
+                out.err(field, reason);
+            }
+        }
     }
     out.0
 }
