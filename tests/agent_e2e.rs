@@ -517,6 +517,7 @@ async fn enrol(f: &Fixture, cluster: &str, token: &str) -> Result<(String, Strin
             cluster: cluster.into(),
             token: token.into(),
             csr_pem: csr,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -624,6 +625,7 @@ fn hello(cluster: &str) -> Hello {
             WireKind::EndpointSlice as i32,
         ],
         agent_version: "test".into(),
+        ..Default::default()
     }
 }
 

@@ -294,6 +294,7 @@ async fn load_or_enrol(opts: &AgentOptions, host: &str, roots: &[u8]) -> Result<
                     cluster: opts.cluster.clone(),
                     token: token.to_string(),
                     csr_pem: csr.clone(),
+                    webhook_csr_pem: String::new(),
                 })
                 .await
                 .map_err(|s| {
@@ -332,7 +333,10 @@ async fn renew(
     let tls = client_tls(roots, Some(cur))?;
     let ch = channel(&opts.hub, host, tls).await?;
     let resp = AgentServiceClient::new(ch)
-        .renew(RenewRequest { csr_pem: csr })
+        .renew(RenewRequest {
+            csr_pem: csr,
+            webhook_csr_pem: String::new(),
+        })
         .await
         .map_err(|s| AgentError::Enrol(s.message().to_string()))?
         .into_inner();
@@ -712,6 +716,7 @@ async fn stream(
             cluster: opts.cluster.clone(),
             kinds: KINDS.iter().map(|k| wire_kind(*k) as i32).collect(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            accepts_trust_bundle: false,
         })),
     };
     let _ = out.send(hello).await;
@@ -876,6 +881,7 @@ async fn stream(
                     match m.message {
                         Some(hub_message::Message::Ack(a)) => win.acked(a.seq),
                         Some(hub_message::Message::Heartbeat(_)) => {}
+                        Some(hub_message::Message::TrustBundle(_)) => {}
                         Some(hub_message::Message::Welcome(_)) | None => {
                             return Ok("unexpected message from the hub".into());
                         }

@@ -803,6 +803,12 @@ impl Ca {
         self.signing_der == other.signing_der && self.chain_pem == other.chain_pem
     }
 
+    /// SHA-256 (hex) of the signing certificate's DER: names the signer to
+    /// agents, which renew when it is not the one their certificate came from.
+    pub fn signer_sha256(&self) -> String {
+        hex(ring::digest::digest(&ring::digest::SHA256, &self.signing_der).as_ref())
+    }
+
     /// Subject of the signing certificate (`ca-cert.pem`), for logs and
     /// `/debug/certz`.
     pub fn signer_subject(&self) -> String {
@@ -1024,6 +1030,178 @@ impl Ca {
     /// The mesh's trust domain.
     pub fn trust_domain(&self) -> &str {
         &self.trust_domain
+    }
+}
+
+/// The serving certificate of an agent's injection webhook
+/// (`Ca::sign_webhook_csr`).
+#[derive(Debug, Clone)]
+pub struct WebhookCert {
+    /// The certificate, then the CA's chain (PEM).
+    pub cert_chain_pem: String,
+    /// Its DNS SANs, as requested.
+    pub dns_names: Vec<String>,
+    pub serial_hex: String,
+    pub not_after: SystemTime,
+}
+
+/// Why `name` is not a Service DNS name `<svc>.<ns>.svc` or
+/// `<svc>.<ns>.svc.<domain_suffix>` (each label an RFC 1123 label, as
+/// Kubernetes names Services and namespaces); `Ok((svc, ns))` otherwise.
+pub fn service_dns_name<'a>(
+    name: &'a str,
+    domain_suffix: &str,
+) -> Result<(&'a str, &'a str), String> {
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let mut parts = name.splitn(3, '.');
+    let (svc, ns, rest) = match (parts.next(), parts.next(), parts.next()) {
+        (Some(s), Some(n), Some(r)) => (s, n, r),
+        _ => {
+            return Err(format!(
+                "DNS name {name:?} is not <service>.<namespace>.svc"
+            ))
+        }
+    };
+    let suffixed = format!("svc.{domain_suffix}");
+    if !(rest == "svc" || rest == suffixed) {
+        return Err(format!(
+            "DNS name {name:?} is not <service>.<namespace>.svc or \
+             <service>.<namespace>.{suffixed}"
+        ));
+    }
+    if !label(svc) || !label(ns) {
+        return Err(format!(
+            "DNS name {name:?}: service and namespace must be RFC 1123 labels"
+        ));
+    }
+    Ok((svc, ns))
+}
+
+fn webhook_refusal(reason: String) -> CaError {
+    CaError::Issue {
+        subject: "webhook serving certificate".into(),
+        reason,
+    }
+}
+
+/// The request of `csr_pem` and its DNS names, checked as
+/// [`Ca::sign_webhook_csr`] says, without signing anything (the hub checks an
+/// enrolment's webhook request before it spends the token).
+pub fn webhook_request(
+    csr_pem: &str,
+    domain_suffix: &str,
+) -> Result<(rcgen::CertificateSigningRequestParams, Vec<String>), CaError> {
+    let fail = webhook_refusal;
+    let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+        .map_err(|e| fail(format!("not a PKCS#10 certificate request: {e}")))?;
+    let mut dns_names = Vec::new();
+    let mut service: Option<(String, String)> = None;
+    for san in &csr.params.subject_alt_names {
+        let name = match san {
+            SanType::DnsName(n) => n.as_str().to_string(),
+            SanType::IpAddress(ip) => {
+                return Err(fail(format!("IP SAN {ip} refused: DNS names only")))
+            }
+            SanType::URI(u) => {
+                return Err(fail(format!(
+                    "URI SAN {:?} refused: DNS names only",
+                    u.as_str()
+                )))
+            }
+            SanType::Rfc822Name(e) => {
+                return Err(fail(format!(
+                    "email SAN {:?} refused: DNS names only",
+                    e.as_str()
+                )))
+            }
+            _ => return Err(fail("a SAN other than a DNS name refused".into())),
+        };
+        let (svc, ns) = service_dns_name(&name, domain_suffix).map_err(&fail)?;
+        match &service {
+            None => service = Some((svc.to_string(), ns.to_string())),
+            Some((s, n)) if s == svc && n == ns => {}
+            Some((s, n)) => {
+                return Err(fail(format!(
+                    "DNS name {name:?} is not of the Service {s}.{n} the other names are"
+                )))
+            }
+        }
+        if !dns_names.contains(&name) {
+            dns_names.push(name);
+        }
+    }
+    if dns_names.is_empty() {
+        return Err(fail("the request names no DNS name".into()));
+    }
+    Ok((csr, dns_names))
+}
+
+impl Ca {
+    /// Sign an agent's request (PEM) for its injection webhook's serving
+    /// certificate. The request's SANs are the names asked for, and they must all
+    /// be DNS names of one Service (`<svc>.<ns>.svc`, or followed by
+    /// `.<domain_suffix>`: so two names at most); an IP, URI, email
+    /// or other SAN, another form of name, or no name refuses the request. The
+    /// certificate carries those DNS names only (no SPIFFE URI, so no mesh
+    /// identity), an empty subject, server-auth usage only, and the lifetime of
+    /// an agent certificate ([`AGENT_CERT_BACKDATE`], `workload_ttl`, never past
+    /// the signing certificate). Only the request's public key and SANs are used.
+    pub fn sign_webhook_csr(
+        &self,
+        csr_pem: &str,
+        domain_suffix: &str,
+    ) -> Result<WebhookCert, CaError> {
+        let (mut csr, dns_names) = webhook_request(csr_pem, domain_suffix)?;
+        let fail = webhook_refusal;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.subject_alt_names = dns_names
+            .iter()
+            .map(|n| {
+                n.as_str()
+                    .try_into()
+                    .map(SanType::DnsName)
+                    .map_err(|e| fail(format!("DNS name {n:?}: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let now = SystemTime::now();
+        let not_before = round_down_secs(now - AGENT_CERT_BACKDATE);
+        let not_after = (now + self.ttl).min(self.signing_not_after);
+        if not_after <= now {
+            return Err(fail("the signing certificate has expired".into()));
+        }
+        let not_after = round_down_secs(not_after);
+        params.not_before = not_before.into();
+        params.not_after = not_after.into();
+        let serial = random_serial().map_err(&fail)?;
+        let serial_hex = hex(serial.to_bytes().as_slice());
+        params.serial_number = Some(serial);
+        csr.params = params;
+        let cert = csr
+            .signed_by(&self.issuer)
+            .map_err(|e| fail(e.to_string()))?;
+        let mut chain = cert.pem();
+        chain.push_str(&self.chain_pem);
+        Ok(WebhookCert {
+            cert_chain_pem: chain,
+            dns_names,
+            serial_hex,
+            not_after,
+        })
     }
 }
 
@@ -1769,5 +1947,109 @@ mod tests {
         let per = start.elapsed() / 200;
         eprintln!("issue: {per:?} per certificate");
         assert!(per < Duration::from_millis(50), "{per:?}");
+    }
+
+    /// A CSR with `sans`, from a fresh key.
+    fn webhook_csr(sans: Vec<SanType>) -> String {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = CertificateParams::default();
+        p.subject_alt_names = sans;
+        p.serialize_request(&key).unwrap().pem().unwrap()
+    }
+
+    fn dns(n: &str) -> SanType {
+        SanType::DnsName(n.try_into().unwrap())
+    }
+
+    #[test]
+    fn webhook_certificate_names_only_service_dns_names_and_serves_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = Ca::from_mesh(&plug_in_mesh_generated(tmp.path())).unwrap();
+        let names = [
+            "crossmesh-agent.crossmesh-system.svc",
+            "crossmesh-agent.crossmesh-system.svc.cluster.local",
+        ];
+        let c = ca
+            .sign_webhook_csr(
+                &webhook_csr(names.iter().map(|n| dns(n)).collect()),
+                "cluster.local",
+            )
+            .unwrap();
+        assert_eq!(c.dns_names, names);
+        let ders = pem_ders(&c.cert_chain_pem);
+        let (_, leaf) = x509_parser::parse_x509_certificate(&ders[0]).unwrap();
+        let sans: Vec<String> = leaf
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .iter()
+            .map(|g| format!("{g:?}"))
+            .collect();
+        assert_eq!(
+            sans,
+            names
+                .iter()
+                .map(|n| format!("DNSName({n:?})"))
+                .collect::<Vec<_>>(),
+            "DNS names only: no SPIFFE URI"
+        );
+        let eku = leaf.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && !eku.client_auth, "server auth only");
+        assert!(leaf.subject().iter_attributes().next().is_none());
+        let life = c.not_after.duration_since(SystemTime::now()).unwrap();
+        assert!(life <= ca.workload_ttl(), "{life:?}");
+
+        // Refused, each with the offending name in the reason.
+        let refused = |sans: Vec<SanType>, want: &str| {
+            let e = ca
+                .sign_webhook_csr(&webhook_csr(sans), "cluster.local")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{e} should name {want}");
+        };
+        refused(vec![dns("hub.example.com")], "hub.example.com");
+        refused(vec![dns("a.b.svc.evil.example")], "a.b.svc.evil.example");
+        refused(vec![dns("a.b.c.svc")], "a.b.c.svc");
+        refused(vec![dns("A.b.svc")], "A.b.svc");
+        refused(
+            vec![dns("a.b.svc"), SanType::IpAddress([10, 0, 0, 1].into())],
+            "10.0.0.1",
+        );
+        refused(
+            vec![
+                dns("a.b.svc"),
+                SanType::URI("spiffe://example.org/ns/b/sa/a".try_into().unwrap()),
+            ],
+            "spiffe://example.org/ns/b/sa/a",
+        );
+        refused(vec![dns("a.b.svc"), dns("c.b.svc")], "c.b.svc");
+        refused(vec![], "no DNS name");
+        let many: Vec<SanType> = (0..5)
+            .map(|i| {
+                if i % 2 == 0 {
+                    dns(&format!(
+                        "a.b.svc{}",
+                        if i == 0 { "" } else { ".cluster.local" }
+                    ))
+                } else {
+                    dns("a.b.svc")
+                }
+            })
+            .collect();
+        // Duplicates collapse: two distinct names are fine.
+        assert_eq!(
+            ca.sign_webhook_csr(&webhook_csr(many), "cluster.local")
+                .unwrap()
+                .dns_names
+                .len(),
+            2
+        );
+        assert!(ca.sign_webhook_csr("garbage", "cluster.local").is_err());
+    }
+
+    fn plug_in_mesh_generated(dir: &Path) -> MeshConfig {
+        mesh_with("trustDomain: example.org\nca: {}\n", dir)
     }
 }

@@ -42,12 +42,12 @@ use tracing::{debug, info, warn};
 use crate::agent::proto::agent_service_server::{AgentService, AgentServiceServer};
 use crate::agent::proto::{
     agent_message, change, hub_message, Ack, AgentMessage, Batch, EnrollRequest, EnrollResponse,
-    Heartbeat, HubMessage, Kind as WireKind, RenewRequest, Welcome, PROTOCOL_VERSION,
+    Heartbeat, HubMessage, Kind as WireKind, RenewRequest, TrustBundle, Welcome, PROTOCOL_VERSION,
 };
 use crate::config::{ClusterSource, MeshConfig};
 use crate::registry::{Event, Kind, KubeObject, ObjectProblem, Registry};
 use crate::security::agent_tokens;
-use crate::security::ca::{agent_uri, AGENT_CERT_BACKDATE, AGENT_ID_PATH};
+use crate::security::ca::{agent_uri, webhook_request, AGENT_CERT_BACKDATE, AGENT_ID_PATH};
 use crate::security::Ca;
 
 /// Default interval of heartbeats (`Welcome.heartbeat_interval_ms`); a stream
@@ -78,7 +78,13 @@ pub struct AgentHubOptions {
     pub max_message_bytes: usize,
     /// `unreachableClusterEndpoints.dropAfter`.
     pub stale_grace: Option<Duration>,
+    /// Most object bytes buffered for one snapshot (`Welcome.max_snapshot_bytes`).
+    pub max_snapshot_bytes: u64,
 }
+
+/// Default limit of one snapshot's buffered object bytes: about 40 times the
+/// snapshot of the 10,000-Pod cluster measured in BENCHMARKS.md.
+pub const DEFAULT_MAX_SNAPSHOT_BYTES: u64 = 256 << 20;
 
 impl AgentHubOptions {
     pub fn from_mesh(mesh: &MeshConfig) -> AgentHubOptions {
@@ -97,6 +103,7 @@ impl Default for AgentHubOptions {
             window_bytes: DEFAULT_WINDOW_BYTES,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             stale_grace: None,
+            max_snapshot_bytes: DEFAULT_MAX_SNAPSHOT_BYTES,
         }
     }
 }
@@ -128,6 +135,14 @@ pub struct AgentStatus {
     pub refusals: BTreeMap<String, u64>,
     /// The latest refusals, newest last.
     pub recent_refusals: Vec<String>,
+    /// Kinds the agent cannot read or keep in full (`KindStatus`), with why.
+    pub unavailable: BTreeMap<String, String>,
+    /// The current (or last) stream resumed instead of sending a snapshot.
+    pub resumed: bool,
+    /// Streams that resumed, since start.
+    pub resumed_streams: u64,
+    /// Encoded bytes of the batches of the current (or last) stream.
+    pub stream_bytes: u64,
 }
 
 /// The agent clusters of the mesh file and their streams.
@@ -135,8 +150,15 @@ pub struct AgentHub {
     registry: Arc<Registry>,
     ca: Arc<dyn Fn() -> Arc<Ca> + Send + Sync>,
     trust_domain: String,
+    /// `domainSuffix`: webhook certificates may name `<svc>.<ns>.svc.<suffix>`.
+    domain_suffix: String,
     token_dir: PathBuf,
     grants: BTreeMap<String, Option<BTreeSet<String>>>,
+    /// Agent clusters the mesh file lists as config sources (`config: - cluster`).
+    config_clusters: BTreeSet<String>,
+    /// This process's session (`Welcome.session_id`): random at start, so an
+    /// agent can tell a restarted hub (which needs a snapshot) from this one.
+    session_id: String,
     opts: AgentHubOptions,
     state: Mutex<BTreeMap<String, ClusterAgent>>,
 }
@@ -145,9 +167,19 @@ pub struct AgentHub {
 struct ClusterAgent {
     status: AgentStatus,
     /// Bumped by every accepted stream; a stream only acts while it is current.
+    /// It is also the stream's id (`Welcome.stream_id`).
     generation: u64,
     /// Tells the current stream to end (a newer one replaced it).
     superseded: Option<watch::Sender<bool>>,
+    /// Highest batch seq applied (acknowledged) from stream `generation`.
+    applied_seq: u64,
+    /// The registry holds a snapshot of this cluster from this process (not
+    /// dropped after the grace period): a stream may resume from it.
+    resumable: bool,
+    /// Objects refused (outside the grant, malformed), kept across resumed streams.
+    problems: BTreeMap<String, ObjectProblem>,
+    /// The cluster's Istio config (config clusters only), by `Kind/ns/name`.
+    config: BTreeMap<String, Value>,
 }
 
 fn now_rfc3339() -> Option<String> {
@@ -177,12 +209,28 @@ impl AgentHub {
             .keys()
             .map(|k| (k.clone(), ClusterAgent::default()))
             .collect();
+        let config_clusters = mesh
+            .config
+            .iter()
+            .filter_map(|c| match c {
+                crate::config::ConfigSource::Cluster(n) if grants.contains_key(n) => {
+                    Some(n.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        let mut id = [0u8; 16];
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id);
+        let session_id = id.iter().map(|b| format!("{b:02x}")).collect();
         Arc::new(AgentHub {
             registry,
             ca,
             trust_domain: mesh.trust_domain.clone(),
+            domain_suffix: mesh.domain_suffix.clone(),
             token_dir: agent_tokens::token_dir(&mesh.ca.state_dir),
             grants,
+            config_clusters,
+            session_id,
             opts,
             state: Mutex::new(state),
         })
@@ -332,7 +380,9 @@ struct ServerCert {
     ca: Arc<dyn Fn() -> Arc<Ca> + Send + Sync>,
     dns: Vec<String>,
     ips: Vec<IpAddr>,
-    current: RwLock<Option<(Arc<rustls::sign::CertifiedKey>, SystemTime)>>,
+    /// The certificate, when to renew it, and the CA that issued it (a reloaded
+    /// plug-in CA with another signer or roots has it re-issued at once).
+    current: RwLock<Option<(Arc<rustls::sign::CertifiedKey>, SystemTime, Arc<Ca>)>>,
 }
 
 impl std::fmt::Debug for ServerCert {
@@ -345,7 +395,8 @@ impl ServerCert {
     fn refresh(&self) -> Result<Arc<rustls::sign::CertifiedKey>, String> {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let issued = (self.ca)()
+        let ca = (self.ca)();
+        let issued = ca
             .issue_server(&self.dns, &self.ips)
             .map_err(|e| e.to_string())?;
         let chain: Vec<CertificateDer<'static>> =
@@ -360,7 +411,7 @@ impl ServerCert {
             .map_err(|e| format!("server key: {e}"))?;
         let ck = Arc::new(rustls::sign::CertifiedKey::new(chain, signer));
         let renew = crate::security::renew_at(&issued);
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some((ck.clone(), renew));
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some((ck.clone(), renew, ca));
         Ok(ck)
     }
 }
@@ -376,12 +427,16 @@ impl rustls::server::ResolvesServerCert for ServerCert {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         match current {
-            Some((ck, renew)) if SystemTime::now() < renew => Some(ck),
+            Some((ck, renew, by))
+                if SystemTime::now() < renew && Arc::ptr_eq(&by, &(self.ca)()) =>
+            {
+                Some(ck)
+            }
             old => match self.refresh() {
                 Ok(ck) => Some(ck),
                 Err(e) => {
                     warn!(error = %e, "cannot renew the agent port's server certificate");
-                    old.map(|(ck, _)| ck)
+                    old.map(|(ck, _, _)| ck)
                 }
             },
         }
@@ -407,8 +462,6 @@ pub async fn serve(
     dns_names: Vec<String>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), AgentPortError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::CertificateDer;
     let local = listener.local_addr().ok();
     let addr = local.map(|a| a.to_string()).unwrap_or_else(|| "?".into());
     let tls_err = |reason: String| AgentPortError::Tls {
@@ -433,30 +486,13 @@ pub async fn serve(
         current: RwLock::new(None),
     });
     resolver.refresh().map_err(&tls_err)?;
-    let mut roots = rustls::RootCertStore::empty();
+    // Client certificates are verified against the trust bundle in force: the
+    // acceptor is rebuilt when a plug-in CA reload changes it, so agents whose
+    // certificates chain to a newly added root are accepted, and those of a
+    // dropped root refused, from the next handshake on.
     let bundle = (hub.ca)().trust_bundle_pem();
-    for der in CertificateDer::pem_slice_iter(bundle.as_bytes()) {
-        let der = der.map_err(|e| tls_err(format!("mesh roots: {e}")))?;
-        roots
-            .add(der)
-            .map_err(|e| tls_err(format!("mesh roots: {e}")))?;
-    }
-    // Client certificates are optional at the TLS layer so that `Enroll` can be
-    // served; every other call requires one (`AgentHub::caller`).
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        crate::tls::provider(),
-    )
-    .allow_unauthenticated()
-    .build()
-    .map_err(|e| tls_err(e.to_string()))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls_err(e.to_string()))?
-        .with_client_cert_verifier(verifier)
-        .with_cert_resolver(resolver);
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = agent_acceptor(&bundle, resolver.clone()).map_err(&tls_err)?;
+    let acceptors = Arc::new(Mutex::new((bundle, acceptor)));
 
     let (tx, rx) = mpsc::channel::<std::io::Result<AgentIo>>(64);
     let accept_hub = hub.clone();
@@ -471,7 +507,22 @@ pub async fn serve(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
+            let acceptor = {
+                let bundle = (accept_hub.ca)().trust_bundle_pem();
+                let mut cur = acceptors.lock().unwrap_or_else(|e| e.into_inner());
+                if cur.0 != bundle {
+                    match agent_acceptor(&bundle, resolver.clone()) {
+                        Ok(a) => {
+                            info!("agent port: client certificates verified against the reloaded trust bundle");
+                            *cur = (bundle, a);
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "agent port: the reloaded trust bundle is unusable; keeping the previous one")
+                        }
+                    }
+                }
+                cur.1.clone()
+            };
             let tx = tx.clone();
             let hub = accept_hub.clone();
             tokio::spawn(async move {
@@ -511,6 +562,37 @@ pub async fn serve(
         .map_err(|source| AgentPortError::Transport { addr, source });
     accept.abort();
     r
+}
+
+/// The agent port's TLS acceptor: server certificate from `resolver`, client
+/// certificates verified against `bundle` (PEM roots), optional at the TLS
+/// layer so that `Enroll` can be served; every other call requires one
+/// (`AgentHub::caller`).
+fn agent_acceptor(
+    bundle: &str,
+    resolver: Arc<ServerCert>,
+) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    for der in CertificateDer::pem_slice_iter(bundle.as_bytes()) {
+        let der = der.map_err(|e| format!("mesh roots: {e}"))?;
+        roots.add(der).map_err(|e| format!("mesh roots: {e}"))?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        crate::tls::provider(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| e.to_string())?;
+    let mut config = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 // ---------------------------------------------------------------------------
@@ -565,8 +647,9 @@ impl AgentService for HubService {
         request: Request<RenewRequest>,
     ) -> Result<Response<EnrollResponse>, Status> {
         let (cluster, _) = self.0.caller(&request)?;
+        let r = request.get_ref();
         self.0
-            .issue(&cluster, &request.get_ref().csr_pem, "renewed")
+            .issue(&cluster, &r.csr_pem, &r.webhook_csr_pem, "renewed")
     }
 
     type SyncStream = SyncStream;
@@ -592,6 +675,7 @@ impl AgentService for HubService {
             peer: info.peer,
             expiry,
             tx,
+            bundle_sent: Mutex::new(None),
         };
         tokio::spawn(session.run(inbound));
         Ok(Response::new(Box::pin(
@@ -620,6 +704,15 @@ impl AgentHub {
             self.refuse(None, "unknown_cluster", &reason);
             return Err(Status::permission_denied(reason));
         }
+        // A webhook request the hub would refuse is refused before the token is
+        // spent, so the agent can enrol again with a corrected one.
+        if !req.webhook_csr_pem.is_empty() {
+            if let Err(e) = webhook_request(&req.webhook_csr_pem, &self.domain_suffix) {
+                let reason = e.to_string();
+                self.refuse(attributed, "bad_webhook_csr", &reason);
+                return Err(Status::invalid_argument(reason));
+            }
+        }
         let now = SystemTime::now();
         if let Err(e) = agent_tokens::redeem(&self.token_dir, &cluster, &req.token, now) {
             let reason = e.to_string();
@@ -629,7 +722,7 @@ impl AgentHub {
                 _ => Status::unauthenticated(reason),
             });
         }
-        self.issue(&cluster, &req.csr_pem, "enrolled")
+        self.issue(&cluster, &req.csr_pem, &req.webhook_csr_pem, "enrolled")
     }
 }
 
@@ -638,9 +731,27 @@ impl AgentHub {
         &self,
         cluster: &str,
         csr_pem: &str,
+        webhook_csr_pem: &str,
         what: &str,
     ) -> Result<Response<EnrollResponse>, Status> {
         let ca = (self.ca)();
+        // The injection webhook's serving certificate, when asked for: DNS names
+        // of one Service only (`Ca::sign_webhook_csr`, docs/SECURITY.md).
+        let webhook_cert_chain_pem = if webhook_csr_pem.is_empty() {
+            String::new()
+        } else {
+            match ca.sign_webhook_csr(webhook_csr_pem, &self.domain_suffix) {
+                Ok(w) => {
+                    info!(cluster, serial = %w.serial_hex, dns_names = ?w.dns_names, "agent webhook certificate {what}");
+                    w.cert_chain_pem
+                }
+                Err(e) => {
+                    let reason = e.to_string();
+                    self.refuse(Some(cluster), "bad_webhook_csr", &reason);
+                    return Err(Status::invalid_argument(reason));
+                }
+            }
+        };
         match ca.sign_agent_csr(cluster, csr_pem) {
             Ok(c) => {
                 info!(cluster, serial = %c.serial_hex, "agent {what}");
@@ -649,6 +760,8 @@ impl AgentHub {
                     trust_bundle_pem: ca.trust_bundle_pem(),
                     identity: c.uri,
                     not_after_unix: unix_time(c.not_after),
+                    webhook_cert_chain_pem,
+                    signer_sha256: ca.signer_sha256(),
                 }))
             }
             Err(e) => {
@@ -669,6 +782,9 @@ struct Session {
     peer: Option<SocketAddr>,
     expiry: Option<(i64, String)>,
     tx: mpsc::Sender<Result<HubMessage, Status>>,
+    /// The trust bundle and signer last sent (`HubMessage.trust_bundle`); `None`
+    /// until Hello asks for them (`accepts_trust_bundle`).
+    bundle_sent: Mutex<Option<(String, String)>>,
 }
 
 /// Why a stream ended: its status for the agent, and a label for the count.
@@ -687,6 +803,27 @@ impl End {
 }
 
 impl Session {
+    /// Send the trust bundle and signer in force if the agent asked for them and
+    /// they differ from what it was last sent (on the first heartbeat tick, right
+    /// after Welcome, then within a heartbeat interval of a plug-in CA reload).
+    async fn send_trust_bundle(&self) -> Result<(), End> {
+        let ca = (self.hub.ca)();
+        let now = (ca.trust_bundle_pem(), ca.signer_sha256());
+        {
+            let mut sent = self.bundle_sent.lock().unwrap_or_else(|e| e.into_inner());
+            match sent.as_mut() {
+                Some(s) if *s != now => *s = now.clone(),
+                _ => return Ok(()),
+            }
+        }
+        debug!(cluster = %self.cluster, "trust bundle sent");
+        self.send(hub_message::Message::TrustBundle(TrustBundle {
+            pem: now.0,
+            signer_sha256: now.1,
+        }))
+        .await
+    }
+
     async fn send(&self, m: hub_message::Message) -> Result<(), End> {
         self.tx
             .send(Ok(HubMessage { message: Some(m) }))
@@ -750,6 +887,9 @@ impl Session {
                     "Hello.kinds must list SERVICE, POD, NODE and ENDPOINT_SLICE (protocol v1)",
                 ),
             ));
+        }
+        if hello.accepts_trust_bundle {
+            *self.bundle_sent.lock().unwrap_or_else(|e| e.into_inner()) = Some(Default::default());
         }
         // This stream is now the cluster's; an older one ends.
         let (sup_tx, mut sup_rx) = watch::channel(false);
@@ -818,6 +958,9 @@ impl Session {
                     if let Some(reason) = self.leaf.as_deref().and_then(|l| self.hub.revocation(&self.cluster, l)) {
                         return End::refused("revoked", Status::permission_denied(reason));
                     }
+                    if let Err(e) = self.send_trust_bundle().await {
+                        return e;
+                    }
                     let hb = hub_message::Message::Heartbeat(Heartbeat { sent_unix_ms: unix_ms() });
                     if let Err(e) = self.send(hb).await {
                         return e;
@@ -866,7 +1009,9 @@ impl Session {
             last_heard = tokio::time::Instant::now();
             self.heard();
             let batch = match msg.message {
-                Some(agent_message::Message::Heartbeat(_) | agent_message::Message::KindStatus(_)) => continue,
+                Some(
+                    agent_message::Message::Heartbeat(_) | agent_message::Message::KindStatus(_),
+                ) => continue,
                 Some(agent_message::Message::Hello(_)) => {
                     return End::refused(
                         "protocol",
