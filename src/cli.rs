@@ -44,6 +44,119 @@ pub enum Command {
     /// Enrolment tokens of member-cluster agents.
     #[command(subcommand)]
     AgentToken(AgentTokenCommand),
+    /// Set up a sidecar's traffic interception in the pod's network namespace
+    /// (`iptables-restore --noflush`), as Istio's istio-iptables does in REDIRECT
+    /// mode; run by the injected `istio-init` container.
+    Iptables(IptablesArgs),
+}
+
+/// `crossmesh iptables`; each flag matches a `traffic.sidecar.istio.io/*` annotation.
+#[derive(Debug, Args)]
+pub struct IptablesArgs {
+    /// Envoy's outbound capture port (its virtual outbound listener).
+    #[arg(long, env = "CROSSMESH_PROXY_PORT", value_name = "PORT", default_value_t = crate::iptables::DEFAULT_PROXY_PORT)]
+    pub proxy_port: u16,
+    /// Envoy's inbound capture port (its virtual inbound listener).
+    #[arg(long, env = "CROSSMESH_INBOUND_CAPTURE_PORT", value_name = "PORT",
+          default_value_t = crate::iptables::DEFAULT_INBOUND_CAPTURE_PORT)]
+    pub inbound_capture_port: u16,
+    /// Envoy's UID: its traffic is never captured.
+    #[arg(long, env = "CROSSMESH_PROXY_UID", value_name = "UID", default_value_t = crate::iptables::DEFAULT_PROXY_UID)]
+    pub proxy_uid: u32,
+    /// Envoy's GID: its traffic is never captured.
+    #[arg(long, env = "CROSSMESH_PROXY_GID", value_name = "GID", default_value_t = crate::iptables::DEFAULT_PROXY_UID)]
+    pub proxy_gid: u32,
+    /// Inbound ports captured: `*` or a comma-separated list (empty: none).
+    #[arg(
+        long,
+        env = "CROSSMESH_INBOUND_PORTS",
+        value_name = "PORTS",
+        default_value = "*"
+    )]
+    pub inbound_ports: String,
+    /// Inbound ports not captured when --inbound-ports is `*`.
+    #[arg(
+        long,
+        env = "CROSSMESH_EXCLUDE_INBOUND_PORTS",
+        value_name = "PORTS",
+        default_value = "15090,15021,15020"
+    )]
+    pub exclude_inbound_ports: String,
+    /// Outbound ports always captured.
+    #[arg(
+        long,
+        env = "CROSSMESH_INCLUDE_OUTBOUND_PORTS",
+        value_name = "PORTS",
+        default_value = ""
+    )]
+    pub include_outbound_ports: String,
+    /// Outbound ports never captured.
+    #[arg(
+        long,
+        env = "CROSSMESH_EXCLUDE_OUTBOUND_PORTS",
+        value_name = "PORTS",
+        default_value = ""
+    )]
+    pub exclude_outbound_ports: String,
+    /// Outbound destinations captured: `*` or comma-separated CIDRs (empty: none).
+    #[arg(
+        long,
+        env = "CROSSMESH_INCLUDE_OUTBOUND_IP_RANGES",
+        value_name = "CIDRS",
+        default_value = "*"
+    )]
+    pub include_outbound_ip_ranges: String,
+    /// Outbound destinations never captured (CIDRs).
+    #[arg(
+        long,
+        env = "CROSSMESH_EXCLUDE_OUTBOUND_IP_RANGES",
+        value_name = "CIDRS",
+        default_value = ""
+    )]
+    pub exclude_outbound_ip_ranges: String,
+    /// Also program IPv6 (`ip6tables-restore`).
+    #[arg(long, env = "CROSSMESH_IPV6")]
+    pub ipv6: bool,
+    /// Print the `iptables-restore` input instead of loading it.
+    #[arg(long, env = "CROSSMESH_DRY_RUN")]
+    pub dry_run: bool,
+}
+
+impl IptablesArgs {
+    /// The capture configuration; an error names the flag and the bad value.
+    pub fn capture(
+        &self,
+    ) -> Result<crate::iptables::CaptureConfig, crate::iptables::IptablesError> {
+        use crate::iptables as ipt;
+        Ok(ipt::CaptureConfig {
+            proxy_port: self.proxy_port,
+            inbound_capture_port: self.inbound_capture_port,
+            proxy_uid: self.proxy_uid,
+            proxy_gid: self.proxy_gid,
+            inbound_ports: ipt::parse_ports("--inbound-ports", &self.inbound_ports)?,
+            exclude_inbound_ports: ipt::parse_port_list(
+                "--exclude-inbound-ports",
+                &self.exclude_inbound_ports,
+            )?,
+            include_outbound_ports: ipt::parse_port_list(
+                "--include-outbound-ports",
+                &self.include_outbound_ports,
+            )?,
+            exclude_outbound_ports: ipt::parse_port_list(
+                "--exclude-outbound-ports",
+                &self.exclude_outbound_ports,
+            )?,
+            include_outbound_ranges: ipt::parse_ranges(
+                "--include-outbound-ip-ranges",
+                &self.include_outbound_ip_ranges,
+            )?,
+            exclude_outbound_ranges: ipt::parse_cidr_list(
+                "--exclude-outbound-ip-ranges",
+                &self.exclude_outbound_ip_ranges,
+            )?,
+            ipv6: self.ipv6,
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -485,6 +598,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 state_dir: a.state_dir,
             };
             runtime()?.block_on(crate::agent::run(opts))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Iptables(a) => {
+            let capture = a.capture()?;
+            // Printed either way: applied, they go to the init container's log,
+            // as istio-init's do.
+            print!("{}", crate::iptables::dry_run_text(&capture));
+            if !a.dry_run {
+                crate::iptables::apply(&capture)?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::AgentToken(AgentTokenCommand::Revoke(a)) => {

@@ -19,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod debug;
 pub mod demo;
+pub mod iptables;
 pub mod metrics;
 pub mod model;
 pub mod push;

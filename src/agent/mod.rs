@@ -24,6 +24,7 @@
 //!   intervals) is reopened after a jittered backoff (500 ms doubling to 10 s) and
 //!   starts with a full snapshot again.
 
+pub mod inject;
 pub mod proto;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
