@@ -21,6 +21,7 @@
 
 pub mod config;
 pub mod endpoints;
+mod external;
 pub mod secrets;
 pub mod status;
 
@@ -552,6 +553,14 @@ struct Index {
     merged: ServiceMap,
     /// The merged view as handed out; `None` after a change until asked for.
     snapshot: Option<Arc<ServiceMap>>,
+    /// The merged view with ServiceEntries and WorkloadEntries overlaid
+    /// (`external.rs`), for the config snapshot and merged view it was built
+    /// from; dropped on every change to the shards.
+    overlaid: Option<(
+        Arc<crate::model::istio::ConfigSnapshot>,
+        Arc<ServiceMap>,
+        Arc<ServiceMap>,
+    )>,
     ready_endpoints: usize,
     interners: Interners,
     /// The mesh settings handed to pushes: the mesh file's, with the network
@@ -819,7 +828,10 @@ impl Registry {
         self.index.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn publish(&self, req: Option<PushRequest>, idx: &Index) {
+    fn publish(&self, req: Option<PushRequest>, idx: &mut Index) {
+        // Pods a ServiceEntry selects may have changed without any merged
+        // Kubernetes service changing.
+        idx.overlaid = None;
         let m = metrics();
         m.services.set(idx.merged.len() as i64);
         m.endpoints.set(idx.ready_endpoints as i64);
@@ -867,7 +879,7 @@ impl Registry {
                 cluster: config.name.clone(),
             })
             .set(0);
-        self.publish(None, &idx);
+        self.publish(None, &mut idx);
         Ok(())
     }
 
@@ -889,7 +901,7 @@ impl Registry {
         metrics().cluster_synced.remove(&ClusterLabel {
             cluster: cluster.to_string(),
         });
-        self.publish(req, &idx);
+        self.publish(req, &mut idx);
         drop(idx);
         self.reset_secrets(cluster, &[]);
         Ok(())
@@ -991,7 +1003,10 @@ impl Registry {
     /// state is no longer the truth) and its rejection returned and recorded.
     pub fn apply(&self, cluster: &str, event: Event) -> Result<Option<ObjectError>, RegistryError> {
         let origin = format!("cluster {cluster}");
-        self.with_shard(cluster, |shard, interners, keys| {
+        let kind = match &event {
+            Event::Upsert(o) | Event::Delete(o) => o.kind(),
+        };
+        let res = self.with_shard(cluster, |shard, interners, keys| {
             shard.state.last_event = Some(SystemTime::now());
             let (obj, delete) = match &event {
                 Event::Upsert(o) => (o, false),
@@ -1018,7 +1033,23 @@ impl Registry {
                     Some(e)
                 }
             }
-        })
+        });
+        if matches!(kind, Kind::Pod | Kind::Node) {
+            // The endpoints of ServiceEntries whose workloadSelector may pick
+            // this Pod (or the Pods on this Node) are recomputed.
+            let config = self.config_store().snapshot();
+            let hosts: Vec<Arc<str>> = config
+                .service_entries
+                .iter()
+                .filter(|se| se.spec.workload_selector.is_some())
+                .flat_map(|se| se.spec.hostnames())
+                .map(|h| Arc::from(h.as_str()))
+                .collect();
+            if !hosts.is_empty() {
+                self.queue.push(PushRequest::endpoints(hosts));
+            }
+        }
+        res
     }
 
     /// The source delivered (or lost) a complete view.
@@ -1068,14 +1099,31 @@ impl Registry {
     }
 
     /// The merged view, cheaply: unchanged services share their `Arc`.
+    /// ServiceEntries' services and WorkloadEntries' endpoints included
+    /// (`external.rs`).
     pub fn services(&self) -> Arc<ServiceMap> {
+        // The config lock is never taken while the index is held.
+        let config = self.config_store().snapshot();
         let mut idx = self.lock();
-        if let Some(s) = &idx.snapshot {
-            return s.clone();
+        let base = match &idx.snapshot {
+            Some(s) => s.clone(),
+            None => {
+                let s = Arc::new(idx.merged.clone());
+                idx.snapshot = Some(s.clone());
+                s
+            }
+        };
+        if config.service_entries.is_empty() && config.workload_entries.is_empty() {
+            return base;
         }
-        let s = Arc::new(idx.merged.clone());
-        idx.snapshot = Some(s.clone());
-        s
+        if let Some((c, b, out)) = &idx.overlaid {
+            if Arc::ptr_eq(c, &config) && Arc::ptr_eq(b, &base) {
+                return out.clone();
+            }
+        }
+        let out = Arc::new(idx.overlay(&base, &config, &self.mesh.domain_suffix));
+        idx.overlaid = Some((config, base, out.clone()));
+        out
     }
 
     /// One merged service by hostname.

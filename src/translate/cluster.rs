@@ -71,8 +71,18 @@ pub fn service_clusters(
     }
     // Cross-network TLS origination (owned by translate::network).
     super::network::apply_cross_network_tls(&mut out, svc, ctx);
+    let se = ctx.config.service_entry(&svc.hostname);
     for (c, (port, subset, settings)) in out.iter_mut().zip(tls) {
         apply_tls(c, svc, port, &subset, settings.as_ref(), identity, ctx);
+        // ServiceEntry `resolution` and `location` (owned by translate::service_entry).
+        if let Some(se) = se {
+            let labels = rule
+                .iter()
+                .flat_map(|r| r.subsets.iter())
+                .find(|s| !subset.is_empty() && s.name == subset)
+                .map(|s| &s.labels);
+            super::service_entry::apply(c, &se.spec, &svc.hostname, port.port, labels);
+        }
     }
     out
 }

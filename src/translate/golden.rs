@@ -299,6 +299,10 @@ fn from_docs(docs: &[serde_json::Value], path: &Path) -> Result<Loaded, String> 
             }),
         );
     }
+    // ServiceEntries' services; a workloadSelector picks WorkloadEntries.
+    crate::model::istio::service_entry::add_services(&mut services, &config, |se, selector| {
+        crate::model::istio::service_entry::selected_entries(&config, &se.meta.namespace, selector)
+    });
     let networks = fx
         .networks
         .into_iter()

@@ -30,6 +30,7 @@ pub mod network;
 pub mod proto;
 pub mod route;
 pub mod security;
+pub mod service_entry;
 pub mod sidecar;
 
 #[cfg(test)]

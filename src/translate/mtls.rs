@@ -284,6 +284,11 @@ pub fn service_sans(svc: &Service, port: u16, ctx: &PushContext) -> Vec<String> 
         .filter(|e| !e.service_account.is_empty())
         .map(|e| spiffe_uri(&ctx.mesh.trust_domain, &svc.namespace, &e.service_account))
         .collect();
+    // A ServiceEntry's `subjectAltNames` join them (Istio's ServiceEntry
+    // `ServiceAccounts`).
+    if let Some(se) = ctx.config.service_entry(&svc.hostname) {
+        out.extend(se.spec.subject_alt_names.iter().cloned());
+    }
     out.sort();
     out.dedup();
     out

@@ -178,7 +178,10 @@ fn scopes<'a>(
             let services = ctx
                 .services
                 .values()
-                .filter(|s| egress.sees(&s.namespace, &s.hostname))
+                .filter(|s| {
+                    egress.sees(&s.namespace, &s.hostname)
+                        && ctx.config.service_visible(&s.hostname, &proxy.namespace)
+                })
                 .collect();
             let virtual_services = ctx
                 .config
@@ -525,11 +528,11 @@ fn outbound_route_config(
             Some(r) => sort_catch_all_last(r),
             None => vec![default_route(&svc.hostname, port, rs)],
         };
-        push(
-            format!("{}:{port}", svc.hostname),
-            service_domains(svc, &proxy.namespace, port),
-            routes,
-        );
+        let domains = match ctx.config.service_entry(&svc.hostname) {
+            Some(se) => super::service_entry::domains(&se.spec, &svc.hostname, port),
+            None => service_domains(svc, &proxy.namespace, port),
+        };
+        push(format!("{}:{port}", svc.hostname), domains, routes);
     }
     for (host, routes) in vs_routes {
         push(

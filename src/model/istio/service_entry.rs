@@ -476,6 +476,63 @@ pub fn services(
         .collect()
 }
 
+/// The WorkloadEntries of `ns` whose labels include `selector`, as workloads
+/// a ServiceEntry selects (network as written; the registry fills in the
+/// origin cluster's network when empty).
+pub fn selected_entries(
+    config: &super::ConfigSnapshot,
+    ns: &str,
+    selector: &BTreeMap<String, String>,
+) -> Vec<SelectedWorkload> {
+    config
+        .workload_entries
+        .iter()
+        .filter(|we| we.meta.namespace == ns && super::labels_match(selector, &we.spec.labels))
+        .filter_map(|we| {
+            let endpoint = we.spec.endpoint(
+                "",
+                0,
+                origin_cluster(&we.meta.origin),
+                Arc::from(format!("{}/{}", we.meta.namespace, we.meta.name)),
+            )?;
+            Some(SelectedWorkload {
+                endpoint,
+                named_ports: we
+                    .spec
+                    .ports
+                    .iter()
+                    .filter_map(|(n, p)| Some((n.clone(), u16::try_from(*p).ok()?)))
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
+/// Add the services of every ServiceEntry in `config` to `map`: the oldest
+/// ServiceEntry declaring a host wins, and a service already in `map` (a
+/// Kubernetes Service of that hostname) is kept. `selected(se, selector)`
+/// gives the workloads a `workloadSelector` picks.
+pub fn add_services(
+    map: &mut crate::model::service::ServiceMap,
+    config: &super::ConfigSnapshot,
+    mut selected: impl FnMut(&Config<ServiceEntry>, &BTreeMap<String, String>) -> Vec<SelectedWorkload>,
+) {
+    for se in &config.service_entries {
+        let workloads = match &se.spec.workload_selector {
+            Some(sel) => selected(se, &sel.labels),
+            None => Vec::new(),
+        };
+        for (host, svc) in services(se, &workloads) {
+            let owner = config
+                .service_entry(&host)
+                .is_some_and(|o| Arc::ptr_eq(o, se));
+            if owner && !map.contains_key(host.as_str()) {
+                map.insert(Arc::from(host.as_str()), Arc::new(svc));
+            }
+        }
+    }
+}
+
 /// One DNS name a DNS or DNS_ROUND_ROBIN cluster resolves, with the port to
 /// connect to and what EDS would carry for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
