@@ -61,8 +61,30 @@ struct MeshFile {
     token_audiences: Option<Vec<String>>,
     /// Istio's meshConfig `pathNormalization` (see [`PathNormalization`]).
     path_normalization: Option<PathNormalizationFile>,
+    /// Istio's meshConfig `outboundTrafficPolicy` (see [`OutboundTrafficPolicy`]).
+    outbound_traffic_policy: Option<OutboundTrafficPolicyFile>,
     /// Who may read the debug endpoint (see [`DebugAuth`]).
     debug_auth: Option<DebugAuthFile>,
+}
+
+/// `outboundTrafficPolicy:` as written, Istio's meshConfig shape.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct OutboundTrafficPolicyFile {
+    mode: Option<String>,
+}
+
+/// Istio's meshConfig `outboundTrafficPolicy.mode`: what a sidecar does with
+/// traffic to a destination no service of its scope claims. A `Sidecar`'s own
+/// `outboundTrafficPolicy` overrides it for the proxies it selects.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum OutboundTrafficPolicy {
+    /// Pass it through to the original destination (`PassthroughCluster`);
+    /// Istio's default.
+    #[default]
+    AllowAny,
+    /// Refuse it (`BlackHoleCluster`; HTTP gets 502 from the `block_all` route).
+    RegistryOnly,
 }
 
 /// `pathNormalization:` as written, Istio's meshConfig shape.
@@ -318,6 +340,8 @@ pub struct MeshConfig {
     /// connection manager (default `DECODE_AND_MERGE_SLASHES`; Istio's is
     /// `BASE`: see [`PathNormalization`]).
     pub path_normalization: PathNormalization,
+    /// Mesh file `outboundTrafficPolicy.mode` (default `ALLOW_ANY`).
+    pub outbound_traffic_policy: OutboundTrafficPolicy,
     /// Mesh file `debugAuth`.
     pub debug_auth: DebugAuth,
 }
@@ -495,6 +519,7 @@ impl Default for MeshConfig {
             token_audiences: vec![DEFAULT_TOKEN_AUDIENCE.into()],
             token_issuers: BTreeMap::new(),
             path_normalization: PathNormalization::default(),
+            outbound_traffic_policy: OutboundTrafficPolicy::default(),
             debug_auth: DebugAuth::default(),
         }
     }
@@ -824,6 +849,17 @@ impl MeshConfig {
                     return Err(invalid(format!(
                         "pathNormalization.normalization {other:?} is not one of NONE, BASE, \
                          MERGE_SLASHES, DECODE_AND_MERGE_SLASHES"
+                    )))
+                }
+            };
+        }
+        if let Some(p) = file.outbound_traffic_policy {
+            mesh.outbound_traffic_policy = match p.mode.as_deref() {
+                None | Some("ALLOW_ANY") => OutboundTrafficPolicy::AllowAny,
+                Some("REGISTRY_ONLY") => OutboundTrafficPolicy::RegistryOnly,
+                Some(other) => {
+                    return Err(invalid(format!(
+                        "outboundTrafficPolicy.mode {other:?} is not ALLOW_ANY or REGISTRY_ONLY"
                     )))
                 }
             };

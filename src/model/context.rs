@@ -18,6 +18,9 @@ pub struct MeshSettings {
     pub networks: BTreeMap<String, Vec<NetworkGateway>>,
     /// Mesh file `pathNormalization`, for every HTTP connection manager.
     pub path_normalization: crate::config::PathNormalization,
+    /// Mesh file `outboundTrafficPolicy.mode`, for sidecars without a
+    /// `Sidecar` that sets its own.
+    pub outbound_traffic_policy: crate::config::OutboundTrafficPolicy,
 }
 
 /// Everything translation reads, frozen for one push.

@@ -773,6 +773,7 @@ impl Registry {
             domain_suffix: mesh.domain_suffix.clone(),
             networks: mesh.networks.clone(),
             path_normalization: mesh.path_normalization,
+            outbound_traffic_policy: mesh.outbound_traffic_policy,
         });
         let reg = Registry {
             settings: settings.clone(),

@@ -359,6 +359,7 @@ fn from_docs(docs: &[serde_json::Value], path: &Path) -> Result<Loaded, String> 
                 }
                 Some(other) => panic!("{}: pathNormalization {other:?}", path.display()),
             },
+            outbound_traffic_policy: crate::config::OutboundTrafficPolicy::default(),
         }),
         services: Arc::new(services),
         config,
@@ -770,7 +771,7 @@ struct DocRow {
     paths: Vec<Vec<String>>,
 }
 
-const KINDS: [&str; 7] = [
+const KINDS: [&str; 9] = [
     "VirtualService",
     "DestinationRule",
     "Gateway",
@@ -778,6 +779,8 @@ const KINDS: [&str; 7] = [
     "PeerAuthentication",
     "RequestAuthentication",
     "AuthorizationPolicy",
+    "ServiceEntry",
+    "WorkloadEntry",
 ];
 
 /// Every row of `docs/ISTIO_SUPPORT.md` whose status is supported or partial.

@@ -197,13 +197,19 @@ fn scopes<'a>(
         .collect()
 }
 
-/// Istio's outbound traffic policy (`ALLOW_ANY` unless the Sidecar says
-/// `REGISTRY_ONLY`).
-fn registry_only(sidecar: Option<&Config<Sidecar>>) -> bool {
-    sidecar
+/// Istio's outbound traffic policy: the Sidecar's `outboundTrafficPolicy.mode`
+/// when it sets one, else the mesh file's (`ALLOW_ANY` by default).
+fn registry_only(sidecar: Option<&Config<Sidecar>>, ctx: &PushContext) -> bool {
+    match sidecar
         .and_then(|s| s.spec.outbound_traffic_policy.as_ref())
         .and_then(|p| p.mode.as_deref())
-        == Some("REGISTRY_ONLY")
+    {
+        Some(mode) => mode == "REGISTRY_ONLY",
+        None => {
+            ctx.mesh.outbound_traffic_policy
+                == crate::config::OutboundTrafficPolicy::RegistryOnly
+        }
+    }
 }
 
 /// CDS, LDS and RDS for a sidecar proxy. `identity`: it holds a workload
@@ -217,7 +223,7 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext, identity: bool) -> Generated {
             .peer_authentication(&proxy.namespace, &proxy.labels)
     });
     let redirect = proxy.interception == InterceptionMode::Redirect;
-    let registry_only = registry_only(sidecar);
+    let registry_only = registry_only(sidecar, ctx);
     let scopes = scopes(proxy, sidecar, ctx);
     let mut out = Generated::default();
     // (bind address, port) already served: an earlier egress listener wins (the

@@ -430,6 +430,18 @@ struct Inner {
     /// TokenReviews ignore `spec.audiences` and answer without `status.audiences`,
     /// as an audience-unaware authenticator does.
     review_ignores_audiences: AtomicBool,
+    /// Every resource request that got past authentication, in order.
+    requests: Mutex<Vec<RequestRecord>>,
+}
+
+/// One resource request as the server's audit log would show it (the verb RBAC
+/// checks, the resource, the namespace and the name, empty when none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRecord {
+    pub verb: Verb,
+    pub plural: String,
+    pub namespace: String,
+    pub name: String,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -647,6 +659,7 @@ impl FakeApiServer {
             fault: Mutex::new(Fault::None),
             rules: Mutex::new(Vec::new()),
             faults_served: AtomicU64::new(0),
+            requests: Mutex::new(Vec::new()),
             bookmark_interval: Mutex::new(opts.bookmark_interval),
             watch_close: Mutex::new(opts.watch_close),
             expired_watch: Mutex::new(opts.expired_watch),
@@ -963,6 +976,12 @@ impl FakeApiServer {
                 let _ = self.inner.events.send(ev);
             }
         }
+    }
+
+    /// The resource requests received so far (after authentication, faults
+    /// included), oldest first.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        lock(&self.inner.requests).clone()
     }
 
     /// LIST requests served so far.
@@ -1852,6 +1871,12 @@ async fn handle(AxState(inner): AxState<Arc<Inner>>, req: Request) -> Response {
         _ => None,
     };
     if let Some(verb) = verb {
+        lock(&inner.requests).push(RequestRecord {
+            verb,
+            plural: kind.plural.to_string(),
+            namespace: namespace.unwrap_or("").to_string(),
+            name: name.unwrap_or("").to_string(),
+        });
         if let Some(rule) = take_fault(&inner, verb, Some(kind.plural)) {
             return fault_response(&rule, verb, Some(kind), namespace);
         }

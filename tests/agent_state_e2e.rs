@@ -1,0 +1,393 @@
+//! Issue 13, the member-cluster agent's state and streams, end to end with the
+//! real binary (`crossmesh serve` as the hub, `crossmesh agent` run as if in a
+//! Pod of cluster3 against the in-repo fake API server):
+//!
+//! - without `--state-dir` the agent keeps its certificate, key and trust bundle
+//!   in the Secret `crossmesh-agent-state` of its own namespace, created at
+//!   enrolment and updated at renewal; restarted without a token it connects with
+//!   the kept certificate; it reads that one Secret by name and lists or watches
+//!   no Secret at all.
+
+mod support;
+
+#[path = "support/kube_api.rs"]
+mod kube_api;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use kube_api::{objects, FakeApiServer, Options, RequestRecord, Verb};
+use serde_json::Value;
+use support::control_plane::{crossmesh_bin, ControlPlane, StartOptions};
+use support::in_pod::{api_env, in_pod, sa_dir};
+use support::net::{free_port, Subnet};
+use support::{print_log_tail, wait_for, CONVERGE};
+
+/// The agent's namespace (its service account's `namespace` file).
+const AGENT_NS: &str = "crossmesh-system";
+/// The Secret the agent keeps its state in.
+const STATE_SECRET: &str = "crossmesh-agent-state";
+/// The namespace of cluster3's workloads (the agent's grant).
+const NS: &str = "shop";
+
+/// A running `crossmesh agent`; killed on drop (its log printed if panicking).
+struct AgentProc {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl AgentProc {
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        if std::thread::panicking() && self.child.is_some() {
+            print_log_tail("crossmesh agent", &self.log, 80);
+        }
+        self.kill();
+    }
+}
+
+/// The hub, cluster3's API server and the agent's service-account directory.
+struct Fixture {
+    agent: AgentProc,
+    _subnet: Subnet,
+    dir: tempfile::TempDir,
+    sa: tempfile::TempDir,
+    api: FakeApiServer,
+    agent_addr: SocketAddr,
+    cp: ControlPlane,
+    started: u32,
+}
+
+/// `crossmesh agent-token create` for cluster3; the printed token.
+fn create_token(mesh_file: &Path) -> String {
+    let out = Command::new(crossmesh_bin())
+        .args(["agent-token", "create", "--mesh"])
+        .arg(mesh_file)
+        .args(["--cluster", "cluster3", "--ttl", "10m"])
+        .output()
+        .expect("run agent-token create");
+    assert!(
+        out.status.success(),
+        "agent-token create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+impl Fixture {
+    /// The hub with cluster3 as an agent cluster (grant: `shop`), `ca_extra`
+    /// lines under `ca:` and `mesh_extra` at the end of the mesh file.
+    async fn start(ca_extra: &str, mesh_extra: &str) -> Fixture {
+        let subnet = Subnet::claim();
+        let dir = tempfile::Builder::new()
+            .prefix("crossmesh-agent-state-")
+            .tempdir()
+            .expect("tempdir");
+        let api = FakeApiServer::start_with(Options {
+            name: "cluster3".into(),
+            tls: true,
+            token: Some("sa-token-1".into()),
+            ..Options::default()
+        })
+        .await;
+        api.apply(&objects::namespace(AGENT_NS));
+        api.apply(&objects::node("cluster3-node-1", "region-3", "zone-3a"));
+        api.apply(&objects::service(
+            NS,
+            "cluster3",
+            &[("app", "cluster3")],
+            &[("http", 80, 8080)],
+        ));
+        api.apply(&objects::pod(
+            NS,
+            "cluster3-pod-a",
+            &subnet.ip(31).to_string(),
+            "cluster3-node-1",
+            &[("app", "cluster3")],
+            true,
+        ));
+        let sa = tempfile::tempdir().expect("sa dir");
+        sa_dir(sa.path(), "sa-token-1", api.ca_pem().expect("ca"), AGENT_NS);
+        let agent_addr = subnet.addr(2, free_port());
+        let mesh_file = dir.path().join("mesh.yaml");
+        std::fs::write(
+            &mesh_file,
+            format!(
+                "trustDomain: cluster.local\n\
+                 agentAddress: {agent_addr}\n\
+                 ca:\n  stateDir: ca\n{ca_extra}\
+                 clusters:\n\
+                 - name: cluster3\n  agent:\n    namespaces: [{NS}]\n\
+                 tunables:\n  readyTimeoutMs: 3000\n{mesh_extra}"
+            ),
+        )
+        .expect("mesh file");
+        let token = create_token(&mesh_file);
+        std::fs::write(dir.path().join("cluster3.token"), token).expect("token file");
+        let cp = ControlPlane::start_with(
+            &mesh_file,
+            StartOptions {
+                no_wait_ready: true,
+                ..StartOptions::default()
+            },
+        )
+        .await;
+        let root = dir.path().join("ca").join("root-cert.pem");
+        wait_for("the mesh root written by serve", CONVERGE, || async {
+            if root.is_file() {
+                Ok(())
+            } else {
+                Err("not yet".to_string())
+            }
+        })
+        .await;
+        Fixture {
+            agent: AgentProc {
+                child: None,
+                log: PathBuf::new(),
+            },
+            _subnet: subnet,
+            dir,
+            sa,
+            api,
+            agent_addr,
+            cp,
+            started: 0,
+        }
+    }
+
+    /// Start `crossmesh agent` for cluster3 in a Pod of cluster3, without
+    /// `--state-dir`, with the token file or without.
+    fn start_agent(&mut self, with_token: bool, extra_args: &[&str]) {
+        self.started += 1;
+        let log = self.dir.path().join(format!("agent-{}.log", self.started));
+        let file = std::fs::File::create(&log).expect("agent log");
+        let wrapper = in_pod(Some(self.sa.path()));
+        let mut cmd = Command::new(&wrapper[0]);
+        cmd.args(&wrapper[1..])
+            .arg(crossmesh_bin())
+            .arg("agent")
+            .args([
+                "--hub",
+                &self.agent_addr.to_string(),
+                "--cluster",
+                "cluster3",
+            ])
+            .arg("--root-cert")
+            .arg(self.dir.path().join("ca").join("root-cert.pem"))
+            .args(extra_args)
+            .envs(api_env(self.api.addr().port()))
+            .env("RUST_LOG", "info")
+            .env_remove("CROSSMESH_STATE_DIR")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file);
+        if with_token {
+            cmd.arg("--token-file")
+                .arg(self.dir.path().join("cluster3.token"));
+        }
+        self.agent = AgentProc {
+            child: Some(cmd.spawn().expect("start crossmesh agent")),
+            log,
+        };
+    }
+
+    async fn clusterz(&self) -> Result<Value, String> {
+        let j = self.cp.json("/debug/clusterz").await?;
+        j.as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["name"] == "cluster3")
+            .cloned()
+            .ok_or_else(|| format!("cluster3 not on clusterz: {j}"))
+    }
+
+    async fn wait_clusterz(&self, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let check = &check;
+        wait_for(what, CONVERGE, || async move {
+            let c = self.clusterz().await?;
+            if check(&c) {
+                Ok(c)
+            } else {
+                Err(c.to_string())
+            }
+        })
+        .await
+    }
+
+    /// The state Secret's data, decoded, if it exists.
+    fn state_secret(&self) -> Option<(Value, std::collections::BTreeMap<String, String>)> {
+        let s = self.api.get("", "secrets", AGENT_NS, STATE_SECRET)?;
+        let mut data = std::collections::BTreeMap::new();
+        for (k, v) in s["data"].as_object().into_iter().flatten() {
+            let b = base64_decode(v.as_str().unwrap_or_default());
+            data.insert(k.clone(), String::from_utf8(b).expect("utf-8 data"));
+        }
+        Some((s, data))
+    }
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .expect("base64 data")
+}
+
+/// Serial of the first certificate of a PEM chain, as `/debug/clusterz` shows
+/// it (x509-parser's colon-separated hex).
+fn serial_of(chain_pem: &str) -> String {
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .next()
+        .expect("a certificate")
+        .expect("PEM");
+    let (_, c) = x509_parser::parse_x509_certificate(&der).expect("certificate");
+    c.raw_serial_as_string()
+}
+
+/// URI SANs of the first certificate of a PEM chain.
+fn uris_of(chain_pem: &str) -> Vec<String> {
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .next()
+        .expect("a certificate")
+        .expect("PEM");
+    let (_, c) = x509_parser::parse_x509_certificate(&der).expect("certificate");
+    c.subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|s| {
+            s.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::URI(u) => Some(u.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn secret_requests(api: &FakeApiServer) -> Vec<RequestRecord> {
+    api.requests()
+        .into_iter()
+        .filter(|r| r.plural == "secrets")
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_keeps_its_identity_in_a_secret_and_restarts_without_a_token() {
+    // 30 s certificates: renewed 15 s after issue, so the update path runs too.
+    let mut f = Fixture::start("  workloadCertTTL: 30s\n", "").await;
+    f.start_agent(true, &[]);
+    let first = f
+        .wait_clusterz("cluster3 synced through the agent", |c| {
+            c["agent"]["synced"] == true && c["counts"]["pods"] == 1
+        })
+        .await;
+    let serial = first["agent"]["certificate_serial"]
+        .as_str()
+        .expect("serial")
+        .to_string();
+    // Created at enrolment in the agent's namespace: the certificate the
+    // stream presents, its key, the trust bundle.
+    let (secret, data) = f.state_secret().expect("the state Secret");
+    assert_eq!(secret["type"], "Opaque", "{secret}");
+    for k in ["cert-chain.pem", "key.pem", "trust-bundle.pem"] {
+        assert!(data.contains_key(k), "{k} kept: {:?}", data.keys());
+    }
+    assert_eq!(serial_of(&data["cert-chain.pem"]), serial);
+    assert_eq!(
+        uris_of(&data["cert-chain.pem"]),
+        ["spiffe://cluster.local/crossmesh/cluster/cluster3"]
+    );
+    assert!(data["key.pem"].contains("PRIVATE KEY"));
+    let root = std::fs::read_to_string(f.dir.path().join("ca").join("root-cert.pem")).unwrap();
+    assert_eq!(data["trust-bundle.pem"].trim(), root.trim());
+
+    // Renewed at half life: the Secret is updated with the new certificate.
+    let renewed = wait_for(
+        "the Secret updated with a renewed certificate",
+        CONVERGE + Duration::from_secs(20),
+        || async {
+            let (_, d) = f.state_secret().ok_or("no Secret")?;
+            let s = serial_of(&d["cert-chain.pem"]);
+            if s != serial {
+                Ok(s)
+            } else {
+                Err(format!("still {s}"))
+            }
+        },
+    )
+    .await;
+    assert!(
+        secret_requests(&f.api)
+            .iter()
+            .any(|r| r.verb == Verb::Update && r.name == STATE_SECRET),
+        "renewal replaced the Secret: {:?}",
+        secret_requests(&f.api)
+    );
+
+    // Restarted without a token (and its file gone): it connects with the
+    // certificate kept in the Secret.
+    f.agent.kill();
+    std::fs::remove_file(f.dir.path().join("cluster3.token")).unwrap();
+    let streams = first["agent"]["streams"].as_u64().unwrap_or(0);
+    let before = f.clusterz().await.expect("clusterz")["agent"]["streams"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(before > streams || before == streams);
+    f.start_agent(false, &[]);
+    let again = f
+        .wait_clusterz("a new stream from the restarted agent", |c| {
+            c["agent"]["streams"].as_u64().unwrap_or(0) > before
+                && c["agent"]["connected"] == true
+                && c["agent"]["synced"] == true
+        })
+        .await;
+    let (_, d) = f.state_secret().expect("the state Secret");
+    assert_eq!(
+        again["agent"]["certificate_serial"].as_str(),
+        Some(serial_of(&d["cert-chain.pem"]).as_str()),
+        "the restarted agent presents the kept certificate: {again}"
+    );
+    assert_ne!(serial_of(&d["cert-chain.pem"]), serial, "{renewed}");
+    assert!(
+        again["agent"]["refusals"]
+            .as_object()
+            .is_none_or(|m| m.is_empty()),
+        "{again}"
+    );
+
+    // Least privilege: the one Secret, by name, in the agent's namespace; no
+    // list or watch of Secrets, no other Secret read.
+    let reqs = secret_requests(&f.api);
+    assert!(!reqs.is_empty());
+    for r in &reqs {
+        assert_eq!(r.namespace, AGENT_NS, "{r:?}");
+        match r.verb {
+            Verb::Get | Verb::Update => assert_eq!(r.name, STATE_SECRET, "{r:?}"),
+            Verb::Create => assert_eq!(r.name, "", "{r:?}"),
+            _ => panic!("the agent may only get, update and create its Secret: {r:?}"),
+        }
+    }
+    assert_eq!(
+        reqs.iter().filter(|r| r.verb == Verb::Create).count(),
+        1,
+        "created once: {reqs:?}"
+    );
+}
