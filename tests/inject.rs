@@ -444,12 +444,17 @@ fn annotations_shape_capture_resources_and_log_level() {
     let (resp, outcome) = review_fixture("annotated", "annotated", false);
     assert_eq!(resp["allowed"], true);
     assert!(
-        matches!(outcome, Outcome::Injected { warnings: 1, .. }),
+        matches!(outcome, Outcome::Injected { warnings: 2, .. }),
         "{outcome:?}"
     );
     assert_eq!(
         resp["warnings"],
-        json!(["annotation sidecar.istio.io/rewriteAppHTTPProbers is not implemented by crossmesh and was ignored"])
+        json!([
+            "annotation sidecar.istio.io/rewriteAppHTTPProbers is not implemented by crossmesh and was ignored",
+            "container ledger: its readinessProbe on port 8080 passes through the sidecar (crossmesh does not \
+             rewrite probes); under STRICT mTLS it fails: exclude the port with \
+             traffic.sidecar.istio.io/excludeInboundPorts"
+        ])
     );
     let pod = patched("annotated", &resp);
     let spec = pod.spec.as_ref().unwrap();
@@ -656,4 +661,48 @@ fn malformed_reviews_get_an_error_response() {
         assert!(msg.contains(want), "{what}: {msg}");
         assert!(v["response"].get("patch").is_none(), "{what}");
     }
+}
+
+#[test]
+fn inbound_port_list_and_proxy_overrides() {
+    let (resp, _) = review_fixture("inbound_ports", "inbound_ports", false);
+    assert_eq!(resp["allowed"], true);
+    // The startup probe names the captured port; the liveness probe's port is
+    // not captured.
+    assert_eq!(
+        resp["warnings"],
+        json!([
+            "container cart: its startupProbe on port 8080 passes through the sidecar (crossmesh does not \
+             rewrite probes); under STRICT mTLS it fails: exclude the port with \
+             traffic.sidecar.istio.io/excludeInboundPorts"
+        ])
+    );
+    let pod = patched("inbound_ports", &resp);
+    let spec = pod.spec.as_ref().unwrap();
+    let proxy = find(&spec.containers, "istio-proxy");
+    assert_eq!(
+        proxy.image.as_deref(),
+        Some("registry.example/envoy:v1.40.0-debug")
+    );
+    let res = proxy.resources.as_ref().unwrap();
+    assert_eq!(res.requests.as_ref().unwrap()["memory"].0, "256Mi");
+    assert_eq!(res.limits.as_ref().unwrap()["cpu"].0, "1");
+    assert_eq!(
+        pod.metadata.labels.as_ref().unwrap()["service.istio.io/canonical-name"],
+        "cart"
+    );
+    let inits = spec.init_containers.as_deref().unwrap();
+    let text = iptables_dry_run(&inits[0]);
+    golden("iptables_inbound_ports.txt", &text);
+    let inbound: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("-A ISTIO_INBOUND") || l.starts_with("-A PREROUTING"))
+        .collect();
+    assert_eq!(
+        inbound,
+        [
+            "-A PREROUTING -p tcp -j ISTIO_INBOUND",
+            "-A ISTIO_INBOUND -p tcp --dport 8080 -j ISTIO_IN_REDIRECT"
+        ]
+    );
 }

@@ -432,10 +432,14 @@ fn decide(cfg: &InjectConfig, v: &Value) -> Result<Decision, String> {
     }
 
     let patch = build_patch(cfg, &plan, &pod, object, &labels, &annotations);
+    let mut warnings = plan.warnings.clone();
+    if let Some(capture) = &plan.capture {
+        warnings.extend(probe_warnings(spec, capture));
+    }
     Ok(Decision::Inject {
         pod: name,
         patch,
-        warnings: plan.warnings,
+        warnings,
     })
 }
 
@@ -599,6 +603,58 @@ impl Plan {
             Err(errors)
         }
     }
+}
+
+/// Kubelet probes of application ports that the sidecar captures. Istio rewrites
+/// them to go through its agent (`sidecar.istio.io/rewriteAppHTTPProbers`,
+/// default on); crossmesh does not, so such a probe reaches the app through
+/// Envoy's inbound listener, which works in PERMISSIVE mode but is refused under
+/// STRICT mTLS (kubelet speaks plaintext). One warning per probe.
+fn probe_warnings(
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    c: &iptables::CaptureConfig,
+) -> Vec<String> {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let captured = |port: u16| match &c.inbound_ports {
+        Ports::All => !c.exclude_inbound_ports.contains(&port),
+        Ports::List(l) => l.contains(&port),
+    };
+    let mut out = Vec::new();
+    for ct in &spec.containers {
+        for (kind, probe) in [
+            ("livenessProbe", &ct.liveness_probe),
+            ("readinessProbe", &ct.readiness_probe),
+            ("startupProbe", &ct.startup_probe),
+        ] {
+            let Some(p) = probe else { continue };
+            let port = p
+                .http_get
+                .as_ref()
+                .map(|h| &h.port)
+                .or(p.tcp_socket.as_ref().map(|t| &t.port))
+                .cloned()
+                .or(p.grpc.as_ref().map(|g| IntOrString::Int(g.port)));
+            let number = match &port {
+                Some(IntOrString::Int(n)) => u16::try_from(*n).ok(),
+                Some(IntOrString::String(name)) => ct
+                    .ports
+                    .iter()
+                    .flatten()
+                    .find(|cp| cp.name.as_deref() == Some(name.as_str()))
+                    .and_then(|cp| u16::try_from(cp.container_port).ok()),
+                None => None,
+            };
+            if let Some(n) = number.filter(|n| captured(*n)) {
+                out.push(format!(
+                    "container {}: its {kind} on port {n} passes through the sidecar \
+                     (crossmesh does not rewrite probes); under STRICT mTLS it fails: \
+                     exclude the port with {A_EXCLUDE_INBOUND}",
+                    ct.name
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// RFC 6901: `~` is `~0`, `/` is `~1`.
