@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, Namespace, PodSpec, Probe, Service, ServiceAccount,
@@ -79,6 +80,32 @@ struct Manifests {
     pdbs: Vec<Obj<PodDisruptionBudget>>,
     /// Secrets (deploy/rbac.yaml's token Secret): kept as JSON, nothing refers into them.
     secrets: Vec<(String, Value)>,
+    /// deploy/agent's sidecar injector.
+    webhooks: Vec<Obj<MutatingWebhookConfiguration>>,
+}
+
+/// Objects the operator creates by hand at install (docs/AGENT.md says how),
+/// which the manifests may therefore name without defining: (namespace, kind,
+/// name, the command docs/AGENT.md must show).
+const MADE_AT_INSTALL: [(&str, &str, &str, &str); 2] = [
+    (
+        "crossmesh-system",
+        "ConfigMap",
+        "crossmesh-hub-root",
+        "kubectl create configmap crossmesh-hub-root",
+    ),
+    (
+        "crossmesh-system",
+        "Secret",
+        "crossmesh-agent-enrolment",
+        "kubectl create secret generic crossmesh-agent-enrolment",
+    ),
+];
+
+fn made_at_install(ns: &str, kind: &str, name: &str) -> bool {
+    MADE_AT_INSTALL
+        .iter()
+        .any(|(n, k, x, _)| *n == ns && *k == kind && *x == name)
 }
 
 /// Where in `a` (as written) something differs from `b` (the typed round trip).
@@ -194,6 +221,9 @@ fn load() -> (Manifests, Vec<String>) {
                     }
                 }
                 ("apps/v1", "Deployment") => m.deployments.extend(typed(&file, &doc, p)),
+                ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration") => {
+                    m.webhooks.extend(typed(&file, &doc, p))
+                }
                 ("policy/v1", "PodDisruptionBudget") => m.pdbs.extend(typed(&file, &doc, p)),
                 ("rbac.authorization.k8s.io/v1", "ClusterRole") => {
                     m.cluster_roles.extend(typed(&file, &doc, p))
@@ -385,6 +415,9 @@ impl Manifests {
             }
             self.check_subjects(&b.id(), b.obj.subjects.iter().flatten(), &mut p);
         }
+        for w in &self.webhooks {
+            self.check_webhook(w, &mut p);
+        }
         for b in &self.cluster_role_bindings {
             let r = &b.obj.role_ref;
             if r.kind != "ClusterRole" || !self.cluster_roles.iter().any(|x| x.name() == r.name) {
@@ -398,6 +431,61 @@ impl Manifests {
             self.check_subjects(&b.id(), b.obj.subjects.iter().flatten(), &mut p);
         }
         p
+    }
+
+    /// Each webhook calls a Service of the manifests on a port it has, at the
+    /// path the agent serves, speaking AdmissionReview v1 without side effects.
+    fn check_webhook(&self, w: &Obj<MutatingWebhookConfiguration>, p: &mut Vec<String>) {
+        let id = w.id();
+        let hooks = w.obj.webhooks.clone().unwrap_or_default();
+        if hooks.is_empty() {
+            p.push(format!("{id}: no webhooks"));
+        }
+        for h in hooks {
+            let hid = format!("{id} webhook {}", h.name);
+            if !h.admission_review_versions.iter().any(|v| v == "v1") {
+                p.push(format!("{hid}: admissionReviewVersions lacks v1"));
+            }
+            if h.side_effects != "None" {
+                p.push(format!("{hid}: sideEffects {}", h.side_effects));
+            }
+            let Some(svc) = &h.client_config.service else {
+                p.push(format!("{hid}: clientConfig names no Service"));
+                continue;
+            };
+            if svc.path.as_deref() != Some(crossmesh::agent::webhook::INJECT_PATH) {
+                p.push(format!(
+                    "{hid}: path {:?}, the agent serves {}",
+                    svc.path,
+                    crossmesh::agent::webhook::INJECT_PATH
+                ));
+            }
+            match self
+                .services
+                .iter()
+                .find(|s| s.ns() == svc.namespace && s.name() == svc.name)
+            {
+                None => p.push(format!(
+                    "{hid}: Service {}/{} does not exist",
+                    svc.namespace, svc.name
+                )),
+                Some(s) => {
+                    let port = svc.port.unwrap_or(443);
+                    let ports = s.obj.spec.as_ref().and_then(|x| x.ports.clone());
+                    if !ports.iter().flatten().any(|x| x.port == port) {
+                        p.push(format!("{hid}: {} has no port {port}", s.id()));
+                    }
+                }
+            }
+            let pods = h
+                .rules
+                .iter()
+                .flatten()
+                .any(|r| r.resources.iter().flatten().any(|x| x == "pods"));
+            if !pods {
+                p.push(format!("{hid}: no rule for pods"));
+            }
+        }
     }
 
     fn check_subjects<'a>(
@@ -460,6 +548,7 @@ impl Manifests {
                     // Published by crossmesh at run time (ca.rootCertNamespaces).
                     None if cm.name == crossmesh::security::root_publisher::CONFIGMAP
                         && self.root_cert_namespaces().iter().any(|n| n == d.ns()) => {}
+                    None if made_at_install(d.ns(), "ConfigMap", &cm.name) => {}
                     None => p.push(format!(
                         "{id}: volume {} mounts ConfigMap {} which does not exist",
                         v.name, cm.name
@@ -477,6 +566,21 @@ impl Manifests {
                             }
                         }
                     }
+                }
+            }
+        }
+        for v in volumes.values() {
+            if let Some(sv) = &v.secret {
+                let name = sv.secret_name.clone().unwrap_or_default();
+                let defined = self.secrets.iter().any(|(_, s)| {
+                    s["metadata"]["namespace"] == d.ns() && s["metadata"]["name"] == name.as_str()
+                });
+                if !defined && !made_at_install(d.ns(), "Secret", &name) && sv.optional != Some(true)
+                {
+                    p.push(format!(
+                        "{id}: volume {} mounts Secret {name}, which nothing creates",
+                        v.name
+                    ));
                 }
             }
         }
@@ -851,10 +955,13 @@ struct KustomizeImage {
 /// every file under deploy/kubernetes is reached from the top kustomization.
 #[test]
 fn kustomizations_list_exactly_their_files() {
-    let top = Path::new(ROOT).join("deploy/kubernetes");
+    let tops = [
+        Path::new(ROOT).join("deploy/kubernetes"),
+        Path::new(ROOT).join("deploy/agent"),
+    ];
     let mut reached = BTreeSet::new();
     let mut images = Vec::new();
-    let mut todo = vec![top.clone()];
+    let mut todo = tops.to_vec();
     while let Some(dir) = todo.pop() {
         let kfile = dir.join("kustomization.yaml");
         let k: Kustomization = serde_saphyr::from_str(&std::fs::read_to_string(&kfile).unwrap())
@@ -909,12 +1016,14 @@ fn kustomizations_list_exactly_their_files() {
         }
     }
     let mut all = Vec::new();
-    yaml_files(&top, &mut all);
+    for top in &tops {
+        yaml_files(top, &mut all);
+    }
     for f in all {
         if f.file_name().is_some_and(|n| n != "kustomization.yaml") {
             assert!(
                 reached.contains(&f),
-                "{} is not reached from deploy/kubernetes/kustomization.yaml",
+                "{} is not reached from deploy/kubernetes or deploy/agent's kustomization.yaml",
                 rel(&f)
             );
         }
@@ -936,12 +1045,12 @@ fn kustomizations_list_exactly_their_files() {
         uses_crossmesh >= 2,
         "the control plane and the gateway's init container run image `crossmesh`"
     );
-    let img = images
-        .iter()
-        .find(|i| i.name == "crossmesh")
-        .expect("images: - name: crossmesh");
-    assert!(img.new_name.is_some());
-    assert_eq!(img.new_tag.as_deref(), Some(env!("CARGO_PKG_VERSION")));
+    let ours: Vec<_> = images.iter().filter(|i| i.name == "crossmesh").collect();
+    assert_eq!(ours.len(), tops.len(), "each kustomization sets image crossmesh");
+    for img in ours {
+        assert!(img.new_name.is_some());
+        assert_eq!(img.new_tag.as_deref(), Some(env!("CARGO_PKG_VERSION")));
+    }
 }
 
 // ---- RBAC ----
@@ -1002,13 +1111,18 @@ fn rbac_is_least_privilege_and_enough() {
                                 &[crossmesh::security::root_publisher::CONFIGMAP.to_string()][..],
                             ))))
     };
+    // deploy/agent runs in member clusters as its own ServiceAccount and is
+    // checked by agent_rbac_is_exactly_what_the_agent_does.
+    let hub_side = |file: &str| !file.starts_with("deploy/agent/");
     let all_rules = m
         .cluster_roles
         .iter()
+        .filter(|r| hub_side(&r.file))
         .map(|r| (r.id(), r.obj.rules.clone().unwrap_or_default()))
         .chain(
             m.roles
                 .iter()
+                .filter(|r| hub_side(&r.file))
                 .map(|r| (r.id(), r.obj.rules.clone().unwrap_or_default())),
         );
     for (id, rules) in all_rules {
@@ -1882,4 +1996,237 @@ fn dockerfile_builds_the_release_binary_into_a_non_root_image_without_a_shell() 
             );
         }
     }
+}
+
+// ---- deploy/agent: the member-cluster agent ----
+
+fn agent_deployment(m: &Manifests) -> &Obj<Deployment> {
+    m.deployments
+        .iter()
+        .find(|d| d.name() == "crossmesh-agent")
+        .expect("Deployment crossmesh-agent (deploy/agent)")
+}
+
+/// The agent container's `crossmesh agent` arguments as the binary sees them:
+/// its args, plus each `CROSSMESH_<FLAG>` env var as `--flag VALUE`, the value
+/// taken from the ConfigMap or downward-API field it names. Also returns the
+/// container and its env.
+fn agent_cli(m: &Manifests) -> (crossmesh::cli::AgentArgs, Container, BTreeMap<String, String>) {
+    let d = agent_deployment(m);
+    let pod = pod_spec(&d.obj);
+    let c = pod
+        .containers
+        .iter()
+        .find(|c| c.name == "agent")
+        .expect("container agent")
+        .clone();
+    let mut env = BTreeMap::new();
+    for e in c.env.iter().flatten() {
+        let from = e.value_from.as_ref();
+        let value = if let Some(v) = &e.value {
+            v.clone()
+        } else if let Some(r) = from.and_then(|f| f.config_map_key_ref.as_ref()) {
+            m.config_map(d.ns(), &r.name)
+                .and_then(|c| c.obj.data.as_ref()?.get(&r.key).cloned())
+                .unwrap_or_else(|| panic!("env {}: ConfigMap {} key {}", e.name, r.name, r.key))
+        } else if let Some(f) = from.and_then(|f| f.field_ref.as_ref()) {
+            match f.field_path.as_str() {
+                "metadata.namespace" => d.ns().to_string(),
+                other => panic!("env {}: field {other}", e.name),
+            }
+        } else {
+            panic!("env {}: no value", e.name)
+        };
+        env.insert(e.name.clone(), value);
+    }
+    let mut args: Vec<String> = c.args.clone().unwrap_or_default();
+    for (k, v) in &env {
+        if let Some(flag) = k.strip_prefix("CROSSMESH_") {
+            args.push(format!("--{}", flag.to_lowercase().replace('_', "-")));
+            args.push(v.clone());
+        }
+    }
+    let a = match parse_cli(&args).command {
+        crossmesh::cli::Command::Agent(a) => a,
+        other => panic!("the agent container runs {other:?}"),
+    };
+    (a, c, env)
+}
+
+/// The agent's flags agree with the objects around it: the Service the API
+/// server calls and the webhook configuration it keeps, the port, its
+/// namespace, the mounted root and enrolment token, the state kept in a Secret;
+/// and docs/AGENT.md shows how to create what the operator makes by hand.
+#[test]
+fn agent_flags_match_its_service_webhook_and_mounts() {
+    let m = manifests();
+    let d = agent_deployment(&m);
+    let (a, c, env) = agent_cli(&m);
+    assert!(a.hub.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty()
+        && p.parse::<u16>().is_ok()));
+    assert!(a.webhook.proxy_xds_address.is_some(), "injected sidecars need the hub's TLS xDS address");
+    assert_eq!(a.state_dir, None, "in a cluster the agent keeps its state in a Secret");
+    assert_eq!(
+        env.get(crossmesh::agent::state::NAMESPACE_ENV).map(String::as_str),
+        Some(d.ns()),
+        "the agent finds its namespace (state Secret, webhook Service) in {}",
+        crossmesh::agent::state::NAMESPACE_ENV
+    );
+    // The webhook: the Service it names selects this pod and forwards to the
+    // port the agent listens on; the configuration it keeps exists and calls it.
+    let svc_name = a.webhook.webhook_service.clone().expect("--webhook-service");
+    let svc = m
+        .services
+        .iter()
+        .find(|s| s.ns() == d.ns() && s.name() == svc_name)
+        .unwrap_or_else(|| panic!("Service {svc_name} in {}", d.ns()));
+    let spec = svc.obj.spec.clone().unwrap();
+    let sel = spec.selector.clone().unwrap_or_default();
+    assert!(selects(&sel, &pod_labels(&d.obj)));
+    let listen = a.webhook.webhook_address.port() as i32;
+    let wh = m
+        .webhooks
+        .iter()
+        .find(|w| w.name() == a.webhook.webhook_config)
+        .unwrap_or_else(|| panic!("MutatingWebhookConfiguration {}", a.webhook.webhook_config));
+    for h in wh.obj.webhooks.iter().flatten() {
+        let s = h.client_config.service.as_ref().unwrap();
+        assert_eq!((s.namespace.as_str(), s.name.as_str()), (d.ns(), svc_name.as_str()));
+        let port = spec
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.port == s.port.unwrap_or(443))
+            .expect("the Service port the webhook calls");
+        let target = port.target_port.clone().expect("targetPort");
+        assert_eq!(container_port(&c, &target), Some(listen), "{} -> {target:?}", h.name);
+        // Injection must never be asked of the agent itself.
+        assert_eq!(
+            pod_labels(&d.obj).get(crossmesh::agent::inject::INJECT_KEY).map(String::as_str),
+            Some("false")
+        );
+    }
+    // Mounted files: the hub root from the operator's ConfigMap, the token from
+    // the optional enrolment Secret.
+    let mount_source = |path: &str| -> (String, String) {
+        let pod = pod_spec(&d.obj);
+        let mount = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|v| path.starts_with(&format!("{}/", v.mount_path)))
+            .unwrap_or_else(|| panic!("nothing mounted at {path}"));
+        let v = pod.volumes.iter().flatten().find(|v| v.name == mount.name).unwrap();
+        if let Some(cm) = &v.config_map {
+            ("ConfigMap".into(), cm.name.clone())
+        } else if let Some(s) = &v.secret {
+            ("Secret".into(), s.secret_name.clone().unwrap_or_default())
+        } else {
+            panic!("{path}: neither ConfigMap nor Secret")
+        }
+    };
+    let root = mount_source(&a.root_cert.to_string_lossy());
+    assert_eq!(root, ("ConfigMap".into(), "crossmesh-hub-root".into()));
+    let token = mount_source(&a.token_file.clone().expect("--token-file").to_string_lossy());
+    assert_eq!(token, ("Secret".into(), "crossmesh-agent-enrolment".into()));
+    let doc = std::fs::read_to_string(Path::new(ROOT).join("docs/AGENT.md")).unwrap();
+    for (_, _, _, cmd) in MADE_AT_INSTALL {
+        assert!(doc.contains(cmd), "docs/AGENT.md does not show `{cmd}`");
+    }
+}
+
+/// The agent's RBAC is exactly what the agent does: it reads its inventory,
+/// the Istio kinds it streams and Namespaces (root ConfigMap); it writes the
+/// root ConfigMap, its one webhook configuration and its one state Secret,
+/// nothing else; it never lists or watches Secrets.
+#[test]
+fn agent_rbac_is_exactly_what_the_agent_does() {
+    let m = manifests();
+    let d = agent_deployment(&m);
+    let (a, _, _) = agent_cli(&m);
+    let sa = pod_spec(&d.obj).service_account_name.expect("serviceAccountName");
+    let bound = |subjects: &Option<Vec<k8s_openapi::api::rbac::v1::Subject>>| {
+        subjects.iter().flatten().any(|s| {
+            s.kind == "ServiceAccount" && s.name == sa && s.namespace.as_deref() == Some(d.ns())
+        })
+    };
+    // (namespace or "" for cluster-wide, group, resource, verb, resourceName or "").
+    type Grant = (String, String, String, String, String);
+    let mut granted: BTreeSet<Grant> = BTreeSet::new();
+    let mut add = |ns: &str, rules: &[PolicyRule]| {
+        for r in rules {
+            let names: Vec<String> = match &r.resource_names {
+                Some(n) if !n.is_empty() => n.clone(),
+                _ => vec![String::new()],
+            };
+            for g in r.api_groups.iter().flatten() {
+                for res in r.resources.iter().flatten() {
+                    for v in &r.verbs {
+                        for n in &names {
+                            granted.insert((ns.into(), g.clone(), res.clone(), v.clone(), n.clone()));
+                        }
+                    }
+                }
+            }
+        }
+    };
+    for b in m.cluster_role_bindings.iter().filter(|b| bound(&b.obj.subjects)) {
+        for r in m.cluster_roles.iter().filter(|r| r.name() == b.obj.role_ref.name) {
+            add("", r.obj.rules.as_deref().unwrap_or(&[]));
+        }
+    }
+    for b in m.role_bindings.iter().filter(|b| bound(&b.obj.subjects)) {
+        for r in m
+            .roles
+            .iter()
+            .filter(|r| r.ns() == b.ns() && r.name() == b.obj.role_ref.name)
+        {
+            add(b.ns(), r.obj.rules.as_deref().unwrap_or(&[]));
+        }
+    }
+    let g = |ns: &str, group: &str, res: &str, verb: &str, name: &str| -> Grant {
+        (ns.into(), group.into(), res.into(), verb.into(), name.into())
+    };
+    let mut needed: BTreeSet<Grant> = BTreeSet::new();
+    let mut reads = vec![
+        ("", "services"),
+        ("", "pods"),
+        ("", "nodes"),
+        ("discovery.k8s.io", "endpointslices"),
+        // The root ConfigMap goes to every namespace.
+        ("", "namespaces"),
+    ];
+    reads.extend(crossmesh::agent::istio::KINDS.iter().map(|(_, grp, _, p)| (*grp, *p)));
+    for (grp, res) in &reads {
+        for v in ["get", "list", "watch"] {
+            needed.insert(g("", grp, res, v, ""));
+        }
+    }
+    let cm = crossmesh::security::root_publisher::CONFIGMAP;
+    needed.insert(g("", "", "configmaps", "create", ""));
+    needed.insert(g("", "", "configmaps", "get", cm));
+    needed.insert(g("", "", "configmaps", "update", cm));
+    for v in ["get", "update"] {
+        needed.insert(g(
+            "",
+            "admissionregistration.k8s.io",
+            "mutatingwebhookconfigurations",
+            v,
+            &a.webhook.webhook_config,
+        ));
+    }
+    let state = crossmesh::agent::state::STATE_SECRET;
+    needed.insert(g(d.ns(), "", "secrets", "create", ""));
+    needed.insert(g(d.ns(), "", "secrets", "get", state));
+    needed.insert(g(d.ns(), "", "secrets", "update", state));
+    let extra: Vec<_> = granted.difference(&needed).collect();
+    let missing: Vec<_> = needed.difference(&granted).collect();
+    assert!(extra.is_empty(), "granted but not needed: {extra:?}");
+    assert!(missing.is_empty(), "needed but not granted: {missing:?}");
+    assert!(
+        !granted
+            .iter()
+            .any(|(_, _, res, v, _)| res == "secrets" && (v == "list" || v == "watch")),
+        "the agent must not list or watch Secrets"
+    );
 }
