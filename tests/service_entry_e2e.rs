@@ -1,0 +1,232 @@
+//! ServiceEntry, WorkloadEntry and the outbound traffic policy end to end (issue
+//! 14 items 2-4), through a real NONE-mode Envoy sidecar (`shop/client` on
+//! `.2`; its egress listener `.2:80` routes by Host):
+//! - `dns.ext.example`: resolution DNS, its endpoint the name `localhost`
+//!   (Envoy resolves it, V4_ONLY) at the port of the `dns-ext` backend on
+//!   127.0.0.1;
+//! - `static.ext.example`: resolution STATIC, inline endpoint `.21` (`static-0`)
+//!   at the port its `ports` names;
+//! - `web.shop`: a Kubernetes Service selecting Pod `web-0` (`.11`) and
+//!   WorkloadEntry `vm-1` (`.12`, locality `vm-region/vm-zone`);
+//! - `bad`: a ServiceEntry with an invalid address, rejected alone.
+//!
+//! The mesh file says `outboundTrafficPolicy: REGISTRY_ONLY`: an unknown Host
+//! gets the `block_all` 502. A Sidecar with `ALLOW_ANY` then overrides it. In
+//! NONE mode there is no original destination to pass an unknown host through
+//! to (REDIRECT's `PassthroughCluster` needs iptables, which tests cannot set
+//! up): under ALLOW_ANY the unknown Host finds no route (Envoy's 404).
+
+mod support;
+
+use std::net::SocketAddr;
+
+use support::backend::Backend;
+use support::control_plane::{bootstrap, ControlPlane};
+use support::envoy::Envoy;
+use support::http;
+use support::manifests::{self, cluster, Mesh};
+use support::net::{free_port, Subnet};
+use support::{wait_for, CONVERGE};
+
+const ISTIO: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: dns-ext, namespace: shop}
+spec:
+  hosts: [dns.ext.example]
+  ports:
+  - {number: 80, name: http, protocol: HTTP, targetPort: DNS_PORT}
+  resolution: DNS
+  endpoints:
+  - address: localhost
+---
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: static-ext, namespace: shop}
+spec:
+  hosts: [static.ext.example]
+  location: MESH_EXTERNAL
+  ports:
+  - {number: 80, name: http, protocol: HTTP}
+  resolution: STATIC
+  endpoints:
+  - {address: STATIC_IP, ports: {http: STATIC_PORT}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: vm-1, namespace: shop}
+spec:
+  address: VM_IP
+  labels: {app: web}
+  locality: vm-region/vm-zone
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: bad, namespace: shop}
+spec:
+  hosts: [bad.ext.example]
+  addresses: [10.0.0.300]
+  ports:
+  - {number: 80, name: http, protocol: HTTP}
+  resolution: STATIC
+  endpoints:
+  - address: STATIC_IP
+";
+
+const ALLOW_ANY: &str = "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: shop}
+spec:
+  outboundTrafficPolicy: {mode: ALLOW_ANY}
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_entries_workload_entries_and_registry_only_through_a_sidecar() {
+    let subnet = Subnet::claim();
+    let mesh = Mesh::new(&[cluster("cluster1", None)]);
+    let mut text = std::fs::read_to_string(&mesh.mesh_file).expect("mesh file");
+    text.push_str("outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n");
+    std::fs::write(&mesh.mesh_file, text).expect("mesh file");
+
+    let web_port = free_port();
+    let dns = Backend::start("127.0.0.1".parse().unwrap(), 0, "dns-ext").await;
+    let statik = Backend::start(subnet.ip(21), 0, "static-0").await;
+    let _web = Backend::start(subnet.ip(11), web_port, "web-0").await;
+    let _vm = Backend::start(subnet.ip(12), web_port, "vm-1").await;
+    mesh.write_cluster(
+        "cluster1",
+        "web.yaml",
+        &format!(
+            "{}\n---\n{}",
+            manifests::service("shop", "web", 80, web_port, &[("app", "web")]),
+            manifests::pod(
+                "shop",
+                "web-0",
+                &[("app", "web")],
+                subnet.ip(11),
+                web_port,
+                true,
+                None
+            )
+        ),
+    );
+    let istio = ISTIO
+        .replace("DNS_PORT", &dns.addr.port().to_string())
+        .replace("STATIC_IP", &subnet.ip(21).to_string())
+        .replace("STATIC_PORT", &statik.addr.port().to_string())
+        .replace("VM_IP", &subnet.ip(12).to_string());
+    mesh.write_istio("entries.yaml", &istio);
+    let cp = ControlPlane::start(&mesh.mesh_file).await;
+    let yaml = bootstrap(&[
+        "bootstrap".into(),
+        "--role".into(),
+        "sidecar".into(),
+        "--name".into(),
+        "client-0".into(),
+        "--namespace".into(),
+        "shop".into(),
+        "--ip".into(),
+        subnet.ip(2).to_string(),
+        "--labels".into(),
+        "app=client".into(),
+        "--xds-address".into(),
+        cp.xds.to_string(),
+        "--admin-port".into(),
+        free_port().to_string(),
+        "--cluster-id".into(),
+        "cluster1".into(),
+        "--interception".into(),
+        "none".into(),
+    ]);
+    let sidecar = Envoy::start("client-sidecar", &yaml).await;
+    sidecar.wait_ready(CONVERGE).await;
+    let egress = SocketAddr::from((subnet.ip(2), 80));
+
+    // Who answers each host through the sidecar.
+    let answer = |host: &'static str, want: &'static str| async move {
+        wait_for(&format!("{host} answered by {want}"), CONVERGE, || async {
+            let r = http::get(egress, host, "/").await?;
+            if r.status == 200 && r.body.contains(want) {
+                Ok(())
+            } else {
+                Err(format!("{} {}", r.status, r.body))
+            }
+        })
+        .await
+    };
+    answer("dns.ext.example", "dns-ext").await;
+    answer("static.ext.example", "static-0").await;
+    assert!(statik.requests() > 0 && dns.requests() > 0);
+    // The WorkloadEntry serves next to the Pod.
+    answer("web.shop.svc.cluster.local", "web-0").await;
+    answer("web.shop.svc.cluster.local", "vm-1").await;
+
+    // On /debug/registryz: vm-1 in web's endpoints with its locality.
+    let reg = cp.json("/debug/registryz").await.expect("registryz");
+    let web = reg["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["hostname"] == "web.shop.svc.cluster.local")
+        .expect("web on registryz")
+        .clone();
+    let eps: Vec<&serde_json::Value> = web["endpoints"]
+        .as_object()
+        .into_iter()
+        .flat_map(|m| m.values())
+        .flat_map(|v| v.as_array().into_iter().flatten())
+        .collect();
+    let vm = eps
+        .iter()
+        .find(|e| e["workload"] == "shop/vm-1")
+        .unwrap_or_else(|| panic!("vm-1 among web's endpoints: {web}"));
+    assert_eq!(vm["address"], subnet.ip(12).to_string());
+    assert_eq!(vm["locality"]["region"], "vm-region");
+    assert_eq!(vm["locality"]["zone"], "vm-zone");
+    assert!(
+        eps.iter().any(|e| e["workload"] == "shop/web-0"),
+        "web-0 still there: {web}"
+    );
+
+    // The invalid ServiceEntry alone is rejected, with its field and reason.
+    let configz = cp.json("/debug/configz").await.expect("configz");
+    let rejected: Vec<&serde_json::Value> = configz["rejected"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["kind"] == "ServiceEntry")
+        .collect();
+    assert_eq!(rejected.len(), 1, "{configz}");
+    assert_eq!(rejected[0]["name"], "bad");
+    assert_eq!(rejected[0]["field"], "spec.addresses[0]");
+    assert!(
+        rejected[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("10.0.0.300")),
+        "{}",
+        rejected[0]
+    );
+    let bad = http::get(egress, "bad.ext.example", "/")
+        .await
+        .expect("bad");
+    assert_eq!(bad.status, 502, "a rejected ServiceEntry is no service");
+
+    // REGISTRY_ONLY from the mesh file: an unknown host is blocked.
+    let blocked = http::get(egress, "unknown.example.org", "/")
+        .await
+        .expect("unknown");
+    assert_eq!(blocked.status, 502, "{}", blocked.body);
+
+    // A Sidecar's ALLOW_ANY overrides the mesh: no block_all any more (NONE
+    // mode has nothing to pass through to: no route, 404).
+    mesh.write_istio("sidecar.yaml", ALLOW_ANY);
+    wait_for("unknown host no longer blocked", CONVERGE, || async {
+        let r = http::get(egress, "unknown.example.org", "/").await?;
+        if r.status == 404 {
+            Ok(())
+        } else {
+            Err(format!("{} {}", r.status, r.body))
+        }
+    })
+    .await;
+    answer("static.ext.example", "static-0").await;
+}
