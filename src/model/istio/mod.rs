@@ -370,9 +370,7 @@ pub fn parse_object(
         Kind::RequestAuthentication => {
             de(spec).map(|spec| IstioObject::RequestAuthentication(Config { meta, spec }))
         }
-        Kind::ServiceEntry => {
-            de(spec).map(|spec| IstioObject::ServiceEntry(Config { meta, spec }))
-        }
+        Kind::ServiceEntry => de(spec).map(|spec| IstioObject::ServiceEntry(Config { meta, spec })),
         Kind::WorkloadEntry => {
             de(spec).map(|spec| IstioObject::WorkloadEntry(Config { meta, spec }))
         }
