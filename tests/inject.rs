@@ -706,3 +706,54 @@ fn inbound_port_list_and_proxy_overrides() {
         ]
     );
 }
+
+/// docs/INJECTION.md's annotation table and the code agree: every annotation it
+/// marks supported or partial is one the injector reads, and is set in some
+/// fixture here; every annotation the injector reads is in the table.
+#[test]
+fn documented_annotations_are_the_implemented_ones_and_have_fixtures() {
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/INJECTION.md"))
+            .unwrap();
+    let section = doc.split("## Annotations").nth(1).expect("## Annotations");
+    let mut documented = Vec::new();
+    for line in section.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let status = cells[2];
+        if !(status == "supported" || status == "partial") {
+            continue;
+        }
+        let mut prefix = "";
+        for name in cells[1].split('`').skip(1).step_by(2) {
+            let full = if let Some((p, _)) = name.rsplit_once('/') {
+                prefix = p;
+                name.to_string()
+            } else {
+                format!("{prefix}/{name}")
+            };
+            documented.push(full);
+        }
+    }
+    let mut implemented: Vec<String> = inject::SUPPORTED_ANNOTATIONS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    implemented.push(inject::INJECT_KEY.into());
+    implemented.push(inject::STATUS_ANNOTATION.into());
+    let (mut d, mut i) = (documented.clone(), implemented);
+    d.sort();
+    i.sort();
+    assert_eq!(d, i, "docs/INJECTION.md annotations vs the injector's");
+    let fixtures: String = std::fs::read_dir(DIR)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "yaml"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    for a in &documented {
+        assert!(
+            fixtures.contains(&format!("{a}:")),
+            "{a} is documented as supported but no tests/golden/inject fixture sets it"
+        );
+    }
+}
