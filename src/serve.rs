@@ -233,10 +233,12 @@ fn start_sources(
         if let ConfigSource::Cluster(name) = c {
             match mesh.clusters.iter().find(|k| &k.name == name) {
                 Some(k) if client_source(&k.source).is_some() => {}
+                // Its agent streams the Istio config (`sources::agent`).
+                Some(k) if matches!(k.source, ClusterSource::Agent { .. }) => {}
                 Some(_) => bail!(
-                    "mesh file: config source `cluster: {name}` needs a kubeconfig or \
-                     inCluster cluster; for a manifests cluster list its Istio YAML as \
-                     `- manifests: DIR`"
+                    "mesh file: config source `cluster: {name}` needs a kubeconfig, \
+                     inCluster or agent cluster; for a manifests cluster list its Istio \
+                     YAML as `- manifests: DIR`"
                 ),
                 None => bail!("mesh file: config source `cluster: {name}` is not in clusters[]"),
             }

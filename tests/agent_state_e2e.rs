@@ -391,3 +391,116 @@ async fn agent_keeps_its_identity_in_a_secret_and_restarts_without_a_token() {
         "created once: {reqs:?}"
     );
 }
+
+/// A VirtualService for `cluster3.shop.svc.cluster.local` named `name` in `ns`.
+fn virtual_service(ns: &str, name: &str) -> Value {
+    serde_json::json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "hosts": ["cluster3.shop.svc.cluster.local"],
+            "http": [{"route": [{"destination": {
+                "host": "cluster3.shop.svc.cluster.local", "port": {"number": 80}
+            }}]}]
+        }
+    })
+}
+
+/// `(kind, namespace/name)` of the Istio objects in force on `/debug/configz`
+/// that came from cluster3's agent.
+async fn in_force_from_agent(cp: &ControlPlane) -> Result<Vec<(String, String)>, String> {
+    let j = cp.json("/debug/configz").await?;
+    let mut out: Vec<(String, String)> = j["inForce"]
+        .as_array()
+        .or_else(|| j["in_force"].as_array())
+        .ok_or_else(|| format!("no inForce on configz: {j}"))?
+        .iter()
+        .filter(|o| o["origin"].as_str().unwrap_or("").contains("cluster3"))
+        .map(|o| {
+            (
+                o["kind"].as_str().unwrap_or("").to_string(),
+                format!(
+                    "{}/{}",
+                    o["namespace"].as_str().unwrap_or(""),
+                    o["name"].as_str().unwrap_or("")
+                ),
+            )
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istio_config_reaches_the_config_store_through_the_agent() {
+    let mut f = Fixture::start("", "config:\n- cluster: cluster3\n").await;
+    f.api.apply(&virtual_service(NS, "vs-shop"));
+    // Outside the grant: never watched, never sent.
+    f.api.apply(&virtual_service("other", "vs-other"));
+    // Rejected by the config store's validation, with its name and reason.
+    let mut bad = virtual_service(NS, "vs-bad");
+    bad["spec"]["http"][0]["noSuchField"] = serde_json::json!(true);
+    f.api.apply(&bad);
+    // The agent may not read Sidecars (403): reported, the other kinds flow.
+    f.api
+        .add_fault(kube_api::FaultRule::status(403).of("sidecars"));
+    f.start_agent(true, &[]);
+    f.wait_clusterz("cluster3 synced through the agent", |c| {
+        c["agent"]["synced"] == true
+    })
+    .await;
+    let want = vec![("VirtualService".to_string(), format!("{NS}/vs-shop"))];
+    wait_for("vs-shop in force, from cluster3", CONVERGE, || async {
+        let got = in_force_from_agent(&f.cp).await?;
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    })
+    .await;
+    let configz = f.cp.json("/debug/configz").await.expect("configz");
+    let rejected = configz["rejected"].to_string();
+    assert!(
+        rejected.contains("vs-bad") && rejected.contains("noSuchField"),
+        "vs-bad rejected by name: {rejected}"
+    );
+    let c = f
+        .wait_clusterz("Sidecars reported unavailable", |c| {
+            c["agent"]["unavailable"]["SIDECAR"]
+                .as_str()
+                .is_some_and(|r| r.contains("403"))
+        })
+        .await;
+    assert!(
+        c["agent"]["unavailable"]["VIRTUAL_SERVICE"].is_null(),
+        "{c}"
+    );
+
+    // Deltas: a DestinationRule added, the VirtualService deleted.
+    f.api.apply(&serde_json::json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+        "metadata": {"name": "dr-shop", "namespace": NS},
+        "spec": {"host": "cluster3.shop.svc.cluster.local",
+                 "trafficPolicy": {"loadBalancer": {"simple": "ROUND_ROBIN"}}}
+    }));
+    f.api
+        .delete("networking.istio.io", "virtualservices", NS, "vs-shop")
+        .expect("delete vs-shop");
+    let want = vec![("DestinationRule".to_string(), format!("{NS}/dr-shop"))];
+    wait_for("dr-shop in force, vs-shop gone", CONVERGE, || async {
+        let got = in_force_from_agent(&f.cp).await?;
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    })
+    .await;
+    // Only the grant's namespace was read for Istio config.
+    for r in f.api.requests() {
+        if r.plural == "virtualservices" || r.plural == "destinationrules" {
+            assert_eq!(r.namespace, NS, "{r:?}");
+        }
+    }
+}

@@ -893,7 +893,7 @@ impl Session {
         }
         // This stream is now the cluster's; an older one ends.
         let (sup_tx, mut sup_rx) = watch::channel(false);
-        let generation = {
+        let (generation, previous) = {
             let mut st = self.hub.lock();
             let Some(a) = st.get_mut(&self.cluster) else {
                 return;
@@ -901,9 +901,21 @@ impl Session {
             if let Some(old) = a.superseded.replace(sup_tx) {
                 let _ = old.send(true);
             }
+            // What a resume would start from: the previous stream and the last
+            // batch applied from it, while the registry holds this session's
+            // snapshot of the cluster.
+            let previous = if a.resumable {
+                (a.generation, a.applied_seq)
+            } else {
+                (0, 0)
+            };
             a.generation += 1;
+            a.applied_seq = 0;
             a.status.connected = true;
             a.status.synced = false;
+            a.status.resumed = false;
+            a.status.stream_bytes = 0;
+            a.status.unavailable.clear();
             a.status.streams += 1;
             a.status.peer = self.peer.map(|p| p.to_string());
             a.status.agent_version = Some(hello.agent_version.clone());
@@ -914,8 +926,21 @@ impl Session {
                     .map(|t| t.to_string());
                 a.status.certificate_serial = Some(serial.clone());
             }
-            a.generation
+            (a.generation, previous)
         };
+        let config_cluster = self.hub.config_clusters.contains(&self.cluster);
+        let istio_config = config_cluster && hello.offers_istio_config;
+        if config_cluster && !istio_config {
+            warn!(cluster = %self.cluster, "the mesh file lists this agent cluster as a config source, but its agent does not offer Istio config (an older agent): none is read");
+        }
+        let namespaces = self
+            .hub
+            .grants
+            .get(&self.cluster)
+            .cloned()
+            .flatten()
+            .map(|g| g.into_iter().collect())
+            .unwrap_or_default();
         info!(cluster = %self.cluster, peer = ?self.peer, version = %hello.agent_version, "agent connected");
         let welcome = hub_message::Message::Welcome(Welcome {
             protocol_version: PROTOCOL_VERSION,
@@ -924,28 +949,57 @@ impl Session {
             window_messages: self.hub.opts.window_messages,
             window_bytes: self.hub.opts.window_bytes,
             max_message_bytes: self.hub.opts.max_message_bytes as u32,
-            ..Welcome::default()
+            namespaces,
+            istio_config,
+            session_id: self.hub.session_id.clone(),
+            stream_id: generation,
+            previous_stream_id: previous.0,
+            previous_applied_seq: previous.1,
+            max_snapshot_bytes: self.hub.opts.max_snapshot_bytes,
         });
         let end = match self.send(welcome).await {
             Err(e) => e,
-            Ok(()) => self.stream(&mut inbound, &mut sup_rx, generation).await,
+            Ok(()) => {
+                self.stream(
+                    &mut inbound,
+                    &mut sup_rx,
+                    generation,
+                    istio_config,
+                    previous.0 != 0,
+                )
+                .await
+            }
         };
         self.disconnected(generation, end);
     }
 
     /// The stream after Welcome: snapshot, then deltas, until it ends.
+    ///
+    /// `istio_config`: the Istio kinds are part of the snapshot (Welcome asked
+    /// for them); `offered_resume`: Welcome named a previous stream to resume.
     async fn stream(
         &self,
         inbound: &mut Streaming<AgentMessage>,
         superseded: &mut watch::Receiver<bool>,
         generation: u64,
+        istio_config: bool,
+        offered_resume: bool,
     ) -> End {
         let silence = self.hub.opts.heartbeat * MISSED_HEARTBEATS;
         let mut ticker = tokio::time::interval(self.hub.opts.heartbeat);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_seq = 0u64;
         let mut snapshot: HashMap<Kind, BTreeMap<String, KubeObject>> = HashMap::new();
-        let mut ended: BTreeSet<Kind> = BTreeSet::new();
+        // The Istio config of the snapshot, by `Kind/ns/name`.
+        let mut config_snapshot: BTreeMap<String, Value> = BTreeMap::new();
+        let mut snapshot_bytes = 0u64;
+        let mut ended: BTreeSet<WireKind> = BTreeSet::new();
+        let want_ended = KINDS.len()
+            + if istio_config {
+                crate::agent::istio::KINDS.len()
+            } else {
+                0
+            };
         let mut synced = false;
         let mut refused: BTreeMap<String, ObjectProblem> = BTreeMap::new();
         // Any message from the agent counts as a heartbeat; the deadline is not
@@ -1009,9 +1063,33 @@ impl Session {
             last_heard = tokio::time::Instant::now();
             self.heard();
             let batch = match msg.message {
-                Some(
-                    agent_message::Message::Heartbeat(_) | agent_message::Message::KindStatus(_),
-                ) => continue,
+                Some(agent_message::Message::Heartbeat(_)) => continue,
+                Some(agent_message::Message::KindStatus(k)) => {
+                    let name = WireKind::try_from(k.kind)
+                        .ok()
+                        .filter(|w| *w != WireKind::Unspecified)
+                        .map(|w| w.as_str_name().to_string());
+                    let Some(name) = name else {
+                        return End::refused(
+                            "protocol",
+                            Status::invalid_argument(format!(
+                                "KindStatus of unknown kind {}",
+                                k.kind
+                            )),
+                        );
+                    };
+                    if !k.unavailable.is_empty() {
+                        warn!(cluster = %self.cluster, kind = %name, reason = %k.unavailable, "the agent reports a kind unavailable");
+                    }
+                    if let Some(a) = self.hub.lock().get_mut(&self.cluster) {
+                        if k.unavailable.is_empty() {
+                            a.status.unavailable.remove(&name);
+                        } else {
+                            a.status.unavailable.insert(name, k.unavailable);
+                        }
+                    }
+                    continue;
+                }
                 Some(agent_message::Message::Hello(_)) => {
                     return End::refused(
                         "protocol",
@@ -1033,7 +1111,10 @@ impl Session {
                 );
             }
             last_seq = batch.seq;
-            let Some(kind) = kind_of(batch.kind) else {
+            let wire = WireKind::try_from(batch.kind).ok();
+            let istio_kind = wire.filter(|w| crate::agent::istio::group_kind(*w).is_some());
+            let kind = kind_of(batch.kind);
+            let (Some(wire), true) = (wire, kind.is_some() || istio_kind.is_some()) else {
                 return End::refused(
                     "protocol",
                     Status::invalid_argument(format!(
@@ -1042,33 +1123,119 @@ impl Session {
                     )),
                 );
             };
+            if istio_kind.is_some() && !istio_config {
+                return End::refused(
+                    "protocol",
+                    Status::invalid_argument(format!(
+                        "batch {}: Istio config ({}) that Welcome did not ask for",
+                        batch.seq,
+                        wire.as_str_name()
+                    )),
+                );
+            }
+            let name = wire.as_str_name();
             self.count(&batch);
-            if batch.snapshot {
-                if synced || ended.contains(&kind) {
+            if batch.resumed {
+                if batch.seq != 1 || batch.snapshot {
                     return End::refused(
                         "protocol",
                         Status::invalid_argument(format!(
-                            "batch {}: a second snapshot of {kind} on one stream",
+                            "batch {}: only the first batch of a stream may be marked resumed, \
+                             and it carries deltas",
                             batch.seq
                         )),
                     );
                 }
-                let objs = snapshot.entry(kind).or_default();
-                for ch in &batch.changes {
-                    match self.decode(kind, ch) {
-                        Ok(Some(o)) => {
-                            objs.insert(key(ch), o);
+                // The registry must still hold this session's snapshot of the
+                // cluster (not dropped after the grace period).
+                let kept = {
+                    let mut st = self.hub.lock();
+                    match st.get_mut(&self.cluster) {
+                        Some(a) if offered_resume && a.resumable && a.generation == generation => {
+                            a.status.synced = true;
+                            a.status.resumed = true;
+                            a.status.resumed_streams += 1;
+                            Some(a.problems.clone())
                         }
-                        Ok(None) => {}
-                        Err(p) => {
-                            refused.insert(format!("{kind} {}", key(ch)), p);
+                        _ => None,
+                    }
+                };
+                let Some(kept) = kept else {
+                    return End::refused(
+                        "resume_refused",
+                        Status::failed_precondition(
+                            "resume refused: this hub holds no state of the cluster from the \
+                             stream it named; send a snapshot",
+                        ),
+                    );
+                };
+                refused = kept;
+                synced = true;
+                let reg = &self.hub.registry;
+                let _ = reg.set_stale(&self.cluster, false);
+                let _ = reg.set_error(&self.cluster, None);
+                info!(cluster = %self.cluster, "agent stream resumed: no snapshot");
+            }
+            if batch.snapshot {
+                if synced || ended.contains(&wire) {
+                    return End::refused(
+                        "protocol",
+                        Status::invalid_argument(format!(
+                            "batch {}: a second snapshot of {name} on one stream",
+                            batch.seq
+                        )),
+                    );
+                }
+                snapshot_bytes += batch
+                    .changes
+                    .iter()
+                    .map(|c| c.object.len() as u64)
+                    .sum::<u64>();
+                if snapshot_bytes > self.hub.opts.max_snapshot_bytes {
+                    return End::refused(
+                        "snapshot_too_large",
+                        Status::resource_exhausted(format!(
+                            "the snapshot exceeds the hub's limit of {} bytes of objects \
+                             (Welcome.max_snapshot_bytes) at batch {}: the cluster keeps its \
+                             last state",
+                            self.hub.opts.max_snapshot_bytes, batch.seq
+                        )),
+                    );
+                }
+                match kind {
+                    Some(kind) => {
+                        let objs = snapshot.entry(kind).or_default();
+                        for ch in &batch.changes {
+                            match self.decode(kind, ch) {
+                                Ok(Some(o)) => {
+                                    objs.insert(key(ch), o);
+                                }
+                                Ok(None) => {}
+                                Err(p) => {
+                                    refused.insert(format!("{kind} {}", key(ch)), p);
+                                }
+                            }
+                        }
+                    }
+                    None => {
+                        for ch in &batch.changes {
+                            let id = format!("{name} {}", key(ch));
+                            match self.decode_config(wire, ch) {
+                                Ok(Some(v)) => {
+                                    config_snapshot.insert(id, v);
+                                }
+                                Ok(None) => {}
+                                Err(p) => {
+                                    refused.insert(id, p);
+                                }
+                            }
                         }
                     }
                 }
                 if batch.end_of_snapshot {
-                    ended.insert(kind);
+                    ended.insert(wire);
                 }
-                if ended.len() == KINDS.len() {
+                if ended.len() == want_ended {
                     if !self.is_current(generation) {
                         return End {
                             status: Status::aborted(
@@ -1091,13 +1258,20 @@ impl Session {
                         }
                         Err(e) => warn!(cluster = %self.cluster, error = %e),
                     }
-                    let _ =
-                        reg.set_source_problems(&self.cluster, refused.values().cloned().collect());
+                    if istio_config {
+                        let config = std::mem::take(&mut config_snapshot);
+                        self.push_config(&config);
+                        if let Some(a) = self.hub.lock().get_mut(&self.cluster) {
+                            a.config = config;
+                        }
+                    }
+                    self.set_problems(&refused);
                     let _ = reg.set_stale(&self.cluster, false);
                     let _ = reg.set_error(&self.cluster, None);
                     synced = true;
                     if let Some(a) = self.hub.lock().get_mut(&self.cluster) {
                         a.status.synced = true;
+                        a.resumable = true;
                     }
                     info!(cluster = %self.cluster, objects = n, "agent snapshot complete");
                 }
@@ -1119,28 +1293,66 @@ impl Session {
                         label: None,
                     };
                 }
-                let before = refused.len();
-                for ch in &batch.changes {
-                    let id = format!("{kind} {}", key(ch));
-                    match self.decode(kind, ch) {
-                        Ok(Some(o)) => {
-                            refused.remove(&id);
-                            self.apply(Event::Upsert(o));
-                        }
-                        Ok(None) => {
-                            refused.remove(&id);
-                            self.apply(Event::Delete(deleted(kind, ch)));
-                        }
-                        Err(p) => {
-                            refused.insert(id, p);
+                let before = refused.clone();
+                match kind {
+                    Some(kind) => {
+                        for ch in &batch.changes {
+                            let id = format!("{kind} {}", key(ch));
+                            match self.decode(kind, ch) {
+                                Ok(Some(o)) => {
+                                    refused.remove(&id);
+                                    self.apply(Event::Upsert(o));
+                                }
+                                Ok(None) => {
+                                    refused.remove(&id);
+                                    self.apply(Event::Delete(deleted(kind, ch)));
+                                }
+                                Err(p) => {
+                                    refused.insert(id, p);
+                                }
+                            }
                         }
                     }
+                    None if !batch.changes.is_empty() => {
+                        // Decoded first: a refusal takes the hub's lock.
+                        let decoded: Vec<(String, Result<Option<Value>, ObjectProblem>)> = batch
+                            .changes
+                            .iter()
+                            .map(|ch| (format!("{name} {}", key(ch)), self.decode_config(wire, ch)))
+                            .collect();
+                        let config = {
+                            let mut st = self.hub.lock();
+                            let Some(a) = st.get_mut(&self.cluster) else {
+                                continue;
+                            };
+                            for (id, d) in decoded {
+                                match d {
+                                    Ok(Some(v)) => {
+                                        refused.remove(&id);
+                                        a.config.insert(id, v);
+                                    }
+                                    Ok(None) => {
+                                        refused.remove(&id);
+                                        a.config.remove(&id);
+                                    }
+                                    Err(p) => {
+                                        refused.insert(id, p);
+                                    }
+                                }
+                            }
+                            a.config.clone()
+                        };
+                        self.push_config(&config);
+                    }
+                    None => {}
                 }
-                if refused.len() != before {
-                    let _ = self
-                        .hub
-                        .registry
-                        .set_source_problems(&self.cluster, refused.values().cloned().collect());
+                if refused != before {
+                    self.set_problems(&refused);
+                }
+            }
+            if let Some(a) = self.hub.lock().get_mut(&self.cluster) {
+                if a.generation == generation {
+                    a.applied_seq = batch.seq;
                 }
             }
             if let Err(e) = self
@@ -1150,6 +1362,91 @@ impl Session {
                 return e;
             }
         }
+    }
+
+    /// Hand the cluster's Istio config to the config store (as the kube source
+    /// does for a kubeconfig config cluster: the whole set, validated there).
+    fn push_config(&self, config: &BTreeMap<String, Value>) {
+        let source = crate::registry::config_source_name(&crate::config::ConfigSource::Cluster(
+            self.cluster.clone(),
+        ));
+        let origin = format!("cluster {} (agent)", self.cluster);
+        let docs = config
+            .values()
+            .map(|v| crate::registry::config::RawDoc {
+                origin: origin.clone(),
+                value: v.clone(),
+            })
+            .collect();
+        self.hub.registry.replace_config_source(&source, docs);
+    }
+
+    /// The refused objects on `/debug/clusterz` (and kept for a resumed stream).
+    fn set_problems(&self, refused: &BTreeMap<String, ObjectProblem>) {
+        let _ = self
+            .hub
+            .registry
+            .set_source_problems(&self.cluster, refused.values().cloned().collect());
+        if let Some(a) = self.hub.lock().get_mut(&self.cluster) {
+            a.problems = refused.clone();
+        }
+    }
+
+    /// An Istio config change's document (`Ok(Some)`), a DELETE (`Ok(None)`), or
+    /// a refusal: outside the grant, not JSON, another kind, or metadata that
+    /// differs from the change's.
+    fn decode_config(
+        &self,
+        kind: WireKind,
+        ch: &crate::agent::proto::Change,
+    ) -> Result<Option<Value>, ObjectProblem> {
+        let (group, kind_name) = crate::agent::istio::group_kind(kind).unwrap_or(("", ""));
+        let refuse = |reason: String| {
+            let p = ObjectProblem {
+                origin: format!("agent of cluster {}", self.cluster),
+                kind: kind_name.to_string(),
+                object: key(ch),
+                reason,
+            };
+            self.hub
+                .refuse(Some(&self.cluster), "object", &p.to_string());
+            p
+        };
+        if let Some(Some(grant)) = self.hub.grants.get(&self.cluster) {
+            if !grant.contains(&ch.namespace) {
+                return Err(refuse(format!(
+                    "namespace {:?} is outside this cluster's agent grant (clusters[].agent.namespaces: {:?})",
+                    ch.namespace,
+                    grant.iter().collect::<Vec<_>>()
+                )));
+            }
+        }
+        if ch.op == change::Op::Delete as i32 {
+            return Ok(None);
+        }
+        if ch.op != change::Op::Upsert as i32 {
+            return Err(refuse(format!("unknown change op {}", ch.op)));
+        }
+        let v: Value = serde_json::from_slice(&ch.object)
+            .map_err(|e| refuse(format!("not a JSON document: {e}")))?;
+        if v["kind"].as_str() != Some(kind_name)
+            || !v["apiVersion"]
+                .as_str()
+                .is_some_and(|a| a.starts_with(&format!("{group}/")))
+        {
+            return Err(refuse(format!(
+                "apiVersion/kind {:?}/{:?} is not the batch's {group} {kind_name}",
+                v["apiVersion"], v["kind"]
+            )));
+        }
+        if v["metadata"]["name"].as_str() != Some(ch.name.as_str())
+            || v["metadata"]["namespace"].as_str().unwrap_or("") != ch.namespace
+        {
+            return Err(refuse(
+                "the object's metadata.namespace/name differ from the change's".into(),
+            ));
+        }
+        Ok(Some(v))
     }
 
     fn apply(&self, ev: Event) {
@@ -1231,6 +1528,7 @@ impl Session {
         if let Some(a) = self.hub.lock().get_mut(&self.cluster) {
             a.status.batches += 1;
             a.status.changes += b.changes.len() as u64;
+            a.status.stream_bytes += prost::Message::encoded_len(b) as u64;
         }
     }
 
@@ -1292,6 +1590,9 @@ impl Session {
                     .is_some_and(|a| a.generation == generation && !a.status.connected);
                 if still {
                     warn!(cluster = %cluster, "agent away for longer than the grace period: dropping its endpoints");
+                    if let Some(a) = hub.lock().get_mut(&cluster) {
+                        a.resumable = false;
+                    }
                     let _ = hub.registry.reset_cluster(&cluster, Vec::new());
                     let _ = hub.registry.set_synced(&cluster, false);
                 }
