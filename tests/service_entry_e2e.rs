@@ -21,7 +21,7 @@ mod support;
 use std::net::SocketAddr;
 
 use support::backend::Backend;
-use support::control_plane::{bootstrap, ControlPlane};
+use support::control_plane::{bootstrap, crossmesh_bin, ControlPlane};
 use support::envoy::Envoy;
 use support::http;
 use support::manifests::{self, cluster, Mesh};
@@ -204,6 +204,24 @@ async fn service_entries_workload_entries_and_registry_only_through_a_sidecar() 
             .is_some_and(|r| r.contains("10.0.0.300")),
         "{}",
         rejected[0]
+    );
+    // `crossmesh validate` on the same directory names it, and only it.
+    let out = std::process::Command::new(crossmesh_bin())
+        .arg("validate")
+        .arg(mesh.istio_dir())
+        .output()
+        .expect("run crossmesh validate");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "validate passed: {text}");
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("ServiceEntry"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert!(
+        lines[0].contains("shop/bad") && lines[0].contains("spec.addresses[0]"),
+        "{text}"
     );
     let bad = http::get(egress, "bad.ext.example", "/")
         .await
