@@ -65,6 +65,29 @@ struct MeshFile {
     outbound_traffic_policy: Option<OutboundTrafficPolicyFile>,
     /// Who may read the debug endpoint (see [`DebugAuth`]).
     debug_auth: Option<DebugAuthFile>,
+    /// Istio's meshConfig `accessLogFile` (see [`AccessLog`]).
+    access_log_file: Option<String>,
+    /// Istio's meshConfig `accessLogEncoding`: `TEXT` (default) or `JSON`.
+    access_log_encoding: Option<String>,
+    /// Istio's meshConfig `accessLogFormat`.
+    access_log_format: Option<String>,
+    /// Istio's meshConfig `defaultConfig` (ProxyConfig); only `gatewayTopology`.
+    default_config: Option<ProxyConfigFile>,
+}
+
+/// `defaultConfig:` as written: the part of Istio's ProxyConfig crossmesh reads.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ProxyConfigFile {
+    gateway_topology: Option<GatewayTopologyFile>,
+}
+
+/// `defaultConfig.gatewayTopology:` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct GatewayTopologyFile {
+    num_trusted_proxies: Option<u32>,
+    forward_client_cert_details: Option<String>,
 }
 
 /// `outboundTrafficPolicy:` as written, Istio's meshConfig shape.
@@ -344,6 +367,57 @@ pub struct MeshConfig {
     pub outbound_traffic_policy: OutboundTrafficPolicy,
     /// Mesh file `debugAuth`.
     pub debug_auth: DebugAuth,
+    /// Mesh file `accessLogFile`, `accessLogEncoding`, `accessLogFormat`;
+    /// `None` (no `accessLogFile`, or an empty one, as Istio): no access logs.
+    pub access_log: Option<AccessLog>,
+    /// Mesh file `defaultConfig.gatewayTopology`.
+    pub gateway_topology: GatewayTopology,
+}
+
+/// Istio's meshConfig access logging: every HTTP connection manager and TCP
+/// proxy writes one line per request or connection to `path` with Envoy's file
+/// access logger (istiod's `FileAccessLogFromMeshConfig`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLog {
+    /// `accessLogFile`, e.g. `/dev/stdout`: a path on the proxy's file system.
+    pub path: String,
+    pub format: AccessLogFormat,
+}
+
+/// `accessLogEncoding` with its `accessLogFormat`, checked against Envoy's
+/// format rules when the mesh file is read (`translate::access_log`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// `TEXT`: a format string ending in a newline (Istio appends one when
+    /// missing); Istio's `EnvoyTextLogFormat` when `accessLogFormat` is empty.
+    Text(String),
+    /// `JSON`: keys to format strings (nested objects, lists and numbers
+    /// allowed, as Envoy's `json_format`); Istio's `EnvoyJSONLogFormatIstio`
+    /// keys when `accessLogFormat` is empty.
+    Json(BTreeMap<String, serde_json::Value>),
+}
+
+/// Istio's ProxyConfig `gatewayTopology`, from the mesh file's `defaultConfig`:
+/// how gateways treat `X-Forwarded-For` and `X-Forwarded-Client-Cert`
+/// (istiod's `buildGatewayConnectionManager`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GatewayTopology {
+    /// `numTrustedProxies`: proxies in front of the gateway whose
+    /// `X-Forwarded-For` entries are trusted (the HCM's `xff_num_trusted_hops`;
+    /// default 0).
+    pub num_trusted_proxies: u32,
+    /// `forwardClientCertDetails`; `None` (Istio's `UNDEFINED`): `SANITIZE_SET`.
+    pub forward_client_cert_details: Option<ForwardClientCert>,
+}
+
+/// Istio's `ForwardClientCertDetails` (and Envoy's HCM enum of the same names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardClientCert {
+    Sanitize,
+    ForwardOnly,
+    AppendForward,
+    SanitizeSet,
+    AlwaysForwardOnly,
 }
 
 /// Istio's meshConfig `pathNormalization.normalization`: how proxies normalize
@@ -521,6 +595,8 @@ impl Default for MeshConfig {
             path_normalization: PathNormalization::default(),
             outbound_traffic_policy: OutboundTrafficPolicy::default(),
             debug_auth: DebugAuth::default(),
+            access_log: None,
+            gateway_topology: GatewayTopology::default(),
         }
     }
 }
@@ -864,6 +940,32 @@ impl MeshConfig {
                 }
             };
         }
+        mesh.access_log = access_log(
+            file.access_log_file,
+            file.access_log_encoding,
+            file.access_log_format,
+        )
+        .map_err(invalid)?;
+        if let Some(t) = file.default_config.and_then(|c| c.gateway_topology) {
+            mesh.gateway_topology = GatewayTopology {
+                num_trusted_proxies: t.num_trusted_proxies.unwrap_or(0),
+                forward_client_cert_details: match t.forward_client_cert_details.as_deref() {
+                    None | Some("UNDEFINED") => None,
+                    Some("SANITIZE") => Some(ForwardClientCert::Sanitize),
+                    Some("FORWARD_ONLY") => Some(ForwardClientCert::ForwardOnly),
+                    Some("APPEND_FORWARD") => Some(ForwardClientCert::AppendForward),
+                    Some("SANITIZE_SET") => Some(ForwardClientCert::SanitizeSet),
+                    Some("ALWAYS_FORWARD_ONLY") => Some(ForwardClientCert::AlwaysForwardOnly),
+                    Some(other) => {
+                        return Err(invalid(format!(
+                            "defaultConfig.gatewayTopology.forwardClientCertDetails {other:?} is \
+                             not one of SANITIZE, FORWARD_ONLY, APPEND_FORWARD, SANITIZE_SET, \
+                             ALWAYS_FORWARD_ONLY"
+                        )))
+                    }
+                },
+            };
+        }
         if let Some(d) = file.debug_auth {
             let mut auth = DebugAuth {
                 required: d.required,
@@ -895,6 +997,43 @@ impl MeshConfig {
         }
         Ok(mesh)
     }
+}
+
+/// Istio's access-log settings as written: off without a file (or with an
+/// empty one, as Istio), else the encoding's format, checked as Envoy would.
+fn access_log(
+    file: Option<String>,
+    encoding: Option<String>,
+    format: Option<String>,
+) -> Result<Option<AccessLog>, String> {
+    use crate::translate::access_log as al;
+    let format = format.filter(|f| !f.is_empty());
+    let format = match encoding.as_deref() {
+        None | Some("TEXT") => AccessLogFormat::Text(match format {
+            None => al::ISTIO_TEXT_FORMAT.to_string(),
+            Some(f) => {
+                al::check_format(&f).map_err(|e| format!("accessLogFormat: {e}"))?;
+                // Istio: "a newline is inserted on all formats (if missing)".
+                if f.ends_with('\n') {
+                    f
+                } else {
+                    f + "\n"
+                }
+            }
+        }),
+        Some("JSON") => AccessLogFormat::Json(match format {
+            None => al::istio_json_format(),
+            Some(f) => al::parse_json_format(&f).map_err(|e| format!("accessLogFormat: {e}"))?,
+        }),
+        Some(other) => {
+            return Err(format!(
+                "accessLogEncoding {other:?} is not one of TEXT, JSON"
+            ))
+        }
+    };
+    Ok(file
+        .filter(|f| !f.is_empty())
+        .map(|path| AccessLog { path, format }))
 }
 
 #[cfg(test)]
@@ -1169,6 +1308,89 @@ config:
                 "not in clusters",
             ),
             ("debugAuth: {token: abc}\n", "unknown field"),
+        ] {
+            let e = MeshConfig::parse(bad, base).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn access_log_and_gateway_topology() {
+        let base = Path::new("/m");
+        let d = MeshConfig::parse("", base).unwrap();
+        assert_eq!(d.access_log, None, "no accessLogFile: no access log");
+        assert_eq!(d.gateway_topology, GatewayTopology::default());
+        // A format without accessLogFile is checked, and still logs nothing.
+        let m = MeshConfig::parse("accessLogFormat: '%PROTOCOL%'\n", base).unwrap();
+        assert_eq!(m.access_log, None);
+        let m = MeshConfig::parse("accessLogFile: ''\n", base).unwrap();
+        assert_eq!(m.access_log, None, "empty accessLogFile: off, as Istio");
+        let m = MeshConfig::parse("accessLogFile: /dev/stdout\n", base).unwrap();
+        assert_eq!(
+            m.access_log,
+            Some(AccessLog {
+                path: "/dev/stdout".into(),
+                format: AccessLogFormat::Text(
+                    crate::translate::access_log::ISTIO_TEXT_FORMAT.into()
+                ),
+            })
+        );
+        let m = MeshConfig::parse(
+            "accessLogFile: /l\naccessLogFormat: '%PROTOCOL% %%'\n",
+            base,
+        )
+        .unwrap();
+        assert_eq!(
+            m.access_log.unwrap().format,
+            AccessLogFormat::Text("%PROTOCOL% %%\n".into()),
+            "a newline is appended"
+        );
+        let m = MeshConfig::parse("accessLogFile: /l\naccessLogEncoding: JSON\n", base).unwrap();
+        let AccessLogFormat::Json(keys) = m.access_log.unwrap().format else {
+            panic!("JSON");
+        };
+        assert_eq!(keys["path"], "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%");
+        assert_eq!(keys.len(), 24);
+        let m = MeshConfig::parse(
+            "defaultConfig: {gatewayTopology: {numTrustedProxies: 2, \
+             forwardClientCertDetails: FORWARD_ONLY}}\n",
+            base,
+        )
+        .unwrap();
+        assert_eq!(
+            m.gateway_topology,
+            GatewayTopology {
+                num_trusted_proxies: 2,
+                forward_client_cert_details: Some(ForwardClientCert::ForwardOnly),
+            }
+        );
+        for (bad, why) in [
+            (
+                "accessLogFile: /l\naccessLogFormat: '%NOPE%'\n",
+                "accessLogFormat: %NOPE% is not an Envoy access log command operator",
+            ),
+            (
+                "accessLogFormat: '100%'\n",
+                "accessLogFormat: no command operator at byte 3",
+            ),
+            ("accessLogEncoding: XML\n", "not one of TEXT, JSON"),
+            (
+                "accessLogEncoding: JSON\naccessLogFormat: '{\"a\": \"%REQ%\"}'\n",
+                "accessLogFormat: key \"a\": %REQ% needs a parameter",
+            ),
+            (
+                "accessLogEncoding: JSON\naccessLogFormat: '%PROTOCOL%'\n",
+                "accessLogFormat: is not JSON",
+            ),
+            (
+                "defaultConfig: {gatewayTopology: {forwardClientCertDetails: KEEP}}\n",
+                "forwardClientCertDetails \"KEEP\"",
+            ),
+            ("defaultConfig: {concurrency: 2}\n", "unknown field"),
+            (
+                "defaultConfig: {gatewayTopology: {numTrustedProxies: -1}}\n",
+                "numTrustedProxies",
+            ),
         ] {
             let e = MeshConfig::parse(bad, base).unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");

@@ -21,6 +21,12 @@ pub struct MeshSettings {
     /// Mesh file `outboundTrafficPolicy.mode`, for sidecars without a
     /// `Sidecar` that sets its own.
     pub outbound_traffic_policy: crate::config::OutboundTrafficPolicy,
+    /// Mesh file `accessLogFile`/`accessLogEncoding`/`accessLogFormat`, for
+    /// every HTTP connection manager, TCP proxy and listener.
+    pub access_log: Option<crate::config::AccessLog>,
+    /// Mesh file `defaultConfig.gatewayTopology`, for gateways' HTTP
+    /// connection managers.
+    pub gateway_topology: crate::config::GatewayTopology,
 }
 
 /// Everything translation reads, frozen for one push.

@@ -774,6 +774,8 @@ impl Registry {
             networks: mesh.networks.clone(),
             path_normalization: mesh.path_normalization,
             outbound_traffic_policy: mesh.outbound_traffic_policy,
+            access_log: mesh.access_log.clone(),
+            gateway_topology: mesh.gateway_topology.clone(),
         });
         let reg = Registry {
             settings: settings.clone(),

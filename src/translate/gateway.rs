@@ -19,7 +19,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 };
 
 use super::cluster::service_clusters;
-use super::listener::{filter_chain, http_connection_manager, l4_proxy, listener};
+use super::listener::{filter_chain, http_connection_manager, l4_proxy, listener, HttpClass};
 use super::proto::{bool_value, http_route_name};
 use super::route::{
     http_routes, l4_destinations, referenced_hosts, sort_catch_all_last, virtual_host, RouteScope,
@@ -156,9 +156,9 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext, identity: bool) -> Generated {
             let hcm = http_connection_manager(
                 &format!("outbound_{BIND_ADDRESS}_{port}"),
                 &route_name,
-                true,
+                HttpClass::Gateway,
                 super::security::http_filters(proxy, ctx, port),
-                ctx.mesh.path_normalization,
+                &ctx.mesh,
             );
             out.listeners.push(listener(
                 BIND_ADDRESS,
@@ -471,9 +471,9 @@ fn https_filter_chains<'a>(
         let hcm = http_connection_manager(
             &format!("outbound_{BIND_ADDRESS}_{port}"),
             &route_name,
-            true,
+            HttpClass::Gateway,
             super::security::http_filters(proxy, ctx, port),
-            ctx.mesh.path_normalization,
+            &ctx.mesh,
         );
         let mut fc = filter_chain(sni, hcm);
         fc.name = route_name;

@@ -22,6 +22,9 @@
 //!   net2:
 //!     gateways: [{address: 192.0.2.20, port: 15443, cluster: c2}]
 //! pathNormalization: MERGE_SLASHES  # the mesh file's pathNormalization (default here BASE, Istio's)
+//! meshConfig: |              # mesh-file text for the proxy defaults it sets
+//!   accessLogFile: /dev/stdout
+//!   defaultConfig: {gatewayTopology: {numTrustedProxies: 2}}
 //! fetchedJwks:               # keys the JWKS fetcher holds, by jwksUri, or
 //!   https://idp.example.com/jwks: '{"keys": [...]}'   # `discovery:ISSUER`
 //! services:
@@ -80,6 +83,11 @@ struct Fixture {
     fetched_jwks: BTreeMap<String, String>,
     #[serde(default)]
     secrets: Vec<FixtureSecret>,
+    /// Mesh-file text whose proxy defaults apply (`accessLogFile`,
+    /// `accessLogEncoding`, `accessLogFormat`, `defaultConfig`), read as
+    /// `serve --mesh` reads a mesh file.
+    #[serde(default, rename = "meshConfig")]
+    mesh_config: Option<String>,
 }
 
 /// A TLS Secret for `credentialName` (the contents are placeholders: goldens
@@ -344,6 +352,11 @@ fn from_docs(docs: &[serde_json::Value], path: &Path) -> Result<Loaded, String> 
         };
         credentials.secrets.insert(key, state);
     }
+    let mesh_file = match &fx.mesh_config {
+        Some(text) => crate::config::MeshConfig::parse(text, Path::new("."))
+            .unwrap_or_else(|e| panic!("{}: meshConfig: {e}", path.display())),
+        None => crate::config::MeshConfig::default(),
+    };
     let ctx = PushContext {
         seq: 1,
         mesh: Arc::new(MeshSettings {
@@ -359,7 +372,9 @@ fn from_docs(docs: &[serde_json::Value], path: &Path) -> Result<Loaded, String> 
                 }
                 Some(other) => panic!("{}: pathNormalization {other:?}", path.display()),
             },
-            outbound_traffic_policy: crate::config::OutboundTrafficPolicy::default(),
+            access_log: mesh_file.access_log,
+            gateway_topology: mesh_file.gateway_topology,
+            outbound_traffic_policy: mesh_file.outbound_traffic_policy,
         }),
         services: Arc::new(services),
         config,

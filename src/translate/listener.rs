@@ -11,7 +11,10 @@ use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    http_connection_manager::{CodecType, PathWithEscapedSlashesAction, RouteSpecifier},
+    http_connection_manager::{
+        CodecType, ForwardClientCertDetails, PathWithEscapedSlashesAction, RouteSpecifier,
+        SetCurrentClientCertDetails, UpgradeConfig,
+    },
     http_filter::ConfigType as HttpFilterConfig,
     HttpConnectionManager, HttpFilter, Rds,
 };
@@ -28,9 +31,9 @@ use envoy_types::pb::envoy::r#type::v3::{
 
 use super::proto::{ads, bool_value, pack, socket_address};
 use super::route::{cluster_policy, CORS_FILTER, FAULT_FILTER};
-use crate::config::PathNormalization;
+use crate::config::{ForwardClientCert, PathNormalization};
 use crate::model::istio::destination_rule::EffectivePolicy;
-use crate::model::{Proxy, PushContext};
+use crate::model::{MeshSettings, Proxy, PushContext};
 
 pub const HCM_FILTER: &str = "envoy.filters.network.http_connection_manager";
 pub const TCP_PROXY_FILTER: &str = "envoy.filters.network.tcp_proxy";
@@ -80,34 +83,124 @@ fn http_filter(name: &str, config: envoy_types::pb::google::protobuf::Any) -> Ht
     }
 }
 
+/// Which of istiod's listener classes an HTTP connection manager serves; the
+/// defaults differ by class (`ListenerClass` in Istio's networking code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpClass {
+    /// A gateway's server port (`buildGatewayConnectionManager`).
+    Gateway,
+    /// A sidecar's inbound port (`buildSidecarInboundHTTPOpts`).
+    SidecarInbound,
+    /// A sidecar's outbound port (`buildSidecarOutboundHTTPListenerOpts`).
+    SidecarOutbound,
+}
+
+/// The `server` header Istio's proxies send (`EnvoyServerName`); sidecars'
+/// outbound listeners keep Envoy's default (`envoy`), as Istio's do.
+pub const ISTIO_SERVER_NAME: &str = "istio-envoy";
+
 /// The HTTP connection manager fetching route config `route_name` over ADS, with
 /// `security` (request authentication, then authorization: see
 /// `translate::security`) ahead of Istio's HTTP filters that VirtualService
 /// features need: CORS and fault (configured per route), then the router.
-/// `use_remote_address` is set for gateways (the edge), as Istio does.
+/// Istio's defaults for `class` apply (see [`istio_hcm`]).
 pub fn http_connection_manager(
     stat_prefix: &str,
     route_name: &str,
-    use_remote_address: bool,
+    class: HttpClass,
     security: Vec<HttpFilter>,
-    paths: PathNormalization,
+    mesh: &MeshSettings,
 ) -> Filter {
-    let hcm = HttpConnectionManager {
-        codec_type: CodecType::Auto as i32,
-        stat_prefix: stat_prefix.to_string(),
-        route_specifier: Some(RouteSpecifier::Rds(Rds {
-            config_source: Some(ads()),
-            route_config_name: route_name.to_string(),
-        })),
-        http_filters: http_filters(security),
-        use_remote_address: use_remote_address.then(|| bool_value(true)),
-        ..Default::default()
-    };
-    let hcm = with_path_normalization(hcm, paths);
+    let route = RouteSpecifier::Rds(Rds {
+        config_source: Some(ads()),
+        route_config_name: route_name.to_string(),
+    });
+    let hcm = istio_hcm(class, stat_prefix, route, security, mesh);
     Filter {
         name: HCM_FILTER.into(),
         config_type: Some(FilterConfig::TypedConfig(pack(&hcm))),
     }
+}
+
+/// What istiod's `buildHTTPConnectionManager` (and the per-class builders
+/// before it) set on every HTTP connection manager, for `class`:
+/// - `upgrade_configs: [websocket]`: WebSocket upgrades allowed everywhere
+///   (Istio sets no route-level `upgrade_configs` and no CONNECT outside
+///   ambient/HBONE);
+/// - `stream_idle_timeout: 0s`: Envoy's 5-minute stream idle timeout off (a
+///   quiet WebSocket or long poll stays open);
+/// - `proxy_100_continue: true` (`ENABLE_100_CONTINUE_HEADERS`, default on);
+/// - `server_name: istio-envoy` on gateways and inbound (outbound keeps
+///   Envoy's `envoy`);
+/// - `use_remote_address: true` on gateways only (the edge; sidecars'
+///   `PILOT_SIDECAR_USE_REMOTE_ADDRESS` defaults to false);
+/// - gateways: `xff_num_trusted_hops` from `gatewayTopology.numTrustedProxies`
+///   and `forward_client_cert_details` from
+///   `gatewayTopology.forwardClientCertDetails` (default `SANITIZE_SET`), with
+///   `set_current_client_cert_details` {subject, cert, dns, uri} when it is
+///   `SANITIZE_SET` or `APPEND_FORWARD`;
+/// - the mesh file's access log (`setHTTPAccessLog`) and path normalization.
+///
+/// Not set, as Istio leaves them unset by default: `common_http_protocol_options`
+/// (`idle_timeout` only from a proxy's `IDLE_TIMEOUT` metadata: Envoy's 1h
+/// default stands) and `http2_protocol_options` (Envoy's defaults).
+fn istio_hcm(
+    class: HttpClass,
+    stat_prefix: &str,
+    route: RouteSpecifier,
+    security: Vec<HttpFilter>,
+    mesh: &MeshSettings,
+) -> HttpConnectionManager {
+    let mut hcm = HttpConnectionManager {
+        codec_type: CodecType::Auto as i32,
+        stat_prefix: stat_prefix.to_string(),
+        route_specifier: Some(route),
+        http_filters: http_filters(security),
+        upgrade_configs: vec![UpgradeConfig {
+            upgrade_type: "websocket".into(),
+            ..Default::default()
+        }],
+        stream_idle_timeout: Some(Default::default()),
+        proxy_100_continue: true,
+        access_log: mesh
+            .access_log
+            .iter()
+            .map(super::access_log::file_access_log)
+            .collect(),
+        ..Default::default()
+    };
+    if class != HttpClass::SidecarOutbound {
+        hcm.server_name = ISTIO_SERVER_NAME.into();
+    }
+    if class == HttpClass::Gateway {
+        let topology = &mesh.gateway_topology;
+        hcm.use_remote_address = Some(bool_value(true));
+        hcm.xff_num_trusted_hops = topology.num_trusted_proxies;
+        let xfcc = match topology
+            .forward_client_cert_details
+            .unwrap_or(ForwardClientCert::SanitizeSet)
+        {
+            ForwardClientCert::Sanitize => ForwardClientCertDetails::Sanitize,
+            ForwardClientCert::ForwardOnly => ForwardClientCertDetails::ForwardOnly,
+            ForwardClientCert::AppendForward => ForwardClientCertDetails::AppendForward,
+            ForwardClientCert::SanitizeSet => ForwardClientCertDetails::SanitizeSet,
+            ForwardClientCert::AlwaysForwardOnly => ForwardClientCertDetails::AlwaysForwardOnly,
+        };
+        hcm.forward_client_cert_details = xfcc as i32;
+        if matches!(
+            xfcc,
+            ForwardClientCertDetails::SanitizeSet | ForwardClientCertDetails::AppendForward
+        ) {
+            hcm.set_current_client_cert_details = Some(SetCurrentClientCertDetails {
+                subject: Some(bool_value(true)),
+                cert: true,
+                dns: true,
+                uri: true,
+                ..Default::default()
+            });
+        }
+    }
+    with_path_normalization(hcm, mesh.path_normalization)
 }
 
 /// `security` first (a request is authenticated and authorized before anything
@@ -130,16 +223,15 @@ pub fn http_connection_manager_inline(
     stat_prefix: &str,
     route: RouteConfiguration,
     security: Vec<HttpFilter>,
-    paths: PathNormalization,
+    mesh: &MeshSettings,
 ) -> Filter {
-    let hcm = HttpConnectionManager {
-        codec_type: CodecType::Auto as i32,
-        stat_prefix: stat_prefix.to_string(),
-        route_specifier: Some(RouteSpecifier::RouteConfig(route)),
-        http_filters: http_filters(security),
-        ..Default::default()
-    };
-    let hcm = with_path_normalization(hcm, paths);
+    let hcm = istio_hcm(
+        HttpClass::SidecarInbound,
+        stat_prefix,
+        RouteSpecifier::RouteConfig(route),
+        security,
+        mesh,
+    );
     Filter {
         name: HCM_FILTER.into(),
         config_type: Some(FilterConfig::TypedConfig(pack(&hcm))),
@@ -170,18 +262,24 @@ pub fn with_path_normalization(
     hcm
 }
 
-/// A TCP proxy to one cluster, or weighted clusters.
-pub fn tcp_proxy(stat_prefix: &str, clusters: &[(String, u32)]) -> Filter {
+/// A TCP proxy to one cluster, or weighted clusters, writing the mesh file's
+/// access log (Istio logs TCP connections too: `setTCPAccessLog`).
+pub fn tcp_proxy(stat_prefix: &str, clusters: &[(String, u32)], mesh: &MeshSettings) -> Filter {
     Filter {
         name: TCP_PROXY_FILTER.into(),
         config_type: Some(FilterConfig::TypedConfig(pack(&tcp_proxy_config(
             stat_prefix,
             clusters,
+            mesh,
         )))),
     }
 }
 
-fn tcp_proxy_config(stat_prefix: &str, clusters: &[(String, u32)]) -> TcpProxy {
+fn tcp_proxy_config(
+    stat_prefix: &str,
+    clusters: &[(String, u32)],
+    mesh: &MeshSettings,
+) -> TcpProxy {
     let spec = match clusters {
         [(only, _)] => ClusterSpecifier::Cluster(only.clone()),
         many => ClusterSpecifier::WeightedClusters(WeightedCluster {
@@ -198,6 +296,11 @@ fn tcp_proxy_config(stat_prefix: &str, clusters: &[(String, u32)]) -> TcpProxy {
     TcpProxy {
         stat_prefix: stat_prefix.to_string(),
         cluster_specifier: Some(spec),
+        access_log: mesh
+            .access_log
+            .iter()
+            .map(super::access_log::file_access_log)
+            .collect(),
         ..Default::default()
     }
 }
@@ -229,7 +332,7 @@ pub fn l4_proxy(stat: &str, dests: &[(String, u32)], proxy: &Proxy, ctx: &PushCo
         Some((first, rest)) if rest.iter().all(|p| tcp(p) == tcp(first)) => tcp(first),
         _ => (None, None),
     };
-    let mut tp = tcp_proxy_config(stat, dests);
+    let mut tp = tcp_proxy_config(stat, dests, &ctx.mesh);
     if hash_source_ip {
         tp.hash_policy = vec![HashPolicy {
             policy_specifier: Some(PolicySpecifier::SourceIp(SourceIp {})),

@@ -17,6 +17,7 @@
 //!   (AuthorizationPolicy as Envoy RBAC).
 //! `proto.rs` holds the small Envoy builders everything shares.
 
+pub mod access_log;
 pub mod authz;
 pub mod cluster;
 pub mod credentials;
@@ -125,6 +126,9 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext) -> Generated {
     let (secrets, omitted) = credentials::resolve(&mut g.clusters, &mut g.listeners, proxy, ctx);
     g.secrets = secrets;
     g.omitted = omitted;
+    if let Some(log) = &ctx.mesh.access_log {
+        access_log::set_listener_access_logs(&mut g.listeners, proxy.role, log);
+    }
     g
 }
 

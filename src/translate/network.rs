@@ -303,7 +303,7 @@ pub fn auto_passthrough<'s>(
                 let name = sni(p.port, &subset, &svc.hostname);
                 chains.push(super::listener::filter_chain(
                     vec![name.clone()],
-                    super::listener::tcp_proxy(&name, &[(name.clone(), 1)]),
+                    super::listener::tcp_proxy(&name, &[(name.clone(), 1)], &ctx.mesh),
                 ));
                 clusters.push(Cluster {
                     name: name.clone(),

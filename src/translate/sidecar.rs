@@ -45,7 +45,7 @@ use super::cluster::{
 };
 use super::listener::{
     filter_chain, http_connection_manager, http_connection_manager_inline, l4_proxy, listener,
-    tcp_proxy,
+    tcp_proxy, HttpClass,
 };
 use super::mtls;
 use super::proto::{bool_value, pack, socket_address, u32_value};
@@ -58,7 +58,7 @@ use crate::model::istio::{
     host_matches, labels_match, Config, MtlsMode, Sidecar, VirtualService, MESH_GATEWAY,
     ROOT_NAMESPACE,
 };
-use crate::model::{InterceptionMode, Protocol, Proxy, PushContext, Service};
+use crate::model::{InterceptionMode, MeshSettings, Protocol, Proxy, PushContext, Service};
 
 /// Istio's virtual outbound listener port (iptables redirects outbound here).
 pub const VIRTUAL_OUTBOUND_PORT: u32 = 15001;
@@ -280,9 +280,9 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext, identity: bool) -> Generated {
                     http_connection_manager(
                         &stat,
                         &route_name,
-                        false,
+                        HttpClass::SidecarOutbound,
                         Vec::new(),
-                        ctx.mesh.path_normalization,
+                        &ctx.mesh,
                     ),
                 )]
             } else {
@@ -332,10 +332,10 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext, identity: bool) -> Generated {
                 &stat,
                 inbound_route(&cluster),
                 super::security::http_filters(proxy, ctx, port),
-                ctx.mesh.path_normalization,
+                &ctx.mesh,
             )
         } else {
-            tcp_proxy(&stat, &[(cluster.clone(), 100)])
+            tcp_proxy(&stat, &[(cluster.clone(), 100)], &ctx.mesh)
         };
         // TCP: AuthorizationPolicy's network RBAC filters ahead of the TCP proxy.
         let rbac = if protocol.is_http() {
@@ -387,12 +387,14 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext, identity: bool) -> Generated {
         }
     }
     if redirect {
-        out.listeners.push(virtual_outbound(registry_only));
+        out.listeners
+            .push(virtual_outbound(registry_only, &ctx.mesh));
         let catch_all = peer_auth.as_ref().map(|pa| pa.mode);
         out.listeners.push(virtual_inbound(
             inbound_chains,
             catch_all,
             &super::security::network_filters(proxy, ctx),
+            &ctx.mesh,
         ));
         out.clusters.push(original_dst_cluster(PASSTHROUGH_CLUSTER));
         out.clusters
@@ -814,7 +816,7 @@ fn blackhole_cluster() -> Cluster {
 /// `virtualOutbound` on 15001: `use_original_dst` hands each connection to the
 /// listener of its original destination port; what no listener takes is passed
 /// through (`ALLOW_ANY`) or dropped (`REGISTRY_ONLY`).
-fn virtual_outbound(registry_only: bool) -> Listener {
+fn virtual_outbound(registry_only: bool, mesh: &MeshSettings) -> Listener {
     let cluster = if registry_only {
         BLACKHOLE_CLUSTER
     } else {
@@ -826,7 +828,7 @@ fn virtual_outbound(registry_only: bool) -> Listener {
         TrafficDirection::Outbound,
         vec![filter_chain(
             Vec::new(),
-            tcp_proxy(cluster, &[(cluster.to_string(), 100)]),
+            tcp_proxy(cluster, &[(cluster.to_string(), 100)], mesh),
         )],
     );
     l.name = "virtualOutbound".into();
@@ -850,10 +852,12 @@ fn virtual_inbound(
     mut chains: Vec<FilterChain>,
     mtls_mode: Option<MtlsMode>,
     rbac: &[Filter],
+    mesh: &MeshSettings,
 ) -> Listener {
     let filter = tcp_proxy(
         INBOUND_PASSTHROUGH_CLUSTER,
         &[(INBOUND_PASSTHROUGH_CLUSTER.to_string(), 100)],
+        mesh,
     );
     let mut catch_all = match mtls_mode {
         Some(mode) => mtls::inbound_chains(

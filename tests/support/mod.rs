@@ -17,6 +17,7 @@ pub mod scenario;
 pub mod shop;
 pub mod tls;
 pub mod token_issuer;
+pub mod websocket;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
