@@ -579,3 +579,148 @@ fn format_rules_agree_with_envoy() {
         }
     }
 }
+
+/// A gateway terminating MUTUAL TLS (Secret `xfcc-cert` through
+/// `credentialName`, the gateway on the TLS xDS port) forwards the client
+/// certificate to the pod as Istio's gateways do (`forward_client_cert_details:
+/// SANITIZE_SET`, `set_current_client_cert_details` subject, cert, DNS, URI):
+/// the pod sees `X-Forwarded-Client-Cert` with the client's subject, DNS SAN and
+/// certificate, and a client's own `X-Forwarded-Client-Cert` is replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_gateway_sets_x_forwarded_client_cert() {
+    use support::tls::{self, Ca};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const GW_NS: &str = "istio-system";
+    let subnet = Subnet::claim();
+    let (mesh, issuer, tls_addr) =
+        Mesh::secure_single_cluster("https://kubernetes.default.svc.cluster.local");
+    let (pod_port, https_port) = (free_port(), free_port());
+    let pod_ip = subnet.ip(11);
+    let pod = EchoPod::start(pod_ip, pod_port, "web-0").await;
+    let server_ca = Ca::new("server CA");
+    let client_ca = Ca::new("client CA");
+    let server = server_ca.leaf("gw", &["mtls.example.com"]);
+    let client = client_ca.leaf("xfcc-client", &["client.example.com"]);
+    mesh.write_cluster(
+        "cluster1",
+        "apps.yaml",
+        &[
+            manifests::service(NS, "web", 8080, pod_port, &[("app", "web")]),
+            manifests::pod(NS, "web-0", &[("app", "web")], pod_ip, pod_port, true, None),
+            tls::secret(
+                GW_NS,
+                "xfcc-cert",
+                "Opaque",
+                &[
+                    ("cert", &server.cert_pem),
+                    ("key", &server.key_pem),
+                    ("cacert", &client_ca.pem),
+                ],
+            ),
+        ]
+        .join("\n---\n"),
+    );
+    mesh.write_istio(
+        "gateway.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: {GW_NS}}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {https_port}, name: https, protocol: HTTPS}}
+    hosts: [mtls.example.com]
+    tls: {{mode: MUTUAL, credentialName: xfcc-cert}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: web, namespace: {NS}}}
+spec:
+  hosts: [mtls.example.com]
+  gateways: [{GW_NS}/edge]
+  http:
+  - route:
+    - destination: {{host: web.{NS}.svc.cluster.local, port: {{number: 8080}}}}
+"
+        ),
+    );
+    let _cp = ControlPlane::start(&mesh.mesh_file).await;
+    let token_file = mesh.root().join("gw.token");
+    std::fs::write(&token_file, issuer.token_for(GW_NS, "ingressgateway")).expect("token");
+    let root_cert = mesh.root().join("crossmesh-ca").join("root-cert.pem");
+    let gw = Envoy::start(
+        "ingressgateway-xfcc",
+        &bootstrap(
+            &[
+                "bootstrap",
+                "--role",
+                "gateway",
+                "--name",
+                "ingressgateway-0",
+                "--namespace",
+                GW_NS,
+                "--service-account",
+                "ingressgateway",
+                "--labels",
+                "istio=ingressgateway",
+                "--cluster-id",
+                "cluster1",
+                "--ip",
+                &subnet.ip(1).to_string(),
+                "--xds-address",
+                &tls_addr.to_string(),
+                "--admin-port",
+                "0",
+                "--root-cert",
+                &root_cert.display().to_string(),
+                "--token-file",
+                &token_file.display().to_string(),
+            ]
+            .map(String::from),
+        ),
+    )
+    .await;
+    gw.wait_ready(CONVERGE).await;
+    let cfg = tls::client_config(&server_ca.pem, Some(&client));
+    let addr = SocketAddr::from((subnet.ip(1), https_port));
+    // The request head the pod received, through the gateway over mTLS, with
+    // a forged XFCC from the client.
+    let head = wait_for("web-0 answers over mTLS", CONVERGE, || {
+        let cfg = cfg.clone();
+        async move {
+            let mut c = tls::connect(addr, "mtls.example.com", cfg).await?;
+            let req = "GET /xfcc HTTP/1.1\r\nHost: mtls.example.com\r\nConnection: close\r\n\
+                       x-forwarded-client-cert: By=spiffe://evil/forged\r\n\r\n";
+            c.stream
+                .write_all(req.as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), c.stream.read_to_end(&mut out))
+                .await
+                .map_err(|_| "read timed out".to_string())?;
+            let text = String::from_utf8_lossy(&out).into_owned();
+            let (resp, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+            if resp.starts_with("HTTP/1.1 200") && websocket::header(resp, "x-pod") == Some("web-0")
+            {
+                Ok(body.to_string())
+            } else {
+                Err(text)
+            }
+        }
+    })
+    .await;
+    let xfcc = websocket::header(&format!("x\r\n{head}"), "x-forwarded-client-cert")
+        .unwrap_or_else(|| panic!("no XFCC at the pod: {head}"))
+        .to_string();
+    assert!(!xfcc.contains("evil"), "the client's XFCC replaced: {xfcc}");
+    assert!(xfcc.starts_with("Hash="), "{xfcc}");
+    assert!(
+        xfcc.contains(";Cert=\"-----BEGIN%20CERTIFICATE-----"),
+        "{xfcc}"
+    );
+    assert!(xfcc.contains(";Subject=\"CN=xfcc-client\""), "{xfcc}");
+    assert!(xfcc.contains(";DNS=client.example.com"), "{xfcc}");
+    assert_eq!(pod.echoed(), 0);
+}
