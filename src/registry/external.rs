@@ -165,3 +165,224 @@ fn sort_endpoints(svc: &mut Service) {
         eps.dedup_by(|a, b| a.cluster == b.cluster && a.address == b.address && a.port == b.port);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use serde_json::json;
+
+    use super::super::config::RawDoc;
+    use super::super::{Event, KubeObject, Registry};
+    use crate::config::{ClusterConfig, ClusterSource, MeshConfig};
+    use crate::model::service::ServiceMap;
+    use crate::push::PushQueue;
+    use std::sync::Arc;
+
+    fn registry() -> (Arc<Registry>, PushQueue) {
+        let cluster = |name: &str, network: &str| ClusterConfig {
+            name: name.into(),
+            network: network.into(),
+            source: ClusterSource::Manifests(PathBuf::from(format!("/m/{name}"))),
+            locality: None,
+        };
+        let mesh = MeshConfig {
+            clusters: vec![cluster("c1", "net1"), cluster("c2", "net2")],
+            ..MeshConfig::default()
+        };
+        let q = PushQueue::new();
+        (Registry::new(Arc::new(mesh), q.clone()), q)
+    }
+
+    fn obj(v: serde_json::Value) -> KubeObject {
+        match v["kind"].as_str() {
+            Some("Service") => KubeObject::Service(serde_json::from_value(v).unwrap()),
+            _ => KubeObject::Pod(serde_json::from_value(v).unwrap()),
+        }
+    }
+
+    fn pod(name: &str, ip: &str, labels: serde_json::Value) -> KubeObject {
+        obj(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "shop", "labels": labels},
+            "spec": {"containers": [{"name": "main", "ports": [{"name": "http", "containerPort": 9090}]}]},
+            "status": {"phase": "Running", "podIP": ip,
+                "conditions": [{"type": "Ready", "status": "True"}]}}))
+    }
+
+    fn config(r: &Registry, source: &str, origin: &str, yaml: &str) {
+        let docs = yaml
+            .split("\n---\n")
+            .map(|d| RawDoc {
+                origin: origin.into(),
+                value: serde_saphyr::from_str(d).unwrap(),
+            })
+            .collect();
+        r.replace_config_source(source, docs);
+    }
+
+    /// (cluster, network, address, port, locality) of `host`'s endpoints on `port`.
+    fn eps(s: &ServiceMap, host: &str, port: u16) -> Vec<(String, String, String, u16, String)> {
+        s.get(host)
+            .and_then(|s| s.endpoints.get(&port))
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                (
+                    e.cluster.to_string(),
+                    e.network.to_string(),
+                    e.address.to_string(),
+                    e.port,
+                    e.locality.label(),
+                )
+            })
+            .collect()
+    }
+
+    const WE: &str = "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: vm-1, namespace: shop}
+spec:
+  address: 10.9.0.1
+  labels: {app: web}
+  locality: r9/z9";
+
+    #[test]
+    fn a_workload_entry_joins_the_services_selecting_it_in_its_cluster() {
+        let (r, _q) = registry();
+        let web = obj(json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"selector": {"app": "web"},
+                "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}));
+        r.reset_cluster(
+            "c1",
+            vec![web, pod("web-0", "10.0.0.1", json!({"app": "web"}))],
+        )
+        .unwrap();
+        // Read from cluster c2's config: it belongs to c2 and c2's network.
+        config(&r, "cluster:c2", "cluster c2", WE);
+        let s = r.services();
+        let host = "web.shop.svc.cluster.local";
+        assert_eq!(
+            eps(&s, host, 80),
+            vec![
+                (
+                    "c1".into(),
+                    "net1".into(),
+                    "10.0.0.1".into(),
+                    8080,
+                    String::new()
+                ),
+                (
+                    "c2".into(),
+                    "net2".into(),
+                    "10.9.0.1".into(),
+                    8080,
+                    "r9/z9".into()
+                ),
+            ]
+        );
+        // Not selected any more: gone.
+        config(
+            &r,
+            "cluster:c2",
+            "cluster c2",
+            &WE.replace("app: web", "app: db"),
+        );
+        assert_eq!(eps(&r.services(), host, 80).len(), 1);
+    }
+
+    #[test]
+    fn a_service_entry_selects_pods_and_workload_entries_and_follows_pod_changes() {
+        let (r, q) = registry();
+        let se = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: web-ext, namespace: shop}
+spec:
+  hosts: [web.example]
+  location: MESH_INTERNAL
+  ports:
+  - {number: 80, name: http, protocol: HTTP, targetPort: 8000}
+  resolution: STATIC
+  workloadSelector:
+    labels: {app: web}";
+        config(
+            &r,
+            "manifests:istio",
+            "istio/se.yaml",
+            &format!("{se}\n---\n{WE}"),
+        );
+        r.reset_cluster("c1", vec![pod("web-0", "10.0.0.1", json!({"app": "web"}))])
+            .unwrap();
+        while q.try_take().is_some() {}
+        // The Pod at its container port named after the service port; the
+        // WorkloadEntry (from a manifest file: no cluster) at targetPort.
+        assert_eq!(
+            eps(&r.services(), "web.example", 80),
+            vec![
+                (
+                    String::new(),
+                    String::new(),
+                    "10.9.0.1".into(),
+                    8000,
+                    "r9/z9".into()
+                ),
+                (
+                    "c1".into(),
+                    "net1".into(),
+                    "10.0.0.1".into(),
+                    9090,
+                    String::new()
+                ),
+            ]
+        );
+        // A new Pod no Kubernetes Service selects still changes the entry's
+        // endpoints: an EDS push for its host, and a fresh view.
+        r.apply(
+            "c1",
+            Event::Upsert(pod("web-1", "10.0.0.2", json!({"app": "web"}))),
+        )
+        .unwrap();
+        let req = q.try_take().expect("a push");
+        assert!(!req.full);
+        assert!(req.services.contains("web.example"), "{req:?}");
+        assert_eq!(eps(&r.services(), "web.example", 80).len(), 3);
+    }
+
+    #[test]
+    fn a_kubernetes_service_keeps_its_hostname_and_the_oldest_entry_wins() {
+        let (r, _q) = registry();
+        let web = obj(json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80}]}}));
+        r.reset_cluster("c1", vec![web]).unwrap();
+        let entry = |name: &str, ts: &str, host: &str, ip: &str| {
+            format!(
+                "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: shop, creationTimestamp: '{ts}'}}
+spec:
+  hosts: [{host}]
+  ports:
+  - {{number: 80, name: http}}
+  resolution: STATIC
+  endpoints:
+  - {{address: {ip}}}"
+            )
+        };
+        let yaml = [
+            entry("new", "2024-01-02T00:00:00Z", "a.example", "10.0.0.2"),
+            entry("old", "2024-01-01T00:00:00Z", "a.example", "10.0.0.1"),
+            entry(
+                "k8s",
+                "2024-01-01T00:00:00Z",
+                "web.shop.svc.cluster.local",
+                "10.0.0.3",
+            ),
+        ]
+        .join("\n---\n");
+        config(&r, "manifests:istio", "istio/se.yaml", &yaml);
+        let s = r.services();
+        assert_eq!(eps(&s, "a.example", 80)[0].2, "10.0.0.1");
+        assert!(eps(&s, "web.shop.svc.cluster.local", 80).is_empty());
+    }
+}
