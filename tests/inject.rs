@@ -757,3 +757,375 @@ fn documented_annotations_are_the_implemented_ones_and_have_fixtures() {
         );
     }
 }
+
+// ---- the rules in a real kernel ----
+
+/// Set in the environment of a helper process: the test binary re-run inside a
+/// network namespace (and as another user) to listen or connect there.
+const HELPER_ENV: &str = "CROSSMESH_TEST_NETNS_HELPER";
+
+/// The child side of `interception_redirects_real_traffic`: with
+/// `CROSSMESH_TEST_NETNS_HELPER=listen:P,P,..` it answers every connection on
+/// each port with the port number; with `connect:IP:PORT[:SOURCE]` it prints
+/// which listener answered. Without the variable (a normal test run) it has
+/// nothing to do.
+#[test]
+fn netns_helper_process() {
+    let Ok(mode) = std::env::var(HELPER_ENV) else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        if let Some(ports) = mode.strip_prefix("listen:") {
+            let mut tasks = Vec::new();
+            for p in ports.split(',') {
+                let l = tokio::net::TcpListener::bind(("0.0.0.0", p.parse::<u16>().unwrap()))
+                    .await
+                    .unwrap_or_else(|e| panic!("bind {p}: {e}"));
+                let name = p.to_string();
+                tasks.push(tokio::spawn(async move {
+                    loop {
+                        let (mut c, _) = l.accept().await.unwrap();
+                        let _ = c.write_all(name.as_bytes()).await;
+                    }
+                }));
+            }
+            println!("\nhelper-ready");
+            futures::future::join_all(tasks).await;
+        } else if let Some(rest) = mode.strip_prefix("connect:") {
+            let parts: Vec<&str> = rest.split(':').collect();
+            let target: std::net::SocketAddr =
+                format!("{}:{}", parts[0], parts[1]).parse().unwrap();
+            let sock = tokio::net::TcpSocket::new_v4().unwrap();
+            if let Some(src) = parts.get(2) {
+                sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
+            }
+            let answer = async {
+                let mut c = sock.connect(target).await.map_err(|e| e.to_string())?;
+                let mut buf = String::new();
+                c.read_to_string(&mut buf)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>(buf)
+            };
+            match tokio::time::timeout(std::time::Duration::from_secs(3), answer).await {
+                Ok(Ok(a)) => println!("\nanswered-by {a}"),
+                Ok(Err(e)) => println!("\nfailed {e}"),
+                Err(_) => println!("\nfailed timeout"),
+            }
+        }
+    });
+}
+
+fn on_path(cmd: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Two network namespaces joined by a veth pair: the pod (10.250.0.2) and a
+/// client outside it (10.250.0.1). Private to this test: no address of the
+/// machine's own namespaces is used. Deleted on drop.
+struct NetnsPair {
+    pod: String,
+    client: String,
+    children: Vec<std::process::Child>,
+}
+
+impl NetnsPair {
+    fn new(tag: &str) -> NetnsPair {
+        let id = format!("{}{tag}", std::process::id() % 100000);
+        let pod = format!("cm-pod-{id}");
+        let client = format!("cm-cli-{id}");
+        let (va, vb) = (format!("cmp{id}"), format!("cmc{id}"));
+        let pair = NetnsPair {
+            pod: pod.clone(),
+            client: client.clone(),
+            children: Vec::new(),
+        };
+        sh(&["ip", "netns", "add", &pod]);
+        sh(&["ip", "netns", "add", &client]);
+        sh(&[
+            "ip", "link", "add", &va, "type", "veth", "peer", "name", &vb,
+        ]);
+        sh(&["ip", "link", "set", &va, "netns", &pod]);
+        sh(&["ip", "link", "set", &vb, "netns", &client]);
+        for (ns, dev, ip) in [
+            (&pod, &va, "10.250.0.2/24"),
+            (&client, &vb, "10.250.0.1/24"),
+        ] {
+            sh(&["ip", "-n", ns, "addr", "add", ip, "dev", dev]);
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        pair
+    }
+
+    /// The test binary as a helper in `ns`, as `uid` (0: root).
+    fn helper(&self, ns: &str, uid: u32, mode: &str) -> Command {
+        let exe = std::env::current_exe().unwrap();
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns]);
+        if uid != 0 {
+            let id = uid.to_string();
+            c.args(["setpriv", "--reuid", &id, "--regid", &id, "--clear-groups"]);
+        }
+        c.arg(exe)
+            .args([
+                "--exact",
+                "netns_helper_process",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(HELPER_ENV, mode);
+        c
+    }
+
+    fn listen(&mut self, ns: &str, ports: &str) {
+        use std::io::BufRead;
+        let mut child = self
+            .helper(ns, 0, &format!("listen:{ports}"))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if line.ends_with("helper-ready") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        self.children.push(child);
+        rx.recv_timeout(std::time::Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("listeners {ports} in {ns} not ready"));
+    }
+
+    /// Which listener answers a connection from `ns` as `uid` to `target`.
+    fn who_answers(&self, ns: &str, uid: u32, target: &str, source: Option<&str>) -> String {
+        let mode = match source {
+            Some(s) => format!("connect:{target}:{s}"),
+            None => format!("connect:{target}"),
+        };
+        let out = self.helper(ns, uid, &mode).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix("answered-by ")
+                    .or_else(|| l.strip_prefix("failed ").map(|_| l))
+            })
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("no answer: {text}{}", String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in [&self.pod, &self.client] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// The `istio-init` arguments the webhook gives a fixture's pod.
+fn init_args(name: &str) -> Vec<String> {
+    let reply = inject::review(&config(false), &request_body(name));
+    let body: Value = serde_json::from_slice(&reply.body).unwrap();
+    let pod = patched(name, &body["response"]);
+    let init = pod.spec.unwrap().init_containers.unwrap().remove(0);
+    assert_eq!(init.name, "istio-init");
+    init.args.unwrap()
+}
+
+/// The rules the injected `istio-init` loads, in a real kernel (a private network
+/// namespace, `iptables-restore` as the proxy-init image runs it), with real
+/// connections: inbound goes to 15006 but the status port; an app's outbound to
+/// 15001; Envoy's own (UID 1337) is not captured, except to its pod's own address
+/// over loopback (to inbound), unless from the inbound passthrough's 127.0.0.6;
+/// loopback and own-address app traffic are left alone. Then the annotated pod's
+/// rules: an excluded port and an excluded range are not captured. Needs root,
+/// iproute2, iptables and setpriv; without them it says so and checks nothing.
+#[test]
+fn interception_redirects_real_traffic() {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    let missing: Vec<&str> = ["ip", "iptables-restore", "setpriv"]
+        .into_iter()
+        .filter(|c| !on_path(c))
+        .collect();
+    if !root || !missing.is_empty() {
+        eprintln!(
+            "SKIPPED interception_redirects_real_traffic: needs root (uid 0: {root}) and {missing:?} on PATH"
+        );
+        return;
+    }
+    let bin = support::control_plane::crossmesh_bin();
+
+    let mut n = NetnsPair::new("a");
+    let (pod, cli) = (n.pod.clone(), n.client.clone());
+    let out = Command::new("ip")
+        .args(["netns", "exec", &pod, bin])
+        .args(init_args("seed_order_v2"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "crossmesh iptables in {pod}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    n.listen(&pod, "15001,15006,8080,15021");
+    n.listen(&cli, "9999,3306");
+    for (what, ns, uid, target, source, want) in [
+        (
+            "inbound to the app port",
+            &cli,
+            0,
+            "10.250.0.2:8080",
+            None,
+            "15006",
+        ),
+        (
+            "inbound to the status port",
+            &cli,
+            0,
+            "10.250.0.2:15021",
+            None,
+            "15021",
+        ),
+        (
+            "the app's outbound",
+            &pod,
+            1000,
+            "10.250.0.1:9999",
+            None,
+            "15001",
+        ),
+        (
+            "Envoy's outbound",
+            &pod,
+            1337,
+            "10.250.0.1:9999",
+            None,
+            "9999",
+        ),
+        (
+            "the app to localhost",
+            &pod,
+            1000,
+            "127.0.0.1:8080",
+            None,
+            "8080",
+        ),
+        (
+            "the app to its own address",
+            &pod,
+            1000,
+            "10.250.0.2:8080",
+            None,
+            "8080",
+        ),
+        (
+            "Envoy to its pod's address",
+            &pod,
+            1337,
+            "10.250.0.2:8080",
+            None,
+            "15006",
+        ),
+        (
+            "Envoy's inbound passthrough (source 127.0.0.6)",
+            &pod,
+            1337,
+            "10.250.0.2:8080",
+            Some("127.0.0.6"),
+            "8080",
+        ),
+    ] {
+        assert_eq!(n.who_answers(ns, uid, target, source), want, "{what}");
+    }
+    drop(n);
+
+    let mut n = NetnsPair::new("b");
+    let (pod, cli) = (n.pod.clone(), n.client.clone());
+    let mut args = init_args("annotated");
+    // The annotated pod captures 10.0.0.0/8 but not 10.96.0.1/32; make the
+    // client's address the excluded one for the range check below.
+    let at = args
+        .iter()
+        .position(|a| a == "--exclude-outbound-ip-ranges")
+        .unwrap();
+    assert_eq!(args[at + 1], "10.96.0.1/32");
+    args[at + 1] = "10.250.0.1/32".into();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &pod, bin])
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    n.listen(&pod, "15001,15006,8080,9090,15021");
+    n.listen(&cli, "9999,3306");
+    assert_eq!(
+        n.who_answers(&cli, 0, "10.250.0.2:9090", None),
+        "9090",
+        "excludeInboundPorts 9090"
+    );
+    assert_eq!(
+        n.who_answers(&cli, 0, "10.250.0.2:8080", None),
+        "15006",
+        "inbound 8080"
+    );
+    assert_eq!(
+        n.who_answers(&pod, 1000, "10.250.0.1:9999", None),
+        "9999",
+        "excludeOutboundIPRanges"
+    );
+    drop(n);
+
+    let mut n = NetnsPair::new("c");
+    let (pod, cli) = (n.pod.clone(), n.client.clone());
+    let out = Command::new("ip")
+        .args(["netns", "exec", &pod, bin])
+        .args(init_args("annotated"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    n.listen(&pod, "15001,15006");
+    n.listen(&cli, "9999,3306");
+    assert_eq!(
+        n.who_answers(&pod, 1000, "10.250.0.1:3306", None),
+        "3306",
+        "excludeOutboundPorts 3306"
+    );
+    assert_eq!(
+        n.who_answers(&pod, 1000, "10.250.0.1:9999", None),
+        "15001",
+        "includeOutboundIPRanges 10.0.0.0/8"
+    );
+}
