@@ -903,6 +903,47 @@ fn supported_fields_have_goldens() {
     );
 }
 
+/// Every mesh-file field the "Mesh file" section of `docs/ISTIO_SUPPORT.md`
+/// marks supported is set in some fixture's `meshConfig`.
+#[test]
+fn supported_mesh_file_fields_have_goldens() {
+    let doc_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/ISTIO_SUPPORT.md");
+    let doc = std::fs::read_to_string(&doc_path).expect("docs/ISTIO_SUPPORT.md");
+    let mut in_section = false;
+    let mut rows = Vec::new();
+    for line in doc.lines() {
+        if let Some(h) = line.strip_prefix("## ") {
+            in_section = h.starts_with("Mesh file");
+            continue;
+        }
+        if !in_section || !line.starts_with('|') {
+            continue;
+        }
+        let cells = table_cells(line);
+        if cells.len() >= 3 && cells[1].to_lowercase().starts_with("supported") {
+            rows.extend(field_paths(&cells[0]));
+        }
+    }
+    assert!(rows.len() >= 5, "the Mesh file table was not found: {rows:?}");
+    let mut set = Vec::new();
+    for (p, docs) in golden_inputs() {
+        if let Some(text) = docs[0]["meshConfig"].as_str() {
+            let v: serde_json::Value = serde_saphyr::from_str(text)
+                .unwrap_or_else(|e| panic!("{}: meshConfig: {e}", p.display()));
+            key_paths(&v, &mut Vec::new(), &mut set);
+        }
+    }
+    let missing: Vec<String> = rows
+        .iter()
+        .filter(|f| !set.iter().any(|p| p == *f))
+        .map(|f| f.join("."))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "mesh-file fields marked supported that no tests/golden/*.yaml meshConfig sets: {missing:?}"
+    );
+}
+
 /// Removes the key at `path` (object keys and list indices) from `v`.
 fn remove_at(v: &mut serde_json::Value, path: &[serde_json::Value]) {
     let Some((last, parents)) = path.split_last() else {
