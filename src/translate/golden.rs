@@ -924,7 +924,10 @@ fn supported_mesh_file_fields_have_goldens() {
             rows.extend(field_paths(&cells[0]));
         }
     }
-    assert!(rows.len() >= 5, "the Mesh file table was not found: {rows:?}");
+    assert!(
+        rows.len() >= 5,
+        "the Mesh file table was not found: {rows:?}"
+    );
     let mut set = Vec::new();
     for (p, docs) in golden_inputs() {
         if let Some(text) = docs[0]["meshConfig"].as_str() {
