@@ -506,9 +506,13 @@ pub fn load_mesh(args: &ServeArgs) -> anyhow::Result<MeshConfig> {
     Ok(mesh)
 }
 
-/// The token directory of the mesh file's CA, once `cluster` is known to be one
-/// of its agent clusters.
-fn agent_token_dir(mesh_file: &std::path::Path, cluster: &str) -> anyhow::Result<PathBuf> {
+/// The token store of the mesh file (its CA's directory, or with
+/// `ca.kubernetesSecret` the Secret of the Pod's namespace), once `cluster` is
+/// known to be one of its agent clusters.
+fn agent_token_store(
+    mesh_file: &std::path::Path,
+    cluster: &str,
+) -> anyhow::Result<crate::security::agent_tokens::TokenStore> {
     let mesh = MeshConfig::load(mesh_file)?;
     let is_agent = mesh.clusters.iter().any(|c| {
         c.name == cluster && matches!(c.source, crate::config::ClusterSource::Agent { .. })
@@ -519,7 +523,7 @@ fn agent_token_dir(mesh_file: &std::path::Path, cluster: &str) -> anyhow::Result
             mesh_file.display()
         );
     }
-    Ok(crate::security::agent_tokens::token_dir(&mesh.ca.state_dir))
+    Ok(crate::security::agent_tokens::TokenStore::from_mesh(&mesh)?)
 }
 
 /// Write `text` to `path` through a temporary file in the same directory and a
@@ -611,12 +615,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::AgentToken(AgentTokenCommand::Revoke(a)) => {
-            let dir = agent_token_dir(&a.mesh, &a.cluster)?;
-            let n = crate::security::agent_tokens::revoke(
-                &dir,
-                &a.cluster,
-                std::time::SystemTime::now(),
-            )?;
+            let n = runtime()?.block_on(async {
+                let store = agent_token_store(&a.mesh, &a.cluster)?;
+                anyhow::Ok(
+                    store
+                        .revoke(&a.cluster, std::time::SystemTime::now())
+                        .await?,
+                )
+            })?;
             eprintln!(
                 "revoked cluster {}: its certificates are refused from now on; {n} unused token(s) deleted",
                 a.cluster
@@ -624,13 +630,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::AgentToken(AgentTokenCommand::Create(a)) => {
-            let dir = agent_token_dir(&a.mesh, &a.cluster)?;
-            let token = crate::security::agent_tokens::create(
-                &dir,
-                &a.cluster,
-                a.ttl,
-                std::time::SystemTime::now(),
-            )?;
+            let token = runtime()?.block_on(async {
+                let store = agent_token_store(&a.mesh, &a.cluster)?;
+                anyhow::Ok(
+                    store
+                        .create(&a.cluster, a.ttl, std::time::SystemTime::now())
+                        .await?,
+                )
+            })?;
             println!("{token}");
             Ok(ExitCode::SUCCESS)
         }

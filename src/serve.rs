@@ -572,7 +572,12 @@ pub async fn serve(mesh: MeshConfig) -> anyhow::Result<()> {
             let listener = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen for agents on {addr}"))?;
-            Some((listener, ca))
+            // Enrolment tokens and revocations: a Secret shared by the replicas
+            // with `ca.kubernetesSecret`, else files beside `ca.stateDir`.
+            let tokens = crate::security::agent_tokens::TokenStore::from_mesh(&mesh)
+                .context("agent enrolment tokens")?;
+            tokens.refresh().await.context("agent enrolment tokens")?;
+            Some((listener, ca, Arc::new(tokens)))
         }
     };
 
@@ -581,11 +586,12 @@ pub async fn serve(mesh: MeshConfig) -> anyhow::Result<()> {
     let pusher = Pusher::new(registry.clone(), queue, mesh.tunables.clone());
     let ads = AdsServer::new(Arc::new(pusher.clone()));
     let draining = Arc::new(AtomicBool::new(false));
-    let agents = agent_port.as_ref().map(|(_, ca)| {
+    let agents = agent_port.as_ref().map(|(_, ca, tokens)| {
         crate::sources::agent::AgentHub::new(
             registry.clone(),
             &mesh,
             ca.clone(),
+            tokens.clone(),
             crate::sources::agent::AgentHubOptions::from_mesh(&mesh),
         )
     });
@@ -682,7 +688,7 @@ pub async fn serve(mesh: MeshConfig) -> anyhow::Result<()> {
     // The agent port stops with the xDS ports; a failure is logged (agent
     // clusters then stay stale), the rest keeps serving.
     let agent_task = match (agent_port, agents) {
-        (Some((listener, _)), Some(hub)) => {
+        (Some((listener, _, _)), Some(hub)) => {
             let serve = crate::sources::agent::serve(
                 listener,
                 hub,

@@ -15,6 +15,17 @@
 //! the directory) exactly one wins; the loser, and every later attempt, is told the
 //! token was already used. An expired or wrong-cluster token is consumed too, and
 //! refused.
+//!
+//! In a cluster (`ca.kubernetesSecret` set) the same records live in one Secret
+//! of `serve`'s namespace instead, [`ENROLMENT_SECRET`], shared by every replica
+//! and by `crossmesh agent-token` run in a hub Pod ([`TokenStore`]): a key
+//! `token.<sha256>` per token (cluster, expiry, when it was used) and
+//! `revoked.<sha256 of the cluster>` per revocation. Every write is a
+//! read-modify-update carrying the resourceVersion read, so the API server's
+//! optimistic concurrency (409 Conflict, then read again and re-check) makes a
+//! token single-use across replicas. Replicas read the revocations when a
+//! stream is opened or a certificate renewed, and every [`REVOCATION_REFRESH`]
+//! for the streams already open.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -105,6 +116,18 @@ fn well_formed(token: &str) -> bool {
     })
 }
 
+/// A fresh token (256 random bits after [`TOKEN_PREFIX`]).
+fn new_token() -> Result<String, String> {
+    let mut bytes = [0u8; TOKEN_BYTES];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| "the system random number generator failed".to_string())?;
+    Ok(format!(
+        "{TOKEN_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    ))
+}
+
 /// Create a token for `cluster` valid for `ttl` from `now`; returns the token
 /// (print it; it is not stored).
 pub fn create(
@@ -117,14 +140,7 @@ pub fn create(
         path: dir.to_owned(),
         reason,
     };
-    let mut bytes = [0u8; TOKEN_BYTES];
-    SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| store("the system random number generator failed".into()))?;
-    let token = format!(
-        "{TOKEN_PREFIX}{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    );
+    let token = new_token().map_err(store)?;
     std::fs::create_dir_all(dir).map_err(|e| store(format!("cannot create: {e}")))?;
     #[cfg(unix)]
     {
@@ -173,6 +189,12 @@ pub fn redeem(dir: &Path, cluster: &str, token: &str, now: SystemTime) -> Result
         path: used.clone(),
         reason: format!("not a token record: {e}"),
     })?;
+    check(&record, cluster, now)
+}
+
+/// A consumed token's record accepted for `cluster` at `now`: unexpired and
+/// made for that cluster.
+fn check(record: &Record, cluster: &str, now: SystemTime) -> Result<(), TokenError> {
     if unix(now) >= record.expires_unix {
         let at = k8s_openapi::jiff::Timestamp::from_second(record.expires_unix as i64)
             .map(|t| t.to_string())
@@ -181,7 +203,7 @@ pub fn redeem(dir: &Path, cluster: &str, token: &str, now: SystemTime) -> Result
     }
     if record.cluster != cluster {
         return Err(TokenError::WrongCluster {
-            made_for: record.cluster,
+            made_for: record.cluster.clone(),
             claimed: cluster.to_string(),
         });
     }
@@ -244,6 +266,382 @@ pub fn revoked_at(dir: &Path, cluster: &str) -> Option<u64> {
     let text = std::fs::read_to_string(revocation_path(dir, cluster)).ok()?;
     let r: Revocation = serde_json::from_str(&text).ok()?;
     (r.cluster == cluster).then_some(r.revoked_unix)
+}
+
+// ---------------------------------------------------------------------------
+// The store in force: local files, or a Secret shared by every replica
+
+/// The Secret that keeps enrolment tokens and revocations when the hub runs in a
+/// cluster (`ca.kubernetesSecret` set): in `serve`'s namespace, beside the CA's.
+pub const ENROLMENT_SECRET: &str = "crossmesh-agent-enrolment";
+/// How often a replica re-reads the revocations kept in [`ENROLMENT_SECRET`]; an
+/// open stream of a cluster revoked through another replica closes within this
+/// plus one heartbeat interval (`sources::agent`).
+pub const REVOCATION_REFRESH: Duration = Duration::from_secs(5);
+/// Token records expired this long ago are dropped from the Secret at its next
+/// write (a Secret holds at most 1 MiB); such a token is then refused as unknown.
+pub const PRUNE_EXPIRED_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Key prefix of a token record in the Secret: `token.<sha256 of the token>`.
+const TOKEN_KEY: &str = "token.";
+/// Key prefix of a revocation in the Secret: `revoked.<sha256 of the cluster>`.
+const REVOKED_KEY: &str = "revoked.";
+/// Read-modify-write attempts on 409 Conflict before giving up.
+const CONFLICT_RETRIES: usize = 16;
+
+/// A token record as kept in the Secret: the local [`Record`] plus when it was
+/// redeemed (the Secret's counterpart of the `.used` rename).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct KeptRecord {
+    cluster: String,
+    created_unix: u64,
+    expires_unix: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    used_unix: Option<u64>,
+}
+
+/// Where enrolment tokens and revocations live, chosen from the mesh file:
+/// the Secret [`ENROLMENT_SECRET`] when `ca.kubernetesSecret` is set (every
+/// replica, and `crossmesh agent-token` run in a hub Pod, share it), else
+/// `<ca.stateDir>.agent-tokens/` ([`token_dir`]).
+pub struct TokenStore {
+    backend: Backend,
+}
+
+enum Backend {
+    Local(PathBuf),
+    Kube(KubeStore),
+}
+
+struct KubeStore {
+    api: kube::Api<k8s_openapi::api::core::v1::Secret>,
+    namespace: String,
+    /// Revocations (cluster → seconds since the epoch) as last read; replaced
+    /// by every successful read, kept when a read fails.
+    revoked: std::sync::RwLock<std::collections::BTreeMap<String, u64>>,
+}
+
+impl TokenStore {
+    /// Tokens in local files under `dir`.
+    pub fn local(dir: PathBuf) -> TokenStore {
+        TokenStore {
+            backend: Backend::Local(dir),
+        }
+    }
+
+    /// Tokens in [`ENROLMENT_SECRET`] of `namespace`, through `client`.
+    pub fn kube(client: kube::Client, namespace: &str) -> TokenStore {
+        TokenStore {
+            backend: Backend::Kube(KubeStore {
+                api: kube::Api::namespaced(client, namespace),
+                namespace: namespace.to_string(),
+                revoked: Default::default(),
+            }),
+        }
+    }
+
+    /// The store of `mesh`: the Secret with `ca.kubernetesSecret` (through the
+    /// Pod's service account, in its namespace), else the local directory.
+    pub fn from_mesh(mesh: &crate::config::MeshConfig) -> Result<TokenStore, TokenError> {
+        if mesh.ca.kubernetes_secret.is_none() {
+            return Ok(TokenStore::local(token_dir(&mesh.ca.state_dir)));
+        }
+        let (client, _) = crate::sources::in_cluster::client().map_err(|e| TokenError::Store {
+            path: PathBuf::from(format!("Secret {ENROLMENT_SECRET}")),
+            reason: e.to_string(),
+        })?;
+        let ns = client.default_namespace().to_string();
+        Ok(TokenStore::kube(client, &ns))
+    }
+
+    /// Where the tokens are, for messages: a directory or `Secret ns/name`.
+    pub fn describe(&self) -> String {
+        match &self.backend {
+            Backend::Local(dir) => dir.display().to_string(),
+            Backend::Kube(k) => k.describe(),
+        }
+    }
+
+    /// Whether the store is shared through the API server (and so needs
+    /// [`TokenStore::refresh`] to see other replicas' revocations).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Kube(_))
+    }
+
+    /// Create a token for `cluster` valid for `ttl` from `now` (see [`create`]).
+    pub async fn create(
+        &self,
+        cluster: &str,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<String, TokenError> {
+        match &self.backend {
+            Backend::Local(dir) => create(dir, cluster, ttl, now),
+            Backend::Kube(k) => {
+                let token = new_token().map_err(|r| k.err(r))?;
+                let rec = KeptRecord {
+                    cluster: cluster.to_string(),
+                    created_unix: unix(now),
+                    expires_unix: unix(now + ttl),
+                    used_unix: None,
+                };
+                let value = serde_json::to_vec(&rec).map_err(|e| k.err(e.to_string()))?;
+                let key = format!("{TOKEN_KEY}{}", hash_hex(&token));
+                k.modify(now, |data| {
+                    data.insert(key.clone(), value.clone());
+                    Ok(())
+                })
+                .await?;
+                Ok(token)
+            }
+        }
+    }
+
+    /// Redeem `token` for `cluster` at `now`: consumed whatever the outcome,
+    /// `Ok` only when it was made for `cluster`, unused and unexpired. In the
+    /// Secret the token is marked used by an update that carries the
+    /// resourceVersion it was read at: of two replicas redeeming it at once, the
+    /// API server accepts one update and answers the other 409 Conflict; that one
+    /// reads again, finds the mark, and refuses the token as used.
+    pub async fn redeem(
+        &self,
+        cluster: &str,
+        token: &str,
+        now: SystemTime,
+    ) -> Result<(), TokenError> {
+        let k = match &self.backend {
+            Backend::Local(dir) => return redeem(dir, cluster, token, now),
+            Backend::Kube(k) => k,
+        };
+        if !well_formed(token) {
+            return Err(TokenError::Malformed);
+        }
+        let key = format!("{TOKEN_KEY}{}", hash_hex(token));
+        let mut found: Option<KeptRecord> = None;
+        k.modify(now, |data| {
+            let Some(bytes) = data.get(&key) else {
+                return Err(TokenError::Unknown);
+            };
+            let mut rec: KeptRecord = serde_json::from_slice(bytes)
+                .map_err(|e| k.err(format!("key {key}: not a token record: {e}")))?;
+            if rec.used_unix.is_some() {
+                return Err(TokenError::Used);
+            }
+            rec.used_unix = Some(unix(now));
+            data.insert(
+                key.clone(),
+                serde_json::to_vec(&rec).map_err(|e| k.err(e.to_string()))?,
+            );
+            found = Some(rec);
+            Ok(())
+        })
+        .await?;
+        let rec = found.ok_or_else(|| k.err("the token record vanished".into()))?;
+        check(
+            &Record {
+                cluster: rec.cluster,
+                created_unix: rec.created_unix,
+                expires_unix: rec.expires_unix,
+            },
+            cluster,
+            now,
+        )
+    }
+
+    /// Revoke `cluster` at `now` (see [`revoke`]); returns how many unused tokens
+    /// were deleted.
+    pub async fn revoke(&self, cluster: &str, now: SystemTime) -> Result<usize, TokenError> {
+        let k = match &self.backend {
+            Backend::Local(dir) => return revoke(dir, cluster, now),
+            Backend::Kube(k) => k,
+        };
+        let rec = Revocation {
+            cluster: cluster.to_string(),
+            revoked_unix: unix(now),
+        };
+        let value = serde_json::to_vec(&rec).map_err(|e| k.err(e.to_string()))?;
+        let rkey = format!("{REVOKED_KEY}{}", hash_hex(cluster));
+        let mut deleted = 0;
+        k.modify(now, |data| {
+            data.insert(rkey.clone(), value.clone());
+            let before = data.len();
+            data.retain(|key, v| {
+                !(key.starts_with(TOKEN_KEY)
+                    && serde_json::from_slice::<KeptRecord>(v)
+                        .is_ok_and(|r| r.cluster == cluster && r.used_unix.is_none()))
+            });
+            deleted = before - data.len();
+            Ok(())
+        })
+        .await?;
+        k.set_revoked(cluster, unix(now));
+        Ok(deleted)
+    }
+
+    /// When `cluster` was last revoked (seconds since the Unix epoch), if ever:
+    /// from the files, or from the Secret as last read ([`TokenStore::refresh`]).
+    pub fn revoked_at(&self, cluster: &str) -> Option<u64> {
+        match &self.backend {
+            Backend::Local(dir) => revoked_at(dir, cluster),
+            Backend::Kube(k) => k
+                .revoked
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(cluster)
+                .copied(),
+        }
+    }
+
+    /// Read the revocations again from the Secret (nothing to do for files,
+    /// which are read at each check). On failure the last revocations read stay
+    /// in force.
+    pub async fn refresh(&self) -> Result<(), TokenError> {
+        let Backend::Kube(k) = &self.backend else {
+            return Ok(());
+        };
+        let secret = k
+            .api
+            .get_opt(ENROLMENT_SECRET)
+            .await
+            .map_err(|e| k.api_err(e))?;
+        let mut revoked = std::collections::BTreeMap::new();
+        for (key, v) in secret.and_then(|s| s.data).unwrap_or_default() {
+            if !key.starts_with(REVOKED_KEY) {
+                continue;
+            }
+            match serde_json::from_slice::<Revocation>(&v.0) {
+                Ok(r) => {
+                    revoked.insert(r.cluster, r.revoked_unix);
+                }
+                Err(e) => tracing::warn!(
+                    secret = %k.describe(), key, error = %e,
+                    "agent enrolment: a revocation that does not parse is skipped"
+                ),
+            }
+        }
+        *k.revoked.write().unwrap_or_else(|e| e.into_inner()) = revoked;
+        Ok(())
+    }
+
+    /// Re-read the revocations every `every` until dropped (a no-op for files).
+    pub async fn refresh_every(self: std::sync::Arc<Self>, every: Duration) {
+        if !self.is_shared() {
+            return;
+        }
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.refresh().await {
+                tracing::warn!(error = %e, "agent enrolment: cannot re-read revocations; the last ones read stay in force");
+            }
+        }
+    }
+}
+
+impl KubeStore {
+    fn describe(&self) -> String {
+        format!("Secret {}/{ENROLMENT_SECRET}", self.namespace)
+    }
+
+    fn err(&self, reason: String) -> TokenError {
+        TokenError::Store {
+            path: PathBuf::from(self.describe()),
+            reason,
+        }
+    }
+
+    fn api_err(&self, e: kube::Error) -> TokenError {
+        self.err(match &e {
+            kube::Error::Api(s) => format!("{} {}: {}", s.code, s.reason, s.message),
+            other => crate::sources::kube::describe_chain(other),
+        })
+    }
+
+    fn set_revoked(&self, cluster: &str, at: u64) {
+        self.revoked
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(cluster.to_string(), at);
+    }
+
+    /// Apply `change` to the Secret's data and write it back (creating the
+    /// Secret if there is none), with optimistic concurrency: the update carries
+    /// the resourceVersion read, and a 409 (Conflict on update, AlreadyExists on
+    /// create) means another writer came first, so the Secret is read again and
+    /// `change` re-run on what it holds now. `change` may refuse (its error is
+    /// returned, nothing written). Token records expired for
+    /// [`PRUNE_EXPIRED_AFTER`] are dropped on the way.
+    async fn modify(
+        &self,
+        now: SystemTime,
+        mut change: impl FnMut(
+            &mut std::collections::BTreeMap<String, Vec<u8>>,
+        ) -> Result<(), TokenError>,
+    ) -> Result<(), TokenError> {
+        use k8s_openapi::api::core::v1::Secret;
+        use k8s_openapi::ByteString;
+        use kube::api::{ObjectMeta, PostParams};
+        let prune_before = unix(now).saturating_sub(PRUNE_EXPIRED_AFTER.as_secs());
+        for _ in 0..CONFLICT_RETRIES {
+            let current = self
+                .api
+                .get_opt(ENROLMENT_SECRET)
+                .await
+                .map_err(|e| self.api_err(e))?;
+            let mut data: std::collections::BTreeMap<String, Vec<u8>> = current
+                .as_ref()
+                .and_then(|s| s.data.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect();
+            change(&mut data)?;
+            data.retain(|key, v| {
+                !(key.starts_with(TOKEN_KEY)
+                    && serde_json::from_slice::<KeptRecord>(v)
+                        .is_ok_and(|r| r.expires_unix < prune_before))
+            });
+            let data = data.into_iter().map(|(k, v)| (k, ByteString(v))).collect();
+            let written = match current {
+                Some(mut s) => {
+                    // Carries the resourceVersion read: a stale update gets 409.
+                    s.data = Some(data);
+                    s.string_data = None;
+                    self.api
+                        .replace(ENROLMENT_SECRET, &PostParams::default(), &s)
+                        .await
+                }
+                None => {
+                    let s = Secret {
+                        metadata: ObjectMeta {
+                            name: Some(ENROLMENT_SECRET.to_string()),
+                            labels: Some(std::collections::BTreeMap::from([(
+                                "app.kubernetes.io/managed-by".to_string(),
+                                "crossmesh".to_string(),
+                            )])),
+                            ..Default::default()
+                        },
+                        type_: Some("Opaque".into()),
+                        data: Some(data),
+                        ..Default::default()
+                    };
+                    self.api.create(&PostParams::default(), &s).await
+                }
+            };
+            match written {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    tracing::debug!(secret = %self.describe(), reason = %s.reason, "agent enrolment: another writer came first; reading again");
+                    continue;
+                }
+                Err(e) => return Err(self.api_err(e)),
+            }
+        }
+        Err(self.err(format!(
+            "still conflicting with other writers after {CONFLICT_RETRIES} attempts; try again"
+        )))
+    }
 }
 
 #[cfg(test)]

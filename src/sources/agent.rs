@@ -24,7 +24,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
@@ -152,7 +151,8 @@ pub struct AgentHub {
     trust_domain: String,
     /// `domainSuffix`: webhook certificates may name `<svc>.<ns>.svc.<suffix>`.
     domain_suffix: String,
-    token_dir: PathBuf,
+    /// Enrolment tokens and revocations (files, or a Secret shared by replicas).
+    tokens: Arc<agent_tokens::TokenStore>,
     grants: BTreeMap<String, Option<BTreeSet<String>>>,
     /// Agent clusters the mesh file lists as config sources (`config: - cluster`).
     config_clusters: BTreeSet<String>,
@@ -187,11 +187,13 @@ fn now_rfc3339() -> Option<String> {
 }
 
 impl AgentHub {
-    /// The hub for every `agent:` cluster of `mesh`; `ca` returns the CA in force.
+    /// The hub for every `agent:` cluster of `mesh`; `ca` returns the CA in force,
+    /// `tokens` keeps enrolment tokens and revocations.
     pub fn new(
         registry: Arc<Registry>,
         mesh: &MeshConfig,
         ca: Arc<dyn Fn() -> Arc<Ca> + Send + Sync>,
+        tokens: Arc<agent_tokens::TokenStore>,
         opts: AgentHubOptions,
     ) -> Arc<AgentHub> {
         let grants: BTreeMap<_, _> = mesh
@@ -227,7 +229,7 @@ impl AgentHub {
             ca,
             trust_domain: mesh.trust_domain.clone(),
             domain_suffix: mesh.domain_suffix.clone(),
-            token_dir: agent_tokens::token_dir(&mesh.ca.state_dir),
+            tokens,
             grants,
             config_clusters,
             session_id,
@@ -343,7 +345,7 @@ impl AgentHub {
     /// Why `leaf` of `cluster` is no longer accepted: the cluster was revoked
     /// (`crossmesh agent-token revoke`) after the certificate was issued.
     fn revocation(&self, cluster: &str, leaf: &[u8]) -> Option<String> {
-        let at = agent_tokens::revoked_at(&self.token_dir, cluster)?;
+        let at = self.tokens.revoked_at(cluster)?;
         let issued = x509_parser::parse_x509_certificate(leaf)
             .map(|(_, c)| {
                 c.validity().not_before.timestamp() + AGENT_CERT_BACKDATE.as_secs() as i64
@@ -548,7 +550,14 @@ pub async fn serve(
             });
         }
     });
-    info!(%addr, agents = hub.grants.len(), "agent port listening");
+    // Revocations made through another replica (a shared store) are read
+    // periodically; each stream checks them at every heartbeat.
+    let refresh = tokio::spawn(
+        hub.tokens
+            .clone()
+            .refresh_every(agent_tokens::REVOCATION_REFRESH),
+    );
+    info!(%addr, agents = hub.grants.len(), tokens = %hub.tokens.describe(), "agent port listening");
     let max = hub.opts.max_message_bytes;
     let svc = AgentServiceServer::new(HubService(hub))
         .max_decoding_message_size(max)
@@ -561,6 +570,7 @@ pub async fn serve(
         .await
         .map_err(|source| AgentPortError::Transport { addr, source });
     accept.abort();
+    refresh.abort();
     r
 }
 
@@ -639,13 +649,14 @@ impl AgentService for HubService {
         &self,
         request: Request<EnrollRequest>,
     ) -> Result<Response<EnrollResponse>, Status> {
-        self.0.enroll(request.into_inner())
+        self.0.enroll(request.into_inner()).await
     }
 
     async fn renew(
         &self,
         request: Request<RenewRequest>,
     ) -> Result<Response<EnrollResponse>, Status> {
+        self.0.read_revocations().await?;
         let (cluster, _) = self.0.caller(&request)?;
         let r = request.get_ref();
         self.0
@@ -658,6 +669,7 @@ impl AgentService for HubService {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<SyncStream>, Status> {
+        self.0.read_revocations().await?;
         let (cluster, info) = self.0.caller(&request)?;
         let expiry = info.client_cert.as_deref().and_then(|der| {
             let (_, c) = x509_parser::parse_x509_certificate(der).ok()?;
@@ -685,7 +697,17 @@ impl AgentService for HubService {
 }
 
 impl AgentHub {
-    fn enroll(&self, req: EnrollRequest) -> Result<Response<EnrollResponse>, Status> {
+    /// Read the revocations afresh before a stream is opened or a certificate
+    /// renewed; a store that cannot be read refuses the call (fail closed).
+    async fn read_revocations(&self) -> Result<(), Status> {
+        self.tokens.refresh().await.map_err(|e| {
+            let reason = format!("cannot check revocations: {e}");
+            self.refuse(None, e.label(), &reason);
+            Status::unavailable(reason)
+        })
+    }
+
+    async fn enroll(&self, req: EnrollRequest) -> Result<Response<EnrollResponse>, Status> {
         let cluster = req.cluster.clone();
         let known = self.grants.contains_key(&cluster);
         let attributed = known.then_some(cluster.as_str());
@@ -714,7 +736,7 @@ impl AgentHub {
             }
         }
         let now = SystemTime::now();
-        if let Err(e) = agent_tokens::redeem(&self.token_dir, &cluster, &req.token, now) {
+        if let Err(e) = self.tokens.redeem(&cluster, &req.token, now).await {
             let reason = e.to_string();
             self.refuse(attributed, e.label(), &reason);
             return Err(match e {
@@ -1666,6 +1688,9 @@ mod tests {
             registry,
             &mesh,
             Arc::new(move || c.clone()),
+            Arc::new(agent_tokens::TokenStore::local(agent_tokens::token_dir(
+                &mesh.ca.state_dir,
+            ))),
             AgentHubOptions::default(),
         );
         (hub, ca)
