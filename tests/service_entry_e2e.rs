@@ -16,6 +16,10 @@
 //! to (REDIRECT's `PassthroughCluster` needs iptables, which tests cannot set
 //! up): under ALLOW_ANY the unknown Host finds no route (Envoy's 404).
 
+#[path = "support/kube_api.rs"]
+mod kube_api;
+#[path = "support/kube_seed.rs"]
+mod kube_seed;
 mod support;
 
 use std::net::SocketAddr;
@@ -247,4 +251,94 @@ async fn service_entries_workload_entries_and_registry_only_through_a_sidecar() 
     })
     .await;
     answer("static.ext.example", "static-0").await;
+}
+
+/// A WorkloadEntry read from config cluster cluster1's API server joins
+/// `cluster2.test` (selected by its Service in cluster2) as cluster1's
+/// endpoint, shown under cluster1 on `/debug/registryz`, and answers through
+/// the gateway next to cluster2's Pod; deleted, it is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_entry_from_a_config_cluster_belongs_to_that_cluster() {
+    use support::scenario::{host_of, service_host, NS};
+    let s = kube_seed::KubeSeed::start(kube_seed::Layout::default()).await;
+    s.wait_answer(2, "cluster2-pod-a").await;
+    let vm_ip = s.subnet.ip(99);
+    let _vm = Backend::start(vm_ip, s.pod_port, "cluster2-vm-1").await;
+    s.server(1).apply(&serde_json::json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "WorkloadEntry",
+        "metadata": {"name": "cluster2-vm-1", "namespace": NS},
+        "spec": {"address": vm_ip.to_string(), "labels": {"app": "cluster2"},
+                 "locality": "vm-region/vm-zone"},
+    }));
+    let host = service_host("cluster2");
+    let vm_on_registryz = || async {
+        let j = s.cp.json("/debug/registryz").await?;
+        let svc = j["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|x| x["hostname"] == host.as_str())
+            .cloned()
+            .ok_or_else(|| format!("{host} not on registryz"))?;
+        Ok::<_, String>(
+            svc["endpoints"]["cluster1"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| {
+                    e["address"] == vm_ip.to_string() && e["locality"]["region"] == "vm-region"
+                }),
+        )
+    };
+    wait_for(
+        "the WorkloadEntry under cluster1 on registryz",
+        CONVERGE,
+        || async {
+            match vm_on_registryz().await? {
+                true => Ok(()),
+                false => Err("not yet".to_string()),
+            }
+        },
+    )
+    .await;
+    let vm_addr = std::net::SocketAddr::from((vm_ip, s.pod_port));
+    wait_for(
+        "the gateway's Envoy holds the WorkloadEntry",
+        CONVERGE,
+        || async {
+            let hosts = s.envoy_hosts(2).await?;
+            if hosts.contains(&vm_addr) && hosts.len() == 2 {
+                Ok(())
+            } else {
+                Err(format!("{hosts:?}"))
+            }
+        },
+    )
+    .await;
+    if let Err(bodies) = http::until_each_answers(
+        s.gw_addr(),
+        &host_of("cluster2"),
+        &["cluster2-pod-a", "cluster2-vm-1"],
+        64,
+    )
+    .await
+    {
+        panic!("not both the Pod and the WorkloadEntry answered: {bodies:?}");
+    }
+    s.server(1)
+        .delete(
+            "networking.istio.io",
+            "workloadentries",
+            NS,
+            "cluster2-vm-1",
+        )
+        .unwrap();
+    wait_for("the WorkloadEntry gone", CONVERGE, || async {
+        match vm_on_registryz().await? {
+            false => Ok(()),
+            true => Err("still there".to_string()),
+        }
+    })
+    .await;
 }

@@ -1161,6 +1161,8 @@ pub const ISTIO_KINDS: &[(&str, &str, &str)] = &[
     ("networking.istio.io", "VirtualService", "virtualservices"),
     ("networking.istio.io", "DestinationRule", "destinationrules"),
     ("networking.istio.io", "Sidecar", "sidecars"),
+    ("networking.istio.io", "ServiceEntry", "serviceentries"),
+    ("networking.istio.io", "WorkloadEntry", "workloadentries"),
     (
         "security.istio.io",
         "PeerAuthentication",
