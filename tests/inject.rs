@@ -982,15 +982,27 @@ fn interception_redirects_real_traffic() {
 
     let mut n = NetnsPair::new("a");
     let (pod, cli) = (n.pod.clone(), n.client.clone());
+    // With --ipv6 as well: ip6tables-restore takes the IPv6 rules.
     let out = Command::new("ip")
         .args(["netns", "exec", &pod, bin])
         .args(init_args("seed_order_v2"))
+        .arg("--ipv6")
         .output()
         .unwrap();
     assert!(
         out.status.success(),
         "crossmesh iptables in {pod}: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    let v6 = Command::new("ip")
+        .args(["netns", "exec", &pod, "ip6tables-save", "-t", "nat"])
+        .output()
+        .unwrap();
+    let v6 = String::from_utf8_lossy(&v6.stdout);
+    assert!(
+        v6.contains("-A ISTIO_OUTPUT -s ::6/128 -o lo -j RETURN")
+            && v6.contains("-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT"),
+        "IPv6 rules loaded:\n{v6}"
     );
     n.listen(&pod, "15001,15006,8080,15021");
     n.listen(&cli, "9999,3306");
