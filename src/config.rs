@@ -233,6 +233,7 @@ struct TunablesFile {
     debounce_max_ms: Option<u64>,
     ready_timeout_ms: Option<u64>,
     jwks_refresh_ms: Option<u64>,
+    agent_max_snapshot_bytes: Option<u64>,
 }
 
 /// Knobs with their defaults and meaning, in one place.
@@ -251,6 +252,13 @@ pub struct Tunables {
     /// How often the keys of a RequestAuthentication `jwksUri` are fetched again
     /// (`jwksRefreshMs`; Istio's `PILOT_JWT_PUB_KEY_REFRESH_INTERVAL`, 20 min).
     pub jwks_refresh: Duration,
+    /// Most object bytes the hub buffers for one agent snapshot before its
+    /// end-of-snapshot markers (`agentMaxSnapshotBytes`); a larger snapshot ends
+    /// the stream (RESOURCE_EXHAUSTED, on `/debug/clusterz`) and the cluster keeps
+    /// its last state. 256 MiB: a 10,000-Pod cluster's snapshot is 3.8 MB (380
+    /// bytes per Pod, BENCHMARKS.md), so this holds some 700,000 Pods, far above
+    /// Kubernetes' 150,000 per cluster.
+    pub agent_max_snapshot_bytes: u64,
 }
 
 impl Default for Tunables {
@@ -260,6 +268,7 @@ impl Default for Tunables {
             debounce_max: Duration::from_millis(250),
             ready_timeout: Duration::from_secs(30),
             jwks_refresh: Duration::from_secs(20 * 60),
+            agent_max_snapshot_bytes: 256 << 20,
         }
     }
 }
@@ -912,6 +921,15 @@ impl MeshConfig {
                 Some(ms) => Duration::from_millis(ms),
                 None => d.jwks_refresh,
             },
+            agent_max_snapshot_bytes: match t.agent_max_snapshot_bytes {
+                Some(0) => {
+                    return Err(invalid(
+                        "tunables.agentMaxSnapshotBytes must be above 0".into(),
+                    ))
+                }
+                Some(b) => b,
+                None => d.agent_max_snapshot_bytes,
+            },
         };
         if let Some(p) = file.path_normalization {
             mesh.path_normalization = match p.normalization.as_deref() {
@@ -1277,7 +1295,7 @@ config:
         let m = MeshConfig::parse(
             "clusters: [{name: c1, manifests: x}]\n\
              pathNormalization: {normalization: DECODE_AND_MERGE_SLASHES}\n\
-             tunables: {jwksRefreshMs: 1500}\n\
+             tunables: {jwksRefreshMs: 1500, agentMaxSnapshotBytes: 20000}\n\
              debugAuth: {required: true, tokenFile: tok, serviceAccounts: [c1/istio-system/ops]}\n",
             base,
         )
@@ -1287,6 +1305,8 @@ config:
             PathNormalization::DecodeAndMergeSlashes
         );
         assert_eq!(m.tunables.jwks_refresh, Duration::from_millis(1500));
+        assert_eq!(m.tunables.agent_max_snapshot_bytes, 20000);
+        assert_eq!(d.tunables.agent_max_snapshot_bytes, 256 << 20);
         assert_eq!(
             m.debug_auth.token_file.as_deref(),
             Some(Path::new("/m/tok"))
@@ -1299,6 +1319,10 @@ config:
                 "is not one of NONE",
             ),
             ("tunables: {jwksRefreshMs: 0}\n", "jwksRefreshMs"),
+            (
+                "tunables: {agentMaxSnapshotBytes: 0}\n",
+                "agentMaxSnapshotBytes",
+            ),
             (
                 "debugAuth: {serviceAccounts: [ops]}\n",
                 "CLUSTER/NAMESPACE/SERVICEACCOUNT",

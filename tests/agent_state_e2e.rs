@@ -16,6 +16,8 @@ mod kube_api;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kube_api::{objects, FakeApiServer, Options, RequestRecord, Verb};
@@ -503,4 +505,279 @@ async fn istio_config_reaches_the_config_store_through_the_agent() {
             assert_eq!(r.namespace, NS, "{r:?}");
         }
     }
+}
+
+/// A TCP relay between the agent and the hub's agent port that the test can
+/// take down (open connections cut, new ones closed at once) and bring back:
+/// a short network outage with both processes running.
+struct Relay {
+    addr: SocketAddr,
+    down: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(to: SocketAddr) -> Relay {
+        // The hub's certificate names 127.0.0.1 and localhost.
+        let l = tokio::net::TcpListener::bind(("127.0.0.1", free_port()))
+            .await
+            .expect("bind relay");
+        let addr = l.local_addr().expect("relay addr");
+        let down = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let (d, c) = (down.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = l.accept().await {
+                if d.load(Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let t = tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                c.lock().unwrap().push(t);
+            }
+        });
+        Relay {
+            addr,
+            down,
+            conns,
+            accept,
+        }
+    }
+
+    fn cut(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        for t in self.conns.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.down.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+fn c3_pod(name: &str, i: u32) -> Value {
+    objects::pod(
+        NS,
+        name,
+        &std::net::Ipv4Addr::new(10, (i >> 16) as u8, (i >> 8) as u8, i as u8).to_string(),
+        "cluster3-node-1",
+        &[("app", "cluster3")],
+        true,
+    )
+}
+
+/// Endpoint addresses of `cluster3.shop.svc.cluster.local` from cluster3 on
+/// `/debug/registryz`, sorted.
+async fn c3_endpoints(cp: &ControlPlane) -> Result<Vec<String>, String> {
+    let j = cp.json("/debug/registryz").await?;
+    let svc = j["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["hostname"] == "cluster3.shop.svc.cluster.local")
+        .cloned()
+        .ok_or_else(|| "no cluster3 service".to_string())?;
+    let mut ips: Vec<String> = svc["endpoints"]["cluster3"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| e["address"].as_str().unwrap_or("").to_string())
+        .collect();
+    ips.sort();
+    Ok(ips)
+}
+
+/// cluster3 grown to `n` more Pods; a cut of `outage` during which one Pod is
+/// deleted and one added; the resumed stream; then the hub restarted. Returns
+/// (bytes of the first full snapshot stream, of the resumed stream, of the
+/// stream after the hub's restart).
+async fn resume_run(n: u32, outage: Duration) -> (u64, u64, u64) {
+    let mut f = Fixture::start("", "").await;
+    let relay = Relay::start(f.agent_addr).await;
+    let hub = format!("127.0.0.1:{}", relay.addr.port());
+    // Through the relay instead of the hub's address.
+    f.agent_addr = hub.parse().expect("relay address");
+    f.start_agent(true, &[]);
+    for i in 0..n {
+        f.api.apply(&c3_pod(&format!("cluster3-pod-m{i}"), i));
+    }
+    let all = u64::from(n) + 1;
+    let first = wait_for(
+        "every pod held by the hub",
+        Duration::from_secs(300),
+        || async {
+            let c = f.clusterz().await?;
+            if c["agent"]["synced"] == true && c["counts"]["pods"].as_u64() == Some(all) {
+                Ok(c)
+            } else {
+                Err(c.to_string())
+            }
+        },
+    )
+    .await;
+    assert_eq!(first["agent"]["resumed"], false, "{first}");
+    // The stream that carried them: bytes of its snapshot plus deltas.
+    let full = first["agent"]["stream_bytes"].as_u64().unwrap_or(0);
+    let streams = first["agent"]["streams"].as_u64().unwrap_or(0);
+
+    // A short outage with both sides up; a pod replaced meanwhile.
+    relay.cut();
+    f.wait_clusterz("the hub saw the stream end", |c| {
+        c["agent"]["connected"] == false
+    })
+    .await;
+    f.api
+        .delete("", "pods", NS, "cluster3-pod-m0")
+        .expect("delete m0");
+    f.api.apply(&c3_pod("cluster3-pod-x", n + 7));
+    tokio::time::sleep(outage).await; // the outage itself, not a wait for a condition
+    relay.restore();
+    let resumed = f
+        .wait_clusterz("a resumed stream", |c| {
+            c["agent"]["streams"].as_u64().unwrap_or(0) > streams
+                && c["agent"]["connected"] == true
+                && c["agent"]["synced"] == true
+        })
+        .await;
+    assert_eq!(
+        resumed["agent"]["resumed"], true,
+        "the agent resumed instead of sending a snapshot: {resumed}"
+    );
+    assert_eq!(resumed["stale"], false, "{resumed}");
+    let gone = std::net::Ipv4Addr::new(10, 0, 0, 0).to_string();
+    let added = std::net::Ipv4Addr::new(10, ((n + 7) >> 16) as u8, ((n + 7) >> 8) as u8, (n + 7) as u8)
+        .to_string();
+    wait_for("m0 gone and x added after the resume", CONVERGE, || async {
+        let ips = c3_endpoints(&f.cp).await?;
+        if !ips.contains(&gone) && ips.contains(&added) && ips.len() as u64 == all {
+            Ok(())
+        } else {
+            Err(format!("{} endpoints", ips.len()))
+        }
+    })
+    .await;
+    let resumed_bytes = f.clusterz().await.expect("clusterz")["agent"]["stream_bytes"]
+        .as_u64()
+        .unwrap_or(0);
+
+    // A restarted hub (a new session) gets the whole snapshot again.
+    f.cp.restart().await;
+    let after = f
+        .wait_clusterz("a snapshot to the restarted hub", |c| {
+            c["agent"]["connected"] == true
+                && c["agent"]["synced"] == true
+                && c["counts"]["pods"].as_u64() == Some(all)
+        })
+        .await;
+    assert_eq!(after["agent"]["resumed"], false, "{after}");
+    let restarted = after["agent"]["stream_bytes"].as_u64().unwrap_or(0);
+    drop(relay);
+    (full, resumed_bytes, restarted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_disconnect_resumes_without_a_snapshot_and_a_restarted_hub_gets_one() {
+    let (full, resumed, restarted) = resume_run(200, Duration::from_secs(2)).await;
+    // The resumed stream carried the two changes, not the 201 pods.
+    assert!(
+        resumed * 10 < restarted,
+        "resumed stream {resumed} bytes, full snapshot after the hub's restart {restarted}"
+    );
+    assert!(full > 0 && restarted > 0);
+}
+
+/// A measurement, not an assertion: bytes the agent sends on reconnecting with
+/// cluster3 at `CROSSMESH_TEST_AGENT_PODS` (default 10,000) Pods, resumed after
+/// a short outage versus the full snapshot a restarted hub gets:
+///
+/// ```text
+/// cargo test --test agent_state_e2e resume_bytes -- --ignored --nocapture
+/// ```
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn resume_bytes_with_many_pods() {
+    let n: u32 = std::env::var("CROSSMESH_TEST_AGENT_PODS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
+    let (full, resumed, restarted) = resume_run(n, Duration::from_secs(2)).await;
+    eprintln!(
+        "resume_bytes: {} pods; binary {}; first stream {full} bytes; resumed stream after a 2 s \
+         outage (1 pod deleted, 1 added) {resumed} bytes; full snapshot to a restarted hub \
+         {restarted} bytes ({:.1} bytes per pod)",
+        n + 1,
+        crossmesh_bin(),
+        restarted as f64 / f64::from(n + 1),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_over_the_hubs_limit_is_refused_with_its_reason() {
+    // 100 Pods are about 38 kB of objects (BENCHMARKS.md: 380 bytes per Pod).
+    let mut f = Fixture::start("", "  agentMaxSnapshotBytes: 20000\n").await;
+    for i in 0..100 {
+        f.api.apply(&c3_pod(&format!("cluster3-pod-m{i}"), i));
+    }
+    f.start_agent(true, &[]);
+    let c = f
+        .wait_clusterz("the oversized snapshot refused", |c| {
+            c["agent"]["refusals"]["snapshot_too_large"]
+                .as_u64()
+                .is_some_and(|n| n >= 1)
+        })
+        .await;
+    let why = c["agent"]["last_disconnect"].as_str().unwrap_or("");
+    assert!(
+        why.contains("exceeds the hub's limit of 20000 bytes"),
+        "the reason names the limit: {c}"
+    );
+    // Nothing of the partial snapshot was applied.
+    assert_eq!(c["agent"]["synced"], false, "{c}");
+    assert_eq!(c["counts"]["pods"].as_u64().unwrap_or(0), 0, "{c}");
+    // The agent keeps retrying (with backoff), refused each time.
+    f.wait_clusterz("a second refusal", |c| {
+        c["agent"]["refusals"]["snapshot_too_large"]
+            .as_u64()
+            .is_some_and(|n| n >= 2)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_agent_inventory_leaves_objects_out_and_says_so() {
+    let mut f = Fixture::start("", "").await;
+    for i in 0..100 {
+        f.api.apply(&c3_pod(&format!("cluster3-pod-m{i}"), i));
+    }
+    f.start_agent(true, &["--max-inventory-bytes", "20000"]);
+    let c = f
+        .wait_clusterz("Pods reported left out", |c| {
+            c["agent"]["synced"] == true
+                && c["agent"]["unavailable"]["POD"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("inventory is full"))
+        })
+        .await;
+    let pods = c["counts"]["pods"].as_u64().unwrap_or(0);
+    assert!(
+        pods > 0 && pods < 101,
+        "only what fits in 20000 bytes is published: {c}"
+    );
+    let why = c["agent"]["unavailable"]["POD"].as_str().unwrap_or("");
+    assert!(
+        why.contains("--max-inventory-bytes 20000") && why.contains("left out"),
+        "{why}"
+    );
 }

@@ -81,14 +81,12 @@ pub struct AgentHubOptions {
     pub max_snapshot_bytes: u64,
 }
 
-/// Default limit of one snapshot's buffered object bytes: about 40 times the
-/// snapshot of the 10,000-Pod cluster measured in BENCHMARKS.md.
-pub const DEFAULT_MAX_SNAPSHOT_BYTES: u64 = 256 << 20;
 
 impl AgentHubOptions {
     pub fn from_mesh(mesh: &MeshConfig) -> AgentHubOptions {
         AgentHubOptions {
             stale_grace: mesh.drop_unreachable_after,
+            max_snapshot_bytes: mesh.tunables.agent_max_snapshot_bytes,
             ..AgentHubOptions::default()
         }
     }
@@ -102,7 +100,7 @@ impl Default for AgentHubOptions {
             window_bytes: DEFAULT_WINDOW_BYTES,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             stale_grace: None,
-            max_snapshot_bytes: DEFAULT_MAX_SNAPSHOT_BYTES,
+            max_snapshot_bytes: crate::config::Tunables::default().agent_max_snapshot_bytes,
         }
     }
 }
