@@ -58,6 +58,96 @@ pub fn spawn(
     }))
 }
 
+/// Namespaces the bundle is not published to, as istiod's namespace controller
+/// leaves Istio's `IgnoredNamespaces` alone.
+pub const IGNORED_NAMESPACES: [&str; 4] = [
+    "kube-system",
+    "kube-public",
+    "kube-node-lease",
+    "local-path-storage",
+];
+
+/// Publish `bundle` to every namespace of the cluster `client` reaches (but
+/// [`IGNORED_NAMESPACES`] and namespaces being deleted), as istiod publishes
+/// `istio-ca-root-cert`: to a namespace when it appears, to all of them when the
+/// bundle changes, and every [`RESYNC`] (a ConfigMap deleted or edited by
+/// someone is written again). `crossmesh agent` runs it in its member cluster
+/// for the sidecars it injects. Runs until the handle is aborted.
+pub fn spawn_cluster_wide(
+    client: kube::Client,
+    mut bundle: tokio::sync::watch::Receiver<String>,
+) -> JoinHandle<()> {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::runtime::watcher;
+    tokio::spawn(async move {
+        let api: Api<Namespace> = Api::all(client.clone());
+        let mut events =
+            crate::sources::kube::relisting_watcher(api, watcher::Config::default()).boxed();
+        let mut namespaces = std::collections::BTreeSet::new();
+        let mut listing = std::collections::BTreeSet::new();
+        let mut resync = tokio::time::interval(RESYNC);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let wanted = |n: &Namespace| {
+            let name = n.metadata.name.clone()?;
+            (n.metadata.deletion_timestamp.is_none()
+                && !IGNORED_NAMESPACES.contains(&name.as_str()))
+            .then_some(name)
+        };
+        loop {
+            // The namespaces to write to this round.
+            let mut to: Vec<String> = Vec::new();
+            tokio::select! {
+                ev = events.next() => match ev {
+                    Some(Ok(watcher::Event::Init)) => listing.clear(),
+                    Some(Ok(watcher::Event::InitApply(n))) => {
+                        listing.extend(wanted(&n));
+                    }
+                    Some(Ok(watcher::Event::InitDone)) => {
+                        namespaces = std::mem::take(&mut listing);
+                        to.extend(namespaces.iter().cloned());
+                    }
+                    Some(Ok(watcher::Event::Apply(n))) => {
+                        if let Some(name) = wanted(&n) {
+                            if namespaces.insert(name.clone()) {
+                                to.push(name);
+                            }
+                        } else if let Some(name) = &n.metadata.name {
+                            namespaces.remove(name);
+                        }
+                    }
+                    Some(Ok(watcher::Event::Delete(n))) => {
+                        if let Some(name) = &n.metadata.name {
+                            namespaces.remove(name);
+                        }
+                    }
+                    Some(Err(e)) => {
+                        warn!(reason = %e, "cannot watch Namespaces to publish the mesh root certificate; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    None => return,
+                },
+                r = bundle.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    to.extend(namespaces.iter().cloned());
+                }
+                _ = resync.tick() => to.extend(namespaces.iter().cloned()),
+            }
+            if to.is_empty() {
+                continue;
+            }
+            let pem = bundle.borrow_and_update().clone();
+            for ns in to {
+                if let Err(reason) = publish(client.clone(), &ns, &pem).await {
+                    warn!(namespace = %ns, configmap = CONFIGMAP, %reason, "cannot publish the mesh root certificate");
+                }
+            }
+        }
+    })
+}
+
 /// Make `ns/crossmesh-ca-root-cert` hold `pem`.
 async fn publish(client: kube::Client, ns: &str, pem: &str) -> Result<(), String> {
     let api: Api<ConfigMap> = Api::namespaced(client, ns);

@@ -138,6 +138,13 @@ pub const KINDS: &[Kind] = &[
         namespaced: false,
     },
     Kind {
+        group: "admissionregistration.k8s.io",
+        versions: &["v1"],
+        plural: "mutatingwebhookconfigurations",
+        kind: "MutatingWebhookConfiguration",
+        namespaced: false,
+    },
+    Kind {
         group: "discovery.k8s.io",
         versions: &["v1"],
         plural: "endpointslices",
