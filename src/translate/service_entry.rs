@@ -106,7 +106,6 @@ pub fn apply(
                         region: l.region,
                         zone: l.zone,
                         sub_zone: l.subzone,
-                        ..Default::default()
                     }),
                     load_balancing_weight: Some(u32_value(eps.len() as u32)),
                     lb_endpoints: eps,

@@ -62,7 +62,7 @@ pub fn valid_label_key(k: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name.ends_with(|c: char| c.is_ascii_alphanumeric());
-    name_ok && prefix.is_none_or(|p| dns1123_subdomain(p))
+    name_ok && prefix.is_none_or(dns1123_subdomain)
 }
 
 /// Kubernetes' label value check (empty allowed).
