@@ -1141,3 +1141,25 @@ fn interception_redirects_real_traffic() {
         "includeOutboundIPRanges 10.0.0.0/8"
     );
 }
+
+/// Measurement, not a check: the cost of one review of the seed's pod (parse,
+/// decide, patch, encode), as the webhook pays it per Pod creation. Prints only.
+/// `cargo test --release --test inject review_cost -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn review_cost() {
+    let cfg = config(false);
+    let body = request_body("seed_order_v2");
+    let n = 20_000;
+    let t = std::time::Instant::now();
+    let mut bytes = 0;
+    for _ in 0..n {
+        bytes += inject::review(&cfg, &body).body.len();
+    }
+    let per = t.elapsed() / n;
+    println!(
+        "review of a {}-byte AdmissionReview: {per:?} per call, {} bytes of response",
+        body.len(),
+        bytes / n as usize
+    );
+}
