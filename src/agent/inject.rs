@@ -1136,6 +1136,59 @@ mod tests {
     }
 
     #[test]
+    fn the_label_wins_over_the_annotation_and_system_namespaces_are_skipped() {
+        let cfg = InjectConfig::default();
+        let mut pod = minimal();
+        pod["metadata"]["labels"] = json!({ INJECT_KEY: "true" });
+        pod["metadata"]["annotations"] = json!({ INJECT_KEY: "false" });
+        let (r, _) = answer(&cfg, &review_of(pod.clone()));
+        assert!(
+            matches!(r.outcome, Outcome::Injected { .. }),
+            "{:?}",
+            r.outcome
+        );
+        pod["metadata"]["labels"] = json!({ INJECT_KEY: "disabled" });
+        pod["metadata"]["annotations"] = json!({ INJECT_KEY: "true" });
+        let (r, _) = answer(&cfg, &review_of(pod.clone()));
+        assert_eq!(
+            r.outcome,
+            Outcome::Skipped {
+                pod: "shop/web-*".into(),
+                reason: "opted out by label sidecar.istio.io/inject=disabled".into()
+            }
+        );
+        let mut v = review_of(minimal());
+        v["request"]["namespace"] = json!("kube-system");
+        let (r, resp) = answer(&cfg, &v);
+        assert!(
+            matches!(r.outcome, Outcome::Skipped { .. }),
+            "{:?}",
+            r.outcome
+        );
+        assert!(resp.get("patch").is_none());
+        let mut v = review_of(minimal());
+        v["request"]["operation"] = json!("UPDATE");
+        let (r, _) = answer(&cfg, &v);
+        assert!(
+            matches!(r.outcome, Outcome::Skipped { .. }),
+            "{:?}",
+            r.outcome
+        );
+    }
+
+    #[test]
+    fn a_volume_named_like_ours_is_refused() {
+        let mut pod = minimal();
+        pod["spec"]["volumes"] = json!([{ "name": TOKEN_VOLUME, "emptyDir": {} }]);
+        let (_, resp) = answer(&InjectConfig::default(), &review_of(pod));
+        assert_eq!(resp["allowed"], false);
+        assert!(resp["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("a volume named istio-token"));
+    }
+
+    #[test]
     fn quantities_are_checked() {
         assert!(is_quantity("100m"));
         assert!(is_quantity("1.5Gi"));
