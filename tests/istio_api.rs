@@ -1297,7 +1297,6 @@ const fn rejected(
 /// Reasons documented in docs/ISTIO_SUPPORT.md.
 const GATEWAY_CERT_FILES: &str = "not supported by crossmesh: serverCertificate, privateKey";
 const DELEGATE: &str = "delegate VirtualServices are not implemented";
-const UNKNOWN_KIND: &str = "unknown kind \"ServiceEntry\"";
 const CAPTURE_NONE: &str = "captureMode NONE per listener";
 const UNIX_ENDPOINT: &str = "unix sockets and 0.0.0.0 are not implemented";
 const ZONE_AWARE: &str = "zone-aware load balancing is not implemented";
@@ -1321,10 +1320,8 @@ const EXAMPLES: &[Example] = &[
     ok("virtual-service-02-reviews-route.yaml"),
     ok("virtual-service-03-reviews-destination.yaml"),
     ok("virtual-service-04-my-productpage-rule.yaml"),
-    // The VirtualService passes; the ServiceEntry beside it is not read.
-    rejected("virtual-service-05-external-svc-wikipedia.yaml", &[
-        ("ServiceEntry default/external-svc-wikipedia", UNKNOWN_KIND),
-    ]),
+    // A DNS ServiceEntry for wikipedia.org and the VirtualService on its host.
+    ok("virtual-service-05-external-svc-wikipedia.yaml"),
     ok("virtual-service-06-fragment-6.yaml"),
     rejected("virtual-service-07-bookinfo.yaml", &[
         ("VirtualService default/bookinfo", DELEGATE),
@@ -1393,7 +1390,7 @@ const EXAMPLES: &[Example] = &[
         ("Sidecar prod-us1/no-ip-tables", CAPTURE_NONE),
         ("Sidecar prod-us1/no-ip-tables", CAPTURE_NONE),
     ]),
-    rejected("sidecar-05-external-svc-mysql.yaml", &[("ServiceEntry ns1/external-svc-mysql", UNKNOWN_KIND)]),
+    ok("sidecar-05-external-svc-mysql.yaml"),
     rejected("sidecar-06-partial-ip-tables.yaml", &[
         ("Sidecar prod-us1/partial-ip-tables", "captureMode IPTABLES per listener"),
         ("Sidecar prod-us1/partial-ip-tables", CAPTURE_NONE),

@@ -717,7 +717,7 @@ mod tests {
 
     #[test]
     fn unknown_kinds_versions_and_duplicates() {
-        let yaml = "apiVersion: networking.istio.io/v1beta1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: base}\nspec: {}\n---\napiVersion: security.istio.io/v1alpha1\nkind: PeerAuthentication\nmetadata: {name: p, namespace: base}\nspec: {}\n---\napiVersion: networking.istio.io/v1alpha3\nkind: PeerAuthentication\nmetadata: {name: p2, namespace: base}\nspec: {}\n---\napiVersion: networking.istio.io/v1alpha3\nkind: ServiceEntry\nmetadata: {name: se}\nspec: {}\n---\napiVersion: networking.istio.io/v1alpha3\nkind: Gateway\nmetadata: {name: gw, namespace: a}\nspec:\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: ['*']\n---\napiVersion: networking.istio.io/v1alpha3\nkind: Gateway\nmetadata: {name: gw, namespace: a}\nspec:\n  servers:\n  - port: {number: 81, name: http, protocol: HTTP}\n    hosts: ['*']\n";
+        let yaml = "apiVersion: networking.istio.io/v1beta1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: base}\nspec: {}\n---\napiVersion: security.istio.io/v1alpha1\nkind: PeerAuthentication\nmetadata: {name: p, namespace: base}\nspec: {}\n---\napiVersion: networking.istio.io/v1alpha3\nkind: PeerAuthentication\nmetadata: {name: p2, namespace: base}\nspec: {}\n---\napiVersion: networking.istio.io/v1alpha3\nkind: WorkloadGroup\nmetadata: {name: wg}\nspec: {}\n---\napiVersion: networking.istio.io/v1alpha3\nkind: Gateway\nmetadata: {name: gw, namespace: a}\nspec:\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: ['*']\n---\napiVersion: networking.istio.io/v1alpha3\nkind: Gateway\nmetadata: {name: gw, namespace: a}\nspec:\n  servers:\n  - port: {number: 81, name: http, protocol: HTTP}\n    hosts: ['*']\n";
         let problems = validate_docs(&docs("f.yaml", yaml));
         let summary: Vec<(String, String)> = problems
             .iter()
@@ -729,7 +729,7 @@ mod tests {
                 ("AuthorizationPolicy".to_string(), "apiVersion".to_string()),
                 ("PeerAuthentication".to_string(), "apiVersion".to_string()),
                 ("PeerAuthentication".to_string(), "kind".to_string()),
-                ("ServiceEntry".to_string(), "kind".to_string()),
+                ("WorkloadGroup".to_string(), "kind".to_string()),
                 ("Gateway".to_string(), "metadata.name".to_string()),
             ]
         );

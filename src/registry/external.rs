@@ -346,6 +346,13 @@ spec:
         assert!(!req.full);
         assert!(req.services.contains("web.example"), "{req:?}");
         assert_eq!(eps(&r.services(), "web.example", 80).len(), 3);
+        // A Pod of another namespace pushes nothing for it.
+        let mut other = pod("db-0", "10.0.0.9", json!({"app": "web"}));
+        if let KubeObject::Pod(p) = &mut other {
+            p.metadata.namespace = Some("other".into());
+        }
+        r.apply("c1", Event::Upsert(other)).unwrap();
+        assert_eq!(q.try_take(), None);
     }
 
     #[test]
@@ -384,5 +391,11 @@ spec:
         let s = r.services();
         assert_eq!(eps(&s, "a.example", 80)[0].2, "10.0.0.1");
         assert!(eps(&s, "web.shop.svc.cluster.local", 80).is_empty());
+        // Translation does not take the Kubernetes Service for the entry's.
+        let config = r.config_store().snapshot();
+        let k8s = &s["web.shop.svc.cluster.local"];
+        assert!(config.service_entry(&k8s.hostname).is_some());
+        assert!(config.service_entry_of(k8s).is_none());
+        assert!(config.service_entry_of(&s["a.example"]).is_some());
     }
 }

@@ -1006,8 +1006,8 @@ impl Registry {
     /// state is no longer the truth) and its rejection returned and recorded.
     pub fn apply(&self, cluster: &str, event: Event) -> Result<Option<ObjectError>, RegistryError> {
         let origin = format!("cluster {cluster}");
-        let kind = match &event {
-            Event::Upsert(o) | Event::Delete(o) => o.kind(),
+        let (kind, namespace) = match &event {
+            Event::Upsert(o) | Event::Delete(o) => (o.kind(), o.metadata().namespace.clone()),
         };
         let res = self.with_shard(cluster, |shard, interners, keys| {
             shard.state.last_event = Some(SystemTime::now());
@@ -1039,12 +1039,17 @@ impl Registry {
         });
         if matches!(kind, Kind::Pod | Kind::Node) {
             // The endpoints of ServiceEntries whose workloadSelector may pick
-            // this Pod (or the Pods on this Node) are recomputed.
+            // this Pod (those of its namespace) or the Pods on this Node (any
+            // namespace) are recomputed.
             let config = self.config_store().snapshot();
             let hosts: Vec<Arc<str>> = config
                 .service_entries
                 .iter()
-                .filter(|se| se.spec.workload_selector.is_some())
+                .filter(|se| {
+                    se.spec.workload_selector.is_some()
+                        && (kind == Kind::Node
+                            || namespace.as_deref() == Some(se.meta.namespace.as_str()))
+                })
                 .flat_map(|se| se.spec.hostnames())
                 .map(|h| Arc::from(h.as_str()))
                 .collect();

@@ -71,7 +71,7 @@ pub fn service_clusters(
     }
     // Cross-network TLS origination (owned by translate::network).
     super::network::apply_cross_network_tls(&mut out, svc, ctx);
-    let se = ctx.config.service_entry(&svc.hostname);
+    let se = ctx.config.service_entry_of(svc);
     for (c, (port, subset, settings)) in out.iter_mut().zip(tls) {
         apply_tls(c, svc, port, &subset, settings.as_ref(), identity, ctx);
         // ServiceEntry `resolution` and `location` (owned by translate::service_entry).

@@ -286,7 +286,7 @@ pub fn service_sans(svc: &Service, port: u16, ctx: &PushContext) -> Vec<String> 
         .collect();
     // A ServiceEntry's `subjectAltNames` join them (Istio's ServiceEntry
     // `ServiceAccounts`).
-    if let Some(se) = ctx.config.service_entry(&svc.hostname) {
+    if let Some(se) = ctx.config.service_entry_of(svc) {
         out.extend(se.spec.subject_alt_names.iter().cloned());
     }
     out.sort();

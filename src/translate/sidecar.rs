@@ -180,7 +180,7 @@ fn scopes<'a>(
                 .values()
                 .filter(|s| {
                     egress.sees(&s.namespace, &s.hostname)
-                        && ctx.config.service_visible(&s.hostname, &proxy.namespace)
+                        && ctx.config.service_visible(s, &proxy.namespace)
                 })
                 .collect();
             let virtual_services = ctx
@@ -206,8 +206,7 @@ fn registry_only(sidecar: Option<&Config<Sidecar>>, ctx: &PushContext) -> bool {
     {
         Some(mode) => mode == "REGISTRY_ONLY",
         None => {
-            ctx.mesh.outbound_traffic_policy
-                == crate::config::OutboundTrafficPolicy::RegistryOnly
+            ctx.mesh.outbound_traffic_policy == crate::config::OutboundTrafficPolicy::RegistryOnly
         }
     }
 }
@@ -536,7 +535,7 @@ fn outbound_route_config(
             Some(r) => sort_catch_all_last(r),
             None => vec![default_route(&svc.hostname, port, rs)],
         };
-        let domains = match ctx.config.service_entry(&svc.hostname) {
+        let domains = match ctx.config.service_entry_of(svc) {
             Some(se) => super::service_entry::domains(&se.spec, &svc.hostname, port),
             None => service_domains(svc, &proxy.namespace, port),
         };

@@ -584,11 +584,23 @@ impl ConfigSnapshot {
             .map(|i| &self.service_entries[*i])
     }
 
-    /// Whether a proxy in `proxy_ns` sees the service `hostname`: a
-    /// ServiceEntry's service only where its `exportTo` admits it; every
-    /// Kubernetes Service everywhere.
-    pub fn service_visible(&self, hostname: &str, proxy_ns: &str) -> bool {
-        self.service_entry(hostname)
+    /// The ServiceEntry `svc` was made from, if it is a ServiceEntry's service
+    /// (its name is its hostname, never so for a Kubernetes Service, which wins
+    /// a hostname both declare).
+    pub fn service_entry_of(
+        &self,
+        svc: &crate::model::Service,
+    ) -> Option<&Arc<Config<ServiceEntry>>> {
+        if svc.name != *svc.hostname {
+            return None;
+        }
+        self.service_entry(&svc.hostname)
+    }
+
+    /// Whether a proxy in `proxy_ns` sees `svc`: a ServiceEntry's service only
+    /// where its `exportTo` admits it; every Kubernetes Service everywhere.
+    pub fn service_visible(&self, svc: &crate::model::Service, proxy_ns: &str) -> bool {
+        self.service_entry_of(svc)
             .is_none_or(|se| service_entry::visible(se, proxy_ns))
     }
 
