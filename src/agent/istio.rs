@@ -27,8 +27,10 @@ use super::proto::Kind as WireKind;
 use super::{Entry, Shared};
 use crate::sources::kube::relisting_watcher;
 
-/// The Istio kinds an agent streams: wire kind, API group, kind, plural.
-pub const KINDS: [(WireKind, &str, &str, &str); 7] = [
+/// The Istio kinds an agent streams: those the kube source watches for a config
+/// cluster (`sources::kube::ISTIO_KINDS`, checked by a test), as (wire kind, API
+/// group, kind, plural).
+pub const KINDS: [(WireKind, &str, &str, &str); 9] = [
     (
         WireKind::Gateway,
         "networking.istio.io",
@@ -54,6 +56,18 @@ pub const KINDS: [(WireKind, &str, &str, &str); 7] = [
         "sidecars",
     ),
     (
+        WireKind::ServiceEntry,
+        "networking.istio.io",
+        "ServiceEntry",
+        "serviceentries",
+    ),
+    (
+        WireKind::WorkloadEntry,
+        "networking.istio.io",
+        "WorkloadEntry",
+        "workloadentries",
+    ),
+    (
         WireKind::PeerAuthentication,
         "security.istio.io",
         "PeerAuthentication",
@@ -73,12 +87,17 @@ pub const KINDS: [(WireKind, &str, &str, &str); 7] = [
     ),
 ];
 
+/// [`KINDS`] as a list.
+pub fn kinds() -> Vec<(WireKind, &'static str, &'static str, &'static str)> {
+    KINDS.to_vec()
+}
+
 /// `(group, kind)` of an Istio wire kind.
 pub fn group_kind(k: WireKind) -> Option<(&'static str, &'static str)> {
-    KINDS
-        .iter()
+    kinds()
+        .into_iter()
         .find(|(w, ..)| *w == k)
-        .map(|(_, g, n, _)| (*g, *n))
+        .map(|(_, g, n, _)| (g, n))
 }
 
 /// Why a watcher error makes a kind unavailable (403, 404), if it does.
@@ -132,19 +151,24 @@ struct One {
     buffer: Option<BTreeMap<String, Entry>>,
 }
 
-/// Watch the Istio kinds in `grant` (`None`: all namespaces) into `shared`'s
-/// inventory until aborted.
+/// Watch the Istio kinds `wanted` in `grant` (`None`: all namespaces) into
+/// `shared`'s inventory until aborted.
 pub(super) async fn watch_config(
     client: kube::Client,
+    wanted: Vec<WireKind>,
     grant: Option<Vec<String>>,
     shared: Arc<Shared>,
 ) {
+    let kinds: Vec<_> = kinds()
+        .into_iter()
+        .filter(|(w, ..)| wanted.contains(w))
+        .collect();
     let scopes: Vec<Option<String>> = match &grant {
         None => vec![None],
         Some(ns) => ns.iter().cloned().map(Some).collect(),
     };
     let mut all = SelectAll::new();
-    for (ki, (_, group, kind, plural)) in KINDS.iter().enumerate() {
+    for (ki, (_, group, kind, plural)) in kinds.iter().enumerate() {
         let gvk = GroupVersionKind::gvk(group, "v1", kind);
         let ar = ApiResource::from_gvk_with_plural(&gvk, plural);
         for (si, scope) in scopes.iter().enumerate() {
@@ -160,9 +184,9 @@ pub(super) async fn watch_config(
             );
         }
     }
-    let mut state = vec![vec![One::default(); scopes.len()]; KINDS.len()];
+    let mut state = vec![vec![One::default(); scopes.len()]; kinds.len()];
     while let Some((ki, si, ar, ev)) = all.next().await {
-        let kind = KINDS[ki].0;
+        let kind = kinds[ki].0;
         let scope = scopes[si].clone();
         let in_scope = move |key: &str| match &scope {
             None => true,
@@ -249,5 +273,21 @@ pub(super) async fn watch_config(
         }
         drop(inv);
         shared.changed.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_the_kube_source_watches_has_a_wire_kind() {
+        let ours: Vec<(&str, &str, &str)> = KINDS.iter().map(|(_, g, k, p)| (*g, *k, *p)).collect();
+        assert_eq!(ours, crate::sources::kube::ISTIO_KINDS);
+        assert_eq!(
+            group_kind(WireKind::ServiceEntry),
+            Some(("networking.istio.io", "ServiceEntry"))
+        );
+        assert_eq!(group_kind(WireKind::Pod), None);
     }
 }

@@ -949,9 +949,19 @@ impl Session {
             (a.generation, previous)
         };
         let config_cluster = self.hub.config_clusters.contains(&self.cluster);
-        let istio_config = config_cluster && hello.offers_istio_config;
-        if config_cluster && !istio_config {
-            warn!(cluster = %self.cluster, "the mesh file lists this agent cluster as a config source, but its agent does not offer Istio config (an older agent): none is read");
+        // The Istio kinds both sides know, for a config cluster.
+        let istio_kinds: BTreeSet<WireKind> = if config_cluster {
+            hello
+                .istio_kinds
+                .iter()
+                .filter_map(|k| WireKind::try_from(*k).ok())
+                .filter(|k| crate::agent::istio::group_kind(*k).is_some())
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
+        if config_cluster && istio_kinds.len() < crate::agent::istio::kinds().len() {
+            warn!(cluster = %self.cluster, offered = ?istio_kinds, "the mesh file lists this agent cluster as a config source, but its agent does not offer every Istio kind (an older agent): only those offered are read");
         }
         let namespaces = self
             .hub
@@ -970,7 +980,7 @@ impl Session {
             window_bytes: self.hub.opts.window_bytes,
             max_message_bytes: self.hub.opts.max_message_bytes as u32,
             namespaces,
-            istio_config,
+            istio_kinds: istio_kinds.iter().map(|k| *k as i32).collect(),
             session_id: self.hub.session_id.clone(),
             stream_id: generation,
             previous_stream_id: previous.0,
@@ -984,7 +994,7 @@ impl Session {
                     &mut inbound,
                     &mut sup_rx,
                     generation,
-                    istio_config,
+                    &istio_kinds,
                     previous.0 != 0,
                 )
                 .await
@@ -995,14 +1005,14 @@ impl Session {
 
     /// The stream after Welcome: snapshot, then deltas, until it ends.
     ///
-    /// `istio_config`: the Istio kinds are part of the snapshot (Welcome asked
-    /// for them); `offered_resume`: Welcome named a previous stream to resume.
+    /// `istio_kinds`: the Istio kinds that are part of the snapshot (Welcome
+    /// asked for them); `offered_resume`: Welcome named a previous stream to resume.
     async fn stream(
         &self,
         inbound: &mut Streaming<AgentMessage>,
         superseded: &mut watch::Receiver<bool>,
         generation: u64,
-        istio_config: bool,
+        istio_kinds: &BTreeSet<WireKind>,
         offered_resume: bool,
     ) -> End {
         let silence = self.hub.opts.heartbeat * MISSED_HEARTBEATS;
@@ -1014,12 +1024,7 @@ impl Session {
         let mut config_snapshot: BTreeMap<String, Value> = BTreeMap::new();
         let mut snapshot_bytes = 0u64;
         let mut ended: BTreeSet<WireKind> = BTreeSet::new();
-        let want_ended = KINDS.len()
-            + if istio_config {
-                crate::agent::istio::KINDS.len()
-            } else {
-                0
-            };
+        let want_ended = KINDS.len() + istio_kinds.len();
         let mut synced = false;
         let mut refused: BTreeMap<String, ObjectProblem> = BTreeMap::new();
         // Any message from the agent counts as a heartbeat; the deadline is not
@@ -1143,7 +1148,7 @@ impl Session {
                     )),
                 );
             };
-            if istio_kind.is_some() && !istio_config {
+            if istio_kind.is_some_and(|k| !istio_kinds.contains(&k)) {
                 return End::refused(
                     "protocol",
                     Status::invalid_argument(format!(
@@ -1278,7 +1283,7 @@ impl Session {
                         }
                         Err(e) => warn!(cluster = %self.cluster, error = %e),
                     }
-                    if istio_config {
+                    if !istio_kinds.is_empty() {
                         let config = std::mem::take(&mut config_snapshot);
                         self.push_config(&config);
                         if let Some(a) = self.hub.lock().get_mut(&self.cluster) {
@@ -1749,6 +1754,53 @@ mod tests {
         // Garbage instead of a CSR, and a name that cannot be a SPIFFE segment.
         assert!(ca.sign_agent_csr("c3", "not a csr").is_err());
         assert!(ca.sign_agent_csr("c3/../c1", &csr).is_err());
+    }
+
+    #[test]
+    fn istio_config_changes_are_checked_against_grant_kind_and_metadata() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (hub, _) = hub(tmp.path());
+        let (tx, _rx) = mpsc::channel(4);
+        let session = Session {
+            hub: hub.clone(),
+            cluster: "c3".into(),
+            leaf: None,
+            peer: None,
+            expiry: None,
+            tx,
+            bundle_sent: Mutex::new(None),
+        };
+        let vs = |ns: &str, name: &str, kind: &str| crate::agent::proto::Change {
+            op: change::Op::Upsert as i32,
+            namespace: ns.into(),
+            name: name.into(),
+            resource_version: "1".into(),
+            object: serde_json::to_vec(&serde_json::json!({
+                "apiVersion": "networking.istio.io/v1", "kind": kind,
+                "metadata": {"name": "vs", "namespace": "shop"},
+                "spec": {"hosts": ["a"]}
+            }))
+            .unwrap(),
+        };
+        let ok = session
+            .decode_config(WireKind::VirtualService, &vs("shop", "vs", "VirtualService"))
+            .expect("in the grant");
+        assert_eq!(ok.unwrap()["spec"]["hosts"][0], "a");
+        // Outside the grant: refused and counted like any object.
+        let e = session
+            .decode_config(WireKind::VirtualService, &vs("other", "vs", "VirtualService"))
+            .unwrap_err();
+        assert!(e.reason.contains("outside this cluster's agent grant"), "{e}");
+        // A document of another kind than the batch's, and metadata that differs.
+        let e = session
+            .decode_config(WireKind::VirtualService, &vs("shop", "vs", "DestinationRule"))
+            .unwrap_err();
+        assert!(e.reason.contains("is not the batch's"), "{e}");
+        let e = session
+            .decode_config(WireKind::VirtualService, &vs("shop", "other", "VirtualService"))
+            .unwrap_err();
+        assert!(e.reason.contains("differ from the change's"), "{e}");
+        assert_eq!(hub.status()["c3"].refusals["object"], 3);
     }
 
     #[test]
