@@ -2050,7 +2050,7 @@ fn agent_cli(m: &Manifests) -> (crossmesh::cli::AgentArgs, Container, BTreeMap<S
         crossmesh::cli::Command::Agent(a) => a,
         other => panic!("the agent container runs {other:?}"),
     };
-    (a, c, env)
+    (*a, c, env)
 }
 
 /// The agent's flags agree with the objects around it: the Service the API
