@@ -481,8 +481,10 @@ mod tests {
 
     #[test]
     fn loopback_include_keeps_app_loopback_traffic_captured() {
-        let mut c = CaptureConfig::default();
-        c.include_outbound_ranges = parse_ranges("i", "127.1.2.3/32").unwrap();
+        let c = CaptureConfig {
+            include_outbound_ranges: parse_ranges("i", "127.1.2.3/32").unwrap(),
+            ..Default::default()
+        };
         let t = restore_input(&c, Family::V4);
         assert!(!t.contains("! --uid-owner"), "{t}");
         assert!(t.contains(
@@ -495,8 +497,10 @@ mod tests {
 
     #[test]
     fn no_inbound_ports_means_no_prerouting_jump() {
-        let mut c = CaptureConfig::default();
-        c.inbound_ports = Ports::List(vec![]);
+        let mut c = CaptureConfig {
+            inbound_ports: Ports::List(vec![]),
+            ..Default::default()
+        };
         assert!(!restore_input(&c, Family::V4).contains("PREROUTING"));
         c.inbound_ports = Ports::List(vec![8080]);
         let t = restore_input(&c, Family::V4);
