@@ -152,135 +152,213 @@ enum Param {
     NonEmpty,
 }
 
+/// Envoy 1.40's command operators that take no parameter and no length.
+const BARE: &[&str] = &[
+    "ACCESS_LOG_TYPE",
+    "BYTES_RECEIVED",
+    "BYTES_RETRANSMITTED",
+    "BYTES_SENT",
+    "CONNECTION_ID",
+    "CONNECTION_TERMINATION_DETAILS",
+    "CUSTOM_FLAGS",
+    "DOWNSTREAM_CX_RTT",
+    "DOWNSTREAM_DECOMPRESSED_HEADER_BYTES_RECEIVED",
+    "DOWNSTREAM_DECOMPRESSED_HEADER_BYTES_SENT",
+    "DOWNSTREAM_DETECTED_CLOSE_TYPE",
+    "DOWNSTREAM_DIRECT_LOCAL_ADDRESS",
+    "DOWNSTREAM_DIRECT_LOCAL_ADDRESS_ENDPOINT_ID",
+    "DOWNSTREAM_DIRECT_LOCAL_PORT",
+    "DOWNSTREAM_DIRECT_REMOTE_ADDRESS",
+    "DOWNSTREAM_DIRECT_REMOTE_PORT",
+    "DOWNSTREAM_HANDSHAKE_DURATION",
+    "DOWNSTREAM_HEADER_BYTES_RECEIVED",
+    "DOWNSTREAM_HEADER_BYTES_SENT",
+    "DOWNSTREAM_LOCAL_ADDRESS",
+    "DOWNSTREAM_LOCAL_ADDRESS_ENDPOINT_ID",
+    "DOWNSTREAM_LOCAL_CLOSE_REASON",
+    "DOWNSTREAM_LOCAL_DNS_SAN",
+    "DOWNSTREAM_LOCAL_EMAIL_SAN",
+    "DOWNSTREAM_LOCAL_IP_SAN",
+    "DOWNSTREAM_LOCAL_OTHERNAME_SAN",
+    "DOWNSTREAM_LOCAL_PORT",
+    "DOWNSTREAM_LOCAL_SUBJECT",
+    "DOWNSTREAM_LOCAL_URI_SAN",
+    "DOWNSTREAM_PEER_CERT",
+    "DOWNSTREAM_PEER_CHAIN_FINGERPRINTS_1",
+    "DOWNSTREAM_PEER_CHAIN_FINGERPRINTS_256",
+    "DOWNSTREAM_PEER_CHAIN_SERIALS",
+    "DOWNSTREAM_PEER_DNS_SAN",
+    "DOWNSTREAM_PEER_EMAIL_SAN",
+    "DOWNSTREAM_PEER_FINGERPRINT_1",
+    "DOWNSTREAM_PEER_FINGERPRINT_256",
+    "DOWNSTREAM_PEER_IP_SAN",
+    "DOWNSTREAM_PEER_ISSUER",
+    "DOWNSTREAM_PEER_ISSUER_FINGERPRINT_256",
+    "DOWNSTREAM_PEER_ISSUER_SERIAL",
+    "DOWNSTREAM_PEER_OTHERNAME_SAN",
+    "DOWNSTREAM_PEER_SERIAL",
+    "DOWNSTREAM_PEER_SUBJECT",
+    "DOWNSTREAM_PEER_URI_SAN",
+    "DOWNSTREAM_REMOTE_ADDRESS",
+    "DOWNSTREAM_REMOTE_PORT",
+    "DOWNSTREAM_TLS_CIPHER",
+    "DOWNSTREAM_TLS_GROUP",
+    "DOWNSTREAM_TLS_SESSION_ID",
+    "DOWNSTREAM_TLS_VERSION",
+    "DOWNSTREAM_TRANSPORT_FAILURE_REASON",
+    "DOWNSTREAM_WIRE_BYTES_RECEIVED",
+    "DOWNSTREAM_WIRE_BYTES_SENT",
+    "DURATION",
+    "FILTER_CHAIN_NAME",
+    "GRPC_STATUS_NUMBER",
+    "HOSTNAME",
+    "LISTENER_NAME",
+    "LOCAL_REPLY_BODY",
+    "PACKETS_RETRANSMITTED",
+    "PROTOCOL",
+    "REQUEST_DURATION",
+    "REQUEST_HEADERS_BYTES",
+    "REQUEST_TX_DURATION",
+    "RESPONSE_CODE",
+    "RESPONSE_DURATION",
+    "RESPONSE_FLAGS",
+    "RESPONSE_FLAGS_LONG",
+    "RESPONSE_HEADERS_BYTES",
+    "RESPONSE_TRAILERS_BYTES",
+    "RESPONSE_TX_DURATION",
+    "ROUTE_NAME",
+    "ROUTE_RESOLUTION_COUNT",
+    "ROUTE_RESOLUTION_TIME_US",
+    "ROUNDTRIP_DURATION",
+    "SPAN_ID",
+    "STREAM_ID",
+    "TLS_JA3_FINGERPRINT",
+    "TLS_JA4_FINGERPRINT",
+    "TRACE_ID",
+    "UNIQUE_ID",
+    "UPSTREAM_CLUSTER",
+    "UPSTREAM_CLUSTER_RAW",
+    "UPSTREAM_CONNECTION_ID",
+    "UPSTREAM_CONNECTION_IDS_ATTEMPTED",
+    "UPSTREAM_CONNECTION_POOL_READY_DURATION",
+    "UPSTREAM_DECOMPRESSED_HEADER_BYTES_RECEIVED",
+    "UPSTREAM_DECOMPRESSED_HEADER_BYTES_SENT",
+    "UPSTREAM_DETECTED_CLOSE_TYPE",
+    "UPSTREAM_HEADER_BYTES_RECEIVED",
+    "UPSTREAM_HEADER_BYTES_SENT",
+    "UPSTREAM_HOST",
+    "UPSTREAM_HOSTS_ATTEMPTED",
+    "UPSTREAM_HOSTS_ATTEMPTED_WITHOUT_PORT",
+    "UPSTREAM_HOST_NAME",
+    "UPSTREAM_HOST_NAMES_ATTEMPTED",
+    "UPSTREAM_HOST_NAMES_ATTEMPTED_WITHOUT_PORT",
+    "UPSTREAM_HOST_NAME_WITHOUT_PORT",
+    "UPSTREAM_LOCAL_ADDRESS",
+    "UPSTREAM_LOCAL_CLOSE_REASON",
+    "UPSTREAM_LOCAL_DNS_SAN",
+    "UPSTREAM_LOCAL_IP_SAN",
+    "UPSTREAM_LOCAL_PORT",
+    "UPSTREAM_LOCAL_URI_SAN",
+    "UPSTREAM_PEER_CERT",
+    "UPSTREAM_PEER_DNS_SAN",
+    "UPSTREAM_PEER_IP_SAN",
+    "UPSTREAM_PEER_ISSUER",
+    "UPSTREAM_PEER_SUBJECT",
+    "UPSTREAM_PEER_URI_SAN",
+    "UPSTREAM_PROTOCOL",
+    "UPSTREAM_REMOTE_ADDRESS",
+    "UPSTREAM_REMOTE_ADDRESS_ENDPOINT_ID",
+    "UPSTREAM_REMOTE_PORT",
+    "UPSTREAM_REQUEST_ATTEMPT_COUNT",
+    "UPSTREAM_SERVER_NAME",
+    "UPSTREAM_TLS_CIPHER",
+    "UPSTREAM_TLS_GROUP",
+    "UPSTREAM_TLS_SESSION_ID",
+    "UPSTREAM_TLS_VERSION",
+    "UPSTREAM_TRANSPORT_FAILURE_REASON",
+    "UPSTREAM_WIRE_BYTES_RECEIVED",
+    "UPSTREAM_WIRE_BYTES_SENT",
+    "VIRTUAL_CLUSTER_NAME",
+];
+
+/// The operators [`operator`] accepts with a parameter (and perhaps a length).
+const WITH_PARAMS: &[&str] = &[
+    "REQ",
+    "RESP",
+    "TRAILER",
+    "REQUEST_HEADER",
+    "RESPONSE_HEADER",
+    "RESPONSE_TRAILER",
+    "REQ_WITHOUT_QUERY",
+    "START_TIME",
+    "START_TIME_LOCAL",
+    "EMIT_TIME",
+    "EMIT_TIME_LOCAL",
+    "DOWNSTREAM_PEER_CERT_V_START",
+    "DOWNSTREAM_PEER_CERT_V_END",
+    "UPSTREAM_PEER_CERT_V_START",
+    "UPSTREAM_PEER_CERT_V_END",
+    "DOWNSTREAM_DIRECT_LOCAL_ADDRESS_WITHOUT_PORT",
+    "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT",
+    "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT",
+    "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT",
+    "UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT",
+    "UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT",
+    "RESPONSE_CODE_DETAILS",
+    "GRPC_STATUS",
+    "REQUESTED_SERVER_NAME",
+    "DYNAMIC_METADATA",
+    "CLUSTER_METADATA",
+    "UPSTREAM_METADATA",
+    "FILTER_STATE",
+    "UPSTREAM_FILTER_STATE",
+    "ENVIRONMENT",
+    "QUERY_PARAM",
+];
+
+/// One use of every operator crossmesh accepts, in each form it accepts
+/// (bare, with each kind of parameter, with a length): what
+/// `tests/listener_defaults_e2e.rs` loads into a real Envoy.
+pub fn accepted_examples() -> Vec<String> {
+    let mut out: Vec<String> = BARE.iter().map(|n| format!("%{n}%")).collect();
+    for n in WITH_PARAMS {
+        match operator(n) {
+            Some(Syntax::Bare) | None => out.push(format!("%{n}%")),
+            Some(Syntax::Optional(p)) => {
+                out.push(format!("%{n}%"));
+                out.extend(param_examples(p).iter().map(|a| format!("%{n}({a})%")));
+            }
+            Some(Syntax::Required { param, length }) => {
+                for a in param_examples(param) {
+                    out.push(format!("%{n}({a})%"));
+                    if length {
+                        out.push(format!("%{n}({a}):7%"));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Parameters of each kind that [`check_param`] accepts.
+fn param_examples(p: Param) -> Vec<&'static str> {
+    match p {
+        Param::Any => vec!["x", "ALLOW_WHITESPACES"],
+        Param::Time => vec!["%Y-%m-%dT%H:%M:%S.%3f%z", "%s.%6f"],
+        Param::Headers => vec![":AUTHORITY", "X-A?:PATH", "?x-b", "x-c?"],
+        Param::OneOf(words) => words.to_vec(),
+        Param::FilterState => vec!["k", "k.a:PLAIN", "k:TYPED", "k:FIELD:f"],
+        Param::Metadata => vec!["ns", "ns:a:b"],
+        Param::NonEmpty => vec!["q"],
+    }
+}
+
 /// Envoy 1.40's command operators that crossmesh accepts, with their syntax.
 /// Each is loaded into a real Envoy by `tests/listener_defaults_e2e.rs`.
 fn operator(name: &str) -> Option<Syntax> {
     use Param::*;
     use Syntax::*;
-    const BARE: &[&str] = &[
-        "ACCESS_LOG_TYPE",
-        "BYTES_RECEIVED",
-        "BYTES_RETRANSMITTED",
-        "BYTES_SENT",
-        "CONNECTION_ID",
-        "CONNECTION_TERMINATION_DETAILS",
-        "CUSTOM_FLAGS",
-        "DOWNSTREAM_CX_RTT",
-        "DOWNSTREAM_DECOMPRESSED_HEADER_BYTES_RECEIVED",
-        "DOWNSTREAM_DECOMPRESSED_HEADER_BYTES_SENT",
-        "DOWNSTREAM_DETECTED_CLOSE_TYPE",
-        "DOWNSTREAM_DIRECT_LOCAL_ADDRESS",
-        "DOWNSTREAM_DIRECT_LOCAL_ADDRESS_ENDPOINT_ID",
-        "DOWNSTREAM_DIRECT_LOCAL_PORT",
-        "DOWNSTREAM_DIRECT_REMOTE_ADDRESS",
-        "DOWNSTREAM_DIRECT_REMOTE_PORT",
-        "DOWNSTREAM_HANDSHAKE_DURATION",
-        "DOWNSTREAM_HEADER_BYTES_RECEIVED",
-        "DOWNSTREAM_HEADER_BYTES_SENT",
-        "DOWNSTREAM_LOCAL_ADDRESS",
-        "DOWNSTREAM_LOCAL_ADDRESS_ENDPOINT_ID",
-        "DOWNSTREAM_LOCAL_CLOSE_REASON",
-        "DOWNSTREAM_LOCAL_DNS_SAN",
-        "DOWNSTREAM_LOCAL_EMAIL_SAN",
-        "DOWNSTREAM_LOCAL_IP_SAN",
-        "DOWNSTREAM_LOCAL_OTHERNAME_SAN",
-        "DOWNSTREAM_LOCAL_PORT",
-        "DOWNSTREAM_LOCAL_SUBJECT",
-        "DOWNSTREAM_LOCAL_URI_SAN",
-        "DOWNSTREAM_PEER_CERT",
-        "DOWNSTREAM_PEER_CHAIN_FINGERPRINTS_1",
-        "DOWNSTREAM_PEER_CHAIN_FINGERPRINTS_256",
-        "DOWNSTREAM_PEER_CHAIN_SERIALS",
-        "DOWNSTREAM_PEER_DNS_SAN",
-        "DOWNSTREAM_PEER_EMAIL_SAN",
-        "DOWNSTREAM_PEER_FINGERPRINT_1",
-        "DOWNSTREAM_PEER_FINGERPRINT_256",
-        "DOWNSTREAM_PEER_IP_SAN",
-        "DOWNSTREAM_PEER_ISSUER",
-        "DOWNSTREAM_PEER_ISSUER_FINGERPRINT_256",
-        "DOWNSTREAM_PEER_ISSUER_SERIAL",
-        "DOWNSTREAM_PEER_OTHERNAME_SAN",
-        "DOWNSTREAM_PEER_SERIAL",
-        "DOWNSTREAM_PEER_SUBJECT",
-        "DOWNSTREAM_PEER_URI_SAN",
-        "DOWNSTREAM_REMOTE_ADDRESS",
-        "DOWNSTREAM_REMOTE_PORT",
-        "DOWNSTREAM_TLS_CIPHER",
-        "DOWNSTREAM_TLS_GROUP",
-        "DOWNSTREAM_TLS_SESSION_ID",
-        "DOWNSTREAM_TLS_VERSION",
-        "DOWNSTREAM_TRANSPORT_FAILURE_REASON",
-        "DOWNSTREAM_WIRE_BYTES_RECEIVED",
-        "DOWNSTREAM_WIRE_BYTES_SENT",
-        "DURATION",
-        "FILTER_CHAIN_NAME",
-        "GRPC_STATUS_NUMBER",
-        "HOSTNAME",
-        "LOCAL_REPLY_BODY",
-        "PROTOCOL",
-        "REQUEST_DURATION",
-        "REQUEST_HEADERS_BYTES",
-        "REQUEST_TX_DURATION",
-        "RESPONSE_CODE",
-        "RESPONSE_DURATION",
-        "RESPONSE_FLAGS",
-        "RESPONSE_FLAGS_LONG",
-        "RESPONSE_HEADERS_BYTES",
-        "RESPONSE_TRAILERS_BYTES",
-        "RESPONSE_TX_DURATION",
-        "ROUTE_NAME",
-        "ROUTE_RESOLUTION_COUNT",
-        "ROUTE_RESOLUTION_TIME_US",
-        "SPAN_ID",
-        "STREAM_ID",
-        "TLS_JA3_FINGERPRINT",
-        "TLS_JA4_FINGERPRINT",
-        "TRACE_ID",
-        "UNIQUE_ID",
-        "UPSTREAM_CLUSTER",
-        "UPSTREAM_CLUSTER_RAW",
-        "UPSTREAM_CONNECTION_ID",
-        "UPSTREAM_CONNECTION_IDS_ATTEMPTED",
-        "UPSTREAM_CONNECTION_POOL_READY_DURATION",
-        "UPSTREAM_DECOMPRESSED_HEADER_BYTES_RECEIVED",
-        "UPSTREAM_DECOMPRESSED_HEADER_BYTES_SENT",
-        "UPSTREAM_DETECTED_CLOSE_TYPE",
-        "UPSTREAM_HEADER_BYTES_RECEIVED",
-        "UPSTREAM_HEADER_BYTES_SENT",
-        "UPSTREAM_HOST",
-        "UPSTREAM_HOSTS_ATTEMPTED",
-        "UPSTREAM_HOSTS_ATTEMPTED_WITHOUT_PORT",
-        "UPSTREAM_HOST_NAME",
-        "UPSTREAM_HOST_NAMES_ATTEMPTED",
-        "UPSTREAM_HOST_NAMES_ATTEMPTED_WITHOUT_PORT",
-        "UPSTREAM_HOST_NAME_WITHOUT_PORT",
-        "UPSTREAM_LOCAL_ADDRESS",
-        "UPSTREAM_LOCAL_CLOSE_REASON",
-        "UPSTREAM_LOCAL_DNS_SAN",
-        "UPSTREAM_LOCAL_IP_SAN",
-        "UPSTREAM_LOCAL_PORT",
-        "UPSTREAM_LOCAL_URI_SAN",
-        "UPSTREAM_PEER_CERT",
-        "UPSTREAM_PEER_DNS_SAN",
-        "UPSTREAM_PEER_IP_SAN",
-        "UPSTREAM_PEER_ISSUER",
-        "UPSTREAM_PEER_SUBJECT",
-        "UPSTREAM_PEER_URI_SAN",
-        "UPSTREAM_PROTOCOL",
-        "UPSTREAM_REMOTE_ADDRESS",
-        "UPSTREAM_REMOTE_ADDRESS_ENDPOINT_ID",
-        "UPSTREAM_REMOTE_PORT",
-        "UPSTREAM_REQUEST_ATTEMPT_COUNT",
-        "UPSTREAM_SERVER_NAME",
-        "UPSTREAM_TLS_CIPHER",
-        "UPSTREAM_TLS_GROUP",
-        "UPSTREAM_TLS_SESSION_ID",
-        "UPSTREAM_TLS_VERSION",
-        "UPSTREAM_TRANSPORT_FAILURE_REASON",
-        "UPSTREAM_WIRE_BYTES_RECEIVED",
-        "UPSTREAM_WIRE_BYTES_SENT",
-        "VIRTUAL_CLUSTER_NAME",
-    ];
     if BARE.contains(&name) {
         return Some(Bare);
     }
@@ -736,6 +814,19 @@ mod tests {
         ] {
             let e = check_format(bad).expect_err(bad);
             assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    /// Every name in the tables is an operator, and every example passes.
+    #[test]
+    fn examples_pass_the_check() {
+        for n in BARE.iter().chain(WITH_PARAMS) {
+            assert!(operator(n).is_some(), "{n}");
+        }
+        let ex = accepted_examples();
+        assert!(ex.len() > BARE.len() + WITH_PARAMS.len(), "{}", ex.len());
+        for e in ex {
+            assert_eq!(check_format(&e), Ok(()), "{e}");
         }
     }
 
