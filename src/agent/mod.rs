@@ -25,6 +25,7 @@
 //!   starts with a full snapshot again.
 
 pub mod inject;
+pub mod istio;
 pub mod proto;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -46,6 +47,7 @@ use crate::registry::{Kind, KubeObject};
 use crate::sources::agent::{wire_kind, KINDS, MISSED_HEARTBEATS};
 use crate::sources::kube::{self as kube_source, object_key};
 use proto::agent_service_client::AgentServiceClient;
+use proto::Kind as WireKind;
 use proto::{
     agent_message, change, hub_message, AgentMessage, Batch, Change, EnrollRequest, Heartbeat,
     Hello, RenewRequest, PROTOCOL_VERSION,
@@ -113,6 +115,8 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     };
     let mut ident = load_or_enrol(&opts, &host, &roots).await?;
     let inv = Arc::new(Shared::default());
+    inv.lock().max_bytes = opts.max_inventory_bytes;
+    *inv.client.lock().unwrap_or_else(|e| e.into_inner()) = Some(client.clone());
     let watch = tokio::spawn(watch_cluster(client, inv.clone()));
     let mut failures = 0u32;
     loop {
@@ -472,23 +476,83 @@ struct Entry {
     json: Arc<Vec<u8>>,
 }
 
+/// The slimmed objects of the member cluster, by wire kind and `ns/name` key.
 #[derive(Default)]
 struct Inventory {
-    objects: HashMap<Kind, BTreeMap<String, Entry>>,
-    listed: BTreeSet<Kind>,
+    objects: HashMap<WireKind, BTreeMap<String, Entry>>,
+    listed: BTreeSet<WireKind>,
     /// Keys changed since they were last sent (or since the last snapshot).
-    dirty: BTreeSet<(Kind, String)>,
+    dirty: BTreeSet<(WireKind, String)>,
+    /// Istio kinds the agent cannot read, with the reason (HTTP 403 or 404).
+    unavailable: BTreeMap<WireKind, String>,
+    /// Kinds whose availability the hub has not been told yet.
+    status_dirty: BTreeSet<WireKind>,
+    /// Sum of the objects' JSON bytes, at most `max_bytes`.
+    bytes: usize,
+    /// `--max-inventory-bytes`; 0: [`DEFAULT_MAX_INVENTORY_BYTES`].
+    max_bytes: usize,
+    /// Objects left out because the inventory was full, by kind.
+    left_out: BTreeMap<WireKind, BTreeSet<String>>,
 }
+
+/// Default `--max-inventory-bytes`: the JSON of a 10,000-Pod cluster is about
+/// 3.8 MB (380 bytes per slimmed Pod, BENCHMARKS.md), so this keeps some
+/// 700,000 Pods, far above Kubernetes' 150,000 per cluster.
+pub const DEFAULT_MAX_INVENTORY_BYTES: usize = 256 << 20;
 
 #[derive(Default)]
 struct Shared {
     inv: Mutex<Inventory>,
     changed: Notify,
+    /// The Istio config watch: its kinds, the namespaces it covers (`None`:
+    /// all), its task.
+    #[allow(clippy::type_complexity)]
+    config: Mutex<Option<(Vec<WireKind>, Option<Vec<String>>, tokio::task::JoinHandle<()>)>>,
+    /// The member cluster's client (for the Istio config watch).
+    client: Mutex<Option<kube::Client>>,
+    /// What the last stream left for a resume.
+    resume: Mutex<ResumeState>,
 }
 
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inventory> {
         self.inv.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Watch the Istio kinds `want` in `grant` (`None`: every namespace),
+    /// restarting the watch when either changed; none wanted: stop it.
+    fn ensure_config(self: &Arc<Self>, want: Vec<WireKind>, grant: Option<Vec<String>>) {
+        let mut cur = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        if cur
+            .as_ref()
+            .is_some_and(|(k, g, _)| *k == want && *g == grant)
+        {
+            return;
+        }
+        if want.is_empty() && cur.is_none() {
+            return;
+        }
+        if let Some((_, _, task)) = cur.take() {
+            task.abort();
+        }
+        self.lock().forget_istio();
+        if !want.is_empty() {
+            let client = self
+                .client
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if let Some(client) = client {
+                info!(kinds = ?want, namespaces = ?grant, "watching Istio config");
+                let task = tokio::spawn(istio::watch_config(
+                    client,
+                    want.clone(),
+                    grant.clone(),
+                    self.clone(),
+                ));
+                *cur = Some((want, grant, task));
+            }
+        }
     }
 }
 
@@ -510,47 +574,129 @@ fn entry(o: &KubeObject) -> Option<Entry> {
 }
 
 impl Inventory {
-    fn upsert(&mut self, kind: Kind, o: &KubeObject) {
-        let Some(e) = entry(o) else { return };
-        let key = object_key(o);
-        let map = self.objects.entry(kind).or_default();
-        if map.get(&key).map(|old| &old.json) != Some(&e.json) {
-            map.insert(key.clone(), e);
-            self.dirty.insert((kind, key));
+    fn limit(&self) -> usize {
+        if self.max_bytes == 0 {
+            DEFAULT_MAX_INVENTORY_BYTES
+        } else {
+            self.max_bytes
         }
     }
 
+    /// Insert or replace one entry unless the inventory would exceed its byte
+    /// limit (then the object is left out, counted and logged).
+    fn put(&mut self, kind: WireKind, key: String, e: Entry) {
+        let limit = self.limit();
+        let map = self.objects.entry(kind).or_default();
+        let old_len = map.get(&key).map(|o| o.json.len()).unwrap_or(0);
+        if map.get(&key).map(|old| &old.json) == Some(&e.json) {
+            return;
+        }
+        if self.bytes - old_len + e.json.len() > limit {
+            let n = self.left_out.entry(kind).or_default();
+            if n.insert(key.clone()) {
+                warn!(kind = ?kind, object = %key, limit,
+                    "inventory byte limit (--max-inventory-bytes) reached: object left out");
+                self.status_dirty.insert(kind);
+            }
+            return;
+        }
+        self.bytes = self.bytes - old_len + e.json.len();
+        self.objects.entry(kind).or_default().insert(key.clone(), e);
+        if self.left_out.get_mut(&kind).is_some_and(|s| s.remove(&key)) {
+            self.status_dirty.insert(kind);
+        }
+        self.dirty.insert((kind, key));
+    }
+
+    fn take(&mut self, kind: WireKind, key: &str) {
+        if self.left_out.get_mut(&kind).is_some_and(|s| s.remove(key)) {
+            self.status_dirty.insert(kind);
+        }
+        if let Some(old) = self.objects.entry(kind).or_default().remove(key) {
+            self.bytes -= old.json.len();
+            self.dirty.insert((kind, key.to_string()));
+        }
+    }
+
+    fn upsert(&mut self, kind: Kind, o: &KubeObject) {
+        let Some(e) = entry(o) else { return };
+        self.put(wire_kind(kind), object_key(o), e);
+    }
+
     fn remove(&mut self, kind: Kind, o: &KubeObject) {
-        let key = object_key(o);
-        if self.objects.entry(kind).or_default().remove(&key).is_some() {
-            self.dirty.insert((kind, key));
+        self.take(wire_kind(kind), &object_key(o));
+    }
+
+    /// A fresh list of the keys of `kind` that `scope` selects: what differs is
+    /// dirty, what the list lacks is removed.
+    fn replace_entries(
+        &mut self,
+        kind: WireKind,
+        scope: impl Fn(&str) -> bool,
+        new: BTreeMap<String, Entry>,
+    ) {
+        let gone: Vec<String> = self
+            .objects
+            .get(&kind)
+            .map(|m| {
+                m.keys()
+                    .filter(|k| scope(k) && !new.contains_key(*k))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        for k in gone {
+            self.take(kind, &k);
+        }
+        if let Some(s) = self.left_out.get_mut(&kind) {
+            let before = s.len();
+            s.retain(|k| !scope(k));
+            if s.len() != before {
+                self.status_dirty.insert(kind);
+            }
+        }
+        for (k, e) in new {
+            self.put(kind, k, e);
         }
     }
 
     /// A fresh list of `kind` (first list, or a re-list): what differs is dirty.
     fn replace(&mut self, kind: Kind, listed: BTreeMap<String, KubeObject>) {
-        let mut new = BTreeMap::new();
-        for (k, o) in &listed {
-            if let Some(e) = entry(o) {
-                new.insert(k.clone(), e);
+        let new = listed
+            .iter()
+            .filter_map(|(k, o)| Some((k.clone(), entry(o)?)))
+            .collect();
+        self.replace_entries(wire_kind(kind), |_| true, new);
+        self.listed.insert(wire_kind(kind));
+    }
+
+    /// Drop every Istio object and state (the config watch stops or restarts).
+    fn forget_istio(&mut self) {
+        for k in istio::kinds().into_iter().map(|(k, ..)| k) {
+            if let Some(m) = self.objects.remove(&k) {
+                self.bytes -= m.values().map(|e| e.json.len()).sum::<usize>();
             }
+            self.listed.remove(&k);
+            self.unavailable.remove(&k);
+            self.left_out.remove(&k);
+            self.dirty.retain(|(d, _)| *d != k);
         }
-        let old = self
-            .objects
-            .insert(kind, BTreeMap::new())
-            .unwrap_or_default();
-        for k in old.keys() {
-            if !new.contains_key(k) {
-                self.dirty.insert((kind, k.clone()));
-            }
+    }
+
+    /// The reason the hub is given for `kind` (`KindStatus.unavailable`).
+    fn status_of(&self, kind: WireKind) -> String {
+        let mut parts = Vec::new();
+        if let Some(r) = self.unavailable.get(&kind) {
+            parts.push(r.clone());
         }
-        for (k, e) in &new {
-            if old.get(k).map(|o| &o.json) != Some(&e.json) {
-                self.dirty.insert((kind, k.clone()));
-            }
+        if let Some(n) = self.left_out.get(&kind).filter(|s| !s.is_empty()) {
+            parts.push(format!(
+                "the agent's inventory is full (--max-inventory-bytes {}): {} object(s) left out",
+                self.limit(),
+                n.len()
+            ));
         }
-        self.objects.insert(kind, new);
-        self.listed.insert(kind);
+        parts.join("; ")
     }
 }
 
@@ -600,8 +746,24 @@ enum Phase {
     /// Waiting for every kind's first list.
     Listing,
     /// Keys of each kind still to send in the snapshot.
-    Snapshot(VecDeque<(Kind, VecDeque<String>)>),
+    Snapshot(VecDeque<(WireKind, VecDeque<String>)>),
+    /// Resuming: the first batch, marked `resumed`, goes out next.
+    Resumed,
     Deltas,
+}
+
+/// What a stream leaves for the next one to resume from (`Welcome` of the same
+/// hub session naming this stream as the previous one).
+#[derive(Default)]
+struct ResumeState {
+    session_id: String,
+    stream_id: u64,
+    /// The hub's state of this cluster matches this agent's up to the
+    /// unacknowledged batches: the snapshot's last batch was acknowledged (or
+    /// the stream itself resumed from such a state).
+    base_acked: bool,
+    /// Keys of the delta batches not acknowledged, by seq.
+    unacked: Vec<(u64, Vec<(WireKind, String)>)>,
 }
 
 async fn session(
@@ -609,7 +771,7 @@ async fn session(
     host: &str,
     roots: &[u8],
     ident: &Ident,
-    shared: &Shared,
+    shared: &Arc<Shared>,
 ) -> Outcome {
     let mut synced = false;
     let mut refused = false;
@@ -627,11 +789,19 @@ async fn session(
 /// Flow-control state of a stream.
 struct Window {
     out: mpsc::Sender<AgentMessage>,
-    unacked: VecDeque<(u64, usize)>,
+    /// Unacknowledged batches: seq, encoded length, keys of their delta changes.
+    unacked: VecDeque<(u64, usize, Vec<(WireKind, String)>)>,
     unacked_bytes: u64,
     next_seq: u64,
     max_messages: usize,
     max_bytes: u64,
+    /// Highest seq acknowledged.
+    acked_seq: u64,
+    /// The seq whose acknowledgement makes the hub's state this agent's base
+    /// (the snapshot's last batch; 0 on a resumed stream), once known.
+    base_seq: Option<u64>,
+    /// Encoded bytes of the batches sent on this stream.
+    sent_bytes: u64,
 }
 
 impl Window {
@@ -639,15 +809,18 @@ impl Window {
         self.unacked.len() < self.max_messages && self.unacked_bytes < self.max_bytes
     }
 
-    async fn send(&mut self, mut b: Batch) -> Result<(), String> {
+    /// Send `b` with the next seq; `keys` are its delta changes (kept until
+    /// acknowledged, for a resume).
+    async fn send(&mut self, mut b: Batch, keys: Vec<(WireKind, String)>) -> Result<(), String> {
         b.seq = self.next_seq;
         self.next_seq += 1;
         let m = AgentMessage {
             message: Some(agent_message::Message::Batch(b)),
         };
         let len = m.encoded_len();
-        self.unacked.push_back((self.next_seq - 1, len));
+        self.unacked.push_back((self.next_seq - 1, len, keys));
         self.unacked_bytes += len as u64;
+        self.sent_bytes += len as u64;
         self.out
             .send(m)
             .await
@@ -655,21 +828,32 @@ impl Window {
     }
 
     fn acked(&mut self, seq: u64) {
-        while let Some((s, len)) = self.unacked.front().copied() {
-            if s > seq {
+        self.acked_seq = self.acked_seq.max(seq);
+        while let Some((s, len, _)) = self.unacked.front() {
+            if *s > seq {
                 break;
             }
+            self.unacked_bytes = self.unacked_bytes.saturating_sub(*len as u64);
             self.unacked.pop_front();
-            self.unacked_bytes = self.unacked_bytes.saturating_sub(len as u64);
+        }
+    }
+
+    /// What this stream leaves for a resume.
+    fn resume_state(&mut self, session_id: String, stream_id: u64) -> ResumeState {
+        ResumeState {
+            session_id,
+            stream_id,
+            base_acked: self.base_seq.is_some_and(|s| self.acked_seq >= s),
+            unacked: self.unacked.drain(..).map(|(s, _, k)| (s, k)).collect(),
         }
     }
 }
 
-fn change_of(kind: Kind, key: &str, e: Option<&Entry>) -> Change {
+fn change_of(kind: WireKind, key: &str, e: Option<&Entry>) -> Change {
     match e {
         Some(e) => Change {
             op: change::Op::Upsert as i32,
-            namespace: if kind == Kind::Node {
+            namespace: if kind == WireKind::Node {
                 String::new()
             } else {
                 e.namespace.clone()
@@ -696,7 +880,7 @@ async fn stream(
     host: &str,
     roots: &[u8],
     ident: &Ident,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     synced: &mut bool,
     refused: &mut bool,
 ) -> Result<String, AgentError> {
@@ -743,7 +927,6 @@ async fn stream(
     };
     info!(cluster = %welcome.cluster, heartbeat_ms = welcome.heartbeat_interval_ms, "connected to the hub");
     let heartbeat = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(100)));
-    let silence = heartbeat * MISSED_HEARTBEATS;
     let max_batch_bytes = (welcome.max_message_bytes as usize / 2).max(1024);
     let mut win = Window {
         out,
@@ -752,25 +935,140 @@ async fn stream(
         next_seq: 1,
         max_messages: welcome.window_messages.max(1) as usize,
         max_bytes: welcome.window_bytes.max(1),
+        acked_seq: 0,
+        base_seq: None,
+        sent_bytes: 0,
     };
+    // Istio config when the hub asks for it, in the namespaces of the grant.
+    let grant = (!welcome.namespaces.is_empty()).then(|| welcome.namespaces.clone());
+    // Those of the kinds it asked for that this agent offered.
+    let istio_kinds: Vec<WireKind> = welcome
+        .istio_kinds
+        .iter()
+        .filter_map(|k| WireKind::try_from(*k).ok())
+        .filter(|k| istio::group_kind(*k).is_some())
+        .collect();
+    shared.ensure_config(istio_kinds.clone(), grant);
+    let mut snapshot_kinds: Vec<WireKind> = KINDS.iter().map(|k| wire_kind(*k)).collect();
+    snapshot_kinds.extend(istio_kinds);
+    // A hub that sets a session knows KindStatus and resume.
+    let knows_status = !welcome.session_id.is_empty();
+    let prev = std::mem::take(&mut *shared.resume.lock().unwrap_or_else(|e| e.into_inner()));
+    let resume = knows_status
+        && welcome.previous_stream_id != 0
+        && prev.session_id == welcome.session_id
+        && prev.stream_id == welcome.previous_stream_id
+        && prev.base_acked;
+    {
+        let mut inv = shared.lock();
+        if resume {
+            // Changes the hub did not apply are sent again (with whatever
+            // changed since: the dirty set kept growing while away).
+            for (seq, keys) in prev.unacked {
+                if seq > welcome.previous_applied_seq {
+                    inv.dirty.extend(keys);
+                }
+            }
+        }
+        // The hub learns each kind's state afresh on every stream.
+        let with_status: Vec<WireKind> = snapshot_kinds
+            .iter()
+            .copied()
+            .filter(|k| !inv.status_of(*k).is_empty())
+            .collect();
+        inv.status_dirty.extend(with_status);
+    }
+    let reason = run_stream(
+        &mut win,
+        &mut inbound,
+        trust,
+        shared,
+        &snapshot_kinds,
+        knows_status,
+        if resume {
+            Phase::Resumed
+        } else {
+            Phase::Listing
+        },
+        heartbeat,
+        max_batch_bytes,
+        ident,
+        synced,
+        refused,
+    )
+    .await;
+    info!(
+        resumed = resume,
+        bytes = win.sent_bytes,
+        "stream ended after sending its batches"
+    );
+    *shared.resume.lock().unwrap_or_else(|e| e.into_inner()) =
+        win.resume_state(welcome.session_id.clone(), welcome.stream_id);
+    reason
+}
+
+/// The stream after Welcome: snapshot or resume, then deltas, until it ends.
+#[allow(clippy::too_many_arguments)]
+async fn run_stream(
+    win: &mut Window,
+    inbound: &mut tonic::Streaming<proto::HubMessage>,
+    trust: &webhook::Trust,
+    shared: &Arc<Shared>,
+    snapshot_kinds: &[WireKind],
+    knows_status: bool,
+    mut phase: Phase,
+    heartbeat: Duration,
+    max_batch_bytes: usize,
+    ident: &Ident,
+    synced: &mut bool,
+    refused: &mut bool,
+) -> Result<String, AgentError> {
+    let is_refusal = |s: &tonic::Status| {
+        s.code() == tonic::Code::PermissionDenied
+            && s.message().contains(crate::sources::agent::REVOKED)
+    };
+    let silence = heartbeat * MISSED_HEARTBEATS;
     let mut ticker = tokio::time::interval(heartbeat);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = tokio::time::Instant::now();
-    let mut phase = Phase::Listing;
     let renew_at = tokio::time::Instant::now()
         + ident
             .renew_at
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO);
     loop {
+        // Kinds whose availability changed (not batches: outside the window).
+        if knows_status {
+            let statuses: Vec<(WireKind, String)> = {
+                let mut inv = shared.lock();
+                let kinds = std::mem::take(&mut inv.status_dirty);
+                kinds
+                    .into_iter()
+                    .filter(|k| snapshot_kinds.contains(k))
+                    .map(|k| (k, inv.status_of(k)))
+                    .collect()
+            };
+            for (kind, unavailable) in statuses {
+                let m = AgentMessage {
+                    message: Some(agent_message::Message::KindStatus(proto::KindStatus {
+                        kind: kind as i32,
+                        unavailable,
+                    })),
+                };
+                if win.out.send(m).await.is_err() {
+                    return Ok("the stream to the hub closed".into());
+                }
+            }
+        }
         // Send while the window is open and there is something to send.
         while win.open() {
+            let mut keys_sent = Vec::new();
             let batch = match &mut phase {
                 Phase::Listing => {
                     let mut inv = shared.lock();
-                    if KINDS.iter().all(|k| inv.listed.contains(k)) {
+                    if snapshot_kinds.iter().all(|k| inv.listed.contains(k)) {
                         inv.dirty.clear();
-                        let plan = KINDS
+                        let plan = snapshot_kinds
                             .iter()
                             .map(|k| {
                                 let keys = inv
@@ -786,9 +1084,24 @@ async fn stream(
                     }
                     break;
                 }
+                Phase::Resumed => {
+                    phase = Phase::Deltas;
+                    win.base_seq = Some(0);
+                    *synced = true;
+                    info!("resumed: streaming the changes since the last acknowledged batch");
+                    Batch {
+                        seq: 0,
+                        kind: WireKind::Service as i32,
+                        snapshot: false,
+                        changes: Vec::new(),
+                        end_of_snapshot: false,
+                        resumed: true,
+                    }
+                }
                 Phase::Snapshot(plan) => {
                     let Some((kind, keys)) = plan.front_mut() else {
                         phase = Phase::Deltas;
+                        win.base_seq = Some(win.next_seq - 1);
                         *synced = true;
                         info!("snapshot sent; streaming changes");
                         continue;
@@ -797,7 +1110,7 @@ async fn stream(
                     let inv = shared.lock();
                     let mut b = Batch {
                         seq: 0,
-                        kind: wire_kind(kind) as i32,
+                        kind: kind as i32,
                         snapshot: true,
                         changes: Vec::new(),
                         end_of_snapshot: false,
@@ -814,7 +1127,7 @@ async fn stream(
                             let c = change_of(kind, k, Some(e));
                             let len = c.encoded_len();
                             if len > max_batch_bytes {
-                                warn!(%kind, object = %k, bytes = len, "object larger than the hub accepts; not sent");
+                                warn!(kind = ?kind, object = %k, bytes = len, "object larger than the hub accepts; not sent");
                                 keys.pop_front();
                                 continue;
                             }
@@ -839,7 +1152,7 @@ async fn stream(
                     };
                     let mut b = Batch {
                         seq: 0,
-                        kind: wire_kind(kind) as i32,
+                        kind: kind as i32,
                         snapshot: false,
                         changes: Vec::new(),
                         end_of_snapshot: false,
@@ -858,11 +1171,12 @@ async fn stream(
                         }
                         inv.dirty.pop_first();
                         if len > max_batch_bytes {
-                            warn!(%kind, object = %key, bytes = len, "object larger than the hub accepts; not sent");
+                            warn!(kind = ?kind, object = %key, bytes = len, "object larger than the hub accepts; not sent");
                             continue;
                         }
                         bytes += len;
                         b.changes.push(c);
+                        keys_sent.push((kind, key));
                     }
                     if b.changes.is_empty() {
                         continue;
@@ -870,7 +1184,7 @@ async fn stream(
                     b
                 }
             };
-            if let Err(e) = win.send(batch).await {
+            if let Err(e) = win.send(batch, keys_sent).await {
                 return Ok(e);
             }
         }
@@ -943,18 +1257,21 @@ mod tests {
             next_seq: 1,
             max_messages: 2,
             max_bytes: 1 << 20,
+            acked_seq: 0,
+            base_seq: None,
+            sent_bytes: 0,
         };
         let batch = |n: usize| Batch {
             seq: 0,
             kind: proto::Kind::Pod as i32,
             snapshot: false,
-            changes: vec![change_of(Kind::Pod, &format!("ns/p{n}"), None)],
+            changes: vec![change_of(WireKind::Pod, &format!("ns/p{n}"), None)],
             end_of_snapshot: false,
             resumed: false,
         };
         assert!(w.open());
-        w.send(batch(1)).await.unwrap();
-        w.send(batch(2)).await.unwrap();
+        w.send(batch(1), vec![]).await.unwrap();
+        w.send(batch(2), vec![]).await.unwrap();
         assert!(!w.open(), "two unacked batches fill a window of two");
         // Sequence numbers 1, 2 on the wire.
         for want in [1, 2] {
@@ -970,13 +1287,13 @@ mod tests {
         assert_eq!((w.unacked.len(), w.unacked_bytes), (0, 0));
         // The byte limit closes it too.
         w.max_bytes = 1;
-        w.send(batch(3)).await.unwrap();
+        w.send(batch(3), vec![]).await.unwrap();
         assert!(!w.open());
         // A delete names its namespace and name, no object.
-        let c = change_of(Kind::Pod, "ns/p1", None);
+        let c = change_of(WireKind::Pod, "ns/p1", None);
         assert_eq!((c.namespace.as_str(), c.name.as_str()), ("ns", "p1"));
         assert_eq!(c.op, change::Op::Delete as i32);
-        let n = change_of(Kind::Node, "/n1", None);
+        let n = change_of(WireKind::Node, "/n1", None);
         assert_eq!((n.namespace.as_str(), n.name.as_str()), ("", "n1"));
     }
 
