@@ -40,7 +40,7 @@ pub enum Command {
     CreateRemoteSecret(RemoteSecretArgs),
     /// Run in a member cluster: watch it and stream what the mesh needs to the
     /// hub's agent port (mesh file `clusters[].agent`).
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Enrolment tokens of member-cluster agents.
     #[command(subcommand)]
     AgentToken(AgentTokenCommand),
@@ -177,14 +177,136 @@ pub struct AgentArgs {
     /// Kubeconfig of this cluster's API server; default: in-cluster credentials.
     #[arg(long, env = "CROSSMESH_KUBECONFIG", value_name = "F")]
     pub kubeconfig: Option<PathBuf>,
-    /// Where the issued client certificate and key are kept.
+    /// Where the issued client certificate, its key and the trust bundle are
+    /// kept; default: the Secret `crossmesh-agent-state` in the agent's namespace
+    /// (`POD_NAMESPACE`, else its service account's).
+    #[arg(long, env = "CROSSMESH_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The most JSON (bytes) the agent keeps of its cluster's slimmed objects;
+    /// objects beyond it are left out and reported to the hub (`/debug/clusterz`).
     #[arg(
         long,
-        env = "CROSSMESH_STATE_DIR",
-        value_name = "DIR",
-        default_value = "/var/lib/crossmesh-agent"
+        env = "CROSSMESH_MAX_INVENTORY_BYTES",
+        value_name = "BYTES",
+        default_value_t = crate::agent::DEFAULT_MAX_INVENTORY_BYTES
     )]
-    pub state_dir: PathBuf,
+    pub max_inventory_bytes: usize,
+    #[command(flatten)]
+    pub webhook: AgentWebhookArgs,
+}
+
+/// `crossmesh agent`'s sidecar-injection webhook (`agent::webhook`); served only
+/// with --webhook-service.
+#[derive(Debug, Args)]
+pub struct AgentWebhookArgs {
+    /// The Service the API server reaches the webhook by (in --namespace); its
+    /// serving certificate names `<NAME>.<namespace>.svc`. Without it the agent
+    /// serves no webhook.
+    #[arg(long, env = "CROSSMESH_WEBHOOK_SERVICE", value_name = "NAME")]
+    pub webhook_service: Option<String>,
+    /// HTTPS listen address of the webhook (Istio's 15017).
+    #[arg(
+        long,
+        env = "CROSSMESH_WEBHOOK_ADDRESS",
+        value_name = "ADDR",
+        default_value = "0.0.0.0:15017"
+    )]
+    pub webhook_address: SocketAddr,
+    /// The MutatingWebhookConfiguration whose caBundle the agent keeps equal to
+    /// the mesh trust bundle.
+    #[arg(
+        long,
+        env = "CROSSMESH_WEBHOOK_CONFIG",
+        value_name = "NAME",
+        default_value = "crossmesh-sidecar-injector"
+    )]
+    pub webhook_config: String,
+    /// The agent's namespace (the webhook Service's); default: `POD_NAMESPACE`,
+    /// else the service account's namespace file.
+    #[arg(long, env = "CROSSMESH_NAMESPACE", value_name = "NS")]
+    pub namespace: Option<String>,
+    /// The hub's TLS xDS address as injected sidecars reach it (its
+    /// `xdsTlsAddress`), HOST:PORT; needed with --webhook-service.
+    #[arg(long, env = "CROSSMESH_PROXY_XDS_ADDRESS", value_name = "HOST:PORT")]
+    pub proxy_xds_address: Option<crate::bootstrap::XdsAddress>,
+    /// This cluster's network in the hub's mesh file (Istio's NETWORK); empty:
+    /// the one flat network.
+    #[arg(
+        long,
+        env = "CROSSMESH_NETWORK",
+        value_name = "NAME",
+        default_value = ""
+    )]
+    pub network: String,
+    /// The mesh's domainSuffix.
+    #[arg(
+        long,
+        env = "CROSSMESH_DOMAIN_SUFFIX",
+        value_name = "SUFFIX",
+        default_value = "cluster.local"
+    )]
+    pub domain_suffix: String,
+    /// Envoy's image in injected pods.
+    #[arg(long, env = "CROSSMESH_PROXY_IMAGE", value_name = "IMAGE")]
+    pub proxy_image: Option<String>,
+    /// The crossmesh image (`crossmesh bootstrap`) in injected pods.
+    #[arg(long, env = "CROSSMESH_CROSSMESH_IMAGE", value_name = "IMAGE")]
+    pub crossmesh_image: Option<String>,
+    /// The proxy-init image (`crossmesh iptables`) in injected pods.
+    #[arg(long, env = "CROSSMESH_PROXY_INIT_IMAGE", value_name = "IMAGE")]
+    pub proxy_init_image: Option<String>,
+}
+
+impl AgentWebhookArgs {
+    /// The webhook's options (`None` without --webhook-service).
+    pub fn options(
+        &self,
+        cluster: &str,
+    ) -> anyhow::Result<Option<crate::agent::webhook::WebhookOptions>> {
+        let Some(service) = self.webhook_service.clone() else {
+            return Ok(None);
+        };
+        let namespace = match &self.namespace {
+            Some(n) => n.clone(),
+            None => std::env::var(crate::agent::state::NAMESPACE_ENV)
+                .ok()
+                .or_else(|| {
+                    std::fs::read_to_string(
+                        "/var/run/secrets/kubernetes.io/serviceaccount/namespace",
+                    )
+                    .ok()
+                })
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .context("--webhook-service needs the agent's namespace: --namespace")?,
+        };
+        let xds = self.proxy_xds_address.clone().context(
+            "--webhook-service needs --proxy-xds-address: the hub's TLS xDS address for sidecars",
+        )?;
+        let mut inject = crate::agent::inject::InjectConfig {
+            xds_address: xds,
+            cluster_id: cluster.to_string(),
+            network: self.network.clone(),
+            domain_suffix: self.domain_suffix.clone(),
+            ..Default::default()
+        };
+        if let Some(i) = &self.proxy_image {
+            inject.proxy_image = i.clone();
+        }
+        if let Some(i) = &self.crossmesh_image {
+            inject.crossmesh_image = i.clone();
+        }
+        if let Some(i) = &self.proxy_init_image {
+            inject.proxy_init_image = i.clone();
+        }
+        Ok(Some(crate::agent::webhook::WebhookOptions {
+            address: self.webhook_address,
+            service,
+            namespace,
+            config_name: self.webhook_config.clone(),
+            inject,
+        }))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -593,6 +715,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Agent(a) => {
+            let webhook = a.webhook.options(&a.cluster)?;
             let opts = crate::agent::AgentOptions {
                 hub: a.hub,
                 cluster: a.cluster,
@@ -600,6 +723,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 root_cert: a.root_cert,
                 kubeconfig: a.kubeconfig,
                 state_dir: a.state_dir,
+                webhook,
+                max_inventory_bytes: a.max_inventory_bytes,
             };
             runtime()?.block_on(crate::agent::run(opts))?;
             Ok(ExitCode::SUCCESS)

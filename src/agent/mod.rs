@@ -27,6 +27,8 @@
 pub mod inject;
 pub mod istio;
 pub mod proto;
+pub mod state;
+pub mod webhook;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -72,8 +74,10 @@ pub enum AgentError {
     HubAddress(String),
     #[error("{path}: {reason}")]
     File { path: PathBuf, reason: String },
-    #[error("no client certificate in {state_dir} and no --token-file to enrol with")]
-    NoToken { state_dir: PathBuf },
+    #[error("no client certificate in the {state} and no --token-file to enrol with")]
+    NoToken { state: String },
+    #[error("{0}")]
+    State(String),
     #[error("enrolment refused by the hub: {0}")]
     Enrol(String),
     #[error("{0}")]
@@ -93,7 +97,13 @@ pub struct AgentOptions {
     pub root_cert: PathBuf,
     /// `None`: in-cluster credentials.
     pub kubeconfig: Option<PathBuf>,
-    pub state_dir: PathBuf,
+    /// `None`: the Secret [`state::STATE_SECRET`] in the agent's namespace.
+    pub state_dir: Option<PathBuf>,
+    /// The injection webhook (`--webhook-service`); `None`: not served.
+    pub webhook: Option<webhook::WebhookOptions>,
+    /// `--max-inventory-bytes`: the most JSON the agent keeps of its cluster's
+    /// objects (0: [`DEFAULT_MAX_INVENTORY_BYTES`]).
+    pub max_inventory_bytes: usize,
 }
 
 /// Run the agent until the process is stopped. Returns only on a failure that
@@ -113,20 +123,23 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
             .map(|(c, _)| c)
             .map_err(|e| AgentError::Kube(e.to_string()))?,
     };
-    let mut ident = load_or_enrol(&opts, &host, &roots).await?;
+    let store = Arc::new(state::StateStore::new(opts.state_dir.as_deref(), &client));
+    // The trust bundle (kept, else --root-cert), the webhook and its upkeep.
+    let trust = webhook::start(opts.webhook.clone(), store.clone(), roots, &client).await?;
+    let mut ident = load_or_enrol(&opts, &store, &host, &trust, false).await?;
     let inv = Arc::new(Shared::default());
     inv.lock().max_bytes = opts.max_inventory_bytes;
     *inv.client.lock().unwrap_or_else(|e| e.into_inner()) = Some(client.clone());
     let watch = tokio::spawn(watch_cluster(client, inv.clone()));
     let mut failures = 0u32;
     loop {
-        if SystemTime::now() >= ident.renew_at {
-            match renew(&opts, &host, &roots, &ident).await {
+        if SystemTime::now() >= ident.renew_at || trust.renew_requested() {
+            match renew(&opts, &store, &host, &trust, &ident).await {
                 Ok(i) => ident = i,
                 Err(e) => warn!(error = %e, "certificate renewal failed; retrying"),
             }
         }
-        let outcome = session(&opts, &host, &roots, &ident, &inv).await;
+        let outcome = session(&opts, &host, &trust, &ident, &inv).await;
         let synced = outcome.synced;
         if synced {
             failures = 0;
@@ -136,12 +149,9 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
             // The hub refuses this certificate (revoked): enrol again with the
             // token file's token, retried (re-reading the file) until it works.
             warn!("the hub refuses this agent's certificate; enrolling again with --token-file");
-            for f in [CERT_FILE, KEY_FILE] {
-                let _ = std::fs::remove_file(opts.state_dir.join(f));
-            }
             let mut attempt = 0u32;
             ident = loop {
-                match load_or_enrol(&opts, &host, &roots).await {
+                match load_or_enrol(&opts, &store, &host, &trust, true).await {
                     Ok(i) => break i,
                     Err(e) => {
                         warn!(error = %e, "enrolment refused; retrying with the token file's current token");
@@ -254,28 +264,43 @@ fn new_csr() -> Result<(String, Zeroizing<String>), AgentError> {
     Ok((csr, Zeroizing::new(key.serialize_pem())))
 }
 
-fn save(opts: &AgentOptions, chain: &str, key: &str) -> Result<(), AgentError> {
-    std::fs::create_dir_all(&opts.state_dir).map_err(|e| AgentError::File {
-        path: opts.state_dir.clone(),
-        reason: e.to_string(),
-    })?;
-    write_private(&opts.state_dir.join(KEY_FILE), key, true)?;
-    write_private(&opts.state_dir.join(CERT_FILE), chain, false)
-}
-
-async fn load_or_enrol(opts: &AgentOptions, host: &str, roots: &[u8]) -> Result<Ident, AgentError> {
-    let chain = std::fs::read_to_string(opts.state_dir.join(CERT_FILE));
-    let key = std::fs::read_to_string(opts.state_dir.join(KEY_FILE)).map(Zeroizing::new);
-    if let (Ok(chain), Ok(key)) = (chain, key) {
-        if let Some(i) = ident(chain, key) {
-            info!(state_dir = %opts.state_dir.display(), "using the client certificate in the state directory");
+/// The kept identity (unless `fresh`: the hub refused it), or a new one from
+/// enrolling with the token file's token.
+async fn load_or_enrol(
+    opts: &AgentOptions,
+    store: &state::StateStore,
+    host: &str,
+    trust: &webhook::Trust,
+    fresh: bool,
+) -> Result<Ident, AgentError> {
+    let kept = if fresh {
+        None
+    } else {
+        // The API server may come up after the agent: retried for a while.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut attempt = 0u32;
+        loop {
+            match store.load().await {
+                Ok(k) => break k,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    warn!(error = %e, "cannot read the kept client certificate; retrying");
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt = attempt.saturating_add(1);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    if let Some(k) = kept {
+        if let Some(i) = ident(k.chain_pem, k.key_pem) {
+            info!(state = %store.describe(), "using the kept client certificate");
             return Ok(i);
         }
-        warn!(state_dir = %opts.state_dir.display(), "the certificate in the state directory is expired or unreadable; enrolling again");
+        warn!(state = %store.describe(), "the kept certificate is expired or unreadable; enrolling again");
     }
     let Some(token_file) = &opts.token_file else {
         return Err(AgentError::NoToken {
-            state_dir: opts.state_dir.clone(),
+            state: store.describe(),
         });
     };
     let token = Zeroizing::new(
@@ -288,7 +313,8 @@ async fn load_or_enrol(opts: &AgentOptions, host: &str, roots: &[u8]) -> Result<
             .to_string(),
     );
     let (csr, key) = new_csr()?;
-    let tls = client_tls(roots, None)?;
+    let webhook_csr = trust.webhook_csr()?;
+    let tls = client_tls(&trust.roots(), None)?;
     let mut attempt = 0u32;
     let resp = loop {
         let r = async {
@@ -299,7 +325,7 @@ async fn load_or_enrol(opts: &AgentOptions, host: &str, roots: &[u8]) -> Result<
                     cluster: opts.cluster.clone(),
                     token: token.to_string(),
                     csr_pem: csr.clone(),
-                    webhook_csr_pem: String::new(),
+                    webhook_csr_pem: webhook_csr.clone(),
                 })
                 .await
                 .map_err(|s| {
@@ -322,30 +348,50 @@ async fn load_or_enrol(opts: &AgentOptions, host: &str, roots: &[u8]) -> Result<
             }
         }
     };
-    save(opts, &resp.cert_chain_pem, &key)?;
-    info!(identity = %resp.identity, "enrolled");
+    store
+        .save_retrying(&resp.cert_chain_pem, &key, &resp.trust_bundle_pem)
+        .await?;
+    trust
+        .issued(
+            &resp.trust_bundle_pem,
+            &resp.signer_sha256,
+            &resp.webhook_cert_chain_pem,
+        )
+        .await;
+    info!(identity = %resp.identity, state = %store.describe(), "enrolled");
     ident(resp.cert_chain_pem, key)
         .ok_or_else(|| AgentError::Enrol("the hub returned an unusable certificate".into()))
 }
 
 async fn renew(
     opts: &AgentOptions,
+    store: &state::StateStore,
     host: &str,
-    roots: &[u8],
+    trust: &webhook::Trust,
     cur: &Ident,
 ) -> Result<Ident, AgentError> {
     let (csr, key) = new_csr()?;
-    let tls = client_tls(roots, Some(cur))?;
+    let webhook_csr = trust.webhook_csr()?;
+    let tls = client_tls(&trust.roots(), Some(cur))?;
     let ch = channel(&opts.hub, host, tls).await?;
     let resp = AgentServiceClient::new(ch)
         .renew(RenewRequest {
             csr_pem: csr,
-            webhook_csr_pem: String::new(),
+            webhook_csr_pem: webhook_csr,
         })
         .await
         .map_err(|s| AgentError::Enrol(s.message().to_string()))?
         .into_inner();
-    save(opts, &resp.cert_chain_pem, &key)?;
+    store
+        .save_retrying(&resp.cert_chain_pem, &key, &resp.trust_bundle_pem)
+        .await?;
+    trust
+        .issued(
+            &resp.trust_bundle_pem,
+            &resp.signer_sha256,
+            &resp.webhook_cert_chain_pem,
+        )
+        .await;
     info!(identity = %resp.identity, "client certificate renewed");
     ident(resp.cert_chain_pem, key)
         .ok_or_else(|| AgentError::Enrol("the hub returned an unusable certificate".into()))
@@ -769,13 +815,13 @@ struct ResumeState {
 async fn session(
     opts: &AgentOptions,
     host: &str,
-    roots: &[u8],
+    trust: &webhook::Trust,
     ident: &Ident,
     shared: &Arc<Shared>,
 ) -> Outcome {
     let mut synced = false;
     let mut refused = false;
-    let reason = match stream(opts, host, roots, ident, shared, &mut synced, &mut refused).await {
+    let reason = match stream(opts, host, trust, ident, shared, &mut synced, &mut refused).await {
         Ok(r) => r,
         Err(e) => e.to_string(),
     };
@@ -878,7 +924,7 @@ fn change_of(kind: WireKind, key: &str, e: Option<&Entry>) -> Change {
 async fn stream(
     opts: &AgentOptions,
     host: &str,
-    roots: &[u8],
+    trust: &webhook::Trust,
     ident: &Ident,
     shared: &Arc<Shared>,
     synced: &mut bool,
@@ -890,7 +936,7 @@ async fn stream(
         s.code() == tonic::Code::PermissionDenied
             && s.message().contains(crate::sources::agent::REVOKED)
     };
-    let tls = client_tls(roots, Some(ident))?;
+    let tls = client_tls(&trust.roots(), Some(ident))?;
     let ch = channel(&opts.hub, host, tls).await?;
     let mut client = AgentServiceClient::new(ch)
         .max_decoding_message_size(crate::sources::agent::DEFAULT_MAX_MESSAGE_BYTES);
@@ -901,7 +947,8 @@ async fn stream(
             cluster: opts.cluster.clone(),
             kinds: KINDS.iter().map(|k| wire_kind(*k) as i32).collect(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
-            accepts_trust_bundle: false,
+            accepts_trust_bundle: true,
+            istio_kinds: istio::kinds().iter().map(|(k, ..)| *k as i32).collect(),
         })),
     };
     let _ = out.send(hello).await;
@@ -1196,7 +1243,11 @@ async fn run_stream(
                     match m.message {
                         Some(hub_message::Message::Ack(a)) => win.acked(a.seq),
                         Some(hub_message::Message::Heartbeat(_)) => {}
-                        Some(hub_message::Message::TrustBundle(_)) => {}
+                        Some(hub_message::Message::TrustBundle(b)) => {
+                            if trust.from_hub(&b.pem, &b.signer_sha256).await {
+                                return Ok("the hub's CA signs with another certificate: renewing".into());
+                            }
+                        }
                         Some(hub_message::Message::Welcome(_)) | None => {
                             return Ok("unexpected message from the hub".into());
                         }
@@ -1295,6 +1346,44 @@ mod tests {
         assert_eq!(c.op, change::Op::Delete as i32);
         let n = change_of(WireKind::Node, "/n1", None);
         assert_eq!((n.namespace.as_str(), n.name.as_str()), ("", "n1"));
+    }
+
+    #[test]
+    fn inventory_keeps_to_its_byte_limit_and_reports_what_it_left_out() {
+        let mut inv = Inventory {
+            max_bytes: 100,
+            ..Inventory::default()
+        };
+        let e = |n: usize| Entry {
+            namespace: "ns".into(),
+            name: format!("p{n}"),
+            resource_version: "1".into(),
+            json: Arc::new(vec![b'x'; 40]),
+        };
+        inv.put(WireKind::Pod, "ns/p1".into(), e(1));
+        inv.put(WireKind::Pod, "ns/p2".into(), e(2));
+        // 120 bytes would exceed 100: left out, counted, reported.
+        inv.put(WireKind::Pod, "ns/p3".into(), e(3));
+        assert_eq!(inv.bytes, 80);
+        assert!(!inv.objects[&WireKind::Pod].contains_key("ns/p3"));
+        assert!(
+            inv.status_of(WireKind::Pod).contains("1 object(s) left out"),
+            "{}",
+            inv.status_of(WireKind::Pod)
+        );
+        assert!(inv.status_dirty.contains(&WireKind::Pod));
+        inv.status_dirty.clear();
+        // A re-list after p1 went: p3 fits now, and the report clears.
+        inv.replace_entries(
+            WireKind::Pod,
+            |_| true,
+            BTreeMap::from([("ns/p2".to_string(), e(2)), ("ns/p3".to_string(), e(3))]),
+        );
+        assert_eq!(inv.bytes, 80);
+        assert!(inv.objects[&WireKind::Pod].contains_key("ns/p3"));
+        assert_eq!(inv.status_of(WireKind::Pod), "");
+        assert!(inv.status_dirty.contains(&WireKind::Pod));
+        assert!(inv.dirty.contains(&(WireKind::Pod, "ns/p1".to_string())));
     }
 
     #[test]

@@ -382,8 +382,11 @@ struct ServerCert {
     ips: Vec<IpAddr>,
     /// The certificate, when to renew it, and the CA that issued it (a reloaded
     /// plug-in CA with another signer or roots has it re-issued at once).
-    current: RwLock<Option<(Arc<rustls::sign::CertifiedKey>, SystemTime, Arc<Ca>)>>,
+    current: RwLock<Option<IssuedServerCert>>,
 }
+
+/// The agent port's certificate, when to renew it, and the CA that issued it.
+type IssuedServerCert = (Arc<rustls::sign::CertifiedKey>, SystemTime, Arc<Ca>);
 
 impl std::fmt::Debug for ServerCert {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
