@@ -223,11 +223,17 @@ impl WorkloadEntry {
     }
 }
 
-/// The member cluster a config object belongs to: `cluster NAME` for objects
-/// read from a cluster's API server (its `Meta::origin`); none (empty) for
-/// manifest files.
+/// The member cluster a config object belongs to, from its `Meta::origin`:
+/// `cluster NAME` for objects read from a config cluster's API server,
+/// `cluster NAME (agent)` for those its member-cluster agent sends; none
+/// (empty) for manifest files.
 pub fn origin_cluster(origin: &str) -> ClusterId {
-    Arc::from(origin.strip_prefix("cluster ").unwrap_or(""))
+    Arc::from(
+        origin
+            .strip_prefix("cluster ")
+            .and_then(|rest| rest.split(' ').next())
+            .unwrap_or(""),
+    )
 }
 
 #[cfg(test)]
@@ -283,6 +289,7 @@ mod tests {
             .unwrap();
         assert_eq!(e.port, 9000);
         assert_eq!(&*origin_cluster("cluster c2"), "c2");
+        assert_eq!(&*origin_cluster("cluster c3 (agent)"), "c3");
         assert_eq!(&*origin_cluster("istio/x.yaml"), "");
     }
 }
