@@ -18,11 +18,13 @@ use crate::registry::config::{validate_docs, RawDoc};
 use crate::registry::ObjectProblem;
 use crate::sources::manifests::{cluster_objects, parse_text, yaml_files, Doc};
 
-/// Whether a document belongs to Istio's APIs rather than Kubernetes core.
+/// Whether a document belongs to Istio's APIs or the Kubernetes Gateway API
+/// (both go to the config store) rather than Kubernetes core.
 fn is_istio(v: &Value) -> bool {
     let api = v.get("apiVersion").and_then(Value::as_str).unwrap_or("");
     api.split_once('/')
         .is_some_and(|(group, _)| group.ends_with(".istio.io"))
+        || crate::model::gateway_api::is_gateway_api(v)
 }
 
 fn expand(paths: &[PathBuf], problems: &mut Vec<String>) -> Vec<PathBuf> {
@@ -62,12 +64,19 @@ pub fn validate_paths_with_warnings(paths: &[PathBuf]) -> (Vec<String>, Vec<Stri
         problems.extend(validate_text(&file, &text, &mut istio));
     }
     problems.extend(validate_docs(&istio).iter().map(ToString::to_string));
-    let warnings = istio
+    let mut warnings: Vec<String> = istio
         .iter()
+        .filter(|d| !crate::model::gateway_api::is_gateway_api(&d.value))
         .filter_map(|d| crate::model::istio::parse_object(&d.origin, &d.value).ok())
         .flat_map(|o| crate::model::istio::object_warnings(&o))
         .map(|w| w.to_string())
         .collect();
+    // Gateway API status conditions that are not as they should be (a route
+    // not accepted, a reference not resolved), as serve would report them.
+    warnings.extend(crate::registry::config::gateway_api_status_problems(
+        &istio,
+        "cluster.local",
+    ));
     (problems, warnings)
 }
 

@@ -1166,6 +1166,11 @@ fn rbac_is_least_privilege_and_enough() {
         ("", "secrets"),
     ];
     watched.extend(ISTIO_KINDS.iter().map(|(g, _, p)| (*g, *p)));
+    watched.extend(
+        crossmesh::sources::kube::GATEWAY_API_KINDS
+            .iter()
+            .map(|(g, _, p)| (*g, *p)),
+    );
     for (g, r) in &watched {
         for v in ["get", "list", "watch"] {
             assert!(grants(&cluster_rules, g, r, v), "{sa} cannot {v} {g}/{r}");

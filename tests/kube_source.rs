@@ -698,6 +698,11 @@ fn deploy_rbac_is_read_only_and_covers_every_watched_kind() {
         ("discovery.k8s.io", "endpointslices"),
     ];
     watched.extend(ISTIO_KINDS.iter().map(|(g, _, p)| (*g, *p)));
+    watched.extend(
+        crossmesh::sources::kube::GATEWAY_API_KINDS
+            .iter()
+            .map(|(g, _, p)| (*g, *p)),
+    );
     for (group, plural) in watched {
         assert!(grants(group, plural), "no list/watch on {group}/{plural}");
     }

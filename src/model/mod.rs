@@ -4,6 +4,7 @@
 
 pub mod context;
 pub mod credential;
+pub mod gateway_api;
 pub mod istio;
 pub mod proxy;
 pub mod service;

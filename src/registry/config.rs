@@ -13,6 +13,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::metrics::{metrics, KindLabel};
+use crate::model::gateway_api::{self, convert::ObjectStatus, GwKind, GwObject};
 use crate::model::istio::authorization_policy;
 use crate::model::istio::request_authentication::{FetchedJwks, JwksSource};
 use crate::model::istio::validate::validate;
@@ -41,7 +42,15 @@ pub type Problem = Rejection;
 pub fn validate_docs(docs: &[RawDoc]) -> Vec<Problem> {
     let mut problems = Vec::new();
     let mut seen: BTreeMap<(Kind, String, String), String> = BTreeMap::new();
+    let mut gw_seen = BTreeMap::new();
     for doc in docs.iter().filter(|d| !d.value.is_null()) {
+        if gateway_api::is_gateway_api(&doc.value) {
+            match gateway_api::parse_object(&doc.origin, &doc.value) {
+                Ok(obj) => problems.extend(gw_duplicate(&mut gw_seen, &obj)),
+                Err(mut errs) => problems.append(&mut errs),
+            }
+            continue;
+        }
         match parse_object(&doc.origin, &doc.value) {
             Ok(obj) => {
                 if let Some(p) = duplicate(&mut seen, &obj) {
@@ -84,9 +93,55 @@ fn duplicate(
     }
 }
 
+/// The Gateway API status conditions of documents checked offline
+/// (`crossmesh validate`): one line per condition that is not as it should
+/// be (a route not accepted, a reference not resolved, a conflicted listener).
+/// Services are not known offline, so `BackendNotFound` is not reported.
+pub fn gateway_api_status_problems(docs: &[RawDoc], domain_suffix: &str) -> Vec<String> {
+    let objects: Vec<GwObject> = docs
+        .iter()
+        .filter(|d| gateway_api::is_gateway_api(&d.value))
+        .filter_map(|d| gateway_api::parse_object(&d.origin, &d.value).ok())
+        .collect();
+    gateway_api::convert::convert(&objects, domain_suffix, None)
+        .status
+        .iter()
+        .flat_map(ObjectStatus::problems)
+        .collect()
+}
+
+/// `gw`'s key recorded; a rejection if another Gateway API object claimed it.
+fn gw_duplicate(
+    seen: &mut BTreeMap<(GwKind, String, String), String>,
+    obj: &GwObject,
+) -> Option<Rejection> {
+    let m = obj.meta();
+    let key = (obj.kind(), m.namespace.clone(), m.name.clone());
+    match seen.get(&key) {
+        Some(first) => Some(Rejection {
+            origin: m.origin.clone(),
+            kind: obj.kind().as_str().to_string(),
+            namespace: m.namespace.clone(),
+            name: m.name.clone(),
+            field: "metadata.name".into(),
+            reason: format!(
+                "duplicate: {} {} is already defined in {first}",
+                obj.kind().as_str(),
+                m.key()
+            ),
+        }),
+        None => {
+            seen.insert(key, m.origin.clone());
+            None
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct SourceState {
     accepted: Vec<IstioObject>,
+    /// Gateway API objects, converted into Istio objects at each rebuild.
+    gateway_api: Vec<GwObject>,
     rejected: Vec<Rejection>,
 }
 
@@ -99,6 +154,8 @@ pub struct ConfigStore {
     /// wins a duplicate).
     sources: BTreeMap<String, SourceState>,
     in_force: Vec<IstioObject>,
+    /// Gateway API objects in force (their conversion is part of `in_force`).
+    gateway_api: Vec<GwObject>,
     duplicates: Vec<Rejection>,
     snapshot: Arc<ConfigSnapshot>,
     /// Keys fetched for RequestAuthentication `jwksUri`s (`security::jwks`).
@@ -121,6 +178,7 @@ impl ConfigStore {
             domain_suffix: domain_suffix.to_string(),
             sources: BTreeMap::new(),
             in_force: Vec::new(),
+            gateway_api: Vec::new(),
             duplicates: Vec::new(),
             snapshot: Arc::new(ConfigSnapshot::new(domain_suffix, [])),
             jwks: Arc::default(),
@@ -134,6 +192,19 @@ impl ConfigStore {
     pub fn replace_source(&mut self, source: &str, docs: Vec<RawDoc>) -> bool {
         let mut state = SourceState::default();
         for doc in docs.iter().filter(|d| !d.value.is_null()) {
+            if gateway_api::is_gateway_api(&doc.value) {
+                match gateway_api::parse_object(&doc.origin, &doc.value) {
+                    Ok(obj) => state.gateway_api.push(obj),
+                    Err(mut errs) => {
+                        for e in &errs {
+                            tracing::warn!(origin = %e.origin, kind = %e.kind, namespace = %e.namespace,
+                                name = %e.name, field = %e.field, reason = %e.reason, "rejected Gateway API config");
+                        }
+                        state.rejected.append(&mut errs);
+                    }
+                }
+                continue;
+            }
             match parse_object(&doc.origin, &doc.value) {
                 Ok(obj) => state.accepted.push(obj),
                 Err(mut errs) => {
@@ -169,6 +240,8 @@ impl ConfigStore {
         let mut seen = BTreeMap::new();
         let mut in_force = Vec::new();
         let mut duplicates = Vec::new();
+        let mut gw_seen = BTreeMap::new();
+        let mut gw_in_force = Vec::new();
         for state in self.sources.values() {
             for obj in &state.accepted {
                 match duplicate(&mut seen, obj) {
@@ -176,7 +249,21 @@ impl ConfigStore {
                     None => in_force.push(obj.clone()),
                 }
             }
+            for obj in &state.gateway_api {
+                match gw_duplicate(&mut gw_seen, obj) {
+                    Some(d) => duplicates.push(d),
+                    None => gw_in_force.push(obj.clone()),
+                }
+            }
         }
+        // Gateway API objects serve as the Istio objects they convert to.
+        for obj in gateway_api::convert::convert(&gw_in_force, &self.domain_suffix, None).objects {
+            match duplicate(&mut seen, &obj) {
+                Some(d) => duplicates.push(d),
+                None => in_force.push(obj),
+            }
+        }
+        self.gateway_api = gw_in_force;
         in_force.sort_by(|a, b| {
             (a.kind(), &a.meta().namespace, &a.meta().name).cmp(&(
                 b.kind(),
@@ -284,6 +371,12 @@ impl ConfigStore {
                 .collect(),
             rejected: self.rejections().cloned().collect(),
             warnings,
+            gateway_api: gateway_api::convert::convert(
+                &self.gateway_api,
+                &self.domain_suffix,
+                Some(services),
+            )
+            .status,
         }
     }
 }
@@ -329,6 +422,9 @@ pub struct ConfigStatus {
     pub in_force: Vec<InForce>,
     pub rejected: Vec<Rejection>,
     pub warnings: Vec<Warning>,
+    /// Status of the Gateway API objects in force (the conditions Istio writes
+    /// to their `status`), computed against the services known now.
+    pub gateway_api: Vec<ObjectStatus>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -1180,6 +1180,33 @@ pub const ISTIO_KINDS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// The Kubernetes Gateway API kinds watched for a config cluster beside
+/// [`ISTIO_KINDS`] (the member-cluster agent does not stream them yet).
+pub const GATEWAY_API_KINDS: &[(&str, &str, &str)] = &[
+    (
+        "gateway.networking.k8s.io",
+        "GatewayClass",
+        "gatewayclasses",
+    ),
+    ("gateway.networking.k8s.io", "Gateway", "gateways"),
+    ("gateway.networking.k8s.io", "HTTPRoute", "httproutes"),
+    (
+        "gateway.networking.k8s.io",
+        "ReferenceGrant",
+        "referencegrants",
+    ),
+];
+
+/// The version a config kind is watched at: `v1`, but ReferenceGrant's
+/// `v1beta1` (the version every Gateway API release serves it at).
+pub fn config_kind_version(group: &str, kind: &str) -> &'static str {
+    if group == crate::model::gateway_api::GROUP && kind == "ReferenceGrant" {
+        "v1beta1"
+    } else {
+        "v1"
+    }
+}
+
 /// Where a config cluster's Istio objects go: the full current set, as JSON
 /// documents, on each change (wired to the registry's config store).
 pub type ConfigSink = Arc<dyn Fn(&str, Vec<Value>) + Send + Sync>;
@@ -1192,8 +1219,10 @@ pub fn spawn_config_watch(cluster: &str, client: Client, sink: ConfigSink) -> Jo
     let source = format!("cluster:{cluster}");
     let span = info_span!("kube-config", cluster = %cluster);
     let mut all = SelectAll::new();
-    for (i, (group, kind, plural)) in ISTIO_KINDS.iter().enumerate() {
-        let gvk = GroupVersionKind::gvk(group, "v1", kind);
+    let kinds: Vec<_> = ISTIO_KINDS.iter().chain(GATEWAY_API_KINDS).collect();
+    let n_kinds = kinds.len();
+    for (i, (group, kind, plural)) in kinds.into_iter().enumerate() {
+        let gvk = GroupVersionKind::gvk(group, config_kind_version(group, kind), kind);
         let ar = ApiResource::from_gvk_with_plural(&gvk, plural);
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
         let ar2 = ar.clone();
@@ -1206,9 +1235,9 @@ pub fn spawn_config_watch(cluster: &str, client: Client, sink: ConfigSink) -> Jo
     tokio::spawn(
         async move {
             let mut current: Vec<BTreeMap<String, Value>> =
-                vec![BTreeMap::new(); ISTIO_KINDS.len()];
-            let mut buffers: Vec<Option<BTreeMap<String, Value>>> = vec![None; ISTIO_KINDS.len()];
-            let mut listed = vec![false; ISTIO_KINDS.len()];
+                vec![BTreeMap::new(); n_kinds];
+            let mut buffers: Vec<Option<BTreeMap<String, Value>>> = vec![None; n_kinds];
+            let mut listed = vec![false; n_kinds];
             let mut delivered = false;
             while let Some((i, ar, ev)) = all.next().await {
                 let key = |o: &DynamicObject| {
@@ -1231,7 +1260,18 @@ pub fn spawn_config_watch(cluster: &str, client: Client, sink: ConfigSink) -> Jo
                     Err(e) => {
                         let (reason, _) = explain_watcher(&e);
                         warn!(kind = %ar.kind, error = %reason, "Istio config watch failed");
-                        false
+                        // A Gateway API kind whose CRD is not installed (404) or
+                        // that RBAC does not grant (403) counts as listed and
+                        // empty: it must not hold back the Istio kinds. It is
+                        // still retried, and applies once it lists.
+                        let absent = matches!(&e, watcher::Error::InitialListFailed(kube::Error::Api(st))
+                            if st.code == 404 || st.code == 403);
+                        if i >= ISTIO_KINDS.len() && absent && !listed[i] {
+                            listed[i] = true;
+                            true
+                        } else {
+                            false
+                        }
                     }
                     Ok(watcher::Event::Init) => {
                         buffers[i] = Some(BTreeMap::new());

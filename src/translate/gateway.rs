@@ -57,7 +57,7 @@ struct PortServers<'a> {
 /// Servers of every Gateway that selects `proxy`, grouped by port.
 fn servers_by_port<'a>(proxy: &'a Proxy, ctx: &'a PushContext) -> BTreeMap<u32, PortServers<'a>> {
     let mut ports: BTreeMap<u32, PortServers<'a>> = BTreeMap::new();
-    for gw in ctx.config.gateways_for(&proxy.labels) {
+    for gw in ctx.config.gateways_for(&proxy.namespace, &proxy.labels) {
         for server in &gw.spec.servers {
             let Some(protocol) = server.protocol() else {
                 continue;

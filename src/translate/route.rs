@@ -17,7 +17,8 @@ use envoy_types::pb::envoy::config::route::v3::{
     route::Action,
     route_action::{
         hash_policy::{ConnectionProperties, Cookie, Header, PolicySpecifier, QueryParameter},
-        ClusterSpecifier, HashPolicy, HostRewriteSpecifier, RequestMirrorPolicy,
+        ClusterNotFoundResponseCode, ClusterSpecifier, HashPolicy, HostRewriteSpecifier,
+        RequestMirrorPolicy,
     },
     route_match::PathSpecifier,
     weighted_cluster::{cluster_weight, ClusterWeight},
@@ -186,7 +187,7 @@ fn build_route(
             ("", m) => m.to_string(),
             (r, m) => format!("{r}.{m}"),
         },
-        r#match: Some(route_match(m)),
+        r#match: Some(gateway_semantics_match(vs, route_match(m))),
         // Per-route stats under vhost.<vhost>.route.<statPrefix> (Istio).
         stat_prefix: m.and_then(|m| m.stat_prefix.clone()).unwrap_or_default(),
         ..Default::default()
@@ -291,9 +292,29 @@ fn route_action(
             ..Default::default()
         }));
     }
+    if vs.meta.gateway_semantics() {
+        // Gateway API: a backend that did not resolve answers 500 (Istio).
+        action.cluster_not_found_response_code =
+            ClusterNotFoundResponseCode::InternalServerError as i32;
+    }
     if let Some(rw) = &http.rewrite {
-        if let Some(uri) = &rw.uri {
-            action.prefix_rewrite = uri.clone();
+        match (&rw.uri, &route.r#match) {
+            // Gateway semantics: replacing a path-separated prefix with `/`
+            // removes it, keeping one `/` (Istio's regex rewrite).
+            (
+                Some(uri),
+                Some(RouteMatch {
+                    path_specifier: Some(PathSpecifier::PathSeparatedPrefix(p)),
+                    ..
+                }),
+            ) if uri == "/" && vs.meta.gateway_semantics() => {
+                action.regex_rewrite = Some(RegexMatchAndSubstitute {
+                    pattern: Some(regex_matcher(&format!("^{}(/?)(.*)", regex::escape(p)))),
+                    substitution: "/\\2".into(),
+                });
+            }
+            (Some(uri), _) => action.prefix_rewrite = uri.clone(),
+            _ => {}
         }
         if let Some(rr) = &rw.uri_regex_rewrite {
             action.regex_rewrite = Some(RegexMatchAndSubstitute {
@@ -561,6 +582,23 @@ fn header_matcher(name: &str, m: &StringMatch, invert: bool) -> HeaderMatcher {
         invert_match: invert,
         ..Default::default()
     }
+}
+
+/// Istio's gateway semantics (`model.UseGatewaySemantics`, VirtualServices
+/// generated from Gateway API routes): a prefix other than `/` matches whole
+/// path segments (`path_separated_prefix`, without a trailing `/`), as the
+/// Gateway API's `PathPrefix` requires.
+fn gateway_semantics_match(vs: &Config<VirtualService>, mut m: RouteMatch) -> RouteMatch {
+    if vs.meta.gateway_semantics() {
+        if let Some(PathSpecifier::Prefix(p)) = &m.path_specifier {
+            if p != "/" {
+                m.path_specifier = Some(PathSpecifier::PathSeparatedPrefix(
+                    p.trim_end_matches('/').to_string(),
+                ));
+            }
+        }
+    }
+    m
 }
 
 /// Istio `HTTPMatchRequest` -> Envoy `RouteMatch`; no match is a `/` prefix.

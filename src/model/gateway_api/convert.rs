@@ -53,10 +53,20 @@ pub struct Condition {
 
 impl Condition {
     fn yes(kind: &'static str, reason: &'static str) -> Condition {
-        Condition { kind, status: "True", reason, message: String::new() }
+        Condition {
+            kind,
+            status: "True",
+            reason,
+            message: String::new(),
+        }
     }
     fn no(kind: &'static str, reason: &'static str, message: impl Into<String>) -> Condition {
-        Condition { kind, status: "False", reason, message: message.into() }
+        Condition {
+            kind,
+            status: "False",
+            reason,
+            message: message.into(),
+        }
     }
 }
 
@@ -116,11 +126,19 @@ impl ObjectStatus {
 
     /// One line per condition that is not `True`, for `crossmesh validate`.
     pub fn problems(&self) -> Vec<String> {
-        let head = format!("{}: {} {}/{}", self.origin, self.kind, self.namespace, self.name);
+        let head = format!(
+            "{}: {} {}/{}",
+            self.origin, self.kind, self.namespace, self.name
+        );
         let mut out = Vec::new();
         let mut add = |at: String, c: &Condition| {
-            if c.status != "True" && c.kind != "Conflicted" || c.kind == "Conflicted" && c.status == "True" {
-                out.push(format!("{head}: status{at}: {}={} {}: {}", c.kind, c.status, c.reason, c.message));
+            if c.status != "True" && c.kind != "Conflicted"
+                || c.kind == "Conflicted" && c.status == "True"
+            {
+                out.push(format!(
+                    "{head}: status{at}: {}={} {}: {}",
+                    c.kind, c.status, c.reason, c.message
+                ));
             }
         };
         for c in &self.conditions {
@@ -162,7 +180,11 @@ struct ListenerInfo<'a> {
 /// Convert every Gateway API object in force. `services`, when known, lets
 /// `ResolvedRefs` report backends that name no Service (`BackendNotFound`); the
 /// generated config does not depend on it.
-pub fn convert(objects: &[GwObject], domain_suffix: &str, services: Option<&ServiceMap>) -> Conversion {
+pub fn convert(
+    objects: &[GwObject],
+    domain_suffix: &str,
+    services: Option<&ServiceMap>,
+) -> Conversion {
     let mut out = Conversion::default();
     let mut classes: BTreeMap<&str, bool> = BTreeMap::new();
     let mut grants: Vec<&GwConfig<ReferenceGrant>> = Vec::new();
@@ -177,7 +199,11 @@ pub fn convert(objects: &[GwObject], domain_suffix: &str, services: Option<&Serv
                 if ours {
                     st.conditions.push(Condition::yes("Accepted", "Accepted"));
                 } else {
-                    st.not_managed = Some(format!("controllerName {:?} is not served by crossmesh ({})", c.spec.controller_name, CONTROLLER_NAMES.join(", ")));
+                    st.not_managed = Some(format!(
+                        "controllerName {:?} is not served by crossmesh ({})",
+                        c.spec.controller_name,
+                        CONTROLLER_NAMES.join(", ")
+                    ));
                 }
                 out.status.push(st);
             }
@@ -198,12 +224,18 @@ pub fn convert(objects: &[GwObject], domain_suffix: &str, services: Option<&Serv
         match classes.get(gw.spec.gateway_class_name.as_str()) {
             Some(true) => {}
             Some(false) => {
-                st.not_managed = Some(format!("GatewayClass {:?} belongs to another controller", gw.spec.gateway_class_name));
+                st.not_managed = Some(format!(
+                    "GatewayClass {:?} belongs to another controller",
+                    gw.spec.gateway_class_name
+                ));
                 out.status.push(st);
                 continue;
             }
             None => {
-                st.not_managed = Some(format!("GatewayClass {:?} does not exist", gw.spec.gateway_class_name));
+                st.not_managed = Some(format!(
+                    "GatewayClass {:?} does not exist",
+                    gw.spec.gateway_class_name
+                ));
                 out.status.push(st);
                 continue;
             }
@@ -223,21 +255,51 @@ pub fn convert(objects: &[GwObject], domain_suffix: &str, services: Option<&Serv
                 }
                 let family = |p: &str| match p {
                     "HTTPS" | "TLS" => "tls",
-                    p => if p == "HTTP" { "http" } else { "tcp" },
+                    p => {
+                        if p == "HTTP" {
+                            "http"
+                        } else {
+                            "tcp"
+                        }
+                    }
                 };
                 if family(&o.protocol) != family(&l.protocol) {
-                    Some(("ProtocolConflict", format!("listener {:?} uses port {} with protocol {}", o.name, l.port, o.protocol)))
+                    Some((
+                        "ProtocolConflict",
+                        format!(
+                            "listener {:?} uses port {} with protocol {}",
+                            o.name, l.port, o.protocol
+                        ),
+                    ))
                 } else if o.hostname == l.hostname {
-                    Some(("HostnameConflict", format!("listener {:?} already serves port {} for hostname {}", o.name, l.port, l.hostname.as_deref().unwrap_or("*"))))
+                    Some((
+                        "HostnameConflict",
+                        format!(
+                            "listener {:?} already serves port {} for hostname {}",
+                            o.name,
+                            l.port,
+                            l.hostname.as_deref().unwrap_or("*")
+                        ),
+                    ))
                 } else {
                     None
                 }
             });
             if let Some((reason, msg)) = conflict {
-                conds.push(Condition { kind: "Conflicted", status: "True", reason, message: msg });
+                conds.push(Condition {
+                    kind: "Conflicted",
+                    status: "True",
+                    reason,
+                    message: msg,
+                });
                 usable = false;
             } else {
-                conds.push(Condition { kind: "Conflicted", status: "False", reason: "NoConflicts", message: String::new() });
+                conds.push(Condition {
+                    kind: "Conflicted",
+                    status: "False",
+                    reason: "NoConflicts",
+                    message: String::new(),
+                });
             }
             if supported.is_empty() {
                 conds.push(Condition::no(
@@ -254,7 +316,14 @@ pub fn convert(objects: &[GwObject], domain_suffix: &str, services: Option<&Serv
                 for k in &ar.kinds {
                     let g = k.group.as_deref().unwrap_or(GROUP);
                     if g != GROUP || !supported.contains(&k.kind) {
-                        resolved = Condition::no("ResolvedRefs", "InvalidRouteKinds", format!("route kind {g}/{} is not supported on this listener", k.kind));
+                        resolved = Condition::no(
+                            "ResolvedRefs",
+                            "InvalidRouteKinds",
+                            format!(
+                                "route kind {g}/{} is not supported on this listener",
+                                k.kind
+                            ),
+                        );
                     }
                 }
             }
@@ -270,7 +339,9 @@ pub fn convert(objects: &[GwObject], domain_suffix: &str, services: Option<&Serv
             }
             if resolved.status == "False" && resolved.reason == "InvalidRouteKinds" {
                 let only_invalid = l.allowed_routes.as_ref().is_some_and(|ar| {
-                    ar.kinds.iter().all(|k| k.group.as_deref().unwrap_or(GROUP) != GROUP || !supported.contains(&k.kind))
+                    ar.kinds.iter().all(|k| {
+                        k.group.as_deref().unwrap_or(GROUP) != GROUP || !supported.contains(&k.kind)
+                    })
                 });
                 if only_invalid {
                     usable = false;
@@ -280,18 +351,30 @@ pub fn convert(objects: &[GwObject], domain_suffix: &str, services: Option<&Serv
             conds.push(if usable {
                 Condition::yes("Programmed", "Programmed")
             } else {
-                Condition::no("Programmed", "Invalid", "the listener is not served (see its other conditions)")
+                Condition::no(
+                    "Programmed",
+                    "Invalid",
+                    "the listener is not served (see its other conditions)",
+                )
             });
             let name = format!("{}-{GENERATED_SUFFIX}-{}", gw.meta.name, l.name);
             let key = format!("{}/{name}", gw.meta.namespace);
             if usable {
                 any_programmed = true;
                 out.objects.push(IstioObject::Gateway(Config {
-                    meta: Meta { name, ..gw.meta.clone() },
+                    meta: Meta {
+                        name,
+                        ..gw.meta.clone()
+                    },
                     spec: Gateway {
                         selector: [(GATEWAY_NAME_LABEL.to_string(), gw.meta.name.clone())].into(),
                         servers: vec![Server {
-                            port: ServerPort { number: l.port, protocol: l.protocol.clone(), name: l.name.clone(), target_port: None },
+                            port: ServerPort {
+                                number: l.port,
+                                protocol: l.protocol.clone(),
+                                name: l.name.clone(),
+                                target_port: None,
+                            },
                             hosts: vec![l.hostname.clone().unwrap_or_else(|| "*".into())],
                             tls,
                             name: l.name.clone(),
@@ -300,8 +383,19 @@ pub fn convert(objects: &[GwObject], domain_suffix: &str, services: Option<&Serv
                     },
                 }));
             }
-            st.listeners.push(ListenerStatus { name: l.name.clone(), attached_routes: 0, supported_kinds: supported, conditions: conds });
-            listeners.push(ListenerInfo { gateway: gw, listener: l, usable, key, attached: 0 });
+            st.listeners.push(ListenerStatus {
+                name: l.name.clone(),
+                attached_routes: 0,
+                supported_kinds: supported,
+                conditions: conds,
+            });
+            listeners.push(ListenerInfo {
+                gateway: gw,
+                listener: l,
+                usable,
+                key,
+                attached: 0,
+            });
         }
         st.conditions.push(Condition::yes("Accepted", "Accepted"));
         st.conditions.push(if any_programmed {
@@ -321,7 +415,10 @@ pub fn convert(objects: &[GwObject], domain_suffix: &str, services: Option<&Serv
         let (vs_http, resolved) = http_routes(r, domain_suffix, services, &grant);
         let mut bound: BTreeSet<String> = BTreeSet::new();
         for p in &r.spec.parent_refs {
-            let ns = p.namespace.clone().unwrap_or_else(|| r.meta.namespace.clone());
+            let ns = p
+                .namespace
+                .clone()
+                .unwrap_or_else(|| r.meta.namespace.clone());
             let mut pref = format!("{ns}/{}", p.name);
             if let Some(s) = &p.section_name {
                 pref.push('/');
@@ -339,7 +436,14 @@ pub fn convert(objects: &[GwObject], domain_suffix: &str, services: Option<&Serv
                 st.parents.push(ParentStatus {
                     parent_ref: pref,
                     controller_name: CONTROLLER_NAMES[1],
-                    conditions: vec![Condition::no("Accepted", "NoMatchingParent", format!("Gateway {gw_key} does not exist")), resolved.clone()],
+                    conditions: vec![
+                        Condition::no(
+                            "Accepted",
+                            "NoMatchingParent",
+                            format!("Gateway {gw_key} does not exist"),
+                        ),
+                        resolved.clone(),
+                    ],
                 });
                 continue;
             }
@@ -347,8 +451,15 @@ pub fn convert(objects: &[GwObject], domain_suffix: &str, services: Option<&Serv
             let mut host_miss = false;
             let mut ns_or_kind_miss = false;
             let mut attached_here = 0;
-            for li in listeners.iter_mut().filter(|li| li.gateway.meta.key() == gw_key) {
-                if p.section_name.as_ref().is_some_and(|s| *s != li.listener.name) || p.port.is_some_and(|port| port != li.listener.port) {
+            for li in listeners
+                .iter_mut()
+                .filter(|li| li.gateway.meta.key() == gw_key)
+            {
+                if p.section_name
+                    .as_ref()
+                    .is_some_and(|s| *s != li.listener.name)
+                    || p.port.is_some_and(|port| port != li.listener.port)
+                {
                     continue;
                 }
                 candidates += 1;
@@ -365,7 +476,10 @@ pub fn convert(objects: &[GwObject], domain_suffix: &str, services: Option<&Serv
                     .unwrap_or("Same");
                 let ns_ok = from == "All" || r.meta.namespace == li.gateway.meta.namespace;
                 let kind_ok = li.listener.allowed_routes.as_ref().is_none_or(|a| {
-                    a.kinds.is_empty() || a.kinds.iter().any(|k| k.group.as_deref().unwrap_or(GROUP) == GROUP && k.kind == "HTTPRoute")
+                    a.kinds.is_empty()
+                        || a.kinds.iter().any(|k| {
+                            k.group.as_deref().unwrap_or(GROUP) == GROUP && k.kind == "HTTPRoute"
+                        })
                 });
                 if !ns_ok || !kind_ok {
                     ns_or_kind_miss = true;
@@ -373,7 +487,11 @@ pub fn convert(objects: &[GwObject], domain_suffix: &str, services: Option<&Serv
                 }
                 let host_ok = match (&li.listener.hostname, r.spec.hostnames.is_empty()) {
                     (None, _) | (_, true) => true,
-                    (Some(lh), false) => r.spec.hostnames.iter().any(|h| host_intersection(lh, h).is_some()),
+                    (Some(lh), false) => r
+                        .spec
+                        .hostnames
+                        .iter()
+                        .any(|h| host_intersection(lh, h).is_some()),
                 };
                 if !host_ok {
                     host_miss = true;
@@ -386,11 +504,18 @@ pub fn convert(objects: &[GwObject], domain_suffix: &str, services: Option<&Serv
             let accepted = if attached_here > 0 {
                 Condition::yes("Accepted", "Accepted")
             } else if candidates == 0 {
-                Condition::no("Accepted", "NoMatchingParent", match (&p.section_name, p.port) {
-                    (Some(s), _) => format!("Gateway {gw_key} has no listener {s:?}{}", p.port.map(|x| format!(" on port {x}")).unwrap_or_default()),
-                    (None, Some(x)) => format!("Gateway {gw_key} has no listener on port {x}"),
-                    (None, None) => format!("Gateway {gw_key} has no listeners"),
-                })
+                Condition::no(
+                    "Accepted",
+                    "NoMatchingParent",
+                    match (&p.section_name, p.port) {
+                        (Some(s), _) => format!(
+                            "Gateway {gw_key} has no listener {s:?}{}",
+                            p.port.map(|x| format!(" on port {x}")).unwrap_or_default()
+                        ),
+                        (None, Some(x)) => format!("Gateway {gw_key} has no listener on port {x}"),
+                        (None, None) => format!("Gateway {gw_key} has no listeners"),
+                    },
+                )
             } else if host_miss {
                 Condition::no("Accepted", "NoMatchingListenerHostname", format!("no hostname of the route intersects the hostnames of the listeners of {gw_key}"))
             } else {
@@ -401,27 +526,49 @@ pub fn convert(objects: &[GwObject], domain_suffix: &str, services: Option<&Serv
                     format!("no listener of {gw_key} allows HTTPRoutes from namespace {:?} (allowedRoutes)", r.meta.namespace),
                 )
             };
-            st.parents.push(ParentStatus { parent_ref: pref, controller_name: CONTROLLER_NAMES[1], conditions: vec![accepted, resolved.clone()] });
+            st.parents.push(ParentStatus {
+                parent_ref: pref,
+                controller_name: CONTROLLER_NAMES[1],
+                conditions: vec![accepted, resolved.clone()],
+            });
         }
         if !bound.is_empty() {
             let vs = VirtualService {
-                hosts: if r.spec.hostnames.is_empty() { vec!["*".into()] } else { r.spec.hostnames.clone() },
+                hosts: if r.spec.hostnames.is_empty() {
+                    vec!["*".into()]
+                } else {
+                    r.spec.hostnames.clone()
+                },
                 gateways: bound.into_iter().collect(),
                 http: vs_http,
                 ..Default::default()
             };
             let obj = IstioObject::VirtualService(Config {
-                meta: Meta { name: format!("{}-{GENERATED_SUFFIX}", r.meta.name), ..r.meta.clone() },
+                meta: Meta {
+                    name: format!("{}-{GENERATED_SUFFIX}", r.meta.name),
+                    ..r.meta.clone()
+                },
                 spec: vs,
             });
-            let errors: Vec<_> = validate::validate(&obj).into_iter().filter(|i| !i.warning).collect();
+            let errors: Vec<_> = validate::validate(&with_percent_weights(&obj))
+                .into_iter()
+                .filter(|i| !i.warning)
+                .collect();
             if errors.is_empty() {
                 out.objects.push(obj);
             } else {
-                let why = errors.iter().map(|e| format!("{}: {}", e.field, e.reason)).collect::<Vec<_>>().join("; ");
+                let why = errors
+                    .iter()
+                    .map(|e| format!("{}: {}", e.field, e.reason))
+                    .collect::<Vec<_>>()
+                    .join("; ");
                 for p in &mut st.parents {
                     if p.conditions.first().is_some_and(|c| c.status == "True") {
-                        p.conditions[0] = Condition::no("Accepted", "UnsupportedValue", format!("the converted route is invalid: {why}"));
+                        p.conditions[0] = Condition::no(
+                            "Accepted",
+                            "UnsupportedValue",
+                            format!("the converted route is invalid: {why}"),
+                        );
                     }
                 }
                 // Not attached after all.
@@ -438,12 +585,49 @@ pub fn convert(objects: &[GwObject], domain_suffix: &str, services: Option<&Serv
     }
     for li in &listeners {
         if let Some(i) = gw_status.get(&li.gateway.meta.key()) {
-            if let Some(ls) = out.status[*i].listeners.iter_mut().find(|l| l.name == li.listener.name) {
+            if let Some(ls) = out.status[*i]
+                .listeners
+                .iter_mut()
+                .find(|l| l.name == li.listener.name)
+            {
                 ls.attached_routes = li.attached;
             }
         }
     }
     out
+}
+
+/// `obj` with each weighted route's weights scaled to add up to 100, for
+/// Istio's validation (which wants percentages): Gateway API weights are
+/// relative, and translation keeps them as written (Envoy's weighted clusters
+/// are relative too).
+fn with_percent_weights(obj: &IstioObject) -> IstioObject {
+    let mut obj = obj.clone();
+    if let IstioObject::VirtualService(c) = &mut obj {
+        for h in &mut c.spec.http {
+            let total: i64 = h
+                .route
+                .iter()
+                .map(|d| d.weight.unwrap_or(0).max(0) as i64)
+                .sum();
+            if h.route.len() < 2 || total == 0 {
+                continue;
+            }
+            let mut given = 0;
+            let n = h.route.len();
+            for (i, d) in h.route.iter_mut().enumerate() {
+                let w = d.weight.unwrap_or(0).max(0) as i64;
+                let pct = if i + 1 == n {
+                    100 - given
+                } else {
+                    w * 100 / total
+                };
+                given += pct;
+                d.weight = Some(pct as i32);
+            }
+        }
+    }
+    obj
 }
 
 /// ReferenceGrants in force.
@@ -452,12 +636,27 @@ struct Grants<'a>(&'a [&'a GwConfig<ReferenceGrant>]);
 impl Grants<'_> {
     /// Whether a `from_kind` in `from_ns` may refer to `to_kind` `to_name` in
     /// `to_ns` (same namespace always may).
-    fn allows(&self, from_kind: &str, from_ns: &str, to_group: &str, to_kind: &str, to_ns: &str, to_name: &str) -> bool {
+    fn allows(
+        &self,
+        from_kind: &str,
+        from_ns: &str,
+        to_group: &str,
+        to_kind: &str,
+        to_ns: &str,
+        to_name: &str,
+    ) -> bool {
         from_ns == to_ns
             || self.0.iter().any(|g| {
                 g.meta.namespace == to_ns
-                    && g.spec.from.iter().any(|f| f.group == GROUP && f.kind == from_kind && f.namespace == from_ns)
-                    && g.spec.to.iter().any(|t| t.group == to_group && t.kind == to_kind && t.name.as_deref().is_none_or(|n| n == to_name))
+                    && g.spec
+                        .from
+                        .iter()
+                        .any(|f| f.group == GROUP && f.kind == from_kind && f.namespace == from_ns)
+                    && g.spec.to.iter().any(|t| {
+                        t.group == to_group
+                            && t.kind == to_kind
+                            && t.name.as_deref().is_none_or(|n| n == to_name)
+                    })
             })
     }
 }
@@ -465,35 +664,67 @@ impl Grants<'_> {
 /// The TLS settings of an HTTPS listener: its one certificate Secret as
 /// `credentialName` (the existing `kubernetes://NAME` SDS path, in the Gateway's
 /// namespace).
-fn certificate(gw: &GwConfig<K8sGateway>, l: &Listener, grants: &Grants<'_>) -> Result<ServerTlsSettings, (&'static str, String)> {
+fn certificate(
+    gw: &GwConfig<K8sGateway>,
+    l: &Listener,
+    grants: &Grants<'_>,
+) -> Result<ServerTlsSettings, (&'static str, String)> {
     let Some(t) = &l.tls else {
-        return Err(("InvalidCertificateRef", "HTTPS needs tls.certificateRefs".into()));
+        return Err((
+            "InvalidCertificateRef",
+            "HTTPS needs tls.certificateRefs".into(),
+        ));
     };
     let refs: &[ObjectRef] = &t.certificate_refs;
     let [cert] = refs else {
-        return Err(("InvalidCertificateRef", format!("{} certificateRefs: crossmesh serves exactly one certificate per listener", refs.len())));
+        return Err((
+            "InvalidCertificateRef",
+            format!(
+                "{} certificateRefs: crossmesh serves exactly one certificate per listener",
+                refs.len()
+            ),
+        ));
     };
     let group = cert.group.as_deref().unwrap_or("");
     let kind = cert.kind.as_deref().unwrap_or("Secret");
     if !group.is_empty() || kind != "Secret" {
-        return Err(("InvalidCertificateRef", format!("certificateRef kind {group}/{kind} is not a core Secret")));
+        return Err((
+            "InvalidCertificateRef",
+            format!("certificateRef kind {group}/{kind} is not a core Secret"),
+        ));
     }
     let ns = cert.namespace.as_deref().unwrap_or(&gw.meta.namespace);
     if ns != gw.meta.namespace {
         if !grants.allows("Gateway", &gw.meta.namespace, "", "Secret", ns, &cert.name) {
-            return Err(("RefNotPermitted", format!("no ReferenceGrant in namespace {ns} lets Gateways of {} use Secret {}", gw.meta.namespace, cert.name)));
+            return Err((
+                "RefNotPermitted",
+                format!(
+                    "no ReferenceGrant in namespace {ns} lets Gateways of {} use Secret {}",
+                    gw.meta.namespace, cert.name
+                ),
+            ));
         }
         return Err((
             "InvalidCertificateRef",
             format!("Secret {ns}/{}: crossmesh serves a Gateway's certificates from its own namespace only", cert.name),
         ));
     }
-    Ok(ServerTlsSettings { mode: Some("SIMPLE".into()), credential_name: Some(cert.name.clone()), ..Default::default() })
+    Ok(ServerTlsSettings {
+        mode: Some("SIMPLE".into()),
+        credential_name: Some(cert.name.clone()),
+        ..Default::default()
+    })
 }
 
 /// Resolve one backend reference: the destination, or a reason it is invalid.
 fn backend(
-    b: (&Option<String>, &Option<String>, &str, &Option<String>, Option<u32>),
+    b: (
+        &Option<String>,
+        &Option<String>,
+        &str,
+        &Option<String>,
+        Option<u32>,
+    ),
     route: &GwConfig<HttpRoute>,
     domain_suffix: &str,
     services: Option<&ServiceMap>,
@@ -504,7 +735,11 @@ fn backend(
         return Err(Condition::no(
             "ResolvedRefs",
             "InvalidKind",
-            format!("backendRef {}/{} {name}: only core Services are supported", group.as_deref().unwrap_or(""), kind.as_deref().unwrap_or("Service")),
+            format!(
+                "backendRef {}/{} {name}: only core Services are supported",
+                group.as_deref().unwrap_or(""),
+                kind.as_deref().unwrap_or("Service")
+            ),
         ));
     }
     let ns = namespace.as_deref().unwrap_or(&route.meta.namespace);
@@ -519,18 +754,36 @@ fn backend(
     let port = port.unwrap_or(0);
     if let Some(svcs) = services {
         match svcs.get(host.as_str()) {
-            None => return Err(Condition::no("ResolvedRefs", "BackendNotFound", format!("Service {ns}/{name} does not exist"))),
+            None => {
+                return Err(Condition::no(
+                    "ResolvedRefs",
+                    "BackendNotFound",
+                    format!("Service {ns}/{name} does not exist"),
+                ))
+            }
             Some(s) if u16::try_from(port).ok().and_then(|p| s.port(p)).is_none() => {
-                return Err(Condition::no("ResolvedRefs", "BackendNotFound", format!("Service {ns}/{name} has no port {port}")))
+                return Err(Condition::no(
+                    "ResolvedRefs",
+                    "BackendNotFound",
+                    format!("Service {ns}/{name} has no port {port}"),
+                ))
             }
             _ => {}
         }
     }
-    Ok(Destination { host, subset: String::new(), port: Some(PortSelector { number: port }) })
+    Ok(Destination {
+        host,
+        subset: String::new(),
+        port: Some(PortSelector { number: port }),
+    })
 }
 
 fn invalid_destination() -> Destination {
-    Destination { host: INVALID_BACKEND_HOST.into(), subset: String::new(), port: None }
+    Destination {
+        host: INVALID_BACKEND_HOST.into(),
+        subset: String::new(),
+        port: None,
+    }
 }
 
 /// The HTTP routes of one HTTPRoute (one per match, in precedence order) and its
@@ -540,31 +793,68 @@ fn http_routes(
     domain_suffix: &str,
     services: Option<&ServiceMap>,
     grants: &Grants<'_>,
-) -> (Vec<crate::model::istio::virtual_service::HttpRoute>, Condition) {
+) -> (
+    Vec<crate::model::istio::virtual_service::HttpRoute>,
+    Condition,
+) {
     let mut resolved: Option<Condition> = None;
-    let mut out: Vec<(usize, usize, crate::model::istio::virtual_service::HttpRoute)> = Vec::new();
+    let mut out: Vec<(
+        usize,
+        usize,
+        crate::model::istio::virtual_service::HttpRoute,
+    )> = Vec::new();
     for (ri, rule) in r.spec.rules.iter().enumerate() {
         let base = rule_route(rule, r, domain_suffix, services, grants, &mut resolved);
-        let matches = if rule.matches.is_empty() { vec![Default::default()] } else { rule.matches.clone() };
+        let matches = if rule.matches.is_empty() {
+            vec![Default::default()]
+        } else {
+            rule.matches.clone()
+        };
         for (mi, m) in matches.iter().enumerate() {
             let mut h = base.clone();
             h.name = format!("{}.{}.{ri}.{mi}", r.meta.namespace, r.meta.name);
             let path = m.path.clone().unwrap_or_default();
             let value = path.value.clone().unwrap_or_else(|| "/".into());
             let uri = match path.kind.as_deref().unwrap_or("PathPrefix") {
-                "Exact" => StringMatch { exact: Some(value), ..Default::default() },
-                "RegularExpression" => StringMatch { regex: Some(value), ..Default::default() },
-                _ => StringMatch { prefix: Some(value), ..Default::default() },
+                "Exact" => StringMatch {
+                    exact: Some(value),
+                    ..Default::default()
+                },
+                "RegularExpression" => StringMatch {
+                    regex: Some(value),
+                    ..Default::default()
+                },
+                _ => StringMatch {
+                    prefix: Some(value),
+                    ..Default::default()
+                },
             };
             let sm = |kind: &Option<String>, v: &str| match kind.as_deref() {
-                Some("RegularExpression") => StringMatch { regex: Some(v.to_string()), ..Default::default() },
-                _ => StringMatch { exact: Some(v.to_string()), ..Default::default() },
+                Some("RegularExpression") => StringMatch {
+                    regex: Some(v.to_string()),
+                    ..Default::default()
+                },
+                _ => StringMatch {
+                    exact: Some(v.to_string()),
+                    ..Default::default()
+                },
             };
             h.matches = vec![HttpMatchRequest {
                 uri: Some(uri),
-                method: m.method.as_ref().map(|me| StringMatch { exact: Some(me.clone()), ..Default::default() }),
-                headers: m.headers.iter().map(|x| (x.name.to_ascii_lowercase(), sm(&x.kind, &x.value))).collect(),
-                query_params: m.query_params.iter().map(|x| (x.name.clone(), sm(&x.kind, &x.value))).collect(),
+                method: m.method.as_ref().map(|me| StringMatch {
+                    exact: Some(me.clone()),
+                    ..Default::default()
+                }),
+                headers: m
+                    .headers
+                    .iter()
+                    .map(|x| (x.name.to_ascii_lowercase(), sm(&x.kind, &x.value)))
+                    .collect(),
+                query_params: m
+                    .query_params
+                    .iter()
+                    .map(|x| (x.name.clone(), sm(&x.kind, &x.value)))
+                    .collect(),
                 ..Default::default()
             }];
             out.push((ri, mi, h));
@@ -575,7 +865,11 @@ fn http_routes(
     out.sort_by_key(|(ri, mi, h)| {
         let m = &h.matches[0];
         let uri = m.uri.as_ref();
-        let (class, len) = match (uri.and_then(|u| u.exact.as_ref()), uri.and_then(|u| u.prefix.as_ref()), uri.and_then(|u| u.regex.as_ref())) {
+        let (class, len) = match (
+            uri.and_then(|u| u.exact.as_ref()),
+            uri.and_then(|u| u.prefix.as_ref()),
+            uri.and_then(|u| u.regex.as_ref()),
+        ) {
             (Some(e), _, _) => (0, e.len()),
             (_, _, Some(re)) => (1, re.len()),
             (_, Some(p), _) => (2, p.len()),
@@ -614,8 +908,16 @@ fn rule_route(
         }
     };
     let ops = |f: &super::HeaderFilter| HeaderOperations {
-        set: f.set.iter().map(|x| (x.name.to_ascii_lowercase(), x.value.clone())).collect(),
-        add: f.add.iter().map(|x| (x.name.to_ascii_lowercase(), x.value.clone())).collect(),
+        set: f
+            .set
+            .iter()
+            .map(|x| (x.name.to_ascii_lowercase(), x.value.clone()))
+            .collect(),
+        add: f
+            .add
+            .iter()
+            .map(|x| (x.name.to_ascii_lowercase(), x.value.clone()))
+            .collect(),
         remove: f.remove.iter().map(|x| x.to_ascii_lowercase()).collect(),
     };
     for f in &rule.filters {
@@ -643,26 +945,45 @@ fn rule_route(
             });
         }
         if let Some(rw) = &f.url_rewrite {
-            let mut out = HttpRewrite { authority: rw.hostname.clone(), ..Default::default() };
+            let mut out = HttpRewrite {
+                authority: rw.hostname.clone(),
+                ..Default::default()
+            };
             if let Some(p) = &rw.path {
                 if let Some(full) = &p.replace_full_path {
-                    out.uri_regex_rewrite = Some(RegexRewrite { pattern: "/.*".into(), rewrite: full.clone() });
+                    out.uri_regex_rewrite = Some(RegexRewrite {
+                        pattern: "/.*".into(),
+                        rewrite: full.clone(),
+                    });
                 }
                 if let Some(prefix) = &p.replace_prefix_match {
                     let t = prefix.trim_end_matches('/');
-                    out.uri = Some(if t.is_empty() { "/".into() } else { t.to_string() });
+                    out.uri = Some(if t.is_empty() {
+                        "/".into()
+                    } else {
+                        t.to_string()
+                    });
                 }
             }
             h.rewrite = Some(out);
         }
         if let Some(m) = &f.request_mirror {
             let b = &m.backend_ref;
-            match backend((&b.group, &b.kind, &b.name, &b.namespace, b.port), r, domain_suffix, services, grants) {
+            match backend(
+                (&b.group, &b.kind, &b.name, &b.namespace, b.port),
+                r,
+                domain_suffix,
+                services,
+                grants,
+            ) {
                 Ok(d) => h.mirrors.push(HttpMirrorPolicy {
                     destination: d,
                     percentage: match (m.percent, &m.fraction) {
                         (Some(p), _) => Some(Percent { value: p as f64 }),
-                        (None, Some(fr)) => Some(Percent { value: fr.numerator as f64 * 100.0 / fr.denominator.unwrap_or(100) as f64 }),
+                        (None, Some(fr)) => Some(Percent {
+                            value: fr.numerator as f64 * 100.0
+                                / fr.denominator.unwrap_or(100) as f64,
+                        }),
                         (None, None) => None,
                     },
                 }),
@@ -689,24 +1010,45 @@ fn rule_route(
     let weight = |b: &HttpBackendRef| b.weight.unwrap_or(1);
     if rule.backend_refs.iter().map(weight).sum::<i64>() == 0 {
         // The spec: no backend with a weight above zero answers 500.
-        h.direct_response = Some(HttpDirectResponse { status: 500, body: None });
+        h.direct_response = Some(HttpDirectResponse {
+            status: 500,
+            body: None,
+        });
         return h;
     }
     for b in &rule.backend_refs {
-        let dest = match backend((&b.group, &b.kind, &b.name, &b.namespace, b.port), r, domain_suffix, services, grants) {
+        let dest = match backend(
+            (&b.group, &b.kind, &b.name, &b.namespace, b.port),
+            r,
+            domain_suffix,
+            services,
+            grants,
+        ) {
             Ok(d) => d,
             Err(c) => {
                 let routable = c.reason == "BackendNotFound";
                 fail(c);
                 if routable {
                     // Configured as written: no cluster answers 500 until the Service appears.
-                    Destination { host: format!("{}.{}.svc.{domain_suffix}", b.name, b.namespace.as_deref().unwrap_or(&r.meta.namespace)), subset: String::new(), port: b.port.map(|number| PortSelector { number }) }
+                    Destination {
+                        host: format!(
+                            "{}.{}.svc.{domain_suffix}",
+                            b.name,
+                            b.namespace.as_deref().unwrap_or(&r.meta.namespace)
+                        ),
+                        subset: String::new(),
+                        port: b.port.map(|number| PortSelector { number }),
+                    }
                 } else {
                     invalid_destination()
                 }
             }
         };
-        h.route.push(HttpRouteDestination { destination: dest, weight: Some(weight(b) as i32), headers: None });
+        h.route.push(HttpRouteDestination {
+            destination: dest,
+            weight: Some(weight(b) as i32),
+            headers: None,
+        });
     }
     h
 }

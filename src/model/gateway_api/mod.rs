@@ -21,7 +21,10 @@ use crate::model::istio::{validate::is_rfc3339_utc, Meta, Rejection};
 /// The API group.
 pub const GROUP: &str = "gateway.networking.k8s.io";
 /// GatewayClass controller names crossmesh serves (DESIGN.md §5).
-pub const CONTROLLER_NAMES: [&str; 2] = ["istio.io/gateway-controller", "crossmesh.io/gateway-controller"];
+pub const CONTROLLER_NAMES: [&str; 2] = [
+    "istio.io/gateway-controller",
+    "crossmesh.io/gateway-controller",
+];
 /// The label by which a Gateway picks its proxies in its namespace (DESIGN.md §5).
 pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 
@@ -140,7 +143,11 @@ pub struct K8sGateway {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub infrastructure: Option<serde_json::Value>,
     /// Rejected (experimental channel).
-    #[serde(default, rename = "backendTLS", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "backendTLS",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub backend_tls: Option<serde_json::Value>,
 }
 
@@ -322,7 +329,11 @@ pub struct HttpRouteFilter {
     pub response_header_modifier: Option<HeaderFilter>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_redirect: Option<RedirectFilter>,
-    #[serde(default, rename = "urlRewrite", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "urlRewrite",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub url_rewrite: Option<RewriteFilter>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_mirror: Option<MirrorFilter>,
@@ -490,9 +501,17 @@ pub fn parse_object(origin: &str, value: &serde_json::Value) -> Result<GwObject,
         .unwrap_or_else(|| "default".into());
     let reject = |field: &str, reason: String| Rejection {
         origin: origin.to_string(),
-        kind: if kind_str.is_empty() { "<no kind>".into() } else { kind_str.clone() },
+        kind: if kind_str.is_empty() {
+            "<no kind>".into()
+        } else {
+            kind_str.clone()
+        },
         namespace: namespace.clone(),
-        name: if name.is_empty() { "<no name>".into() } else { name.clone() },
+        name: if name.is_empty() {
+            "<no name>".into()
+        } else {
+            name.clone()
+        },
         field: field.to_string(),
         reason,
     };
@@ -538,15 +557,23 @@ pub fn parse_object(origin: &str, value: &serde_json::Value) -> Result<GwObject,
     fn de<T: serde::de::DeserializeOwned>(spec: serde_json::Value) -> Result<T, (String, String)> {
         serde_path_to_error::deserialize(spec).map_err(|e| {
             let path = e.path().to_string();
-            let field = if path == "." { "spec".to_string() } else { format!("spec.{path}") };
+            let field = if path == "." {
+                "spec".to_string()
+            } else {
+                format!("spec.{path}")
+            };
             (field, e.into_inner().to_string())
         })
     }
     let obj = match kind {
-        GwKind::GatewayClass => de(spec).map(|spec| GwObject::GatewayClass(GwConfig { meta, spec })),
+        GwKind::GatewayClass => {
+            de(spec).map(|spec| GwObject::GatewayClass(GwConfig { meta, spec }))
+        }
         GwKind::Gateway => de(spec).map(|spec| GwObject::Gateway(GwConfig { meta, spec })),
         GwKind::HTTPRoute => de(spec).map(|spec| GwObject::HTTPRoute(GwConfig { meta, spec })),
-        GwKind::ReferenceGrant => de(spec).map(|spec| GwObject::ReferenceGrant(GwConfig { meta, spec })),
+        GwKind::ReferenceGrant => {
+            de(spec).map(|spec| GwObject::ReferenceGrant(GwConfig { meta, spec }))
+        }
     }
     .map_err(|(f, r)| vec![reject(&f, r)])?;
     let issues = validate(&obj);
@@ -567,7 +594,10 @@ pub fn validate(obj: &GwObject) -> Vec<(String, String)> {
                 err("spec.controllerName".into(), "required".into());
             }
             if c.spec.parameters_ref.is_some() {
-                err("spec.parametersRef".into(), "not supported by crossmesh: GatewayClass parameters are not read".into());
+                err(
+                    "spec.parametersRef".into(),
+                    "not supported by crossmesh: GatewayClass parameters are not read".into(),
+                );
             }
         }
         GwObject::Gateway(c) => gateway(&c.spec, &mut err),
@@ -597,7 +627,8 @@ fn valid_hostname(h: &str) -> bool {
         && rest.split('.').all(|l| {
             !l.is_empty()
                 && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && !l.starts_with('-')
                 && !l.ends_with('-')
         })
@@ -614,13 +645,22 @@ fn gateway(g: &K8sGateway, err: &mut impl FnMut(String, String)) {
         );
     }
     if g.infrastructure.is_some() {
-        err("spec.infrastructure".into(), "not supported by crossmesh: it deploys no gateway infrastructure".into());
+        err(
+            "spec.infrastructure".into(),
+            "not supported by crossmesh: it deploys no gateway infrastructure".into(),
+        );
     }
     if g.backend_tls.is_some() {
-        err("spec.backendTLS".into(), "not supported by crossmesh (experimental channel)".into());
+        err(
+            "spec.backendTLS".into(),
+            "not supported by crossmesh (experimental channel)".into(),
+        );
     }
     if g.listeners.is_empty() {
-        err("spec.listeners".into(), "at least one listener is required".into());
+        err(
+            "spec.listeners".into(),
+            "at least one listener is required".into(),
+        );
     }
     let mut names = std::collections::BTreeSet::new();
     for (i, l) in g.listeners.iter().enumerate() {
@@ -628,10 +668,16 @@ fn gateway(g: &K8sGateway, err: &mut impl FnMut(String, String)) {
         if l.name.is_empty() {
             err(format!("{f}.name"), "required".into());
         } else if !names.insert(l.name.as_str()) {
-            err(format!("{f}.name"), format!("listener name {:?} is used twice", l.name));
+            err(
+                format!("{f}.name"),
+                format!("listener name {:?} is used twice", l.name),
+            );
         }
         if l.port == 0 || l.port > 65535 {
-            err(format!("{f}.port"), format!("{} is not a port (1-65535)", l.port));
+            err(
+                format!("{f}.port"),
+                format!("{} is not a port (1-65535)", l.port),
+            );
         }
         if let Some(h) = &l.hostname {
             if !valid_hostname(h) {
@@ -641,14 +687,21 @@ fn gateway(g: &K8sGateway, err: &mut impl FnMut(String, String)) {
         match l.protocol.as_str() {
             "HTTP" | "TCP" => {
                 if l.tls.is_some() {
-                    err(format!("{f}.tls"), format!("must not be set for protocol {}", l.protocol));
+                    err(
+                        format!("{f}.tls"),
+                        format!("must not be set for protocol {}", l.protocol),
+                    );
                 }
             }
-            "HTTPS" | "TLS" => match &l.tls {
-                None => err(format!("{f}.tls"), format!("required for protocol {}", l.protocol)),
-                Some(t) => {
-                    let mode = t.mode.as_deref().unwrap_or("Terminate");
-                    match (l.protocol.as_str(), mode) {
+            "HTTPS" | "TLS" => {
+                match &l.tls {
+                    None => err(
+                        format!("{f}.tls"),
+                        format!("required for protocol {}", l.protocol),
+                    ),
+                    Some(t) => {
+                        let mode = t.mode.as_deref().unwrap_or("Terminate");
+                        match (l.protocol.as_str(), mode) {
                         ("HTTPS", "Terminate") | ("TLS", "Passthrough") => {}
                         ("TLS", "Terminate") => err(
                             format!("{f}.tls.mode"),
@@ -657,22 +710,35 @@ fn gateway(g: &K8sGateway, err: &mut impl FnMut(String, String)) {
                         ("HTTPS", "Passthrough") => err(format!("{f}.tls.mode"), "Passthrough is only valid on TLS listeners".into()),
                         (_, m) => err(format!("{f}.tls.mode"), format!("{m:?} is not a TLS mode (Terminate, Passthrough)")),
                     }
-                    if mode == "Terminate" && t.certificate_refs.is_empty() {
-                        err(format!("{f}.tls.certificateRefs"), "required in Terminate mode".into());
-                    }
-                    if mode == "Passthrough" && !t.certificate_refs.is_empty() {
-                        err(format!("{f}.tls.certificateRefs"), "must be empty in Passthrough mode".into());
-                    }
-                    if t.frontend_validation.is_some() {
-                        err(format!("{f}.tls.frontendValidation"), "not supported by crossmesh: client certificates are not validated on Gateway API listeners".into());
-                    }
-                    if !t.options.is_empty() {
-                        err(format!("{f}.tls.options"), "not supported by crossmesh: no implementation-specific TLS options".into());
+                        if mode == "Terminate" && t.certificate_refs.is_empty() {
+                            err(
+                                format!("{f}.tls.certificateRefs"),
+                                "required in Terminate mode".into(),
+                            );
+                        }
+                        if mode == "Passthrough" && !t.certificate_refs.is_empty() {
+                            err(
+                                format!("{f}.tls.certificateRefs"),
+                                "must be empty in Passthrough mode".into(),
+                            );
+                        }
+                        if t.frontend_validation.is_some() {
+                            err(format!("{f}.tls.frontendValidation"), "not supported by crossmesh: client certificates are not validated on Gateway API listeners".into());
+                        }
+                        if !t.options.is_empty() {
+                            err(format!("{f}.tls.options"), "not supported by crossmesh: no implementation-specific TLS options".into());
+                        }
                     }
                 }
-            },
-            "UDP" => err(format!("{f}.protocol"), "not supported by crossmesh: UDP listeners (UDPRoute) are not implemented".into()),
-            p => err(format!("{f}.protocol"), format!("{p:?} is not a supported protocol (HTTP, HTTPS, TLS, TCP)")),
+            }
+            "UDP" => err(
+                format!("{f}.protocol"),
+                "not supported by crossmesh: UDP listeners (UDPRoute) are not implemented".into(),
+            ),
+            p => err(
+                format!("{f}.protocol"),
+                format!("{p:?} is not a supported protocol (HTTP, HTTPS, TLS, TCP)"),
+            ),
         }
         if let Some(ar) = &l.allowed_routes {
             if let Some(ns) = &ar.namespaces {
@@ -685,7 +751,10 @@ fn gateway(g: &K8sGateway, err: &mut impl FnMut(String, String)) {
                     o => err(format!("{f}.allowedRoutes.namespaces.from"), format!("{o:?} is not one of All, Same, Selector")),
                 }
                 if ns.selector.is_some() && ns.from.as_deref() != Some("Selector") {
-                    err(format!("{f}.allowedRoutes.namespaces.selector"), "only meaningful with from: Selector".into());
+                    err(
+                        format!("{f}.allowedRoutes.namespaces.selector"),
+                        "only meaningful with from: Selector".into(),
+                    );
                 }
             }
         }
@@ -694,7 +763,10 @@ fn gateway(g: &K8sGateway, err: &mut impl FnMut(String, String)) {
 
 fn http_route(r: &HttpRoute, err: &mut impl FnMut(String, String)) {
     if r.parent_refs.is_empty() {
-        err("spec.parentRefs".into(), "at least one parent is required".into());
+        err(
+            "spec.parentRefs".into(),
+            "at least one parent is required".into(),
+        );
     }
     for (i, p) in r.parent_refs.iter().enumerate() {
         let f = format!("spec.parentRefs[{i}]");
@@ -712,16 +784,27 @@ fn http_route(r: &HttpRoute, err: &mut impl FnMut(String, String)) {
     }
     for (i, h) in r.hostnames.iter().enumerate() {
         if !valid_hostname(h) {
-            err(format!("spec.hostnames[{i}]"), format!("{h:?} is not a hostname (lower-case RFC 1123, optionally starting with *.)"));
+            err(
+                format!("spec.hostnames[{i}]"),
+                format!(
+                    "{h:?} is not a hostname (lower-case RFC 1123, optionally starting with *.)"
+                ),
+            );
         }
     }
     for (i, rule) in r.rules.iter().enumerate() {
         let f = format!("spec.rules[{i}]");
         if rule.retry.is_some() {
-            err(format!("{f}.retry"), "not supported by crossmesh: HTTPRouteRetry is experimental-channel only".into());
+            err(
+                format!("{f}.retry"),
+                "not supported by crossmesh: HTTPRouteRetry is experimental-channel only".into(),
+            );
         }
         if rule.session_persistence.is_some() {
-            err(format!("{f}.sessionPersistence"), "not supported by crossmesh (experimental channel)".into());
+            err(
+                format!("{f}.sessionPersistence"),
+                "not supported by crossmesh (experimental channel)".into(),
+            );
         }
         for (j, m) in rule.matches.iter().enumerate() {
             let mf = format!("{f}.matches[{j}]");
@@ -730,18 +813,35 @@ fn http_route(r: &HttpRoute, err: &mut impl FnMut(String, String)) {
                 match p.kind.as_deref().unwrap_or("PathPrefix") {
                     "Exact" | "PathPrefix" => {
                         if !v.starts_with('/') {
-                            err(format!("{mf}.path.value"), format!("{v:?} must start with /"));
+                            err(
+                                format!("{mf}.path.value"),
+                                format!("{v:?} must start with /"),
+                            );
                         }
-                        if v.contains("//") || v.contains("/./") || v.contains("/../") || v.contains('?') || v.contains('#') {
-                            err(format!("{mf}.path.value"), format!("{v:?} must not contain //, /./, /../, ? or #"));
+                        if v.contains("//")
+                            || v.contains("/./")
+                            || v.contains("/../")
+                            || v.contains('?')
+                            || v.contains('#')
+                        {
+                            err(
+                                format!("{mf}.path.value"),
+                                format!("{v:?} must not contain //, /./, /../, ? or #"),
+                            );
                         }
                     }
                     "RegularExpression" => {
                         if let Err(e) = regex::Regex::new(v) {
-                            err(format!("{mf}.path.value"), format!("invalid regular expression: {e}"));
+                            err(
+                                format!("{mf}.path.value"),
+                                format!("invalid regular expression: {e}"),
+                            );
                         }
                     }
-                    t => err(format!("{mf}.path.type"), format!("{t:?} is not one of Exact, PathPrefix, RegularExpression")),
+                    t => err(
+                        format!("{mf}.path.type"),
+                        format!("{t:?} is not one of Exact, PathPrefix, RegularExpression"),
+                    ),
                 }
             }
             for (kind, list) in [("headers", &m.headers), ("queryParams", &m.query_params)] {
@@ -751,25 +851,43 @@ fn http_route(r: &HttpRoute, err: &mut impl FnMut(String, String)) {
                     if h.name.is_empty() {
                         err(format!("{hf}.name"), "required".into());
                     }
-                    let key = if kind == "headers" { h.name.to_ascii_lowercase() } else { h.name.clone() };
+                    let key = if kind == "headers" {
+                        h.name.to_ascii_lowercase()
+                    } else {
+                        h.name.clone()
+                    };
                     if !seen.insert(key) {
-                        err(format!("{hf}.name"), format!("{:?} is matched twice", h.name));
+                        err(
+                            format!("{hf}.name"),
+                            format!("{:?} is matched twice", h.name),
+                        );
                     }
                     match h.kind.as_deref().unwrap_or("Exact") {
                         "Exact" => {}
                         "RegularExpression" => {
                             if let Err(e) = regex::Regex::new(&h.value) {
-                                err(format!("{hf}.value"), format!("invalid regular expression: {e}"));
+                                err(
+                                    format!("{hf}.value"),
+                                    format!("invalid regular expression: {e}"),
+                                );
                             }
                         }
-                        t => err(format!("{hf}.type"), format!("{t:?} is not one of Exact, RegularExpression")),
+                        t => err(
+                            format!("{hf}.type"),
+                            format!("{t:?} is not one of Exact, RegularExpression"),
+                        ),
                     }
                 }
             }
             if let Some(me) = &m.method {
-                const METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
+                const METHODS: [&str; 9] = [
+                    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+                ];
                 if !METHODS.contains(&me.as_str()) {
-                    err(format!("{mf}.method"), format!("{me:?} is not an HTTP method"));
+                    err(
+                        format!("{mf}.method"),
+                        format!("{me:?} is not an HTTP method"),
+                    );
                 }
             }
         }
@@ -777,8 +895,14 @@ fn http_route(r: &HttpRoute, err: &mut impl FnMut(String, String)) {
         for (j, flt) in rule.filters.iter().enumerate() {
             let ff = format!("{f}.filters[{j}]");
             let set = [
-                ("RequestHeaderModifier", flt.request_header_modifier.is_some()),
-                ("ResponseHeaderModifier", flt.response_header_modifier.is_some()),
+                (
+                    "RequestHeaderModifier",
+                    flt.request_header_modifier.is_some(),
+                ),
+                (
+                    "ResponseHeaderModifier",
+                    flt.response_header_modifier.is_some(),
+                ),
                 ("RequestRedirect", flt.request_redirect.is_some()),
                 ("URLRewrite", flt.url_rewrite.is_some()),
                 ("RequestMirror", flt.request_mirror.is_some()),
@@ -787,11 +911,17 @@ fn http_route(r: &HttpRoute, err: &mut impl FnMut(String, String)) {
             ];
             match flt.kind.as_str() {
                 "ExtensionRef" => {
-                    err(format!("{ff}.type"), "ExtensionRef is not supported by crossmesh: no extension filters".into());
+                    err(
+                        format!("{ff}.type"),
+                        "ExtensionRef is not supported by crossmesh: no extension filters".into(),
+                    );
                     continue;
                 }
                 "CORS" => {
-                    err(format!("{ff}.type"), "CORS is not supported by crossmesh (experimental channel)".into());
+                    err(
+                        format!("{ff}.type"),
+                        "CORS is not supported by crossmesh (experimental channel)".into(),
+                    );
                     continue;
                 }
                 t if !set.iter().any(|(n, _)| *n == t) => {
@@ -801,18 +931,39 @@ fn http_route(r: &HttpRoute, err: &mut impl FnMut(String, String)) {
                 t => {
                     for (n, present) in set {
                         if present != (n == t) {
-                            err(ff.clone(), format!("type {t} must set exactly the field of that type ({})", if present { format!("{n} is set") } else { format!("{n} is missing") }));
+                            err(
+                                ff.clone(),
+                                format!(
+                                    "type {t} must set exactly the field of that type ({})",
+                                    if present {
+                                        format!("{n} is set")
+                                    } else {
+                                        format!("{n} is missing")
+                                    }
+                                ),
+                            );
                         }
                     }
                     if t != "RequestMirror" && !seen_types.insert(t.to_string()) {
-                        err(format!("{ff}.type"), format!("{t} may appear only once per rule"));
+                        err(
+                            format!("{ff}.type"),
+                            format!("{t} may appear only once per rule"),
+                        );
                     }
                 }
             }
-            for (hn, h) in [("requestHeaderModifier", &flt.request_header_modifier), ("responseHeaderModifier", &flt.response_header_modifier)] {
+            for (hn, h) in [
+                ("requestHeaderModifier", &flt.request_header_modifier),
+                ("responseHeaderModifier", &flt.response_header_modifier),
+            ] {
                 if let Some(h) = h {
                     for (k, hv) in h.set.iter().chain(h.add.iter()).enumerate() {
-                        if hv.name.is_empty() || hv.value.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
+                        if hv.name.is_empty()
+                            || hv
+                                .value
+                                .bytes()
+                                .any(|b| b < 0x20 && b != b'\t' || b == 0x7f)
+                        {
                             err(format!("{ff}.{hn}"), format!("header #{k} has an empty name or a control character in its value"));
                         }
                     }
@@ -821,12 +972,18 @@ fn http_route(r: &HttpRoute, err: &mut impl FnMut(String, String)) {
             if let Some(rd) = &flt.request_redirect {
                 if let Some(s) = &rd.scheme {
                     if s != "http" && s != "https" {
-                        err(format!("{ff}.requestRedirect.scheme"), format!("{s:?} is not http or https"));
+                        err(
+                            format!("{ff}.requestRedirect.scheme"),
+                            format!("{s:?} is not http or https"),
+                        );
                     }
                 }
                 if let Some(c) = rd.status_code {
                     if c != 301 && c != 302 {
-                        err(format!("{ff}.requestRedirect.statusCode"), format!("{c} is not 301 or 302"));
+                        err(
+                            format!("{ff}.requestRedirect.statusCode"),
+                            format!("{c} is not 301 or 302"),
+                        );
                     }
                 }
                 if let Some(p) = &rd.path {
@@ -845,7 +1002,9 @@ fn http_route(r: &HttpRoute, err: &mut impl FnMut(String, String)) {
                     if p.kind == "ReplacePrefixMatch" {
                         let prefix_only = !rule.matches.is_empty()
                             && rule.matches.iter().all(|m| {
-                                m.path.as_ref().is_none_or(|p| p.kind.as_deref().unwrap_or("PathPrefix") == "PathPrefix")
+                                m.path.as_ref().is_none_or(|p| {
+                                    p.kind.as_deref().unwrap_or("PathPrefix") == "PathPrefix"
+                                })
                             });
                         if !prefix_only && !rule.matches.is_empty() {
                             err(
@@ -858,27 +1017,50 @@ fn http_route(r: &HttpRoute, err: &mut impl FnMut(String, String)) {
             }
             if let Some(m) = &flt.request_mirror {
                 if m.percent.is_some() && m.fraction.is_some() {
-                    err(format!("{ff}.requestMirror"), "percent and fraction are exclusive".into());
+                    err(
+                        format!("{ff}.requestMirror"),
+                        "percent and fraction are exclusive".into(),
+                    );
                 }
                 if m.percent.is_some_and(|p| p > 100) {
-                    err(format!("{ff}.requestMirror.percent"), "must be 0-100".into());
+                    err(
+                        format!("{ff}.requestMirror.percent"),
+                        "must be 0-100".into(),
+                    );
                 }
                 if let Some(fr) = &m.fraction {
                     let d = fr.denominator.unwrap_or(100);
                     if d == 0 || fr.numerator > d {
-                        err(format!("{ff}.requestMirror.fraction"), "numerator must not exceed a non-zero denominator".into());
+                        err(
+                            format!("{ff}.requestMirror.fraction"),
+                            "numerator must not exceed a non-zero denominator".into(),
+                        );
                     }
                 }
-                if m.backend_ref.port.is_none() && backend_is_service(m.backend_ref.group.as_deref(), m.backend_ref.kind.as_deref()) {
-                    err(format!("{ff}.requestMirror.backendRef.port"), "required for a Service".into());
+                if m.backend_ref.port.is_none()
+                    && backend_is_service(
+                        m.backend_ref.group.as_deref(),
+                        m.backend_ref.kind.as_deref(),
+                    )
+                {
+                    err(
+                        format!("{ff}.requestMirror.backendRef.port"),
+                        "required for a Service".into(),
+                    );
                 }
             }
         }
         if seen_types.contains("RequestRedirect") && seen_types.contains("URLRewrite") {
-            err(format!("{f}.filters"), "RequestRedirect and URLRewrite cannot both be set".into());
+            err(
+                format!("{f}.filters"),
+                "RequestRedirect and URLRewrite cannot both be set".into(),
+            );
         }
         if seen_types.contains("RequestRedirect") && !rule.backend_refs.is_empty() {
-            err(format!("{f}.backendRefs"), "a rule with a RequestRedirect filter takes no backendRefs".into());
+            err(
+                format!("{f}.backendRefs"),
+                "a rule with a RequestRedirect filter takes no backendRefs".into(),
+            );
         }
         for (j, b) in rule.backend_refs.iter().enumerate() {
             let bf = format!("{f}.backendRefs[{j}]");
@@ -886,21 +1068,33 @@ fn http_route(r: &HttpRoute, err: &mut impl FnMut(String, String)) {
                 err(format!("{bf}.filters"), "not supported by crossmesh: per-backend filters are not implemented; put filters on the rule".into());
             }
             if b.weight.is_some_and(|w| !(0..=1_000_000).contains(&w)) {
-                err(format!("{bf}.weight"), "must be between 0 and 1000000".into());
+                err(
+                    format!("{bf}.weight"),
+                    "must be between 0 and 1000000".into(),
+                );
             }
             if b.port.is_none() && backend_is_service(b.group.as_deref(), b.kind.as_deref()) {
-                err(format!("{bf}.port"), "required for a Service backend".into());
+                err(
+                    format!("{bf}.port"),
+                    "required for a Service backend".into(),
+                );
             }
         }
         if let Some(t) = &rule.timeouts {
-            for (n, d) in [("request", &t.request), ("backendRequest", &t.backend_request)] {
+            for (n, d) in [
+                ("request", &t.request),
+                ("backendRequest", &t.backend_request),
+            ] {
                 if d.is_some_and(|d| d.is_negative()) {
                     err(format!("{f}.timeouts.{n}"), "must not be negative".into());
                 }
             }
             if let (Some(r), Some(b)) = (t.request, t.backend_request) {
                 if r != IstioDuration::ZERO && b > r {
-                    err(format!("{f}.timeouts.backendRequest"), format!("{b} exceeds the request timeout {r}"));
+                    err(
+                        format!("{f}.timeouts.backendRequest"),
+                        format!("{b} exceeds the request timeout {r}"),
+                    );
                 }
             }
         }
@@ -912,17 +1106,26 @@ fn path_modifier(p: &PathModifier, f: &str, err: &mut impl FnMut(String, String)
         "ReplaceFullPath" => (&p.replace_full_path, &p.replace_prefix_match),
         "ReplacePrefixMatch" => (&p.replace_prefix_match, &p.replace_full_path),
         t => {
-            err(format!("{f}.type"), format!("{t:?} is not one of ReplaceFullPath, ReplacePrefixMatch"));
+            err(
+                format!("{f}.type"),
+                format!("{t:?} is not one of ReplaceFullPath, ReplacePrefixMatch"),
+            );
             return;
         }
     };
     match want {
-        None => err(f.to_string(), format!("type {} needs its value set", p.kind)),
+        None => err(
+            f.to_string(),
+            format!("type {} needs its value set", p.kind),
+        ),
         Some(v) if !v.starts_with('/') => err(f.to_string(), format!("{v:?} must start with /")),
         _ => {}
     }
     if other.is_some() {
-        err(f.to_string(), format!("only the value of type {} may be set", p.kind));
+        err(
+            f.to_string(),
+            format!("only the value of type {} may be set", p.kind),
+        );
     }
 }
 

@@ -121,6 +121,13 @@ impl Meta {
         format!("{}/{}", self.namespace, self.name)
     }
 
+    /// Generated from a Kubernetes Gateway API object (`model::gateway_api`):
+    /// Istio's "gateway semantics" (`model.UseGatewaySemantics`) apply.
+    pub fn gateway_semantics(&self) -> bool {
+        self.api_version
+            .starts_with(crate::model::gateway_api::GROUP)
+    }
+
     /// Istio's order for merging config (`sortConfigByCreationTime`): oldest
     /// first, then by name, then by namespace.
     pub fn istio_order(&self, other: &Meta) -> std::cmp::Ordering {
@@ -634,15 +641,18 @@ impl ConfigSnapshot {
         )
     }
 
-    /// Gateways whose selector matches `labels`, in Istio order. As in Istio, an
-    /// empty selector selects every gateway proxy.
+    /// Gateways whose selector matches `labels` of a proxy in `namespace`, in
+    /// Istio order. As in Istio, an empty selector selects every gateway proxy;
+    /// a Gateway API Gateway applies in its own namespace only (DESIGN.md §5).
     pub fn gateways_for<'a>(
         &'a self,
+        namespace: &'a str,
         labels: &'a BTreeMap<String, String>,
     ) -> impl Iterator<Item = &'a Arc<Config<Gateway>>> + 'a {
-        self.gateways
-            .iter()
-            .filter(move |g| labels_match(&g.spec.selector, labels))
+        self.gateways.iter().filter(move |g| {
+            labels_match(&g.spec.selector, labels)
+                && (!g.meta.gateway_semantics() || g.meta.namespace == namespace)
+        })
     }
 
     /// VirtualServices bound to `gateway` (`ns/name` or `mesh`) and visible to
