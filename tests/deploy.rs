@@ -1066,7 +1066,9 @@ fn grants(rules: &[PolicyRule], group: &str, resource: &str, verb: &str) -> bool
 /// The hub's ServiceAccount can list and watch every kind crossmesh's kube
 /// source watches (TLS Secrets among them, for `credentialName`), Secrets in the
 /// remote-secret namespace, and create
-/// TokenReviews; nothing else, no wildcard, no other write.
+/// TokenReviews; with `agentAddress`, create the agent enrolment Secret and
+/// get/update it by name in serve's namespace; nothing else, no wildcard, no
+/// other write.
 #[test]
 fn rbac_is_least_privilege_and_enough() {
     use crossmesh::sources::kube::ISTIO_KINDS;
@@ -1099,9 +1101,19 @@ fn rbac_is_least_privilege_and_enough() {
         r.api_groups.as_deref() == Some(&["".to_string()][..])
             && r.resources.as_deref() == Some(&[res.to_string()][..])
     };
+    let enrolment_secret = || {
+        Some(vec![
+            crossmesh::security::agent_tokens::ENROLMENT_SECRET.to_string()
+        ])
+    };
     let ca_write = |id: &str, r: &PolicyRule| {
         let in_ns = |ns: &str| id.starts_with(&format!("Role {ns}/"));
         (in_ns(ns) && core(r, "secrets") && r.verbs == ["create"])
+            // The agents' enrolment Secret: updated by name only.
+            || (in_ns(ns)
+                && core(r, "secrets")
+                && r.verbs == ["get", "update"]
+                && r.resource_names == enrolment_secret())
             || (mesh.ca.root_cert_namespaces.iter().any(|n| in_ns(n))
                 && core(r, "configmaps")
                 && (r.verbs == ["create"]
@@ -1230,6 +1242,28 @@ fn rbac_is_least_privilege_and_enough() {
         assert!(
             ns_grants(ns, "secrets", "create"),
             "{sa} cannot create the CA Secret in {ns}"
+        );
+    }
+    // Agents (agentAddress) with ca.kubernetesSecret: the enrolment Secret is
+    // created in serve's namespace, then read and updated by name.
+    if mesh.agent_address.is_some() && mesh.ca.kubernetes_secret.is_some() {
+        assert!(
+            ns_grants(ns, "secrets", "create"),
+            "{sa} cannot create the agent enrolment Secret in {ns}"
+        );
+        let by_name = |rule: &PolicyRule| {
+            core(rule, "secrets")
+                && ["get", "update"]
+                    .iter()
+                    .all(|v| rule.verbs.iter().any(|x| x == v))
+                && rule.resource_names == enrolment_secret()
+        };
+        assert!(
+            secret_roles
+                .iter()
+                .any(|r| r.ns() == ns && r.obj.rules.iter().flatten().any(by_name)),
+            "{sa} cannot get and update the Secret {ns}/{} by name",
+            crossmesh::security::agent_tokens::ENROLMENT_SECRET
         );
     }
     for n in &mesh.ca.root_cert_namespaces {
@@ -1372,10 +1406,14 @@ fn mesh_file_in_the_configmap_is_valid_and_matches_the_deployment() {
     let tls = mesh
         .xds_tls_address
         .expect("xdsTlsAddress: the gateway uses the TLS port");
+    let agent = mesh
+        .agent_address
+        .expect("agentAddress: member-cluster agents connect to the hub");
     for (what, addr) in [
         ("xdsAddress", mesh.xds_address),
         ("xdsTlsAddress", tls),
         ("debugAddress", mesh.debug_address),
+        ("agentAddress", agent),
     ] {
         assert!(
             addr.ip().is_unspecified(),
@@ -1473,6 +1511,23 @@ fn mesh_file_in_the_configmap_is_valid_and_matches_the_deployment() {
         container_port(&c, sp.target_port.as_ref().unwrap()),
         Some(i32::from(tls.port())),
         "{xds} reaches crossmesh's TLS xDS port"
+    );
+    // Agents reach the agent port through the same Service.
+    let agent_port = s
+        .obj
+        .spec
+        .as_ref()
+        .unwrap()
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.port == i32::from(agent.port()))
+        .unwrap_or_else(|| panic!("Service {ns}/{svc} has no port {}", agent.port()));
+    assert_eq!(
+        container_port(&c, agent_port.target_port.as_ref().unwrap()),
+        Some(i32::from(agent.port())),
+        "Service port {} reaches crossmesh's agentAddress",
+        agent.port()
     );
     // The gateway trusts the root crossmesh publishes in its namespace and
     // presents a token with an audience crossmesh accepts.
