@@ -551,9 +551,10 @@ fn format_rules_agree_with_envoy() {
 /// certificate to the pod as Istio's gateways do (`forward_client_cert_details:
 /// SANITIZE_SET`, `set_current_client_cert_details` subject, cert, DNS, URI):
 /// the pod sees `X-Forwarded-Client-Cert` with the client's subject, DNS SAN and
-/// certificate, and a client's own `X-Forwarded-Client-Cert` is replaced.
+/// certificate, and a client's own `X-Forwarded-Client-Cert` is replaced. A
+/// connection no filter chain matches is written by the listener's access log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mtls_gateway_sets_x_forwarded_client_cert() {
+async fn mtls_gateway_sets_xfcc_and_logs_unmatched_connections() {
     use support::tls::{self, Ca};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const GW_NS: &str = "istio-system";
@@ -563,6 +564,10 @@ async fn mtls_gateway_sets_x_forwarded_client_cert() {
     let (pod_port, https_port) = (free_port(), free_port());
     let pod_ip = subnet.ip(11);
     let pod = EchoPod::start(pod_ip, pod_port, "web-0").await;
+    let log = mesh.root().join("gw-access.log");
+    let mut text = std::fs::read_to_string(&mesh.mesh_file).expect("mesh file");
+    text.push_str(&format!("accessLogFile: {}\n", log.display()));
+    std::fs::write(&mesh.mesh_file, text).expect("mesh file");
     let server_ca = Ca::new("server CA");
     let client_ca = Ca::new("client CA");
     let server = server_ca.leaf("gw", &["mtls.example.com"]);
@@ -689,4 +694,31 @@ spec:
     assert!(xfcc.contains(";Subject=\"CN=xfcc-client\""), "{xfcc}");
     assert!(xfcc.contains(";DNS=client.example.com"), "{xfcc}");
     assert_eq!(pod.echoed(), 0);
+
+    // A TLS client whose SNI no server has matches no filter chain: the
+    // listener's access log (Istio's, response flag NR only) records it.
+    let other = tls::connect(addr, "nomatch.example.com", cfg.clone()).await;
+    assert!(other.is_err(), "no chain for nomatch.example.com");
+    let line = wait_for(
+        "the listener logs the unmatched connection",
+        CONVERGE,
+        || async {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.lines()
+                .find(|l| l.contains(" NR filter_chain_not_found "))
+                .map(str::to_string)
+                .ok_or(text)
+        },
+    )
+    .await;
+    assert!(
+        line.contains(&format!("{}:{https_port}", subnet.ip(1)))
+            || line.contains(&format!(":{https_port} ")),
+        "the gateway's listener address in {line}"
+    );
+    let requests = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        requests.contains("\"GET /xfcc HTTP/1.1\" 200"),
+        "the HTTP connection manager's line: {requests}"
+    );
 }
