@@ -5,7 +5,8 @@
 //!   (Envoy resolves it, V4_ONLY) at the port of the `dns-ext` backend on
 //!   127.0.0.1;
 //! - `static.ext.example`: resolution STATIC, inline endpoint `.21` (`static-0`)
-//!   at the port its `ports` names;
+//!   at the port its `ports` names; a VirtualService on this host sends
+//!   `/to-dns` to `dns.ext.example`;
 //! - `web.shop`: a Kubernetes Service selecting Pod `web-0` (`.11`) and
 //!   WorkloadEntry `vm-1` (`.12`, locality `vm-region/vm-zone`);
 //! - `bad`: a ServiceEntry with an invalid address, rejected alone.
@@ -54,6 +55,16 @@ spec:
   resolution: STATIC
   endpoints:
   - {address: STATIC_IP, ports: {http: STATIC_PORT}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: static-ext, namespace: shop}
+spec:
+  hosts: [static.ext.example]
+  http:
+  - match: [{uri: {prefix: /to-dns}}]
+    route: [{destination: {host: dns.ext.example}}]
+  - route: [{destination: {host: static.ext.example}}]
 ---
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
@@ -160,6 +171,11 @@ async fn service_entries_workload_entries_and_registry_only_through_a_sidecar() 
     answer("dns.ext.example", "dns-ext").await;
     answer("static.ext.example", "static-0").await;
     assert!(statik.requests() > 0 && dns.requests() > 0);
+    // A VirtualService on a ServiceEntry host routes as on a Kubernetes one.
+    let r = http::get(egress, "static.ext.example", "/to-dns/x")
+        .await
+        .expect("/to-dns");
+    assert_eq!((r.status, r.body.as_str()), (200, "dns-ext"));
     // The WorkloadEntry serves next to the Pod.
     answer("web.shop.svc.cluster.local", "web-0").await;
     answer("web.shop.svc.cluster.local", "vm-1").await;
