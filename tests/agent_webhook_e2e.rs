@@ -718,6 +718,7 @@ async fn agent_serves_injection_with_mesh_certificate_and_follows_root_rotation(
 
     // Root rotation, step 1: both roots.
     let both = format!("{old_pem}{new_pem}");
+    let t = std::time::Instant::now();
     replace(&cacerts, "root-cert.pem", &both);
     wait_bundle(
         &api,
@@ -726,9 +727,14 @@ async fn agent_serves_injection_with_mesh_certificate_and_follows_root_rotation(
         "the bundle holds both roots everywhere",
     )
     .await;
+    eprintln!(
+        "step 1: caBundle, root ConfigMap and kept bundle hold both roots after {:?}",
+        t.elapsed()
+    );
 
     // Step 2: the hub signs with an intermediate of the new root: the agent
     // renews, and the webhook presents a certificate of the new intermediate.
+    let t = std::time::Instant::now();
     replace(&cacerts, "ca-cert.pem", &new_ca.cert.pem());
     replace(&cacerts, "ca-key.pem", &new_ca.key.serialize_pem());
     replace(
@@ -749,9 +755,14 @@ async fn agent_serves_injection_with_mesh_certificate_and_follows_root_rotation(
         },
     )
     .await;
+    eprintln!(
+        "step 2: the webhook serves a certificate of the new signer after {:?}",
+        t.elapsed()
+    );
 
     // Step 3: the new root only. The agent still reaches the hub (its client
     // certificate came from the new signer) and the webhook verifies with it.
+    let t = std::time::Instant::now();
     replace(&cacerts, "root-cert.pem", &new_pem);
     wait_bundle(
         &api,
@@ -760,6 +771,10 @@ async fn agent_serves_injection_with_mesh_certificate_and_follows_root_rotation(
         "the bundle is the new root everywhere",
     )
     .await;
+    eprintln!(
+        "step 3: the new root alone everywhere after {:?}",
+        t.elapsed()
+    );
     let added = inject(webhook, &new_pem, "orders-3")
         .await
         .expect("verified by the new root alone");
@@ -790,12 +805,17 @@ async fn agent_serves_injection_with_mesh_certificate_and_follows_root_rotation(
     cp.kill();
     agent.kill();
     let agent2 = setup.start_agent(2, false);
+    let t = std::time::Instant::now();
     let added = wait_for(
         "the restarted agent injects with the hub down",
         CONVERGE,
         || inject(webhook, &new_pem, "orders-4"),
     )
     .await;
+    eprintln!(
+        "restarted agent, hub down: injecting after {:?}",
+        t.elapsed()
+    );
     assert!(added.iter().any(|n| n == "istio-proxy"), "{added:?}");
     assert!(
         agent2
