@@ -11,7 +11,7 @@
 //! - [`Webhook`]: the HTTPS server on `--webhook-address` (Istio's 15017)
 //!   serving `POST /inject` (AdmissionReview v1, answered by
 //!   [`super::inject::review`]). Its serving certificate names the webhook
-//!   Service (`<service>.<namespace>.svc` and `.svc.<domainSuffix>`), is signed
+//!   Service (`<service>.<namespace>.svc`), is signed
 //!   by the mesh CA over Enroll/Renew with a key of its own (never the client
 //!   key), kept in the agent's state next to the client certificate (so a
 //!   restarted agent serves with the hub unreachable) and swapped in without a
@@ -90,11 +90,12 @@ pub struct WebhookOptions {
 }
 
 impl WebhookOptions {
-    /// The serving certificate's DNS names.
+    /// The serving certificate's DNS name: `<service>.<namespace>.svc`, the name
+    /// the API server calls a webhook Service by (a `.svc.<domainSuffix>` name
+    /// is left out: an agent flag differing from the hub's `domainSuffix` would
+    /// get the whole request refused).
     pub fn dns_names(&self) -> Vec<String> {
-        let short = format!("{}.{}.svc", self.service, self.namespace);
-        let long = format!("{short}.{}", self.inject.domain_suffix);
-        vec![short, long]
+        vec![format!("{}.{}.svc", self.service, self.namespace)]
     }
 }
 
