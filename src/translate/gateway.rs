@@ -214,6 +214,8 @@ pub fn clusters_for(
     let mut clusters: Vec<Cluster> = hosts
         .iter()
         .filter_map(|h| ctx.services.get(h.as_str()))
+        // A ServiceEntry's service only where its `exportTo` admits the gateway.
+        .filter(|svc| ctx.config.service_visible(svc, &proxy.namespace))
         .flat_map(|svc| service_clusters(svc, &proxy.namespace, ctx, identity))
         .collect();
     clusters.sort_by(|a, b| a.name.cmp(&b.name));

@@ -244,7 +244,11 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext, identity: bool) -> Generated {
         }
         for vs in &scope.virtual_services {
             for h in referenced_hosts(vs, ctx) {
-                if let Some(s) = ctx.services.get(h.as_str()) {
+                if let Some(s) = ctx
+                    .services
+                    .get(h.as_str())
+                    .filter(|s| ctx.config.service_visible(s, &proxy.namespace))
+                {
                     visible.insert(s.hostname.clone());
                 }
             }
