@@ -546,14 +546,19 @@ struct Inventory {
 /// 700,000 Pods, far above Kubernetes' 150,000 per cluster.
 pub const DEFAULT_MAX_INVENTORY_BYTES: usize = 256 << 20;
 
+/// The Istio config watch: its kinds, the namespaces it covers (`None`: all),
+/// its task.
+type ConfigWatch = (
+    Vec<WireKind>,
+    Option<Vec<String>>,
+    tokio::task::JoinHandle<()>,
+);
+
 #[derive(Default)]
 struct Shared {
     inv: Mutex<Inventory>,
     changed: Notify,
-    /// The Istio config watch: its kinds, the namespaces it covers (`None`:
-    /// all), its task.
-    #[allow(clippy::type_complexity)]
-    config: Mutex<Option<(Vec<WireKind>, Option<Vec<String>>, tokio::task::JoinHandle<()>)>>,
+    config: Mutex<Option<ConfigWatch>>,
     /// The member cluster's client (for the Istio config watch).
     client: Mutex<Option<kube::Client>>,
     /// What the last stream left for a resume.
@@ -832,11 +837,13 @@ async fn session(
     }
 }
 
+/// An unacknowledged batch: seq, encoded length, keys of its delta changes.
+type Unacked = (u64, usize, Vec<(WireKind, String)>);
+
 /// Flow-control state of a stream.
 struct Window {
     out: mpsc::Sender<AgentMessage>,
-    /// Unacknowledged batches: seq, encoded length, keys of their delta changes.
-    unacked: VecDeque<(u64, usize, Vec<(WireKind, String)>)>,
+    unacked: VecDeque<Unacked>,
     unacked_bytes: u64,
     next_seq: u64,
     max_messages: usize,
@@ -1367,7 +1374,8 @@ mod tests {
         assert_eq!(inv.bytes, 80);
         assert!(!inv.objects[&WireKind::Pod].contains_key("ns/p3"));
         assert!(
-            inv.status_of(WireKind::Pod).contains("1 object(s) left out"),
+            inv.status_of(WireKind::Pod)
+                .contains("1 object(s) left out"),
             "{}",
             inv.status_of(WireKind::Pod)
         );

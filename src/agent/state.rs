@@ -47,7 +47,9 @@ pub struct Stored {
     pub bundle_pem: Option<String>,
 }
 
-/// A state directory or the state Secret.
+/// A state directory or the state Secret (one per process: the size of the
+/// `Api` variant does not matter).
+#[allow(clippy::large_enum_variant)]
 pub enum StateStore {
     Dir(PathBuf),
     Secret { api: Api<Secret>, namespace: String },
