@@ -24,7 +24,9 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy},
     Cluster,
 };
-use envoy_types::pb::envoy::config::core::v3::{CidrRange, TrafficDirection};
+use envoy_types::pb::envoy::config::core::v3::{
+    socket_address::PortSpecifier, BindConfig, CidrRange, SocketAddress, TrafficDirection,
+};
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint::HostIdentifier, ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint,
     LocalityLbEndpoints,
@@ -400,8 +402,7 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext, identity: bool) -> Generated {
             &ctx.mesh,
         ));
         out.clusters.push(original_dst_cluster(PASSTHROUGH_CLUSTER));
-        out.clusters
-            .push(original_dst_cluster(INBOUND_PASSTHROUGH_CLUSTER));
+        out.clusters.push(inbound_passthrough_cluster());
         out.clusters.push(blackhole_cluster());
     }
     let mut clusters: Vec<Cluster> = visible
@@ -804,6 +805,28 @@ fn original_dst_cluster(name: &str) -> Cluster {
         connect_timeout: connect_timeout(),
         ..Default::default()
     }
+}
+
+/// Source address of inbound passthrough connections (Istio's
+/// `InboundPassthroughBindIpv4`): interception returns Envoy's own traffic to the
+/// pod's address to the virtual inbound listener unless it comes from here, so
+/// without it an inbound connection would loop back into Envoy.
+pub const INBOUND_PASSTHROUGH_BIND: &str = "127.0.0.6";
+
+/// `InboundPassthroughClusterIpv4`: the original destination (the pod's own
+/// address), connected from [`INBOUND_PASSTHROUGH_BIND`] as Istio's
+/// `buildInboundPassthroughCluster` does.
+fn inbound_passthrough_cluster() -> Cluster {
+    let mut c = original_dst_cluster(INBOUND_PASSTHROUGH_CLUSTER);
+    c.upstream_bind_config = Some(BindConfig {
+        source_address: Some(SocketAddress {
+            address: INBOUND_PASSTHROUGH_BIND.to_string(),
+            port_specifier: Some(PortSpecifier::PortValue(0)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    c
 }
 
 /// Istio's `BlackHoleCluster`: a static cluster without endpoints.
