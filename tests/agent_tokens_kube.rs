@@ -6,11 +6,12 @@
 //! API server; `crossmesh agent-token` runs in a Pod as well (as with
 //! `kubectl exec` into a hub Pod). A raw protocol client plays the agent.
 //! - a token created once is redeemed once through either replica; the second
-//!   redemption, through the other one or racing it, is refused as used;
+//!   redemption, through the other one or racing it, is refused as used; while
+//!   the Secret cannot be read, new streams are refused (fail closed);
 //! - a revocation made while both run closes the cluster's stream on the
-//!   replica that holds it (which learns of it from the Secret alone), and
-//!   survives a restart of both with empty state directories: the revoked
-//!   certificate is still refused.
+//!   replica that holds it (which learns of it from the Secret alone), deletes
+//!   the cluster's unused tokens, and survives a restart of both with empty
+//!   state directories: the revoked certificate is still refused.
 
 #[path = "support/kube_api.rs"]
 mod kube_api;
@@ -28,7 +29,7 @@ use crossmesh::agent::proto::{
     agent_message, hub_message, AgentMessage, EnrollRequest, Heartbeat, Hello, HubMessage,
     Kind as WireKind, RenewRequest, PROTOCOL_VERSION,
 };
-use kube_api::{objects, FakeApiServer, Options};
+use kube_api::{objects, FakeApiServer, FaultRule, Options, Verb};
 use support::control_plane::{crossmesh_bin, ControlPlane, StartOptions};
 use support::in_pod::{api_env, in_pod, sa_dir};
 use support::net::{free_port, Subnet};
@@ -438,6 +439,24 @@ async fn a_token_is_single_use_across_replicas() {
         );
         assert!(e.message().contains("already used"), "round {round}: {e:?}");
     }
+
+    // A Secret that cannot be read refuses new streams (fail closed: a
+    // revocation might be missed), and they are accepted again once it can.
+    f.api
+        .add_fault(FaultRule::status(500).on(Verb::Get).of("secrets"));
+    let e = Stream::open(ra.agent, &root, &cert)
+        .await
+        .err()
+        .expect("a stream opened while revocations cannot be read");
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("cannot check revocations"), "{e:?}");
+    f.api.clear_faults();
+    drop(
+        Stream::open(ra.agent, &root, &cert)
+            .await
+            .expect("a stream once the Secret can be read"),
+    );
+
     let mut conflicts = 0;
     for cp in [&a, &b] {
         let log = cp.log();
@@ -470,6 +489,7 @@ async fn a_revocation_reaches_every_replica_and_survives_their_restart() {
         .await
         .expect("stream at b");
 
+    let unused = f.agent_token(&rb, &["create"]).expect("agent-token create");
     // Certificates carry whole seconds: revoke in a later second than the issue.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let t0 = Instant::now();
@@ -490,6 +510,13 @@ async fn a_revocation_reaches_every_replica_and_survives_their_restart() {
     eprintln!("stream at the other replica closed {took:?} after the revocation");
     refused_as_revoked(ra.agent, &root, &cert, "replica a").await;
     refused_as_revoked(rb.agent, &root, &cert, "replica b").await;
+    // The revocation deleted the cluster's unused token.
+    let e = enrol(rb.agent, &root, &unused)
+        .await
+        .map(|_| "enrolled")
+        .expect_err("a token made before the revocation");
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    assert!(e.message().contains("unknown enrolment token"), "{e:?}");
 
     // Both Pods replaced: nothing on local disk survives.
     a.kill();
