@@ -978,6 +978,25 @@ fn interception_redirects_real_traffic() {
         );
         return;
     }
+    // Root in a container may still lack the capabilities network namespaces
+    // need: say so instead of failing on the first `ip netns add`.
+    let probe = format!("cm-probe-{}", std::process::id());
+    let made = Command::new("ip").args(["netns", "add", &probe]).output();
+    match made {
+        Ok(o) if o.status.success() => {
+            let _ = Command::new("ip").args(["netns", "del", &probe]).output();
+        }
+        other => {
+            let why = match other {
+                Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+                Err(e) => e.to_string(),
+            };
+            eprintln!(
+                "SKIPPED interception_redirects_real_traffic: cannot create a network namespace: {why}"
+            );
+            return;
+        }
+    }
     let bin = support::control_plane::crossmesh_bin();
 
     let mut n = NetnsPair::new("a");
