@@ -123,7 +123,11 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
             .map(|(c, _)| c)
             .map_err(|e| AgentError::Kube(e.to_string()))?,
     };
-    let store = Arc::new(state::StateStore::new(opts.state_dir.as_deref(), &client));
+    let store = Arc::new(state::StateStore::new(
+        opts.state_dir.as_deref(),
+        opts.webhook.as_ref().map(|w| w.namespace.as_str()),
+        &client,
+    ));
     // The trust bundle (kept, else --root-cert), the webhook and its upkeep.
     let trust = webhook::start(opts.webhook.clone(), store.clone(), roots, &client).await?;
     let mut ident = load_or_enrol(&opts, &store, &host, &trust, false).await?;

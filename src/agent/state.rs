@@ -6,10 +6,10 @@
 //! - `--state-dir DIR`: files `cert-chain.pem`, `key.pem` (mode 0600) and
 //!   `trust-bundle.pem`, each written to a temporary file and renamed.
 //! - Otherwise: the Opaque Secret [`STATE_SECRET`] in the agent's namespace
-//!   (`POD_NAMESPACE`, else the namespace of its credentials: the service
-//!   account's `namespace` file in a Pod), with the same three keys. It is
-//!   created at the first enrolment and replaced (PUT with its resourceVersion)
-//!   at each renewal. The agent reads that one Secret by name and nothing else:
+//!   (`--namespace`, else `POD_NAMESPACE`, else the namespace of its
+//!   credentials: the service account's `namespace` file in a Pod), with the
+//!   same three keys. It is created at the first enrolment and replaced (PUT
+//!   with its resourceVersion) at each renewal. The agent reads that one Secret by name and nothing else:
 //!   its RBAC needs `get` and `update` on it (`resourceNames`) and `create` on
 //!   Secrets in its namespace (Kubernetes cannot limit `create` by name); never
 //!   `list` or `watch`. Two agents racing on the first create: the loser (409
@@ -56,13 +56,20 @@ pub enum StateStore {
 }
 
 impl StateStore {
-    /// `--state-dir`, or the Secret in the agent's namespace reached with `client`.
-    pub fn new(state_dir: Option<&Path>, client: &kube::Client) -> StateStore {
+    /// `--state-dir`, or the Secret in the agent's namespace reached with
+    /// `client`: `namespace` (the webhook's `--namespace`) if given, else
+    /// `POD_NAMESPACE`, else the client's (in a Pod: the service account's).
+    pub fn new(
+        state_dir: Option<&Path>,
+        namespace: Option<&str>,
+        client: &kube::Client,
+    ) -> StateStore {
         match state_dir {
             Some(d) => StateStore::Dir(d.to_owned()),
             None => {
-                let namespace = std::env::var(NAMESPACE_ENV)
-                    .ok()
+                let namespace = namespace
+                    .map(str::to_string)
+                    .or_else(|| std::env::var(NAMESPACE_ENV).ok())
                     .map(|s| s.trim().to_string())
                     .filter(|s| !s.is_empty())
                     .unwrap_or_else(|| client.default_namespace().to_string());
