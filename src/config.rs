@@ -1281,6 +1281,26 @@ config:
     }
 
     #[test]
+    fn outbound_traffic_policy() {
+        let base = Path::new("/m");
+        let mode = |text: &str| MeshConfig::parse(text, base).map(|m| m.outbound_traffic_policy);
+        assert_eq!(mode("").ok(), Some(OutboundTrafficPolicy::AllowAny));
+        assert_eq!(
+            mode("outboundTrafficPolicy: {mode: REGISTRY_ONLY}").ok(),
+            Some(OutboundTrafficPolicy::RegistryOnly)
+        );
+        assert_eq!(
+            mode("outboundTrafficPolicy: {mode: ALLOW_ANY}").ok(),
+            Some(OutboundTrafficPolicy::AllowAny)
+        );
+        let bad = mode("outboundTrafficPolicy: {mode: DENY}")
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("outboundTrafficPolicy.mode \"DENY\""), "{bad}");
+        assert!(mode("outboundTrafficPolicy: {egressProxy: {host: x}}").is_err());
+    }
+
+    #[test]
     fn path_normalization_debug_auth_and_jwks_refresh() {
         let base = Path::new("/m");
         let d = MeshConfig::parse("", base).unwrap();
