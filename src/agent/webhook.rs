@@ -142,7 +142,12 @@ pub async fn start(
 /// The mesh's trust bundle as this agent knows it, and the signer its
 /// certificates came from.
 pub struct Trust {
+    /// The bundle published (caBundle, root ConfigMaps): the kept one, else
+    /// `--root-cert`, then what the hub sends.
     bundle: watch::Sender<String>,
+    /// `--root-cert`, also trusted for the hub connection (an operator who
+    /// rotated the root while the agent was away points it at the new one).
+    root_cert: String,
     /// `signer_sha256` of the last Enroll/Renew answer (empty: unknown).
     signer: Mutex<String>,
     renew: AtomicBool,
@@ -161,10 +166,12 @@ impl Trust {
             Ok(Some(s)) => s.bundle_pem.filter(|b| has_certificate(b.as_bytes())),
             _ => None,
         };
-        let initial = kept.unwrap_or_else(|| String::from_utf8_lossy(&root_cert).into_owned());
+        let root_cert = String::from_utf8_lossy(&root_cert).into_owned();
+        let initial = kept.unwrap_or_else(|| root_cert.clone());
         let signer = store.load_extra(SIGNER_KEY).await.unwrap_or_default();
         Arc::new(Trust {
             bundle: watch::channel(initial).0,
+            root_cert,
             signer: Mutex::new(signer),
             renew: AtomicBool::new(false),
             store,
@@ -172,9 +179,9 @@ impl Trust {
         })
     }
 
-    /// The roots the hub must chain to now (PEM).
+    /// The roots the hub must chain to now (PEM): the bundle and `--root-cert`.
     pub fn roots(&self) -> Vec<u8> {
-        self.bundle.borrow().as_bytes().to_vec()
+        union_pem(&self.bundle.borrow(), &self.root_cert).into_bytes()
     }
 
     /// Follow the bundle (caBundle upkeep, root ConfigMaps).
@@ -257,6 +264,29 @@ impl Trust {
                 .await;
         }
     }
+}
+
+/// The certificates of `a`, then those of `b` that `a` lacks (PEM blocks,
+/// compared without whitespace).
+fn union_pem(a: &str, b: &str) -> String {
+    const END: &str = "-----END CERTIFICATE-----";
+    let blocks = |t: &str| -> Vec<String> {
+        t.split_inclusive(END)
+            .filter_map(|chunk| {
+                let start = chunk.find("-----BEGIN CERTIFICATE-----")?;
+                chunk.ends_with(END).then(|| chunk[start..].to_string())
+            })
+            .collect()
+    };
+    let norm = |s: &str| s.split_whitespace().collect::<String>();
+    let mut out = blocks(a);
+    let seen: Vec<String> = out.iter().map(|b| norm(b)).collect();
+    for blk in blocks(b) {
+        if !seen.contains(&norm(&blk)) {
+            out.push(blk);
+        }
+    }
+    out.iter().map(|b| format!("{b}\n")).collect()
 }
 
 /// Key of the signer's SHA-256 in the agent's state.
@@ -776,6 +806,21 @@ mod tests {
         tokio::time::advance(IDLE_TIMEOUT + Duration::from_millis(1)).await;
         let err = read.await.unwrap().unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+    }
+
+    #[test]
+    fn start_bundle_is_the_kept_one_plus_root_cert() {
+        let cert =
+            |n: u8| format!("-----BEGIN CERTIFICATE-----\nAAA{n}\n-----END CERTIFICATE-----\n");
+        let kept = format!("{}{}", cert(1), cert(2));
+        // --root-cert repeats one (other line endings) and adds one.
+        let flag = format!("{}{}", cert(2).replace('\n', "\r\n"), cert(3));
+        assert_eq!(
+            union_pem(&kept, &flag),
+            format!("{}{}{}", cert(1), cert(2), cert(3))
+        );
+        assert_eq!(union_pem("", &cert(3)), cert(3));
+        assert_eq!(union_pem(&cert(1), "garbage"), cert(1));
     }
 
     #[test]
