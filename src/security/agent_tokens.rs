@@ -348,7 +348,10 @@ impl TokenStore {
         }
         let (client, _) = crate::sources::in_cluster::client().map_err(|e| TokenError::Store {
             path: PathBuf::from(format!("Secret {ENROLMENT_SECRET}")),
-            reason: e.to_string(),
+            reason: format!(
+                "{e}; with ca.kubernetesSecret the tokens are kept in this Secret of the \
+                 hub's namespace: run the command in a hub Pod (kubectl exec, docs/DEPLOY.md)"
+            ),
         })?;
         let ns = client.default_namespace().to_string();
         Ok(TokenStore::kube(client, &ns))
