@@ -16,7 +16,9 @@
 //!   expired token, a certificate from another CA, and publishing under another
 //!   cluster's name are refused with their reason and counted on
 //!   `/debug/clusterz`; a revoked cluster's stream closes and its certificate is
-//!   refused until it enrols again;
+//!   refused until it enrols again; a `resumed` first batch is refused while the
+//!   hub holds no state of the cluster and accepted from the stream the next
+//!   Welcome names (with its last applied batch);
 //! - bad input on the agent port (garbage, an oversized message, an unknown
 //!   protocol version, missing heartbeats) ends only that stream, with a reason.
 
@@ -1240,6 +1242,89 @@ async fn bad_input_ends_only_that_stream_with_a_reason() {
     for n in 1..=3u8 {
         f.wait_answer(n, &format!("{}-pod-a", name(n))).await;
     }
+}
+
+/// Send the first batch of a stream marked `resumed` (no changes); the hub's
+/// answer (its ack, or the status that ended the stream).
+async fn send_resumed(s: &mut RawStream) -> Result<hub_message::Message, tonic::Status> {
+    s.seq += 1;
+    s.out
+        .send(AgentMessage {
+            message: Some(agent_message::Message::Batch(Batch {
+                seq: s.seq,
+                kind: WireKind::Service as i32,
+                snapshot: false,
+                changes: vec![],
+                end_of_snapshot: false,
+                resumed: true,
+            })),
+        })
+        .await
+        .map_err(|_| tonic::Status::cancelled("test: stream closed"))?;
+    s.next(Duration::from_secs(10)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_is_accepted_only_from_the_stream_the_hub_named() {
+    let f = Fixture::start().await;
+    // No state of cluster4 yet: Welcome names no previous stream, and a
+    // resumed batch is refused with its reason.
+    let token = create_token(&f.mesh_file, "cluster4", "10m").expect("token");
+    let cert = enrol(&f, "cluster4", &token).await.expect("enrol cluster4");
+    let mut s = RawStream::open(&f, &cert, hello("cluster4"))
+        .await
+        .expect("open");
+    let w = match s.next(Duration::from_secs(10)).await {
+        Ok(hub_message::Message::Welcome(w)) => w,
+        other => panic!("expected Welcome, got {other:?}"),
+    };
+    assert!(!w.session_id.is_empty(), "{w:?}");
+    assert_eq!((w.previous_stream_id, w.previous_applied_seq), (0, 0));
+    match send_resumed(&mut s).await {
+        Err(st) => {
+            assert_eq!(st.code(), tonic::Code::FailedPrecondition, "{st:?}");
+            assert!(st.message().contains("resume refused"), "{st:?}");
+        }
+        other => panic!("a resume without state must be refused: {other:?}"),
+    }
+    f.wait_clusterz("cluster4", "resume_refused counted", |c| {
+        c["agent"]["refusals"]["resume_refused"] == 1
+    })
+    .await;
+
+    // A stream that delivered its snapshot (four batches) and ended: the next
+    // Welcome names it and its last applied batch, and a resume is accepted.
+    let ip = f.pod_ip(4, 1);
+    let (cert, s) = cluster4_synced(&f, &[("cluster4-pod-a", ip)]).await;
+    drop(s);
+    f.wait_clusterz("cluster4", "cluster4 stale after its stream ended", |c| {
+        c["stale"] == true && c["agent"]["connected"] == false
+    })
+    .await;
+    let mut s = RawStream::open(&f, &cert, hello("cluster4"))
+        .await
+        .expect("reopen");
+    let w2 = match s.next(Duration::from_secs(10)).await {
+        Ok(hub_message::Message::Welcome(w)) => w,
+        other => panic!("expected Welcome, got {other:?}"),
+    };
+    assert_eq!(w2.session_id, w.session_id, "the same hub process");
+    assert_eq!(w2.previous_stream_id + 1, w2.stream_id, "{w2:?}");
+    assert_eq!(w2.previous_applied_seq, 4, "{w2:?}");
+    match send_resumed(&mut s).await {
+        Ok(hub_message::Message::Ack(a)) => assert_eq!(a.seq, 1),
+        other => panic!("the resume must be acknowledged: {other:?}"),
+    }
+    let c = f
+        .wait_clusterz("cluster4", "cluster4 resumed, not stale", |c: &Value| {
+            c["agent"]["resumed"] == true && c["stale"] == false && c["agent"]["synced"] == true
+        })
+        .await;
+    assert_eq!(c["counts"]["pods"], 1, "the state it resumed from: {c}");
+    assert_eq!(
+        c4_endpoint_ips(&f).await.expect("endpoints"),
+        [ip.to_string()]
+    );
 }
 
 /// Resident set of process `pid` in bytes (`VmRSS`).
