@@ -268,6 +268,15 @@ impl ServiceEntry {
             );
         }
         if let Some(sel) = &self.workload_selector {
+            if self.resolution != Resolution::Static {
+                err(
+                    "spec.workloadSelector".into(),
+                    format!(
+                        "not supported by crossmesh with resolution {}: selected workloads are endpoints of STATIC entries only",
+                        self.resolution.as_str()
+                    ),
+                );
+            }
             for (f, r) in label_problems("spec.workloadSelector.labels", &sel.labels) {
                 err(f, r);
             }
@@ -620,6 +629,8 @@ mod tests {
         assert_eq!(errors(&rr).len(), 1);
         let undeclared = se("{hosts: [a.b], ports: [{number: 80, name: http}], resolution: STATIC, endpoints: [{address: 1.2.3.4, ports: {grpc: 90}}]}");
         assert!(errors(&undeclared)[0].contains("not a port of the ServiceEntry"));
+        let dns_selector = se("{hosts: [a.b], ports: [{number: 80, name: http}], resolution: DNS, workloadSelector: {labels: {app: x}}}");
+        assert!(errors(&dns_selector)[0].starts_with("spec.workloadSelector: not supported"));
         let empty_static =
             se("{hosts: [a.b], ports: [{number: 80, name: http}], resolution: STATIC}");
         assert!(errors(&empty_static).is_empty());
