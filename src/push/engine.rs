@@ -778,6 +778,11 @@ impl Pusher {
 }
 
 impl SnapshotSource for Pusher {
+    /// From the registry (`ContextSource::proxy_locality`).
+    fn proxy_locality(&self, proxy: &Proxy) -> Option<crate::model::Locality> {
+        self.inner.source.proxy_locality(proxy)
+    }
+
     /// Register the proxy and give it its snapshot from the latest push context:
     /// the class's shared snapshot if the class exists, else generated now.
     fn connect(&self, conn: ConnId, proxy: Arc<Proxy>) -> watch::Receiver<Update> {

@@ -110,6 +110,11 @@ pub trait ContextSource: Send + Sync + 'static {
     fn credentials(&self) -> Arc<crate::model::credential::Credentials> {
         Arc::default()
     }
+    /// The locality of a proxy whose node carries none, from the registry (its
+    /// Pod's Node), as istiod's `setTopologyLabels` fills it in; `None` if unknown.
+    fn proxy_locality(&self, _proxy: &crate::model::Proxy) -> Option<crate::model::Locality> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@
 pub mod config;
 pub mod endpoints;
 mod external;
+mod proxy_locality;
 pub mod secrets;
 pub mod status;
 
@@ -1417,6 +1418,15 @@ impl crate::push::ContextSource for Registry {
 
     fn credentials(&self) -> Arc<crate::model::credential::Credentials> {
         self.secrets.snapshot()
+    }
+
+    fn proxy_locality(&self, proxy: &crate::model::Proxy) -> Option<Locality> {
+        self.pod_locality(
+            &proxy.cluster_id,
+            &proxy.namespace,
+            &proxy.pod_name,
+            Some(proxy.ip),
+        )
     }
 }
 

@@ -44,7 +44,7 @@ use super::codec::{DeltaResponse, EncodeResponse, Frames, PayloadLen, Requests, 
 use super::connection::{Ack, Mode, Out, StreamState};
 use super::secure::XdsSecurity;
 use super::source::{SnapshotSource, Update};
-use super::status::{Connection, Connections};
+use super::status::{Connection, Connections, LocalityOrigin};
 use crate::metrics::{metrics, type_label};
 use crate::model::proxy::ProxyError;
 use crate::model::Proxy;
@@ -469,6 +469,18 @@ async fn handshake<F: Flavor>(
         );
         secure = Some((stream_security, issued));
     }
+    // A node without a locality (injected sidecars, gateways bootstrapped
+    // without --locality) takes its Pod's from the registry, as istiod's
+    // `setTopologyLabels` does; read once, at connect.
+    let locality_from = if proxy.locality != Default::default() {
+        LocalityOrigin::Node
+    } else if let Some(l) = shared.source.proxy_locality(&proxy) {
+        info!(proxy = %proxy.id, locality = %l.label(), "locality from the proxy's pod");
+        proxy.locality = l;
+        LocalityOrigin::Registry
+    } else {
+        LocalityOrigin::None
+    };
     let proxy = Arc::new(proxy);
     let id = shared.connections.next_id();
     // The source may generate this proxy's config (CPU work, and it waits for a
@@ -490,7 +502,9 @@ async fn handshake<F: Flavor>(
         cert = Some(s.describe(issued.info));
         security = Some(s);
     }
-    let conn = shared.connections.insert(id, proxy.clone(), F::MODE, state);
+    let conn = shared
+        .connections
+        .insert(id, proxy.clone(), F::MODE, locality_from, state);
     conn.set_cert(cert);
     metrics().xds_clients.inc();
     info!(proxy = %proxy.id, conn = id, mode = ?F::MODE, "proxy connected");

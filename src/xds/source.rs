@@ -72,6 +72,11 @@ pub trait SnapshotSource: Send + Sync + 'static {
     fn connect(&self, conn: ConnId, proxy: Arc<Proxy>) -> watch::Receiver<Update>;
     /// The stream `conn` ended.
     fn disconnect(&self, conn: ConnId);
+    /// The locality of a proxy whose node carries none (`node.locality` unset),
+    /// read once when it connects; `None` if the source does not know it.
+    fn proxy_locality(&self, _proxy: &Proxy) -> Option<crate::model::Locality> {
+        None
+    }
 }
 
 /// Serves one snapshot to every connected proxy; `set` replaces it for all.

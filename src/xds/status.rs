@@ -26,6 +26,8 @@ pub struct Connection {
     pub proxy: Arc<Proxy>,
     pub connected_at: SystemTime,
     pub mode: Mode,
+    /// Where `proxy.locality` came from.
+    pub locality_from: LocalityOrigin,
     state: Mutex<StreamState>,
     /// The workload certificate in force (authenticated streams only).
     cert: Mutex<Option<CertInfo>>,
@@ -43,6 +45,20 @@ impl Connection {
     pub fn cert(&self) -> Option<CertInfo> {
         self.cert.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
+}
+
+/// Where a connected proxy's locality came from (`/debug/syncz`
+/// `locality_from`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LocalityOrigin {
+    /// `node.locality` of the proxy's bootstrap.
+    Node,
+    /// The node had none: its Pod's Node in the registry (or the cluster's
+    /// default locality), looked up when it connected.
+    Registry,
+    /// Neither: the proxy has no locality.
+    None,
 }
 
 /// `/debug/certz` entry: one authenticated stream's certificate.
@@ -79,6 +95,9 @@ pub struct ConnectionStatus {
     pub connected_at: u64,
     /// Push sequence number of the snapshot the stream last processed.
     pub push_seq: u64,
+    /// The proxy's locality in force (`region/zone/subzone`, empty if none).
+    pub locality: String,
+    pub locality_from: LocalityOrigin,
     /// Per type the client requested, in push order.
     pub types: Vec<TypeStatus>,
 }
@@ -104,6 +123,7 @@ impl Connections {
         id: ConnId,
         proxy: Arc<Proxy>,
         mode: Mode,
+        locality_from: LocalityOrigin,
         state: StreamState,
     ) -> Arc<Connection> {
         let c = Arc::new(Connection {
@@ -111,6 +131,7 @@ impl Connections {
             proxy,
             connected_at: SystemTime::now(),
             mode,
+            locality_from,
             state: Mutex::new(state),
             cert: Mutex::new(None),
         });
@@ -225,6 +246,8 @@ fn status(c: &Connection) -> ConnectionStatus {
             .map(|d| d.as_secs())
             .unwrap_or(0),
         push_seq: st.seq(),
+        locality: c.proxy.locality.label(),
+        locality_from: c.locality_from,
         types,
     }
 }
