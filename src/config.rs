@@ -42,6 +42,9 @@ struct MeshFile {
     xds_tls_address: Option<String>,
     /// The member-cluster agents' port (DESIGN.md §5); off unless set.
     agent_address: Option<String>,
+    /// Extra names of the TLS xDS and agent ports' certificates (see
+    /// [`MeshConfig::server_names`]).
+    server_names: Option<Vec<String>>,
     debug_address: Option<String>,
     /// The mesh CA (DESIGN.md §5); see [`CaConfig`].
     ca: Option<CaFile>,
@@ -346,6 +349,11 @@ pub struct MeshConfig {
     /// `agentAddress`: where member-cluster agents connect (mutual TLS with the
     /// mesh CA); `None` serves no agent port.
     pub agent_address: Option<SocketAddr>,
+    /// `serverNames`: DNS names and IP addresses, besides crossmesh's Service
+    /// names, that the certificates of the TLS xDS port and the agent port name:
+    /// the load balancer's name or address by which proxies and agents in other
+    /// networks or accounts dial the hub (Istio's `ISTIOD_CUSTOM_HOST`).
+    pub server_names: Vec<String>,
     pub debug_address: SocketAddr,
     /// Mesh file `ca:`.
     pub ca: CaConfig,
@@ -572,6 +580,29 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// `serverNames`: each an IP address or a DNS name of RFC 1123 labels (no
+/// wildcard: a certificate for `*.x` would let a proxy accept any name).
+fn server_names(names: Vec<String>) -> Result<Vec<String>, String> {
+    for n in &names {
+        if n.parse::<std::net::IpAddr>().is_ok() {
+            continue;
+        }
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if n.len() > 253 || !n.split('.').all(label_ok) {
+            return Err(format!(
+                "serverNames: {n:?} is neither an IP address nor a DNS name"
+            ));
+        }
+    }
+    Ok(names)
+}
+
 /// A Kubernetes namespace name (RFC 1123 label).
 fn valid_namespace(ns: &str) -> bool {
     !ns.is_empty()
@@ -591,6 +622,7 @@ impl Default for MeshConfig {
             xds_address: DEFAULT_XDS_ADDRESS.parse().expect("constant address"),
             xds_tls_address: None,
             agent_address: None,
+            server_names: Vec::new(),
             debug_address: DEFAULT_DEBUG_ADDRESS.parse().expect("constant address"),
             ca: CaConfig::default(),
             clusters: Vec::new(),
@@ -675,6 +707,7 @@ impl MeshConfig {
                 })?),
                 None => None,
             },
+            server_names: server_names(file.server_names.unwrap_or_default()).map_err(invalid)?,
             debug_address: addr("debugAddress", file.debug_address, DEFAULT_DEBUG_ADDRESS)?,
             ..MeshConfig::default()
         };
@@ -1057,6 +1090,25 @@ fn access_log(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_names_are_dns_names_or_ip_addresses() {
+        let m = MeshConfig::parse(
+            "serverNames: [hub.crossmesh.example, 10.1.2.3, 'fd00::1']\n",
+            Path::new("/"),
+        )
+        .unwrap();
+        assert_eq!(m.server_names, ["hub.crossmesh.example", "10.1.2.3", "fd00::1"]);
+        for bad in ["'*.crossmesh.example'", "'hub..example'", "'-hub.example'", "'hub_1.example'"] {
+            let e = MeshConfig::parse(&format!("serverNames: [{bad}]\n"), Path::new("/"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("serverNames") && e.contains("neither an IP address nor a DNS name"),
+                "{bad}: {e}"
+            );
+        }
+    }
 
     #[test]
     fn parses_design_example_with_relative_paths() {

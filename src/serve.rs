@@ -63,16 +63,20 @@ const CONFIG_CLIENT_RETRY: Duration = Duration::from_secs(5);
 /// `/debug/configz`.
 const CA_RELOAD_SOURCE: &str = "mesh CA";
 
-/// DNS names of the TLS xDS port's certificate: crossmesh's Service in its
-/// namespace (deploy/kubernetes), in every form a proxy may dial.
+/// Names of the TLS xDS and agent ports' certificates: crossmesh's Service in
+/// its namespace (deploy/kubernetes), in every form a proxy may dial, and the
+/// mesh file's `serverNames` (DNS names or IP addresses; the ports' certificate
+/// builders put IP addresses into IP SANs).
 fn server_dns_names(mesh: &MeshConfig) -> Vec<String> {
     let ns = &mesh.remote_secret_namespace;
-    vec![
+    let mut names = vec![
         "crossmesh".into(),
         format!("crossmesh.{ns}"),
         format!("crossmesh.{ns}.svc"),
         format!("crossmesh.{ns}.svc.{}", mesh.domain_suffix),
-    ]
+    ];
+    names.extend(mesh.server_names.iter().cloned());
+    names
 }
 
 /// `DebugState` over the live registry and ADS connections.

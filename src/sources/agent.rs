@@ -471,17 +471,7 @@ pub async fn serve(
         addr: addr.clone(),
         reason,
     };
-    let mut ips: Vec<IpAddr> = vec![
-        IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-        IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
-    ];
-    if let Some(a) = local {
-        if !a.ip().is_unspecified() && !ips.contains(&a.ip()) {
-            ips.push(a.ip());
-        }
-    }
-    let mut dns = vec!["localhost".to_string()];
-    dns.extend(dns_names);
+    let (dns, ips) = crate::xds::secure::server_names(local.map(|a| a.ip()), &dns_names);
     let resolver = Arc::new(ServerCert {
         ca: hub.ca.clone(),
         dns,
@@ -1694,9 +1684,9 @@ mod tests {
             registry,
             &mesh,
             Arc::new(move || c.clone()),
-            Arc::new(agent_tokens::TokenStore::local(agent_tokens::token_dir(
-                &mesh.ca.state_dir,
-            ))),
+            Arc::new(agent_tokens::TokenStore::local(
+                agent_tokens::token_dir(&mesh.ca.state_dir),
+            )),
             AgentHubOptions::default(),
         );
         (hub, ca)

@@ -693,19 +693,26 @@ fn certified_key(c: &IssuedCert) -> Result<rustls::sign::CertifiedKey, String> {
 }
 
 /// The names the server certificate covers: the listen IP (unless a wildcard),
-/// loopback, and `names` (DNS names proxies dial).
-fn server_names(listen: IpAddr, names: &[String]) -> (Vec<String>, Vec<IpAddr>) {
+/// loopback, and `names` (DNS names proxies dial; an IP address among them goes
+/// into an IP SAN). Shared with the agent port.
+pub fn server_names(listen: Option<IpAddr>, names: &[String]) -> (Vec<String>, Vec<IpAddr>) {
     let mut dns: Vec<String> = vec!["localhost".into()];
-    dns.extend(names.iter().cloned());
-    dns.sort();
-    dns.dedup();
     let mut ips: Vec<IpAddr> = vec![
         IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
         IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
     ];
-    if !listen.is_unspecified() && !ips.contains(&listen) {
-        ips.push(listen);
+    let listen = listen.filter(|ip| !ip.is_unspecified());
+    for n in names {
+        match n.parse::<IpAddr>() {
+            Ok(ip) => ips.push(ip),
+            Err(_) => dns.push(n.clone()),
+        }
     }
+    ips.extend(listen);
+    dns.sort();
+    dns.dedup();
+    let mut seen = std::collections::BTreeSet::new();
+    ips.retain(|ip| seen.insert(*ip));
     (dns, ips)
 }
 
@@ -738,7 +745,7 @@ pub async fn serve_tls(
     let listen_ip = local
         .map(|a| a.ip())
         .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-    let (dns, ips) = server_names(listen_ip, &names);
+    let (dns, ips) = server_names(Some(listen_ip), &names);
     let tls_err = |reason: String| super::server::ServeError::Tls {
         addr: addr.clone(),
         reason,
@@ -856,6 +863,17 @@ mod tests {
     use super::*;
     use envoy_types::pb::envoy::config::core::v3::Node;
     use prost::Message;
+
+    #[test]
+    fn server_names_put_ip_addresses_into_ip_sans() {
+        let names = ["crossmesh".to_string(), "10.1.2.3".into(), "hub.example".into()];
+        let (dns, ips) = server_names(Some("0.0.0.0".parse().unwrap()), &names);
+        assert_eq!(dns, ["crossmesh", "hub.example", "localhost"]);
+        let ips: Vec<String> = ips.iter().map(|i| i.to_string()).collect();
+        assert_eq!(ips, ["127.0.0.1", "::1", "10.1.2.3"]);
+        let (_, ips) = server_names(Some("127.0.0.9".parse().unwrap()), &[]);
+        assert_eq!(ips.len(), 3, "the listen address when it is not a wildcard");
+    }
 
     fn proxy() -> Proxy {
         let node = Node {
