@@ -20,8 +20,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use super::{
-    backend_is_service, GwConfig, GwObject, HttpBackendRef, HttpRoute, HttpRouteRule, K8sGateway,
-    Listener, ObjectRef, ReferenceGrant, CONTROLLER_NAMES, GATEWAY_NAME_LABEL, GROUP,
+    backend_is_service, is_service_parent, GwConfig, GwObject, HttpBackendRef, HttpRoute,
+    HttpRouteRule, K8sGateway, Listener, ObjectRef, ReferenceGrant, CONTROLLER_NAMES,
+    GATEWAY_NAME_LABEL, GROUP,
 };
 use crate::model::istio::gateway::{Server, ServerPort, ServerTlsSettings};
 use crate::model::istio::virtual_service::{
@@ -414,6 +415,8 @@ pub fn convert(
         let mut st = ObjectStatus::new("HTTPRoute", &r.meta);
         let (vs_http, resolved) = http_routes(r, domain_suffix, services, &grant);
         let mut bound: BTreeSet<String> = BTreeSet::new();
+        // Accepted Service parents (GAMMA): (namespace, name, port).
+        let mut mesh: Vec<(String, String, Option<u32>)> = Vec::new();
         for p in &r.spec.parent_refs {
             let ns = p
                 .namespace
@@ -426,6 +429,18 @@ pub fn convert(
             }
             if let Some(port) = p.port {
                 pref.push_str(&format!(":{port}"));
+            }
+            if is_service_parent(p) {
+                let accepted = mesh_parent(&ns, p, domain_suffix, services);
+                if accepted.status == "True" {
+                    mesh.push((ns.clone(), p.name.clone(), p.port));
+                }
+                st.parents.push(ParentStatus {
+                    parent_ref: format!("Service {pref}"),
+                    controller_name: CONTROLLER_NAMES[1],
+                    conditions: vec![accepted, resolved.clone()],
+                });
+                continue;
             }
             let gw_key = format!("{ns}/{}", p.name);
             if !gw_status.contains_key(&gw_key) {
@@ -532,6 +547,36 @@ pub fn convert(
                 conditions: vec![accepted, resolved.clone()],
             });
         }
+        mesh.sort();
+        mesh.dedup();
+        for (svc_ns, svc, port) in &mesh {
+            let obj = mesh_virtual_service(r, svc_ns, svc, *port, &vs_http, domain_suffix);
+            let errors: Vec<_> = validate::validate(&with_percent_weights(&obj))
+                .into_iter()
+                .filter(|i| !i.warning)
+                .collect();
+            if errors.is_empty() {
+                out.objects.push(obj);
+            } else {
+                let why = errors
+                    .iter()
+                    .map(|e| format!("{}: {}", e.field, e.reason))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let pref_prefix = format!("Service {svc_ns}/{svc}");
+                for p in &mut st.parents {
+                    if p.parent_ref.starts_with(&pref_prefix)
+                        && p.conditions.first().is_some_and(|c| c.status == "True")
+                    {
+                        p.conditions[0] = Condition::no(
+                            "Accepted",
+                            "UnsupportedValue",
+                            format!("the converted route is invalid: {why}"),
+                        );
+                    }
+                }
+            }
+        }
         if !bound.is_empty() {
             let vs = VirtualService {
                 hosts: if r.spec.hostnames.is_empty() {
@@ -595,6 +640,85 @@ pub fn convert(
         }
     }
     out
+}
+
+/// `Accepted` of a Service parent (GAMMA): the Service must exist, with `port`
+/// when one is named (checked only when the services are known). A consumer
+/// route (another namespace than the Service's) needs no ReferenceGrant
+/// (GEP-1426).
+fn mesh_parent(
+    ns: &str,
+    p: &super::ParentRef,
+    domain_suffix: &str,
+    services: Option<&ServiceMap>,
+) -> Condition {
+    let host = format!("{}.{ns}.svc.{domain_suffix}", p.name);
+    if let Some(svcs) = services {
+        match svcs.get(host.as_str()) {
+            None => {
+                return Condition::no(
+                    "Accepted",
+                    "NoMatchingParent",
+                    format!("Service {ns}/{} does not exist", p.name),
+                )
+            }
+            Some(s) => {
+                if let Some(port) = p.port {
+                    if u16::try_from(port).ok().and_then(|x| s.port(x)).is_none() {
+                        return Condition::no(
+                            "Accepted",
+                            "NoMatchingParent",
+                            format!("Service {ns}/{} has no port {port}", p.name),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Condition::yes("Accepted", "Accepted")
+}
+
+/// The VirtualService of one HTTPRoute for one Service parent, as Istio's
+/// conversion builds mesh routes: `hosts: [<service FQDN>]`, `gateways: [mesh]`,
+/// each match restricted to the parent's `port` when set. Export follows
+/// GEP-1426: a producer route (in the Service's namespace) applies to every
+/// client (`exportTo: ["*"]`), a consumer route (another namespace) only to
+/// clients in the route's namespace (`exportTo: ["."]`). The route's
+/// `hostnames` do not apply to Service parents (the Service names the host).
+fn mesh_virtual_service(
+    r: &GwConfig<HttpRoute>,
+    svc_ns: &str,
+    svc: &str,
+    port: Option<u32>,
+    http: &[crate::model::istio::virtual_service::HttpRoute],
+    domain_suffix: &str,
+) -> IstioObject {
+    let mut http = http.to_vec();
+    if let Some(port) = port {
+        for h in &mut http {
+            for m in &mut h.matches {
+                m.port = Some(port);
+            }
+        }
+    }
+    let producer = svc_ns == r.meta.namespace;
+    IstioObject::VirtualService(Config {
+        meta: Meta {
+            name: format!(
+                "{}-{GENERATED_SUFFIX}-mesh-{svc}-{svc_ns}{}",
+                r.meta.name,
+                port.map(|p| format!("-{p}")).unwrap_or_default()
+            ),
+            ..r.meta.clone()
+        },
+        spec: VirtualService {
+            hosts: vec![format!("{svc}.{svc_ns}.svc.{domain_suffix}")],
+            gateways: vec![crate::model::istio::MESH_GATEWAY.to_string()],
+            http,
+            export_to: vec![if producer { "*".into() } else { ".".into() }],
+            ..Default::default()
+        },
+    })
 }
 
 /// `obj` with each weighted route's weights scaled to add up to 100, for
@@ -1230,5 +1354,120 @@ spec:
             .unwrap()
             .attached_routes;
         assert_eq!(attached, 1);
+    }
+
+    #[test]
+    fn service_parent_makes_mesh_routes() {
+        let yaml = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: split, namespace: base}
+spec:
+  parentRefs: [{group: '', kind: Service, name: product, port: 8080}]
+  hostnames: [ignored.example.com]
+  rules:
+  - matches: [{headers: [{name: x-version, value: v2}]}]
+    backendRefs: [{name: product-v2, port: 8080}]
+  - backendRefs:
+    - {name: product-v1, port: 8080, weight: 90}
+    - {name: product-v2, port: 8080, weight: 10}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: consumer, namespace: test}
+spec:
+  parentRefs: [{group: '', kind: Service, name: product, namespace: base}]
+  rules: [{backendRefs: [{name: product-v1, namespace: base, port: 8080}]}]
+";
+        let c = convert(&objects(yaml), "cluster.local", None);
+        let vss: Vec<_> = c
+            .objects
+            .iter()
+            .filter_map(|o| match o {
+                IstioObject::VirtualService(v) => Some(v),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(vss.len(), 2, "{vss:#?}");
+        let producer = vss.iter().find(|v| v.meta.namespace == "base").unwrap();
+        assert_eq!(producer.spec.hosts, ["product.base.svc.cluster.local"]);
+        assert_eq!(producer.spec.gateways, ["mesh"]);
+        assert_eq!(producer.spec.export_to, ["*"]);
+        // The parent's port restricts every match; the header match comes first.
+        assert!(producer
+            .spec
+            .http
+            .iter()
+            .all(|h| h.matches.iter().all(|m| m.port == Some(8080))));
+        assert!(producer.spec.http[0].matches[0]
+            .headers
+            .contains_key("x-version"));
+        let weights: Vec<_> = producer.spec.http[1]
+            .route
+            .iter()
+            .map(|d| (d.destination.host.as_str(), d.weight))
+            .collect();
+        assert_eq!(
+            weights,
+            [
+                ("product-v1.base.svc.cluster.local", Some(90)),
+                ("product-v2.base.svc.cluster.local", Some(10))
+            ]
+        );
+        // A consumer route applies to its own namespace only.
+        let consumer = vss.iter().find(|v| v.meta.namespace == "test").unwrap();
+        assert_eq!(consumer.spec.hosts, ["product.base.svc.cluster.local"]);
+        assert_eq!(consumer.spec.export_to, ["."]);
+        // Without a ReferenceGrant the consumer's cross-namespace backend is refused.
+        let st = status(&c, "HTTPRoute", "consumer");
+        assert_eq!(st.parents[0].parent_ref, "Service base/product");
+        assert_eq!(
+            cond(&st.parents[0].conditions, "Accepted").reason,
+            "Accepted"
+        );
+        assert_eq!(
+            cond(&st.parents[0].conditions, "ResolvedRefs").reason,
+            "RefNotPermitted"
+        );
+        let st = status(&c, "HTTPRoute", "split");
+        assert_eq!(cond(&st.parents[0].conditions, "Accepted").status, "True");
+        assert_eq!(
+            cond(&st.parents[0].conditions, "ResolvedRefs").status,
+            "True"
+        );
+    }
+
+    #[test]
+    fn service_parent_must_exist_when_services_are_known() {
+        let yaml = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: base}
+spec:
+  parentRefs: [{group: '', kind: Service, name: nope}]
+  rules: [{backendRefs: [{name: nope, port: 80}]}]
+";
+        let services = ServiceMap::default();
+        let c = convert(&objects(yaml), "cluster.local", Some(&services));
+        let st = status(&c, "HTTPRoute", "r");
+        let a = cond(&st.parents[0].conditions, "Accepted");
+        assert_eq!((a.status, a.reason), ("False", "NoMatchingParent"));
+        assert!(!c
+            .objects
+            .iter()
+            .any(|o| matches!(o, IstioObject::VirtualService(_))));
+    }
+
+    #[test]
+    fn service_parent_rejects_section_name() {
+        let doc: serde_json::Value = serde_saphyr::from_str(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: base}
+spec:
+  parentRefs: [{group: '', kind: Service, name: product, sectionName: http}]
+",
+        )
+        .expect("yaml");
+        let e = super::super::parse_object("t.yaml", &doc).unwrap_err();
+        assert_eq!(e[0].field, "spec.parentRefs[0].sectionName");
     }
 }

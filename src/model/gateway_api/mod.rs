@@ -772,10 +772,23 @@ fn http_route(r: &HttpRoute, err: &mut impl FnMut(String, String)) {
         let f = format!("spec.parentRefs[{i}]");
         let group = p.group.as_deref().unwrap_or(GROUP);
         let kind = p.kind.as_deref().unwrap_or("Gateway");
-        if (group, kind) != (GROUP, "Gateway") {
+        if is_service_parent(p) {
+            // GAMMA (GEP-1426): the route applies to mesh traffic to the Service,
+            // restricted to `port` when set.
+            if p.section_name.is_some() {
+                err(
+                    format!("{f}.sectionName"),
+                    "not supported by crossmesh for a Service parent; restrict the route with port"
+                        .into(),
+                );
+            }
+            if p.port.is_some_and(|x| x == 0 || x > 65535) {
+                err(format!("{f}.port"), "must be 1-65535".into());
+            }
+        } else if (group, kind) != (GROUP, "Gateway") {
             err(
                 format!("{f}.kind"),
-                format!("parent {group}/{kind} is not supported by crossmesh: only Gateways (GAMMA Service parents are not implemented)"),
+                format!("parent {group}/{kind} is not supported by crossmesh: only Gateways and core Services (GAMMA)"),
             );
         }
         if p.name.is_empty() {
@@ -1127,6 +1140,12 @@ fn path_modifier(p: &PathModifier, f: &str, err: &mut impl FnMut(String, String)
             format!("only the value of type {} may be set", p.kind),
         );
     }
+}
+
+/// A parent reference to a core `Service` (GAMMA, GEP-1426): group `""`, kind
+/// `Service`.
+pub fn is_service_parent(p: &ParentRef) -> bool {
+    p.group.as_deref() == Some("") && p.kind.as_deref() == Some("Service")
 }
 
 /// A backend reference to a core `Service` (the default group and kind).
