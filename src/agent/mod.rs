@@ -14,15 +14,26 @@
 //!   kind and a set of keys changed since they were last sent. Watches run for
 //!   the whole life of the process and resume from resource versions (kube-rs),
 //!   whether or not the hub is reachable.
-//! - Stream: per connection, Hello -> Welcome, then a snapshot of every kind from
+//! - Links: one stream per hub process (`Welcome.session_id`) reachable through
+//!   `--hub`: the replicas of a hub behind one load balancer each get the whole
+//!   inventory. Probes (further streams through the same address, and through
+//!   every address HOST resolves to) find them: a probe's Hello lists the
+//!   sessions the agent already has a link to, and such a hub answers with a
+//!   bare Welcome and ends the probe; any other hub process takes it as a new
+//!   link. Probes run right after a link is established or lost (a few, with
+//!   backoff), then every [`PROBE_INTERVAL`] (jittered), and every
+//!   [`PROBE_SLOW`] once [`PROBE_KNOWN_STREAK`] probes in a row found only known
+//!   processes.
+//! - Stream: per link, Hello -> Welcome, then a snapshot of every kind from
 //!   the inventory (each ending with its end-of-snapshot marker), then deltas: the
 //!   current state of every changed key (coalesced: an object changed ten times
 //!   while the window was full is sent once). At most `Welcome.window_messages`
 //!   batches and `window_bytes` bytes are unacknowledged at any time; batches stay
-//!   under `max_message_bytes`.
-//! - Failure: a lost stream (error, or nothing from the hub for three heartbeat
-//!   intervals) is reopened after a jittered backoff (500 ms doubling to 10 s) and
-//!   starts with a full snapshot again.
+//!   under `max_message_bytes`. Each hub process has its own set of changed
+//!   keys, window and resume state; the inventory and its watches are shared.
+//! - Failure: a lost link (error, or nothing from the hub for three heartbeat
+//!   intervals) is looked for again by probes after a jittered backoff (500 ms
+//!   doubling to 10 s) and resumes, or starts with a full snapshot again.
 
 pub mod inject;
 pub mod istio;
@@ -40,7 +51,7 @@ use std::time::{Duration, SystemTime};
 use futures::StreamExt;
 use kube::runtime::watcher;
 use prost::Message as _;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tonic::transport::{Channel, Endpoint, Uri};
 use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
@@ -67,6 +78,17 @@ pub const RECONNECT_MAX: Duration = Duration::from_secs(10);
 const MAX_CHANGES_PER_BATCH: usize = 500;
 /// How long the hub has to answer Hello.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(30);
+/// Interval between probes for hub processes (jittered down by up to 25%).
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(20);
+/// Interval between probes once [`PROBE_KNOWN_STREAK`] probes in a row found
+/// only hub processes the agent already has a link to.
+pub const PROBE_SLOW: Duration = Duration::from_secs(60);
+/// Probes in a row that found only known hub processes before [`PROBE_SLOW`].
+pub const PROBE_KNOWN_STREAK: u32 = 3;
+/// Probes with backoff delays (500 ms, 1 s, 2 s) after a link is established or lost.
+const QUICK_PROBES: u32 = 3;
+/// How long the changes and resume state of a hub process without a link are kept.
+const SESSION_KEEP: Duration = Duration::from_secs(600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -130,33 +152,143 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     ));
     // The trust bundle (kept, else --root-cert), the webhook and its upkeep.
     let trust = webhook::start(opts.webhook.clone(), store.clone(), roots, &client).await?;
-    let mut ident = load_or_enrol(&opts, &store, &host, &trust, false).await?;
+    let ident = load_or_enrol(&opts, &store, &host, &trust, false).await?;
     let inv = Arc::new(Shared::default());
     inv.lock().max_bytes = opts.max_inventory_bytes;
     *inv.client.lock().unwrap_or_else(|e| e.into_inner()) = Some(client.clone());
     let watch = tokio::spawn(watch_cluster(client, inv.clone()));
+    let mut ident = Arc::new(ident);
+    let mut links: HashMap<String, Link> = HashMap::new();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, u64, Outcome)>();
+    let mut next_link = 0u64;
+    // Probes in a row that reached no hub; links in a row that ended unsynced.
     let mut failures = 0u32;
+    let mut link_failures = 0u32;
+    // Probes in a row that found only known hub processes.
+    let mut known_streak = 0u32;
+    // Probes left at backoff delays (after a link was established or lost).
+    let mut quick = 0u32;
+    let mut next_probe = tokio::time::Instant::now();
+    let mut turn = 0usize;
+    // Hub processes without a link, since when.
+    let mut unlinked: HashMap<String, tokio::time::Instant> = HashMap::new();
     loop {
+        if watch.is_finished() {
+            return Err(AgentError::Kube("the watchers stopped".into()));
+        }
         if SystemTime::now() >= ident.renew_at || trust.renew_requested() {
             match renew(&opts, &store, &host, &trust, &ident).await {
-                Ok(i) => ident = i,
+                Ok(i) => ident = Arc::new(i),
                 Err(e) => warn!(error = %e, "certificate renewal failed; retrying"),
             }
         }
-        let outcome = session(&opts, &host, &trust, &ident, &inv).await;
-        let synced = outcome.synced;
-        if synced {
-            failures = 0;
+        let renew_in = ident
+            .renew_at
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+            .max(Duration::from_secs(1));
+        let mut refused = false;
+        tokio::select! {
+            Some((session, id, outcome)) = done_rx.recv() => {
+                if !links.get(&session).is_some_and(|l| l.id == id) {
+                    continue;
+                }
+                let l = links.remove(&session);
+                unlinked.insert(session.clone(), tokio::time::Instant::now());
+                warn!(session = %session, peer = %l.map(|l| l.peer).unwrap_or_default(),
+                    reason = %outcome.reason, links = links.len(), "link to a hub process ended");
+                if outcome.synced {
+                    link_failures = 0;
+                }
+                refused = outcome.refused;
+                if !refused {
+                    known_streak = 0;
+                    quick = QUICK_PROBES;
+                    next_probe = next_probe.min(tokio::time::Instant::now() + backoff(link_failures));
+                    link_failures = link_failures.saturating_add(1);
+                }
+            }
+            _ = tokio::time::sleep_until(next_probe) => {
+                let now = tokio::time::Instant::now();
+                unlinked.retain(|s, since| {
+                    let keep = now.duration_since(*since) < SESSION_KEEP;
+                    if !keep {
+                        inv.forget_session(s);
+                    }
+                    keep
+                });
+                let addrs = hub_addresses(&opts.hub).await;
+                let addr = addrs[turn % addrs.len()].clone();
+                turn = turn.wrapping_add(1);
+                let known: Vec<String> = links.keys().filter(|s| !s.is_empty()).cloned().collect();
+                match dial(&opts, &host, &addr, &trust, &ident, known, &mut refused).await {
+                    Err(reason) => {
+                        warn!(peer = %addr, %reason, links = links.len(), "cannot reach the hub");
+                        failures = failures.saturating_add(1);
+                    }
+                    Ok(d) if d.welcome.stream_id == 0 && links.contains_key(&d.welcome.session_id) => {
+                        failures = 0;
+                        known_streak = known_streak.saturating_add(1);
+                        debug!(session = %d.welcome.session_id, peer = %addr, "probe reached a hub process this agent has a link to");
+                    }
+                    Ok(d) => {
+                        failures = 0;
+                        let session = d.welcome.session_id.clone();
+                        if let Some(old) = links.remove(&session) {
+                            // A hub that does not know Hello.known_sessions
+                            // replaced that link's stream with this one.
+                            old.stop.notify_one();
+                            let _ = old.task.await;
+                            known_streak = known_streak.saturating_add(1);
+                        } else {
+                            known_streak = 0;
+                            quick = QUICK_PROBES;
+                        }
+                        unlinked.remove(&session);
+                        next_link += 1;
+                        let stop = Arc::new(Notify::new());
+                        let done = done_tx.clone();
+                        let (id, s) = (next_link, session.clone());
+                        let task = tokio::spawn(link(d, trust.clone(), ident.clone(), inv.clone(), stop.clone()));
+                        let task = tokio::spawn(async move {
+                            let outcome = task.await.unwrap_or_else(|e| Outcome {
+                                synced: false,
+                                refused: false,
+                                reason: format!("the link's task failed: {e}"),
+                            });
+                            let _ = done.send((s, id, outcome));
+                        });
+                        info!(session = %session, peer = %addr, links = links.len() + 1, "link to a hub process established");
+                        links.insert(session, Link { id, task, stop, peer: addr });
+                    }
+                }
+                let delay = if links.is_empty() {
+                    backoff(failures.max(link_failures))
+                } else if quick > 0 {
+                    quick -= 1;
+                    backoff(QUICK_PROBES - 1 - quick)
+                } else if known_streak >= PROBE_KNOWN_STREAK {
+                    jitter(PROBE_SLOW)
+                } else {
+                    jitter(PROBE_INTERVAL)
+                };
+                next_probe = tokio::time::Instant::now() + delay;
+            }
+            _ = tokio::time::sleep(renew_in) => {}
         }
-        warn!(reason = %outcome.reason, "stream to the hub ended; reconnecting");
-        if outcome.refused && opts.token_file.is_some() {
-            // The hub refuses this certificate (revoked): enrol again with the
-            // token file's token, retried (re-reading the file) until it works.
+        if refused && opts.token_file.is_some() {
+            // The hub refuses this certificate (revoked): every link ends, and
+            // the agent enrols again with the token file's token, retried
+            // (re-reading the file) until it works.
             warn!("the hub refuses this agent's certificate; enrolling again with --token-file");
+            for (_, l) in links.drain() {
+                l.stop.notify_one();
+                let _ = l.task.await;
+            }
             let mut attempt = 0u32;
             ident = loop {
                 match load_or_enrol(&opts, &store, &host, &trust, true).await {
-                    Ok(i) => break i,
+                    Ok(i) => break Arc::new(i),
                     Err(e) => {
                         warn!(error = %e, "enrolment refused; retrying with the token file's current token");
                         tokio::time::sleep(backoff(attempt)).await;
@@ -164,25 +296,33 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
                     }
                 }
             };
-            continue;
-        }
-        let delay = backoff(failures);
-        failures = failures.saturating_add(1);
-        tokio::time::sleep(delay).await;
-        if watch.is_finished() {
-            return Err(AgentError::Kube("the watchers stopped".into()));
+            next_probe = tokio::time::Instant::now();
         }
     }
 }
 
-fn backoff(failures: u32) -> Duration {
-    let base = RECONNECT_MIN
-        .saturating_mul(1u32 << failures.min(16))
-        .min(RECONNECT_MAX);
+/// A link's task, by hub session.
+struct Link {
+    id: u64,
+    task: tokio::task::JoinHandle<()>,
+    stop: Arc<Notify>,
+    peer: String,
+}
+
+/// `d` less up to 25%, at random.
+fn jitter(d: Duration) -> Duration {
     let mut b = [0u8; 8];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
     let frac = (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64;
-    base.mul_f64(1.0 - 0.25 * frac)
+    d.mul_f64(1.0 - 0.25 * frac)
+}
+
+fn backoff(failures: u32) -> Duration {
+    jitter(
+        RECONNECT_MIN
+            .saturating_mul(1u32 << failures.min(16))
+            .min(RECONNECT_MAX),
+    )
 }
 
 /// `HOST:PORT` -> (host without brackets, port).
@@ -490,17 +630,46 @@ async fn channel(
     host: &str,
     tls: Arc<rustls::ClientConfig>,
 ) -> Result<Channel, AgentError> {
+    channel_to(hub, hub, host, tls).await
+}
+
+/// A channel to `hub` dialled at `addr` (one of its addresses), the server
+/// name checked being `host`.
+async fn channel_to(
+    hub: &str,
+    addr: &str,
+    host: &str,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<Channel, AgentError> {
     let ep = Endpoint::from_shared(format!("http://{hub}"))
         .map_err(|e| AgentError::HubAddress(format!("{hub}: {e}")))?
         .connect_timeout(Duration::from_secs(10))
         .http2_keep_alive_interval(Duration::from_secs(30));
     ep.connect_with_connector(Connector {
-        addr: hub.to_string(),
+        addr: addr.to_string(),
         host: host.to_string(),
         tls,
     })
     .await
-    .map_err(|e| AgentError::Tls(format!("connect to {hub}: {}", error_chain(&e))))
+    .map_err(|e| AgentError::Tls(format!("connect to {addr}: {}", error_chain(&e))))
+}
+
+/// The addresses to dial for `--hub` HOST:PORT: every address HOST resolves to
+/// (a headless Service gives each replica's), else HOST:PORT itself.
+async fn hub_addresses(hub: &str) -> Vec<String> {
+    let mut v: Vec<String> = match tokio::net::lookup_host(hub).await {
+        Ok(a) => a.map(|a| a.to_string()).collect(),
+        Err(e) => {
+            debug!(hub, error = %e, "cannot resolve the hub's address");
+            Vec::new()
+        }
+    };
+    v.sort();
+    v.dedup();
+    if v.is_empty() {
+        v.push(hub.to_string());
+    }
+    v
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -526,17 +695,51 @@ struct Entry {
     json: Arc<Vec<u8>>,
 }
 
+/// A set per hub process (by session id): what each one has not been sent yet.
+/// `insert` marks an item for every hub process known.
+struct Marks<T: Ord + Clone>(BTreeMap<String, BTreeSet<T>>);
+
+impl<T: Ord + Clone> Default for Marks<T> {
+    fn default() -> Self {
+        Marks(BTreeMap::new())
+    }
+}
+
+impl<T: Ord + Clone> Marks<T> {
+    fn insert(&mut self, t: T) {
+        for set in self.0.values_mut() {
+            set.insert(t.clone());
+        }
+    }
+
+    fn retain(&mut self, f: impl Fn(&T) -> bool) {
+        for set in self.0.values_mut() {
+            set.retain(&f);
+        }
+    }
+
+    /// The set of one hub process (created empty).
+    fn of(&mut self, session: &str) -> &mut BTreeSet<T> {
+        self.0.entry(session.to_string()).or_default()
+    }
+
+    fn forget(&mut self, session: &str) {
+        self.0.remove(session);
+    }
+}
+
 /// The slimmed objects of the member cluster, by wire kind and `ns/name` key.
 #[derive(Default)]
 struct Inventory {
     objects: HashMap<WireKind, BTreeMap<String, Entry>>,
     listed: BTreeSet<WireKind>,
-    /// Keys changed since they were last sent (or since the last snapshot).
-    dirty: BTreeSet<(WireKind, String)>,
+    /// Keys changed since they were last sent to each hub process (or since its
+    /// last snapshot).
+    dirty: Marks<(WireKind, String)>,
     /// Istio kinds the agent cannot read, with the reason (HTTP 403 or 404).
     unavailable: BTreeMap<WireKind, String>,
-    /// Kinds whose availability the hub has not been told yet.
-    status_dirty: BTreeSet<WireKind>,
+    /// Kinds whose availability each hub process has not been told yet.
+    status_dirty: Marks<WireKind>,
     /// Sum of the objects' JSON bytes, at most `max_bytes`.
     bytes: usize,
     /// `--max-inventory-bytes`; 0: [`DEFAULT_MAX_INVENTORY_BYTES`].
@@ -558,20 +761,52 @@ type ConfigWatch = (
     tokio::task::JoinHandle<()>,
 );
 
+/// Wakes every link when the inventory changed (a counter each link watches,
+/// so a change while a link was busy sending is not missed).
+struct Changed(watch::Sender<u64>);
+
+impl Default for Changed {
+    fn default() -> Self {
+        Changed(watch::channel(0).0)
+    }
+}
+
+impl Changed {
+    fn notify_one(&self) {
+        self.0.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+}
+
 #[derive(Default)]
 struct Shared {
     inv: Mutex<Inventory>,
-    changed: Notify,
+    changed: Changed,
     config: Mutex<Option<ConfigWatch>>,
     /// The member cluster's client (for the Istio config watch).
     client: Mutex<Option<kube::Client>>,
-    /// What the last stream left for a resume.
-    resume: Mutex<ResumeState>,
+    /// What the last stream to each hub process left for a resume.
+    resume: Mutex<HashMap<String, ResumeState>>,
 }
 
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inventory> {
         self.inv.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Drop what is kept for a hub process no link reached for a while.
+    fn forget_session(&self, session: &str) {
+        let mut inv = self.lock();
+        inv.dirty.forget(session);
+        inv.status_dirty.forget(session);
+        drop(inv);
+        self.resume
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(session);
     }
 
     /// Watch the Istio kinds `want` in `grant` (`None`: every namespace),
@@ -821,26 +1056,6 @@ struct ResumeState {
     unacked: Vec<(u64, Vec<(WireKind, String)>)>,
 }
 
-async fn session(
-    opts: &AgentOptions,
-    host: &str,
-    trust: &webhook::Trust,
-    ident: &Ident,
-    shared: &Arc<Shared>,
-) -> Outcome {
-    let mut synced = false;
-    let mut refused = false;
-    let reason = match stream(opts, host, trust, ident, shared, &mut synced, &mut refused).await {
-        Ok(r) => r,
-        Err(e) => e.to_string(),
-    };
-    Outcome {
-        synced,
-        refused,
-        reason,
-    }
-}
-
 /// An unacknowledged batch: seq, encoded length, keys of its delta changes.
 type Unacked = (u64, usize, Vec<(WireKind, String)>);
 
@@ -932,23 +1147,39 @@ fn change_of(kind: WireKind, key: &str, e: Option<&Entry>) -> Change {
     }
 }
 
-async fn stream(
+/// Only a revocation makes the agent give up its certificate; other refusals
+/// (a hub whose mesh file lost the cluster) are retried with it.
+fn is_refusal(s: &tonic::Status) -> bool {
+    s.code() == tonic::Code::PermissionDenied
+        && s.message().contains(crate::sources::agent::REVOKED)
+}
+
+/// A stream to one hub process, past Welcome.
+struct Dialed {
+    out: mpsc::Sender<AgentMessage>,
+    inbound: tonic::Streaming<proto::HubMessage>,
+    welcome: proto::Welcome,
+    /// The address dialled.
+    peer: String,
+}
+
+/// Open a stream through `addr` (an address of `--hub`) and read Welcome.
+/// `known`: the sessions this agent has a link to (a hub process among them
+/// answers with a bare Welcome, `stream_id` 0, and ends the stream).
+#[allow(clippy::too_many_arguments)]
+async fn dial(
     opts: &AgentOptions,
     host: &str,
+    addr: &str,
     trust: &webhook::Trust,
     ident: &Ident,
-    shared: &Arc<Shared>,
-    synced: &mut bool,
+    known: Vec<String>,
     refused: &mut bool,
-) -> Result<String, AgentError> {
-    // Only a revocation makes the agent give up its certificate; other refusals
-    // (a hub whose mesh file lost the cluster) are retried with it.
-    let is_refusal = |s: &tonic::Status| {
-        s.code() == tonic::Code::PermissionDenied
-            && s.message().contains(crate::sources::agent::REVOKED)
-    };
-    let tls = client_tls(&trust.roots(), Some(ident))?;
-    let ch = channel(&opts.hub, host, tls).await?;
+) -> Result<Dialed, String> {
+    let tls = client_tls(&trust.roots(), Some(ident)).map_err(|e| e.to_string())?;
+    let ch = channel_to(&opts.hub, addr, host, tls)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut client = AgentServiceClient::new(ch)
         .max_decoding_message_size(crate::sources::agent::DEFAULT_MAX_MESSAGE_BYTES);
     let (out, rx) = mpsc::channel::<AgentMessage>(4);
@@ -960,6 +1191,7 @@ async fn stream(
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             accepts_trust_bundle: true,
             istio_kinds: istio::kinds().iter().map(|(k, ..)| *k as i32).collect(),
+            known_sessions: known,
         })),
     };
     let _ = out.send(hello).await;
@@ -968,22 +1200,48 @@ async fn stream(
         .await
         .map_err(|s| {
             *refused = is_refusal(&s);
-            AgentError::Tls(format!("Sync refused: {}", s.message()))
+            format!("Sync refused: {}", s.message())
         })?
         .into_inner();
     let welcome = match tokio::time::timeout(WELCOME_TIMEOUT, inbound.message()).await {
         Ok(Ok(Some(proto::HubMessage {
             message: Some(hub_message::Message::Welcome(w)),
         }))) => w,
-        Ok(Ok(Some(_))) => return Ok("the hub's first message was not Welcome".into()),
-        Ok(Ok(None)) => return Ok("the hub closed the stream before Welcome".into()),
+        Ok(Ok(Some(_))) => return Err("the hub's first message was not Welcome".into()),
+        Ok(Ok(None)) => return Err("the hub closed the stream before Welcome".into()),
         Ok(Err(s)) => {
             *refused = is_refusal(&s);
-            return Ok(format!("refused by the hub: {}", s.message()));
+            return Err(format!("refused by the hub: {}", s.message()));
         }
-        Err(_) => return Ok("no Welcome from the hub".into()),
+        Err(_) => return Err("no Welcome from the hub".into()),
     };
-    info!(cluster = %welcome.cluster, heartbeat_ms = welcome.heartbeat_interval_ms, "connected to the hub");
+    Ok(Dialed {
+        out,
+        inbound,
+        welcome,
+        peer: addr.to_string(),
+    })
+}
+
+/// One link: a stream to one hub process after its Welcome, until it ends
+/// (or `stop`: another stream to the same process replaced it).
+async fn link(
+    d: Dialed,
+    trust: Arc<webhook::Trust>,
+    ident: Arc<Ident>,
+    shared: Arc<Shared>,
+    stop: Arc<Notify>,
+) -> Outcome {
+    let mut synced = false;
+    let mut refused = false;
+    let Dialed {
+        out,
+        mut inbound,
+        welcome,
+        peer,
+    } = d;
+    let session = welcome.session_id.clone();
+    info!(cluster = %welcome.cluster, session = %session, peer = %peer, heartbeat_ms = welcome.heartbeat_interval_ms, "connected to the hub");
     let heartbeat = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(100)));
     let max_batch_bytes = (welcome.max_message_bytes as usize / 2).max(1024);
     let mut win = Window {
@@ -1011,7 +1269,12 @@ async fn stream(
     snapshot_kinds.extend(istio_kinds);
     // A hub that sets a session knows KindStatus and resume.
     let knows_status = !welcome.session_id.is_empty();
-    let prev = std::mem::take(&mut *shared.resume.lock().unwrap_or_else(|e| e.into_inner()));
+    let prev = shared
+        .resume
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&session)
+        .unwrap_or_default();
     let resume = knows_status
         && welcome.previous_stream_id != 0
         && prev.session_id == welcome.session_id
@@ -1019,12 +1282,14 @@ async fn stream(
         && prev.base_acked;
     {
         let mut inv = shared.lock();
+        // This hub process's changed keys start here (a snapshot clears them).
+        inv.dirty.of(&session);
         if resume {
             // Changes the hub did not apply are sent again (with whatever
             // changed since: the dirty set kept growing while away).
             for (seq, keys) in prev.unacked {
                 if seq > welcome.previous_applied_seq {
-                    inv.dirty.extend(keys);
+                    inv.dirty.of(&session).extend(keys);
                 }
             }
         }
@@ -1034,13 +1299,15 @@ async fn stream(
             .copied()
             .filter(|k| !inv.status_of(*k).is_empty())
             .collect();
-        inv.status_dirty.extend(with_status);
+        inv.status_dirty.of(&session).extend(with_status);
     }
     let reason = run_stream(
         &mut win,
         &mut inbound,
-        trust,
-        shared,
+        &trust,
+        &shared,
+        &session,
+        &stop,
         &snapshot_kinds,
         knows_status,
         if resume {
@@ -1050,19 +1317,33 @@ async fn stream(
         },
         heartbeat,
         max_batch_bytes,
-        ident,
-        synced,
-        refused,
+        &ident,
+        &mut synced,
+        &mut refused,
     )
     .await;
     info!(
+        session = %session,
         resumed = resume,
         bytes = win.sent_bytes,
         "stream ended after sending its batches"
     );
-    *shared.resume.lock().unwrap_or_else(|e| e.into_inner()) =
-        win.resume_state(welcome.session_id.clone(), welcome.stream_id);
-    reason
+    shared
+        .resume
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(
+            session.clone(),
+            win.resume_state(welcome.session_id.clone(), welcome.stream_id),
+        );
+    Outcome {
+        synced,
+        refused,
+        reason: match reason {
+            Ok(r) => r,
+            Err(e) => e.to_string(),
+        },
+    }
 }
 
 /// The stream after Welcome: snapshot or resume, then deltas, until it ends.
@@ -1072,6 +1353,8 @@ async fn run_stream(
     inbound: &mut tonic::Streaming<proto::HubMessage>,
     trust: &webhook::Trust,
     shared: &Arc<Shared>,
+    session: &str,
+    stop: &Notify,
     snapshot_kinds: &[WireKind],
     knows_status: bool,
     mut phase: Phase,
@@ -1081,10 +1364,7 @@ async fn run_stream(
     synced: &mut bool,
     refused: &mut bool,
 ) -> Result<String, AgentError> {
-    let is_refusal = |s: &tonic::Status| {
-        s.code() == tonic::Code::PermissionDenied
-            && s.message().contains(crate::sources::agent::REVOKED)
-    };
+    let mut changed = shared.changed.subscribe();
     let silence = heartbeat * MISSED_HEARTBEATS;
     let mut ticker = tokio::time::interval(heartbeat);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1099,7 +1379,7 @@ async fn run_stream(
         if knows_status {
             let statuses: Vec<(WireKind, String)> = {
                 let mut inv = shared.lock();
-                let kinds = std::mem::take(&mut inv.status_dirty);
+                let kinds = std::mem::take(inv.status_dirty.of(session));
                 kinds
                     .into_iter()
                     .filter(|k| snapshot_kinds.contains(k))
@@ -1125,7 +1405,7 @@ async fn run_stream(
                 Phase::Listing => {
                     let mut inv = shared.lock();
                     if snapshot_kinds.iter().all(|k| inv.listed.contains(k)) {
-                        inv.dirty.clear();
+                        inv.dirty.of(session).clear();
                         let plan = snapshot_kinds
                             .iter()
                             .map(|k| {
@@ -1204,8 +1484,9 @@ async fn run_stream(
                     b
                 }
                 Phase::Deltas => {
-                    let mut inv = shared.lock();
-                    let Some(kind) = inv.dirty.first().map(|(k, _)| *k) else {
+                    let mut guard = shared.lock();
+                    let inv = &mut *guard;
+                    let Some(kind) = inv.dirty.of(session).first().map(|(k, _)| *k) else {
                         break;
                     };
                     let mut b = Batch {
@@ -1217,7 +1498,7 @@ async fn run_stream(
                         resumed: false,
                     };
                     let mut bytes = 0usize;
-                    while let Some((k, key)) = inv.dirty.first().cloned() {
+                    while let Some((k, key)) = inv.dirty.of(session).first().cloned() {
                         if k != kind || b.changes.len() >= MAX_CHANGES_PER_BATCH {
                             break;
                         }
@@ -1227,7 +1508,7 @@ async fn run_stream(
                         if bytes + len > max_batch_bytes && !b.changes.is_empty() {
                             break;
                         }
-                        inv.dirty.pop_first();
+                        inv.dirty.of(session).pop_first();
                         if len > max_batch_bytes {
                             warn!(kind = ?kind, object = %key, bytes = len, "object larger than the hub accepts; not sent");
                             continue;
@@ -1286,7 +1567,10 @@ async fn run_stream(
                     return Ok("the stream to the hub closed".into());
                 }
             }
-            _ = shared.changed.notified(), if wants_data => {}
+            _ = changed.changed(), if wants_data => {}
+            _ = stop.notified() => {
+                return Ok("another stream to the same hub process replaced this one".into());
+            }
             _ = tokio::time::sleep_until(renew_at) => {
                 return Ok("client certificate due for renewal".into());
             }
@@ -1365,6 +1649,11 @@ mod tests {
             max_bytes: 100,
             ..Inventory::default()
         };
+        // Two hub processes: each gets every mark.
+        inv.dirty.of("a");
+        inv.dirty.of("b");
+        inv.status_dirty.of("a");
+        inv.status_dirty.of("b");
         let e = |n: usize| Entry {
             namespace: "ns".into(),
             name: format!("p{n}"),
@@ -1383,8 +1672,8 @@ mod tests {
             "{}",
             inv.status_of(WireKind::Pod)
         );
-        assert!(inv.status_dirty.contains(&WireKind::Pod));
-        inv.status_dirty.clear();
+        assert!(inv.status_dirty.of("a").contains(&WireKind::Pod));
+        inv.status_dirty.of("a").clear();
         // A re-list after p1 went: p3 fits now, and the report clears.
         inv.replace_entries(
             WireKind::Pod,
@@ -1394,8 +1683,21 @@ mod tests {
         assert_eq!(inv.bytes, 80);
         assert!(inv.objects[&WireKind::Pod].contains_key("ns/p3"));
         assert_eq!(inv.status_of(WireKind::Pod), "");
-        assert!(inv.status_dirty.contains(&WireKind::Pod));
-        assert!(inv.dirty.contains(&(WireKind::Pod, "ns/p1".to_string())));
+        assert!(inv.status_dirty.of("a").contains(&WireKind::Pod));
+        for s in ["a", "b"] {
+            assert!(inv
+                .dirty
+                .of(s)
+                .contains(&(WireKind::Pod, "ns/p1".to_string())));
+        }
+        // Sent to one, still due to the other.
+        inv.dirty.of("a").clear();
+        inv.take(WireKind::Pod, "ns/p2");
+        assert_eq!(inv.dirty.of("a").len(), 1);
+        assert!(inv
+            .dirty
+            .of("b")
+            .contains(&(WireKind::Pod, "ns/p1".to_string())));
     }
 
     #[test]

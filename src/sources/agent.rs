@@ -901,6 +901,21 @@ impl Session {
                 ),
             ));
         }
+        // The agent already streams to this process (it probes for the other
+        // replicas behind its address): say who we are and end, leaving the
+        // cluster's current stream alone.
+        if hello.known_sessions.contains(&self.hub.session_id) {
+            debug!(cluster = %self.cluster, peer = ?self.peer, "agent probe reached a hub process it already streams to");
+            let _ = self
+                .send(hub_message::Message::Welcome(Welcome {
+                    protocol_version: PROTOCOL_VERSION,
+                    cluster: self.cluster.clone(),
+                    session_id: self.hub.session_id.clone(),
+                    ..Default::default()
+                }))
+                .await;
+            return;
+        }
         if hello.accepts_trust_bundle {
             *self.bundle_sent.lock().unwrap_or_else(|e| e.into_inner()) = Some(Default::default());
         }
