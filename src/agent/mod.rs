@@ -1594,6 +1594,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn hub_addresses_are_every_resolved_address_or_the_flag_itself() {
+        assert_eq!(
+            hub_addresses("127.0.0.7:15011").await,
+            vec!["127.0.0.7:15011".to_string()]
+        );
+        // localhost resolves (to 127.0.0.1, and ::1 where configured): each is
+        // dialled with the port, none is the name itself.
+        let v = hub_addresses("localhost:15011").await;
+        assert!(v.contains(&"127.0.0.1:15011".to_string()), "{v:?}");
+        assert!(v.iter().all(|a| a != "localhost:15011"), "{v:?}");
+        // A name that does not resolve: dialled as given (the dial reports why).
+        assert_eq!(
+            hub_addresses("hub.invalid:15011").await,
+            vec!["hub.invalid:15011".to_string()]
+        );
+    }
+
+    #[tokio::test]
     async fn window_closes_at_its_limits_and_reopens_on_acks() {
         let (out, mut rx) = mpsc::channel(16);
         let mut w = Window {
