@@ -1195,6 +1195,8 @@ pub const GATEWAY_API_KINDS: &[(&str, &str, &str)] = &[
         "ReferenceGrant",
         "referencegrants",
     ),
+    ("gateway.networking.k8s.io", "TCPRoute", "tcproutes"),
+    ("gateway.networking.k8s.io", "TLSRoute", "tlsroutes"),
 ];
 
 /// The version a config kind is watched at: `v1`, but ReferenceGrant's
@@ -1202,6 +1204,11 @@ pub const GATEWAY_API_KINDS: &[(&str, &str, &str)] = &[
 pub fn config_kind_version(group: &str, kind: &str) -> &'static str {
     if group == crate::model::gateway_api::GROUP && kind == "ReferenceGrant" {
         "v1beta1"
+    } else if group == crate::model::gateway_api::GROUP
+        && (kind == "TCPRoute" || kind == "TLSRoute")
+    {
+        // Experimental channel only.
+        "v1alpha2"
     } else {
         "v1"
     }

@@ -648,12 +648,18 @@ fn l4_filter_chains<'a>(
                     for m in tls.matches.iter().filter(|m| {
                         applies(&m.gateways, m.port, &m.source_labels, &m.source_namespace)
                     }) {
-                        let sni: Vec<String> = intersect(&server_hosts, &m.sni_hosts)
+                        let mut sni: Vec<String> = intersect(&server_hosts, &m.sni_hosts)
                             .into_iter()
                             .filter(|h| seen_sni.insert(h.clone()))
                             .collect();
                         if sni.is_empty() {
                             continue;
+                        }
+                        // Envoy refuses `*` in `server_names` ("partial wildcards are not
+                        // supported"): any SNI is a chain without `server_names`, which
+                        // Envoy tries after every chain naming a server.
+                        if sni.iter().any(|h| h == "*") {
+                            sni.clear();
                         }
                         let dests = l4_destinations(&tls.route, ns, port, ctx);
                         chains.push(filter_chain(sni, l4_proxy(&stat, &dests, proxy, ctx)));

@@ -191,6 +191,8 @@ pub fn convert(
     let mut grants: Vec<&GwConfig<ReferenceGrant>> = Vec::new();
     let mut gateways: Vec<&GwConfig<K8sGateway>> = Vec::new();
     let mut routes: Vec<&GwConfig<HttpRoute>> = Vec::new();
+    // TCPRoutes and TLSRoutes with the parents and hostnames attachment reads.
+    let mut l4: Vec<(&'static str, GwConfig<HttpRoute>, L4Body<'_>)> = Vec::new();
     for o in objects {
         match o {
             GwObject::GatewayClass(c) => {
@@ -211,6 +213,16 @@ pub fn convert(
             GwObject::Gateway(c) => gateways.push(c),
             GwObject::HTTPRoute(c) => routes.push(c),
             GwObject::ReferenceGrant(c) => grants.push(c),
+            GwObject::TCPRoute(c) => l4.push((
+                "TCPRoute",
+                attach_view(&c.meta, &c.spec.parent_refs, &[]),
+                L4Body::Tcp(c),
+            )),
+            GwObject::TLSRoute(c) => l4.push((
+                "TLSRoute",
+                attach_view(&c.meta, &c.spec.parent_refs, &c.spec.hostnames),
+                L4Body::Tls(c),
+            )),
         }
     }
     let grant = Grants(&grants);
@@ -246,6 +258,8 @@ pub fn convert(
             let mut conds = Vec::new();
             let supported: Vec<String> = match l.protocol.as_str() {
                 "HTTP" | "HTTPS" => vec!["HTTPRoute".into()],
+                "TCP" => vec!["TCPRoute".into()],
+                "TLS" => vec!["TLSRoute".into()],
                 _ => Vec::new(),
             };
             let mut usable = true;
@@ -306,7 +320,7 @@ pub fn convert(
                 conds.push(Condition::no(
                     "Accepted",
                     "UnsupportedProtocol",
-                    format!("protocol {} needs TLSRoute or TCPRoute, which crossmesh does not implement", l.protocol),
+                    format!("protocol {} is not served", l.protocol),
                 ));
                 usable = false;
             } else {
@@ -329,6 +343,14 @@ pub fn convert(
                 }
             }
             let mut tls = None;
+            if l.protocol == "TLS" {
+                // Passthrough (validation refuses Terminate on TLS listeners):
+                // Istio's PASSTHROUGH server, routed by SNI (TLSRoute).
+                tls = Some(ServerTlsSettings {
+                    mode: Some("PASSTHROUGH".into()),
+                    ..Default::default()
+                });
+            }
             if l.protocol == "HTTPS" {
                 match certificate(gw, l, &grant) {
                     Ok(t) => tls = Some(t),
@@ -409,11 +431,24 @@ pub fn convert(
     }
 
     // Routes.
-    let mut sorted_routes = routes.clone();
-    sorted_routes.sort_by(|a, b| a.meta.istio_order(&b.meta));
-    for r in sorted_routes {
-        let mut st = ObjectStatus::new("HTTPRoute", &r.meta);
-        let (vs_http, resolved) = http_routes(r, domain_suffix, services, &grant);
+    let mut sorted_routes: Vec<(&'static str, &GwConfig<HttpRoute>, Option<&L4Body<'_>>)> = routes
+        .iter()
+        .map(|r| ("HTTPRoute", *r, None))
+        .chain(l4.iter().map(|(k, v, b)| (*k, v, Some(b))))
+        .collect();
+    sorted_routes.sort_by(|a, b| a.1.meta.istio_order(&b.1.meta).then(a.0.cmp(b.0)));
+    for (route_kind, r, l4_body) in sorted_routes {
+        let mut st = ObjectStatus::new(route_kind, &r.meta);
+        let (vs_http, l4_routes, resolved) = match l4_body {
+            None => {
+                let (h, c) = http_routes(r, domain_suffix, services, &grant);
+                (h, L4Routes::default(), c)
+            }
+            Some(b) => {
+                let (l, c) = l4_routes(b, r, domain_suffix, services, &grant);
+                (Vec::new(), l, c)
+            }
+        };
         let mut bound: BTreeSet<String> = BTreeSet::new();
         // Accepted Service parents (GAMMA): (namespace, name, port).
         let mut mesh: Vec<(String, String, Option<u32>)> = Vec::new();
@@ -490,12 +525,13 @@ pub fn convert(
                     .and_then(|n| n.from.as_deref())
                     .unwrap_or("Same");
                 let ns_ok = from == "All" || r.meta.namespace == li.gateway.meta.namespace;
-                let kind_ok = li.listener.allowed_routes.as_ref().is_none_or(|a| {
-                    a.kinds.is_empty()
-                        || a.kinds.iter().any(|k| {
-                            k.group.as_deref().unwrap_or(GROUP) == GROUP && k.kind == "HTTPRoute"
-                        })
-                });
+                let kind_ok = listener_kinds(&li.listener.protocol).contains(&route_kind)
+                    && li.listener.allowed_routes.as_ref().is_none_or(|a| {
+                        a.kinds.is_empty()
+                            || a.kinds.iter().any(|k| {
+                                k.group.as_deref().unwrap_or(GROUP) == GROUP && k.kind == route_kind
+                            })
+                    });
                 if !ns_ok || !kind_ok {
                     ns_or_kind_miss = true;
                     continue;
@@ -538,7 +574,7 @@ pub fn convert(
                 Condition::no(
                     "Accepted",
                     "NotAllowedByListeners",
-                    format!("no listener of {gw_key} allows HTTPRoutes from namespace {:?} (allowedRoutes)", r.meta.namespace),
+                    format!("no listener of {gw_key} allows {route_kind}s from namespace {:?} (protocol or allowedRoutes)", r.meta.namespace),
                 )
             };
             st.parents.push(ParentStatus {
@@ -586,6 +622,8 @@ pub fn convert(
                 },
                 gateways: bound.into_iter().collect(),
                 http: vs_http,
+                tcp: l4_routes.tcp,
+                tls: l4_routes.tls,
                 ..Default::default()
             };
             let obj = IstioObject::VirtualService(Config {
@@ -640,6 +678,125 @@ pub fn convert(
         }
     }
     out
+}
+
+/// The route kinds a listener of `protocol` takes.
+fn listener_kinds(protocol: &str) -> &'static [&'static str] {
+    match protocol {
+        "HTTP" | "HTTPS" => &["HTTPRoute"],
+        "TCP" => &["TCPRoute"],
+        "TLS" => &["TLSRoute"],
+        _ => &[],
+    }
+}
+
+/// A TCPRoute or TLSRoute.
+enum L4Body<'a> {
+    Tcp(&'a GwConfig<super::TcpRoute>),
+    Tls(&'a GwConfig<super::TlsRoute>),
+}
+
+/// The converted `tcp` or `tls` routes of one TCPRoute or TLSRoute.
+#[derive(Default)]
+struct L4Routes {
+    tcp: Vec<crate::model::istio::virtual_service::TcpRoute>,
+    tls: Vec<crate::model::istio::virtual_service::TlsRoute>,
+}
+
+/// What attachment reads of a TCPRoute or TLSRoute (parents, hostnames), in
+/// the shape of an HTTPRoute without rules.
+fn attach_view(
+    meta: &Meta,
+    parent_refs: &[super::ParentRef],
+    hostnames: &[String],
+) -> GwConfig<HttpRoute> {
+    GwConfig {
+        meta: meta.clone(),
+        spec: HttpRoute {
+            parent_refs: parent_refs.to_vec(),
+            hostnames: hostnames.to_vec(),
+            rules: Vec::new(),
+        },
+    }
+}
+
+/// A TCPRoute as Istio `tcp` routes, a TLSRoute as `tls` routes matching its
+/// hostnames as SNI (any, `*`, without hostnames), as Istio's conversion does:
+/// the one rule's backends weighted (relative, default 1). A backend that does
+/// not resolve is left out (its share of connections fails: no route without
+/// a destination is possible at L4); with none left, the route points at a
+/// host no service has, so connections are closed.
+fn l4_routes(
+    body: &L4Body<'_>,
+    view: &GwConfig<HttpRoute>,
+    domain_suffix: &str,
+    services: Option<&ServiceMap>,
+    grants: &Grants<'_>,
+) -> (L4Routes, Condition) {
+    use crate::model::istio::virtual_service::{
+        RouteDestination, TcpRoute, TlsMatchAttributes, TlsRoute,
+    };
+    let (kind, rules) = match body {
+        L4Body::Tcp(c) => ("TCPRoute", &c.spec.rules),
+        L4Body::Tls(c) => ("TLSRoute", &c.spec.rules),
+    };
+    let mut resolved: Option<Condition> = None;
+    let mut dests = Vec::new();
+    for rule in rules.iter().take(1) {
+        for b in &rule.backend_refs {
+            let w = b.weight.unwrap_or(1);
+            match backend(
+                (&b.group, &b.kind, &b.name, &b.namespace, b.port),
+                kind,
+                view,
+                domain_suffix,
+                services,
+                grants,
+            ) {
+                Ok(d) if w > 0 => dests.push(RouteDestination {
+                    destination: d,
+                    weight: Some(w as i32),
+                }),
+                Ok(_) => {}
+                Err(c) => {
+                    if resolved.is_none() {
+                        resolved = Some(c);
+                    }
+                }
+            }
+        }
+    }
+    if dests.is_empty() {
+        dests.push(RouteDestination {
+            destination: invalid_destination(),
+            weight: None,
+        });
+    }
+    if dests.len() == 1 {
+        dests[0].weight = None;
+    }
+    let mut out = L4Routes::default();
+    match body {
+        L4Body::Tcp(_) => out.tcp.push(TcpRoute {
+            route: dests,
+            ..Default::default()
+        }),
+        L4Body::Tls(c) => out.tls.push(TlsRoute {
+            matches: vec![TlsMatchAttributes {
+                sni_hosts: if c.spec.hostnames.is_empty() {
+                    vec!["*".into()]
+                } else {
+                    c.spec.hostnames.clone()
+                },
+                ..Default::default()
+            }],
+            route: dests,
+        }),
+    }
+    (
+        out,
+        resolved.unwrap_or_else(|| Condition::yes("ResolvedRefs", "ResolvedRefs")),
+    )
 }
 
 /// `Accepted` of a Service parent (GAMMA): the Service must exist, with `port`
@@ -727,28 +884,34 @@ fn mesh_virtual_service(
 /// are relative too).
 fn with_percent_weights(obj: &IstioObject) -> IstioObject {
     let mut obj = obj.clone();
+    fn scale<'a>(weights: impl Iterator<Item = &'a mut Option<i32>>) {
+        let mut ws: Vec<&mut Option<i32>> = weights.collect();
+        let total: i64 = ws.iter().map(|w| w.unwrap_or(0).max(0) as i64).sum();
+        if ws.len() < 2 || total == 0 {
+            return;
+        }
+        let mut given = 0;
+        let n = ws.len();
+        for (i, d) in ws.iter_mut().enumerate() {
+            let w = d.unwrap_or(0).max(0) as i64;
+            let pct = if i + 1 == n {
+                100 - given
+            } else {
+                w * 100 / total
+            };
+            given += pct;
+            **d = Some(pct as i32);
+        }
+    }
     if let IstioObject::VirtualService(c) = &mut obj {
         for h in &mut c.spec.http {
-            let total: i64 = h
-                .route
-                .iter()
-                .map(|d| d.weight.unwrap_or(0).max(0) as i64)
-                .sum();
-            if h.route.len() < 2 || total == 0 {
-                continue;
-            }
-            let mut given = 0;
-            let n = h.route.len();
-            for (i, d) in h.route.iter_mut().enumerate() {
-                let w = d.weight.unwrap_or(0).max(0) as i64;
-                let pct = if i + 1 == n {
-                    100 - given
-                } else {
-                    w * 100 / total
-                };
-                given += pct;
-                d.weight = Some(pct as i32);
-            }
+            scale(h.route.iter_mut().map(|d| &mut d.weight));
+        }
+        for t in &mut c.spec.tcp {
+            scale(t.route.iter_mut().map(|d| &mut d.weight));
+        }
+        for t in &mut c.spec.tls {
+            scale(t.route.iter_mut().map(|d| &mut d.weight));
         }
     }
     obj
@@ -849,6 +1012,7 @@ fn backend(
         &Option<String>,
         Option<u32>,
     ),
+    from_kind: &str,
     route: &GwConfig<HttpRoute>,
     domain_suffix: &str,
     services: Option<&ServiceMap>,
@@ -867,11 +1031,11 @@ fn backend(
         ));
     }
     let ns = namespace.as_deref().unwrap_or(&route.meta.namespace);
-    if !grants.allows("HTTPRoute", &route.meta.namespace, "", "Service", ns, name) {
+    if !grants.allows(from_kind, &route.meta.namespace, "", "Service", ns, name) {
         return Err(Condition::no(
             "ResolvedRefs",
             "RefNotPermitted",
-            format!("backendRef Service {ns}/{name}: no ReferenceGrant in namespace {ns} allows HTTPRoutes from {}", route.meta.namespace),
+            format!("backendRef Service {ns}/{name}: no ReferenceGrant in namespace {ns} allows {from_kind}s from {}", route.meta.namespace),
         ));
     }
     let host = format!("{name}.{ns}.svc.{domain_suffix}");
@@ -1097,6 +1261,7 @@ fn rule_route(
             let b = &m.backend_ref;
             match backend(
                 (&b.group, &b.kind, &b.name, &b.namespace, b.port),
+                "HTTPRoute",
                 r,
                 domain_suffix,
                 services,
@@ -1145,6 +1310,7 @@ fn rule_route(
     for b in &rule.backend_refs {
         let dest = match backend(
             (&b.group, &b.kind, &b.name, &b.namespace, b.port),
+            "HTTPRoute",
             r,
             domain_suffix,
             services,
@@ -1469,5 +1635,115 @@ spec:
         .expect("yaml");
         let e = super::super::parse_object("t.yaml", &doc).unwrap_err();
         assert_eq!(e[0].field, "spec.parentRefs[0].sectionName");
+    }
+
+    #[test]
+    fn tcp_and_tls_routes() {
+        let yaml = "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: ours}
+spec: {controllerName: istio.io/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: edge}
+spec:
+  gatewayClassName: ours
+  listeners:
+  - {name: tcp, port: 9000, protocol: TCP}
+  - {name: tls, port: 9443, protocol: TLS, tls: {mode: Passthrough}}
+  - {name: http, port: 80, protocol: HTTP}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {name: db, namespace: edge}
+spec:
+  parentRefs: [{name: gw, sectionName: tcp}]
+  rules:
+  - backendRefs:
+    - {name: db-a, port: 5432, weight: 3}
+    - {name: db-b, port: 5432, weight: 1}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata: {name: secure, namespace: edge}
+spec:
+  parentRefs: [{name: gw}]
+  hostnames: [secure.example.com]
+  rules: [{backendRefs: [{name: secure, port: 8443}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {name: wrong, namespace: edge}
+spec:
+  parentRefs: [{name: gw, sectionName: http}]
+  rules: [{backendRefs: [{name: db-a, port: 5432}]}]
+";
+        let c = convert(&objects(yaml), "cluster.local", None);
+        let gw = status(&c, "Gateway", "gw");
+        for l in &gw.listeners {
+            assert_eq!(cond(&l.conditions, "Programmed").status, "True", "{l:?}");
+            assert_eq!(l.attached_routes, u32::from(l.name != "http"), "{l:?}");
+        }
+        let tls_server = c
+            .objects
+            .iter()
+            .find_map(|o| match o {
+                IstioObject::Gateway(g) if g.meta.name.ends_with("-tls") => {
+                    Some(&g.spec.servers[0])
+                }
+                _ => None,
+            })
+            .expect("tls Gateway");
+        assert_eq!(tls_server.port.protocol, "TLS");
+        assert_eq!(
+            tls_server.tls.as_ref().and_then(|t| t.mode.as_deref()),
+            Some("PASSTHROUGH")
+        );
+        let vs = |name: &str| {
+            c.objects
+                .iter()
+                .find_map(|o| match o {
+                    IstioObject::VirtualService(v) if v.meta.name == name => Some(v),
+                    _ => None,
+                })
+                .unwrap_or_else(|| panic!("no VirtualService {name}"))
+        };
+        let db = vs("db-istio-autogenerated-k8s-gateway");
+        assert_eq!(
+            db.spec.gateways,
+            ["edge/gw-istio-autogenerated-k8s-gateway-tcp"]
+        );
+        let w: Vec<_> = db.spec.tcp[0]
+            .route
+            .iter()
+            .map(|d| (d.destination.host.as_str(), d.weight))
+            .collect();
+        assert_eq!(
+            w,
+            [
+                ("db-a.edge.svc.cluster.local", Some(3)),
+                ("db-b.edge.svc.cluster.local", Some(1))
+            ]
+        );
+        let secure = vs("secure-istio-autogenerated-k8s-gateway");
+        assert_eq!(
+            secure.spec.gateways,
+            ["edge/gw-istio-autogenerated-k8s-gateway-tls"]
+        );
+        assert_eq!(
+            secure.spec.tls[0].matches[0].sni_hosts,
+            ["secure.example.com"]
+        );
+        assert_eq!(
+            secure.spec.tls[0].route[0].destination.host,
+            "secure.edge.svc.cluster.local"
+        );
+        // A TCPRoute on an HTTP listener is not allowed there.
+        let a = cond(
+            &status(&c, "TCPRoute", "wrong").parents[0].conditions,
+            "Accepted",
+        );
+        assert_eq!((a.status, a.reason), ("False", "NotAllowedByListeners"));
     }
 }

@@ -35,6 +35,10 @@ pub enum GwKind {
     Gateway,
     HTTPRoute,
     ReferenceGrant,
+    /// Experimental channel (`v1alpha2`).
+    TCPRoute,
+    /// Experimental channel (`v1alpha2`).
+    TLSRoute,
 }
 
 impl GwKind {
@@ -44,6 +48,8 @@ impl GwKind {
             "Gateway" => GwKind::Gateway,
             "HTTPRoute" => GwKind::HTTPRoute,
             "ReferenceGrant" => GwKind::ReferenceGrant,
+            "TCPRoute" => GwKind::TCPRoute,
+            "TLSRoute" => GwKind::TLSRoute,
             _ => return None,
         })
     }
@@ -54,6 +60,8 @@ impl GwKind {
             GwKind::Gateway => "Gateway",
             GwKind::HTTPRoute => "HTTPRoute",
             GwKind::ReferenceGrant => "ReferenceGrant",
+            GwKind::TCPRoute => "TCPRoute",
+            GwKind::TLSRoute => "TLSRoute",
         }
     }
 
@@ -62,6 +70,7 @@ impl GwKind {
     pub fn versions(self) -> &'static [&'static str] {
         match self {
             GwKind::ReferenceGrant => &["v1beta1", "v1"],
+            GwKind::TCPRoute | GwKind::TLSRoute => &["v1alpha2"],
             _ => &["v1", "v1beta1"],
         }
     }
@@ -84,6 +93,8 @@ pub enum GwObject {
     Gateway(GwConfig<K8sGateway>),
     HTTPRoute(GwConfig<HttpRoute>),
     ReferenceGrant(GwConfig<ReferenceGrant>),
+    TCPRoute(GwConfig<TcpRoute>),
+    TLSRoute(GwConfig<TlsRoute>),
 }
 
 /// Metadata and spec of one object.
@@ -100,6 +111,8 @@ impl GwObject {
             GwObject::Gateway(c) => &c.meta,
             GwObject::HTTPRoute(c) => &c.meta,
             GwObject::ReferenceGrant(c) => &c.meta,
+            GwObject::TCPRoute(c) => &c.meta,
+            GwObject::TLSRoute(c) => &c.meta,
         }
     }
 
@@ -109,6 +122,8 @@ impl GwObject {
             GwObject::Gateway(_) => GwKind::Gateway,
             GwObject::HTTPRoute(_) => GwKind::HTTPRoute,
             GwObject::ReferenceGrant(_) => GwKind::ReferenceGrant,
+            GwObject::TCPRoute(_) => GwKind::TCPRoute,
+            GwObject::TLSRoute(_) => GwKind::TLSRoute,
         }
     }
 }
@@ -456,6 +471,57 @@ pub struct HttpRouteTimeouts {
     pub backend_request: Option<IstioDuration>,
 }
 
+/// `TCPRoute.spec` (experimental channel, v1alpha2).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpRoute {
+    #[serde(default)]
+    pub parent_refs: Vec<ParentRef>,
+    #[serde(default)]
+    pub rules: Vec<L4RouteRule>,
+}
+
+/// `TLSRoute.spec` (experimental channel, v1alpha2).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsRoute {
+    #[serde(default)]
+    pub parent_refs: Vec<ParentRef>,
+    /// SNI host names the route matches (none: any).
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    #[serde(default)]
+    pub rules: Vec<L4RouteRule>,
+}
+
+/// `TCPRouteRule` / `TLSRouteRule`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct L4RouteRule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub backend_refs: Vec<L4BackendRef>,
+}
+
+/// `BackendRef` (no filters).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct L4BackendRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u32>,
+    /// Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<i64>,
+}
+
 /// `ReferenceGrant.spec`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -518,7 +584,7 @@ pub fn parse_object(origin: &str, value: &serde_json::Value) -> Result<GwObject,
     let Some(kind) = GwKind::parse(&kind_str) else {
         return Err(vec![reject(
             "kind",
-            format!("kind {kind_str:?} of {GROUP} is not supported (supported: GatewayClass, Gateway, HTTPRoute, ReferenceGrant)"),
+            format!("kind {kind_str:?} of {GROUP} is not supported (supported: GatewayClass, Gateway, HTTPRoute, ReferenceGrant, TCPRoute, TLSRoute)"),
         )]);
     };
     let version = api_version.split_once('/').map(|(_, v)| v).unwrap_or("");
@@ -574,6 +640,8 @@ pub fn parse_object(origin: &str, value: &serde_json::Value) -> Result<GwObject,
         GwKind::ReferenceGrant => {
             de(spec).map(|spec| GwObject::ReferenceGrant(GwConfig { meta, spec }))
         }
+        GwKind::TCPRoute => de(spec).map(|spec| GwObject::TCPRoute(GwConfig { meta, spec })),
+        GwKind::TLSRoute => de(spec).map(|spec| GwObject::TLSRoute(GwConfig { meta, spec })),
     }
     .map_err(|(f, r)| vec![reject(&f, r)])?;
     let issues = validate(&obj);
@@ -602,6 +670,13 @@ pub fn validate(obj: &GwObject) -> Vec<(String, String)> {
         }
         GwObject::Gateway(c) => gateway(&c.spec, &mut err),
         GwObject::HTTPRoute(c) => http_route(&c.spec, &mut err),
+        GwObject::TCPRoute(c) => l4_route(&c.spec.parent_refs, &[], &c.spec.rules, &mut err),
+        GwObject::TLSRoute(c) => l4_route(
+            &c.spec.parent_refs,
+            &c.spec.hostnames,
+            &c.spec.rules,
+            &mut err,
+        ),
         GwObject::ReferenceGrant(c) => {
             if c.spec.from.is_empty() {
                 err("spec.from".into(), "at least one entry is required".into());
@@ -705,7 +780,7 @@ fn gateway(g: &K8sGateway, err: &mut impl FnMut(String, String)) {
                         ("HTTPS", "Terminate") | ("TLS", "Passthrough") => {}
                         ("TLS", "Terminate") => err(
                             format!("{f}.tls.mode"),
-                            "not supported by crossmesh: TLS termination on a TLS listener needs TLSRoute (not implemented); use HTTPS, or Passthrough".into(),
+                            "not supported by crossmesh: TLSRoute is served in Passthrough mode only; use HTTPS to terminate TLS".into(),
                         ),
                         ("HTTPS", "Passthrough") => err(format!("{f}.tls.mode"), "Passthrough is only valid on TLS listeners".into()),
                         (_, m) => err(format!("{f}.tls.mode"), format!("{m:?} is not a TLS mode (Terminate, Passthrough)")),
@@ -1109,6 +1184,70 @@ fn http_route(r: &HttpRoute, err: &mut impl FnMut(String, String)) {
                         format!("{b} exceeds the request timeout {r}"),
                     );
                 }
+            }
+        }
+    }
+}
+
+/// TCPRoute and TLSRoute: Gateway parents only, one rule (rules have no
+/// matches, so a second rule would never apply), Service backends with a port.
+fn l4_route(
+    parents: &[ParentRef],
+    hostnames: &[String],
+    rules: &[L4RouteRule],
+    err: &mut impl FnMut(String, String),
+) {
+    if parents.is_empty() {
+        err(
+            "spec.parentRefs".into(),
+            "at least one parent is required".into(),
+        );
+    }
+    for (i, p) in parents.iter().enumerate() {
+        let group = p.group.as_deref().unwrap_or(GROUP);
+        let kind = p.kind.as_deref().unwrap_or("Gateway");
+        if (group, kind) != (GROUP, "Gateway") {
+            err(
+                format!("spec.parentRefs[{i}].kind"),
+                format!("parent {group}/{kind} is not supported by crossmesh: TCPRoute and TLSRoute attach to Gateways only"),
+            );
+        }
+        if p.name.is_empty() {
+            err(format!("spec.parentRefs[{i}].name"), "required".into());
+        }
+    }
+    for (i, h) in hostnames.iter().enumerate() {
+        if !valid_hostname(h) {
+            err(
+                format!("spec.hostnames[{i}]"),
+                format!(
+                    "{h:?} is not a hostname (lower-case RFC 1123, optionally starting with *.)"
+                ),
+            );
+        }
+    }
+    match rules.len() {
+        0 => err("spec.rules".into(), "one rule is required".into()),
+        1 => {}
+        n => err(
+            "spec.rules".into(),
+            format!("{n} rules: crossmesh serves one rule per route (rules have no matches, so only the first could apply)"),
+        ),
+    }
+    for (i, rule) in rules.iter().enumerate() {
+        for (j, b) in rule.backend_refs.iter().enumerate() {
+            let bf = format!("spec.rules[{i}].backendRefs[{j}]");
+            if b.weight.is_some_and(|w| !(0..=1_000_000).contains(&w)) {
+                err(
+                    format!("{bf}.weight"),
+                    "must be between 0 and 1000000".into(),
+                );
+            }
+            if b.port.is_none() && backend_is_service(b.group.as_deref(), b.kind.as_deref()) {
+                err(
+                    format!("{bf}.port"),
+                    "required for a Service backend".into(),
+                );
             }
         }
     }
