@@ -190,7 +190,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         let mut refused = false;
         tokio::select! {
             Some((session, id, outcome)) = done_rx.recv() => {
-                if !links.get(&session).is_some_and(|l| l.id == id) {
+                if links.get(&session).is_none_or(|l| l.id != id) {
                     continue;
                 }
                 let l = links.remove(&session);
