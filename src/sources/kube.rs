@@ -1195,6 +1195,7 @@ pub const GATEWAY_API_KINDS: &[(&str, &str, &str)] = &[
         "ReferenceGrant",
         "referencegrants",
     ),
+    ("gateway.networking.k8s.io", "GRPCRoute", "grpcroutes"),
     ("gateway.networking.k8s.io", "TCPRoute", "tcproutes"),
     ("gateway.networking.k8s.io", "TLSRoute", "tlsroutes"),
 ];

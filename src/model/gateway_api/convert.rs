@@ -191,6 +191,8 @@ pub fn convert(
     let mut grants: Vec<&GwConfig<ReferenceGrant>> = Vec::new();
     let mut gateways: Vec<&GwConfig<K8sGateway>> = Vec::new();
     let mut routes: Vec<&GwConfig<HttpRoute>> = Vec::new();
+    // GRPCRoutes as the equivalent HTTPRoutes.
+    let mut grpc: Vec<GwConfig<HttpRoute>> = Vec::new();
     // TCPRoutes and TLSRoutes with the parents and hostnames attachment reads.
     let mut l4: Vec<(&'static str, GwConfig<HttpRoute>, L4Body<'_>)> = Vec::new();
     for o in objects {
@@ -213,6 +215,10 @@ pub fn convert(
             GwObject::Gateway(c) => gateways.push(c),
             GwObject::HTTPRoute(c) => routes.push(c),
             GwObject::ReferenceGrant(c) => grants.push(c),
+            GwObject::GRPCRoute(c) => grpc.push(GwConfig {
+                meta: c.meta.clone(),
+                spec: c.spec.to_http(),
+            }),
             GwObject::TCPRoute(c) => l4.push((
                 "TCPRoute",
                 attach_view(&c.meta, &c.spec.parent_refs, &[]),
@@ -257,7 +263,7 @@ pub fn convert(
         for (i, l) in gw.spec.listeners.iter().enumerate() {
             let mut conds = Vec::new();
             let supported: Vec<String> = match l.protocol.as_str() {
-                "HTTP" | "HTTPS" => vec!["HTTPRoute".into()],
+                "HTTP" | "HTTPS" => vec!["HTTPRoute".into(), "GRPCRoute".into()],
                 "TCP" => vec!["TCPRoute".into()],
                 "TLS" => vec!["TLSRoute".into()],
                 _ => Vec::new(),
@@ -434,6 +440,7 @@ pub fn convert(
     let mut sorted_routes: Vec<(&'static str, &GwConfig<HttpRoute>, Option<&L4Body<'_>>)> = routes
         .iter()
         .map(|r| ("HTTPRoute", *r, None))
+        .chain(grpc.iter().map(|r| ("GRPCRoute", r, None)))
         .chain(l4.iter().map(|(k, v, b)| (*k, v, Some(b))))
         .collect();
     sorted_routes.sort_by(|a, b| a.1.meta.istio_order(&b.1.meta).then(a.0.cmp(b.0)));
@@ -441,7 +448,7 @@ pub fn convert(
         let mut st = ObjectStatus::new(route_kind, &r.meta);
         let (vs_http, l4_routes, resolved) = match l4_body {
             None => {
-                let (h, c) = http_routes(r, domain_suffix, services, &grant);
+                let (h, c) = http_routes(route_kind, r, domain_suffix, services, &grant);
                 (h, L4Routes::default(), c)
             }
             Some(b) => {
@@ -628,7 +635,16 @@ pub fn convert(
             };
             let obj = IstioObject::VirtualService(Config {
                 meta: Meta {
-                    name: format!("{}-{GENERATED_SUFFIX}", r.meta.name),
+                    // An HTTPRoute keeps Istio's name; other kinds add theirs, so that
+                    // routes of different kinds with one name do not collide.
+                    name: match route_kind {
+                        "HTTPRoute" => format!("{}-{GENERATED_SUFFIX}", r.meta.name),
+                        k => format!(
+                            "{}-{}-{GENERATED_SUFFIX}",
+                            r.meta.name,
+                            k.trim_end_matches("Route").to_ascii_lowercase()
+                        ),
+                    },
                     ..r.meta.clone()
                 },
                 spec: vs,
@@ -683,7 +699,7 @@ pub fn convert(
 /// The route kinds a listener of `protocol` takes.
 fn listener_kinds(protocol: &str) -> &'static [&'static str] {
     match protocol {
-        "HTTP" | "HTTPS" => &["HTTPRoute"],
+        "HTTP" | "HTTPS" => &["HTTPRoute", "GRPCRoute"],
         "TCP" => &["TCPRoute"],
         "TLS" => &["TLSRoute"],
         _ => &[],
@@ -1077,6 +1093,7 @@ fn invalid_destination() -> Destination {
 /// The HTTP routes of one HTTPRoute (one per match, in precedence order) and its
 /// `ResolvedRefs` condition.
 fn http_routes(
+    from_kind: &str,
     r: &GwConfig<HttpRoute>,
     domain_suffix: &str,
     services: Option<&ServiceMap>,
@@ -1092,7 +1109,15 @@ fn http_routes(
         crate::model::istio::virtual_service::HttpRoute,
     )> = Vec::new();
     for (ri, rule) in r.spec.rules.iter().enumerate() {
-        let base = rule_route(rule, r, domain_suffix, services, grants, &mut resolved);
+        let base = rule_route(
+            from_kind,
+            rule,
+            r,
+            domain_suffix,
+            services,
+            grants,
+            &mut resolved,
+        );
         let matches = if rule.matches.is_empty() {
             vec![Default::default()]
         } else {
@@ -1184,6 +1209,7 @@ fn http_routes(
 /// One rule's filters, backends and timeouts as an Istio HTTP route (matches
 /// are filled in per match by the caller).
 fn rule_route(
+    from_kind: &str,
     rule: &HttpRouteRule,
     r: &GwConfig<HttpRoute>,
     domain_suffix: &str,
@@ -1261,7 +1287,7 @@ fn rule_route(
             let b = &m.backend_ref;
             match backend(
                 (&b.group, &b.kind, &b.name, &b.namespace, b.port),
-                "HTTPRoute",
+                from_kind,
                 r,
                 domain_suffix,
                 services,
@@ -1310,7 +1336,7 @@ fn rule_route(
     for b in &rule.backend_refs {
         let dest = match backend(
             (&b.group, &b.kind, &b.name, &b.namespace, b.port),
-            "HTTPRoute",
+            from_kind,
             r,
             domain_suffix,
             services,
@@ -1709,7 +1735,7 @@ spec:
                 })
                 .unwrap_or_else(|| panic!("no VirtualService {name}"))
         };
-        let db = vs("db-istio-autogenerated-k8s-gateway");
+        let db = vs("db-tcp-istio-autogenerated-k8s-gateway");
         assert_eq!(
             db.spec.gateways,
             ["edge/gw-istio-autogenerated-k8s-gateway-tcp"]
@@ -1726,7 +1752,7 @@ spec:
                 ("db-b.edge.svc.cluster.local", Some(1))
             ]
         );
-        let secure = vs("secure-istio-autogenerated-k8s-gateway");
+        let secure = vs("secure-tls-istio-autogenerated-k8s-gateway");
         assert_eq!(
             secure.spec.gateways,
             ["edge/gw-istio-autogenerated-k8s-gateway-tls"]
@@ -1745,5 +1771,74 @@ spec:
             "Accepted",
         );
         assert_eq!((a.status, a.reason), ("False", "NotAllowedByListeners"));
+    }
+
+    #[test]
+    fn grpc_route_matches_on_service_and_method() {
+        let yaml = "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: ours}
+spec: {controllerName: istio.io/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: edge}
+spec:
+  gatewayClassName: ours
+  listeners: [{name: http, port: 80, protocol: HTTP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: echo, namespace: edge}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches:
+    - method: {service: echo.Echo, method: Say}
+      headers: [{name: x-tenant, value: a}]
+    backendRefs: [{name: echo-a, port: 9000}]
+  - matches:
+    - method: {service: echo.Echo}
+    - method: {method: Ping}
+    - method: {type: RegularExpression, service: 'echo\\..*'}
+    backendRefs:
+    - {name: echo-a, port: 9000, weight: 1}
+    - {name: echo-b, port: 9000, weight: 3}
+";
+        let c = convert(&objects(yaml), "cluster.local", None);
+        let a = cond(
+            &status(&c, "GRPCRoute", "echo").parents[0].conditions,
+            "Accepted",
+        );
+        assert_eq!(a.status, "True", "{a:?}");
+        let vs = c
+            .objects
+            .iter()
+            .find_map(|o| match o {
+                IstioObject::VirtualService(v) => Some(v),
+                _ => None,
+            })
+            .expect("a VirtualService");
+        assert_eq!(vs.meta.name, "echo-grpc-istio-autogenerated-k8s-gateway");
+        let uris: Vec<_> = vs
+            .spec
+            .http
+            .iter()
+            .map(|h| {
+                let u = h.matches[0].uri.clone().unwrap_or_default();
+                (u.exact, u.prefix, u.regex, h.matches[0].headers.len())
+            })
+            .collect();
+        assert_eq!(
+            uris,
+            [
+                (Some("/echo.Echo/Say".to_string()), None, None, 1),
+                (None, None, Some("/echo\\..*/[^/]+".to_string()), 0),
+                (None, None, Some("/[^/]+/Ping".to_string()), 0),
+                (None, Some("/echo.Echo".to_string()), None, 0),
+            ]
+        );
+        let w: Vec<_> = vs.spec.http[3].route.iter().map(|d| d.weight).collect();
+        assert_eq!(w, [Some(1), Some(3)]);
     }
 }

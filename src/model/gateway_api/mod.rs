@@ -35,6 +35,7 @@ pub enum GwKind {
     Gateway,
     HTTPRoute,
     ReferenceGrant,
+    GRPCRoute,
     /// Experimental channel (`v1alpha2`).
     TCPRoute,
     /// Experimental channel (`v1alpha2`).
@@ -48,6 +49,7 @@ impl GwKind {
             "Gateway" => GwKind::Gateway,
             "HTTPRoute" => GwKind::HTTPRoute,
             "ReferenceGrant" => GwKind::ReferenceGrant,
+            "GRPCRoute" => GwKind::GRPCRoute,
             "TCPRoute" => GwKind::TCPRoute,
             "TLSRoute" => GwKind::TLSRoute,
             _ => return None,
@@ -60,6 +62,7 @@ impl GwKind {
             GwKind::Gateway => "Gateway",
             GwKind::HTTPRoute => "HTTPRoute",
             GwKind::ReferenceGrant => "ReferenceGrant",
+            GwKind::GRPCRoute => "GRPCRoute",
             GwKind::TCPRoute => "TCPRoute",
             GwKind::TLSRoute => "TLSRoute",
         }
@@ -93,6 +96,7 @@ pub enum GwObject {
     Gateway(GwConfig<K8sGateway>),
     HTTPRoute(GwConfig<HttpRoute>),
     ReferenceGrant(GwConfig<ReferenceGrant>),
+    GRPCRoute(GwConfig<GrpcRoute>),
     TCPRoute(GwConfig<TcpRoute>),
     TLSRoute(GwConfig<TlsRoute>),
 }
@@ -111,6 +115,7 @@ impl GwObject {
             GwObject::Gateway(c) => &c.meta,
             GwObject::HTTPRoute(c) => &c.meta,
             GwObject::ReferenceGrant(c) => &c.meta,
+            GwObject::GRPCRoute(c) => &c.meta,
             GwObject::TCPRoute(c) => &c.meta,
             GwObject::TLSRoute(c) => &c.meta,
         }
@@ -122,6 +127,7 @@ impl GwObject {
             GwObject::Gateway(_) => GwKind::Gateway,
             GwObject::HTTPRoute(_) => GwKind::HTTPRoute,
             GwObject::ReferenceGrant(_) => GwKind::ReferenceGrant,
+            GwObject::GRPCRoute(_) => GwKind::GRPCRoute,
             GwObject::TCPRoute(_) => GwKind::TCPRoute,
             GwObject::TLSRoute(_) => GwKind::TLSRoute,
         }
@@ -471,6 +477,113 @@ pub struct HttpRouteTimeouts {
     pub backend_request: Option<IstioDuration>,
 }
 
+/// `GRPCRoute.spec` (v1).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcRoute {
+    #[serde(default)]
+    pub parent_refs: Vec<ParentRef>,
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    #[serde(default)]
+    pub rules: Vec<GrpcRouteRule>,
+}
+
+/// `GRPCRouteRule`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcRouteRule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub matches: Vec<GrpcRouteMatch>,
+    /// `RequestHeaderModifier`, `ResponseHeaderModifier`, `RequestMirror`
+    /// (the HTTPRoute filter shapes); `ExtensionRef` rejected.
+    #[serde(default)]
+    pub filters: Vec<HttpRouteFilter>,
+    #[serde(default)]
+    pub backend_refs: Vec<HttpBackendRef>,
+    /// Rejected: experimental channel only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_persistence: Option<serde_json::Value>,
+}
+
+/// `GRPCRouteMatch`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcRouteMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<GrpcMethodMatch>,
+    #[serde(default)]
+    pub headers: Vec<NameMatch>,
+}
+
+/// `GRPCMethodMatch`: `Exact` (default) or `RegularExpression` on `service`
+/// and `method`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcMethodMatch {
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+}
+
+impl GrpcRoute {
+    /// The equivalent HTTPRoute, as Istio converts GRPCRoutes: a method match
+    /// is a path match on `/SERVICE/METHOD` (Exact with both, a prefix
+    /// `/SERVICE` with the service only, a regular expression otherwise).
+    pub fn to_http(&self) -> HttpRoute {
+        HttpRoute {
+            parent_refs: self.parent_refs.clone(),
+            hostnames: self.hostnames.clone(),
+            rules: self
+                .rules
+                .iter()
+                .map(|r| HttpRouteRule {
+                    name: r.name.clone(),
+                    matches: r
+                        .matches
+                        .iter()
+                        .map(|m| HttpRouteMatch {
+                            path: m.method.as_ref().map(grpc_path),
+                            headers: m.headers.clone(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    filters: r.filters.clone(),
+                    backend_refs: r.backend_refs.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The path match of a `GRPCMethodMatch` (Istio's `createGRPCURIMatch`).
+fn grpc_path(m: &GrpcMethodMatch) -> HttpPathMatch {
+    let (kind, value) = match (m.kind.as_deref().unwrap_or("Exact"), &m.service, &m.method) {
+        ("Exact", Some(s), Some(me)) => ("Exact", format!("/{s}/{me}")),
+        ("Exact", Some(s), None) => ("PathPrefix", format!("/{s}")),
+        ("Exact", None, Some(me)) => ("RegularExpression", format!("/[^/]+/{}", regex::escape(me))),
+        ("Exact", None, None) => ("PathPrefix", "/".to_string()),
+        (_, s, me) => (
+            "RegularExpression",
+            format!(
+                "/{}/{}",
+                s.as_deref().unwrap_or("[^/]+"),
+                me.as_deref().unwrap_or("[^/]+")
+            ),
+        ),
+    };
+    HttpPathMatch {
+        kind: Some(kind.into()),
+        value: Some(value),
+    }
+}
+
 /// `TCPRoute.spec` (experimental channel, v1alpha2).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -640,6 +753,7 @@ pub fn parse_object(origin: &str, value: &serde_json::Value) -> Result<GwObject,
         GwKind::ReferenceGrant => {
             de(spec).map(|spec| GwObject::ReferenceGrant(GwConfig { meta, spec }))
         }
+        GwKind::GRPCRoute => de(spec).map(|spec| GwObject::GRPCRoute(GwConfig { meta, spec })),
         GwKind::TCPRoute => de(spec).map(|spec| GwObject::TCPRoute(GwConfig { meta, spec })),
         GwKind::TLSRoute => de(spec).map(|spec| GwObject::TLSRoute(GwConfig { meta, spec })),
     }
@@ -670,6 +784,7 @@ pub fn validate(obj: &GwObject) -> Vec<(String, String)> {
         }
         GwObject::Gateway(c) => gateway(&c.spec, &mut err),
         GwObject::HTTPRoute(c) => http_route(&c.spec, &mut err),
+        GwObject::GRPCRoute(c) => grpc_route(&c.spec, &mut err),
         GwObject::TCPRoute(c) => l4_route(&c.spec.parent_refs, &[], &c.spec.rules, &mut err),
         GwObject::TLSRoute(c) => l4_route(
             &c.spec.parent_refs,
@@ -1187,6 +1302,79 @@ fn http_route(r: &HttpRoute, err: &mut impl FnMut(String, String)) {
             }
         }
     }
+}
+
+/// GRPCRoute: its method matches and filter types, then the rest as the
+/// equivalent HTTPRoute.
+fn grpc_route(g: &GrpcRoute, err: &mut impl FnMut(String, String)) {
+    for (i, p) in g.parent_refs.iter().enumerate() {
+        if is_service_parent(p) {
+            err(
+                format!("spec.parentRefs[{i}].kind"),
+                "a Service parent (GAMMA) is not supported by crossmesh for GRPCRoute".into(),
+            );
+        }
+    }
+    for (i, rule) in g.rules.iter().enumerate() {
+        let f = format!("spec.rules[{i}]");
+        if rule.session_persistence.is_some() {
+            err(
+                format!("{f}.sessionPersistence"),
+                "not supported by crossmesh (experimental channel)".into(),
+            );
+        }
+        for (j, m) in rule.matches.iter().enumerate() {
+            if let Some(me) = &m.method {
+                let mf = format!("{f}.matches[{j}].method");
+                match me.kind.as_deref().unwrap_or("Exact") {
+                    "Exact" => {
+                        for (n, v) in [("service", &me.service), ("method", &me.method)] {
+                            if v.as_deref()
+                                .is_some_and(|v| v.is_empty() || v.contains('/'))
+                            {
+                                err(
+                                    format!("{mf}.{n}"),
+                                    "must be non-empty and contain no /".into(),
+                                );
+                            }
+                        }
+                    }
+                    "RegularExpression" => {
+                        for (n, v) in [("service", &me.service), ("method", &me.method)] {
+                            if let Some(Err(e)) = v.as_deref().map(regex::Regex::new) {
+                                err(
+                                    format!("{mf}.{n}"),
+                                    format!("invalid regular expression: {e}"),
+                                );
+                            }
+                        }
+                    }
+                    t => err(
+                        format!("{mf}.type"),
+                        format!("{t:?} is not one of Exact, RegularExpression"),
+                    ),
+                }
+                if me.service.is_none() && me.method.is_none() {
+                    err(mf, "service or method is required".into());
+                }
+            }
+        }
+        for (j, flt) in rule.filters.iter().enumerate() {
+            if !matches!(
+                flt.kind.as_str(),
+                "RequestHeaderModifier"
+                    | "ResponseHeaderModifier"
+                    | "RequestMirror"
+                    | "ExtensionRef"
+            ) {
+                err(
+                    format!("{f}.filters[{j}].type"),
+                    format!("{:?} is not a GRPCRoute filter type (RequestHeaderModifier, ResponseHeaderModifier, RequestMirror)", flt.kind),
+                );
+            }
+        }
+    }
+    http_route(&g.to_http(), err);
 }
 
 /// TCPRoute and TLSRoute: Gateway parents only, one rule (rules have no
