@@ -74,6 +74,7 @@ impl GwKind {
         match self {
             GwKind::ReferenceGrant => &["v1beta1", "v1"],
             GwKind::TCPRoute | GwKind::TLSRoute => &["v1alpha2"],
+            GwKind::GRPCRoute => &["v1"],
             _ => &["v1", "v1beta1"],
         }
     }
