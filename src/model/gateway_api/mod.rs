@@ -1,6 +1,7 @@
 //! The Kubernetes Gateway API (`gateway.networking.k8s.io`): `GatewayClass`,
-//! `Gateway`, `HTTPRoute` (v1, standard channel) and `ReferenceGrant` (v1beta1
-//! and v1) as plain serde types, their per-object validation, and
+//! `Gateway`, `HTTPRoute`, `GRPCRoute` (v1, standard channel), `ReferenceGrant`
+//! (v1beta1 and v1), `TCPRoute` and `TLSRoute` (v1alpha2, experimental channel)
+//! as plain serde types, their per-object validation, and
 //! (`convert`) their conversion into the Istio Gateway and VirtualService objects
 //! translation already serves, with the standard status conditions computed on
 //! the way, as Istio's `pilot/pkg/config/kube/gateway` does.
