@@ -1098,8 +1098,16 @@ mod tests {
             Path::new("/"),
         )
         .unwrap();
-        assert_eq!(m.server_names, ["hub.crossmesh.example", "10.1.2.3", "fd00::1"]);
-        for bad in ["'*.crossmesh.example'", "'hub..example'", "'-hub.example'", "'hub_1.example'"] {
+        assert_eq!(
+            m.server_names,
+            ["hub.crossmesh.example", "10.1.2.3", "fd00::1"]
+        );
+        for bad in [
+            "'*.crossmesh.example'",
+            "'hub..example'",
+            "'-hub.example'",
+            "'hub_1.example'",
+        ] {
             let e = MeshConfig::parse(&format!("serverNames: [{bad}]\n"), Path::new("/"))
                 .unwrap_err()
                 .to_string();

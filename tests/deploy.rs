@@ -575,7 +575,9 @@ impl Manifests {
                 let defined = self.secrets.iter().any(|(_, s)| {
                     s["metadata"]["namespace"] == d.ns() && s["metadata"]["name"] == name.as_str()
                 });
-                if !defined && !made_at_install(d.ns(), "Secret", &name) && sv.optional != Some(true)
+                if !defined
+                    && !made_at_install(d.ns(), "Secret", &name)
+                    && sv.optional != Some(true)
                 {
                     p.push(format!(
                         "{id}: volume {} mounts Secret {name}, which nothing creates",
@@ -1046,7 +1048,11 @@ fn kustomizations_list_exactly_their_files() {
         "the control plane and the gateway's init container run image `crossmesh`"
     );
     let ours: Vec<_> = images.iter().filter(|i| i.name == "crossmesh").collect();
-    assert_eq!(ours.len(), tops.len(), "each kustomization sets image crossmesh");
+    assert_eq!(
+        ours.len(),
+        tops.len(),
+        "each kustomization sets image crossmesh"
+    );
     for img in ours {
         assert!(img.new_name.is_some());
         assert_eq!(img.new_tag.as_deref(), Some(env!("CARGO_PKG_VERSION")));
@@ -2071,7 +2077,13 @@ fn agent_deployment(m: &Manifests) -> &Obj<Deployment> {
 /// its args, plus each `CROSSMESH_<FLAG>` env var as `--flag VALUE`, the value
 /// taken from the ConfigMap or downward-API field it names. Also returns the
 /// container and its env.
-fn agent_cli(m: &Manifests) -> (crossmesh::cli::AgentArgs, Container, BTreeMap<String, String>) {
+fn agent_cli(
+    m: &Manifests,
+) -> (
+    crossmesh::cli::AgentArgs,
+    Container,
+    BTreeMap<String, String>,
+) {
     let d = agent_deployment(m);
     let pod = pod_spec(&d.obj);
     let c = pod
@@ -2122,19 +2134,32 @@ fn agent_flags_match_its_service_webhook_and_mounts() {
     let m = manifests();
     let d = agent_deployment(&m);
     let (a, c, env) = agent_cli(&m);
-    assert!(a.hub.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty()
-        && p.parse::<u16>().is_ok()));
-    assert!(a.webhook.proxy_xds_address.is_some(), "injected sidecars need the hub's TLS xDS address");
-    assert_eq!(a.state_dir, None, "in a cluster the agent keeps its state in a Secret");
+    assert!(a
+        .hub
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()));
+    assert!(
+        a.webhook.proxy_xds_address.is_some(),
+        "injected sidecars need the hub's TLS xDS address"
+    );
     assert_eq!(
-        env.get(crossmesh::agent::state::NAMESPACE_ENV).map(String::as_str),
+        a.state_dir, None,
+        "in a cluster the agent keeps its state in a Secret"
+    );
+    assert_eq!(
+        env.get(crossmesh::agent::state::NAMESPACE_ENV)
+            .map(String::as_str),
         Some(d.ns()),
         "the agent finds its namespace (state Secret, webhook Service) in {}",
         crossmesh::agent::state::NAMESPACE_ENV
     );
     // The webhook: the Service it names selects this pod and forwards to the
     // port the agent listens on; the configuration it keeps exists and calls it.
-    let svc_name = a.webhook.webhook_service.clone().expect("--webhook-service");
+    let svc_name = a
+        .webhook
+        .webhook_service
+        .clone()
+        .expect("--webhook-service");
     let svc = m
         .services
         .iter()
@@ -2151,7 +2176,10 @@ fn agent_flags_match_its_service_webhook_and_mounts() {
         .unwrap_or_else(|| panic!("MutatingWebhookConfiguration {}", a.webhook.webhook_config));
     for h in wh.obj.webhooks.iter().flatten() {
         let s = h.client_config.service.as_ref().unwrap();
-        assert_eq!((s.namespace.as_str(), s.name.as_str()), (d.ns(), svc_name.as_str()));
+        assert_eq!(
+            (s.namespace.as_str(), s.name.as_str()),
+            (d.ns(), svc_name.as_str())
+        );
         let port = spec
             .ports
             .iter()
@@ -2159,10 +2187,17 @@ fn agent_flags_match_its_service_webhook_and_mounts() {
             .find(|p| p.port == s.port.unwrap_or(443))
             .expect("the Service port the webhook calls");
         let target = port.target_port.clone().expect("targetPort");
-        assert_eq!(container_port(&c, &target), Some(listen), "{} -> {target:?}", h.name);
+        assert_eq!(
+            container_port(&c, &target),
+            Some(listen),
+            "{} -> {target:?}",
+            h.name
+        );
         // Injection must never be asked of the agent itself.
         assert_eq!(
-            pod_labels(&d.obj).get(crossmesh::agent::inject::INJECT_KEY).map(String::as_str),
+            pod_labels(&d.obj)
+                .get(crossmesh::agent::inject::INJECT_KEY)
+                .map(String::as_str),
             Some("false")
         );
     }
@@ -2176,7 +2211,12 @@ fn agent_flags_match_its_service_webhook_and_mounts() {
             .flatten()
             .find(|v| path.starts_with(&format!("{}/", v.mount_path)))
             .unwrap_or_else(|| panic!("nothing mounted at {path}"));
-        let v = pod.volumes.iter().flatten().find(|v| v.name == mount.name).unwrap();
+        let v = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == mount.name)
+            .unwrap();
         if let Some(cm) = &v.config_map {
             ("ConfigMap".into(), cm.name.clone())
         } else if let Some(s) = &v.secret {
@@ -2187,7 +2227,12 @@ fn agent_flags_match_its_service_webhook_and_mounts() {
     };
     let root = mount_source(&a.root_cert.to_string_lossy());
     assert_eq!(root, ("ConfigMap".into(), "crossmesh-hub-root".into()));
-    let token = mount_source(&a.token_file.clone().expect("--token-file").to_string_lossy());
+    let token = mount_source(
+        &a.token_file
+            .clone()
+            .expect("--token-file")
+            .to_string_lossy(),
+    );
     assert_eq!(token, ("Secret".into(), "crossmesh-agent-enrolment".into()));
     let doc = std::fs::read_to_string(Path::new(ROOT).join("docs/AGENT.md")).unwrap();
     for (_, _, _, cmd) in MADE_AT_INSTALL {
@@ -2204,7 +2249,9 @@ fn agent_rbac_is_exactly_what_the_agent_does() {
     let m = manifests();
     let d = agent_deployment(&m);
     let (a, _, _) = agent_cli(&m);
-    let sa = pod_spec(&d.obj).service_account_name.expect("serviceAccountName");
+    let sa = pod_spec(&d.obj)
+        .service_account_name
+        .expect("serviceAccountName");
     let bound = |subjects: &Option<Vec<k8s_openapi::api::rbac::v1::Subject>>| {
         subjects.iter().flatten().any(|s| {
             s.kind == "ServiceAccount" && s.name == sa && s.namespace.as_deref() == Some(d.ns())
@@ -2223,15 +2270,29 @@ fn agent_rbac_is_exactly_what_the_agent_does() {
                 for res in r.resources.iter().flatten() {
                     for v in &r.verbs {
                         for n in &names {
-                            granted.insert((ns.into(), g.clone(), res.clone(), v.clone(), n.clone()));
+                            granted.insert((
+                                ns.into(),
+                                g.clone(),
+                                res.clone(),
+                                v.clone(),
+                                n.clone(),
+                            ));
                         }
                     }
                 }
             }
         }
     };
-    for b in m.cluster_role_bindings.iter().filter(|b| bound(&b.obj.subjects)) {
-        for r in m.cluster_roles.iter().filter(|r| r.name() == b.obj.role_ref.name) {
+    for b in m
+        .cluster_role_bindings
+        .iter()
+        .filter(|b| bound(&b.obj.subjects))
+    {
+        for r in m
+            .cluster_roles
+            .iter()
+            .filter(|r| r.name() == b.obj.role_ref.name)
+        {
             add("", r.obj.rules.as_deref().unwrap_or(&[]));
         }
     }
@@ -2245,7 +2306,13 @@ fn agent_rbac_is_exactly_what_the_agent_does() {
         }
     }
     let g = |ns: &str, group: &str, res: &str, verb: &str, name: &str| -> Grant {
-        (ns.into(), group.into(), res.into(), verb.into(), name.into())
+        (
+            ns.into(),
+            group.into(),
+            res.into(),
+            verb.into(),
+            name.into(),
+        )
     };
     let mut needed: BTreeSet<Grant> = BTreeSet::new();
     let mut reads = vec![
@@ -2256,7 +2323,11 @@ fn agent_rbac_is_exactly_what_the_agent_does() {
         // The root ConfigMap goes to every namespace.
         ("", "namespaces"),
     ];
-    reads.extend(crossmesh::agent::istio::KINDS.iter().map(|(_, grp, _, p)| (*grp, *p)));
+    reads.extend(
+        crossmesh::agent::istio::KINDS
+            .iter()
+            .map(|(_, grp, _, p)| (*grp, *p)),
+    );
     for (grp, res) in &reads {
         for v in ["get", "list", "watch"] {
             needed.insert(g("", grp, res, v, ""));

@@ -81,7 +81,6 @@ pub struct AgentHubOptions {
     pub max_snapshot_bytes: u64,
 }
 
-
 impl AgentHubOptions {
     pub fn from_mesh(mesh: &MeshConfig) -> AgentHubOptions {
         AgentHubOptions {
@@ -1699,9 +1698,9 @@ mod tests {
             registry,
             &mesh,
             Arc::new(move || c.clone()),
-            Arc::new(agent_tokens::TokenStore::local(
-                agent_tokens::token_dir(&mesh.ca.state_dir),
-            )),
+            Arc::new(agent_tokens::TokenStore::local(agent_tokens::token_dir(
+                &mesh.ca.state_dir,
+            ))),
             AgentHubOptions::default(),
         );
         (hub, ca)
@@ -1791,21 +1790,36 @@ mod tests {
             .unwrap(),
         };
         let ok = session
-            .decode_config(WireKind::VirtualService, &vs("shop", "vs", "VirtualService"))
+            .decode_config(
+                WireKind::VirtualService,
+                &vs("shop", "vs", "VirtualService"),
+            )
             .expect("in the grant");
         assert_eq!(ok.unwrap()["spec"]["hosts"][0], "a");
         // Outside the grant: refused and counted like any object.
         let e = session
-            .decode_config(WireKind::VirtualService, &vs("other", "vs", "VirtualService"))
+            .decode_config(
+                WireKind::VirtualService,
+                &vs("other", "vs", "VirtualService"),
+            )
             .unwrap_err();
-        assert!(e.reason.contains("outside this cluster's agent grant"), "{e}");
+        assert!(
+            e.reason.contains("outside this cluster's agent grant"),
+            "{e}"
+        );
         // A document of another kind than the batch's, and metadata that differs.
         let e = session
-            .decode_config(WireKind::VirtualService, &vs("shop", "vs", "DestinationRule"))
+            .decode_config(
+                WireKind::VirtualService,
+                &vs("shop", "vs", "DestinationRule"),
+            )
             .unwrap_err();
         assert!(e.reason.contains("is not the batch's"), "{e}");
         let e = session
-            .decode_config(WireKind::VirtualService, &vs("shop", "other", "VirtualService"))
+            .decode_config(
+                WireKind::VirtualService,
+                &vs("shop", "other", "VirtualService"),
+            )
             .unwrap_err();
         assert!(e.reason.contains("differ from the change's"), "{e}");
         assert_eq!(hub.status()["c3"].refusals["object"], 3);

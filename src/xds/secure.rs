@@ -866,7 +866,11 @@ mod tests {
 
     #[test]
     fn server_names_put_ip_addresses_into_ip_sans() {
-        let names = ["crossmesh".to_string(), "10.1.2.3".into(), "hub.example".into()];
+        let names = [
+            "crossmesh".to_string(),
+            "10.1.2.3".into(),
+            "hub.example".into(),
+        ];
         let (dns, ips) = server_names(Some("0.0.0.0".parse().unwrap()), &names);
         assert_eq!(dns, ["crossmesh", "hub.example", "localhost"]);
         let ips: Vec<String> = ips.iter().map(|i| i.to_string()).collect();
