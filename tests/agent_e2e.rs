@@ -32,7 +32,6 @@ mod kube_seed;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossmesh::agent::proto::agent_service_client::AgentServiceClient;
@@ -51,7 +50,6 @@ use support::envoy::Envoy;
 use support::net::{free_port, Subnet};
 use support::scenario::{host_of, outbound_cluster, service_host, CLUSTERS, NS};
 use support::{http, print_log_tail, wait_for, CONVERGE};
-use tonic::transport::{Channel, Endpoint};
 
 /// How long the agent stays away in the outage test (the 20 s).
 fn outage() -> Duration {
@@ -435,66 +433,6 @@ impl Fixture {
 // ---------------------------------------------------------------------------
 // A raw protocol client
 
-/// A channel to the agent port over TLS, trusting `roots`, presenting `client`
-/// (certificate chain, key) if given.
-async fn raw_channel(
-    addr: SocketAddr,
-    roots: &str,
-    client: Option<(&str, &str)>,
-) -> Result<Channel, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    let mut store = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(roots.as_bytes()) {
-        store
-            .add(c.map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-    }
-    let b = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(store);
-    let mut cfg = match client {
-        None => b.with_no_client_auth(),
-        Some((chain, key)) => {
-            let chain: Vec<CertificateDer<'static>> =
-                CertificateDer::pem_slice_iter(chain.as_bytes())
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| e.to_string())?;
-            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| e.to_string())?;
-            b.with_client_auth_cert(chain, key)
-                .map_err(|e| e.to_string())?
-        }
-    };
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    let cfg = Arc::new(cfg);
-    let ip = addr.ip();
-    Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| e.to_string())?
-        .connect_with_connector(tower::service_fn(move |_| {
-            let cfg = cfg.clone();
-            async move {
-                let tcp = tokio::net::TcpStream::connect(addr).await?;
-                let tls = tokio_rustls::TlsConnector::from(cfg)
-                    .connect(ServerName::IpAddress(ip.into()), tcp)
-                    .await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
-            }
-        }))
-        .await
-        .map_err(|e| {
-            let mut s = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(c) = src {
-                s.push_str(&format!(": {c}"));
-                src = c.source();
-            }
-            s
-        })
-}
-
 /// A fresh key and CSR (PEM).
 fn csr() -> (String, String) {
     let key = rcgen::KeyPair::generate().expect("key");
@@ -509,7 +447,7 @@ fn csr() -> (String, String) {
 
 /// Enrol `cluster` with `token`: the certificate chain and key, or the refusal.
 async fn enrol(f: &Fixture, cluster: &str, token: &str) -> Result<(String, String), tonic::Status> {
-    let ch = raw_channel(f.agent_addr, &f.root_pem(), None)
+    let ch = support::tls::grpc_channel(f.agent_addr, &f.root_pem(), None)
         .await
         .map_err(tonic::Status::unavailable)?;
     let (csr, key) = csr();
@@ -539,7 +477,7 @@ impl RawStream {
         cert: &(String, String),
         hello: Hello,
     ) -> Result<RawStream, tonic::Status> {
-        let ch = raw_channel(f.agent_addr, &f.root_pem(), Some((&cert.0, &cert.1)))
+        let ch = support::tls::grpc_channel(f.agent_addr, &f.root_pem(), Some((&cert.0, &cert.1)))
             .await
             .map_err(tonic::Status::unavailable)?;
         let (out, rx) = tokio::sync::mpsc::channel(16);

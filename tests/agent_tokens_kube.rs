@@ -20,7 +20,6 @@ mod support;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -33,7 +32,6 @@ use kube_api::{objects, FakeApiServer, FaultRule, Options, Verb};
 use support::control_plane::{crossmesh_bin, ControlPlane, StartOptions};
 use support::in_pod::{api_env, in_pod, sa_dir};
 use support::net::{free_port, Subnet};
-use tonic::transport::{Channel, Endpoint};
 
 const NS: &str = "crossmesh-system";
 const ENROLMENT: &str = "crossmesh-agent-enrolment";
@@ -166,57 +164,6 @@ impl Replica {
     }
 }
 
-/// A channel to an agent port, trusting `roots`, presenting `client`.
-async fn channel(
-    addr: SocketAddr,
-    roots: &str,
-    client: Option<&(String, String)>,
-) -> Result<Channel, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    let mut store = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(roots.as_bytes()) {
-        store
-            .add(c.map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-    }
-    let b = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(store);
-    let mut cfg = match client {
-        None => b.with_no_client_auth(),
-        Some((chain, key)) => {
-            let chain: Vec<CertificateDer<'static>> =
-                CertificateDer::pem_slice_iter(chain.as_bytes())
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| e.to_string())?;
-            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| e.to_string())?;
-            b.with_client_auth_cert(chain, key)
-                .map_err(|e| e.to_string())?
-        }
-    };
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    let cfg = Arc::new(cfg);
-    let ip = addr.ip();
-    Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| e.to_string())?
-        .connect_with_connector(tower::service_fn(move |_| {
-            let cfg = cfg.clone();
-            async move {
-                let tcp = tokio::net::TcpStream::connect(addr).await?;
-                let tls = tokio_rustls::TlsConnector::from(cfg)
-                    .connect(ServerName::IpAddress(ip.into()), tcp)
-                    .await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
-            }
-        }))
-        .await
-        .map_err(|e| e.to_string())
-}
-
 /// A fresh key and its CSR (PEM).
 fn csr() -> (String, String) {
     let key = rcgen::KeyPair::generate().expect("key");
@@ -235,7 +182,7 @@ async fn enrol(
     roots: &str,
     token: &str,
 ) -> Result<(String, String), tonic::Status> {
-    let ch = channel(addr, roots, None)
+    let ch = support::tls::grpc_channel(addr, roots, None)
         .await
         .map_err(tonic::Status::unavailable)?;
     let (csr, key) = csr();
@@ -264,7 +211,7 @@ impl Stream {
         roots: &str,
         cert: &(String, String),
     ) -> Result<Stream, tonic::Status> {
-        let ch = channel(addr, roots, Some(cert))
+        let ch = support::tls::grpc_channel(addr, roots, Some((&cert.0, &cert.1)))
             .await
             .map_err(tonic::Status::unavailable)?;
         let (out, rx) = tokio::sync::mpsc::channel(16);
@@ -355,7 +302,9 @@ async fn refused_as_revoked(addr: SocketAddr, roots: &str, cert: &(String, Strin
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{what}: {e:?}");
     assert!(e.message().contains("was revoked"), "{what}: {e:?}");
     // Nor is its certificate renewed.
-    let ch = channel(addr, roots, Some(cert)).await.expect("channel");
+    let ch = support::tls::grpc_channel(addr, roots, Some((&cert.0, &cert.1)))
+        .await
+        .expect("channel");
     let e = AgentServiceClient::new(ch)
         .renew(RenewRequest {
             csr_pem: csr().0,

@@ -268,3 +268,62 @@ pub async fn http_get(addr: SocketAddr, host: &str, path: &str) -> Result<Reply,
         .await
         .map_err(|_| format!("GET {path} to {addr} timed out"))?
 }
+
+/// A gRPC channel over TLS (h2) to `addr`, verified as that IP address against
+/// `roots`, presenting `client` (certificate chain, key) if given: the agent
+/// port seen by a raw protocol client. Errors carry their source chain.
+pub async fn grpc_channel(
+    addr: SocketAddr,
+    roots: &str,
+    client: Option<(&str, &str)>,
+) -> Result<tonic::transport::Channel, String> {
+    let mut store = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(roots.as_bytes()) {
+        store
+            .add(c.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let b = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(store);
+    let mut cfg = match client {
+        None => b.with_no_client_auth(),
+        Some((chain, key)) => {
+            let chain: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(chain.as_bytes())
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| e.to_string())?;
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| e.to_string())?;
+            b.with_client_auth_cert(chain, key)
+                .map_err(|e| e.to_string())?
+        }
+    };
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let cfg = Arc::new(cfg);
+    let ip = addr.ip();
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| e.to_string())?
+        .connect_with_connector(tower::service_fn(move |_| {
+            let cfg = cfg.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                let tls = tokio_rustls::TlsConnector::from(cfg)
+                    .connect(ServerName::IpAddress(ip.into()), tcp)
+                    .await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        }))
+        .await
+        .map_err(|e| {
+            let mut s = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(c) = src {
+                s.push_str(&format!(": {c}"));
+                src = c.source();
+            }
+            s
+        })
+}
