@@ -31,7 +31,7 @@ mod kube_seed;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crossmesh::agent::proto::agent_service_client::AgentServiceClient;
@@ -43,13 +43,14 @@ use kube_api::{objects, FakeApiServer};
 use kube_seed::{gateway_object, name, pod_object};
 use serde_json::{json, Value};
 use support::backend::Backend;
+use support::control_plane::AgentProc;
 use support::control_plane::{
     bootstrap_gateway, crossmesh_bin, ControlPlane, GatewayProxy, StartOptions,
 };
 use support::envoy::Envoy;
 use support::net::{free_port, Subnet};
 use support::scenario::{host_of, outbound_cluster, service_host, CLUSTERS, NS};
-use support::{http, print_log_tail, wait_for, CONVERGE};
+use support::{http, wait_for, CONVERGE};
 
 /// How long the agent stays away in the outage test (the 20 s).
 fn outage() -> Duration {
@@ -63,30 +64,6 @@ fn outage() -> Duration {
 /// The hub's heartbeat interval (`sources::agent::DEFAULT_HEARTBEAT`) times the
 /// intervals it waits before closing a silent stream.
 const SILENCE: Duration = Duration::from_secs(15);
-
-/// A running `crossmesh agent`; killed on drop (its log printed if panicking).
-struct AgentProc {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl AgentProc {
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for AgentProc {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            print_log_tail("crossmesh agent", &self.log, 60);
-        }
-        self.kill();
-    }
-}
 
 struct Fixture {
     /// First, so it is dropped (and its log printed) before `dir` goes.

@@ -16,39 +16,22 @@ mod kube_api;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use kube_api::{objects, FakeApiServer, Options};
 use serde_json::Value;
+use support::control_plane::AgentProc;
 use support::control_plane::{crossmesh_bin, ControlPlane};
 use support::in_pod::{api_env, in_pod, sa_dir};
 use support::net::{free_port, Subnet};
-use support::{print_log_tail, wait_for, CONVERGE};
+use support::{wait_for, CONVERGE};
 
 /// The agent's namespace (its service account's `namespace` file).
 const AGENT_NS: &str = "crossmesh-system";
 /// The namespace of cluster3's workloads (the agent's grant).
 const NS: &str = "shop";
-
-/// A running `crossmesh agent`; killed on drop (its log printed if panicking).
-struct AgentProc {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Drop for AgentProc {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            print_log_tail("crossmesh agent", &self.log, 80);
-        }
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 /// A TCP load balancer on 127.0.0.1 (the hubs' certificates name it) that
 /// sends each new connection to the next backend in turn.

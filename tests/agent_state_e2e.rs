@@ -15,17 +15,18 @@ mod kube_api;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kube_api::{objects, FakeApiServer, Options, RequestRecord, Verb};
 use serde_json::Value;
+use support::control_plane::AgentProc;
 use support::control_plane::{crossmesh_bin, ControlPlane, StartOptions};
 use support::in_pod::{api_env, in_pod, sa_dir};
 use support::net::{free_port, Subnet};
-use support::{print_log_tail, wait_for, CONVERGE};
+use support::{wait_for, CONVERGE};
 
 /// The agent's namespace (its service account's `namespace` file).
 const AGENT_NS: &str = "crossmesh-system";
@@ -33,30 +34,6 @@ const AGENT_NS: &str = "crossmesh-system";
 const STATE_SECRET: &str = "crossmesh-agent-state";
 /// The namespace of cluster3's workloads (the agent's grant).
 const NS: &str = "shop";
-
-/// A running `crossmesh agent`; killed on drop (its log printed if panicking).
-struct AgentProc {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl AgentProc {
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for AgentProc {
-    fn drop(&mut self) {
-        if std::thread::panicking() && self.child.is_some() {
-            print_log_tail("crossmesh agent", &self.log, 80);
-        }
-        self.kill();
-    }
-}
 
 /// The hub, cluster3's API server and the agent's service-account directory.
 struct Fixture {

@@ -28,7 +28,7 @@ mod kube_api;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,9 +37,10 @@ use crossmesh::agent::proto::agent_service_client::AgentServiceClient;
 use crossmesh::agent::proto::{EnrollRequest, PROTOCOL_VERSION};
 use kube_api::{objects, FakeApiServer};
 use serde_json::{json, Value};
+use support::control_plane::AgentProc;
 use support::control_plane::{crossmesh_bin, ControlPlane, StartOptions};
 use support::net::{free_port, Subnet};
-use support::{print_log_tail, wait_for, CONVERGE};
+use support::{wait_for, CONVERGE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Endpoint;
 
@@ -92,34 +93,6 @@ fn plug_in(dir: &Path, ca: &TestCa, root: &TestCa, roots_pem: &str) {
         &format!("{}{}", ca.cert.pem(), root.cert.pem()),
     );
     replace(dir, "root-cert.pem", roots_pem);
-}
-
-/// A running `crossmesh agent`; killed on drop (its log printed if panicking).
-struct AgentProc {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl AgentProc {
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for AgentProc {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            print_log_tail("crossmesh agent", &self.log, 80);
-        }
-        self.kill();
-    }
 }
 
 struct Setup {

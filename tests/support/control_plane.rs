@@ -364,3 +364,33 @@ pub fn bootstrap(args: &[String]) -> String {
     );
     String::from_utf8(out.stdout).expect("bootstrap is UTF-8")
 }
+
+/// A running `crossmesh agent`; killed on drop, its log's tail printed if the
+/// test is panicking.
+pub struct AgentProc {
+    pub child: Option<std::process::Child>,
+    pub log: std::path::PathBuf,
+}
+
+impl AgentProc {
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Everything the agent logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        if std::thread::panicking() && self.child.is_some() {
+            super::print_log_tail("crossmesh agent", &self.log, 80);
+        }
+        self.kill();
+    }
+}
