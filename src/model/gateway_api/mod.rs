@@ -12,6 +12,7 @@
 
 pub mod convert;
 
+use crate::model::istio::deserialize_spec;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -735,29 +736,28 @@ pub fn parse_object(origin: &str, value: &serde_json::Value) -> Result<GwObject,
         .get("spec")
         .cloned()
         .unwrap_or(serde_json::Value::Object(Default::default()));
-    fn de<T: serde::de::DeserializeOwned>(spec: serde_json::Value) -> Result<T, (String, String)> {
-        serde_path_to_error::deserialize(spec).map_err(|e| {
-            let path = e.path().to_string();
-            let field = if path == "." {
-                "spec".to_string()
-            } else {
-                format!("spec.{path}")
-            };
-            (field, e.into_inner().to_string())
-        })
-    }
     let obj = match kind {
         GwKind::GatewayClass => {
-            de(spec).map(|spec| GwObject::GatewayClass(GwConfig { meta, spec }))
+            deserialize_spec(spec).map(|spec| GwObject::GatewayClass(GwConfig { meta, spec }))
         }
-        GwKind::Gateway => de(spec).map(|spec| GwObject::Gateway(GwConfig { meta, spec })),
-        GwKind::HTTPRoute => de(spec).map(|spec| GwObject::HTTPRoute(GwConfig { meta, spec })),
+        GwKind::Gateway => {
+            deserialize_spec(spec).map(|spec| GwObject::Gateway(GwConfig { meta, spec }))
+        }
+        GwKind::HTTPRoute => {
+            deserialize_spec(spec).map(|spec| GwObject::HTTPRoute(GwConfig { meta, spec }))
+        }
         GwKind::ReferenceGrant => {
-            de(spec).map(|spec| GwObject::ReferenceGrant(GwConfig { meta, spec }))
+            deserialize_spec(spec).map(|spec| GwObject::ReferenceGrant(GwConfig { meta, spec }))
         }
-        GwKind::GRPCRoute => de(spec).map(|spec| GwObject::GRPCRoute(GwConfig { meta, spec })),
-        GwKind::TCPRoute => de(spec).map(|spec| GwObject::TCPRoute(GwConfig { meta, spec })),
-        GwKind::TLSRoute => de(spec).map(|spec| GwObject::TLSRoute(GwConfig { meta, spec })),
+        GwKind::GRPCRoute => {
+            deserialize_spec(spec).map(|spec| GwObject::GRPCRoute(GwConfig { meta, spec }))
+        }
+        GwKind::TCPRoute => {
+            deserialize_spec(spec).map(|spec| GwObject::TCPRoute(GwConfig { meta, spec }))
+        }
+        GwKind::TLSRoute => {
+            deserialize_spec(spec).map(|spec| GwObject::TLSRoute(GwConfig { meta, spec }))
+        }
     }
     .map_err(|(f, r)| vec![reject(&f, r)])?;
     let issues = validate(&obj);

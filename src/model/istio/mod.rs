@@ -351,45 +351,37 @@ pub fn parse_object(
         .get("spec")
         .cloned()
         .unwrap_or(serde_json::Value::Object(Default::default()));
-    fn de<T: serde::de::DeserializeOwned>(spec: serde_json::Value) -> Result<T, (String, String)> {
-        serde_path_to_error::deserialize(spec).map_err(|e| {
-            let path = e.path().to_string();
-            let field = if path == "." {
-                "spec".to_string()
-            } else {
-                format!("spec.{path}")
-            };
-            (field, e.into_inner().to_string())
-        })
-    }
-    let obj = match kind {
-        Kind::Gateway => de(spec).map(|spec| IstioObject::Gateway(Config { meta, spec })),
-        Kind::VirtualService => {
-            de(spec).map(|spec| IstioObject::VirtualService(Config { meta, spec }))
-        }
-        Kind::DestinationRule => {
-            de(spec).map(|spec| IstioObject::DestinationRule(Config { meta, spec }))
-        }
-        Kind::Sidecar => de(spec).map(|spec| IstioObject::Sidecar(Config { meta, spec })),
-        Kind::PeerAuthentication => {
-            de(spec).map(|spec| IstioObject::PeerAuthentication(Config { meta, spec }))
-        }
-        Kind::RequestAuthentication => {
-            de(spec).map(|spec| IstioObject::RequestAuthentication(Config { meta, spec }))
-        }
-        Kind::ServiceEntry => de(spec).map(|spec| IstioObject::ServiceEntry(Config { meta, spec })),
-        Kind::WorkloadEntry => {
-            de(spec).map(|spec| IstioObject::WorkloadEntry(Config { meta, spec }))
-        }
-        Kind::AuthorizationPolicy => authorization_policy::dry_run(value).and_then(|dry_run| {
-            de(spec).map(|spec| {
-                IstioObject::AuthorizationPolicy(Config {
-                    meta,
-                    spec: AuthorizationPolicy { dry_run, ..spec },
+    let obj =
+        match kind {
+            Kind::Gateway => {
+                deserialize_spec(spec).map(|spec| IstioObject::Gateway(Config { meta, spec }))
+            }
+            Kind::VirtualService => deserialize_spec(spec)
+                .map(|spec| IstioObject::VirtualService(Config { meta, spec })),
+            Kind::DestinationRule => deserialize_spec(spec)
+                .map(|spec| IstioObject::DestinationRule(Config { meta, spec })),
+            Kind::Sidecar => {
+                deserialize_spec(spec).map(|spec| IstioObject::Sidecar(Config { meta, spec }))
+            }
+            Kind::PeerAuthentication => deserialize_spec(spec)
+                .map(|spec| IstioObject::PeerAuthentication(Config { meta, spec })),
+            Kind::RequestAuthentication => deserialize_spec(spec)
+                .map(|spec| IstioObject::RequestAuthentication(Config { meta, spec })),
+            Kind::ServiceEntry => {
+                deserialize_spec(spec).map(|spec| IstioObject::ServiceEntry(Config { meta, spec }))
+            }
+            Kind::WorkloadEntry => {
+                deserialize_spec(spec).map(|spec| IstioObject::WorkloadEntry(Config { meta, spec }))
+            }
+            Kind::AuthorizationPolicy => authorization_policy::dry_run(value).and_then(|dry_run| {
+                deserialize_spec(spec).map(|spec| {
+                    IstioObject::AuthorizationPolicy(Config {
+                        meta,
+                        spec: AuthorizationPolicy { dry_run, ..spec },
+                    })
                 })
-            })
-        }),
-    };
+            }),
+        };
     let obj = obj.map_err(|(field, reason)| reject(&field, reason))?;
     // Warnings keep the object in force; they are reported by the config store.
     let errors: Vec<_> = validate::validate(&obj)
@@ -781,6 +773,21 @@ pub fn host_intersection(a: &str, b: &str) -> Option<String> {
     } else {
         None
     }
+}
+
+/// An object's `spec` as `T`; on failure, the field (`spec.a.b`) and the reason.
+pub(crate) fn deserialize_spec<T: serde::de::DeserializeOwned>(
+    spec: serde_json::Value,
+) -> Result<T, (String, String)> {
+    serde_path_to_error::deserialize(spec).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            "spec".to_string()
+        } else {
+            format!("spec.{path}")
+        };
+        (field, e.into_inner().to_string())
+    })
 }
 
 #[cfg(test)]
