@@ -598,18 +598,7 @@ pub fn convert(
         mesh.dedup();
         for (svc_ns, svc, port) in &mesh {
             let obj = mesh_virtual_service(r, svc_ns, svc, *port, &vs_http, domain_suffix);
-            let errors: Vec<_> = validate::validate(&with_percent_weights(&obj))
-                .into_iter()
-                .filter(|i| !i.warning)
-                .collect();
-            if errors.is_empty() {
-                out.objects.push(obj);
-            } else {
-                let why = errors
-                    .iter()
-                    .map(|e| format!("{}: {}", e.field, e.reason))
-                    .collect::<Vec<_>>()
-                    .join("; ");
+            if let Some(why) = invalid_reasons(&obj) {
                 let pref_prefix = format!("Service {svc_ns}/{svc}");
                 for p in &mut st.parents {
                     if p.parent_ref.starts_with(&pref_prefix)
@@ -622,6 +611,8 @@ pub fn convert(
                         );
                     }
                 }
+            } else {
+                out.objects.push(obj);
             }
         }
         if !bound.is_empty() {
@@ -653,18 +644,7 @@ pub fn convert(
                 },
                 spec: vs,
             });
-            let errors: Vec<_> = validate::validate(&with_percent_weights(&obj))
-                .into_iter()
-                .filter(|i| !i.warning)
-                .collect();
-            if errors.is_empty() {
-                out.objects.push(obj);
-            } else {
-                let why = errors
-                    .iter()
-                    .map(|e| format!("{}: {}", e.field, e.reason))
-                    .collect::<Vec<_>>()
-                    .join("; ");
+            if let Some(why) = invalid_reasons(&obj) {
                 for p in &mut st.parents {
                     if p.conditions.first().is_some_and(|c| c.status == "True") {
                         p.conditions[0] = Condition::no(
@@ -682,6 +662,8 @@ pub fn convert(
                         }
                     }
                 }
+            } else {
+                out.objects.push(obj);
             }
         }
         out.status.push(st);
@@ -1871,4 +1853,15 @@ spec:
             ]
         );
     }
+}
+
+/// The errors Istio's validation finds in a generated object, joined; `None`
+/// when it is valid (warnings aside).
+fn invalid_reasons(obj: &IstioObject) -> Option<String> {
+    let why = validate::validate(&with_percent_weights(obj))
+        .into_iter()
+        .filter(|i| !i.warning)
+        .map(|e| format!("{}: {}", e.field, e.reason))
+        .collect::<Vec<_>>();
+    (!why.is_empty()).then(|| why.join("; "))
 }
