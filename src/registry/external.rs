@@ -176,7 +176,7 @@ mod tests {
     use super::super::{Event, KubeObject, Registry};
     use crate::config::{ClusterConfig, ClusterSource, MeshConfig};
     use crate::model::service::ServiceMap;
-    use crate::push::PushQueue;
+    use crate::model::push_request::PushQueue;
     use std::sync::Arc;
 
     fn registry() -> (Arc<Registry>, PushQueue) {

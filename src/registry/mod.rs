@@ -35,7 +35,7 @@ use crate::config::{ClusterConfig, ClusterSource, ConfigSource, MeshConfig, Netw
 use crate::metrics::{metrics, ClusterLabel};
 use crate::model::service::{Labels, ServiceMap};
 use crate::model::{ClusterId, Endpoint, Locality, MeshSettings, Service, ServicePort};
-use crate::push::{PushQueue, PushRequest};
+use crate::model::push_request::{PushQueue, PushRequest};
 
 use endpoints::{Interners, NodeRec, ObjKey, PodRec, Record, RecordKey, SliceRec, SvcRec};
 pub use endpoints::{Kind, KubeObject, ObjectError};
@@ -1401,7 +1401,7 @@ fn notes(s: &Shard, origin: &str) -> Vec<ObjectProblem> {
     out
 }
 
-impl crate::push::ContextSource for Registry {
+impl crate::model::push_request::ContextSource for Registry {
     /// The mesh file's settings with the discovered network gateways merged in;
     /// recomputed only when a gateway Service changes, shared otherwise.
     fn mesh(&self) -> Arc<MeshSettings> {

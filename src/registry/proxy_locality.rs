@@ -2,7 +2,7 @@
 //! istiod reads it for a proxy (`pilot/pkg/serviceregistry/kube/controller`:
 //! the pod by the proxy's `POD.NS` id, else by its IP; `getPodLocality` from the
 //! node's `topology.kubernetes.io/region`/`zone` and `topology.istio.io/subzone`).
-//! Read by the push side (`push::ContextSource::proxy_locality`) when a proxy
+//! Read by the push side (`model::push_request::ContextSource::proxy_locality`) when a proxy
 //! connects without `node.locality`.
 
 use std::net::IpAddr;
@@ -62,7 +62,7 @@ mod tests {
     use super::super::{Event, KubeObject};
     use super::*;
     use crate::config::{ClusterConfig, ClusterSource, MeshConfig};
-    use crate::push::PushQueue;
+    use crate::model::push_request::PushQueue;
 
     fn registry() -> Arc<Registry> {
         let cluster = |name: &str, locality: Option<&str>| ClusterConfig {

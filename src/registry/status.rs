@@ -113,7 +113,7 @@ mod tests {
 
     use super::*;
     use crate::config::{ClusterConfig, ClusterSource, MeshConfig};
-    use crate::push::PushQueue;
+    use crate::model::push_request::PushQueue;
 
     fn claim(secret: &str) -> ObjectProblem {
         ObjectProblem {

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::config::{ClusterSource, MeshConfig, NetworkGateway};
-use crate::push::ContextSource;
+use crate::model::push_request::ContextSource;
 
 fn cluster(name: &str, network: &str, locality: Option<&str>) -> ClusterConfig {
     ClusterConfig {

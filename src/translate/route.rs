@@ -41,7 +41,7 @@ use super::proto::{
     bool_value, cluster_name, pack, percent_per_hundred, percent_per_million, u32_value,
 };
 use crate::model::istio::destination_rule::{ConsistentHashLb, EffectivePolicy};
-use crate::model::istio::validate::grpc_status_code;
+use crate::model::istio::virtual_service::grpc_status_code;
 use crate::model::istio::virtual_service::{
     CorsPolicy, HeaderOperations, Headers, HttpMatchRequest, HttpRetry, HttpRoute,
 };

@@ -55,7 +55,9 @@ use super::route::{
     default_route, http_routes, l4_destinations, referenced_hosts, sort_catch_all_last, RouteScope,
 };
 use super::Generated;
-use crate::model::istio::sidecar::{IstioEgressListener, IstioIngressListener};
+use crate::model::istio::sidecar::{
+    parse_default_endpoint, IstioEgressListener, IstioIngressListener,
+};
 use crate::model::istio::{
     host_matches, labels_match, Config, MtlsMode, Sidecar, VirtualService, MESH_GATEWAY,
     ROOT_NAMESPACE,
@@ -185,11 +187,16 @@ fn scopes<'a>(
                         && ctx.config.service_visible(s, &proxy.namespace)
                 })
                 .collect();
-            let virtual_services = ctx
+            let mut virtual_services = ctx
                 .config
                 .virtual_services_for_gateway(MESH_GATEWAY, &proxy.namespace)
                 .filter(|vs| egress.sees_any(&vs.meta.namespace, &vs.spec.hosts, ctx))
                 .collect();
+            // GEP-1426: a consumer route replaces the producer's for its namespace.
+            crate::model::gateway_api::convert::consumer_routes_win(
+                &mut virtual_services,
+                &proxy.namespace,
+            );
             Scope {
                 egress,
                 services,
@@ -728,15 +735,6 @@ fn tcp_destinations(
         super::proto::cluster_name(port as u16, "", &svc.hostname),
         100,
     )]
-}
-
-/// `127.0.0.1:PORT` or `[::1]:PORT` (validation rejects anything else).
-pub fn parse_default_endpoint(s: &str) -> Option<(String, u32)> {
-    let (host, port) = s.rsplit_once(':')?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port: u32 = port.parse().ok().filter(|p| (1..=65535).contains(p))?;
-    let ip: std::net::IpAddr = host.parse().ok()?;
-    ip.is_loopback().then(|| (ip.to_string(), port))
 }
 
 fn inbound_route(cluster: &str) -> RouteConfiguration {

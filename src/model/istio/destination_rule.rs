@@ -448,3 +448,125 @@ pub struct EffectivePolicy {
     pub outlier_detection: Option<OutlierDetection>,
     pub tls: Option<ClientTlsSettings>,
 }
+
+/// Istio's checks on `localityLbSetting` (`validation.go` `validateLocalityLbSetting`), as (field suffix, reason) pairs.
+pub fn validate_locality_setting(s: &LocalityLbSetting) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if !s.distribute.is_empty() && !s.failover.is_empty() {
+        out.push((
+            String::new(),
+            "set only one of distribute and failover".to_string(),
+        ));
+    }
+    if !s.distribute.is_empty() && !s.failover_priority.is_empty() {
+        out.push((
+            String::new(),
+            "set only one of distribute and failoverPriority".to_string(),
+        ));
+    }
+    for (i, d) in s.distribute.iter().enumerate() {
+        let f = format!(".distribute[{i}]");
+        if let Err(e) = validate_locality_rule(&d.from) {
+            out.push((format!("{f}.from"), e));
+        }
+        let mut sum: u64 = 0;
+        for (to, w) in &d.to {
+            if let Err(e) = validate_locality_rule(to) {
+                out.push((format!("{f}.to[{to:?}]"), e));
+            }
+            if *w == 0 || *w > 100 {
+                out.push((
+                    format!("{f}.to[{to:?}]"),
+                    format!("weight {w} is not in 1..100"),
+                ));
+            }
+            sum += *w as u64;
+        }
+        if sum != 100 {
+            out.push((format!("{f}.to"), format!("weights sum to {sum}, not 100")));
+        }
+    }
+    for (i, fo) in s.failover.iter().enumerate() {
+        let f = format!(".failover[{i}]");
+        for (name, v) in [("from", &fo.from), ("to", &fo.to)] {
+            if v.is_empty() {
+                out.push((format!("{f}.{name}"), "must name a region".to_string()));
+            } else if v.contains('/') || v.contains('*') {
+                out.push((
+                    format!("{f}.{name}"),
+                    format!("{v:?} must be a region (no '/' or '*')"),
+                ));
+            }
+        }
+        if fo.from == fo.to && !fo.from.is_empty() {
+            out.push((f, format!("from and to are both {:?}", fo.from)));
+        }
+    }
+    for (i, l) in s.failover_priority.iter().enumerate() {
+        let key = l.split('=').next().unwrap_or("");
+        if key.is_empty() || l.matches('=').count() > 1 {
+            out.push((
+                format!(".failoverPriority[{i}]"),
+                format!("{l:?} is not LABEL or LABEL=VALUE"),
+            ));
+        }
+    }
+    out
+}
+
+/// A `region[/zone[/subzone]]` rule: at most three parts, none empty, `*` only as
+/// a whole part and only as the last part.
+pub fn validate_locality_rule(rule: &str) -> Result<(), String> {
+    let parts: Vec<&str> = rule.split('/').collect();
+    if rule.is_empty() {
+        return Err("locality is empty".into());
+    }
+    if parts.len() > 3 {
+        return Err(format!(
+            "locality {rule:?} has {} parts, more than region/zone/subzone",
+            parts.len()
+        ));
+    }
+    for (i, p) in parts.iter().enumerate() {
+        if p.is_empty() {
+            return Err(format!("locality {rule:?} has an empty part"));
+        }
+        if p.contains('*') && (*p != "*" || i != parts.len() - 1) {
+            return Err(format!(
+                "locality {rule:?}: '*' must be a whole part and the last one"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_reasons() {
+        assert!(validate_locality_rule("a/b/c/d")
+            .unwrap_err()
+            .contains("4 parts"));
+        assert!(validate_locality_rule("a/*/c").is_err());
+        assert!(validate_locality_rule("a/b/*").is_ok());
+        let s = LocalityLbSetting {
+            distribute: vec![LocalityDistribute {
+                from: "r1/z1".into(),
+                to: [("r1/z1".to_string(), 70), ("r1/z2".to_string(), 20)].into(),
+            }],
+            ..Default::default()
+        };
+        let e = validate_locality_setting(&s);
+        assert!(e.iter().any(|(_, r)| r.contains("sum to 90")), "{e:?}");
+        let s = LocalityLbSetting {
+            failover: vec![LocalityFailover {
+                from: "r1".into(),
+                to: "r1".into(),
+            }],
+            ..Default::default()
+        };
+        assert!(!validate_locality_setting(&s).is_empty());
+    }
+}

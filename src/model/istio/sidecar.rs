@@ -125,3 +125,13 @@ pub struct OutboundTrafficPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress_proxy: Option<Destination>,
 }
+
+/// An ingress listener's `defaultEndpoint`: `127.0.0.1:PORT` or `[::1]:PORT` as
+/// (address, port); `None` for anything else, which validation rejects.
+pub fn parse_default_endpoint(s: &str) -> Option<(String, u32)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port: u32 = port.parse().ok().filter(|p| (1..=65535).contains(p))?;
+    let ip: std::net::IpAddr = host.parse().ok()?;
+    ip.is_loopback().then(|| (ip.to_string(), port))
+}

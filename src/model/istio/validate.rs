@@ -13,7 +13,7 @@ use super::duration::IstioDuration;
 use super::gateway::{Gateway, ServerProtocol};
 use super::peer_authentication::PeerAuthentication;
 use super::sidecar::Sidecar;
-use super::virtual_service::{Headers, HttpRoute, VirtualService};
+use super::virtual_service::{grpc_status_code, Headers, HttpRoute, VirtualService};
 use super::{IstioObject, MESH_GATEWAY};
 
 /// One problem with one field.
@@ -989,36 +989,6 @@ fn http_route(f: &str, r: &HttpRoute, out: &mut Issues) {
     headers(&format!("{f}.headers"), &r.headers, out);
 }
 
-/// gRPC status by canonical name or number.
-pub fn grpc_status_code(s: &str) -> Option<u32> {
-    const NAMES: [&str; 17] = [
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    ];
-    if let Ok(n) = s.parse::<u32>() {
-        return (n < 17).then_some(n);
-    }
-    NAMES
-        .iter()
-        .position(|n| n.eq_ignore_ascii_case(s))
-        .map(|i| i as u32)
-}
-
 fn destination_rule(dr: &DestinationRule, out: &mut Issues) {
     if let Err(e) = valid_host(&dr.host, true) {
         out.err("spec.host", e);
@@ -1248,7 +1218,7 @@ fn load_balancer(f: &str, lb: &LoadBalancerSettings, out: &mut Issues) {
         }
     }
     if let Some(l) = &lb.locality_lb_setting {
-        for (field, reason) in crate::translate::locality::validate_setting(l) {
+        for (field, reason) in super::destination_rule::validate_locality_setting(l) {
             out.err(format!("{f}.localityLbSetting{field}"), reason);
         }
     }
@@ -1595,7 +1565,7 @@ fn sidecar(s: &Sidecar, out: &mut Issues) {
                 format!("{f}.defaultEndpoint"),
                 "crossmesh needs defaultEndpoint (127.0.0.1:PORT) to know where the workload listens",
             ),
-            Some(d) if crate::translate::sidecar::parse_default_endpoint(d).is_none() => out.err(
+            Some(d) if super::sidecar::parse_default_endpoint(d).is_none() => out.err(
                 format!("{f}.defaultEndpoint"),
                 format!("{d:?} is not supported: use 127.0.0.1:PORT or [::1]:PORT (unix sockets and 0.0.0.0 are not implemented)"),
             ),
