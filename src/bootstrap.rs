@@ -169,7 +169,8 @@ fn grpc_service(o: &BootstrapOptions) -> Value {
 pub fn node_id(o: &BootstrapOptions) -> String {
     let kind = match o.role {
         ProxyRole::Gateway => "router",
-        ProxyRole::Sidecar => "sidecar",
+        // Istio's proxyless gRPC node: a sidecar id, `GENERATOR: grpc`.
+        ProxyRole::Sidecar | ProxyRole::Grpc => "sidecar",
     };
     format!(
         "{kind}~{}~{}.{}~{}.svc.{}",

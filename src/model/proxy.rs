@@ -11,6 +11,14 @@ pub enum ProxyRole {
     /// Istio's `router`: an ingress or east-west gateway.
     Gateway,
     Sidecar,
+    /// A proxyless gRPC application (gRPC's own xDS client, `xds:///` targets):
+    /// Istio's `sidecar` node type with metadata `GENERATOR: grpc`, as Istio's
+    /// proxyless bootstrap (`pkg/istio-agent/grpcxds`) and
+    /// `crossmesh bootstrap --role grpc` set it. It asks for resources by name
+    /// (API listeners `HOST:PORT`, server listeners
+    /// `xds.istio.io/grpc/lds/inbound/IP:PORT`) and NACKs what gRPC does not
+    /// implement, so it gets a generator of its own (`translate::grpc`).
+    Grpc,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -88,7 +96,10 @@ impl Proxy {
     ///   `CLUSTER_ID`, `NETWORK`, `INTERCEPTION_MODE` (`REDIRECT`, the default, or
     ///   `NONE`; Istio's `TPROXY` is rejected as unsupported), `SERVICE_ACCOUNT`,
     ///   `ISTIO_VERSION`; other metadata keys (istio-proxy sends many) are not read;
-    /// - `node.locality` region/zone/sub_zone.
+    /// - `node.locality` region/zone/sub_zone;
+    /// - metadata `GENERATOR`: `grpc` on a `sidecar` id makes it a proxyless gRPC
+    ///   client (`ProxyRole::Grpc`, Istio's `grpcgen`); any other value is
+    ///   rejected (Istio's other generators are not served).
     pub fn from_node(
         node: &envoy_types::pb::envoy::config::core::v3::Node,
     ) -> Result<Proxy, ProxyError> {
@@ -187,6 +198,25 @@ impl Proxy {
                 ))
             }
         }
+        let role = match (role, string("GENERATOR")?.as_deref()) {
+            (role, None | Some("")) => role,
+            (ProxyRole::Sidecar, Some("grpc")) => ProxyRole::Grpc,
+            (_, Some("grpc")) => {
+                return Err(meta_err(
+                    "GENERATOR",
+                    "\"grpc\" needs the node type sidecar (Istio's proxyless gRPC node id)"
+                        .to_string(),
+                ))
+            }
+            (_, Some(other)) => {
+                return Err(meta_err(
+                    "GENERATOR",
+                    format!(
+                        "{other:?} is not supported (grpc for proxyless gRPC, unset for Envoy)"
+                    ),
+                ))
+            }
+        };
         let interception = match string("INTERCEPTION_MODE")?.as_deref() {
             None | Some("") | Some("REDIRECT") => InterceptionMode::Redirect,
             Some("NONE") => InterceptionMode::None,
@@ -321,5 +351,23 @@ mod tests {
         assert!(e.to_string().contains("disagrees"));
         let e = Proxy::from_node(&node(id, vec![("LABELS", s("app=x"))])).unwrap_err();
         assert!(e.to_string().contains("must be a map"));
+        let e = Proxy::from_node(&node(id, vec![("GENERATOR", s("api"))])).unwrap_err();
+        assert!(e.to_string().contains("\"api\" is not supported"), "{e}");
+        let gw = "router~1.2.3.4~a.ns~ns.svc.cluster.local";
+        let e = Proxy::from_node(&node(gw, vec![("GENERATOR", s("grpc"))])).unwrap_err();
+        assert!(e.to_string().contains("node type sidecar"), "{e}");
+    }
+
+    #[test]
+    fn grpc_generator_makes_a_proxyless_grpc_client() {
+        // Istio's proxyless bootstrap (pilot/pkg/networking/grpcgen/testdata).
+        let n = node(
+            "sidecar~127.0.1.1~echo.test~test.svc.cluster.local",
+            vec![("GENERATOR", s("grpc")), ("NAMESPACE", s("test"))],
+        );
+        let p = Proxy::from_node(&n).unwrap();
+        assert_eq!(p.role, ProxyRole::Grpc);
+        assert_eq!(p.pod_name, "echo");
+        assert_eq!(p.namespace, "test");
     }
 }

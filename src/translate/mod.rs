@@ -9,6 +9,7 @@
 //! - `listener.rs` (LDS) — listeners, HTTP connection manager, TCP proxy;
 //! - `gateway.rs` — puts them together for gateway proxies;
 //! - `sidecar.rs` — the same builders for sidecar proxies (REDIRECT and NONE);
+//! - `grpc.rs` — proxyless gRPC clients (API listeners, what gRPC implements);
 //! - `mtls.rs` — PeerAuthentication inbound chains, auto mTLS and
 //!   DestinationRule `tls` (only for proxies with an identity where the
 //!   workload certificate is needed);
@@ -23,6 +24,8 @@ pub mod cluster;
 pub mod credentials;
 pub mod endpoint;
 pub mod gateway;
+pub mod grpc;
+pub mod grpc_server;
 pub mod jwt;
 pub mod listener;
 pub mod locality;
@@ -122,6 +125,9 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext) -> Generated {
     let mut g = match proxy.role {
         ProxyRole::Gateway => gateway::generate(proxy, ctx, identity),
         ProxyRole::Sidecar => sidecar::generate(proxy, ctx, identity),
+        // Proxyless gRPC: no `credentialName` secrets and no access logs (gRPC
+        // reads neither).
+        ProxyRole::Grpc => return grpc::generate(proxy, ctx, identity),
     };
     let (secrets, omitted) = credentials::resolve(&mut g.clusters, &mut g.listeners, proxy, ctx);
     g.secrets = secrets;
