@@ -133,6 +133,9 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext, _identity: bool) -> Generated 
         }
         out.clusters.extend(clusters(svc, &proxy.namespace, ctx));
     }
+    // A gRPC server's listeners (gRFC A36), for the ports Services select it on.
+    out.listeners
+        .extend(super::grpc_server::server_listeners(proxy, ctx));
     out
 }
 

@@ -93,6 +93,10 @@ pub struct ProxyClass {
     /// namespace holds TLS Secrets (`credentialName` resolves per cluster and
     /// namespace); `None` otherwise, so classes stay shared across clusters.
     pub secrets_cluster: Option<String>,
+    /// Proxyless gRPC servers only (gRPC proxies a Service selects): their IP
+    /// and cluster, which name and shape their server listeners
+    /// (`grpc_server::server_listeners`).
+    pub grpc_server: Option<(IpAddr, String)>,
 }
 
 impl ProxyClass {
@@ -108,6 +112,9 @@ impl ProxyClass {
             identity,
             secrets_cluster: (identity && ctx.credentials.has_namespace(&proxy.namespace))
                 .then(|| proxy.cluster_id.clone()),
+            grpc_server: (proxy.role == ProxyRole::Grpc
+                && !grpc_server::server_ports(proxy, ctx).is_empty())
+            .then(|| (proxy.ip, proxy.cluster_id.clone())),
         }
     }
 }
