@@ -266,27 +266,22 @@ pub fn convert(
         let mut any_programmed = false;
         for (i, l) in gw.spec.listeners.iter().enumerate() {
             let mut conds = Vec::new();
-            let supported: Vec<String> = match l.protocol.as_str() {
-                "HTTP" | "HTTPS" => vec!["HTTPRoute".into(), "GRPCRoute".into()],
-                "TCP" => vec!["TCPRoute".into()],
-                "TLS" => vec!["TLSRoute".into()],
-                _ => Vec::new(),
-            };
+            let supported: Vec<String> = listener_kinds(l).iter().map(|k| k.to_string()).collect();
             let mut usable = true;
             // Conflicts with an earlier listener on the same port.
             let conflict = gw.spec.listeners[..i].iter().find_map(|o| {
                 if o.port != l.port {
                     return None;
                 }
+                // What one Envoy listener can serve on a port: HTTP, HTTPS
+                // (terminated HTTP), TLS (passthrough by SNI, or terminated TCP;
+                // translation serves an HTTPS port's and a TLS port's servers with
+                // different filter chains, so they cannot share a port), TCP.
                 let family = |p: &str| match p {
-                    "HTTPS" | "TLS" => "tls",
-                    p => {
-                        if p == "HTTP" {
-                            "http"
-                        } else {
-                            "tcp"
-                        }
-                    }
+                    "HTTP" => "http",
+                    "HTTPS" => "https",
+                    "TLS" => "tls",
+                    _ => "tcp",
                 };
                 if family(&o.protocol) != family(&l.protocol) {
                     Some((
@@ -353,15 +348,16 @@ pub fn convert(
                 }
             }
             let mut tls = None;
-            if l.protocol == "TLS" {
-                // Passthrough (validation refuses Terminate on TLS listeners):
+            if l.protocol == "TLS" && !terminates(l) {
                 // Istio's PASSTHROUGH server, routed by SNI (TLSRoute).
                 tls = Some(ServerTlsSettings {
                     mode: Some("PASSTHROUGH".into()),
                     ..Default::default()
                 });
             }
-            if l.protocol == "HTTPS" {
+            // HTTPS, and TLS in Terminate mode (Istio's `buildTLS`: SIMPLE with the
+            // certificate as credentialName; a TLS server then proxies TCP).
+            if l.protocol == "HTTPS" || l.protocol == "TLS" && terminates(l) {
                 match certificate(gw, l, &grant) {
                     Ok(t) => tls = Some(t),
                     Err((reason, msg)) => {
@@ -536,7 +532,7 @@ pub fn convert(
                     .and_then(|n| n.from.as_deref())
                     .unwrap_or("Same");
                 let ns_ok = from == "All" || r.meta.namespace == li.gateway.meta.namespace;
-                let kind_ok = listener_kinds(&li.listener.protocol).contains(&route_kind)
+                let kind_ok = listener_kinds(li.listener).contains(&route_kind)
                     && li.listener.allowed_routes.as_ref().is_none_or(|a| {
                         a.kinds.is_empty()
                             || a.kinds.iter().any(|k| {
@@ -597,7 +593,8 @@ pub fn convert(
         mesh.sort();
         mesh.dedup();
         for (svc_ns, svc, port) in &mesh {
-            let obj = mesh_virtual_service(r, svc_ns, svc, *port, &vs_http, domain_suffix);
+            let obj =
+                mesh_virtual_service(route_kind, r, svc_ns, svc, *port, &vs_http, domain_suffix);
             if let Some(why) = invalid_reasons(&obj) {
                 let pref_prefix = format!("Service {svc_ns}/{svc}");
                 for p in &mut st.parents {
@@ -630,16 +627,7 @@ pub fn convert(
             };
             let obj = IstioObject::VirtualService(Config {
                 meta: Meta {
-                    // An HTTPRoute keeps Istio's name; other kinds add theirs, so that
-                    // routes of different kinds with one name do not collide.
-                    name: match route_kind {
-                        "HTTPRoute" => format!("{}-{GENERATED_SUFFIX}", r.meta.name),
-                        k => format!(
-                            "{}-{}-{GENERATED_SUFFIX}",
-                            r.meta.name,
-                            k.trim_end_matches("Route").to_ascii_lowercase()
-                        ),
-                    },
+                    name: format!("{}-{GENERATED_SUFFIX}", kind_name(route_kind, &r.meta.name)),
                     ..r.meta.clone()
                 },
                 spec: vs,
@@ -682,14 +670,39 @@ pub fn convert(
     out
 }
 
-/// The route kinds a listener of `protocol` takes.
-fn listener_kinds(protocol: &str) -> &'static [&'static str] {
-    match protocol {
+/// The name of a generated object's route part: an HTTPRoute keeps Istio's
+/// name; other kinds add theirs (`<route>-grpc`, `-tcp`, `-tls`), so that routes
+/// of different kinds with one name do not collide.
+fn kind_name(route_kind: &str, name: &str) -> String {
+    match route_kind {
+        "HTTPRoute" => name.to_string(),
+        k => format!(
+            "{name}-{}",
+            k.trim_end_matches("Route").to_ascii_lowercase()
+        ),
+    }
+}
+
+/// The route kinds a listener takes (Istio's `GenerateGatewaySupportedKinds`,
+/// except that a TLS listener in Terminate mode takes TCPRoutes only: its
+/// Istio server proxies the decrypted stream by `tcp` routes, which a TLSRoute's
+/// SNI match cannot express).
+fn listener_kinds(l: &Listener) -> &'static [&'static str] {
+    match l.protocol.as_str() {
         "HTTP" | "HTTPS" => &["HTTPRoute", "GRPCRoute"],
         "TCP" => &["TCPRoute"],
+        "TLS" if terminates(l) => &["TCPRoute"],
         "TLS" => &["TLSRoute"],
         _ => &[],
     }
+}
+
+/// Whether a TLS or HTTPS listener terminates TLS (`tls.mode`, default
+/// `Terminate`).
+fn terminates(l: &Listener) -> bool {
+    l.tls
+        .as_ref()
+        .is_some_and(|t| t.mode.as_deref().unwrap_or("Terminate") == "Terminate")
 }
 
 /// A TCPRoute or TLSRoute.
@@ -801,6 +814,38 @@ fn l4_routes(
     )
 }
 
+/// GEP-1426 for a sidecar in `proxy_ns`: a consumer route (a Gateway API mesh
+/// route in the client's own namespace, exported there only) replaces, for that
+/// Service's host, the Gateway API mesh routes of other namespaces (the
+/// producer's), as Istio's `VirtualServicesForGateway` puts same-namespace
+/// Gateway API routes first ("consumer override") and its sidecars take one
+/// VirtualService per host. Other VirtualServices are kept as they are.
+/// `vss` holds the mesh VirtualServices visible to the proxy, in Istio order.
+pub fn consumer_routes_win(vss: &mut Vec<&std::sync::Arc<Config<VirtualService>>>, proxy_ns: &str) {
+    let gamma = |vs: &Config<VirtualService>| {
+        vs.meta.gateway_semantics()
+            && vs
+                .spec
+                .gateways
+                .iter()
+                .any(|g| g == crate::model::istio::MESH_GATEWAY)
+    };
+    let consumer_hosts: BTreeSet<&str> = vss
+        .iter()
+        .filter(|vs| gamma(vs) && vs.meta.namespace == proxy_ns)
+        .flat_map(|vs| vs.spec.hosts.iter().map(String::as_str))
+        .collect();
+    if consumer_hosts.is_empty() {
+        return;
+    }
+    let consumer_hosts: BTreeSet<String> = consumer_hosts.into_iter().map(str::to_string).collect();
+    vss.retain(|vs| {
+        !(gamma(vs)
+            && vs.meta.namespace != proxy_ns
+            && vs.spec.hosts.iter().any(|h| consumer_hosts.contains(h)))
+    });
+}
+
 /// `Accepted` of a Service parent (GAMMA): the Service must exist, with `port`
 /// when one is named (checked only when the services are known). A consumer
 /// route (another namespace than the Service's) needs no ReferenceGrant
@@ -845,6 +890,7 @@ fn mesh_parent(
 /// clients in the route's namespace (`exportTo: ["."]`). The route's
 /// `hostnames` do not apply to Service parents (the Service names the host).
 fn mesh_virtual_service(
+    route_kind: &str,
     r: &GwConfig<HttpRoute>,
     svc_ns: &str,
     svc: &str,
@@ -865,7 +911,7 @@ fn mesh_virtual_service(
         meta: Meta {
             name: format!(
                 "{}-{GENERATED_SUFFIX}-mesh-{svc}-{svc_ns}{}",
-                r.meta.name,
+                kind_name(route_kind, &r.meta.name),
                 port.map(|p| format!("-{p}")).unwrap_or_default()
             ),
             ..r.meta.clone()

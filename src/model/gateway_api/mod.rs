@@ -894,14 +894,16 @@ fn gateway(g: &K8sGateway, err: &mut impl FnMut(String, String)) {
                     Some(t) => {
                         let mode = t.mode.as_deref().unwrap_or("Terminate");
                         match (l.protocol.as_str(), mode) {
-                        ("HTTPS", "Terminate") | ("TLS", "Passthrough") => {}
-                        ("TLS", "Terminate") => err(
-                            format!("{f}.tls.mode"),
-                            "not supported by crossmesh: TLSRoute is served in Passthrough mode only; use HTTPS to terminate TLS".into(),
-                        ),
-                        ("HTTPS", "Passthrough") => err(format!("{f}.tls.mode"), "Passthrough is only valid on TLS listeners".into()),
-                        (_, m) => err(format!("{f}.tls.mode"), format!("{m:?} is not a TLS mode (Terminate, Passthrough)")),
-                    }
+                            ("HTTPS" | "TLS", "Terminate") | ("TLS", "Passthrough") => {}
+                            ("HTTPS", "Passthrough") => err(
+                                format!("{f}.tls.mode"),
+                                "Passthrough is only valid on TLS listeners".into(),
+                            ),
+                            (_, m) => err(
+                                format!("{f}.tls.mode"),
+                                format!("{m:?} is not a TLS mode (Terminate, Passthrough)"),
+                            ),
+                        }
                         if mode == "Terminate" && t.certificate_refs.is_empty() {
                             err(
                                 format!("{f}.tls.certificateRefs"),
@@ -1307,16 +1309,9 @@ fn http_route(r: &HttpRoute, err: &mut impl FnMut(String, String)) {
 }
 
 /// GRPCRoute: its method matches and filter types, then the rest as the
-/// equivalent HTTPRoute.
+/// equivalent HTTPRoute (parents included: a Service parent is GAMMA for gRPC,
+/// as for HTTPRoute).
 fn grpc_route(g: &GrpcRoute, err: &mut impl FnMut(String, String)) {
-    for (i, p) in g.parent_refs.iter().enumerate() {
-        if is_service_parent(p) {
-            err(
-                format!("spec.parentRefs[{i}].kind"),
-                "a Service parent (GAMMA) is not supported by crossmesh for GRPCRoute".into(),
-            );
-        }
-    }
     for (i, rule) in g.rules.iter().enumerate() {
         let f = format!("spec.rules[{i}]");
         if rule.session_persistence.is_some() {
