@@ -87,6 +87,8 @@ struct LiveState {
     draining: Arc<AtomicBool>,
     /// The agent port's clusters (`agentAddress`), shown on `/debug/clusterz`.
     agents: Option<Arc<crate::sources::agent::AgentHub>>,
+    /// Gateway API status written back to config clusters, on `/debug/configz`.
+    gateway_status: crate::sources::gateway_status::StatusWrites,
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Value {
@@ -158,7 +160,9 @@ impl DebugState for LiveState {
     }
 
     fn configz(&self) -> Value {
-        to_json(&self.registry.config_status())
+        let mut page = to_json(&self.registry.config_status());
+        page["gatewayApiStatusWrites"] = self.gateway_status.debug();
+        page
     }
 
     fn clusterz(&self) -> Value {
@@ -232,6 +236,7 @@ fn start_sources(
     mesh: &MeshConfig,
     registry: &Arc<Registry>,
     kube_clients: &KubeClients,
+    gateway_status: &crate::sources::gateway_status::StatusWrites,
 ) -> anyhow::Result<Sources> {
     for c in &mesh.config {
         if let ConfigSource::Cluster(name) = c {
@@ -294,8 +299,13 @@ fn start_sources(
                     continue; // checked above
                 };
                 info!(cluster = %name, "watching Istio config CRDs");
-                let task =
-                    config_cluster(registry.clone(), name.clone(), from, kube_clients.clone());
+                let task = config_cluster(
+                    registry.clone(),
+                    name.clone(),
+                    from,
+                    kube_clients.clone(),
+                    gateway_status.clone(),
+                );
                 s.tasks.push(tokio::spawn(
                     task.instrument(info_span!("config-cluster", cluster = %name)),
                 ));
@@ -338,6 +348,7 @@ async fn config_cluster(
     cluster: String,
     from: ClientSource,
     kube_clients: KubeClients,
+    gateway_status: crate::sources::gateway_status::StatusWrites,
 ) {
     let source = config_source_name(&ConfigSource::Cluster(cluster.clone()));
     let client = loop {
@@ -386,7 +397,10 @@ async fn config_cluster(
     );
     let origin = format!("cluster {cluster}");
     let reg = registry.clone();
+    // Gateway API status is written back to this cluster's objects.
+    let status_writer = gateway_status.spawn(registry.clone(), &cluster, client.clone());
     let sink: kube::ConfigSink = Arc::new(move |source: &str, values: Vec<Value>| {
+        status_writer.observe(&values);
         let docs = values
             .into_iter()
             .map(|value| RawDoc {
@@ -599,11 +613,13 @@ pub async fn serve(mesh: MeshConfig) -> anyhow::Result<()> {
             crate::sources::agent::AgentHubOptions::from_mesh(&mesh),
         )
     });
+    let gateway_status = crate::sources::gateway_status::StatusWrites::new();
     let state = Arc::new(LiveState {
         registry: registry.clone(),
         connections: ads.connections(),
         draining: draining.clone(),
         agents: agents.clone(),
+        gateway_status: gateway_status.clone(),
     });
 
     // A plug-in CA is read again when its files change (`ca.reloadInterval`);
@@ -630,7 +646,7 @@ pub async fn serve(mesh: MeshConfig) -> anyhow::Result<()> {
                 .instrument(info_span!("ca_reload")),
         )
     });
-    let sources = start_sources(&mesh, &registry, &kube_clients)?;
+    let sources = start_sources(&mesh, &registry, &kube_clients, &gateway_status)?;
     let push_task = tokio::spawn(pusher.run().instrument(info_span!("push")));
     // The keys of RequestAuthentication `jwksUri`s, fetched beside translation;
     // a change is a full push.

@@ -1071,8 +1071,8 @@ fn grants(rules: &[PolicyRule], group: &str, resource: &str, verb: &str) -> bool
 
 /// The hub's ServiceAccount can list and watch every kind crossmesh's kube
 /// source watches (TLS Secrets among them, for `credentialName`), Secrets in the
-/// remote-secret namespace, and create
-/// TokenReviews; with `agentAddress`, create the agent enrolment Secret and
+/// remote-secret namespace, create TokenReviews, and patch the status
+/// subresources of the Gateway API kinds it serves; with `agentAddress`, create the agent enrolment Secret and
 /// get/update it by name in serve's namespace; nothing else, no wildcard, no
 /// other write.
 #[test]
@@ -1102,6 +1102,13 @@ fn rbac_is_least_privilege_and_enough() {
         r.api_groups.as_deref() == Some(&["authentication.k8s.io".to_string()][..])
             && r.resources.as_deref() == Some(&["tokenreviews".to_string()][..])
             && r.verbs == ["create"]
+    };
+    // Gateway API status: merge patches of the status subresources only.
+    let status_resources = crossmesh::sources::gateway_status::status_resources();
+    let status_write = |r: &PolicyRule| {
+        r.api_groups.as_deref() == Some(&[crossmesh::model::gateway_api::GROUP.to_string()][..])
+            && r.resources.as_deref() == Some(&status_resources[..])
+            && r.verbs == ["patch"]
     };
     let core = |r: &PolicyRule, res: &str| {
         r.api_groups.as_deref() == Some(&["".to_string()][..])
@@ -1149,6 +1156,7 @@ fn rbac_is_least_privilege_and_enough() {
                 assert!(
                     ["get", "list", "watch"].contains(&v.as_str())
                         || token_review(&r)
+                        || status_write(&r)
                         || ca_write(&id, &r),
                     "{id} grants {v}"
                 );
@@ -1203,7 +1211,21 @@ fn rbac_is_least_privilege_and_enough() {
         ),
         "{sa} cannot create TokenReviews (authenticated xDS)"
     );
-    for rule in cluster_rules.iter().filter(|r| !token_review(r)) {
+    for r in &status_resources {
+        assert!(
+            grants(
+                &cluster_rules,
+                crossmesh::model::gateway_api::GROUP,
+                r,
+                "patch"
+            ),
+            "{sa} cannot patch {r} (Gateway API status)"
+        );
+    }
+    for rule in cluster_rules
+        .iter()
+        .filter(|r| !token_review(r) && !status_write(r))
+    {
         for g in rule.api_groups.iter().flatten() {
             for r in rule.resources.iter().flatten() {
                 assert!(

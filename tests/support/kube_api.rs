@@ -18,6 +18,13 @@
 //!   cleanly after N events or a duration, as real servers do at random after 5-10
 //!   minutes; `sendInitialEvents=true` (streaming lists) ends the synthetic ADDED
 //!   events with the `k8s.io/initial-events-end` bookmark;
+//! - the Gateway API kinds (`gateway.networking.k8s.io`) with a `status`
+//!   subresource as their CRDs declare it: `metadata.generation` starts at 1 and
+//!   grows when anything but `metadata` and `status` changes; writes to the object
+//!   keep the stored `status`, and `GET`/`PUT`/`PATCH` (JSON merge patch) on
+//!   `.../NAME/status` change only `status` (a `metadata.resourceVersion` in the
+//!   body must be the stored one, else 409); a write that changes nothing stores
+//!   nothing (no new resourceVersion, no watch event);
 //! - namespaces: `default`, `kube-system`, `kube-public` and `kube-node-lease` exist
 //!   from the start; creating a namespaced object in a namespace that does not exist
 //!   answers 404 `namespaces "x" not found`; deleting a Namespace deletes what is in it;
@@ -214,7 +221,65 @@ pub const KINDS: &[Kind] = &[
         kind: "RequestAuthentication",
         namespaced: true,
     },
+    Kind {
+        group: GATEWAY_API,
+        versions: &["v1", "v1beta1"],
+        plural: "gatewayclasses",
+        kind: "GatewayClass",
+        namespaced: false,
+    },
+    Kind {
+        group: GATEWAY_API,
+        versions: &["v1", "v1beta1"],
+        plural: "gateways",
+        kind: "Gateway",
+        namespaced: true,
+    },
+    Kind {
+        group: GATEWAY_API,
+        versions: &["v1", "v1beta1"],
+        plural: "httproutes",
+        kind: "HTTPRoute",
+        namespaced: true,
+    },
+    Kind {
+        group: GATEWAY_API,
+        versions: &["v1"],
+        plural: "grpcroutes",
+        kind: "GRPCRoute",
+        namespaced: true,
+    },
+    Kind {
+        group: GATEWAY_API,
+        versions: &["v1beta1", "v1"],
+        plural: "referencegrants",
+        kind: "ReferenceGrant",
+        namespaced: true,
+    },
+    Kind {
+        group: GATEWAY_API,
+        versions: &["v1alpha2"],
+        plural: "tcproutes",
+        kind: "TCPRoute",
+        namespaced: true,
+    },
+    Kind {
+        group: GATEWAY_API,
+        versions: &["v1alpha2"],
+        plural: "tlsroutes",
+        kind: "TLSRoute",
+        namespaced: true,
+    },
 ];
+
+const GATEWAY_API: &str = "gateway.networking.k8s.io";
+
+/// The kind has a `status` subresource (every Gateway API CRD but
+/// ReferenceGrant): `status` is written through `.../status` only, and
+/// `metadata.generation` counts spec changes.
+fn has_status_subresource(kind: &Kind) -> bool {
+    kind.group == GATEWAY_API && kind.plural != "referencegrants"
+}
 
 fn kind_by_plural(group: &str, plural: &str) -> Option<&'static Kind> {
     KINDS
@@ -262,6 +327,8 @@ pub enum Verb {
     Create,
     /// `PUT` of one object (a replace).
     Update,
+    /// `PATCH` of one object (kube-rs `patch`, `patch_status`).
+    Patch,
     Delete,
     /// `/version`, `/api`, `/apis` and the group-version resource lists.
     Discovery,
@@ -275,6 +342,7 @@ impl Verb {
             Verb::Get => "get",
             Verb::Create => "create",
             Verb::Update => "update",
+            Verb::Patch => "patch",
             Verb::Delete => "delete",
             Verb::Discovery => "get",
         }
@@ -449,6 +517,8 @@ pub struct RequestRecord {
     pub plural: String,
     pub namespace: String,
     pub name: String,
+    /// `status` for a request to the status subresource, else empty.
+    pub subresource: String,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -1347,7 +1417,117 @@ fn write_object(
             kind.plural, key.3
         )));
     }
+    if has_status_subresource(kind) {
+        write_of_status_kind(&mut v, prev.as_deref());
+    }
     Ok(store_locked(inner, &mut s, kind, v, key, prev))
+}
+
+/// A write of the object itself (not `/status`) of a kind with a status
+/// subresource, as kube-apiserver stores it: the stored `status` is kept (none
+/// on create), and `metadata.generation` is 1 on create and grows by one when
+/// anything but `metadata` and `status` changed.
+fn write_of_status_kind(v: &mut Value, prev: Option<&Value>) {
+    let body = |o: &Value| -> Value {
+        let mut o = o.clone();
+        if let Some(m) = o.as_object_mut() {
+            for k in ["metadata", "status", "apiVersion", "kind"] {
+                m.remove(k);
+            }
+        }
+        o
+    };
+    let generation = match prev {
+        None => 1,
+        Some(p) => {
+            let g = p["metadata"]["generation"].as_i64().unwrap_or(1);
+            if body(p) == body(v) {
+                g
+            } else {
+                g + 1
+            }
+        }
+    };
+    let status = prev.and_then(|p| p.get("status")).cloned();
+    if let Some(o) = v.as_object_mut() {
+        match status {
+            Some(st) => o.insert("status".into(), st),
+            None => o.remove("status"),
+        };
+    }
+    v["metadata"]["generation"] = json!(generation);
+}
+
+/// `PUT` (`patch: false`, the body is the object) or `PATCH` (a JSON merge patch)
+/// of `.../NAME/status`: only `status` changes; a `metadata.resourceVersion` in
+/// the body must be the stored one. A write that changes nothing stores nothing.
+fn write_status(
+    inner: &Inner,
+    kind: &'static Kind,
+    namespace: &str,
+    name: &str,
+    body: &Value,
+    patch: bool,
+) -> Result<Arc<Value>, WriteError> {
+    let key: Key = (
+        kind.group,
+        kind.plural,
+        namespace.to_string(),
+        name.to_string(),
+    );
+    let mut s = lock(&inner.store);
+    let Some(prev) = s.objects.get(&key).cloned() else {
+        return Err(WriteError::NotFound(format!(
+            "{} \"{name}\" not found",
+            kind.plural
+        )));
+    };
+    let sent = body["metadata"]["resourceVersion"].as_str().unwrap_or("");
+    if !sent.is_empty() && Some(sent) != prev["metadata"]["resourceVersion"].as_str() {
+        return Err(WriteError::Conflict(format!(
+            "Operation cannot be fulfilled on {}.{} \"{name}\": the object has been modified; \
+             please apply your changes to the latest version and try again",
+            kind.plural, kind.group
+        )));
+    }
+    let status = if patch {
+        let mut whole = (*prev).clone();
+        merge_patch(&mut whole, body);
+        whole.get("status").cloned()
+    } else {
+        body.get("status").cloned()
+    };
+    let mut next = (*prev).clone();
+    if let Some(o) = next.as_object_mut() {
+        match status.filter(|st| !st.is_null()) {
+            Some(st) => o.insert("status".into(), st),
+            None => o.remove("status"),
+        };
+    }
+    if next == *prev {
+        return Ok(prev);
+    }
+    Ok(store_locked(inner, &mut s, kind, next, key, Some(prev)).1)
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    if let Value::Object(t) = target {
+        for (k, v) in p {
+            if v.is_null() {
+                t.remove(k);
+            } else {
+                merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+    }
 }
 
 fn namespace_key(ns: &str) -> Key {
@@ -1851,11 +2031,13 @@ async fn handle(AxState(inner): AxState<Arc<Inner>>, req: Request) -> Response {
     if rest.is_empty() {
         return api_resource_list(&inner, group, version);
     }
-    let (namespace, plural, name) = match rest.as_slice() {
-        [plural] => (None, *plural, None),
-        [plural, name] => (None, *plural, Some(*name)),
-        ["namespaces", ns, plural] => (Some(*ns), *plural, None),
-        ["namespaces", ns, plural, name] => (Some(*ns), *plural, Some(*name)),
+    let (namespace, plural, name, status_sub) = match rest.as_slice() {
+        [plural] => (None, *plural, None, false),
+        [plural, name] => (None, *plural, Some(*name), false),
+        [plural, name, "status"] => (None, *plural, Some(*name), true),
+        ["namespaces", ns, plural] => (Some(*ns), *plural, None, false),
+        ["namespaces", ns, plural, name] => (Some(*ns), *plural, Some(*name), false),
+        ["namespaces", ns, plural, name, "status"] => (Some(*ns), *plural, Some(*name), true),
         _ => return status(404, "NotFound", NOT_FOUND),
     };
     let Some(kind) = kind_by_plural(group, plural)
@@ -1864,7 +2046,7 @@ async fn handle(AxState(inner): AxState<Arc<Inner>>, req: Request) -> Response {
         // A group whose CRDs are not installed is unknown to the server.
         return status(404, "NotFound", NOT_FOUND);
     };
-    if namespace.is_some() && !kind.namespaced {
+    if namespace.is_some() && !kind.namespaced || status_sub && !has_status_subresource(kind) {
         return status(404, "NotFound", NOT_FOUND);
     }
     let is_watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
@@ -1874,6 +2056,7 @@ async fn handle(AxState(inner): AxState<Arc<Inner>>, req: Request) -> Response {
         (&Method::GET, None) => Some(Verb::List),
         (&Method::POST, None) => Some(Verb::Create),
         (&Method::PUT, Some(_)) => Some(Verb::Update),
+        (&Method::PATCH, Some(_)) => Some(Verb::Patch),
         (&Method::DELETE, Some(_)) => Some(Verb::Delete),
         _ => None,
     };
@@ -1883,10 +2066,60 @@ async fn handle(AxState(inner): AxState<Arc<Inner>>, req: Request) -> Response {
             plural: kind.plural.to_string(),
             namespace: namespace.unwrap_or("").to_string(),
             name: name.unwrap_or("").to_string(),
+            subresource: if status_sub {
+                "status".into()
+            } else {
+                String::new()
+            },
         });
         if let Some(rule) = take_fault(&inner, verb, Some(kind.plural)) {
             return fault_response(&rule, verb, Some(kind), namespace);
         }
+    }
+    if status_sub {
+        let name = name.unwrap_or("");
+        let ns = namespace.unwrap_or("");
+        return match method {
+            Method::GET => get_one(&inner, kind, version, ns, name),
+            Method::PUT | Method::PATCH => {
+                let patch = method == Method::PATCH;
+                let ctype = req
+                    .headers()
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                if patch && !ctype.starts_with("application/merge-patch+json") {
+                    return status(
+                        415,
+                        "UnsupportedMediaType",
+                        &format!(
+                            "the fake API server takes JSON merge patches only, not {ctype:?}"
+                        ),
+                    );
+                }
+                let body = match axum::body::to_bytes(req.into_body(), 16 << 20).await {
+                    Ok(b) => b,
+                    Err(e) => return status(400, "BadRequest", &e.to_string()),
+                };
+                let v: Value = match serde_json::from_slice(&body) {
+                    Ok(v) => v,
+                    Err(e) => return status(400, "BadRequest", &format!("invalid JSON: {e}")),
+                };
+                match write_status(&inner, kind, ns, name, &v, patch) {
+                    Ok(obj) => json_response(200, &at_version(&obj, kind, version)),
+                    Err(WriteError::Conflict(m)) => status(409, "Conflict", &m),
+                    Err(WriteError::AlreadyExists(m)) => status(409, "AlreadyExists", &m),
+                    Err(WriteError::NotFound(m)) => status(404, "NotFound", &m),
+                    Err(WriteError::Invalid(m)) => status(422, "Invalid", &m),
+                }
+            }
+            _ => status(
+                405,
+                "MethodNotAllowed",
+                "method not supported on the status subresource",
+            ),
+        };
     }
     match (method, name) {
         (Method::GET, Some(name)) => get_one(&inner, kind, version, namespace.unwrap_or(""), name),
@@ -2367,13 +2600,20 @@ impl MapOk for tokio_stream::wrappers::ReceiverStream<Bytes> {
 }
 
 fn api_group_list(inner: &Inner) -> Value {
-    let mut groups: Vec<(&str, &[&str])> = Vec::new();
+    let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
     for k in KINDS
         .iter()
         .filter(|k| !k.group.is_empty() && served(inner, k))
     {
-        if !groups.iter().any(|(g, _)| *g == k.group) {
-            groups.push((k.group, k.versions));
+        match groups.iter_mut().find(|(g, _)| *g == k.group) {
+            Some((_, vs)) => {
+                for v in k.versions {
+                    if !vs.contains(v) {
+                        vs.push(v);
+                    }
+                }
+            }
+            None => groups.push((k.group, k.versions.to_vec())),
         }
     }
     let groups: Vec<Value> = groups
