@@ -228,7 +228,7 @@ impl Metrics {
         );
         // Every xDS type shows from the start (at zero), so a dashboard can tell
         // "no NACKs" from "no data".
-        for t in crate::xds::TypeUrl::ALL {
+        for t in XDS_TYPES {
             let _ = m.xds_pushes.get_or_create(&type_label(t));
             let _ = m.xds_rejects.get_or_create(&type_label(t));
         }
@@ -276,16 +276,27 @@ pub fn metrics() -> &'static Metrics {
     M.get_or_init(Metrics::new)
 }
 
-/// Label helper: `type_label(TypeUrl::Cluster)`.
-pub fn type_label(t: crate::xds::TypeUrl) -> TypeLabel {
+/// The `type` label values of the xDS metrics, as Istio labels them: the
+/// `xds::TypeUrl::short` name of every type crossmesh serves, in push order (a unit
+/// test keeps the two lists equal; metrics sit below xds and do not import it).
+pub const XDS_TYPES: [&str; 5] = ["sds", "cds", "eds", "lds", "rds"];
+
+/// Label helper: `type_label(TypeUrl::Cluster.short())`.
+pub fn type_label(short: &str) -> TypeLabel {
     TypeLabel {
-        r#type: t.short().to_string(),
+        r#type: short.to_string(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn xds_types_are_the_served_types() {
+        let served = crate::xds::TypeUrl::ALL.map(|t| t.short());
+        assert_eq!(XDS_TYPES, served);
+    }
 
     #[test]
     fn counters_keep_istio_names() {

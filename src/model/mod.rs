@@ -6,6 +6,7 @@
 pub mod context;
 pub mod credential;
 pub mod gateway_api;
+pub mod identity;
 pub mod istio;
 pub mod proxy;
 pub mod push_request;

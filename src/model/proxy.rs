@@ -48,11 +48,11 @@ pub struct Proxy {
     /// authenticated on the TLS xDS port (never taken from the node metadata).
     /// `None`: no certificate, and nothing may name its SDS secrets.
     #[serde(serialize_with = "spiffe_uri")]
-    pub identity: Option<crate::security::ca::Identity>,
+    pub identity: Option<super::identity::Identity>,
 }
 
 fn spiffe_uri<S: serde::Serializer>(
-    id: &Option<crate::security::ca::Identity>,
+    id: &Option<super::identity::Identity>,
     s: S,
 ) -> Result<S::Ok, S::Error> {
     match id {

@@ -52,48 +52,8 @@ const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
 /// Service account named in the xDS server certificate's URI SAN.
 const SERVER_SERVICE_ACCOUNT: &str = "crossmesh";
 
-/// A workload identity: `spiffe://<trust_domain>/ns/<namespace>/sa/<service_account>`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Identity {
-    pub trust_domain: String,
-    pub namespace: String,
-    pub service_account: String,
-}
-
-impl Identity {
-    /// The SPIFFE ID carried as the certificate's URI SAN.
-    pub fn spiffe_uri(&self) -> String {
-        format!(
-            "spiffe://{}/ns/{}/sa/{}",
-            self.trust_domain, self.namespace, self.service_account
-        )
-    }
-
-    /// Each part must be a non-empty run of `a-z 0-9 - . _` (Kubernetes names and
-    /// SPIFFE trust domains), so the URI cannot be ambiguous.
-    fn check(&self) -> Result<(), String> {
-        for (what, v) in [
-            ("trust domain", &self.trust_domain),
-            ("namespace", &self.namespace),
-            ("service account", &self.service_account),
-        ] {
-            let ok = !v.is_empty()
-                && v.chars().all(|c| {
-                    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | '_')
-                });
-            if !ok {
-                return Err(format!("{what} {v:?} is not a valid SPIFFE ID segment"));
-            }
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Display for Identity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.spiffe_uri())
-    }
-}
+/// A workload identity (plain data, defined in the model: a `Proxy` carries one).
+pub use crate::model::identity::Identity;
 
 /// A certificate and its key, as delivered in the SDS secret `default`.
 #[derive(Clone)]

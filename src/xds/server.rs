@@ -601,7 +601,10 @@ async fn run<F: Flavor>(
                 match &ack {
                     Ack::Nack(error) => {
                         if let Some(t) = super::TypeUrl::parse(F::type_url(&req)) {
-                            metrics().xds_rejects.get_or_create(&type_label(t)).inc();
+                            metrics()
+                                .xds_rejects
+                                .get_or_create(&type_label(t.short()))
+                                .inc();
                         }
                         warn!(type_url = F::type_url(&req), %error, "NACK");
                     }
@@ -674,7 +677,10 @@ async fn run<F: Flavor>(
             if tx.send(Ok(resp)).await.is_err() {
                 return; // the client went away
             }
-            metrics().xds_pushes.get_or_create(&type_label(t)).inc();
+            metrics()
+                .xds_pushes
+                .get_or_create(&type_label(t.short()))
+                .inc();
             metrics().send_bytes.inc_by(bytes as u64);
         }
         if conn.lock().caught_up() {
