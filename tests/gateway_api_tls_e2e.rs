@@ -1,0 +1,212 @@
+//! Issue 14, Gateway API TLS listeners in Terminate mode end to end: a Gateway
+//! `tls-gw` with two TLS listeners on one port, each terminating with its own
+//! certificate from a Kubernetes TLS Secret generated at test time
+//! (`certificateRefs`, served over SDS on the TLS xDS port), served by the real
+//! `crossmesh serve` to a real Envoy gateway labelled
+//! `gateway.networking.k8s.io/gateway-name: tls-gw` that holds a workload
+//! identity. The TCPRoute of listener `db` (hostname `db.example.com`) sends
+//! the decrypted stream to `db-a`, the TCPRoute of listener `any` (no
+//! hostname) every other SNI to `db-b`; the client sees which certificate the
+//! gateway presented and which pod answered.
+//!
+//! Every wait has a deadline (docs/TESTING.md).
+
+mod support;
+
+use std::net::SocketAddr;
+
+use support::backend::Backend;
+use support::control_plane::{bootstrap, ControlPlane};
+use support::envoy::Envoy;
+use support::manifests::{self, Mesh};
+use support::net::{free_port, Subnet};
+use support::tls::{self, Ca};
+use support::{wait_for, CONVERGE};
+
+const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+const NS: &str = "edge";
+
+fn gateway_api(port: u16, svc_port: u16) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: crossmesh}}
+spec: {{controllerName: crossmesh.io/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: tls-gw, namespace: {NS}}}
+spec:
+  gatewayClassName: crossmesh
+  listeners:
+  - name: db
+    port: {port}
+    protocol: TLS
+    hostname: db.example.com
+    tls: {{mode: Terminate, certificateRefs: [{{name: db-cert}}]}}
+  - name: any
+    port: {port}
+    protocol: TLS
+    tls: {{mode: Terminate, certificateRefs: [{{name: any-cert}}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {{name: db, namespace: {NS}}}
+spec:
+  parentRefs: [{{name: tls-gw, sectionName: db}}]
+  rules: [{{backendRefs: [{{name: db-a, port: {svc_port}}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {{name: fallback, namespace: {NS}}}
+spec:
+  parentRefs: [{{name: tls-gw, sectionName: any}}]
+  rules: [{{backendRefs: [{{name: db-b, port: {svc_port}}}]}}]
+"
+    )
+}
+
+fn cn(subject: &str) -> &str {
+    subject
+        .split(", ")
+        .find_map(|p| p.strip_prefix("CN="))
+        .unwrap_or(subject)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listeners_terminate_with_their_certificate_and_route_tcp() {
+    let subnet = Subnet::claim();
+    let (mesh, issuer, xds_tls) = Mesh::secure_single_cluster(ISSUER);
+    let (pod_port, svc_port, port) = (free_port(), free_port(), free_port());
+    let mut backends = Vec::new();
+    let mut apps = Vec::new();
+    for (svc, host) in [("db-a", 11), ("db-b", 12)] {
+        let ip = subnet.ip(host);
+        apps.push(manifests::service(
+            NS,
+            svc,
+            svc_port,
+            pod_port,
+            &[("app", svc)],
+        ));
+        apps.push(manifests::pod(
+            NS,
+            svc,
+            &[("app", svc)],
+            ip,
+            pod_port,
+            true,
+            None,
+        ));
+        backends.push(Backend::start(ip, pod_port, svc).await);
+    }
+    mesh.write_cluster("cluster1", "apps.yaml", &apps.join("\n---\n"));
+    let ca = Ca::new("gateway api tls CA");
+    let db = ca.leaf("db-v1", &["db.example.com"]);
+    let any = ca.leaf("any-v1", &["other.example.com"]);
+    mesh.write_cluster(
+        "cluster1",
+        "secrets.yaml",
+        &[
+            tls::tls_secret(NS, "db-cert", &db, None),
+            tls::tls_secret(NS, "any-cert", &any, None),
+        ]
+        .join("---\n"),
+    );
+    mesh.write_istio("gateway-api.yaml", &gateway_api(port, svc_port));
+    let cp = ControlPlane::start(&mesh.mesh_file).await;
+    let gw_ip = subnet.ip(2);
+    let token_file = mesh.root().join("gw.token");
+    std::fs::write(&token_file, issuer.token_for(NS, "tls-gw")).expect("token");
+    let root_cert = mesh.root().join("crossmesh-ca").join("root-cert.pem");
+    let args: Vec<String> = [
+        "bootstrap",
+        "--role",
+        "gateway",
+        "--name",
+        "tls-gw-0",
+        "--namespace",
+        NS,
+        "--service-account",
+        "tls-gw",
+        "--labels",
+        "gateway.networking.k8s.io/gateway-name=tls-gw",
+        "--cluster-id",
+        "cluster1",
+        "--ip",
+        &gw_ip.to_string(),
+        "--xds-address",
+        &xds_tls.to_string(),
+        "--admin-port",
+        "0",
+        "--root-cert",
+        &root_cert.display().to_string(),
+        "--token-file",
+        &token_file.display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let gw = Envoy::start("gateway-api-tls", &bootstrap(&args)).await;
+    gw.wait_ready(CONVERGE).await;
+
+    let addr = SocketAddr::from((gw_ip, port));
+    let cfg = tls::client_config(&ca.pem, None);
+    // (SNI, the certificate the gateway must present, the pod that must answer).
+    for (sni, cert, pod) in [
+        ("db.example.com", "db-v1", "db-a"),
+        ("other.example.com", "any-v1", "db-b"),
+    ] {
+        let (r, subject) = wait_for(&format!("{sni} answered"), CONVERGE, || {
+            let cfg = cfg.clone();
+            async move {
+                let (r, subject) = tls::https_get(addr, sni, "/", cfg).await?;
+                if r.status == 200 {
+                    Ok((r, subject))
+                } else {
+                    Err(format!("{} {:?}", r.status, r.body))
+                }
+            }
+        })
+        .await;
+        assert_eq!(
+            (cn(&subject), r.body.as_str()),
+            (cert, pod),
+            "SNI {sni}: {subject} {r:?}"
+        );
+        // The decrypted stream is proxied as TCP: the pod's own HTTP answer,
+        // no HTTP connection manager in between.
+        assert!(r.header("server").is_none(), "went through HTTP: {r:?}");
+        for _ in 0..20 {
+            let (r, subject) = tls::https_get(addr, sni, "/", cfg.clone())
+                .await
+                .unwrap_or_else(|e| panic!("{sni}: {e}"));
+            assert_eq!((cn(&subject), r.body.as_str()), (cert, pod), "SNI {sni}");
+        }
+    }
+
+    // Status: both listeners programmed, one TCPRoute each.
+    let j = cp.json("/debug/configz").await.expect("configz");
+    let gw_status = j["gatewayApi"]
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|s| s["kind"] == "Gateway" && s["name"] == "tls-gw")
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("no status for tls-gw: {j}"));
+    for l in ["db", "any"] {
+        let ls = gw_status["listeners"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["name"] == l))
+            .unwrap_or_else(|| panic!("no listener {l}: {gw_status}"));
+        assert_eq!(ls["attachedRoutes"], 1, "{ls}");
+        assert_eq!(
+            ls["supportedKinds"],
+            serde_json::json!(["TCPRoute"]),
+            "{ls}"
+        );
+    }
+    drop(backends);
+    drop(gw);
+}
