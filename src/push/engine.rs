@@ -434,11 +434,15 @@ impl Pusher {
             .collect()
     }
 
-    /// Debounce and push forever. Each push runs on the blocking pool: it is CPU
+    /// Debounce (`Debouncer`: the first change after a quiet period at once) and
+    /// push forever. Each push runs on the blocking pool: it is CPU
     /// work (translation and encoding) that must not stall the streams.
     pub async fn run(self) {
+        let window = super::debounce::Window::push(&self.inner.tunables);
+        let mut debouncer = super::debounce::Debouncer::new(window);
         loop {
-            let (req, started) = super::debounce::debounce(&self.inner.queue, &self.inner.tunables)
+            let (req, started) = debouncer
+                .next(&self.inner.queue)
                 .instrument(tracing::debug_span!("debounce"))
                 .await;
             let this = self.clone();

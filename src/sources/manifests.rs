@@ -18,7 +18,6 @@
 //! namespace/name and reason. Deleting a file removes only its objects.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -316,9 +315,7 @@ impl DirState {
                     continue;
                 }
             };
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            text.hash(&mut h);
-            let hash = h.finish();
+            let hash = content_hash(&text);
             if let Some(f) = self.files.get(path) {
                 if f.hash == hash {
                     if let Some(e) = &f.error {
@@ -700,11 +697,7 @@ impl ClusterDir {
                 }
                 continue;
             };
-            let hash = {
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                text.hash(&mut h);
-                h.finish()
-            };
+            let hash = content_hash(&text);
             if self.files.get(&path).is_some_and(|f| f.hash == hash) {
                 continue;
             }
@@ -1055,16 +1048,24 @@ async fn watch_loop(dir: PathBuf, mut rescan: impl FnMut(bool, Changes) -> bool 
     }
 }
 
-/// Wait until `DEBOUNCE` passes without an event (at most `DEBOUNCE_MAX`).
+/// A file's content hash, the same in every process and release: the first 8
+/// bytes of its SHA-256 (`std`'s `DefaultHasher` promises no stability).
+fn content_hash(text: &[u8]) -> u64 {
+    let d = ring::digest::digest(&ring::digest::SHA256, text);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&d.as_ref()[..8]);
+    u64::from_be_bytes(first)
+}
+
+/// Wait until `DEBOUNCE` passes without an event (at most `DEBOUNCE_MAX`), with
+/// the push queue's quiet-period loop (`push::debounce::settle`). No fast path
+/// here: an editor writes a file in several steps.
 async fn debounce(rx: &mut mpsc::Receiver<()>) {
-    let deadline = tokio::time::Instant::now() + DEBOUNCE_MAX;
-    loop {
-        let quiet = tokio::time::Instant::now() + DEBOUNCE;
-        match tokio::time::timeout_at(quiet.min(deadline), rx.recv()).await {
-            Ok(Some(())) if tokio::time::Instant::now() < deadline => continue,
-            _ => return,
-        }
-    }
+    let window = crate::push::debounce::Window {
+        quiet: DEBOUNCE,
+        max: DEBOUNCE_MAX,
+    };
+    crate::push::debounce::settle(tokio::time::Instant::now(), window, rx).await;
 }
 
 fn start_watcher(

@@ -26,13 +26,14 @@
 //!   cluster names, as crossmesh's translation produces them).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 
 use super::codec::{DeltaResponse, SotwResponse};
-use super::resource::{changed_names, merge_by_name, same_content, Resource, ResourceMap, TypeUrl};
+use super::resource::{
+    changed_names, merge_by_name, same_content, Resource, ResourceMap, StableHash, TypeUrl,
+};
 use super::source::Update;
 
 /// Which ADS method the stream uses.
@@ -150,12 +151,12 @@ pub struct StreamState {
 /// The version of a response: a hash of the names and versions it carries, so
 /// that replicas (and restarts) send equal versions for equal content.
 fn set_version(resources: &[Arc<Resource>]) -> String {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut h = StableHash::new();
     for r in resources {
-        r.name.hash(&mut h);
-        r.version.hash(&mut h);
+        h.write_str(&r.name);
+        h.write_str(&r.version);
     }
-    format!("{:016x}", h.finish())
+    h.hex()
 }
 
 /// What a client holds of one type: a shared snapshot map (`base`) plus this
@@ -464,8 +465,10 @@ impl StreamState {
             return (ack, Vec::new());
         }
         let digest = {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            req.resource_names.hash(&mut h);
+            let mut h = StableHash::new();
+            for n in &req.resource_names {
+                h.write_str(n);
+            }
             (req.resource_names.len(), h.finish())
         };
         let ts = &mut self.types[t.index()];

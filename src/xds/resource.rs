@@ -2,7 +2,6 @@
 //! `google.protobuf.Any` and shared (by `Arc`) between every proxy that receives it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -71,6 +70,50 @@ impl TypeUrl {
     }
 }
 
+/// A 64-bit hash whose output is fixed by its definition: the first 8 bytes
+/// (big-endian) of the SHA-256 (FIPS 180-4) of what was written. Resource and
+/// response versions are made from it, so that another process, a restarted
+/// one or one built by a later Rust release gives equal content an equal
+/// version and a reconnecting proxy is not sent what it holds
+/// (`std`'s `DefaultHasher` promises no such stability).
+pub struct StableHash(ring::digest::Context);
+
+impl StableHash {
+    pub fn new() -> StableHash {
+        StableHash(ring::digest::Context::new(&ring::digest::SHA256))
+    }
+
+    /// Add raw bytes.
+    pub fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// Add a string, prefixed by its length (8 bytes, little-endian), so that
+    /// consecutive strings cannot run into each other ("ab","c" vs "a","bc").
+    pub fn write_str(&mut self, s: &str) {
+        self.0.update(&(s.len() as u64).to_le_bytes());
+        self.0.update(s.as_bytes());
+    }
+
+    pub fn finish(self) -> u64 {
+        let d = self.0.finish();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&d.as_ref()[..8]);
+        u64::from_be_bytes(first)
+    }
+
+    /// `finish` as 16 lowercase hex digits: the form of every version crossmesh sends.
+    pub fn hex(self) -> String {
+        format!("{:016x}", self.finish())
+    }
+}
+
+impl Default for StableHash {
+    fn default() -> Self {
+        StableHash::new()
+    }
+}
+
 /// One named resource, encoded once, together with its wire form inside a
 /// response: `delta` is one complete element of
 /// `DeltaDiscoveryResponse.resources` (key, length, `Resource{version, resource,
@@ -125,9 +168,9 @@ impl Resource {
             value: msg.encode_to_vec(),
         };
         let bytes = any.encode_to_vec();
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        bytes.hash(&mut h);
-        let version: Arc<str> = format!("{:016x}", h.finish()).into();
+        let mut h = StableHash::new();
+        h.write(&bytes);
+        let version: Arc<str> = h.hex().into();
         Arc::new(Resource::new(name.into(), version, &bytes))
     }
 
@@ -290,6 +333,24 @@ mod tests {
                 })
                 .collect(),
         )
+    }
+
+    /// Versions must not change between processes or releases (a restarted or
+    /// upgraded control plane would otherwise resend everything): this pins the
+    /// version of one fixed resource.
+    #[test]
+    fn resource_version_is_pinned() {
+        use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+        let c = Cluster {
+            name: "outbound|80||a.default.svc.cluster.local".into(),
+            ..Default::default()
+        };
+        let r = Resource::encode(TypeUrl::Cluster, c.name.clone(), &c);
+        assert_eq!(&*r.version, "baf9fce71156166b");
+        let mut h = StableHash::new();
+        h.write_str("a");
+        h.write_str("b");
+        assert_eq!(h.hex(), "cf6ab613e3942391");
     }
 
     #[test]
