@@ -309,6 +309,66 @@ pub fn bootstrap_json(o: &BootstrapOptions) -> Value {
     })
 }
 
+/// Istio's name template of the server listeners a proxyless gRPC server asks
+/// for (`pkg/istio-agent/grpcxds`: `%s` is the listening `IP:PORT`).
+pub const GRPC_SERVER_LISTENER_TEMPLATE: &str = "xds.istio.io/grpc/lds/inbound/%s";
+
+/// Why `crossmesh bootstrap --role grpc` refuses its options.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum GrpcBootstrapError {
+    #[error("--role grpc: --root-cert/--token-file (the TLS xDS port) are not supported for proxyless gRPC; use the plaintext xDS address")]
+    SecureXds,
+}
+
+/// The gRPC xDS bootstrap (`GRPC_XDS_BOOTSTRAP`, gRFC A27) of a proxyless gRPC
+/// application, as Istio's agent writes it (`pkg/istio-agent/grpcxds`): one xDS
+/// server over plaintext with `xds_v3` in `server_features`, the node as
+/// crossmesh reads it (`model::Proxy::from_node`: Istio's `sidecar~...` id,
+/// metadata `GENERATOR: grpc` and the usual `NAMESPACE`, `LABELS`, ...,
+/// `node.locality`), and Istio's `server_listener_resource_name_template`.
+pub fn grpc_bootstrap_json(o: &BootstrapOptions) -> Result<Value, GrpcBootstrapError> {
+    if o.secure.is_some() {
+        return Err(GrpcBootstrapError::SecureXds);
+    }
+    let mut node = json!({
+        "id": node_id(o),
+        "cluster": node_cluster(o),
+        "metadata": {
+            "GENERATOR": "grpc",
+            "NAME": o.name,
+            "NAMESPACE": o.namespace,
+            "LABELS": o.labels,
+            "CLUSTER_ID": o.cluster_id,
+            "NETWORK": o.network,
+            "SERVICE_ACCOUNT": o.service_account,
+            "ISTIO_VERSION": ISTIO_VERSION,
+            "INSTANCE_IPS": o.ip.to_string(),
+        },
+    });
+    let mut locality = Map::new();
+    for (k, v) in [
+        ("region", &o.locality.region),
+        ("zone", &o.locality.zone),
+        ("sub_zone", &o.locality.subzone),
+    ] {
+        if !v.is_empty() {
+            locality.insert(k.into(), Value::String(v.clone()));
+        }
+    }
+    if !locality.is_empty() {
+        node["locality"] = Value::Object(locality);
+    }
+    Ok(json!({
+        "xds_servers": [{
+            "server_uri": o.xds_address.to_string(),
+            "channel_creds": [{ "type": "insecure" }],
+            "server_features": ["xds_v3"],
+        }],
+        "node": node,
+        "server_listener_resource_name_template": GRPC_SERVER_LISTENER_TEMPLATE,
+    }))
+}
+
 /// The bootstrap as YAML, ready for `envoy -c`.
 pub fn bootstrap_yaml(o: &BootstrapOptions) -> Result<String, serde_saphyr::SerializeError> {
     serde_saphyr::to_string(&bootstrap_json(o))
@@ -501,6 +561,68 @@ mod tests {
         assert_eq!(b["node"]["cluster"], "istio-ingressgateway-1.istio-system");
         assert_eq!(b["node"]["metadata"]["INTERCEPTION_MODE"], "NONE");
         assert_eq!(b["dynamic_resources"]["ads_config"]["api_type"], "GRPC");
+    }
+
+    #[test]
+    fn grpc_bootstrap_is_istios_proxyless_form_and_parses_as_a_grpc_node() {
+        let mut o = opts();
+        o.role = ProxyRole::Grpc;
+        o.name = "client-0".into();
+        o.namespace = "test".into();
+        let b = grpc_bootstrap_json(&o).unwrap();
+        let server = &b["xds_servers"][0];
+        assert_eq!(server["server_uri"], "127.0.0.1:15010");
+        assert_eq!(server["channel_creds"], json!([{"type": "insecure"}]));
+        assert_eq!(server["server_features"], json!(["xds_v3"]));
+        assert_eq!(
+            b["server_listener_resource_name_template"],
+            "xds.istio.io/grpc/lds/inbound/%s"
+        );
+        assert_eq!(
+            b["node"]["id"],
+            "sidecar~127.0.0.10~client-0.test~test.svc.cluster.local"
+        );
+        assert_eq!(
+            b["node"]["locality"],
+            json!({"region": "us-east", "zone": "us-east-1a"})
+        );
+        // What crossmesh makes of the node it describes.
+        let node = envoy_types::pb::envoy::config::core::v3::Node {
+            id: b["node"]["id"].as_str().unwrap().to_string(),
+            metadata: Some(to_struct(&b["node"]["metadata"])),
+            ..Default::default()
+        };
+        let p = crate::model::Proxy::from_node(&node).unwrap();
+        assert_eq!(p.role, ProxyRole::Grpc);
+        assert_eq!(p.labels["istio"], "ingressgateway");
+        assert_eq!(p.cluster_id, "cluster1");
+
+        o.secure = Some(SecureXds {
+            root_cert: "/r.pem".into(),
+            token_file: "/t".into(),
+        });
+        assert_eq!(
+            grpc_bootstrap_json(&o).unwrap_err(),
+            GrpcBootstrapError::SecureXds
+        );
+    }
+
+    fn to_struct(v: &Value) -> envoy_types::pb::google::protobuf::Struct {
+        use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value as PbValue};
+        fn conv(v: &Value) -> PbValue {
+            let kind = match v {
+                Value::String(s) => Kind::StringValue(s.clone()),
+                Value::Object(m) => Kind::StructValue(Struct {
+                    fields: m.iter().map(|(k, v)| (k.clone(), conv(v))).collect(),
+                }),
+                other => Kind::StringValue(other.to_string()),
+            };
+            PbValue { kind: Some(kind) }
+        }
+        match conv(v).kind {
+            Some(Kind::StructValue(s)) => s,
+            _ => Struct::default(),
+        }
     }
 
     #[test]

@@ -372,6 +372,9 @@ pub enum Role {
     /// An ingress or east-west gateway (Istio's `router`).
     Gateway,
     Sidecar,
+    /// A proxyless gRPC application: prints the gRPC xDS bootstrap (JSON, for
+    /// `GRPC_XDS_BOOTSTRAP`) instead of Envoy's.
+    Grpc,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -402,9 +405,10 @@ pub struct BootstrapArgs {
     #[arg(long, env = "CROSSMESH_XDS_ADDRESS", value_name = "ADDR",
           default_value = crate::config::DEFAULT_XDS_ADDRESS)]
     pub xds_address: XdsAddress,
-    /// Envoy admin port, bound on 127.0.0.1.
-    #[arg(long, env = "CROSSMESH_ADMIN_PORT", value_name = "N")]
-    pub admin_port: u16,
+    /// Envoy admin port, bound on 127.0.0.1 (gateway and sidecar roles).
+    #[arg(long, env = "CROSSMESH_ADMIN_PORT", value_name = "N",
+          required_if_eq_any = [("role", "gateway"), ("role", "sidecar")])]
+    pub admin_port: Option<u16>,
     /// REGION/ZONE/SUBZONE.
     #[arg(long, env = "CROSSMESH_LOCALITY", value_name = "REGION/ZONE/SUBZONE",
           value_parser = bootstrap::parse_locality)]
@@ -464,13 +468,14 @@ impl From<BootstrapArgs> for BootstrapOptions {
             role: match a.role {
                 Role::Gateway => ProxyRole::Gateway,
                 Role::Sidecar => ProxyRole::Sidecar,
+                Role::Grpc => ProxyRole::Grpc,
             },
             name: a.name,
             namespace: a.namespace,
             ip: a.ip,
             labels: a.labels,
             xds_address: a.xds_address,
-            admin_port: a.admin_port,
+            admin_port: a.admin_port.unwrap_or_default(),
             locality: a.locality.unwrap_or_default(),
             cluster_id: a.cluster_id,
             network: a.network,
@@ -680,8 +685,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bootstrap(args) => {
             let output = args.output.clone();
-            let yaml = bootstrap::bootstrap_yaml(&(*args).into())
-                .context("cannot print the bootstrap as YAML")?;
+            let opts: BootstrapOptions = (*args).into();
+            let yaml = if opts.role == ProxyRole::Grpc {
+                let json = bootstrap::grpc_bootstrap_json(&opts)?;
+                serde_json::to_string_pretty(&json)? + "\n"
+            } else {
+                bootstrap::bootstrap_yaml(&opts).context("cannot print the bootstrap as YAML")?
+            };
             match output {
                 None => print!("{yaml}"),
                 Some(path) => write_replacing(&path, &yaml)?,
