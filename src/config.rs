@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub mod access_log;
+
 /// Default xDS listen address.
 pub const DEFAULT_XDS_ADDRESS: &str = "127.0.0.1:15010";
 /// Default debug HTTP listen address.
@@ -1057,7 +1059,7 @@ fn access_log(
     encoding: Option<String>,
     format: Option<String>,
 ) -> Result<Option<AccessLog>, String> {
-    use crate::translate::access_log as al;
+    use self::access_log as al;
     let format = format.filter(|f| !f.is_empty());
     let format = match encoding.as_deref() {
         None | Some("TEXT") => AccessLogFormat::Text(match format {
@@ -1434,9 +1436,7 @@ config:
             m.access_log,
             Some(AccessLog {
                 path: "/dev/stdout".into(),
-                format: AccessLogFormat::Text(
-                    crate::translate::access_log::ISTIO_TEXT_FORMAT.into()
-                ),
+                format: AccessLogFormat::Text(access_log::ISTIO_TEXT_FORMAT.into()),
             })
         );
         let m = MeshConfig::parse(
