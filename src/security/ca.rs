@@ -55,6 +55,31 @@ const SERVER_SERVICE_ACCOUNT: &str = "crossmesh";
 /// A workload identity (plain data, defined in the model: a `Proxy` carries one).
 pub use crate::model::identity::Identity;
 
+/// The names the server certificate covers: the listen IP (unless a wildcard),
+/// loopback, and `names` (DNS names proxies dial; an IP address among them goes
+/// into an IP SAN). For the TLS xDS port (`xds::secure`) and the agent port
+/// (`sources::agent`).
+pub fn server_names(listen: Option<IpAddr>, names: &[String]) -> (Vec<String>, Vec<IpAddr>) {
+    let mut dns: Vec<String> = vec!["localhost".into()];
+    let mut ips: Vec<IpAddr> = vec![
+        IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+    ];
+    let listen = listen.filter(|ip| !ip.is_unspecified());
+    for n in names {
+        match n.parse::<IpAddr>() {
+            Ok(ip) => ips.push(ip),
+            Err(_) => dns.push(n.clone()),
+        }
+    }
+    ips.extend(listen);
+    dns.sort();
+    dns.dedup();
+    let mut seen = std::collections::BTreeSet::new();
+    ips.retain(|ip| seen.insert(*ip));
+    (dns, ips)
+}
+
 /// A certificate and its key, as delivered in the SDS secret `default`.
 #[derive(Clone)]
 pub struct IssuedCert {

@@ -470,7 +470,7 @@ pub async fn serve(
         addr: addr.clone(),
         reason,
     };
-    let (dns, ips) = crate::xds::secure::server_names(local.map(|a| a.ip()), &dns_names);
+    let (dns, ips) = crate::security::ca::server_names(local.map(|a| a.ip()), &dns_names);
     let resolver = Arc::new(ServerCert {
         ca: hub.ca.clone(),
         dns,

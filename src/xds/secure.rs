@@ -692,29 +692,7 @@ fn certified_key(c: &IssuedCert) -> Result<rustls::sign::CertifiedKey, String> {
     Ok(rustls::sign::CertifiedKey::new(chain, signer))
 }
 
-/// The names the server certificate covers: the listen IP (unless a wildcard),
-/// loopback, and `names` (DNS names proxies dial; an IP address among them goes
-/// into an IP SAN). Shared with the agent port.
-pub fn server_names(listen: Option<IpAddr>, names: &[String]) -> (Vec<String>, Vec<IpAddr>) {
-    let mut dns: Vec<String> = vec!["localhost".into()];
-    let mut ips: Vec<IpAddr> = vec![
-        IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-        IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
-    ];
-    let listen = listen.filter(|ip| !ip.is_unspecified());
-    for n in names {
-        match n.parse::<IpAddr>() {
-            Ok(ip) => ips.push(ip),
-            Err(_) => dns.push(n.clone()),
-        }
-    }
-    ips.extend(listen);
-    dns.sort();
-    dns.dedup();
-    let mut seen = std::collections::BTreeSet::new();
-    ips.retain(|ip| seen.insert(*ip));
-    (dns, ips)
-}
+pub use crate::security::ca::server_names;
 
 /// A TLS connection accepted on the xDS TLS port, as tonic serves it.
 pub type TlsIo = crate::tls::ServerTlsIo<tonic::transport::server::TcpConnectInfo>;
