@@ -171,3 +171,118 @@ async fn gamma_header_match_picks_a_version() {
     })
     .await;
 }
+
+/// GEP-1426: a consumer route in namespace `shoppers` for the Service
+/// base/product sends that namespace's clients to product-v2, while the
+/// producer route (in `base`, all to product-v1) keeps serving the frontend
+/// in `base`. The producer route sorts first (by name), so a merge of both
+/// would give `shoppers` the producer's product-v1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_route_wins_for_its_namespace_only() {
+    use support::control_plane::bootstrap;
+    use support::envoy::Envoy;
+    use support::net::free_port;
+    use support::shop::request;
+    let shop = start(1, 0).await;
+    let port = shop.ports["product"];
+    let ip = shop.subnet.ip(9);
+    shop.mesh.write_cluster(
+        "cluster1",
+        "pod-shopper.yaml",
+        &manifests::pod(
+            "shoppers",
+            "shopper-0",
+            &[("app", "shopper")],
+            ip,
+            free_port(),
+            true,
+            None,
+        ),
+    );
+    let args: Vec<String> = [
+        "bootstrap",
+        "--role",
+        "sidecar",
+        "--name",
+        "shopper-0",
+        "--namespace",
+        "shoppers",
+        "--ip",
+        &ip.to_string(),
+        "--labels",
+        "app=shopper",
+        "--xds-address",
+        &shop.cp.xds.to_string(),
+        "--admin-port",
+        &free_port().to_string(),
+        "--cluster-id",
+        "cluster1",
+        "--interception",
+        "none",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let shopper = Envoy::start("shopper-sidecar", &bootstrap(&args)).await;
+    shopper.wait_ready(CONVERGE).await;
+    // From another namespace the Service's short name is not a domain.
+    let host = format!("product.{NS}");
+    let from_shoppers = || async {
+        request(std::net::SocketAddr::from((ip, port)), &host, "/", &[])
+            .await
+            .map(|a| (a.status, a.body))
+    };
+    // Before the consumer route, shoppers get the producer route (product-v1).
+    wait_for("shoppers reach product-v1", CONVERGE, || async {
+        match from_shoppers().await? {
+            (200, b) if b == "product-v1" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    shop.mesh.write_istio(
+        "consumer.yaml",
+        &format!(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: shoppers-product, namespace: shoppers}}
+spec:
+  parentRefs:
+  - {{group: '', kind: Service, name: product, namespace: {NS}, port: {port}}}
+  rules:
+  - backendRefs: [{{name: product-v2, namespace: {NS}, port: {port}}}]
+---
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {{name: shoppers-use-base, namespace: {NS}}}
+spec:
+  from: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: shoppers}}]
+  to: [{{group: '', kind: Service}}]
+"
+        ),
+    );
+    wait_for("the consumer route in force", CONVERGE, || async {
+        for _ in 0..20 {
+            match from_shoppers().await? {
+                (200, b) if b == "product-v2" => {}
+                other => return Err(format!("{other:?}")),
+            }
+        }
+        Ok(())
+    })
+    .await;
+    for _ in 0..50 {
+        assert_eq!(
+            from_shoppers().await.unwrap_or_else(|e| panic!("{e}")),
+            (200, "product-v2".to_string()),
+            "a client in shoppers"
+        );
+        let a = shop.call("product", "/", &[]).await;
+        assert_eq!(
+            (a.status, a.body.as_str()),
+            (200, "product-v1"),
+            "the frontend in {NS}"
+        );
+    }
+    drop(shopper);
+}
