@@ -394,6 +394,7 @@ impl StatusWrites {
             pending: BTreeMap::new(),
             writes: 0,
             forbidden: None,
+            forbidden_until: None,
         };
         let span = info_span!("gateway-status", cluster = %cluster);
         StatusWriter {
@@ -457,6 +458,8 @@ struct Task {
     writes: u64,
     /// The 403 message while the cluster refuses status writes.
     forbidden: Option<String>,
+    /// No write before this while `forbidden` (one probe per FORBIDDEN_RETRY).
+    forbidden_until: Option<Instant>,
 }
 
 /// Retry delay after `attempts` failed writes.
@@ -554,7 +557,7 @@ impl Task {
                             status,
                             resource_version: rv,
                             attempts: 0,
-                            not_before: Instant::now(),
+                            not_before: self.forbidden_until.unwrap_or_else(Instant::now),
                             error: None,
                         },
                     );
@@ -584,6 +587,7 @@ impl Task {
                     self.writes += 1;
                     self.pending.remove(&key);
                     debug!(object = %key, "status written");
+                    self.forbidden_until = None;
                     if self.forbidden.take().is_some() {
                         info!("status writes are allowed again");
                     }
@@ -616,6 +620,7 @@ impl Task {
                     self.forbidden = Some(msg);
                     // Probe with one write per FORBIDDEN_RETRY, whatever the object.
                     let at = Instant::now() + FORBIDDEN_RETRY;
+                    self.forbidden_until = Some(at);
                     for p in self.pending.values_mut() {
                         p.not_before = p.not_before.max(at);
                     }
@@ -691,5 +696,195 @@ impl Task {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(self.cluster.clone(), report);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::gateway_api::{convert::convert, parse_object};
+
+    const ORIGIN: &str = "cluster c1";
+
+    fn docs() -> Vec<Value> {
+        vec![
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+                   "metadata": {"name": "cm", "generation": 1, "resourceVersion": "1"},
+                   "spec": {"controllerName": "istio.io/gateway-controller"}}),
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+                   "metadata": {"name": "other", "generation": 1, "resourceVersion": "2"},
+                   "spec": {"controllerName": "example.com/other"}}),
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                   "metadata": {"name": "gw", "namespace": "infra", "generation": 3, "resourceVersion": "3"},
+                   "spec": {"gatewayClassName": "cm", "listeners": [
+                       {"name": "http", "port": 8080, "protocol": "HTTP",
+                        "allowedRoutes": {"namespaces": {"from": "All"}}}]}}),
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                   "metadata": {"name": "theirs", "namespace": "infra", "generation": 1, "resourceVersion": "4"},
+                   "spec": {"gatewayClassName": "other", "listeners": [
+                       {"name": "http", "port": 8080, "protocol": "HTTP"}]}}),
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "r", "namespace": "shop", "generation": 2, "resourceVersion": "5"},
+            "spec": {
+                "parentRefs": [
+                    {"name": "gw", "namespace": "infra", "sectionName": "http", "port": 8080},
+                    {"name": "theirs", "namespace": "infra"},
+                    {"name": "missing", "namespace": "infra"},
+                    {"group": "", "kind": "Service", "name": "web", "port": 80}
+                ],
+                "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]
+            },
+            "status": {"parents": [
+                {"parentRef": {"name": "theirs", "namespace": "infra"},
+                 "controllerName": "example.com/other",
+                 "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted",
+                                 "message": "", "observedGeneration": 1,
+                                 "lastTransitionTime": "2020-01-01T00:00:00Z"}]},
+                {"parentRef": {"name": "gw", "namespace": "infra", "sectionName": "http", "port": 8080},
+                 "controllerName": "istio.io/gateway-controller",
+                 "conditions": [
+                     {"type": "Accepted", "status": "True", "reason": "Accepted", "message": "",
+                      "observedGeneration": 1, "lastTransitionTime": "2021-01-01T00:00:00Z"},
+                     {"type": "ResolvedRefs", "status": "False", "reason": "RefNotPermitted", "message": "no grant",
+                      "observedGeneration": 1, "lastTransitionTime": "2021-01-01T00:00:00Z"}]}
+            ]}}),
+        ]
+    }
+
+    fn statuses(docs: &[Value]) -> Vec<ObjectStatus> {
+        let objs: Vec<_> = docs
+            .iter()
+            .map(|d| parse_object(ORIGIN, d).expect("valid"))
+            .collect();
+        convert(&objs, "cluster.local", None).status
+    }
+
+    fn find<'a>(sts: &'a [ObjectStatus], kind: &str, name: &str) -> &'a ObjectStatus {
+        sts.iter()
+            .find(|s| s.kind == kind && s.name == name)
+            .expect("status")
+    }
+
+    /// Every parent status `convert` computes maps back to the spec parentRef it
+    /// came from (the keys are built the same way).
+    #[test]
+    fn every_computed_parent_finds_its_parent_ref() {
+        let docs = docs();
+        let sts = statuses(&docs);
+        let st = find(&sts, "HTTPRoute", "r");
+        assert_eq!(st.parents.len(), 3, "{:?}", st.parents);
+        let lives = live_objects(&docs);
+        let live = &lives[&ObjKey::new("HTTPRoute", "shop", "r")];
+        let keys: Vec<String> = live
+            .parent_refs
+            .iter()
+            .map(|r| parent_key(&serde_json::from_value(r.clone()).unwrap(), "shop"))
+            .collect();
+        for p in &st.parents {
+            assert!(
+                keys.contains(&p.parent_ref),
+                "{} not in {keys:?}",
+                p.parent_ref
+            );
+        }
+    }
+
+    #[test]
+    fn route_status_keeps_others_entries_and_unchanged_transition_times() {
+        let docs = docs();
+        let sts = statuses(&docs);
+        let lives = live_objects(&docs);
+        let live = &lives[&ObjKey::new("HTTPRoute", "shop", "r")];
+        let want = desired(
+            find(&sts, "HTTPRoute", "r"),
+            live,
+            &lives,
+            "2030-01-01T00:00:00Z",
+        )
+        .expect("managed");
+        let parents = want["parents"].as_array().unwrap();
+        // Theirs first, as it was; then ours for gw, missing and the Service.
+        assert_eq!(parents[0], live.status["parents"][0]);
+        assert_eq!(parents.len(), 4, "{parents:?}");
+        let gw = &parents[1];
+        assert_eq!(gw["parentRef"], live.parent_refs[0]);
+        // The Gateway's class names Istio's controller.
+        assert_eq!(gw["controllerName"], "istio.io/gateway-controller");
+        let accepted = cond(gw, "Accepted");
+        assert_eq!(accepted["status"], "True");
+        assert_eq!(accepted["observedGeneration"], 2);
+        assert_eq!(accepted["lastTransitionTime"], "2021-01-01T00:00:00Z");
+        // ResolvedRefs turned True: a new time.
+        let resolved = cond(gw, "ResolvedRefs");
+        assert_eq!(resolved["status"], "True", "{gw}");
+        assert_eq!(resolved["lastTransitionTime"], "2030-01-01T00:00:00Z");
+        let missing = &parents[2];
+        assert_eq!(missing["controllerName"], CONTROLLER_NAME);
+        assert_eq!(cond(missing, "Accepted")["reason"], "NoMatchingParent");
+        assert!(!carries(&live.status, &want));
+        // Once written, the same computation is carried: no second write.
+        let mut written = live.clone();
+        written.status = json!({ "parents": want["parents"].clone() });
+        let again = desired(
+            find(&sts, "HTTPRoute", "r"),
+            &written,
+            &lives,
+            "2031-01-01T00:00:00Z",
+        )
+        .expect("managed");
+        assert!(carries(&written.status, &again));
+    }
+
+    fn cond<'a>(entry: &'a Value, ty: &str) -> &'a Value {
+        entry["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == ty))
+            .unwrap_or_else(|| panic!("no {ty} in {entry}"))
+    }
+
+    #[test]
+    fn gateways_of_other_classes_get_no_status() {
+        let docs = docs();
+        let sts = statuses(&docs);
+        let lives = live_objects(&docs);
+        let theirs = &lives[&ObjKey::new("Gateway", "infra", "theirs")];
+        assert!(desired(find(&sts, "Gateway", "theirs"), theirs, &lives, "t").is_none());
+        assert!(desired(
+            find(&sts, "GatewayClass", "other"),
+            &lives[&ObjKey::new("GatewayClass", "", "other")],
+            &lives,
+            "t"
+        )
+        .is_none());
+        let gw = &lives[&ObjKey::new("Gateway", "infra", "gw")];
+        let want = desired(find(&sts, "Gateway", "gw"), gw, &lives, "t").expect("ours");
+        assert_eq!(want["conditions"][0]["observedGeneration"], 3);
+        assert_eq!(want["listeners"][0]["name"], "http");
+        assert_eq!(
+            want["listeners"][0]["supportedKinds"][0],
+            json!({"group": GROUP, "kind": "HTTPRoute"})
+        );
+    }
+
+    #[test]
+    fn retry_delay_doubles_to_the_cap() {
+        assert_eq!(retry_delay(1), RETRY_MIN);
+        assert_eq!(retry_delay(2), RETRY_MIN * 2);
+        assert_eq!(retry_delay(40), RETRY_MAX);
+    }
+
+    #[test]
+    fn status_resources_are_the_watched_kinds_with_a_status() {
+        assert_eq!(
+            status_resources(),
+            [
+                "gatewayclasses/status",
+                "gateways/status",
+                "httproutes/status",
+                "grpcroutes/status",
+                "tcproutes/status",
+                "tlsroutes/status"
+            ]
+        );
     }
 }
