@@ -23,82 +23,12 @@ use kube::runtime::watcher;
 use serde_json::Value;
 use tracing::{debug, info, warn};
 
-use super::proto::Kind as WireKind;
 use super::{Entry, Shared};
 use crate::sources::kube::relisting_watcher;
 
-/// The Istio kinds an agent streams: those the kube source watches for a config
-/// cluster (`sources::kube::ISTIO_KINDS`, checked by a test), as (wire kind, API
-/// group, kind, plural).
-pub const KINDS: [(WireKind, &str, &str, &str); 9] = [
-    (
-        WireKind::Gateway,
-        "networking.istio.io",
-        "Gateway",
-        "gateways",
-    ),
-    (
-        WireKind::VirtualService,
-        "networking.istio.io",
-        "VirtualService",
-        "virtualservices",
-    ),
-    (
-        WireKind::DestinationRule,
-        "networking.istio.io",
-        "DestinationRule",
-        "destinationrules",
-    ),
-    (
-        WireKind::Sidecar,
-        "networking.istio.io",
-        "Sidecar",
-        "sidecars",
-    ),
-    (
-        WireKind::ServiceEntry,
-        "networking.istio.io",
-        "ServiceEntry",
-        "serviceentries",
-    ),
-    (
-        WireKind::WorkloadEntry,
-        "networking.istio.io",
-        "WorkloadEntry",
-        "workloadentries",
-    ),
-    (
-        WireKind::PeerAuthentication,
-        "security.istio.io",
-        "PeerAuthentication",
-        "peerauthentications",
-    ),
-    (
-        WireKind::RequestAuthentication,
-        "security.istio.io",
-        "RequestAuthentication",
-        "requestauthentications",
-    ),
-    (
-        WireKind::AuthorizationPolicy,
-        "security.istio.io",
-        "AuthorizationPolicy",
-        "authorizationpolicies",
-    ),
-];
+pub use crate::sources::agent_proto::{group_kind, kinds, KINDS};
 
-/// [`KINDS`] as a list.
-pub fn kinds() -> Vec<(WireKind, &'static str, &'static str, &'static str)> {
-    KINDS.to_vec()
-}
-
-/// `(group, kind)` of an Istio wire kind.
-pub fn group_kind(k: WireKind) -> Option<(&'static str, &'static str)> {
-    kinds()
-        .into_iter()
-        .find(|(w, ..)| *w == k)
-        .map(|(_, g, n, _)| (g, n))
-}
+use super::proto::Kind as WireKind;
 
 /// Why a watcher error makes a kind unavailable (403, 404), if it does.
 fn unavailable(e: &watcher::Error) -> Option<String> {

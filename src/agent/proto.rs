@@ -1,11 +1,4 @@
-//! The generated code of `proto/crossmesh/agent/v1/agent.proto` (package
-//! `crossmesh.agent.v1`): messages, the tonic client used by `crossmesh agent` and
-//! the server trait the hub implements (`sources::agent`). The message flow is
-//! documented in the `.proto`.
+//! The agent protocol, defined with the hub's source (`sources::agent_proto`):
+//! the generated code of `proto/crossmesh/agent/v1/agent.proto`.
 
-#![allow(clippy::all, missing_docs)]
-
-tonic::include_proto!("crossmesh.agent.v1");
-
-/// The message-flow revision this build speaks (`Hello.protocol_version`).
-pub const PROTOCOL_VERSION: u32 = 1;
+pub use crate::sources::agent_proto::*;

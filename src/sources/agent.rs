@@ -38,8 +38,8 @@ use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
-use crate::agent::proto::agent_service_server::{AgentService, AgentServiceServer};
-use crate::agent::proto::{
+use super::agent_proto::agent_service_server::{AgentService, AgentServiceServer};
+use super::agent_proto::{
     agent_message, change, hub_message, Ack, AgentMessage, Batch, EnrollRequest, EnrollResponse,
     Heartbeat, HubMessage, Kind as WireKind, RenewRequest, TrustBundle, Welcome, PROTOCOL_VERSION,
 };
@@ -962,12 +962,12 @@ impl Session {
                 .istio_kinds
                 .iter()
                 .filter_map(|k| WireKind::try_from(*k).ok())
-                .filter(|k| crate::agent::istio::group_kind(*k).is_some())
+                .filter(|k| super::agent_proto::group_kind(*k).is_some())
                 .collect()
         } else {
             BTreeSet::new()
         };
-        if config_cluster && istio_kinds.len() < crate::agent::istio::kinds().len() {
+        if config_cluster && istio_kinds.len() < super::agent_proto::kinds().len() {
             warn!(cluster = %self.cluster, offered = ?istio_kinds, "the mesh file lists this agent cluster as a config source, but its agent does not offer every Istio kind (an older agent): only those offered are read");
         }
         let namespaces = self
@@ -1144,7 +1144,7 @@ impl Session {
             }
             last_seq = batch.seq;
             let wire = WireKind::try_from(batch.kind).ok();
-            let istio_kind = wire.filter(|w| crate::agent::istio::group_kind(*w).is_some());
+            let istio_kind = wire.filter(|w| super::agent_proto::group_kind(*w).is_some());
             let kind = kind_of(batch.kind);
             let (Some(wire), true) = (wire, kind.is_some() || istio_kind.is_some()) else {
                 return End::refused(
@@ -1430,9 +1430,9 @@ impl Session {
     fn decode_config(
         &self,
         kind: WireKind,
-        ch: &crate::agent::proto::Change,
+        ch: &super::agent_proto::Change,
     ) -> Result<Option<Value>, ObjectProblem> {
-        let (group, kind_name) = crate::agent::istio::group_kind(kind).unwrap_or(("", ""));
+        let (group, kind_name) = super::agent_proto::group_kind(kind).unwrap_or(("", ""));
         let refuse = |reason: String| {
             let p = ObjectProblem {
                 origin: format!("agent of cluster {}", self.cluster),
@@ -1495,7 +1495,7 @@ impl Session {
     fn decode(
         &self,
         kind: Kind,
-        ch: &crate::agent::proto::Change,
+        ch: &super::agent_proto::Change,
     ) -> Result<Option<KubeObject>, ObjectProblem> {
         let refuse = |reason: String| {
             let p = ObjectProblem {
@@ -1640,7 +1640,7 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn key(ch: &crate::agent::proto::Change) -> String {
+fn key(ch: &super::agent_proto::Change) -> String {
     if ch.namespace.is_empty() {
         ch.name.clone()
     } else {
@@ -1649,7 +1649,7 @@ fn key(ch: &crate::agent::proto::Change) -> String {
 }
 
 /// The object a DELETE names (the registry reads only its kind and name).
-fn deleted(kind: Kind, ch: &crate::agent::proto::Change) -> KubeObject {
+fn deleted(kind: Kind, ch: &super::agent_proto::Change) -> KubeObject {
     let metadata = ObjectMeta {
         name: Some(ch.name.clone()),
         namespace: (!ch.namespace.is_empty()).then(|| ch.namespace.clone()),
@@ -1777,7 +1777,7 @@ mod tests {
             tx,
             bundle_sent: Mutex::new(None),
         };
-        let vs = |ns: &str, name: &str, kind: &str| crate::agent::proto::Change {
+        let vs = |ns: &str, name: &str, kind: &str| crate::sources::agent_proto::Change {
             op: change::Op::Upsert as i32,
             namespace: ns.into(),
             name: name.into(),

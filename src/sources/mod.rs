@@ -2,6 +2,7 @@
 //! registry: manifest directories (watched) and live API servers (kube-rs watchers).
 
 pub mod agent;
+pub mod agent_proto;
 pub mod gateway_status;
 pub mod in_cluster;
 pub mod kube;

@@ -1,0 +1,89 @@
+//! The agent protocol (`proto/crossmesh/agent/v1/agent.proto`, package
+//! `crossmesh.agent.v1`) as both ends speak it: the generated messages, the tonic
+//! client used by `crossmesh agent` and the server trait the hub implements
+//! (`sources::agent`), and the Istio kinds an agent streams. It lives with the hub's
+//! source so that sources never import the agent command; the agent re-exports it
+//! (`agent::proto`, `agent::istio::KINDS`). The message flow is documented in the
+//! `.proto`.
+
+#![allow(clippy::all, missing_docs)]
+
+tonic::include_proto!("crossmesh.agent.v1");
+
+/// The message-flow revision this build speaks (`Hello.protocol_version`).
+pub const PROTOCOL_VERSION: u32 = 1;
+
+use Kind as WireKind;
+
+/// The Istio kinds an agent streams: those the kube source watches for a config
+/// cluster (`sources::kube::ISTIO_KINDS`, checked by a test), as (wire kind, API
+/// group, kind, plural).
+pub const KINDS: [(WireKind, &str, &str, &str); 9] = [
+    (
+        WireKind::Gateway,
+        "networking.istio.io",
+        "Gateway",
+        "gateways",
+    ),
+    (
+        WireKind::VirtualService,
+        "networking.istio.io",
+        "VirtualService",
+        "virtualservices",
+    ),
+    (
+        WireKind::DestinationRule,
+        "networking.istio.io",
+        "DestinationRule",
+        "destinationrules",
+    ),
+    (
+        WireKind::Sidecar,
+        "networking.istio.io",
+        "Sidecar",
+        "sidecars",
+    ),
+    (
+        WireKind::ServiceEntry,
+        "networking.istio.io",
+        "ServiceEntry",
+        "serviceentries",
+    ),
+    (
+        WireKind::WorkloadEntry,
+        "networking.istio.io",
+        "WorkloadEntry",
+        "workloadentries",
+    ),
+    (
+        WireKind::PeerAuthentication,
+        "security.istio.io",
+        "PeerAuthentication",
+        "peerauthentications",
+    ),
+    (
+        WireKind::RequestAuthentication,
+        "security.istio.io",
+        "RequestAuthentication",
+        "requestauthentications",
+    ),
+    (
+        WireKind::AuthorizationPolicy,
+        "security.istio.io",
+        "AuthorizationPolicy",
+        "authorizationpolicies",
+    ),
+];
+
+/// [`KINDS`] as a list.
+pub fn kinds() -> Vec<(WireKind, &'static str, &'static str, &'static str)> {
+    KINDS.to_vec()
+}
+
+/// `(group, kind)` of an Istio wire kind.
+pub fn group_kind(k: WireKind) -> Option<(&'static str, &'static str)> {
+    kinds()
+        .into_iter()
+        .find(|(w, ..)| *w == k)
+        .map(|(_, g, n, _)| (g, n))
+}
