@@ -369,6 +369,31 @@ pub fn grpc_bootstrap_json(o: &BootstrapOptions) -> Result<Value, GrpcBootstrapE
     }))
 }
 
+/// Where a proxyless gRPC workload's certificate files are by default: Istio's
+/// (its agent's output certificates for proxyless pods).
+pub const GRPC_CERT_DIR: &str = "/var/lib/istio/data";
+
+/// The gRPC bootstrap's `certificate_providers` (gRFC A29): the instance
+/// `default` that crossmesh's TLS contexts name (`translate::grpc_server`),
+/// gRPC's `file_watcher` plugin over `dir`'s `cert-chain.pem`, `key.pem` and
+/// `root-cert.pem` (the layout `crossmesh workload-certs` writes), re-read
+/// every 60 s.
+pub fn grpc_certificate_providers(dir: &std::path::Path) -> Value {
+    use crate::workload_certs::{CERT_CHAIN_FILE, KEY_FILE, ROOT_CERT_FILE};
+    let file = |name: &str| dir.join(name).display().to_string();
+    json!({
+        crate::translate::grpc_server::CERT_PROVIDER_INSTANCE: {
+            "plugin_name": "file_watcher",
+            "config": {
+                "certificate_file": file(CERT_CHAIN_FILE),
+                "private_key_file": file(KEY_FILE),
+                "ca_certificate_file": file(ROOT_CERT_FILE),
+                "refresh_interval": "60s",
+            }
+        }
+    })
+}
+
 /// The bootstrap as YAML, ready for `envoy -c`.
 pub fn bootstrap_yaml(o: &BootstrapOptions) -> Result<String, serde_saphyr::SerializeError> {
     serde_saphyr::to_string(&bootstrap_json(o))

@@ -48,6 +48,46 @@ pub enum Command {
     /// (`iptables-restore --noflush`), as Istio's istio-iptables does in REDIRECT
     /// mode; run by the injected `istio-init` container.
     Iptables(IptablesArgs),
+    /// Keep a proxyless gRPC workload's certificate files (cert-chain.pem,
+    /// key.pem, root-cert.pem) current, fetched from the TLS xDS port with its
+    /// service-account token: what gRPC's `file_watcher` certificate provider
+    /// reads (`crossmesh bootstrap --role grpc --cert-dir`).
+    WorkloadCerts(Box<WorkloadCertsArgs>),
+}
+
+/// `crossmesh workload-certs` (`workload_certs`).
+#[derive(Debug, Args)]
+pub struct WorkloadCertsArgs {
+    /// The TLS xDS port (mesh file `xdsTlsAddress`), HOST:PORT; HOST is the
+    /// name checked in its certificate.
+    #[arg(long, env = "CROSSMESH_XDS_ADDRESS", value_name = "HOST:PORT")]
+    pub xds_address: String,
+    /// The mesh's root certificate(s) (PEM) the xDS port's certificate must chain to.
+    #[arg(long, env = "CROSSMESH_ROOT_CERT", value_name = "F")]
+    pub root_cert: PathBuf,
+    /// The workload's service-account token (audience `istio-ca`), read at every connection.
+    #[arg(long, env = "CROSSMESH_TOKEN_FILE", value_name = "F")]
+    pub token_file: PathBuf,
+    /// Pod name.
+    #[arg(long, env = "CROSSMESH_NAME", value_name = "POD")]
+    pub name: String,
+    #[arg(long, env = "CROSSMESH_NAMESPACE", value_name = "NS")]
+    pub namespace: String,
+    /// The Pod's IP (part of its node id).
+    #[arg(long, env = "CROSSMESH_IP", value_name = "IP")]
+    pub ip: std::net::IpAddr,
+    /// The Pod's service account: the identity the token must prove.
+    #[arg(long, env = "CROSSMESH_SERVICE_ACCOUNT", value_name = "SA", default_value = "default")]
+    pub service_account: String,
+    /// The member cluster the Pod runs in (Istio's CLUSTER_ID).
+    #[arg(long, env = "CROSSMESH_CLUSTER_ID", value_name = "C", default_value = "Kubernetes")]
+    pub cluster_id: String,
+    /// The mesh's domain suffix (the node id's `NS.svc.<suffix>`).
+    #[arg(long, env = "CROSSMESH_DOMAIN_SUFFIX", value_name = "SUFFIX", default_value = "cluster.local")]
+    pub domain_suffix: String,
+    /// Where the files are written.
+    #[arg(long, env = "CROSSMESH_CERT_DIR", value_name = "DIR")]
+    pub cert_dir: PathBuf,
 }
 
 /// `crossmesh iptables`; each flag matches a `traffic.sidecar.istio.io/*` annotation.
@@ -442,6 +482,12 @@ pub struct BootstrapArgs {
     /// from an init container whose image has no shell to redirect with.
     #[arg(long, env = "CROSSMESH_OUTPUT", value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// `--role grpc`: the directory of the workload's certificate files
+    /// (cert-chain.pem, key.pem, root-cert.pem; `crossmesh workload-certs`
+    /// writes them), read by gRPC's `file_watcher` certificate provider.
+    #[arg(long, env = "CROSSMESH_CERT_DIR", value_name = "DIR",
+          default_value = crate::bootstrap::GRPC_CERT_DIR)]
+    pub cert_dir: PathBuf,
     /// Connect over TLS (crossmesh's `xdsTlsAddress`), trusting the PEM roots in
     /// FILE (the mesh's root-cert.pem). Needs --token-file.
     #[arg(
@@ -685,9 +731,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bootstrap(args) => {
             let output = args.output.clone();
+            let cert_dir = absolute(args.cert_dir.clone());
             let opts: BootstrapOptions = (*args).into();
             let yaml = if opts.role == ProxyRole::Grpc {
-                let json = bootstrap::grpc_bootstrap_json(&opts)?;
+                let mut json = bootstrap::grpc_bootstrap_json(&opts)?;
+                json["certificate_providers"] = bootstrap::grpc_certificate_providers(&cert_dir);
                 serde_json::to_string_pretty(&json)? + "\n"
             } else {
                 bootstrap::bootstrap_yaml(&opts).context("cannot print the bootstrap as YAML")?
@@ -737,6 +785,24 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 max_inventory_bytes: a.max_inventory_bytes,
             };
             runtime()?.block_on(crate::agent::run(opts))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::WorkloadCerts(a) => {
+            let a = *a;
+            let opts = crate::workload_certs::Options {
+                node_id: format!(
+                    "sidecar~{}~{}.{}~{}.svc.{}",
+                    a.ip, a.name, a.namespace, a.namespace, a.domain_suffix
+                ),
+                xds_address: a.xds_address,
+                root_cert: a.root_cert,
+                token_file: a.token_file,
+                namespace: a.namespace,
+                service_account: a.service_account,
+                cluster_id: a.cluster_id,
+                dir: a.cert_dir,
+            };
+            runtime()?.block_on(crate::workload_certs::run(opts))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Iptables(a) => {

@@ -30,4 +30,5 @@ pub mod sources;
 pub mod tls;
 pub mod translate;
 pub mod validate;
+pub mod workload_certs;
 pub mod xds;

@@ -316,14 +316,22 @@ fn clusters(svc: &Service, proxy_ns: &str, ctx: &PushContext) -> Vec<Cluster> {
     let mut out = Vec::new();
     for port in &svc.ports {
         let policy = TrafficPolicy::effective(top, None, port.port);
-        out.push(cluster(
-            &cluster_name(port.port, "", &svc.hostname),
+        // ISTIO_MUTUAL: mTLS from the certificate provider (`grpc_server`).
+        let tls = |mut c: Cluster, policy: &EffectivePolicy| {
+            super::grpc_server::apply_client_tls(&mut c, policy, svc, port.port, ctx);
+            c
+        };
+        out.push(tls(
+            cluster(&cluster_name(port.port, "", &svc.hostname), &policy),
             &policy,
         ));
         for subset in rule.iter().flat_map(|r| r.subsets.iter()) {
             let policy = TrafficPolicy::effective(top, subset.traffic_policy.as_ref(), port.port);
-            out.push(cluster(
-                &cluster_name(port.port, &subset.name, &svc.hostname),
+            out.push(tls(
+                cluster(
+                    &cluster_name(port.port, &subset.name, &svc.hostname),
+                    &policy,
+                ),
                 &policy,
             ));
         }

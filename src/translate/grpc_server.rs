@@ -29,7 +29,10 @@
 
 use std::net::SocketAddr;
 
-use envoy_types::pb::envoy::config::core::v3::TransportSocket;
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::{
+    transport_socket::ConfigType as SocketConfig, TransportSocket,
+};
 use envoy_types::pb::envoy::config::listener::v3::{
     filter::ConfigType as FilterConfig, Filter, FilterChain, Listener,
 };
@@ -58,8 +61,9 @@ use super::listener::{HCM_FILTER, ROUTER_FILTER};
 use super::mtls::{TLS_MODE_LABEL, TLS_TRANSPORT_SOCKET};
 use super::proto::{bool_value, pack, socket_address};
 use crate::model::istio::authorization_policy::{AuthorizationPolicy, ConditionKey};
+use crate::model::istio::destination_rule::EffectivePolicy;
 use crate::model::istio::{Config, MtlsMode};
-use crate::model::{Proxy, PushContext};
+use crate::model::{Proxy, PushContext, Service};
 
 /// Istio's `server_listener_resource_name_template` without its `%s`
 /// (`grpcxds.ServerListenerNamePrefix`).
@@ -167,11 +171,7 @@ fn build(proxy: &Proxy, ctx: &PushContext, name: &str, addr: SocketAddr) -> List
             }],
             transport_socket: tls.map(|t| TransportSocket {
                 name: TLS_TRANSPORT_SOCKET.into(),
-                config_type: Some(
-                    envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(
-                        pack(&t),
-                    ),
-                ),
+                config_type: Some(SocketConfig::TypedConfig(pack(&t))),
             }),
             ..Default::default()
         }],
@@ -404,6 +404,33 @@ pub fn upstream_tls(sans: &[String]) -> UpstreamTlsContext {
         common_tls_context: Some(common_tls(sans)),
         ..Default::default()
     }
+}
+
+/// A proxyless client's cluster under DestinationRule `tls.mode: ISTIO_MUTUAL`
+/// gets [`upstream_tls`] for the service accounts behind the service's `port`
+/// (Istio's `grpcgen` `applyTLS`: gRPC clients use mTLS only when a
+/// DestinationRule says so, since gRPC cannot fall back to plaintext per
+/// endpoint as Envoy's auto mTLS does). Other modes change nothing here.
+pub fn apply_client_tls(
+    c: &mut Cluster,
+    policy: &EffectivePolicy,
+    svc: &Service,
+    port: u16,
+    ctx: &PushContext,
+) {
+    let istio_mutual = policy
+        .tls
+        .as_ref()
+        .and_then(|t| t.mode.as_deref())
+        .is_some_and(|m| m == "ISTIO_MUTUAL");
+    if !istio_mutual {
+        return;
+    }
+    let sans = super::mtls::service_sans(svc, port, ctx);
+    c.transport_socket = Some(TransportSocket {
+        name: TLS_TRANSPORT_SOCKET.into(),
+        config_type: Some(SocketConfig::TypedConfig(pack(&upstream_tls(&sans)))),
+    });
 }
 
 #[cfg(test)]
