@@ -1,5 +1,6 @@
 //! The wire format of the ADS server: requests (`Requests`) are gRPC messages
-//! decoded with prost; responses are written field by field (`Frames`) so that
+//! decoded with prost, except a SotW request's `resource_names`, kept as wire
+//! bytes (`SotwRequest`); responses are written field by field (`Frames`) so that
 //! each resource's pre-encoded `google.protobuf.Any` bytes (`Resource::any`,
 //! encoded once per content and shared by every proxy) go into the HTTP/2 body
 //! by reference, never re-encoded or copied per proxy.
@@ -12,11 +13,13 @@ use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
+use prost::Message;
 use tonic::Status;
 
-use super::resource::{put_str_field, str_field_len, Resource, TypeUrl};
+use super::resource::{put_str_field, str_field_len, Resource, StableHash, TypeUrl};
 
 /// A state-of-the-world response (`DiscoveryResponse`) holding shared resources.
 #[derive(Debug, Clone)]
@@ -197,8 +200,195 @@ impl Frames {
     }
 }
 
+/// A request message as the ADS server decodes it from its gRPC frame.
+pub trait DecodeRequest: Sized + Send + 'static {
+    fn decode_request(msg: Bytes) -> Result<Self, String>;
+}
+
+impl DecodeRequest for DeltaDiscoveryRequest {
+    fn decode_request(msg: Bytes) -> Result<Self, String> {
+        DeltaDiscoveryRequest::decode(msg).map_err(|e| e.to_string())
+    }
+}
+
+/// A state-of-the-world `DiscoveryRequest` whose `resource_names` are not
+/// decoded into one `String` each: Envoy repeats every name it subscribes to
+/// in every request, including each ACK (with 1,000 EDS clusters, 1,000 names
+/// per ACK per proxy), and the stream only needs to know whether the list
+/// changed. `req` holds every other field (its `resource_names` is empty);
+/// `names` the names as they came on the wire.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SotwRequest {
+    pub req: DiscoveryRequest,
+    pub names: RequestNames,
+}
+
+impl std::ops::Deref for SotwRequest {
+    type Target = DiscoveryRequest;
+    fn deref(&self) -> &DiscoveryRequest {
+        &self.req
+    }
+}
+
+impl From<DiscoveryRequest> for SotwRequest {
+    /// Tests and tools: the same request as the server would decode it.
+    fn from(mut req: DiscoveryRequest) -> SotwRequest {
+        let mut raw = BytesMut::new();
+        for n in std::mem::take(&mut req.resource_names) {
+            prost::encoding::string::encode(3, &n, &mut raw);
+        }
+        SotwRequest {
+            req,
+            names: RequestNames::scan(raw.freeze()).unwrap_or_default(),
+        }
+    }
+}
+
+/// `DiscoveryRequest.resource_names` (field 3) as wire bytes: every element
+/// with its key and length, UTF-8 checked once, read as `&str` slices.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestNames {
+    raw: Bytes,
+    count: usize,
+}
+
+impl RequestNames {
+    /// `raw` holds only field-3 elements; checks each is well-formed UTF-8.
+    fn scan(raw: Bytes) -> Result<RequestNames, String> {
+        let mut count = 0;
+        let mut rest = &raw[..];
+        while !rest.is_empty() {
+            let (_, name, after) = next_field(rest)?;
+            std::str::from_utf8(name)
+                .map_err(|_| "resource_names: a name is not UTF-8".to_string())?;
+            count += 1;
+            rest = after;
+        }
+        Ok(RequestNames { raw, count })
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The names in request order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
+        let mut rest = &self.raw[..];
+        std::iter::from_fn(move || {
+            let (_, name, after) = next_field(rest).ok()?;
+            rest = after;
+            // Checked in `scan`.
+            std::str::from_utf8(name).ok()
+        })
+    }
+
+    /// A digest of the list as sent (order and count included): its wire
+    /// bytes, hashed in one pass.
+    pub fn digest(&self) -> (usize, u64) {
+        let mut h = StableHash::new();
+        h.write(&self.raw);
+        (self.count, h.finish())
+    }
+}
+
+/// One length-delimited field at the start of `b`: (field number, payload,
+/// the bytes after it). Errors on any other wire type.
+fn next_field(b: &[u8]) -> Result<(u32, &[u8], &[u8]), String> {
+    let mut buf = b;
+    let key = prost::encoding::decode_varint(&mut buf).map_err(|e| e.to_string())?;
+    if key & 7 != WireType::LengthDelimited as u64 {
+        return Err("not a length-delimited field".to_string());
+    }
+    let len = prost::encoding::decode_varint(&mut buf).map_err(|e| e.to_string())?;
+    if len > buf.len() as u64 {
+        return Err("buffer underflow".to_string());
+    }
+    let (payload, after) = buf.split_at(len as usize);
+    Ok(((key >> 3) as u32, payload, after))
+}
+
+impl DecodeRequest for SotwRequest {
+    /// Finds the `resource_names` elements without copying them; prost decodes
+    /// the rest. Envoy (like prost) writes fields in number order, so the
+    /// names are one run and the rest is the bytes before and after it; a
+    /// request with names interleaved with other fields is decoded by copying
+    /// the other fields apart (correct, only slower).
+    fn decode_request(msg: Bytes) -> Result<Self, String> {
+        fn decode(b: impl Buf) -> Result<DiscoveryRequest, String> {
+            DiscoveryRequest::decode(b).map_err(|e| e.to_string())
+        }
+        // (start, end) of each run of consecutive field-3 elements.
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        let mut pos = 0;
+        while pos < msg.len() {
+            let mut buf = &msg[pos..];
+            let key = prost::encoding::decode_varint(&mut buf).map_err(|e| e.to_string())?;
+            let wire = WireType::try_from(key & 7)
+                .map_err(|_| format!("invalid wire type value: {}", key & 7))?;
+            let field = key >> 3;
+            let header = msg.len() - pos - buf.len();
+            let body = match wire {
+                WireType::LengthDelimited => {
+                    let len =
+                        prost::encoding::decode_varint(&mut buf).map_err(|e| e.to_string())?;
+                    if len > buf.len() as u64 {
+                        return Err("buffer underflow".to_string());
+                    }
+                    (msg.len() - pos - buf.len() - header) + len as usize
+                }
+                WireType::Varint => {
+                    prost::encoding::decode_varint(&mut buf).map_err(|e| e.to_string())?;
+                    msg.len() - pos - buf.len() - header
+                }
+                WireType::SixtyFourBit => 8,
+                WireType::ThirtyTwoBit => 4,
+                WireType::StartGroup | WireType::EndGroup => {
+                    return Err("groups are not supported".to_string())
+                }
+            };
+            let end = pos + header + body;
+            if end > msg.len() {
+                return Err("buffer underflow".to_string());
+            }
+            if field == 3 && wire == WireType::LengthDelimited {
+                match runs.last_mut() {
+                    Some(run) if run.1 == pos => run.1 = end,
+                    _ => runs.push((pos, end)),
+                }
+            }
+            pos = end;
+        }
+        let (req, raw) = match runs.as_slice() {
+            [] => (decode(msg)?, Bytes::new()),
+            [(start, end)] => {
+                let rest = msg.slice(..*start).chain(msg.slice(*end..));
+                (decode(rest)?, msg.slice(*start..*end))
+            }
+            _ => {
+                let (mut rest, mut names) = (BytesMut::new(), BytesMut::new());
+                let mut at = 0;
+                for (start, end) in &runs {
+                    rest.extend_from_slice(&msg[at..*start]);
+                    names.extend_from_slice(&msg[*start..*end]);
+                    at = *end;
+                }
+                rest.extend_from_slice(&msg[at..]);
+                (decode(rest)?, names.freeze())
+            }
+        };
+        Ok(SotwRequest {
+            req,
+            names: RequestNames::scan(raw)?,
+        })
+    }
+}
+
 /// The request half of an ADS stream: gRPC length-prefixed messages read from
-/// the HTTP/2 body and decoded with prost. Unlike tonic's `Streaming`, whose
+/// the HTTP/2 body and decoded (`DecodeRequest`). Unlike tonic's `Streaming`, whose
 /// buffer keeps the capacity of the largest request seen (an EDS subscription
 /// listing every cluster), the buffer is released whenever it runs empty, so
 /// an idle stream holds no request bytes.
@@ -209,7 +399,7 @@ pub struct Requests<Req> {
     _req: PhantomData<fn() -> Req>,
 }
 
-impl<Req: prost::Message + Default> Requests<Req> {
+impl<Req: DecodeRequest> Requests<Req> {
     pub fn new(body: tonic::body::Body, max: usize) -> Self {
         Requests {
             body,
@@ -267,11 +457,12 @@ impl<Req: prost::Message + Default> Requests<Req> {
             self.buf.reserve(5 + len - self.buf.len());
             return Ok(None);
         }
-        let msg = self.buf.split_to(5 + len);
+        let mut msg = self.buf.split_to(5 + len).freeze();
         if self.buf.is_empty() {
             self.buf = BytesMut::new();
         }
-        Req::decode(&msg[5..])
+        msg.advance(5);
+        Req::decode_request(msg)
             .map(Some)
             .map_err(|e| Status::invalid_argument(format!("malformed xDS request: {e}")))
     }
@@ -284,7 +475,6 @@ mod tests {
     use envoy_types::pb::envoy::service::discovery::v3::{
         DeltaDiscoveryResponse, DiscoveryResponse,
     };
-    use prost::Message;
 
     fn res(name: &str) -> Arc<Resource> {
         Resource::encode(
@@ -295,6 +485,92 @@ mod tests {
                 ..Default::default()
             },
         )
+    }
+
+    fn request(names: &[&str]) -> DiscoveryRequest {
+        use envoy_types::pb::envoy::config::core::v3::Node;
+        DiscoveryRequest {
+            version_info: "v7".into(),
+            node: Some(Node {
+                id: "sidecar~10.0.0.1~p.ns~ns.svc.cluster.local".into(),
+                ..Default::default()
+            }),
+            resource_names: names.iter().map(|n| n.to_string()).collect(),
+            type_url: TypeUrl::Endpoint.as_str().into(),
+            response_nonce: "12".into(),
+            error_detail: Some(envoy_types::pb::google::rpc::Status {
+                code: 13,
+                message: "rejected".into(),
+                details: vec![],
+            }),
+            resource_locators: vec![Default::default()],
+        }
+    }
+
+    /// A SotW request decodes to every field prost would give, with the names
+    /// kept as slices of the request bytes; a list that differs in order,
+    /// count or content has another digest.
+    #[test]
+    fn sotw_request_names_are_slices_of_the_wire_bytes() {
+        let want = request(&["outbound|80||a.ns.svc.cluster.local", "b", "", "é"]);
+        let bytes = Bytes::from(want.encode_to_vec());
+        let got = SotwRequest::decode_request(bytes.clone()).unwrap();
+        let names: Vec<&str> = got.names.iter().collect();
+        assert_eq!(names, want.resource_names);
+        assert_eq!(got.names.len(), 4);
+        let first = names[0].as_ptr() as usize;
+        let range = bytes.as_ptr() as usize..bytes.as_ptr() as usize + bytes.len();
+        assert!(range.contains(&first), "not copied out of the request");
+        let mut rest = want.clone();
+        rest.resource_names.clear();
+        assert_eq!(got.req, rest);
+        assert_eq!(got, SotwRequest::from(want.clone()));
+
+        let digest = |names: &[&str]| SotwRequest::from(request(names)).names.digest();
+        assert_eq!(digest(&["a", "b"]), digest(&["a", "b"]));
+        assert_ne!(digest(&["a", "b"]), digest(&["b", "a"]));
+        assert_ne!(digest(&["a", "b"]), digest(&["ab"]));
+        assert_ne!(digest(&["a"]), digest(&["a", ""]));
+        assert_eq!(digest(&[]).0, 0);
+    }
+
+    /// Names interleaved with other fields (valid protobuf, though neither
+    /// Envoy nor prost writes it) decode the same; malformed input is an
+    /// error, not a panic.
+    #[test]
+    fn sotw_request_interleaved_and_malformed() {
+        let mut buf = Vec::new();
+        prost::encoding::string::encode(3, &"a".to_string(), &mut buf);
+        prost::encoding::string::encode(4, &TypeUrl::Cluster.as_str().to_string(), &mut buf);
+        prost::encoding::string::encode(3, &"b".to_string(), &mut buf);
+        prost::encoding::string::encode(1, &"v".to_string(), &mut buf);
+        let got = SotwRequest::decode_request(Bytes::from(buf.clone())).unwrap();
+        let names: Vec<&str> = got.names.iter().collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(got.type_url, TypeUrl::Cluster.as_str());
+        assert_eq!(got.version_info, "v");
+        assert_eq!(
+            got.names.digest(),
+            SotwRequest::from(DiscoveryRequest {
+                resource_names: vec!["a".into(), "b".into()],
+                ..Default::default()
+            })
+            .names
+            .digest()
+        );
+
+        let whole = request(&["a", "bb"]).encode_to_vec();
+        for cut in 0..whole.len() {
+            // Every truncation either decodes (a prefix that ends between
+            // fields) or fails; none panics.
+            let _ = SotwRequest::decode_request(Bytes::copy_from_slice(&whole[..cut]));
+        }
+        let mut bad = Vec::new();
+        bad.extend([0x1a, 0x02, 0xff, 0xfe]); // field 3, not UTF-8
+        let err = SotwRequest::decode_request(Bytes::from(bad)).unwrap_err();
+        assert!(err.contains("UTF-8"), "{err}");
+        let err = SotwRequest::decode_request(Bytes::from_static(&[0x1a, 0x09, b'a'])).unwrap_err();
+        assert!(err.contains("underflow"), "{err}");
     }
 
     #[test]

@@ -28,9 +28,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 
-use super::codec::{DeltaResponse, SotwResponse};
+use super::codec::{DeltaResponse, SotwRequest, SotwResponse};
 use super::resource::{
     changed_names, merge_by_name, same_content, Resource, ResourceMap, StableHash, TypeUrl,
 };
@@ -455,7 +455,7 @@ impl StreamState {
 
     /// Handle a state-of-the-world request; returns what it did and the response,
     /// if one is due.
-    pub fn sotw_request(&mut self, req: &DiscoveryRequest) -> (Ack, Vec<Out>) {
+    pub fn sotw_request(&mut self, req: &SotwRequest) -> (Ack, Vec<Out>) {
         let Some(t) = TypeUrl::parse(&req.type_url) else {
             return (Ack::UnknownType(req.type_url.clone()), Vec::new());
         };
@@ -464,13 +464,7 @@ impl StreamState {
         if ack == Ack::Stale {
             return (ack, Vec::new());
         }
-        let digest = {
-            let mut h = StableHash::new();
-            for n in &req.resource_names {
-                h.write_str(n);
-            }
-            (req.resource_names.len(), h.finish())
-        };
+        let digest = req.names.digest();
         let ts = &mut self.types[t.index()];
         if ts.requested && ts.names_digest == Some(digest) {
             // The same subscription as last time: nothing to (re)send.
@@ -479,15 +473,15 @@ impl StreamState {
         ts.names_digest = Some(digest);
         let first = !ts.requested;
         ts.requested = true;
-        let star = req.resource_names.iter().any(|n| n == "*");
+        let star = req.names.iter().any(|n| n == "*");
         let was_wildcard = ts.wildcard;
         ts.wildcard = star
-            || (req.resource_names.is_empty()
+            || (req.names.is_empty()
                 && t.sotw_implicit_delete()
                 && (first || (was_wildcard && ts.names.is_empty())));
         let known = map_of(&self.current, self.own_secrets.is_some(), &self.secrets, t);
         let names: BTreeSet<Arc<str>> = req
-            .resource_names
+            .names
             .iter()
             .filter(|n| *n != "*")
             .map(|n| intern(known, n))
@@ -505,12 +499,45 @@ impl StreamState {
             let names = &ts.names;
             ts.sent.retain(|n| names.contains(n));
         }
-        let out = if first || !forced.is_empty() {
+        let reconnect = first && req.response_nonce.is_empty() && !req.version_info.is_empty();
+        let out = if reconnect && self.holds_already(t, &req.version_info) {
+            Vec::new()
+        } else if first || !forced.is_empty() {
             self.respond(t, &forced, first && t.sotw_implicit_delete())
         } else {
             Vec::new()
         };
         (ack, out)
+    }
+
+    /// SotW reconnect: the first request of a type on a new stream carries the
+    /// `version_info` the client last accepted (of this or another process).
+    /// When it equals the version of everything the client should now hold of
+    /// `t` (versions are content hashes, the same in every process), the
+    /// client holds exactly that: it is recorded as sent and nothing is sent,
+    /// as go-control-plane's SotW cache answers a request whose version is
+    /// current. For EDS and RDS that matches only when the last response the
+    /// client accepted carried the whole set (a response's version covers what
+    /// it carries); otherwise everything in scope is sent as before.
+    fn holds_already(&mut self, t: TypeUrl, version: &str) -> bool {
+        let map = self.map(t).clone();
+        let ts = &mut self.types[t.index()];
+        let held: Vec<Arc<Resource>> = if ts.wildcard {
+            map.values().cloned().collect()
+        } else {
+            ts.names
+                .iter()
+                .filter_map(|n| map.get(n).cloned())
+                .collect()
+        };
+        if held.is_empty() || set_version(&held) != version {
+            return false;
+        }
+        ts.sent.set_all(&held);
+        ts.sent.rebase(&map);
+        ts.sent_version = version.to_string();
+        ts.acked_version = version.to_string();
+        true
     }
 
     /// Handle an incremental request.
@@ -980,6 +1007,84 @@ mod tests {
         assert_eq!(sent, [("kubernetes://tls-a", "2")]);
         assert!(out[0].removed.is_empty());
         assert_eq!(st.own_secrets().map(|m| m.len()), Some(2));
+    }
+
+    fn update(cds: &[(&str, u32)], eds: &[(&str, u32)]) -> Update {
+        let map = |items: &[(&str, u32)]| -> ResourceMap {
+            Arc::new(
+                items
+                    .iter()
+                    .map(|(n, v)| (Arc::from(*n), res(n, *v)))
+                    .collect(),
+            )
+        };
+        Update {
+            snapshot: Arc::new(crate::xds::ProxySnapshot::new(
+                1,
+                [
+                    map(cds),
+                    map(eds),
+                    Arc::default(),
+                    Arc::default(),
+                    Arc::default(),
+                ],
+            )),
+            changes: None,
+            triggered: None,
+        }
+    }
+
+    fn sotw(t: TypeUrl, names: &[&str], version: &str, nonce: &str) -> SotwRequest {
+        SotwRequest::from(
+            envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest {
+                type_url: t.as_str().into(),
+                resource_names: names.iter().map(|n| n.to_string()).collect(),
+                version_info: version.into(),
+                response_nonce: nonce.into(),
+                ..Default::default()
+            },
+        )
+    }
+
+    /// A SotW client reconnecting (to a restarted control plane) with the
+    /// version of what it holds gets nothing while that is still current, and
+    /// then only what changes; a client quoting another version gets all.
+    #[test]
+    fn sotw_reconnect_with_the_current_version_gets_nothing() {
+        let cds = [("a", 1), ("b", 1)];
+        let eds = [("a", 1), ("b", 1)];
+        // The first stream: what a proxy holds and the versions it accepted.
+        let mut first = StreamState::new(Mode::Sotw, update(&cds, &eds));
+        let (_, out) = first.sotw_request(&sotw(TypeUrl::Cluster, &[], "", ""));
+        let cds_version = out[0].version.clone();
+        let (_, out) = first.sotw_request(&sotw(TypeUrl::Endpoint, &["a", "b"], "", ""));
+        assert_eq!(out[0].resources.len(), 2);
+        let eds_version = out[0].version.clone();
+
+        // A new process, the same content: nothing to send for either type.
+        let mut again = StreamState::new(Mode::Sotw, update(&cds, &eds));
+        let (ack, out) = again.sotw_request(&sotw(TypeUrl::Cluster, &[], &cds_version, ""));
+        assert_eq!(ack, Ack::Request);
+        assert!(out.is_empty(), "{out:?}");
+        let (_, out) = again.sotw_request(&sotw(TypeUrl::Endpoint, &["a", "b"], &eds_version, ""));
+        assert!(out.is_empty(), "{out:?}");
+        // A later change goes out alone, as on the first stream.
+        let out = again.update(update(&cds, &[("a", 1), ("b", 2)]));
+        assert_eq!(out.len(), 1);
+        let names: Vec<&str> = out[0].resources.iter().map(|r| &*r.name).collect();
+        assert_eq!(names, ["b"]);
+
+        // A client holding other content (an older version) gets everything.
+        let mut stale = StreamState::new(Mode::Sotw, update(&cds, &[("a", 1), ("b", 2)]));
+        let (_, out) = stale.sotw_request(&sotw(TypeUrl::Cluster, &[], &cds_version, ""));
+        assert!(out.is_empty(), "CDS unchanged");
+        let (_, out) = stale.sotw_request(&sotw(TypeUrl::Endpoint, &["a", "b"], &eds_version, ""));
+        assert_eq!(out.len(), 1);
+        let names: Vec<&str> = out[0].resources.iter().map(|r| &*r.name).collect();
+        assert_eq!(names, ["a", "b"]);
+        let mut other = StreamState::new(Mode::Sotw, update(&[("a", 1), ("c", 1)], &eds));
+        let (_, out) = other.sotw_request(&sotw(TypeUrl::Cluster, &[], &cds_version, ""));
+        assert_eq!(out[0].resources.len(), 2, "CDS changed: the full set");
     }
 
     #[test]

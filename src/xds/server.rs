@@ -33,14 +33,17 @@ use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use tokio::sync::{mpsc, watch};
 use tonic::codegen::{http, BoxFuture, Service, StdError};
 use tonic::server::NamedService;
 use tonic::Status;
 use tracing::{debug, info, warn, Instrument};
 
-use super::codec::{DeltaResponse, EncodeResponse, Frames, PayloadLen, Requests, SotwResponse};
+use super::codec::{
+    DecodeRequest, DeltaResponse, EncodeResponse, Frames, PayloadLen, Requests, SotwRequest,
+    SotwResponse,
+};
 use super::connection::{Ack, Mode, Out, StreamState};
 use super::secure::XdsSecurity;
 use super::source::{SnapshotSource, Update};
@@ -325,7 +328,7 @@ impl<R: EncodeResponse> http_body::Body for AdsBody<R> {
 /// The two ADS variants, as far as the stream loop cares.
 trait Flavor: Send + 'static {
     const MODE: Mode;
-    type Req: prost::Message + Default + Send + 'static;
+    type Req: DecodeRequest;
     type Resp: PayloadLen + EncodeResponse + Send + 'static;
     fn node(req: &Self::Req) -> Option<&envoy_types::pb::envoy::config::core::v3::Node>;
     fn handle(st: &mut StreamState, req: &Self::Req) -> (Ack, Vec<Out>);
@@ -338,18 +341,18 @@ struct Delta;
 
 impl Flavor for Sotw {
     const MODE: Mode = Mode::Sotw;
-    type Req = DiscoveryRequest;
+    type Req = SotwRequest;
     type Resp = SotwResponse;
-    fn node(req: &DiscoveryRequest) -> Option<&envoy_types::pb::envoy::config::core::v3::Node> {
+    fn node(req: &SotwRequest) -> Option<&envoy_types::pb::envoy::config::core::v3::Node> {
         req.node.as_ref()
     }
-    fn handle(st: &mut StreamState, req: &DiscoveryRequest) -> (Ack, Vec<Out>) {
+    fn handle(st: &mut StreamState, req: &SotwRequest) -> (Ack, Vec<Out>) {
         st.sotw_request(req)
     }
     fn wire(out: Out) -> SotwResponse {
         out.sotw()
     }
-    fn type_url(req: &DiscoveryRequest) -> &str {
+    fn type_url(req: &SotwRequest) -> &str {
         &req.type_url
     }
 }
