@@ -97,6 +97,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "translate",
             "xds",
             "debug",
+            "telemetry",
             "security",
             "model",
             "config",
