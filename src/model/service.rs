@@ -106,6 +106,17 @@ pub struct Endpoint {
     /// True while the endpoint's cluster is unreachable and the endpoint is served
     /// from the last-known state.
     pub stale: bool,
+    /// Istio's `WorkloadEntry.weight` (also a ServiceEntry inline endpoint's):
+    /// Envoy's `LbEndpoint.load_balancing_weight`, and a locality's weight is the
+    /// sum over its endpoints; 1 for Pods. 16 bits keep `Endpoint` at 104 bytes
+    /// (it shares the padding after `address`, `port` and the two flags; a `u32`
+    /// would make it 112), so validation rejects weights above 65535.
+    #[serde(skip_serializing_if = "weight_is_one")]
+    pub weight: u16,
+}
+
+fn weight_is_one(w: &u16) -> bool {
+    *w == 1
 }
 
 /// A service merged across member clusters.

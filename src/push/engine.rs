@@ -482,7 +482,15 @@ impl Pusher {
                 .inc();
         }
         let mut st = lock(&self.inner.state);
-        let summary = if req.full || st.ctx.is_none() {
+        // A Service a Gateway names in `addresses` picks gateway proxies by its
+        // endpoints (`ProxyClass::gateway_services`): its endpoints changing
+        // changes which Gateways those proxies serve, a full push.
+        let gateway_service = st.ctx.as_ref().is_some_and(|c| {
+            c.config
+                .gateway_service_hosts()
+                .any(|h| req.services.iter().any(|s| **s == *h))
+        });
+        let summary = if req.full || st.ctx.is_none() || gateway_service {
             self.full_push(&mut st, triggered).0
         } else {
             self.endpoint_push(&mut st, &req.services, triggered)
@@ -942,6 +950,7 @@ mod tests {
                 workload: format!("default/{name}").into(),
                 service_account: "".into(),
                 stale: false,
+                weight: 1,
             })
             .collect();
         Arc::new(Service {
@@ -1160,6 +1169,7 @@ mod tests {
                     workload: format!("default/{name}").into(),
                     service_account: "".into(),
                     stale: false,
+                    weight: 1,
                 }
             })
             .collect();

@@ -915,6 +915,7 @@ mod tests {
                 workload: "w".into(),
                 service_account: "sa".into(),
                 stale: false,
+                weight: 1,
             })
             .collect();
         let svc = Service {

@@ -139,6 +139,7 @@ impl Index {
                         workload: Arc::from(format!("{}/{}", key.0, key.1)),
                         service_account: pod.service_account.clone(),
                         stale: shard.state.stale,
+                        weight: 1,
                     },
                     named_ports: pod
                         .named_ports

@@ -465,6 +465,7 @@ impl Shard {
                     workload,
                     service_account: sa,
                     stale,
+                    weight: 1,
                 }
             };
         match &svc.selector {

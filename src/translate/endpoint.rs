@@ -1,7 +1,7 @@
 //! EDS: the `ClusterLoadAssignment`s of one service, one per service port and per
 //! DestinationRule subset, holding only ready endpoints from every member cluster,
-//! grouped by locality (`region/zone/subzone`), each locality weighted by its
-//! healthy endpoint count.
+//! grouped by locality (`region/zone/subzone`), each locality weighted by the sum
+//! of its endpoints' weights (its healthy endpoint count when all weigh 1).
 //!
 //! Two entry points:
 //! - `service_assignments`: the one global assignment, for services whose EDS
@@ -129,7 +129,8 @@ fn meshed(e: &Endpoint, svc: &Service, ctx: &PushContext) -> bool {
             != MtlsMode::Disable
 }
 
-/// One group per locality, sorted by locality; each endpoint weight 1, marked
+/// One group per locality, sorted by locality; each endpoint with its weight
+/// (`Endpoint::weight`: 1 for Pods, a WorkloadEntry's `weight`), marked
 /// `tlsMode: istio` in `envoy.transport_socket_match` metadata when `meshed`.
 fn groups_of<'a>(
     eps: impl Iterator<Item = &'a Endpoint>,
@@ -138,7 +139,8 @@ fn groups_of<'a>(
 ) -> Vec<Group<'a, LbEndpoint>> {
     let mut by: BTreeMap<&Locality, Vec<(LbEndpoint, u32, Option<&'a Endpoint>)>> = BTreeMap::new();
     for e in eps {
-        let mut lb = network::lb_endpoint(&e.address.to_string(), e.port as u32, 1);
+        let weight = u32::from(e.weight.max(1));
+        let mut lb = network::lb_endpoint(&e.address.to_string(), e.port as u32, weight);
         if meshed(e, svc, ctx) {
             lb.metadata = Some(Metadata {
                 filter_metadata: [(
@@ -149,7 +151,9 @@ fn groups_of<'a>(
                 ..Default::default()
             });
         }
-        by.entry(&e.locality).or_default().push((lb, 1, Some(e)));
+        by.entry(&e.locality)
+            .or_default()
+            .push((lb, weight, Some(e)));
     }
     by.into_iter()
         .map(|(l, members)| Group {
@@ -163,7 +167,7 @@ fn groups_of<'a>(
 
 /// Envoy form, ordered by (priority, locality). A group's weight is its
 /// explicit weight (`distribute`) or the sum of its members' weights (the
-/// healthy endpoint count, Istio's default).
+/// healthy endpoint count when every weight is 1, Istio's default).
 fn to_proto(mut groups: Vec<Group<'_, LbEndpoint>>) -> Vec<LocalityLbEndpoints> {
     groups.sort_by(|a, b| (a.priority, &a.locality).cmp(&(b.priority, &b.locality)));
     groups

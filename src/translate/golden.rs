@@ -284,6 +284,7 @@ fn from_docs(docs: &[serde_json::Value], path: &Path) -> Result<Loaded, String> 
                     workload: format!("{}/{}", s.namespace, e.address).into(),
                     service_account: e.service_account.as_deref().unwrap_or("default").into(),
                     stale: false,
+                    weight: 1,
                 })
                 .collect();
             endpoints.insert(p.port, eps);

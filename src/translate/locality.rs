@@ -204,7 +204,7 @@ pub struct Group<'a, M> {
 impl<M> Group<'_, M> {
     pub fn total(&self) -> u32 {
         self.weight
-            .unwrap_or_else(|| self.members.iter().map(|m| m.1).sum())
+            .unwrap_or_else(|| self.members.iter().fold(0, |s, m| s.saturating_add(m.1)))
     }
 }
 
@@ -489,6 +489,7 @@ mod tests {
             workload: "".into(),
             service_account: "".into(),
             stale: false,
+            weight: 1,
         };
         let (a, b, c) = (e("c1", "n1"), e("c2", "n1"), e("c3", "n2"));
         let mut g = vec![Group {

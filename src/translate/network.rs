@@ -413,6 +413,7 @@ mod tests {
             workload: "test/pod".into(),
             service_account: "default".into(),
             stale: false,
+            weight: 1,
         }
     }
 

@@ -13,7 +13,9 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     Cluster,
 };
 use envoy_types::pb::envoy::config::core::v3::{Locality as EnvoyLocality, Metadata};
-use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, LocalityLbEndpoints};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, LbEndpoint, LocalityLbEndpoints,
+};
 use envoy_types::pb::google::protobuf::Duration;
 
 use super::mtls;
@@ -67,7 +69,7 @@ pub fn apply(
     }
     let mut by_locality: BTreeMap<String, Vec<_>> = BTreeMap::new();
     for t in &targets {
-        let mut lb = lb_endpoint(&t.address, u32::from(t.port), 1);
+        let mut lb = lb_endpoint(&t.address, u32::from(t.port), u32::from(t.weight));
         if t.labels.get(mtls::TLS_MODE_LABEL).map(String::as_str) == Some("istio") {
             lb.metadata = Some(Metadata {
                 filter_metadata: [(
@@ -78,7 +80,10 @@ pub fn apply(
                 ..Default::default()
             });
         }
-        by_locality.entry(t.locality.clone()).or_default().push(lb);
+        by_locality
+            .entry(t.locality.clone())
+            .or_default()
+            .push((lb, u32::from(t.weight)));
     }
     c.cluster_discovery_type = Some(ClusterDiscoveryType::Type(kind as i32));
     c.eds_cluster_config = None;
@@ -101,13 +106,16 @@ pub fn apply(
             .into_iter()
             .map(|(loc, eps)| {
                 let l = parse_locality(&loc);
+                // Istio: a locality weighs the sum of its endpoints' weights.
+                let weight = eps.iter().fold(0u32, |s, e| s.saturating_add(e.1));
+                let eps: Vec<LbEndpoint> = eps.into_iter().map(|e| e.0).collect();
                 LocalityLbEndpoints {
                     locality: Some(EnvoyLocality {
                         region: l.region,
                         zone: l.zone,
                         sub_zone: l.subzone,
                     }),
-                    load_balancing_weight: Some(u32_value(eps.len() as u32)),
+                    load_balancing_weight: Some(u32_value(weight.max(1))),
                     lb_endpoints: eps,
                     ..Default::default()
                 }

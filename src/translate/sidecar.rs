@@ -1294,6 +1294,7 @@ mod tests {
                     workload: "w".into(),
                     service_account: "sa".into(),
                     stale: false,
+                    weight: 1,
                 };
                 services.insert(
                     hostname.clone(),

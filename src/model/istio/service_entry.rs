@@ -550,6 +550,8 @@ pub struct DnsTarget {
     pub port: u16,
     pub labels: BTreeMap<String, String>,
     pub locality: String,
+    /// The endpoint's `weight` (1 when unset or 0).
+    pub weight: u16,
 }
 
 /// The DNS targets of `host`'s `port` (Istio's `convertEndpoints` for DNS): the
@@ -561,6 +563,7 @@ pub fn dns_targets(se: &ServiceEntry, host: &str, port: &ServiceEntryPort) -> Ve
             port: port.default_target(),
             labels: BTreeMap::new(),
             locality: String::new(),
+            weight: 1,
         }];
     }
     se.endpoints
@@ -574,6 +577,7 @@ pub fn dns_targets(se: &ServiceEntry, host: &str, port: &ServiceEntryPort) -> Ve
                 .unwrap_or(port.default_target()),
             labels: e.labels.clone(),
             locality: e.locality.clone(),
+            weight: e.lb_weight(),
         })
         .collect()
 }

@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{ClusterId, Endpoint, Locality};
 
+/// The largest `weight` accepted: `Endpoint::weight` is 16 bits.
+pub const MAX_WEIGHT: u32 = u16::MAX as u32;
+
 /// `WorkloadEntry.spec` (also `ServiceEntry.spec.endpoints[]`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -34,7 +37,9 @@ pub struct WorkloadEntry {
     /// `region/zone/subzone`.
     #[serde(default)]
     pub locality: String,
-    /// Rejected by validation: endpoint weights are not implemented.
+    /// The endpoint's load-balancing weight (`LbEndpoint.load_balancing_weight`;
+    /// its locality weighs the sum); unset or 0 means 1, as Istio's
+    /// `GetLoadBalancingWeight`. Above 65535 rejected (`Endpoint::weight`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
     #[serde(default)]
@@ -182,11 +187,10 @@ impl WorkloadEntry {
                 ),
             ));
         }
-        if self.weight.is_some() {
+        if let Some(w) = self.weight.filter(|w| *w > MAX_WEIGHT) {
             out.push((
                 format!("{field}.weight"),
-                "not supported by crossmesh: endpoint weights are not implemented (every endpoint has weight 1)"
-                    .into(),
+                format!("{w} is above {MAX_WEIGHT}, the largest endpoint weight crossmesh keeps"),
             ));
         }
         out
@@ -219,7 +223,17 @@ impl WorkloadEntry {
             workload,
             service_account: Arc::from(self.service_account.as_str()),
             stale: false,
+            weight: self.lb_weight(),
         })
+    }
+
+    /// The weight Envoy gets: unset or 0 is 1 (Istio's
+    /// `IstioEndpoint.GetLoadBalancingWeight`); validation keeps it in 16 bits.
+    pub fn lb_weight(&self) -> u16 {
+        match self.weight {
+            None | Some(0) => 1,
+            Some(w) => u16::try_from(w).unwrap_or(u16::MAX),
+        }
     }
 }
 
@@ -247,7 +261,7 @@ mod tests {
             ports: [("http".to_string(), 70000)].into(),
             labels: [("app".to_string(), "-bad".to_string())].into(),
             locality: "r//z".into(),
-            weight: Some(3),
+            weight: Some(65536),
             ..Default::default()
         };
         let fields: Vec<String> = we
@@ -270,6 +284,34 @@ mod tests {
         };
         assert_eq!(host.problems("spec", false).len(), 1);
         assert!(host.problems("spec", true).is_empty());
+    }
+
+    #[test]
+    fn weight_is_the_endpoints_and_unset_or_zero_is_one() {
+        let mut we = WorkloadEntry {
+            address: "10.0.0.1".into(),
+            weight: Some(65535),
+            ..Default::default()
+        };
+        assert!(we.problems("spec", false).is_empty());
+        let ep = |we: &WorkloadEntry| {
+            we.endpoint("http", 80, Arc::from("c1"), Arc::from("ns/vm"))
+                .map(|e| e.weight)
+        };
+        assert_eq!(ep(&we), Some(65535));
+        we.weight = Some(3);
+        assert_eq!(ep(&we), Some(3));
+        we.weight = Some(0);
+        assert_eq!(ep(&we), Some(1));
+        we.weight = None;
+        assert_eq!(ep(&we), Some(1));
+    }
+
+    /// `Endpoint` keeps its size for the weight (BENCHMARKS.md counts bytes
+    /// per endpoint).
+    #[test]
+    fn endpoint_size_is_unchanged_by_the_weight() {
+        assert_eq!(std::mem::size_of::<Endpoint>(), 104);
     }
 
     #[test]
