@@ -407,3 +407,248 @@ pub fn retry_for(r: Option<&HttpRetry>) -> Option<RetryPolicy> {
 pub fn listener_names(g: &Generated) -> BTreeSet<String> {
     g.listeners.iter().map(|l| l.name.clone()).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ProxyRole;
+    use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
+    use prost::Message;
+    use std::path::Path;
+
+    /// A golden input served to a proxyless gRPC client in the same namespace.
+    fn grpc(fixture: &str) -> (Generated, PushContext) {
+        let (ctx, mut proxy) = super::super::golden::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/golden/{fixture}.yaml")),
+        );
+        proxy.role = ProxyRole::Grpc;
+        (super::super::generate(&proxy, &ctx), ctx)
+    }
+
+    fn route_config<'a>(g: &'a Generated, name: &str) -> &'a RouteConfiguration {
+        g.routes
+            .iter()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("no route config {name}"))
+    }
+
+    fn action(r: &Route) -> &RouteAction {
+        match &r.action {
+            Some(Action::Route(a)) => a,
+            other => panic!("not a route action: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn api_listeners_for_fqdn_and_short_names_over_rds() {
+        let (g, _) = grpc("vs_retries_timeouts");
+        let names = listener_names(&g);
+        for n in [
+            "payments.shop.svc.cluster.local:8080",
+            "payments:8080",
+            "payments.shop:8080",
+            "payments.shop.svc:8080",
+        ] {
+            assert!(names.contains(n), "{n} missing from {names:?}");
+        }
+        let l = g
+            .listeners
+            .iter()
+            .find(|l| l.name == "payments:8080")
+            .unwrap();
+        assert!(l.address.is_none() && l.filter_chains.is_empty());
+        let any = l
+            .api_listener
+            .as_ref()
+            .unwrap()
+            .api_listener
+            .as_ref()
+            .unwrap();
+        let hcm = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+        match &hcm.route_specifier {
+            Some(RouteSpecifier::Rds(rds)) => {
+                assert_eq!(
+                    rds.route_config_name,
+                    "outbound|8080||payments.shop.svc.cluster.local"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        let filters: Vec<&str> = hcm.http_filters.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(filters, [FAULT_FILTER, ROUTER_FILTER]);
+        let rc = route_config(&g, "outbound|8080||payments.shop.svc.cluster.local");
+        assert_eq!(rc.virtual_hosts.len(), 1);
+        assert!(rc.virtual_hosts[0]
+            .domains
+            .contains(&"payments:8080".to_string()));
+        // Clusters are the EDS clusters the routes name, round robin.
+        let c = g
+            .clusters
+            .iter()
+            .find(|c| c.name == "outbound|8080||payments.shop.svc.cluster.local")
+            .unwrap();
+        assert_eq!(c.lb_policy, LbPolicy::RoundRobin as i32);
+        assert_eq!(c.eds_cluster_config.as_ref().unwrap().service_name, c.name);
+    }
+
+    #[test]
+    fn timeouts_are_max_stream_duration_and_retries_what_a44_reads() {
+        let (g, _) = grpc("vs_retries_timeouts");
+        let rc = route_config(&g, "outbound|8080||payments.shop.svc.cluster.local");
+        let routes = &rc.virtual_hosts[0].routes;
+        let charge = action(&routes[0]);
+        assert!(charge.timeout.is_none(), "gRPC ignores `timeout`");
+        let msd = charge.max_stream_duration.as_ref().unwrap();
+        assert_eq!(msd.max_stream_duration.as_ref().unwrap().seconds, 5);
+        // gateway-error, connect-failure, refused-stream and 409 name no gRPC
+        // status: gRPC would retry on nothing, so no policy is sent.
+        assert!(charge.retry_policy.is_none(), "{:?}", charge.retry_policy);
+        // `attempts: 0`: no retries.
+        assert!(action(&routes[1]).retry_policy.is_none());
+        // Istio's default policy keeps its gRPC statuses.
+        let default = action(&routes[2]).retry_policy.as_ref().unwrap();
+        assert_eq!(default.retry_on, "unavailable,cancelled");
+        assert_eq!(default.num_retries, Some(u32_value(2)));
+        assert!(action(&routes[2]).max_stream_duration.is_none());
+    }
+
+    #[test]
+    fn grpc_retry_keeps_only_grpc_statuses() {
+        let p = super::super::route::retry_policy(None, false).unwrap();
+        assert!(p.retry_on.contains("connect-failure"));
+        let g = grpc_retry(p).unwrap();
+        assert_eq!(g.retry_on, "unavailable,cancelled");
+        let none = RetryPolicy {
+            retry_on: "5xx,gateway-error".into(),
+            ..Default::default()
+        };
+        assert!(grpc_retry(none).is_none());
+        let r = HttpRetry {
+            attempts: 4,
+            retry_on: Some("unavailable,5xx,deadline-exceeded".into()),
+            backoff: Some(crate::model::istio::IstioDuration::from_millis(250)),
+            per_try_timeout: Some(crate::model::istio::IstioDuration::from_millis(900)),
+            ..Default::default()
+        };
+        let p = retry_for(Some(&r)).unwrap();
+        assert_eq!(p.retry_on, "unavailable,deadline-exceeded");
+        assert_eq!(p.num_retries, Some(u32_value(4)));
+        assert!(p.per_try_timeout.is_none() && p.retry_host_predicate.is_empty());
+        let base = p.retry_back_off.unwrap().base_interval.unwrap();
+        assert_eq!((base.seconds, base.nanos), (0, 250_000_000));
+    }
+
+    #[test]
+    fn per_route_configs_other_than_fault_are_dropped() {
+        let (g, _) = grpc("vs_headers_cors");
+        for rc in &g.routes {
+            for r in rc.virtual_hosts.iter().flat_map(|v| &v.routes) {
+                assert!(
+                    r.typed_per_filter_config.keys().all(|k| k == FAULT_FILTER),
+                    "{:?}",
+                    r.typed_per_filter_config.keys()
+                );
+                assert!(r.request_headers_to_add.is_empty());
+            }
+        }
+        let (g, _) = grpc("vs_fault");
+        assert!(g
+            .routes
+            .iter()
+            .flat_map(|rc| rc.virtual_hosts.iter().flat_map(|v| &v.routes))
+            .any(|r| r.typed_per_filter_config.contains_key(FAULT_FILTER)));
+    }
+
+    #[test]
+    fn consistent_hash_is_ring_hash_with_the_hash_policies_grpc_reads() {
+        let (g, _) = grpc("dr_load_balancer");
+        let ring: Vec<&Cluster> = g
+            .clusters
+            .iter()
+            .filter(|c| c.lb_policy == LbPolicy::RingHash as i32)
+            .collect();
+        assert!(!ring.is_empty(), "consistentHash gives ring hash clusters");
+        for c in &ring {
+            match &c.lb_config {
+                Some(LbConfig::RingHashLbConfig(r)) => {
+                    let n = r.minimum_ring_size.as_ref().map_or(1024, |v| v.value);
+                    assert!(n <= MAX_RING_SIZE, "{}: {n}", c.name);
+                }
+                other => panic!("{}: {other:?}", c.name),
+            }
+        }
+        // No lb policy gRPC lacks (maglev, least request, random) reaches it.
+        assert!(g.clusters.iter().all(|c| [
+            LbPolicy::RoundRobin as i32,
+            LbPolicy::RingHash as i32
+        ]
+        .contains(&c.lb_policy)));
+        // Hash policies: only header and channel id.
+        for r in g
+            .routes
+            .iter()
+            .flat_map(|rc| rc.virtual_hosts.iter().flat_map(|v| &v.routes))
+        {
+            if let Some(Action::Route(a)) = &r.action {
+                for h in &a.hash_policy {
+                    assert!(
+                        matches!(
+                            h.policy_specifier,
+                            Some(PolicySpecifier::Header(_))
+                                | Some(PolicySpecifier::FilterState(_))
+                        ),
+                        "{h:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn source_ip_hash_is_the_channel_id() {
+        let h = HashPolicy {
+            policy_specifier: Some(PolicySpecifier::ConnectionProperties(
+                envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::ConnectionProperties {
+                    source_ip: true,
+                },
+            )),
+            ..Default::default()
+        };
+        match grpc_hash(h).unwrap().policy_specifier {
+            Some(PolicySpecifier::FilterState(f)) => assert_eq!(f.key, CHANNEL_ID_KEY),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn weighted_subsets_keep_their_weights() {
+        let (g, _) = grpc("vs_dr_features");
+        let weighted = g
+            .routes
+            .iter()
+            .flat_map(|rc| rc.virtual_hosts.iter().flat_map(|v| &v.routes))
+            .filter_map(|r| match &r.action {
+                Some(Action::Route(a)) => match &a.cluster_specifier {
+                    Some(ClusterSpecifier::WeightedClusters(w)) => Some(w.clone()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .next();
+        if let Some(w) = weighted {
+            let total: u32 = w
+                .clusters
+                .iter()
+                .map(|c| c.weight.as_ref().map_or(0, |v| v.value))
+                .sum();
+            assert!(total > 0, "gRPC NACKs weighted clusters summing to 0");
+            for c in &w.clusters {
+                assert!(
+                    g.clusters.iter().any(|k| k.name == c.name),
+                    "{} has a cluster",
+                    c.name
+                );
+            }
+        }
+    }
+}
