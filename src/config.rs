@@ -78,6 +78,17 @@ struct MeshFile {
     access_log_format: Option<String>,
     /// Istio's meshConfig `defaultConfig` (ProxyConfig); only `gatewayTopology`.
     default_config: Option<ProxyConfigFile>,
+    /// The live service graph from Envoy's metrics sink (see [`ServiceGraphConfig`]).
+    service_graph: Option<ServiceGraphFile>,
+}
+
+/// `serviceGraph:` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ServiceGraphFile {
+    enabled: Option<bool>,
+    max_edges_per_proxy: Option<usize>,
+    max_edges: Option<usize>,
 }
 
 /// `defaultConfig:` as written: the part of Istio's ProxyConfig crossmesh reads.
@@ -391,6 +402,7 @@ pub struct MeshConfig {
     pub access_log: Option<AccessLog>,
     /// Mesh file `defaultConfig.gatewayTopology`.
     pub gateway_topology: GatewayTopology,
+    pub service_graph: ServiceGraphConfig,
 }
 
 /// Istio's meshConfig access logging: every HTTP connection manager and TCP
@@ -414,6 +426,31 @@ pub enum AccessLogFormat {
     /// allowed, as Envoy's `json_format`); Istio's `EnvoyJSONLogFormatIstio`
     /// keys when `accessLogFormat` is empty.
     Json(BTreeMap<String, serde_json::Value>),
+}
+
+/// `serviceGraph:` the live service graph built from what proxies push to
+/// the metrics sink on the xDS ports (`telemetry`, docs/OBSERVABILITY.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceGraphConfig {
+    /// Serve the sink (`MetricsService/StreamMetrics`) and `/debug/graphz`;
+    /// default true. Off, a proxy's sink stream is answered UNIMPLEMENTED
+    /// (turn the sink off in the bootstrap too: `crossmesh bootstrap
+    /// --stats-sink false`).
+    pub enabled: bool,
+    /// Destinations kept per reporting proxy (default 256).
+    pub max_edges_per_proxy: usize,
+    /// Edges kept over all proxies (default 20000).
+    pub max_edges: usize,
+}
+
+impl Default for ServiceGraphConfig {
+    fn default() -> Self {
+        ServiceGraphConfig {
+            enabled: true,
+            max_edges_per_proxy: 256,
+            max_edges: 20_000,
+        }
+    }
 }
 
 /// Istio's ProxyConfig `gatewayTopology`, from the mesh file's `defaultConfig`:
@@ -640,6 +677,7 @@ impl Default for MeshConfig {
             debug_auth: DebugAuth::default(),
             access_log: None,
             gateway_topology: GatewayTopology::default(),
+            service_graph: ServiceGraphConfig::default(),
         }
     }
 }
@@ -1048,6 +1086,21 @@ impl MeshConfig {
             }
             mesh.debug_auth = auth;
         }
+        if let Some(g) = file.service_graph {
+            let d = ServiceGraphConfig::default();
+            mesh.service_graph = ServiceGraphConfig {
+                enabled: g.enabled.unwrap_or(d.enabled),
+                max_edges_per_proxy: g.max_edges_per_proxy.unwrap_or(d.max_edges_per_proxy),
+                max_edges: g.max_edges.unwrap_or(d.max_edges),
+            };
+            if mesh.service_graph.max_edges_per_proxy == 0 || mesh.service_graph.max_edges == 0 {
+                return Err(invalid(
+                    "serviceGraph.maxEdgesPerProxy and maxEdges must be at least 1 \
+                     (turn the graph off with serviceGraph.enabled: false)"
+                        .into(),
+                ));
+            }
+        }
         Ok(mesh)
     }
 }
@@ -1418,6 +1471,24 @@ config:
             let e = MeshConfig::parse(bad, base).unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn service_graph_knob() {
+        let base = Path::new("/m");
+        let d = MeshConfig::parse("", base).unwrap();
+        assert_eq!(d.service_graph, ServiceGraphConfig::default());
+        assert!(d.service_graph.enabled);
+        let m = MeshConfig::parse("serviceGraph: {enabled: false, maxEdges: 5}\n", base).unwrap();
+        assert!(!m.service_graph.enabled);
+        assert_eq!(m.service_graph.max_edges, 5);
+        assert_eq!(m.service_graph.max_edges_per_proxy, 256);
+        let e = MeshConfig::parse("serviceGraph: {maxEdgesPerProxy: 0}\n", base).unwrap_err();
+        assert!(
+            e.to_string().contains("serviceGraph.maxEdgesPerProxy"),
+            "{e}"
+        );
+        assert!(MeshConfig::parse("serviceGraph: {enable: true}\n", base).is_err());
     }
 
     #[test]

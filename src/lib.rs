@@ -27,6 +27,7 @@ pub mod registry;
 pub mod security;
 pub mod serve;
 pub mod sources;
+pub mod telemetry;
 pub mod tls;
 pub mod translate;
 pub mod validate;

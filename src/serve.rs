@@ -89,6 +89,8 @@ struct LiveState {
     agents: Option<Arc<crate::sources::agent::AgentHub>>,
     /// Gateway API status written back to config clusters, on `/debug/configz`.
     gateway_status: crate::sources::gateway_status::StatusWrites,
+    /// The live service graph (mesh file `serviceGraph`), on `/debug/graphz`.
+    graph: Option<Arc<crate::telemetry::ServiceGraph>>,
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Value {
@@ -126,43 +128,33 @@ impl DebugState for LiveState {
         to_json(&self.connections.certz())
     }
 
-    /// Each merged service with its endpoints grouped by member cluster; each
-    /// endpoint names the service port it serves.
     fn registryz(&self) -> Value {
-        let services = self.registry.services();
-        let list: Vec<Value> = services
-            .values()
-            .map(|svc| {
-                let mut by_cluster = serde_json::Map::new();
-                for (port, eps) in &svc.endpoints {
-                    for ep in eps {
-                        let mut e = to_json(ep);
-                        e["service_port"] = json!(port);
-                        let entry = by_cluster
-                            .entry(ep.cluster.to_string())
-                            .or_insert_with(|| Value::Array(Vec::new()));
-                        if let Value::Array(a) = entry {
-                            a.push(e);
-                        }
-                    }
-                }
-                json!({
-                    "hostname": svc.hostname,
-                    "namespace": svc.namespace,
-                    "name": svc.name,
-                    "ports": svc.ports,
-                    "clusters": svc.clusters,
-                    "endpoints": by_cluster,
-                })
-            })
-            .collect();
-        json!({ "services": list })
+        crate::debug::registryz::page(&self.registry.services())
     }
 
     fn configz(&self) -> Value {
         let mut page = to_json(&self.registry.config_status());
         page["gatewayApiStatusWrites"] = self.gateway_status.debug();
         page
+    }
+
+    /// Service nodes carry the member clusters and networks of their endpoints.
+    fn graphz(&self, window_secs: u64) -> Value {
+        let Some(graph) = &self.graph else {
+            return json!({ "enabled": false });
+        };
+        let services = self.registry.services();
+        let describe = |host: &str| {
+            let svc = services.get(host)?;
+            let networks: BTreeSet<&str> = svc
+                .endpoints
+                .values()
+                .flatten()
+                .map(|e| &*e.network)
+                .collect();
+            Some(json!({ "clusters": svc.clusters, "networks": networks }))
+        };
+        graph.render(window_secs, crate::telemetry::graph::unix_now(), &describe)
     }
 
     fn clusterz(&self) -> Value {
@@ -603,6 +595,15 @@ pub async fn serve(mesh: MeshConfig) -> anyhow::Result<()> {
     let registry = Registry::new(mesh.clone(), queue.clone());
     let pusher = Pusher::new(registry.clone(), queue, mesh.tunables.clone());
     let ads = AdsServer::new(Arc::new(pusher.clone()));
+    // Envoy's metrics sink on the xDS ports feeds the service graph.
+    let graph = mesh.service_graph.enabled.then(|| {
+        let g = Arc::new(crate::telemetry::ServiceGraph::new(
+            (&mesh.service_graph).into(),
+        ));
+        ads.serve_telemetry(g.clone());
+        g
+    });
+    let _graph_expiry = graph.as_ref().map(crate::telemetry::spawn_expiry);
     let draining = Arc::new(AtomicBool::new(false));
     let agents = agent_port.as_ref().map(|(_, ca, tokens)| {
         crate::sources::agent::AgentHub::new(
@@ -620,6 +621,7 @@ pub async fn serve(mesh: MeshConfig) -> anyhow::Result<()> {
         draining: draining.clone(),
         agents: agents.clone(),
         gateway_status: gateway_status.clone(),
+        graph,
     });
 
     // A plug-in CA is read again when its files change (`ca.reloadInterval`);

@@ -18,6 +18,7 @@
 //! shows certificates' metadata only.
 
 pub mod json;
+pub mod registryz;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -72,6 +73,13 @@ pub trait DebugState: Send + Sync + 'static {
     fn certz(&self) -> Value {
         json!([])
     }
+    /// `/debug/graphz?window=SECONDS`: the live service graph over the last
+    /// `window_secs` (docs/OBSERVABILITY.md). A state without one says
+    /// `enabled: false`.
+    fn graphz(&self, window_secs: u64) -> Value {
+        let _ = window_secs;
+        json!({ "enabled": false })
+    }
 }
 
 /// The debug routes over `state`, open to anyone who can connect.
@@ -114,6 +122,7 @@ fn routes(state: Arc<dyn DebugState>) -> Router {
             "/debug/certz",
             get(|s: St| async move { json_ok(&s.certz()) }),
         )
+        .route("/debug/graphz", get(graphz))
         .route("/metrics", get(prometheus))
         .with_state(state)
 }
@@ -297,6 +306,28 @@ async fn prometheus() -> Response {
         crate::metrics::metrics().encode(),
     )
         .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct GraphQuery {
+    window: Option<String>,
+}
+
+/// `window`: seconds, 10 to 600 (the graph's history); default 60.
+async fn graphz(State(s): St, Query(q): Query<GraphQuery>) -> Response {
+    let window = match q.window.as_deref() {
+        None | Some("") => crate::telemetry::graph::DEFAULT_WINDOW_SECS,
+        Some(w) => match w.trim_end_matches('s').parse::<u64>() {
+            Ok(n) if (10..=600).contains(&n) => n,
+            _ => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    format!("window {w:?} is not a number of seconds from 10 to 600"),
+                )
+            }
+        },
+    };
+    json_ok(&s.graphz(window))
 }
 
 #[derive(Debug, Deserialize)]

@@ -85,6 +85,9 @@ struct Shared {
     slots: Arc<tokio::sync::Semaphore>,
     /// Set to true once to end every stream.
     shutdown: watch::Sender<bool>,
+    /// The service graph fed by Envoy's metrics sink on the same ports
+    /// (`telemetry::sink`); unset, `StreamMetrics` is unimplemented.
+    telemetry: std::sync::OnceLock<Arc<crate::telemetry::ServiceGraph>>,
 }
 
 /// The ADS server: a snapshot source plus the registry of live streams.
@@ -101,8 +104,15 @@ impl AdsServer {
                 connections: Arc::new(Connections::new()),
                 slots: Arc::new(tokio::sync::Semaphore::new(PUSH_SLOTS)),
                 shutdown: watch::channel(false).0,
+                telemetry: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Serve Envoy's metrics sink (`MetricsService/StreamMetrics`) on every
+    /// port of this server into `graph`; the first graph set stays.
+    pub fn serve_telemetry(&self, graph: Arc<crate::telemetry::ServiceGraph>) {
+        let _ = self.shared.telemetry.set(graph);
     }
 
     /// Live streams, for the debug endpoints.
@@ -215,6 +225,21 @@ where
         match req.uri().path() {
             SOTW_PATH => Box::pin(async move { Ok(stream::<Sotw, B>(shared, secure, req)) }),
             DELTA_PATH => Box::pin(async move { Ok(stream::<Delta, B>(shared, secure, req)) }),
+            // Envoy's metrics sink on the same ports, authenticated as ADS is.
+            crate::telemetry::sink::STREAM_METRICS_PATH => match shared.telemetry.get() {
+                Some(g) => crate::telemetry::sink::call(
+                    g.clone(),
+                    secure,
+                    shared.shutdown.subscribe(),
+                    req,
+                ),
+                None => {
+                    let status = Status::unimplemented(
+                        "the metrics sink is off in this crossmesh (mesh file serviceGraph.enabled)",
+                    );
+                    Box::pin(async move { Ok(status.into_http()) })
+                }
+            },
             other => {
                 let status =
                     Status::unimplemented(format!("crossmesh serves only ADS, not {other}"));
