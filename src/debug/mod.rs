@@ -18,7 +18,6 @@
 //! shows certificates' metadata only.
 
 pub mod json;
-pub mod registryz;
 
 use std::collections::BTreeMap;
 use std::future::Future;
