@@ -108,6 +108,9 @@ struct Args {
     idle: f64,
     /// The authenticated TLS port, tokens and SDS certificates.
     secure: bool,
+    /// Restart crossmesh once everything converged; proxies reconnect with
+    /// what they hold (Delta `initial_resource_versions`, SotW `version_info`).
+    restart: bool,
 }
 
 fn usage() -> &'static str {
@@ -127,7 +130,10 @@ fn usage() -> &'static str {
   --secure         TLS xDS port, a service-account token per proxy, SDS
                    certificates (Delta only)
   --address A      measure another ADS server at A (no mesh driving, no checks
-                   against a registry)"
+                   against a registry)
+  --restart        then restart crossmesh on the same ports: every proxy
+                   reconnects with what it holds; bytes sent after the restart
+                   against the bytes of the first full config"
 }
 
 fn parse_args() -> Res<Args> {
@@ -146,6 +152,7 @@ fn parse_args() -> Res<Args> {
         address: None,
         idle: 2.0,
         secure: false,
+        restart: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -169,11 +176,15 @@ fn parse_args() -> Res<Args> {
             "--gateway" => a.gateway = true,
             "--floor" => a.floor = true,
             "--secure" => a.secure = true,
+            "--restart" => a.restart = true,
             // cargo bench passes --bench to every bench target.
             "--bench" => {}
             "-h" | "--help" => return fail(usage()),
             other => return fail(format!("unknown argument {other:?}\n{}", usage())),
         }
+    }
+    if a.restart && (a.secure || a.floor || a.address.is_some()) {
+        return fail("--restart runs alone (not with --secure, --floor or --address)");
     }
     if a.proxies == 0 || a.services == 0 || a.clusters == 0 || a.pods == 0 {
         return fail("--proxies, --services, --clusters and --pods must be at least 1");
@@ -301,6 +312,8 @@ struct Decoded {
     rds_names: DashMap<u64, Arc<Vec<Arc<str>>>>,
     ips: DashMap<u64, Arc<HashSet<IpAddr>>>,
     names: DashMap<Arc<str>, ()>,
+    /// SotW: the name inside each distinct resource content.
+    sotw_names: DashMap<u64, Arc<str>>,
 }
 
 impl Decoded {
@@ -480,6 +493,10 @@ struct ProxyState {
     got_rootca: bool,
     /// When the proxy first held a valid workload certificate.
     cert_at: Option<Instant>,
+    /// `--restart`, Delta: the server's version of each resource held.
+    versions: [HashMap<Arc<str>, Arc<str>>; 4],
+    /// `--restart`, SotW: last accepted version and nonce per type.
+    sotw_vn: [(String, String); 4],
 }
 
 struct Shared {
@@ -493,6 +510,8 @@ struct Shared {
     keep: Mutex<BTreeMap<(usize, Arc<str>), Bytes>>,
     errors: Mutex<Vec<String>>,
     stop: AtomicBool,
+    /// Streams opened (each proxy's first, then one per reconnect).
+    opened: AtomicUsize,
 }
 
 fn type_index(url: &str) -> Option<usize> {
@@ -702,6 +721,30 @@ async fn run_proxy(
     state: Arc<Mutex<ProxyState>>,
     token: Option<String>,
 ) -> Res<()> {
+    let mut first = true;
+    loop {
+        let r = proxy_stream(i, chan.clone(), &args, &sh, &state, &token, first).await;
+        if !args.restart || sh.stop.load(Ordering::Acquire) {
+            return r;
+        }
+        // `--restart`: reconnect (the server may still be starting) with
+        // what this proxy holds, as Envoy does.
+        first = false;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One ADS stream of proxy `i`; `first` is false on a reconnect.
+async fn proxy_stream(
+    i: usize,
+    chan: tonic::transport::Channel,
+    args: &Arc<Args>,
+    sh: &Arc<Shared>,
+    state: &Arc<Mutex<ProxyState>>,
+    token: &Option<String>,
+    first: bool,
+) -> Res<()> {
+    let (args, sh, state) = (args.clone(), sh.clone(), state.clone());
     let node = node(i, args.gateway);
     let keep = i == 0;
     let mut client = AggregatedDiscoveryServiceClient::new(chan).max_decoding_message_size(1 << 30);
@@ -719,9 +762,30 @@ async fn run_proxy(
                 response_nonce: nonce,
                 ..Default::default()
             };
-        // Envoy opens with wildcard CDS and LDS.
-        tx.send(req(CDS, vec![], vec![], String::new())).await?;
-        tx.send(req(LDS, vec![], vec![], String::new())).await?;
+        if first {
+            // Envoy opens with wildcard CDS and LDS.
+            tx.send(req(CDS, vec![], vec![], String::new())).await?;
+            tx.send(req(LDS, vec![], vec![], String::new())).await?;
+        } else {
+            // Reconnect: every type it holds, with the versions it holds.
+            let st = lock(&state);
+            for t in [CDS, EDS, LDS, RDS] {
+                let sub: Vec<String> = match t {
+                    EDS => st.eds_sub.iter().map(|s| s.to_string()).collect(),
+                    RDS => st.rds_sub.iter().map(|s| s.to_string()).collect(),
+                    _ => vec![],
+                };
+                if (t == EDS || t == RDS) && sub.is_empty() {
+                    continue;
+                }
+                let mut r = req(t, sub, vec![], String::new());
+                r.initial_resource_versions = st.versions[t]
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+                    .collect();
+                tx.try_send(r)?;
+            }
+        }
         if args.secure {
             // Envoy asks for the secrets its first clusters and listeners name.
             tx.send(DeltaDiscoveryRequest {
@@ -738,6 +802,7 @@ async fn run_proxy(
                 .insert("authorization", format!("Bearer {t}").parse()?);
         }
         let mut stream = client.delta_aggregated_resources(call).await?.into_inner();
+        sh.opened.fetch_add(1, Ordering::AcqRel);
         while let Some(resp) = stream.message().await? {
             sh.bytes
                 .fetch_add(resp.encoded_len() as u64, Ordering::Relaxed);
@@ -758,7 +823,11 @@ async fn run_proxy(
             };
             let mut got = Vec::with_capacity(resp.resources.len());
             let mut eds_seen = Vec::new();
+            let mut versions = Vec::new();
             for r in resp.resources {
+                if args.restart {
+                    versions.push((sh.decoded.intern(&r.name), sh.decoded.intern(&r.version)));
+                }
                 let Some(any) = r.resource else { continue };
                 let value = Bytes::from(any.value);
                 let h = hash(&value);
@@ -776,6 +845,12 @@ async fn run_proxy(
             let mut out = Vec::new();
             {
                 let mut st = lock(&state);
+                if args.restart {
+                    for n in &removed {
+                        st.versions[t].remove(n);
+                    }
+                    st.versions[t].extend(versions);
+                }
                 apply(&mut st, &sh, keep, t, got, removed, false)?;
                 // Like Envoy: a CDS (LDS) update first (un)subscribes EDS (RDS),
                 // then ACKs.
@@ -787,6 +862,7 @@ async fn run_proxy(
                     let unsub: Vec<Arc<str>> = cur.difference(&want).cloned().collect();
                     for n in &unsub {
                         st.res[dep].remove(n);
+                        st.versions[dep].remove(n);
                     }
                     if !sub.is_empty() || !unsub.is_empty() {
                         out.push(req(
@@ -826,16 +902,37 @@ async fn run_proxy(
             }
         };
         let empty = BTreeSet::new();
-        tx.send(req(CDS, &empty, String::new(), String::new()))
-            .await?;
-        tx.send(req(LDS, &empty, String::new(), String::new()))
-            .await?;
+        // Last accepted version and nonce per type (for the dependent requests).
+        let mut vn: [(String, String); 4] = Default::default();
+        if first {
+            tx.send(req(CDS, &empty, String::new(), String::new()))
+                .await?;
+            tx.send(req(LDS, &empty, String::new(), String::new()))
+                .await?;
+        } else {
+            // Reconnect: each type with the version last accepted, no nonce.
+            let st = lock(&state);
+            vn = st.sotw_vn.clone();
+            for t in [CDS, EDS, LDS, RDS] {
+                let names = match t {
+                    EDS => &st.eds_sub,
+                    RDS => &st.rds_sub,
+                    _ => &empty,
+                };
+                if (t == EDS || t == RDS) && names.is_empty() {
+                    continue;
+                }
+                tx.try_send(req(t, names, vn[t].0.clone(), String::new()))?;
+            }
+            for v in vn.iter_mut() {
+                v.1.clear();
+            }
+        }
         let mut stream = client
             .stream_aggregated_resources(ReceiverStream::new(rx))
             .await?
             .into_inner();
-        // Last accepted version and nonce per type (for the dependent requests).
-        let mut vn: [(String, String); 4] = Default::default();
+        sh.opened.fetch_add(1, Ordering::AcqRel);
         while let Some(resp) = stream.message().await? {
             sh.bytes
                 .fetch_add(resp.encoded_len() as u64, Ordering::Relaxed);
@@ -848,19 +945,25 @@ async fn run_proxy(
             for any in resp.resources {
                 let value = Bytes::from(any.value);
                 let h = hash(&value);
-                // SotW resources carry no name outside the message: decode it.
-                let name = match t {
-                    CDS => Cluster::decode(value.clone())?.name,
-                    EDS => ClusterLoadAssignment::decode(value.clone())?.cluster_name,
-                    LDS => Listener::decode(value.clone())?.name,
-                    _ => {
-                        envoy_types::pb::envoy::config::route::v3::RouteConfiguration::decode(
-                            value.clone(),
-                        )?
-                        .name
+                // SotW resources carry no name outside the message: decode it,
+                // once per distinct content (as the other decoded facts).
+                let name = match sh.decoded.sotw_names.get(&h) {
+                    Some(n) => n.clone(),
+                    None => {
+                        let name = match t {
+                            CDS => Cluster::decode(value.clone())?.name,
+                            EDS => ClusterLoadAssignment::decode(value.clone())?.cluster_name,
+                            LDS => Listener::decode(value.clone())?.name,
+                            _ => envoy_types::pb::envoy::config::route::v3::RouteConfiguration::decode(
+                                value.clone(),
+                            )?
+                            .name,
+                        };
+                        let name = sh.decoded.intern(&name);
+                        sh.decoded.sotw_names.insert(h, name.clone());
+                        name
                     }
                 };
-                let name = sh.decoded.intern(&name);
                 if t == EDS {
                     eds_seen.push((name.clone(), h, value.clone()));
                 }
@@ -872,6 +975,9 @@ async fn run_proxy(
                 let replace = t == CDS || t == LDS;
                 apply(&mut st, &sh, keep, t, got, vec![], replace)?;
                 vn[t] = (resp.version_info.clone(), resp.nonce.clone());
+                if args.restart {
+                    st.sotw_vn[t] = vn[t].clone();
+                }
                 if t == CDS || t == LDS {
                     let dep = if t == CDS { EDS } else { RDS };
                     let want = st.wanted(dep, &sh)?;
@@ -1087,8 +1193,11 @@ fn server_command(program: impl AsRef<std::ffi::OsStr>, var: &str) -> Command {
 }
 
 fn spawn_crossmesh(mesh: &Mesh) -> Res<Target> {
-    let xds = free_addr()?;
-    let debug = free_addr()?;
+    spawn_crossmesh_at(mesh, free_addr()?, free_addr()?)
+}
+
+/// `spawn_crossmesh` on given ports (a restart keeps its ports).
+fn spawn_crossmesh_at(mesh: &Mesh, xds: SocketAddr, debug: SocketAddr) -> Res<Target> {
     let secure = match &mesh.issuer {
         Some(issuer) => Some((
             free_addr()?,
@@ -1302,6 +1411,12 @@ struct Report {
     /// time from the first connection until the last got it.
     certs: usize,
     all_certs_s: f64,
+    /// `--restart`: MB received by the proxies for their first full config,
+    /// after the restart, and the time until all reconnected and it was quiet.
+    full_config_mb: f64,
+    restart_mb: f64,
+    restart_responses: u64,
+    restart_s: f64,
 }
 
 struct Run {
@@ -1361,6 +1476,7 @@ async fn connect_all(args: &Arc<Args>, target: &Target) -> Res<Run> {
         keep: Mutex::new(BTreeMap::new()),
         errors: Mutex::new(Vec::new()),
         stop: AtomicBool::new(false),
+        opened: AtomicUsize::new(0),
     });
     let (addr, root) = match &target.secure {
         Some((tls, root, _)) => (*tls, Some(root.as_path())),
@@ -1603,6 +1719,7 @@ async fn measure(
     let run = connect_all(args, target).await?;
     run.wait_complete().await?;
     r.first_full_s = t0.elapsed().as_secs_f64();
+    r.full_config_mb = run.sh.bytes.load(Ordering::Relaxed) as f64 / 1e6;
     if target.secure.is_some() {
         let last = run
             .states
@@ -1683,6 +1800,50 @@ async fn measure(
     }
     r.server_bytes_mb = metric(&m1, "pilot_xds_send_bytes") / 1e6;
     Ok((r, run))
+}
+
+/// `--restart`: kill crossmesh, start it again on the same ports, wait until
+/// every proxy has reconnected and nothing has been received for 3 s, and
+/// count what the proxies received meanwhile.
+async fn restart(r: &mut Report, run: &Run, target: &mut Target, mesh: &Mesh) -> Res<()> {
+    let (xds, debug) = (target.xds, target.debug.ok_or("no debug address")?);
+    let bytes0 = run.sh.bytes.load(Ordering::Acquire);
+    let responses0 = run.sh.responses.load(Ordering::Acquire);
+    let opened0 = run.sh.opened.load(Ordering::Acquire);
+    let t0 = Instant::now();
+    if let Some(mut c) = target.child.take() {
+        c.kill()?;
+        c.wait()?;
+    }
+    *target = spawn_crossmesh_at(mesh, xds, debug)?;
+    let deadline = Instant::now() + PHASE_TIMEOUT;
+    let (mut last, mut since) = (run.sh.bytes.load(Ordering::Acquire), Instant::now());
+    loop {
+        run.check_errors()?;
+        let opened = run.sh.opened.load(Ordering::Acquire) - opened0;
+        let bytes = run.sh.bytes.load(Ordering::Acquire);
+        if bytes != last {
+            (last, since) = (bytes, Instant::now());
+        }
+        if opened >= run.args.proxies && since.elapsed() >= Duration::from_secs(3) {
+            break;
+        }
+        if Instant::now() > deadline {
+            return fail(format!(
+                "after the restart only {opened} of {} proxies reconnected",
+                run.args.proxies
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    r.restart_mb = (last - bytes0) as f64 / 1e6;
+    r.restart_responses = run.sh.responses.load(Ordering::Acquire) - responses0;
+    r.restart_s = (since - t0).as_secs_f64();
+    eprintln!(
+        "[restart] {} proxies reconnected; received {:.3} MB in {} responses (first full config: {:.1} MB), quiet {:.2}s after the kill",
+        run.args.proxies, r.restart_mb, r.restart_responses, r.full_config_mb, r.restart_s
+    );
+    Ok(())
 }
 
 async fn finish(r: &mut Report, run: &Run, target: &Target, idle: f64) {
@@ -1848,6 +2009,14 @@ fn print_table(rows: &[Report]) {
     line("peak RSS / RSS (MiB)", &|r| {
         format!("{:.0} / {:.0}", r.peak_rss_mb, r.rss_mb)
     });
+    if rows.iter().any(|r| r.restart_s > 0.0) {
+        line("restart: MB received after it / first full config", &|r| {
+            format!("{:.3} / {:.1}", r.restart_mb, r.full_config_mb)
+        });
+        line("restart: responses, quiet after (s)", &|r| {
+            format!("{} / {:.2}", r.restart_responses, r.restart_s)
+        });
+    }
     line("bytes received by proxies (MB)", &|r| {
         format!("{:.1}", r.bytes_mb)
     });
@@ -1909,11 +2078,14 @@ fn main_inner() -> Res<()> {
         let total = args.changes + (args.rate * args.duration) as usize;
         let picks: Vec<_> = (0..total).map(|_| mesh.pick(&args)).collect();
         let ips: Vec<_> = (0..total).map(|_| mesh.ip()).collect();
-        let target = spawn_crossmesh(&mesh)?;
+        let mut target = spawn_crossmesh(&mesh)?;
         let mut driver = Some(Driver::Mesh(&mut mesh));
         let (mut r, run) = measure("crossmesh", &args, &target, &mut driver, &picks, &ips).await?;
         drop(driver);
         finish(&mut r, &run, &target, args.idle).await;
+        if args.restart {
+            restart(&mut r, &run, &mut target, &mesh).await?;
+        }
         verify(&mesh, &args, &run)?;
         let keep: Vec<(usize, Arc<str>, Bytes)> = run
             .sh
