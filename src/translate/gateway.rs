@@ -57,7 +57,11 @@ struct PortServers<'a> {
 /// Servers of every Gateway that selects `proxy`, grouped by port.
 fn servers_by_port<'a>(proxy: &'a Proxy, ctx: &'a PushContext) -> BTreeMap<u32, PortServers<'a>> {
     let mut ports: BTreeMap<u32, PortServers<'a>> = BTreeMap::new();
-    for gw in ctx.config.gateways_for(&proxy.namespace, &proxy.labels) {
+    let member_of = gateway_services_of(proxy, ctx);
+    for gw in ctx
+        .config
+        .gateways_for(&proxy.namespace, &proxy.labels, &member_of)
+    {
         for server in &gw.spec.servers {
             let Some(protocol) = server.protocol() else {
                 continue;
@@ -687,6 +691,29 @@ fn l4_filter_chains<'a>(
         }
     }
     chains
+}
+
+/// The Services named by Gateways' `gateway_services` (Gateway API
+/// `addresses` of type Hostname, Istio's manual deployment) that have `proxy`
+/// as an endpoint (its IP, in its cluster): the Gateways it serves beside
+/// those its labels select. Sorted; empty when no Gateway names a Service.
+pub fn gateway_services_of(proxy: &Proxy, ctx: &PushContext) -> Vec<String> {
+    let mut out: Vec<String> = ctx
+        .config
+        .gateway_service_hosts()
+        .filter(|h| {
+            ctx.services.get(*h).is_some_and(|svc| {
+                svc.endpoints.values().flatten().any(|e| {
+                    e.address == proxy.ip
+                        && (proxy.cluster_id.is_empty() || *e.cluster == *proxy.cluster_id)
+                })
+            })
+        })
+        .map(str::to_string)
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Whether a Gateway's selector picks `proxy` (for callers deciding which proxies

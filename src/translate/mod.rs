@@ -97,6 +97,9 @@ pub struct ProxyClass {
     /// and cluster, which name and shape their server listeners
     /// (`grpc_server::server_listeners`).
     pub grpc_server: Option<(IpAddr, String)>,
+    /// Gateways only: the Services named by Gateway API `addresses` that have
+    /// the proxy as an endpoint (`gateway::gateway_services_of`).
+    pub gateway_services: Vec<String>,
 }
 
 impl ProxyClass {
@@ -115,6 +118,11 @@ impl ProxyClass {
             grpc_server: (proxy.role == ProxyRole::Grpc
                 && !grpc_server::server_ports(proxy, ctx).is_empty())
             .then(|| (proxy.ip, proxy.cluster_id.clone())),
+            gateway_services: if proxy.role == ProxyRole::Gateway {
+                gateway::gateway_services_of(proxy, ctx)
+            } else {
+                Vec::new()
+            },
         }
     }
 }

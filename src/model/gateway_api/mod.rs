@@ -159,10 +159,12 @@ pub struct K8sGateway {
     pub gateway_class_name: String,
     #[serde(default)]
     pub listeners: Vec<Listener>,
-    /// Rejected: crossmesh does not provision gateways or their addresses; the
-    /// Gateway applies to the proxies labelled with its name.
+    /// Istio's manual deployment: a `Hostname` names a Service in the Gateway's
+    /// namespace whose pods the Gateway applies to (besides the proxies
+    /// labelled with its name); `IPAddress` addresses are reported in status
+    /// and not used (crossmesh assigns no address), as Istio does.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub addresses: Vec<serde_json::Value>,
+    pub addresses: Vec<GatewayAddress>,
     /// Rejected (crossmesh deploys no gateway infrastructure).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub infrastructure: Option<serde_json::Value>,
@@ -173,6 +175,16 @@ pub struct K8sGateway {
         skip_serializing_if = "Option::is_none"
     )]
     pub backend_tls: Option<serde_json::Value>,
+}
+
+/// `GatewaySpecAddress`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayAddress {
+    /// `IPAddress` (default) or `Hostname`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub value: String,
 }
 
 /// `Gateway.spec.listeners[]`.
@@ -784,7 +796,7 @@ pub fn validate(obj: &GwObject) -> Vec<(String, String)> {
                 );
             }
         }
-        GwObject::Gateway(c) => gateway(&c.spec, &mut err),
+        GwObject::Gateway(c) => gateway(&c.spec, &c.meta.namespace, &mut err),
         GwObject::HTTPRoute(c) => http_route(&c.spec, &mut err),
         GwObject::GRPCRoute(c) => grpc_route(&c.spec, &mut err),
         GwObject::TCPRoute(c) => l4_route(&c.spec.parent_refs, &[], &c.spec.rules, &mut err),
@@ -826,15 +838,41 @@ fn valid_hostname(h: &str) -> bool {
         })
 }
 
-fn gateway(g: &K8sGateway, err: &mut impl FnMut(String, String)) {
+fn gateway(g: &K8sGateway, namespace: &str, err: &mut impl FnMut(String, String)) {
     if g.gateway_class_name.is_empty() {
         err("spec.gatewayClassName".into(), "required".into());
     }
-    if !g.addresses.is_empty() {
-        err(
-            "spec.addresses".into(),
-            format!("not supported by crossmesh: it provisions no gateway and assigns no address; the Gateway applies to the proxies labelled {GATEWAY_NAME_LABEL}: <name> in its namespace"),
-        );
+    for (i, a) in g.addresses.iter().enumerate() {
+        let f = format!("spec.addresses[{i}]");
+        match a.kind.as_deref().unwrap_or("IPAddress") {
+            "IPAddress" => {
+                if a.value.parse::<std::net::IpAddr>().is_err() {
+                    err(
+                        format!("{f}.value"),
+                        format!("{:?} is not an IP address", a.value),
+                    );
+                }
+            }
+            "Hostname" => {
+                // Istio's manual deployment: a Service, by short name or
+                // `NAME.NAMESPACE.svc.DOMAIN`, in the Gateway's namespace.
+                let labels: Vec<&str> = a.value.split('.').collect();
+                let ok = valid_hostname(&a.value)
+                    && !a.value.starts_with('*')
+                    && (labels.len() == 1
+                        || labels.len() >= 4 && labels[1] == namespace && labels[2] == "svc");
+                if !ok {
+                    err(
+                        format!("{f}.value"),
+                        format!("{:?} does not name a Service in namespace {namespace} (NAME or NAME.{namespace}.svc.DOMAIN): crossmesh applies a Gateway to the pods of a Service of its own namespace", a.value),
+                    );
+                }
+            }
+            t => err(
+                format!("{f}.type"),
+                format!("{t:?} is not supported by crossmesh (IPAddress, Hostname)"),
+            ),
+        }
     }
     if g.infrastructure.is_some() {
         err(

@@ -14,6 +14,12 @@ pub struct Gateway {
     pub selector: BTreeMap<String, String>,
     #[serde(default)]
     pub servers: Vec<Server>,
+    /// Gateway API manual deployment (`Gateway.spec.addresses` of type
+    /// `Hostname`): Services (hostnames) whose pods this Gateway applies to
+    /// besides those `selector` picks. Set by the Gateway API conversion only:
+    /// never read from an Istio Gateway (an unknown field there).
+    #[serde(default, skip_deserializing, skip_serializing_if = "Vec::is_empty")]
+    pub gateway_services: Vec<String>,
 }
 
 /// `Gateway.spec.servers[]`.

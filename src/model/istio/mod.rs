@@ -633,18 +633,35 @@ impl ConfigSnapshot {
         )
     }
 
-    /// Gateways whose selector matches `labels` of a proxy in `namespace`, in
-    /// Istio order. As in Istio, an empty selector selects every gateway proxy;
-    /// a Gateway API Gateway applies in its own namespace only (DESIGN.md §5).
-    pub fn gateways_for<'a>(
+    /// Gateways whose selector matches `labels` of a proxy in `namespace`, or
+    /// that name a Service in `member_of` (the Services the proxy is a pod of;
+    /// Gateway API `addresses` of type Hostname), in Istio order. As in Istio,
+    /// an empty selector selects every gateway proxy; a Gateway API Gateway
+    /// applies in its own namespace only (DESIGN.md §5).
+    pub fn gateways_for<'a, 'b>(
         &'a self,
-        namespace: &'a str,
-        labels: &'a BTreeMap<String, String>,
-    ) -> impl Iterator<Item = &'a Arc<Config<Gateway>>> + 'a {
+        namespace: &'b str,
+        labels: &'b BTreeMap<String, String>,
+        member_of: &'b [String],
+    ) -> impl Iterator<Item = &'a Arc<Config<Gateway>>> + 'b
+    where
+        'a: 'b,
+    {
         self.gateways.iter().filter(move |g| {
-            labels_match(&g.spec.selector, labels)
+            (labels_match(&g.spec.selector, labels)
+                || g.spec
+                    .gateway_services
+                    .iter()
+                    .any(|h| member_of.contains(h)))
                 && (!g.meta.gateway_semantics() || g.meta.namespace == namespace)
         })
+    }
+
+    /// Every Service a Gateway names in `gateway_services`.
+    pub fn gateway_service_hosts(&self) -> impl Iterator<Item = &str> {
+        self.gateways
+            .iter()
+            .flat_map(|g| g.spec.gateway_services.iter().map(String::as_str))
     }
 
     /// VirtualServices bound to `gateway` (`ns/name` or `mesh`) and visible to
