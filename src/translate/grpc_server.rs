@@ -60,7 +60,9 @@ use super::authz::{Authz, HTTP_RBAC_FILTER};
 use super::listener::{HCM_FILTER, ROUTER_FILTER};
 use super::mtls::{TLS_MODE_LABEL, TLS_TRANSPORT_SOCKET};
 use super::proto::{bool_value, pack, socket_address};
-use crate::model::istio::authorization_policy::{AuthorizationPolicy, ConditionKey};
+use crate::model::istio::authorization_policy::{
+    Action as PolicyAction, AuthorizationPolicy, ConditionKey,
+};
 use crate::model::istio::destination_rule::EffectivePolicy;
 use crate::model::istio::{Config, MtlsMode};
 use crate::model::{Proxy, PushContext, Service};
@@ -249,9 +251,13 @@ fn http_filters(proxy: &Proxy, ctx: &PushContext) -> Vec<HttpFilter> {
         .into_iter()
         .map(|p| p.as_ref())
         .collect();
+    // A policy that decides (not AUDIT, not dry-run) and cannot be enforced
+    // denies everything; one that never decides is left out.
+    let decides =
+        |p: &Config<AuthorizationPolicy>| !p.spec.dry_run && p.spec.action != PolicyAction::Audit;
     let unsupported: Vec<String> = policies
         .iter()
-        .filter(|p| !p.spec.dry_run)
+        .filter(|p| decides(p))
         .filter_map(|p| {
             unsupported_on_grpc(&p.spec).map(|why| {
                 format!(
@@ -260,6 +266,10 @@ fn http_filters(proxy: &Proxy, ctx: &PushContext) -> Vec<HttpFilter> {
                 )
             })
         })
+        .collect();
+    let policies: Vec<_> = policies
+        .into_iter()
+        .filter(|p| unsupported_on_grpc(&p.spec).is_none())
         .collect();
     let mut out = if unsupported.is_empty() {
         Authz::new(policies, &ctx.mesh.trust_domain).http_filters()
@@ -435,13 +445,196 @@ pub fn apply_client_tls(
 
 #[cfg(test)]
 mod tests {
+    use envoy_types::pb::envoy::config::listener::v3::Listener;
+    use prost::Message;
+
     use super::*;
+    use crate::model::ProxyRole;
+
+    /// A gRPC server `echo-0` (10.0.0.7, labels `labels`) behind Service
+    /// `echo` (port 7070 -> 17070), with the Istio objects `istio`.
+    fn load(labels: &str, istio: &str) -> (PushContext, Proxy) {
+        let yaml = format!(
+            "kind: GoldenFixture
+proxy:
+  role: sidecar
+  namespace: test
+  labels: {labels}
+  ip: 10.0.0.7
+services:
+- name: echo
+  namespace: test
+  ports: [{{name: grpc, port: 7070}}]
+  endpoints:
+  - {{address: 10.0.0.7, port: 17070, cluster: cluster1, ready: true, serviceAccount: echo}}
+{istio}"
+        );
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), yaml).unwrap();
+        let (ctx, mut proxy) = crate::translate::golden::load(f.path());
+        proxy.role = ProxyRole::Grpc;
+        (ctx, proxy)
+    }
+
+    const NAME: &str = "xds.istio.io/grpc/lds/inbound/10.0.0.7:17070";
+
+    fn hcm(l: &Listener) -> HttpConnectionManager {
+        let Some(FilterConfig::TypedConfig(any)) = &l.filter_chains[0].filters[0].config_type
+        else {
+            panic!("no HCM")
+        };
+        HttpConnectionManager::decode(any.value.as_slice()).unwrap()
+    }
+
+    fn tls(l: &Listener) -> Option<DownstreamTlsContext> {
+        let ts = l.filter_chains[0].transport_socket.as_ref()?;
+        assert_eq!(ts.name, TLS_TRANSPORT_SOCKET);
+        let Some(SocketConfig::TypedConfig(any)) = &ts.config_type else {
+            panic!("no typed config")
+        };
+        Some(DownstreamTlsContext::decode(any.value.as_slice()).unwrap())
+    }
 
     #[test]
-    fn names() {
-        assert!(is_server_listener(
-            "xds.istio.io/grpc/lds/inbound/10.0.0.1:50051"
+    fn a_served_port_gets_a_plaintext_listener_for_each_listening_address() {
+        let (ctx, proxy) = load("{app: echo}", "");
+        let names: Vec<String> = server_listeners(&proxy, &ctx)
+            .into_iter()
+            .map(|l| l.name)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                NAME,
+                "xds.istio.io/grpc/lds/inbound/0.0.0.0:17070",
+                "xds.istio.io/grpc/lds/inbound/[::]:17070"
+            ]
+        );
+        let l = server_listener(&proxy, &ctx, NAME).unwrap();
+        assert_eq!(l.address, Some(socket_address("10.0.0.7", 17070)));
+        assert_eq!(l.filter_chains.len(), 1);
+        assert!(l.filter_chains[0].filter_chain_match.is_none());
+        assert!(tls(&l).is_none(), "no PeerAuthentication: plaintext");
+        let h = hcm(&l);
+        let Some(RouteSpecifier::RouteConfig(rc)) = h.route_specifier else {
+            panic!("inline route config")
+        };
+        let route = &rc.virtual_hosts[0].routes[0];
+        assert_eq!(
+            route.action,
+            Some(Action::NonForwardingAction(NonForwardingAction {}))
+        );
+        let filters: Vec<&str> = h.http_filters.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(filters, [ROUTER_FILTER]);
+    }
+
+    #[test]
+    fn other_names_do_not_exist() {
+        let (ctx, proxy) = load("{app: echo}", "");
+        assert!(matches!(
+            server_listener(&proxy, &ctx, "xds.istio.io/grpc/lds/inbound/10.0.0.7:9999"),
+            Err(ServerListenerError::NoServiceInstance { port: 9999, .. })
         ));
-        assert!(!is_server_listener("echo.test.svc.cluster.local:7070"));
+        let e = server_listener(&proxy, &ctx, "xds.istio.io/grpc/lds/inbound/echo:1").unwrap_err();
+        assert!(e.to_string().contains("is not IP:PORT"), "{e}");
+    }
+
+    #[test]
+    fn strict_requires_a_client_certificate_from_the_provider_and_port_level_wins() {
+        let pa = |port_mode: &str| {
+            format!(
+                "---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: echo, namespace: test}}
+spec:
+  selector: {{matchLabels: {{app: echo}}}}
+  mtls: {{mode: STRICT}}
+{port_mode}"
+            )
+        };
+        let (ctx, proxy) = load("{app: echo}", &pa(""));
+        let t = tls(&server_listener(&proxy, &ctx, NAME).unwrap()).expect("STRICT: TLS");
+        assert_eq!(t.require_client_certificate, Some(bool_value(true)));
+        let c = t.common_tls_context.unwrap();
+        assert_eq!(
+            c.tls_certificate_provider_instance,
+            Some(provider(CERT_NAME_WORKLOAD))
+        );
+        let Some(ValidationContextType::ValidationContext(v)) = c.validation_context_type else {
+            panic!("validation context")
+        };
+        assert_eq!(
+            v.ca_certificate_provider_instance,
+            Some(provider(CERT_NAME_ROOT))
+        );
+        #[allow(deprecated)]
+        let sans = v.match_subject_alt_names;
+        assert!(sans.is_empty(), "gRPC servers refuse SAN matchers");
+
+        let (ctx, proxy) = load(
+            "{app: echo}",
+            &pa("  portLevelMtls: {'17070': {mode: DISABLE}}\n"),
+        );
+        assert!(tls(&server_listener(&proxy, &ctx, NAME).unwrap()).is_none());
+    }
+
+    #[test]
+    fn permissive_is_plaintext_unless_the_workload_is_labelled_for_mtls() {
+        let (ctx, proxy) = load("{app: echo}", "");
+        assert_eq!(server_mtls_mode(&proxy, &ctx, 17070), MtlsMode::Disable);
+        let (ctx, proxy) = load("{app: echo, security.istio.io/tlsMode: istio}", "");
+        assert_eq!(server_mtls_mode(&proxy, &ctx, 17070), MtlsMode::Strict);
+        assert!(tls(&server_listener(&proxy, &ctx, NAME).unwrap()).is_some());
+    }
+
+    #[test]
+    fn authorization_policies_become_rbac_and_jwt_ones_deny_everything() {
+        let allow = "---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: only-client, namespace: test}
+spec:
+  selector: {matchLabels: {app: echo}}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/test/sa/client]}}]
+    to: [{operation: {paths: [/crossmesh.test.Echo/Hello]}}]
+";
+        let (ctx, proxy) = load("{app: echo}", allow);
+        let h = hcm(&server_listener(&proxy, &ctx, NAME).unwrap());
+        let filters: Vec<&str> = h.http_filters.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(filters, [HTTP_RBAC_FILTER, ROUTER_FILTER]);
+
+        let jwt = "---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-bob, namespace: test}
+spec:
+  selector: {matchLabels: {app: echo}}
+  action: DENY
+  rules:
+  - from: [{source: {requestPrincipals: [https://idp/bob]}}]
+";
+        let (ctx, proxy) = load("{app: echo}", &format!("{allow}{jwt}"));
+        let h = hcm(&server_listener(&proxy, &ctx, NAME).unwrap());
+        assert_eq!(h.http_filters.len(), 2);
+        let Some(HttpFilterConfig::TypedConfig(any)) = &h.http_filters[0].config_type else {
+            panic!("typed config")
+        };
+        let rbac = HttpRbac::decode(any.value.as_slice())
+            .unwrap()
+            .rules
+            .unwrap();
+        assert_eq!(rbac.action, RbacAction::Deny as i32);
+        let names: Vec<&String> = rbac.policies.keys().collect();
+        assert_eq!(names.len(), 1);
+        assert!(
+            names[0].starts_with("ns[test]-policy[no-bob]: from.source.requestPrincipals"),
+            "{names:?}"
+        );
+        let p = &rbac.policies[names[0]];
+        assert_eq!(p.permissions[0].rule, Some(PermRule::Any(true)));
+        assert_eq!(p.principals[0].identifier, Some(Identifier::Any(true)));
     }
 }
