@@ -101,8 +101,8 @@ struct Fixture {
     api: FakeApiServer,
     cp: ControlPlane,
     kube: Client,
-    _dir: tempfile::TempDir,
-    _subnet: Subnet,
+    dir: tempfile::TempDir,
+    subnet: Subnet,
 }
 
 impl Fixture {
@@ -128,8 +128,8 @@ impl Fixture {
             api,
             cp,
             kube,
-            _dir: dir,
-            _subnet: subnet,
+            dir,
+            subnet,
         }
     }
 
@@ -759,4 +759,124 @@ async fn forbidden_status_writes_are_reported_once() {
         "{log}"
     );
     assert!(f.object("httproutes", "shop", "r1")["status"].is_null());
+}
+
+/// Two hub replicas reading one cluster converge on one status: each object
+/// is written about once per change, not back and forth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_converge_without_rewriting_each_other() {
+    let f = Fixture::start().await;
+    let mesh = f.dir.path().join("mesh.yaml");
+    let second =
+        ControlPlane::start_at(&mesh, f.subnet.addr(2, 15010), f.subnet.addr(2, 15014)).await;
+    f.api.apply(&objects::service(
+        "shop",
+        "web",
+        &[("app", "web")],
+        &[("http", 80, 8080)],
+    ));
+    f.wait_service("web.shop.svc.cluster.local").await;
+    f.api.apply(&gateway_class("crossmesh", OURS));
+    f.api.apply(&gateway("infra", "gw", "crossmesh"));
+    f.api.apply(&route(
+        "shop",
+        "r1",
+        &[("infra", "gw")],
+        ("shop", "web"),
+        "a.example.com",
+    ));
+    wait_route_condition(
+        &f,
+        "shop",
+        "r1",
+        ("infra", "gw"),
+        "Accepted",
+        "True",
+        "Accepted",
+    )
+    .await;
+    // A later change both replicas compute: when both report nothing pending,
+    // they agree with what the objects carry.
+    f.api.apply(&route(
+        "shop",
+        "r2",
+        &[("infra", "gw")],
+        ("shop", "web"),
+        "b.example.com",
+    ));
+    wait_route_condition(
+        &f,
+        "shop",
+        "r2",
+        ("infra", "gw"),
+        "Accepted",
+        "True",
+        "Accepted",
+    )
+    .await;
+    for cp in [&f.cp, &second] {
+        wait_for("replica has nothing pending", CONVERGE, || async {
+            let c = cp.json("/debug/configz").await?;
+            let r = &c["gatewayApiStatusWrites"][0];
+            if r["pending"] == 0 && r["errors"] == json!([]) {
+                Ok(())
+            } else {
+                Err(r.to_string())
+            }
+        })
+        .await;
+    }
+    let writes = |f: &Fixture| {
+        [
+            f.writes("httproutes", "shop", "r1"),
+            f.writes("httproutes", "shop", "r2"),
+            f.writes("gatewayclasses", "", "crossmesh"),
+        ]
+    };
+    let settled = writes(&f);
+    // Each object's status was written by one replica (the other's write, from
+    // the same resourceVersion, conflicted or found it done).
+    let status_writes_ok = |n: usize| (1..=2).contains(&n);
+    assert!(
+        settled.iter().all(|n| status_writes_ok(*n)),
+        "{settled:?}: {:?}",
+        f.api.requests()
+    );
+    // A third route, computed by both, leaves the others alone.
+    f.api.apply(&route(
+        "shop",
+        "r3",
+        &[("infra", "gw")],
+        ("shop", "web"),
+        "c.example.com",
+    ));
+    wait_route_condition(
+        &f,
+        "shop",
+        "r3",
+        ("infra", "gw"),
+        "Accepted",
+        "True",
+        "Accepted",
+    )
+    .await;
+    for cp in [&f.cp, &second] {
+        wait_for("replica has nothing pending", CONVERGE, || async {
+            let c = cp.json("/debug/configz").await?;
+            if c["gatewayApiStatusWrites"][0]["pending"] == 0 {
+                Ok(())
+            } else {
+                Err(c["gatewayApiStatusWrites"].to_string())
+            }
+        })
+        .await;
+    }
+    assert_eq!(writes(&f), settled, "{:?}", f.api.requests());
+    let r1 = f.object("httproutes", "shop", "r1");
+    assert_eq!(
+        r1["status"]["parents"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        r1["status"]
+    );
 }
