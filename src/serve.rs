@@ -128,37 +128,8 @@ impl DebugState for LiveState {
         to_json(&self.connections.certz())
     }
 
-    /// Each merged service with its endpoints grouped by member cluster; each
-    /// endpoint names the service port it serves.
     fn registryz(&self) -> Value {
-        let services = self.registry.services();
-        let list: Vec<Value> = services
-            .values()
-            .map(|svc| {
-                let mut by_cluster = serde_json::Map::new();
-                for (port, eps) in &svc.endpoints {
-                    for ep in eps {
-                        let mut e = to_json(ep);
-                        e["service_port"] = json!(port);
-                        let entry = by_cluster
-                            .entry(ep.cluster.to_string())
-                            .or_insert_with(|| Value::Array(Vec::new()));
-                        if let Value::Array(a) = entry {
-                            a.push(e);
-                        }
-                    }
-                }
-                json!({
-                    "hostname": svc.hostname,
-                    "namespace": svc.namespace,
-                    "name": svc.name,
-                    "ports": svc.ports,
-                    "clusters": svc.clusters,
-                    "endpoints": by_cluster,
-                })
-            })
-            .collect();
-        json!({ "services": list })
+        crate::debug::registryz::page(&self.registry.services())
     }
 
     fn configz(&self) -> Value {

@@ -18,6 +18,7 @@
 //! shows certificates' metadata only.
 
 pub mod json;
+pub mod registryz;
 
 use std::collections::BTreeMap;
 use std::future::Future;
