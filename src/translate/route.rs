@@ -41,7 +41,7 @@ use super::proto::{
     bool_value, cluster_name, pack, percent_per_hundred, percent_per_million, u32_value,
 };
 use crate::model::istio::destination_rule::{ConsistentHashLb, EffectivePolicy};
-use crate::model::istio::virtual_service::grpc_status_code;
+use crate::model::istio::virtual_service::{decode_base64, grpc_status_code};
 use crate::model::istio::virtual_service::{
     CorsPolicy, HeaderOperations, Headers, HttpMatchRequest, HttpRetry, HttpRoute,
 };
@@ -216,7 +216,7 @@ fn build_route(
             body: dr.body.as_ref().and_then(|b| {
                 let spec = match (&b.string, &b.bytes) {
                     (Some(s), _) => Specifier::InlineString(s.clone()),
-                    (None, Some(b64)) => Specifier::InlineBytes(decode_base64(b64)?),
+                    (None, Some(b64)) => Specifier::InlineBytes(decode_base64(b64).ok()?),
                     (None, None) => return None,
                 };
                 Some(DataSource {
@@ -522,33 +522,6 @@ fn redirect_code(code: u32) -> RedirectResponseCode {
         308 => RedirectResponseCode::PermanentRedirect,
         _ => RedirectResponseCode::MovedPermanently,
     }
-}
-
-fn decode_base64(s: &str) -> Option<Vec<u8>> {
-    let val = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => (c - b'A') as u32,
-            b'a'..=b'z' => (c - b'a' + 26) as u32,
-            b'0'..=b'9' => (c - b'0' + 52) as u32,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            _ => return None,
-        })
-    };
-    let bytes: Vec<u8> = s
-        .bytes()
-        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
-        .collect();
-    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-    for chunk in bytes.chunks(4) {
-        let mut acc = 0u32;
-        for (i, c) in chunk.iter().enumerate() {
-            acc |= val(*c)? << (18 - 6 * i);
-        }
-        let n = chunk.len().saturating_sub(1);
-        out.extend_from_slice(&acc.to_be_bytes()[1..1 + n]);
-    }
-    Some(out)
 }
 
 fn regex_matcher(re: &str) -> RegexMatcher {
@@ -932,13 +905,6 @@ mod tests {
             prefix.path_specifier,
             Some(PathSpecifier::Prefix("/API".into()))
         );
-    }
-
-    #[test]
-    fn base64_decodes() {
-        assert_eq!(decode_base64("aGVsbG8=").unwrap(), b"hello");
-        assert_eq!(decode_base64("aGk").unwrap(), b"hi");
-        assert!(decode_base64("!!").is_none());
     }
 
     #[test]

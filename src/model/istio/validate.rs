@@ -818,6 +818,16 @@ fn http_route(f: &str, r: &HttpRoute, out: &mut Issues) {
                     "set only one of string and bytes",
                 );
             }
+            if let Some(Err(e)) = b
+                .bytes
+                .as_deref()
+                .map(super::virtual_service::decode_base64)
+            {
+                out.err(
+                    format!("{f}.directResponse.body.bytes"),
+                    format!("is not base64: {e}"),
+                );
+            }
         }
     }
     if let Some(rw) = &r.rewrite {
@@ -1616,6 +1626,28 @@ mod tests {
         issues
             .iter()
             .any(|i| i.field == field && i.warning == warning && i.reason.contains(text))
+    }
+
+    /// `directResponse.body.bytes` that is not base64 rejects the VirtualService
+    /// naming the field, instead of a route served without its body.
+    #[test]
+    fn direct_response_bytes_must_be_base64() {
+        let i = issues(&vs(
+            "  - directResponse: {status: 200, body: {bytes: 'no base64!'}}\n",
+        ));
+        assert!(
+            has(
+                &i,
+                "spec.http[0].directResponse.body.bytes",
+                false,
+                "is not base64"
+            ),
+            "{i:?}"
+        );
+        let i = issues(&vs(
+            "  - directResponse: {status: 200, body: {bytes: aGVsbG8=}}\n",
+        ));
+        assert!(i.is_empty(), "{i:?}");
     }
 
     #[test]

@@ -197,7 +197,7 @@ pub struct HttpDirectResponse {
     pub body: Option<HttpBody>,
 }
 
-/// `HTTPBody`: `string` or `bytes` (base64).
+/// `HTTPBody`: `string` or `bytes` (base64, read by [`decode_base64`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpBody {
@@ -413,4 +413,46 @@ pub fn grpc_status_code(s: &str) -> Option<u32> {
         .iter()
         .position(|n| n.eq_ignore_ascii_case(s))
         .map(|i| i as u32)
+}
+
+/// `HTTPBody.bytes` as protobuf JSON reads a `bytes` field (Go's protojson, which
+/// Istio uses): base64 in the standard or the URL-safe alphabet, padding
+/// optional, non-zero trailing bits allowed; whitespace is ignored.
+pub fn decode_base64(s: &str) -> Result<Vec<u8>, String> {
+    use base64::alphabet;
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    use base64::Engine;
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &alphabet::STANDARD,
+        GeneralPurposeConfig::new()
+            .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+            .with_decode_allow_trailing_bits(true),
+    );
+    let text: String = s
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .map(|c| match c {
+            '-' => '+',
+            '_' => '/',
+            c => c,
+        })
+        .collect();
+    LENIENT.decode(text).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_decodes() {
+        assert_eq!(decode_base64("aGVsbG8=").unwrap(), b"hello");
+        assert_eq!(decode_base64("aGk").unwrap(), b"hi");
+        assert!(decode_base64("!!").is_err());
+        // URL-safe alphabet and whitespace, as protojson reads them.
+        assert_eq!(decode_base64("-_8=").unwrap(), [0xfb, 0xff]);
+        assert_eq!(decode_base64("+/8=\n").unwrap(), [0xfb, 0xff]);
+        // A length no base64 text has is an error, not a shorter body.
+        assert!(decode_base64("aGVsb").is_err());
+    }
 }
