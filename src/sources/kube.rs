@@ -116,16 +116,6 @@ impl CappedBackoff {
     }
 }
 
-/// A random fraction in `[0, 1)`, from std's randomly keyed hasher (jitter only).
-fn jitter_fraction() -> f64 {
-    use std::hash::BuildHasher;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let bits = std::collections::hash_map::RandomState::new().hash_one(n);
-    (bits >> 11) as f64 / (1u64 << 53) as f64
-}
-
 impl Iterator for CappedBackoff {
     type Item = Duration;
 
@@ -133,7 +123,7 @@ impl Iterator for CappedBackoff {
     fn next(&mut self) -> Option<Duration> {
         let base = Self::base(self.failures);
         self.failures = self.failures.saturating_add(1);
-        Some(base.mul_f64(1.0 - 0.25 * jitter_fraction()))
+        Some(base.mul_f64(1.0 - 0.25 * fastrand::f64()))
     }
 }
 
