@@ -11,6 +11,8 @@
 //!   and a proxyless client (`xds:///` target, DestinationRule ISTIO_MUTUAL,
 //!   its own certificate files) is served; the server sees the client's SPIFFE
 //!   ID in its certificate.
+//! - An AuthorizationPolicy ALLOW for another identity refuses that client
+//!   (PERMISSION_DENIED, gRPC's RBAC filter), one for its own admits it.
 //! - No stream records a NACK on `/debug/syncz`.
 //!
 //! Needs pip `grpcio` in ./.venv (scripts/setup installs it); skips, saying so,
@@ -292,7 +294,7 @@ fn spiffe_id_in(pem_file: &Path) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_server_gets_its_listener_then_strict_mtls_admits_only_the_mesh_identity() {
+async fn grpc_server_gets_its_listener_then_strict_mtls_and_rbac_admit_only_the_mesh_identity() {
     let Some(py) = python() else {
         eprintln!("SKIP grpc_server_e2e: no grpcio in ./.venv (run scripts/setup)");
         return;
@@ -466,6 +468,58 @@ spec:
     // The same client without xDS credentials (plaintext) is still refused.
     let r = call(&py, Some(&client.bootstrap), &target, "insecure").await;
     assert_eq!(r["ok"], false, "plaintext through xDS must be refused: {r}");
+
+    // 3. AuthorizationPolicy through gRPC's RBAC filter (gRFC A41): an ALLOW
+    // for another identity refuses the client, one for its own admits it.
+    let allow = |sa: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: echo-allow
+  namespace: {NS}
+spec:
+  selector:
+    matchLabels:
+      app: echo
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals: [cluster.local/ns/{NS}/sa/{sa}]
+    to:
+    - operation:
+        paths: [/crossmesh.test.Echo/Hello]
+"
+        )
+    };
+    for (sa, expect_ok) in [("other", false), ("client", true)] {
+        mesh.write_istio("authz.yaml", &allow(sa));
+        let r = wait_for(
+            &format!("the client's call under an ALLOW for {sa}"),
+            Duration::from_secs(30),
+            || {
+                let (py, target, b) = (py.clone(), target.clone(), client.bootstrap.clone());
+                async move {
+                    let r = call(&py, Some(&b), &target, "xds").await;
+                    let done = if expect_ok {
+                        r["ok"] == true
+                    } else {
+                        r["code"] == "PERMISSION_DENIED"
+                    };
+                    if done {
+                        Ok(r)
+                    } else {
+                        Err(r.to_string())
+                    }
+                }
+            },
+        )
+        .await;
+        if expect_ok {
+            assert_eq!(r["reply"]["server"], "echo-0", "{r}");
+        }
+    }
 
     let n = nacks(&cp).await;
     assert!(n.is_empty(), "NACKs recorded: {n:?}");
