@@ -75,3 +75,66 @@ fn parses_cargo_tree_lines() {
     let v = features_of(tree, "rustls");
     assert_eq!(v, vec![("rustls v0.23.46", vec!["log", "std", "tls12"])]);
 }
+
+/// Every Envoy API package the source names (`envoy_types::pb::envoy::…::v3`) is
+/// vendored in `proto/vendor/`, so `build.rs` compiles its descriptors and
+/// `/debug/config_dump` can print its messages (a missing one prints as an error).
+#[test]
+fn every_envoy_package_used_is_vendored() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    let mut packages = std::collections::BTreeSet::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).expect("read source");
+        for (i, _) in text.match_indices("envoy_types::pb::") {
+            let path: String = text[i + "envoy_types::pb::".len()..]
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || matches!(c, '_' | ':' | '#'))
+                .collect();
+            let mut pkg = Vec::new();
+            for seg in path.split("::").map(|s| s.trim_start_matches("r#")) {
+                pkg.push(seg);
+                let is_version = seg.len() > 1
+                    && seg.starts_with('v')
+                    && seg[1..].starts_with(|c: char| c.is_ascii_digit());
+                if is_version {
+                    packages.insert(pkg.join("/"));
+                    break;
+                }
+            }
+        }
+    }
+    assert!(
+        packages.contains("envoy/config/cluster/v3"),
+        "the scan found no Envoy package: {packages:?}"
+    );
+    let missing: Vec<&String> = packages
+        .iter()
+        .filter(|p| !p.starts_with("google/protobuf"))
+        .filter(|p| {
+            std::fs::read_dir(root.join("proto/vendor").join(p))
+                .map(|d| {
+                    !d.flatten()
+                        .any(|e| e.path().extension().is_some_and(|x| x == "proto"))
+                })
+                .unwrap_or(true)
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "Envoy packages used in src/ but not vendored in proto/vendor/ \
+         (copy them from the envoy-types crate's proto/, see proto/vendor/README.md): {missing:?}"
+    );
+}
+
+fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).expect("read src").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
