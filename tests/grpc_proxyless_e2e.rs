@@ -179,8 +179,18 @@ impl Client {
     }
 
     async fn calls(&mut self, n: u32, metadata: &[(&str, &str)], timeout: f64) -> Batch {
+        self.calls_to(&target(), n, metadata, timeout).await
+    }
+
+    async fn calls_to(
+        &mut self,
+        target: &str,
+        n: u32,
+        metadata: &[(&str, &str)],
+        timeout: f64,
+    ) -> Batch {
         let cmd = json!({
-            "target": target(),
+            "target": target,
             "calls": n,
             "metadata": metadata.iter().map(|(k, v)| [k, v]).collect::<Vec<_>>(),
             "timeout": timeout,
@@ -577,6 +587,33 @@ spec:
         .await;
     let b = w.client.calls(100, &[], 5.0).await;
     assert_eq!(b.pod("echo-c2"), 100, "{b:?}");
+
+    // A name asked for before it exists is sent when it appears: the client
+    // dials `late` first (no such Service: the call fails), then the Service
+    // is created (in cluster2, selecting echo-c2) and the same channel works.
+    let late = format!("xds:///late.{NS}.svc.cluster.local:{PORT}");
+    let b = w.client.calls_to(&late, 1, &[], 3.0).await;
+    assert!(
+        b.pods.is_empty() && b.code("OK") == 0,
+        "no Service late yet: {b:?}"
+    );
+    w.mesh.write_cluster(
+        "cluster2",
+        "late.yaml",
+        &manifests::service(NS, "late", PORT, PORT, &[("app", "echo")]),
+    );
+    let start = Instant::now();
+    loop {
+        let b = w.client.calls_to(&late, 1, &[], 3.0).await;
+        if b.pod("echo-c2") == 1 {
+            break;
+        }
+        assert!(
+            start.elapsed() < CONVERGE,
+            "late never answered after its Service appeared: {b:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // No NACK at any point.
     assert_eq!(nacks(&w.cp).await, Vec::<String>::new());
