@@ -433,6 +433,22 @@ async fn traffic_management() {
     assert_eq!(b.code("OK"), 20, "{b:?}");
     let stream = client_stream(&w.cp, "client-0").await.unwrap();
     assert_eq!(stream["mode"], "sotw", "grpcio's xDS client: {stream}");
+    // /debug/config_dump shows what the client holds, as for Envoy: the API
+    // listener it asked for, with its HttpConnectionManager decoded.
+    let id = stream["proxy_id"].as_str().unwrap().to_string();
+    let dump =
+        w.cp.json(&format!("/debug/config_dump?proxyID={id}"))
+            .await
+            .unwrap()
+            .to_string();
+    for want in [
+        "\"echo.test.svc.cluster.local:7070\"",
+        "api_listener",
+        "HttpConnectionManager",
+        "outbound|7070||echo.test.svc.cluster.local",
+    ] {
+        assert!(dump.contains(want), "config_dump lacks {want}: {dump}");
+    }
 
     // A header-matched route: x-pod: c2 -> subset v2, the rest -> v1.
     w.mesh.write_istio("dr.yaml", SUBSETS);
