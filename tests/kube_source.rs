@@ -634,8 +634,8 @@ async fn a_broken_cluster_does_not_harm_the_others() {
 
 /// Issue 3 item 3: `deploy/rbac.yaml` grants the reader ServiceAccount that remote
 /// secrets carry exactly read access (get, list, watch) to every kind the kube
-/// source watches, and crossmesh itself read access to Secrets; the only write
-/// is creating TokenReviews.
+/// source watches, and crossmesh itself read access to Secrets; the only writes
+/// are creating TokenReviews and patching Gateway API status.
 #[test]
 fn deploy_rbac_is_read_only_and_covers_every_watched_kind() {
     use crossmesh::sources::kube::ISTIO_KINDS;
@@ -662,12 +662,20 @@ fn deploy_rbac_is_read_only_and_covers_every_watched_kind() {
             && strs(&rule["resources"]) == ["tokenreviews"]
             && strs(&rule["verbs"]) == ["create"]
     };
+    // Gateway API status (`sources::gateway_status`): patches of exactly the
+    // status subresources crossmesh writes.
+    let status_write = |rule: &serde_json::Value| {
+        strs(&rule["apiGroups"]) == [crossmesh::model::gateway_api::GROUP]
+            && strs(&rule["resources"]) == crossmesh::sources::gateway_status::status_resources()
+            && strs(&rule["verbs"]) == ["patch"]
+    };
     for role in find("ClusterRole").into_iter().chain(find("Role")) {
         for rule in role["rules"].as_array().unwrap() {
             let verbs = strs(&rule["verbs"]);
             assert!(
                 !verbs.is_empty()
                     && (token_review(rule)
+                        || status_write(rule)
                         || verbs
                             .iter()
                             .all(|v| ["get", "list", "watch"].contains(&v.as_str()))),
@@ -709,6 +717,10 @@ fn deploy_rbac_is_read_only_and_covers_every_watched_kind() {
     assert!(
         reader["rules"].as_array().unwrap().iter().any(token_review),
         "the reader cannot create TokenReviews"
+    );
+    assert!(
+        reader["rules"].as_array().unwrap().iter().any(status_write),
+        "the reader cannot patch Gateway API status"
     );
     let binding = find("ClusterRoleBinding")
         .into_iter()
