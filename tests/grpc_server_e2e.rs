@@ -227,7 +227,7 @@ async fn workload(
     let chain = certs.join("cert-chain.pem");
     wait_for(
         &format!("{name}'s certificate files"),
-        Duration::from_secs(20),
+        Duration::from_secs(30),
         || {
             let chain = chain.clone();
             let certs = certs.clone();
@@ -317,9 +317,23 @@ async fn grpc_server_gets_its_listener_then_strict_mtls_and_rbac_admit_only_the_
     let cp = ControlPlane::start(&mesh.mesh_file).await;
     let dir = mesh.root().to_path_buf();
 
-    // The root the TLS xDS port's certificate chains to: the generated CA's.
+    // The root the TLS xDS port's certificate chains to: the generated CA's;
+    // the port opens once the CA is up.
     let root = dir.join("crossmesh-ca").join("root-cert.pem");
-    assert!(root.is_file(), "no generated root at {}", root.display());
+    wait_for("the TLS xDS port", Duration::from_secs(20), || {
+        let root = root.clone();
+        async move {
+            let up = tokio::net::TcpStream::connect(tls).await.is_ok();
+            (up && root.is_file()).then_some(()).ok_or_else(|| {
+                format!(
+                    "port open: {up}, {} present: {}",
+                    root.display(),
+                    root.is_file()
+                )
+            })
+        }
+    })
+    .await;
 
     let server = workload(
         &dir,
