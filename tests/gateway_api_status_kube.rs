@@ -880,3 +880,56 @@ async fn two_replicas_converge_without_rewriting_each_other() {
         r1["status"]
     );
 }
+
+/// A failing status write (500) is shown on `/debug/configz` with the object
+/// named and retried with backoff until it succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_status_writes_are_shown_and_retried() {
+    let f = Fixture::start().await;
+    f.api.add_fault(
+        FaultRule::status(500)
+            .on(Verb::Patch)
+            .of("gatewayclasses")
+            .times(3),
+    );
+    f.api.apply(&gateway_class("crossmesh", OURS));
+    let report = wait_for("the failing write on /debug/configz", CONVERGE, || async {
+        let c = f.cp.json("/debug/configz").await?;
+        let r = c["gatewayApiStatusWrites"][0].clone();
+        match r["errors"].as_array().and_then(|e| e.first()) {
+            Some(e) if e["kind"] == "GatewayClass" && e["name"] == "crossmesh" => Ok(e.clone()),
+            _ => Err(r.to_string()),
+        }
+    })
+    .await;
+    assert!(
+        report["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("500") || e.contains("Internal error")),
+        "{report}"
+    );
+    wait_for(
+        "GatewayClass crossmesh Accepted after retries",
+        CONVERGE,
+        || async {
+            let c = f.object("gatewayclasses", "", "crossmesh");
+            match cond(&c["status"]["conditions"], "Accepted") {
+                Some(a) if a["status"] == "True" => Ok(()),
+                _ => Err(c["status"].to_string()),
+            }
+        },
+    )
+    .await;
+    // Three refused, the fourth written; then nothing more.
+    assert_eq!(f.writes("gatewayclasses", "", "crossmesh"), 4);
+    wait_for("the error cleared", CONVERGE, || async {
+        let c = f.cp.json("/debug/configz").await?;
+        let r = &c["gatewayApiStatusWrites"][0];
+        if r["errors"] == json!([]) && r["pending"] == 0 && r["writes"] == 1 {
+            Ok(())
+        } else {
+            Err(r.to_string())
+        }
+    })
+    .await;
+}
