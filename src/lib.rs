@@ -12,6 +12,10 @@
 //!    -> xds server: ADS SotW + Delta                src/xds/
 //! debug HTTP reads registry, cache, connections     src/debug/
 //! ```
+//!
+//! `model` (plain data, and `model::push_request`, through which the registry
+//! publishes changes and push reads the mesh) sits below every step; no module
+//! imports one above it (`tests/import_flow.rs` holds the layer table).
 
 pub mod agent;
 pub mod bootstrap;
