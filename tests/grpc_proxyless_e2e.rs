@@ -7,9 +7,12 @@
 //!
 //! - `traffic_management`: both clusters answer; a header-matched route; a
 //!   weight split measured over 1,000 calls; a route timeout; an injected
-//!   fault; locality failover priority by cluster, then the local cluster's
-//!   endpoints removed and the client fails over to the other cluster. No
-//!   stream records a NACK, and `pilot_total_xds_rejects` counts none.
+//!   fault; consistentHash on a header as ring hash (each key to one pod);
+//!   locality failover priority by cluster, then the local cluster's
+//!   endpoints removed and the client fails over to the other cluster; a
+//!   name dialled before its Service exists answers once it appears;
+//!   `/debug/config_dump` shows the API listener. No stream records a NACK,
+//!   and `pilot_total_xds_rejects` counts none.
 //! - `nack_is_recorded_and_not_resent`: a header regex RE2 refuses (gRPC
 //!   compiles route regexes with RE2; crossmesh's validation accepts it) is
 //!   NACKed by the client; `/debug/syncz` shows the NACK with gRPC's text, and
@@ -562,8 +565,42 @@ async fn traffic_management() {
         .await;
     assert!(b.pods.is_empty(), "no call reached a server: {b:?}");
 
-    // Locality failover by cluster: the client's own cluster first.
+    // consistentHash on a header: ring hash (gRFC A42), each key's calls to
+    // one pod (round robin would alternate between the two).
     w.mesh.remove_istio_file("vs.yaml");
+    w.mesh.write_istio(
+        "dr.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: echo
+  namespace: test
+spec:
+  host: echo.test.svc.cluster.local
+  trafficPolicy:
+    loadBalancer:
+      consistentHash: {httpHeaderName: x-user}
+",
+    );
+    w.client
+        .until("ring hash on x-user", 30, &[("x-user", "a")], 5.0, |b| {
+            b.pods.len() == 1 && b.code("OK") == 30
+        })
+        .await;
+    let mut seen = std::collections::BTreeSet::new();
+    for user in ["a", "b", "c", "d", "e", "f"] {
+        let b = w.client.calls(30, &[("x-user", user)], 5.0).await;
+        assert_eq!(
+            b.pods.len(),
+            1,
+            "x-user {user}: one pod for every call: {b:?}"
+        );
+        assert_eq!(b.code("OK"), 30, "{b:?}");
+        seen.insert(b.pods[0].0.clone());
+    }
+    eprintln!("ring hash: 6 keys on pods {seen:?}");
+
+    // Locality failover by cluster: the client's own cluster first.
     w.mesh.write_istio(
         "dr.yaml",
         "apiVersion: networking.istio.io/v1
