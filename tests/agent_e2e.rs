@@ -11,6 +11,8 @@
 //!   from its state directory, without a token);
 //! - the hub restarted: the agent reconnects and the merged registry equals what
 //!   it was;
+//! - a Gateway and an HTTPRoute in cluster3 (a config source through its agent)
+//!   route a real Envoy labelled with the Gateway's name to cluster3's pod;
 //! - a raw protocol client (cluster `cluster4`): nothing is deleted before every
 //!   kind's end-of-snapshot marker; objects outside the namespace grant, a used or
 //!   expired token, a certificate from another CA, and publishing under another
@@ -151,7 +153,7 @@ impl Fixture {
              - name: cluster2\n  network: vpc-a\n  kubeconfig: cluster2.kubeconfig\n\
              - name: cluster3\n  network: account-b\n  agent:\n    namespaces: [{NS}]\n\
              - name: cluster4\n  network: account-b\n  agent:\n    namespaces: [{NS}]\n\
-             config:\n- cluster: cluster1\n\
+             config:\n- cluster: cluster1\n- cluster: cluster3\n\
              tunables:\n  readyTimeoutMs: 3000\n"
         );
         let mesh_file = dir.path().join("mesh.yaml");
@@ -657,6 +659,89 @@ async fn cluster3_behind_an_agent_serves_traffic_and_follows_changes() {
     // Other clusters untouched.
     f.wait_answer(1, "cluster1-pod-a").await;
     f.wait_answer(2, "cluster2-pod-a").await;
+}
+
+/// Gateway API objects of an agent cluster route: a Gateway and an HTTPRoute in
+/// cluster3's namespace, streamed by its agent (cluster3 is a config source),
+/// served to a real Envoy labelled with the Gateway's name: `/agent` on
+/// `web.example.com` reaches cluster3's pod, another path is not routed. The
+/// GatewayClass is cluster1's (cluster-scoped: not streamed under cluster3's
+/// namespace grant).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_api_objects_of_an_agent_cluster_route() {
+    let f = Fixture::start().await;
+    f.wait_clusterz("cluster3", "cluster3's agent synced", |c| {
+        c["agent"]["synced"] == true
+    })
+    .await;
+    let port = free_port();
+    f.servers[0].apply(&json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+        "metadata": {"name": "crossmesh"},
+        "spec": {"controllerName": "crossmesh.io/gateway-controller"},
+    }));
+    f.servers[2].apply(&json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": "web", "namespace": NS},
+        "spec": {"gatewayClassName": "crossmesh",
+                 "listeners": [{"name": "http", "port": port, "protocol": "HTTP"}]},
+    }));
+    f.servers[2].apply(&json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "web", "namespace": NS},
+        "spec": {"parentRefs": [{"name": "web"}], "hostnames": ["web.example.com"],
+                 "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/agent"}}],
+                            "backendRefs": [{"name": "cluster3", "port": 80}]}]},
+    }));
+    let gw = GatewayProxy {
+        name: "web-0".into(),
+        namespace: NS.into(),
+        ip: f.subnet.ip(3),
+        labels: vec![(
+            "gateway.networking.k8s.io/gateway-name".into(),
+            "web".into(),
+        )],
+        cluster_id: "cluster1".into(),
+        network: None,
+        sotw: false,
+    };
+    let envoy = Envoy::start(
+        "gateway-api-agent",
+        &bootstrap_gateway(&gw, f.cp.xds, free_port()),
+    )
+    .await;
+    envoy.wait_ready(CONVERGE).await;
+    let addr = SocketAddr::from((f.subnet.ip(3), port));
+    wait_for(
+        "web.example.com/agent answered by cluster3-pod-a",
+        CONVERGE,
+        || async {
+            let r = http::get(addr, "web.example.com", "/agent/x").await?;
+            if (r.status, r.body.as_str()) == (200, "cluster3-pod-a") {
+                Ok(())
+            } else {
+                Err(format!("{} {:?}", r.status, r.body))
+            }
+        },
+    )
+    .await;
+    let r = http::get(addr, "web.example.com", "/other")
+        .await
+        .expect("/other");
+    assert_eq!(
+        r.status, 404,
+        "only the HTTPRoute's /agent is routed: {}",
+        r.body
+    );
+    // The route is the agent's: shown in force from cluster3's agent.
+    let j = f.cp.json("/debug/configz").await.expect("configz");
+    let route = j["gatewayApi"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["kind"] == "HTTPRoute" && s["name"] == "web")
+        .unwrap_or_else(|| panic!("no status of HTTPRoute web: {j}"));
+    assert_eq!(route["namespace"], NS, "{route}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,8 @@
-//! The agent's watch of Istio config in its member cluster, for a hub whose mesh
-//! file lists the cluster as a config source (`config: - cluster: NAME`): the
-//! kinds the kube source watches for such a cluster
-//! (`sources::kube::ISTIO_KINDS`, at v1), only in the namespaces of the
+//! The agent's watch of Istio config and the Kubernetes Gateway API in its
+//! member cluster, for a hub whose mesh file lists the cluster as a config
+//! source (`config: - cluster: NAME`): the kinds the kube source watches for
+//! such a cluster (`sources::kube::ISTIO_KINDS` and `GATEWAY_API_KINDS`, at the
+//! versions of `sources::kube::config_kind_version`), only in the namespaces of the
 //! cluster's grant (`Welcome.namespaces`; none: every namespace), one watcher
 //! per kind and namespace. Objects go into the agent's inventory as whole
 //! documents (apiVersion, kind, metadata without managedFields, spec), keyed
@@ -24,7 +25,7 @@ use serde_json::Value;
 use tracing::{debug, info, warn};
 
 use super::{Entry, Shared};
-use crate::sources::kube::relisting_watcher;
+use crate::sources::kube::{config_kind_version, relisting_watcher};
 
 pub use crate::sources::agent_proto::{group_kind, kinds, KINDS};
 
@@ -81,7 +82,7 @@ struct One {
     buffer: Option<BTreeMap<String, Entry>>,
 }
 
-/// Watch the Istio kinds `wanted` in `grant` (`None`: all namespaces) into
+/// Watch the config kinds `wanted` in `grant` (`None`: all namespaces) into
 /// `shared`'s inventory until aborted.
 pub(super) async fn watch_config(
     client: kube::Client,
@@ -99,7 +100,7 @@ pub(super) async fn watch_config(
     };
     let mut all = SelectAll::new();
     for (ki, (_, group, kind, plural)) in kinds.iter().enumerate() {
-        let gvk = GroupVersionKind::gvk(group, "v1", kind);
+        let gvk = GroupVersionKind::gvk(group, config_kind_version(group, kind), kind);
         let ar = ApiResource::from_gvk_with_plural(&gvk, plural);
         for (si, scope) in scopes.iter().enumerate() {
             let api: Api<DynamicObject> = match scope {
@@ -128,7 +129,7 @@ pub(super) async fn watch_config(
             Err(e) => match unavailable(&e) {
                 Some(reason) => {
                     if one.unavailable.as_ref() != Some(&reason) {
-                        info!(kind = %ar.kind, namespace = ?scopes[si], %reason, "Istio kind unavailable");
+                        info!(kind = %ar.kind, api_version = %ar.api_version, namespace = ?scopes[si], %reason, "config kind unavailable");
                     }
                     // Nothing of it can be read: empty, and listed as such.
                     one.unavailable = Some(reason);
@@ -139,7 +140,7 @@ pub(super) async fn watch_config(
                     }
                 }
                 None => {
-                    debug!(kind = %ar.kind, error = %e, "Istio config watch failed; retrying");
+                    debug!(kind = %ar.kind, api_version = %ar.api_version, error = %e, "config watch failed; retrying");
                     continue;
                 }
             },
@@ -192,7 +193,7 @@ pub(super) async fn watch_config(
         if inv.unavailable.get(&kind) != now.as_ref() {
             match now {
                 Some(r) => {
-                    warn!(kind = %ar.kind, reason = %r, "Istio kind unavailable to the agent");
+                    warn!(kind = %ar.kind, api_version = %ar.api_version, reason = %r, "config kind unavailable to the agent");
                     inv.unavailable.insert(kind, r);
                 }
                 None => {
@@ -213,7 +214,21 @@ mod tests {
     #[test]
     fn every_kind_the_kube_source_watches_has_a_wire_kind() {
         let ours: Vec<(&str, &str, &str)> = KINDS.iter().map(|(_, g, k, p)| (*g, *k, *p)).collect();
-        assert_eq!(ours, crate::sources::kube::ISTIO_KINDS);
+        let kube: Vec<(&str, &str, &str)> = crate::sources::kube::ISTIO_KINDS
+            .iter()
+            .chain(crate::sources::kube::GATEWAY_API_KINDS)
+            .copied()
+            .collect();
+        assert_eq!(ours, kube);
+        // Istio's Gateway and the Gateway API's are two wire kinds.
+        assert_eq!(
+            group_kind(WireKind::K8sGateway),
+            Some(("gateway.networking.k8s.io", "Gateway"))
+        );
+        assert_eq!(
+            group_kind(WireKind::Gateway),
+            Some(("networking.istio.io", "Gateway"))
+        );
         assert_eq!(
             group_kind(WireKind::ServiceEntry),
             Some(("networking.istio.io", "ServiceEntry"))

@@ -970,7 +970,7 @@ impl Session {
         if config_cluster && istio_kinds.len() < super::agent_proto::kinds().len() {
             warn!(cluster = %self.cluster, offered = ?istio_kinds, "the mesh file lists this agent cluster as a config source, but its agent does not offer every Istio kind (an older agent): only those offered are read");
         }
-        let namespaces = self
+        let namespaces: Vec<String> = self
             .hub
             .grants
             .get(&self.cluster)
@@ -978,6 +978,11 @@ impl Session {
             .flatten()
             .map(|g| g.into_iter().collect())
             .unwrap_or_default();
+        // A cluster-scoped kind (GatewayClass) is in no namespace a grant names.
+        let mut istio_kinds = istio_kinds;
+        if !namespaces.is_empty() {
+            istio_kinds.retain(|k| !super::agent_proto::cluster_scoped(*k));
+        }
         info!(cluster = %self.cluster, peer = ?self.peer, version = %hello.agent_version, "agent connected");
         let welcome = hub_message::Message::Welcome(Welcome {
             protocol_version: PROTOCOL_VERSION,

@@ -15,10 +15,10 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 use Kind as WireKind;
 
-/// The Istio kinds an agent streams: those the kube source watches for a config
-/// cluster (`sources::kube::ISTIO_KINDS`, checked by a test), as (wire kind, API
-/// group, kind, plural).
-pub const KINDS: [(WireKind, &str, &str, &str); 9] = [
+/// The config kinds an agent streams: those the kube source watches for a
+/// config cluster (`sources::kube::ISTIO_KINDS`, then `GATEWAY_API_KINDS`,
+/// checked by a test), as (wire kind, API group, kind, plural).
+pub const KINDS: [(WireKind, &str, &str, &str); 16] = [
     (
         WireKind::Gateway,
         "networking.istio.io",
@@ -73,6 +73,48 @@ pub const KINDS: [(WireKind, &str, &str, &str); 9] = [
         "AuthorizationPolicy",
         "authorizationpolicies",
     ),
+    (
+        WireKind::GatewayClass,
+        "gateway.networking.k8s.io",
+        "GatewayClass",
+        "gatewayclasses",
+    ),
+    (
+        WireKind::K8sGateway,
+        "gateway.networking.k8s.io",
+        "Gateway",
+        "gateways",
+    ),
+    (
+        WireKind::HttpRoute,
+        "gateway.networking.k8s.io",
+        "HTTPRoute",
+        "httproutes",
+    ),
+    (
+        WireKind::ReferenceGrant,
+        "gateway.networking.k8s.io",
+        "ReferenceGrant",
+        "referencegrants",
+    ),
+    (
+        WireKind::GrpcRoute,
+        "gateway.networking.k8s.io",
+        "GRPCRoute",
+        "grpcroutes",
+    ),
+    (
+        WireKind::TcpRoute,
+        "gateway.networking.k8s.io",
+        "TCPRoute",
+        "tcproutes",
+    ),
+    (
+        WireKind::TlsRoute,
+        "gateway.networking.k8s.io",
+        "TLSRoute",
+        "tlsroutes",
+    ),
 ];
 
 /// [`KINDS`] as a list.
@@ -80,7 +122,14 @@ pub fn kinds() -> Vec<(WireKind, &'static str, &'static str, &'static str)> {
     KINDS.to_vec()
 }
 
-/// `(group, kind)` of an Istio wire kind.
+/// Whether a config kind is cluster-scoped (GatewayClass): it belongs to no
+/// namespace, so an agent whose cluster has a namespace grant does not stream
+/// it (the hub leaves it out of `Welcome.istio_kinds`).
+pub fn cluster_scoped(k: WireKind) -> bool {
+    k == WireKind::GatewayClass
+}
+
+/// `(group, kind)` of a config (Istio or Gateway API) wire kind.
 pub fn group_kind(k: WireKind) -> Option<(&'static str, &'static str)> {
     kinds()
         .into_iter()

@@ -1171,7 +1171,8 @@ pub const ISTIO_KINDS: &[(&str, &str, &str)] = &[
 ];
 
 /// The Kubernetes Gateway API kinds watched for a config cluster beside
-/// [`ISTIO_KINDS`] (the member-cluster agent does not stream them yet).
+/// [`ISTIO_KINDS`] (a member-cluster agent streams the same kinds:
+/// `sources::agent_proto::KINDS`).
 pub const GATEWAY_API_KINDS: &[(&str, &str, &str)] = &[
     (
         "gateway.networking.k8s.io",
