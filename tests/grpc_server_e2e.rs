@@ -539,12 +539,19 @@ spec:
     assert!(n.is_empty(), "NACKs recorded: {n:?}");
     let streams = cp.json("/debug/syncz").await.unwrap();
     let server_id = format!("sidecar~{server_ip}~echo-0.{NS}~{NS}.svc.cluster.local");
+    // The server's own stream (workload-certs has one of the same id, for
+    // secrets only) acknowledged its listener.
+    let lds_acked = streams.as_array().unwrap().iter().any(|s| {
+        s["proxy_id"] == server_id.as_str()
+            && s["types"].as_array().into_iter().flatten().any(|t| {
+                t["type_url"] == "type.googleapis.com/envoy.config.listener.v3.Listener"
+                    && t["acked_version"].as_str().is_some_and(|v| !v.is_empty())
+                    && t["acked_version"] == t["sent_version"]
+                    && t["nacked"].is_null()
+            })
+    });
     assert!(
-        streams
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s["proxy_id"] == server_id.as_str()),
-        "the server's stream is on /debug/syncz: {streams}"
+        lds_acked,
+        "the server's stream acknowledged its listener on /debug/syncz: {streams}"
     );
 }

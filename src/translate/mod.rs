@@ -10,6 +10,9 @@
 //! - `gateway.rs` — puts them together for gateway proxies;
 //! - `sidecar.rs` — the same builders for sidecar proxies (REDIRECT and NONE);
 //! - `grpc.rs` — proxyless gRPC clients (API listeners, what gRPC implements);
+//! - `grpc_server.rs` — proxyless gRPC servers: gRFC A36 server listeners
+//!   with PeerAuthentication mTLS from gRPC's certificate provider and
+//!   AuthorizationPolicy as gRPC's RBAC;
 //! - `mtls.rs` — PeerAuthentication inbound chains, auto mTLS and
 //!   DestinationRule `tls` (only for proxies with an identity where the
 //!   workload certificate is needed);
