@@ -108,6 +108,93 @@ pub struct BootstrapOptions {
     /// Authenticated xDS: connect over TLS trusting these roots and send the
     /// token; `None` is the plaintext port.
     pub secure: Option<SecureXds>,
+    /// Envoy's stats pushed to crossmesh's metrics sink (the live service graph).
+    pub stats_sink: StatsSink,
+}
+
+/// Envoy's `envoy.stat_sinks.metrics_service` to crossmesh (`telemetry::sink`),
+/// over the same gRPC service as ADS (so with the same token on the TLS port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatsSink {
+    /// Write the sink into the bootstrap (`--stats-sink`, default true).
+    pub enabled: bool,
+    /// The bootstrap's `stats_flush_interval` (Envoy's default is 5 s).
+    pub flush_interval_secs: u32,
+    /// Which stats Envoy keeps at all (`stats_config.stats_matcher`).
+    pub matcher: StatsMatcher,
+}
+
+impl Default for StatsSink {
+    fn default() -> Self {
+        StatsSink {
+            enabled: true,
+            flush_interval_secs: 5,
+            matcher: StatsMatcher::All,
+        }
+    }
+}
+
+/// Envoy has one stats matcher for everything (the admin `/stats` and
+/// `/stats/prometheus` pages and every sink; a per-sink matcher does not exist,
+/// envoyproxy/envoy#26030), so limiting what the sink sends limits what
+/// Prometheus can scrape too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatsMatcher {
+    /// No matcher: every stat, as Envoy's default.
+    All,
+    /// Istio's default inclusion prefixes (`cluster_manager`,
+    /// `listener_manager`, `server`, `cluster.xds-grpc`) plus
+    /// `control_plane` and the per-cluster stats the graph reads.
+    Graph,
+}
+
+/// The bootstrap's `stats_sinks`, `stats_flush_interval` and `stats_config`
+/// for `o.stats_sink`, as fields to merge into the bootstrap's top level.
+fn stats_sink_fields(o: &BootstrapOptions) -> Map<String, Value> {
+    let mut out = Map::new();
+    let sink = &o.stats_sink;
+    if sink.enabled {
+        out.insert(
+            "stats_sinks".into(),
+            json!([{
+                "name": "envoy.stat_sinks.metrics_service",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.config.metrics.v3.MetricsServiceConfig",
+                    "transport_api_version": "V3",
+                    "grpc_service": grpc_service(o),
+                    // Counters as deltas per flush and untagged full names
+                    // (`cluster.<NAME>.<STAT>`): what `telemetry::sink` reads.
+                    "report_counters_as_deltas": true,
+                    "emit_tags_as_labels": false,
+                    "histogram_emit_mode": "HISTOGRAM",
+                }
+            }]),
+        );
+        out.insert(
+            "stats_flush_interval".into(),
+            json!(format!("{}s", sink.flush_interval_secs)),
+        );
+    }
+    if sink.matcher == StatsMatcher::Graph {
+        let mut patterns: Vec<Value> = [
+            "cluster_manager.",
+            "listener_manager.",
+            "server.",
+            "control_plane.",
+        ]
+        .iter()
+        .map(|p| json!({ "prefix": p }))
+        .collect();
+        patterns.push(json!({ "prefix": format!("cluster.{XDS_CLUSTER}.") }));
+        for stat in crate::telemetry::sink::GRAPH_STAT_SUFFIXES {
+            patterns.push(json!({ "safe_regex": { "regex": format!(r"^cluster\..+\.{stat}$") } }));
+        }
+        out.insert(
+            "stats_config".into(),
+            json!({ "stats_matcher": { "inclusion_list": { "patterns": patterns } } }),
+        );
+    }
+    out
 }
 
 /// How a proxy reaches crossmesh's TLS xDS port (`xdsTlsAddress`).
@@ -288,7 +375,7 @@ pub fn bootstrap_json(o: &BootstrapOptions) -> Value {
     } else {
         json!([xds_cluster])
     };
-    json!({
+    let mut bootstrap = json!({
         "node": node,
         "admin": {
             "address": {
@@ -306,7 +393,11 @@ pub fn bootstrap_json(o: &BootstrapOptions) -> Value {
             "lds_config": ads_source,
         },
         "static_resources": { "clusters": static_clusters },
-    })
+    });
+    if let Some(top) = bootstrap.as_object_mut() {
+        top.extend(stats_sink_fields(o));
+    }
+    bootstrap
 }
 
 /// Istio's name template of the server listeners a proxyless gRPC server asks
@@ -509,7 +600,47 @@ mod tests {
             sotw: false,
             domain_suffix: "cluster.local".into(),
             secure: None,
+            stats_sink: StatsSink::default(),
         }
+    }
+
+    #[test]
+    fn stats_sink_points_at_the_xds_service() {
+        let b = bootstrap_json(&opts());
+        let sink = &b["stats_sinks"][0];
+        assert_eq!(sink["name"], "envoy.stat_sinks.metrics_service");
+        let c = &sink["typed_config"];
+        assert_eq!(c["grpc_service"]["envoy_grpc"]["cluster_name"], XDS_CLUSTER);
+        assert_eq!(c["report_counters_as_deltas"], true);
+        assert_eq!(c["emit_tags_as_labels"], false);
+        assert_eq!(b["stats_flush_interval"], "5s");
+        assert!(
+            b.get("stats_config").is_none(),
+            "every stat kept by default"
+        );
+        // The TLS port: the same Google gRPC service, token and all.
+        let mut o = opts();
+        o.secure = Some(SecureXds {
+            root_cert: "/r.pem".into(),
+            token_file: "/t".into(),
+        });
+        let b = bootstrap_json(&o);
+        assert_eq!(
+            b["stats_sinks"][0]["typed_config"]["grpc_service"],
+            b["dynamic_resources"]["ads_config"]["grpc_services"][0]
+        );
+        // Off, and the graph's matcher.
+        let mut o = opts();
+        o.stats_sink.enabled = false;
+        o.stats_sink.matcher = StatsMatcher::Graph;
+        let b = bootstrap_json(&o);
+        assert!(b.get("stats_sinks").is_none() && b.get("stats_flush_interval").is_none());
+        let patterns = b["stats_config"]["stats_matcher"]["inclusion_list"]["patterns"]
+            .as_array()
+            .unwrap();
+        assert!(patterns.contains(&json!({ "prefix": "cluster.xds-grpc." })));
+        assert!(patterns
+            .contains(&json!({ "safe_regex": { "regex": r"^cluster\..+\.upstream_rq_total$" } })));
     }
 
     #[test]

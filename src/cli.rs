@@ -506,6 +506,32 @@ pub struct BootstrapArgs {
         requires = "root_cert"
     )]
     pub token_file: Option<PathBuf>,
+    /// Push Envoy's stats to crossmesh's metrics sink (the live service graph,
+    /// `/debug/graphz`); `false` leaves the sink out.
+    #[arg(long, env = "CROSSMESH_STATS_SINK", value_name = "BOOL", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub stats_sink: bool,
+    /// Envoy's `stats_flush_interval`: how often the sink reports, in seconds.
+    #[arg(long, env = "CROSSMESH_STATS_FLUSH_INTERVAL", value_name = "SECONDS",
+          default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub stats_flush_interval: u32,
+    /// `all` keeps every Envoy stat (admin /stats and Prometheus scraping
+    /// unchanged); `graph` keeps Istio's default inclusion prefixes plus the
+    /// graph's per-cluster stats, for every consumer (Envoy has one matcher).
+    #[arg(
+        long,
+        env = "CROSSMESH_STATS_MATCHER",
+        value_enum,
+        default_value = "all"
+    )]
+    pub stats_matcher: StatsMatcherArg,
+}
+
+/// `--stats-matcher`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatsMatcherArg {
+    All,
+    Graph,
 }
 
 impl From<BootstrapArgs> for BootstrapOptions {
@@ -538,6 +564,14 @@ impl From<BootstrapArgs> for BootstrapOptions {
                     token_file: absolute(token_file),
                 }),
                 _ => None,
+            },
+            stats_sink: bootstrap::StatsSink {
+                enabled: a.stats_sink,
+                flush_interval_secs: a.stats_flush_interval,
+                matcher: match a.stats_matcher {
+                    StatsMatcherArg::All => bootstrap::StatsMatcher::All,
+                    StatsMatcherArg::Graph => bootstrap::StatsMatcher::Graph,
+                },
             },
         }
     }

@@ -255,6 +255,7 @@ async fn demo(keep: bool, answered: &std::cell::Cell<Option<bool>>) -> anyhow::R
         sotw: false,
         domain_suffix: mesh.domain_suffix.clone(),
         secure: None,
+        stats_sink: crate::bootstrap::StatsSink::default(),
     };
     let bootstrap = work.join("gateway-bootstrap.yaml");
     std::fs::write(&bootstrap, bootstrap_yaml(&opts).context("bootstrap YAML")?)?;

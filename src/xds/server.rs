@@ -189,7 +189,8 @@ where
         closer.close_all();
     };
     tonic::transport::Server::builder()
-        .add_service(service)
+        .add_service(service.clone())
+        .add_service(MetricsSinkRoute(service))
         .serve_with_incoming_shutdown(incoming, signal)
         .await
 }
@@ -204,6 +205,33 @@ pub struct AdsService {
 
 impl NamedService for AdsService {
     const NAME: &'static str = ADS_SERVICE;
+}
+
+/// The same service under the metrics sink's gRPC name, so that tonic's router
+/// hands it `MetricsService/StreamMetrics` calls (it routes by service name).
+#[derive(Clone)]
+struct MetricsSinkRoute(AdsService);
+
+impl NamedService for MetricsSinkRoute {
+    const NAME: &'static str = crate::telemetry::sink::METRICS_SERVICE;
+}
+
+impl<B> Service<http::Request<B>> for MetricsSinkRoute
+where
+    B: tonic::codegen::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        self.0.call(req)
+    }
 }
 
 impl<B> Service<http::Request<B>> for AdsService
