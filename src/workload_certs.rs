@@ -377,6 +377,61 @@ impl tonic::codegen::Service<Uri> for Connector {
 mod tests {
     use super::*;
 
+    fn inline_bytes(b: &[u8]) -> Option<DataSource> {
+        Some(DataSource {
+            specifier: Some(Specifier::InlineBytes(b.to_vec())),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn istios_secrets_are_read_and_others_refused_or_skipped() {
+        use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+            CertificateValidationContext, TlsCertificate,
+        };
+        let default = Secret {
+            name: DEFAULT_SECRET.into(),
+            r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+                certificate_chain: inline_bytes(b"CHAIN"),
+                private_key: inline_bytes(b"KEY"),
+                ..Default::default()
+            })),
+        };
+        match read_secret(&default.encode_to_vec()).unwrap() {
+            Got::Workload(c, k) => assert_eq!((c, k), (b"CHAIN".to_vec(), b"KEY".to_vec())),
+            _ => panic!("default is the workload certificate"),
+        }
+        let root = Secret {
+            name: ROOTCA_SECRET.into(),
+            r#type: Some(secret::Type::ValidationContext(
+                CertificateValidationContext {
+                    trusted_ca: inline_bytes(b"ROOTS"),
+                    ..Default::default()
+                },
+            )),
+        };
+        assert!(
+            matches!(read_secret(&root.encode_to_vec()).unwrap(), Got::Roots(r) if r == b"ROOTS")
+        );
+        let no_key = Secret {
+            name: DEFAULT_SECRET.into(),
+            r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+                certificate_chain: inline_bytes(b"CHAIN"),
+                ..Default::default()
+            })),
+        };
+        let e = read_secret(&no_key.encode_to_vec()).err().expect("refused");
+        assert!(e.to_string().contains("private_key"), "{e}");
+        let other = Secret {
+            name: "kubernetes://ns/cert".into(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            read_secret(&other.encode_to_vec()).unwrap(),
+            Got::Other
+        ));
+    }
+
     #[test]
     fn files_are_replaced_whole_and_the_key_is_private() {
         use std::os::unix::fs::PermissionsExt;
