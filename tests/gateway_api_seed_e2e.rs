@@ -489,12 +489,13 @@ async fn seed_istio_yaml_and_gateway_api_route_alike() {
     assert_eq!((stock[0].0, stock[0].1.as_str()), (200, "stock-v1"));
     assert_eq!((stock[1].0, stock[1].1.as_str()), (200, "stock-v1"));
     assert!(
-        stock[0].2 >= Duration::from_secs(7),
+        // Envoy's timer may fire a little before our clock says 7 s.
+        stock[0].2 >= Duration::from_millis(6500),
         "Istio: stock answered after {:?}, the fault delays 7 s",
         stock[0].2
     );
     assert!(
-        stock[1].2 < Duration::from_secs(7),
+        stock[1].2 < Duration::from_secs(3),
         "Gateway API: stock answered after {:?} (no fault)",
         stock[1].2
     );
