@@ -564,6 +564,7 @@ async fn traffic_management() {
         })
         .await;
     assert!(b.pods.is_empty(), "no call reached a server: {b:?}");
+    eprintln!("injected fault: DATA_LOSS, details {:?}", b.details);
 
     // consistentHash on a header: ring hash (gRFC A42), each key's calls to
     // one pod (round robin would alternate between the two).
