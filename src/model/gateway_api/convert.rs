@@ -1480,6 +1480,17 @@ fn rule_route(
     h
 }
 
+/// The errors Istio's validation finds in a generated object, joined; `None`
+/// when it is valid (warnings aside).
+fn invalid_reasons(obj: &IstioObject) -> Option<String> {
+    let why = validate::validate(&with_percent_weights(obj))
+        .into_iter()
+        .filter(|i| !i.warning)
+        .map(|e| format!("{}: {}", e.field, e.reason))
+        .collect::<Vec<_>>();
+    (!why.is_empty()).then(|| why.join("; "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2233,15 +2244,4 @@ spec:
             ]
         );
     }
-}
-
-/// The errors Istio's validation finds in a generated object, joined; `None`
-/// when it is valid (warnings aside).
-fn invalid_reasons(obj: &IstioObject) -> Option<String> {
-    let why = validate::validate(&with_percent_weights(obj))
-        .into_iter()
-        .filter(|i| !i.warning)
-        .map(|e| format!("{}: {}", e.field, e.reason))
-        .collect::<Vec<_>>();
-    (!why.is_empty()).then(|| why.join("; "))
 }
