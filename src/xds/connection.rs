@@ -159,6 +159,12 @@ fn set_version(resources: &[Arc<Resource>]) -> String {
     h.hex()
 }
 
+/// The version of a SotW EDS/RDS response: the digest of everything the
+/// client holds of the type after it (`Sent::digest`).
+fn held_version(digest: u64) -> String {
+    format!("{digest:016x}")
+}
+
 /// What a client holds of one type: a shared snapshot map (`base`) plus this
 /// stream's differences from it (`diff`: `Some` = holds that resource, `None` =
 /// does not hold the base's entry). Once a proxy holds what the snapshot says,
@@ -172,6 +178,9 @@ pub struct Sent {
     len: usize,
     /// Do not try to rebase again before `diff` grows past this.
     rebase_at: usize,
+    /// XOR of `Resource::digest` over everything held: independent of order
+    /// and of how `base`/`diff` split it, updated in O(1) per change.
+    digest: u64,
 }
 
 /// Responses with fewer resources than this go out one element per chunk; a
@@ -206,9 +215,11 @@ impl Sent {
     }
 
     pub fn insert(&mut self, name: Arc<str>, r: Arc<Resource>) {
-        if !self.contains_key(&name) {
-            self.len += 1;
+        match self.get(&name) {
+            Some(old) => self.digest ^= old.digest,
+            None => self.len += 1,
         }
+        self.digest ^= r.digest;
         if self
             .base_get(&name)
             .is_some_and(|(_, b)| b.version == r.version)
@@ -222,6 +233,7 @@ impl Sent {
     pub fn remove(&mut self, name: &str) -> Option<Arc<Resource>> {
         let old = self.get(name).cloned()?;
         self.len -= 1;
+        self.digest ^= old.digest;
         match self.base_get(name).map(|(k, _)| k.clone()) {
             Some(k) => {
                 self.diff.insert(k, None);
@@ -516,9 +528,9 @@ impl StreamState {
     /// `t` (versions are content hashes, the same in every process), the
     /// client holds exactly that: it is recorded as sent and nothing is sent,
     /// as go-control-plane's SotW cache answers a request whose version is
-    /// current. For EDS and RDS that matches only when the last response the
-    /// client accepted carried the whole set (a response's version covers what
-    /// it carries); otherwise everything in scope is sent as before.
+    /// current (LDS/CDS versions cover the full set each response carries;
+    /// EDS/RDS versions everything held after the response, `held_version`).
+    /// Otherwise everything in scope is sent as before.
     fn holds_already(&mut self, t: TypeUrl, version: &str) -> bool {
         let map = self.map(t).clone();
         let ts = &mut self.types[t.index()];
@@ -530,7 +542,12 @@ impl StreamState {
                 .filter_map(|n| map.get(n).cloned())
                 .collect()
         };
-        if held.is_empty() || set_version(&held) != version {
+        let current = if t.sotw_implicit_delete() {
+            set_version(&held)
+        } else {
+            held_version(held.iter().fold(0, |d, r| d ^ r.digest))
+        };
+        if held.is_empty() || current != version {
             return false;
         }
         ts.sent.set_all(&held);
@@ -810,9 +827,15 @@ impl StreamState {
         if send.is_empty() && removed.is_empty() && !always {
             return None;
         }
-        // Derived from what the response holds, not from the push number, so
-        // replicas send equal versions for equal content.
-        let version = set_version(&send);
+        // Derived from content, not from the push number, so replicas and
+        // restarts send equal versions for equal content: for Delta, what
+        // the response holds; for SotW EDS/RDS, everything the client holds
+        // after it, so that the version_info it quotes on reconnect names
+        // its whole state (`holds_already`).
+        let version = match mode {
+            Mode::Sotw => held_version(ts.sent.digest),
+            Mode::Delta => set_version(&send),
+        };
         ts.sent_version = version.clone();
         let nonce = self.next_nonce();
         self.types[t.index()].sent_nonce = nonce.clone();
@@ -910,6 +933,8 @@ mod tests {
                 _ => sent.rebase(&snapshot),
             }
             assert_eq!(sent.len(), model.len(), "step {step}");
+            let digest = model.values().fold(0, |d, r| d ^ r.digest);
+            assert_eq!(sent.digest, digest, "step {step}");
             if step % 97 == 0 {
                 let keys: Vec<Arc<str>> = model.keys().cloned().collect();
                 assert_eq!(sent.keys(), keys, "step {step}");
@@ -1073,6 +1098,12 @@ mod tests {
         assert_eq!(out.len(), 1);
         let names: Vec<&str> = out[0].resources.iter().map(|r| &*r.name).collect();
         assert_eq!(names, ["b"]);
+        // Its version names everything held after it (a and b), so a client
+        // reconnecting after that one-resource response needs nothing either.
+        let after_change = out[0].version.clone();
+        let mut third = StreamState::new(Mode::Sotw, update(&cds, &[("a", 1), ("b", 2)]));
+        let (_, out) = third.sotw_request(&sotw(TypeUrl::Endpoint, &["a", "b"], &after_change, ""));
+        assert!(out.is_empty(), "{out:?}");
 
         // A client holding other content (an older version) gets everything.
         let mut stale = StreamState::new(Mode::Sotw, update(&cds, &[("a", 1), ("b", 2)]));

@@ -129,6 +129,9 @@ pub struct Resource {
     pub version: Arc<str>,
     /// The encoded `google.protobuf.Any` (type_url + value).
     pub any: Bytes,
+    /// `StableHash` of name and version: a stream XORs these over what a
+    /// client holds to version a SotW EDS/RDS response by the whole set.
+    pub digest: u64,
     delta: Bytes,
     sotw: Bytes,
 }
@@ -152,7 +155,11 @@ impl Resource {
         let any_end = buf.len();
         put_str_field(3, &name, &mut buf);
         let delta = buf.freeze();
+        let mut h = StableHash::new();
+        h.write_str(&name);
+        h.write_str(&version);
         Resource {
+            digest: h.finish(),
             name,
             version,
             any: delta.slice(any_start..any_end),
