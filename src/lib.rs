@@ -21,6 +21,7 @@ pub mod agent;
 pub mod bootstrap;
 pub mod cli;
 pub mod config;
+pub mod debounce;
 pub mod debug;
 pub mod demo;
 pub mod iptables;

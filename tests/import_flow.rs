@@ -22,6 +22,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("tls", &[]),
     ("metrics", &[]),
     ("iptables", &[]),
+    // The one quiet-period loop (push queue, manifest watcher).
+    ("debounce", &[]),
     // The mesh file.
     ("config", &[]),
     // Plain data.
@@ -35,7 +37,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     // Transport, the cache of encoded resources, the seam to push.
     ("xds", &["model", "config", "metrics", "tls", "security"]),
     // Debounce, freeze a PushContext, translate, encode, hand out snapshots.
-    ("push", &["model", "config", "metrics", "translate", "xds"]),
+    (
+        "push",
+        &["model", "config", "metrics", "debounce", "translate", "xds"],
+    ),
     // Envoy and gRPC bootstraps (named by the proxyless certificate files and
     // translation's certificate provider), and the proxyless certificate command.
     (
@@ -54,7 +59,9 @@ const LAYERS: &[(&str, &[&str])] = &[
     // Objects in: manifest directories, API servers, agents.
     (
         "sources",
-        &["registry", "model", "config", "metrics", "security", "tls"],
+        &[
+            "registry", "model", "config", "metrics", "debounce", "security", "tls",
+        ],
     ),
     // Debug HTTP reads the registry, the cache, the connections and telemetry.
     (
@@ -123,6 +130,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "agent",
             "bootstrap",
             "config",
+            "debug",
             "demo",
             "iptables",
             "model",
@@ -172,12 +180,6 @@ const NOT_YET: &[(&str, &str, &str)] = &[
         "src/security/root_publisher.rs",
         "sources",
         "in_cluster::client, relisting_watcher, describe_chain: the kube-client module",
-    ),
-    (
-        "src/sources/manifests.rs",
-        "push",
-        "the manifest watcher waits through push::debounce::settle; the quiet-period \
-         loop (Window, Events, settle) belongs below both",
     ),
 ];
 

@@ -3,28 +3,17 @@
 //! `PILOT_DEBOUNCE_MAX`), with one difference from Istio: a change that arrives
 //! while the queue is idle goes out at once (`Debouncer`).
 //!
-//! `settle` is the one quiet-period loop; the push queue (`Debouncer`,
-//! `debounce`) and the manifest file watcher (`sources::manifests`) both wait
-//! through it, each on its own kind of event (`Events`).
+//! The quiet-period loop itself, `settle`, lives below push and sources
+//! (`crate::debounce`): the push queue (`Debouncer`, `debounce`) and the
+//! manifest file watcher (`sources::manifests`) both wait through it, each on
+//! its own kind of event (`Events`).
 
-use std::future::Future;
-use std::time::Duration;
-
-use tokio::sync::mpsc;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::Instant;
 
 use super::{PushQueue, PushRequest};
 use crate::config::Tunables;
 
-/// How long to wait for quiet, and for how long at most.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Window {
-    /// The period without events that ends a wait.
-    pub quiet: Duration,
-    /// The longest a wait lasts, counted from its first event, however often
-    /// events keep coming.
-    pub max: Duration,
-}
+pub use crate::debounce::{settle, Events, Wake, Window};
 
 impl Window {
     /// The push debounce (`tunables.debounce`, `tunables.debounce_max`).
@@ -32,33 +21,6 @@ impl Window {
         Window {
             quiet: tunables.debounce,
             max: tunables.debounce_max,
-        }
-    }
-}
-
-/// What waiting for the next event saw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wake {
-    /// An event: the quiet period starts again.
-    Event,
-    /// A wake-up without an event (left over from one already taken).
-    Spurious,
-    /// The source is gone: stop waiting.
-    Closed,
-}
-
-/// A source of events to debounce. `next` must be cancel-safe: `settle` drops
-/// it when the quiet period ends first.
-pub trait Events {
-    fn next(&mut self) -> impl Future<Output = Wake> + Send + '_;
-}
-
-/// A file watcher's wake-ups (the manifest source): each message is an event.
-impl Events for mpsc::Receiver<()> {
-    async fn next(&mut self) -> Wake {
-        match self.recv().await {
-            Some(()) => Wake::Event,
-            None => Wake::Closed,
         }
     }
 }
@@ -80,30 +42,6 @@ impl Events for Merging<'_> {
                 Wake::Event
             }
             None => Wake::Spurious,
-        }
-    }
-}
-
-/// Wait until `window.quiet` passes without an event, or until `window.max`
-/// has passed since `start` (the first event). An event at or after the cap
-/// ends the wait too. Returns when the last event was seen (`start` if none).
-pub async fn settle(start: Instant, window: Window, events: &mut impl Events) -> Instant {
-    let max = start + window.max;
-    let mut last = start;
-    loop {
-        let deadline = std::cmp::min(last + window.quiet, max);
-        tokio::select! {
-            _ = sleep_until(deadline) => return last,
-            wake = events.next() => match wake {
-                Wake::Event => {
-                    last = Instant::now();
-                    if last >= max {
-                        return last;
-                    }
-                }
-                Wake::Spurious => {}
-                Wake::Closed => return last,
-            }
         }
     }
 }
@@ -189,6 +127,8 @@ impl Debouncer {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn tunables() -> Tunables {

@@ -1061,11 +1061,11 @@ fn content_hash(text: &[u8]) -> u64 {
 /// the push queue's quiet-period loop (`push::debounce::settle`). No fast path
 /// here: an editor writes a file in several steps.
 async fn debounce(rx: &mut mpsc::Receiver<()>) {
-    let window = crate::push::debounce::Window {
+    let window = crate::debounce::Window {
         quiet: DEBOUNCE,
         max: DEBOUNCE_MAX,
     };
-    crate::push::debounce::settle(tokio::time::Instant::now(), window, rx).await;
+    crate::debounce::settle(tokio::time::Instant::now(), window, rx).await;
 }
 
 fn start_watcher(
