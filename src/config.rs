@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub mod access_log;
+pub mod tracing;
 
 /// Default xDS listen address.
 pub const DEFAULT_XDS_ADDRESS: &str = "127.0.0.1:15010";
@@ -80,6 +81,12 @@ struct MeshFile {
     default_config: Option<ProxyConfigFile>,
     /// The live service graph from Envoy's metrics sink (see [`ServiceGraphConfig`]).
     service_graph: Option<ServiceGraphFile>,
+    /// Istio's meshConfig `enableTracing`, `extensionProviders` and
+    /// `defaultProviders` (see [`tracing::Tracing`]).
+    enable_tracing: Option<bool>,
+    #[serde(default)]
+    extension_providers: Vec<tracing::ExtensionProviderFile>,
+    default_providers: Option<tracing::DefaultProvidersFile>,
 }
 
 /// `serviceGraph:` as written.
@@ -96,6 +103,7 @@ struct ServiceGraphFile {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ProxyConfigFile {
     gateway_topology: Option<GatewayTopologyFile>,
+    tracing: Option<tracing::ProxyTracingFile>,
 }
 
 /// `defaultConfig.gatewayTopology:` as written.
@@ -403,6 +411,9 @@ pub struct MeshConfig {
     /// Mesh file `defaultConfig.gatewayTopology`.
     pub gateway_topology: GatewayTopology,
     pub service_graph: ServiceGraphConfig,
+    /// Mesh file `extensionProviders` + `defaultProviders.tracing` +
+    /// `defaultConfig.tracing`; `None`: no tracing (no provider named).
+    pub tracing: Option<tracing::Tracing>,
 }
 
 /// Istio's meshConfig access logging: every HTTP connection manager and TCP
@@ -678,6 +689,7 @@ impl Default for MeshConfig {
             access_log: None,
             gateway_topology: GatewayTopology::default(),
             service_graph: ServiceGraphConfig::default(),
+            tracing: None,
         }
     }
 }
@@ -1035,6 +1047,13 @@ impl MeshConfig {
             file.access_log_file,
             file.access_log_encoding,
             file.access_log_format,
+        )
+        .map_err(invalid)?;
+        mesh.tracing = tracing::tracing(
+            file.enable_tracing,
+            file.extension_providers,
+            file.default_providers,
+            file.default_config.as_ref().and_then(|c| c.tracing.clone()),
         )
         .map_err(invalid)?;
         if let Some(t) = file.default_config.and_then(|c| c.gateway_topology) {

@@ -27,6 +27,10 @@ pub struct MeshSettings {
     /// Mesh file `defaultConfig.gatewayTopology`, for gateways' HTTP
     /// connection managers.
     pub gateway_topology: crate::config::GatewayTopology,
+    /// Mesh file tracing (`extensionProviders`, `defaultProviders.tracing`,
+    /// `defaultConfig.tracing`), for gateways' and sidecars' HTTP connection
+    /// managers (`translate::tracing`).
+    pub tracing: Option<crate::config::tracing::Tracing>,
 }
 
 /// Everything translation reads, frozen for one push.

@@ -778,6 +778,7 @@ impl Registry {
             outbound_traffic_policy: mesh.outbound_traffic_policy,
             access_log: mesh.access_log.clone(),
             gateway_topology: mesh.gateway_topology.clone(),
+            tracing: mesh.tracing.clone(),
         });
         let reg = Registry {
             settings: settings.clone(),

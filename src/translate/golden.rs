@@ -376,6 +376,7 @@ fn from_docs(docs: &[serde_json::Value], path: &Path) -> Result<Loaded, String> 
             access_log: mesh_file.access_log,
             gateway_topology: mesh_file.gateway_topology,
             outbound_traffic_policy: mesh_file.outbound_traffic_policy,
+            tracing: mesh_file.tracing,
         }),
         services: Arc::new(services),
         config,
