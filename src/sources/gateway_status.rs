@@ -67,6 +67,8 @@ pub const RETRY_MIN: Duration = Duration::from_millis(500);
 pub const RETRY_MAX: Duration = Duration::from_secs(30);
 /// How often a cluster that refused a status write with 403 is tried again.
 pub const FORBIDDEN_RETRY: Duration = Duration::from_secs(60);
+/// A status write not answered within this long counts as failed (retried).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One object of the cluster: kind, namespace (`""` for a GatewayClass), name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -400,6 +402,8 @@ impl StatusWrites {
         StatusWriter {
             shared,
             task: tokio::spawn(task.run().instrument(span)),
+            reports: self.reports.clone(),
+            cluster: cluster.to_string(),
         }
     }
 
@@ -420,6 +424,8 @@ struct Shared {
 pub struct StatusWriter {
     shared: Arc<Shared>,
     task: JoinHandle<()>,
+    reports: Arc<Mutex<BTreeMap<String, ClusterReport>>>,
+    cluster: String,
 }
 
 impl StatusWriter {
@@ -435,6 +441,10 @@ impl StatusWriter {
 impl Drop for StatusWriter {
     fn drop(&mut self) {
         self.task.abort();
+        self.reports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.cluster);
     }
 }
 
@@ -660,10 +670,12 @@ impl Task {
             field_manager: Some(FIELD_MANAGER.to_string()),
             ..PatchParams::default()
         };
-        match api
-            .patch_status(&key.name, &params, &Patch::Merge(body))
-            .await
-        {
+        let patch = Patch::Merge(body);
+        let write = api.patch_status(&key.name, &params, &patch);
+        let Ok(answer) = tokio::time::timeout(WRITE_TIMEOUT, write).await else {
+            return Outcome::Failed(format!("no answer within {}s", WRITE_TIMEOUT.as_secs()));
+        };
+        match answer {
             Ok(obj) => Outcome::Written(Box::new(obj)),
             Err(kube::Error::Api(st)) if st.code == 404 => Outcome::Gone,
             Err(kube::Error::Api(st)) if st.code == 409 => Outcome::Conflict,
