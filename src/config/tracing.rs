@@ -246,7 +246,9 @@ pub(crate) fn tracing(
     let provider = match wanted.as_slice() {
         [] => return Ok(None),
         [one] => by_name.remove(one).ok_or_else(|| {
-            format!("defaultProviders.tracing: {one:?} is not a tracing provider in extensionProviders")
+            format!(
+                "defaultProviders.tracing: {one:?} is not a tracing provider in extensionProviders"
+            )
         })?,
         _ => {
             return Err(
@@ -270,7 +272,9 @@ pub(crate) fn tracing(
 fn port(name: &str, p: u32) -> Result<u16, String> {
     match u16::try_from(p) {
         Ok(p) if p > 0 => Ok(p),
-        _ => Err(format!("extensionProviders[{name:?}]: port {p} is not 1-65535")),
+        _ => Err(format!(
+            "extensionProviders[{name:?}]: port {p} is not 1-65535"
+        )),
     }
 }
 
@@ -278,7 +282,9 @@ fn abs_path(name: &str, p: String) -> Result<String, String> {
     if p.starts_with('/') {
         Ok(p)
     } else {
-        Err(format!("extensionProviders[{name:?}]: path {p:?} must start with /"))
+        Err(format!(
+            "extensionProviders[{name:?}]: path {p:?} must start with /"
+        ))
     }
 }
 

@@ -1,0 +1,334 @@
+//! Distributed tracing as istiod's `pilot/pkg/networking/core/tracing.go`
+//! configures it, from the mesh file's tracing provider
+//! (`config::tracing::Tracing`):
+//!
+//! - every HTTP connection manager of a gateway or sidecar (inbound and
+//!   outbound) gets `tracing` with the provider (`envoy.tracers.zipkin`, or
+//!   `envoy.tracers.opentelemetry` over gRPC or OTLP/HTTP), Istio's sampling
+//!   (`client_sampling` 100 %, `random_sampling` the mesh's percentage,
+//!   `overall_sampling` 100 %), Istio's service tags (`istio.canonical_service`,
+//!   `istio.canonical_revision`, `istio.namespace`, `istio.mesh_id`) and the
+//!   mesh's custom tags; gateways spawn an upstream span (Istio's
+//!   `PILOT_SPAWN_UPSTREAM_SPAN_FOR_GATEWAY`, on by default);
+//! - routes to one `outbound|PORT|SUBSET|HOST` cluster carry a decorator naming
+//!   the span `HOST:PORT/PATH*` (istiod's `getRouteOperation`);
+//! - the collector is reached through the mesh service's cluster
+//!   `outbound|PORT||SERVICE` when the proxy already has it, else through a
+//!   STRICT_DNS cluster of that name resolving `SERVICE`.
+//!
+//! Trace context: the Zipkin tracer reads and writes B3 (`x-b3-*`) headers,
+//! the OpenTelemetry tracer W3C `traceparent`/`tracestate`. Applications must
+//! copy them from each request they receive to the requests it causes, as
+//! Istio requires.
+//!
+//! Everything read here is a class field (role, namespace, labels) or the mesh.
+
+use std::time::Duration as StdDuration;
+
+use envoy_types::pb::envoy::config::cluster::v3::{
+    cluster::{ClusterDiscoveryType, DiscoveryType, DnsLookupFamily},
+    Cluster,
+};
+use envoy_types::pb::envoy::config::core::v3::http_uri::HttpUpstreamType;
+use envoy_types::pb::envoy::config::core::v3::{
+    grpc_service::{EnvoyGrpc, TargetSpecifier},
+    GrpcService, HttpService, HttpUri,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    lb_endpoint::HostIdentifier, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+};
+use envoy_types::pb::envoy::config::listener::v3::{filter::ConfigType, Listener};
+use envoy_types::pb::envoy::config::route::v3::{
+    route::Action, route_action::ClusterSpecifier, route_match::PathSpecifier, Decorator,
+    RouteConfiguration,
+};
+use envoy_types::pb::envoy::config::trace::v3::{
+    tracing::{http::ConfigType as TracerConfig, Http as TracingHttp},
+    zipkin_config::CollectorEndpointVersion,
+    OpenTelemetryConfig, ZipkinConfig,
+};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    http_connection_manager::{RouteSpecifier, Tracing as HcmTracing},
+    HttpConnectionManager,
+};
+use envoy_types::pb::envoy::r#type::tracing::v3::{custom_tag, CustomTag as EnvoyTag};
+use envoy_types::pb::envoy::r#type::v3::Percent;
+use envoy_types::pb::google::protobuf::Duration;
+use prost::Message;
+
+use super::listener::HCM_FILTER;
+use super::proto::{bool_value, cluster_name, pack, socket_address, u32_value};
+use super::Generated;
+use crate::config::tracing::{CustomTag, Tracing, TracingKind};
+use crate::model::{ProxyRole, PushContext};
+
+pub const ZIPKIN_TRACER: &str = "envoy.tracers.zipkin";
+pub const OTEL_TRACER: &str = "envoy.tracers.opentelemetry";
+
+/// Apply the mesh's tracing to a gateway's or sidecar's generated config.
+pub fn apply(
+    g: &mut Generated,
+    role: ProxyRole,
+    namespace: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+    ctx: &PushContext,
+) {
+    let Some(t) = &ctx.mesh.tracing else {
+        return;
+    };
+    let collector = cluster_name(t.provider.port, "", &t.provider.service);
+    if !g.clusters.iter().any(|c| c.name == collector) {
+        g.clusters.push(dns_cluster(
+            &collector,
+            &t.provider.service,
+            t.provider.port,
+        ));
+    }
+    let canonical = canonical_service(labels);
+    // Istio's service cluster of a proxy: `CANONICAL.NAMESPACE`.
+    let service_name = format!("{canonical}.{namespace}");
+    let tracing = hcm_tracing(t, &collector, &service_name, role, namespace, labels, ctx);
+    for l in &mut g.listeners {
+        set_listener_tracing(l, &tracing);
+    }
+    for r in &mut g.routes {
+        decorate_routes(r);
+    }
+}
+
+/// Istio's canonical service of a workload: `service.istio.io/canonical-name`,
+/// else `app.kubernetes.io/name`, else `app`, else `unknown` (no pod name in a
+/// class).
+fn canonical_service(labels: &std::collections::BTreeMap<String, String>) -> String {
+    [
+        "service.istio.io/canonical-name",
+        "app.kubernetes.io/name",
+        "app",
+    ]
+    .iter()
+    .find_map(|k| labels.get(*k).cloned())
+    .unwrap_or_else(|| "unknown".into())
+}
+
+fn canonical_revision(labels: &std::collections::BTreeMap<String, String>) -> String {
+    [
+        "service.istio.io/canonical-revision",
+        "app.kubernetes.io/version",
+        "version",
+    ]
+    .iter()
+    .find_map(|k| labels.get(*k).cloned())
+    .unwrap_or_else(|| "latest".into())
+}
+
+fn literal(tag: &str, value: String) -> EnvoyTag {
+    EnvoyTag {
+        tag: tag.into(),
+        r#type: Some(custom_tag::Type::Literal(custom_tag::Literal { value })),
+    }
+}
+
+/// The HCM `tracing` block (istiod's `configureTracingFromTelemetry` with the
+/// mesh defaults).
+pub fn hcm_tracing(
+    t: &Tracing,
+    collector: &str,
+    service_name: &str,
+    role: ProxyRole,
+    namespace: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+    ctx: &PushContext,
+) -> HcmTracing {
+    let p = &t.provider;
+    let provider = match &p.kind {
+        TracingKind::Zipkin {
+            trace_id_128bit,
+            path,
+        } => TracingHttp {
+            name: ZIPKIN_TRACER.into(),
+            config_type: Some(TracerConfig::TypedConfig(pack(&ZipkinConfig {
+                collector_cluster: collector.into(),
+                collector_endpoint: path.clone(),
+                collector_endpoint_version: CollectorEndpointVersion::HttpJson as i32,
+                collector_hostname: p.service.clone(),
+                trace_id_128bit: *trace_id_128bit,
+                // Istio: each proxy reports its own server and client spans.
+                shared_span_context: Some(bool_value(false)),
+                ..Default::default()
+            }))),
+        },
+        TracingKind::OpenTelemetry { http } => {
+            let mut cfg = OpenTelemetryConfig {
+                service_name: service_name.into(),
+                ..Default::default()
+            };
+            match http {
+                None => {
+                    cfg.grpc_service = Some(GrpcService {
+                        target_specifier: Some(TargetSpecifier::EnvoyGrpc(EnvoyGrpc {
+                            cluster_name: collector.into(),
+                            authority: p.service.clone(),
+                            ..Default::default()
+                        })),
+                        ..Default::default()
+                    })
+                }
+                Some((path, timeout)) => {
+                    cfg.http_service = Some(HttpService {
+                        http_uri: Some(HttpUri {
+                            uri: format!("http://{}:{}{}", p.service, p.port, path),
+                            timeout: Some(duration(*timeout)),
+                            http_upstream_type: Some(HttpUpstreamType::Cluster(collector.into())),
+                        }),
+                        ..Default::default()
+                    })
+                }
+            }
+            TracingHttp {
+                name: OTEL_TRACER.into(),
+                config_type: Some(TracerConfig::TypedConfig(pack(&cfg))),
+            }
+        }
+    };
+    let mut custom_tags = vec![
+        literal("istio.canonical_revision", canonical_revision(labels)),
+        literal("istio.canonical_service", canonical_service(labels)),
+        literal("istio.mesh_id", ctx.mesh.trust_domain.clone()),
+        literal("istio.namespace", namespace.into()),
+    ];
+    for (tag, v) in &t.custom_tags {
+        let ty = match v {
+            CustomTag::Literal(value) => custom_tag::Type::Literal(custom_tag::Literal {
+                value: value.clone(),
+            }),
+            CustomTag::Environment { name, default } => {
+                custom_tag::Type::Environment(custom_tag::Environment {
+                    name: name.clone(),
+                    default_value: default.clone(),
+                })
+            }
+            CustomTag::Header { name, default } => {
+                custom_tag::Type::RequestHeader(custom_tag::Header {
+                    name: name.clone(),
+                    default_value: default.clone(),
+                })
+            }
+        };
+        custom_tags.push(EnvoyTag {
+            tag: tag.clone(),
+            r#type: Some(ty),
+        });
+    }
+    let hundred = || Some(Percent { value: 100.0 });
+    HcmTracing {
+        client_sampling: hundred(),
+        random_sampling: Some(Percent {
+            value: t.sampling_percent(),
+        }),
+        overall_sampling: hundred(),
+        custom_tags,
+        max_path_tag_length: t.max_path_tag_length.map(u32_value),
+        provider: Some(provider),
+        spawn_upstream_span: (role == ProxyRole::Gateway).then(|| bool_value(true)),
+        ..Default::default()
+    }
+}
+
+fn duration(d: StdDuration) -> Duration {
+    Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+/// The collector's cluster when the proxy has no mesh cluster of that name:
+/// STRICT_DNS on `service:port`.
+fn dns_cluster(name: &str, service: &str, port: u16) -> Cluster {
+    Cluster {
+        name: name.into(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32)),
+        dns_lookup_family: DnsLookupFamily::V4Only as i32,
+        connect_timeout: Some(Duration {
+            seconds: 10,
+            nanos: 0,
+        }),
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: name.into(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![LbEndpoint {
+                    host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                        address: Some(socket_address(service, u32::from(port))),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Set `tracing` on every HTTP connection manager of the listener (and the
+/// decorators of its inline routes).
+fn set_listener_tracing(l: &mut Listener, tracing: &HcmTracing) {
+    let chains = l
+        .filter_chains
+        .iter_mut()
+        .chain(l.default_filter_chain.iter_mut());
+    for chain in chains {
+        for f in &mut chain.filters {
+            if f.name != HCM_FILTER {
+                continue;
+            }
+            let Some(ConfigType::TypedConfig(any)) = &mut f.config_type else {
+                continue;
+            };
+            let Ok(mut hcm) = HttpConnectionManager::decode(any.value.as_slice()) else {
+                continue;
+            };
+            hcm.tracing = Some(tracing.clone());
+            if let Some(RouteSpecifier::RouteConfig(rc)) = &mut hcm.route_specifier {
+                decorate_routes(rc);
+            }
+            *any = pack(&hcm);
+        }
+    }
+}
+
+/// istiod's `getRouteOperation`: a route to one `outbound|PORT|SUBSET|HOST`
+/// cluster names its span `HOST:PORT` + the match's path (`PREFIX*`, the exact
+/// path or the regex; `/*` without one). Routes to weighted clusters or other
+/// clusters keep Envoy's default span name.
+fn decorate_routes(rc: &mut RouteConfiguration) {
+    for vh in &mut rc.virtual_hosts {
+        for r in &mut vh.routes {
+            if r.decorator.is_some() {
+                continue;
+            }
+            let Some(Action::Route(action)) = &r.action else {
+                continue;
+            };
+            let Some(ClusterSpecifier::Cluster(c)) = &action.cluster_specifier else {
+                continue;
+            };
+            let mut parts = c.splitn(4, '|');
+            let (Some("outbound"), Some(port), Some(_subset), Some(host)) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let path = match r.r#match.as_ref().and_then(|m| m.path_specifier.as_ref()) {
+                Some(PathSpecifier::Prefix(p)) => format!("{p}*"),
+                Some(PathSpecifier::Path(p)) => p.clone(),
+                Some(PathSpecifier::SafeRegex(re)) => re.regex.clone(),
+                _ => "/*".into(),
+            };
+            r.decorator = Some(Decorator {
+                operation: format!("{host}:{port}{path}"),
+                ..Default::default()
+            });
+        }
+    }
+}
