@@ -287,7 +287,7 @@ impl State {
                     namespace = %proxy.namespace,
                     left_out = %o.what,
                     reason = %o.reason,
-                    "credentialName: left out of the proxy's config (it cannot get the Secret)"
+                    "left out of the proxy's config (a credentialName Secret it cannot get, or TLS its role cannot do)"
                 );
             }
         }

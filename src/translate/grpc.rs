@@ -60,7 +60,7 @@ use envoy_types::pb::google::protobuf::UInt64Value;
 use super::listener::ROUTER_FILTER;
 use super::proto::{ads, cluster_name, pack, u32_value};
 use super::route::{default_route, http_routes, sort_catch_all_last, RouteScope, FAULT_FILTER};
-use super::Generated;
+use super::{credentials, Generated};
 use crate::model::istio::destination_rule::{ConsistentHashLb, EffectivePolicy};
 use crate::model::istio::virtual_service::HttpRetry;
 use crate::model::istio::{TrafficPolicy, MESH_GATEWAY};
@@ -131,7 +131,9 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext, _identity: bool) -> Generated 
                 ..Default::default()
             });
         }
-        out.clusters.extend(clusters(svc, &proxy.namespace, ctx));
+        let (cs, omitted) = clusters(svc, &proxy.namespace, ctx);
+        out.clusters.extend(cs);
+        out.omitted.extend(omitted);
     }
     // A gRPC server's listeners (gRFC A36), for the ports Services select it on.
     out.listeners
@@ -307,36 +309,69 @@ fn grpc_hash(h: HashPolicy) -> Option<HashPolicy> {
 }
 
 /// The clusters of `svc` a client in `proxy_ns` uses: one per port and per
-/// subset of the DestinationRule in force.
-fn clusters(svc: &Service, proxy_ns: &str, ctx: &PushContext) -> Vec<Cluster> {
+/// subset of the DestinationRule in force, and the clusters left out.
+///
+/// `tls.mode` as Istio's grpcgen (`applyTLS`): DISABLE or unset is plaintext,
+/// ISTIO_MUTUAL is mTLS from the certificate provider (`grpc_server`). SIMPLE
+/// and MUTUAL (certificate files or `credentialName`) have no gRPC form we send
+/// (A29 reads only certificate provider instances); grpcgen sends such a
+/// cluster in plaintext, we leave it out instead (fail closed: RPCs to it fail
+/// `UNAVAILABLE`) and say why.
+fn clusters(
+    svc: &Service,
+    proxy_ns: &str,
+    ctx: &PushContext,
+) -> (Vec<Cluster>, Vec<credentials::Omission>) {
     let rule = ctx
         .config
         .destination_rule(proxy_ns, &svc.hostname, &svc.namespace);
     let top = rule.as_ref().and_then(|r| r.traffic_policy.as_ref());
     let mut out = Vec::new();
+    let mut omitted = Vec::new();
     for port in &svc.ports {
-        let policy = TrafficPolicy::effective(top, None, port.port);
-        // ISTIO_MUTUAL: mTLS from the certificate provider (`grpc_server`).
-        let tls = |mut c: Cluster, policy: &EffectivePolicy| {
-            super::grpc_server::apply_client_tls(&mut c, policy, svc, port.port, ctx);
-            c
+        let mut add = |c: Cluster, policy: &EffectivePolicy| {
+            let mut c = c;
+            match client_tls_mode(policy) {
+                None | Some("DISABLE") => out.push(c),
+                Some("ISTIO_MUTUAL") => {
+                    super::grpc_server::apply_client_tls(&mut c, policy, svc, port.port, ctx);
+                    out.push(c);
+                }
+                Some(mode) => omitted.push(credentials::Omission {
+                    what: format!("cluster {}", c.name),
+                    reason: format!(
+                        "DestinationRule {} tls.mode {mode} is not supported for proxyless gRPC \
+                         clients (role grpc): only ISTIO_MUTUAL and DISABLE are; the cluster is \
+                         left out rather than sent in plaintext",
+                        rule.as_ref()
+                            .map(|r| r.sources.join(", "))
+                            .unwrap_or_default()
+                    ),
+                }),
+            }
         };
-        out.push(tls(
+        let policy = TrafficPolicy::effective(top, None, port.port);
+        add(
             cluster(&cluster_name(port.port, "", &svc.hostname), &policy),
             &policy,
-        ));
+        );
         for subset in rule.iter().flat_map(|r| r.subsets.iter()) {
             let policy = TrafficPolicy::effective(top, subset.traffic_policy.as_ref(), port.port);
-            out.push(tls(
+            add(
                 cluster(
                     &cluster_name(port.port, &subset.name, &svc.hostname),
                     &policy,
                 ),
                 &policy,
-            ));
+            );
         }
     }
-    out
+    (out, omitted)
+}
+
+/// The DestinationRule `tls.mode` in force for a cluster, if any.
+fn client_tls_mode(policy: &EffectivePolicy) -> Option<&str> {
+    policy.tls.as_ref().and_then(|t| t.mode.as_deref())
 }
 
 /// An EDS cluster over ADS with what gRPC reads of the policy: ring hash for
@@ -436,6 +471,43 @@ mod tests {
         match &r.action {
             Some(Action::Route(a)) => a,
             other => panic!("not a route action: {other:?}"),
+        }
+    }
+
+    /// DestinationRule `tls` for a gRPC client: ISTIO_MUTUAL gets mTLS,
+    /// DISABLE plaintext, SIMPLE and MUTUAL are left out (never plaintext),
+    /// with a reason naming the DestinationRule and the role.
+    #[test]
+    fn simple_and_mutual_tls_fail_closed() {
+        let (g, _) = grpc("dr_tls");
+        let by_name = |n: &str| g.clusters.iter().find(|c| c.name == n);
+        let v2 = by_name("outbound|7000|v2|order.base.svc.cluster.local").expect("v2 sent");
+        assert!(
+            v2.transport_socket.is_some(),
+            "ISTIO_MUTUAL subset without TLS"
+        );
+        let stock = by_name("outbound|9000||stock.base.svc.cluster.local").expect("stock sent");
+        assert!(stock.transport_socket.is_some());
+        let admin = by_name("outbound|7001||order.base.svc.cluster.local").expect("DISABLE sent");
+        assert!(admin.transport_socket.is_none());
+        for (name, mode) in [
+            ("outbound|7000||order.base.svc.cluster.local", "SIMPLE"),
+            ("outbound|7000|v1|order.base.svc.cluster.local", "MUTUAL"),
+            ("outbound|7000|v3|order.base.svc.cluster.local", "SIMPLE"),
+        ] {
+            assert!(by_name(name).is_none(), "{name} sent despite tls {mode}");
+            let o = g
+                .omitted
+                .iter()
+                .find(|o| o.what == format!("cluster {name}"))
+                .unwrap_or_else(|| panic!("{name} not reported: {:?}", g.omitted));
+            for part in [
+                "DestinationRule base/order",
+                &format!("tls.mode {mode}"),
+                "role grpc",
+            ] {
+                assert!(o.reason.contains(part), "{part:?} not in {:?}", o.reason);
+            }
         }
     }
 
