@@ -53,6 +53,22 @@ pub enum Command {
     /// service-account token: what gRPC's `file_watcher` certificate provider
     /// reads (`crossmesh bootstrap --role grpc --cert-dir`).
     WorkloadCerts(Box<WorkloadCertsArgs>),
+    /// Print the sync state of every connected proxy, per xDS type (SYNCED,
+    /// NOT SENT, STALE, NACKED with Envoy's error), read from a running
+    /// control plane's `/debug/syncz`, like `istioctl proxy-status`.
+    Status(StatusArgs),
+}
+
+/// `crossmesh status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The control plane's debug address.
+    #[arg(long, env = "CROSSMESH_DEBUG_ADDRESS", value_name = "ADDR", default_value = "127.0.0.1:15014")]
+    pub debug_address: SocketAddr,
+    /// A file holding the bearer token the debug address asks for off loopback
+    /// (mesh file `debugAuth`).
+    #[arg(long, env = "CROSSMESH_TOKEN_FILE", value_name = "F")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// `crossmesh workload-certs` (`workload_certs`).
@@ -781,6 +797,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => runtime()?.block_on(crate::demo::run(args.keep)),
+        Command::Status(args) => {
+            let token = match &args.token_file {
+                None => None,
+                Some(f) => Some(
+                    std::fs::read_to_string(f)
+                        .with_context(|| format!("cannot read --token-file {}", f.display()))?
+                        .trim()
+                        .to_string(),
+                ),
+            };
+            let table = runtime()?
+                .block_on(crate::debug::status::run(args.debug_address, token.as_deref()))?;
+            print!("{table}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Validate(args) => {
             let (problems, warnings) = crate::validate::validate_paths_with_warnings(&args.files);
             for w in &warnings {

@@ -19,6 +19,7 @@
 
 pub mod json;
 pub mod registryz;
+pub mod status;
 
 use std::collections::BTreeMap;
 use std::future::Future;

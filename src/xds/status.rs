@@ -98,6 +98,8 @@ pub struct ConnectionStatus {
     /// The proxy's locality in force (`region/zone/subzone`, empty if none).
     pub locality: String,
     pub locality_from: LocalityOrigin,
+    /// The member cluster the proxy runs in (its node's `CLUSTER_ID`).
+    pub cluster_id: String,
     /// Per type the client requested, in push order.
     pub types: Vec<TypeStatus>,
 }
@@ -248,6 +250,7 @@ fn status(c: &Connection) -> ConnectionStatus {
         push_seq: st.seq(),
         locality: c.proxy.locality.label(),
         locality_from: c.locality_from,
+        cluster_id: c.proxy.cluster_id.clone(),
         types,
     }
 }
