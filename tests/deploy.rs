@@ -1197,6 +1197,11 @@ fn rbac_is_least_privilege_and_enough() {
             .iter()
             .map(|(g, _, p)| (*g, *p)),
     );
+    watched.extend(
+        crossmesh::sources::kube::NAMESPACE_KINDS
+            .iter()
+            .map(|(g, _, p)| (*g, *p)),
+    );
     for (g, r) in &watched {
         for v in ["get", "list", "watch"] {
             assert!(grants(&cluster_rules, g, r, v), "{sa} cannot {v} {g}/{r}");

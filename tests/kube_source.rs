@@ -709,6 +709,7 @@ fn deploy_rbac_is_read_only_and_covers_every_watched_kind() {
     watched.extend(
         crossmesh::sources::kube::GATEWAY_API_KINDS
             .iter()
+            .chain(crossmesh::sources::kube::NAMESPACE_KINDS)
             .map(|(g, _, p)| (*g, *p)),
     );
     for (group, plural) in watched {

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::metrics::{metrics, KindLabel};
+use crate::model::gateway_api::namespaces::{self, NamespaceLabels};
 use crate::model::gateway_api::{self, convert::ObjectStatus, GwKind, GwObject};
 use crate::model::istio::authorization_policy;
 use crate::model::istio::request_authentication::{FetchedJwks, JwksSource};
@@ -44,6 +45,12 @@ pub fn validate_docs(docs: &[RawDoc]) -> Vec<Problem> {
     let mut seen: BTreeMap<(Kind, String, String), String> = BTreeMap::new();
     let mut gw_seen = BTreeMap::new();
     for doc in docs.iter().filter(|d| !d.value.is_null()) {
+        if namespaces::is_namespace(&doc.value) {
+            if let Err(e) = namespace_doc(doc) {
+                problems.push(e);
+            }
+            continue;
+        }
         if gateway_api::is_gateway_api(&doc.value) {
             match gateway_api::parse_object(&doc.origin, &doc.value) {
                 Ok(obj) => problems.extend(gw_duplicate(&mut gw_seen, &obj)),
@@ -103,11 +110,34 @@ pub fn gateway_api_status_problems(docs: &[RawDoc], domain_suffix: &str) -> Vec<
         .filter(|d| gateway_api::is_gateway_api(&d.value))
         .filter_map(|d| gateway_api::parse_object(&d.origin, &d.value).ok())
         .collect();
-    gateway_api::convert::convert(&objects, domain_suffix, None)
+    let mut ns = NamespaceLabels::new();
+    for d in docs.iter().filter(|d| namespaces::is_namespace(&d.value)) {
+        if let Ok((name, labels)) = namespace_doc(d) {
+            ns.entry(name).or_insert(labels);
+        }
+    }
+    gateway_api::convert::convert_with_namespaces(&objects, &ns, domain_suffix, None)
         .status
         .iter()
         .flat_map(ObjectStatus::problems)
         .collect()
+}
+
+/// Name and labels of a `v1` Namespace document, or a rejection naming the field.
+fn namespace_doc(doc: &RawDoc) -> Result<(String, BTreeMap<String, String>), Rejection> {
+    namespaces::namespace_labels(&doc.value).map_err(|(field, reason)| Rejection {
+        origin: doc.origin.clone(),
+        kind: "Namespace".into(),
+        namespace: String::new(),
+        name: doc
+            .value
+            .pointer("/metadata/name")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("")
+            .to_string(),
+        field,
+        reason,
+    })
 }
 
 /// `gw`'s key recorded; a rejection if another Gateway API object claimed it.
@@ -142,6 +172,8 @@ struct SourceState {
     accepted: Vec<IstioObject>,
     /// Gateway API objects, converted into Istio objects at each rebuild.
     gateway_api: Vec<GwObject>,
+    /// Labels of the `v1` Namespaces this source holds (`from: Selector`).
+    namespaces: NamespaceLabels,
     rejected: Vec<Rejection>,
 }
 
@@ -156,6 +188,8 @@ pub struct ConfigStore {
     in_force: Vec<IstioObject>,
     /// Gateway API objects in force (their conversion is part of `in_force`).
     gateway_api: Vec<GwObject>,
+    /// Namespace labels of every source (the first source by name wins a name).
+    namespaces: NamespaceLabels,
     duplicates: Vec<Rejection>,
     snapshot: Arc<ConfigSnapshot>,
     /// Keys fetched for RequestAuthentication `jwksUri`s (`security::jwks`).
@@ -179,6 +213,7 @@ impl ConfigStore {
             sources: BTreeMap::new(),
             in_force: Vec::new(),
             gateway_api: Vec::new(),
+            namespaces: NamespaceLabels::new(),
             duplicates: Vec::new(),
             snapshot: Arc::new(ConfigSnapshot::new(domain_suffix, [])),
             jwks: Arc::default(),
@@ -192,6 +227,15 @@ impl ConfigStore {
     pub fn replace_source(&mut self, source: &str, docs: Vec<RawDoc>) -> bool {
         let mut state = SourceState::default();
         for doc in docs.iter().filter(|d| !d.value.is_null()) {
+            if namespaces::is_namespace(&doc.value) {
+                match namespace_doc(doc) {
+                    Ok((name, labels)) => {
+                        state.namespaces.insert(name, labels);
+                    }
+                    Err(e) => state.rejected.push(e),
+                }
+                continue;
+            }
             if gateway_api::is_gateway_api(&doc.value) {
                 match gateway_api::parse_object(&doc.origin, &doc.value) {
                     Ok(obj) => state.gateway_api.push(obj),
@@ -242,7 +286,13 @@ impl ConfigStore {
         let mut duplicates = Vec::new();
         let mut gw_seen = BTreeMap::new();
         let mut gw_in_force = Vec::new();
+        let mut ns_labels = NamespaceLabels::new();
         for state in self.sources.values() {
+            for (name, labels) in &state.namespaces {
+                ns_labels
+                    .entry(name.clone())
+                    .or_insert_with(|| labels.clone());
+            }
             for obj in &state.accepted {
                 match duplicate(&mut seen, obj) {
                     Some(d) => duplicates.push(d),
@@ -257,13 +307,21 @@ impl ConfigStore {
             }
         }
         // Gateway API objects serve as the Istio objects they convert to.
-        for obj in gateway_api::convert::convert(&gw_in_force, &self.domain_suffix, None).objects {
+        for obj in gateway_api::convert::convert_with_namespaces(
+            &gw_in_force,
+            &ns_labels,
+            &self.domain_suffix,
+            None,
+        )
+        .objects
+        {
             match duplicate(&mut seen, &obj) {
                 Some(d) => duplicates.push(d),
                 None => in_force.push(obj),
             }
         }
         self.gateway_api = gw_in_force;
+        self.namespaces = ns_labels;
         in_force.sort_by(|a, b| {
             (a.kind(), &a.meta().namespace, &a.meta().name).cmp(&(
                 b.kind(),
@@ -371,8 +429,9 @@ impl ConfigStore {
                 .collect(),
             rejected: self.rejections().cloned().collect(),
             warnings,
-            gateway_api: gateway_api::convert::convert(
+            gateway_api: gateway_api::convert::convert_with_namespaces(
                 &self.gateway_api,
+                &self.namespaces,
                 &self.domain_suffix,
                 Some(services),
             )
@@ -1024,5 +1083,41 @@ spec:
         assert!(gauge >= 1);
         assert!(store.replace_source("one", Vec::new()));
         assert!(store.snapshot().destination_rules.is_empty());
+    }
+
+    /// A Namespace label change from any source re-evaluates route attachment
+    /// (a push); a bad selector rejects that Gateway alone, naming the field.
+    #[test]
+    fn namespace_labels_decide_selector_attachment() {
+        let gw = "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: c}\nspec: {controllerName: crossmesh.io/gateway-controller}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: infra}\nspec:\n  gatewayClassName: c\n  listeners:\n  - name: http\n    port: 80\n    protocol: HTTP\n    allowedRoutes: {namespaces: {from: Selector, selector: {matchLabels: {access: \"yes\"}}}}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: team}\nspec:\n  parentRefs: [{name: gw, namespace: infra}]\n  rules: [{backendRefs: [{name: app, port: 80}]}]\n";
+        let ns = |access: &str| {
+            format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: team, labels: {{access: \"{access}\"}}}}\n")
+        };
+        let mut store = ConfigStore::default();
+        store.replace_source("config", docs("gw.yaml", gw));
+        let routed = |s: &ConfigStore| {
+            s.snapshot()
+                .virtual_services
+                .iter()
+                .any(|v| v.meta.name == "r-istio-autogenerated-k8s-gateway")
+        };
+        assert!(!routed(&store), "team has no labels yet");
+        assert!(store.replace_source("cluster-ns", docs("ns.yaml", &ns("yes"))));
+        assert!(routed(&store));
+        assert!(store.replace_source("cluster-ns", docs("ns.yaml", &ns("no"))));
+        assert!(!routed(&store));
+        let bad = gw.replace(
+            "matchLabels: {access: \"yes\"}",
+            "matchExpressions: [{key: access, operator: In}]",
+        );
+        store.replace_source("config", docs("gw.yaml", &bad));
+        let rejected = store.status(&ServiceMap::new()).rejected;
+        assert_eq!(rejected.len(), 1, "{rejected:#?}");
+        assert_eq!(rejected[0].kind, "Gateway");
+        assert_eq!(
+            rejected[0].field,
+            "spec.listeners[0].allowedRoutes.namespaces.selector.matchExpressions[0].values"
+        );
+        assert_eq!(validate_docs(&docs("gw.yaml", &bad)).len(), 1);
     }
 }

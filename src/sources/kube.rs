@@ -1191,6 +1191,10 @@ pub const GATEWAY_API_KINDS: &[(&str, &str, &str)] = &[
     ("gateway.networking.k8s.io", "TLSRoute", "tlsroutes"),
 ];
 
+/// Namespaces, watched beside the config kinds for their labels only
+/// (Gateway API `allowedRoutes.namespaces.from: Selector`).
+pub const NAMESPACE_KINDS: &[(&str, &str, &str)] = &[("", "Namespace", "namespaces")];
+
 /// The version a config kind is watched at: `v1`, but ReferenceGrant's
 /// `v1beta1` (the version every Gateway API release serves it at).
 pub fn config_kind_version(group: &str, kind: &str) -> &'static str {
@@ -1218,7 +1222,11 @@ pub fn spawn_config_watch(cluster: &str, client: Client, sink: ConfigSink) -> Jo
     let source = format!("cluster:{cluster}");
     let span = info_span!("kube-config", cluster = %cluster);
     let mut all = SelectAll::new();
-    let kinds: Vec<_> = ISTIO_KINDS.iter().chain(GATEWAY_API_KINDS).collect();
+    let kinds: Vec<_> = ISTIO_KINDS
+        .iter()
+        .chain(GATEWAY_API_KINDS)
+        .chain(NAMESPACE_KINDS)
+        .collect();
     let n_kinds = kinds.len();
     for (i, (group, kind, plural)) in kinds.into_iter().enumerate() {
         let gvk = GroupVersionKind::gvk(group, config_kind_version(group, kind), kind);
@@ -1252,6 +1260,18 @@ pub fn spawn_config_watch(cluster: &str, client: Client, sink: ConfigSink) -> Jo
                     v["kind"] = Value::String(ar.kind.clone());
                     if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
                         m.remove("managedFields");
+                    }
+                    if ar.kind == "Namespace" {
+                        // Only the name and labels are read: keep nothing else.
+                        let meta = v.get("metadata");
+                        v = serde_json::json!({
+                            "apiVersion": "v1",
+                            "kind": "Namespace",
+                            "metadata": {
+                                "name": meta.and_then(|m| m.get("name")).cloned().unwrap_or(Value::Null),
+                                "labels": meta.and_then(|m| m.get("labels")).cloned().unwrap_or(Value::Null),
+                            },
+                        });
                     }
                     v
                 };

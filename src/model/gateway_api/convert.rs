@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
+use super::namespaces::{LabelSelector, NamespaceLabels};
 use super::{
     backend_is_service, is_service_parent, GwConfig, GwObject, HttpBackendRef, HttpRoute,
     HttpRouteRule, K8sGateway, Listener, ObjectRef, ReferenceGrant, CONTROLLER_NAMES,
@@ -187,6 +188,18 @@ struct ListenerInfo<'a> {
 /// generated config does not depend on it.
 pub fn convert(
     objects: &[GwObject],
+    domain_suffix: &str,
+    services: Option<&ServiceMap>,
+) -> Conversion {
+    convert_with_namespaces(objects, &NamespaceLabels::new(), domain_suffix, services)
+}
+
+/// `convert` with the labels of the namespaces the config sources know, which
+/// `allowedRoutes.namespaces.from: Selector` matches (a namespace not known has
+/// no labels).
+pub fn convert_with_namespaces(
+    objects: &[GwObject],
+    namespaces: &NamespaceLabels,
     domain_suffix: &str,
     services: Option<&ServiceMap>,
 ) -> Conversion {
@@ -529,14 +542,26 @@ pub fn convert(
                     ns_or_kind_miss = true;
                     continue;
                 }
-                let from = li
+                let route_ns = li
                     .listener
                     .allowed_routes
                     .as_ref()
-                    .and_then(|a| a.namespaces.as_ref())
-                    .and_then(|n| n.from.as_deref())
-                    .unwrap_or("Same");
-                let ns_ok = from == "All" || r.meta.namespace == li.gateway.meta.namespace;
+                    .and_then(|a| a.namespaces.as_ref());
+                let ns_ok = match route_ns.and_then(|n| n.from.as_deref()).unwrap_or("Same") {
+                    "All" => true,
+                    // The Gateway's own namespace only when its labels match too.
+                    "Selector" => route_ns
+                        .and_then(|n| n.selector.as_ref())
+                        .and_then(|s| LabelSelector::parse(s).ok())
+                        .is_some_and(|s| {
+                            s.matches(
+                                namespaces
+                                    .get(&r.meta.namespace)
+                                    .unwrap_or(&BTreeMap::new()),
+                            )
+                        }),
+                    _ => r.meta.namespace == li.gateway.meta.namespace,
+                };
                 let kind_ok = listener_kinds(li.listener).contains(&route_kind)
                     && li.listener.allowed_routes.as_ref().is_none_or(|a| {
                         a.kinds.is_empty()

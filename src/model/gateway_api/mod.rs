@@ -11,6 +11,7 @@
 //! `validate` with a message naming the field (docs/GATEWAY_API.md lists them).
 
 pub mod convert;
+pub mod namespaces;
 
 use crate::model::istio::deserialize_spec;
 use std::collections::BTreeMap;
@@ -250,8 +251,8 @@ pub struct AllowedRoutes {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteNamespaces {
-    /// `Same` (default), `All`; `Selector` is rejected (crossmesh does not read
-    /// Namespace labels).
+    /// `Same` (default), `All`, `Selector` (namespaces whose labels match
+    /// `selector`, see `namespaces`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -976,10 +977,18 @@ fn gateway(g: &K8sGateway, namespace: &str, err: &mut impl FnMut(String, String)
             if let Some(ns) = &ar.namespaces {
                 match ns.from.as_deref().unwrap_or("Same") {
                     "Same" | "All" => {}
-                    "Selector" => err(
-                        format!("{f}.allowedRoutes.namespaces.from"),
-                        "Selector is not supported by crossmesh: it does not read Namespace labels; use Same or All".into(),
-                    ),
+                    "Selector" => match &ns.selector {
+                        None => err(
+                            format!("{f}.allowedRoutes.namespaces.selector"),
+                            "required with from: Selector".into(),
+                        ),
+                        Some(sel) => {
+                            if let Err((sf, reason)) = namespaces::LabelSelector::parse(sel) {
+                                let sf = if sf.is_empty() { String::new() } else { format!(".{sf}") };
+                                err(format!("{f}.allowedRoutes.namespaces.selector{sf}"), reason);
+                            }
+                        }
+                    },
                     o => err(format!("{f}.allowedRoutes.namespaces.from"), format!("{o:?} is not one of All, Same, Selector")),
                 }
                 if ns.selector.is_some() && ns.from.as_deref() != Some("Selector") {
