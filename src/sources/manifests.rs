@@ -592,6 +592,68 @@ fn parse_cluster_file(path: &Path, text: &[u8]) -> Result<Parsed, String> {
     Ok(out)
 }
 
+/// What reading one member-cluster file found.
+enum FileRead {
+    /// Gone (deleted, or never there).
+    Missing,
+    /// Could not be read.
+    Failed(std::io::Error),
+    /// Same content hash as the last time it was parsed.
+    Unchanged,
+    /// New or changed content: its hash and what parsing it gave.
+    Read {
+        hash: u64,
+        parsed: Result<Parsed, String>,
+    },
+}
+
+/// Read, hash and (when the content changed since `known`) parse one file.
+fn read_cluster_file(path: &Path, known: &BTreeMap<PathBuf, ClusterFile>) -> FileRead {
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return FileRead::Missing,
+        Err(e) => return FileRead::Failed(e),
+    };
+    let hash = content_hash(&text);
+    if known.get(path).is_some_and(|f| f.hash == hash) {
+        return FileRead::Unchanged;
+    }
+    FileRead::Read {
+        hash,
+        parsed: parse_cluster_file(path, &text),
+    }
+}
+
+/// Fewer items than this are handled on the calling thread: starting threads
+/// costs more than a watcher event's few files.
+const PARALLEL_MIN: usize = 16;
+
+/// `items.iter().map(f)` with the items split into one contiguous run per core
+/// (`std::thread::scope`), results in the items' order.
+fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores < 2 || items.len() < PARALLEL_MIN {
+        return items.iter().map(f).collect();
+    }
+    let chunk = items.len().div_ceil(cores);
+    let f = &f;
+    std::thread::scope(|scope| {
+        let runs: Vec<_> = items
+            .chunks(chunk)
+            .map(|run| scope.spawn(move || run.iter().map(f).collect::<Vec<R>>()))
+            .collect();
+        let mut out = Vec::with_capacity(items.len());
+        for run in runs {
+            match run.join() {
+                Ok(v) => out.extend(v),
+                // A panic in `f` is a bug: surface it on the calling thread.
+                Err(p) => std::panic::resume_unwind(p),
+            }
+        }
+        out
+    })
+}
+
 /// A stand-in carrying only kind and name, for `Event::Delete`.
 fn tombstone((kind, object): &ObjId) -> Option<KubeObject> {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -673,19 +735,24 @@ impl ClusterDir {
         let mut affected: BTreeSet<ObjId> = BTreeSet::new();
         // Whether any file's problems may have changed.
         let mut dirty = !self.synced;
-        for path in paths {
-            let text = match std::fs::read(&path) {
-                Ok(t) => Some(t),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                Err(e) => {
+        // Reading, hashing and parsing touch no shared state: they run on every
+        // core; the results are applied below in path order, one at a time.
+        let files = &self.files;
+        let read = parallel_map(&paths, |path| read_cluster_file(path, files));
+        for (path, outcome) in paths.into_iter().zip(read) {
+            let text = match outcome {
+                FileRead::Unchanged => continue,
+                FileRead::Failed(e) => {
                     let f = self.files.entry(path.clone()).or_default();
                     f.hash = 0;
                     f.error = Some(format!("cannot read: {e}"));
                     dirty = true;
                     continue;
                 }
+                FileRead::Missing => None,
+                FileRead::Read { hash, parsed: file } => Some((hash, file)),
             };
-            let Some(text) = text else {
+            let Some((hash, file)) = text else {
                 if !full && !self.dir.is_dir() {
                     // The directory itself went away: keep the last good state.
                     let e = std::io::Error::from(std::io::ErrorKind::NotFound);
@@ -697,12 +764,8 @@ impl ClusterDir {
                 }
                 continue;
             };
-            let hash = content_hash(&text);
-            if self.files.get(&path).is_some_and(|f| f.hash == hash) {
-                continue;
-            }
             dirty = true;
-            match parse_cluster_file(&path, &text) {
+            match file {
                 Ok(Parsed {
                     objects,
                     problems,
@@ -1207,6 +1270,59 @@ status:
         std::fs::remove_file(&b).unwrap();
         assert!(d.sync_changes(&r, &only_b));
         assert_eq!(endpoints(&r), ["10.0.0.1"]);
+    }
+
+    #[test]
+    fn parallel_map_keeps_the_items_order() {
+        let items: Vec<usize> = (0..PARALLEL_MIN * 7 + 3).collect();
+        let out = parallel_map(&items, |i| i * 2);
+        assert_eq!(out, items.iter().map(|i| i * 2).collect::<Vec<_>>());
+        let few: Vec<usize> = (0..3).collect();
+        assert_eq!(parallel_map(&few, |i| i + 1), [1, 2, 3]);
+    }
+
+    #[test]
+    fn many_files_parse_in_parallel_with_the_same_outcome() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (r, _q, c) = setup(tmp.path());
+        std::fs::write(tmp.path().join("a-svc.yaml"), SVC_AND_POD).unwrap();
+        let n = PARALLEL_MIN * 3;
+        for i in 0..n {
+            let ip = format!("10.0.1.{}", i + 10);
+            std::fs::write(
+                tmp.path().join(format!("p{i:03}.yaml")),
+                pod_yaml(&format!("web-p{i}"), &ip),
+            )
+            .unwrap();
+        }
+        // The same pod in a later file loses to the first path; a broken file
+        // is named.
+        std::fs::write(
+            tmp.path().join("z-dup.yaml"),
+            pod_yaml("web-p0", "10.0.9.9"),
+        )
+        .unwrap();
+        std::fs::write(tmp.path().join("p-broken.yaml"), "kind: [").unwrap();
+        let mut d = ClusterDir::new(&c.name, tmp.path().to_owned());
+        assert!(d.sync_changes(&r, &Changes::full()));
+        let mut want: Vec<String> = (0..n).map(|i| format!("10.0.1.{}", i + 10)).collect();
+        want.push("10.0.0.1".into());
+        want.sort();
+        assert_eq!(endpoints(&r), want);
+        let mut named: Vec<String> = rejected(&r)
+            .iter()
+            .map(|p| p.origin.rsplit('/').next().unwrap_or_default().to_string())
+            .collect();
+        named.sort();
+        assert_eq!(named, ["p-broken.yaml", "z-dup.yaml"]);
+
+        // A full rescan with one file changed applies exactly that change.
+        std::fs::write(tmp.path().join("p005.yaml"), pod_yaml("web-p5", "10.0.2.5")).unwrap();
+        assert!(d.sync_changes(&r, &Changes::full()));
+        let got = endpoints(&r);
+        assert!(got.contains(&"10.0.2.5".to_string()), "{got:?}");
+        assert!(!got.contains(&"10.0.1.15".to_string()), "{got:?}");
+        assert_eq!(got.len(), n + 1);
     }
 
     #[test]
