@@ -37,10 +37,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use prost::Message;
 use tokio::sync::watch;
 use tracing::{debug, info, warn, Instrument};
 
+use super::class::{self, ClassMaps, InternKey};
+use super::eds::{self, EdsIntern};
 use super::{ContextSource, PushQueue, PushRequest};
 use crate::config::Tunables;
 use crate::metrics::{metrics, ReasonLabel};
@@ -66,25 +67,9 @@ struct Inner {
     state: Mutex<State>,
 }
 
-type InternKey = (TypeUrl, Arc<str>, Arc<str>);
-
 /// What a connection's snapshot is shared by: its CDS/LDS/RDS class and its EDS
 /// view.
 type Key = (ProxyClass, EdsView);
-
-/// Every EDS encoding held by the global map or a view's map, by (name,
-/// version): the one allocation of that content. Kept across pushes and used by
-/// `connect` too, so equal assignments are shared whichever view, push or
-/// connect computed them. Bounded by `prune_eds_intern`: an entry no map
-/// references any more is dropped after each push and when a view goes away.
-type EdsIntern = HashMap<(Arc<str>, Arc<str>), Arc<Resource>>;
-
-/// The shared allocation of `r`'s content: the interned one if any, else `r`,
-/// interned.
-fn share_eds(intern: &mut EdsIntern, r: Arc<Resource>) -> Arc<Resource> {
-    let key = (r.name.clone(), r.version.clone());
-    intern.entry(key).or_insert(r).clone()
-}
 
 struct ViewState {
     /// Global EDS with the view-dependent services overlaid.
@@ -118,15 +103,6 @@ struct ClassState {
     members: usize,
 }
 
-#[derive(Clone, Default)]
-struct ClassMaps {
-    clusters: ResourceMap,
-    listeners: ResourceMap,
-    routes: ResourceMap,
-    /// `credentialName` secrets (`translate::credentials`).
-    secrets: ResourceMap,
-}
-
 struct ConnEntry {
     proxy: Arc<Proxy>,
     class: Key,
@@ -150,231 +126,7 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Encode one resource (counted) and intern it by (type, name, version): if an
-/// equal resource exists in this push or the previous one, that `Arc` is reused.
-fn intern<M: Message>(
-    t: TypeUrl,
-    name: &str,
-    msg: &M,
-    new: &mut HashMap<InternKey, Arc<Resource>>,
-    old: &HashMap<InternKey, Arc<Resource>>,
-) -> Arc<Resource> {
-    let r = Resource::encode(t, name, msg);
-    metrics().encodes.inc();
-    let key = (t, r.name.clone(), r.version.clone());
-    if let Some(existing) = new.get(&key) {
-        return existing.clone();
-    }
-    let shared = old.get(&key).cloned().unwrap_or(r);
-    new.insert(key, shared.clone());
-    shared
-}
-
-/// Keep `old` (same `Arc`) when `new` holds the same names with entries that
-/// `same` calls equal, so streams can skip the type by pointer comparison.
-fn reuse_when(
-    old: Option<&ResourceMap>,
-    new: BTreeMap<Arc<str>, Arc<Resource>>,
-    same: impl Fn(&Arc<Resource>, &Arc<Resource>) -> bool,
-) -> ResourceMap {
-    if let Some(old) = old {
-        if old.len() == new.len()
-            && old
-                .iter()
-                .zip(new.iter())
-                .all(|((a, x), (b, y))| a == b && same(x, y))
-        {
-            return old.clone();
-        }
-    }
-    Arc::new(new)
-}
-
-/// `reuse_when` equal by names and versions (CDS, LDS, RDS).
-fn reuse_if_equal(
-    old: Option<&ResourceMap>,
-    new: BTreeMap<Arc<str>, Arc<Resource>>,
-) -> ResourceMap {
-    reuse_when(old, new, |x, y| x.version == y.version)
-}
-
-/// `reuse_when` equal by allocations. For EDS maps, whose entries all come
-/// from `State::eds_intern`: a map equal by version but holding other
-/// allocations is replaced, so copies made before sharing never outlive the
-/// next push.
-fn reuse_if_same(old: Option<&ResourceMap>, new: BTreeMap<Arc<str>, Arc<Resource>>) -> ResourceMap {
-    reuse_when(old, new, Arc::ptr_eq)
-}
-
-fn to_map<'a, M: Message + 'a>(
-    t: TypeUrl,
-    items: impl IntoIterator<Item = (&'a str, &'a M)>,
-    class: &ProxyClass,
-    new: &mut HashMap<InternKey, Arc<Resource>>,
-    old: &HashMap<InternKey, Arc<Resource>>,
-) -> BTreeMap<Arc<str>, Arc<Resource>> {
-    let mut map = BTreeMap::new();
-    for (name, msg) in items {
-        if map.contains_key(name) {
-            warn!(
-                type_url = t.short(),
-                name,
-                ?class,
-                "translation produced a duplicate name; keeping the first"
-            );
-            continue;
-        }
-        let r = intern(t, name, msg, new, old);
-        map.insert(r.name.clone(), r);
-    }
-    map
-}
-
 impl State {
-    /// Generate and encode CDS/LDS/RDS for one class.
-    fn build_class(
-        proxy: &Proxy,
-        ctx: &PushContext,
-        class: &ProxyClass,
-        previous: Option<&ClassMaps>,
-        new: &mut HashMap<InternKey, Arc<Resource>>,
-        old: &HashMap<InternKey, Arc<Resource>>,
-    ) -> ClassMaps {
-        let g = translate::generate(proxy, ctx);
-        let clusters = to_map(
-            TypeUrl::Cluster,
-            g.clusters.iter().map(|c| (c.name.as_str(), c)),
-            class,
-            new,
-            old,
-        );
-        let listeners = to_map(
-            TypeUrl::Listener,
-            g.listeners.iter().map(|l| (l.name.as_str(), l)),
-            class,
-            new,
-            old,
-        );
-        let routes = to_map(
-            TypeUrl::Route,
-            g.routes.iter().map(|r| (r.name.as_str(), r)),
-            class,
-            new,
-            old,
-        );
-        let secrets = to_map(
-            TypeUrl::Secret,
-            g.secrets.iter().map(|s| (s.name.as_str(), s)),
-            class,
-            new,
-            old,
-        );
-        let maps = ClassMaps {
-            clusters: reuse_if_equal(previous.map(|p| &p.clusters), clusters),
-            listeners: reuse_if_equal(previous.map(|p| &p.listeners), listeners),
-            routes: reuse_if_equal(previous.map(|p| &p.routes), routes),
-            secrets: reuse_if_equal(previous.map(|p| &p.secrets), secrets),
-        };
-        // Said once per change of what the class gets, not on every push.
-        let changed = previous.is_none_or(|p| {
-            !Arc::ptr_eq(&p.clusters, &maps.clusters) || !Arc::ptr_eq(&p.listeners, &maps.listeners)
-        });
-        if changed {
-            for o in &g.omitted {
-                warn!(
-                    proxy = %proxy.id,
-                    cluster = %proxy.cluster_id,
-                    namespace = %proxy.namespace,
-                    left_out = %o.what,
-                    reason = %o.reason,
-                    "left out of the proxy's config (a credentialName Secret it cannot get, or TLS its role cannot do)"
-                );
-            }
-        }
-        maps
-    }
-
-    fn snapshot(seq: u64, maps: &ClassMaps, eds: &ResourceMap) -> Arc<ProxySnapshot> {
-        Arc::new(ProxySnapshot::new(
-            seq,
-            [
-                maps.clusters.clone(),
-                eds.clone(),
-                maps.listeners.clone(),
-                maps.routes.clone(),
-                maps.secrets.clone(),
-            ],
-        ))
-    }
-
-    /// Encode the assignments of one service into `map` through the shared
-    /// table; returns their names.
-    fn service_eds(
-        svc: &crate::model::Service,
-        ctx: &PushContext,
-        interned: &mut EdsIntern,
-        map: &mut BTreeMap<Arc<str>, Arc<Resource>>,
-    ) -> Vec<Arc<str>> {
-        let mut names = Vec::new();
-        for cla in translate::endpoints(svc, ctx) {
-            let r = Resource::encode(TypeUrl::Endpoint, cla.cluster_name.as_str(), &cla);
-            metrics().encodes.inc();
-            let r = share_eds(interned, r);
-            if map.insert(r.name.clone(), r.clone()).is_some() {
-                warn!(name = %r.name, service = %svc.hostname, "two services produced one EDS name; the later wins");
-            }
-            names.push(r.name.clone());
-        }
-        names
-    }
-
-    /// Encode one service's assignments for `view` into `map`, sharing equal
-    /// encodings with every other map through `interned`.
-    fn view_service_eds(
-        svc: &crate::model::Service,
-        ctx: &PushContext,
-        view: &EdsView,
-        interned: &mut EdsIntern,
-        map: &mut BTreeMap<Arc<str>, Arc<Resource>>,
-    ) {
-        for cla in translate::endpoint::service_assignments_for(svc, ctx, view) {
-            let r = Resource::encode(TypeUrl::Endpoint, cla.cluster_name.as_str(), &cla);
-            metrics().encodes.inc();
-            let r = share_eds(interned, r);
-            map.insert(r.name.clone(), r);
-        }
-    }
-
-    /// Drop the EDS encodings only the table still references (no global or
-    /// view map, no snapshot a stream still holds): keeps `eds_intern` as large
-    /// as the distinct encodings in use. Linear in the table, no hashing.
-    fn prune_eds_intern(&mut self) {
-        self.eds_intern.retain(|_, r| Arc::strong_count(r) > 1);
-    }
-
-    /// The EDS map of one view: `base` itself when no service is view-dependent,
-    /// else `base` with the dependent services overlaid; `old` (the view's
-    /// previous map) is kept when it holds the very same allocations.
-    fn build_view(
-        ctx: &PushContext,
-        view: &EdsView,
-        base: &ResourceMap,
-        dependent: &BTreeSet<Arc<str>>,
-        old: Option<&ResourceMap>,
-        interned: &mut EdsIntern,
-    ) -> ResourceMap {
-        if dependent.is_empty() {
-            return base.clone();
-        }
-        let mut map = (**base).clone();
-        for host in dependent {
-            if let Some(svc) = ctx.services.get(host) {
-                State::view_service_eds(svc, ctx, view, interned, &mut map);
-            }
-        }
-        reuse_if_same(old, map)
-    }
-
     /// Hand each connection of `class` its new snapshot. The class's change set
     /// applies only to connections whose current snapshot is the class's previous
     /// one; others (new to the class, or lagging) get `None` and diff.
@@ -497,7 +249,7 @@ impl Pusher {
         };
         // Every map and snapshot the push replaced is gone now (connections
         // were handed the new ones): drop the encodings only they referenced.
-        st.prune_eds_intern();
+        eds::prune(&mut st.eds_intern);
         drop(st);
         let elapsed = t0.elapsed();
         metrics().push_time.observe(elapsed.as_secs_f64());
@@ -532,13 +284,13 @@ impl Pusher {
         let mut by_service = HashMap::new();
         let mut dependent = BTreeSet::new();
         for (host, svc) in ctx.services.iter() {
-            let names = State::service_eds(svc, &ctx, &mut st.eds_intern, &mut eds);
+            let names = eds::service_eds(svc, &ctx, &mut st.eds_intern, &mut eds);
             by_service.insert(host.clone(), names);
             if translate::locality::depends_on_proxy(svc, &ctx) {
                 dependent.insert(host.clone());
             }
         }
-        let eds = reuse_if_same(Some(&st.eds), eds);
+        let eds = eds::reuse_if_same(Some(&st.eds), eds);
 
         // Group connections by (class, view) under the new context.
         let mut groups: HashMap<Key, Vec<ConnId>> = HashMap::new();
@@ -553,7 +305,7 @@ impl Pusher {
                 continue;
             }
             let old = st.views.get(view).map(|v| &v.eds);
-            let map = State::build_view(&ctx, view, &eds, &dependent, old, &mut st.eds_intern);
+            let map = eds::build_view(&ctx, view, &eds, &dependent, old, &mut st.eds_intern);
             views.insert(
                 view.clone(),
                 ViewState {
@@ -576,7 +328,7 @@ impl Pusher {
             let maps = match built.get(&key.0) {
                 Some(m) => m.clone(),
                 None => {
-                    let m = State::build_class(
+                    let m = class::build_class(
                         &rep.proxy,
                         &ctx,
                         &key.0,
@@ -592,7 +344,7 @@ impl Pusher {
                 .get(&key.1)
                 .map(|v| v.eds.clone())
                 .unwrap_or_else(|| eds.clone());
-            let snapshot = State::snapshot(seq, &maps, &view_eds);
+            let snapshot = class::snapshot(seq, &maps, &view_eds);
             let changes = Arc::new(match previous {
                 Some(p) => {
                     let eds_diff = changed_names(p.snapshot.get(TypeUrl::Endpoint), &view_eds);
@@ -670,7 +422,7 @@ impl Pusher {
             }
             st.dependent.remove(host);
             if let Some(svc) = ctx.services.get(host) {
-                let names = State::service_eds(svc, &ctx, &mut st.eds_intern, &mut fresh);
+                let names = eds::service_eds(svc, &ctx, &mut st.eds_intern, &mut fresh);
                 st.eds_by_service.insert(host.clone(), names);
                 if translate::locality::depends_on_proxy(svc, &ctx) {
                     st.dependent.insert(host.clone());
@@ -683,7 +435,7 @@ impl Pusher {
             eds.remove(name);
         }
         eds.extend(fresh.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let eds: ResourceMap = reuse_if_same(Some(&st.eds), eds);
+        let eds: ResourceMap = eds::reuse_if_same(Some(&st.eds), eds);
 
         // Each view: the changed services, per view only where view-dependent.
         let mut view_changes: HashMap<EdsView, Arc<BTreeSet<Arc<str>>>> = HashMap::new();
@@ -708,7 +460,7 @@ impl Pusher {
                     continue;
                 };
                 if st.dependent.contains(host) {
-                    State::view_service_eds(svc, &ctx, view, &mut st.eds_intern, &mut map);
+                    eds::view_service_eds(svc, &ctx, view, &mut st.eds_intern, &mut map);
                 } else if let Some(names) = st.eds_by_service.get(host) {
                     for n in names {
                         if let Some(r) = eds.get(n) {
@@ -717,7 +469,7 @@ impl Pusher {
                     }
                 }
             }
-            let map = reuse_if_same(Some(&vs.eds), map);
+            let map = eds::reuse_if_same(Some(&vs.eds), map);
             let changed = changed_names(&vs.eds, &map);
             total_changed.extend(changed.iter().cloned());
             vs.eds = map;
@@ -755,7 +507,7 @@ impl Pusher {
             let Some(vs) = st.views.get(&key.1) else {
                 continue;
             };
-            let snapshot = State::snapshot(seq, &cs.maps, &vs.eds);
+            let snapshot = class::snapshot(seq, &cs.maps, &vs.eds);
             let none: Option<Arc<BTreeSet<Arc<str>>>> = Some(Arc::default());
             let changes = Arc::new(Changes {
                 base_seq: cs.snapshot.seq,
@@ -814,7 +566,7 @@ impl SnapshotSource for Pusher {
             None => {
                 // Computed once per view; assignments equal to another view's
                 // (or the global map's) share its allocation.
-                let map = State::build_view(
+                let map = eds::build_view(
                     &ctx,
                     &key.1,
                     &st.eds,
@@ -849,12 +601,12 @@ impl SnapshotSource for Pusher {
                     None => {
                         let mut interned = std::mem::take(&mut st.interned);
                         let old = HashMap::new();
-                        let m = State::build_class(&proxy, &ctx, &key.0, None, &mut interned, &old);
+                        let m = class::build_class(&proxy, &ctx, &key.0, None, &mut interned, &old);
                         st.interned = interned;
                         m
                     }
                 };
-                let snapshot = State::snapshot(ctx.seq, &maps, &view_eds);
+                let snapshot = class::snapshot(ctx.seq, &maps, &view_eds);
                 st.classes.insert(
                     key.clone(),
                     ClassState {
@@ -899,7 +651,7 @@ impl SnapshotSource for Pusher {
                     // more; a snapshot a stream still holds keeps them until a
                     // later prune.
                     drop(c);
-                    st.prune_eds_intern();
+                    eds::prune(&mut st.eds_intern);
                 }
             }
         }
@@ -912,6 +664,7 @@ mod tests {
     use crate::model::istio::ConfigSnapshot;
     use crate::model::service::{Endpoint, Locality, Protocol, Service, ServiceMap, ServicePort};
     use crate::model::{InterceptionMode, MeshSettings, ProxyRole};
+    use prost::Message;
 
     #[derive(Default)]
     struct FakeSource {

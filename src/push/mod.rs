@@ -2,7 +2,9 @@
 //! immutable `PushContext`, translate for each class of proxy and hand each
 //! connection its new snapshot.
 
+mod class;
 pub mod debounce;
+mod eds;
 pub mod engine;
 
 pub use engine::{PushSummary, Pusher};
