@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use super::*;
 use crate::config::{ClusterSource, MeshConfig, NetworkGateway};
 use crate::model::push_request::ContextSource;
+use crate::model::Endpoint;
 
 fn cluster(name: &str, network: &str, locality: Option<&str>) -> ClusterConfig {
     ClusterConfig {
