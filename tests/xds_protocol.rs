@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossmesh::xds::server::{serve, AdsServer};
-use crossmesh::xds::{Changes, FixedSource, ProxySnapshot, Resource, ResourceMap, TypeUrl};
+use crossmesh::xds::{FixedSource, ProxySnapshot, Resource, ResourceMap, SnapshotChanges, TypeUrl};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -517,7 +517,7 @@ async fn lds_cds_carry_the_full_set_eds_only_what_changed() {
     };
     srv.source.set(
         snapshot(2, &s),
-        Some(Changes {
+        Some(SnapshotChanges {
             base_seq: 1,
             names: [set(&["b"]), set(&["b"]), set(&[]), set(&[]), set(&[])],
         }),

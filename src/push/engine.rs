@@ -48,7 +48,7 @@ use crate::metrics::{metrics, ReasonLabel};
 use crate::model::{Proxy, PushContext};
 use crate::translate::locality::EdsView;
 use crate::translate::{self, ProxyClass};
-use crate::xds::source::{Changes, ConnId, SnapshotSource, Update};
+use crate::xds::source::{ConnId, SnapshotChanges, SnapshotSource, Update};
 use crate::xds::{changed_names, ProxySnapshot, Resource, ResourceMap, TypeUrl};
 
 /// The push engine; cheap to clone (one shared state).
@@ -135,7 +135,7 @@ impl State {
         members: &[ConnId],
         prev: Option<&Arc<ProxySnapshot>>,
         snapshot: &Arc<ProxySnapshot>,
-        changes: &Arc<Changes>,
+        changes: &Arc<SnapshotChanges>,
         triggered: Option<Instant>,
     ) -> usize {
         let mut n = 0;
@@ -349,7 +349,7 @@ impl Pusher {
                 Some(p) => {
                     let eds_diff = changed_names(p.snapshot.get(TypeUrl::Endpoint), &view_eds);
                     eds_changed_names.extend(eds_diff.iter().cloned());
-                    Changes {
+                    SnapshotChanges {
                         base_seq: p.snapshot.seq,
                         names: [
                             Some(Arc::new(changed_names(&p.maps.clusters, &maps.clusters))),
@@ -360,7 +360,7 @@ impl Pusher {
                         ],
                     }
                 }
-                None => Changes::unknown(0),
+                None => SnapshotChanges::unknown(0),
             });
             proxies += State::publish(
                 &st.conns,
@@ -509,7 +509,7 @@ impl Pusher {
             };
             let snapshot = class::snapshot(seq, &cs.maps, &vs.eds);
             let none: Option<Arc<BTreeSet<Arc<str>>>> = Some(Arc::default());
-            let changes = Arc::new(Changes {
+            let changes = Arc::new(SnapshotChanges {
                 base_seq: cs.snapshot.seq,
                 names: [
                     none.clone(),

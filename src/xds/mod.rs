@@ -10,5 +10,5 @@ pub mod source;
 pub mod status;
 
 pub use resource::{changed_names, ProxySnapshot, Resource, ResourceMap, TypeUrl};
-pub use source::{Changes, ConnId, FixedSource, SnapshotSource, Update};
+pub use source::{ConnId, FixedSource, SnapshotChanges, SnapshotSource, Update};
 pub use status::Connections;

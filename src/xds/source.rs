@@ -22,17 +22,17 @@ pub type ConnId = u64;
 /// Names that changed (added, modified or removed) per type between two snapshots.
 /// `None` for a type means "unknown: compare everything".
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Changes {
+pub struct SnapshotChanges {
     /// `seq` of the snapshot these changes are relative to. A connection may use
     /// them only if that is the snapshot it last processed; otherwise it diffs.
     pub base_seq: u64,
     pub names: [Option<Arc<BTreeSet<Arc<str>>>>; 5],
 }
 
-impl Changes {
+impl SnapshotChanges {
     /// Nothing known: every type must be compared.
-    pub fn unknown(base_seq: u64) -> Changes {
-        Changes {
+    pub fn unknown(base_seq: u64) -> SnapshotChanges {
+        SnapshotChanges {
             base_seq,
             names: Default::default(),
         }
@@ -48,7 +48,7 @@ impl Changes {
 pub struct Update {
     pub snapshot: Arc<ProxySnapshot>,
     /// What changed relative to the proxy's previous snapshot, when known.
-    pub changes: Option<Arc<Changes>>,
+    pub changes: Option<Arc<SnapshotChanges>>,
     /// When the first change merged into this push happened (convergence time).
     pub triggered: Option<Instant>,
 }
@@ -106,7 +106,7 @@ impl FixedSource {
     /// Replace the snapshot for every proxy. `changes` may describe what differs
     /// from the previous snapshot (relative to its `seq`); `None` makes every
     /// connection compare everything.
-    pub fn set(&self, snapshot: ProxySnapshot, changes: Option<Changes>) {
+    pub fn set(&self, snapshot: ProxySnapshot, changes: Option<SnapshotChanges>) {
         let mut inner = self.lock();
         inner.current = Update {
             snapshot: Arc::new(snapshot),
