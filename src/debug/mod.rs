@@ -20,6 +20,7 @@
 pub mod json;
 pub mod registryz;
 pub mod status;
+pub mod ui;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -85,15 +86,19 @@ pub trait DebugState: Send + Sync + 'static {
 
 /// The debug routes over `state`, open to anyone who can connect.
 pub fn router(state: Arc<dyn DebugState>) -> Router {
-    routes(state)
+    routes(state).merge(ui::router())
 }
 
 /// The debug routes over `state`, behind `auth` when given.
 pub fn router_with_auth(state: Arc<dyn DebugState>, auth: Option<Arc<DebugAuthn>>) -> Router {
     match auth {
-        None => routes(state),
+        None => routes(state).merge(ui::router()),
         Some(auth) => {
-            routes(state).layer(axum::middleware::from_fn_with_state(auth, require_token))
+            // The dashboard's assets hold no data: the page asks for the token and
+            // sends it with its requests to the routes above.
+            routes(state)
+                .layer(axum::middleware::from_fn_with_state(auth, require_token))
+                .merge(ui::router())
         }
     }
 }
@@ -124,6 +129,7 @@ fn routes(state: Arc<dyn DebugState>) -> Router {
             get(|s: St| async move { json_ok(&s.certz()) }),
         )
         .route("/debug/graphz", get(graphz))
+        .route("/debug/servicez", get(ui::servicez))
         .route("/metrics", get(prometheus))
         .with_state(state)
 }
