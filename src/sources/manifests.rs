@@ -297,15 +297,26 @@ impl DirState {
         let before = self.files.len();
         self.files.retain(|p, _| present.contains(p));
         scan.changed |= self.files.len() != before;
-        for path in &paths {
-            let text = match std::fs::read(path) {
-                Ok(t) => t,
+        // Read, hash and parse on every core; apply in path order.
+        let files = &self.files;
+        let read = parallel_map(&paths, |path| {
+            read_file_with(
+                path,
+                |h| files.get(path).is_some_and(|f| f.hash == h),
+                |text| match std::str::from_utf8(text) {
+                    Ok(t) => parse_text(t),
+                    Err(e) => Err(format!("not UTF-8: {e}")),
+                },
+            )
+        });
+        for (path, outcome) in paths.iter().zip(read) {
+            let (hash, parsed) = match outcome {
                 // Deleted between listing and reading: it is gone.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                FileRead::Missing => {
                     scan.changed |= self.files.remove(path).is_some();
                     continue;
                 }
-                Err(e) => {
+                FileRead::Failed(e) => {
                     scan.changed = true;
                     scan.problems.push(file_problem(
                         path,
@@ -314,21 +325,17 @@ impl DirState {
                     ));
                     continue;
                 }
-            };
-            let hash = content_hash(&text);
-            if let Some(f) = self.files.get(path) {
-                if f.hash == hash {
-                    if let Some(e) = &f.error {
-                        scan.problems.push(file_problem(path, e.clone(), Some(f)));
+                FileRead::Unchanged => {
+                    if let Some(f) = self.files.get(path) {
+                        if let Some(e) = &f.error {
+                            scan.problems.push(file_problem(path, e.clone(), Some(f)));
+                        }
                     }
                     continue;
                 }
-            }
-            scan.changed = true;
-            let parsed = match std::str::from_utf8(&text) {
-                Ok(t) => parse_text(t),
-                Err(e) => Err(format!("not UTF-8: {e}")),
+                FileRead::Read { hash, parsed } => (hash, parsed),
             };
+            scan.changed = true;
             match parsed {
                 Ok(docs) => {
                     self.files.insert(
@@ -456,7 +463,7 @@ struct ClusterFile {
 
 /// Which files changed since the last rescan, as the watcher saw them.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Changes {
+pub struct ManifestChanges {
     /// Rescan every file: the watcher lost events or saw something other than
     /// a manifest file change (a directory, a ConfigMap mount's `..data` swap).
     pub full: bool,
@@ -464,9 +471,9 @@ pub struct Changes {
     pub paths: BTreeSet<PathBuf>,
 }
 
-impl Changes {
-    pub fn full() -> Changes {
-        Changes {
+impl ManifestChanges {
+    pub fn full() -> ManifestChanges {
+        ManifestChanges {
             full: true,
             paths: BTreeSet::new(),
         }
@@ -593,7 +600,7 @@ fn parse_cluster_file(path: &Path, text: &[u8]) -> Result<Parsed, String> {
 }
 
 /// What reading one member-cluster file found.
-enum FileRead {
+enum FileRead<P> {
     /// Gone (deleted, or never there).
     Missing,
     /// Could not be read.
@@ -603,24 +610,37 @@ enum FileRead {
     /// New or changed content: its hash and what parsing it gave.
     Read {
         hash: u64,
-        parsed: Result<Parsed, String>,
+        parsed: Result<P, String>,
     },
 }
 
 /// Read, hash and (when the content changed since `known`) parse one file.
-fn read_cluster_file(path: &Path, known: &BTreeMap<PathBuf, ClusterFile>) -> FileRead {
+fn read_cluster_file(path: &Path, known: &BTreeMap<PathBuf, ClusterFile>) -> FileRead<Parsed> {
+    read_file_with(
+        path,
+        |h| known.get(path).is_some_and(|f| f.hash == h),
+        |text| parse_cluster_file(path, text),
+    )
+}
+
+/// Read `path`; unless `same(hash)`, parse it with `parse`.
+fn read_file_with<P>(
+    path: &Path,
+    same: impl FnOnce(u64) -> bool,
+    parse: impl FnOnce(&[u8]) -> Result<P, String>,
+) -> FileRead<P> {
     let text = match std::fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return FileRead::Missing,
         Err(e) => return FileRead::Failed(e),
     };
     let hash = content_hash(&text);
-    if known.get(path).is_some_and(|f| f.hash == hash) {
+    if same(hash) {
         return FileRead::Unchanged;
     }
     FileRead::Read {
         hash,
-        parsed: parse_cluster_file(path, &text),
+        parsed: parse(&text),
     }
 }
 
@@ -706,13 +726,13 @@ impl ClusterDir {
     /// is full. Returns false when the directory could not be read; the last good
     /// state then stays in force.
     pub fn sync(&mut self, registry: &Registry, _force: bool) -> bool {
-        self.sync_changes(registry, &Changes::full())
+        self.sync_changes(registry, &ManifestChanges::full())
     }
 
     /// Rescan the files `changes` names (all of them before the first sync or
     /// when `changes.full`), then send the registry one event per object whose
     /// winning version changed: the first sync replaces the cluster's state.
-    pub fn sync_changes(&mut self, registry: &Registry, changes: &Changes) -> bool {
+    pub fn sync_changes(&mut self, registry: &Registry, changes: &ManifestChanges) -> bool {
         let full = changes.full || !self.synced;
         let paths: Vec<PathBuf> = if full {
             match yaml_files(&self.dir) {
@@ -1082,12 +1102,15 @@ pub fn spawn_config(registry: Arc<Registry>, dir: PathBuf) -> ManifestWatch {
 /// names the files the watcher saw change. `rescan` returns false when the
 /// directory could not be read (the watch is then re-established and the next
 /// rescan is full).
-async fn watch_loop(dir: PathBuf, mut rescan: impl FnMut(bool, Changes) -> bool + Send + 'static) {
+async fn watch_loop(
+    dir: PathBuf,
+    mut rescan: impl FnMut(bool, ManifestChanges) -> bool + Send + 'static,
+) {
     let (tx, mut rx) = mpsc::channel::<()>(1);
-    let pending = Arc::new(std::sync::Mutex::new(Changes::default()));
+    let pending = Arc::new(std::sync::Mutex::new(ManifestChanges::default()));
     let mut watcher: Option<notify::RecommendedWatcher> = None;
     let mut first = true;
-    let mut next = Changes::full();
+    let mut next = ManifestChanges::full();
     loop {
         if watcher.is_none() {
             watcher = start_watcher(&dir, tx.clone(), pending.clone());
@@ -1105,7 +1128,7 @@ async fn watch_loop(dir: PathBuf, mut rescan: impl FnMut(bool, Changes) -> bool 
                 debounce(&mut rx).await;
                 next = std::mem::take(&mut *pending.lock().unwrap_or_else(|e| e.into_inner()));
             }
-            Err(_) => next = Changes::full(),
+            Err(_) => next = ManifestChanges::full(),
         }
         next.full |= !ok;
     }
@@ -1134,7 +1157,7 @@ async fn debounce(rx: &mut mpsc::Receiver<()>) {
 fn start_watcher(
     dir: &Path,
     tx: mpsc::Sender<()>,
-    pending: Arc<std::sync::Mutex<Changes>>,
+    pending: Arc<std::sync::Mutex<ManifestChanges>>,
 ) -> Option<notify::RecommendedWatcher> {
     let handler = move |res: notify::Result<notify::Event>| {
         let relevant = pending.lock().unwrap_or_else(|e| e.into_inner()).note(&res);
@@ -1241,7 +1264,7 @@ status:
         std::fs::write(&b, pod_yaml("web-2", "10.0.0.2")).unwrap();
         let mut d = ClusterDir::new(&c.name, tmp.path().to_owned());
         assert!(
-            d.sync_changes(&r, &Changes::default()),
+            d.sync_changes(&r, &ManifestChanges::default()),
             "first sync is full"
         );
         assert_eq!(endpoints(&r), ["10.0.0.1", "10.0.0.2"]);
@@ -1249,7 +1272,7 @@ status:
 
         // b changes but the watcher names only a (unchanged): nothing is read anew.
         std::fs::write(&b, pod_yaml("web-2", "10.0.0.3")).unwrap();
-        let only_a = Changes {
+        let only_a = ManifestChanges {
             full: false,
             paths: [a.clone()].into(),
         };
@@ -1258,7 +1281,7 @@ status:
         assert_eq!(q.try_take(), None);
 
         // Named: read, and only an EDS push follows.
-        let only_b = Changes {
+        let only_b = ManifestChanges {
             full: false,
             paths: [b.clone()].into(),
         };
@@ -1304,7 +1327,7 @@ status:
         .unwrap();
         std::fs::write(tmp.path().join("p-broken.yaml"), "kind: [").unwrap();
         let mut d = ClusterDir::new(&c.name, tmp.path().to_owned());
-        assert!(d.sync_changes(&r, &Changes::full()));
+        assert!(d.sync_changes(&r, &ManifestChanges::full()));
         let mut want: Vec<String> = (0..n).map(|i| format!("10.0.1.{}", i + 10)).collect();
         want.push("10.0.0.1".into());
         want.sort();
@@ -1318,7 +1341,7 @@ status:
 
         // A full rescan with one file changed applies exactly that change.
         std::fs::write(tmp.path().join("p005.yaml"), pod_yaml("web-p5", "10.0.2.5")).unwrap();
-        assert!(d.sync_changes(&r, &Changes::full()));
+        assert!(d.sync_changes(&r, &ManifestChanges::full()));
         let got = endpoints(&r);
         assert!(got.contains(&"10.0.2.5".to_string()), "{got:?}");
         assert!(!got.contains(&"10.0.1.15".to_string()), "{got:?}");
@@ -1340,7 +1363,7 @@ status:
         // a.yaml keeps only the Service: b.yaml's pod is now the one.
         let svc_only = SVC_AND_POD.split("---").next().unwrap();
         std::fs::write(&a, svc_only).unwrap();
-        let changed = Changes {
+        let changed = ManifestChanges {
             full: false,
             paths: [a.clone()].into(),
         };
@@ -1359,7 +1382,7 @@ status:
                 attrs: Default::default(),
             })
         };
-        let mut c = Changes::default();
+        let mut c = ManifestChanges::default();
         assert!(!c.note(&ev(
             EventKind::Create(CreateKind::File),
             &["/d/.svc-1.yaml.tmp"]
@@ -1372,10 +1395,10 @@ status:
         assert!(!c.full);
         c.note(&ev(EventKind::Create(CreateKind::Folder), &["/d/sub"]));
         assert!(c.full, "a directory means a full rescan");
-        let mut c = Changes::default();
+        let mut c = ManifestChanges::default();
         c.note(&ev(EventKind::Create(CreateKind::Any), &["/d/..data"]));
         assert!(c.full, "a ConfigMap mount swap means a full rescan");
-        let mut c = Changes::default();
+        let mut c = ManifestChanges::default();
         c.note(&Err(notify::Error::generic("overflow")));
         assert!(c.full);
     }
