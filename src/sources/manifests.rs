@@ -297,26 +297,15 @@ impl DirState {
         let before = self.files.len();
         self.files.retain(|p, _| present.contains(p));
         scan.changed |= self.files.len() != before;
-        // Read, hash and parse on every core; apply in path order.
-        let files = &self.files;
-        let read = parallel_map(&paths, |path| {
-            read_file_with(
-                path,
-                |h| files.get(path).is_some_and(|f| f.hash == h),
-                |text| match std::str::from_utf8(text) {
-                    Ok(t) => parse_text(t),
-                    Err(e) => Err(format!("not UTF-8: {e}")),
-                },
-            )
-        });
-        for (path, outcome) in paths.iter().zip(read) {
-            let (hash, parsed) = match outcome {
+        for path in &paths {
+            let text = match std::fs::read(path) {
+                Ok(t) => t,
                 // Deleted between listing and reading: it is gone.
-                FileRead::Missing => {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     scan.changed |= self.files.remove(path).is_some();
                     continue;
                 }
-                FileRead::Failed(e) => {
+                Err(e) => {
                     scan.changed = true;
                     scan.problems.push(file_problem(
                         path,
@@ -325,17 +314,21 @@ impl DirState {
                     ));
                     continue;
                 }
-                FileRead::Unchanged => {
-                    if let Some(f) = self.files.get(path) {
-                        if let Some(e) = &f.error {
-                            scan.problems.push(file_problem(path, e.clone(), Some(f)));
-                        }
+            };
+            let hash = content_hash(&text);
+            if let Some(f) = self.files.get(path) {
+                if f.hash == hash {
+                    if let Some(e) = &f.error {
+                        scan.problems.push(file_problem(path, e.clone(), Some(f)));
                     }
                     continue;
                 }
-                FileRead::Read { hash, parsed } => (hash, parsed),
-            };
+            }
             scan.changed = true;
+            let parsed = match std::str::from_utf8(&text) {
+                Ok(t) => parse_text(t),
+                Err(e) => Err(format!("not UTF-8: {e}")),
+            };
             match parsed {
                 Ok(docs) => {
                     self.files.insert(
@@ -600,7 +593,7 @@ fn parse_cluster_file(path: &Path, text: &[u8]) -> Result<Parsed, String> {
 }
 
 /// What reading one member-cluster file found.
-enum FileRead<P> {
+enum FileRead {
     /// Gone (deleted, or never there).
     Missing,
     /// Could not be read.
@@ -610,37 +603,24 @@ enum FileRead<P> {
     /// New or changed content: its hash and what parsing it gave.
     Read {
         hash: u64,
-        parsed: Result<P, String>,
+        parsed: Result<Parsed, String>,
     },
 }
 
 /// Read, hash and (when the content changed since `known`) parse one file.
-fn read_cluster_file(path: &Path, known: &BTreeMap<PathBuf, ClusterFile>) -> FileRead<Parsed> {
-    read_file_with(
-        path,
-        |h| known.get(path).is_some_and(|f| f.hash == h),
-        |text| parse_cluster_file(path, text),
-    )
-}
-
-/// Read `path`; unless `same(hash)`, parse it with `parse`.
-fn read_file_with<P>(
-    path: &Path,
-    same: impl FnOnce(u64) -> bool,
-    parse: impl FnOnce(&[u8]) -> Result<P, String>,
-) -> FileRead<P> {
+fn read_cluster_file(path: &Path, known: &BTreeMap<PathBuf, ClusterFile>) -> FileRead {
     let text = match std::fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return FileRead::Missing,
         Err(e) => return FileRead::Failed(e),
     };
     let hash = content_hash(&text);
-    if same(hash) {
+    if known.get(path).is_some_and(|f| f.hash == hash) {
         return FileRead::Unchanged;
     }
     FileRead::Read {
         hash,
-        parsed: parse(&text),
+        parsed: parse_cluster_file(path, &text),
     }
 }
 
@@ -1102,10 +1082,7 @@ pub fn spawn_config(registry: Arc<Registry>, dir: PathBuf) -> ManifestWatch {
 /// names the files the watcher saw change. `rescan` returns false when the
 /// directory could not be read (the watch is then re-established and the next
 /// rescan is full).
-async fn watch_loop(
-    dir: PathBuf,
-    mut rescan: impl FnMut(bool, ManifestChanges) -> bool + Send + 'static,
-) {
+async fn watch_loop(dir: PathBuf, mut rescan: impl FnMut(bool, ManifestChanges) -> bool + Send + 'static) {
     let (tx, mut rx) = mpsc::channel::<()>(1);
     let pending = Arc::new(std::sync::Mutex::new(ManifestChanges::default()));
     let mut watcher: Option<notify::RecommendedWatcher> = None;
