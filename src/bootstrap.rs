@@ -129,7 +129,7 @@ impl Default for StatsSink {
         StatsSink {
             enabled: true,
             flush_interval_secs: 5,
-            matcher: StatsMatcher::All,
+            matcher: StatsMatcher::Graph,
         }
     }
 }
@@ -140,8 +140,9 @@ impl Default for StatsSink {
 /// Prometheus can scrape too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StatsMatcher {
-    /// No matcher: every stat, as Envoy's default.
+    /// No matcher: every stat, as Envoy's default (`--stats-matcher all`).
     All,
+    /// The default, as Istio keeps only an inclusion list by default:
     /// Istio's default inclusion prefixes (`cluster_manager`,
     /// `listener_manager`, `server`, `cluster.xds-grpc`) plus
     /// `control_plane` and the per-cluster stats the graph reads.
@@ -614,10 +615,10 @@ mod tests {
         assert_eq!(c["report_counters_as_deltas"], true);
         assert_eq!(c["emit_tags_as_labels"], false);
         assert_eq!(b["stats_flush_interval"], "5s");
-        assert!(
-            b.get("stats_config").is_none(),
-            "every stat kept by default"
-        );
+        let patterns = b["stats_config"]["stats_matcher"]["inclusion_list"]["patterns"]
+            .as_array()
+            .expect("Istio's inclusion list plus the graph's stats by default");
+        assert!(patterns.contains(&json!({ "prefix": "server." })));
         // The TLS port: the same Google gRPC service, token and all.
         let mut o = opts();
         o.secure = Some(SecureXds {
@@ -629,10 +630,13 @@ mod tests {
             b["stats_sinks"][0]["typed_config"]["grpc_service"],
             b["dynamic_resources"]["ads_config"]["grpc_services"][0]
         );
+        // `all`: no matcher.
+        let mut o = opts();
+        o.stats_sink.matcher = StatsMatcher::All;
+        assert!(bootstrap_json(&o).get("stats_config").is_none());
         // Off, and the graph's matcher.
         let mut o = opts();
         o.stats_sink.enabled = false;
-        o.stats_sink.matcher = StatsMatcher::Graph;
         let b = bootstrap_json(&o);
         assert!(b.get("stats_sinks").is_none() && b.get("stats_flush_interval").is_none());
         let patterns = b["stats_config"]["stats_matcher"]["inclusion_list"]["patterns"]

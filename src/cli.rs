@@ -531,14 +531,14 @@ pub struct BootstrapArgs {
     #[arg(long, env = "CROSSMESH_STATS_FLUSH_INTERVAL", value_name = "SECONDS",
           default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=3600))]
     pub stats_flush_interval: u32,
-    /// `all` keeps every Envoy stat (admin /stats and Prometheus scraping
-    /// unchanged); `graph` keeps Istio's default inclusion prefixes plus the
-    /// graph's per-cluster stats, for every consumer (Envoy has one matcher).
+    /// `graph` (default) keeps Istio's default inclusion prefixes plus the
+    /// graph's per-cluster stats, for every consumer (Envoy has one matcher:
+    /// admin /stats, Prometheus and the sink); `all` keeps every Envoy stat.
     #[arg(
         long,
         env = "CROSSMESH_STATS_MATCHER",
         value_enum,
-        default_value = "all"
+        default_value = "graph"
     )]
     pub stats_matcher: StatsMatcherArg,
 }

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use support::backend::Backend;
 use support::control_plane::{
-    bootstrap, bootstrap_gateway, crossmesh_bin, ControlPlane, GatewayProxy,
+    bootstrap, bootstrap_gateway_with, crossmesh_bin, ControlPlane, GatewayProxy,
 };
 use support::envoy::Envoy;
 use support::manifests::{self, Mesh};
@@ -241,6 +241,9 @@ spec:
         std::fs::write(&token_file, self.issuer.token_for(ns, sa)).expect("write token");
         let args: Vec<String> = [
             "bootstrap",
+            // RBAC filter stats: not kept by the default (graph) stats matcher.
+            "--stats-matcher",
+            "all",
             "--role",
             "sidecar",
             "--interception",
@@ -277,8 +280,10 @@ spec:
     /// The ingress gateway (plaintext xDS port, no identity), at host `.1`.
     async fn gateway(&self) -> Envoy {
         let gw = GatewayProxy::ingress(self.subnet.ip(1), "cluster1", false);
-        let envoy =
-            Envoy::start("gateway", &bootstrap_gateway(&gw, self.cp.xds, free_port())).await;
+        // RBAC shadow stats: not kept by the default (graph) stats matcher.
+        let yaml =
+            bootstrap_gateway_with(&gw, self.cp.xds, free_port(), &["--stats-matcher", "all"]);
+        let envoy = Envoy::start("gateway", &yaml).await;
         envoy.wait_ready(CONVERGE).await;
         envoy
     }

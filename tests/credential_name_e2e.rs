@@ -165,6 +165,9 @@ spec:
     let root_cert = mesh.root().join("crossmesh-ca").join("root-cert.pem");
     let args: Vec<String> = [
         "bootstrap",
+        // Per-cluster ssl stats: not kept by the default (graph) stats matcher.
+        "--stats-matcher",
+        "all",
         "--role",
         "sidecar",
         "--interception",

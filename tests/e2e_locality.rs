@@ -110,6 +110,9 @@ impl Lab {
         let ip = subnet.ip(1);
         let mut args: Vec<String> = [
             "bootstrap",
+            // Listener stats: not kept by the default (graph) stats matcher.
+            "--stats-matcher",
+            "all",
             "--role",
             "gateway",
             "--name",
@@ -476,6 +479,9 @@ fn mesh_proxy_bootstrap(
     std::fs::write(&token_file, issuer.token_for(ns, sa)).expect("write token");
     let mut args: Vec<String> = [
         "bootstrap",
+        // Listener stats: not kept by the default (graph) stats matcher.
+        "--stats-matcher",
+        "all",
         "--role",
         role,
         "--name",

@@ -313,6 +313,17 @@ impl GatewayProxy {
 
 /// Run `crossmesh bootstrap --role gateway ...` (DESIGN.md §1) and return the YAML.
 pub fn bootstrap_gateway(gw: &GatewayProxy, xds: SocketAddr, admin_port: u16) -> String {
+    bootstrap_gateway_with(gw, xds, admin_port, &[])
+}
+
+/// [`bootstrap_gateway`] with `extra` arguments appended (for example
+/// `--stats-matcher all` for a test that reads stats the default matcher drops).
+pub fn bootstrap_gateway_with(
+    gw: &GatewayProxy,
+    xds: SocketAddr,
+    admin_port: u16,
+    extra: &[&str],
+) -> String {
     let labels = gw
         .labels
         .iter()
@@ -345,6 +356,7 @@ pub fn bootstrap_gateway(gw: &GatewayProxy, xds: SocketAddr, admin_port: u16) ->
     if gw.sotw {
         args.push("--sotw".into());
     }
+    args.extend(extra.iter().map(|a| a.to_string()));
     bootstrap(&args)
 }
 

@@ -335,6 +335,10 @@ impl Shop {
         let sidecar_yaml = bootstrap(
             &[
                 "bootstrap".into(),
+                // Outlier-detection stats (e2e_traffic): not kept by the
+                // default (graph) stats matcher.
+                "--stats-matcher".into(),
+                "all".into(),
                 "--role".into(),
                 "sidecar".into(),
                 "--name".into(),
