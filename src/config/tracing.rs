@@ -27,7 +27,6 @@ pub(crate) struct ExtensionProviderFile {
 struct OpenTelemetryFile {
     service: String,
     port: u32,
-    max_tag_length: Option<u32>,
     http: Option<OtelHttpFile>,
 }
 
@@ -43,7 +42,6 @@ struct OtelHttpFile {
 struct ZipkinFile {
     service: String,
     port: u32,
-    max_tag_length: Option<u32>,
     #[serde(rename = "enable64bitTraceId")]
     enable_64bit_trace_id: Option<bool>,
     path: Option<String>,
@@ -114,7 +112,6 @@ pub struct TracingProvider {
     /// The collector's host: a mesh service's hostname, or a DNS name.
     pub service: String,
     pub port: u16,
-    pub max_tag_length: Option<u32>,
     pub kind: TracingKind,
 }
 
@@ -163,7 +160,6 @@ pub(crate) fn tracing(
             (Some(o), None) => TracingProvider {
                 service: o.service,
                 port: port(&p.name, o.port)?,
-                max_tag_length: o.max_tag_length,
                 kind: TracingKind::OpenTelemetry {
                     http: match o.http {
                         None => None,
@@ -187,7 +183,6 @@ pub(crate) fn tracing(
             (None, Some(z)) => TracingProvider {
                 service: z.service,
                 port: port(&p.name, z.port)?,
-                max_tag_length: z.max_tag_length,
                 kind: TracingKind::Zipkin {
                     // Istio's `enable64bitTraceId` defaults to false: 128-bit ids.
                     trace_id_128bit: !z.enable_64bit_trace_id.unwrap_or(false),

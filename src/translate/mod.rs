@@ -154,7 +154,7 @@ pub fn generate(proxy: &Proxy, ctx: &PushContext) -> Generated {
     if let Some(log) = &ctx.mesh.access_log {
         access_log::set_listener_access_logs(&mut g.listeners, proxy.role, log);
     }
-    tracing::apply(&mut g, proxy.role, &proxy.namespace, &proxy.labels, ctx);
+    tracing::apply(&mut g, proxy, ctx);
     g
 }
 

@@ -60,29 +60,33 @@ use super::listener::HCM_FILTER;
 use super::proto::{bool_value, cluster_name, pack, socket_address, u32_value};
 use super::Generated;
 use crate::config::tracing::{CustomTag, Tracing, TracingKind};
-use crate::model::{ProxyRole, PushContext};
+use crate::model::{Proxy, ProxyRole, PushContext};
 
 pub const ZIPKIN_TRACER: &str = "envoy.tracers.zipkin";
 pub const OTEL_TRACER: &str = "envoy.tracers.opentelemetry";
 
 /// Apply the mesh's tracing to a gateway's or sidecar's generated config.
-pub fn apply(
-    g: &mut Generated,
-    role: ProxyRole,
-    namespace: &str,
-    labels: &std::collections::BTreeMap<String, String>,
-    ctx: &PushContext,
-) {
+pub fn apply(g: &mut Generated, proxy: &Proxy, ctx: &PushContext) {
     let Some(t) = &ctx.mesh.tracing else {
         return;
     };
+    let (role, namespace, labels) = (proxy.role, proxy.namespace.as_str(), &proxy.labels);
     let collector = cluster_name(t.provider.port, "", &t.provider.service);
     if !g.clusters.iter().any(|c| c.name == collector) {
-        g.clusters.push(dns_cluster(
-            &collector,
-            &t.provider.service,
-            t.provider.port,
-        ));
+        // A mesh service outside the proxy's scope: its own (EDS) cluster.
+        let mesh = ctx
+            .services
+            .get(t.provider.service.as_str())
+            .filter(|svc| svc.port(t.provider.port).is_some())
+            .filter(|svc| ctx.config.service_visible(svc, namespace))
+            .and_then(|svc| {
+                super::cluster::service_clusters(svc, namespace, ctx, super::has_identity(proxy))
+                    .into_iter()
+                    .find(|c| c.name == collector)
+            });
+        g.clusters.push(
+            mesh.unwrap_or_else(|| dns_cluster(&collector, &t.provider.service, t.provider.port)),
+        );
     }
     let canonical = canonical_service(labels);
     // Istio's service cluster of a proxy: `CANONICAL.NAMESPACE`.

@@ -125,8 +125,11 @@ async fn frontend_app(State(s): State<AppState>, req: Request) -> Response<Body>
         *r.status_mut() = axum::http::StatusCode::NOT_FOUND;
         return r;
     };
+    // Besides the demo's own headers, the trace context Istio asks every
+    // application to copy (the Zipkin tracer's B3, OpenTelemetry's W3C).
     let fwd: Vec<(String, String)> = ["cookie", "userid"]
         .iter()
+        .chain(TRACE_HEADERS.iter())
         .filter_map(|h| {
             req.headers()
                 .get(*h)
@@ -156,6 +159,19 @@ async fn frontend_app(State(s): State<AppState>, req: Request) -> Response<Body>
         }
     }
 }
+
+/// Istio's list of headers an application propagates for tracing.
+pub const TRACE_HEADERS: [&str; 9] = [
+    "x-request-id",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+    "b3",
+    "traceparent",
+    "tracestate",
+];
 
 pub struct Shop {
     pub subnet: Subnet,
@@ -258,8 +274,31 @@ impl Shop {
     /// Start everything with `istio` (extra Istio YAML, `---`-separated) and wait
     /// until the sidecar and the gateway(s) are LIVE. `gateways`: 1 or 2.
     pub async fn start(sotw: bool, gateways: usize, istio: &str) -> Shop {
+        Shop::start_with_mesh(sotw, gateways, istio, "", |_| Vec::new()).await
+    }
+
+    /// [`Shop::start`] with `mesh_extra` appended to the mesh file and the
+    /// `cluster_files` ((file name, YAML), given the shop's subnet) written to
+    /// cluster1 before crossmesh starts. Hosts `.70`-`.79` of the subnet are
+    /// free for the test's own pods.
+    pub async fn start_with_mesh(
+        sotw: bool,
+        gateways: usize,
+        istio: &str,
+        mesh_extra: &str,
+        cluster_files: impl FnOnce(&Subnet) -> Vec<(String, String)>,
+    ) -> Shop {
         let subnet = Subnet::claim();
         let mesh = Mesh::new(&[cluster("cluster1", None)]);
+        if !mesh_extra.is_empty() {
+            let mut text = std::fs::read_to_string(&mesh.mesh_file).expect("read mesh file");
+            text.push('\n');
+            text.push_str(mesh_extra);
+            std::fs::write(&mesh.mesh_file, text).expect("write mesh file");
+        }
+        for (file, yaml) in cluster_files(&subnet) {
+            mesh.write_cluster("cluster1", &file, &yaml);
+        }
         let pod_port = free_port();
         let gw_ports = [free_port(), free_port()];
         let fe_port = free_port();
