@@ -56,7 +56,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
-use crate::registry::{Kind, KubeObject};
+use crate::registry::{KubeKind, KubeObject};
 use crate::sources::agent::{wire_kind, KINDS, MISSED_HEARTBEATS};
 use crate::sources::kube::{self as kube_source, object_key};
 use proto::agent_service_client::AgentServiceClient;
@@ -908,12 +908,12 @@ impl Inventory {
         }
     }
 
-    fn upsert(&mut self, kind: Kind, o: &KubeObject) {
+    fn upsert(&mut self, kind: KubeKind, o: &KubeObject) {
         let Some(e) = entry(o) else { return };
         self.put(wire_kind(kind), object_key(o), e);
     }
 
-    fn remove(&mut self, kind: Kind, o: &KubeObject) {
+    fn remove(&mut self, kind: KubeKind, o: &KubeObject) {
         self.take(wire_kind(kind), &object_key(o));
     }
 
@@ -951,7 +951,7 @@ impl Inventory {
     }
 
     /// A fresh list of `kind` (first list, or a re-list): what differs is dirty.
-    fn replace(&mut self, kind: Kind, listed: BTreeMap<String, KubeObject>) {
+    fn replace(&mut self, kind: KubeKind, listed: BTreeMap<String, KubeObject>) {
         let new = listed
             .iter()
             .filter_map(|(k, o)| Some((k.clone(), entry(o)?)))
@@ -993,7 +993,7 @@ impl Inventory {
 /// Keep the inventory current from the member cluster's API server.
 async fn watch_cluster(client: kube::Client, shared: Arc<Shared>) {
     let mut s = kube_source::streams(&client, &kube_source::KubeOptions::default());
-    let mut buffers: HashMap<Kind, BTreeMap<String, KubeObject>> = HashMap::new();
+    let mut buffers: HashMap<KubeKind, BTreeMap<String, KubeObject>> = HashMap::new();
     while let Some((kind, ev)) = s.next().await {
         match ev {
             Err(e) => warn!(%kind, error = %e, "watch failed; retrying with backoff"),

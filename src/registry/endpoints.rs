@@ -46,7 +46,7 @@ pub const ANNOTATION_NODE_SELECTOR: &str = "traffic.istio.io/nodeSelector";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{kind} {object}: {reason}")]
 pub struct ObjectError {
-    pub kind: Kind,
+    pub kind: KubeKind,
     /// `namespace/name` (or `name` for Nodes; `?` when the object has none).
     pub object: String,
     pub reason: String,
@@ -54,20 +54,20 @@ pub struct ObjectError {
 
 /// The four kinds the registry reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-pub enum Kind {
+pub enum KubeKind {
     Service,
     Pod,
     Node,
     EndpointSlice,
 }
 
-impl std::fmt::Display for Kind {
+impl std::fmt::Display for KubeKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Kind::Service => "Service",
-            Kind::Pod => "Pod",
-            Kind::Node => "Node",
-            Kind::EndpointSlice => "EndpointSlice",
+            KubeKind::Service => "Service",
+            KubeKind::Pod => "Pod",
+            KubeKind::Node => "Node",
+            KubeKind::EndpointSlice => "EndpointSlice",
         })
     }
 }
@@ -86,12 +86,12 @@ pub enum KubeObject {
 }
 
 impl KubeObject {
-    pub fn kind(&self) -> Kind {
+    pub fn kind(&self) -> KubeKind {
         match self {
-            KubeObject::Service(_) => Kind::Service,
-            KubeObject::Pod(_) => Kind::Pod,
-            KubeObject::Node(_) => Kind::Node,
-            KubeObject::EndpointSlice(_) => Kind::EndpointSlice,
+            KubeObject::Service(_) => KubeKind::Service,
+            KubeObject::Pod(_) => KubeKind::Pod,
+            KubeObject::Node(_) => KubeKind::Node,
+            KubeObject::EndpointSlice(_) => KubeKind::EndpointSlice,
         }
     }
 
@@ -406,12 +406,12 @@ impl RecordKey {
         })
     }
 
-    pub fn kind(&self) -> Kind {
+    pub fn kind(&self) -> KubeKind {
         match self {
-            RecordKey::Service(_) => Kind::Service,
-            RecordKey::Pod(_) => Kind::Pod,
-            RecordKey::Node(_) => Kind::Node,
-            RecordKey::EndpointSlice(_) => Kind::EndpointSlice,
+            RecordKey::Service(_) => KubeKind::Service,
+            RecordKey::Pod(_) => KubeKind::Pod,
+            RecordKey::Node(_) => KubeKind::Node,
+            RecordKey::EndpointSlice(_) => KubeKind::EndpointSlice,
         }
     }
 

@@ -41,7 +41,7 @@ use crate::model::service::ServiceMap;
 use crate::model::{ClusterId, Locality, MeshSettings, Service};
 
 use endpoints::{Interners, ObjKey, Record, RecordKey};
-pub use endpoints::{Kind, KubeObject, ObjectError};
+pub use endpoints::{KubeKind, KubeObject, ObjectError};
 use merge::{with_networks_push, Index};
 use shard::{ClusterMeta, Shard};
 pub use status::{ClusterStatus, Counts, ObjectProblem};
@@ -293,7 +293,7 @@ impl Registry {
     pub fn reset_kind(
         &self,
         cluster: &str,
-        kind: Kind,
+        kind: KubeKind,
         objects: Vec<KubeObject>,
     ) -> Result<Vec<ObjectError>, RegistryError> {
         self.reset(cluster, Some(kind), objects)
@@ -302,7 +302,7 @@ impl Registry {
     fn reset(
         &self,
         cluster: &str,
-        kind: Option<Kind>,
+        kind: Option<KubeKind>,
         objects: Vec<KubeObject>,
     ) -> Result<Vec<ObjectError>, RegistryError> {
         let origin = format!("cluster {cluster}");
@@ -404,7 +404,7 @@ impl Registry {
                 }
             }
         });
-        if matches!(kind, Kind::Pod | Kind::Node) {
+        if matches!(kind, KubeKind::Pod | KubeKind::Node) {
             // The endpoints of ServiceEntries whose workloadSelector may pick
             // this Pod (those of its namespace) or the Pods on this Node (any
             // namespace) are recomputed.
@@ -414,7 +414,7 @@ impl Registry {
                 .iter()
                 .filter(|se| {
                     se.spec.workload_selector.is_some()
-                        && (kind == Kind::Node
+                        && (kind == KubeKind::Node
                             || namespace.as_deref() == Some(se.meta.namespace.as_str()))
                 })
                 .flat_map(|se| se.spec.hostnames())

@@ -155,7 +155,7 @@ fn same_namespace_and_name_in_two_clusters_is_one_service() {
     // Same name in another namespace is another service.
     r.reset_kind(
         "c2",
-        Kind::Service,
+        KubeKind::Service,
         vec![
             web_svc(),
             svc("other", "web", json!({"app": "web"}), json!([{"port": 80}])),

@@ -44,7 +44,7 @@ use super::agent_proto::{
     Heartbeat, HubMessage, Kind as WireKind, RenewRequest, TrustBundle, Welcome, PROTOCOL_VERSION,
 };
 use crate::config::{ClusterSource, MeshConfig};
-use crate::registry::{Event, Kind, KubeObject, ObjectProblem, Registry};
+use crate::registry::{Event, KubeKind, KubeObject, ObjectProblem, Registry};
 use crate::security::agent_tokens;
 use crate::security::ca::{agent_uri, webhook_request, AGENT_CERT_BACKDATE, AGENT_ID_PATH};
 use crate::security::Ca;
@@ -598,28 +598,33 @@ fn agent_acceptor(
 // ---------------------------------------------------------------------------
 // The service
 
-fn kind_of(k: i32) -> Option<Kind> {
+fn kind_of(k: i32) -> Option<KubeKind> {
     match WireKind::try_from(k).ok()? {
-        WireKind::Service => Some(Kind::Service),
-        WireKind::Pod => Some(Kind::Pod),
-        WireKind::Node => Some(Kind::Node),
-        WireKind::EndpointSlice => Some(Kind::EndpointSlice),
+        WireKind::Service => Some(KubeKind::Service),
+        WireKind::Pod => Some(KubeKind::Pod),
+        WireKind::Node => Some(KubeKind::Node),
+        WireKind::EndpointSlice => Some(KubeKind::EndpointSlice),
         _ => None,
     }
 }
 
 /// The wire kind of a registry kind.
-pub fn wire_kind(k: Kind) -> WireKind {
+pub fn wire_kind(k: KubeKind) -> WireKind {
     match k {
-        Kind::Service => WireKind::Service,
-        Kind::Pod => WireKind::Pod,
-        Kind::Node => WireKind::Node,
-        Kind::EndpointSlice => WireKind::EndpointSlice,
+        KubeKind::Service => WireKind::Service,
+        KubeKind::Pod => WireKind::Pod,
+        KubeKind::Node => WireKind::Node,
+        KubeKind::EndpointSlice => WireKind::EndpointSlice,
     }
 }
 
 /// Every kind a v1 snapshot carries.
-pub const KINDS: [Kind; 4] = [Kind::Service, Kind::Pod, Kind::Node, Kind::EndpointSlice];
+pub const KINDS: [KubeKind; 4] = [
+    KubeKind::Service,
+    KubeKind::Pod,
+    KubeKind::Node,
+    KubeKind::EndpointSlice,
+];
 
 fn unix_time(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
@@ -891,7 +896,7 @@ impl Session {
                 )),
             ));
         }
-        let kinds: BTreeSet<Kind> = hello.kinds.iter().filter_map(|k| kind_of(*k)).collect();
+        let kinds: BTreeSet<KubeKind> = hello.kinds.iter().filter_map(|k| kind_of(*k)).collect();
         if kinds.len() != KINDS.len() {
             return self.close_unregistered(End::refused(
                 "protocol",
@@ -1031,7 +1036,7 @@ impl Session {
         let mut ticker = tokio::time::interval(self.hub.opts.heartbeat);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_seq = 0u64;
-        let mut snapshot: HashMap<Kind, BTreeMap<String, KubeObject>> = HashMap::new();
+        let mut snapshot: HashMap<KubeKind, BTreeMap<String, KubeObject>> = HashMap::new();
         // The Istio config of the snapshot, by `Kind/ns/name`.
         let mut config_snapshot: BTreeMap<String, Value> = BTreeMap::new();
         let mut snapshot_bytes = 0u64;
@@ -1499,7 +1504,7 @@ impl Session {
     /// An UPSERT's object (`Ok(Some)`), a DELETE (`Ok(None)`), or a refusal.
     fn decode(
         &self,
-        kind: Kind,
+        kind: KubeKind,
         ch: &super::agent_proto::Change,
     ) -> Result<Option<KubeObject>, ObjectProblem> {
         let refuse = |reason: String| {
@@ -1513,7 +1518,7 @@ impl Session {
                 .refuse(Some(&self.cluster), "object", &p.to_string());
             p
         };
-        if kind != Kind::Node {
+        if kind != KubeKind::Node {
             if let Some(Some(grant)) = self.hub.grants.get(&self.cluster) {
                 if !grant.contains(&ch.namespace) {
                     return Err(refuse(format!(
@@ -1531,16 +1536,18 @@ impl Session {
             return Err(refuse(format!("unknown change op {}", ch.op)));
         }
         let obj = match kind {
-            Kind::Service => serde_json::from_slice::<Service>(&ch.object).map(KubeObject::Service),
-            Kind::Pod => serde_json::from_slice::<Pod>(&ch.object).map(KubeObject::Pod),
-            Kind::Node => serde_json::from_slice::<Node>(&ch.object).map(KubeObject::Node),
-            Kind::EndpointSlice => {
+            KubeKind::Service => {
+                serde_json::from_slice::<Service>(&ch.object).map(KubeObject::Service)
+            }
+            KubeKind::Pod => serde_json::from_slice::<Pod>(&ch.object).map(KubeObject::Pod),
+            KubeKind::Node => serde_json::from_slice::<Node>(&ch.object).map(KubeObject::Node),
+            KubeKind::EndpointSlice => {
                 serde_json::from_slice::<EndpointSlice>(&ch.object).map(KubeObject::EndpointSlice)
             }
         }
         .map_err(|e| refuse(format!("not a {kind} object: {e}")))?;
         let m = obj.metadata();
-        let ns = if kind == Kind::Node {
+        let ns = if kind == KubeKind::Node {
             ""
         } else {
             ch.namespace.as_str()
@@ -1654,26 +1661,26 @@ fn key(ch: &super::agent_proto::Change) -> String {
 }
 
 /// The object a DELETE names (the registry reads only its kind and name).
-fn deleted(kind: Kind, ch: &super::agent_proto::Change) -> KubeObject {
+fn deleted(kind: KubeKind, ch: &super::agent_proto::Change) -> KubeObject {
     let metadata = ObjectMeta {
         name: Some(ch.name.clone()),
         namespace: (!ch.namespace.is_empty()).then(|| ch.namespace.clone()),
         ..ObjectMeta::default()
     };
     match kind {
-        Kind::Service => KubeObject::Service(Service {
+        KubeKind::Service => KubeObject::Service(Service {
             metadata,
             ..Service::default()
         }),
-        Kind::Pod => KubeObject::Pod(Pod {
+        KubeKind::Pod => KubeObject::Pod(Pod {
             metadata,
             ..Pod::default()
         }),
-        Kind::Node => KubeObject::Node(Node {
+        KubeKind::Node => KubeObject::Node(Node {
             metadata,
             ..Node::default()
         }),
-        Kind::EndpointSlice => KubeObject::EndpointSlice(EndpointSlice {
+        KubeKind::EndpointSlice => KubeObject::EndpointSlice(EndpointSlice {
             metadata,
             ..EndpointSlice::default()
         }),

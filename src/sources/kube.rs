@@ -52,7 +52,7 @@ use tonic::codegen::http::{Request, Response};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::config::{ClusterConfig, ClusterSource, MeshConfig};
-use crate::registry::{Event as RegEvent, Kind, KubeObject, Registry};
+use crate::registry::{Event as RegEvent, KubeKind, KubeObject, Registry};
 
 /// A watch that ended sooner than this after it opened counts as "closed at once"
 /// for the pacer.
@@ -651,7 +651,7 @@ pub fn object_key(o: &KubeObject) -> String {
 // The per-cluster watch
 
 /// One event of [`streams`]: the kind, and the watcher's event of a slimmed object.
-pub type KindEvent = (Kind, Result<watcher::Event<KubeObject>, watcher::Error>);
+pub type KindEvent = (KubeKind, Result<watcher::Event<KubeObject>, watcher::Error>);
 
 /// The watch stream every watcher of this crate uses: kube-rs's `watcher` that
 /// also re-lists when the API server refuses a *resumed* watch with HTTP 410,
@@ -695,7 +695,7 @@ fn is_expired_watch_start(e: &watcher::Error) -> bool {
 fn kind_stream<K>(
     api: Api<K>,
     cfg: watcher::Config,
-    kind: Kind,
+    kind: KubeKind,
     wrap: fn(K) -> KubeObject,
 ) -> BoxStream<'static, KindEvent>
 where
@@ -715,14 +715,19 @@ where
         .boxed()
 }
 
-const KINDS: [Kind; 4] = [Kind::Service, Kind::Pod, Kind::Node, Kind::EndpointSlice];
+const KINDS: [KubeKind; 4] = [
+    KubeKind::Service,
+    KubeKind::Pod,
+    KubeKind::Node,
+    KubeKind::EndpointSlice,
+];
 
-fn plural_kind(plural: &str) -> Option<Kind> {
+fn plural_kind(plural: &str) -> Option<KubeKind> {
     match plural {
-        "services" => Some(Kind::Service),
-        "pods" => Some(Kind::Pod),
-        "nodes" => Some(Kind::Node),
-        "endpointslices" => Some(Kind::EndpointSlice),
+        "services" => Some(KubeKind::Service),
+        "pods" => Some(KubeKind::Pod),
+        "nodes" => Some(KubeKind::Node),
+        "endpointslices" => Some(KubeKind::EndpointSlice),
         _ => None,
     }
 }
@@ -735,25 +740,25 @@ pub fn streams(client: &Client, opts: &KubeOptions) -> SelectAll<BoxStream<'stat
     all.push(kind_stream(
         Api::<Service>::all(client.clone()),
         cfg.clone(),
-        Kind::Service,
+        KubeKind::Service,
         KubeObject::Service,
     ));
     all.push(kind_stream(
         Api::<Pod>::all(client.clone()),
         cfg.clone(),
-        Kind::Pod,
+        KubeKind::Pod,
         KubeObject::Pod,
     ));
     all.push(kind_stream(
         Api::<Node>::all(client.clone()),
         cfg.clone(),
-        Kind::Node,
+        KubeKind::Node,
         KubeObject::Node,
     ));
     all.push(kind_stream(
         Api::<EndpointSlice>::all(client.clone()),
         cfg.labels(SLICE_SELECTOR),
-        Kind::EndpointSlice,
+        KubeKind::EndpointSlice,
         KubeObject::EndpointSlice,
     ));
     all
@@ -856,7 +861,7 @@ impl ClusterRun {
         // endpoints were dropped (stale_grace) and it must be fully re-listed.
         loop {
             let mut s = streams(&self.client, &self.opts);
-            let mut kinds: HashMap<Kind, KindState> =
+            let mut kinds: HashMap<KubeKind, KindState> =
                 KINDS.iter().map(|k| (*k, KindState::default())).collect();
             let mut synced = false;
             let mut lost_since: Option<tokio::time::Instant> = None;
@@ -960,8 +965,8 @@ impl ClusterRun {
     /// kind is failing.
     fn recovered(
         &self,
-        kinds: &mut HashMap<Kind, KindState>,
-        kind: Kind,
+        kinds: &mut HashMap<KubeKind, KindState>,
+        kind: KubeKind,
         synced: bool,
         lost_since: &mut Option<tokio::time::Instant>,
     ) {
@@ -985,7 +990,7 @@ impl ClusterRun {
         }
     }
 
-    async fn first_sync(&mut self, kinds: &mut HashMap<Kind, KindState>) {
+    async fn first_sync(&mut self, kinds: &mut HashMap<KubeKind, KindState>) {
         if let Some(old) = self.takeover.take() {
             old.stop().await;
             info!(cluster = %self.cluster, "new credentials synced; old client stopped");
