@@ -19,12 +19,15 @@ use crate::registry::ObjectProblem;
 use crate::sources::manifests::{cluster_objects, parse_text, yaml_files, Doc};
 
 /// Whether a document belongs to Istio's APIs or the Kubernetes Gateway API
-/// (both go to the config store) rather than Kubernetes core.
+/// (both go to the config store) rather than Kubernetes core. A `v1`
+/// Namespace goes to the config store too (its labels decide Gateway API
+/// `allowedRoutes.namespaces.from: Selector`).
 fn is_istio(v: &Value) -> bool {
     let api = v.get("apiVersion").and_then(Value::as_str).unwrap_or("");
     api.split_once('/')
         .is_some_and(|(group, _)| group.ends_with(".istio.io"))
         || crate::model::gateway_api::is_gateway_api(v)
+        || crate::model::gateway_api::namespaces::is_namespace(v)
 }
 
 fn expand(paths: &[PathBuf], problems: &mut Vec<String>) -> Vec<PathBuf> {
@@ -157,6 +160,33 @@ mod tests {
                 && out[0].contains("inClustr"),
             "{out:?}"
         );
+    }
+
+    /// Namespace documents beside a Gateway with `from: Selector`: the route of
+    /// the labelled namespace is accepted, the others are reported.
+    #[test]
+    fn namespace_labels_decide_selector_attachment_offline() {
+        let fixture = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/golden/gateway_api_ns_selector.yaml"
+        );
+        let text = std::fs::read_to_string(fixture).unwrap();
+        // Without the GoldenFixture document.
+        let (_, objects) = text.split_once("\n---\n").unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("config.yaml");
+        std::fs::write(&file, objects).unwrap();
+        let (problems, warnings) = validate_paths_with_warnings(std::slice::from_ref(&file));
+        assert_eq!(problems, Vec::<String>::new());
+        let not_allowed = |route: &str| {
+            warnings.iter().any(|w| {
+                w.contains(&format!("HTTPRoute {route}:"))
+                    && w.contains("Accepted=False NotAllowedByListeners")
+            })
+        };
+        assert!(!not_allowed("team-a/a"), "{warnings:#?}");
+        assert!(not_allowed("team-b/b"), "{warnings:#?}");
+        assert!(not_allowed("infra/own"), "{warnings:#?}");
     }
 
     #[test]
