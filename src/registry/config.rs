@@ -20,7 +20,7 @@ use crate::model::istio::request_authentication::{FetchedJwks, JwksSource};
 use crate::model::istio::validate::validate;
 use crate::model::istio::{
     host_intersection, labels_match, parse_object, resolve_gateway_name, ConfigSnapshot,
-    Destination, IstioObject, Kind, Rejection, MESH_GATEWAY,
+    Destination, IstioKind, IstioObject, Rejection, MESH_GATEWAY,
 };
 use crate::model::service::ServiceMap;
 
@@ -42,7 +42,7 @@ pub type Problem = Rejection;
 /// Kubernetes objects route those elsewhere first.
 pub fn validate_docs(docs: &[RawDoc]) -> Vec<Problem> {
     let mut problems = Vec::new();
-    let mut seen: BTreeMap<(Kind, String, String), String> = BTreeMap::new();
+    let mut seen: BTreeMap<(IstioKind, String, String), String> = BTreeMap::new();
     let mut gw_seen = BTreeMap::new();
     for doc in docs.iter().filter(|d| !d.value.is_null()) {
         if namespaces::is_namespace(&doc.value) {
@@ -75,7 +75,7 @@ pub fn validate_docs(docs: &[RawDoc]) -> Vec<Problem> {
 
 /// Record `obj`'s key; a rejection if another object already claimed it.
 fn duplicate(
-    seen: &mut BTreeMap<(Kind, String, String), String>,
+    seen: &mut BTreeMap<(IstioKind, String, String), String>,
     obj: &IstioObject,
 ) -> Option<Rejection> {
     let m = obj.meta();
@@ -489,7 +489,7 @@ pub struct ConfigStatus {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InForce {
-    pub kind: Kind,
+    pub kind: IstioKind,
     pub namespace: String,
     pub name: String,
     pub origin: String,

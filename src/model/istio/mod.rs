@@ -52,7 +52,7 @@ pub const ROOT_NAMESPACE: &str = "istio-system";
 
 /// The Istio kinds crossmesh understands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub enum Kind {
+pub enum IstioKind {
     Gateway,
     VirtualService,
     DestinationRule,
@@ -64,38 +64,38 @@ pub enum Kind {
     WorkloadEntry,
 }
 
-impl Kind {
-    pub fn parse(kind: &str) -> Option<Kind> {
+impl IstioKind {
+    pub fn parse(kind: &str) -> Option<IstioKind> {
         Some(match kind {
-            "Gateway" => Kind::Gateway,
-            "VirtualService" => Kind::VirtualService,
-            "DestinationRule" => Kind::DestinationRule,
-            "Sidecar" => Kind::Sidecar,
-            "PeerAuthentication" => Kind::PeerAuthentication,
-            "RequestAuthentication" => Kind::RequestAuthentication,
-            "AuthorizationPolicy" => Kind::AuthorizationPolicy,
-            "ServiceEntry" => Kind::ServiceEntry,
-            "WorkloadEntry" => Kind::WorkloadEntry,
+            "Gateway" => IstioKind::Gateway,
+            "VirtualService" => IstioKind::VirtualService,
+            "DestinationRule" => IstioKind::DestinationRule,
+            "Sidecar" => IstioKind::Sidecar,
+            "PeerAuthentication" => IstioKind::PeerAuthentication,
+            "RequestAuthentication" => IstioKind::RequestAuthentication,
+            "AuthorizationPolicy" => IstioKind::AuthorizationPolicy,
+            "ServiceEntry" => IstioKind::ServiceEntry,
+            "WorkloadEntry" => IstioKind::WorkloadEntry,
             _ => return None,
         })
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
-            Kind::Gateway => "Gateway",
-            Kind::VirtualService => "VirtualService",
-            Kind::DestinationRule => "DestinationRule",
-            Kind::Sidecar => "Sidecar",
-            Kind::PeerAuthentication => "PeerAuthentication",
-            Kind::RequestAuthentication => "RequestAuthentication",
-            Kind::AuthorizationPolicy => "AuthorizationPolicy",
-            Kind::ServiceEntry => "ServiceEntry",
-            Kind::WorkloadEntry => "WorkloadEntry",
+            IstioKind::Gateway => "Gateway",
+            IstioKind::VirtualService => "VirtualService",
+            IstioKind::DestinationRule => "DestinationRule",
+            IstioKind::Sidecar => "Sidecar",
+            IstioKind::PeerAuthentication => "PeerAuthentication",
+            IstioKind::RequestAuthentication => "RequestAuthentication",
+            IstioKind::AuthorizationPolicy => "AuthorizationPolicy",
+            IstioKind::ServiceEntry => "ServiceEntry",
+            IstioKind::WorkloadEntry => "WorkloadEntry",
         }
     }
 }
 
-impl fmt::Display for Kind {
+impl fmt::Display for IstioKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -192,17 +192,17 @@ impl IstioObject {
         }
     }
 
-    pub fn kind(&self) -> Kind {
+    pub fn kind(&self) -> IstioKind {
         match self {
-            IstioObject::Gateway(_) => Kind::Gateway,
-            IstioObject::VirtualService(_) => Kind::VirtualService,
-            IstioObject::DestinationRule(_) => Kind::DestinationRule,
-            IstioObject::Sidecar(_) => Kind::Sidecar,
-            IstioObject::PeerAuthentication(_) => Kind::PeerAuthentication,
-            IstioObject::RequestAuthentication(_) => Kind::RequestAuthentication,
-            IstioObject::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
-            IstioObject::ServiceEntry(_) => Kind::ServiceEntry,
-            IstioObject::WorkloadEntry(_) => Kind::WorkloadEntry,
+            IstioObject::Gateway(_) => IstioKind::Gateway,
+            IstioObject::VirtualService(_) => IstioKind::VirtualService,
+            IstioObject::DestinationRule(_) => IstioKind::DestinationRule,
+            IstioObject::Sidecar(_) => IstioKind::Sidecar,
+            IstioObject::PeerAuthentication(_) => IstioKind::PeerAuthentication,
+            IstioObject::RequestAuthentication(_) => IstioKind::RequestAuthentication,
+            IstioObject::AuthorizationPolicy(_) => IstioKind::AuthorizationPolicy,
+            IstioObject::ServiceEntry(_) => IstioKind::ServiceEntry,
+            IstioObject::WorkloadEntry(_) => IstioKind::WorkloadEntry,
         }
     }
 }
@@ -300,17 +300,17 @@ pub fn parse_object(
             ),
         ));
     }
-    let kind = match (Kind::parse(&kind_str), security) {
-        (Some(Kind::AuthorizationPolicy), true) => Kind::AuthorizationPolicy,
-        (Some(Kind::AuthorizationPolicy), false) => {
+    let kind = match (IstioKind::parse(&kind_str), security) {
+        (Some(IstioKind::AuthorizationPolicy), true) => IstioKind::AuthorizationPolicy,
+        (Some(IstioKind::AuthorizationPolicy), false) => {
             return Err(reject(
                 "apiVersion",
                 format!("AuthorizationPolicy belongs to {SECURITY_GROUP} (v1 or v1beta1), not {api_version:?}"),
             ))
         }
-        (Some(Kind::PeerAuthentication), true) => Kind::PeerAuthentication,
-        (Some(Kind::RequestAuthentication), true) => Kind::RequestAuthentication,
-        (Some(k), false) if k != Kind::PeerAuthentication && k != Kind::RequestAuthentication => {
+        (Some(IstioKind::PeerAuthentication), true) => IstioKind::PeerAuthentication,
+        (Some(IstioKind::RequestAuthentication), true) => IstioKind::RequestAuthentication,
+        (Some(k), false) if k != IstioKind::PeerAuthentication && k != IstioKind::RequestAuthentication => {
             k
         }
         _ if security => {
@@ -353,34 +353,36 @@ pub fn parse_object(
         .unwrap_or(serde_json::Value::Object(Default::default()));
     let obj =
         match kind {
-            Kind::Gateway => {
+            IstioKind::Gateway => {
                 deserialize_spec(spec).map(|spec| IstioObject::Gateway(Config { meta, spec }))
             }
-            Kind::VirtualService => deserialize_spec(spec)
+            IstioKind::VirtualService => deserialize_spec(spec)
                 .map(|spec| IstioObject::VirtualService(Config { meta, spec })),
-            Kind::DestinationRule => deserialize_spec(spec)
+            IstioKind::DestinationRule => deserialize_spec(spec)
                 .map(|spec| IstioObject::DestinationRule(Config { meta, spec })),
-            Kind::Sidecar => {
+            IstioKind::Sidecar => {
                 deserialize_spec(spec).map(|spec| IstioObject::Sidecar(Config { meta, spec }))
             }
-            Kind::PeerAuthentication => deserialize_spec(spec)
+            IstioKind::PeerAuthentication => deserialize_spec(spec)
                 .map(|spec| IstioObject::PeerAuthentication(Config { meta, spec })),
-            Kind::RequestAuthentication => deserialize_spec(spec)
+            IstioKind::RequestAuthentication => deserialize_spec(spec)
                 .map(|spec| IstioObject::RequestAuthentication(Config { meta, spec })),
-            Kind::ServiceEntry => {
+            IstioKind::ServiceEntry => {
                 deserialize_spec(spec).map(|spec| IstioObject::ServiceEntry(Config { meta, spec }))
             }
-            Kind::WorkloadEntry => {
+            IstioKind::WorkloadEntry => {
                 deserialize_spec(spec).map(|spec| IstioObject::WorkloadEntry(Config { meta, spec }))
             }
-            Kind::AuthorizationPolicy => authorization_policy::dry_run(value).and_then(|dry_run| {
-                deserialize_spec(spec).map(|spec| {
-                    IstioObject::AuthorizationPolicy(Config {
-                        meta,
-                        spec: AuthorizationPolicy { dry_run, ..spec },
+            IstioKind::AuthorizationPolicy => {
+                authorization_policy::dry_run(value).and_then(|dry_run| {
+                    deserialize_spec(spec).map(|spec| {
+                        IstioObject::AuthorizationPolicy(Config {
+                            meta,
+                            spec: AuthorizationPolicy { dry_run, ..spec },
+                        })
                     })
                 })
-            }),
+            }
         };
     let obj = obj.map_err(|(field, reason)| reject(&field, reason))?;
     // Warnings keep the object in force; they are reported by the config store.
