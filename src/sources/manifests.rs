@@ -297,15 +297,26 @@ impl DirState {
         let before = self.files.len();
         self.files.retain(|p, _| present.contains(p));
         scan.changed |= self.files.len() != before;
-        for path in &paths {
-            let text = match std::fs::read(path) {
-                Ok(t) => t,
+        // Read, hash and parse on every core; apply in path order.
+        let files = &self.files;
+        let read = parallel_map(&paths, |path| {
+            read_file_with(
+                path,
+                |h| files.get(path).is_some_and(|f| f.hash == h),
+                |text| match std::str::from_utf8(text) {
+                    Ok(t) => parse_text(t),
+                    Err(e) => Err(format!("not UTF-8: {e}")),
+                },
+            )
+        });
+        for (path, outcome) in paths.iter().zip(read) {
+            let (hash, parsed) = match outcome {
                 // Deleted between listing and reading: it is gone.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                FileRead::Missing => {
                     scan.changed |= self.files.remove(path).is_some();
                     continue;
                 }
-                Err(e) => {
+                FileRead::Failed(e) => {
                     scan.changed = true;
                     scan.problems.push(file_problem(
                         path,
@@ -314,21 +325,17 @@ impl DirState {
                     ));
                     continue;
                 }
-            };
-            let hash = content_hash(&text);
-            if let Some(f) = self.files.get(path) {
-                if f.hash == hash {
-                    if let Some(e) = &f.error {
-                        scan.problems.push(file_problem(path, e.clone(), Some(f)));
+                FileRead::Unchanged => {
+                    if let Some(f) = self.files.get(path) {
+                        if let Some(e) = &f.error {
+                            scan.problems.push(file_problem(path, e.clone(), Some(f)));
+                        }
                     }
                     continue;
                 }
-            }
-            scan.changed = true;
-            let parsed = match std::str::from_utf8(&text) {
-                Ok(t) => parse_text(t),
-                Err(e) => Err(format!("not UTF-8: {e}")),
+                FileRead::Read { hash, parsed } => (hash, parsed),
             };
+            scan.changed = true;
             match parsed {
                 Ok(docs) => {
                     self.files.insert(
@@ -593,7 +600,7 @@ fn parse_cluster_file(path: &Path, text: &[u8]) -> Result<Parsed, String> {
 }
 
 /// What reading one member-cluster file found.
-enum FileRead {
+enum FileRead<P> {
     /// Gone (deleted, or never there).
     Missing,
     /// Could not be read.
@@ -603,24 +610,37 @@ enum FileRead {
     /// New or changed content: its hash and what parsing it gave.
     Read {
         hash: u64,
-        parsed: Result<Parsed, String>,
+        parsed: Result<P, String>,
     },
 }
 
 /// Read, hash and (when the content changed since `known`) parse one file.
-fn read_cluster_file(path: &Path, known: &BTreeMap<PathBuf, ClusterFile>) -> FileRead {
+fn read_cluster_file(path: &Path, known: &BTreeMap<PathBuf, ClusterFile>) -> FileRead<Parsed> {
+    read_file_with(
+        path,
+        |h| known.get(path).is_some_and(|f| f.hash == h),
+        |text| parse_cluster_file(path, text),
+    )
+}
+
+/// Read `path`; unless `same(hash)`, parse it with `parse`.
+fn read_file_with<P>(
+    path: &Path,
+    same: impl FnOnce(u64) -> bool,
+    parse: impl FnOnce(&[u8]) -> Result<P, String>,
+) -> FileRead<P> {
     let text = match std::fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return FileRead::Missing,
         Err(e) => return FileRead::Failed(e),
     };
     let hash = content_hash(&text);
-    if known.get(path).is_some_and(|f| f.hash == hash) {
+    if same(hash) {
         return FileRead::Unchanged;
     }
     FileRead::Read {
         hash,
-        parsed: parse_cluster_file(path, &text),
+        parsed: parse(&text),
     }
 }
 
@@ -1082,7 +1102,10 @@ pub fn spawn_config(registry: Arc<Registry>, dir: PathBuf) -> ManifestWatch {
 /// names the files the watcher saw change. `rescan` returns false when the
 /// directory could not be read (the watch is then re-established and the next
 /// rescan is full).
-async fn watch_loop(dir: PathBuf, mut rescan: impl FnMut(bool, ManifestChanges) -> bool + Send + 'static) {
+async fn watch_loop(
+    dir: PathBuf,
+    mut rescan: impl FnMut(bool, ManifestChanges) -> bool + Send + 'static,
+) {
     let (tx, mut rx) = mpsc::channel::<()>(1);
     let pending = Arc::new(std::sync::Mutex::new(ManifestChanges::default()));
     let mut watcher: Option<notify::RecommendedWatcher> = None;
@@ -1323,6 +1346,54 @@ status:
         assert!(got.contains(&"10.0.2.5".to_string()), "{got:?}");
         assert!(!got.contains(&"10.0.1.15".to_string()), "{got:?}");
         assert_eq!(got.len(), n + 1);
+    }
+
+    #[test]
+    fn a_config_directory_of_many_files_scans_in_parallel_with_the_same_outcome() {
+        let tmp = tempfile::tempdir().unwrap();
+        let n = PARALLEL_MIN * 3;
+        for i in 0..n {
+            std::fs::write(
+                tmp.path().join(format!("c{i:03}.yaml")),
+                format!("kind: ConfigMap\nmetadata: {{name: m{i}, namespace: default}}\n"),
+            )
+            .unwrap();
+        }
+        std::fs::write(tmp.path().join("c-broken.yaml"), "kind: [").unwrap();
+        let mut d = DirState::new(tmp.path().to_owned());
+        let scan = d.scan();
+        assert!(scan.changed);
+        let names: Vec<String> = scan.docs.iter().map(|doc| describe(&doc.value).1).collect();
+        let want: Vec<String> = (0..n).map(|i| format!("default/m{i}")).collect();
+        assert_eq!(names, want, "documents in path order");
+        let broken = |scan: &Scan| -> Vec<String> {
+            scan.problems
+                .iter()
+                .map(|p| p.origin.rsplit('/').next().unwrap_or_default().to_string())
+                .collect()
+        };
+        assert_eq!(broken(&scan), ["c-broken.yaml"]);
+
+        // Unchanged: nothing changed, the broken file is still named.
+        let again = d.scan();
+        assert!(!again.changed);
+        assert_eq!(again.docs.len(), n);
+        assert_eq!(broken(&again), ["c-broken.yaml"]);
+
+        // One file changed: its new content is read.
+        std::fs::write(
+            tmp.path().join("c007.yaml"),
+            "kind: ConfigMap\nmetadata: {name: renamed, namespace: default}\n",
+        )
+        .unwrap();
+        let changed = d.scan();
+        assert!(changed.changed);
+        let names: Vec<String> = changed
+            .docs
+            .iter()
+            .map(|doc| describe(&doc.value).1)
+            .collect();
+        assert_eq!(names[7], "default/renamed");
     }
 
     #[test]
