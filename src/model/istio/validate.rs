@@ -441,6 +441,49 @@ fn gateway(g: &Gateway, out: &mut Issues) {
     }
 }
 
+/// RE2's repetition limits (Envoy and gRPC use RE2; Rust's `regex` has
+/// neither): a count above 1000 in `{m}`, `{m,}` or `{m,n}` is refused, and so
+/// is nesting whose counts multiply past 1000 (RE2's `RepetitionWalker`:
+/// 1000 divided by each count on the way down, refused when it reaches 0).
+/// Called on a pattern `regex` already accepted, so its nesting is bounded.
+pub(crate) fn re2_repeat_limits(pattern: &str) -> Result<(), String> {
+    use regex_syntax::ast::{Ast, RepetitionKind, RepetitionRange};
+    const MAX_REPEAT: u32 = 1000;
+    fn walk(ast: &Ast, budget: u32) -> Result<(), String> {
+        match ast {
+            Ast::Repetition(rep) => {
+                let (min, max) = match &rep.op.kind {
+                    RepetitionKind::Range(RepetitionRange::Exactly(n)) => (*n, Some(*n)),
+                    RepetitionKind::Range(RepetitionRange::AtLeast(n)) => (*n, None),
+                    RepetitionKind::Range(RepetitionRange::Bounded(m, n)) => (*m, Some(*n)),
+                    _ => return walk(&rep.ast, budget),
+                };
+                if min > MAX_REPEAT || max.is_some_and(|n| n > MAX_REPEAT) {
+                    return Err(format!(
+                        "repetition count above {MAX_REPEAT} (RE2, used by Envoy and gRPC, refuses it)"
+                    ));
+                }
+                let m = max.unwrap_or(min);
+                let budget = if m > 0 { budget / m } else { budget };
+                if budget == 0 {
+                    return Err(format!(
+                        "nested repetition counts multiply past {MAX_REPEAT} (RE2, used by Envoy and gRPC, refuses it)"
+                    ));
+                }
+                walk(&rep.ast, budget)
+            }
+            Ast::Group(g) => walk(&g.ast, budget),
+            Ast::Alternation(a) => a.asts.iter().try_for_each(|x| walk(x, budget)),
+            Ast::Concat(c) => c.asts.iter().try_for_each(|x| walk(x, budget)),
+            _ => Ok(()),
+        }
+    }
+    let ast = regex_syntax::ast::parse::Parser::new()
+        .parse(pattern)
+        .map_err(|e| e.to_string())?;
+    walk(&ast, MAX_REPEAT)
+}
+
 fn string_match(field: &str, m: &StringMatch, presence_ok: bool, out: &mut Issues) {
     if m.set_count() > 1 {
         out.err(field, "set only one of exact, prefix, regex");
@@ -458,6 +501,8 @@ fn string_match(field: &str, m: &StringMatch, presence_ok: bool, out: &mut Issue
                         e.to_string().lines().last().unwrap_or("")
                     ),
                 );
+            } else if let Err(e) = re2_repeat_limits(r) {
+                out.err(field, format!("invalid regex {r:?}: {e}"));
             }
         }
         _ => {}
@@ -845,6 +890,11 @@ fn http_route(f: &str, r: &HttpRoute, out: &mut Issues) {
                         "invalid regex: {}",
                         e.to_string().lines().last().unwrap_or("")
                     ),
+                );
+            } else if let Err(e) = re2_repeat_limits(&rr.pattern) {
+                out.err(
+                    format!("{f}.rewrite.uriRegexRewrite.match"),
+                    format!("invalid regex: {e}"),
                 );
             }
         }
@@ -1626,6 +1676,66 @@ mod tests {
         issues
             .iter()
             .any(|i| i.field == field && i.warning == warning && i.reason.contains(text))
+    }
+
+    /// RE2's repetition limits, which Rust's `regex` does not have: a count
+    /// above 1000, or nested counts multiplying past 1000, reject the
+    /// VirtualService naming the field; 1000 and 10 x 100 pass.
+    #[test]
+    fn regex_repetition_past_re2_limits_is_rejected() {
+        let route = |m: &str| {
+            vs(&format!(
+                "  - match:\n    - {m}\n    route:\n    - destination: {{host: order}}\n"
+            ))
+        };
+        for (m, field, text) in [
+            (
+                "headers: {x-key: {regex: 'x{1001}'}}",
+                "spec.http[0].match[0].headers.x-key",
+                "above 1000",
+            ),
+            (
+                "uri: {regex: '/a{2,1001}'}",
+                "spec.http[0].match[0].uri",
+                "above 1000",
+            ),
+            (
+                "uri: {regex: '/a{1001,}'}",
+                "spec.http[0].match[0].uri",
+                "above 1000",
+            ),
+            (
+                "uri: {regex: '/(?:a{10}){101}'}",
+                "spec.http[0].match[0].uri",
+                "multiply past 1000",
+            ),
+            (
+                "uri: {regex: '/(a|(b{2}){501})'}",
+                "spec.http[0].match[0].uri",
+                "multiply past 1000",
+            ),
+        ] {
+            let i = issues(&route(m));
+            assert!(has(&i, field, false, text), "{m}: {i:?}");
+        }
+        for m in [
+            "uri: {regex: '/a{1000}'}",
+            "uri: {regex: '/(?:a{10}){100}b*'}",
+            "uri: {regex: '/[0-9]{1,1000}'}",
+        ] {
+            let i = issues(&route(m));
+            assert!(i.is_empty(), "{m}: {i:?}");
+        }
+        let i = issues(&vs("  - rewrite: {uriRegexRewrite: {match: 'a{5000}', rewrite: b}}\n    route:\n    - destination: {host: order}\n"));
+        assert!(
+            has(
+                &i,
+                "spec.http[0].rewrite.uriRegexRewrite.match",
+                false,
+                "above 1000"
+            ),
+            "{i:?}"
+        );
     }
 
     /// `directResponse.body.bytes` that is not base64 rejects the VirtualService
