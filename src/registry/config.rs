@@ -32,15 +32,12 @@ pub struct RawDoc {
     pub value: serde_json::Value,
 }
 
-/// A problem `crossmesh validate` prints: file, object, field and reason.
-pub type Problem = Rejection;
-
 /// Parse and validate documents offline (`crossmesh validate`). Returns every
 /// problem that would reject an object, including a second definition of the same
 /// kind/namespace/name. Empty documents are skipped. Documents outside
 /// `networking.istio.io` are reported as unsupported; callers that also accept
 /// Kubernetes objects route those elsewhere first.
-pub fn validate_docs(docs: &[RawDoc]) -> Vec<Problem> {
+pub fn validate_docs(docs: &[RawDoc]) -> Vec<Rejection> {
     let mut problems = Vec::new();
     let mut seen: BTreeMap<(IstioKind, String, String), String> = BTreeMap::new();
     let mut gw_seen = BTreeMap::new();
@@ -778,7 +775,7 @@ mod tests {
     fn every_seed004_document_is_accepted_as_written() {
         let d = seed004();
         assert_eq!(d.len(), 19);
-        assert_eq!(validate_docs(&d), Vec::<Problem>::new());
+        assert_eq!(validate_docs(&d), Vec::<Rejection>::new());
         let mut store = ConfigStore::default();
         assert!(store.replace_source("istio", d.clone()));
         let snap = store.snapshot();
