@@ -6,7 +6,7 @@
 //! of a Service labelled `topology.istio.io/network`, its gateway addresses), with
 //! label maps and recurring strings interned so the thousands of Pods of one
 //! Deployment share one label map. Conversion is also the validation step: an object
-//! whose fields cannot be used is rejected with a reason (`ObjectError`) and the
+//! whose fields cannot be used is rejected with a reason (`KubeRejection`) and the
 //! rest keeps flowing.
 
 use std::collections::{BTreeMap, HashSet};
@@ -42,10 +42,11 @@ pub const DEFAULT_GATEWAY_PORT: u16 = 15443;
 /// `annotation.TrafficNodeSelector`).
 pub const ANNOTATION_NODE_SELECTOR: &str = "traffic.istio.io/nodeSelector";
 
-/// Why one Kubernetes object was rejected.
+/// Why the registry rejected one Kubernetes object of a member cluster (no origin:
+/// `registry::problem` adds it for `/debug/configz` as an `ObjectProblem`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{kind} {object}: {reason}")]
-pub struct ObjectError {
+pub struct KubeRejection {
     pub kind: KubeKind,
     /// `namespace/name` (or `name` for Nodes; `?` when the object has none).
     pub object: String,
@@ -367,8 +368,8 @@ fn name_of(m: &ObjectMeta) -> Result<&str, String> {
         .ok_or_else(|| "metadata.name is missing".to_string())
 }
 
-fn err(obj: &KubeObject, reason: String) -> ObjectError {
-    ObjectError {
+fn err(obj: &KubeObject, reason: String) -> KubeRejection {
+    KubeRejection {
         kind: obj.kind(),
         object: obj.display_name(),
         reason,
@@ -394,7 +395,7 @@ pub enum RecordKey {
 }
 
 impl RecordKey {
-    pub fn of(obj: &KubeObject, i: &mut Interners) -> Result<RecordKey, ObjectError> {
+    pub fn of(obj: &KubeObject, i: &mut Interners) -> Result<RecordKey, KubeRejection> {
         let m = obj.metadata();
         let name = name_of(m).map_err(|r| err(obj, r))?;
         let mut key = || (i.str(namespace_of(m)), i.str(name));
@@ -429,14 +430,14 @@ impl RecordKey {
 
 /// Check one object without storing it (used by sources to name the file of a bad
 /// object, and by `crossmesh validate`).
-pub fn check(obj: &KubeObject) -> Result<(), ObjectError> {
+pub fn check(obj: &KubeObject) -> Result<(), KubeRejection> {
     Record::from_object(obj, &mut Interners::default()).map(|_| ())
 }
 
 impl Record {
     /// Convert and validate. Fields crossmesh cannot serve are rejected with a
     /// reason rather than silently ignored.
-    pub fn from_object(obj: &KubeObject, i: &mut Interners) -> Result<Record, ObjectError> {
+    pub fn from_object(obj: &KubeObject, i: &mut Interners) -> Result<Record, KubeRejection> {
         let key = RecordKey::of(obj, i)?;
         let rec = match (obj, key) {
             (KubeObject::Service(s), RecordKey::Service(k)) => {

@@ -41,7 +41,7 @@ use crate::model::service::ServiceMap;
 use crate::model::{ClusterId, Locality, MeshSettings, Service};
 
 use endpoints::{Interners, ObjKey, Record, RecordKey};
-pub use endpoints::{KubeKind, KubeObject, ObjectError};
+pub use endpoints::{KubeKind, KubeObject, KubeRejection};
 use merge::{with_networks_push, Index};
 use shard::{ClusterMeta, Shard};
 pub use status::{ClusterStatus, Counts, ObjectProblem};
@@ -284,7 +284,7 @@ impl Registry {
         &self,
         cluster: &str,
         objects: Vec<KubeObject>,
-    ) -> Result<Vec<ObjectError>, RegistryError> {
+    ) -> Result<Vec<KubeRejection>, RegistryError> {
         self.reset(cluster, None, objects)
     }
 
@@ -295,7 +295,7 @@ impl Registry {
         cluster: &str,
         kind: KubeKind,
         objects: Vec<KubeObject>,
-    ) -> Result<Vec<ObjectError>, RegistryError> {
+    ) -> Result<Vec<KubeRejection>, RegistryError> {
         self.reset(cluster, Some(kind), objects)
     }
 
@@ -304,7 +304,7 @@ impl Registry {
         cluster: &str,
         kind: Option<KubeKind>,
         objects: Vec<KubeObject>,
-    ) -> Result<Vec<ObjectError>, RegistryError> {
+    ) -> Result<Vec<KubeRejection>, RegistryError> {
         let origin = format!("cluster {cluster}");
         let res = self.with_shard(cluster, |shard, interners, keys| {
             let mut errors = Vec::new();
@@ -371,7 +371,11 @@ impl Registry {
 
     /// Apply one watch event. An object that cannot be served is removed (its last
     /// state is no longer the truth) and its rejection returned and recorded.
-    pub fn apply(&self, cluster: &str, event: Event) -> Result<Option<ObjectError>, RegistryError> {
+    pub fn apply(
+        &self,
+        cluster: &str,
+        event: Event,
+    ) -> Result<Option<KubeRejection>, RegistryError> {
         let origin = format!("cluster {cluster}");
         let (kind, namespace) = match &event {
             Event::Upsert(o) | Event::Delete(o) => (o.kind(), o.metadata().namespace.clone()),
@@ -705,7 +709,7 @@ impl Registry {
     }
 }
 
-fn problem(origin: &str, e: &ObjectError) -> ObjectProblem {
+fn problem(origin: &str, e: &KubeRejection) -> ObjectProblem {
     ObjectProblem {
         origin: origin.to_string(),
         kind: e.kind.to_string(),

@@ -1020,7 +1020,7 @@ impl ClusterRun {
         }
     }
 
-    fn log_rejected(&self, rejected: &[crate::registry::ObjectError]) {
+    fn log_rejected(&self, rejected: &[crate::registry::KubeRejection]) {
         for r in rejected {
             warn!(cluster = %self.cluster, kind = %r.kind, object = %r.object, reason = %r.reason, "object rejected");
         }
