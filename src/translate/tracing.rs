@@ -84,9 +84,10 @@ pub fn apply(g: &mut Generated, proxy: &Proxy, ctx: &PushContext) {
                     .into_iter()
                     .find(|c| c.name == collector)
             });
-        g.clusters.push(
-            mesh.unwrap_or_else(|| dns_cluster(&collector, &t.provider.service, t.provider.port)),
-        );
+        g.clusters.push(mesh.unwrap_or_else(|| {
+            let grpc = matches!(t.provider.kind, TracingKind::OpenTelemetry { http: None });
+            dns_cluster(&collector, &t.provider.service, t.provider.port, grpc)
+        }));
     }
     let canonical = canonical_service(labels);
     // Istio's service cluster of a proxy: `CANONICAL.NAMESPACE`.
@@ -246,9 +247,35 @@ fn duration(d: StdDuration) -> Duration {
 }
 
 /// The collector's cluster when the proxy has no mesh cluster of that name:
-/// STRICT_DNS on `service:port`.
-fn dns_cluster(name: &str, service: &str, port: u16) -> Cluster {
+/// STRICT_DNS on `service:port`; HTTP/2 for an OTLP/gRPC collector.
+fn dns_cluster(name: &str, service: &str, port: u16, grpc: bool) -> Cluster {
+    use envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions;
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+        http_protocol_options::{
+            explicit_http_config::ProtocolConfig, ExplicitHttpConfig, UpstreamProtocolOptions,
+        },
+        HttpProtocolOptions,
+    };
+    let typed_extension_protocol_options = if grpc {
+        let opts = HttpProtocolOptions {
+            upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+                ExplicitHttpConfig {
+                    protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
+                        Http2ProtocolOptions::default(),
+                    )),
+                },
+            )),
+            ..Default::default()
+        };
+        std::collections::HashMap::from([(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(),
+            pack(&opts),
+        )])
+    } else {
+        Default::default()
+    };
     Cluster {
+        typed_extension_protocol_options,
         name: name.into(),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32)),
         dns_lookup_family: DnsLookupFamily::V4Only as i32,
