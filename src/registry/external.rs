@@ -176,8 +176,8 @@ mod tests {
     use super::super::config::RawDoc;
     use super::super::{Event, KubeObject, Registry};
     use crate::config::{ClusterConfig, ClusterSource, MeshConfig};
-    use crate::model::service::ServiceMap;
     use crate::model::push_request::PushQueue;
+    use crate::model::service::ServiceMap;
     use std::sync::Arc;
 
     fn registry() -> (Arc<Registry>, PushQueue) {
