@@ -63,7 +63,12 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// The control plane's debug address.
-    #[arg(long, env = "CROSSMESH_DEBUG_ADDRESS", value_name = "ADDR", default_value = "127.0.0.1:15014")]
+    #[arg(
+        long,
+        env = "CROSSMESH_DEBUG_ADDRESS",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:15014"
+    )]
     pub debug_address: SocketAddr,
     /// A file holding the bearer token the debug address asks for off loopback
     /// (mesh file `debugAuth`).
@@ -93,13 +98,28 @@ pub struct WorkloadCertsArgs {
     #[arg(long, env = "CROSSMESH_IP", value_name = "IP")]
     pub ip: std::net::IpAddr,
     /// The Pod's service account: the identity the token must prove.
-    #[arg(long, env = "CROSSMESH_SERVICE_ACCOUNT", value_name = "SA", default_value = "default")]
+    #[arg(
+        long,
+        env = "CROSSMESH_SERVICE_ACCOUNT",
+        value_name = "SA",
+        default_value = "default"
+    )]
     pub service_account: String,
     /// The member cluster the Pod runs in (Istio's CLUSTER_ID).
-    #[arg(long, env = "CROSSMESH_CLUSTER_ID", value_name = "C", default_value = "Kubernetes")]
+    #[arg(
+        long,
+        env = "CROSSMESH_CLUSTER_ID",
+        value_name = "C",
+        default_value = "Kubernetes"
+    )]
     pub cluster_id: String,
     /// The mesh's domain suffix (the node id's `NS.svc.<suffix>`).
-    #[arg(long, env = "CROSSMESH_DOMAIN_SUFFIX", value_name = "SUFFIX", default_value = "cluster.local")]
+    #[arg(
+        long,
+        env = "CROSSMESH_DOMAIN_SUFFIX",
+        value_name = "SUFFIX",
+        default_value = "cluster.local"
+    )]
     pub domain_suffix: String,
     /// Where the files are written.
     #[arg(long, env = "CROSSMESH_CERT_DIR", value_name = "DIR")]
@@ -807,8 +827,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .to_string(),
                 ),
             };
-            let table = runtime()?
-                .block_on(crate::debug::status::run(args.debug_address, token.as_deref()))?;
+            let table = runtime()?.block_on(crate::debug::status::run(
+                args.debug_address,
+                token.as_deref(),
+            ))?;
             print!("{table}");
             Ok(ExitCode::SUCCESS)
         }

@@ -126,7 +126,9 @@ async fn check_assets(cp: &ControlPlane) {
     let other = js
         .replace("http://www.w3.org/2000/svg", "")
         .replace("http://www.w3.org/1999/xhtml", "");
-    assert!(js.contains("/debug/syncz") && !other.contains("http://") && !other.contains("https://"));
+    assert!(
+        js.contains("/debug/syncz") && !other.contains("http://") && !other.contains("https://")
+    );
     let (st, h, _) = raw_get(cp, "/ui/app.css", None).await;
     assert_eq!(
         (st, h["content-type"].to_str().unwrap()),

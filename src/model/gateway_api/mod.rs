@@ -984,12 +984,19 @@ fn gateway(g: &K8sGateway, namespace: &str, err: &mut impl FnMut(String, String)
                         ),
                         Some(sel) => {
                             if let Err((sf, reason)) = namespaces::LabelSelector::parse(sel) {
-                                let sf = if sf.is_empty() { String::new() } else { format!(".{sf}") };
+                                let sf = if sf.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(".{sf}")
+                                };
                                 err(format!("{f}.allowedRoutes.namespaces.selector{sf}"), reason);
                             }
                         }
                     },
-                    o => err(format!("{f}.allowedRoutes.namespaces.from"), format!("{o:?} is not one of All, Same, Selector")),
+                    o => err(
+                        format!("{f}.allowedRoutes.namespaces.from"),
+                        format!("{o:?} is not one of All, Same, Selector"),
+                    ),
                 }
                 if ns.selector.is_some() && ns.from.as_deref() != Some("Selector") {
                     err(
