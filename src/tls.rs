@@ -110,3 +110,49 @@ mod tests {
         );
     }
 }
+
+/// A tonic connector that dials `addr` over TCP and then TLS, checking the
+/// server's certificate for `host` against `tls`'s roots (and presenting its
+/// client certificate, if it has one). The agent's link to the hub and
+/// `crossmesh workload-certs`' link to the TLS xDS port use it.
+#[derive(Clone)]
+pub struct TlsConnector {
+    /// `HOST:PORT` to dial.
+    pub addr: String,
+    /// The name the server's certificate must carry.
+    pub host: String,
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+/// The stream a [`TlsConnector`] hands tonic.
+pub type TlsIo = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+type TlsIoFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<TlsIo, std::io::Error>> + Send>>;
+
+impl tonic::codegen::Service<tonic::codegen::http::Uri> for TlsConnector {
+    type Response = TlsIo;
+    type Error = std::io::Error;
+    type Future = TlsIoFuture;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: tonic::codegen::http::Uri) -> Self::Future {
+        let me = self.clone();
+        Box::pin(async move {
+            let tcp = tokio::net::TcpStream::connect(&me.addr).await?;
+            let _ = tcp.set_nodelay(true);
+            let name = rustls::pki_types::ServerName::try_from(me.host.clone())
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            let tls = tokio_rustls::TlsConnector::from(me.tls.clone())
+                .connect(name, tcp)
+                .await?;
+            Ok(hyper_util::rt::TokioIo::new(tls))
+        })
+    }
+}

@@ -20,9 +20,7 @@
 //! were meanwhile. Nothing is logged of the key or the token.
 
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::{data_source::Specifier, DataSource, Node};
@@ -32,7 +30,6 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 use prost::Message;
-use tonic::codegen::http::Uri;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
 
@@ -315,7 +312,7 @@ async fn connect(o: &Options) -> Result<Channel, CertsError> {
         .map_err(|_| CertsError::Address(o.xds_address.clone()))?
         .connect_timeout(Duration::from_secs(10))
         .http2_keep_alive_interval(Duration::from_secs(30));
-    ep.connect_with_connector(Connector {
+    ep.connect_with_connector(crate::tls::TlsConnector {
         addr: o.xds_address.clone(),
         host,
         tls,
@@ -336,41 +333,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
-}
-
-/// Dials the xDS port over TCP and TLS for tonic.
-#[derive(Clone)]
-struct Connector {
-    addr: String,
-    host: String,
-    tls: Arc<rustls::ClientConfig>,
-}
-
-type TlsIo = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
-type IoFuture = Pin<Box<dyn std::future::Future<Output = Result<TlsIo, std::io::Error>> + Send>>;
-
-impl tonic::codegen::Service<Uri> for Connector {
-    type Response = TlsIo;
-    type Error = std::io::Error;
-    type Future = IoFuture;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _uri: Uri) -> Self::Future {
-        let me = self.clone();
-        Box::pin(async move {
-            let tcp = tokio::net::TcpStream::connect(&me.addr).await?;
-            let _ = tcp.set_nodelay(true);
-            let name = rustls::pki_types::ServerName::try_from(me.host.clone())
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-            let tls = tokio_rustls::TlsConnector::from(me.tls.clone())
-                .connect(name, tcp)
-                .await?;
-            Ok(hyper_util::rt::TokioIo::new(tls))
-        })
-    }
 }
 
 #[cfg(test)]

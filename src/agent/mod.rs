@@ -43,16 +43,14 @@ pub mod webhook;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use kube::runtime::watcher;
 use prost::Message as _;
 use tokio::sync::{mpsc, watch, Notify};
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
@@ -582,49 +580,6 @@ fn client_tls(
     Ok(Arc::new(cfg))
 }
 
-/// Dials the hub over TCP and TLS for tonic.
-#[derive(Clone)]
-struct Connector {
-    addr: String,
-    host: String,
-    tls: Arc<rustls::ClientConfig>,
-}
-
-type IoFuture = Pin<
-    Box<
-        dyn std::future::Future<
-                Output = Result<
-                    hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
-                    std::io::Error,
-                >,
-            > + Send,
-    >,
->;
-
-impl tonic::codegen::Service<Uri> for Connector {
-    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
-    type Error = std::io::Error;
-    type Future = IoFuture;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _uri: Uri) -> Self::Future {
-        let me = self.clone();
-        Box::pin(async move {
-            let tcp = tokio::net::TcpStream::connect(&me.addr).await?;
-            let _ = tcp.set_nodelay(true);
-            let name = rustls::pki_types::ServerName::try_from(me.host.clone())
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-            let tls = tokio_rustls::TlsConnector::from(me.tls.clone())
-                .connect(name, tcp)
-                .await?;
-            Ok(hyper_util::rt::TokioIo::new(tls))
-        })
-    }
-}
-
 async fn channel(
     hub: &str,
     host: &str,
@@ -645,7 +600,7 @@ async fn channel_to(
         .map_err(|e| AgentError::HubAddress(format!("{hub}: {e}")))?
         .connect_timeout(Duration::from_secs(10))
         .http2_keep_alive_interval(Duration::from_secs(30));
-    ep.connect_with_connector(Connector {
+    ep.connect_with_connector(crate::tls::TlsConnector {
         addr: addr.to_string(),
         host: host.to_string(),
         tls,
