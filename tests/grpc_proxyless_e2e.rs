@@ -37,6 +37,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use support::control_plane::{bootstrap, ControlPlane};
+use support::grpc::{python, script};
 use support::manifests::{self, cluster, Mesh};
 use support::net::Subnet;
 use support::wait_for;
@@ -48,26 +49,6 @@ const CONVERGE: Duration = Duration::from_secs(30);
 
 fn target() -> String {
     format!("xds:///{HOST}:{PORT}")
-}
-
-/// The test venv's Python, if it has grpcio.
-fn python() -> Option<PathBuf> {
-    let py = std::env::var_os("CROSSMESH_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python3"));
-    let ok = std::process::Command::new(&py)
-        .args(["-c", "import grpc"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    ok.then_some(py)
-}
-
-fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/grpc")
-        .join(name)
 }
 
 /// A child process killed on drop; its log's tail printed if the test panics.

@@ -22,37 +22,18 @@ mod support;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use serde_json::Value;
 use support::control_plane::{bootstrap, crossmesh_bin, ControlPlane};
+use support::grpc::{python, script};
 use support::manifests::Mesh;
 use support::net::{free_port, Subnet};
 use support::wait_for;
 
 const NS: &str = "test";
 const SERVICE_PORT: u16 = 7070;
-
-/// The test venv's Python, if it has grpcio.
-fn python() -> Option<PathBuf> {
-    let py = std::env::var_os("CROSSMESH_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python3"));
-    let ok = Command::new(&py)
-        .args(["-c", "import grpc"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    ok.then_some(py)
-}
-
-fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/grpc")
-        .join(name)
-}
 
 /// A child process killed on drop, its log's tail printed if the test panics.
 struct Proc {

@@ -9,6 +9,7 @@
 pub mod backend;
 pub mod control_plane;
 pub mod envoy;
+pub mod grpc;
 pub mod http;
 pub mod in_pod;
 pub mod manifests;
