@@ -394,11 +394,31 @@ pub fn bootstrap_json(o: &BootstrapOptions) -> Value {
             "lds_config": ads_source,
         },
         "static_resources": { "clusters": static_clusters },
+        "layered_runtime": layered_runtime(),
     });
     if let Some(top) = bootstrap.as_object_mut() {
         top.extend(stats_sink_fields(o));
     }
     bootstrap
+}
+
+/// Envoy's runtime as Istio's bootstrap sets it (`pkg/bootstrap/config.go`
+/// `extractRuntimeFlags`): RE2 programs up to 32,768 (Envoy's default error
+/// level is 100, so a route regex of a few alternations is NACKed), no global
+/// downstream connection limit (Envoy warns without one), and an admin layer.
+fn layered_runtime() -> Value {
+    json!({
+        "layers": [
+            {
+                "name": "global config",
+                "static_layer": {
+                    "re2.max_program_size.error_level": 32768,
+                    "overload.global_downstream_max_connections": 2147483647u64,
+                }
+            },
+            { "name": "admin", "admin_layer": {} },
+        ]
+    })
 }
 
 /// Istio's name template of the server listeners a proxyless gRPC server asks

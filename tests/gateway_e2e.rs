@@ -381,3 +381,46 @@ async fn bad_input_is_reported_and_other_hosts_keep_working() {
     s.wait_answer("fixed.imroc.cc", "cluster1-pod-a", CONVERGE)
         .await;
 }
+
+/// Envoy refuses an RE2 program larger than its runtime's
+/// `re2.max_program_size.error_level` (100 by default); `crossmesh bootstrap`
+/// raises it to Istio's 32,768, so a route regex of a few hundred alternations
+/// (program size about 5,400) is accepted and routes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_route_regex_loads_as_under_istio() {
+    let s = Seed::start(false).await;
+    s.wait_all_hosts().await;
+    let alternatives: Vec<String> = (0..300).map(|i| format!("p{i}[a-z]+x{{3,9}}")).collect();
+    let regex = format!("^/({})$", alternatives.join("|"));
+    s.mesh.write_istio(
+        "vs-regex.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: regex, namespace: test}}
+spec:
+  hosts: [regex.imroc.cc]
+  gateways: [istio-system/cluster]
+  http:
+  - match:
+    - uri: {{regex: '{regex}'}}
+    route:
+    - destination: {{host: cluster2.test.svc.cluster.local, port: {{number: 80}}}}
+"
+        ),
+    );
+    let addr = s.gw_addr();
+    wait_for("the large regex route answers", CONVERGE, || async move {
+        let r = http::get(addr, "regex.imroc.cc", "/p299abcxxxx").await?;
+        if r.status == 200 && r.body == "cluster2-pod-a" {
+            Ok(())
+        } else {
+            Err(format!("{} {:?}", r.status, r.body))
+        }
+    })
+    .await;
+    let miss = http::get(addr, "regex.imroc.cc", "/p299abc")
+        .await
+        .expect("answer");
+    assert_eq!(miss.status, 404, "a path the regex does not match");
+}
