@@ -181,10 +181,19 @@ fn count(v: Option<f64>) -> u64 {
 /// One message's metric families as per-cluster reports, in a stable order.
 pub fn reports(families: &[MetricFamily]) -> Vec<(String, Report)> {
     let mut by_cluster: HashMap<&str, Report> = HashMap::new();
+    // Clusters named by a stat Envoy keeps only at the cluster's top level.
+    // `upstream_rq_5xx` and `upstream_rq_time` also come per request class and
+    // per zone (`cluster.<NAME>.external.upstream_rq_time`,
+    // `cluster.<NAME>.zone.<FROM>.<TO>.upstream_rq_5xx`), which would read as
+    // clusters named `<NAME>.external` or `<NAME>.zone.<FROM>.<TO>`.
+    let mut top_level: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for f in families {
         let Some((cluster, stat)) = f.name.as_deref().and_then(cluster_stat) else {
             continue;
         };
+        if stat == REQUESTS || stat == CONNECT_FAIL {
+            top_level.insert(cluster);
+        }
         let r = by_cluster.entry(cluster).or_default();
         for m in &f.metric {
             match stat {
@@ -221,6 +230,7 @@ pub fn reports(families: &[MetricFamily]) -> Vec<(String, Report)> {
     }
     let mut out: Vec<(String, Report)> = by_cluster
         .into_iter()
+        .filter(|(c, _)| top_level.contains(c))
         .map(|(c, r)| (c.to_string(), r))
         .collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -258,6 +268,10 @@ mod tests {
             counter("cluster.xds-grpc.upstream_rq_total", 1.0),
             counter("http.inbound_0.0.0.0_8080.downstream_rq_total", 9.0),
             counter("cluster.upstream_rq_total", 3.0),
+            // Per request class and per zone: the same requests again, not
+            // clusters of their own.
+            counter(&format!("cluster.{c}.external.upstream_rq_5xx"), 2.0),
+            counter(&format!("cluster.{c}.zone.z1.z2.upstream_rq_5xx"), 2.0),
             counter(&format!("cluster.{c}.upstream_rq_total"), f64::NAN),
             MetricFamily {
                 name: Some(format!("cluster.{c}.upstream_rq_time")),
