@@ -1315,7 +1315,7 @@ fn spawn_floor(snapshot: &Path) -> Res<Target> {
 /// transport, serving pre-encoded bytes. stdin: `load FILE` merges the resources
 /// of FILE into the snapshot (changes = their names) and answers `ok`.
 fn floor_server(snapshot: &Path) -> Res<()> {
-    use crossmesh::xds::{Changes, FixedSource};
+    use crossmesh::xds::{FixedSource, SnapshotChanges};
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -1371,7 +1371,7 @@ fn floor_server(snapshot: &Path) -> Res<()> {
             }
         }
         current = ProxySnapshot::new(seq, resources);
-        let changes = Changes {
+        let changes = SnapshotChanges {
             base_seq: seq - 1,
             names: names.map(|n| Some(Arc::new(n))),
         };
