@@ -207,6 +207,9 @@ async fn sidecar(
     std::fs::write(&token_file, issuer.token_for(NS, sa)).expect("write token");
     let args: Vec<String> = [
         "bootstrap",
+        // ssl.* stats: not kept by the default (graph) stats matcher.
+        "--stats-matcher",
+        "all",
         "--role",
         "sidecar",
         "--interception",
@@ -264,6 +267,9 @@ async fn east_west_gateway(
     .expect("write token");
     let args: Vec<String> = [
         "bootstrap",
+        // ssl.* stats: not kept by the default (graph) stats matcher.
+        "--stats-matcher",
+        "all",
         "--role",
         "gateway",
         "--name",
