@@ -1,215 +1,23 @@
-//! Manifest directories (DESIGN.md §2): a member cluster, or Istio config, as a
-//! directory of multi-doc YAML files shaped like `kubectl get -o yaml` (`kind: List`
-//! included), watched for changes.
-//!
-//! Flow: file events (notify, recursive) -> debounce (`DEBOUNCE`, 10 ms quiet,
-//! at most `DEBOUNCE_MAX`) -> rescan. A member cluster's rescan reads only the
-//! files the events named and sends the registry one `Event` per object of those
-//! files (`Registry::reset_cluster` only on the first sync); an Istio config
-//! directory is re-read whole (hash-compared per file) into
-//! `Registry::replace_config_source`. The registry diffs and pushes only what
-//! changed. A slow periodic full rescan (`RESCAN`) catches events the watcher
-//! missed (network filesystems, a directory created later).
-//!
-//! Bad input rejects one file or one document, never the directory: a file that does
-//! not parse keeps serving its last good content (an editor half-way through a
-//! save), a document with a wrong field type or an unknown kind is skipped, and each
-//! problem is logged and shown on `/debug/clusterz` naming file, kind,
-//! namespace/name and reason. Deleting a file removes only its objects.
+//! What a manifest directory holds: `DirState` (an Istio config directory's
+//! files and their last good documents), `ClusterDir` (a member cluster's
+//! files, synced incrementally into the registry as watch events) and
+//! `ConfigDir` (the config directory fed to the config store).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use notify::Watcher;
 use serde_json::Value;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-use tracing::{info_span, warn, Instrument};
+use tracing::warn;
 
-use crate::config::ClusterConfig;
-use crate::registry::endpoints::{self, KubeObject};
+use super::parse::{
+    parallel_map, parse_cluster_file, parse_text, read_file_with, Doc, FileRead, ObjId, Parsed,
+};
+use super::watch::ManifestChanges;
+use crate::registry::endpoints::KubeObject;
 use crate::registry::secrets::RawSecret;
 use crate::registry::{Event, ObjectProblem, Registry};
-
-/// Quiet period after the last file event before a rescan.
-pub const DEBOUNCE: Duration = Duration::from_millis(10);
-/// Longest a stream of events may delay a rescan.
-pub const DEBOUNCE_MAX: Duration = Duration::from_millis(100);
-/// Fallback rescan period when no event arrives.
-pub const RESCAN: Duration = Duration::from_secs(30);
-
-const KINDS_HINT: &str =
-    "crossmesh reads Service, Pod, Node, EndpointSlice and TLS Secret from cluster manifests";
-
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    #[error("cluster {0:?} is not read from a manifest directory")]
-    NotManifests(String),
-}
-
-/// One YAML document with where it came from.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Doc {
-    pub file: PathBuf,
-    pub value: Value,
-}
-
-/// `kind ns/name` of a raw document, as far as it can be read.
-pub fn describe(value: &Value) -> (String, String) {
-    let kind = value
-        .get("kind")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    let meta = value.get("metadata");
-    let name = meta
-        .and_then(|m| m.get("name"))
-        .and_then(Value::as_str)
-        .unwrap_or("?");
-    let ns = meta
-        .and_then(|m| m.get("namespace"))
-        .and_then(Value::as_str);
-    let object = match (kind.as_str(), ns) {
-        ("Node", _) => name.to_string(),
-        (_, Some(ns)) if !ns.is_empty() => format!("{ns}/{name}"),
-        _ => format!("default/{name}"),
-    };
-    (kind, object)
-}
-
-/// YAML limits for manifest files. serde-saphyr's defaults (1,024 documents,
-/// 250,000 nodes per input) suit one config file, not a `kubectl get -o yaml`
-/// dump of a large cluster: those counters are raised so that only the file
-/// size bounds them. The limits that stop hostile input (alias expansion,
-/// anchors, nesting depth) keep their defaults.
-pub fn manifest_options() -> serde_saphyr::Options {
-    let mut budget = serde_saphyr::Budget::default();
-    budget.max_documents = usize::MAX;
-    budget.max_events = usize::MAX;
-    budget.max_nodes = usize::MAX;
-    budget.max_total_scalar_bytes = usize::MAX;
-    let mut options = serde_saphyr::Options::default();
-    options.budget = Some(budget);
-    options
-}
-
-/// Parse one file's text into documents, expanding `kind: List`. A YAML error
-/// rejects the whole file (its documents cannot be told apart reliably).
-pub fn parse_text(text: &str) -> Result<Vec<Value>, String> {
-    let docs: Vec<Value> = serde_saphyr::from_multiple_with_options(text, manifest_options())
-        .map_err(|e| format!("YAML error: {e}"))?;
-    let mut out = Vec::new();
-    for d in docs {
-        match d {
-            Value::Null => {}
-            Value::Object(ref m) if m.get("kind").and_then(Value::as_str) == Some("List") => {
-                match m.get("items") {
-                    Some(Value::Array(items)) => {
-                        out.extend(items.iter().filter(|v| !v.is_null()).cloned())
-                    }
-                    None | Some(Value::Null) => {}
-                    Some(_) => return Err("kind List: items is not a list".into()),
-                }
-            }
-            Value::Object(_) => out.push(d),
-            other => return Err(format!("a document is not a mapping: {}", short(&other))),
-        }
-    }
-    Ok(out)
-}
-
-fn short(v: &Value) -> String {
-    let s = v.to_string();
-    if s.len() > 60 {
-        format!(
-            "{}...",
-            &s[..s.char_indices().nth(60).map_or(s.len(), |(i, _)| i)]
-        )
-    } else {
-        s
-    }
-}
-
-/// Turn one document of a cluster directory into a typed, checked object.
-pub fn kube_object(value: &Value) -> Result<KubeObject, String> {
-    let (kind, _) = describe(value);
-    let api = value
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    fn typed<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, String> {
-        serde_path_to_error::deserialize(v).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            if path == "." {
-                format!("wrong field type: {inner}")
-            } else {
-                format!("wrong field type at {path}: {inner}")
-            }
-        })
-    }
-    let obj = match (api, kind.as_str()) {
-        ("v1", "Service") => KubeObject::Service(typed::<Service>(value)?),
-        ("v1", "Pod") => KubeObject::Pod(typed::<Pod>(value)?),
-        ("v1", "Node") => KubeObject::Node(typed::<Node>(value)?),
-        ("discovery.k8s.io/v1", "EndpointSlice") => {
-            KubeObject::EndpointSlice(typed::<EndpointSlice>(value)?)
-        }
-        (_, "Service" | "Pod" | "Node") => {
-            return Err(format!(
-                "apiVersion {api:?} is not supported for {kind} (v1)"
-            ))
-        }
-        (_, "EndpointSlice") => {
-            return Err(format!(
-                "apiVersion {api:?} is not supported for EndpointSlice (discovery.k8s.io/v1)"
-            ))
-        }
-        (_, "") => return Err(format!("the document has no kind; {KINDS_HINT}")),
-        (_, k) => return Err(format!("kind {k} skipped: {KINDS_HINT}")),
-    };
-    endpoints::check(&obj).map_err(|e| e.reason)?;
-    Ok(obj)
-}
-
-/// A `v1` Secret document of a cluster directory, for `credentialName`
-/// (`registry::secrets`): `data` base64 as the API serves it, `stringData` as
-/// written. `Ok(None)`: a Secret that holds no TLS keys (not kept). A TLS
-/// Secret whose certificate or key does not check out is an error naming why
-/// (never the key).
-pub fn secret_object(value: &Value) -> Result<Option<RawSecret>, String> {
-    let api = value
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    if api != "v1" {
-        return Err(format!(
-            "apiVersion {api:?} is not supported for Secret (v1)"
-        ));
-    }
-    let s: k8s_openapi::api::core::v1::Secret = serde_path_to_error::deserialize(value)
-        .map_err(|e| format!("wrong field type at {}: {}", e.path(), e.inner()))?;
-    let raw = RawSecret::from_k8s(&s);
-    if raw.name.is_empty() {
-        return Err("metadata.name is missing".into());
-    }
-    match crate::model::credential::parse_secret(&raw.data) {
-        Some(Err(reason)) => Err(reason),
-        Some(Ok(_)) => Ok(Some(raw)),
-        None if raw.r#type == "kubernetes.io/tls" => {
-            Err("type kubernetes.io/tls without tls.crt and tls.key".into())
-        }
-        None => Ok(None),
-    }
-}
-
-fn is_secret(value: &Value) -> bool {
-    value.get("kind").and_then(Value::as_str) == Some("Secret")
-}
 
 /// The files of a directory tree that hold manifests, sorted.
 pub fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
@@ -382,46 +190,6 @@ fn file_problem(path: &Path, reason: String, entry: Option<&FileEntry>) -> Objec
     }
 }
 
-/// Split a cluster directory's documents into objects and problems. The same
-/// object in two files: the first file (by path) wins, the other is rejected.
-pub fn cluster_objects(docs: &[Doc]) -> (Vec<KubeObject>, Vec<ObjectProblem>, Vec<ObjectProblem>) {
-    let mut objects = Vec::new();
-    let mut problems = Vec::new();
-    let mut notes = Vec::new();
-    let mut seen: HashMap<(String, String), &Path> = HashMap::new();
-    for d in docs {
-        let (kind, object) = describe(&d.value);
-        let problem = |reason: String| ObjectProblem {
-            origin: d.file.display().to_string(),
-            kind: kind.clone(),
-            object: object.clone(),
-            reason,
-        };
-        if is_secret(&d.value) {
-            if let Err(reason) = secret_object(&d.value) {
-                problems.push(problem(reason));
-            }
-            continue;
-        }
-        match kube_object(&d.value) {
-            Ok(obj) => {
-                if let Some(first) = seen.get(&(kind.clone(), object.clone())) {
-                    problems.push(problem(format!(
-                        "also defined in {}, which wins",
-                        first.display()
-                    )));
-                    continue;
-                }
-                seen.insert((kind.clone(), object.clone()), &d.file);
-                notes.extend(obj.notes().into_iter().map(&problem));
-                objects.push(obj);
-            }
-            Err(reason) => problems.push(problem(reason)),
-        }
-    }
-    (objects, problems, notes)
-}
-
 /// Logs each problem once, while it persists, rather than on every rescan.
 #[derive(Debug, Default)]
 struct Reported(BTreeSet<ObjectProblem>);
@@ -438,11 +206,6 @@ impl Reported {
         self.0 = now;
     }
 }
-
-/// `(kind, namespace/name)` of an object in a cluster directory, as `describe`
-/// reads it.
-type ObjId = (String, String);
-
 /// What a cluster directory holds of one file: only the identities of its
 /// objects and its problems, never the documents (memory stays proportional to
 /// what the registry keeps, not to the YAML).
@@ -459,60 +222,6 @@ struct ClusterFile {
     /// TLS Secrets of the last good parse (`registry::secrets`, replaced as a
     /// whole per cluster on every change).
     secrets: Vec<RawSecret>,
-}
-
-/// Which files changed since the last rescan, as the watcher saw them.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ManifestChanges {
-    /// Rescan every file: the watcher lost events or saw something other than
-    /// a manifest file change (a directory, a ConfigMap mount's `..data` swap).
-    pub full: bool,
-    /// Manifest files created, modified or deleted.
-    pub paths: BTreeSet<PathBuf>,
-}
-
-impl ManifestChanges {
-    pub fn full() -> ManifestChanges {
-        ManifestChanges {
-            full: true,
-            paths: BTreeSet::new(),
-        }
-    }
-
-    /// Fold one watcher event in. Returns false if the event changes nothing.
-    fn note(&mut self, res: &notify::Result<notify::Event>) -> bool {
-        let ev = match res {
-            Ok(ev) => ev,
-            Err(_) => {
-                self.full = true;
-                return true;
-            }
-        };
-        if matches!(ev.kind, notify::EventKind::Access(_)) {
-            return false;
-        }
-        if ev.need_rescan() || ev.paths.is_empty() {
-            self.full = true;
-            return true;
-        }
-        let mut any = false;
-        for p in &ev.paths {
-            match p.file_name().and_then(|n| n.to_str()) {
-                // Kubernetes ConfigMap/Secret mounts swap a `..data` symlink.
-                Some(n) if n.starts_with("..") => self.full = true,
-                // Editor swap files and atomic-write staging files: the rename
-                // onto the real name comes as its own event.
-                Some(n) if n.starts_with('.') => continue,
-                Some(n) if n.ends_with(".yaml") || n.ends_with(".yml") => {
-                    self.paths.insert(p.clone());
-                }
-                // A directory (created, removed, renamed) or an unreadable name.
-                _ => self.full = true,
-            }
-            any = true;
-        }
-        any
-    }
 }
 
 /// A member cluster's directory, synced incrementally: a rescan reads only the
@@ -533,87 +242,6 @@ pub struct ClusterDir {
     synced: bool,
     reported: Reported,
 }
-
-/// The valid objects of one parsed file, with its problems and notes.
-struct Parsed {
-    objects: Vec<(ObjId, KubeObject)>,
-    problems: Vec<ObjectProblem>,
-    notes: Vec<ObjectProblem>,
-    secrets: Vec<RawSecret>,
-}
-
-fn parse_cluster_file(path: &Path, text: &[u8]) -> Result<Parsed, String> {
-    let text = std::str::from_utf8(text).map_err(|e| format!("not UTF-8: {e}"))?;
-    let docs = parse_text(text)?;
-    let mut out = Parsed {
-        objects: Vec::with_capacity(docs.len()),
-        problems: Vec::new(),
-        notes: Vec::new(),
-        secrets: Vec::new(),
-    };
-    let mut seen: BTreeSet<ObjId> = BTreeSet::new();
-    for d in &docs {
-        let (kind, object) = describe(d);
-        let problem = |reason: String| ObjectProblem {
-            origin: path.display().to_string(),
-            kind: kind.clone(),
-            object: object.clone(),
-            reason,
-        };
-        if is_secret(d) {
-            if !seen.insert((kind.clone(), object.clone())) {
-                out.problems
-                    .push(problem("defined twice in this file; the first wins".into()));
-                continue;
-            }
-            match secret_object(d) {
-                Ok(Some(raw)) => out.secrets.push(raw),
-                Ok(None) => {}
-                // Kept as rejected by the store too, so a Secret that turns bad
-                // stops being served (its clusters and servers are left out).
-                Err(reason) => {
-                    if let Ok(s) =
-                        serde_json::from_value::<k8s_openapi::api::core::v1::Secret>(d.clone())
-                    {
-                        out.secrets.push(RawSecret::from_k8s(&s));
-                    }
-                    out.problems.push(problem(reason));
-                }
-            }
-            continue;
-        }
-        match kube_object(d) {
-            Ok(obj) => {
-                let id = (kind.clone(), object.clone());
-                if !seen.insert(id.clone()) {
-                    out.problems
-                        .push(problem("defined twice in this file; the first wins".into()));
-                    continue;
-                }
-                out.notes.extend(obj.notes().into_iter().map(&problem));
-                out.objects.push((id, obj));
-            }
-            Err(reason) => out.problems.push(problem(reason)),
-        }
-    }
-    Ok(out)
-}
-
-/// What reading one member-cluster file found.
-enum FileRead<P> {
-    /// Gone (deleted, or never there).
-    Missing,
-    /// Could not be read.
-    Failed(std::io::Error),
-    /// Same content hash as the last time it was parsed.
-    Unchanged,
-    /// New or changed content: its hash and what parsing it gave.
-    Read {
-        hash: u64,
-        parsed: Result<P, String>,
-    },
-}
-
 /// Read, hash and (when the content changed since `known`) parse one file.
 fn read_cluster_file(path: &Path, known: &BTreeMap<PathBuf, ClusterFile>) -> FileRead<Parsed> {
     read_file_with(
@@ -621,57 +249,6 @@ fn read_cluster_file(path: &Path, known: &BTreeMap<PathBuf, ClusterFile>) -> Fil
         |h| known.get(path).is_some_and(|f| f.hash == h),
         |text| parse_cluster_file(path, text),
     )
-}
-
-/// Read `path`; unless `same(hash)`, parse it with `parse`.
-fn read_file_with<P>(
-    path: &Path,
-    same: impl FnOnce(u64) -> bool,
-    parse: impl FnOnce(&[u8]) -> Result<P, String>,
-) -> FileRead<P> {
-    let text = match std::fs::read(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return FileRead::Missing,
-        Err(e) => return FileRead::Failed(e),
-    };
-    let hash = content_hash(&text);
-    if same(hash) {
-        return FileRead::Unchanged;
-    }
-    FileRead::Read {
-        hash,
-        parsed: parse(&text),
-    }
-}
-
-/// Fewer items than this are handled on the calling thread: starting threads
-/// costs more than a watcher event's few files.
-const PARALLEL_MIN: usize = 16;
-
-/// `items.iter().map(f)` with the items split into one contiguous run per core
-/// (`std::thread::scope`), results in the items' order.
-fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if cores < 2 || items.len() < PARALLEL_MIN {
-        return items.iter().map(f).collect();
-    }
-    let chunk = items.len().div_ceil(cores);
-    let f = &f;
-    std::thread::scope(|scope| {
-        let runs: Vec<_> = items
-            .chunks(chunk)
-            .map(|run| scope.spawn(move || run.iter().map(f).collect::<Vec<R>>()))
-            .collect();
-        let mut out = Vec::with_capacity(items.len());
-        for run in runs {
-            match run.join() {
-                Ok(v) => out.extend(v),
-                // A panic in `f` is a bug: surface it on the calling thread.
-                Err(p) => std::panic::resume_unwind(p),
-            }
-        }
-        out
-    })
 }
 
 /// A stand-in carrying only kind and name, for `Event::Delete`.
@@ -986,43 +563,6 @@ impl ClusterDir {
     }
 }
 
-/// A running directory watch. Dropping it stops the watch.
-#[derive(Debug)]
-pub struct ManifestWatch {
-    task: JoinHandle<()>,
-}
-
-impl ManifestWatch {
-    pub fn abort(&self) {
-        self.task.abort();
-    }
-}
-
-impl Drop for ManifestWatch {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Watch a member cluster's manifest directory. Must be called within a tokio runtime.
-pub fn spawn_cluster(
-    registry: Arc<Registry>,
-    cluster: &ClusterConfig,
-) -> Result<ManifestWatch, SourceError> {
-    let crate::config::ClusterSource::Manifests(dir) = &cluster.source else {
-        return Err(SourceError::NotManifests(cluster.name.clone()));
-    };
-    let span = info_span!("manifests", cluster = %cluster.name, dir = %dir.display());
-    let mut state = ClusterDir::new(&cluster.name, dir.clone());
-    let task = tokio::spawn(
-        watch_loop(dir.clone(), move |_, changes| {
-            state.sync_changes(&registry, &changes)
-        })
-        .instrument(span),
-    );
-    Ok(ManifestWatch { task })
-}
-
 /// The Istio config directory: every document goes to the config store, which
 /// validates each one.
 #[derive(Debug)]
@@ -1087,173 +627,11 @@ impl ConfigDir {
     }
 }
 
-/// Watch an Istio config directory. Must be called within a tokio runtime.
-pub fn spawn_config(registry: Arc<Registry>, dir: PathBuf) -> ManifestWatch {
-    let span = info_span!("manifests", config = %dir.display());
-    let mut state = ConfigDir::new(dir.clone());
-    let task = tokio::spawn(
-        watch_loop(dir, move |first, _| state.sync(&registry, first)).instrument(span),
-    );
-    ManifestWatch { task }
-}
-
-/// Drive `rescan(first, changes)` from file events, debounced, plus the periodic
-/// fallback (a full rescan). `first` holds until a rescan succeeds; `changes`
-/// names the files the watcher saw change. `rescan` returns false when the
-/// directory could not be read (the watch is then re-established and the next
-/// rescan is full).
-async fn watch_loop(
-    dir: PathBuf,
-    mut rescan: impl FnMut(bool, ManifestChanges) -> bool + Send + 'static,
-) {
-    let (tx, mut rx) = mpsc::channel::<()>(1);
-    let pending = Arc::new(std::sync::Mutex::new(ManifestChanges::default()));
-    let mut watcher: Option<notify::RecommendedWatcher> = None;
-    let mut first = true;
-    let mut next = ManifestChanges::full();
-    loop {
-        if watcher.is_none() {
-            watcher = start_watcher(&dir, tx.clone(), pending.clone());
-        }
-        let ok = rescan(first, std::mem::take(&mut next));
-        first = first && !ok;
-        if !ok {
-            watcher = None;
-        }
-        // Wait for an event or the periodic rescan.
-        let period = if ok { RESCAN } else { Duration::from_secs(2) };
-        match tokio::time::timeout(period, rx.recv()).await {
-            Ok(None) => return,
-            Ok(Some(())) => {
-                debounce(&mut rx).await;
-                next = std::mem::take(&mut *pending.lock().unwrap_or_else(|e| e.into_inner()));
-            }
-            Err(_) => next = ManifestChanges::full(),
-        }
-        next.full |= !ok;
-    }
-}
-
-/// A file's content hash, the same in every process and release: the first 8
-/// bytes of its SHA-256 (`std`'s `DefaultHasher` promises no stability).
-fn content_hash(text: &[u8]) -> u64 {
-    let d = ring::digest::digest(&ring::digest::SHA256, text);
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&d.as_ref()[..8]);
-    u64::from_be_bytes(first)
-}
-
-/// Wait until `DEBOUNCE` passes without an event (at most `DEBOUNCE_MAX`), with
-/// the push queue's quiet-period loop (`push::debounce::settle`). No fast path
-/// here: an editor writes a file in several steps.
-async fn debounce(rx: &mut mpsc::Receiver<()>) {
-    let window = crate::debounce::Window {
-        quiet: DEBOUNCE,
-        max: DEBOUNCE_MAX,
-    };
-    crate::debounce::settle(tokio::time::Instant::now(), window, rx).await;
-}
-
-fn start_watcher(
-    dir: &Path,
-    tx: mpsc::Sender<()>,
-    pending: Arc<std::sync::Mutex<ManifestChanges>>,
-) -> Option<notify::RecommendedWatcher> {
-    let handler = move |res: notify::Result<notify::Event>| {
-        let relevant = pending.lock().unwrap_or_else(|e| e.into_inner()).note(&res);
-        if relevant {
-            // Full channel: a rescan is already pending, which will see this change.
-            let _ = tx.try_send(());
-        }
-    };
-    let mut w = match notify::recommended_watcher(handler) {
-        Ok(w) => w,
-        Err(e) => {
-            warn!(error = %e, "cannot create a file watcher; relying on periodic rescans");
-            return None;
-        }
-    };
-    match w.watch(dir, notify::RecursiveMode::Recursive) {
-        Ok(()) => Some(w),
-        Err(e) => {
-            warn!(error = %e, "cannot watch the directory; relying on periodic rescans");
-            None
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::parse::{describe, PARALLEL_MIN};
+    use super::super::test_util::*;
     use super::*;
-    use crate::config::{ClusterSource, MeshConfig};
-    use crate::push::PushQueue;
-
-    #[test]
-    fn a_large_cluster_dump_is_one_file() {
-        // More documents and nodes than serde-saphyr's default budget allows.
-        let doc = "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  namespace: n\n";
-        let text = doc.repeat(30_000);
-        assert_eq!(parse_text(&text).unwrap().len(), 30_000);
-    }
-
-    const SVC_AND_POD: &str = r#"
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: default}
-spec:
-  selector: {app: web}
-  ports: [{name: http, port: 80, targetPort: 8080}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: web-1, namespace: default, labels: {app: web}}
-spec: {containers: [{name: main}]}
-status:
-  podIP: 10.0.0.1
-  phase: Running
-  conditions: [{type: Ready, status: "True"}]
-"#;
-
-    fn pod_yaml(name: &str, ip: &str) -> String {
-        format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default, labels: {{app: web}}}}\n\
-             spec: {{containers: [{{name: main}}]}}\n\
-             status: {{podIP: {ip}, phase: Running, conditions: [{{type: Ready, status: \"True\"}}]}}\n"
-        )
-    }
-
-    fn setup(dir: &Path) -> (Arc<Registry>, PushQueue, ClusterConfig) {
-        let c = ClusterConfig {
-            name: "c1".into(),
-            network: String::new(),
-            source: ClusterSource::Manifests(dir.to_owned()),
-            locality: None,
-        };
-        let mesh = MeshConfig {
-            clusters: vec![c.clone()],
-            ..MeshConfig::default()
-        };
-        let q = PushQueue::new();
-        (Registry::new(Arc::new(mesh), q.clone()), q, c)
-    }
-
-    const WEB: &str = "web.default.svc.cluster.local";
-
-    fn endpoints(r: &Registry) -> Vec<String> {
-        r.service(WEB)
-            .map(|s| {
-                s.endpoints
-                    .values()
-                    .flatten()
-                    .map(|e| e.address.to_string())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    fn rejected(r: &Registry) -> Vec<ObjectProblem> {
-        r.cluster_status()[0].rejected.clone()
-    }
 
     #[test]
     fn a_rescan_reads_only_the_files_the_watcher_named() {
@@ -1293,15 +671,6 @@ status:
         std::fs::remove_file(&b).unwrap();
         assert!(d.sync_changes(&r, &only_b));
         assert_eq!(endpoints(&r), ["10.0.0.1"]);
-    }
-
-    #[test]
-    fn parallel_map_keeps_the_items_order() {
-        let items: Vec<usize> = (0..PARALLEL_MIN * 7 + 3).collect();
-        let out = parallel_map(&items, |i| i * 2);
-        assert_eq!(out, items.iter().map(|i| i * 2).collect::<Vec<_>>());
-        let few: Vec<usize> = (0..3).collect();
-        assert_eq!(parallel_map(&few, |i| i + 1), [1, 2, 3]);
     }
 
     #[test]
@@ -1421,37 +790,6 @@ status:
     }
 
     #[test]
-    fn watcher_events_name_files_or_ask_for_a_full_rescan() {
-        use notify::event::{CreateKind, EventKind, ModifyKind, RenameMode};
-        let ev = |kind, paths: &[&str]| {
-            Ok(notify::Event {
-                kind,
-                paths: paths.iter().map(PathBuf::from).collect(),
-                attrs: Default::default(),
-            })
-        };
-        let mut c = ManifestChanges::default();
-        assert!(!c.note(&ev(
-            EventKind::Create(CreateKind::File),
-            &["/d/.svc-1.yaml.tmp"]
-        )));
-        assert!(c.note(&ev(
-            EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
-            &["/d/.svc-1.yaml.tmp", "/d/svc-1.yaml"]
-        )));
-        assert_eq!(c.paths, [PathBuf::from("/d/svc-1.yaml")].into());
-        assert!(!c.full);
-        c.note(&ev(EventKind::Create(CreateKind::Folder), &["/d/sub"]));
-        assert!(c.full, "a directory means a full rescan");
-        let mut c = ManifestChanges::default();
-        c.note(&ev(EventKind::Create(CreateKind::Any), &["/d/..data"]));
-        assert!(c.full, "a ConfigMap mount swap means a full rescan");
-        let mut c = ManifestChanges::default();
-        c.note(&Err(notify::Error::generic("overflow")));
-        assert!(c.full);
-    }
-
-    #[test]
     fn bad_documents_are_rejected_while_the_rest_is_served() {
         let tmp = tempfile::tempdir().unwrap();
         let (r, _, c) = setup(tmp.path());
@@ -1558,20 +896,6 @@ status:
     }
 
     #[test]
-    fn lists_and_empty_documents() {
-        let docs = parse_text("---\n---\napiVersion: v1\nkind: List\nitems:\n- {kind: Pod}\n- {kind: Node}\n---\n{kind: Service}\n")
-            .unwrap();
-        assert_eq!(docs.len(), 3);
-        assert!(parse_text("- a\n- b\n")
-            .unwrap_err()
-            .contains("not a mapping"));
-        assert!(parse_text("a: [").unwrap_err().contains("YAML error"));
-        let v: Value =
-            serde_json::json!({"apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice"});
-        assert!(kube_object(&v).unwrap_err().contains("discovery.k8s.io/v1"));
-    }
-
-    #[test]
     fn config_directory_feeds_the_config_store() {
         let tmp = tempfile::tempdir().unwrap();
         let (r, q, _) = setup(Path::new("/nonexistent"));
@@ -1602,78 +926,5 @@ status:
         assert!(q.try_take().is_some_and(|r| r.full));
         let st = r.config_status();
         assert!(st.in_force.is_empty() && st.rejected.is_empty());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn debounce_waits_for_quiet_but_not_forever() {
-        let (tx, mut rx) = mpsc::channel::<()>(1);
-        let t0 = tokio::time::Instant::now();
-        debounce(&mut rx).await;
-        assert_eq!(t0.elapsed(), DEBOUNCE);
-
-        // Events closer than DEBOUNCE never leave a quiet period: capped at DEBOUNCE_MAX.
-        let writer = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(DEBOUNCE / 2).await;
-                let _ = tx.try_send(());
-            }
-        });
-        let t1 = tokio::time::Instant::now();
-        debounce(&mut rx).await;
-        assert_eq!(t1.elapsed(), DEBOUNCE_MAX);
-        writer.abort();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn periodic_rescan_without_events() {
-        let tmp = tempfile::tempdir().unwrap();
-        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let c = count.clone();
-        let task = tokio::spawn(watch_loop(tmp.path().to_owned(), move |_, _| {
-            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            true
-        }));
-        tokio::time::sleep(RESCAN / 2).await;
-        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
-        tokio::time::sleep(RESCAN).await;
-        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 2);
-        task.abort();
-    }
-
-    /// The watcher: a written file reaches the registry, a deleted one leaves it.
-    /// Waits on the condition with a deadline, never a fixed sleep.
-    #[tokio::test]
-    async fn watched_directory_follows_file_changes() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (r, _, c) = setup(tmp.path());
-        let _watch = spawn_cluster(r.clone(), &c).unwrap();
-        let wait = |want: Vec<&'static str>| {
-            let r = r.clone();
-            async move {
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-                loop {
-                    if endpoints(&r) == want {
-                        return;
-                    }
-                    assert!(
-                        tokio::time::Instant::now() < deadline,
-                        "still {:?}, want {want:?}",
-                        endpoints(&r)
-                    );
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
-        };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !r.cluster_status()[0].synced {
-            assert!(tokio::time::Instant::now() < deadline, "never synced");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        std::fs::write(tmp.path().join("a.yaml"), SVC_AND_POD).unwrap();
-        wait(vec!["10.0.0.1"]).await;
-        std::fs::write(tmp.path().join("b.yaml"), pod_yaml("web-2", "10.0.0.2")).unwrap();
-        wait(vec!["10.0.0.1", "10.0.0.2"]).await;
-        std::fs::remove_file(tmp.path().join("b.yaml")).unwrap();
-        wait(vec!["10.0.0.1"]).await;
     }
 }
