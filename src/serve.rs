@@ -132,6 +132,10 @@ impl DebugState for LiveState {
         crate::debug::registryz::page(&self.registry.services())
     }
 
+    fn context(&self) -> Option<Arc<dyn crate::model::push_request::ContextSource>> {
+        Some(self.registry.clone())
+    }
+
     fn configz(&self) -> Value {
         let mut page = to_json(&self.registry.config_status());
         page["gatewayApiStatusWrites"] = self.gateway_status.debug();

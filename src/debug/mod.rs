@@ -18,7 +18,9 @@
 //! shows certificates' metadata only.
 
 pub mod json;
+pub mod meshz;
 pub mod registryz;
+pub mod servicez;
 pub mod status;
 pub mod ui;
 
@@ -82,6 +84,13 @@ pub trait DebugState: Send + Sync + 'static {
         let _ = window_secs;
         json!({ "enabled": false })
     }
+    /// The registry's current view (merged services, Istio config in force,
+    /// mesh settings with the discovered network gateways), which the
+    /// dashboard's pages `/debug/meshz` and `/debug/servicez` are computed
+    /// from. A state without one answers those pages 404.
+    fn context(&self) -> Option<Arc<dyn crate::model::push_request::ContextSource>> {
+        None
+    }
 }
 
 /// The debug routes over `state`, open to anyone who can connect.
@@ -130,6 +139,7 @@ fn routes(state: Arc<dyn DebugState>) -> Router {
         )
         .route("/debug/graphz", get(graphz))
         .route("/debug/servicez", get(ui::servicez))
+        .route("/debug/meshz", get(ui::meshz))
         .route("/metrics", get(prometheus))
         .with_state(state)
 }

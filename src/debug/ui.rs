@@ -25,7 +25,6 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::DebugState;
-use crate::xds::TypeUrl;
 
 const INDEX: &str = include_str!("ui/index.html");
 const APP_JS: &str = include_str!("ui/app.js");
@@ -99,35 +98,88 @@ fn asset(req: &HeaderMap, body: &'static str, content_type: &'static str) -> Res
 #[derive(Debug, Deserialize)]
 pub(super) struct ServiceQuery {
     host: Option<String>,
+    from: Option<String>,
+    filter: Option<String>,
+    limit: Option<String>,
 }
 
-/// `/debug/servicez?host=HOST`: which connected proxies were sent a cluster of
-/// the service (Istio's `outbound|PORT|SUBSET|HOST` and `inbound|PORT||HOST`
-/// names), with those cluster names: the Service view's "received by".
+/// `/debug/servicez` (`super::servicez`): with `?host=HOST[&from=NS]` one
+/// service (registry entry, the VirtualServices and DestinationRules that apply
+/// with Istio's host matching, the proxies sent a cluster of it); without, the
+/// service list (`?filter=`, `?limit=`). The Services view reads only this.
 pub(super) async fn servicez(
     State(s): State<Arc<dyn DebugState>>,
     Query(q): Query<ServiceQuery>,
 ) -> Response {
-    let Some(host) = q.host.filter(|h| !h.is_empty()) else {
-        return super::json_error(StatusCode::BAD_REQUEST, "servicez needs ?host=HOSTNAME");
+    let Some(ctx) = s.context() else {
+        return super::json_error(StatusCode::NOT_FOUND, "servicez: no registry to read");
     };
-    let mut receivers = Vec::new();
-    for id in s.proxies() {
-        let Some(sent) = s.sent(&id) else { continue };
-        let clusters: Vec<&str> = sent
-            .get(&TypeUrl::Cluster)
-            .map(|rs| {
-                rs.iter()
-                    .map(|r| &*r.name)
-                    .filter(|n| n.rsplit('|').next() == Some(host.as_str()))
-                    .collect()
+    let services = ctx.services();
+    let Some(host) = q.host.filter(|h| !h.is_empty()) else {
+        let limit = match q.limit.as_deref() {
+            None | Some("") => super::servicez::DEFAULT_LIMIT,
+            Some(l) => match l.parse::<usize>() {
+                Ok(n) => n,
+                Err(_) => {
+                    return super::json_error(
+                        StatusCode::BAD_REQUEST,
+                        format!("limit {l:?} is not a number of services"),
+                    )
+                }
+            },
+        };
+        let filter = q.filter.unwrap_or_default();
+        return super::json_ok(&super::servicez::list(&services, &filter, limit));
+    };
+    let mut page = super::servicez::one(&services, &ctx.config(), &host, q.from.as_deref());
+    let lower = host.to_ascii_lowercase();
+    page["proxies"] = json!(super::servicez::receivers(
+        &lower,
+        s.proxies().into_iter().map(|id| {
+            let sent = s.sent(&id);
+            (id, sent)
+        })
+    ));
+    super::json_ok(&page)
+}
+
+/// `/debug/meshz` (`super::meshz`): counts, and per network its clusters and
+/// east-west gateways. The Mesh view reads this and `/debug/clusterz`.
+pub(super) async fn meshz(State(s): State<Arc<dyn DebugState>>) -> Response {
+    let Some(ctx) = s.context() else {
+        return super::json_error(StatusCode::NOT_FOUND, "meshz: no registry to read");
+    };
+    let clusterz = s.clusterz();
+    let clusters: std::collections::BTreeMap<String, String> = clusterz
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| {
+            let name = c["name"].as_str()?;
+            let net = c["network"]
+                .as_str()
+                .unwrap_or(super::meshz::DEFAULT_NETWORK);
+            Some((name.to_string(), net.to_string()))
+        })
+        .collect();
+    let syncz = s.syncz();
+    let proxies: Vec<super::meshz::ProxyRef<'_>> = syncz
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            Some(super::meshz::ProxyRef {
+                id: p["proxy_id"].as_str()?,
+                cluster: p["cluster_id"].as_str().unwrap_or(""),
             })
-            .unwrap_or_default();
-        if !clusters.is_empty() {
-            receivers.push(json!({ "proxy_id": id, "clusters": clusters }));
-        }
-    }
-    super::json_ok(&json!({ "host": host, "proxies": receivers }))
+        })
+        .collect();
+    super::json_ok(&super::meshz::page(
+        &ctx.services(),
+        &ctx.mesh(),
+        &clusters,
+        &proxies,
+    ))
 }
 
 #[cfg(test)]

@@ -36,14 +36,33 @@ function token() { return sessionStorage.getItem("crossmesh-token"); }
 
 class Unauthorized extends Error {}
 
+// The response texts of the render in progress, to skip re-rendering a view
+// whose data did not change since it was last drawn.
+let fetched = [];
+class Unchanged extends Error {}
+
 async function get(path) {
   const headers = { Accept: "application/json" };
   if (token()) headers.Authorization = "Bearer " + token();
   const r = await fetch(path, { headers, cache: "no-store" });
   if (r.status === 401) throw new Unauthorized((await r.json().catch(() => ({}))).error || "401");
-  if (r.status === 404) return null;
+  if (r.status === 404) { fetched.push(path + " 404"); return null; }
   if (!r.ok) throw new Error(path + " answered " + r.status);
-  return r.json();
+  const text = await r.text();
+  fetched.push(path + "\n" + text);
+  return JSON.parse(text);
+}
+
+// Fetch every path at once; throws Unchanged when the view on screen was drawn
+// from exactly these responses (nothing to redraw).
+let drawn = "";
+async function load(...paths) {
+  const out = await Promise.all(paths.map(get));
+  const key = location.hash + "\n" + (sessionStorage.getItem("filter-service") || "") + "\n" + (sessionStorage.getItem("filter-proxies") || "") + "\n" + fetched.join("\n");
+  fetched = [];
+  if (key === drawn && document.getElementById("view").childElementCount) throw new Unchanged();
+  drawn = key;
+  return out;
 }
 
 // istioctl proxy-status's state of one type (same rules as `crossmesh status`).
@@ -66,7 +85,7 @@ const locLabel = (l) => !l ? "" : typeof l === "string" ? l :
 const views = {};
 
 views.topology = async () => {
-  const g = await get("/debug/graphz?window=60");
+  const [g] = await load("/debug/graphz?window=60");
   const out = [h("h2", null, "Topology (last 60 s)", jsonLink("/debug/graphz?window=60"))];
   if (!g || g.enabled === false) {
     out.push(h("p", { class: "warn", id: "graph-off" },
@@ -151,34 +170,23 @@ views.topology = async () => {
 };
 
 views.mesh = async () => {
-  const [clusters, reg, sync] = await Promise.all([get("/debug/clusterz"), get("/debug/registryz"), get("/debug/syncz")]);
-  const services = (reg && reg.services) || [];
-  let endpoints = 0;
-  for (const svc of services) for (const eps of Object.values(svc.endpoints || {})) endpoints += eps.length;
-  const out = [h("h2", null, "Mesh", jsonLink("/debug/clusterz")),
+  const [mesh, clusters] = await load("/debug/meshz", "/debug/clusterz");
+  const counts = (mesh && mesh.counts) || {};
+  const out = [h("h2", null, "Mesh", jsonLink("/debug/meshz")),
     h("div", { class: "cards" },
-      h("div", { class: "card", id: "count-clusters" }, h("b", null, (clusters || []).length), "clusters"),
-      h("div", { class: "card", id: "count-services" }, h("b", null, services.length), "services ", jsonLink("/debug/registryz")),
-      h("div", { class: "card", id: "count-endpoints" }, h("b", null, endpoints), "endpoints"),
-      h("div", { class: "card", id: "count-proxies" }, h("b", null, (sync || []).length), "proxies ", jsonLink("/debug/syncz")))];
-  const nets = new Map();
-  for (const c of clusters || []) {
-    const n = c.network || "(default network)";
-    if (!nets.has(n)) nets.set(n, []);
-    nets.get(n).push(c);
+      h("div", { class: "card", id: "count-clusters" }, h("b", null, (clusters || []).length), "clusters ", jsonLink("/debug/clusterz")),
+      h("div", { class: "card", id: "count-services" }, h("b", null, counts.services), "services ", jsonLink("/debug/servicez")),
+      h("div", { class: "card", id: "count-endpoints" }, h("b", null, counts.endpoints), "endpoints (" + counts.readyEndpoints + " ready)"),
+      h("div", { class: "card", id: "count-proxies" }, h("b", null, counts.proxies), "proxies ", jsonLink("/debug/syncz")))];
+  if (mesh && !mesh.multiNetwork) {
+    out.push(h("p", { class: "muted" }, "No network has an east-west gateway: networks reach each other directly (routed networks)."));
   }
-  // Gateways: the connected gateway (router) proxies of each network's clusters.
-  const gateways = new Map();
-  for (const p of sync || []) {
-    if (!String(p.proxy_id).startsWith("router~")) continue;
-    const c = (clusters || []).find((c) => c.name === p.cluster_id);
-    const n = (c && c.network) || "(default network)";
-    if (!gateways.has(n)) gateways.set(n, []);
-    gateways.get(n).push(proxyName(p.proxy_id));
-  }
-  for (const [net, cs] of [...nets.entries()].sort()) {
-    out.push(h("div", { class: "network", "data-network": net },
-      h("h3", null, "network " + net),
+  const byName = new Map((clusters || []).map((c) => [c.name, c]));
+  for (const net of (mesh && mesh.networks) || []) {
+    const label = net.name || "(default network)";
+    const cs = net.clusters.map((n) => byName.get(n)).filter((c) => c);
+    out.push(h("div", { class: "network", "data-network": label },
+      h("h3", null, "network " + label, h("span", { class: "muted" }, " · " + net.endpoints + " endpoints")),
       table(["cluster", "source", "sync", "stale", "last error", "services", "pods", "rejected"],
         cs.map((c) => [
           h("span", { "data-cluster": c.name }, c.name), c.source,
@@ -186,33 +194,37 @@ views.mesh = async () => {
           h("span", { class: c.stale ? "bad" : "ok", "data-stale": c.name }, c.stale ? "STALE" : "live"),
           h("span", { class: c.last_error ? "error" : "" }, c.last_error || ""),
           (c.counts || {}).services, (c.counts || {}).pods, (c.rejected || []).length])),
-      h("div", null, "gateways (router proxies connected): ", (gateways.get(net) || ["none"]).join(", "))));
+      h("div", null, "east-west gateways: ", net.gateways.length ? null : h("span", { class: "muted" }, "none")),
+      net.gateways.length ? table(["address", "port", "from", "cluster"], net.gateways.map((g) => [
+        h("span", { "data-gateway": g.address + ":" + g.port, "data-gateway-cluster": g.cluster || "" }, g.address), g.port,
+        g.from === "meshFile" ? "mesh file networks" : "Service labelled topology.istio.io/network", g.cluster || ""])) : null,
+      h("div", null, "ingress gateways (router proxies connected): ",
+        net.routers.length ? net.routers.map(proxyName).join(", ") : h("span", { class: "muted" }, "none"))));
   }
   return out;
 };
 
 views.service = async (arg) => {
-  const reg = await get("/debug/registryz");
-  const services = (reg && reg.services) || [];
   if (!arg) {
-    const filter = sessionStorage.getItem("svc-filter") || "";
+    const filter = sessionStorage.getItem("filter-service") || "";
+    const path = "/debug/servicez?limit=500&filter=" + encodeURIComponent(filter);
+    const [list] = await load(path);
+    const shown = (list && list.services) || [];
     const input = h("input", { type: "search", placeholder: "filter by hostname", value: filter,
-      oninput: (ev) => { sessionStorage.setItem("svc-filter", ev.target.value); render(); } });
-    const shown = services.filter((s) => s.hostname.includes(filter)).slice(0, 500);
-    return [h("h2", null, "Services (" + services.length + ")", jsonLink("/debug/registryz")), input,
-      table(["service", "clusters", "endpoints"], shown.map((svc) => [
+      oninput: (ev) => { sessionStorage.setItem("filter-service", ev.target.value); render(); } });
+    return [h("h2", null, "Services (" + ((list && list.total) || 0) + ")", jsonLink(path)), input,
+      table(["service", "clusters", "endpoints", "ready"], shown.map((svc) => [
         h("a", { href: "#/service/" + encodeURIComponent(svc.hostname) }, svc.hostname),
-        (svc.clusters || []).join(", "),
-        Object.values(svc.endpoints || {}).reduce((n, e) => n + e.length, 0)])),
-      shown.length < services.length ? h("p", { class: "muted" }, "first 500 shown; filter to narrow") : null];
+        (svc.clusters || []).join(", "), svc.endpoints, svc.ready])),
+      list && shown.length < list.matched ? h("p", { class: "muted" }, "first " + shown.length + " of " + list.matched + " shown; filter to narrow") : null];
   }
   const host = decodeURIComponent(arg);
-  const svc = services.find((s) => s.hostname === host);
-  const [config, receivers] = await Promise.all([get("/debug/configz"),
-    get("/debug/servicez?host=" + encodeURIComponent(host))]);
-  const out = [h("h2", null, host, jsonLink("/debug/registryz"))];
-  if (!svc) { out.push(h("p", { class: "warn" }, "not in the registry")); return out; }
-  for (const [cluster, eps] of Object.entries(svc.endpoints || {}).sort()) {
+  const path = "/debug/servicez?host=" + encodeURIComponent(host);
+  const [page] = await load(path);
+  const svc = page && page.service;
+  const out = [h("h2", null, host, jsonLink(path))];
+  if (!svc) { out.push(h("p", { class: "warn" }, "not in the registry")); }
+  for (const [cluster, eps] of Object.entries((svc && svc.endpoints) || {}).sort()) {
     out.push(h("h3", null, "cluster " + cluster));
     const byLoc = new Map();
     for (const e of eps) {
@@ -228,27 +240,49 @@ views.service = async (arg) => {
           e.weight || 1, e.network || "", e.workload])));
     }
   }
-  const short = host.split(".")[0];
-  const inForce = (config && (config.inForce || config.in_force)) || [];
-  const mentions = (o) => JSON.stringify(o.object || {}).includes(host) ||
-    JSON.stringify(((o.object || {}).spec || {}).hosts || []).includes('"' + short + '"');
-  const applying = inForce.filter((o) => ["VirtualService", "DestinationRule"].includes(o.kind) && mentions(o));
-  out.push(h("h3", null, "VirtualServices and DestinationRules", jsonLink("/debug/configz")));
-  out.push(applying.length ? table(["kind", "object", "from"],
-    applying.map((o) => [o.kind, o.namespace + "/" + o.name, o.origin])) : h("p", { class: "muted" }, "none"));
-  out.push(h("h3", null, "Sent to", jsonLink("/debug/servicez?host=" + encodeURIComponent(host))));
-  const rs = (receivers && receivers.proxies) || [];
+  const vss = (page && page.virtualServices) || [];
+  out.push(h("h3", null, "VirtualServices", h("span", { class: "muted" }, " (visibility judged from namespace " + (page && page.from) + ")")));
+  out.push(vss.length ? table(["object", "applies on (host)", "exportTo", "visible", "from"],
+    vss.map((o) => [h("span", { "data-vs": o.namespace + "/" + o.name }, o.namespace + "/" + o.name),
+      o.appliesTo.map((a) => a.gateway + " (" + a.host + ")").join(", "), (o.exportTo || []).join(", ") || "*",
+      h("span", { class: o.visible ? "ok" : "muted" }, o.visible ? "yes" : "no"), o.origin]))
+    : h("p", { class: "muted" }, "none"));
+  const drs = (page && page.destinationRules) || { rules: [], subsets: [] };
+  out.push(h("h3", null, "DestinationRules"));
+  out.push(drs.rules.length ? table(["object", "host", "subsets", "exportTo", "in force", "from"],
+    drs.rules.map((o) => [h("span", { "data-dr": o.namespace + "/" + o.name }, o.namespace + "/" + o.name), o.host,
+      o.subsets.join(", "), (o.exportTo || []).join(", ") || "*",
+      h("span", { class: o.inForce ? "ok" : "muted" }, o.inForce ? "in force" : "no"), o.origin]))
+    : h("p", { class: "muted" }, "none"));
+  if (drs.subsets.length) {
+    out.push(table(["subset", "labels", "endpoints per cluster"], drs.subsets.map((s) => [s.name,
+      Object.entries(s.labels).map(([k, v]) => k + "=" + v).join(", "),
+      Object.entries(s.endpoints).map(([c, n]) => c + ": " + n).join(", ") || "none"])));
+  }
+  out.push(h("h3", null, "Sent to"));
+  const rs = (page && page.proxies) || [];
   out.push(rs.length ? table(["proxy", "clusters (routes reach them)", ""], rs.map((r) => [proxyName(r.proxy_id),
     r.clusters.join(", "), h("a", { href: "/debug/config_dump?proxyID=" + encodeURIComponent(r.proxy_id), target: "_blank" }, "config dump")]))
     : h("p", { class: "muted" }, "no connected proxy holds a cluster of it"));
   return out;
 };
 
+// Rows a table view draws at most; the rest are reached by filtering.
+const MAX_ROWS = 500;
+
 views.proxies = async () => {
-  const sync = (await get("/debug/syncz")) || [];
-  sync.sort((a, b) => proxyName(a.proxy_id).localeCompare(proxyName(b.proxy_id)));
+  const [all] = await load("/debug/syncz");
+  const sync = all || [];
+  const filter = sessionStorage.getItem("filter-proxies") || "";
+  const input = h("input", { type: "search", placeholder: "filter by name or cluster", value: filter,
+    oninput: (ev) => { sessionStorage.setItem("filter-proxies", ev.target.value); render(); } });
+  const states = (p) => TYPES.map(([, suffix]) => xdsState((p.types || []).find((t) => String(t.type_url).endsWith(suffix))));
+  // NACKed and stale proxies first, then by name.
+  const rank = (p) => { const st = states(p); return st.includes("NACKED") ? 0 : st.some((x) => x.startsWith("STALE")) ? 1 : 2; };
+  const matched = sync.filter((p) => !filter || proxyName(p.proxy_id).includes(filter) || String(p.cluster_id).includes(filter));
+  matched.sort((a, b) => rank(a) - rank(b) || proxyName(a.proxy_id).localeCompare(proxyName(b.proxy_id)));
   const nacks = [];
-  const rows = sync.map((p) => {
+  const rows = matched.slice(0, MAX_ROWS).map((p) => {
     const cells = TYPES.map(([col, suffix]) => {
       const t = (p.types || []).find((t) => String(t.type_url).endsWith(suffix));
       const st = xdsState(t);
@@ -258,13 +292,14 @@ views.proxies = async () => {
     return [h("span", { "data-proxy": p.proxy_id }, proxyName(p.proxy_id)), p.cluster_id || "", ...cells, p.mode,
       h("a", { href: "/debug/config_dump?proxyID=" + encodeURIComponent(p.proxy_id), target: "_blank" }, "config dump")];
   });
-  return [h("h2", null, "Proxies (" + sync.length + ")", jsonLink("/debug/syncz")),
+  return [h("h2", null, "Proxies (" + sync.length + ")", jsonLink("/debug/syncz")), input,
     table(["NAME", "CLUSTER", ...TYPES.map((t) => t[0]), "MODE", ""], rows),
+    matched.length > MAX_ROWS ? h("p", { class: "muted" }, "first " + MAX_ROWS + " of " + matched.length + " shown (NACKed and stale first); filter to narrow") : null,
     nacks.length ? [h("h3", null, "NACKs"), table(["proxy", "type", "Envoy's error"], nacks)] : null];
 };
 
 views.config = async () => {
-  const [config, clusters] = await Promise.all([get("/debug/configz"), get("/debug/clusterz")]);
+  const [config, clusters] = await load("/debug/configz", "/debug/clusterz");
   const rejected = (config && config.rejected) || [];
   const warnings = (config && config.warnings) || [];
   const fromClusters = [];
@@ -302,7 +337,12 @@ async function render() {
     document.getElementById("refresh").textContent =
       "updated " + new Date().toLocaleTimeString() + " · " + Math.round(performance.now() - t0) + " ms";
   } catch (e) {
-    if (e instanceof Unauthorized) {
+    fetched = [];
+    if (e instanceof Unchanged) {
+      document.body.dataset.loaded = String(Date.now());
+      document.getElementById("refresh").textContent =
+        "updated " + new Date().toLocaleTimeString() + " · unchanged · " + Math.round(performance.now() - t0) + " ms";
+    } else if (e instanceof Unauthorized) {
       document.getElementById("auth").hidden = false;
       document.getElementById("auth-error").textContent = token() ? "refused: " + e.message : "";
     } else {
