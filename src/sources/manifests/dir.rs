@@ -19,6 +19,10 @@ use crate::registry::endpoints::KubeObject;
 use crate::registry::secrets::RawSecret;
 use crate::registry::{Event, ObjectProblem, Registry};
 
+/// The valid objects of one file parsed in this rescan, by identity (a file
+/// defines each object once: `parse_cluster_file` drops a second definition).
+type FileObjects = HashMap<ObjId, KubeObject>;
+
 /// The files of a directory tree that hold manifests, sorted.
 pub fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
@@ -328,7 +332,7 @@ impl ClusterDir {
         } else {
             changes.paths.iter().cloned().collect()
         };
-        let mut parsed: HashMap<PathBuf, Vec<(ObjId, KubeObject)>> = HashMap::new();
+        let mut parsed: HashMap<PathBuf, FileObjects> = HashMap::new();
         let mut affected: BTreeSet<ObjId> = BTreeSet::new();
         // Whether any file's problems may have changed.
         let mut dirty = !self.synced;
@@ -383,7 +387,7 @@ impl ClusterDir {
                             secrets,
                         },
                     );
-                    parsed.insert(path, objects);
+                    parsed.insert(path, objects.into_iter().collect());
                 }
                 Err(reason) => {
                     let f = self.files.entry(path).or_default();
@@ -488,7 +492,7 @@ impl ClusterDir {
     /// The winning version of each of `ids`, for a reset.
     fn winners_from(
         &mut self,
-        parsed: &mut HashMap<PathBuf, Vec<(ObjId, KubeObject)>>,
+        parsed: &mut HashMap<PathBuf, FileObjects>,
         ids: Vec<ObjId>,
     ) -> Vec<KubeObject> {
         let mut out = Vec::with_capacity(ids.len());
@@ -504,21 +508,21 @@ impl ClusterDir {
     }
 
     /// `id` as defined in file `w` (parsed in this rescan, or read again: a
-    /// duplicate's other file became the winner), recorded as applied.
+    /// duplicate's other file became the winner), recorded as applied. O(1)
+    /// per object (a file's objects are keyed by identity), so a file holding
+    /// a whole cluster costs linear time, not quadratic.
     fn take_object(
         &mut self,
-        parsed: &mut HashMap<PathBuf, Vec<(ObjId, KubeObject)>>,
+        parsed: &mut HashMap<PathBuf, FileObjects>,
         w: &Path,
         id: &ObjId,
     ) -> Option<KubeObject> {
         if !parsed.contains_key(w) {
             let text = std::fs::read(w).ok()?;
             let p = parse_cluster_file(w, &text).ok()?;
-            parsed.insert(w.to_owned(), p.objects);
+            parsed.insert(w.to_owned(), p.objects.into_iter().collect());
         }
-        let objects = parsed.get_mut(w)?;
-        let i = objects.iter().position(|(x, _)| x == id)?;
-        let (_, obj) = objects.swap_remove(i);
+        let obj = parsed.get_mut(w)?.remove(id)?;
         self.applied.insert(id.clone(), w.to_owned());
         Some(obj)
     }
@@ -763,6 +767,58 @@ mod tests {
             .map(|doc| describe(&doc.value).1)
             .collect();
         assert_eq!(names[7], "default/renamed");
+    }
+
+    /// A whole cluster in one file (a `kubectl get -o yaml` dump): every object
+    /// reaches the registry, and a later edit of that file applies exactly what
+    /// changed, with the objects of the other file untouched.
+    #[test]
+    fn one_file_holding_a_whole_cluster_syncs_every_object() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (r, _, c) = setup(tmp.path());
+        let n = 2_000;
+        let pods = |moved: usize| -> String {
+            (0..n)
+                .map(|i| {
+                    let ip = if i == moved {
+                        "10.9.0.1".to_string()
+                    } else {
+                        format!("10.1.{}.{}", i / 250, i % 250 + 1)
+                    };
+                    format!("---\n{}", pod_yaml(&format!("web-p{i}"), &ip))
+                })
+                .collect()
+        };
+        let dump = tmp.path().join("dump.yaml");
+        std::fs::write(tmp.path().join("a-svc.yaml"), SVC_AND_POD).unwrap();
+        std::fs::write(&dump, pods(usize::MAX)).unwrap();
+        let mut d = ClusterDir::new(&c.name, tmp.path().to_owned());
+        assert!(d.sync_changes(&r, &ManifestChanges::full()));
+        let got = endpoints(&r);
+        assert_eq!(got.len(), n + 1, "every pod of the dump and a-svc.yaml's");
+        assert!(got.contains(&"10.1.7.250".to_string()), "web-p1999");
+        assert!(rejected(&r).is_empty(), "{:?}", rejected(&r));
+
+        // The dump changes one pod's address and drops the last pod.
+        let edited = pods(17).replace(&format!("---\n{}", pod_yaml("web-p1999", "10.1.7.250")), "");
+        std::fs::write(&dump, edited).unwrap();
+        let changed = ManifestChanges {
+            full: false,
+            paths: [dump.clone()].into(),
+        };
+        assert!(d.sync_changes(&r, &changed));
+        let got = endpoints(&r);
+        assert_eq!(got.len(), n);
+        assert!(got.contains(&"10.9.0.1".to_string()), "web-p17 moved");
+        assert!(
+            !got.contains(&"10.1.0.18".to_string()),
+            "web-p17's old address"
+        );
+        assert!(
+            !got.contains(&"10.1.7.250".to_string()),
+            "web-p1999 removed"
+        );
+        assert!(got.contains(&"10.0.0.1".to_string()), "a-svc.yaml's pod");
     }
 
     #[test]
