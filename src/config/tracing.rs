@@ -3,7 +3,8 @@
 //! `enableTracing` and `defaultConfig.tracing` (`sampling`, `customTags`,
 //! `maxPathTagLength`), read into a [`Tracing`] the translation applies to
 //! every gateway's and sidecar's HTTP connection managers
-//! (`translate::tracing`).
+//! (`translate::tracing`), under the Telemetry API's overrides
+//! (`model::istio::telemetry`), which name providers of [`Tracing::providers`].
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -86,10 +87,15 @@ struct NamedFile {
     default_value: Option<String>,
 }
 
-/// The tracing every gateway and sidecar HTTP connection manager carries.
+/// The mesh's tracing: the default every gateway and sidecar HTTP connection
+/// manager carries, and the providers a Telemetry may name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tracing {
-    pub provider: TracingProvider,
+    /// `defaultProviders.tracing`; `None` when it names none or
+    /// `enableTracing` is false: only a Telemetry then turns tracing on.
+    pub provider: Option<TracingProvider>,
+    /// Every tracing provider of `extensionProviders`, by name.
+    pub providers: BTreeMap<String, TracingProvider>,
     /// `defaultConfig.tracing.sampling` in hundredths of a percent (Istio's
     /// precision is 0.01 %): 0..=10000; Istio's default is 1 % (100).
     pub sampling_centi_percent: u32,
@@ -135,8 +141,8 @@ pub enum CustomTag {
 /// Istio's default `defaultConfig.tracing.sampling` (`PILOT_TRACE_SAMPLING`): 1 %.
 pub const DEFAULT_SAMPLING_CENTI_PERCENT: u32 = 100;
 
-/// The tracing the mesh file asks for, checked; `Ok(None)` when no provider
-/// is named in `defaultProviders.tracing` or `enableTracing` is false.
+/// The tracing the mesh file asks for, checked; `Ok(None)` when
+/// `extensionProviders` has no tracing provider (nothing to trace to).
 pub(crate) fn tracing(
     enable: Option<bool>,
     providers: Vec<ExtensionProviderFile>,
@@ -239,12 +245,12 @@ pub(crate) fn tracing(
     }
     let wanted = defaults.map(|d| d.tracing).unwrap_or_default();
     let provider = match wanted.as_slice() {
-        [] => return Ok(None),
-        [one] => by_name.remove(one).ok_or_else(|| {
+        [] => None,
+        [one] => Some(by_name.get(one).cloned().ok_or_else(|| {
             format!(
                 "defaultProviders.tracing: {one:?} is not a tracing provider in extensionProviders"
             )
-        })?,
+        })?),
         _ => {
             return Err(
                 "defaultProviders.tracing: more than one provider (Envoy has one tracer per \
@@ -253,11 +259,12 @@ pub(crate) fn tracing(
             )
         }
     };
-    if enable == Some(false) {
+    if by_name.is_empty() {
         return Ok(None);
     }
     Ok(Some(Tracing {
-        provider,
+        provider: provider.filter(|_| enable != Some(false)),
+        providers: by_name,
         sampling_centi_percent: sampling,
         custom_tags,
         max_path_tag_length: proxy.max_path_tag_length,
@@ -323,9 +330,11 @@ tracing:
         )
         .unwrap()
         .unwrap();
-        assert_eq!(t.provider.name, "o");
+        let p = t.provider.as_ref().unwrap();
+        assert_eq!(p.name, "o");
+        assert_eq!(t.providers["z"].port, 9411);
         assert_eq!(
-            t.provider.kind,
+            p.kind,
             TracingKind::OpenTelemetry {
                 http: Some(("/v1/traces".into(), Duration::from_secs(2)))
             }
@@ -347,22 +356,22 @@ defaultProviders: {tracing: [z]}",
         .unwrap();
         assert_eq!(z.sampling_centi_percent, DEFAULT_SAMPLING_CENTI_PERCENT);
         assert_eq!(
-            z.provider.kind,
+            z.provider.unwrap().kind,
             TracingKind::Zipkin {
                 trace_id_128bit: true,
                 path: "/api/v2/spans".into()
             }
         );
-        // Named but off, or not named: no tracing.
-        assert_eq!(
-            parse("enableTracing: false\nextensionProviders: [{name: z, zipkin: {service: zipkin, port: 9411}}]\ndefaultProviders: {tracing: [z]}").unwrap(),
-            None
-        );
-        assert_eq!(
+        // Named but off, or not named: no default (a Telemetry may name it).
+        let off = parse("enableTracing: false\nextensionProviders: [{name: z, zipkin: {service: zipkin, port: 9411}}]\ndefaultProviders: {tracing: [z]}").unwrap().unwrap();
+        assert_eq!((off.provider, off.providers.len()), (None, 1));
+        let unnamed =
             parse("extensionProviders: [{name: z, zipkin: {service: zipkin, port: 9411}}]")
-                .unwrap(),
-            None
-        );
+                .unwrap()
+                .unwrap();
+        assert_eq!(unnamed.provider, None);
+        // No tracing provider at all: nothing.
+        assert_eq!(parse("tracing: {sampling: 5}").unwrap(), None);
     }
 
     #[test]

@@ -374,6 +374,7 @@ impl ConfigStore {
             "PeerAuthentication",
             "RequestAuthentication",
             "AuthorizationPolicy",
+            "Telemetry",
         ]
         .iter()
         .map(|k| (k.to_string(), 0))

@@ -788,7 +788,7 @@ struct DocRow {
     paths: Vec<Vec<String>>,
 }
 
-const KINDS: [&str; 9] = [
+const KINDS: [&str; 10] = [
     "VirtualService",
     "DestinationRule",
     "Gateway",
@@ -798,6 +798,7 @@ const KINDS: [&str; 9] = [
     "AuthorizationPolicy",
     "ServiceEntry",
     "WorkloadEntry",
+    "Telemetry",
 ];
 
 /// Every row of `docs/ISTIO_SUPPORT.md` whose status is supported or partial.

@@ -1,6 +1,10 @@
 //! Distributed tracing as istiod's `pilot/pkg/networking/core/tracing.go`
 //! configures it, from the mesh file's tracing provider
-//! (`config::tracing::Tracing`):
+//! (`config::tracing::Tracing`) under the Telemetry API's `tracing` overrides
+//! (`model::istio::telemetry`, istiod's `Telemetries.Tracing`): a CLIENT spec
+//! for a gateway's and a sidecar's outbound listeners and a SERVER spec for a
+//! sidecar's inbound ones, each with its provider, `disableSpanReporting`,
+//! sampling, custom tags and `useRequestIdForTraceSampling`;
 //!
 //! - every HTTP connection manager of a gateway or sidecar (inbound and
 //!   outbound) gets `tracing` with the provider (`envoy.tracers.zipkin`, or
@@ -21,8 +25,10 @@
 //! copy them from each request they receive to the requests it causes, as
 //! Istio requires.
 //!
-//! Everything read here is a class field (role, namespace, labels) or the mesh.
+//! Everything read here is a class field (role, namespace, labels), the mesh
+//! or the Istio config.
 
+use std::collections::BTreeMap;
 use std::time::Duration as StdDuration;
 
 use envoy_types::pb::envoy::config::cluster::v3::{
@@ -30,6 +36,7 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     Cluster,
 };
 use envoy_types::pb::envoy::config::core::v3::http_uri::HttpUpstreamType;
+use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
 use envoy_types::pb::envoy::config::core::v3::{
     grpc_service::{EnvoyGrpc, TargetSpecifier},
     GrpcService, HttpService, HttpUri,
@@ -49,8 +56,9 @@ use envoy_types::pb::envoy::config::trace::v3::{
 };
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::{RouteSpecifier, Tracing as HcmTracing},
-    HttpConnectionManager,
+    HttpConnectionManager, RequestIdExtension,
 };
+use envoy_types::pb::envoy::extensions::request_id::uuid::v3::UuidRequestIdConfig;
 use envoy_types::pb::envoy::r#type::tracing::v3::{custom_tag, CustomTag as EnvoyTag};
 use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::google::protobuf::Duration;
@@ -59,25 +67,174 @@ use prost::Message;
 use super::listener::HCM_FILTER;
 use super::proto::{bool_value, cluster_name, pack, socket_address, u32_value};
 use super::Generated;
-use crate::config::tracing::{CustomTag, Tracing, TracingKind};
+use crate::config::tracing::{CustomTag, Tracing, TracingKind, TracingProvider};
+use crate::model::istio::telemetry::{self, WorkloadMode};
 use crate::model::{Proxy, ProxyRole, PushContext};
 
 pub const ZIPKIN_TRACER: &str = "envoy.tracers.zipkin";
 pub const OTEL_TRACER: &str = "envoy.tracers.opentelemetry";
 
-/// Apply the mesh's tracing to a gateway's or sidecar's generated config.
+/// istiod's `TracingSpec`: what one side (CLIENT or SERVER) of a proxy gets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingSpec<'a> {
+    /// `None`: no provider named (or the one named is not a tracing provider
+    /// of the mesh file): no tracing on this side, as in Istio.
+    pub provider: Option<&'a TracingProvider>,
+    /// `disableSpanReporting`: no `tracing` on this side's connection managers.
+    pub disabled: bool,
+    /// Percent: a Telemetry's `randomSamplingPercentage`,
+    /// else the mesh's `defaultConfig.tracing.sampling`.
+    pub sampling: f64,
+    pub custom_tags: BTreeMap<String, CustomTag>,
+    /// A Telemetry's `useRequestIdForTraceSampling` (Envoy's default, true,
+    /// when no Telemetry sets it).
+    pub use_request_id_for_trace_sampling: Option<bool>,
+}
+
+impl TracingSpec<'_> {
+    fn enabled(&self) -> bool {
+        self.provider.is_some() && !self.disabled
+    }
+}
+
+/// istiod's `Telemetries.Tracing`: the mesh default, then each Telemetry
+/// override in force for the proxy (root namespace, namespace, workload) on
+/// the sides its `match.mode` names. Returns (CLIENT, SERVER).
+pub fn specs<'a>(
+    t: &'a Tracing,
+    overrides: &[&telemetry::Tracing],
+) -> (TracingSpec<'a>, TracingSpec<'a>) {
+    let base = TracingSpec {
+        provider: t.provider.as_ref(),
+        disabled: false,
+        sampling: t.sampling_percent(),
+        custom_tags: t.custom_tags.clone(),
+        use_request_id_for_trace_sampling: None,
+    };
+    let (mut client, mut server) = (base.clone(), base);
+    for o in overrides {
+        let mode = o.match_.as_ref().map(|m| m.mode).unwrap_or_default();
+        let sides: Vec<&mut TracingSpec<'a>> = match mode {
+            WorkloadMode::ClientAndServer => vec![&mut client, &mut server],
+            WorkloadMode::Client => vec![&mut client],
+            WorkloadMode::Server => vec![&mut server],
+        };
+        for spec in sides {
+            if let Some(first) = o.providers.first() {
+                // An unknown name leaves the side without a provider (Istio's
+                // `fetchProvider` returns nil).
+                spec.provider = t.providers.get(&first.name);
+            }
+            if let Some(d) = o.disable_span_reporting {
+                spec.disabled = d;
+            }
+            if let Some(tags) = &o.custom_tags {
+                spec.custom_tags = tags
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.clone(), tag(v)?)))
+                    .collect();
+            }
+            if let Some(p) = o.random_sampling_percentage {
+                spec.sampling = p;
+            }
+            if let Some(u) = o.use_request_id_for_trace_sampling {
+                spec.use_request_id_for_trace_sampling = Some(u);
+            }
+        }
+    }
+    (client, server)
+}
+
+/// A validated Telemetry custom tag (exactly one kind set).
+fn tag(t: &telemetry::CustomTag) -> Option<CustomTag> {
+    match (&t.literal, &t.environment, &t.header) {
+        (Some(l), None, None) => Some(CustomTag::Literal(l.value.clone())),
+        (None, Some(e), None) => Some(CustomTag::Environment {
+            name: e.name.clone(),
+            default: e.default_value.clone(),
+        }),
+        (None, None, Some(h)) => Some(CustomTag::Header {
+            name: h.name.clone(),
+            default: h.default_value.clone(),
+        }),
+        _ => None,
+    }
+}
+
+/// Apply the mesh's tracing, under the Telemetry objects in force for the
+/// proxy, to a gateway's or sidecar's generated config.
 pub fn apply(g: &mut Generated, proxy: &Proxy, ctx: &PushContext) {
     let Some(t) = &ctx.mesh.tracing else {
         return;
     };
     let (role, namespace, labels) = (proxy.role, proxy.namespace.as_str(), &proxy.labels);
-    let collector = cluster_name(t.provider.port, "", &t.provider.service);
+    let overrides = ctx.config.tracing_telemetry(namespace, labels);
+    let (client, server) = specs(t, &overrides);
+    if !client.enabled() && !server.enabled() {
+        return;
+    }
+    let canonical = canonical_service(labels);
+    // Istio's service cluster of a proxy: `CANONICAL.NAMESPACE`.
+    let service_name = format!("{canonical}.{namespace}");
+    let mut built: Vec<Option<(HcmTracing, Option<RequestIdExtension>)>> = Vec::new();
+    for spec in [&client, &server] {
+        let Some(p) = spec.provider.filter(|_| spec.enabled()) else {
+            built.push(None);
+            continue;
+        };
+        let collector = collector_cluster(g, p, proxy, ctx);
+        let tracing = hcm_tracing(
+            p,
+            spec.sampling,
+            &spec.custom_tags,
+            t.max_path_tag_length,
+            &collector,
+            &service_name,
+            role,
+            namespace,
+            labels,
+            ctx,
+        );
+        let rid = spec
+            .use_request_id_for_trace_sampling
+            .map(|u| RequestIdExtension {
+                typed_config: Some(pack(&UuidRequestIdConfig {
+                    pack_trace_reason: None,
+                    use_request_id_for_trace_sampling: Some(bool_value(u)),
+                })),
+            });
+        built.push(Some((tracing, rid)));
+    }
+    for l in &mut g.listeners {
+        // istiod: a sidecar's inbound listeners get the SERVER spec, a
+        // gateway's and a sidecar's outbound listeners the CLIENT spec.
+        let inbound =
+            role != ProxyRole::Gateway && l.traffic_direction == TrafficDirection::Inbound as i32;
+        if let Some((tracing, rid)) = &built[usize::from(inbound)] {
+            set_listener_tracing(l, tracing, rid.as_ref());
+        }
+    }
+    for r in &mut g.routes {
+        decorate_routes(r);
+    }
+}
+
+/// The collector's cluster `outbound|PORT||SERVICE`, added to `g` when the
+/// proxy does not have it yet.
+fn collector_cluster(
+    g: &mut Generated,
+    p: &TracingProvider,
+    proxy: &Proxy,
+    ctx: &PushContext,
+) -> String {
+    let namespace = proxy.namespace.as_str();
+    let collector = cluster_name(p.port, "", &p.service);
     if !g.clusters.iter().any(|c| c.name == collector) {
         // A mesh service outside the proxy's scope: its own (EDS) cluster.
         let mesh = ctx
             .services
-            .get(t.provider.service.as_str())
-            .filter(|svc| svc.port(t.provider.port).is_some())
+            .get(p.service.as_str())
+            .filter(|svc| svc.port(p.port).is_some())
             .filter(|svc| ctx.config.service_visible(svc, namespace))
             .and_then(|svc| {
                 super::cluster::service_clusters(svc, namespace, ctx, super::has_identity(proxy))
@@ -85,20 +242,11 @@ pub fn apply(g: &mut Generated, proxy: &Proxy, ctx: &PushContext) {
                     .find(|c| c.name == collector)
             });
         g.clusters.push(mesh.unwrap_or_else(|| {
-            let grpc = matches!(t.provider.kind, TracingKind::OpenTelemetry { http: None });
-            dns_cluster(&collector, &t.provider.service, t.provider.port, grpc)
+            let grpc = matches!(p.kind, TracingKind::OpenTelemetry { http: None });
+            dns_cluster(&collector, &p.service, p.port, grpc)
         }));
     }
-    let canonical = canonical_service(labels);
-    // Istio's service cluster of a proxy: `CANONICAL.NAMESPACE`.
-    let service_name = format!("{canonical}.{namespace}");
-    let tracing = hcm_tracing(t, &collector, &service_name, role, namespace, labels, ctx);
-    for l in &mut g.listeners {
-        set_listener_tracing(l, &tracing);
-    }
-    for r in &mut g.routes {
-        decorate_routes(r);
-    }
+    collector
 }
 
 /// Istio's canonical service of a workload: `service.istio.io/canonical-name`,
@@ -133,10 +281,13 @@ fn literal(tag: &str, value: String) -> EnvoyTag {
     }
 }
 
-/// The HCM `tracing` block (istiod's `configureTracingFromTelemetry` with the
-/// mesh defaults).
+/// The HCM `tracing` block (istiod's `configureTracingFromTelemetry`).
+#[allow(clippy::too_many_arguments)]
 pub fn hcm_tracing(
-    t: &Tracing,
+    p: &TracingProvider,
+    sampling_percent: f64,
+    tags: &BTreeMap<String, CustomTag>,
+    max_path_tag_length: Option<u32>,
     collector: &str,
     service_name: &str,
     role: ProxyRole,
@@ -144,7 +295,6 @@ pub fn hcm_tracing(
     labels: &std::collections::BTreeMap<String, String>,
     ctx: &PushContext,
 ) -> HcmTracing {
-    let p = &t.provider;
     let provider = match &p.kind {
         TracingKind::Zipkin {
             trace_id_128bit,
@@ -201,7 +351,7 @@ pub fn hcm_tracing(
         literal("istio.mesh_id", ctx.mesh.trust_domain.clone()),
         literal("istio.namespace", namespace.into()),
     ];
-    for (tag, v) in &t.custom_tags {
+    for (tag, v) in tags {
         let ty = match v {
             CustomTag::Literal(value) => custom_tag::Type::Literal(custom_tag::Literal {
                 value: value.clone(),
@@ -228,11 +378,11 @@ pub fn hcm_tracing(
     HcmTracing {
         client_sampling: hundred(),
         random_sampling: Some(Percent {
-            value: t.sampling_percent(),
+            value: sampling_percent,
         }),
         overall_sampling: hundred(),
         custom_tags,
-        max_path_tag_length: t.max_path_tag_length.map(u32_value),
+        max_path_tag_length: max_path_tag_length.map(u32_value),
         provider: Some(provider),
         spawn_upstream_span: (role == ProxyRole::Gateway).then(|| bool_value(true)),
         ..Default::default()
@@ -303,7 +453,7 @@ fn dns_cluster(name: &str, service: &str, port: u16, grpc: bool) -> Cluster {
 
 /// Set `tracing` on every HTTP connection manager of the listener (and the
 /// decorators of its inline routes).
-fn set_listener_tracing(l: &mut Listener, tracing: &HcmTracing) {
+fn set_listener_tracing(l: &mut Listener, tracing: &HcmTracing, rid: Option<&RequestIdExtension>) {
     let chains = l
         .filter_chains
         .iter_mut()
@@ -320,6 +470,9 @@ fn set_listener_tracing(l: &mut Listener, tracing: &HcmTracing) {
                 continue;
             };
             hcm.tracing = Some(tracing.clone());
+            if let Some(rid) = rid {
+                hcm.request_id_extension = Some(rid.clone());
+            }
             if let Some(RouteSpecifier::RouteConfig(rc)) = &mut hcm.route_specifier {
                 decorate_routes(rc);
             }

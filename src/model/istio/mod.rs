@@ -17,6 +17,7 @@ pub mod peer_authentication;
 pub mod request_authentication;
 pub mod service_entry;
 pub mod sidecar;
+pub mod telemetry;
 pub mod validate;
 pub mod virtual_service;
 pub mod workload_entry;
@@ -36,6 +37,7 @@ pub use peer_authentication::{EffectiveMtls, MtlsMode, PeerAuthentication};
 pub use request_authentication::RequestAuthentication;
 pub use service_entry::ServiceEntry;
 pub use sidecar::Sidecar;
+pub use telemetry::Telemetry;
 pub use virtual_service::VirtualService;
 pub use workload_entry::WorkloadEntry;
 
@@ -62,6 +64,7 @@ pub enum IstioKind {
     AuthorizationPolicy,
     ServiceEntry,
     WorkloadEntry,
+    Telemetry,
 }
 
 impl IstioKind {
@@ -76,6 +79,7 @@ impl IstioKind {
             "AuthorizationPolicy" => IstioKind::AuthorizationPolicy,
             "ServiceEntry" => IstioKind::ServiceEntry,
             "WorkloadEntry" => IstioKind::WorkloadEntry,
+            "Telemetry" => IstioKind::Telemetry,
             _ => return None,
         })
     }
@@ -91,6 +95,7 @@ impl IstioKind {
             IstioKind::AuthorizationPolicy => "AuthorizationPolicy",
             IstioKind::ServiceEntry => "ServiceEntry",
             IstioKind::WorkloadEntry => "WorkloadEntry",
+            IstioKind::Telemetry => "Telemetry",
         }
     }
 }
@@ -175,6 +180,7 @@ pub enum IstioObject {
     AuthorizationPolicy(Config<AuthorizationPolicy>),
     ServiceEntry(Config<ServiceEntry>),
     WorkloadEntry(Config<WorkloadEntry>),
+    Telemetry(Config<Telemetry>),
 }
 
 impl IstioObject {
@@ -189,6 +195,7 @@ impl IstioObject {
             IstioObject::AuthorizationPolicy(c) => &c.meta,
             IstioObject::ServiceEntry(c) => &c.meta,
             IstioObject::WorkloadEntry(c) => &c.meta,
+            IstioObject::Telemetry(c) => &c.meta,
         }
     }
 
@@ -203,6 +210,7 @@ impl IstioObject {
             IstioObject::AuthorizationPolicy(_) => IstioKind::AuthorizationPolicy,
             IstioObject::ServiceEntry(_) => IstioKind::ServiceEntry,
             IstioObject::WorkloadEntry(_) => IstioKind::WorkloadEntry,
+            IstioObject::Telemetry(_) => IstioKind::Telemetry,
         }
     }
 }
@@ -292,15 +300,35 @@ pub fn parse_object(
         .split_once('/')
         .unwrap_or(("", api_version.as_str()));
     let security = group == SECURITY_GROUP && SECURITY_VERSIONS.contains(&version);
-    if !security && (group != NETWORKING_GROUP || !NETWORKING_VERSIONS.contains(&version)) {
+    let telemetry_group = group == telemetry::GROUP && telemetry::VERSIONS.contains(&version);
+    if telemetry_group && kind_str != "Telemetry" {
+        return Err(reject(
+            "kind",
+            format!(
+                "kind {kind_str:?} of {} is not supported (supported: Telemetry)",
+                telemetry::GROUP
+            ),
+        ));
+    }
+    if !security
+        && !telemetry_group
+        && (group != NETWORKING_GROUP || !NETWORKING_VERSIONS.contains(&version))
+    {
         return Err(reject(
             "apiVersion",
             format!(
-                "unsupported apiVersion {api_version:?} (crossmesh reads {NETWORKING_GROUP}/v1alpha3, v1beta1 and v1, and {SECURITY_GROUP}/v1beta1 and v1)"
+                "unsupported apiVersion {api_version:?} (crossmesh reads {NETWORKING_GROUP}/v1alpha3, v1beta1 and v1, {SECURITY_GROUP}/v1beta1 and v1, and {}/v1alpha1 and v1)", telemetry::GROUP
             ),
         ));
     }
     let kind = match (IstioKind::parse(&kind_str), security) {
+        _ if telemetry_group => IstioKind::Telemetry,
+        (Some(IstioKind::Telemetry), _) => {
+            return Err(reject(
+                "apiVersion",
+                format!("Telemetry belongs to {}/v1 or v1alpha1, not {api_version:?}", telemetry::GROUP),
+            ))
+        }
         (Some(IstioKind::AuthorizationPolicy), true) => IstioKind::AuthorizationPolicy,
         (Some(IstioKind::AuthorizationPolicy), false) => {
             return Err(reject(
@@ -372,6 +400,9 @@ pub fn parse_object(
             }
             IstioKind::WorkloadEntry => {
                 deserialize_spec(spec).map(|spec| IstioObject::WorkloadEntry(Config { meta, spec }))
+            }
+            IstioKind::Telemetry => {
+                deserialize_spec(spec).map(|spec| IstioObject::Telemetry(Config { meta, spec }))
             }
             IstioKind::AuthorizationPolicy => {
                 authorization_policy::dry_run(value).and_then(|dry_run| {
@@ -478,6 +509,8 @@ pub struct ConfigSnapshot {
     pub authorization_policies: Vec<Arc<Config<AuthorizationPolicy>>>,
     pub service_entries: Vec<Arc<Config<ServiceEntry>>>,
     pub workload_entries: Vec<Arc<Config<WorkloadEntry>>>,
+    /// `telemetry.istio.io` Telemetry (tracing), in Istio order.
+    pub telemetries: Vec<Arc<Config<Telemetry>>>,
     /// Keys fetched for `jwksUri` (and OpenID discovery) by `security::jwks`,
     /// set by the config store; a rule whose keys are not here yet gets a key
     /// no token verifies against (`translate::jwt::UNFETCHED_JWKS`).
@@ -527,6 +560,7 @@ impl ConfigSnapshot {
                 IstioObject::AuthorizationPolicy(c) => s.authorization_policies.push(Arc::new(c)),
                 IstioObject::ServiceEntry(c) => s.service_entries.push(Arc::new(c)),
                 IstioObject::WorkloadEntry(c) => s.workload_entries.push(Arc::new(c)),
+                IstioObject::Telemetry(c) => s.telemetries.push(Arc::new(c)),
             }
         }
         s.gateways.sort_by(|a, b| a.meta.istio_order(&b.meta));
@@ -545,6 +579,7 @@ impl ConfigSnapshot {
             .sort_by(|a, b| a.meta.istio_order(&b.meta));
         s.workload_entries
             .sort_by(|a, b| a.meta.istio_order(&b.meta));
+        s.telemetries.sort_by(|a, b| a.meta.istio_order(&b.meta));
         for (i, se) in s.service_entries.iter().enumerate() {
             for h in se.spec.hostnames() {
                 s.se_by_host.entry(h).or_insert(i);
@@ -618,6 +653,16 @@ impl ConfigSnapshot {
             namespace,
             labels,
         )
+    }
+
+    /// The Telemetry `tracing` overrides for a proxy in `namespace` with
+    /// `labels`, in the order they apply (`telemetry::tracing_for`).
+    pub fn tracing_telemetry(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Vec<&telemetry::Tracing> {
+        telemetry::tracing_for(&self.telemetries, ROOT_NAMESPACE, namespace, labels).0
     }
 
     /// The AuthorizationPolicies that apply to a workload or gateway in
