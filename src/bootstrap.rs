@@ -20,6 +20,17 @@ pub const ISTIO_VERSION: &str = "1.27.0";
 /// Name of the static cluster that reaches the control plane, as in Istio's bootstrap.
 pub const XDS_CLUSTER: &str = "xds-grpc";
 
+/// Envoy's per-cluster stats the service graph reads (`telemetry::sink`),
+/// suffixes of `cluster.<NAME>.`; `--stats-matcher graph` keeps them.
+pub mod graph_stats {
+    pub const REQUESTS: &str = "upstream_rq_total";
+    pub const ERRORS_5XX: &str = "upstream_rq_5xx";
+    pub const CONNECT_FAIL: &str = "upstream_cx_connect_fail";
+    pub const LATENCY: &str = "upstream_rq_time";
+    /// All four, as the bootstrap's `stats_matcher` inclusion list names them.
+    pub const SUFFIXES: [&str; 4] = [REQUESTS, ERRORS_5XX, CONNECT_FAIL, LATENCY];
+}
+
 /// Where the proxy dials the control plane: an IP (a STATIC cluster) or a DNS name
 /// (a STRICT_DNS cluster, like Istio's `istiod.istio-system.svc:15012`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,7 +198,7 @@ fn stats_sink_fields(o: &BootstrapOptions) -> Map<String, Value> {
         .map(|p| json!({ "prefix": p }))
         .collect();
         patterns.push(json!({ "prefix": format!("cluster.{XDS_CLUSTER}.") }));
-        for stat in crate::telemetry::sink::GRAPH_STAT_SUFFIXES {
+        for stat in graph_stats::SUFFIXES {
             patterns.push(json!({ "safe_regex": { "regex": format!(r"^cluster\..+\.{stat}$") } }));
         }
         out.insert(

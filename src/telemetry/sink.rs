@@ -36,24 +36,15 @@ use super::graph::{unix_now, Report, ServiceGraph, Source};
 use crate::model::Proxy;
 use crate::xds::secure::XdsSecurity;
 
-/// gRPC service name of the metrics sink.
-pub const METRICS_SERVICE: &str = "envoy.service.metrics.v3.MetricsService";
-/// Path of its one method.
-pub const STREAM_METRICS_PATH: &str = "/envoy.service.metrics.v3.MetricsService/StreamMetrics";
-
 /// Largest message accepted: one flush of a proxy with thousands of used
 /// clusters (tonic's default of 4 MiB is too small for that).
 const MAX_MESSAGE_BYTES: usize = 32 << 20;
 
-/// The per-cluster stats the graph reads.
-const REQUESTS: &str = "upstream_rq_total";
-const ERRORS_5XX: &str = "upstream_rq_5xx";
-const CONNECT_FAIL: &str = "upstream_cx_connect_fail";
-const LATENCY: &str = "upstream_rq_time";
-
-/// Envoy's stat names the graph needs, as a `stats_matcher` inclusion list
-/// (the bootstrap's `--stats-matcher graph`): suffixes of `cluster.<NAME>.`.
-pub const GRAPH_STAT_SUFFIXES: [&str; 4] = [REQUESTS, ERRORS_5XX, CONNECT_FAIL, LATENCY];
+// The per-cluster stats the graph reads are defined with the bootstrap's stats
+// matcher (`--stats-matcher graph` keeps exactly these).
+use crate::bootstrap::graph_stats::{
+    CONNECT_FAIL, ERRORS_5XX, REQUESTS, SUFFIXES as GRAPH_STAT_SUFFIXES,
+};
 
 /// Serve one `StreamMetrics` call. `security`: the TLS port's, when the
 /// call came in there; `shutdown` turns true when the server stops.

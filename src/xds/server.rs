@@ -60,6 +60,10 @@ pub const SOTW_PATH: &str =
 /// Path of the incremental method.
 pub const DELTA_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+/// gRPC service name of Envoy's metrics sink.
+pub const METRICS_SERVICE: &str = "envoy.service.metrics.v3.MetricsService";
+/// Path of its one method.
+pub const STREAM_METRICS_PATH: &str = "/envoy.service.metrics.v3.MetricsService/StreamMetrics";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -85,9 +89,24 @@ struct Shared {
     slots: Arc<tokio::sync::Semaphore>,
     /// Set to true once to end every stream.
     shutdown: watch::Sender<bool>,
-    /// The service graph fed by Envoy's metrics sink on the same ports
-    /// (`telemetry::sink`); unset, `StreamMetrics` is unimplemented.
-    telemetry: std::sync::OnceLock<Arc<crate::telemetry::ServiceGraph>>,
+    /// Envoy's metrics sink on the same ports (`telemetry::ServiceGraph`);
+    /// unset, `StreamMetrics` is unimplemented.
+    telemetry: std::sync::OnceLock<Arc<dyn MetricsSink>>,
+}
+
+/// Envoy's metrics sink (`MetricsService/StreamMetrics`), served on the xDS
+/// ports next to ADS and authenticated as ADS is. The wiring hands the server
+/// its implementation (`telemetry::ServiceGraph`), so transport does not
+/// depend on what reads the stats.
+pub trait MetricsSink: Send + Sync + 'static {
+    /// Serve one call. `security`: the TLS port's, when the call came in
+    /// there; `shutdown` turns true when the server stops.
+    fn call(
+        self: Arc<Self>,
+        security: Option<Arc<XdsSecurity>>,
+        shutdown: watch::Receiver<bool>,
+        req: http::Request<tonic::body::Body>,
+    ) -> BoxFuture<http::Response<tonic::body::Body>, Infallible>;
 }
 
 /// The ADS server: a snapshot source plus the registry of live streams.
@@ -110,9 +129,9 @@ impl AdsServer {
     }
 
     /// Serve Envoy's metrics sink (`MetricsService/StreamMetrics`) on every
-    /// port of this server into `graph`; the first graph set stays.
-    pub fn serve_telemetry(&self, graph: Arc<crate::telemetry::ServiceGraph>) {
-        let _ = self.shared.telemetry.set(graph);
+    /// port of this server with `sink`; the first sink set stays.
+    pub fn serve_telemetry(&self, sink: Arc<dyn MetricsSink>) {
+        let _ = self.shared.telemetry.set(sink);
     }
 
     /// Live streams, for the debug endpoints.
@@ -213,7 +232,7 @@ impl NamedService for AdsService {
 struct MetricsSinkRoute(AdsService);
 
 impl NamedService for MetricsSinkRoute {
-    const NAME: &'static str = crate::telemetry::sink::METRICS_SERVICE;
+    const NAME: &'static str = METRICS_SERVICE;
 }
 
 impl<B> Service<http::Request<B>> for MetricsSinkRoute
@@ -254,12 +273,11 @@ where
             SOTW_PATH => Box::pin(async move { Ok(stream::<Sotw, B>(shared, secure, req)) }),
             DELTA_PATH => Box::pin(async move { Ok(stream::<Delta, B>(shared, secure, req)) }),
             // Envoy's metrics sink on the same ports, authenticated as ADS is.
-            crate::telemetry::sink::STREAM_METRICS_PATH => match shared.telemetry.get() {
-                Some(g) => crate::telemetry::sink::call(
-                    g.clone(),
+            STREAM_METRICS_PATH => match shared.telemetry.get() {
+                Some(sink) => sink.clone().call(
                     secure,
                     shared.shutdown.subscribe(),
-                    req,
+                    req.map(tonic::body::Body::new),
                 ),
                 None => {
                     let status = Status::unimplemented(
