@@ -601,9 +601,11 @@ pub async fn serve(mesh: MeshConfig) -> anyhow::Result<()> {
     let ads = AdsServer::new(Arc::new(pusher.clone()));
     // Envoy's metrics sink on the xDS ports feeds the service graph.
     let graph = mesh.service_graph.enabled.then(|| {
-        let g = Arc::new(crate::telemetry::ServiceGraph::new(
-            (&mesh.service_graph).into(),
-        ));
+        let g = Arc::new(
+            crate::telemetry::ServiceGraph::new((&mesh.service_graph).into())
+                // With the TLS port, reports must prove who sends them.
+                .authenticated_only(mesh.xds_tls_address.is_some()),
+        );
         ads.serve_telemetry(g.clone());
         g
     });

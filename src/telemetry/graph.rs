@@ -319,6 +319,9 @@ impl Inner {
 #[derive(Debug)]
 pub struct ServiceGraph {
     limits: Limits,
+    /// The mesh authenticates its proxies (it serves the TLS xDS port): the
+    /// sink takes reports only from streams that proved who they are.
+    authenticated_only: bool,
     /// Held only for in-memory updates of one message or one rendering.
     inner: Mutex<Inner>,
 }
@@ -335,8 +338,22 @@ impl ServiceGraph {
     pub fn new(limits: Limits) -> ServiceGraph {
         ServiceGraph {
             limits,
+            authenticated_only: false,
             inner: Mutex::new(Inner::default()),
         }
+    }
+
+    /// Take reports only from authenticated streams (the TLS xDS port): in a
+    /// mesh that serves that port, a report on the plaintext port proves
+    /// nothing and could speak for any workload, so the sink refuses it.
+    pub fn authenticated_only(mut self, yes: bool) -> ServiceGraph {
+        self.authenticated_only = yes;
+        self
+    }
+
+    /// See [`ServiceGraph::authenticated_only`].
+    pub fn requires_authentication(&self) -> bool {
+        self.authenticated_only
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

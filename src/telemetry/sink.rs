@@ -8,7 +8,10 @@
 //! `Proxy::from_node` as on ADS. On the TLS port the stream must present the
 //! proxy's service-account token like its ADS stream does, and the token must
 //! prove the identity the node claims (`XdsSecurity::authorize`): a proxy
-//! reports only as itself. Each message is read into per-cluster
+//! reports only as itself (the `identifier` of later messages is not read).
+//! In a mesh that serves the TLS port, the plaintext port's sink refuses
+//! every report (`PERMISSION_DENIED`): nothing there proves who sends it, and
+//! it could write into any workload's edges. Each message is read into per-cluster
 //! [`Report`]s outside the graph's lock, then added to the graph.
 //!
 //! The stats read are Envoy's untagged names (`emit_tags_as_labels: false`),
@@ -117,6 +120,10 @@ impl MetricsService for Sink {
             })?;
         let mut proxy =
             Proxy::from_node(node).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if self.security.is_none() && self.graph.requires_authentication() {
+            debug!(proxy = %proxy.id, "plaintext metrics stream refused");
+            return Err(plaintext_refused(&proxy.id));
+        }
         if let Some(security) = &self.security {
             let identity = security
                 .authorize(&proxy, token.as_deref().map(|t| t.as_str()))
@@ -151,6 +158,15 @@ impl MetricsService for Sink {
                 .record(&proxy_id, &reports(&m.envoy_metrics), unix_now());
         }
     }
+}
+
+/// The answer to a report on the plaintext port of a mesh that authenticates
+/// its proxies: nothing there proves which proxy is reporting.
+fn plaintext_refused(proxy_id: &str) -> Status {
+    Status::permission_denied(format!(
+        "proxy {proxy_id}: this mesh authenticates its proxies (xdsTlsAddress), so the \
+         metrics sink takes no reports on the plaintext xDS port; report on the TLS xDS port"
+    ))
 }
 
 /// Split Envoy's full stat name `cluster.<NAME>.<STAT>` for the stats the graph
