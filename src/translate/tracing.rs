@@ -516,3 +516,90 @@ fn decorate_routes(rc: &mut RouteConfiguration) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::istio::telemetry::{ProviderRef, TracingSelector};
+
+    fn mesh() -> Tracing {
+        let p = |name: &str| TracingProvider {
+            name: name.into(),
+            service: format!("{name}.obs"),
+            port: 9411,
+            kind: TracingKind::Zipkin {
+                trace_id_128bit: true,
+                path: "/api/v2/spans".into(),
+            },
+        };
+        Tracing {
+            provider: Some(p("zipkin")),
+            providers: BTreeMap::from([
+                ("zipkin".into(), p("zipkin")),
+                ("other".into(), p("other")),
+            ]),
+            sampling_centi_percent: 100,
+            custom_tags: BTreeMap::from([("env".into(), CustomTag::Literal("prod".into()))]),
+            max_path_tag_length: None,
+        }
+    }
+
+    fn over(mode: WorkloadMode, provider: Option<&str>) -> telemetry::Tracing {
+        telemetry::Tracing {
+            match_: Some(TracingSelector { mode }),
+            providers: provider
+                .map(|n| vec![ProviderRef { name: n.into() }])
+                .unwrap_or_default(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn overrides_apply_in_order_to_the_sides_their_mode_names() {
+        let t = mesh();
+        // No Telemetry: the mesh default on both sides.
+        let (c, s) = specs(&t, &[]);
+        assert_eq!(
+            (c.provider.map(|p| p.name.as_str()), c.sampling),
+            (Some("zipkin"), 1.0)
+        );
+        assert_eq!(c, s);
+        // CLIENT only: the server side keeps the default.
+        let mut a = over(WorkloadMode::Client, Some("other"));
+        a.random_sampling_percentage = Some(30.0);
+        let (c, s) = specs(&t, &[&a]);
+        assert_eq!(
+            (c.provider.unwrap().name.as_str(), c.sampling),
+            ("other", 30.0)
+        );
+        assert_eq!(
+            (s.provider.unwrap().name.as_str(), s.sampling),
+            ("zipkin", 1.0)
+        );
+        // A later SERVER override disables span reporting there only.
+        let mut b = over(WorkloadMode::Server, None);
+        b.disable_span_reporting = Some(true);
+        let (c, s) = specs(&t, &[&a, &b]);
+        assert!(c.enabled() && !s.enabled());
+        // Custom tags replace the mesh's.
+        let mut d = over(WorkloadMode::ClientAndServer, None);
+        d.custom_tags = Some(BTreeMap::from([(
+            "team".to_string(),
+            telemetry::CustomTag {
+                literal: Some(telemetry::Literal {
+                    value: "shop".into(),
+                }),
+                ..Default::default()
+            },
+        )]));
+        let (c, _) = specs(&t, &[&d]);
+        assert_eq!(
+            c.custom_tags,
+            BTreeMap::from([("team".into(), CustomTag::Literal("shop".into()))])
+        );
+        // A provider name that is not a tracing provider: no tracing on that side.
+        let e = over(WorkloadMode::ClientAndServer, Some("nope"));
+        let (c, s) = specs(&t, &[&e]);
+        assert!(!c.enabled() && !s.enabled());
+    }
+}
