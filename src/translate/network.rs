@@ -37,7 +37,7 @@ pub fn lb_endpoint(address: &str, port: u32, weight: u32) -> LbEndpoint {
     }
 }
 
-fn gcd(a: u32, b: u32) -> u32 {
+fn gcd(a: u64, b: u64) -> u64 {
     if b == 0 {
         a
     } else {
@@ -78,7 +78,9 @@ fn select_gateways<'c>(
 /// `select_gateways`), each gets `m / k` of its weight, where `m` is the least
 /// common multiple of the gateway counts involved, and local endpoints are scaled
 /// by `m` so shares stay exact; a gateway chosen for several endpoints is one
-/// member carrying their summed weight.
+/// member carrying their summed weight. Envoy refuses a locality whose weights
+/// sum past `u32::MAX`, so `m` is capped to keep every locality below that;
+/// past the cap, gateway shares are rounded down (each gateway keeps at least 1).
 pub fn apply<'a>(
     groups: &mut Vec<Group<'a, LbEndpoint>>,
     proxy_network: &str,
@@ -91,7 +93,6 @@ pub fn apply<'a>(
         return 0;
     }
     let mut skipped = 0;
-    let mut m: u32 = 1;
     // The gateway choice per (network, cluster) of remote endpoints, made once.
     type Choice<'c> = ((&'c str, &'c str), Vec<&'c NetworkGateway>);
     let mut chosen: BTreeMap<(&str, &str), Choice<'_>> = BTreeMap::new();
@@ -110,7 +111,8 @@ pub fn apply<'a>(
             if gws.is_empty() {
                 skipped += 1;
             } else {
-                *per_choice.entry(*key).or_default() += *w;
+                let sum = per_choice.entry(*key).or_default();
+                *sum = sum.saturating_add(*w);
             }
             false
         });
@@ -122,27 +124,43 @@ pub fn apply<'a>(
             .find(|(k, _)| k == key)
             .map_or(&[][..], |(_, g)| g.as_slice())
     };
+    let mut lcm: u64 = 1;
     for key in remote.iter().flat_map(BTreeMap::keys) {
-        let k = gateways_of(key).len() as u32;
-        m = m / gcd(m, k) * k;
+        let k = gateways_of(key).len() as u64;
+        lcm = (lcm / gcd(lcm, k)).saturating_mul(k);
     }
+    // A locality's sum after scaling is at most (its weight) * m plus one per
+    // gateway member (a share rounded down to 0 is sent as 1).
+    let cap = groups
+        .iter()
+        .zip(&remote)
+        .map(|(g, per_choice)| {
+            let weight = g.members.iter().map(|x| u64::from(x.1)).sum::<u64>()
+                + per_choice.values().map(|&c| u64::from(c)).sum::<u64>();
+            let gateways: u64 = per_choice.keys().map(|k| gateways_of(k).len() as u64).sum();
+            u64::from(u32::MAX).saturating_sub(gateways) / weight.max(1)
+        })
+        .min()
+        .unwrap_or(1);
+    let m = lcm.min(cap).max(1);
+    let to_u32 = |w: u64| u32::try_from(w).unwrap_or(u32::MAX);
     for (g, per_choice) in groups.iter_mut().zip(remote) {
         if m > 1 {
             for mem in g.members.iter_mut() {
-                mem.1 *= m;
+                mem.1 = to_u32(u64::from(mem.1) * m);
                 mem.0.load_balancing_weight = Some(u32_value(mem.1));
             }
         }
         let mut weights: Vec<(&NetworkGateway, u32)> = Vec::new();
         for (key, count) in per_choice {
             let gws = gateways_of(&key);
-            let w = count * m / gws.len() as u32;
+            let w = to_u32((u64::from(count) * m / gws.len() as u64).max(1));
             for gw in gws {
                 match weights
                     .iter_mut()
                     .find(|(x, _)| x.address == gw.address && x.port == gw.port)
                 {
-                    Some((_, total)) => *total += w,
+                    Some((_, total)) => *total = total.saturating_add(w),
                     None => weights.push((gw, w)),
                 }
             }
@@ -512,6 +530,67 @@ mod tests {
                 ("192.0.2.1".to_string(), 2),
                 ("192.0.2.9".to_string(), 2),
             ]
+        );
+    }
+
+    /// The least common multiple of many gateway counts (here 16 x 17 x 19 x 23
+    /// x 25 x 27 x 29 x 31, past `u32::MAX`) and heavy endpoint weights must
+    /// neither overflow nor send Envoy a locality whose weights sum past
+    /// `u32::MAX` (it refuses one); every gateway keeps a weight of at least 1.
+    #[test]
+    fn huge_gateway_multiples_stay_within_envoy_weight_limits() {
+        let mut ctx = PushContext::default();
+        let mesh = Arc::make_mut(&mut ctx.mesh);
+        let counts = [16u32, 17, 19, 23, 25, 27, 29, 31];
+        for (n, count) in counts.iter().enumerate() {
+            mesh.networks.insert(
+                format!("network-{}", n + 2),
+                (0..*count)
+                    .map(|i| gw(&format!("192.0.{}.{}", n + 2, i + 1), None))
+                    .collect(),
+            );
+        }
+        let mut eps = vec![ep("10.1.0.1", "network-1", "c1")];
+        for n in 0..counts.len() {
+            eps.push(ep(
+                &format!("10.{}.0.1", n + 2),
+                &format!("network-{}", n + 2),
+                "c",
+            ));
+        }
+        let mut groups = vec![Group {
+            locality: Default::default(),
+            members: eps
+                .iter()
+                .map(|e| {
+                    let w = 60_000;
+                    (lb_endpoint(&e.address.to_string(), 8080, w), w, Some(e))
+                })
+                .collect(),
+            weight: None,
+            priority: 0,
+        }];
+        assert_eq!(apply(&mut groups, "network-1", &ctx), 0);
+        let members = &groups[0].members;
+        assert_eq!(members.len(), 1 + counts.iter().sum::<u32>() as usize);
+        let sum: u64 = members.iter().map(|m| u64::from(m.1)).sum();
+        assert!(sum <= u64::from(u32::MAX), "locality weight sum {sum}");
+        for (lb, w, _) in members {
+            assert!(*w >= 1);
+            assert_eq!(lb.load_balancing_weight.as_ref().unwrap().value, *w);
+        }
+        // The local endpoint is scaled as far as the cap allows: shares stay
+        // close to Istio's (local endpoint = each remote network's endpoint).
+        let local = u64::from(members[0].1);
+        let network_2: u64 = members
+            .iter()
+            .filter(|m| m.2.is_none())
+            .take(16)
+            .map(|m| u64::from(m.1))
+            .sum();
+        assert!(
+            local > 1 && network_2 <= local && network_2 * 100 >= local * 99,
+            "{local} vs {network_2}"
         );
     }
 
