@@ -25,6 +25,7 @@
 mod dir;
 mod parse;
 mod watch;
+mod yaml;
 
 pub use dir::{yaml_files, ClusterDir, ConfigDir, DirState, Scan};
 pub use parse::{

@@ -65,8 +65,13 @@ pub fn manifest_options() -> serde_saphyr::Options {
 /// Parse one file's text into documents, expanding `kind: List`. A YAML error
 /// rejects the whole file (its documents cannot be told apart reliably).
 pub fn parse_text(text: &str) -> Result<Vec<Value>, String> {
-    let docs: Vec<Value> = serde_saphyr::from_multiple_with_options(text, manifest_options())
-        .map_err(|e| format!("YAML error: {e}"))?;
+    // The common shape straight from the parser's events; anything else (and
+    // every error) through serde-saphyr, with its message.
+    let docs: Vec<Value> = match super::yaml::documents(text) {
+        Some(docs) => docs,
+        None => serde_saphyr::from_multiple_with_options(text, manifest_options())
+            .map_err(|e| format!("YAML error: {e}"))?,
+    };
     let mut out = Vec::new();
     for d in docs {
         match d {
