@@ -177,7 +177,7 @@ struct SourceState {
 /// Validated Istio config from every source. Owned by the registry behind its own
 /// lock; all methods are short and synchronous.
 #[derive(Debug)]
-pub struct ConfigStore {
+pub struct IstioConfigStore {
     domain_suffix: String,
     /// By source name, so rebuilding is deterministic (the first source by name
     /// wins a duplicate).
@@ -195,17 +195,17 @@ pub struct ConfigStore {
     jwks_errors: BTreeMap<JwksSource, String>,
 }
 
-impl Default for ConfigStore {
+impl Default for IstioConfigStore {
     fn default() -> Self {
-        ConfigStore::new("cluster.local")
+        IstioConfigStore::new("cluster.local")
     }
 }
 
-impl ConfigStore {
+impl IstioConfigStore {
     /// `domain_suffix` resolves short host names (`order` in namespace `base` is
     /// `order.base.svc.<domain_suffix>`).
-    pub fn new(domain_suffix: &str) -> ConfigStore {
-        ConfigStore {
+    pub fn new(domain_suffix: &str) -> IstioConfigStore {
+        IstioConfigStore {
             domain_suffix: domain_suffix.to_string(),
             sources: BTreeMap::new(),
             in_force: Vec::new(),
@@ -438,7 +438,7 @@ impl ConfigStore {
     }
 }
 
-impl ConfigStore {
+impl IstioConfigStore {
     /// A RequestAuthentication rule whose keys could not be fetched: with the
     /// last good keys still in force, or with none (every token refused).
     fn jwks_warnings(&self, out: &mut Vec<Warning>) {
@@ -777,7 +777,7 @@ mod tests {
         let d = seed004();
         assert_eq!(d.len(), 19);
         assert_eq!(validate_docs(&d), Vec::<Rejection>::new());
-        let mut store = ConfigStore::default();
+        let mut store = IstioConfigStore::default();
         assert!(store.replace_source("istio", d.clone()));
         let snap = store.snapshot();
         assert_eq!(snap.gateways.len(), 2);
@@ -838,7 +838,7 @@ mod tests {
             );
             assert_eq!(p.field, *field, "{name}: {p}");
             assert_eq!(p.origin, "istio/bad.yaml");
-            let mut store = ConfigStore::default();
+            let mut store = IstioConfigStore::default();
             store.replace_source("istio", d);
             let snap = store.snapshot();
             assert_eq!(snap.virtual_services.len(), 1, "{name}");
@@ -892,7 +892,7 @@ mod tests {
     #[test]
     fn configz_says_mtls_config_needs_an_identity() {
         let yaml = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: strict, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: m, namespace: ns}\nspec: {host: m, subsets: [{name: v1, labels: {v: '1'}, trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}}]}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: s, namespace: ns}\nspec: {host: s, trafficPolicy: {tls: {mode: SIMPLE}}}\n";
-        let mut store = ConfigStore::default();
+        let mut store = IstioConfigStore::default();
         store.replace_source("f", docs("f.yaml", yaml));
         let st = store.status(&ServiceMap::new());
         let about_identity: Vec<(&str, &str)> = st
@@ -918,7 +918,7 @@ mod tests {
              apiVersion: security.istio.io/v1\n{head}name: key}}\nspec: {{selector: {{matchLabels: {{app: web}}}}, portLevelMtls: {{http: {{mode: DISABLE}}}}}}\n---\n\
              apiVersion: security.istio.io/v1\n{head}name: field}}\nspec: {{mtls: {{mode: STRICT}}, action: ALLOW}}\n"
         );
-        let mut store = ConfigStore::default();
+        let mut store = IstioConfigStore::default();
         store.replace_source("f", docs("f.yaml", &yaml));
         let st = store.status(&ServiceMap::new());
         let in_force: Vec<&str> = st.in_force.iter().map(|o| o.name.as_str()).collect();
@@ -1031,7 +1031,7 @@ spec:
   - {name: v1, labels: {version: v1}}
   - {name: v2, labels: {version: v2}}
 "#;
-        let mut store = ConfigStore::default();
+        let mut store = IstioConfigStore::default();
         store.replace_source("istio", docs("istio/x.yaml", yaml));
         let services: ServiceMap = [service("order", "base", &[("10.0.0.1", "v1")])]
             .into_iter()
@@ -1064,7 +1064,7 @@ spec:
     fn sources_replace_independently_and_metrics_count_rejections() {
         let good = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: a, namespace: ns}\nspec: {host: a}\n";
         let bad = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: b, namespace: ns}\nspec: {host: b, subsets: [{name: x}, {name: x}]}\n";
-        let mut store = ConfigStore::default();
+        let mut store = IstioConfigStore::default();
         assert!(store.replace_source("one", docs("one.yaml", good)));
         assert!(!store.replace_source("two", docs("two.yaml", bad)));
         assert_eq!(store.snapshot().destination_rules.len(), 1);
@@ -1091,9 +1091,9 @@ spec:
         let ns = |access: &str| {
             format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: team, labels: {{access: \"{access}\"}}}}\n")
         };
-        let mut store = ConfigStore::default();
+        let mut store = IstioConfigStore::default();
         store.replace_source("config", docs("gw.yaml", gw));
-        let routed = |s: &ConfigStore| {
+        let routed = |s: &IstioConfigStore| {
             s.snapshot()
                 .virtual_services
                 .iter()

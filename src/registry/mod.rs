@@ -117,7 +117,7 @@ pub struct Registry {
     /// Config sources that hold `/ready` back: name -> delivered once.
     config_synced: Mutex<BTreeMap<String, bool>>,
     /// Istio config; its own lock, never taken while `index` is held.
-    config: Mutex<config::ConfigStore>,
+    config: Mutex<config::IstioConfigStore>,
     /// File-level problems of config sources (unparsable files), by source.
     config_file_problems: Mutex<BTreeMap<String, Vec<ObjectProblem>>>,
     /// TLS Secrets for `credentialName`, by cluster.
@@ -156,7 +156,7 @@ impl Registry {
                     .map(|c| (config_source_name(c), false))
                     .collect(),
             ),
-            config: Mutex::new(config::ConfigStore::new(&mesh.domain_suffix)),
+            config: Mutex::new(config::IstioConfigStore::new(&mesh.domain_suffix)),
             config_file_problems: Mutex::default(),
             secrets: secrets::SecretStore::default(),
             mesh: mesh.clone(),
@@ -571,7 +571,7 @@ impl Registry {
         clusters_ok && config_ok
     }
 
-    fn config_store(&self) -> MutexGuard<'_, config::ConfigStore> {
+    fn config_store(&self) -> MutexGuard<'_, config::IstioConfigStore> {
         self.config.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -932,7 +932,7 @@ mod tests {
     }
     #[test]
     fn rejected_policies_fail_closed() {
-        use crate::registry::config::{ConfigStore, RawDoc};
+        use crate::registry::config::{IstioConfigStore, RawDoc};
         const DOCS: &str = r#"apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: broken-deny, namespace: base}
@@ -1000,7 +1000,7 @@ spec:
         ipBlocks: [not-an-ip]
 "#;
         let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(DOCS).expect("yaml");
-        let mut store = ConfigStore::default();
+        let mut store = IstioConfigStore::default();
         store.replace_source(
             "f",
             docs.into_iter()

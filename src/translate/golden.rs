@@ -59,7 +59,7 @@ use crate::model::{
     Endpoint, InterceptionMode, Locality, MeshSettings, Protocol, Proxy, ProxyRole, PushContext,
     Service, ServicePort,
 };
-use crate::registry::config::{ConfigStore, RawDoc};
+use crate::registry::config::{IstioConfigStore, RawDoc};
 use crate::security::ca::Identity;
 
 #[derive(Deserialize)]
@@ -240,7 +240,7 @@ fn from_docs(docs: &[serde_json::Value], path: &Path) -> Result<Loaded, String> 
             path.display()
         ));
     }
-    let mut store = ConfigStore::new("cluster.local");
+    let mut store = IstioConfigStore::new("cluster.local");
     store.replace_source("golden", raw);
     store.set_jwks(
         fx.fetched_jwks

@@ -3,13 +3,13 @@
 
 use std::collections::BTreeSet;
 
-use super::{export_to, valid_host, Issues};
+use super::{export_to, valid_host, Findings};
 use crate::model::istio::destination_rule::{
     ClientTlsSettings, ConnectionPoolSettings, DestinationRule, LoadBalancerSettings,
     OutlierDetection, TrafficPolicy,
 };
 
-pub(super) fn destination_rule(dr: &DestinationRule, out: &mut Issues) {
+pub(super) fn destination_rule(dr: &DestinationRule, out: &mut Findings) {
     if let Err(e) = valid_host(&dr.host, true) {
         out.err("spec.host", e);
     }
@@ -41,7 +41,7 @@ pub(super) fn destination_rule(dr: &DestinationRule, out: &mut Issues) {
     }
 }
 
-fn traffic_policy(f: &str, tp: &TrafficPolicy, out: &mut Issues) {
+fn traffic_policy(f: &str, tp: &TrafficPolicy, out: &mut Findings) {
     out.unsupported(format!("{f}.tunnel"), &tp.tunnel, "not implemented");
     out.unsupported(
         format!("{f}.proxyProtocol"),
@@ -92,7 +92,7 @@ fn policy_parts(
     cp: &Option<ConnectionPoolSettings>,
     od: &Option<OutlierDetection>,
     tls: &Option<ClientTlsSettings>,
-    out: &mut Issues,
+    out: &mut Findings,
 ) {
     if let Some(lb) = lb {
         load_balancer(&format!("{f}.loadBalancer"), lb, out);
@@ -216,7 +216,7 @@ fn policy_parts(
     }
 }
 
-fn load_balancer(f: &str, lb: &LoadBalancerSettings, out: &mut Issues) {
+fn load_balancer(f: &str, lb: &LoadBalancerSettings, out: &mut Findings) {
     if let Some(s) = &lb.simple {
         if ![
             "UNSPECIFIED",
@@ -336,7 +336,7 @@ fn load_balancer(f: &str, lb: &LoadBalancerSettings, out: &mut Issues) {
     }
 }
 
-pub(super) fn connection_pool(f: &str, cp: &ConnectionPoolSettings, out: &mut Issues) {
+pub(super) fn connection_pool(f: &str, cp: &ConnectionPoolSettings, out: &mut Findings) {
     if cp.tcp.is_none() && cp.http.is_none() {
         out.err(f, "connection pool must have tcp or http settings");
     }
@@ -385,7 +385,7 @@ pub(super) fn connection_pool(f: &str, cp: &ConnectionPoolSettings, out: &mut Is
     }
 }
 
-fn outlier(f: &str, od: &OutlierDetection, out: &mut Issues) {
+fn outlier(f: &str, od: &OutlierDetection, out: &mut Findings) {
     if let Some(e) = od.consecutive_errors {
         out.non_negative(format!("{f}.consecutiveErrors"), e as i64);
         out.warn(

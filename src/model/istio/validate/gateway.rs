@@ -1,6 +1,6 @@
 //! Gateway validation: servers, ports, hosts, TLS settings.
 
-use super::{valid_host, Issues};
+use super::{valid_host, Findings};
 use crate::model::istio::gateway::{Gateway, ServerProtocol};
 
 /// A gateway server host whose labels are all `*` (`*.*`). Istio's validation would
@@ -10,7 +10,7 @@ pub fn all_wildcard_host(h: &str) -> bool {
     h.contains('.') && h.split('.').all(|l| l == "*")
 }
 
-pub(super) fn gateway(g: &Gateway, out: &mut Issues) {
+pub(super) fn gateway(g: &Gateway, out: &mut Findings) {
     if g.servers.is_empty() {
         out.err("spec.servers", "a Gateway needs at least one server");
     }
@@ -198,7 +198,7 @@ pub(super) fn gateway(g: &Gateway, out: &mut Issues) {
                     }
                 }
             }
-            let version = |field: &str, v: &Option<String>, out: &mut Issues| -> Option<usize> {
+            let version = |field: &str, v: &Option<String>, out: &mut Findings| -> Option<usize> {
                 const VERSIONS: [&str; 5] =
                     ["TLS_AUTO", "TLSV1_0", "TLSV1_1", "TLSV1_2", "TLSV1_3"];
                 let v = v.as_deref()?;

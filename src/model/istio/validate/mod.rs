@@ -27,9 +27,11 @@ use peer_authentication::peer_authentication;
 use sidecar::sidecar;
 use virtual_service::virtual_service;
 
-/// One problem with one field.
+/// One validation finding on one field of an Istio object: an error (the object
+/// is rejected, as a [`super::Rejection`] naming this field) or a warning (the
+/// object stays in force; shown on `/debug/configz`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Issue {
+pub struct Finding {
     /// `spec.http[0].route[1].weight`.
     pub field: String,
     pub reason: String,
@@ -38,18 +40,18 @@ pub struct Issue {
 }
 
 #[derive(Default)]
-struct Issues(Vec<Issue>);
+struct Findings(Vec<Finding>);
 
-impl Issues {
+impl Findings {
     fn err(&mut self, field: impl Into<String>, reason: impl Into<String>) {
-        self.0.push(Issue {
+        self.0.push(Finding {
             field: field.into(),
             reason: reason.into(),
             warning: false,
         });
     }
     fn warn(&mut self, field: impl Into<String>, reason: impl Into<String>) {
-        self.0.push(Issue {
+        self.0.push(Finding {
             field: field.into(),
             reason: reason.into(),
             warning: true,
@@ -85,8 +87,8 @@ impl Issues {
 }
 
 /// Errors and warnings for one parsed object.
-pub fn validate(obj: &IstioObject) -> Vec<Issue> {
-    let mut out = Issues::default();
+pub fn validate(obj: &IstioObject) -> Vec<Finding> {
+    let mut out = Findings::default();
     match obj {
         IstioObject::Gateway(c) => gateway(&c.spec, &mut out),
         IstioObject::VirtualService(c) => virtual_service(&c.spec, &mut out),
@@ -232,7 +234,7 @@ pub(crate) fn re2_repeat_limits(pattern: &str) -> Result<(), String> {
     walk(&ast, MAX_REPEAT)
 }
 
-fn string_match(field: &str, m: &StringMatch, presence_ok: bool, out: &mut Issues) {
+fn string_match(field: &str, m: &StringMatch, presence_ok: bool, out: &mut Findings) {
     if m.set_count() > 1 {
         out.err(field, "set only one of exact, prefix, regex");
     }
@@ -259,7 +261,7 @@ fn string_match(field: &str, m: &StringMatch, presence_ok: bool, out: &mut Issue
 
 /// Istio's `exportTo` entries: `*` (everywhere), `.` (own namespace) or namespace
 /// names; `*` cannot be combined with anything else.
-fn export_to(field: &str, list: &[String], out: &mut Issues) {
+fn export_to(field: &str, list: &[String], out: &mut Findings) {
     for (i, e) in list.iter().enumerate() {
         let ok = e == "*" || e == "." || (valid_host(e, false).is_ok() && !e.contains('.'));
         if !ok {

@@ -1,12 +1,12 @@
 //! PeerAuthentication validation.
 
-use super::Issues;
+use super::Findings;
 use crate::model::istio::peer_authentication::PeerAuthentication;
 
 /// Istio's `ValidatePeerAuthentication`: port-level modes only under a
 /// workload selector, port keys in 1..=65535, selector labels well formed. An
 /// unknown mode is already refused by the schema (`spec.mtls.mode`).
-pub(super) fn peer_authentication(pa: &PeerAuthentication, out: &mut Issues) {
+pub(super) fn peer_authentication(pa: &PeerAuthentication, out: &mut Findings) {
     if let Some(sel) = &pa.selector {
         for (k, v) in &sel.match_labels {
             if k.is_empty() {

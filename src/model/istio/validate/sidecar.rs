@@ -2,11 +2,11 @@
 //! default endpoints, the outbound traffic policy.
 
 use super::destination_rule::connection_pool;
-use super::{valid_host, Issues};
+use super::{valid_host, Findings};
 use crate::model::istio::gateway::ServerProtocol;
 use crate::model::istio::sidecar::{Sidecar, SidecarPort};
 
-fn sidecar_port(f: &str, p: &SidecarPort, out: &mut Issues) {
+fn sidecar_port(f: &str, p: &SidecarPort, out: &mut Findings) {
     if p.number == 0 || p.number > 65535 {
         out.err(
             format!("{f}.number"),
@@ -29,7 +29,7 @@ fn sidecar_port(f: &str, p: &SidecarPort, out: &mut Issues) {
     );
 }
 
-fn capture_mode(f: &str, m: &Option<String>, out: &mut Issues) {
+fn capture_mode(f: &str, m: &Option<String>, out: &mut Findings) {
     match m.as_deref() {
         None | Some("DEFAULT") => {}
         Some(m @ ("IPTABLES" | "NONE")) => out.err(
@@ -44,7 +44,7 @@ fn capture_mode(f: &str, m: &Option<String>, out: &mut Issues) {
 /// egress hosts are `namespace/host`; one egress listener per (bind, port), and
 /// at most one without a port, which must come last; ingress listeners need a
 /// port, unique, and a loopback `defaultEndpoint`.
-pub(super) fn sidecar(s: &Sidecar, out: &mut Issues) {
+pub(super) fn sidecar(s: &Sidecar, out: &mut Findings) {
     if let Some(cp) = &s.inbound_connection_pool {
         connection_pool("spec.inboundConnectionPool", cp, out);
     }

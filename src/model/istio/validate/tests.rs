@@ -6,13 +6,13 @@ use crate::model::istio::parse_object;
 
 /// Every issue of one YAML document: the rejections when the object is
 /// rejected, else its warnings.
-fn issues(yaml: &str) -> Vec<Issue> {
+fn issues(yaml: &str) -> Vec<Finding> {
     let v: serde_json::Value = serde_saphyr::from_str(yaml).expect("yaml");
     match parse_object("t.yaml", &v) {
         Ok(obj) => validate(&obj),
         Err(rejections) => rejections
             .into_iter()
-            .map(|r| Issue {
+            .map(|r| Finding {
                 field: r.field,
                 reason: r.reason,
                 warning: false,
@@ -29,7 +29,7 @@ fn dr(policy: &str) -> String {
     format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: d, namespace: base}}\nspec:\n  host: order\n  trafficPolicy:\n{policy}")
 }
 
-fn has(issues: &[Issue], field: &str, warning: bool, text: &str) -> bool {
+fn has(issues: &[Finding], field: &str, warning: bool, text: &str) -> bool {
     issues
         .iter()
         .any(|i| i.field == field && i.warning == warning && i.reason.contains(text))

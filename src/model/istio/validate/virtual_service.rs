@@ -1,11 +1,11 @@
 //! VirtualService validation: hosts, gateways, HTTP/TLS/TCP routes, matches,
 //! weights, retries, faults, mirrors, redirects and direct responses.
 
-use super::{export_to, re2_repeat_limits, string_match, valid_host, Issues};
+use super::{export_to, re2_repeat_limits, string_match, valid_host, Findings};
 use crate::model::istio::virtual_service::{grpc_status_code, Headers, HttpRoute, VirtualService};
 use crate::model::istio::MESH_GATEWAY;
 
-fn gateway_list(field: &str, gws: &[String], out: &mut Issues) {
+fn gateway_list(field: &str, gws: &[String], out: &mut Findings) {
     for (i, g) in gws.iter().enumerate() {
         if g.is_empty() || g.split('/').count() > 2 || g.split('/').any(str::is_empty) {
             out.err(
@@ -16,7 +16,7 @@ fn gateway_list(field: &str, gws: &[String], out: &mut Issues) {
     }
 }
 
-fn headers(field: &str, h: &Option<Headers>, out: &mut Issues) {
+fn headers(field: &str, h: &Option<Headers>, out: &mut Findings) {
     let Some(h) = h else { return };
     for (side, ops) in [("request", &h.request), ("response", &h.response)] {
         let Some(ops) = ops else { continue };
@@ -55,7 +55,7 @@ const RETRY_POLICIES: [&str; 16] = [
     "unavailable",
 ];
 
-pub(super) fn virtual_service(vs: &VirtualService, out: &mut Issues) {
+pub(super) fn virtual_service(vs: &VirtualService, out: &mut Findings) {
     if vs.hosts.is_empty() {
         // Istio accepts a VirtualService without hosts only as a delegate (the
         // target of another one's `delegate`).
@@ -146,7 +146,7 @@ pub(super) fn virtual_service(vs: &VirtualService, out: &mut Issues) {
 fn l4_destinations<'a>(
     f: &str,
     dests: impl Iterator<Item = (&'a String, Option<i32>)>,
-    out: &mut Issues,
+    out: &mut Findings,
 ) {
     let dests: Vec<_> = dests.collect();
     if dests.is_empty() {
@@ -164,7 +164,7 @@ fn l4_destinations<'a>(
 
 /// Istio: every destination needs a host; weights are non-negative; with more than
 /// one destination they must add up to 100.
-fn weights(f: &str, dests: &[(&str, Option<i32>)], out: &mut Issues) {
+fn weights(f: &str, dests: &[(&str, Option<i32>)], out: &mut Findings) {
     let mut total: i64 = 0;
     for (j, (host, w)) in dests.iter().enumerate() {
         if host.is_empty() {
@@ -187,7 +187,7 @@ fn weights(f: &str, dests: &[(&str, Option<i32>)], out: &mut Issues) {
     }
 }
 
-fn http_route(f: &str, r: &HttpRoute, out: &mut Issues) {
+fn http_route(f: &str, r: &HttpRoute, out: &mut Findings) {
     out.unsupported(
         format!("{f}.delegate"),
         &r.delegate,
