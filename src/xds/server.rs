@@ -349,7 +349,7 @@ where
 /// reference), handed to hyper one at a time as flow control allows; the end of
 /// the stream becomes the `grpc-status` trailers.
 struct AdsBody<R> {
-    rx: mpsc::Receiver<Result<R, Status>>,
+    rx: mpsc::Receiver<Slot<R>>,
     chunks: VecDeque<bytes::Bytes>,
     done: bool,
 }
@@ -374,7 +374,7 @@ impl<R: EncodeResponse> http_body::Body for AdsBody<R> {
             if this.done {
                 return Poll::Ready(None);
             }
-            let status = match std::task::ready!(this.rx.poll_recv(cx)) {
+            let status = match std::task::ready!(this.rx.poll_recv(cx)).map(|s| *s) {
                 Some(Ok(resp)) => {
                     this.chunks = Frames::message(&resp);
                     continue;
@@ -395,6 +395,11 @@ impl<R: EncodeResponse> http_body::Body for AdsBody<R> {
         self.done && self.chunks.is_empty()
     }
 }
+
+/// What a stream's task hands its `AdsBody`: boxed, because a tokio channel
+/// allocates its slots 32 at a time whatever its capacity, and a response with
+/// a `Status` beside it is ~140 bytes (4.4 KB per stream, 44 MB at 10,000).
+type Slot<R> = Box<Result<R, Status>>;
 
 /// The two ADS variants, as far as the stream loop cares.
 trait Flavor: Send + 'static {
@@ -459,7 +464,7 @@ fn open<F: Flavor>(
     shared: Arc<Shared>,
     auth: Option<Auth>,
     requests: Requests<F::Req>,
-) -> mpsc::Receiver<Result<F::Resp, Status>> {
+) -> mpsc::Receiver<Slot<F::Resp>> {
     let (tx, rx) = mpsc::channel(1);
     tokio::spawn(async move {
         let mut shutdown = shared.shutdown.subscribe();
@@ -477,7 +482,7 @@ fn open<F: Flavor>(
                     .await
             }
             Err(status) => {
-                let _ = tx.send(Err(status)).await;
+                let _ = tx.send(Box::new(Err(status))).await;
             }
         }
     });
@@ -622,7 +627,7 @@ async fn run<F: Flavor>(
     first: F::Req,
     mut requests: Requests<F::Req>,
     mut updates: watch::Receiver<Update>,
-    tx: mpsc::Sender<Result<F::Resp, Status>>,
+    tx: mpsc::Sender<Slot<F::Resp>>,
 ) {
     let conn = guard.conn.clone();
     let mut security = guard.security.take();
@@ -721,7 +726,7 @@ async fn run<F: Flavor>(
             }
             Step::End(status) => {
                 if let Some(s) = status {
-                    let _ = tx.send(Err(s)).await;
+                    let _ = tx.send(Box::new(Err(s))).await;
                 }
                 break;
             }
@@ -740,7 +745,9 @@ async fn run<F: Flavor>(
                 Some(p) => slot = Some(p),
                 None => {
                     let _ = tx
-                        .send(Err(Status::unavailable("crossmesh is shutting down")))
+                        .send(Box::new(Err(Status::unavailable(
+                            "crossmesh is shutting down",
+                        ))))
                         .await;
                     break;
                 }
@@ -748,7 +755,7 @@ async fn run<F: Flavor>(
         }
         for (t, resp) in resps {
             let bytes = resp.payload_len();
-            if tx.send(Ok(resp)).await.is_err() {
+            if tx.send(Box::new(Ok(resp))).await.is_err() {
                 return; // the client went away
             }
             metrics()
