@@ -85,6 +85,9 @@ pub struct TracingSpec<'a> {
     /// Percent: a Telemetry's `randomSamplingPercentage`,
     /// else the mesh's `defaultConfig.tracing.sampling`.
     pub sampling: f64,
+    /// A Telemetry's `customTags`; empty: the mesh's
+    /// `defaultConfig.tracing.customTags` (istiod's `configureCustomTags`,
+    /// so `customTags: {}` also falls back to them).
     pub custom_tags: BTreeMap<String, CustomTag>,
     /// A Telemetry's `useRequestIdForTraceSampling` (Envoy's default, true,
     /// when no Telemetry sets it).
@@ -108,7 +111,7 @@ pub fn specs<'a>(
         provider: t.provider.as_ref(),
         disabled: false,
         sampling: t.sampling_percent(),
-        custom_tags: t.custom_tags.clone(),
+        custom_tags: BTreeMap::new(),
         use_request_id_for_trace_sampling: None,
     };
     let (mut client, mut server) = (base.clone(), base);
@@ -183,10 +186,15 @@ pub fn apply(g: &mut Generated, proxy: &Proxy, ctx: &PushContext) {
             continue;
         };
         let collector = collector_cluster(g, p, proxy, ctx);
+        let tags = if spec.custom_tags.is_empty() {
+            &t.custom_tags
+        } else {
+            &spec.custom_tags
+        };
         let tracing = hcm_tracing(
             p,
             spec.sampling,
-            &spec.custom_tags,
+            tags,
             t.max_path_tag_length,
             &collector,
             &service_name,
