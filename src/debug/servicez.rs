@@ -96,15 +96,22 @@ fn vs_applies(
     out
 }
 
-/// The VirtualServices naming `host`, in Istio order, each with where it
-/// applies and whether a proxy in `from` sees it (`exportTo`).
+/// The VirtualServices naming `host` in their hosts or sending to it (a route,
+/// mirror, TCP or TLS destination resolved in their namespace, as
+/// `translate::route::referenced_hosts` reads them), in Istio order, each with
+/// where it applies, whether it routes to `host`, and whether a proxy in
+/// `from` sees it (`exportTo`).
 fn virtual_services(config: &ConfigSnapshot, host: &str, from: &str) -> Vec<Value> {
     config
         .virtual_services
         .iter()
         .filter_map(|vs| {
             let applies = vs_applies(config, vs, host);
-            if applies.is_empty() {
+            let routes_to = vs
+                .spec
+                .destinations()
+                .any(|d| config.resolve_host(&d.host, &vs.meta.namespace) == host);
+            if applies.is_empty() && !routes_to {
                 return None;
             }
             Some(json!({
@@ -112,6 +119,7 @@ fn virtual_services(config: &ConfigSnapshot, host: &str, from: &str) -> Vec<Valu
                 "name": vs.meta.name,
                 "origin": vs.meta.origin,
                 "appliesTo": applies.iter().map(|(g, h)| json!({"gateway": g, "host": h})).collect::<Vec<_>>(),
+                "routesTo": routes_to,
                 "exportTo": vs.spec.export_to,
                 "visible": exported_to(&vs.spec.export_to, &vs.meta.namespace, from),
             }))
@@ -251,7 +259,7 @@ mod tests {
     }
 
     fn vs(ns: &str, name: &str, hosts: &[&str], extra: Value) -> Value {
-        let mut spec = json!({"hosts": hosts, "http": [{"route": [{"destination": {"host": "web.shop.svc.cluster.local"}}]}]});
+        let mut spec = json!({"hosts": hosts, "http": [{"route": [{"destination": {"host": "backend.shop.svc.cluster.local"}}]}]});
         if let (Some(s), Some(x)) = (spec.as_object_mut(), extra.as_object()) {
             s.extend(x.clone());
         }
@@ -345,6 +353,20 @@ mod tests {
                 json!({"gateways": ["ingress"]}),
             ),
             vs(
+                "istio-system",
+                "public",
+                &["shop.example.com"],
+                json!({"gateways": ["ingress"],
+                    "http": [{"route": [{"destination": {"host": "web.shop.svc.cluster.local"}}]}]}),
+            ),
+            vs(
+                "other",
+                "to-short",
+                &["api.example.com"],
+                json!({"gateways": ["ingress"],
+                    "http": [{"route": [{"destination": {"host": "web"}}]}]}),
+            ),
+            vs(
                 "shop",
                 "mesh-wildcard",
                 &["*.shop.svc.cluster.local"],
@@ -354,11 +376,23 @@ mod tests {
         let page = one(&services(), &config, "web.shop.svc.cluster.local", None);
         assert_eq!(page["from"], "shop");
         let got = &page["virtualServices"];
-        // Istio order: creation time, then name.
+        // Istio order: creation time, then name. `to-short` routes to
+        // `web.other`, `public` to this service by FQDN.
         assert_eq!(
             names(got),
-            ["istio-system/edge", "other/fqdn-private", "shop/short-here"]
+            [
+                "istio-system/edge",
+                "other/fqdn-private",
+                "istio-system/public",
+                "shop/short-here"
+            ]
         );
+        assert_eq!(got[2]["appliesTo"], json!([]));
+        assert_eq!(
+            (got[2]["routesTo"].as_bool(), got[0]["routesTo"].as_bool()),
+            (Some(true), Some(false))
+        );
+        let got = &json!([got[0], got[1], got[3]]);
         assert_eq!(
             got[2]["appliesTo"],
             json!([{"gateway": "mesh", "host": "web.shop.svc.cluster.local"}])

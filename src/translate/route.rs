@@ -112,23 +112,11 @@ fn match_applies(m: &HttpMatchRequest, vs_ns: &str, scope: RouteScope<'_>) -> bo
 /// (destinations and mirrors), for deciding which clusters a proxy needs.
 pub fn referenced_hosts(vs: &Config<VirtualService>, ctx: &PushContext) -> Vec<String> {
     let ns = &vs.meta.namespace;
-    let mut hosts: Vec<String> = Vec::new();
-    let mut add = |d: &Destination| hosts.push(ctx.config.resolve_host(&d.host, ns));
-    for h in &vs.spec.http {
-        h.route.iter().for_each(|r| add(&r.destination));
-        h.mirror.iter().for_each(&mut add);
-        h.mirrors.iter().for_each(|m| add(&m.destination));
-    }
-    vs.spec
-        .tcp
-        .iter()
-        .flat_map(|t| &t.route)
-        .for_each(|r| add(&r.destination));
-    vs.spec
-        .tls
-        .iter()
-        .flat_map(|t| &t.route)
-        .for_each(|r| add(&r.destination));
+    let mut hosts: Vec<String> = vs
+        .spec
+        .destinations()
+        .map(|d| ctx.config.resolve_host(&d.host, ns))
+        .collect();
     hosts.sort();
     hosts.dedup();
     hosts

@@ -29,6 +29,28 @@ pub struct VirtualService {
     pub export_to: Vec<String>,
 }
 
+impl VirtualService {
+    /// Every destination its HTTP (routes, `mirror`, `mirrors`), TCP and TLS
+    /// routes send to, as written (short hosts resolve in the
+    /// VirtualService's namespace).
+    pub fn destinations(&self) -> impl Iterator<Item = &Destination> + '_ {
+        let http = self.http.iter().flat_map(|h| {
+            h.route
+                .iter()
+                .map(|r| &r.destination)
+                .chain(h.mirror.iter())
+                .chain(h.mirrors.iter().map(|m| &m.destination))
+        });
+        let l4 = self
+            .tcp
+            .iter()
+            .flat_map(|t| &t.route)
+            .chain(self.tls.iter().flat_map(|t| &t.route))
+            .map(|r| &r.destination);
+        http.chain(l4)
+    }
+}
+
 /// `VirtualService.spec.http[]`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
