@@ -19,9 +19,49 @@ use crate::registry::endpoints::KubeObject;
 use crate::registry::secrets::RawSecret;
 use crate::registry::{Event, ObjectProblem, Registry};
 
-/// The valid objects of one file parsed in this rescan, by identity (a file
-/// defines each object once: `parse_cluster_file` drops a second definition).
-type FileObjects = HashMap<ObjId, KubeObject>;
+/// The valid objects of one file parsed in this rescan, taken out one by one
+/// by identity (a file defines each object once: `parse_cluster_file` drops a
+/// second definition).
+struct FileObjects {
+    objects: Vec<(ObjId, KubeObject)>,
+    /// Position of each object, built on the first take from a file of more
+    /// than `INDEXED` objects (a whole cluster in one file), so that taking
+    /// all of them costs linear time, not quadratic; a small file is searched.
+    index: Option<HashMap<ObjId, usize>>,
+}
+
+const INDEXED: usize = 32;
+
+impl FileObjects {
+    fn new(objects: Vec<(ObjId, KubeObject)>) -> FileObjects {
+        FileObjects {
+            objects,
+            index: None,
+        }
+    }
+
+    fn take(&mut self, id: &ObjId) -> Option<KubeObject> {
+        if self.objects.len() <= INDEXED && self.index.is_none() {
+            let i = self.objects.iter().position(|(x, _)| x == id)?;
+            return Some(self.objects.swap_remove(i).1);
+        }
+        let index = self.index.get_or_insert_with(|| {
+            let objects = &self.objects;
+            objects
+                .iter()
+                .enumerate()
+                .map(|(i, (x, _))| (x.clone(), i))
+                .collect()
+        });
+        let i = index.remove(id)?;
+        let (_, obj) = self.objects.swap_remove(i);
+        // The last object moved into `i`.
+        if let Some((moved, _)) = self.objects.get(i) {
+            index.insert(moved.clone(), i);
+        }
+        Some(obj)
+    }
+}
 
 /// The files of a directory tree that hold manifests, sorted.
 pub fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
@@ -387,7 +427,7 @@ impl ClusterDir {
                             secrets,
                         },
                     );
-                    parsed.insert(path, objects.into_iter().collect());
+                    parsed.insert(path, FileObjects::new(objects));
                 }
                 Err(reason) => {
                     let f = self.files.entry(path).or_default();
@@ -508,9 +548,7 @@ impl ClusterDir {
     }
 
     /// `id` as defined in file `w` (parsed in this rescan, or read again: a
-    /// duplicate's other file became the winner), recorded as applied. O(1)
-    /// per object (a file's objects are keyed by identity), so a file holding
-    /// a whole cluster costs linear time, not quadratic.
+    /// duplicate's other file became the winner), recorded as applied.
     fn take_object(
         &mut self,
         parsed: &mut HashMap<PathBuf, FileObjects>,
@@ -520,9 +558,9 @@ impl ClusterDir {
         if !parsed.contains_key(w) {
             let text = std::fs::read(w).ok()?;
             let p = parse_cluster_file(w, &text).ok()?;
-            parsed.insert(w.to_owned(), p.objects.into_iter().collect());
+            parsed.insert(w.to_owned(), FileObjects::new(p.objects));
         }
-        let obj = parsed.get_mut(w)?.remove(id)?;
+        let obj = parsed.get_mut(w)?.take(id)?;
         self.applied.insert(id.clone(), w.to_owned());
         Some(obj)
     }
