@@ -25,6 +25,7 @@ pub mod debounce;
 pub mod debug;
 pub mod demo;
 pub mod iptables;
+pub mod kube_client;
 pub mod metrics;
 pub mod model;
 pub mod push;

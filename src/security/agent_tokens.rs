@@ -346,13 +346,14 @@ impl TokenStore {
         if mesh.ca.kubernetes_secret.is_none() {
             return Ok(TokenStore::local(token_dir(&mesh.ca.state_dir)));
         }
-        let (client, _) = crate::sources::in_cluster::client().map_err(|e| TokenError::Store {
-            path: PathBuf::from(format!("Secret {ENROLMENT_SECRET}")),
-            reason: format!(
-                "{e}; with ca.kubernetesSecret the tokens are kept in this Secret of the \
+        let (client, _) =
+            crate::kube_client::in_cluster::client().map_err(|e| TokenError::Store {
+                path: PathBuf::from(format!("Secret {ENROLMENT_SECRET}")),
+                reason: format!(
+                    "{e}; with ca.kubernetesSecret the tokens are kept in this Secret of the \
                  hub's namespace: run the command in a hub Pod (kubectl exec, docs/DEPLOY.md)"
-            ),
-        })?;
+                ),
+            })?;
         let ns = client.default_namespace().to_string();
         Ok(TokenStore::kube(client, &ns))
     }
@@ -557,7 +558,7 @@ impl KubeStore {
     fn api_err(&self, e: kube::Error) -> TokenError {
         self.err(match &e {
             kube::Error::Api(s) => format!("{} {}: {}", s.code, s.reason, s.message),
-            other => crate::sources::kube::describe_chain(other),
+            other => crate::kube_client::describe_chain(other),
         })
     }
 

@@ -233,12 +233,12 @@ impl KubeClients {
         let built = match &origin {
             Origin::Given => return Err("the cluster's client is not available".into()),
             Origin::Kubeconfig { path, context } => {
-                crate::sources::kube::client_from_file(path, context.as_deref())
+                crate::kube_client::client_from_file(path, context.as_deref())
                     .await
                     .map(|(c, _)| c)
                     .map_err(|e| e.to_string())?
             }
-            Origin::InCluster => crate::sources::in_cluster::client()
+            Origin::InCluster => crate::kube_client::in_cluster::client()
                 .map(|(c, _)| c)
                 .map_err(|e| e.to_string())?,
         };
@@ -440,11 +440,11 @@ impl Authenticator {
                     if self.kube.rebuild_later(cluster) && attempt == 1 {
                         continue;
                     }
-                    crate::sources::kube::explain(&e)
+                    crate::kube_client::explain(&e)
                 }
                 _ => {
                     self.kube.rebuild_later(cluster);
-                    crate::sources::kube::explain(&e)
+                    crate::kube_client::explain(&e)
                 }
             };
             return Err(AuthError::Review(format!(

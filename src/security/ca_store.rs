@@ -26,7 +26,7 @@ use tracing::{info, warn};
 
 use super::ca::{Ca, CA_CERT_FILE, CA_KEY_FILE, CERT_CHAIN_FILE, ROOT_CERT_FILE};
 use crate::config::MeshConfig;
-use crate::sources::in_cluster;
+use crate::kube_client::in_cluster;
 
 /// The Secret's keys: the `cacerts` file names.
 const FILES: [&str; 4] = [CA_CERT_FILE, CA_KEY_FILE, ROOT_CERT_FILE, CERT_CHAIN_FILE];
@@ -78,7 +78,7 @@ pub async fn sync_state_dir(mesh: &MeshConfig) -> Result<(), CaStoreError> {
     let err = |e: kube::Error| {
         let (reason, unreachable) = match &e {
             kube::Error::Api(s) => (format!("{} {}: {}", s.code, s.reason, s.message), false),
-            other => (super::super::sources::kube::describe_chain(other), true),
+            other => (crate::kube_client::describe_chain(other), true),
         };
         CaStoreError::Api {
             ns: ns.clone(),

@@ -18,7 +18,7 @@ use kube::api::{Api, ObjectMeta, PostParams};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::sources::in_cluster;
+use crate::kube_client::in_cluster;
 
 /// The ConfigMap's name in every namespace it is published to.
 pub const CONFIGMAP: &str = "crossmesh-ca-root-cert";
@@ -83,7 +83,7 @@ pub fn spawn_cluster_wide(
     tokio::spawn(async move {
         let api: Api<Namespace> = Api::all(client.clone());
         let mut events =
-            crate::sources::kube::relisting_watcher(api, watcher::Config::default()).boxed();
+            crate::kube_client::relisting_watcher(api, watcher::Config::default()).boxed();
         let mut namespaces = std::collections::BTreeSet::new();
         let mut listing = std::collections::BTreeSet::new();
         let mut resync = tokio::time::interval(RESYNC);
@@ -154,7 +154,7 @@ async fn publish(client: kube::Client, ns: &str, pem: &str) -> Result<(), String
     let want = BTreeMap::from([(KEY.to_string(), pem.to_string())]);
     let reason = |e: kube::Error| match e {
         kube::Error::Api(s) => format!("{} {}: {}", s.code, s.reason, s.message),
-        other => crate::sources::kube::describe_chain(&other),
+        other => crate::kube_client::describe_chain(&other),
     };
     match api.get_opt(CONFIGMAP).await.map_err(reason)? {
         Some(cm) if cm.data.as_ref() == Some(&want) => Ok(()),
