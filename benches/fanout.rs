@@ -56,7 +56,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     http_connection_manager, HttpConnectionManager,
 };
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::protobuf::{value::Kind, Any, Struct, Value as PbValue};
 use prost::Message;
 use tokio::sync::{mpsc, Notify};
@@ -512,6 +512,31 @@ struct Shared {
     stop: AtomicBool,
     /// Streams opened (each proxy's first, then one per reconnect).
     opened: AtomicUsize,
+    /// Bytes and responses received per type (CDS, EDS, LDS, RDS).
+    type_bytes: [AtomicU64; 4],
+    type_responses: [AtomicU64; 4],
+}
+
+impl Shared {
+    /// Count one response of `len` bytes (of type `t`, when it is one of the four).
+    fn count(&self, t: Option<usize>, len: usize) {
+        self.bytes.fetch_add(len as u64, Ordering::Relaxed);
+        self.responses.fetch_add(1, Ordering::Relaxed);
+        if let Some(t) = t {
+            self.type_bytes[t].fetch_add(len as u64, Ordering::Relaxed);
+            self.type_responses[t].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// (bytes, responses) per type so far.
+    fn per_type(&self) -> [(u64, u64); 4] {
+        std::array::from_fn(|t| {
+            (
+                self.type_bytes[t].load(Ordering::Acquire),
+                self.type_responses[t].load(Ordering::Acquire),
+            )
+        })
+    }
 }
 
 fn type_index(url: &str) -> Option<usize> {
@@ -734,6 +759,73 @@ async fn run_proxy(
     }
 }
 
+/// A `DiscoveryRequest` already encoded (`sotw_request`), sent through
+/// tonic's prost codec as is.
+#[derive(Debug, Default, Clone)]
+struct RawRequest(Bytes);
+
+impl prost::Message for RawRequest {
+    fn encode_raw(&self, buf: &mut impl bytes::BufMut) {
+        buf.put_slice(&self.0);
+    }
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl bytes::Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        // Only ever sent; never decoded.
+        prost::encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+    fn encoded_len(&self) -> usize {
+        self.0.len()
+    }
+    fn clear(&mut self) {
+        self.0 = Bytes::new();
+    }
+}
+
+/// `DiscoveryRequest.resource_names` (field 3) of `names`, in set order.
+fn names_field(names: &BTreeSet<Arc<str>>) -> Bytes {
+    let mut b = Vec::new();
+    for n in names {
+        prost::encoding::encode_key(3, prost::encoding::WireType::LengthDelimited, &mut b);
+        prost::encoding::encode_varint(n.len() as u64, &mut b);
+        b.extend_from_slice(n.as_bytes());
+    }
+    Bytes::from(b)
+}
+
+/// The bytes prost writes for a `DiscoveryRequest` with these fields
+/// (`names` from `names_field`), in field order.
+fn sotw_request(
+    node: Option<&Node>,
+    t: usize,
+    names: &Bytes,
+    version: &str,
+    nonce: &str,
+) -> RawRequest {
+    let type_url = url(t);
+    let mut b =
+        Vec::with_capacity(names.len() + version.len() + type_url.len() + nonce.len() + 256);
+    let string = |tag: u32, v: &str, b: &mut Vec<u8>| {
+        if !v.is_empty() {
+            prost::encoding::encode_key(tag, prost::encoding::WireType::LengthDelimited, b);
+            prost::encoding::encode_varint(v.len() as u64, b);
+            b.extend_from_slice(v.as_bytes());
+        }
+    };
+    string(1, version, &mut b);
+    if let Some(node) = node {
+        prost::encoding::message::encode(2, node, &mut b);
+    }
+    b.extend_from_slice(names);
+    string(4, &type_url, &mut b);
+    string(5, nonce, &mut b);
+    RawRequest(Bytes::from(b))
+}
+
 /// One ADS stream of proxy `i`; `first` is false on a reconnect.
 async fn proxy_stream(
     i: usize,
@@ -747,15 +839,20 @@ async fn proxy_stream(
     let (args, sh, state) = (args.clone(), sh.clone(), state.clone());
     let node = node(i, args.gateway);
     let keep = i == 0;
-    let mut client = AggregatedDiscoveryServiceClient::new(chan).max_decoding_message_size(1 << 30);
     fn lock(s: &Arc<Mutex<ProxyState>>) -> std::sync::MutexGuard<'_, ProxyState> {
         s.lock().unwrap_or_else(|e| e.into_inner())
     }
     if args.delta {
+        let mut client =
+            AggregatedDiscoveryServiceClient::new(chan).max_decoding_message_size(1 << 30);
         let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(16);
+        // The node in the stream's first request only, as Envoy sends it with
+        // `set_node_on_first_message_only` (crossmesh's and Istio's bootstrap).
+        let node_sent = AtomicBool::new(false);
+        let node_once = || (!node_sent.swap(true, Ordering::Relaxed)).then(|| node.clone());
         let req =
             |t: usize, sub: Vec<String>, unsub: Vec<String>, nonce: String| DeltaDiscoveryRequest {
-                node: Some(node.clone()),
+                node: node_once(),
                 type_url: url(t),
                 resource_names_subscribe: sub,
                 resource_names_unsubscribe: unsub,
@@ -789,7 +886,7 @@ async fn proxy_stream(
         if args.secure {
             // Envoy asks for the secrets its first clusters and listeners name.
             tx.send(DeltaDiscoveryRequest {
-                node: Some(node.clone()),
+                node: node_once(),
                 type_url: TypeUrl::Secret.as_str().to_string(),
                 resource_names_subscribe: vec!["default".into(), "ROOTCA".into()],
                 ..Default::default()
@@ -804,9 +901,7 @@ async fn proxy_stream(
         let mut stream = client.delta_aggregated_resources(call).await?.into_inner();
         sh.opened.fetch_add(1, Ordering::AcqRel);
         while let Some(resp) = stream.message().await? {
-            sh.bytes
-                .fetch_add(resp.encoded_len() as u64, Ordering::Relaxed);
-            sh.responses.fetch_add(1, Ordering::Relaxed);
+            sh.count(type_index(&resp.type_url), resp.encoded_len());
             let Some(t) = type_index(&resp.type_url) else {
                 if resp.type_url == TypeUrl::Secret.as_str() {
                     let mut st = lock(&state);
@@ -890,56 +985,69 @@ async fn proxy_stream(
             st.check_complete(&sh);
         }
     } else {
-        let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
-        let req = |t: usize, names: &BTreeSet<Arc<str>>, version: String, nonce: String| {
-            DiscoveryRequest {
-                node: Some(node.clone()),
-                type_url: url(t),
-                resource_names: names.iter().map(|s| s.to_string()).collect(),
-                version_info: version,
-                response_nonce: nonce,
-                ..Default::default()
-            }
+        let (tx, rx) = mpsc::channel::<RawRequest>(16);
+        // Requests are encoded from the subscription's names encoded once
+        // (`names_field`), as Envoy keeps them: an ACK repeats every name, and
+        // building 1,000 `String`s per ACK per proxy cost the harness more
+        // than the server. The bytes on the wire are what prost would write;
+        // the node goes in the stream's first request only, as Envoy does with
+        // the bootstrap's `set_node_on_first_message_only` (crossmesh's and
+        // Istio's).
+        let mut with_node = Some(node.clone());
+        let mut req = |t: usize, names: &Bytes, version: &str, nonce: &str| {
+            sotw_request(with_node.take().as_ref(), t, names, version, nonce)
         };
-        let empty = BTreeSet::new();
+        let empty = Bytes::new();
+        // The encoded names of the EDS and RDS subscriptions.
+        let mut raw: [Bytes; 4] = Default::default();
         // Last accepted version and nonce per type (for the dependent requests).
         let mut vn: [(String, String); 4] = Default::default();
         if first {
-            tx.send(req(CDS, &empty, String::new(), String::new()))
-                .await?;
-            tx.send(req(LDS, &empty, String::new(), String::new()))
-                .await?;
+            tx.send(req(CDS, &empty, "", "")).await?;
+            tx.send(req(LDS, &empty, "", "")).await?;
         } else {
             // Reconnect: each type with the version last accepted, no nonce.
             let st = lock(&state);
             vn = st.sotw_vn.clone();
+            raw[EDS] = names_field(&st.eds_sub);
+            raw[RDS] = names_field(&st.rds_sub);
             for t in [CDS, EDS, LDS, RDS] {
-                let names = match t {
-                    EDS => &st.eds_sub,
-                    RDS => &st.rds_sub,
-                    _ => &empty,
-                };
-                if (t == EDS || t == RDS) && names.is_empty() {
+                if (t == EDS || t == RDS) && raw[t].is_empty() {
                     continue;
                 }
-                tx.try_send(req(t, names, vn[t].0.clone(), String::new()))?;
+                tx.try_send(req(t, &raw[t], &vn[t].0, ""))?;
             }
             for v in vn.iter_mut() {
                 v.1.clear();
             }
         }
-        let mut stream = client
-            .stream_aggregated_resources(ReceiverStream::new(rx))
+        let mut grpc = tonic::client::Grpc::new(chan).max_decoding_message_size(1 << 30);
+        grpc.ready().await?;
+        let codec = tonic_prost::ProstCodec::<RawRequest, DiscoveryResponse>::default();
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+            "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
+        );
+        let mut stream = grpc
+            .streaming(tonic::Request::new(ReceiverStream::new(rx)), path, codec)
             .await?
             .into_inner();
         sh.opened.fetch_add(1, Ordering::AcqRel);
         while let Some(resp) = stream.message().await? {
-            sh.bytes
-                .fetch_add(resp.encoded_len() as u64, Ordering::Relaxed);
-            sh.responses.fetch_add(1, Ordering::Relaxed);
+            sh.count(type_index(&resp.type_url), resp.encoded_len());
             let Some(t) = type_index(&resp.type_url) else {
                 continue;
             };
+            if !first && std::env::var_os("FANOUT_TRACE_RECONNECT").is_some() {
+                let st = lock(&state);
+                eprintln!(
+                    "[reconnect] proxy {i} t{t}: quoted {:?}, got {:?} with {} resources (holds {}, subscribed {})",
+                    vn[t].0,
+                    resp.version_info,
+                    resp.resources.len(),
+                    st.res[t].len(),
+                    if t == EDS { st.eds_sub.len() } else { st.rds_sub.len() }
+                );
+            }
             let mut got = Vec::with_capacity(resp.resources.len());
             let mut eds_seen = Vec::new();
             for any in resp.resources {
@@ -987,7 +1095,8 @@ async fn proxy_stream(
                         for n in gone {
                             st.res[dep].remove(&n);
                         }
-                        out.push(req(dep, &want, vn[dep].0.clone(), vn[dep].1.clone()));
+                        raw[dep] = names_field(&want);
+                        out.push(req(dep, &raw[dep], &vn[dep].0, &vn[dep].1));
                         if dep == EDS {
                             st.eds_sub = want;
                         } else {
@@ -995,17 +1104,12 @@ async fn proxy_stream(
                         }
                     }
                 }
-                let names = match t {
-                    EDS => st.eds_sub.clone(),
-                    RDS => st.rds_sub.clone(),
-                    _ => BTreeSet::new(),
+                let names = if t == EDS || t == RDS {
+                    &raw[t]
+                } else {
+                    &empty
                 };
-                out.push(req(
-                    t,
-                    &names,
-                    resp.version_info.clone(),
-                    resp.nonce.clone(),
-                ));
+                out.push(req(t, names, &resp.version_info, &resp.nonce));
             }
             for r in out {
                 tx.send(r).await?;
@@ -1477,6 +1581,8 @@ async fn connect_all(args: &Arc<Args>, target: &Target) -> Res<Run> {
         errors: Mutex::new(Vec::new()),
         stop: AtomicBool::new(false),
         opened: AtomicUsize::new(0),
+        type_bytes: Default::default(),
+        type_responses: Default::default(),
     });
     let (addr, root) = match &target.secure {
         Some((tls, root, _)) => (*tls, Some(root.as_path())),
@@ -1810,6 +1916,7 @@ async fn restart(r: &mut Report, run: &Run, target: &mut Target, mesh: &Mesh) ->
     let bytes0 = run.sh.bytes.load(Ordering::Acquire);
     let responses0 = run.sh.responses.load(Ordering::Acquire);
     let opened0 = run.sh.opened.load(Ordering::Acquire);
+    let types0 = run.sh.per_type();
     let t0 = Instant::now();
     if let Some(mut c) = target.child.take() {
         c.kill()?;
@@ -1843,6 +1950,19 @@ async fn restart(r: &mut Report, run: &Run, target: &mut Target, mesh: &Mesh) ->
         "[restart] {} proxies reconnected; received {:.3} MB in {} responses (first full config: {:.1} MB), quiet {:.2}s after the kill",
         run.args.proxies, r.restart_mb, r.restart_responses, r.full_config_mb, r.restart_s
     );
+    let types = run.sh.per_type();
+    let per_type: Vec<String> = ["CDS", "EDS", "LDS", "RDS"]
+        .iter()
+        .enumerate()
+        .map(|(t, name)| {
+            format!(
+                "{name} {:.3} MB in {}",
+                (types[t].0 - types0[t].0) as f64 / 1e6,
+                types[t].1 - types0[t].1
+            )
+        })
+        .collect();
+    eprintln!("[restart] by type: {}", per_type.join(", "));
     Ok(())
 }
 
