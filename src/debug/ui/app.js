@@ -242,9 +242,10 @@ views.service = async (arg) => {
   }
   const vss = (page && page.virtualServices) || [];
   out.push(h("h3", null, "VirtualServices", h("span", { class: "muted" }, " (visibility judged from namespace " + (page && page.from) + ")")));
-  out.push(vss.length ? table(["object", "applies on (host)", "exportTo", "visible", "from"],
+  out.push(vss.length ? table(["object", "applies on (host)", "routes to it", "exportTo", "visible", "from"],
     vss.map((o) => [h("span", { "data-vs": o.namespace + "/" + o.name }, o.namespace + "/" + o.name),
-      o.appliesTo.map((a) => a.gateway + " (" + a.host + ")").join(", "), (o.exportTo || []).join(", ") || "*",
+      o.appliesTo.map((a) => a.gateway + " (" + a.host + ")").join(", "), o.routesTo ? "yes" : "no",
+      (o.exportTo || []).join(", ") || "*",
       h("span", { class: o.visible ? "ok" : "muted" }, o.visible ? "yes" : "no"), o.origin]))
     : h("p", { class: "muted" }, "none"));
   const drs = (page && page.destinationRules) || { rules: [], subsets: [] };
