@@ -13,6 +13,8 @@
 //!   it was;
 //! - a Gateway and an HTTPRoute in cluster3 (a config source through its agent)
 //!   route a real Envoy labelled with the Gateway's name to cluster3's pod;
+//! - a namespace-wide Telemetry in cluster3, streamed by its agent, sets the
+//!   tracing sampling of a gateway in that namespace (and its delete resets it);
 //! - a raw protocol client (cluster `cluster4`): nothing is deleted before every
 //!   kind's end-of-snapshot marker; objects outside the namespace grant, a used or
 //!   expired token, a certificate from another CA, and publishing under another
@@ -108,6 +110,11 @@ impl Fixture {
 
     /// With extra `ca:` settings (indented lines under `ca:`).
     async fn start_with(ca_extra: &str) -> Fixture {
+        Fixture::start_full(ca_extra, "").await
+    }
+
+    /// With extra `ca:` settings and extra top-level mesh file settings.
+    async fn start_full(ca_extra: &str, top_extra: &str) -> Fixture {
         let subnet = Subnet::claim();
         let dir = tempfile::Builder::new()
             .prefix("crossmesh-agent-e2e-")
@@ -148,6 +155,7 @@ impl Fixture {
             "trustDomain: cluster.local\n\
              agentAddress: {agent_addr}\n\
              ca:\n  stateDir: ca\n{ca_extra}\
+             {top_extra}\
              clusters:\n\
              - name: cluster1\n  network: vpc-a\n  kubeconfig: cluster1.kubeconfig\n\
              - name: cluster2\n  network: vpc-a\n  kubeconfig: cluster2.kubeconfig\n\
@@ -742,6 +750,114 @@ async fn gateway_api_objects_of_an_agent_cluster_route() {
         .find(|s| s["kind"] == "HTTPRoute" && s["name"] == "web")
         .unwrap_or_else(|| panic!("no status of HTTPRoute web: {j}"));
     assert_eq!(route["namespace"], NS, "{route}");
+}
+
+/// Every `tracing.random_sampling.value` of the HTTP connection managers on
+/// the listener bound to `port` in Envoy's config dump.
+fn sampling_on_port(dump: &Value, port: u16) -> Vec<f64> {
+    fn walk(v: &Value, out: &mut Vec<f64>) {
+        match v {
+            Value::Object(m) => {
+                if m.get("@type").and_then(Value::as_str).is_some_and(|t| {
+                    t.ends_with("http_connection_manager.v3.HttpConnectionManager")
+                }) {
+                    out.push(
+                        m.get("tracing")
+                            .and_then(|t| t.get("random_sampling"))
+                            .and_then(|r| r.get("value"))
+                            .and_then(Value::as_f64)
+                            .unwrap_or(-1.0),
+                    );
+                }
+                m.values().for_each(|x| walk(x, out));
+            }
+            Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for l in dump["configs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["dynamic_listeners"].as_array().into_iter().flatten())
+    {
+        let listener = &l["active_state"]["listener"];
+        if listener["address"]["socket_address"]["port_value"].as_u64() == Some(port as u64) {
+            walk(listener, &mut out);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_of_an_agent_cluster_reaches_the_proxies_of_its_namespace() {
+    let f = Fixture::start_full(
+        "",
+        "extensionProviders:\n- name: zipkin\n  zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}\n\
+         defaultProviders: {tracing: [zipkin]}\n\
+         defaultConfig:\n  tracing: {sampling: 1}\n",
+    )
+    .await;
+    f.wait_clusterz("cluster3", "cluster3's agent synced", |c| {
+        c["agent"]["synced"] == true
+    })
+    .await;
+    // A gateway in the agent's granted namespace, its Gateway from cluster1.
+    let port = free_port();
+    f.servers[0].apply(&json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+        "metadata": {"name": "tele", "namespace": NS},
+        "spec": {"selector": {"app": "tele-gw"}, "servers": [{
+            "port": {"number": port, "name": "http", "protocol": "HTTP"},
+            "hosts": ["*.example.com"]
+        }]}
+    }));
+    let gw = GatewayProxy {
+        name: "tele-gw-0".into(),
+        namespace: NS.into(),
+        ip: f.subnet.ip(4),
+        labels: vec![("app".into(), "tele-gw".into())],
+        cluster_id: "cluster1".into(),
+        network: None,
+        sotw: false,
+    };
+    let envoy = Envoy::start(
+        "gateway-telemetry-agent",
+        &bootstrap_gateway(&gw, f.cp.xds, free_port()),
+    )
+    .await;
+    envoy.wait_ready(CONVERGE).await;
+    let wait_sampling = |want: f64, what: &'static str| {
+        let envoy = &envoy;
+        async move {
+            wait_for(what, CONVERGE, || async {
+                let got = sampling_on_port(&envoy.config_dump().await, port);
+                if !got.is_empty() && got.iter().all(|s| *s == want) {
+                    Ok(())
+                } else {
+                    Err(format!("random_sampling on port {port}: {got:?}"))
+                }
+            })
+            .await
+        }
+    };
+    wait_sampling(1.0, "the gateway at the mesh default of 1 %").await;
+    // A namespace-wide Telemetry in cluster3, streamed by its agent.
+    f.servers[2].apply(&json!({
+        "apiVersion": "telemetry.istio.io/v1", "kind": "Telemetry",
+        "metadata": {"name": "ns-tracing", "namespace": NS},
+        "spec": {"tracing": [{"randomSamplingPercentage": 42}]}
+    }));
+    wait_sampling(42.0, "cluster3's Telemetry (through the agent) at 42 %").await;
+    f.servers[2]
+        .delete("telemetry.istio.io", "telemetries", NS, "ns-tracing")
+        .expect("delete the Telemetry");
+    wait_sampling(
+        1.0,
+        "the mesh default back after the agent's Telemetry went",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,7 +18,7 @@ use Kind as WireKind;
 /// The config kinds an agent streams: those the kube source watches for a
 /// config cluster (`sources::kube::ISTIO_KINDS`, then `GATEWAY_API_KINDS`,
 /// checked by a test), as (wire kind, API group, kind, plural).
-pub const KINDS: [(WireKind, &str, &str, &str); 16] = [
+pub const KINDS: [(WireKind, &str, &str, &str); 17] = [
     (
         WireKind::Gateway,
         "networking.istio.io",
@@ -72,6 +72,12 @@ pub const KINDS: [(WireKind, &str, &str, &str); 16] = [
         "security.istio.io",
         "AuthorizationPolicy",
         "authorizationpolicies",
+    ),
+    (
+        WireKind::Telemetry,
+        "telemetry.istio.io",
+        "Telemetry",
+        "telemetries",
     ),
     (
         WireKind::GatewayClass,

@@ -661,7 +661,7 @@ pub const ISTIO_KINDS: &[(&str, &str, &str)] = &[
         "AuthorizationPolicy",
         "authorizationpolicies",
     ),
-    // BREAK ("telemetry.istio.io", "Telemetry", "telemetries"),
+    ("telemetry.istio.io", "Telemetry", "telemetries"),
 ];
 
 /// Whether a config kind may be missing from a config cluster without holding

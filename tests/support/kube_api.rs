@@ -29,8 +29,9 @@
 //!   from the start; creating a namespaced object in a namespace that does not exist
 //!   answers 404 `namespaces "x" not found`; deleting a Namespace deletes what is in it;
 //! - discovery (`/version`, `/api`, `/apis`, `/api/v1`, `/apis/G/V`); the Istio CRDs
-//!   (`networking.istio.io`, `security.istio.io`) can be left uninstalled, and then
-//!   discovery omits them and their paths answer 404 as on a cluster without Istio;
+//!   (`networking.istio.io`, `security.istio.io`, `telemetry.istio.io`) can be
+//!   left uninstalled, and then discovery omits them and their paths answer 404
+//!   as on a cluster without Istio;
 //! - optional TLS (a generated CA and server certificate), bearer-token auth (with
 //!   tokens the server knows but treats as expired), and client-certificate auth
 //!   (certificates issued by the server's CA for a user name);
@@ -219,6 +220,13 @@ pub const KINDS: &[Kind] = &[
         versions: ISTIO_SEC,
         plural: "requestauthentications",
         kind: "RequestAuthentication",
+        namespaced: true,
+    },
+    Kind {
+        group: "telemetry.istio.io",
+        versions: &["v1", "v1alpha1"],
+        plural: "telemetries",
+        kind: "Telemetry",
         namespaced: true,
     },
     Kind {
@@ -664,8 +672,8 @@ pub struct Options {
     /// them about every minute.
     pub bookmark_interval: Duration,
     pub history_limit: usize,
-    /// Whether the Istio CRDs (`networking.istio.io`, `security.istio.io`) are
-    /// installed.
+    /// Whether the Istio CRDs (`networking.istio.io`, `security.istio.io`,
+    /// `telemetry.istio.io`) are installed.
     pub istio_crds: bool,
     pub watch_close: WatchClose,
     pub expired_watch: ExpiredWatch,
@@ -1298,7 +1306,9 @@ impl std::fmt::Display for WriteError {
 }
 
 fn is_istio_group(group: &str) -> bool {
-    group == "networking.istio.io" || group == "security.istio.io"
+    group == "networking.istio.io"
+        || group == "security.istio.io"
+        || group == "telemetry.istio.io"
 }
 
 /// The kind is served now (an Istio kind only while its CRDs are installed).
