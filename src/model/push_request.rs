@@ -114,6 +114,11 @@ pub trait ContextSource: Send + Sync + 'static {
     fn proxy_locality(&self, _proxy: &crate::model::Proxy) -> Option<crate::model::Locality> {
         None
     }
+    /// Whether every source has delivered its first complete state (the
+    /// registry's `/ready`). A context read before that may lack whole clusters.
+    fn ready(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

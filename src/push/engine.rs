@@ -80,6 +80,9 @@ struct ViewState {
 #[derive(Default)]
 struct State {
     ctx: Option<Arc<PushContext>>,
+    /// The source was ready (`ContextSource::ready`) before `ctx` was read
+    /// from it, so `ctx` holds every cluster's first complete state.
+    ctx_ready: bool,
     /// Every ClusterLoadAssignment of the mesh by resource (cluster) name.
     eds: ResourceMap,
     /// The EDS names each service produced, to replace them on endpoint pushes.
@@ -212,15 +215,19 @@ impl Pusher {
         self.push_at(req, Some(Instant::now()))
     }
 
-    fn new_context(&self, seq: u64) -> Arc<PushContext> {
+    /// The context of push `seq`, and whether the source was ready before it
+    /// was read (then nothing the context lacks is still loading).
+    fn new_context(&self, seq: u64) -> (Arc<PushContext>, bool) {
         let s = &self.inner.source;
-        Arc::new(PushContext {
+        let ready = s.ready();
+        let ctx = Arc::new(PushContext {
             seq,
             mesh: s.mesh(),
             services: s.services(),
             config: s.config(),
             credentials: s.credentials(),
-        })
+        });
+        (ctx, ready)
     }
 
     fn push_at(&self, req: PushRequest, triggered: Option<Instant>) -> PushSummary {
@@ -277,7 +284,7 @@ impl Pusher {
         triggered: Option<Instant>,
     ) -> (PushSummary, Arc<PushContext>) {
         let seq = st.ctx.as_ref().map_or(0, |c| c.seq) + 1;
-        let ctx = self.new_context(seq);
+        let (ctx, ready) = self.new_context(seq);
 
         // EDS: every service, globally; then one overlay per distinct view.
         let mut eds = BTreeMap::new();
@@ -396,6 +403,7 @@ impl Pusher {
             eds_changed,
         };
         st.ctx = Some(ctx.clone());
+        st.ctx_ready = ready;
         st.eds = eds;
         st.eds_by_service = by_service;
         st.dependent = dependent;
@@ -412,7 +420,7 @@ impl Pusher {
         triggered: Option<Instant>,
     ) -> PushSummary {
         let seq = st.ctx.as_ref().map_or(0, |c| c.seq) + 1;
-        let ctx = self.new_context(seq);
+        let (ctx, ready) = self.new_context(seq);
         // Recompute only the changed services; everything else keeps its Arc.
         let mut fresh = BTreeMap::new();
         let mut dropped: Vec<Arc<str>> = Vec::new();
@@ -476,6 +484,7 @@ impl Pusher {
             view_changes.insert(view.clone(), Arc::new(changed));
         }
         st.ctx = Some(ctx);
+        st.ctx_ready |= ready;
         let base_changed = changed_names(&st.eds, &eds);
         st.eds = eds;
         total_changed.extend(base_changed);
@@ -547,14 +556,21 @@ impl SnapshotSource for Pusher {
         self.inner.source.proxy_locality(proxy)
     }
 
+    fn ready(&self) -> bool {
+        self.inner.source.ready()
+    }
+
     /// Register the proxy and give it its snapshot from the latest push context:
     /// the class's shared snapshot if the class exists, else generated now.
     fn connect(&self, conn: ConnId, proxy: Arc<Proxy>) -> watch::Receiver<Update> {
         let mut guard = lock(&self.inner.state);
         let st = &mut *guard;
+        // A context read before the source was ready may lack whole clusters;
+        // once it is ready, the first proxy to connect rebuilds it rather than
+        // get the partial one and then everything again from the next push.
         let ctx = match st.ctx.clone() {
-            Some(ctx) => ctx,
-            None => self.full_push(st, None).1,
+            Some(ctx) if st.ctx_ready || !self.inner.source.ready() => ctx,
+            _ => self.full_push(st, None).1,
         };
         let key: Key = (ProxyClass::of(&proxy, &ctx), EdsView::of(&proxy, &ctx));
         // The view's EDS: shared if another proxy has the view, else built now.
@@ -670,6 +686,8 @@ mod tests {
     struct FakeSource {
         services: Mutex<Arc<ServiceMap>>,
         config: Mutex<Arc<ConfigSnapshot>>,
+        /// Still loading: `ready()` is false while this is set.
+        loading: std::sync::atomic::AtomicBool,
     }
 
     impl ContextSource for FakeSource {
@@ -685,6 +703,9 @@ mod tests {
         }
         fn config(&self) -> Arc<ConfigSnapshot> {
             self.config.lock().unwrap().clone()
+        }
+        fn ready(&self) -> bool {
+            !self.loading.load(std::sync::atomic::Ordering::Relaxed)
         }
     }
 
@@ -754,6 +775,33 @@ mod tests {
         );
         let pusher = Pusher::new(src.clone(), PushQueue::new(), Tunables::default());
         (src, pusher)
+    }
+
+    /// A restarted control plane: a push ran while clusters were still
+    /// loading. The first proxy to connect once the source is ready must get
+    /// the complete mesh, not that partial context (it would get everything a
+    /// second time from the next push).
+    #[test]
+    fn a_proxy_connecting_once_ready_never_sees_a_context_read_while_loading() {
+        let src = Arc::new(FakeSource::default());
+        src.loading.store(true, std::sync::atomic::Ordering::Relaxed);
+        set(&src, &[service("a", &["10.0.0.1"])]);
+        let pusher = Pusher::new(src.clone(), PushQueue::new(), Tunables::default());
+        pusher.push_now(PushRequest::full("config"));
+        // The second cluster's endpoints arrive; the source becomes ready
+        // before the push for them has run.
+        set(
+            &src,
+            &[service("a", &["10.0.0.1"]), service("b", &["10.0.0.2"])],
+        );
+        src.loading.store(false, std::sync::atomic::Ordering::Relaxed);
+        let rx = pusher.connect(1, sidecar("p1"));
+        let eds = rx.borrow().snapshot.get(TypeUrl::Endpoint).clone();
+        let names: Vec<&str> = eds.keys().map(|k| &**k).collect();
+        assert!(
+            names.iter().any(|n| n.contains("b.default.svc.cluster.local")),
+            "EDS of the first proxy after ready: {names:?}"
+        );
     }
 
     #[test]

@@ -772,6 +772,10 @@ fn notes(s: &Shard, origin: &str) -> Vec<ObjectProblem> {
 }
 
 impl crate::model::push_request::ContextSource for Registry {
+    fn ready(&self) -> bool {
+        Registry::ready(self)
+    }
+
     /// The mesh file's settings with the discovered network gateways merged in;
     /// recomputed only when a gateway Service changes, shared otherwise.
     fn mesh(&self) -> Arc<MeshSettings> {

@@ -561,6 +561,7 @@ async fn handshake<F: Flavor>(
         LocalityOrigin::None
     };
     let proxy = Arc::new(proxy);
+    wait_until_ready(&*shared.source, &proxy.id).await;
     let id = shared.connections.next_id();
     // The source may generate this proxy's config (CPU work, and it waits for a
     // push in progress): keep it off the async workers.
@@ -593,6 +594,23 @@ async fn handshake<F: Flavor>(
         security,
     };
     Ok((guard, first, requests, updates))
+}
+
+/// Holds a new stream, answering nothing, until the source is ready. istiod
+/// refuses streams with `Unavailable` until then, which sends Envoy into its
+/// reconnect backoff (up to seconds); a held stream is answered the moment the
+/// registry is complete. The registry is ready at the latest after the mesh's
+/// `readyTimeout`, so the wait is bounded.
+async fn wait_until_ready(source: &dyn SnapshotSource, proxy: &str) {
+    if source.ready() {
+        return;
+    }
+    info!(proxy, "holding the stream until every cluster has synced");
+    let started = tokio::time::Instant::now();
+    while !source.ready() {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    debug!(proxy, held_ms = started.elapsed().as_millis() as u64, "stream released");
 }
 
 /// Unregisters the stream however its task ends.

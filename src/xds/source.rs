@@ -77,6 +77,14 @@ pub trait SnapshotSource: Send + Sync + 'static {
     fn proxy_locality(&self, _proxy: &Proxy) -> Option<crate::model::Locality> {
         None
     }
+    /// Whether `connect` would answer from a complete view of the mesh. The
+    /// server holds a new stream (it answers nothing) until this is true, as
+    /// istiod refuses streams until it is ready: a proxy reconnecting to a
+    /// restarted control plane must not get a partial config (endpoints of the
+    /// clusters loaded so far) and then the full one again.
+    fn ready(&self) -> bool {
+        true
+    }
 }
 
 /// Serves one snapshot to every connected proxy; `set` replaces it for all.
