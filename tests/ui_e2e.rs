@@ -10,7 +10,10 @@
 //! Checked in headless Chromium (Debian's `chromium` and `chromium-driver`,
 //! installed with apt-get when running as root and missing; otherwise the
 //! browser part is skipped, saying so), driven through chromedriver's WebDriver
-//! HTTP protocol: the Mesh view shows three clusters on two networks; the
+//! HTTP protocol: the Mesh view shows three clusters on two networks, and
+//! each network's east-west gateway (vpc-a's from the mesh file, account-b's
+//! from a Service labelled `topology.istio.io/network` in cluster3, also
+//! checked on `/debug/meshz` without a browser); the
 //! Topology view shows the requests just sent through the gateway as an edge;
 //! a second Envoy appears in the Proxies view when it connects; a NACK provoked
 //! on purpose (a Gateway server on a port the test holds, so Envoy cannot bind
@@ -40,6 +43,11 @@ use support::manifests;
 use support::net::{free_port, Subnet};
 use support::scenario::{host_of, service_host, GW_SELECTOR};
 use support::{http, wait_for, CONVERGE};
+
+/// The east-west gateways (documentation addresses: nothing is sent to them):
+/// vpc-a's from the mesh file, account-b's from a Service in cluster3.
+const MESH_FILE_GATEWAY: &str = "192.0.2.10";
+const SERVICE_GATEWAY: &str = "192.0.2.20";
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -302,11 +310,42 @@ fn page_has(view: &str, texts: &[&str]) -> String {
 async fn dashboard_and_status_follow_the_mesh() {
     let mut s = KubeSeed::start(Layout {
         istio: IstioFrom::Manifests,
+        extra_mesh: format!(
+            "networks:\n  vpc-a:\n    gateways:\n    - address: {MESH_FILE_GATEWAY}\n      port: 15443\n"
+        ),
         ..Layout::default()
     })
     .await;
+    // account-b's east-west gateway: a Service labelled with its network in cluster3.
+    s.server(3).apply(&json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "istio-eastwestgateway", "namespace": "istio-system",
+            "labels": {"topology.istio.io/network": "account-b", "istio": "eastwestgateway"}},
+        "spec": {"type": "LoadBalancer", "selector": {"istio": "eastwestgateway"},
+            "ports": [{"name": "tls", "port": 15443}]},
+        "status": {"loadBalancer": {"ingress": [{"ip": SERVICE_GATEWAY}]}}
+    }));
     let cp = &s.cp;
     check_assets(cp).await;
+    // /debug/meshz lists both networks' gateways, each with where it comes from.
+    wait_for("meshz lists both east-west gateways", CONVERGE, || async {
+        let m = cp.json("/debug/meshz").await?;
+        let gws = |net: &str| {
+            m["networks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|n| n["name"] == net)
+                .map(|n| n["gateways"].clone())
+                .unwrap_or(Value::Null)
+        };
+        let want_a = json!([{"address": MESH_FILE_GATEWAY, "port": 15443, "cluster": null, "from": "meshFile"}]);
+        let want_b = json!([{"address": SERVICE_GATEWAY, "port": 15443, "cluster": "cluster3", "from": "service"}]);
+        (gws("vpc-a") == want_a && gws("account-b") == want_b && m["multiNetwork"] == true)
+            .then_some(())
+            .ok_or_else(|| m.to_string())
+    })
+    .await;
     let gw_name = "istio-ingressgateway-0.istio-system";
 
     // `crossmesh status`: the gateway synced on every type it asked for.
@@ -349,6 +388,16 @@ async fn dashboard_and_status_follow_the_mesh() {
              const of = net => { const e = n.find(x => x.dataset.network === net); return e ? [...e.querySelectorAll('[data-cluster]')].map(c => c.dataset.cluster).join(',') : 'none'; };\
              const got = n.length + ' ' + of('vpc-a') + ' ' + of('account-b');\
              return got === '2 cluster1,cluster2 cluster3' ? '' : got;",
+        )
+        .await;
+        b.wait(
+            "mesh view: each network's east-west gateway",
+            &format!(
+                "const g = net => {{ const e = document.querySelector('[data-network=\"' + net + '\"]');\
+                   return e ? [...e.querySelectorAll('[data-gateway]')].map(x => x.dataset.gateway + '@' + x.dataset.gatewayCluster).join(',') : 'none'; }};\
+                 const got = g('vpc-a') + ' ' + g('account-b');\
+                 return got === '{MESH_FILE_GATEWAY}:15443@ {SERVICE_GATEWAY}:15443@cluster3' ? '' : got;"
+            ),
         )
         .await;
         b.screenshot("mesh").await;
