@@ -508,14 +508,50 @@ where
 {
     let fresh = move || watcher(api.clone(), cfg.clone()).boxed();
     let first = fresh();
-    futures::stream::unfold((first, fresh), |(mut inner, fresh)| async move {
+    let relisting = futures::stream::unfold((first, fresh), |(mut inner, fresh)| async move {
         let ev = inner.next().await?;
         if matches!(&ev, Err(e) if is_expired_watch_start(e)) {
             inner = fresh();
         }
         Some((ev, (inner, fresh)))
-    })
-    .backoff(watch_backoff())
+    });
+    init_after_success(relisting.boxed())
+        .backoff(watch_backoff())
+        .boxed()
+}
+
+/// kube-rs's watcher yields `Event::Init` *before* each list attempt, and
+/// `StreamBackoff` resets on every `Ok`: a list that kept failing (a cluster
+/// down, a CRD not installed) was retried at the first delay (~0.5 s) for
+/// ever instead of backing off to [`WATCH_BACKOFF_MAX`]. This holds each
+/// `Init` back until the attempt yields something, and drops it when that is
+/// an error (the next attempt yields its own `Init`), so only a list that
+/// succeeds resets the backoff.
+fn init_after_success<T, E>(
+    inner: BoxStream<'static, Result<watcher::Event<T>, E>>,
+) -> BoxStream<'static, Result<watcher::Event<T>, E>>
+where
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    type Item<T, E> = Result<watcher::Event<T>, E>;
+    futures::stream::unfold(
+        (inner, None::<Item<T, E>>),
+        |(mut inner, queued)| async move {
+            if let Some(item) = queued {
+                return Some((item, (inner, None)));
+            }
+            let ev = inner.next().await?;
+            if !matches!(ev, Ok(watcher::Event::Init)) {
+                return Some((ev, (inner, None)));
+            }
+            match inner.next().await {
+                None => Some((ev, (inner, None))),
+                Some(Err(e)) => Some((Err(e), (inner, None))),
+                Some(next) => Some((ev, (inner, Some(next)))),
+            }
+        },
+    )
     .boxed()
 }
 
@@ -535,4 +571,58 @@ pub fn client_from_config(
         origin: origin.to_string(),
         reason,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A list that keeps failing backs off to the cap: kube-rs's `Init`
+    /// before each attempt must not reset the backoff. A list that succeeds
+    /// still delivers its `Init` first, and resets it.
+    #[tokio::test(start_paused = true)]
+    async fn a_list_that_keeps_failing_backs_off_and_init_comes_only_with_a_list() {
+        type Ev = Result<watcher::Event<u32>, &'static str>;
+        let mut items: Vec<Ev> = Vec::new();
+        for _ in 0..6 {
+            items.push(Ok(watcher::Event::Init));
+            items.push(Err("list failed"));
+        }
+        items.push(Ok(watcher::Event::Init));
+        items.push(Ok(watcher::Event::InitApply(7)));
+        items.push(Ok(watcher::Event::InitDone));
+        items.push(Err("watch broke"));
+        let mut s = init_after_success(futures::stream::iter(items).boxed())
+            .backoff(watch_backoff())
+            .boxed();
+        let start = tokio::time::Instant::now();
+        let mut errors = Vec::new();
+        let mut seen = Vec::new();
+        while let Some(ev) = s.next().await {
+            match ev {
+                Err(_) => errors.push(start.elapsed()),
+                Ok(watcher::Event::Init) => seen.push("init"),
+                Ok(watcher::Event::InitApply(_)) => seen.push("apply"),
+                Ok(watcher::Event::InitDone) => seen.push("done"),
+                Ok(_) => seen.push("other"),
+            }
+        }
+        assert_eq!(errors.len(), 7);
+        let gaps: Vec<Duration> = errors.windows(2).map(|w| w[1] - w[0]).collect();
+        // Delays before the 2nd..6th failure: 0.5, 1, 2, 4, 5 s, each minus up
+        // to a quarter; with the reset they all stayed at ~0.5 s.
+        let floors = [0.375, 0.75, 1.5, 3.0, 3.75];
+        for (gap, floor) in gaps.iter().zip(floors) {
+            assert!(gap.as_secs_f64() >= floor, "retry gaps {gaps:?}");
+        }
+        assert_eq!(
+            seen,
+            ["init", "apply", "done"],
+            "an Init of a failed list was delivered"
+        );
+        // The successful list reset the backoff: the error after it is
+        // retried at the first delay again (it ends the stream here, so the
+        // gap to it is that of the list's own retry: at most 5 s).
+        assert!(gaps[5] <= WATCH_BACKOFF_MAX, "retry gaps {gaps:?}");
+    }
 }
