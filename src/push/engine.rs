@@ -784,7 +784,8 @@ mod tests {
     #[test]
     fn a_proxy_connecting_once_ready_never_sees_a_context_read_while_loading() {
         let src = Arc::new(FakeSource::default());
-        src.loading.store(true, std::sync::atomic::Ordering::Relaxed);
+        src.loading
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         set(&src, &[service("a", &["10.0.0.1"])]);
         let pusher = Pusher::new(src.clone(), PushQueue::new(), Tunables::default());
         pusher.push_now(PushRequest::full("config"));
@@ -794,12 +795,15 @@ mod tests {
             &src,
             &[service("a", &["10.0.0.1"]), service("b", &["10.0.0.2"])],
         );
-        src.loading.store(false, std::sync::atomic::Ordering::Relaxed);
+        src.loading
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         let rx = pusher.connect(1, sidecar("p1"));
         let eds = rx.borrow().snapshot.get(TypeUrl::Endpoint).clone();
         let names: Vec<&str> = eds.keys().map(|k| &**k).collect();
         assert!(
-            names.iter().any(|n| n.contains("b.default.svc.cluster.local")),
+            names
+                .iter()
+                .any(|n| n.contains("b.default.svc.cluster.local")),
             "EDS of the first proxy after ready: {names:?}"
         );
     }

@@ -610,7 +610,11 @@ async fn wait_until_ready(source: &dyn SnapshotSource, proxy: &str) {
     while !source.ready() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    debug!(proxy, held_ms = started.elapsed().as_millis() as u64, "stream released");
+    debug!(
+        proxy,
+        held_ms = started.elapsed().as_millis() as u64,
+        "stream released"
+    );
 }
 
 /// Unregisters the stream however its task ends.
