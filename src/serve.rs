@@ -124,6 +124,11 @@ impl DebugState for LiveState {
         self.connections.sent(proxy_id)
     }
 
+    fn sent_clusters(&self, keep: &dyn Fn(&str) -> bool) -> Vec<(String, Vec<Arc<str>>)> {
+        self.connections
+            .sent_names(crate::xds::TypeUrl::Cluster, keep)
+    }
+
     fn certz(&self) -> Value {
         to_json(&self.connections.certz())
     }

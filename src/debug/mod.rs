@@ -64,6 +64,24 @@ pub trait DebugState: Send + Sync + 'static {
     fn proxies(&self) -> Vec<String>;
     /// What the proxy with this node id was last sent; `None` for an unknown proxy.
     fn sent(&self, proxy_id: &str) -> Option<SentResources>;
+    /// Per connected proxy, the names of the clusters last sent to it that
+    /// `keep` accepts; proxies with none are left out. A state with many
+    /// proxies answers this in one pass (the default asks `sent` per proxy).
+    fn sent_clusters(&self, keep: &dyn Fn(&str) -> bool) -> Vec<(String, Vec<Arc<str>>)> {
+        self.proxies()
+            .into_iter()
+            .filter_map(|id| {
+                let sent = self.sent(&id)?;
+                let names: Vec<Arc<str>> = sent
+                    .get(&TypeUrl::Cluster)?
+                    .iter()
+                    .filter(|r| keep(&r.name))
+                    .map(|r| r.name.clone())
+                    .collect();
+                (!names.is_empty()).then_some((id, names))
+            })
+            .collect()
+    }
     /// `/debug/registryz`: merged services, endpoints per cluster.
     fn registryz(&self) -> Value;
     /// `/debug/configz`: Istio config in force and the rejected objects with reasons.

@@ -15,12 +15,10 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::SentResources;
 use crate::model::istio::{
     exported_to, host_matches, labels_match, resolve_gateway_name, ConfigSnapshot, MESH_GATEWAY,
 };
 use crate::model::service::{Service, ServiceMap};
-use crate::xds::TypeUrl;
 
 /// Services listed without `limit`: enough for a page, little enough to render.
 pub const DEFAULT_LIMIT: usize = 500;
@@ -188,27 +186,13 @@ fn destination_rules(
 
 /// Which of `proxies` were sent a cluster of `host` (Istio's
 /// `outbound|PORT|SUBSET|HOST` and `inbound|PORT||HOST`), with those names.
-pub fn receivers<'a>(
-    host: &str,
-    proxies: impl IntoIterator<Item = (String, Option<SentResources>)> + 'a,
-) -> Vec<Value> {
-    let mut out = Vec::new();
-    for (id, sent) in proxies {
-        let Some(sent) = sent else { continue };
-        let clusters: Vec<&str> = sent
-            .get(&TypeUrl::Cluster)
-            .map(|rs| {
-                rs.iter()
-                    .map(|r| &*r.name)
-                    .filter(|n| n.rsplit('|').next() == Some(host))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if !clusters.is_empty() {
-            out.push(json!({ "proxy_id": id, "clusters": clusters }));
-        }
-    }
-    out
+pub fn receivers(host: &str, state: &dyn super::DebugState) -> Vec<Value> {
+    let of_host = |n: &str| n.rsplit('|').next() == Some(host);
+    state
+        .sent_clusters(&of_host)
+        .into_iter()
+        .map(|(id, clusters)| json!({ "proxy_id": id, "clusters": clusters }))
+        .collect()
 }
 
 /// One service: `{"host", "from", "service" (the `/debug/registryz` entry, or

@@ -133,13 +133,7 @@ pub(super) async fn servicez(
     };
     let mut page = super::servicez::one(&services, &ctx.config(), &host, q.from.as_deref());
     let lower = host.to_ascii_lowercase();
-    page["proxies"] = json!(super::servicez::receivers(
-        &lower,
-        s.proxies().into_iter().map(|id| {
-            let sent = s.sent(&id);
-            (id, sent)
-        })
-    ));
+    page["proxies"] = json!(super::servicez::receivers(&lower, &*s));
     super::json_ok(&page)
 }
 

@@ -212,6 +212,47 @@ impl Connections {
         Some(out)
     }
 
+    /// Per connected proxy (its newest stream), the names of type `t` last
+    /// sent to it that `keep` accepts, in name order; proxies with none are
+    /// left out. One pass over the connections (`sent` per proxy finds the
+    /// newest stream by a scan and copies every type: quadratic in proxies).
+    pub fn sent_names(
+        &self,
+        t: TypeUrl,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Vec<(String, Vec<Arc<str>>)> {
+        let mut newest: std::collections::HashMap<String, (ConnId, Arc<Connection>)> =
+            std::collections::HashMap::new();
+        for e in self.map.iter() {
+            let (id, c) = (*e.key(), e.value());
+            match newest.get(&c.proxy.id) {
+                Some((old, _)) if *old > id => {}
+                _ => {
+                    newest.insert(c.proxy.id.clone(), (id, c.clone()));
+                }
+            }
+        }
+        let mut out: Vec<(String, Vec<Arc<str>>)> = newest
+            .into_iter()
+            .filter_map(|(proxy, (_, c))| {
+                let st = c.lock();
+                let ts = &st.types[t.index()];
+                if !ts.requested {
+                    return None;
+                }
+                let names: Vec<Arc<str>> = ts
+                    .sent
+                    .keys()
+                    .into_iter()
+                    .filter(|k| keep(k) && ts.sent.get(k).is_some_and(|r| !r.any.is_empty()))
+                    .collect();
+                (!names.is_empty()).then_some((proxy, names))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     /// The proxy model of `proxy_id`'s newest stream.
     pub fn proxy(&self, proxy_id: &str) -> Option<Arc<Proxy>> {
         self.newest(proxy_id).map(|c| c.proxy.clone())

@@ -1306,9 +1306,7 @@ impl std::fmt::Display for WriteError {
 }
 
 fn is_istio_group(group: &str) -> bool {
-    group == "networking.istio.io"
-        || group == "security.istio.io"
-        || group == "telemetry.istio.io"
+    group == "networking.istio.io" || group == "security.istio.io" || group == "telemetry.istio.io"
 }
 
 /// The kind is served now (an Istio kind only while its CRDs are installed).
