@@ -177,6 +177,10 @@ spec:
     );
     let sidecar = Envoy::start("order-v3-sidecar", &yaml).await;
     sidecar.wait_ready(support::CONVERGE).await;
+    // Envoy is ready once its first config is in; the inbound listener of
+    // the Sidecar's ingress may come with a later push (the Sidecar file and
+    // the pod are read by separate watchers).
+    sidecar.wait_listener_at(ip.into(), shop.pod_port).await;
     let v3 = format!("outbound|{}|v3|{}", shop.ports["order"], fqdn("order"));
     shop.wait_hosts(&shop.sidecar, &v3, 1).await;
     (sidecar, app)

@@ -346,6 +346,9 @@ spec:
     );
     let order_sidecar = Envoy::start("order-v3-sidecar", &yaml).await;
     order_sidecar.wait_ready(support::CONVERGE).await;
+    order_sidecar
+        .wait_listener_at(order_ip.into(), shop.pod_port)
+        .await;
 
     // Every proxy has the collector's endpoint; the frontend's sidecar has
     // order-v3 in the subset's cluster.

@@ -209,6 +209,23 @@ impl Envoy {
         })
     }
 
+    /// Wait until a listener of this Envoy is bound to `ip:port` (admin
+    /// `/listeners` prints `NAME::ADDRESS` per listener). Envoy reports ready
+    /// once its first config is in; a listener of a later push comes after.
+    pub async fn wait_listener_at(&self, ip: std::net::IpAddr, port: u16) {
+        let addr = format!("::{ip}:{port}");
+        let what = format!("{} has a listener on {ip}:{port}", self.name);
+        super::wait_for(&what, super::CONVERGE, || async {
+            let (_, text) = self.admin_get("/listeners").await?;
+            if text.lines().any(|l| l.ends_with(&addr)) {
+                Ok(())
+            } else {
+                Err(text)
+            }
+        })
+        .await
+    }
+
     /// Names of the dynamic listeners Envoy has active.
     pub async fn listener_names(&self) -> Vec<String> {
         let (_, body) = self.admin_get("/listeners").await.unwrap_or_default();
