@@ -21,9 +21,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{Response, StatusCode};
 use serde_json::Value;
-use support::control_plane::bootstrap;
 use support::envoy::Envoy;
-use support::manifests;
 use support::net::free_port;
 use support::shop::{fqdn, frontend_vs, request, Shop, NS, SIDECAR_HOST};
 
@@ -121,66 +119,9 @@ async fn start_order_v3(shop: &Shop) -> (Envoy, tokio::task::JoinHandle<()>) {
         let router = axum::Router::new().fallback(order_app).with_state(state);
         let _ = axum::serve(listener, router).await;
     });
-    shop.mesh.write_istio(
-        "order-v3-sidecar.yaml",
-        &format!(
-            "apiVersion: networking.istio.io/v1alpha3
-kind: Sidecar
-metadata: {{name: order-v3, namespace: {NS}}}
-spec:
-  workloadSelector: {{labels: {{app: order, version: v3}}}}
-  ingress:
-  - port: {{number: {port}, protocol: HTTP, name: http}}
-    defaultEndpoint: 127.0.0.1:{app_port}
-  egress:
-  - hosts: ['./*']
-",
-            port = shop.pod_port
-        ),
-    );
-    shop.mesh.write_cluster(
-        "cluster1",
-        "pod-order-v3.yaml",
-        &manifests::pod(
-            NS,
-            "order-v3",
-            &[("app", "order"), ("version", "v3")],
-            ip,
-            shop.pod_port,
-            true,
-            None,
-        ),
-    );
-    let yaml = bootstrap(
-        &[
-            "bootstrap",
-            "--role",
-            "sidecar",
-            "--name",
-            "order-v3",
-            "--namespace",
-            NS,
-            "--ip",
-            &ip.to_string(),
-            "--labels",
-            "app=order,version=v3",
-            "--xds-address",
-            &shop.cp.xds.to_string(),
-            "--admin-port",
-            &free_port().to_string(),
-            "--cluster-id",
-            "cluster1",
-            "--interception",
-            "none",
-        ]
-        .map(String::from),
-    );
-    let sidecar = Envoy::start("order-v3-sidecar", &yaml).await;
-    sidecar.wait_ready(support::CONVERGE).await;
-    // Envoy is ready once its first config is in; the inbound listener of
-    // the Sidecar's ingress may come with a later push (the Sidecar file and
-    // the pod are read by separate watchers).
-    sidecar.wait_listener_at(ip.into(), shop.pod_port).await;
+    let sidecar = shop
+        .start_order_v3_sidecar(ORDER_SIDECAR_HOST, app_port)
+        .await;
     let v3 = format!("outbound|{}|v3|{}", shop.ports["order"], fqdn("order"));
     shop.wait_hosts(&shop.sidecar, &v3, 1).await;
     (sidecar, app)

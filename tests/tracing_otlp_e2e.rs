@@ -26,7 +26,6 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::Response;
 use prost::Message;
-use support::control_plane::bootstrap;
 use support::envoy::Envoy;
 use support::manifests;
 use support::net::free_port;
@@ -290,64 +289,8 @@ spec:
         let router = axum::Router::new().fallback(order_app).with_state(state);
         let _ = axum::serve(app_listener, router).await;
     });
-    shop.mesh.write_istio(
-        "order-sidecar.yaml",
-        &format!(
-            "apiVersion: networking.istio.io/v1
-kind: Sidecar
-metadata: {{name: order-v3, namespace: {NS}}}
-spec:
-  workloadSelector: {{labels: {{app: order, version: v3}}}}
-  ingress:
-  - port: {{number: {port}, protocol: HTTP, name: http}}
-    defaultEndpoint: 127.0.0.1:{app_port}
-  egress:
-  - hosts: ['./*']
-",
-            port = shop.pod_port
-        ),
-    );
-    shop.mesh.write_cluster(
-        "cluster1",
-        "pod-order-v3.yaml",
-        &manifests::pod(
-            NS,
-            "order-v3",
-            &[("app", "order"), ("version", "v3")],
-            order_ip,
-            shop.pod_port,
-            true,
-            None,
-        ),
-    );
-    let yaml = bootstrap(
-        &[
-            "bootstrap",
-            "--role",
-            "sidecar",
-            "--name",
-            "order-v3",
-            "--namespace",
-            NS,
-            "--ip",
-            &order_ip.to_string(),
-            "--labels",
-            "app=order,version=v3",
-            "--xds-address",
-            &shop.cp.xds.to_string(),
-            "--admin-port",
-            &free_port().to_string(),
-            "--cluster-id",
-            "cluster1",
-            "--interception",
-            "none",
-        ]
-        .map(String::from),
-    );
-    let order_sidecar = Envoy::start("order-v3-sidecar", &yaml).await;
-    order_sidecar.wait_ready(support::CONVERGE).await;
-    order_sidecar
-        .wait_listener_at(order_ip.into(), shop.pod_port)
+    let order_sidecar = shop
+        .start_order_v3_sidecar(ORDER_SIDECAR_HOST, app_port)
         .await;
 
     // Every proxy has the collector's endpoint; the frontend's sidecar has

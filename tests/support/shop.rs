@@ -474,6 +474,77 @@ impl Shop {
     }
 
     /// Wait until Envoy `e` has `n` hosts in `cluster`.
+    /// order-v3: a pod of `order` (labels `app: order, version: v3`) on
+    /// `.HOST` of the shop's subnet, with its own sidecar (a real Envoy, NONE
+    /// interception, `crossmesh bootstrap`'s defaults) whose Sidecar ingress
+    /// hands inbound requests to an app on `127.0.0.1:app_port` and whose
+    /// egress reaches every service of the namespace. Returns once the
+    /// sidecar's inbound listener is up.
+    pub async fn start_order_v3_sidecar(&self, host: u8, app_port: u16) -> Envoy {
+        let ip = self.subnet.ip(host);
+        self.mesh.write_istio(
+            "order-v3-sidecar.yaml",
+            &format!(
+                "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: order-v3, namespace: {NS}}}
+spec:
+  workloadSelector: {{labels: {{app: order, version: v3}}}}
+  ingress:
+  - port: {{number: {port}, protocol: HTTP, name: http}}
+    defaultEndpoint: 127.0.0.1:{app_port}
+  egress:
+  - hosts: ['./*']
+",
+                port = self.pod_port
+            ),
+        );
+        self.mesh.write_cluster(
+            "cluster1",
+            "pod-order-v3.yaml",
+            &manifests::pod(
+                NS,
+                "order-v3",
+                &[("app", "order"), ("version", "v3")],
+                ip,
+                self.pod_port,
+                true,
+                None,
+            ),
+        );
+        let yaml = bootstrap(
+            &[
+                "bootstrap",
+                "--role",
+                "sidecar",
+                "--name",
+                "order-v3",
+                "--namespace",
+                NS,
+                "--ip",
+                &ip.to_string(),
+                "--labels",
+                "app=order,version=v3",
+                "--xds-address",
+                &self.cp.xds.to_string(),
+                "--admin-port",
+                &free_port().to_string(),
+                "--cluster-id",
+                "cluster1",
+                "--interception",
+                "none",
+            ]
+            .map(String::from),
+        );
+        let sidecar = Envoy::start("order-v3-sidecar", &yaml).await;
+        sidecar.wait_ready(CONVERGE).await;
+        // Envoy is ready once its first config is in; the inbound listener of
+        // the Sidecar's ingress may come with a later push (the Sidecar file
+        // and the pod are read by separate watchers).
+        sidecar.wait_listener_at(ip.into(), self.pod_port).await;
+        sidecar
+    }
+
     pub async fn wait_hosts(&self, e: &Envoy, cluster: &str, n: usize) {
         let what = format!("{} has {n} hosts in {cluster}", e.name);
         wait_for(&what, CONVERGE, || async move {
