@@ -74,6 +74,58 @@ pub enum Action {
     Custom,
 }
 
+/// Istio's checks of a policy's `selector` and `targetRef`/`targetRefs`,
+/// shared by the kinds that select workloads that way (AuthorizationPolicy,
+/// Telemetry): no empty label key, no wildcard label value, not a selector
+/// and targets together, not `targetRef` and `targetRefs` together. Returns
+/// every target with its field path, for the kind checks each policy makes.
+pub fn selector_and_targets<'a>(
+    selector: Option<&WorkloadSelector>,
+    target_ref: Option<&'a TargetRef>,
+    target_refs: &'a [TargetRef],
+    err: &mut dyn FnMut(String, String),
+) -> Vec<(String, &'a TargetRef)> {
+    if let Some(sel) = selector {
+        for (k, v) in &sel.match_labels {
+            if k.is_empty() {
+                err(
+                    "spec.selector.matchLabels".into(),
+                    "a label key must not be empty".into(),
+                );
+            }
+            if v.contains('*') {
+                err(
+                    format!("spec.selector.matchLabels.{k}"),
+                    "wildcards are not allowed in a workload selector".into(),
+                );
+            }
+        }
+    }
+    let has_refs = target_ref.is_some() || !target_refs.is_empty();
+    if has_refs && selector.is_some() {
+        err(
+            "spec.selector".into(),
+            "selector and targetRef/targetRefs are mutually exclusive (Istio)".into(),
+        );
+    }
+    if target_ref.is_some() && !target_refs.is_empty() {
+        err(
+            "spec.targetRef".into(),
+            "targetRef and targetRefs cannot both be set (Istio)".into(),
+        );
+    }
+    target_ref
+        .map(|r| ("spec.targetRef".to_string(), r))
+        .into_iter()
+        .chain(
+            target_refs
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (format!("spec.targetRefs[{i}]"), r)),
+        )
+        .collect()
+}
+
 /// `PolicyTargetReference`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -332,45 +384,12 @@ impl AuthorizationPolicy {
     pub fn problems(&self, namespace: &str) -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = Vec::new();
         let mut err = |f: String, r: String| out.push((f, r));
-        if let Some(sel) = &self.selector {
-            for (k, v) in &sel.match_labels {
-                if k.is_empty() {
-                    err(
-                        "spec.selector.matchLabels".into(),
-                        "a label key must not be empty".into(),
-                    );
-                }
-                if v.contains('*') {
-                    err(
-                        format!("spec.selector.matchLabels.{k}"),
-                        "wildcards are not allowed in a workload selector".into(),
-                    );
-                }
-            }
-        }
-        let has_refs = self.target_ref.is_some() || !self.target_refs.is_empty();
-        if has_refs && self.selector.is_some() {
-            err(
-                "spec.selector".into(),
-                "selector and targetRef/targetRefs are mutually exclusive (Istio)".into(),
-            );
-        }
-        if self.target_ref.is_some() && !self.target_refs.is_empty() {
-            err(
-                "spec.targetRef".into(),
-                "targetRef and targetRefs cannot both be set (Istio)".into(),
-            );
-        }
-        let refs = self
-            .target_ref
-            .iter()
-            .map(|r| ("spec.targetRef".to_string(), r))
-            .chain(
-                self.target_refs
-                    .iter()
-                    .enumerate()
-                    .map(|(i, r)| (format!("spec.targetRefs[{i}]"), r)),
-            );
+        let refs = super::authorization_policy::selector_and_targets(
+            self.selector.as_ref(),
+            self.target_ref.as_ref(),
+            &self.target_refs,
+            &mut err,
+        );
         for (f, r) in refs {
             match (r.group.as_str(), r.kind.as_str()) {
                 (GATEWAY_API_GROUP, "Gateway") => {}

@@ -147,45 +147,12 @@ impl Telemetry {
     pub fn problems(&self, namespace: &str) -> Vec<(String, String, bool)> {
         let mut out = Vec::new();
         let mut err = |f: String, r: String| out.push((f, r, false));
-        if let Some(sel) = &self.selector {
-            for (k, v) in &sel.match_labels {
-                if k.is_empty() {
-                    err(
-                        "spec.selector.matchLabels".into(),
-                        "a label key must not be empty".into(),
-                    );
-                }
-                if v.contains('*') {
-                    err(
-                        format!("spec.selector.matchLabels.{k}"),
-                        "wildcards are not allowed in a workload selector".into(),
-                    );
-                }
-            }
-        }
-        let has_refs = self.all_target_refs().next().is_some();
-        if has_refs && self.selector.is_some() {
-            err(
-                "spec.selector".into(),
-                "selector and targetRef/targetRefs are mutually exclusive (Istio)".into(),
-            );
-        }
-        if self.target_ref.is_some() && !self.target_refs.is_empty() {
-            err(
-                "spec.targetRef".into(),
-                "targetRef and targetRefs cannot both be set (Istio)".into(),
-            );
-        }
-        let refs = self
-            .target_ref
-            .iter()
-            .map(|r| ("spec.targetRef".to_string(), r))
-            .chain(
-                self.target_refs
-                    .iter()
-                    .enumerate()
-                    .map(|(i, r)| (format!("spec.targetRefs[{i}]"), r)),
-            );
+        let refs = super::authorization_policy::selector_and_targets(
+            self.selector.as_ref(),
+            self.target_ref.as_ref(),
+            &self.target_refs,
+            &mut err,
+        );
         for (f, r) in refs {
             match (r.group.as_str(), r.kind.as_str()) {
                 ("gateway.networking.k8s.io", "Gateway") => {}
